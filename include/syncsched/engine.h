@@ -1,0 +1,128 @@
+// Engine: schedules of data syncs, keyed by (integration, connection, sync, variant).
+//
+// A host opens an engine, defines its integrations' syncs, registers the callbacks that perform
+// them, adds connections, and drives the schedules with start, pause, trigger, status and
+// frequency commands (SPEC §3-§5). Starting a paused schedule runs it at once and then every
+// `frequency` on a grid anchored at that moment; starting a started one does nothing.
+//
+// Every command validates its whole request before it changes anything: an error leaves every
+// schedule as it was. Errors name the offending input.
+//
+// Threads: every method may be called from any thread, concurrently. Commands run on the calling
+// thread under the engine's lock and return when done; they never call user code. Callbacks run
+// on the run executor (Options::run_executor or the engine's worker pool), never on a command's
+// caller and never under the engine's lock, so a callback may itself call the engine.
+//
+// Ownership: the Engine owns its schedules, its worker pool and its engine thread (when it made
+// them). It does not own Options::clock or host executors.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "syncsched/clock.h"
+#include "syncsched/options.h"
+#include "syncsched/status.h"
+#include "syncsched/types.h"
+
+namespace syncsched {
+
+namespace core {
+class EngineCore;
+}
+
+// A sync of an integration (SPEC §1).
+struct SyncDefinition {
+  std::string name;                     // ^[a-zA-Z0-9_-]+$, 1..255 bytes
+  std::string frequency;                // a frequency string (SPEC §2), e.g. "every 30min"
+  bool auto_start = true;               // new schedules start (and run at once) when created
+  std::optional<Millis> timeout;        // a run's timeout; default Options::default_run_timeout
+  std::optional<Millis> heartbeat_timeout;  // if set, a run must heartbeat at least this often
+};
+
+class Engine {
+ public:
+  // Opens an engine. Errors: INVALID_ARGUMENT for bad options (named); from the database (when
+  // Options::database_path is set): UNAVAILABLE when it cannot be opened or is in use by another
+  // engine, FAILED_PRECONDITION for a newer schema, INTERNAL for a corrupt file; nothing is
+  // overwritten on error.
+  static Result<std::unique_ptr<Engine>> Open(Options options);
+
+  // Stops the alarm, cancels runs in flight (their tokens fire; their late completions are
+  // ignored), and waits for the engine-owned threads. Runs on a host executor that are still
+  // going are not waited for; they only touch state they share with their token.
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // ---- Catalog ----
+
+  // Defines (or redefines: idempotent upsert, like a deploy) a sync of `integration`, creating
+  // the integration if needed. A new sync creates its `base` schedule on every existing connection
+  // of the integration (STARTED and run at once when auto_start, else PAUSED). A changed frequency
+  // applies to every schedule of the sync without a per-connection override (all variants), each
+  // keeping its anchor; a changed auto_start applies to schedules created later.
+  // Errors: INVALID_ARGUMENT naming a bad integration key, sync name, frequency or timeout.
+  Status DefineSync(std::string_view integration, const SyncDefinition& sync);
+
+  // Registers the callback for runs of (integration, sync), replacing any earlier one. The sync
+  // need not be defined yet. Errors: INVALID_ARGUMENT for an empty callback or bad names.
+  Status RegisterCallback(std::string_view integration, std::string_view sync,
+                          SyncCallback callback);
+  // The callback for syncs that have none of their own. A run with neither fails with an error
+  // saying so.
+  void SetFallbackCallback(SyncCallback callback);
+
+  // Adds a connection to an integration and creates the `base` schedule of each of its syncs
+  // (STARTED and run at once when auto_start, else PAUSED).
+  // Errors: NOT_FOUND (unknown integration), ALREADY_EXISTS, INVALID_ARGUMENT (bad id).
+  Status AddConnection(std::string_view integration, std::string_view connection);
+
+  // Deletes a connection: its schedules become DELETED, runs in flight are cancelled, and the id
+  // may be added afresh later (with new schedules). Errors: NOT_FOUND.
+  Status DeleteConnection(std::string_view integration, std::string_view connection);
+
+  // Creates variant `key.variant` of `key.sync` on `key.connection`, with a schedule created as a
+  // connection's are. Errors: NOT_FOUND (integration, connection or sync), ALREADY_EXISTS,
+  // INVALID_ARGUMENT (bad name, or `base`).
+  Status CreateVariant(const ScheduleKey& key);
+  // Deletes a variant: its schedule becomes DELETED and its run in flight is cancelled.
+  // Errors: NOT_FOUND, INVALID_ARGUMENT (`base` cannot be deleted).
+  Status DeleteVariant(const ScheduleKey& key);
+
+  // ---- Commands (SPEC §4) ----
+
+  // PAUSED -> STARTED with a run dispatched now and the grid anchored now; STARTED: nothing.
+  Result<CommandResult> Start(const Target& target);
+  // STARTED -> PAUSED: the next slot is dropped and a run in flight is cancelled via its token.
+  Result<CommandResult> Pause(const Target& target);
+  // Runs now whatever the state; a paused schedule stays paused; the grid does not move. With a
+  // run in flight: incremental does nothing (kAlreadyRunning); full resync cancels it and runs
+  // once it has stopped.
+  Result<CommandResult> Trigger(const Target& target, RunMode mode = RunMode::kIncremental);
+  // One entry per targeted schedule, ordered by connection then sync then variant.
+  Result<std::vector<ScheduleStatus>> GetStatus(const Target& target);
+
+  // Sets (or with nullopt reverts to the sync's default) the frequency of one schedule. The
+  // schedule keeps its anchor; its next slot is the first slot of the new grid in the future.
+  // Returns the frequency now in force. Errors: NOT_FOUND for the key's parts, INVALID_ARGUMENT
+  // for the frequency.
+  Result<Millis> UpdateFrequency(const ScheduleKey& key, std::optional<std::string> frequency);
+
+  // Counters and gauges for monitoring. Any thread; cheap (no per-schedule walk).
+  EngineMetrics GetMetrics();
+
+  // The engine's clock (the one in Options, or its own).
+  Clock& clock();
+  // Heap bytes held by the schedules, their keys, indexes and timers (for the benchmarks).
+  std::size_t MemoryBytes();
+
+ private:
+  explicit Engine(std::shared_ptr<core::EngineCore> core);
+  std::shared_ptr<core::EngineCore> core_;
+};
+
+}  // namespace syncsched

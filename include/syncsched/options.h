@@ -1,0 +1,53 @@
+// Options: how an Engine is built. Every field has a default; one paragraph per field says what it
+// means and what it trades.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <optional>
+#include <string>
+
+#include <boost/asio/any_io_executor.hpp>
+
+#include "syncsched/clock.h"
+#include "syncsched/frequency.h"
+
+namespace syncsched {
+
+struct Options {
+  // Where the engine reads the time and sets its alarm. Not owned: it must outlive the engine.
+  // Default (null): an engine-owned SystemClock. Tests pass a VirtualClock.
+  Clock* clock = nullptr;
+
+  // The executor on which the engine's alarm handler runs (the one Asio timer of the whole engine,
+  // set to the next deadline). Default (unset): an engine-owned io_context on one engine thread.
+  // A host passing its own executor must keep running it while the engine lives.
+  std::optional<boost::asio::any_io_executor> executor;
+
+  // The executor on which sync callbacks run, one handler per run. Default (unset): an
+  // engine-owned pool of `worker_threads` threads pulling from one due-ordered queue. A host
+  // executor gives the host the threads (and, with a VirtualClock and a single io_context,
+  // fully deterministic tests).
+  std::optional<boost::asio::any_io_executor> run_executor;
+
+  // Threads of the engine-owned worker pool, when `run_executor` is unset. A run occupies one
+  // thread for as long as its callback runs, so this bounds the runs in flight.
+  std::size_t worker_threads = 4;
+
+  // The accepted range of frequencies (SPEC §2). Default 30 s .. 31 d.
+  FrequencyBounds frequency_bounds;
+
+  // The timeout of a run when its sync sets none. Default 24 h (SPEC §5).
+  Millis default_run_timeout = std::chrono::hours(24);
+
+  // At most this many due timers are handled per wake-up of the engine's alarm, so that a burst of
+  // due schedules cannot hold the engine's lock for long; the rest follow at once in further
+  // wake-ups. Default 4096.
+  std::size_t max_fires_per_wakeup = 4096;
+
+  // The SQLite database holding the engine's state, or empty for an engine that keeps its state
+  // in memory only (lost at exit). ":memory:" is a SQLite in-memory database.
+  std::string database_path;
+};
+
+}  // namespace syncsched

@@ -1,0 +1,124 @@
+// Status and Result<T>: how every fallible syncsched call reports failure.
+//
+// Errors a caller can plan for are returned, never thrown across the API. A Status is OK (cheap:
+// no allocation) or carries a code from the small vocabulary below and a message that names the
+// offending input. Result<T> holds either a T or a non-OK Status.
+//
+// Thread safety: Status and Result are values; distinct objects may be used from distinct threads
+// freely, and const access to one object from many threads is safe.
+#pragma once
+
+#include <cassert>
+#include <memory>
+#include <optional>
+#include <ostream>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <variant>
+
+namespace syncsched {
+
+// The error vocabulary. When to use each:
+enum class StatusCode {
+  kOk = 0,
+  // The request itself is wrong whatever the state: a malformed name or frequency, a frequency
+  // outside the bounds, a duplicate item. Retrying the same request fails again.
+  kInvalidArgument,
+  // Something the request names does not exist: an integration, sync, connection or variant.
+  kNotFound,
+  // The request would create something that exists: a connection or variant.
+  kAlreadyExists,
+  // The request is well formed but the state forbids it: deleting `base`, a database from a newer
+  // schema, an engine that is shut down.
+  kFailedPrecondition,
+  // A resource is (perhaps temporarily) not available: the database is locked by another engine,
+  // the disk is full, a file cannot be opened.
+  kUnavailable,
+  // The operation was cancelled (a run cancelled through its token).
+  kCancelled,
+  // A deadline passed (a run outlived its timeout or missed its heartbeat deadline).
+  kDeadlineExceeded,
+  // An invariant broke or a dependency failed in a way the caller cannot fix (a corrupt database).
+  kInternal,
+};
+
+// "OK", "INVALID_ARGUMENT", ...: the stable spelling used in logs and on the wire.
+std::string_view StatusCodeName(StatusCode code);
+
+class [[nodiscard]] Status {
+ public:
+  Status() = default;  // OK
+  Status(StatusCode code, std::string message);
+
+  static Status Ok() { return Status(); }
+  static Status InvalidArgument(std::string msg) { return {StatusCode::kInvalidArgument, std::move(msg)}; }
+  static Status NotFound(std::string msg) { return {StatusCode::kNotFound, std::move(msg)}; }
+  static Status AlreadyExists(std::string msg) { return {StatusCode::kAlreadyExists, std::move(msg)}; }
+  static Status FailedPrecondition(std::string msg) {
+    return {StatusCode::kFailedPrecondition, std::move(msg)};
+  }
+  static Status Unavailable(std::string msg) { return {StatusCode::kUnavailable, std::move(msg)}; }
+  static Status Cancelled(std::string msg) { return {StatusCode::kCancelled, std::move(msg)}; }
+  static Status DeadlineExceeded(std::string msg) {
+    return {StatusCode::kDeadlineExceeded, std::move(msg)};
+  }
+  static Status Internal(std::string msg) { return {StatusCode::kInternal, std::move(msg)}; }
+
+  bool ok() const { return rep_ == nullptr; }
+  StatusCode code() const { return rep_ ? rep_->code : StatusCode::kOk; }
+  // Empty for OK.
+  const std::string& message() const;
+
+  bool IsInvalidArgument() const { return code() == StatusCode::kInvalidArgument; }
+  bool IsNotFound() const { return code() == StatusCode::kNotFound; }
+  bool IsAlreadyExists() const { return code() == StatusCode::kAlreadyExists; }
+  bool IsFailedPrecondition() const { return code() == StatusCode::kFailedPrecondition; }
+  bool IsUnavailable() const { return code() == StatusCode::kUnavailable; }
+
+  // "OK" or "INVALID_ARGUMENT: <message>".
+  std::string ToString() const;
+
+  friend bool operator==(const Status& a, const Status& b) {
+    return a.code() == b.code() && a.message() == b.message();
+  }
+
+ private:
+  struct Rep {
+    StatusCode code;
+    std::string message;
+  };
+  std::shared_ptr<const Rep> rep_;  // null when OK; shared so that copies are cheap
+};
+
+inline std::ostream& operator<<(std::ostream& os, const Status& s) { return os << s.ToString(); }
+
+// Either a value or a non-OK Status. Constructing a Result from an OK Status is a programming
+// error (asserted in debug builds; becomes an INTERNAL error in release builds).
+template <typename T>
+class [[nodiscard]] Result {
+ public:
+  Result(T value) : v_(std::move(value)) {}  // NOLINT: implicit by design
+  Result(Status status) : v_(std::move(status)) {  // NOLINT: implicit by design
+    assert(!std::get<Status>(v_).ok());
+    if (std::get<Status>(v_).ok()) v_ = Status::Internal("Result built from an OK status");
+  }
+
+  bool ok() const { return v_.index() == 0; }
+  // OK when a value is held.
+  Status status() const { return ok() ? Status() : std::get<Status>(v_); }
+
+  // Precondition: ok().
+  T& value() & { return std::get<T>(v_); }
+  const T& value() const& { return std::get<T>(v_); }
+  T&& value() && { return std::get<T>(std::move(v_)); }
+  T& operator*() & { return value(); }
+  const T& operator*() const& { return value(); }
+  T* operator->() { return &value(); }
+  const T* operator->() const { return &value(); }
+
+ private:
+  std::variant<T, Status> v_;
+};
+
+}  // namespace syncsched

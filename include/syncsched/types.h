@@ -1,0 +1,199 @@
+// The vocabulary of the engine's API: keys, targets, outcomes, statuses and runs.
+//
+// All types here are plain values: copy them freely, use distinct objects from distinct threads.
+// The one shared object is CancellationToken, which is thread-safe.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "syncsched/clock.h"
+#include "syncsched/status.h"
+
+namespace syncsched {
+
+// The variant every (connection, sync) has; it cannot be created or deleted.
+inline constexpr std::string_view kBaseVariant = "base";
+
+// Identifies one schedule.
+struct ScheduleKey {
+  std::string integration;  // provider_config_key
+  std::string connection;   // connection_id
+  std::string sync;         // sync name
+  std::string variant = std::string(kBaseVariant);
+
+  friend bool operator==(const ScheduleKey&, const ScheduleKey&) = default;
+};
+
+// "integration/connection/sync::variant", for logs and messages.
+std::string ToString(const ScheduleKey& key);
+
+// Names one sync (and one variant of it) in a command.
+struct SyncSelector {
+  std::string name;
+  std::string variant = std::string(kBaseVariant);
+
+  // Parses "name" (variant base) or "name::variant". Errors: INVALID_ARGUMENT naming `text` when
+  // either part is empty or does not match ^[a-zA-Z0-9_-]+$ (1..255 bytes).
+  static Result<SyncSelector> Parse(std::string_view text);
+  friend bool operator==(const SyncSelector&, const SyncSelector&) = default;
+};
+
+// What a command applies to (SPEC §4). With a connection, it must exist and an empty `syncs`
+// means every schedule of that connection (every variant). Without one, the command applies to
+// every connection of the integration and an empty `syncs` means all syncs. A selector naming a
+// sync or variant that exists nowhere in that scope fails the whole command.
+struct Target {
+  std::string integration;
+  std::optional<std::string> connection;
+  std::vector<SyncSelector> syncs;
+  // Fill CommandResult::outcomes with one entry per key. Bulk callers that only need the counts
+  // (a start over a million schedules) set this to false and save the copies of the keys.
+  bool report_keys = true;
+};
+
+enum class ScheduleState : std::uint8_t { kPaused, kStarted, kDeleted };
+std::string_view ToString(ScheduleState state);  // "PAUSED", "STARTED", "DELETED"
+
+enum class RunMode : std::uint8_t { kIncremental, kFullResync };
+std::string_view ToString(RunMode mode);  // "incremental", "full_resync"
+
+// What a command did to one schedule.
+enum class Outcome : std::uint8_t {
+  kStarted,         // start: PAUSED -> STARTED, a run dispatched now
+  kAlreadyStarted,  // start: was STARTED; nothing changed
+  kPaused,          // pause: STARTED -> PAUSED
+  kAlreadyPaused,   // pause: was PAUSED; nothing changed
+  kTriggered,       // trigger: a run dispatched now (or, for a full resync pre-empting a run in
+                    // flight, as soon as that run has stopped)
+  kAlreadyRunning,  // incremental trigger: a run was in flight; nothing changed
+};
+inline constexpr std::size_t kOutcomeCount = 6;
+std::string_view ToString(Outcome outcome);  // "started", "already_started", ...
+
+struct KeyOutcome {
+  ScheduleKey key;
+  Outcome outcome;
+};
+
+struct CommandResult {
+  std::array<std::size_t, kOutcomeCount> counts{};  // by Outcome
+  std::vector<KeyOutcome> outcomes;  // one per targeted schedule when Target::report_keys
+  std::size_t Count(Outcome o) const { return counts[static_cast<std::size_t>(o)]; }
+};
+
+// Per-model counts a run may report.
+struct ModelCounts {
+  std::string model;
+  std::uint64_t added = 0;
+  std::uint64_t updated = 0;
+  std::uint64_t deleted = 0;
+  friend bool operator==(const ModelCounts&, const ModelCounts&) = default;
+};
+
+// Nango's status of a schedule: RUNNING when a run is in flight, else PAUSED, STOPPED (deleted),
+// or the last run's SUCCESS or ERROR (SUCCESS too for a started schedule that has not run yet).
+enum class RunStatus : std::uint8_t { kRunning, kPaused, kStopped, kSuccess, kError };
+std::string_view ToString(RunStatus status);  // "RUNNING", "PAUSED", "STOPPED", ...
+
+struct ScheduleStatus {
+  ScheduleKey key;
+  std::uint64_t id = 0;  // unique per schedule, never reused (a recreated key gets a new id)
+  ScheduleState state = ScheduleState::kPaused;
+  RunStatus status = RunStatus::kPaused;
+  Millis frequency{0};              // the override if any, else the sync's default
+  bool frequency_overridden = false;
+  std::optional<TimePoint> next_run;  // set only when STARTED
+  std::optional<TimePoint> last_start;
+  std::optional<TimePoint> last_finish;
+  std::optional<bool> last_ok;           // the last finished run's result
+  std::string last_error;                // the last finished run's error, empty if none
+  std::vector<ModelCounts> last_counts;  // what the last successful run reported
+  std::uint64_t runs = 0;                // finished runs
+  std::uint64_t failures = 0;            // finished runs that failed
+  std::uint64_t skipped = 0;             // slots skipped (run in flight, or missed while down)
+};
+
+// Cancellation of a run, as the callback sees it. Thread-safe; copies share one state.
+class CancellationToken {
+ public:
+  CancellationToken();
+  // Whether the run has been asked to stop.
+  bool cancelled() const;
+  // Why: CANCELLED (paused, deleted, pre-empted by a full resync, engine shutting down) or
+  // DEADLINE_EXCEEDED (timeout, missed heartbeat). OK while not cancelled.
+  Status reason() const;
+  // Calls `fn` once when the run is cancelled: on the cancelling thread (never under an engine
+  // lock), or at once on this thread if it already is. `fn` must not throw.
+  void OnCancel(std::function<void()> fn) const;
+
+  // Engine side: requests cancellation; returns false if already cancelled. Runs the OnCancel
+  // functions on this thread.
+  bool Cancel(Status reason) const;
+
+ private:
+  struct State;
+  std::shared_ptr<State> state_;
+};
+
+// What a sync callback is given. Valid for the duration of the callback; copy what must outlive it.
+struct RunContext {
+  ScheduleKey key;
+  std::string run_id;  // unique per slot: an idempotency key; the same for retries of that slot
+  TimePoint slot;      // the slot's due time (the trigger time for a triggered run)
+  RunMode mode = RunMode::kIncremental;
+  int attempt = 1;     // 1 for the first attempt of a slot
+  CancellationToken cancel;
+  // Tells the engine the run is alive; pushes back its heartbeat deadline. Any thread.
+  std::function<void()> heartbeat;
+};
+
+// What a run reports.
+struct RunReport {
+  Status status;                    // OK for success; otherwise the error (its message is kept)
+  std::vector<ModelCounts> counts;  // optional per-model counts on success
+
+  static RunReport Success(std::vector<ModelCounts> counts = {}) { return {Status(), std::move(counts)}; }
+  static RunReport Failure(std::string message) {
+    return {Status::Internal(std::move(message)), {}};
+  }
+};
+
+// A histogram for metrics: counts[i] is the number of observations <= bounds[i] and greater than
+// the bound before it; counts.back() (one more than bounds) counts the rest.
+struct Histogram {
+  std::vector<double> bounds;
+  std::vector<std::uint64_t> counts;
+  double sum = 0;
+  std::uint64_t count = 0;
+};
+
+// Counters of the whole engine since it was opened (schedule gauges are current values).
+struct EngineMetrics {
+  std::uint64_t schedules_started = 0;  // gauge
+  std::uint64_t schedules_paused = 0;   // gauge
+  std::uint64_t runs_in_flight = 0;     // gauge: dispatched and not finished
+  std::uint64_t runs_waiting = 0;       // gauge: due, waiting for a worker or a cap
+  std::uint64_t runs_started = 0;
+  std::uint64_t runs_succeeded = 0;
+  std::uint64_t runs_failed = 0;     // errors, timeouts and cancellations included
+  std::uint64_t runs_cancelled = 0;  // cancelled through their token (pause, delete, resync)
+  std::uint64_t runs_timed_out = 0;
+  std::uint64_t slots_skipped = 0;
+  Histogram run_duration_seconds;
+  Histogram fire_lateness_seconds;  // dispatch time minus slot time, scheduled runs only
+};
+
+// A sync callback. Runs on a worker thread (never on a command's caller, never under an engine
+// lock). An exception it throws is recorded as the run's error, with its what() as the message.
+using SyncCallback = std::function<RunReport(const RunContext&)>;
+
+}  // namespace syncsched

@@ -1,0 +1,54 @@
+// Engine: the public facade. Every call forwards to the EngineCore, which owns the state.
+#include "syncsched/engine.h"
+
+#include "core/engine_core.h"
+
+namespace syncsched {
+
+Result<std::unique_ptr<Engine>> Engine::Open(Options options) {
+  auto core = core::EngineCore::Create(std::move(options));
+  if (!core.ok()) return core.status();
+  return std::unique_ptr<Engine>(new Engine(std::move(core).value()));
+}
+
+Engine::Engine(std::shared_ptr<core::EngineCore> core) : core_(std::move(core)) {}
+
+Engine::~Engine() {
+  if (core_) core_->Shutdown();
+}
+
+Status Engine::DefineSync(std::string_view integration, const SyncDefinition& sync) {
+  return core_->DefineSync(integration, sync);
+}
+Status Engine::RegisterCallback(std::string_view integration, std::string_view sync,
+                                SyncCallback callback) {
+  return core_->RegisterCallback(integration, sync, std::move(callback));
+}
+void Engine::SetFallbackCallback(SyncCallback callback) {
+  core_->SetFallbackCallback(std::move(callback));
+}
+Status Engine::AddConnection(std::string_view integration, std::string_view connection) {
+  return core_->AddConnection(integration, connection);
+}
+Status Engine::DeleteConnection(std::string_view integration, std::string_view connection) {
+  return core_->DeleteConnection(integration, connection);
+}
+Status Engine::CreateVariant(const ScheduleKey& key) { return core_->CreateVariant(key); }
+Status Engine::DeleteVariant(const ScheduleKey& key) { return core_->DeleteVariant(key); }
+Result<CommandResult> Engine::Start(const Target& target) { return core_->Start(target); }
+Result<CommandResult> Engine::Pause(const Target& target) { return core_->Pause(target); }
+Result<CommandResult> Engine::Trigger(const Target& target, RunMode mode) {
+  return core_->Trigger(target, mode);
+}
+Result<std::vector<ScheduleStatus>> Engine::GetStatus(const Target& target) {
+  return core_->GetStatus(target);
+}
+Result<Millis> Engine::UpdateFrequency(const ScheduleKey& key,
+                                       std::optional<std::string> frequency) {
+  return core_->UpdateFrequency(key, std::move(frequency));
+}
+EngineMetrics Engine::GetMetrics() { return core_->GetMetrics(); }
+Clock& Engine::clock() { return core_->clock(); }
+std::size_t Engine::MemoryBytes() { return core_->MemoryBytes(); }
+
+}  // namespace syncsched

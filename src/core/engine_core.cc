@@ -1,0 +1,1028 @@
+#include "core/engine_core.h"
+
+#include <algorithm>
+#include <exception>
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/post.hpp>
+
+#include "core/names.h"
+#include "core/worker_pool.h"
+
+namespace syncsched::core {
+namespace {
+
+std::string Q(std::string_view s) { return "\"" + std::string(s) + "\""; }
+
+std::string CallbackKey(std::string_view integration, std::string_view sync) {
+  std::string k(integration);
+  k += '\0';
+  k += sync;
+  return k;
+}
+
+// The first slot of the grid (anchor + k * freq) strictly after `t`.
+std::int64_t NextSlotAfter(std::int64_t anchor, std::int64_t freq, std::int64_t t) {
+  if (t < anchor) return anchor;
+  return anchor + ((t - anchor) / freq + 1) * freq;
+}
+
+void Observe(Histogram& h, double v) {
+  std::size_t i = 0;
+  while (i < h.bounds.size() && v > h.bounds[i]) ++i;
+  ++h.counts[i];
+  h.sum += v;
+  ++h.count;
+}
+
+Histogram MakeHistogram(std::vector<double> bounds) {
+  Histogram h;
+  h.counts.assign(bounds.size() + 1, 0);
+  h.bounds = std::move(bounds);
+  return h;
+}
+
+std::string RunId(std::uint64_t uid, std::int64_t slot) {
+  return std::to_string(uid) + "-" + std::to_string(slot);
+}
+
+void Count(CommandResult& r, const Target& t, const Catalog& cat, std::uint32_t s, Outcome o) {
+  ++r.counts[static_cast<std::size_t>(o)];
+  if (t.report_keys) r.outcomes.push_back(KeyOutcome{cat.KeyOf(s), o});
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Construction and shutdown
+
+EngineCore::EngineCore(Options options) : options_(std::move(options)) {}
+
+Result<std::shared_ptr<EngineCore>> EngineCore::Create(Options options) {
+  if (options.frequency_bounds.min.count() <= 0 ||
+      options.frequency_bounds.max < options.frequency_bounds.min) {
+    return Status::InvalidArgument(
+        "options.frequency_bounds: min must be positive and no greater than max");
+  }
+  if (options.default_run_timeout.count() <= 0) {
+    return Status::InvalidArgument("options.default_run_timeout must be positive");
+  }
+  if (!options.run_executor && options.worker_threads == 0) {
+    return Status::InvalidArgument("options.worker_threads must be at least 1");
+  }
+  if (options.max_fires_per_wakeup == 0) {
+    return Status::InvalidArgument("options.max_fires_per_wakeup must be at least 1");
+  }
+  std::shared_ptr<EngineCore> core(new EngineCore(std::move(options)));
+  if (Status s = core->Init(); !s.ok()) {
+    core->Shutdown();
+    return s;
+  }
+  return core;
+}
+
+Status EngineCore::Init() {
+  if (options_.clock) {
+    clock_ = options_.clock;
+  } else {
+    owned_clock_ = std::make_unique<SystemClock>();
+    clock_ = owned_clock_.get();
+  }
+  boost::asio::any_io_executor ex;
+  if (options_.executor) {
+    ex = *options_.executor;
+  } else {
+    owned_io_ = std::make_unique<boost::asio::io_context>(1);
+    ex = owned_io_->get_executor();
+  }
+  std::int64_t now = NowMs();
+  slots_ = wheel::TimerWheel(now);
+  deadlines_ = wheel::TimerWheel(now);
+  alarm_ = clock_->MakeAlarm(ex);
+  metrics_.run_duration_seconds =
+      MakeHistogram({0.01, 0.1, 1, 10, 60, 300, 1800, 3600, 6 * 3600, 24 * 3600});
+  metrics_.fire_lateness_seconds =
+      MakeHistogram({0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 60});
+  if (!options_.run_executor) {
+    std::weak_ptr<EngineCore> weak = weak_from_this();
+    pool_ = std::make_unique<WorkerPool>(options_.worker_threads, [weak](std::vector<RunPtr>& b) {
+      if (auto core = weak.lock()) {
+        core->ExecuteBatch(b);
+      } else {
+        for (auto& r : b) r->token.Cancel(Status::Cancelled("engine shut down"));
+      }
+    });
+  }
+  if (owned_io_) {
+    io_thread_ = std::thread([io = owned_io_.get()] {
+      auto guard = boost::asio::make_work_guard(*io);
+      io->run();
+    });
+  }
+  // Durable state (Options::database_path) is restored by the store integration.
+  return Status();
+}
+
+EngineCore::~EngineCore() { Shutdown(); }
+
+void EngineCore::Shutdown() {
+  std::vector<CancellationToken> tokens;
+  {
+    std::lock_guard lock(mu_);
+    if (shut_down_) return;
+    shut_down_ = true;
+    if (alarm_) alarm_->Cancel();
+    for (const RunPtr& r : runs_) {
+      if (r) tokens.push_back(r->token);
+    }
+  }
+  for (auto& t : tokens) t.Cancel(Status::Cancelled("engine shutting down"));
+  if (pool_) pool_->Stop();
+  if (owned_io_) {
+    owned_io_->stop();
+    if (io_thread_.joinable()) io_thread_.join();
+  }
+  std::lock_guard lock(mu_);
+  alarm_.reset();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers under the lock
+
+std::int64_t EngineCore::NowMs() const { return clock_->Now().time_since_epoch().count(); }
+
+Status EngineCore::Persist(store::Batch& batch) {
+  if (!store_ || batch.empty()) return Status();
+  return store_->Commit(batch);
+}
+
+store::ScheduleRow EngineCore::RowOf(std::uint32_t schedule) const {
+  const Schedule& s = cat_.schedules[schedule];
+  ScheduleKey key = cat_.KeyOf(schedule);
+  store::ScheduleRow row;
+  row.uid = s.uid;
+  row.integration = std::move(key.integration);
+  row.connection = std::move(key.connection);
+  row.sync = std::move(key.sync);
+  row.variant = std::move(key.variant);
+  row.state = static_cast<std::uint8_t>(s.state);
+  row.anchor_ms = s.anchor;
+  row.frequency_override_ms = s.freq_override;
+  row.next_slot_ms = s.next_slot;
+  row.runs = s.runs;
+  row.failures = s.failures;
+  row.skipped = s.skipped;
+  row.last_start_ms = s.last_start;
+  row.last_finish_ms = s.last_finish;
+  row.last_ok = s.last_ok;
+  if (auto it = cat_.details.find(schedule); it != cat_.details.end()) {
+    row.last_error = it->second.last_error;
+  }
+  return row;
+}
+
+std::shared_ptr<const SyncCallback> EngineCore::CallbackFor(std::uint32_t integration,
+                                                            std::string_view sync) const {
+  auto it = callbacks_.find(CallbackKey(cat_.integrations[integration].key, sync));
+  return it == callbacks_.end() ? nullptr : it->second;
+}
+
+void EngineCore::StartSchedule(std::uint32_t schedule, std::int64_t now, Effects& fx) {
+  Schedule& s = cat_.schedules[schedule];
+  s.state = ScheduleState::kStarted;
+  s.anchor = now;
+  s.next_slot = now + cat_.FrequencyOf(s);
+  slots_.Arm(schedule, s.next_slot);
+  ++metrics_.schedules_started;
+  if (s.run == kNone) {
+    DispatchRun(schedule, now, now, RunMode::kIncremental, /*scheduled=*/true, fx);
+  } else if (runs_[s.run]->cancel_requested && s.pending == 0) {
+    // The run in flight is being stopped (a pause just before): run afresh once it has.
+    s.pending = 1 + static_cast<std::uint8_t>(RunMode::kIncremental);
+  }
+  // Otherwise a run in flight (a trigger of the paused schedule) stands for the immediate run.
+}
+
+void EngineCore::DispatchRun(std::uint32_t schedule, std::int64_t now, std::int64_t slot,
+                             RunMode mode, bool scheduled, Effects& fx) {
+  Schedule& s = cat_.schedules[schedule];
+  auto run = std::make_shared<RunState>();
+  run->schedule = schedule;
+  run->uid = s.uid;
+  run->slot = slot;
+  run->dispatched = now;
+  run->mode = mode;
+  run->key = cat_.KeyOf(schedule);
+  run->run_id = scheduled ? RunId(s.uid, slot)
+                          : RunId(s.uid, slot) + "-t" + std::to_string(++trigger_seq_);
+  run->callback = cat_.syncs[s.sync].callback ? cat_.syncs[s.sync].callback : fallback_;
+  run->last_heartbeat.store(now, std::memory_order_relaxed);
+  if (free_runs_.empty()) {
+    run->table_slot = static_cast<std::uint32_t>(runs_.size());
+    runs_.push_back(run);
+  } else {
+    run->table_slot = free_runs_.back();
+    free_runs_.pop_back();
+    runs_[run->table_slot] = run;
+  }
+  s.run = run->table_slot;
+  ArmRunDeadline(schedule, *run, now);
+  ++metrics_.runs_started;
+  ++metrics_.runs_in_flight;
+  if (scheduled) Observe(metrics_.fire_lateness_seconds, static_cast<double>(now - slot) / 1000.0);
+  fx.dispatch.push_back(std::move(run));
+}
+
+void EngineCore::ArmRunDeadline(std::uint32_t schedule, const RunState& run, std::int64_t now) {
+  const SyncInfo& sync = cat_.syncs[cat_.schedules[schedule].sync];
+  std::int64_t timeout =
+      sync.timeout_ms ? sync.timeout_ms : static_cast<std::int64_t>(options_.default_run_timeout.count());
+  std::int64_t deadline = run.dispatched + timeout;
+  if (sync.heartbeat_timeout_ms) {
+    std::int64_t hb = run.last_heartbeat.load(std::memory_order_relaxed) + sync.heartbeat_timeout_ms;
+    deadline = std::min(deadline, std::max(hb, now));
+  }
+  deadlines_.Arm(schedule, deadline);
+}
+
+void EngineCore::FinishRun(const RunPtr& run, const Status& status,
+                           std::vector<ModelCounts> counts, std::int64_t now, Effects& fx) {
+  Schedule& s = cat_.schedules[run->schedule];
+  if (!s.live || s.uid != run->uid || s.run != run->table_slot) return;  // late: ignored
+  runs_[run->table_slot].reset();
+  free_runs_.push_back(run->table_slot);
+  s.run = kNone;
+  deadlines_.Cancel(run->schedule);
+  --metrics_.runs_in_flight;
+  idle_cv_.notify_all();
+
+  s.last_start = run->dispatched;
+  s.last_finish = now;
+  ++s.runs;
+  Observe(metrics_.run_duration_seconds, static_cast<double>(now - run->dispatched) / 1000.0);
+  if (status.ok()) {
+    s.last_ok = 1;
+    ++metrics_.runs_succeeded;
+    if (counts.empty()) {
+      cat_.details.erase(run->schedule);
+    } else {
+      ScheduleDetail& d = cat_.details[run->schedule];
+      d.last_error.clear();
+      d.last_counts = std::move(counts);
+    }
+  } else {
+    s.last_ok = 0;
+    ++s.failures;
+    ++metrics_.runs_failed;
+    if (status.code() == StatusCode::kCancelled) ++metrics_.runs_cancelled;
+    if (status.code() == StatusCode::kDeadlineExceeded) ++metrics_.runs_timed_out;
+    ScheduleDetail& d = cat_.details[run->schedule];
+    d.last_error = status.message().empty() ? std::string(StatusCodeName(status.code()))
+                                            : status.message();
+    d.last_counts.clear();
+  }
+  if (s.pending && !shut_down_) {
+    auto mode = static_cast<RunMode>(s.pending - 1);
+    s.pending = 0;
+    DispatchRun(run->schedule, now, now, mode, /*scheduled=*/false, fx);
+  }
+}
+
+void EngineCore::AbandonRun(std::uint32_t schedule, Status reason, Effects& fx) {
+  Schedule& s = cat_.schedules[schedule];
+  if (s.run == kNone) return;
+  RunPtr run = runs_[s.run];
+  fx.cancel.emplace_back(run->token, std::move(reason));
+  runs_[s.run].reset();
+  free_runs_.push_back(s.run);
+  s.run = kNone;
+  s.pending = 0;
+  deadlines_.Cancel(schedule);
+  --metrics_.runs_in_flight;
+  ++metrics_.runs_cancelled;
+  idle_cv_.notify_all();
+}
+
+void EngineCore::CreateSchedule(std::uint32_t connection, std::uint32_t sync,
+                                std::uint32_t variant, std::int64_t now, Effects& fx) {
+  std::uint32_t idx = cat_.AddSchedule(connection, sync, variant, next_uid_++);
+  if (cat_.syncs[sync].auto_start) {
+    StartSchedule(idx, now, fx);
+  } else {
+    ++metrics_.schedules_paused;
+  }
+}
+
+void EngineCore::DeleteSchedules(const std::vector<std::uint32_t>& schedules, Effects& fx) {
+  for (std::uint32_t idx : schedules) {
+    Schedule& s = cat_.schedules[idx];
+    AbandonRun(idx, Status::Cancelled("schedule deleted"), fx);
+    slots_.Cancel(idx);
+    if (s.state == ScheduleState::kStarted) --metrics_.schedules_started;
+    if (s.state == ScheduleState::kPaused) --metrics_.schedules_paused;
+    cat_.RemoveSchedule(idx);
+  }
+}
+
+void EngineCore::Regrid(std::uint32_t schedule, std::int64_t now) {
+  Schedule& s = cat_.schedules[schedule];
+  if (s.state != ScheduleState::kStarted) return;
+  s.next_slot = NextSlotAfter(s.anchor, cat_.FrequencyOf(s), now);
+  slots_.Arm(schedule, s.next_slot);
+}
+
+void EngineCore::OnSlot(std::uint32_t schedule, std::int64_t deadline, std::int64_t now,
+                        Effects& fx) {
+  Schedule& s = cat_.schedules[schedule];
+  if (!s.live || s.state != ScheduleState::kStarted) return;
+  std::int64_t freq = cat_.FrequencyOf(s);
+  // Slots that passed while the engine could not fire them collapse into the latest one.
+  std::int64_t latest = deadline;
+  if (now - deadline >= freq) {
+    std::int64_t missed = (now - deadline) / freq;
+    latest = deadline + missed * freq;
+    s.skipped += static_cast<std::uint32_t>(missed);
+    metrics_.slots_skipped += static_cast<std::uint64_t>(missed);
+  }
+  if (s.run != kNone) {
+    ++s.skipped;
+    ++metrics_.slots_skipped;
+  } else if (!shut_down_) {
+    DispatchRun(schedule, now, latest, RunMode::kIncremental, /*scheduled=*/true, fx);
+  }
+  s.next_slot = latest + freq;
+  slots_.Arm(schedule, s.next_slot);
+}
+
+void EngineCore::OnRunDeadline(std::uint32_t schedule, std::int64_t now, Effects& fx) {
+  Schedule& s = cat_.schedules[schedule];
+  if (!s.live || s.run == kNone) return;
+  RunPtr run = runs_[s.run];
+  const SyncInfo& sync = cat_.syncs[s.sync];
+  std::int64_t timeout =
+      sync.timeout_ms ? sync.timeout_ms : static_cast<std::int64_t>(options_.default_run_timeout.count());
+  Status reason;
+  if (now >= run->dispatched + timeout) {
+    reason = Status::DeadlineExceeded("run timed out after " + FormatFrequency(Millis(timeout)));
+  } else if (sync.heartbeat_timeout_ms &&
+             now >= run->last_heartbeat.load(std::memory_order_relaxed) + sync.heartbeat_timeout_ms) {
+    reason = Status::DeadlineExceeded("no heartbeat for " +
+                                      FormatFrequency(Millis(sync.heartbeat_timeout_ms)));
+  } else {
+    ArmRunDeadline(schedule, *run, now);  // a heartbeat pushed the deadline back
+    return;
+  }
+  fx.cancel.emplace_back(run->token, reason);
+  FinishRun(run, reason, {}, now, fx);
+}
+
+void EngineCore::MaybeRearm() {
+  if (shut_down_ || !alarm_) return;
+  std::optional<std::int64_t> a = slots_.NextDeadline();
+  std::optional<std::int64_t> b = deadlines_.NextDeadline();
+  std::optional<std::int64_t> next = a;
+  if (b && (!next || *b < *next)) next = b;
+  if (!next) return;  // an alarm still set fires harmlessly
+  if (alarm_set_ && alarm_at_ <= *next) return;
+  alarm_set_ = true;
+  alarm_at_ = *next;
+  std::weak_ptr<EngineCore> weak = weak_from_this();
+  alarm_->SetAt(TimePoint(Millis(*next)), [weak] {
+    if (auto core = weak.lock()) core->OnAlarm();
+  });
+}
+
+ScheduleStatus EngineCore::StatusOf(std::uint32_t schedule) const {
+  const Schedule& s = cat_.schedules[schedule];
+  ScheduleStatus st;
+  st.key = cat_.KeyOf(schedule);
+  st.id = s.uid;
+  st.state = s.state;
+  if (s.run != kNone) {
+    st.status = RunStatus::kRunning;
+  } else if (s.state == ScheduleState::kPaused) {
+    st.status = RunStatus::kPaused;
+  } else if (s.state == ScheduleState::kDeleted) {
+    st.status = RunStatus::kStopped;
+  } else {
+    st.status = s.last_ok == 0 ? RunStatus::kError : RunStatus::kSuccess;
+  }
+  st.frequency = Millis(cat_.FrequencyOf(s));
+  st.frequency_overridden = s.freq_override != 0;
+  if (s.state == ScheduleState::kStarted) st.next_run = TimePoint(Millis(s.next_slot));
+  if (s.last_start) st.last_start = TimePoint(Millis(s.last_start));
+  if (s.last_finish) st.last_finish = TimePoint(Millis(s.last_finish));
+  if (s.last_ok >= 0) st.last_ok = s.last_ok == 1;
+  if (auto it = cat_.details.find(schedule); it != cat_.details.end()) {
+    st.last_error = it->second.last_error;
+    st.last_counts = it->second.last_counts;
+  }
+  st.runs = s.runs;
+  st.failures = s.failures;
+  st.skipped = s.skipped;
+  return st;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Catalog commands
+
+Status EngineCore::DefineSync(std::string_view integration, const SyncDefinition& def) {
+  if (Status s = ValidateIntegration(integration); !s.ok()) return s;
+  if (Status s = ValidateName(def.name, "sync name"); !s.ok()) return s;
+  auto freq = ParseFrequency(def.frequency, options_.frequency_bounds);
+  if (!freq.ok()) {
+    return Status::InvalidArgument("sync " + Q(def.name) + ": " + freq.status().message());
+  }
+  if (def.timeout && def.timeout->count() <= 0) {
+    return Status::InvalidArgument("sync " + Q(def.name) + ": timeout must be positive");
+  }
+  if (def.heartbeat_timeout && def.heartbeat_timeout->count() <= 0) {
+    return Status::InvalidArgument("sync " + Q(def.name) + ": heartbeat_timeout must be positive");
+  }
+  Effects fx;
+  {
+    std::lock_guard lock(mu_);
+    if (shut_down_) return Status::FailedPrecondition("the engine is shut down");
+    SyncInfo info;
+    info.name = def.name;
+    info.frequency_text = def.frequency;
+    info.frequency_ms = freq->count();
+    info.auto_start = def.auto_start;
+    info.timeout_ms = def.timeout ? def.timeout->count() : 0;
+    info.heartbeat_timeout_ms = def.heartbeat_timeout ? def.heartbeat_timeout->count() : 0;
+
+    std::uint32_t integ = cat_.FindIntegration(integration);
+    std::uint32_t sync = integ == kNone ? kNone : cat_.FindSync(integ, def.name);
+    if (sync != kNone) {
+      const SyncInfo& old = cat_.syncs[sync];
+      if (old.frequency_ms == info.frequency_ms && old.frequency_text == info.frequency_text &&
+          old.auto_start == info.auto_start && old.timeout_ms == info.timeout_ms &&
+          old.heartbeat_timeout_ms == info.heartbeat_timeout_ms) {
+        return Status();  // the same definition again: nothing to do
+      }
+    }
+    store::Batch batch;
+    if (store_) {
+      batch.syncs.push_back(store::SyncRow{std::string(integration), info.name,
+                                           info.frequency_text, info.frequency_ms,
+                                           info.auto_start, info.timeout_ms,
+                                           info.heartbeat_timeout_ms});
+    }
+    // Schedules affected: with a new sync, one base schedule per connection; with a changed
+    // frequency, the sync's schedules without an override.
+    std::int64_t now = NowMs();
+    if (sync != kNone) {
+      bool regrid = cat_.syncs[sync].frequency_ms != info.frequency_ms;
+      std::vector<std::uint32_t> affected;
+      if (regrid) {
+        for (std::uint32_t c : cat_.integrations[integ].connections) {
+          for (std::uint32_t s : cat_.connections[c].schedules) {
+            if (cat_.schedules[s].sync == sync && cat_.schedules[s].freq_override == 0) {
+              affected.push_back(s);
+            }
+          }
+        }
+      }
+      std::int64_t old_freq = cat_.syncs[sync].frequency_ms;
+      cat_.syncs[sync].frequency_ms = info.frequency_ms;  // tentatively, to compute the rows
+      for (std::uint32_t s : affected) {
+        Regrid(s, now);
+        if (store_) batch.schedules.push_back(RowOf(s));
+      }
+      if (Status st = Persist(batch); !st.ok()) {
+        cat_.syncs[sync].frequency_ms = old_freq;
+        for (std::uint32_t s : affected) Regrid(s, now);
+        return st;
+      }
+      info.integration = integ;
+      info.callback = cat_.syncs[sync].callback;
+      cat_.syncs[sync] = std::move(info);
+    } else {
+      if (integ == kNone) integ = cat_.AddIntegration(std::string(integration));
+      info.callback = CallbackFor(integ, info.name);
+      sync = cat_.AddSync(integ, std::move(info));
+      std::vector<std::uint32_t> conns = cat_.integrations[integ].connections;
+      for (std::uint32_t c : conns) {
+        CreateSchedule(c, sync, 0, now, fx);
+        if (store_) batch.schedules.push_back(RowOf(cat_.connections[c].schedules.back()));
+      }
+      // A failed commit of a new sync leaves it defined in memory only; the host's next
+      // DefineSync retries the commit. (Schedules are rebuilt from the store at the next open.)
+      if (Status st = Persist(batch); !st.ok()) return st;
+    }
+    RecordDispatch(fx);
+    MaybeRearm();
+  }
+  Apply(fx);
+  return Status();
+}
+
+Status EngineCore::RegisterCallback(std::string_view integration, std::string_view sync,
+                                    SyncCallback cb) {
+  if (!cb) return Status::InvalidArgument("callback for sync " + Q(sync) + " is empty");
+  if (Status s = ValidateIntegration(integration); !s.ok()) return s;
+  if (Status s = ValidateName(sync, "sync name"); !s.ok()) return s;
+  auto ptr = std::make_shared<const SyncCallback>(std::move(cb));
+  std::lock_guard lock(mu_);
+  callbacks_[CallbackKey(integration, sync)] = ptr;
+  std::uint32_t integ = cat_.FindIntegration(integration);
+  if (integ != kNone) {
+    if (std::uint32_t s = cat_.FindSync(integ, sync); s != kNone) cat_.syncs[s].callback = ptr;
+  }
+  return Status();
+}
+
+void EngineCore::SetFallbackCallback(SyncCallback cb) {
+  auto ptr = cb ? std::make_shared<const SyncCallback>(std::move(cb)) : nullptr;
+  std::lock_guard lock(mu_);
+  fallback_ = std::move(ptr);
+}
+
+Status EngineCore::AddConnection(std::string_view integration, std::string_view connection) {
+  if (Status s = ValidateIntegration(integration); !s.ok()) return s;
+  if (Status s = ValidateConnection(connection); !s.ok()) return s;
+  Effects fx;
+  {
+    std::lock_guard lock(mu_);
+    if (shut_down_) return Status::FailedPrecondition("the engine is shut down");
+    std::uint32_t integ = cat_.FindIntegration(integration);
+    if (integ == kNone) return Status::NotFound("integration " + Q(integration) + " does not exist");
+    if (cat_.FindConnection(integ, connection) != kNone) {
+      return Status::AlreadyExists("connection " + Q(connection) + " already exists in integration " +
+                                   Q(integration));
+    }
+    std::int64_t now = NowMs();
+    // Plan the rows first: uids are taken in the same order CreateSchedule will take them.
+    store::Batch batch;
+    if (store_) {
+      batch.connections_added.push_back({std::string(integration), std::string(connection)});
+      std::uint64_t uid = next_uid_;
+      for (std::uint32_t sync : cat_.integrations[integ].syncs) {
+        store::ScheduleRow row;
+        row.uid = uid++;
+        row.integration = std::string(integration);
+        row.connection = std::string(connection);
+        row.sync = cat_.syncs[sync].name;
+        row.variant = std::string(kBaseVariant);
+        if (cat_.syncs[sync].auto_start) {
+          row.state = static_cast<std::uint8_t>(ScheduleState::kStarted);
+          row.anchor_ms = now;
+          row.next_slot_ms = now + cat_.syncs[sync].frequency_ms;
+        }
+        batch.schedules.push_back(std::move(row));
+      }
+      if (Status st = Persist(batch); !st.ok()) return st;
+    }
+    std::uint32_t conn = cat_.AddConnection(integ, std::string(connection));
+    for (std::uint32_t sync : cat_.integrations[integ].syncs) CreateSchedule(conn, sync, 0, now, fx);
+    RecordDispatch(fx);
+    MaybeRearm();
+  }
+  Apply(fx);
+  return Status();
+}
+
+Status EngineCore::DeleteConnection(std::string_view integration, std::string_view connection) {
+  Effects fx;
+  {
+    std::lock_guard lock(mu_);
+    if (shut_down_) return Status::FailedPrecondition("the engine is shut down");
+    std::uint32_t integ = cat_.FindIntegration(integration);
+    if (integ == kNone) return Status::NotFound("integration " + Q(integration) + " does not exist");
+    std::uint32_t conn = cat_.FindConnection(integ, connection);
+    if (conn == kNone) {
+      return Status::NotFound("connection " + Q(connection) + " does not exist in integration " +
+                              Q(integration));
+    }
+    std::vector<std::uint32_t> scheds = cat_.connections[conn].schedules;
+    store::Batch batch;
+    if (store_) {
+      batch.connections_deleted.push_back({std::string(integration), std::string(connection)});
+      for (std::uint32_t s : scheds) batch.schedules_deleted.push_back(cat_.schedules[s].uid);
+      if (Status st = Persist(batch); !st.ok()) return st;
+    }
+    DeleteSchedules(scheds, fx);
+    cat_.RemoveConnection(conn);
+  }
+  Apply(fx);
+  return Status();
+}
+
+Status EngineCore::CreateVariant(const ScheduleKey& key) {
+  if (Status s = ValidateName(key.variant, "variant"); !s.ok()) return s;
+  if (key.variant == kBaseVariant) {
+    return Status::InvalidArgument("variant \"base\" always exists and cannot be created");
+  }
+  Effects fx;
+  {
+    std::lock_guard lock(mu_);
+    if (shut_down_) return Status::FailedPrecondition("the engine is shut down");
+    std::uint32_t integ = cat_.FindIntegration(key.integration);
+    if (integ == kNone) return Status::NotFound("integration " + Q(key.integration) + " does not exist");
+    std::uint32_t sync = cat_.FindSync(integ, key.sync);
+    if (sync == kNone) {
+      return Status::NotFound("sync " + Q(key.sync) + " does not exist in integration " +
+                              Q(key.integration));
+    }
+    std::uint32_t conn = cat_.FindConnection(integ, key.connection);
+    if (conn == kNone) {
+      return Status::NotFound("connection " + Q(key.connection) + " does not exist in integration " +
+                              Q(key.integration));
+    }
+    std::uint32_t variant = cat_.FindVariant(key.variant);
+    if (variant != kNone && cat_.FindSchedule(conn, sync, variant) != kNone) {
+      return Status::AlreadyExists("variant " + Q(key.variant) + " of sync " + Q(key.sync) +
+                                   " already exists on connection " + Q(key.connection));
+    }
+    std::int64_t now = NowMs();
+    if (store_) {
+      store::Batch batch;
+      store::ScheduleRow row;
+      row.uid = next_uid_;
+      row.integration = key.integration;
+      row.connection = key.connection;
+      row.sync = key.sync;
+      row.variant = key.variant;
+      if (cat_.syncs[sync].auto_start) {
+        row.state = static_cast<std::uint8_t>(ScheduleState::kStarted);
+        row.anchor_ms = now;
+        row.next_slot_ms = now + cat_.syncs[sync].frequency_ms;
+      }
+      batch.schedules.push_back(std::move(row));
+      if (Status st = Persist(batch); !st.ok()) return st;
+    }
+    CreateSchedule(conn, sync, cat_.InternVariant(key.variant), now, fx);
+    RecordDispatch(fx);
+    MaybeRearm();
+  }
+  Apply(fx);
+  return Status();
+}
+
+Status EngineCore::DeleteVariant(const ScheduleKey& key) {
+  if (key.variant == kBaseVariant) {
+    return Status::InvalidArgument("variant \"base\" always exists and cannot be deleted");
+  }
+  Effects fx;
+  {
+    std::lock_guard lock(mu_);
+    if (shut_down_) return Status::FailedPrecondition("the engine is shut down");
+    std::uint32_t integ = cat_.FindIntegration(key.integration);
+    if (integ == kNone) return Status::NotFound("integration " + Q(key.integration) + " does not exist");
+    std::uint32_t sync = cat_.FindSync(integ, key.sync);
+    if (sync == kNone) {
+      return Status::NotFound("sync " + Q(key.sync) + " does not exist in integration " +
+                              Q(key.integration));
+    }
+    std::uint32_t conn = cat_.FindConnection(integ, key.connection);
+    if (conn == kNone) {
+      return Status::NotFound("connection " + Q(key.connection) + " does not exist in integration " +
+                              Q(key.integration));
+    }
+    std::uint32_t variant = cat_.FindVariant(key.variant);
+    std::uint32_t sched = variant == kNone ? kNone : cat_.FindSchedule(conn, sync, variant);
+    if (sched == kNone) {
+      return Status::NotFound("variant " + Q(key.variant) + " of sync " + Q(key.sync) +
+                              " does not exist on connection " + Q(key.connection));
+    }
+    if (store_) {
+      store::Batch batch;
+      batch.schedules_deleted.push_back(cat_.schedules[sched].uid);
+      if (Status st = Persist(batch); !st.ok()) return st;
+    }
+    DeleteSchedules({sched}, fx);
+  }
+  Apply(fx);
+  return Status();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Schedule commands
+
+Result<CommandResult> EngineCore::Start(const Target& target) {
+  CommandResult result;
+  Effects fx;
+  {
+    std::lock_guard lock(mu_);
+    if (shut_down_) return Status::FailedPrecondition("the engine is shut down");
+    auto targets = cat_.Resolve(target);
+    if (!targets.ok()) return targets.status();
+    std::int64_t now = NowMs();
+    std::vector<std::uint32_t> to_start;
+    for (std::uint32_t s : *targets) {
+      if (cat_.schedules[s].state == ScheduleState::kStarted) {
+        Count(result, target, cat_, s, Outcome::kAlreadyStarted);
+      } else {
+        to_start.push_back(s);
+      }
+    }
+    if (store_ && !to_start.empty()) {
+      store::Batch batch;
+      batch.schedules.reserve(to_start.size());
+      for (std::uint32_t s : to_start) {
+        store::ScheduleRow row = RowOf(s);
+        row.state = static_cast<std::uint8_t>(ScheduleState::kStarted);
+        row.anchor_ms = now;
+        row.next_slot_ms = now + cat_.FrequencyOf(cat_.schedules[s]);
+        batch.schedules.push_back(std::move(row));
+        if (cat_.schedules[s].run == kNone) {
+          // The immediate run's record goes in the same transaction (its id is the slot's).
+          const Schedule& sc = cat_.schedules[s];
+          batch.runs.push_back(store::RunRow{RunId(sc.uid, now), sc.uid, now, 0, 1, now, 0, -1, ""});
+        }
+      }
+      if (Status st = Persist(batch); !st.ok()) return st;
+    }
+    fx.dispatch.reserve(to_start.size());
+    for (std::uint32_t s : to_start) {
+      --metrics_.schedules_paused;
+      StartSchedule(s, now, fx);
+      Count(result, target, cat_, s, Outcome::kStarted);
+    }
+    MaybeRearm();
+  }
+  Apply(fx);
+  return result;
+}
+
+Result<CommandResult> EngineCore::Pause(const Target& target) {
+  CommandResult result;
+  Effects fx;
+  {
+    std::lock_guard lock(mu_);
+    if (shut_down_) return Status::FailedPrecondition("the engine is shut down");
+    auto targets = cat_.Resolve(target);
+    if (!targets.ok()) return targets.status();
+    std::vector<std::uint32_t> to_pause;
+    for (std::uint32_t s : *targets) {
+      if (cat_.schedules[s].state == ScheduleState::kStarted) {
+        to_pause.push_back(s);
+      } else {
+        Count(result, target, cat_, s, Outcome::kAlreadyPaused);
+      }
+    }
+    if (store_ && !to_pause.empty()) {
+      store::Batch batch;
+      for (std::uint32_t s : to_pause) {
+        store::ScheduleRow row = RowOf(s);
+        row.state = static_cast<std::uint8_t>(ScheduleState::kPaused);
+        batch.schedules.push_back(std::move(row));
+      }
+      if (Status st = Persist(batch); !st.ok()) return st;
+    }
+    for (std::uint32_t idx : to_pause) {
+      Schedule& s = cat_.schedules[idx];
+      s.state = ScheduleState::kPaused;
+      s.pending = 0;
+      slots_.Cancel(idx);
+      --metrics_.schedules_started;
+      ++metrics_.schedules_paused;
+      if (s.run != kNone && !runs_[s.run]->cancel_requested) {
+        runs_[s.run]->cancel_requested = true;
+        fx.cancel.emplace_back(runs_[s.run]->token, Status::Cancelled("schedule paused"));
+      }
+      Count(result, target, cat_, idx, Outcome::kPaused);
+    }
+  }
+  Apply(fx);
+  return result;
+}
+
+Result<CommandResult> EngineCore::Trigger(const Target& target, RunMode mode) {
+  CommandResult result;
+  Effects fx;
+  {
+    std::lock_guard lock(mu_);
+    if (shut_down_) return Status::FailedPrecondition("the engine is shut down");
+    auto targets = cat_.Resolve(target);
+    if (!targets.ok()) return targets.status();
+    std::int64_t now = NowMs();
+    for (std::uint32_t idx : *targets) {
+      Schedule& s = cat_.schedules[idx];
+      if (s.run == kNone) {
+        DispatchRun(idx, now, now, mode, /*scheduled=*/false, fx);
+        Count(result, target, cat_, idx, Outcome::kTriggered);
+      } else if (mode == RunMode::kIncremental) {
+        Count(result, target, cat_, idx, Outcome::kAlreadyRunning);
+      } else {
+        RunState& run = *runs_[s.run];
+        if (!run.cancel_requested) {
+          run.cancel_requested = true;
+          fx.cancel.emplace_back(run.token, Status::Cancelled("pre-empted by a full resync"));
+        }
+        s.pending = 1 + static_cast<std::uint8_t>(RunMode::kFullResync);
+        Count(result, target, cat_, idx, Outcome::kTriggered);
+      }
+    }
+    RecordDispatch(fx);
+    MaybeRearm();
+  }
+  Apply(fx);
+  return result;
+}
+
+Result<std::vector<ScheduleStatus>> EngineCore::GetStatus(const Target& target) {
+  std::vector<ScheduleStatus> out;
+  {
+    std::lock_guard lock(mu_);
+    auto targets = cat_.Resolve(target);
+    if (!targets.ok()) return targets.status();
+    out.reserve(targets->size());
+    for (std::uint32_t s : *targets) out.push_back(StatusOf(s));
+  }
+  std::sort(out.begin(), out.end(), [](const ScheduleStatus& a, const ScheduleStatus& b) {
+    return std::tie(a.key.connection, a.key.sync, a.key.variant) <
+           std::tie(b.key.connection, b.key.sync, b.key.variant);
+  });
+  return out;
+}
+
+Result<Millis> EngineCore::UpdateFrequency(const ScheduleKey& key,
+                                           std::optional<std::string> frequency) {
+  std::int64_t override_ms = 0;
+  if (frequency) {
+    auto f = ParseFrequency(*frequency, options_.frequency_bounds);
+    if (!f.ok()) return f.status();
+    override_ms = f->count();
+  }
+  std::lock_guard lock(mu_);
+  if (shut_down_) return Status::FailedPrecondition("the engine is shut down");
+  Target t{key.integration, key.connection, {SyncSelector{key.sync, key.variant}}, false};
+  auto targets = cat_.Resolve(t);
+  if (!targets.ok()) return targets.status();
+  std::uint32_t idx = targets->front();
+  Schedule& s = cat_.schedules[idx];
+  std::int64_t old_override = s.freq_override;
+  std::int64_t old_next = s.next_slot;
+  s.freq_override = override_ms;
+  std::int64_t now = NowMs();
+  if (s.state == ScheduleState::kStarted) {
+    s.next_slot = NextSlotAfter(s.anchor, cat_.FrequencyOf(s), now);
+  }
+  if (store_) {
+    store::Batch batch;
+    batch.schedules.push_back(RowOf(idx));
+    if (Status st = Persist(batch); !st.ok()) {
+      s.freq_override = old_override;
+      s.next_slot = old_next;
+      return st;
+    }
+  }
+  if (s.state == ScheduleState::kStarted) slots_.Arm(idx, s.next_slot);
+  MaybeRearm();
+  return Millis(cat_.FrequencyOf(s));
+}
+
+EngineMetrics EngineCore::GetMetrics() {
+  std::lock_guard lock(mu_);
+  EngineMetrics m = metrics_;
+  m.runs_waiting = pool_ ? pool_->Waiting() : 0;
+  return m;
+}
+
+std::size_t EngineCore::MemoryBytes() {
+  std::lock_guard lock(mu_);
+  return cat_.MemoryBytes() + slots_.MemoryBytes() + deadlines_.MemoryBytes() +
+         runs_.capacity() * sizeof(RunPtr) + free_runs_.capacity() * sizeof(std::uint32_t);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Alarm and runs
+
+store::RunRow EngineCore::RunRowOf(const RunState& r) {
+  return store::RunRow{r.run_id, r.uid, r.slot, static_cast<std::uint8_t>(r.mode), r.attempt,
+                       r.dispatched, 0, -1, ""};
+}
+
+void EngineCore::RecordDispatch(Effects& fx) {
+  if (!store_ || fx.dispatch.empty()) return;
+  // Run records are committed before any callback is called: a slot runs at most once.
+  store::Batch batch;
+  batch.runs.reserve(fx.dispatch.size());
+  for (const RunPtr& r : fx.dispatch) {
+    batch.runs.push_back(RunRowOf(*r));
+    batch.schedules.push_back(RowOf(r->schedule));
+  }
+  if (Persist(batch).ok()) return;
+  // Not recorded, so not run: each counts as a skipped slot.
+  for (const RunPtr& r : fx.dispatch) {
+    Schedule& s = cat_.schedules[r->schedule];
+    runs_[r->table_slot].reset();
+    free_runs_.push_back(r->table_slot);
+    s.run = kNone;
+    deadlines_.Cancel(r->schedule);
+    ++s.skipped;
+    --metrics_.runs_in_flight;
+    ++metrics_.slots_skipped;
+  }
+  fx.dispatch.clear();
+}
+
+void EngineCore::OnAlarm() {
+  Effects fx;
+  {
+    std::lock_guard lock(mu_);
+    if (shut_down_) return;
+    alarm_set_ = false;
+    std::int64_t now = NowMs();
+    std::size_t budget = options_.max_fires_per_wakeup;
+    budget -= deadlines_.Advance(
+        now, [&](wheel::TimerId id, std::int64_t) { OnRunDeadline(id, now, fx); }, budget);
+    if (budget > 0) {
+      slots_.Advance(
+          now, [&](wheel::TimerId id, std::int64_t deadline) { OnSlot(id, deadline, now, fx); },
+          budget);
+    }
+    RecordDispatch(fx);
+    MaybeRearm();
+  }
+  Apply(fx);
+}
+
+void EngineCore::Apply(Effects& fx) {
+  for (auto& [token, reason] : fx.cancel) token.Cancel(std::move(reason));
+  if (fx.dispatch.empty()) return;
+  if (pool_) {
+    pool_->Push(std::move(fx.dispatch));
+    return;
+  }
+  std::weak_ptr<EngineCore> weak = weak_from_this();
+  for (RunPtr& run : fx.dispatch) {
+    boost::asio::post(*options_.run_executor, [weak, run = std::move(run)]() mutable {
+      std::vector<RunPtr> one{std::move(run)};
+      if (auto core = weak.lock()) core->ExecuteBatch(one);
+    });
+  }
+}
+
+void EngineCore::Execute(const RunPtr& run, Status& status, std::vector<ModelCounts>& counts) {
+  if (run->token.cancelled()) {
+    status = run->token.reason();
+    return;
+  }
+  if (!run->callback) {
+    status = Status::FailedPrecondition("no callback registered for sync " + Q(run->key.sync) +
+                                        " of integration " + Q(run->key.integration));
+    return;
+  }
+  RunContext ctx;
+  ctx.key = run->key;
+  ctx.run_id = run->run_id;
+  ctx.slot = TimePoint(Millis(run->slot));
+  ctx.mode = run->mode;
+  ctx.attempt = run->attempt;
+  ctx.cancel = run->token;
+  Clock* clock = clock_;
+  ctx.heartbeat = [run, clock] {
+    run->last_heartbeat.store(clock->Now().time_since_epoch().count(), std::memory_order_relaxed);
+  };
+  try {
+    RunReport report = (*run->callback)(ctx);
+    status = std::move(report.status);
+    counts = std::move(report.counts);
+  } catch (const std::exception& e) {
+    status = Status::Internal(e.what());
+  } catch (...) {
+    status = Status::Internal("the sync callback threw a non-standard exception");
+  }
+  // A run asked to stop is recorded as stopped, whatever it reported.
+  if (run->token.cancelled()) status = run->token.reason();
+}
+
+void EngineCore::ExecuteBatch(std::vector<RunPtr>& runs) {
+  std::vector<std::pair<Status, std::vector<ModelCounts>>> outcomes(runs.size());
+  for (std::size_t i = 0; i < runs.size(); ++i) {
+    Execute(runs[i], outcomes[i].first, outcomes[i].second);
+  }
+  Effects fx;
+  {
+    std::lock_guard lock(mu_);
+    std::int64_t now = NowMs();
+    store::Batch batch;
+    for (std::size_t i = 0; i < runs.size(); ++i) {
+      const RunPtr& r = runs[i];
+      const Schedule& s = cat_.schedules[r->schedule];
+      bool current = s.live && s.uid == r->uid && s.run == r->table_slot;
+      FinishRun(r, outcomes[i].first, std::move(outcomes[i].second), now, fx);
+      if (store_ && current) {
+        const Status& st = outcomes[i].first;
+        batch.runs.push_back(store::RunRow{r->run_id, r->uid, r->slot,
+                                           static_cast<std::uint8_t>(r->mode), r->attempt,
+                                           r->dispatched, now, static_cast<std::int8_t>(st.ok()),
+                                           st.ok() ? "" : st.message()});
+        batch.schedules.push_back(RowOf(r->schedule));
+      }
+    }
+    if (store_) {
+      for (const RunPtr& r : fx.dispatch) batch.runs.push_back(RunRowOf(*r));
+      // An outcome that fails to commit stays in memory; the next commit of the schedule's row
+      // carries its counters. The run row stays "in flight" and reads as interrupted after a
+      // crash, which is the honest record.
+      (void)Persist(batch);
+    }
+    MaybeRearm();
+  }
+  Apply(fx);
+}
+
+}  // namespace syncsched::core

@@ -1,0 +1,144 @@
+// EngineCore: the engine's state machine. It owns the catalog, the two timer wheels (schedule
+// slots, and run deadlines), the table of runs in flight, the store, and the alarm: the one Asio
+// timer of the engine, set to the earliest deadline of both wheels.
+//
+// Concurrency: one mutex guards everything here. Commands run on their caller's thread under it;
+// the alarm handler and run completions take it too. Work that calls user code (sync callbacks,
+// OnCancel functions) is collected as Effects under the lock and carried out after it is
+// released, so user code never runs under the lock and may call back into the engine.
+//
+// Every command follows the same three steps: validate and plan (nothing changes), persist the
+// plan's rows in one store commit (an error here changes nothing), apply it in memory.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#include <boost/asio/io_context.hpp>
+
+#include "core/catalog.h"
+#include "store/store.h"
+#include "syncsched/engine.h"
+#include "wheel/timer_wheel.h"
+
+namespace syncsched::core {
+
+// One run in flight, shared by the engine and the worker that executes it.
+struct RunState {
+  std::uint32_t schedule = kNone;
+  std::uint32_t table_slot = kNone;
+  std::uint64_t uid = 0;
+  std::int64_t slot = 0;
+  std::int64_t dispatched = 0;
+  RunMode mode = RunMode::kIncremental;
+  int attempt = 1;
+  bool cancel_requested = false;  // under the engine lock
+  ScheduleKey key;
+  std::string run_id;
+  CancellationToken token;
+  std::shared_ptr<const SyncCallback> callback;
+  std::atomic<std::int64_t> last_heartbeat{0};
+};
+using RunPtr = std::shared_ptr<RunState>;
+
+class WorkerPool;
+
+class EngineCore : public std::enable_shared_from_this<EngineCore> {
+ public:
+  static Result<std::shared_ptr<EngineCore>> Create(Options options);
+  ~EngineCore();
+
+  void Shutdown();
+
+  Status DefineSync(std::string_view integration, const SyncDefinition& sync);
+  Status RegisterCallback(std::string_view integration, std::string_view sync, SyncCallback cb);
+  void SetFallbackCallback(SyncCallback cb);
+  Status AddConnection(std::string_view integration, std::string_view connection);
+  Status DeleteConnection(std::string_view integration, std::string_view connection);
+  Status CreateVariant(const ScheduleKey& key);
+  Status DeleteVariant(const ScheduleKey& key);
+  Result<CommandResult> Start(const Target& target);
+  Result<CommandResult> Pause(const Target& target);
+  Result<CommandResult> Trigger(const Target& target, RunMode mode);
+  Result<std::vector<ScheduleStatus>> GetStatus(const Target& target);
+  Result<Millis> UpdateFrequency(const ScheduleKey& key, std::optional<std::string> frequency);
+  EngineMetrics GetMetrics();
+  Clock& clock() { return *clock_; }
+  std::size_t MemoryBytes();
+
+  // Runs `runs` (on a worker) and records their outcomes under one lock.
+  void ExecuteBatch(std::vector<RunPtr>& runs);
+
+ private:
+  struct Effects {
+    std::vector<RunPtr> dispatch;
+    std::vector<std::pair<CancellationToken, Status>> cancel;
+  };
+
+  explicit EngineCore(Options options);
+  Status Init();
+
+  // ---- under mu_ ----
+  std::int64_t NowMs() const;
+  Status Persist(store::Batch& batch);
+  store::ScheduleRow RowOf(std::uint32_t schedule) const;
+  void StartSchedule(std::uint32_t schedule, std::int64_t now, Effects& fx);
+  void DispatchRun(std::uint32_t schedule, std::int64_t now, std::int64_t slot, RunMode mode,
+                   bool scheduled, Effects& fx);
+  void FinishRun(const RunPtr& run, const Status& status, std::vector<ModelCounts> counts,
+                 std::int64_t now, Effects& fx);
+  void AbandonRun(std::uint32_t schedule, Status reason, Effects& fx);
+  void CreateSchedule(std::uint32_t connection, std::uint32_t sync, std::uint32_t variant,
+                      std::int64_t now, Effects& fx);
+  void DeleteSchedules(const std::vector<std::uint32_t>& schedules, Effects& fx);
+  void Regrid(std::uint32_t schedule, std::int64_t now);
+  void OnSlot(std::uint32_t schedule, std::int64_t deadline, std::int64_t now, Effects& fx);
+  void OnRunDeadline(std::uint32_t schedule, std::int64_t now, Effects& fx);
+  void ArmRunDeadline(std::uint32_t schedule, const RunState& run, std::int64_t now);
+  void MaybeRearm();
+  // Commits the run rows of fx.dispatch; on failure drops those runs (counted as skipped).
+  void RecordDispatch(Effects& fx);
+  static store::RunRow RunRowOf(const RunState& run);
+  ScheduleStatus StatusOf(std::uint32_t schedule) const;
+  std::shared_ptr<const SyncCallback> CallbackFor(std::uint32_t integration,
+                                                  std::string_view sync) const;
+
+  // ---- without mu_ ----
+  void OnAlarm();
+  void Apply(Effects& fx);
+  void Execute(const RunPtr& run, Status& status, std::vector<ModelCounts>& counts);
+
+  Options options_;
+  std::unique_ptr<Clock> owned_clock_;
+  Clock* clock_ = nullptr;
+  std::unique_ptr<boost::asio::io_context> owned_io_;
+  std::thread io_thread_;
+  std::unique_ptr<WorkerPool> pool_;
+  std::unique_ptr<store::Store> store_;
+
+  std::mutex mu_;
+  bool shut_down_ = false;
+  Catalog cat_;
+  wheel::TimerWheel slots_;      // id: schedule index; deadline: its next slot
+  wheel::TimerWheel deadlines_;  // id: schedule index; deadline: its run's timeout or heartbeat
+  std::vector<RunPtr> runs_;     // in flight, by table slot
+  std::vector<std::uint32_t> free_runs_;
+  std::unique_ptr<Alarm> alarm_;
+  bool alarm_set_ = false;
+  std::int64_t alarm_at_ = 0;
+  std::uint64_t next_uid_ = 1;
+  std::uint64_t trigger_seq_ = 0;
+  std::unordered_map<std::string, std::shared_ptr<const SyncCallback>> callbacks_;
+  std::shared_ptr<const SyncCallback> fallback_;
+  EngineMetrics metrics_;
+  std::condition_variable idle_cv_;
+};
+
+}  // namespace syncsched::core

@@ -1,0 +1,195 @@
+// Value types of the public API: names, selectors, cancellation tokens, time formatting.
+#include "syncsched/types.h"
+
+#include <cstdio>
+#include <ctime>
+#include <mutex>
+#include <vector>
+
+#include "core/names.h"
+
+namespace syncsched {
+namespace core {
+namespace {
+
+std::string Quote(std::string_view s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", static_cast<unsigned char>(c));
+      out += buf;
+    } else if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else {
+      out += c;
+    }
+  }
+  return out + "\"";
+}
+
+bool IsAlnum(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+}
+
+}  // namespace
+
+Status ValidateIntegration(std::string_view key) {
+  if (key.empty() || key.size() > 255) {
+    return Status::InvalidArgument("integration " + Quote(key) + " must be 1 to 255 bytes");
+  }
+  for (char c : key) {
+    if (!IsAlnum(c) && c != '~' && c != ':' && c != '.' && c != '@' && c != ' ' && c != '_' &&
+        c != '-') {
+      return Status::InvalidArgument("integration " + Quote(key) +
+                                     " may contain only letters, digits and ~:.@ _-");
+    }
+  }
+  return Status();
+}
+
+Status ValidateConnection(std::string_view id) {
+  if (id.empty() || id.size() > 255) {
+    return Status::InvalidArgument("connection " + Quote(id) + " must be 1 to 255 bytes");
+  }
+  for (char c : id) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+      return Status::InvalidArgument("connection " + Quote(id) +
+                                     " must not contain control characters");
+    }
+  }
+  return Status();
+}
+
+Status ValidateName(std::string_view name, std::string_view what) {
+  if (name.empty() || name.size() > 255) {
+    return Status::InvalidArgument(std::string(what) + " " + Quote(name) +
+                                   " must be 1 to 255 bytes");
+  }
+  for (char c : name) {
+    if (!IsAlnum(c) && c != '_' && c != '-') {
+      return Status::InvalidArgument(std::string(what) + " " + Quote(name) +
+                                     " may contain only letters, digits, '_' and '-'");
+    }
+  }
+  return Status();
+}
+
+}  // namespace core
+
+std::string ToString(const ScheduleKey& key) {
+  return key.integration + "/" + key.connection + "/" + key.sync + "::" + key.variant;
+}
+
+Result<SyncSelector> SyncSelector::Parse(std::string_view text) {
+  SyncSelector sel;
+  std::size_t sep = text.find("::");
+  std::string_view name = text.substr(0, sep);
+  if (Status s = core::ValidateName(name, "sync name"); !s.ok()) return s;
+  sel.name = std::string(name);
+  if (sep != std::string_view::npos) {
+    std::string_view variant = text.substr(sep + 2);
+    if (Status s = core::ValidateName(variant, "variant"); !s.ok()) {
+      return Status::InvalidArgument(s.message() + " (in \"" + std::string(text) + "\")");
+    }
+    sel.variant = std::string(variant);
+  }
+  return sel;
+}
+
+std::string_view ToString(ScheduleState state) {
+  switch (state) {
+    case ScheduleState::kPaused: return "PAUSED";
+    case ScheduleState::kStarted: return "STARTED";
+    case ScheduleState::kDeleted: return "DELETED";
+  }
+  return "UNKNOWN";
+}
+
+std::string_view ToString(RunMode mode) {
+  return mode == RunMode::kFullResync ? "full_resync" : "incremental";
+}
+
+std::string_view ToString(Outcome outcome) {
+  switch (outcome) {
+    case Outcome::kStarted: return "started";
+    case Outcome::kAlreadyStarted: return "already_started";
+    case Outcome::kPaused: return "paused";
+    case Outcome::kAlreadyPaused: return "already_paused";
+    case Outcome::kTriggered: return "triggered";
+    case Outcome::kAlreadyRunning: return "already_running";
+  }
+  return "unknown";
+}
+
+std::string_view ToString(RunStatus status) {
+  switch (status) {
+    case RunStatus::kRunning: return "RUNNING";
+    case RunStatus::kPaused: return "PAUSED";
+    case RunStatus::kStopped: return "STOPPED";
+    case RunStatus::kSuccess: return "SUCCESS";
+    case RunStatus::kError: return "ERROR";
+  }
+  return "UNKNOWN";
+}
+
+std::string FormatTime(TimePoint t) {
+  using namespace std::chrono;
+  auto day = floor<days>(t);
+  year_month_day ymd{day};
+  hh_mm_ss<milliseconds> hms{t - day};
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%04d-%02u-%02uT%02d:%02d:%02d.%03dZ", static_cast<int>(ymd.year()),
+                static_cast<unsigned>(ymd.month()), static_cast<unsigned>(ymd.day()),
+                static_cast<int>(hms.hours().count()), static_cast<int>(hms.minutes().count()),
+                static_cast<int>(hms.seconds().count()),
+                static_cast<int>(hms.subseconds().count()));
+  return buf;
+}
+
+// ---- CancellationToken ----
+
+struct CancellationToken::State {
+  std::mutex mu;
+  bool cancelled = false;
+  Status reason;
+  std::vector<std::function<void()>> on_cancel;
+  std::atomic<bool> flag{false};
+};
+
+CancellationToken::CancellationToken() : state_(std::make_shared<State>()) {}
+
+bool CancellationToken::cancelled() const { return state_->flag.load(std::memory_order_acquire); }
+
+Status CancellationToken::reason() const {
+  std::lock_guard lock(state_->mu);
+  return state_->reason;
+}
+
+void CancellationToken::OnCancel(std::function<void()> fn) const {
+  {
+    std::lock_guard lock(state_->mu);
+    if (!state_->cancelled) {
+      state_->on_cancel.push_back(std::move(fn));
+      return;
+    }
+  }
+  fn();
+}
+
+bool CancellationToken::Cancel(Status reason) const {
+  std::vector<std::function<void()>> fns;
+  {
+    std::lock_guard lock(state_->mu);
+    if (state_->cancelled) return false;
+    state_->cancelled = true;
+    state_->reason = std::move(reason);
+    state_->flag.store(true, std::memory_order_release);
+    fns.swap(state_->on_cancel);
+  }
+  for (auto& fn : fns) fn();
+  return true;
+}
+
+}  // namespace syncsched

@@ -1,0 +1,909 @@
+// The SQLite store.
+//
+// Schema (version 1; `PRAGMA user_version` holds the version, kMigrations lists the steps):
+// - meta(key, value): named integers; `max_uid`, the largest schedule uid ever issued, lives here
+//   rather than being derived from max(schedules.uid), because deleting every schedule must not
+//   let a uid be issued twice.
+// - syncs(integration, name, ...) and connections(integration, connection): WITHOUT ROWID tables
+//   keyed by their natural keys; small rows, looked up by key only.
+// - schedules(uid INTEGER PRIMARY KEY, ...): keyed by the engine's uid (the rowid itself, so an
+//   upsert by uid costs one b-tree), with a UNIQUE index on (integration, connection, sync,
+//   variant): the one-schedule-per-key rule is enforced by the database too.
+// - runs(run_id PRIMARY KEY, schedule_uid, ...) WITHOUT ROWID: one row per dispatched run, written
+//   before its callback is called and again when it ends. runs_by_schedule(schedule_uid,
+//   finished_ms, ok) serves deletion with a schedule and history pruning from the index alone;
+//   the partial index runs_in_flight (finished_ms = 0) lets Load find unfinished runs without
+//   scanning the history.
+//
+// Durability: WAL with synchronous=NORMAL by default (a commit costs no fsync; a crash of the
+// process loses nothing, a power loss may lose the last commits) or FULL. Each Commit is one
+// BEGIN IMMEDIATE ... COMMIT over statements prepared once at open and bound by index.
+//
+// History bound: the store keeps, per schedule, an upper bound on the finished runs it holds
+// (counts_), raised by one for each finished run written. Only when the bound passes
+// history_per_schedule + 1 is the schedule pruned, by one indexed DELETE, in the same transaction.
+// The bound starts at 0 for schedules created since the open (uid above the max_uid read at open)
+// and is read from the index at the first finished run of an older schedule. So a batch of runs
+// costs one hash update per finished run and one DELETE per schedule that reached its bound: at
+// steady state, once per schedule per batch.
+//
+// Ownership: an exclusive flock on `<path>.lock`, taken before the database is opened. flock
+// locks belong to an open file description, so a second open in the same process conflicts too,
+// and they are released by the kernel when the process dies. The lock is taken on a sidecar file
+// rather than on the database because SQLite's own POSIX locks on the database are per process
+// and would be dropped by closing any other descriptor of the file.
+#include "store/sqlite_store.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sqlite3.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <iterator>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+#include "store/sqlite.h"
+#include "store/store.h"
+
+namespace syncsched::store {
+
+void Batch::clear() {
+  syncs.clear();
+  connections_added.clear();
+  connections_deleted.clear();
+  schedules.clear();
+  schedules_deleted.clear();
+  runs.clear();
+}
+
+namespace {
+
+using sqlite::Db;
+using sqlite::ResetGuard;
+using sqlite::Stmt;
+
+// Each step moves the schema from version `version - 1` to `version`, in one transaction with
+// the new user_version. Steps are never edited once released; a change is a new step.
+struct Migration {
+  int version;
+  const char* sql;
+  std::array<const char*, 5> tables;  // tables the schema has from this version on
+};
+
+constexpr Migration kMigrations[] = {
+    {1,
+     R"sql(
+CREATE TABLE meta(
+  key TEXT PRIMARY KEY NOT NULL,
+  value INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO meta(key, value) VALUES ('max_uid', 0);
+CREATE TABLE syncs(
+  integration TEXT NOT NULL,
+  name TEXT NOT NULL,
+  frequency_text TEXT NOT NULL,
+  frequency_ms INTEGER NOT NULL,
+  auto_start INTEGER NOT NULL,
+  timeout_ms INTEGER NOT NULL,
+  heartbeat_timeout_ms INTEGER NOT NULL,
+  PRIMARY KEY (integration, name)
+) WITHOUT ROWID;
+CREATE TABLE connections(
+  integration TEXT NOT NULL,
+  connection TEXT NOT NULL,
+  PRIMARY KEY (integration, connection)
+) WITHOUT ROWID;
+CREATE TABLE schedules(
+  uid INTEGER PRIMARY KEY,
+  integration TEXT NOT NULL,
+  connection TEXT NOT NULL,
+  sync TEXT NOT NULL,
+  variant TEXT NOT NULL,
+  state INTEGER NOT NULL,
+  anchor_ms INTEGER NOT NULL,
+  frequency_override_ms INTEGER NOT NULL,
+  next_slot_ms INTEGER NOT NULL,
+  runs INTEGER NOT NULL,
+  failures INTEGER NOT NULL,
+  skipped INTEGER NOT NULL,
+  last_start_ms INTEGER NOT NULL,
+  last_finish_ms INTEGER NOT NULL,
+  last_ok INTEGER NOT NULL,
+  last_error TEXT NOT NULL
+);
+CREATE UNIQUE INDEX schedules_by_key ON schedules(integration, connection, sync, variant);
+CREATE TABLE runs(
+  run_id TEXT PRIMARY KEY NOT NULL,
+  schedule_uid INTEGER NOT NULL,
+  slot_ms INTEGER NOT NULL,
+  mode INTEGER NOT NULL,
+  attempt INTEGER NOT NULL,
+  started_ms INTEGER NOT NULL,
+  finished_ms INTEGER NOT NULL,
+  ok INTEGER NOT NULL,
+  error TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX runs_by_schedule ON runs(schedule_uid, finished_ms, ok);
+CREATE INDEX runs_in_flight ON runs(schedule_uid) WHERE finished_ms = 0;
+)sql",
+     {"meta", "syncs", "connections", "schedules", "runs"}},
+};
+
+constexpr int kSchemaVersion = static_cast<int>(std::size(kMigrations));
+
+constexpr std::string_view kUpsertSync = R"sql(
+INSERT INTO syncs(integration, name, frequency_text, frequency_ms, auto_start, timeout_ms,
+                  heartbeat_timeout_ms)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+ON CONFLICT (integration, name) DO UPDATE SET
+  frequency_text = excluded.frequency_text, frequency_ms = excluded.frequency_ms,
+  auto_start = excluded.auto_start, timeout_ms = excluded.timeout_ms,
+  heartbeat_timeout_ms = excluded.heartbeat_timeout_ms)sql";
+
+constexpr std::string_view kInsertConnection = R"sql(
+INSERT INTO connections(integration, connection) VALUES (?1, ?2) ON CONFLICT DO NOTHING)sql";
+
+constexpr std::string_view kDeleteConnection = R"sql(
+DELETE FROM connections WHERE integration = ?1 AND connection = ?2)sql";
+
+constexpr std::string_view kUpsertSchedule = R"sql(
+INSERT INTO schedules(uid, integration, connection, sync, variant, state, anchor_ms,
+                      frequency_override_ms, next_slot_ms, runs, failures, skipped, last_start_ms,
+                      last_finish_ms, last_ok, last_error)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+ON CONFLICT (uid) DO UPDATE SET
+  integration = excluded.integration, connection = excluded.connection, sync = excluded.sync,
+  variant = excluded.variant, state = excluded.state, anchor_ms = excluded.anchor_ms,
+  frequency_override_ms = excluded.frequency_override_ms, next_slot_ms = excluded.next_slot_ms,
+  runs = excluded.runs, failures = excluded.failures, skipped = excluded.skipped,
+  last_start_ms = excluded.last_start_ms, last_finish_ms = excluded.last_finish_ms,
+  last_ok = excluded.last_ok, last_error = excluded.last_error)sql";
+
+constexpr std::string_view kDeleteSchedule = "DELETE FROM schedules WHERE uid = ?1";
+constexpr std::string_view kDeleteRunsOfSchedule = "DELETE FROM runs WHERE schedule_uid = ?1";
+
+constexpr std::string_view kUpsertRun = R"sql(
+INSERT INTO runs(run_id, schedule_uid, slot_ms, mode, attempt, started_ms, finished_ms, ok, error)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+ON CONFLICT (run_id) DO UPDATE SET
+  schedule_uid = excluded.schedule_uid, slot_ms = excluded.slot_ms, mode = excluded.mode,
+  attempt = excluded.attempt, started_ms = excluded.started_ms,
+  finished_ms = excluded.finished_ms, ok = excluded.ok, error = excluded.error)sql";
+
+constexpr std::string_view kCountFinishedRuns =
+    "SELECT count(*) FROM runs WHERE schedule_uid = ?1 AND finished_ms <> 0";
+
+// Deletes the finished runs of schedule ?1 beyond the newest ?2, except the newest failed one.
+constexpr std::string_view kPruneRuns = R"sql(
+DELETE FROM runs WHERE schedule_uid = ?1 AND finished_ms <> 0 AND run_id IN (
+  SELECT run_id FROM runs WHERE schedule_uid = ?1 AND finished_ms <> 0
+  ORDER BY finished_ms DESC, run_id DESC LIMIT -1 OFFSET ?2)
+AND run_id IS NOT (
+  SELECT run_id FROM runs WHERE schedule_uid = ?1 AND finished_ms <> 0 AND ok = 0
+  ORDER BY finished_ms DESC, run_id DESC LIMIT 1))sql";
+
+constexpr std::string_view kSetMaxUid = "UPDATE meta SET value = ?1 WHERE key = 'max_uid'";
+constexpr std::string_view kGetMaxUid = "SELECT value FROM meta WHERE key = 'max_uid'";
+
+std::string Quoted(const std::string& path) { return "database file '" + path + "'"; }
+
+bool IsCorruption(int rc) {
+  int primary = rc & 0xff;
+  return primary == SQLITE_CORRUPT || primary == SQLITE_NOTADB;
+}
+
+// Maps an SQLite result code to our vocabulary: what the environment may fix (space, I/O,
+// permissions, locks) is UNAVAILABLE; a broken file or a broken invariant is INTERNAL.
+Status SqliteStatus(int rc, const std::string& path, std::string_view context,
+                    std::string_view detail) {
+  if (IsCorruption(rc)) {
+    return Status::Internal(Quoted(path) + " is not a syncsched database or is corrupt (" +
+                            std::string(context) + ": " + std::string(detail) + ")");
+  }
+  std::string message = Quoted(path) + ": " + std::string(context) + ": " + std::string(detail);
+  switch (rc & 0xff) {
+    case SQLITE_FULL:
+    case SQLITE_IOERR:
+    case SQLITE_CANTOPEN:
+    case SQLITE_READONLY:
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+    case SQLITE_PERM:
+    case SQLITE_NOLFS:
+    case SQLITE_NOMEM:
+    case SQLITE_PROTOCOL:
+      return Status::Unavailable(std::move(message));
+    default:
+      return Status::Internal(std::move(message));
+  }
+}
+
+std::string Errno(int err) { return std::strerror(err); }
+
+std::uint32_t BigEndian32(const unsigned char* p) {
+  return (std::uint32_t{p[0]} << 24) | (std::uint32_t{p[1]} << 16) | (std::uint32_t{p[2]} << 8) |
+         std::uint32_t{p[3]};
+}
+
+// Checks, with plain reads, that an existing non-empty file is a whole SQLite database, before
+// SQLite is let near it. SQLite itself would report a truncated file only when a missing page is
+// read, perhaps long after the open.
+Status CheckFileHeader(const std::string& path, off_t size) {
+  if (size == 0) return Status::Ok();  // SQLite treats an empty file as an empty database
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Status::Unavailable(Quoted(path) + " cannot be read: " + Errno(errno));
+  unsigned char header[100];
+  ssize_t n = ::pread(fd, header, sizeof header, 0);
+  int err = errno;
+  ::close(fd);
+  if (n < 0) return Status::Unavailable(Quoted(path) + " cannot be read: " + Errno(err));
+  static constexpr char kMagic[] = "SQLite format 3";  // with its NUL: 16 bytes
+  if (n < static_cast<ssize_t>(sizeof header) || std::memcmp(header, kMagic, sizeof kMagic) != 0) {
+    return Status::Internal(Quoted(path) +
+                            " is not a syncsched database or is corrupt (not an SQLite file)");
+  }
+  std::uint32_t page_size = (std::uint32_t{header[16]} << 8) | header[17];
+  if (page_size == 1) page_size = 65536;
+  if (page_size < 512 || (page_size & (page_size - 1)) != 0) {
+    return Status::Internal(Quoted(path) + " is not a syncsched database or is corrupt (page size " +
+                            std::to_string(page_size) + " in its header)");
+  }
+  std::uint32_t change_counter = BigEndian32(header + 24);
+  std::uint32_t page_count = BigEndian32(header + 28);
+  std::uint32_t valid_for = BigEndian32(header + 92);
+  // The header's page count is only meaningful when valid_for matches; and with a non-empty WAL
+  // the file may legitimately lag behind (pages not yet checkpointed, or a checkpoint cut short by
+  // a crash that the WAL repairs).
+  struct stat wal;
+  bool wal_has_frames = ::stat((path + "-wal").c_str(), &wal) == 0 && wal.st_size > 0;
+  if (page_count != 0 && change_counter == valid_for && !wal_has_frames) {
+    auto expected = static_cast<std::uint64_t>(page_count) * page_size;
+    if (static_cast<std::uint64_t>(size) < expected) {
+      return Status::Internal(Quoted(path) + " is not a syncsched database or is corrupt (truncated: " +
+                              std::to_string(size) + " bytes, its header says " +
+                              std::to_string(page_count) + " pages of " +
+                              std::to_string(page_size) + " bytes)");
+    }
+  }
+  return Status::Ok();
+}
+
+// The exclusive ownership of a database file: an flock on `<path>.lock`.
+class OwnerLock {
+ public:
+  OwnerLock() = default;
+  OwnerLock(const OwnerLock&) = delete;
+  OwnerLock& operator=(const OwnerLock&) = delete;
+  ~OwnerLock() { Release(); }
+
+  Status Acquire(const std::string& db_path, std::chrono::milliseconds wait) {
+    std::string lock_path = db_path + ".lock";
+    auto deadline = std::chrono::steady_clock::now() + wait;
+    for (;;) {
+      int fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+      if (fd < 0) {
+        return Status::Unavailable(Quoted(db_path) + " cannot be opened: cannot create its lock file '" +
+                                   lock_path + "': " + Errno(errno));
+      }
+      if (::flock(fd, LOCK_EX | LOCK_NB) == 0) {
+        // The previous owner removes the lock file when it lets go; if it did so between our
+        // open and our flock, we hold a lock on a file nobody else will see: start again.
+        struct stat held, named;
+        if (::fstat(fd, &held) == 0 && ::stat(lock_path.c_str(), &named) == 0 &&
+            held.st_dev == named.st_dev && held.st_ino == named.st_ino) {
+          std::string pid = std::to_string(::getpid()) + "\n";
+          if (::ftruncate(fd, 0) == 0) {
+            [[maybe_unused]] ssize_t ignored = ::pwrite(fd, pid.data(), pid.size(), 0);
+          }
+          fd_ = fd;
+          path_ = std::move(lock_path);
+          return Status::Ok();
+        }
+        ::close(fd);
+        continue;
+      }
+      int err = errno;
+      if (err == EINTR) {
+        ::close(fd);
+        continue;
+      }
+      if (err != EWOULDBLOCK) {
+        ::close(fd);
+        return Status::Unavailable(Quoted(db_path) + " cannot be opened: cannot lock '" +
+                                   lock_path + "': " + Errno(err));
+      }
+      char owner[32] = {};
+      ssize_t n = ::pread(fd, owner, sizeof owner - 1, 0);
+      ::close(fd);
+      if (std::chrono::steady_clock::now() >= deadline) {
+        std::string who(owner, n > 0 ? static_cast<std::size_t>(n) : 0);
+        while (!who.empty() && (who.back() == '\n' || who.back() == ' ')) who.pop_back();
+        return Status::Unavailable(Quoted(db_path) + " is in use by another syncsched engine" +
+                                   (who.empty() ? "" : " (process " + who + ")") +
+                                   "; its lock file is '" + lock_path + "'");
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+
+  // Removes the lock file while still holding the lock (see Acquire), then lets go.
+  void Release() {
+    if (fd_ < 0) return;
+    ::unlink(path_.c_str());
+    ::close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+};
+
+class SqliteStore final : public Store {
+ public:
+  explicit SqliteStore(const SqliteStoreOptions& options) : options_(options) {}
+  ~SqliteStore() override {
+    FinalizeStatements();
+    db_.Close();  // checkpoints the WAL into the file and removes it, unless Abandon() said not
+    lock_.Release();
+  }
+
+  Status Open();
+  // After a failed Open: closes without touching the file, removes what Open created.
+  void Abandon();
+
+  Result<Snapshot> Load() override;
+  Status Commit(const Batch& batch) override;
+
+  Status SetMaxPageCount(std::int64_t pages);
+  Result<std::int64_t> PageCount();
+
+ private:
+  static constexpr std::uint32_t kUnknownCount = UINT32_MAX;
+
+  Status Error(int rc, std::string_view context) const {
+    return SqliteStatus(rc, options_.path, context, db_.ErrorMessage());
+  }
+  Status Exec(const char* sql, std::string_view context) {
+    int rc = db_.Exec(sql);
+    return rc == SQLITE_OK ? Status::Ok() : Error(rc, context);
+  }
+  // Steps a write statement once and resets it. `describe` names the row, for errors only.
+  template <typename Describe>
+  Status Write(Stmt& stmt, int bind_rc, const Describe& describe) {
+    ResetGuard guard(stmt);
+    if (bind_rc != SQLITE_OK) return Error(bind_rc, describe());
+    int rc = stmt.Step();
+    if (rc == SQLITE_DONE || rc == SQLITE_ROW) return Status::Ok();
+    return Error(rc, describe());
+  }
+
+  Status Inspect(int* version);
+  Status Configure();
+  Status Migrate(int from_version);
+  Status PrepareStatements();
+  Status Apply(const Batch& batch, std::uint64_t* max_uid);
+  Status Prune(const std::vector<std::uint64_t>& candidates);
+  Result<std::uint64_t> ReadMaxUid();
+  void FinalizeStatements();
+
+  SqliteStoreOptions options_;
+  bool in_memory_ = false;
+  bool created_file_ = false;
+  OwnerLock lock_;
+  Db db_;
+
+  Stmt begin_, commit_, rollback_;
+  Stmt upsert_sync_, insert_connection_, delete_connection_;
+  Stmt upsert_schedule_, delete_schedule_, delete_runs_of_schedule_;
+  Stmt upsert_run_, count_finished_runs_, prune_runs_, set_max_uid_;
+
+  std::uint64_t max_uid_ = 0;  // as committed
+  // Schedules with a uid above this had no runs when their count was first needed (see top).
+  std::uint64_t count_floor_uid_ = 0;
+  // Per schedule: an upper bound on its finished runs in the file, or kUnknownCount.
+  std::unordered_map<std::uint64_t, std::uint32_t> counts_;
+};
+
+Status SqliteStore::Open() {
+  const std::string& path = options_.path;
+  in_memory_ = path == ":memory:";
+  if (!in_memory_) {
+    Status s = lock_.Acquire(path, options_.wait_for_owner);
+    if (!s.ok()) return s;
+    struct stat st;
+    if (::stat(path.c_str(), &st) == 0) {
+      if (S_ISDIR(st.st_mode)) {
+        return Status::Unavailable(Quoted(path) + " cannot be opened: it is a directory");
+      }
+      if (!S_ISREG(st.st_mode)) {
+        return Status::Unavailable(Quoted(path) + " cannot be opened: it is not a regular file");
+      }
+      s = CheckFileHeader(path, st.st_size);
+      if (!s.ok()) return s;
+    } else if (errno == ENOENT) {
+      created_file_ = true;
+    } else {
+      return Status::Unavailable(Quoted(path) + " cannot be opened: " + Errno(errno));
+    }
+  }
+
+  std::string error;
+  int rc = db_.Open(path,
+                    SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX |
+                        SQLITE_OPEN_EXRESCODE,
+                    &error);
+  if (rc != SQLITE_OK) return SqliteStatus(rc, path, "cannot be opened", error);
+  sqlite3_extended_result_codes(db_.get(), 1);
+  // Until the file is known to be ours, closing must not write to it (a checkpoint of a WAL
+  // that a newer engine left behind, say).
+  sqlite3_db_config(db_.get(), SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
+  // We own the file; only a tool reading it at the same moment could make us wait.
+  sqlite3_busy_timeout(db_.get(), 2000);
+
+  int version = 0;
+  Status s = Inspect(&version);
+  if (!s.ok()) return s;
+  s = Configure();
+  if (!s.ok()) return s;
+  s = Migrate(version);
+  if (!s.ok()) return s;
+  s = PrepareStatements();
+  if (!s.ok()) return s;
+  auto max_uid = ReadMaxUid();
+  if (!max_uid.ok()) return max_uid.status();
+  max_uid_ = count_floor_uid_ = *max_uid;
+  sqlite3_db_config(db_.get(), SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 0, nullptr);
+  return Status::Ok();
+}
+
+void SqliteStore::Abandon() {
+  FinalizeStatements();
+  db_.Close();
+  if (created_file_) {
+    for (const char* suffix : {"", "-wal", "-shm", "-journal"}) {
+      ::unlink((options_.path + suffix).c_str());
+    }
+  }
+  lock_.Release();
+}
+
+// Reads the schema version and checks that the file is a syncsched database this build can use,
+// without writing anything.
+Status SqliteStore::Inspect(int* version) {
+  const std::string& path = options_.path;
+  Status s = Exec("BEGIN", "cannot begin reading");
+  if (!s.ok()) return s;
+  auto finish = [&](Status result) {
+    db_.Exec("ROLLBACK");
+    return result;
+  };
+  Stmt stmt;
+  int rc = db_.Prepare("PRAGMA user_version", &stmt);
+  if (rc != SQLITE_OK) return finish(Error(rc, "reading the schema version"));
+  rc = stmt.Step();
+  if (rc != SQLITE_ROW) return finish(Error(rc, "reading the schema version"));
+  *version = static_cast<int>(stmt.Int(0));
+  stmt = Stmt();
+
+  std::unordered_set<std::string> tables;
+  std::size_t objects = 0;
+  rc = db_.Prepare("SELECT type, name FROM sqlite_schema", &stmt);
+  if (rc != SQLITE_OK) return finish(Error(rc, "reading the schema"));
+  while ((rc = stmt.Step()) == SQLITE_ROW) {
+    ++objects;
+    if (stmt.Text(0) == "table") tables.insert(stmt.Text(1));
+  }
+  if (rc != SQLITE_DONE) return finish(Error(rc, "reading the schema"));
+  stmt = Stmt();
+
+  if (*version > kSchemaVersion) {
+    return finish(Status::FailedPrecondition(
+        Quoted(path) + " has schema version " + std::to_string(*version) +
+        ", newer than version " + std::to_string(kSchemaVersion) +
+        " that this syncsched knows; open it with a newer syncsched"));
+  }
+  if (*version < 0) {
+    return finish(Status::Internal(Quoted(path) +
+                                   " is not a syncsched database or is corrupt (schema version " +
+                                   std::to_string(*version) + ")"));
+  }
+  if (*version == 0 && objects != 0) {
+    return finish(Status::FailedPrecondition(
+        Quoted(path) +
+        " is an SQLite database of another application (it has tables but no syncsched schema "
+        "version); refusing to change it"));
+  }
+  if (*version > 0) {
+    for (const char* table : kMigrations[*version - 1].tables) {
+      if (tables.count(table) == 0) {
+        return finish(Status::Internal(Quoted(path) +
+                                       " is not a syncsched database or is corrupt (schema version " +
+                                       std::to_string(*version) + " without table '" + table +
+                                       "')"));
+      }
+    }
+  }
+  if (options_.verify_on_open && *version > 0) {
+    rc = db_.Prepare("PRAGMA quick_check", &stmt);
+    if (rc != SQLITE_OK) return finish(Error(rc, "checking integrity"));
+    rc = stmt.Step();
+    if (rc != SQLITE_ROW) return finish(Error(rc, "checking integrity"));
+    std::string verdict = stmt.Text(0);
+    if (verdict != "ok") {
+      return finish(Status::Internal(
+          Quoted(path) + " is not a syncsched database or is corrupt (quick_check: " + verdict + ")"));
+    }
+  }
+  return finish(Status::Ok());
+}
+
+Status SqliteStore::Configure() {
+  if (!in_memory_) {
+    Stmt stmt;
+    int rc = db_.Prepare("PRAGMA journal_mode=WAL", &stmt);
+    if (rc != SQLITE_OK) return Error(rc, "cannot switch to WAL mode");
+    rc = stmt.Step();
+    if (rc != SQLITE_ROW) return Error(rc, "cannot switch to WAL mode");
+    if (std::string mode = stmt.Text(0); mode != "wal") {
+      return Status::Unavailable(Quoted(options_.path) +
+                                 ": cannot switch to WAL mode (the file system gave journal mode '" +
+                                 mode + "')");
+    }
+  }
+  Status s = Exec(options_.synchronous_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
+                  "cannot set the synchronous mode");
+  if (!s.ok()) return s;
+  // A larger page cache than the 2 MB default keeps index pages of big batches in memory.
+  return Exec("PRAGMA cache_size=-65536", "cannot set the cache size");
+}
+
+Status SqliteStore::Migrate(int from_version) {
+  for (const Migration& step : kMigrations) {
+    if (step.version <= from_version) continue;
+    std::string context = "migrating the schema to version " + std::to_string(step.version);
+    Status s = Exec("BEGIN IMMEDIATE", context);
+    if (!s.ok()) return s;
+    s = Exec(step.sql, context);
+    if (s.ok()) {
+      std::string set_version = "PRAGMA user_version=" + std::to_string(step.version);
+      s = Exec(set_version.c_str(), context);
+    }
+    if (s.ok()) s = Exec("COMMIT", context);
+    if (!s.ok()) {
+      if (sqlite3_get_autocommit(db_.get()) == 0) db_.Exec("ROLLBACK");
+      return s;
+    }
+  }
+  return Status::Ok();
+}
+
+Status SqliteStore::PrepareStatements() {
+  const std::pair<Stmt*, std::string_view> statements[] = {
+      {&begin_, "BEGIN IMMEDIATE"},
+      {&commit_, "COMMIT"},
+      {&rollback_, "ROLLBACK"},
+      {&upsert_sync_, kUpsertSync},
+      {&insert_connection_, kInsertConnection},
+      {&delete_connection_, kDeleteConnection},
+      {&upsert_schedule_, kUpsertSchedule},
+      {&delete_schedule_, kDeleteSchedule},
+      {&delete_runs_of_schedule_, kDeleteRunsOfSchedule},
+      {&upsert_run_, kUpsertRun},
+      {&count_finished_runs_, kCountFinishedRuns},
+      {&prune_runs_, kPruneRuns},
+      {&set_max_uid_, kSetMaxUid},
+  };
+  for (const auto& [stmt, sql] : statements) {
+    int rc = db_.Prepare(sql, stmt);
+    // A statement that does not compile against the file's tables means the schema is not ours.
+    if (rc != SQLITE_OK) {
+      int primary = rc & 0xff;
+      return primary == SQLITE_ERROR ? SqliteStatus(SQLITE_CORRUPT, options_.path,
+                                                    "its tables do not match the schema",
+                                                    db_.ErrorMessage())
+                                     : Error(rc, "preparing statements");
+    }
+  }
+  return Status::Ok();
+}
+
+void SqliteStore::FinalizeStatements() {
+  for (Stmt* stmt : {&begin_, &commit_, &rollback_, &upsert_sync_, &insert_connection_,
+                     &delete_connection_, &upsert_schedule_, &delete_schedule_,
+                     &delete_runs_of_schedule_, &upsert_run_, &count_finished_runs_, &prune_runs_,
+                     &set_max_uid_}) {
+    *stmt = Stmt();
+  }
+}
+
+Result<std::uint64_t> SqliteStore::ReadMaxUid() {
+  Stmt stmt;
+  int rc = db_.Prepare(kGetMaxUid, &stmt);
+  if (rc != SQLITE_OK) return Error(rc, "reading max_uid");
+  rc = stmt.Step();
+  if (rc == SQLITE_DONE) {
+    return Status::Internal(Quoted(options_.path) +
+                            " is not a syncsched database or is corrupt (no max_uid in meta)");
+  }
+  if (rc != SQLITE_ROW) return Error(rc, "reading max_uid");
+  return stmt.U64(0);
+}
+
+Result<Snapshot> SqliteStore::Load() {
+  Status s = Exec("BEGIN", "cannot begin reading");
+  if (!s.ok()) return s;
+  auto fail = [&](Status status) -> Result<Snapshot> {
+    db_.Exec("ROLLBACK");
+    return status;
+  };
+  // Runs `sql`, calling `row` for each row.
+  auto read = [&](std::string_view sql, std::string_view what, const auto& row) -> Status {
+    Stmt stmt;
+    int rc = db_.Prepare(sql, &stmt);
+    if (rc != SQLITE_OK) return Error(rc, what);
+    while ((rc = stmt.Step()) == SQLITE_ROW) row(stmt);
+    return rc == SQLITE_DONE ? Status::Ok() : Error(rc, what);
+  };
+
+  Snapshot snap;
+  s = read(
+      "SELECT integration, name, frequency_text, frequency_ms, auto_start, timeout_ms, "
+      "heartbeat_timeout_ms FROM syncs",
+      "reading syncs", [&](const Stmt& r) {
+        SyncRow& row = snap.syncs.emplace_back();
+        row.integration = r.Text(0);
+        row.name = r.Text(1);
+        row.frequency_text = r.Text(2);
+        row.frequency_ms = r.Int(3);
+        row.auto_start = r.Int(4) != 0;
+        row.timeout_ms = r.Int(5);
+        row.heartbeat_timeout_ms = r.Int(6);
+      });
+  if (!s.ok()) return fail(s);
+  s = read("SELECT integration, connection FROM connections", "reading connections",
+           [&](const Stmt& r) {
+             snap.connections.push_back(ConnectionRow{r.Text(0), r.Text(1)});
+           });
+  if (!s.ok()) return fail(s);
+  s = read(
+      "SELECT uid, integration, connection, sync, variant, state, anchor_ms, "
+      "frequency_override_ms, next_slot_ms, runs, failures, skipped, last_start_ms, "
+      "last_finish_ms, last_ok, last_error FROM schedules ORDER BY uid",
+      "reading schedules", [&](const Stmt& r) {
+        ScheduleRow& row = snap.schedules.emplace_back();
+        row.uid = r.U64(0);
+        row.integration = r.Text(1);
+        row.connection = r.Text(2);
+        row.sync = r.Text(3);
+        row.variant = r.Text(4);
+        row.state = static_cast<std::uint8_t>(r.Int(5));
+        row.anchor_ms = r.Int(6);
+        row.frequency_override_ms = r.Int(7);
+        row.next_slot_ms = r.Int(8);
+        row.runs = r.U64(9);
+        row.failures = r.U64(10);
+        row.skipped = r.U64(11);
+        row.last_start_ms = r.Int(12);
+        row.last_finish_ms = r.Int(13);
+        row.last_ok = static_cast<std::int8_t>(r.Int(14));
+        row.last_error = r.Text(15);
+      });
+  if (!s.ok()) return fail(s);
+  s = read(
+      "SELECT run_id, schedule_uid, slot_ms, mode, attempt, started_ms, finished_ms, ok, error "
+      "FROM runs WHERE finished_ms = 0 ORDER BY schedule_uid, slot_ms",
+      "reading unfinished runs", [&](const Stmt& r) {
+        RunRow& row = snap.unfinished_runs.emplace_back();
+        row.run_id = r.Text(0);
+        row.schedule_uid = r.U64(1);
+        row.slot_ms = r.Int(2);
+        row.mode = static_cast<std::uint8_t>(r.Int(3));
+        row.attempt = static_cast<std::int32_t>(r.Int(4));
+        row.started_ms = r.Int(5);
+        row.finished_ms = r.Int(6);
+        row.ok = static_cast<std::int8_t>(r.Int(7));
+        row.error = r.Text(8);
+      });
+  if (!s.ok()) return fail(s);
+  auto max_uid = ReadMaxUid();
+  if (!max_uid.ok()) return fail(max_uid.status());
+  snap.max_uid = *max_uid;
+  s = Exec("COMMIT", "finishing reading");
+  if (!s.ok()) return fail(s);
+  return snap;
+}
+
+Status SqliteStore::Commit(const Batch& batch) {
+  if (batch.empty()) return Status::Ok();
+  int rc = begin_.Step();
+  begin_.Reset();
+  if (rc != SQLITE_DONE) return Error(rc, "commit failed, nothing applied: cannot begin");
+  std::uint64_t max_uid = max_uid_;
+  Status s = Apply(batch, &max_uid);
+  if (s.ok()) {
+    rc = commit_.Step();
+    if (rc != SQLITE_DONE) s = Error(rc, "commit failed");
+    commit_.Reset();
+  }
+  if (!s.ok()) {
+    if (sqlite3_get_autocommit(db_.get()) == 0) {
+      rollback_.Step();
+      rollback_.Reset();
+    }
+    // The run counts may describe rows that were just rolled back: forget them all; older
+    // schedules will be counted again from the file when needed.
+    counts_.clear();
+    count_floor_uid_ = max_uid_;
+    return Status(s.code(), s.message() + " (the batch was rolled back; nothing of it is applied)");
+  }
+  max_uid_ = max_uid;
+  return Status::Ok();
+}
+
+Status SqliteStore::Apply(const Batch& batch, std::uint64_t* max_uid) {
+  Status s;
+  for (const SyncRow& r : batch.syncs) {
+    Stmt& q = upsert_sync_;
+    int brc = q.BindText(1, r.integration) | q.BindText(2, r.name) |
+              q.BindText(3, r.frequency_text) | q.Bind(4, r.frequency_ms) |
+              q.Bind(5, r.auto_start ? 1 : 0) | q.Bind(6, r.timeout_ms) |
+              q.Bind(7, r.heartbeat_timeout_ms);
+    s = Write(q, brc, [&] { return "writing sync " + r.integration + "/" + r.name; });
+    if (!s.ok()) return s;
+  }
+  for (const ConnectionRow& r : batch.connections_deleted) {
+    Stmt& q = delete_connection_;
+    int brc = q.BindText(1, r.integration) | q.BindText(2, r.connection);
+    s = Write(q, brc,
+              [&] { return "deleting connection " + r.integration + "/" + r.connection; });
+    if (!s.ok()) return s;
+  }
+  for (const ConnectionRow& r : batch.connections_added) {
+    Stmt& q = insert_connection_;
+    int brc = q.BindText(1, r.integration) | q.BindText(2, r.connection);
+    s = Write(q, brc, [&] { return "adding connection " + r.integration + "/" + r.connection; });
+    if (!s.ok()) return s;
+  }
+
+  std::unordered_set<std::uint64_t> deleted;
+  for (std::uint64_t uid : batch.schedules_deleted) {
+    deleted.insert(uid);
+    counts_.erase(uid);
+    auto describe = [&] { return "deleting schedule uid " + std::to_string(uid); };
+    s = Write(delete_runs_of_schedule_, delete_runs_of_schedule_.BindU64(1, uid), describe);
+    if (!s.ok()) return s;
+    s = Write(delete_schedule_, delete_schedule_.BindU64(1, uid), describe);
+    if (!s.ok()) return s;
+  }
+  const bool any_deleted = !deleted.empty();
+
+  for (const ScheduleRow& r : batch.schedules) {
+    if (any_deleted && deleted.count(r.uid) != 0) continue;
+    *max_uid = std::max(*max_uid, r.uid);
+    Stmt& q = upsert_schedule_;
+    int brc = q.BindU64(1, r.uid) | q.BindText(2, r.integration) | q.BindText(3, r.connection) |
+              q.BindText(4, r.sync) | q.BindText(5, r.variant) | q.Bind(6, r.state) |
+              q.Bind(7, r.anchor_ms) | q.Bind(8, r.frequency_override_ms) |
+              q.Bind(9, r.next_slot_ms) | q.BindU64(10, r.runs) | q.BindU64(11, r.failures) |
+              q.BindU64(12, r.skipped) | q.Bind(13, r.last_start_ms) |
+              q.Bind(14, r.last_finish_ms) | q.Bind(15, r.last_ok) | q.BindText(16, r.last_error);
+    s = Write(q, brc, [&] {
+      return "writing schedule uid " + std::to_string(r.uid) + " (" + r.integration + "/" +
+             r.connection + "/" + r.sync + "/" + r.variant + ")";
+    });
+    if (!s.ok()) return s;
+  }
+
+  const std::size_t bound = options_.history_per_schedule + 1;  // + the newest failed run
+  std::vector<std::uint64_t> over_bound;
+  for (const RunRow& r : batch.runs) {
+    if (any_deleted && deleted.count(r.schedule_uid) != 0) continue;
+    Stmt& q = upsert_run_;
+    int brc = q.BindText(1, r.run_id) | q.BindU64(2, r.schedule_uid) | q.Bind(3, r.slot_ms) |
+              q.Bind(4, r.mode) | q.Bind(5, r.attempt) | q.Bind(6, r.started_ms) |
+              q.Bind(7, r.finished_ms) | q.Bind(8, r.ok) | q.BindText(9, r.error);
+    s = Write(q, brc, [&] {
+      return "writing run " + r.run_id + " of schedule uid " + std::to_string(r.schedule_uid);
+    });
+    if (!s.ok()) return s;
+    if (r.finished_ms == 0) continue;
+    auto [it, inserted] = counts_.try_emplace(r.schedule_uid, 0);
+    if (inserted && r.schedule_uid <= count_floor_uid_) {
+      it->second = kUnknownCount;  // counted from the file after this batch's writes
+      over_bound.push_back(r.schedule_uid);
+    } else if (it->second != kUnknownCount && ++it->second == bound + 1) {
+      over_bound.push_back(r.schedule_uid);
+    }
+  }
+  s = Prune(over_bound);
+  if (!s.ok()) return s;
+
+  if (*max_uid > max_uid_) {
+    s = Write(set_max_uid_, set_max_uid_.BindU64(1, *max_uid), [] { return "writing max_uid"; });
+    if (!s.ok()) return s;
+  }
+  return Status::Ok();
+}
+
+Status SqliteStore::Prune(const std::vector<std::uint64_t>& candidates) {
+  const std::size_t keep = options_.history_per_schedule;
+  for (std::uint64_t uid : candidates) {
+    std::uint32_t& count = counts_[uid];
+    if (count == kUnknownCount) {
+      ResetGuard guard(count_finished_runs_);
+      int rc = count_finished_runs_.BindU64(1, uid);
+      if (rc == SQLITE_OK) rc = count_finished_runs_.Step();
+      if (rc != SQLITE_ROW) return Error(rc, "counting runs of schedule uid " + std::to_string(uid));
+      auto finished = static_cast<std::uint64_t>(count_finished_runs_.Int(0));
+      if (finished <= keep + 1) {
+        count = static_cast<std::uint32_t>(finished);
+        continue;
+      }
+    }
+    Stmt& q = prune_runs_;
+    int brc = q.BindU64(1, uid) | q.Bind(2, static_cast<std::int64_t>(keep));
+    Status s = Write(q, brc, [&] { return "pruning runs of schedule uid " + std::to_string(uid); });
+    if (!s.ok()) return s;
+    count = static_cast<std::uint32_t>(keep + 1);  // an upper bound: the newest failed may be in
+  }
+  return Status::Ok();
+}
+
+Status SqliteStore::SetMaxPageCount(std::int64_t pages) {
+  std::string sql = "PRAGMA max_page_count=" + std::to_string(pages);
+  return Exec(sql.c_str(), "setting max_page_count");
+}
+
+Result<std::int64_t> SqliteStore::PageCount() {
+  Stmt stmt;
+  int rc = db_.Prepare("PRAGMA page_count", &stmt);
+  if (rc != SQLITE_OK) return Error(rc, "reading page_count");
+  rc = stmt.Step();
+  if (rc != SQLITE_ROW) return Error(rc, "reading page_count");
+  return stmt.Int(0);
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Store>> OpenSqliteStore(const SqliteStoreOptions& options) {
+  if (options.path.empty()) {
+    return Status::InvalidArgument(
+        "SqliteStoreOptions.path is empty; give a database file path or \":memory:\"");
+  }
+  auto store = std::make_unique<SqliteStore>(options);
+  Status s = store->Open();
+  if (!s.ok()) {
+    store->Abandon();
+    return s;
+  }
+  return std::unique_ptr<Store>(std::move(store));
+}
+
+namespace internal {
+
+Status SetMaxPageCountForTest(Store& store, std::int64_t pages) {
+  return static_cast<SqliteStore&>(store).SetMaxPageCount(pages);
+}
+
+Result<std::int64_t> PageCountForTest(Store& store) {
+  return static_cast<SqliteStore&>(store).PageCount();
+}
+
+}  // namespace internal
+
+}  // namespace syncsched::store

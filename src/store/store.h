@@ -1,0 +1,107 @@
+// store/: durable state. The Store interface speaks in records (rows), never in engine objects, so
+// that the core can change its in-memory layout freely and a second backend (PostgreSQL, for
+// several engines sharing one set of schedules) can implement the same interface. The SQLite
+// store (sqlite_store.h) is the embedded default.
+//
+// Thread safety: a Store is used by one engine; the engine serializes calls to it (under its lock
+// or from its writer), so implementations need no locking of their own beyond what SQLite does.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "syncsched/status.h"
+
+namespace syncsched::store {
+
+// A sync definition of an integration (the catalog). Keyed by (integration, name).
+struct SyncRow {
+  std::string integration;
+  std::string name;
+  std::string frequency_text;  // as the host gave it, e.g. "every 30min"
+  std::int64_t frequency_ms = 0;
+  bool auto_start = true;
+  std::int64_t timeout_ms = 0;            // 0: the engine's default
+  std::int64_t heartbeat_timeout_ms = 0;  // 0: none
+};
+
+// A connection of an integration. Keyed by (integration, connection).
+struct ConnectionRow {
+  std::string integration;
+  std::string connection;
+};
+
+// One schedule. Keyed by `uid` (unique, never reused); (integration, connection, sync, variant)
+// is unique among rows.
+struct ScheduleRow {
+  std::uint64_t uid = 0;
+  std::string integration;
+  std::string connection;
+  std::string sync;
+  std::string variant;
+  std::uint8_t state = 0;                 // ScheduleState: 0 paused, 1 started (deleted rows go)
+  std::int64_t anchor_ms = 0;             // grid anchor, ms since the Unix epoch
+  std::int64_t frequency_override_ms = 0;  // 0: none
+  std::int64_t next_slot_ms = 0;           // the next slot the engine will fire, when started
+  std::uint64_t runs = 0;
+  std::uint64_t failures = 0;
+  std::uint64_t skipped = 0;
+  std::int64_t last_start_ms = 0;   // 0: none
+  std::int64_t last_finish_ms = 0;  // 0: none
+  std::int8_t last_ok = -1;         // -1 none, 0 error, 1 success
+  std::string last_error;
+};
+
+// One dispatched run. Keyed by `run_id`. Written when dispatched (finished_ms == 0, before the
+// callback is called) and again when it ends.
+struct RunRow {
+  std::string run_id;
+  std::uint64_t schedule_uid = 0;
+  std::int64_t slot_ms = 0;
+  std::uint8_t mode = 0;  // RunMode
+  std::int32_t attempt = 1;
+  std::int64_t started_ms = 0;
+  std::int64_t finished_ms = 0;  // 0 while in flight
+  std::int8_t ok = -1;           // -1 in flight, 0 error, 1 success
+  std::string error;
+};
+
+// Everything one commit writes. Applied atomically: all of it or none.
+struct Batch {
+  std::vector<SyncRow> syncs;                    // upserts
+  std::vector<ConnectionRow> connections_added;  // inserts
+  std::vector<ConnectionRow> connections_deleted;
+  std::vector<ScheduleRow> schedules;            // upserts by uid
+  std::vector<std::uint64_t> schedules_deleted;  // by uid, with their runs
+  std::vector<RunRow> runs;                      // upserts by run_id
+
+  bool empty() const {
+    return syncs.empty() && connections_added.empty() && connections_deleted.empty() &&
+           schedules.empty() && schedules_deleted.empty() && runs.empty();
+  }
+  void clear();
+};
+
+// The state a store holds, as read at open.
+struct Snapshot {
+  std::vector<SyncRow> syncs;
+  std::vector<ConnectionRow> connections;
+  std::vector<ScheduleRow> schedules;
+  std::vector<RunRow> unfinished_runs;  // runs with finished_ms == 0 (in flight at a crash)
+  std::uint64_t max_uid = 0;            // the largest schedule uid ever issued
+};
+
+class Store {
+ public:
+  virtual ~Store() = default;
+  // Reads the whole state. Called once, at open.
+  virtual Result<Snapshot> Load() = 0;
+  // Commits `batch` atomically and durably (per the store's synchronous setting) before
+  // returning. On error nothing of the batch is applied, and the message names the file and the
+  // cause (UNAVAILABLE for a full disk or I/O error, INTERNAL for corruption).
+  virtual Status Commit(const Batch& batch) = 0;
+};
+
+}  // namespace syncsched::store

@@ -1,0 +1,3 @@
+#include "syncsched/syncsched.h"
+#include <gtest/gtest.h>
+TEST(PublicApi, Placeholder) {}

@@ -36,10 +36,10 @@ class EngineCore;
 
 // A sync of an integration (SPEC §1).
 struct SyncDefinition {
-  std::string name;                     // ^[a-zA-Z0-9_-]+$, 1..255 bytes
-  std::string frequency;                // a frequency string (SPEC §2), e.g. "every 30min"
-  bool auto_start = true;               // new schedules start (and run at once) when created
-  std::optional<Millis> timeout;        // a run's timeout; default Options::default_run_timeout
+  std::string name;                         // ^[a-zA-Z0-9_-]+$, 1..255 bytes
+  std::string frequency;                    // a frequency string (SPEC §2), e.g. "every 30min"
+  bool auto_start = true;                   // new schedules start (and run at once) when created
+  std::optional<Millis> timeout;            // a run's timeout; default Options::default_run_timeout
   std::optional<Millis> heartbeat_timeout;  // if set, a run must heartbeat at least this often
 };
 
@@ -69,9 +69,14 @@ class Engine {
   Status DefineSync(std::string_view integration, const SyncDefinition& sync);
 
   // Registers the callback for runs of (integration, sync), replacing any earlier one. The sync
-  // need not be defined yet. Errors: INVALID_ARGUMENT for an empty callback or bad names.
+  // need not be defined yet; register before DefineSync and AddConnection so that the runs they
+  // dispatch at once find it (a run uses the callback registered when it was dispatched). Errors:
+  // INVALID_ARGUMENT for an empty callback or bad names.
   Status RegisterCallback(std::string_view integration, std::string_view sync,
                           SyncCallback callback);
+  // The same for an asynchronous callback (see AsyncSyncCallback).
+  Status RegisterAsyncCallback(std::string_view integration, std::string_view sync,
+                               AsyncSyncCallback callback);
   // The callback for syncs that have none of their own. A run with neither fails with an error
   // saying so.
   void SetFallbackCallback(SyncCallback callback);

@@ -109,7 +109,7 @@ struct ScheduleStatus {
   std::uint64_t id = 0;  // unique per schedule, never reused (a recreated key gets a new id)
   ScheduleState state = ScheduleState::kPaused;
   RunStatus status = RunStatus::kPaused;
-  Millis frequency{0};              // the override if any, else the sync's default
+  Millis frequency{0};  // the override if any, else the sync's default
   bool frequency_overridden = false;
   std::optional<TimePoint> next_run;  // set only when STARTED
   std::optional<TimePoint> last_start;
@@ -150,7 +150,7 @@ struct RunContext {
   std::string run_id;  // unique per slot: an idempotency key; the same for retries of that slot
   TimePoint slot;      // the slot's due time (the trigger time for a triggered run)
   RunMode mode = RunMode::kIncremental;
-  int attempt = 1;     // 1 for the first attempt of a slot
+  int attempt = 1;  // 1 for the first attempt of a slot
   CancellationToken cancel;
   // Tells the engine the run is alive; pushes back its heartbeat deadline. Any thread.
   std::function<void()> heartbeat;
@@ -161,7 +161,9 @@ struct RunReport {
   Status status;                    // OK for success; otherwise the error (its message is kept)
   std::vector<ModelCounts> counts;  // optional per-model counts on success
 
-  static RunReport Success(std::vector<ModelCounts> counts = {}) { return {Status(), std::move(counts)}; }
+  static RunReport Success(std::vector<ModelCounts> counts = {}) {
+    return {Status(), std::move(counts)};
+  }
   static RunReport Failure(std::string message) {
     return {Status::Internal(std::move(message)), {}};
   }
@@ -195,5 +197,14 @@ struct EngineMetrics {
 // A sync callback. Runs on a worker thread (never on a command's caller, never under an engine
 // lock). An exception it throws is recorded as the run's error, with its what() as the message.
 using SyncCallback = std::function<RunReport(const RunContext&)>;
+
+// Completes an asynchronous run. Call it exactly once, from any thread (later calls are ignored).
+using RunDone = std::function<void(RunReport)>;
+
+// An asynchronous sync callback: it starts the work and returns at once; the run is in flight
+// until `done` is called. It is invoked like a SyncCallback (on the run executor, never under an
+// engine lock); an exception it throws fails the run at once. This is how a host runs thousands
+// of syncs in flight without a thread each (the daemon's command runner is one).
+using AsyncSyncCallback = std::function<void(const RunContext&, RunDone done)>;
 
 }  // namespace syncsched

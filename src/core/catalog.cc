@@ -191,8 +191,8 @@ Result<std::vector<std::uint32_t>> Catalog::Resolve(const Target& target) const 
   if (target.connection) {
     std::uint32_t conn = FindConnection(integ, *target.connection);
     if (conn == kNone) {
-      return Status::NotFound("connection " + Q(*target.connection) + " does not exist in integration " +
-                              Q(target.integration));
+      return Status::NotFound("connection " + Q(*target.connection) +
+                              " does not exist in integration " + Q(target.integration));
     }
     take(conn);
   } else {
@@ -202,9 +202,9 @@ Result<std::vector<std::uint32_t>> Catalog::Resolve(const Target& target) const 
     if (matched[i]) continue;
     const std::string& sync = syncs[wanted[i] >> 32].name;
     const std::string& variant = variants[wanted[i] & 0xffffffffu];
-    std::string where = target.connection ? "on connection " + Q(*target.connection)
-                                          : "on any connection of integration " +
-                                                Q(target.integration);
+    std::string where = target.connection
+                            ? "on connection " + Q(*target.connection)
+                            : "on any connection of integration " + Q(target.integration);
     return Status::NotFound("sync " + Q(sync + "::" + variant) + " has no schedule " + where);
   }
   return out;
@@ -218,11 +218,10 @@ ScheduleKey Catalog::KeyOf(std::uint32_t schedule) const {
 }
 
 std::size_t Catalog::MemoryBytes() const {
-  std::size_t bytes = schedules.capacity() * sizeof(Schedule) +
-                      connections.capacity() * sizeof(ConnectionInfo) +
-                      syncs.capacity() * sizeof(SyncInfo) +
-                      integrations.capacity() * sizeof(IntegrationInfo) +
-                      (free_schedules_.capacity() + free_connections_.capacity()) * 4;
+  std::size_t bytes =
+      schedules.capacity() * sizeof(Schedule) + connections.capacity() * sizeof(ConnectionInfo) +
+      syncs.capacity() * sizeof(SyncInfo) + integrations.capacity() * sizeof(IntegrationInfo) +
+      (free_schedules_.capacity() + free_connections_.capacity()) * 4;
   for (const ConnectionInfo& c : connections) {
     bytes += HeapOf(c.id) + c.schedules.capacity() * sizeof(std::uint32_t);
   }

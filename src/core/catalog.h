@@ -23,15 +23,21 @@ namespace syncsched::core {
 
 inline constexpr std::uint32_t kNone = UINT32_MAX;
 
+// A registered callback: exactly one of the two is set.
+struct Callback {
+  SyncCallback sync;
+  AsyncSyncCallback async;
+};
+
 struct SyncInfo {
   std::uint32_t integration = kNone;
   std::string name;
   std::string frequency_text;
   std::int64_t frequency_ms = 0;
   bool auto_start = true;
-  std::int64_t timeout_ms = 0;            // 0: the engine's default
-  std::int64_t heartbeat_timeout_ms = 0;  // 0: none
-  std::shared_ptr<const SyncCallback> callback;  // null: the fallback
+  std::int64_t timeout_ms = 0;               // 0: the engine's default
+  std::int64_t heartbeat_timeout_ms = 0;     // 0: none
+  std::shared_ptr<const Callback> callback;  // null: the fallback
 };
 
 struct IntegrationInfo {

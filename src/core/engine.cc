@@ -22,10 +22,18 @@ Status Engine::DefineSync(std::string_view integration, const SyncDefinition& sy
 }
 Status Engine::RegisterCallback(std::string_view integration, std::string_view sync,
                                 SyncCallback callback) {
-  return core_->RegisterCallback(integration, sync, std::move(callback));
+  if (!callback)
+    return Status::InvalidArgument("callback for sync \"" + std::string(sync) + "\" is empty");
+  return core_->RegisterCallback(integration, sync, core::Callback{std::move(callback), nullptr});
+}
+Status Engine::RegisterAsyncCallback(std::string_view integration, std::string_view sync,
+                                     AsyncSyncCallback callback) {
+  if (!callback)
+    return Status::InvalidArgument("callback for sync \"" + std::string(sync) + "\" is empty");
+  return core_->RegisterCallback(integration, sync, core::Callback{nullptr, std::move(callback)});
 }
 void Engine::SetFallbackCallback(SyncCallback callback) {
-  core_->SetFallbackCallback(std::move(callback));
+  core_->SetFallbackCallback(core::Callback{std::move(callback), nullptr});
 }
 Status Engine::AddConnection(std::string_view integration, std::string_view connection) {
   return core_->AddConnection(integration, connection);

@@ -181,8 +181,8 @@ store::ScheduleRow EngineCore::RowOf(std::uint32_t schedule) const {
   return row;
 }
 
-std::shared_ptr<const SyncCallback> EngineCore::CallbackFor(std::uint32_t integration,
-                                                            std::string_view sync) const {
+std::shared_ptr<const Callback> EngineCore::CallbackFor(std::uint32_t integration,
+                                                        std::string_view sync) const {
   auto it = callbacks_.find(CallbackKey(cat_.integrations[integration].key, sync));
   return it == callbacks_.end() ? nullptr : it->second;
 }
@@ -213,8 +213,8 @@ void EngineCore::DispatchRun(std::uint32_t schedule, std::int64_t now, std::int6
   run->dispatched = now;
   run->mode = mode;
   run->key = cat_.KeyOf(schedule);
-  run->run_id = scheduled ? RunId(s.uid, slot)
-                          : RunId(s.uid, slot) + "-t" + std::to_string(++trigger_seq_);
+  run->run_id =
+      scheduled ? RunId(s.uid, slot) : RunId(s.uid, slot) + "-t" + std::to_string(++trigger_seq_);
   run->callback = cat_.syncs[s.sync].callback ? cat_.syncs[s.sync].callback : fallback_;
   run->last_heartbeat.store(now, std::memory_order_relaxed);
   if (free_runs_.empty()) {
@@ -235,18 +235,20 @@ void EngineCore::DispatchRun(std::uint32_t schedule, std::int64_t now, std::int6
 
 void EngineCore::ArmRunDeadline(std::uint32_t schedule, const RunState& run, std::int64_t now) {
   const SyncInfo& sync = cat_.syncs[cat_.schedules[schedule].sync];
-  std::int64_t timeout =
-      sync.timeout_ms ? sync.timeout_ms : static_cast<std::int64_t>(options_.default_run_timeout.count());
+  std::int64_t timeout = sync.timeout_ms
+                             ? sync.timeout_ms
+                             : static_cast<std::int64_t>(options_.default_run_timeout.count());
   std::int64_t deadline = run.dispatched + timeout;
   if (sync.heartbeat_timeout_ms) {
-    std::int64_t hb = run.last_heartbeat.load(std::memory_order_relaxed) + sync.heartbeat_timeout_ms;
+    std::int64_t hb =
+        run.last_heartbeat.load(std::memory_order_relaxed) + sync.heartbeat_timeout_ms;
     deadline = std::min(deadline, std::max(hb, now));
   }
   deadlines_.Arm(schedule, deadline);
 }
 
-void EngineCore::FinishRun(const RunPtr& run, const Status& status,
-                           std::vector<ModelCounts> counts, std::int64_t now, Effects& fx) {
+void EngineCore::FinishRun(const RunPtr& run, const Status& status, std::vector<ModelCounts> counts,
+                           std::int64_t now, Effects& fx) {
   Schedule& s = cat_.schedules[run->schedule];
   if (!s.live || s.uid != run->uid || s.run != run->table_slot) return;  // late: ignored
   runs_[run->table_slot].reset();
@@ -277,8 +279,8 @@ void EngineCore::FinishRun(const RunPtr& run, const Status& status,
     if (status.code() == StatusCode::kCancelled) ++metrics_.runs_cancelled;
     if (status.code() == StatusCode::kDeadlineExceeded) ++metrics_.runs_timed_out;
     ScheduleDetail& d = cat_.details[run->schedule];
-    d.last_error = status.message().empty() ? std::string(StatusCodeName(status.code()))
-                                            : status.message();
+    d.last_error =
+        status.message().empty() ? std::string(StatusCodeName(status.code())) : status.message();
     d.last_counts.clear();
   }
   if (s.pending && !shut_down_) {
@@ -303,8 +305,8 @@ void EngineCore::AbandonRun(std::uint32_t schedule, Status reason, Effects& fx) 
   idle_cv_.notify_all();
 }
 
-void EngineCore::CreateSchedule(std::uint32_t connection, std::uint32_t sync,
-                                std::uint32_t variant, std::int64_t now, Effects& fx) {
+void EngineCore::CreateSchedule(std::uint32_t connection, std::uint32_t sync, std::uint32_t variant,
+                                std::int64_t now, Effects& fx) {
   std::uint32_t idx = cat_.AddSchedule(connection, sync, variant, next_uid_++);
   if (cat_.syncs[sync].auto_start) {
     StartSchedule(idx, now, fx);
@@ -359,13 +361,15 @@ void EngineCore::OnRunDeadline(std::uint32_t schedule, std::int64_t now, Effects
   if (!s.live || s.run == kNone) return;
   RunPtr run = runs_[s.run];
   const SyncInfo& sync = cat_.syncs[s.sync];
-  std::int64_t timeout =
-      sync.timeout_ms ? sync.timeout_ms : static_cast<std::int64_t>(options_.default_run_timeout.count());
+  std::int64_t timeout = sync.timeout_ms
+                             ? sync.timeout_ms
+                             : static_cast<std::int64_t>(options_.default_run_timeout.count());
   Status reason;
   if (now >= run->dispatched + timeout) {
     reason = Status::DeadlineExceeded("run timed out after " + FormatFrequency(Millis(timeout)));
   } else if (sync.heartbeat_timeout_ms &&
-             now >= run->last_heartbeat.load(std::memory_order_relaxed) + sync.heartbeat_timeout_ms) {
+             now >=
+                 run->last_heartbeat.load(std::memory_order_relaxed) + sync.heartbeat_timeout_ms) {
     reason = Status::DeadlineExceeded("no heartbeat for " +
                                       FormatFrequency(Millis(sync.heartbeat_timeout_ms)));
   } else {
@@ -463,9 +467,8 @@ Status EngineCore::DefineSync(std::string_view integration, const SyncDefinition
     }
     store::Batch batch;
     if (store_) {
-      batch.syncs.push_back(store::SyncRow{std::string(integration), info.name,
-                                           info.frequency_text, info.frequency_ms,
-                                           info.auto_start, info.timeout_ms,
+      batch.syncs.push_back(store::SyncRow{std::string(integration), info.name, info.frequency_text,
+                                           info.frequency_ms, info.auto_start, info.timeout_ms,
                                            info.heartbeat_timeout_ms});
     }
     // Schedules affected: with a new sync, one base schedule per connection; with a changed
@@ -518,11 +521,10 @@ Status EngineCore::DefineSync(std::string_view integration, const SyncDefinition
 }
 
 Status EngineCore::RegisterCallback(std::string_view integration, std::string_view sync,
-                                    SyncCallback cb) {
-  if (!cb) return Status::InvalidArgument("callback for sync " + Q(sync) + " is empty");
+                                    Callback cb) {
   if (Status s = ValidateIntegration(integration); !s.ok()) return s;
   if (Status s = ValidateName(sync, "sync name"); !s.ok()) return s;
-  auto ptr = std::make_shared<const SyncCallback>(std::move(cb));
+  auto ptr = std::make_shared<const Callback>(std::move(cb));
   std::lock_guard lock(mu_);
   callbacks_[CallbackKey(integration, sync)] = ptr;
   std::uint32_t integ = cat_.FindIntegration(integration);
@@ -532,8 +534,8 @@ Status EngineCore::RegisterCallback(std::string_view integration, std::string_vi
   return Status();
 }
 
-void EngineCore::SetFallbackCallback(SyncCallback cb) {
-  auto ptr = cb ? std::make_shared<const SyncCallback>(std::move(cb)) : nullptr;
+void EngineCore::SetFallbackCallback(Callback cb) {
+  auto ptr = (cb.sync || cb.async) ? std::make_shared<const Callback>(std::move(cb)) : nullptr;
   std::lock_guard lock(mu_);
   fallback_ = std::move(ptr);
 }
@@ -546,10 +548,11 @@ Status EngineCore::AddConnection(std::string_view integration, std::string_view 
     std::lock_guard lock(mu_);
     if (shut_down_) return Status::FailedPrecondition("the engine is shut down");
     std::uint32_t integ = cat_.FindIntegration(integration);
-    if (integ == kNone) return Status::NotFound("integration " + Q(integration) + " does not exist");
+    if (integ == kNone)
+      return Status::NotFound("integration " + Q(integration) + " does not exist");
     if (cat_.FindConnection(integ, connection) != kNone) {
-      return Status::AlreadyExists("connection " + Q(connection) + " already exists in integration " +
-                                   Q(integration));
+      return Status::AlreadyExists("connection " + Q(connection) +
+                                   " already exists in integration " + Q(integration));
     }
     std::int64_t now = NowMs();
     // Plan the rows first: uids are taken in the same order CreateSchedule will take them.
@@ -574,7 +577,8 @@ Status EngineCore::AddConnection(std::string_view integration, std::string_view 
       if (Status st = Persist(batch); !st.ok()) return st;
     }
     std::uint32_t conn = cat_.AddConnection(integ, std::string(connection));
-    for (std::uint32_t sync : cat_.integrations[integ].syncs) CreateSchedule(conn, sync, 0, now, fx);
+    for (std::uint32_t sync : cat_.integrations[integ].syncs)
+      CreateSchedule(conn, sync, 0, now, fx);
     RecordDispatch(fx);
     MaybeRearm();
   }
@@ -588,7 +592,8 @@ Status EngineCore::DeleteConnection(std::string_view integration, std::string_vi
     std::lock_guard lock(mu_);
     if (shut_down_) return Status::FailedPrecondition("the engine is shut down");
     std::uint32_t integ = cat_.FindIntegration(integration);
-    if (integ == kNone) return Status::NotFound("integration " + Q(integration) + " does not exist");
+    if (integ == kNone)
+      return Status::NotFound("integration " + Q(integration) + " does not exist");
     std::uint32_t conn = cat_.FindConnection(integ, connection);
     if (conn == kNone) {
       return Status::NotFound("connection " + Q(connection) + " does not exist in integration " +
@@ -618,7 +623,8 @@ Status EngineCore::CreateVariant(const ScheduleKey& key) {
     std::lock_guard lock(mu_);
     if (shut_down_) return Status::FailedPrecondition("the engine is shut down");
     std::uint32_t integ = cat_.FindIntegration(key.integration);
-    if (integ == kNone) return Status::NotFound("integration " + Q(key.integration) + " does not exist");
+    if (integ == kNone)
+      return Status::NotFound("integration " + Q(key.integration) + " does not exist");
     std::uint32_t sync = cat_.FindSync(integ, key.sync);
     if (sync == kNone) {
       return Status::NotFound("sync " + Q(key.sync) + " does not exist in integration " +
@@ -626,8 +632,8 @@ Status EngineCore::CreateVariant(const ScheduleKey& key) {
     }
     std::uint32_t conn = cat_.FindConnection(integ, key.connection);
     if (conn == kNone) {
-      return Status::NotFound("connection " + Q(key.connection) + " does not exist in integration " +
-                              Q(key.integration));
+      return Status::NotFound("connection " + Q(key.connection) +
+                              " does not exist in integration " + Q(key.integration));
     }
     std::uint32_t variant = cat_.FindVariant(key.variant);
     if (variant != kNone && cat_.FindSchedule(conn, sync, variant) != kNone) {
@@ -668,7 +674,8 @@ Status EngineCore::DeleteVariant(const ScheduleKey& key) {
     std::lock_guard lock(mu_);
     if (shut_down_) return Status::FailedPrecondition("the engine is shut down");
     std::uint32_t integ = cat_.FindIntegration(key.integration);
-    if (integ == kNone) return Status::NotFound("integration " + Q(key.integration) + " does not exist");
+    if (integ == kNone)
+      return Status::NotFound("integration " + Q(key.integration) + " does not exist");
     std::uint32_t sync = cat_.FindSync(integ, key.sync);
     if (sync == kNone) {
       return Status::NotFound("sync " + Q(key.sync) + " does not exist in integration " +
@@ -676,8 +683,8 @@ Status EngineCore::DeleteVariant(const ScheduleKey& key) {
     }
     std::uint32_t conn = cat_.FindConnection(integ, key.connection);
     if (conn == kNone) {
-      return Status::NotFound("connection " + Q(key.connection) + " does not exist in integration " +
-                              Q(key.integration));
+      return Status::NotFound("connection " + Q(key.connection) +
+                              " does not exist in integration " + Q(key.integration));
     }
     std::uint32_t variant = cat_.FindVariant(key.variant);
     std::uint32_t sched = variant == kNone ? kNone : cat_.FindSchedule(conn, sync, variant);
@@ -728,7 +735,8 @@ Result<CommandResult> EngineCore::Start(const Target& target) {
         if (cat_.schedules[s].run == kNone) {
           // The immediate run's record goes in the same transaction (its id is the slot's).
           const Schedule& sc = cat_.schedules[s];
-          batch.runs.push_back(store::RunRow{RunId(sc.uid, now), sc.uid, now, 0, 1, now, 0, -1, ""});
+          batch.runs.push_back(
+              store::RunRow{RunId(sc.uid, now), sc.uid, now, 0, 1, now, 0, -1, ""});
         }
       }
       if (Status st = Persist(batch); !st.ok()) return st;
@@ -890,8 +898,9 @@ std::size_t EngineCore::MemoryBytes() {
 // Alarm and runs
 
 store::RunRow EngineCore::RunRowOf(const RunState& r) {
-  return store::RunRow{r.run_id, r.uid, r.slot, static_cast<std::uint8_t>(r.mode), r.attempt,
-                       r.dispatched, 0, -1, ""};
+  return store::RunRow{r.run_id,  r.uid,        r.slot, static_cast<std::uint8_t>(r.mode),
+                       r.attempt, r.dispatched, 0,      -1,
+                       ""};
 }
 
 void EngineCore::RecordDispatch(Effects& fx) {
@@ -955,15 +964,15 @@ void EngineCore::Apply(Effects& fx) {
   }
 }
 
-void EngineCore::Execute(const RunPtr& run, Status& status, std::vector<ModelCounts>& counts) {
+bool EngineCore::Execute(const RunPtr& run, Status& status, std::vector<ModelCounts>& counts) {
   if (run->token.cancelled()) {
     status = run->token.reason();
-    return;
+    return true;
   }
   if (!run->callback) {
     status = Status::FailedPrecondition("no callback registered for sync " + Q(run->key.sync) +
                                         " of integration " + Q(run->key.integration));
-    return;
+    return true;
   }
   RunContext ctx;
   ctx.key = run->key;
@@ -977,7 +986,22 @@ void EngineCore::Execute(const RunPtr& run, Status& status, std::vector<ModelCou
     run->last_heartbeat.store(clock->Now().time_since_epoch().count(), std::memory_order_relaxed);
   };
   try {
-    RunReport report = (*run->callback)(ctx);
+    if (run->callback->async) {
+      auto once = std::make_shared<std::atomic<bool>>(false);
+      std::weak_ptr<EngineCore> weak = weak_from_this();
+      run->callback->async(ctx, [weak, run, once](RunReport report) {
+        if (once->exchange(true)) return;
+        auto core = weak.lock();
+        if (!core) return;
+        std::vector<RunPtr> runs{run};
+        std::vector<std::pair<Status, std::vector<ModelCounts>>> outcomes(1);
+        outcomes[0].first = run->token.cancelled() ? run->token.reason() : std::move(report.status);
+        outcomes[0].second = std::move(report.counts);
+        core->Complete(runs, outcomes);
+      });
+      return false;
+    }
+    RunReport report = run->callback->sync(ctx);
     status = std::move(report.status);
     counts = std::move(report.counts);
   } catch (const std::exception& e) {
@@ -987,13 +1011,27 @@ void EngineCore::Execute(const RunPtr& run, Status& status, std::vector<ModelCou
   }
   // A run asked to stop is recorded as stopped, whatever it reported.
   if (run->token.cancelled()) status = run->token.reason();
+  return true;
 }
 
 void EngineCore::ExecuteBatch(std::vector<RunPtr>& runs) {
-  std::vector<std::pair<Status, std::vector<ModelCounts>>> outcomes(runs.size());
-  for (std::size_t i = 0; i < runs.size(); ++i) {
-    Execute(runs[i], outcomes[i].first, outcomes[i].second);
+  std::vector<RunPtr> done;
+  std::vector<std::pair<Status, std::vector<ModelCounts>>> outcomes;
+  done.reserve(runs.size());
+  outcomes.reserve(runs.size());
+  for (RunPtr& run : runs) {
+    Status status;
+    std::vector<ModelCounts> counts;
+    if (Execute(run, status, counts)) {
+      done.push_back(run);
+      outcomes.emplace_back(std::move(status), std::move(counts));
+    }
   }
+  if (!done.empty()) Complete(done, outcomes);
+}
+
+void EngineCore::Complete(std::vector<RunPtr>& runs,
+                          std::vector<std::pair<Status, std::vector<ModelCounts>>>& outcomes) {
   Effects fx;
   {
     std::lock_guard lock(mu_);
@@ -1003,15 +1041,14 @@ void EngineCore::ExecuteBatch(std::vector<RunPtr>& runs) {
       const RunPtr& r = runs[i];
       const Schedule& s = cat_.schedules[r->schedule];
       bool current = s.live && s.uid == r->uid && s.run == r->table_slot;
-      FinishRun(r, outcomes[i].first, std::move(outcomes[i].second), now, fx);
       if (store_ && current) {
         const Status& st = outcomes[i].first;
-        batch.runs.push_back(store::RunRow{r->run_id, r->uid, r->slot,
-                                           static_cast<std::uint8_t>(r->mode), r->attempt,
-                                           r->dispatched, now, static_cast<std::int8_t>(st.ok()),
-                                           st.ok() ? "" : st.message()});
-        batch.schedules.push_back(RowOf(r->schedule));
+        batch.runs.push_back(store::RunRow{
+            r->run_id, r->uid, r->slot, static_cast<std::uint8_t>(r->mode), r->attempt,
+            r->dispatched, now, static_cast<std::int8_t>(st.ok()), st.ok() ? "" : st.message()});
       }
+      FinishRun(r, outcomes[i].first, std::move(outcomes[i].second), now, fx);
+      if (store_ && current) batch.schedules.push_back(RowOf(r->schedule));
     }
     if (store_) {
       for (const RunPtr& r : fx.dispatch) batch.runs.push_back(RunRowOf(*r));

@@ -43,7 +43,7 @@ struct RunState {
   ScheduleKey key;
   std::string run_id;
   CancellationToken token;
-  std::shared_ptr<const SyncCallback> callback;
+  std::shared_ptr<const Callback> callback;
   std::atomic<std::int64_t> last_heartbeat{0};
 };
 using RunPtr = std::shared_ptr<RunState>;
@@ -58,8 +58,8 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   void Shutdown();
 
   Status DefineSync(std::string_view integration, const SyncDefinition& sync);
-  Status RegisterCallback(std::string_view integration, std::string_view sync, SyncCallback cb);
-  void SetFallbackCallback(SyncCallback cb);
+  Status RegisterCallback(std::string_view integration, std::string_view sync, Callback cb);
+  void SetFallbackCallback(Callback cb);
   Status AddConnection(std::string_view integration, std::string_view connection);
   Status DeleteConnection(std::string_view integration, std::string_view connection);
   Status CreateVariant(const ScheduleKey& key);
@@ -107,13 +107,17 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   void RecordDispatch(Effects& fx);
   static store::RunRow RunRowOf(const RunState& run);
   ScheduleStatus StatusOf(std::uint32_t schedule) const;
-  std::shared_ptr<const SyncCallback> CallbackFor(std::uint32_t integration,
-                                                  std::string_view sync) const;
+  std::shared_ptr<const Callback> CallbackFor(std::uint32_t integration,
+                                              std::string_view sync) const;
 
   // ---- without mu_ ----
   void OnAlarm();
   void Apply(Effects& fx);
-  void Execute(const RunPtr& run, Status& status, std::vector<ModelCounts>& counts);
+  // Runs a synchronous callback, or starts an asynchronous one (returning false: its `done`
+  // completes it later).
+  bool Execute(const RunPtr& run, Status& status, std::vector<ModelCounts>& counts);
+  void Complete(std::vector<RunPtr>& runs,
+                std::vector<std::pair<Status, std::vector<ModelCounts>>>& outcomes);
 
   Options options_;
   std::unique_ptr<Clock> owned_clock_;
@@ -135,8 +139,8 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   std::int64_t alarm_at_ = 0;
   std::uint64_t next_uid_ = 1;
   std::uint64_t trigger_seq_ = 0;
-  std::unordered_map<std::string, std::shared_ptr<const SyncCallback>> callbacks_;
-  std::shared_ptr<const SyncCallback> fallback_;
+  std::unordered_map<std::string, std::shared_ptr<const Callback>> callbacks_;
+  std::shared_ptr<const Callback> fallback_;
   EngineMetrics metrics_;
   std::condition_variable idle_cv_;
 };

@@ -100,9 +100,12 @@ Result<SyncSelector> SyncSelector::Parse(std::string_view text) {
 
 std::string_view ToString(ScheduleState state) {
   switch (state) {
-    case ScheduleState::kPaused: return "PAUSED";
-    case ScheduleState::kStarted: return "STARTED";
-    case ScheduleState::kDeleted: return "DELETED";
+    case ScheduleState::kPaused:
+      return "PAUSED";
+    case ScheduleState::kStarted:
+      return "STARTED";
+    case ScheduleState::kDeleted:
+      return "DELETED";
   }
   return "UNKNOWN";
 }
@@ -113,23 +116,34 @@ std::string_view ToString(RunMode mode) {
 
 std::string_view ToString(Outcome outcome) {
   switch (outcome) {
-    case Outcome::kStarted: return "started";
-    case Outcome::kAlreadyStarted: return "already_started";
-    case Outcome::kPaused: return "paused";
-    case Outcome::kAlreadyPaused: return "already_paused";
-    case Outcome::kTriggered: return "triggered";
-    case Outcome::kAlreadyRunning: return "already_running";
+    case Outcome::kStarted:
+      return "started";
+    case Outcome::kAlreadyStarted:
+      return "already_started";
+    case Outcome::kPaused:
+      return "paused";
+    case Outcome::kAlreadyPaused:
+      return "already_paused";
+    case Outcome::kTriggered:
+      return "triggered";
+    case Outcome::kAlreadyRunning:
+      return "already_running";
   }
   return "unknown";
 }
 
 std::string_view ToString(RunStatus status) {
   switch (status) {
-    case RunStatus::kRunning: return "RUNNING";
-    case RunStatus::kPaused: return "PAUSED";
-    case RunStatus::kStopped: return "STOPPED";
-    case RunStatus::kSuccess: return "SUCCESS";
-    case RunStatus::kError: return "ERROR";
+    case RunStatus::kRunning:
+      return "RUNNING";
+    case RunStatus::kPaused:
+      return "PAUSED";
+    case RunStatus::kStopped:
+      return "STOPPED";
+    case RunStatus::kSuccess:
+      return "SUCCESS";
+    case RunStatus::kError:
+      return "ERROR";
   }
   return "UNKNOWN";
 }
@@ -140,10 +154,10 @@ std::string FormatTime(TimePoint t) {
   year_month_day ymd{day};
   hh_mm_ss<milliseconds> hms{t - day};
   char buf[40];
-  std::snprintf(buf, sizeof buf, "%04d-%02u-%02uT%02d:%02d:%02d.%03dZ", static_cast<int>(ymd.year()),
-                static_cast<unsigned>(ymd.month()), static_cast<unsigned>(ymd.day()),
-                static_cast<int>(hms.hours().count()), static_cast<int>(hms.minutes().count()),
-                static_cast<int>(hms.seconds().count()),
+  std::snprintf(buf, sizeof buf, "%04d-%02u-%02uT%02d:%02d:%02d.%03dZ",
+                static_cast<int>(ymd.year()), static_cast<unsigned>(ymd.month()),
+                static_cast<unsigned>(ymd.day()), static_cast<int>(hms.hours().count()),
+                static_cast<int>(hms.minutes().count()), static_cast<int>(hms.seconds().count()),
                 static_cast<int>(hms.subseconds().count()));
   return buf;
 }

@@ -302,6 +302,7 @@ void EngineCore::AbandonRun(std::uint32_t schedule, Status reason, Effects& fx) 
   deadlines_.Cancel(schedule);
   --metrics_.runs_in_flight;
   ++metrics_.runs_cancelled;
+  ++metrics_.runs_failed;
   idle_cv_.notify_all();
 }
 
@@ -922,6 +923,7 @@ void EngineCore::RecordDispatch(Effects& fx) {
     deadlines_.Cancel(r->schedule);
     ++s.skipped;
     --metrics_.runs_in_flight;
+    --metrics_.runs_started;
     ++metrics_.slots_skipped;
   }
   fx.dispatch.clear();

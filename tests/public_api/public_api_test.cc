@@ -1,3 +1,36 @@
-#include "syncsched/syncsched.h"
+// Public-API tests: built with only include/ on the path, as an installed user would be.
 #include <gtest/gtest.h>
-TEST(PublicApi, Placeholder) {}
+
+#include "syncsched/syncsched.h"
+
+namespace {
+
+TEST(PublicApi, StatusIsCheapWhenOkAndNamesItsCode) {
+  syncsched::Status ok;
+  EXPECT_TRUE(ok.ok());
+  EXPECT_EQ(ok.ToString(), "OK");
+  auto e = syncsched::Status::NotFound("connection \"x\" does not exist");
+  EXPECT_FALSE(e.ok());
+  EXPECT_EQ(e.ToString(), "NOT_FOUND: connection \"x\" does not exist");
+  syncsched::Result<int> r = e;
+  EXPECT_FALSE(r.ok());
+  EXPECT_EQ(r.status(), e);
+  syncsched::Result<int> v = 7;
+  EXPECT_EQ(*v, 7);
+}
+
+TEST(PublicApi, OpenRejectsBadOptionsNamingTheField) {
+  syncsched::Options o;
+  o.worker_threads = 0;
+  auto e = syncsched::Engine::Open(o);
+  ASSERT_FALSE(e.ok());
+  EXPECT_NE(e.status().message().find("worker_threads"), std::string::npos);
+  o = {};
+  o.frequency_bounds.min = std::chrono::hours(2);
+  o.frequency_bounds.max = std::chrono::hours(1);
+  e = syncsched::Engine::Open(o);
+  ASSERT_FALSE(e.ok());
+  EXPECT_NE(e.status().message().find("frequency_bounds"), std::string::npos);
+}
+
+}  // namespace

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what syncsched needs to build and test, from Debian's packages. Idempotent: a package
+# already installed is skipped, and apt-get runs only when something is missing.
+set -euo pipefail
+
+packages=(build-essential cmake ninja-build pkg-config clang-format
+          libboost1.81-dev libsqlite3-dev nlohmann-json3-dev
+          libgtest-dev libgmock-dev libbenchmark-dev nodejs npm)
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    # Node.js may come from elsewhere (the machine's own node); only then is npm skipped too.
+    if [[ "$p" == nodejs || "$p" == npm ]] && command -v node >/dev/null && command -v npm >/dev/null; then
+      continue
+    fi
+    missing+=("$p")
+  fi
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""
+  [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null
+else
+  echo "setup: all packages present"
+fi

@@ -117,6 +117,9 @@ class Engine {
   // for the frequency.
   Result<Millis> UpdateFrequency(const ScheduleKey& key, std::optional<std::string> frequency);
 
+  // Lets timers fire after Options::hold_timers. Idempotent; any thread.
+  void ReleaseTimers();
+
   // Counters and gauges for monitoring. Any thread; cheap (no per-schedule walk).
   EngineMetrics GetMetrics();
 

@@ -47,7 +47,27 @@ struct Options {
 
   // The SQLite database holding the engine's state, or empty for an engine that keeps its state
   // in memory only (lost at exit). ":memory:" is a SQLite in-memory database.
+  //
+  // With a database, every command's effect is committed before the command returns, and each
+  // run's record is committed before its callback is called. Opening restores the catalog,
+  // connections and schedules: STARTED schedules continue on their grids, slots missed while the
+  // process was down collapse into one run per schedule (dispatched in due order as soon as timers
+  // are released), and runs that were in flight are recorded as "interrupted" errors.
   std::string database_path;
+
+  // false (default): SQLite `synchronous=NORMAL` in WAL mode: commits survive a crash of the
+  // process; a power loss may lose the last few. true: `synchronous=FULL`, surviving power loss
+  // at the cost of an fsync per commit.
+  bool synchronous_full = false;
+
+  // Finished runs kept in the database per schedule (beside the last failed run).
+  std::size_t run_history = 20;
+
+  // When true, the engine fires no timer (scheduled slots, catch-up runs after a restart) until
+  // Engine::ReleaseTimers() is called; commands work and dispatch their runs meanwhile. Set it
+  // when opening a database whose recovered runs must find their callbacks: open, register the
+  // callbacks and define the catalog, then release. Default false: timers fire from the start.
+  bool hold_timers = false;
 };
 
 }  // namespace syncsched

@@ -5,7 +5,12 @@
 namespace syncsched::core {
 namespace {
 
-std::string Q(std::string_view s) { return "\"" + std::string(s) + "\""; }
+std::string Q(std::string_view s) {
+  std::string out;
+  out.reserve(s.size() + 2);
+  out.append(1, '"').append(s).append(1, '"');
+  return out;
+}
 
 // Heap bytes of a string beyond the object itself (0 when the small-string buffer holds it).
 std::size_t HeapOf(const std::string& s) { return s.capacity() > 15 ? s.capacity() + 1 : 0; }
@@ -205,7 +210,9 @@ Result<std::vector<std::uint32_t>> Catalog::Resolve(const Target& target) const 
     std::string where = target.connection
                             ? "on connection " + Q(*target.connection)
                             : "on any connection of integration " + Q(target.integration);
-    return Status::NotFound("sync " + Q(sync + "::" + variant) + " has no schedule " + where);
+    std::string name = sync;
+    name.append("::").append(variant);
+    return Status::NotFound("sync " + Q(name) + " has no schedule " + where);
   }
   return out;
 }

@@ -55,6 +55,7 @@ Result<Millis> Engine::UpdateFrequency(const ScheduleKey& key,
                                        std::optional<std::string> frequency) {
   return core_->UpdateFrequency(key, std::move(frequency));
 }
+void Engine::ReleaseTimers() { core_->ReleaseTimers(); }
 EngineMetrics Engine::GetMetrics() { return core_->GetMetrics(); }
 Clock& Engine::clock() { return core_->clock(); }
 std::size_t Engine::MemoryBytes() { return core_->MemoryBytes(); }

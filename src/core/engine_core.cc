@@ -8,11 +8,17 @@
 
 #include "core/names.h"
 #include "core/worker_pool.h"
+#include "store/sqlite_store.h"
 
 namespace syncsched::core {
 namespace {
 
-std::string Q(std::string_view s) { return "\"" + std::string(s) + "\""; }
+std::string Q(std::string_view s) {
+  std::string out;
+  out.reserve(s.size() + 2);
+  out.append(1, '"').append(s).append(1, '"');
+  return out;
+}
 
 std::string CallbackKey(std::string_view integration, std::string_view sync) {
   std::string k(integration);
@@ -119,8 +125,106 @@ Status EngineCore::Init() {
       io->run();
     });
   }
-  // Durable state (Options::database_path) is restored by the store integration.
+  timers_held_ = options_.hold_timers;
+  if (!options_.database_path.empty()) {
+    store::SqliteStoreOptions so;
+    so.path = options_.database_path;
+    so.synchronous_full = options_.synchronous_full;
+    so.history_per_schedule = options_.run_history;
+    auto opened = store::OpenSqliteStore(so);
+    if (!opened.ok()) return opened.status();
+    store_ = std::move(opened).value();
+    auto snapshot = store_->Load();
+    if (!snapshot.ok()) return snapshot.status();
+    std::lock_guard lock(mu_);
+    if (Status s = Recover(std::move(snapshot).value()); !s.ok()) return s;
+    MaybeRearm();
+  }
   return Status();
+}
+
+Status EngineCore::Recover(store::Snapshot snap) {
+  std::int64_t now = NowMs();
+  for (store::SyncRow& row : snap.syncs) {
+    std::uint32_t integ = cat_.FindIntegration(row.integration);
+    if (integ == kNone) integ = cat_.AddIntegration(row.integration);
+    SyncInfo info;
+    info.name = row.name;
+    info.frequency_text = row.frequency_text;
+    info.frequency_ms = row.frequency_ms;
+    info.auto_start = row.auto_start;
+    info.timeout_ms = row.timeout_ms;
+    info.heartbeat_timeout_ms = row.heartbeat_timeout_ms;
+    if (info.frequency_ms <= 0) {
+      return Status::Internal(options_.database_path + ": sync " + Q(row.name) +
+                              " has a non-positive frequency; the database is corrupt");
+    }
+    cat_.AddSync(integ, std::move(info));
+  }
+  for (store::ConnectionRow& row : snap.connections) {
+    std::uint32_t integ = cat_.FindIntegration(row.integration);
+    if (integ == kNone) integ = cat_.AddIntegration(row.integration);
+    if (cat_.FindConnection(integ, row.connection) == kNone) {
+      cat_.AddConnection(integ, row.connection);
+    }
+  }
+  next_uid_ = snap.max_uid + 1;
+  std::unordered_map<std::uint64_t, std::uint32_t> by_uid;
+  by_uid.reserve(snap.schedules.size());
+  // Schedules armed in due order: the wheel fires due timers in deadline order.
+  for (store::ScheduleRow& row : snap.schedules) {
+    std::uint32_t integ = cat_.FindIntegration(row.integration);
+    std::uint32_t sync = integ == kNone ? kNone : cat_.FindSync(integ, row.sync);
+    std::uint32_t conn = integ == kNone ? kNone : cat_.FindConnection(integ, row.connection);
+    if (sync == kNone || conn == kNone) {
+      return Status::Internal(options_.database_path + ": schedule " + std::to_string(row.uid) +
+                              " names a sync or connection that is not stored; the database is "
+                              "corrupt");
+    }
+    std::uint32_t idx = cat_.AddSchedule(conn, sync, cat_.InternVariant(row.variant), row.uid);
+    next_uid_ = std::max(next_uid_, row.uid + 1);
+    by_uid.emplace(row.uid, idx);
+    Schedule& s = cat_.schedules[idx];
+    s.anchor = row.anchor_ms;
+    s.freq_override = row.frequency_override_ms;
+    s.next_slot = row.next_slot_ms;
+    s.runs = static_cast<std::uint32_t>(row.runs);
+    s.failures = static_cast<std::uint32_t>(row.failures);
+    s.skipped = static_cast<std::uint32_t>(row.skipped);
+    s.last_start = row.last_start_ms;
+    s.last_finish = row.last_finish_ms;
+    s.last_ok = row.last_ok;
+    if (!row.last_error.empty()) cat_.details[idx].last_error = row.last_error;
+    if (row.state == static_cast<std::uint8_t>(ScheduleState::kStarted)) {
+      s.state = ScheduleState::kStarted;
+      ++metrics_.schedules_started;
+      if (s.next_slot == 0) s.next_slot = NextSlotAfter(s.anchor, cat_.FrequencyOf(s), now);
+      slots_.Arm(idx, s.next_slot);
+    } else {
+      ++metrics_.schedules_paused;
+    }
+  }
+  // Runs in flight at the crash: recorded as interrupted errors, each a missed slot.
+  store::Batch batch;
+  for (store::RunRow& run : snap.unfinished_runs) {
+    auto it = by_uid.find(run.schedule_uid);
+    run.finished_ms = now;
+    run.ok = 0;
+    run.error = "interrupted: the engine stopped while the run was in flight";
+    if (it != by_uid.end()) {
+      Schedule& s = cat_.schedules[it->second];
+      ++s.runs;
+      ++s.failures;
+      ++s.skipped;
+      s.last_start = run.started_ms;
+      s.last_finish = now;
+      s.last_ok = 0;
+      cat_.details[it->second].last_error = run.error;
+      batch.schedules.push_back(RowOf(it->second));
+    }
+    batch.runs.push_back(std::move(run));
+  }
+  return Persist(batch);
 }
 
 EngineCore::~EngineCore() { Shutdown(); }
@@ -381,8 +485,14 @@ void EngineCore::OnRunDeadline(std::uint32_t schedule, std::int64_t now, Effects
   FinishRun(run, reason, {}, now, fx);
 }
 
+void EngineCore::ReleaseTimers() {
+  std::lock_guard lock(mu_);
+  timers_held_ = false;
+  MaybeRearm();
+}
+
 void EngineCore::MaybeRearm() {
-  if (shut_down_ || !alarm_) return;
+  if (shut_down_ || timers_held_ || !alarm_) return;
   std::optional<std::int64_t> a = slots_.NextDeadline();
   std::optional<std::int64_t> b = deadlines_.NextDeadline();
   std::optional<std::int64_t> next = a;

@@ -70,6 +70,7 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   Result<std::vector<ScheduleStatus>> GetStatus(const Target& target);
   Result<Millis> UpdateFrequency(const ScheduleKey& key, std::optional<std::string> frequency);
   EngineMetrics GetMetrics();
+  void ReleaseTimers();
   Clock& clock() { return *clock_; }
   std::size_t MemoryBytes();
 
@@ -84,6 +85,8 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
 
   explicit EngineCore(Options options);
   Status Init();
+  // Rebuilds the state from the store's snapshot (under mu_, during Init).
+  Status Recover(store::Snapshot snapshot);
 
   // ---- under mu_ ----
   std::int64_t NowMs() const;
@@ -129,6 +132,7 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
 
   std::mutex mu_;
   bool shut_down_ = false;
+  bool timers_held_ = false;
   Catalog cat_;
   wheel::TimerWheel slots_;      // id: schedule index; deadline: its next slot
   wheel::TimerWheel deadlines_;  // id: schedule index; deadline: its run's timeout or heartbeat

@@ -11,9 +11,9 @@
 //   variant): the one-schedule-per-key rule is enforced by the database too.
 // - runs(run_id PRIMARY KEY, schedule_uid, ...) WITHOUT ROWID: one row per dispatched run, written
 //   before its callback is called and again when it ends. runs_by_schedule(schedule_uid,
-//   finished_ms, ok) serves deletion with a schedule and history pruning from the index alone;
-//   the partial index runs_in_flight (finished_ms = 0) lets Load find unfinished runs without
-//   scanning the history.
+//   finished_ms, run_id, ok) serves deletion with a schedule and history pruning from the index
+//   alone; the partial index runs_in_flight (finished_ms = 0) lets Load find unfinished runs
+//   without scanning the history.
 //
 // Durability: WAL with synchronous=NORMAL by default (a commit costs no fsync; a crash of the
 // process loses nothing, a power loss may lose the last commits) or FULL. Each Commit is one
@@ -21,11 +21,17 @@
 //
 // History bound: the store keeps, per schedule, an upper bound on the finished runs it holds
 // (counts_), raised by one for each finished run written. Only when the bound passes
-// history_per_schedule + 1 is the schedule pruned, by one indexed DELETE, in the same transaction.
+// history_per_schedule is the schedule pruned, by one indexed DELETE, in the same transaction.
 // The bound starts at 0 for schedules created since the open (uid above the max_uid read at open)
 // and is read from the index at the first finished run of an older schedule. So a batch of runs
 // costs one hash update per finished run and one DELETE per schedule that reached its bound: at
-// steady state, once per schedule per batch.
+// steady state, once per schedule per batch. Memory: one hash entry per schedule that finished a
+// run since the open. A failed commit forgets every bound (they are re-read when needed).
+//
+// Opening never writes to a file it then refuses: the header and the size are checked with plain
+// reads before SQLite opens the file, then the schema version and tables are read in a read
+// transaction, and only then is WAL mode set (the first write). A WAL left with frames is not
+// checkpointed on a refused open.
 //
 // Ownership: an exclusive flock on `<path>.lock`, taken before the database is opened. flock
 // locks belong to an open file description, so a second open in the same process conflicts too,
@@ -137,7 +143,7 @@ CREATE TABLE runs(
   ok INTEGER NOT NULL,
   error TEXT NOT NULL
 ) WITHOUT ROWID;
-CREATE INDEX runs_by_schedule ON runs(schedule_uid, finished_ms, ok);
+CREATE INDEX runs_by_schedule ON runs(schedule_uid, finished_ms, run_id, ok);
 CREATE INDEX runs_in_flight ON runs(schedule_uid) WHERE finished_ms = 0;
 )sql",
      {"meta", "syncs", "connections", "schedules", "runs"}},
@@ -187,11 +193,14 @@ ON CONFLICT (run_id) DO UPDATE SET
 constexpr std::string_view kCountFinishedRuns =
     "SELECT count(*) FROM runs WHERE schedule_uid = ?1 AND finished_ms <> 0";
 
-// Deletes the finished runs of schedule ?1 beyond the newest ?2, except the newest failed one.
+// Deletes the finished runs of schedule ?1 older than its ?2 newest (all of them when ?2 is 0),
+// except the newest failed one. "Older" compares (finished_ms, run_id), the index's order, so
+// that ties on finished_ms are broken the same way by every query.
 constexpr std::string_view kPruneRuns = R"sql(
-DELETE FROM runs WHERE schedule_uid = ?1 AND finished_ms <> 0 AND run_id IN (
-  SELECT run_id FROM runs WHERE schedule_uid = ?1 AND finished_ms <> 0
-  ORDER BY finished_ms DESC, run_id DESC LIMIT -1 OFFSET ?2)
+DELETE FROM runs WHERE schedule_uid = ?1 AND finished_ms <> 0
+AND (?2 = 0 OR (finished_ms, run_id) < (
+  SELECT finished_ms, run_id FROM runs WHERE schedule_uid = ?1 AND finished_ms <> 0
+  ORDER BY finished_ms DESC, run_id DESC LIMIT 1 OFFSET ?2 - 1))
 AND run_id IS NOT (
   SELECT run_id FROM runs WHERE schedule_uid = ?1 AND finished_ms <> 0 AND ok = 0
   ORDER BY finished_ms DESC, run_id DESC LIMIT 1))sql";
@@ -259,7 +268,8 @@ Status CheckFileHeader(const std::string& path, off_t size) {
   std::uint32_t page_size = (std::uint32_t{header[16]} << 8) | header[17];
   if (page_size == 1) page_size = 65536;
   if (page_size < 512 || (page_size & (page_size - 1)) != 0) {
-    return Status::Internal(Quoted(path) + " is not a syncsched database or is corrupt (page size " +
+    return Status::Internal(Quoted(path) +
+                            " is not a syncsched database or is corrupt (page size " +
                             std::to_string(page_size) + " in its header)");
   }
   std::uint32_t change_counter = BigEndian32(header + 24);
@@ -273,10 +283,10 @@ Status CheckFileHeader(const std::string& path, off_t size) {
   if (page_count != 0 && change_counter == valid_for && !wal_has_frames) {
     auto expected = static_cast<std::uint64_t>(page_count) * page_size;
     if (static_cast<std::uint64_t>(size) < expected) {
-      return Status::Internal(Quoted(path) + " is not a syncsched database or is corrupt (truncated: " +
-                              std::to_string(size) + " bytes, its header says " +
-                              std::to_string(page_count) + " pages of " +
-                              std::to_string(page_size) + " bytes)");
+      return Status::Internal(
+          Quoted(path) + " is not a syncsched database or is corrupt (truncated: " +
+          std::to_string(size) + " bytes, its header says " + std::to_string(page_count) +
+          " pages of " + std::to_string(page_size) + " bytes)");
     }
   }
   return Status::Ok();
@@ -296,8 +306,9 @@ class OwnerLock {
     for (;;) {
       int fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
       if (fd < 0) {
-        return Status::Unavailable(Quoted(db_path) + " cannot be opened: cannot create its lock file '" +
-                                   lock_path + "': " + Errno(errno));
+        return Status::Unavailable(Quoted(db_path) +
+                                   " cannot be opened: cannot create its lock file '" + lock_path +
+                                   "': " + Errno(errno));
       }
       if (::flock(fd, LOCK_EX | LOCK_NB) == 0) {
         // The previous owner removes the lock file when it lets go; if it did so between our
@@ -442,16 +453,21 @@ Status SqliteStore::Open() {
     }
   }
 
+  // A WAL with frames that another engine (a newer one, say) left behind must not be
+  // checkpointed into the file by our close before the file is known to be ours. A WAL we
+  // create by reading is empty, and closing normally removes it again without writing the file.
+  struct stat wal;
+  bool wal_has_frames =
+      !in_memory_ && ::stat((path + "-wal").c_str(), &wal) == 0 && wal.st_size > 0;
+
   std::string error;
-  int rc = db_.Open(path,
-                    SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX |
-                        SQLITE_OPEN_EXRESCODE,
-                    &error);
+  int rc = db_.Open(
+      path,
+      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE,
+      &error);
   if (rc != SQLITE_OK) return SqliteStatus(rc, path, "cannot be opened", error);
   sqlite3_extended_result_codes(db_.get(), 1);
-  // Until the file is known to be ours, closing must not write to it (a checkpoint of a WAL
-  // that a newer engine left behind, say).
-  sqlite3_db_config(db_.get(), SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
+  if (wal_has_frames) sqlite3_db_config(db_.get(), SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
   // We own the file; only a tool reading it at the same moment could make us wait.
   sqlite3_busy_timeout(db_.get(), 2000);
 
@@ -513,8 +529,8 @@ Status SqliteStore::Inspect(int* version) {
 
   if (*version > kSchemaVersion) {
     return finish(Status::FailedPrecondition(
-        Quoted(path) + " has schema version " + std::to_string(*version) +
-        ", newer than version " + std::to_string(kSchemaVersion) +
+        Quoted(path) + " has schema version " + std::to_string(*version) + ", newer than version " +
+        std::to_string(kSchemaVersion) +
         " that this syncsched knows; open it with a newer syncsched"));
   }
   if (*version < 0) {
@@ -531,10 +547,9 @@ Status SqliteStore::Inspect(int* version) {
   if (*version > 0) {
     for (const char* table : kMigrations[*version - 1].tables) {
       if (tables.count(table) == 0) {
-        return finish(Status::Internal(Quoted(path) +
-                                       " is not a syncsched database or is corrupt (schema version " +
-                                       std::to_string(*version) + " without table '" + table +
-                                       "')"));
+        return finish(Status::Internal(
+            Quoted(path) + " is not a syncsched database or is corrupt (schema version " +
+            std::to_string(*version) + " without table '" + table + "')"));
       }
     }
   }
@@ -546,7 +561,8 @@ Status SqliteStore::Inspect(int* version) {
     std::string verdict = stmt.Text(0);
     if (verdict != "ok") {
       return finish(Status::Internal(
-          Quoted(path) + " is not a syncsched database or is corrupt (quick_check: " + verdict + ")"));
+          Quoted(path) + " is not a syncsched database or is corrupt (quick_check: " + verdict +
+          ")"));
     }
   }
   return finish(Status::Ok());
@@ -560,13 +576,14 @@ Status SqliteStore::Configure() {
     rc = stmt.Step();
     if (rc != SQLITE_ROW) return Error(rc, "cannot switch to WAL mode");
     if (std::string mode = stmt.Text(0); mode != "wal") {
-      return Status::Unavailable(Quoted(options_.path) +
-                                 ": cannot switch to WAL mode (the file system gave journal mode '" +
-                                 mode + "')");
+      return Status::Unavailable(
+          Quoted(options_.path) +
+          ": cannot switch to WAL mode (the file system gave journal mode '" + mode + "')");
     }
   }
-  Status s = Exec(options_.synchronous_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
-                  "cannot set the synchronous mode");
+  Status s =
+      Exec(options_.synchronous_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
+           "cannot set the synchronous mode");
   if (!s.ok()) return s;
   // A larger page cache than the 2 MB default keeps index pages of big batches in memory.
   return Exec("PRAGMA cache_size=-65536", "cannot set the cache size");
@@ -613,20 +630,20 @@ Status SqliteStore::PrepareStatements() {
     // A statement that does not compile against the file's tables means the schema is not ours.
     if (rc != SQLITE_OK) {
       int primary = rc & 0xff;
-      return primary == SQLITE_ERROR ? SqliteStatus(SQLITE_CORRUPT, options_.path,
-                                                    "its tables do not match the schema",
-                                                    db_.ErrorMessage())
-                                     : Error(rc, "preparing statements");
+      return primary == SQLITE_ERROR
+                 ? SqliteStatus(SQLITE_CORRUPT, options_.path, "its tables do not match the schema",
+                                db_.ErrorMessage())
+                 : Error(rc, "preparing statements");
     }
   }
   return Status::Ok();
 }
 
 void SqliteStore::FinalizeStatements() {
-  for (Stmt* stmt : {&begin_, &commit_, &rollback_, &upsert_sync_, &insert_connection_,
-                     &delete_connection_, &upsert_schedule_, &delete_schedule_,
-                     &delete_runs_of_schedule_, &upsert_run_, &count_finished_runs_, &prune_runs_,
-                     &set_max_uid_}) {
+  for (Stmt* stmt :
+       {&begin_, &commit_, &rollback_, &upsert_sync_, &insert_connection_, &delete_connection_,
+        &upsert_schedule_, &delete_schedule_, &delete_runs_of_schedule_, &upsert_run_,
+        &count_finished_runs_, &prune_runs_, &set_max_uid_}) {
     *stmt = Stmt();
   }
 }
@@ -769,8 +786,7 @@ Status SqliteStore::Apply(const Batch& batch, std::uint64_t* max_uid) {
   for (const ConnectionRow& r : batch.connections_deleted) {
     Stmt& q = delete_connection_;
     int brc = q.BindText(1, r.integration) | q.BindText(2, r.connection);
-    s = Write(q, brc,
-              [&] { return "deleting connection " + r.integration + "/" + r.connection; });
+    s = Write(q, brc, [&] { return "deleting connection " + r.integration + "/" + r.connection; });
     if (!s.ok()) return s;
   }
   for (const ConnectionRow& r : batch.connections_added) {
@@ -809,7 +825,10 @@ Status SqliteStore::Apply(const Batch& batch, std::uint64_t* max_uid) {
     if (!s.ok()) return s;
   }
 
-  const std::size_t bound = options_.history_per_schedule + 1;  // + the newest failed run
+  // A schedule is pruned as soon as its finished runs may exceed history_per_schedule, so one
+  // without failures keeps exactly that many. Schedules are pruned once per batch, after all its
+  // runs are written (over_bound is deduplicated).
+  const std::size_t bound = options_.history_per_schedule;
   std::vector<std::uint64_t> over_bound;
   for (const RunRow& r : batch.runs) {
     if (any_deleted && deleted.count(r.schedule_uid) != 0) continue;
@@ -826,10 +845,12 @@ Status SqliteStore::Apply(const Batch& batch, std::uint64_t* max_uid) {
     if (inserted && r.schedule_uid <= count_floor_uid_) {
       it->second = kUnknownCount;  // counted from the file after this batch's writes
       over_bound.push_back(r.schedule_uid);
-    } else if (it->second != kUnknownCount && ++it->second == bound + 1) {
+    } else if (it->second != kUnknownCount && ++it->second > bound) {
       over_bound.push_back(r.schedule_uid);
     }
   }
+  std::sort(over_bound.begin(), over_bound.end());
+  over_bound.erase(std::unique(over_bound.begin(), over_bound.end()), over_bound.end());
   s = Prune(over_bound);
   if (!s.ok()) return s;
 
@@ -848,18 +869,19 @@ Status SqliteStore::Prune(const std::vector<std::uint64_t>& candidates) {
       ResetGuard guard(count_finished_runs_);
       int rc = count_finished_runs_.BindU64(1, uid);
       if (rc == SQLITE_OK) rc = count_finished_runs_.Step();
-      if (rc != SQLITE_ROW) return Error(rc, "counting runs of schedule uid " + std::to_string(uid));
+      if (rc != SQLITE_ROW)
+        return Error(rc, "counting runs of schedule uid " + std::to_string(uid));
       auto finished = static_cast<std::uint64_t>(count_finished_runs_.Int(0));
-      if (finished <= keep + 1) {
-        count = static_cast<std::uint32_t>(finished);
-        continue;
-      }
+      count = static_cast<std::uint32_t>(std::min<std::uint64_t>(finished, kUnknownCount - 1));
+      if (finished <= keep) continue;
     }
     Stmt& q = prune_runs_;
     int brc = q.BindU64(1, uid) | q.Bind(2, static_cast<std::int64_t>(keep));
     Status s = Write(q, brc, [&] { return "pruning runs of schedule uid " + std::to_string(uid); });
     if (!s.ok()) return s;
-    count = static_cast<std::uint32_t>(keep + 1);  // an upper bound: the newest failed may be in
+    // Still an upper bound (exact unless a run was written finished twice).
+    auto deleted = static_cast<std::uint64_t>(sqlite3_changes64(db_.get()));
+    count = count > deleted ? static_cast<std::uint32_t>(count - deleted) : 0;
   }
   return Status::Ok();
 }

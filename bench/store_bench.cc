@@ -1,0 +1,274 @@
+// The SQLite store's commit beside its floor: the same row writes as plain prepared INSERTs.
+//
+// BM_StoreCommit1M: one Store::Commit of 1M fresh ScheduleRow upserts (100k connections x 10
+// syncs) and 1M finished RunRow upserts, on a new file in WAL mode, synchronous=NORMAL.
+// BM_RawSqliteInsert/1000000: the same rows, as plain `INSERT` statements prepared once and bound
+// by index, into tables with the store's schema (same keys and indexes), in one transaction, with
+// the same pragmas. The difference is what the store adds: upserts, its bookkeeping (max_uid,
+// history counts) and the batch layout.
+//
+// Opening, closing (the final checkpoint) and building the rows are outside the timed region.
+// Files go to $TMPDIR (default /tmp). Run:
+//   ./store_bench --benchmark_filter='StoreCommit1M|RawSqliteInsert'
+#include <benchmark/benchmark.h>
+#include <sqlite3.h>
+#include <stdlib.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "store/sqlite_store.h"
+#include "store/store.h"
+
+namespace syncsched::store {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr int kRows = 1'000'000;
+constexpr int kSyncsPerConnection = 10;
+
+// The rows both benchmarks write, built once.
+const Batch& Rows() {
+  static const Batch* batch = [] {
+    auto* b = new Batch;
+    b->schedules.reserve(kRows);
+    b->runs.reserve(kRows);
+    char connection[32];
+    char sync[16];
+    for (int i = 0; i < kRows; ++i) {
+      std::snprintf(connection, sizeof connection, "conn-%06d", i / kSyncsPerConnection);
+      std::snprintf(sync, sizeof sync, "sync-%d", i % kSyncsPerConnection);
+      ScheduleRow& s = b->schedules.emplace_back();
+      s.uid = static_cast<std::uint64_t>(i) + 1;
+      s.integration = "github";
+      s.connection = connection;
+      s.sync = sync;
+      s.variant = "base";
+      s.state = 1;
+      s.anchor_ms = 1'700'000'000'000 + i;
+      s.next_slot_ms = s.anchor_ms + 1'800'000;
+      s.runs = 1;
+      s.last_start_ms = s.anchor_ms;
+      s.last_finish_ms = s.anchor_ms + 250;
+      s.last_ok = 1;
+      RunRow& r = b->runs.emplace_back();
+      r.run_id = std::to_string(s.uid) + "-" + std::to_string(s.anchor_ms);
+      r.schedule_uid = s.uid;
+      r.slot_ms = s.anchor_ms;
+      r.mode = 0;
+      r.attempt = 1;
+      r.started_ms = s.anchor_ms;
+      r.finished_ms = s.anchor_ms + 250;
+      r.ok = 1;
+    }
+    return b;
+  }();
+  return *batch;
+}
+
+std::string NewTempDir() {
+  std::string pattern = (fs::temp_directory_path() / "syncsched-bench-XXXXXX").string();
+  if (::mkdtemp(pattern.data()) == nullptr) return {};
+  return pattern;
+}
+
+void BM_StoreCommit1M(benchmark::State& state) {
+  const Batch& batch = Rows();
+  for (auto _ : state) {
+    state.PauseTiming();
+    std::string dir = NewTempDir();
+    SqliteStoreOptions options;
+    options.path = dir + "/state.db";
+    auto store = OpenSqliteStore(options);
+    if (!store.ok()) {
+      state.SkipWithError(store.status().ToString().c_str());
+      break;
+    }
+    state.ResumeTiming();
+    Status s = (*store)->Commit(batch);
+    state.PauseTiming();
+    if (!s.ok()) state.SkipWithError(s.ToString().c_str());
+    store->reset();  // closes the store (and checkpoints) untimed
+    fs::remove_all(dir);
+    state.ResumeTiming();
+    if (!s.ok()) break;
+  }
+  state.counters["rows/s"] =
+      benchmark::Counter(2.0 * kRows, benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_StoreCommit1M)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
+
+// Steady state of group commit: 10k schedules, each at its history bound, and a batch that
+// finishes one run of each, so each schedule is pruned in that commit. Beside it, the same
+// batches with a bound never reached (arg 0): the cost of pruning is the difference.
+void BM_StoreCommitRunsAtHistoryBound(benchmark::State& state) {
+  constexpr int kSchedules = 10'000;
+  constexpr int kHistory = 20;
+  const bool prune = state.range(0) != 0;
+  std::string dir = NewTempDir();
+  SqliteStoreOptions options;
+  options.path = dir + "/state.db";
+  options.history_per_schedule = prune ? kHistory : 1'000'000;
+  auto store = OpenSqliteStore(options);
+  if (!store.ok()) {
+    state.SkipWithError(store.status().ToString().c_str());
+    return;
+  }
+  Batch setup;
+  for (int i = 0; i < kSchedules; ++i) setup.schedules.push_back(Rows().schedules[i]);
+  Status s = (*store)->Commit(setup);
+  std::int64_t round = 0;
+  auto next_batch = [&] {
+    Batch batch;
+    ++round;
+    for (int i = 0; i < kSchedules; ++i) {
+      RunRow& r = batch.runs.emplace_back();
+      r.schedule_uid = static_cast<std::uint64_t>(i) + 1;
+      r.run_id = std::to_string(r.schedule_uid) + "-" + std::to_string(round);
+      r.slot_ms = r.started_ms = round * 1000;
+      r.finished_ms = r.started_ms + 250;
+      r.ok = 1;
+    }
+    return batch;
+  };
+  for (int k = 0; s.ok() && k < kHistory; ++k) s = (*store)->Commit(next_batch());
+  for (auto _ : state) {
+    state.PauseTiming();
+    Batch batch = next_batch();
+    state.ResumeTiming();
+    if (s.ok()) s = (*store)->Commit(batch);
+  }
+  if (!s.ok()) state.SkipWithError(s.ToString().c_str());
+  store->reset();
+  fs::remove_all(dir);
+  state.counters["runs/s"] =
+      benchmark::Counter(kSchedules, benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_StoreCommitRunsAtHistoryBound)
+    ->Arg(1)
+    ->Arg(0)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->Iterations(30);
+
+// The store's schema (version 1), as the floor's tables.
+constexpr const char* kSchema = R"sql(
+CREATE TABLE meta(key TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE schedules(
+  uid INTEGER PRIMARY KEY, integration TEXT NOT NULL, connection TEXT NOT NULL,
+  sync TEXT NOT NULL, variant TEXT NOT NULL, state INTEGER NOT NULL, anchor_ms INTEGER NOT NULL,
+  frequency_override_ms INTEGER NOT NULL, next_slot_ms INTEGER NOT NULL, runs INTEGER NOT NULL,
+  failures INTEGER NOT NULL, skipped INTEGER NOT NULL, last_start_ms INTEGER NOT NULL,
+  last_finish_ms INTEGER NOT NULL, last_ok INTEGER NOT NULL, last_error TEXT NOT NULL);
+CREATE UNIQUE INDEX schedules_by_key ON schedules(integration, connection, sync, variant);
+CREATE TABLE runs(
+  run_id TEXT PRIMARY KEY NOT NULL, schedule_uid INTEGER NOT NULL, slot_ms INTEGER NOT NULL,
+  mode INTEGER NOT NULL, attempt INTEGER NOT NULL, started_ms INTEGER NOT NULL,
+  finished_ms INTEGER NOT NULL, ok INTEGER NOT NULL, error TEXT NOT NULL) WITHOUT ROWID;
+CREATE INDEX runs_by_schedule ON runs(schedule_uid, finished_ms, run_id, ok);
+CREATE INDEX runs_in_flight ON runs(schedule_uid) WHERE finished_ms = 0;
+)sql";
+
+void BM_RawSqliteInsert(benchmark::State& state) {
+  const Batch& batch = Rows();
+  const auto n = static_cast<std::size_t>(state.range(0));
+  auto check = [&](int rc, sqlite3* db) {
+    if (rc != SQLITE_OK && rc != SQLITE_DONE && rc != SQLITE_ROW) {
+      state.SkipWithError(sqlite3_errmsg(db));
+      return false;
+    }
+    return true;
+  };
+  for (auto _ : state) {
+    state.PauseTiming();
+    std::string dir = NewTempDir();
+    std::string path = dir + "/raw.db";
+    sqlite3* db = nullptr;
+    sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr);
+    bool ok = check(sqlite3_exec(db,
+                                 "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; "
+                                 "PRAGMA cache_size=-65536;",
+                                 nullptr, nullptr, nullptr),
+                    db) &&
+              check(sqlite3_exec(db, kSchema, nullptr, nullptr, nullptr), db);
+    sqlite3_stmt* ins_schedule = nullptr;
+    sqlite3_stmt* ins_run = nullptr;
+    ok =
+        ok &&
+        check(sqlite3_prepare_v2(
+                  db,
+                  "INSERT INTO schedules VALUES "
+                  "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                  -1, &ins_schedule, nullptr),
+              db) &&
+        check(sqlite3_prepare_v2(db, "INSERT INTO runs VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                                 -1, &ins_run, nullptr),
+              db);
+    state.ResumeTiming();
+
+    ok = ok && check(sqlite3_exec(db, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr), db);
+    for (std::size_t i = 0; ok && i < n; ++i) {
+      const ScheduleRow& r = batch.schedules[i];
+      sqlite3_stmt* q = ins_schedule;
+      sqlite3_bind_int64(q, 1, static_cast<std::int64_t>(r.uid));
+      sqlite3_bind_text(q, 2, r.integration.data(), static_cast<int>(r.integration.size()),
+                        SQLITE_STATIC);
+      sqlite3_bind_text(q, 3, r.connection.data(), static_cast<int>(r.connection.size()),
+                        SQLITE_STATIC);
+      sqlite3_bind_text(q, 4, r.sync.data(), static_cast<int>(r.sync.size()), SQLITE_STATIC);
+      sqlite3_bind_text(q, 5, r.variant.data(), static_cast<int>(r.variant.size()), SQLITE_STATIC);
+      sqlite3_bind_int64(q, 6, r.state);
+      sqlite3_bind_int64(q, 7, r.anchor_ms);
+      sqlite3_bind_int64(q, 8, r.frequency_override_ms);
+      sqlite3_bind_int64(q, 9, r.next_slot_ms);
+      sqlite3_bind_int64(q, 10, static_cast<std::int64_t>(r.runs));
+      sqlite3_bind_int64(q, 11, static_cast<std::int64_t>(r.failures));
+      sqlite3_bind_int64(q, 12, static_cast<std::int64_t>(r.skipped));
+      sqlite3_bind_int64(q, 13, r.last_start_ms);
+      sqlite3_bind_int64(q, 14, r.last_finish_ms);
+      sqlite3_bind_int64(q, 15, r.last_ok);
+      sqlite3_bind_text(q, 16, r.last_error.data(), static_cast<int>(r.last_error.size()),
+                        SQLITE_STATIC);
+      ok = check(sqlite3_step(q), db);
+      sqlite3_reset(q);
+    }
+    for (std::size_t i = 0; ok && i < n; ++i) {
+      const RunRow& r = batch.runs[i];
+      sqlite3_stmt* q = ins_run;
+      sqlite3_bind_text(q, 1, r.run_id.data(), static_cast<int>(r.run_id.size()), SQLITE_STATIC);
+      sqlite3_bind_int64(q, 2, static_cast<std::int64_t>(r.schedule_uid));
+      sqlite3_bind_int64(q, 3, r.slot_ms);
+      sqlite3_bind_int64(q, 4, r.mode);
+      sqlite3_bind_int64(q, 5, r.attempt);
+      sqlite3_bind_int64(q, 6, r.started_ms);
+      sqlite3_bind_int64(q, 7, r.finished_ms);
+      sqlite3_bind_int64(q, 8, r.ok);
+      sqlite3_bind_text(q, 9, r.error.data(), static_cast<int>(r.error.size()), SQLITE_STATIC);
+      ok = check(sqlite3_step(q), db);
+      sqlite3_reset(q);
+    }
+    ok = ok && check(sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr), db);
+
+    state.PauseTiming();
+    sqlite3_finalize(ins_schedule);
+    sqlite3_finalize(ins_run);
+    sqlite3_close(db);
+    fs::remove_all(dir);
+    state.ResumeTiming();
+    if (!ok) break;
+  }
+  state.counters["rows/s"] = benchmark::Counter(2.0 * static_cast<double>(n),
+                                                benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_RawSqliteInsert)
+    ->Arg(kRows)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->Iterations(3);
+
+}  // namespace
+}  // namespace syncsched::store

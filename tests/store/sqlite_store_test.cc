@@ -1,0 +1,776 @@
+// Tests of the SQLite store on real files, each test in its own temporary directory.
+#include "store/sqlite_store.h"
+
+#include <gtest/gtest.h>
+#include <sqlite3.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <memory>
+#include <random>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "store/store.h"
+#include "syncsched/status.h"
+
+namespace syncsched::store {
+namespace {
+
+namespace fs = std::filesystem;
+
+SyncRow MakeSync(std::string integration, std::string name, std::int64_t frequency_ms) {
+  SyncRow row;
+  row.integration = std::move(integration);
+  row.name = std::move(name);
+  row.frequency_text = "every " + std::to_string(frequency_ms / 1000) + "s";
+  row.frequency_ms = frequency_ms;
+  row.auto_start = false;
+  row.timeout_ms = 3'600'000;
+  row.heartbeat_timeout_ms = 60'000;
+  return row;
+}
+
+ScheduleRow MakeSchedule(std::uint64_t uid, std::string connection, std::string sync = "issues",
+                         std::string variant = "base") {
+  ScheduleRow row;
+  row.uid = uid;
+  row.integration = "github";
+  row.connection = std::move(connection);
+  row.sync = std::move(sync);
+  row.variant = std::move(variant);
+  row.state = 1;
+  row.anchor_ms = 1'700'000'000'000;
+  row.frequency_override_ms = 90'000;
+  row.next_slot_ms = 1'700'000'090'000;
+  row.runs = 12;
+  row.failures = 3;
+  row.skipped = 4;
+  row.last_start_ms = 1'700'000'001'000;
+  row.last_finish_ms = 1'700'000'002'000;
+  row.last_ok = 0;
+  row.last_error = "HTTP 502 from upstream";
+  return row;
+}
+
+RunRow MakeRun(std::string id, std::uint64_t uid, std::int64_t finished_ms, std::int8_t ok = 1) {
+  RunRow row;
+  row.run_id = std::move(id);
+  row.schedule_uid = uid;
+  row.slot_ms = 1'700'000'000'000 + finished_ms;
+  row.mode = 1;
+  row.attempt = 2;
+  row.started_ms = 1'700'000'000'500;
+  row.finished_ms = finished_ms;
+  row.ok = finished_ms == 0 ? -1 : ok;
+  row.error = ok == 0 ? "boom" : "";
+  return row;
+}
+
+void ExpectSameSync(const SyncRow& a, const SyncRow& b) {
+  EXPECT_EQ(a.integration, b.integration);
+  EXPECT_EQ(a.name, b.name);
+  EXPECT_EQ(a.frequency_text, b.frequency_text);
+  EXPECT_EQ(a.frequency_ms, b.frequency_ms);
+  EXPECT_EQ(a.auto_start, b.auto_start);
+  EXPECT_EQ(a.timeout_ms, b.timeout_ms);
+  EXPECT_EQ(a.heartbeat_timeout_ms, b.heartbeat_timeout_ms);
+}
+
+void ExpectSameSchedule(const ScheduleRow& a, const ScheduleRow& b) {
+  EXPECT_EQ(a.uid, b.uid);
+  EXPECT_EQ(a.integration, b.integration);
+  EXPECT_EQ(a.connection, b.connection);
+  EXPECT_EQ(a.sync, b.sync);
+  EXPECT_EQ(a.variant, b.variant);
+  EXPECT_EQ(a.state, b.state);
+  EXPECT_EQ(a.anchor_ms, b.anchor_ms);
+  EXPECT_EQ(a.frequency_override_ms, b.frequency_override_ms);
+  EXPECT_EQ(a.next_slot_ms, b.next_slot_ms);
+  EXPECT_EQ(a.runs, b.runs);
+  EXPECT_EQ(a.failures, b.failures);
+  EXPECT_EQ(a.skipped, b.skipped);
+  EXPECT_EQ(a.last_start_ms, b.last_start_ms);
+  EXPECT_EQ(a.last_finish_ms, b.last_finish_ms);
+  EXPECT_EQ(a.last_ok, b.last_ok);
+  EXPECT_EQ(a.last_error, b.last_error);
+}
+
+void ExpectSameRun(const RunRow& a, const RunRow& b) {
+  EXPECT_EQ(a.run_id, b.run_id);
+  EXPECT_EQ(a.schedule_uid, b.schedule_uid);
+  EXPECT_EQ(a.slot_ms, b.slot_ms);
+  EXPECT_EQ(a.mode, b.mode);
+  EXPECT_EQ(a.attempt, b.attempt);
+  EXPECT_EQ(a.started_ms, b.started_ms);
+  EXPECT_EQ(a.finished_ms, b.finished_ms);
+  EXPECT_EQ(a.ok, b.ok);
+  EXPECT_EQ(a.error, b.error);
+}
+
+std::string ReadBytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+void WriteBytes(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+std::string RandomBytes(std::size_t n, unsigned seed) {
+  std::mt19937 gen(seed);
+  std::string bytes(n, '\0');
+  for (char& c : bytes) c = static_cast<char>(gen() & 0xff);
+  return bytes;
+}
+
+class SqliteStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string pattern = (fs::temp_directory_path() / "syncsched-store-XXXXXX").string();
+    ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
+    dir_ = pattern;
+    path_ = dir_ + "/state.db";
+  }
+  void TearDown() override {
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+
+  std::unique_ptr<Store> OpenOrDie(SqliteStoreOptions options) {
+    auto store = OpenSqliteStore(options);
+    EXPECT_TRUE(store.ok()) << store.status();
+    return store.ok() ? std::move(store).value() : nullptr;
+  }
+  std::unique_ptr<Store> OpenOrDie() { return OpenOrDie(Options()); }
+  SqliteStoreOptions Options() const {
+    SqliteStoreOptions options;
+    options.path = path_;
+    return options;
+  }
+
+  Snapshot LoadOrDie(Store& store) {
+    auto snap = store.Load();
+    EXPECT_TRUE(snap.ok()) << snap.status();
+    return snap.ok() ? std::move(snap).value() : Snapshot{};
+  }
+
+  // Names of the files in the test directory.
+  std::set<std::string> Listing() const {
+    std::set<std::string> names;
+    for (const auto& entry : fs::directory_iterator(dir_)) {
+      names.insert(entry.path().filename().string());
+    }
+    return names;
+  }
+
+  // Reads one integer with a separate, plain SQLite connection.
+  std::int64_t QueryInt(const std::string& sql) const {
+    sqlite3* db = nullptr;
+    EXPECT_EQ(sqlite3_open_v2(path_.c_str(), &db, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
+    sqlite3_stmt* stmt = nullptr;
+    EXPECT_EQ(sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt, nullptr), SQLITE_OK)
+        << sqlite3_errmsg(db);
+    std::int64_t value = -1;
+    if (sqlite3_step(stmt) == SQLITE_ROW) value = sqlite3_column_int64(stmt, 0);
+    sqlite3_finalize(stmt);
+    sqlite3_close(db);
+    return value;
+  }
+
+  void ExecRaw(const std::string& sql) const {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
+    char* error = nullptr;
+    EXPECT_EQ(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &error), SQLITE_OK) << error;
+    sqlite3_free(error);
+    sqlite3_close(db);
+  }
+
+  // A closed store file with a few hundred schedules: several pages.
+  void MakeDatabase(int schedules = 500) {
+    auto store = OpenOrDie();
+    ASSERT_NE(store, nullptr);
+    Batch batch;
+    for (int i = 1; i <= schedules; ++i) {
+      batch.schedules.push_back(MakeSchedule(i, "conn-" + std::to_string(i)));
+    }
+    ASSERT_TRUE(store->Commit(batch).ok());
+  }
+
+  // Opening `path_` must fail with `code`, naming the file and containing `cause`, and must leave
+  // the directory as it was, byte for byte.
+  void ExpectRefused(StatusCode code, const std::string& cause, const std::string& named,
+                     SqliteStoreOptions options) {
+    auto before = Listing();
+    std::string bytes = fs::is_regular_file(path_) ? ReadBytes(path_) : "";
+    auto store = OpenSqliteStore(options);
+    ASSERT_FALSE(store.ok());
+    EXPECT_EQ(store.status().code(), code) << store.status();
+    EXPECT_NE(store.status().message().find(named), std::string::npos) << store.status();
+    EXPECT_NE(store.status().message().find(cause), std::string::npos) << store.status();
+    EXPECT_EQ(Listing(), before);
+    if (fs::is_regular_file(path_)) {
+      EXPECT_TRUE(ReadBytes(path_) == bytes) << "file changed";
+    }
+  }
+  void ExpectRefused(StatusCode code, const std::string& cause) {
+    ExpectRefused(code, cause, path_, Options());
+  }
+
+  std::string dir_;
+  std::string path_;
+};
+
+TEST_F(SqliteStoreTest, EmptyPathIsInvalid) {
+  auto store = OpenSqliteStore(SqliteStoreOptions{});
+  ASSERT_FALSE(store.ok());
+  EXPECT_EQ(store.status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST_F(SqliteStoreTest, NewFileLoadsEmpty) {
+  auto store = OpenOrDie();
+  ASSERT_NE(store, nullptr);
+  Snapshot snap = LoadOrDie(*store);
+  EXPECT_TRUE(snap.syncs.empty());
+  EXPECT_TRUE(snap.connections.empty());
+  EXPECT_TRUE(snap.schedules.empty());
+  EXPECT_TRUE(snap.unfinished_runs.empty());
+  EXPECT_EQ(snap.max_uid, 0u);
+  EXPECT_EQ(QueryInt("PRAGMA user_version"), 1);
+  EXPECT_TRUE(store->Commit(Batch{}).ok());
+  std::string header = ReadBytes(path_).substr(0, 20);
+  EXPECT_EQ(header[18], 2) << "WAL mode";
+  EXPECT_EQ(header[19], 2) << "WAL mode";
+}
+
+TEST_F(SqliteStoreTest, RoundTripOfEveryRowTypeAcrossReopen) {
+  Batch batch;
+  batch.syncs = {MakeSync("github", "issues", 1'800'000), MakeSync("slack", "messages", 60'000)};
+  batch.connections_added = {{"github", "acme"}, {"slack", "acme"}};
+  const std::uint64_t big_uid = (std::uint64_t{1} << 63) + 5;  // above INT64_MAX
+  batch.schedules = {MakeSchedule(7, "acme"), MakeSchedule(big_uid, "acme", "pulls", "nightly")};
+  batch.schedules[1].state = 0;
+  batch.schedules[1].last_ok = -1;
+  batch.schedules[1].last_error = "";
+  batch.runs = {MakeRun("run-in-flight", 7, 0), MakeRun("run-done", 7, 5000),
+                MakeRun("run-big", big_uid, 0)};
+  {
+    auto store = OpenOrDie();
+    ASSERT_NE(store, nullptr);
+    ASSERT_TRUE(store->Commit(batch).ok());
+  }
+  EXPECT_FALSE(fs::exists(path_ + ".lock"));
+  auto store = OpenOrDie();
+  ASSERT_NE(store, nullptr);
+  Snapshot snap = LoadOrDie(*store);
+  ASSERT_EQ(snap.syncs.size(), 2u);
+  std::sort(snap.syncs.begin(), snap.syncs.end(),
+            [](const SyncRow& a, const SyncRow& b) { return a.integration < b.integration; });
+  ExpectSameSync(snap.syncs[0], batch.syncs[0]);
+  ExpectSameSync(snap.syncs[1], batch.syncs[1]);
+  ASSERT_EQ(snap.connections.size(), 2u);
+  EXPECT_EQ(snap.connections[0].integration, "github");
+  EXPECT_EQ(snap.connections[0].connection, "acme");
+  EXPECT_EQ(snap.connections[1].integration, "slack");
+  ASSERT_EQ(snap.schedules.size(), 2u);
+  std::sort(snap.schedules.begin(), snap.schedules.end(),
+            [](const ScheduleRow& a, const ScheduleRow& b) { return a.uid < b.uid; });
+  ExpectSameSchedule(snap.schedules[0], batch.schedules[0]);
+  ExpectSameSchedule(snap.schedules[1], batch.schedules[1]);
+  // Only unfinished runs are loaded.
+  ASSERT_EQ(snap.unfinished_runs.size(), 2u);
+  std::sort(snap.unfinished_runs.begin(), snap.unfinished_runs.end(),
+            [](const RunRow& a, const RunRow& b) { return a.run_id < b.run_id; });
+  ExpectSameRun(snap.unfinished_runs[0], batch.runs[2]);
+  ExpectSameRun(snap.unfinished_runs[1], batch.runs[0]);
+  EXPECT_EQ(snap.max_uid, big_uid);
+}
+
+TEST_F(SqliteStoreTest, InMemoryRoundTrip) {
+  SqliteStoreOptions options;
+  options.path = ":memory:";
+  auto store = OpenOrDie(options);
+  ASSERT_NE(store, nullptr);
+  Batch batch;
+  batch.schedules = {MakeSchedule(3, "acme")};
+  batch.runs = {MakeRun("r", 3, 0)};
+  ASSERT_TRUE(store->Commit(batch).ok());
+  Snapshot snap = LoadOrDie(*store);
+  ASSERT_EQ(snap.schedules.size(), 1u);
+  ExpectSameSchedule(snap.schedules[0], batch.schedules[0]);
+  ASSERT_EQ(snap.unfinished_runs.size(), 1u);
+  EXPECT_EQ(snap.max_uid, 3u);
+  // A second in-memory store is a separate database, not a second owner.
+  auto other = OpenOrDie(options);
+  ASSERT_NE(other, nullptr);
+  EXPECT_TRUE(LoadOrDie(*other).schedules.empty());
+}
+
+TEST_F(SqliteStoreTest, UpsertsReplaceRowsByKey) {
+  auto store = OpenOrDie();
+  ASSERT_NE(store, nullptr);
+  Batch batch;
+  batch.syncs = {MakeSync("github", "issues", 60'000)};
+  batch.connections_added = {{"github", "acme"}};
+  batch.schedules = {MakeSchedule(1, "acme")};
+  batch.runs = {MakeRun("r1", 1, 0)};
+  ASSERT_TRUE(store->Commit(batch).ok());
+
+  Batch update;
+  update.syncs = {MakeSync("github", "issues", 120'000)};
+  update.syncs[0].auto_start = true;
+  update.connections_added = {{"github", "acme"}};  // already there: left as is
+  update.schedules = {MakeSchedule(1, "acme")};
+  update.schedules[0].state = 0;
+  update.schedules[0].runs = 13;
+  update.schedules[0].last_error = "other";
+  update.runs = {MakeRun("r1", 1, 9000, 0)};
+  ASSERT_TRUE(store->Commit(update).ok());
+
+  Snapshot snap = LoadOrDie(*store);
+  ASSERT_EQ(snap.syncs.size(), 1u);
+  ExpectSameSync(snap.syncs[0], update.syncs[0]);
+  EXPECT_EQ(snap.connections.size(), 1u);
+  ASSERT_EQ(snap.schedules.size(), 1u);
+  ExpectSameSchedule(snap.schedules[0], update.schedules[0]);
+  EXPECT_TRUE(snap.unfinished_runs.empty());
+  EXPECT_EQ(QueryInt("SELECT count(*) FROM runs"), 1);
+  EXPECT_EQ(QueryInt("SELECT finished_ms FROM runs WHERE run_id = 'r1'"), 9000);
+
+  Batch remove;
+  remove.connections_deleted = {{"github", "acme"}};
+  ASSERT_TRUE(store->Commit(remove).ok());
+  EXPECT_TRUE(LoadOrDie(*store).connections.empty());
+}
+
+TEST_F(SqliteStoreTest, SchedulesDeletedRemovesRowsAndTheirRuns) {
+  auto store = OpenOrDie();
+  ASSERT_NE(store, nullptr);
+  Batch batch;
+  batch.schedules = {MakeSchedule(1, "acme"), MakeSchedule(2, "globex")};
+  batch.runs = {MakeRun("a1", 1, 100), MakeRun("a2", 1, 0), MakeRun("b1", 2, 100)};
+  ASSERT_TRUE(store->Commit(batch).ok());
+
+  // Delete uid 1 and re-create its key under a new uid in the same batch; also create and delete
+  // uid 4 in the same batch (deletion wins: uids are never reused).
+  Batch change;
+  change.schedules_deleted = {1, 4};
+  change.schedules = {MakeSchedule(3, "acme"), MakeSchedule(4, "initech")};
+  change.runs = {MakeRun("c1", 3, 0), MakeRun("d1", 4, 0)};
+  ASSERT_TRUE(store->Commit(change).ok()) << store->Commit(change);
+
+  Snapshot snap = LoadOrDie(*store);
+  ASSERT_EQ(snap.schedules.size(), 2u);
+  EXPECT_EQ(snap.schedules[0].uid, 2u);
+  EXPECT_EQ(snap.schedules[1].uid, 3u);
+  ASSERT_EQ(snap.unfinished_runs.size(), 1u);
+  EXPECT_EQ(snap.unfinished_runs[0].run_id, "c1");
+  EXPECT_EQ(QueryInt("SELECT count(*) FROM runs WHERE schedule_uid IN (1, 4)"), 0);
+  EXPECT_EQ(QueryInt("SELECT count(*) FROM runs"), 2);
+  EXPECT_EQ(snap.max_uid, 3u);
+}
+
+TEST_F(SqliteStoreTest, FailedBatchAppliesNothing) {
+  auto store = OpenOrDie();
+  ASSERT_NE(store, nullptr);
+  Batch first;
+  first.syncs = {MakeSync("github", "issues", 60'000)};
+  first.schedules = {MakeSchedule(1, "acme")};
+  ASSERT_TRUE(store->Commit(first).ok());
+
+  // Everything valid but the last schedule, which takes uid 1's key under another uid.
+  Batch bad;
+  bad.syncs = {MakeSync("github", "issues", 999'000), MakeSync("github", "pulls", 60'000)};
+  bad.connections_added = {{"github", "globex"}};
+  bad.connections_deleted = {{"github", "acme"}};
+  for (int uid = 10; uid < 110; ++uid) {
+    bad.schedules.push_back(MakeSchedule(uid, "globex-" + std::to_string(uid)));
+  }
+  bad.schedules.push_back(MakeSchedule(2, "acme"));
+  bad.runs = {MakeRun("r", 10, 0)};
+  Status status = store->Commit(bad);
+  ASSERT_FALSE(status.ok());
+  EXPECT_EQ(status.code(), StatusCode::kInternal) << status;
+  EXPECT_NE(status.message().find("UNIQUE"), std::string::npos) << status;
+  EXPECT_NE(status.message().find("uid 2"), std::string::npos) << status;
+  EXPECT_NE(status.message().find(path_), std::string::npos) << status;
+  EXPECT_NE(status.message().find("nothing of it is applied"), std::string::npos) << status;
+
+  Snapshot snap = LoadOrDie(*store);
+  ASSERT_EQ(snap.syncs.size(), 1u);
+  EXPECT_EQ(snap.syncs[0].frequency_ms, 60'000);
+  EXPECT_TRUE(snap.connections.empty());
+  ASSERT_EQ(snap.schedules.size(), 1u);
+  EXPECT_TRUE(snap.unfinished_runs.empty());
+  EXPECT_EQ(snap.max_uid, 1u);
+
+  // The store stays usable, and max_uid was not advanced by the failed batch.
+  Batch next;
+  next.schedules = {MakeSchedule(5, "initech")};
+  ASSERT_TRUE(store->Commit(next).ok());
+  EXPECT_EQ(LoadOrDie(*store).max_uid, 5u);
+}
+
+TEST_F(SqliteStoreTest, MaxUidSurvivesDeletingEverySchedule) {
+  {
+    auto store = OpenOrDie();
+    ASSERT_NE(store, nullptr);
+    Batch batch;
+    batch.schedules = {MakeSchedule(9, "acme"), MakeSchedule(4, "globex")};
+    ASSERT_TRUE(store->Commit(batch).ok());
+    Batch remove;
+    remove.schedules_deleted = {9, 4};
+    ASSERT_TRUE(store->Commit(remove).ok());
+    // A lower uid does not lower max_uid.
+    Batch lower;
+    lower.schedules = {MakeSchedule(2, "initech")};
+    ASSERT_TRUE(store->Commit(lower).ok());
+  }
+  auto store = OpenOrDie();
+  ASSERT_NE(store, nullptr);
+  Snapshot snap = LoadOrDie(*store);
+  EXPECT_EQ(snap.schedules.size(), 1u);
+  EXPECT_EQ(snap.max_uid, 9u);
+}
+
+// Finished run ids of schedule `uid`, newest first.
+std::vector<std::string> FinishedRuns(const std::string& path, std::uint64_t uid) {
+  sqlite3* db = nullptr;
+  EXPECT_EQ(sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
+  sqlite3_stmt* stmt = nullptr;
+  std::string sql = "SELECT run_id FROM runs WHERE schedule_uid = " + std::to_string(uid) +
+                    " AND finished_ms <> 0 ORDER BY finished_ms DESC";
+  EXPECT_EQ(sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt, nullptr), SQLITE_OK);
+  std::vector<std::string> ids;
+  while (sqlite3_step(stmt) == SQLITE_ROW) {
+    ids.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(stmt, 0)));
+  }
+  sqlite3_finalize(stmt);
+  sqlite3_close(db);
+  return ids;
+}
+
+TEST_F(SqliteStoreTest, HistoryKeepsNewestRunsAndNewestFailure) {
+  SqliteStoreOptions options = Options();
+  options.history_per_schedule = 3;
+  auto store = OpenOrDie(options);
+  ASSERT_NE(store, nullptr);
+  Batch setup;
+  setup.schedules = {MakeSchedule(1, "acme"), MakeSchedule(2, "globex")};
+  setup.runs = {MakeRun("in-flight", 1, 0)};
+  ASSERT_TRUE(store->Commit(setup).ok());
+
+  // Run 2 fails; runs 1..10 finish one per commit; then 11..30 in one batch.
+  for (int i = 1; i <= 10; ++i) {
+    Batch batch;
+    batch.runs = {MakeRun("r" + std::to_string(i), 1, 1000 + i, i == 2 ? 0 : 1)};
+    ASSERT_TRUE(store->Commit(batch).ok());
+    EXPECT_LE(FinishedRuns(path_, 1).size(), 4u) << "after run " << i;
+  }
+  EXPECT_EQ(FinishedRuns(path_, 1), (std::vector<std::string>{"r10", "r9", "r8", "r2"}));
+  Batch many;
+  for (int i = 11; i <= 30; ++i) many.runs.push_back(MakeRun("r" + std::to_string(i), 1, 1000 + i));
+  many.runs.push_back(MakeRun("x1", 2, 50));
+  ASSERT_TRUE(store->Commit(many).ok());
+  EXPECT_EQ(FinishedRuns(path_, 1), (std::vector<std::string>{"r30", "r29", "r28", "r2"}));
+  EXPECT_EQ(FinishedRuns(path_, 2), (std::vector<std::string>{"x1"}));
+  // A newer failure replaces the older one.
+  Batch failure;
+  failure.runs = {MakeRun("r31", 1, 1031, 0)};
+  ASSERT_TRUE(store->Commit(failure).ok());
+  EXPECT_EQ(FinishedRuns(path_, 1), (std::vector<std::string>{"r31", "r30", "r29"}));
+  // Unfinished runs are never pruned.
+  EXPECT_EQ(LoadOrDie(*store).unfinished_runs.size(), 1u);
+  store.reset();
+
+  // After a reopen the count of an existing schedule is read from the file.
+  store = OpenOrDie(options);
+  ASSERT_NE(store, nullptr);
+  Batch after;
+  after.runs = {MakeRun("r32", 1, 1032), MakeRun("r33", 1, 1033)};
+  ASSERT_TRUE(store->Commit(after).ok());
+  EXPECT_EQ(FinishedRuns(path_, 1), (std::vector<std::string>{"r33", "r32", "r31"}));
+  EXPECT_EQ(LoadOrDie(*store).unfinished_runs.size(), 1u);
+}
+
+TEST_F(SqliteStoreTest, HistoryWithoutFailuresKeepsExactlyTheBound) {
+  SqliteStoreOptions options = Options();
+  options.history_per_schedule = 2;
+  auto store = OpenOrDie(options);
+  ASSERT_NE(store, nullptr);
+  Batch setup;
+  setup.schedules = {MakeSchedule(1, "acme")};
+  ASSERT_TRUE(store->Commit(setup).ok());
+  for (int i = 1; i <= 5; ++i) {
+    Batch batch;
+    batch.runs = {MakeRun("r" + std::to_string(i), 1, 1000 + i)};
+    ASSERT_TRUE(store->Commit(batch).ok());
+    EXPECT_EQ(FinishedRuns(path_, 1).size(), std::min<std::size_t>(i, 2)) << "after run " << i;
+  }
+  EXPECT_EQ(FinishedRuns(path_, 1), (std::vector<std::string>{"r5", "r4"}));
+}
+
+TEST_F(SqliteStoreTest, HistoryBoundHoldsAfterAFailedCommit) {
+  SqliteStoreOptions options = Options();
+  options.history_per_schedule = 2;
+  auto store = OpenOrDie(options);
+  ASSERT_NE(store, nullptr);
+  Batch setup;
+  setup.schedules = {MakeSchedule(1, "acme")};
+  ASSERT_TRUE(store->Commit(setup).ok());
+  for (int i = 1; i <= 3; ++i) {
+    Batch batch;
+    batch.runs = {MakeRun("r" + std::to_string(i), 1, 1000 + i)};
+    ASSERT_TRUE(store->Commit(batch).ok());
+  }
+  Batch bad;
+  bad.schedules = {MakeSchedule(2, "acme")};  // key of uid 1
+  ASSERT_FALSE(store->Commit(bad).ok());
+  for (int i = 4; i <= 6; ++i) {
+    Batch batch;
+    batch.runs = {MakeRun("r" + std::to_string(i), 1, 1000 + i)};
+    ASSERT_TRUE(store->Commit(batch).ok());
+  }
+  EXPECT_EQ(FinishedRuns(path_, 1), (std::vector<std::string>{"r6", "r5"}));
+}
+
+TEST_F(SqliteStoreTest, SecondOwnerInTheSameProcessIsRefused) {
+  auto first = OpenOrDie();
+  ASSERT_NE(first, nullptr);
+  auto second = OpenSqliteStore(Options());
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), StatusCode::kUnavailable);
+  EXPECT_NE(second.status().message().find(path_), std::string::npos) << second.status();
+  EXPECT_NE(second.status().message().find("is in use by another syncsched engine"),
+            std::string::npos)
+      << second.status();
+  EXPECT_NE(second.status().message().find(std::to_string(::getpid())), std::string::npos)
+      << second.status();
+  // The refused open did not disturb the owner.
+  Batch batch;
+  batch.schedules = {MakeSchedule(1, "acme")};
+  EXPECT_TRUE(first->Commit(batch).ok());
+  first.reset();
+  auto third = OpenOrDie();
+  ASSERT_NE(third, nullptr);
+  EXPECT_EQ(LoadOrDie(*third).schedules.size(), 1u);
+}
+
+TEST_F(SqliteStoreTest, WaitForOwnerWaitsThenSucceedsOrGivesUp) {
+  auto first = OpenOrDie();
+  ASSERT_NE(first, nullptr);
+  SqliteStoreOptions options = Options();
+  options.wait_for_owner = std::chrono::milliseconds(100);
+  auto start = std::chrono::steady_clock::now();
+  auto refused = OpenSqliteStore(options);
+  EXPECT_FALSE(refused.ok());
+  EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(100));
+
+  options.wait_for_owner = std::chrono::seconds(10);
+  std::thread closer([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    first.reset();
+  });
+  auto second = OpenSqliteStore(options);
+  closer.join();
+  EXPECT_TRUE(second.ok()) << second.status();
+}
+
+TEST_F(SqliteStoreTest, SecondOwnerInAnotherProcessIsRefused) {
+  auto first = OpenOrDie();
+  ASSERT_NE(first, nullptr);
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    auto second = OpenSqliteStore(Options());
+    int code = 0;
+    if (second.ok()) {
+      code = 1;
+    } else if (!second.status().IsUnavailable() ||
+               second.status().message().find("in use by another syncsched engine") ==
+                   std::string::npos) {
+      code = 2;
+    }
+    ::_exit(code);
+  }
+  int wstatus = 0;
+  ASSERT_EQ(::waitpid(child, &wstatus, 0), child);
+  ASSERT_TRUE(WIFEXITED(wstatus));
+  EXPECT_EQ(WEXITSTATUS(wstatus), 0) << "1: the child opened the file; 2: wrong error";
+
+  // Once the owner is gone, another process may open it.
+  first.reset();
+  child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) ::_exit(OpenSqliteStore(Options()).ok() ? 0 : 1);
+  ASSERT_EQ(::waitpid(child, &wstatus, 0), child);
+  EXPECT_EQ(WEXITSTATUS(wstatus), 0);
+}
+
+TEST_F(SqliteStoreTest, DirectoryAtThePathIsRefused) {
+  fs::create_directory(path_);
+  ExpectRefused(StatusCode::kUnavailable, "is a directory");
+}
+
+TEST_F(SqliteStoreTest, PathInsideAFileIsRefused) {
+  std::string plain = dir_ + "/plain";
+  WriteBytes(plain, "not a directory");
+  SqliteStoreOptions options;
+  options.path = plain + "/state.db";
+  ExpectRefused(StatusCode::kUnavailable, "Not a directory", options.path, options);
+  EXPECT_EQ(ReadBytes(plain), "not a directory");
+}
+
+TEST_F(SqliteStoreTest, MissingDirectoryIsRefused) {
+  SqliteStoreOptions options;
+  options.path = dir_ + "/unmounted/state.db";
+  ExpectRefused(StatusCode::kUnavailable, "No such file or directory", options.path, options);
+  EXPECT_FALSE(fs::exists(dir_ + "/unmounted"));
+}
+
+TEST_F(SqliteStoreTest, RandomBytesAreRefused) {
+  WriteBytes(path_, RandomBytes(64 * 1024, 1));
+  ExpectRefused(StatusCode::kInternal, "not a syncsched database or is corrupt");
+}
+
+TEST_F(SqliteStoreTest, RandomBytesAfterAnSqliteHeaderAreRefused) {
+  std::string bytes = RandomBytes(64 * 1024, 2);
+  std::string magic("SQLite format 3\0", 16);
+  bytes.replace(0, magic.size(), magic);
+  WriteBytes(path_, bytes);
+  ExpectRefused(StatusCode::kInternal, "not a syncsched database or is corrupt");
+}
+
+TEST_F(SqliteStoreTest, ShortFileIsRefused) {
+  WriteBytes(path_, "SQLite");
+  ExpectRefused(StatusCode::kInternal, "not a syncsched database or is corrupt");
+}
+
+TEST_F(SqliteStoreTest, TruncatedDatabaseIsRefused) {
+  MakeDatabase();
+  ASSERT_FALSE(fs::exists(path_ + "-wal"));
+  std::string bytes = ReadBytes(path_);
+  ASSERT_GT(bytes.size(), 16u * 1024);
+  WriteBytes(path_, bytes.substr(0, bytes.size() / 2));
+  ExpectRefused(StatusCode::kInternal, "truncated");
+}
+
+TEST_F(SqliteStoreTest, CorruptPagesAreFoundByVerifyOrByLoad) {
+  MakeDatabase(2000);
+  std::string bytes = ReadBytes(path_);
+  ASSERT_GT(bytes.size(), 64u * 1024);
+  // Overwrite pages in the middle (the schedules table), keeping the size.
+  bytes.replace(bytes.size() / 2, 16 * 1024, RandomBytes(16 * 1024, 3));
+  WriteBytes(path_, bytes);
+  SqliteStoreOptions options = Options();
+  options.verify_on_open = true;
+  ExpectRefused(StatusCode::kInternal, "not a syncsched database or is corrupt", path_, options);
+  // Without the check, the open succeeds and Load reports the corruption.
+  auto store = OpenOrDie();
+  ASSERT_NE(store, nullptr);
+  auto snap = store->Load();
+  ASSERT_FALSE(snap.ok());
+  EXPECT_EQ(snap.status().code(), StatusCode::kInternal) << snap.status();
+  EXPECT_NE(snap.status().message().find(path_), std::string::npos) << snap.status();
+}
+
+TEST_F(SqliteStoreTest, NewerSchemaIsRefused) {
+  MakeDatabase(10);
+  ExecRaw("PRAGMA user_version = 7");
+  ExpectRefused(StatusCode::kFailedPrecondition, "schema version 7, newer than version 1");
+}
+
+// A newer engine crashed (or closed without a checkpoint): its schema change is only in the WAL.
+// The refusal must read it there, and must not checkpoint it into the file.
+TEST_F(SqliteStoreTest, NewerSchemaInAnUncheckpointedWalIsRefused) {
+  MakeDatabase(10);
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
+  sqlite3_db_config(db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
+  ASSERT_EQ(sqlite3_exec(db, "PRAGMA user_version = 8", nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(db);
+  ASSERT_GT(fs::file_size(path_ + "-wal"), 0u);
+  std::string wal = ReadBytes(path_ + "-wal");
+  ExpectRefused(StatusCode::kFailedPrecondition, "schema version 8, newer than version 1");
+  EXPECT_TRUE(ReadBytes(path_ + "-wal") == wal) << "WAL changed";
+}
+
+TEST_F(SqliteStoreTest, OtherApplicationsDatabaseIsRefused) {
+  ExecRaw("CREATE TABLE invoices(id INTEGER PRIMARY KEY, amount INTEGER)");
+  ExpectRefused(StatusCode::kFailedPrecondition, "another application");
+}
+
+TEST_F(SqliteStoreTest, MissingTableIsRefused) {
+  MakeDatabase(10);
+  ExecRaw("DROP TABLE runs");
+  ExpectRefused(StatusCode::kInternal, "without table 'runs'");
+}
+
+TEST_F(SqliteStoreTest, EmptyFileBecomesADatabase) {
+  WriteBytes(path_, "");
+  auto store = OpenOrDie();
+  ASSERT_NE(store, nullptr);
+  EXPECT_EQ(QueryInt("PRAGMA user_version"), 1);
+}
+
+TEST_F(SqliteStoreTest, FullDiskFailsTheCommitAndAppliesNothing) {
+  auto store = OpenOrDie();
+  ASSERT_NE(store, nullptr);
+  Batch first;
+  first.schedules = {MakeSchedule(1, "acme")};
+  ASSERT_TRUE(store->Commit(first).ok());
+  auto pages = internal::PageCountForTest(*store);
+  ASSERT_TRUE(pages.ok()) << pages.status();
+  ASSERT_TRUE(internal::SetMaxPageCountForTest(*store, *pages + 2).ok());
+
+  Batch big;
+  for (int uid = 2; uid < 5000; ++uid) {
+    big.schedules.push_back(MakeSchedule(uid, "conn-" + std::to_string(uid)));
+    big.runs.push_back(MakeRun("run-" + std::to_string(uid), uid, uid));
+  }
+  Status status = store->Commit(big);
+  ASSERT_FALSE(status.ok());
+  EXPECT_EQ(status.code(), StatusCode::kUnavailable) << status;
+  EXPECT_NE(status.message().find("database or disk is full"), std::string::npos) << status;
+  EXPECT_NE(status.message().find(path_), std::string::npos) << status;
+
+  Snapshot snap = LoadOrDie(*store);
+  EXPECT_EQ(snap.schedules.size(), 1u);
+  EXPECT_EQ(snap.max_uid, 1u);
+  // Space comes back: the same store commits the same batch.
+  ASSERT_TRUE(internal::SetMaxPageCountForTest(*store, 1 << 30).ok());
+  ASSERT_TRUE(store->Commit(big).ok());
+  store.reset();
+  store = OpenOrDie();
+  ASSERT_NE(store, nullptr);
+  snap = LoadOrDie(*store);
+  EXPECT_EQ(snap.schedules.size(), 4999u);
+  EXPECT_EQ(snap.max_uid, 4999u);
+}
+
+TEST_F(SqliteStoreTest, SynchronousFullIsApplied) {
+  SqliteStoreOptions options = Options();
+  options.synchronous_full = true;
+  auto store = OpenOrDie(options);
+  ASSERT_NE(store, nullptr);
+  Batch batch;
+  batch.schedules = {MakeSchedule(1, "acme")};
+  EXPECT_TRUE(store->Commit(batch).ok());
+  store.reset();
+  EXPECT_EQ(LoadOrDie(*OpenOrDie()).schedules.size(), 1u);
+}
+
+}  // namespace
+}  // namespace syncsched::store

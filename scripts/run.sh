@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Sets up, builds and runs the main job: the syncschedd daemon on the SQLite file syncsched.db with
+# the example configuration (examples/daemon/syncschedd.json). Extra arguments go to the daemon.
+# Without a daemon in this checkout, it runs the example host program instead.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build -j "$(nproc)"
+if [[ -x build/src/daemon/syncschedd ]]; then
+  exec build/src/daemon/syncschedd --config examples/daemon/syncschedd.json "$@"
+fi
+exec build/examples/embed "$@"

@@ -376,7 +376,8 @@ void BM_DurableFire(benchmark::State& state) {
   def.name = "sync0";
   def.frequency = "1ms";
   (void)engine->DefineSync("bench", def);
-  for (int c = 0; c < 2000; ++c) (void)engine->AddConnection("bench", std::string("c").append(std::to_string(c)));
+  for (int c = 0; c < 2000; ++c)
+    (void)engine->AddConnection("bench", std::string("c").append(std::to_string(c)));
   constexpr std::int64_t kBatch = 20000;
   for (auto _ : state) {
     std::int64_t target = ran.load() + kBatch;

@@ -41,8 +41,8 @@ struct ScheduleRow {
   std::string connection;
   std::string sync;
   std::string variant;
-  std::uint8_t state = 0;                 // ScheduleState: 0 paused, 1 started (deleted rows go)
-  std::int64_t anchor_ms = 0;             // grid anchor, ms since the Unix epoch
+  std::uint8_t state = 0;                  // ScheduleState: 0 paused, 1 started (deleted rows go)
+  std::int64_t anchor_ms = 0;              // grid anchor, ms since the Unix epoch
   std::int64_t frequency_override_ms = 0;  // 0: none
   std::int64_t next_slot_ms = 0;           // the next slot the engine will fire, when started
   std::uint64_t runs = 0;

@@ -6,6 +6,7 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/post.hpp>
 
+#include "core/commit_queue.h"
 #include "core/names.h"
 #include "core/worker_pool.h"
 #include "store/sqlite_store.h"
@@ -138,6 +139,15 @@ Status EngineCore::Init() {
     if (!snapshot.ok()) return snapshot.status();
     std::lock_guard lock(mu_);
     if (Status s = Recover(std::move(snapshot).value()); !s.ok()) return s;
+    std::weak_ptr<EngineCore> weak = weak_from_this();
+    writer_ = std::make_unique<CommitQueue>(
+        *store_, [weak](std::vector<RunPtr>&& runs, const Status& committed) {
+          if (auto core = weak.lock()) {
+            core->Release(std::move(runs), committed);
+          } else {
+            for (const RunPtr& r : runs) r->token.Cancel(Status::Cancelled("engine shut down"));
+          }
+        });
     MaybeRearm();
   }
   return Status();
@@ -242,6 +252,7 @@ void EngineCore::Shutdown() {
   }
   for (auto& t : tokens) t.Cancel(Status::Cancelled("engine shutting down"));
   if (pool_) pool_->Stop();
+  if (writer_) writer_->Stop();  // commits the outcomes queued by the last runs
   if (owned_io_) {
     owned_io_->stop();
     if (io_thread_.joinable()) io_thread_.join();
@@ -257,6 +268,7 @@ std::int64_t EngineCore::NowMs() const { return clock_->Now().time_since_epoch()
 
 Status EngineCore::Persist(store::Batch& batch) {
   if (!store_ || batch.empty()) return Status();
+  if (writer_) return writer_->Commit(std::move(batch));
   return store_->Commit(batch);
 }
 
@@ -281,6 +293,23 @@ store::ScheduleRow EngineCore::RowOf(std::uint32_t schedule) const {
   row.last_ok = s.last_ok;
   if (auto it = cat_.details.find(schedule); it != cat_.details.end()) {
     row.last_error = it->second.last_error;
+  }
+  return row;
+}
+
+store::ScheduleRow EngineCore::NewScheduleRow(std::uint64_t uid, std::string_view integration,
+                                              std::string_view connection, const SyncInfo& sync,
+                                              std::string_view variant, std::int64_t now) {
+  store::ScheduleRow row;
+  row.uid = uid;
+  row.integration = std::string(integration);
+  row.connection = std::string(connection);
+  row.sync = sync.name;
+  row.variant = std::string(variant);
+  if (sync.auto_start) {  // as CreateSchedule will start it
+    row.state = static_cast<std::uint8_t>(ScheduleState::kStarted);
+    row.anchor_ms = now;
+    row.next_slot_ms = now + sync.frequency_ms;
   }
   return row;
 }
@@ -612,17 +641,20 @@ Status EngineCore::DefineSync(std::string_view integration, const SyncDefinition
       info.callback = cat_.syncs[sync].callback;
       cat_.syncs[sync] = std::move(info);
     } else {
+      if (store_ && integ != kNone) {
+        std::uint64_t uid = next_uid_;
+        for (std::uint32_t c : cat_.integrations[integ].connections) {
+          batch.schedules.push_back(
+              NewScheduleRow(uid++, integration, cat_.connections[c].id, info, kBaseVariant, now));
+        }
+      }
+      if (Status st = Persist(batch); !st.ok()) return st;
       if (integ == kNone) integ = cat_.AddIntegration(std::string(integration));
       info.callback = CallbackFor(integ, info.name);
       sync = cat_.AddSync(integ, std::move(info));
-      std::vector<std::uint32_t> conns = cat_.integrations[integ].connections;
-      for (std::uint32_t c : conns) {
+      for (std::uint32_t c : cat_.integrations[integ].connections) {
         CreateSchedule(c, sync, 0, now, fx);
-        if (store_) batch.schedules.push_back(RowOf(cat_.connections[c].schedules.back()));
       }
-      // A failed commit of a new sync leaves it defined in memory only; the host's next
-      // DefineSync retries the commit. (Schedules are rebuilt from the store at the next open.)
-      if (Status st = Persist(batch); !st.ok()) return st;
     }
     RecordDispatch(fx);
     MaybeRearm();
@@ -672,18 +704,8 @@ Status EngineCore::AddConnection(std::string_view integration, std::string_view 
       batch.connections_added.push_back({std::string(integration), std::string(connection)});
       std::uint64_t uid = next_uid_;
       for (std::uint32_t sync : cat_.integrations[integ].syncs) {
-        store::ScheduleRow row;
-        row.uid = uid++;
-        row.integration = std::string(integration);
-        row.connection = std::string(connection);
-        row.sync = cat_.syncs[sync].name;
-        row.variant = std::string(kBaseVariant);
-        if (cat_.syncs[sync].auto_start) {
-          row.state = static_cast<std::uint8_t>(ScheduleState::kStarted);
-          row.anchor_ms = now;
-          row.next_slot_ms = now + cat_.syncs[sync].frequency_ms;
-        }
-        batch.schedules.push_back(std::move(row));
+        batch.schedules.push_back(
+            NewScheduleRow(uid++, integration, connection, cat_.syncs[sync], kBaseVariant, now));
       }
       if (Status st = Persist(batch); !st.ok()) return st;
     }
@@ -754,18 +776,8 @@ Status EngineCore::CreateVariant(const ScheduleKey& key) {
     std::int64_t now = NowMs();
     if (store_) {
       store::Batch batch;
-      store::ScheduleRow row;
-      row.uid = next_uid_;
-      row.integration = key.integration;
-      row.connection = key.connection;
-      row.sync = key.sync;
-      row.variant = key.variant;
-      if (cat_.syncs[sync].auto_start) {
-        row.state = static_cast<std::uint8_t>(ScheduleState::kStarted);
-        row.anchor_ms = now;
-        row.next_slot_ms = now + cat_.syncs[sync].frequency_ms;
-      }
-      batch.schedules.push_back(std::move(row));
+      batch.schedules.push_back(NewScheduleRow(next_uid_, key.integration, key.connection,
+                                               cat_.syncs[sync], key.variant, now));
       if (Status st = Persist(batch); !st.ok()) return st;
     }
     CreateSchedule(conn, sync, cat_.InternVariant(key.variant), now, fx);
@@ -1014,33 +1026,42 @@ store::RunRow EngineCore::RunRowOf(const RunState& r) {
                        ""};
 }
 
-void EngineCore::RecordDispatch(Effects& fx) {
-  if (!store_ || fx.dispatch.empty()) return;
-  // Run records are committed before any callback is called: a slot runs at most once.
-  store::Batch batch;
-  batch.runs.reserve(fx.dispatch.size());
+void EngineCore::TakeDispatch(Effects& fx, store::Batch& batch, std::vector<RunPtr>& runs) {
+  batch.runs.reserve(batch.runs.size() + fx.dispatch.size());
+  batch.schedules.reserve(batch.schedules.size() + fx.dispatch.size());
   for (const RunPtr& r : fx.dispatch) {
     batch.runs.push_back(RunRowOf(*r));
     batch.schedules.push_back(RowOf(r->schedule));
   }
-  if (Persist(batch).ok()) return;
-  // Not recorded, so not run: each counts as a skipped slot.
-  for (const RunPtr& r : fx.dispatch) {
-    Schedule& s = cat_.schedules[r->schedule];
-    runs_[r->table_slot].reset();
-    free_runs_.push_back(r->table_slot);
-    s.run = kNone;
-    deadlines_.Cancel(r->schedule);
-    ++s.skipped;
-    --metrics_.runs_in_flight;
-    --metrics_.runs_started;
-    ++metrics_.slots_skipped;
-  }
+  for (RunPtr& r : fx.dispatch) runs.push_back(std::move(r));
   fx.dispatch.clear();
+}
+
+void EngineCore::RecordDispatch(Effects& fx) {
+  if (!store_ || fx.dispatch.empty()) return;
+  // Run records are committed before any callback is called: the runs travel with their rows
+  // and the writer releases them to the workers once committed, before this returns.
+  store::Batch batch;
+  std::vector<RunPtr> runs;
+  TakeDispatch(fx, batch, runs);
+  (void)writer_->Commit(std::move(batch), std::move(runs));
+}
+
+void EngineCore::Release(std::vector<RunPtr>&& runs, const Status& committed) {
+  if (!committed.ok()) {
+    // Not recorded, so not run: each is cancelled before its callback and recorded as an error.
+    Status reason = Status::Unavailable("the run could not be recorded: " + committed.message());
+    for (const RunPtr& r : runs) r->token.Cancel(reason);
+  }
+  Effects fx;
+  fx.dispatch = std::move(runs);
+  Apply(fx);
 }
 
 void EngineCore::OnAlarm() {
   Effects fx;
+  store::Batch batch;
+  std::vector<RunPtr> runs;
   {
     std::lock_guard lock(mu_);
     if (shut_down_) return;
@@ -1054,10 +1075,14 @@ void EngineCore::OnAlarm() {
           now, [&](wheel::TimerId id, std::int64_t deadline) { OnSlot(id, deadline, now, fx); },
           budget);
     }
-    RecordDispatch(fx);
+    if (store_) TakeDispatch(fx, batch, runs);
     MaybeRearm();
   }
   Apply(fx);
+  // The alarm waits for its runs' records without the engine's lock, so commands and outcomes
+  // proceed meanwhile and the next wake-up gathers everything that came due during the commit
+  // (group commit); the writer releases the runs to the workers once committed.
+  if (!runs.empty()) (void)writer_->Commit(std::move(batch), std::move(runs));
 }
 
 void EngineCore::Apply(Effects& fx) {
@@ -1145,6 +1170,8 @@ void EngineCore::ExecuteBatch(std::vector<RunPtr>& runs) {
 void EngineCore::Complete(std::vector<RunPtr>& runs,
                           std::vector<std::pair<Status, std::vector<ModelCounts>>>& outcomes) {
   Effects fx;
+  store::Batch pending_batch;  // runs dispatched here (a pending resync) and their rows
+  std::vector<RunPtr> pending_runs;
   {
     std::lock_guard lock(mu_);
     std::int64_t now = NowMs();
@@ -1163,15 +1190,18 @@ void EngineCore::Complete(std::vector<RunPtr>& runs,
       if (store_ && current) batch.schedules.push_back(RowOf(r->schedule));
     }
     if (store_) {
-      for (const RunPtr& r : fx.dispatch) batch.runs.push_back(RunRowOf(*r));
-      // An outcome that fails to commit stays in memory; the next commit of the schedule's row
-      // carries its counters. The run row stays "in flight" and reads as interrupted after a
-      // crash, which is the honest record.
-      (void)Persist(batch);
+      // Outcomes are queued without waiting. An outcome that fails to commit stays in memory: the
+      // next commit of the schedule's row carries its counters, and the run row reads as
+      // interrupted after a crash, which is the honest record. Runs dispatched here (a pending
+      // full resync) are committed, and released, after the lock is let go.
+      writer_->Enqueue(std::move(batch));
+      TakeDispatch(fx, pending_batch, pending_runs);
     }
     MaybeRearm();
   }
   Apply(fx);
+  if (!pending_runs.empty())
+    (void)writer_->Commit(std::move(pending_batch), std::move(pending_runs));
 }
 
 }  // namespace syncsched::core

@@ -49,6 +49,7 @@ struct RunState {
 using RunPtr = std::shared_ptr<RunState>;
 
 class WorkerPool;
+class CommitQueue;
 
 class EngineCore : public std::enable_shared_from_this<EngineCore> {
  public:
@@ -106,8 +107,15 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   void OnRunDeadline(std::uint32_t schedule, std::int64_t now, Effects& fx);
   void ArmRunDeadline(std::uint32_t schedule, const RunState& run, std::int64_t now);
   void MaybeRearm();
-  // Commits the run rows of fx.dispatch; on failure drops those runs (counted as skipped).
+  // Commits the run rows of fx.dispatch with the runs, which the writer releases to the workers
+  // once committed (commands: under the lock, so the command is durable when it returns).
   void RecordDispatch(Effects& fx);
+  // Moves fx.dispatch into `runs` and their rows into `batch`.
+  void TakeDispatch(Effects& fx, store::Batch& batch, std::vector<RunPtr>& runs);
+  // A new schedule's row as CreateSchedule will make it (planned before it is applied).
+  static store::ScheduleRow NewScheduleRow(std::uint64_t uid, std::string_view integration,
+                                           std::string_view connection, const SyncInfo& sync,
+                                           std::string_view variant, std::int64_t now);
   static store::RunRow RunRowOf(const RunState& run);
   ScheduleStatus StatusOf(std::uint32_t schedule) const;
   std::shared_ptr<const Callback> CallbackFor(std::uint32_t integration,
@@ -116,6 +124,8 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   // ---- without mu_ ----
   void OnAlarm();
   void Apply(Effects& fx);
+  // Called by the writer once the rows of `runs` are committed (or failed to be).
+  void Release(std::vector<RunPtr>&& runs, const Status& committed);
   // Runs a synchronous callback, or starts an asynchronous one (returning false: its `done`
   // completes it later).
   bool Execute(const RunPtr& run, Status& status, std::vector<ModelCounts>& counts);
@@ -129,6 +139,7 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   std::thread io_thread_;
   std::unique_ptr<WorkerPool> pool_;
   std::unique_ptr<store::Store> store_;
+  std::unique_ptr<CommitQueue> writer_;  // with a store: the one writer (group commit)
 
   std::mutex mu_;
   bool shut_down_ = false;

@@ -27,11 +27,19 @@ class WorkerPool {
   ~WorkerPool() { Stop(); }
 
   void Push(std::vector<RunPtr>&& runs) {
+    std::size_t n = runs.size();
     {
       std::lock_guard lock(mu_);
-      for (RunPtr& r : runs) queue_.push_back(std::move(r));
+      if (!stop_) {
+        for (RunPtr& r : runs) queue_.push_back(std::move(r));
+        runs.clear();
+      }
     }
-    if (runs.size() == 1) {
+    if (!runs.empty()) {  // after Stop: their tokens are cancelled; record them here
+      fn_(runs);
+      return;
+    }
+    if (n == 1) {
       cv_.notify_one();
     } else {
       cv_.notify_all();

@@ -1,0 +1,162 @@
+#include "core/commit_queue.h"
+
+#include <unordered_map>
+
+namespace syncsched::core {
+namespace {
+
+template <typename T>
+void Append(std::vector<T>& to, std::vector<T>& from) {
+  if (to.empty()) {
+    to.swap(from);
+    return;
+  }
+  to.insert(to.end(), std::make_move_iterator(from.begin()), std::make_move_iterator(from.end()));
+}
+
+// Keeps the last version of each row, in the order of the last versions.
+template <typename Row, typename KeyFn>
+void KeepLast(std::vector<Row>& rows, KeyFn key) {
+  if (rows.size() < 2) return;
+  std::unordered_map<decltype(key(rows[0])), std::size_t> last;
+  last.reserve(rows.size());
+  for (std::size_t i = 0; i < rows.size(); ++i) last[key(rows[i])] = i;
+  if (last.size() == rows.size()) return;
+  std::vector<Row> out;
+  out.reserve(last.size());
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    if (last[key(rows[i])] == i) out.push_back(std::move(rows[i]));
+  }
+  rows.swap(out);
+}
+
+}  // namespace
+
+CommitQueue::CommitQueue(store::Store& store, ReleaseFn release)
+    : store_(store), release_(std::move(release)), thread_([this] { Loop(); }) {}
+
+CommitQueue::~CommitQueue() { Stop(); }
+
+void CommitQueue::Enqueue(store::Batch batch, std::vector<RunPtr> runs) {
+  if (batch.empty() && runs.empty()) return;
+  {
+    std::lock_guard lock(mu_);
+    if (!exited_) {  // also while stopping: the writer drains everything queued
+      queue_.push_back(Item{std::move(batch), std::move(runs)});
+      cv_.notify_one();
+      return;
+    }
+  }
+  std::vector<Item> one;
+  one.push_back(Item{std::move(batch), std::move(runs)});
+  std::lock_guard store_lock(store_mu_);
+  CommitItems(one);
+}
+
+Status CommitQueue::Commit(store::Batch batch, std::vector<RunPtr> runs) {
+  Status result;
+  bool done = false;
+  {
+    std::unique_lock lock(mu_);
+    if (!exited_) {
+      queue_.push_back(Item{std::move(batch), std::move(runs), &result, &done});
+      cv_.notify_one();
+      done_cv_.wait(lock, [&] { return done; });
+      return result;
+    }
+  }
+  std::vector<Item> one;
+  one.push_back(Item{std::move(batch), std::move(runs), &result, &done});
+  std::lock_guard store_lock(store_mu_);
+  CommitItems(one);
+  return result;
+}
+
+void CommitQueue::Stop() {
+  {
+    std::lock_guard lock(mu_);
+    if (stop_) return;
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void CommitQueue::Loop() {
+  std::vector<Item> items;
+  for (;;) {
+    {
+      std::unique_lock lock(mu_);
+      cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+      if (queue_.empty()) {  // stopping, and everything is committed
+        exited_ = true;
+        return;
+      }
+      items.swap(queue_);
+    }
+    {
+      std::lock_guard store_lock(store_mu_);
+      CommitItems(items);
+    }
+    items.clear();
+  }
+}
+
+void CommitQueue::CommitItems(std::vector<Item>& items) {
+  std::size_t begin = 0;
+  while (begin < items.size()) {
+    // A group: from `begin` up to (not including) the next item with deletions.
+    std::size_t end = begin + 1;
+    while (end < items.size() && !HasDeletions(items[end].batch)) ++end;
+
+    Status status;
+    if (end - begin == 1) {
+      status = store_.Commit(items[begin].batch);
+      ++transactions_;
+    } else {
+      store::Batch merged;
+      for (std::size_t i = begin; i < end; ++i) {
+        store::Batch& b = items[i].batch;
+        Append(merged.syncs, b.syncs);
+        Append(merged.connections_added, b.connections_added);
+        Append(merged.connections_deleted, b.connections_deleted);
+        Append(merged.schedules_deleted, b.schedules_deleted);
+        // Copies, not moves: a failed group is retried item by item.
+        merged.schedules.insert(merged.schedules.end(), b.schedules.begin(), b.schedules.end());
+        merged.runs.insert(merged.runs.end(), b.runs.begin(), b.runs.end());
+      }
+      KeepLast(merged.schedules, [](const store::ScheduleRow& r) { return r.uid; });
+      KeepLast(merged.runs, [](const store::RunRow& r) { return r.run_id; });
+      status = store_.Commit(merged);
+      ++transactions_;
+      if (!status.ok()) {
+        // Isolate the failure: each item on its own.
+        for (std::size_t i = begin; i < end; ++i) {
+          Status s = store_.Commit(items[i].batch);
+          ++transactions_;
+          release_(std::move(items[i].runs), s);
+          if (items[i].result) {
+            std::lock_guard lock(mu_);
+            *items[i].result = s;
+            *items[i].done = true;
+            done_cv_.notify_all();
+          }
+        }
+        begin = end;
+        continue;
+      }
+    }
+    for (std::size_t i = begin; i < end; ++i) {
+      if (!items[i].runs.empty()) release_(std::move(items[i].runs), status);
+      if (items[i].result) {
+        std::lock_guard lock(mu_);
+        *items[i].result = status;
+        *items[i].done = true;
+        done_cv_.notify_all();
+      }
+    }
+    begin = end;
+  }
+}
+
+}  // namespace syncsched::core

@@ -1,0 +1,72 @@
+// CommitQueue: the engine's one writer. Commands, run dispatches and run outcomes are queued here
+// in the order the engine produced them (under its lock); a writer thread commits them in groups,
+// many items per SQLite transaction, without the engine's lock held. This is the group commit
+// that keeps durability cheap:
+//
+// - a command waits for its own item's commit (Commit), so its effect is durable when it returns;
+// - runs travel with the item that records them and are released to the workers only once that
+//   item is committed, so a run's record is always committed before its callback is called;
+// - outcomes are queued without waiting.
+//
+// Grouping keeps order: items are applied in queue order, rows of one schedule or run within a
+// group keep their last version, and an item that deletes anything starts a new group (the store
+// applies a batch's deletions before its upserts). If a group fails, its items are retried one by
+// one so that one bad item fails alone.
+#pragma once
+
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "core/engine_core.h"
+#include "store/store.h"
+
+namespace syncsched::core {
+
+class CommitQueue {
+ public:
+  // `release(runs, status)` is called on the writer thread after the item carrying `runs` was
+  // committed (status OK) or failed to commit; it must not take the engine's lock.
+  using ReleaseFn = std::function<void(std::vector<RunPtr>&&, const Status&)>;
+
+  CommitQueue(store::Store& store, ReleaseFn release);
+  ~CommitQueue();
+
+  // Queues `batch` (and the runs it records) and returns at once.
+  void Enqueue(store::Batch batch, std::vector<RunPtr> runs = {});
+  // Queues `batch` and waits until it is committed; returns the commit's status.
+  Status Commit(store::Batch batch, std::vector<RunPtr> runs = {});
+  // Commits what is queued and stops the writer. Later calls commit on the caller's thread.
+  void Stop();
+
+  std::uint64_t transactions() const { return transactions_; }
+
+ private:
+  struct Item {
+    store::Batch batch;
+    std::vector<RunPtr> runs;
+    Status* result = nullptr;  // set by the writer when a waiter exists
+    bool* done = nullptr;
+  };
+  void Loop();
+  void CommitItems(std::vector<Item>& items);  // with store_mu_ held
+  static bool HasDeletions(const store::Batch& b) {
+    return !b.connections_deleted.empty() || !b.schedules_deleted.empty();
+  }
+
+  store::Store& store_;
+  ReleaseFn release_;
+  std::mutex mu_;
+  std::condition_variable cv_;       // work for the writer
+  std::condition_variable done_cv_;  // a waited-for item is done
+  std::vector<Item> queue_;
+  bool stop_ = false;
+  bool exited_ = false;  // the writer thread has drained the queue and returned
+  std::mutex store_mu_;  // serializes the store between the writer and after-stop commits
+  std::uint64_t transactions_ = 0;
+  std::thread thread_;
+};
+
+}  // namespace syncsched::core

@@ -34,6 +34,28 @@ namespace core {
 class EngineCore;
 }
 
+// What a slot that comes due while a run of the schedule is in flight does.
+enum class OverlapPolicy : std::uint8_t {
+  kSkip,       // it is skipped (counted); the next run is the next future slot (SPEC §5)
+  kBufferOne,  // if any slot was skipped during the run, one run follows right after it ends
+};
+
+// Retries of a failed run. `max` counts retries (attempts = max + 1). The k-th retry waits
+// `backoff * 2^(k-1)` plus up to 20% random jitter. A retry never overlaps or outlives the next
+// slot: if it would be due at or after the schedule's next slot, it is dropped (the slot wins).
+// Cancelled and timed-out runs are not retried.
+struct RetryPolicy {
+  int max = 0;
+  Millis backoff = std::chrono::seconds(30);
+};
+
+// Per-integration limits.
+struct IntegrationLimits {
+  // Runs of the integration in flight at once; 0: unlimited. Due runs beyond it wait in the
+  // engine's due-ordered queue.
+  std::size_t max_concurrency = 0;
+};
+
 // A sync of an integration (SPEC §1).
 struct SyncDefinition {
   std::string name;                         // ^[a-zA-Z0-9_-]+$, 1..255 bytes
@@ -41,6 +63,12 @@ struct SyncDefinition {
   bool auto_start = true;                   // new schedules start (and run at once) when created
   std::optional<Millis> timeout;            // a run's timeout; default Options::default_run_timeout
   std::optional<Millis> heartbeat_timeout;  // if set, a run must heartbeat at least this often
+  OverlapPolicy overlap = OverlapPolicy::kSkip;
+  RetryPolicy retry;
+  // Phase spreading: after its immediate first run, a schedule follows a stable per-key phase (a
+  // hash of its key, the same across restarts), so schedules started together spread evenly over
+  // their period; the first scheduled run is at least half a period after the immediate one.
+  bool spread = false;
 };
 
 class Engine {
@@ -119,6 +147,18 @@ class Engine {
 
   // Lets timers fire after Options::hold_timers. Idempotent; any thread.
   void ReleaseTimers();
+
+  // Sets the limits of an integration (caps apply to runs dispatched from now on).
+  // Errors: NOT_FOUND (integration not defined).
+  Status SetIntegrationLimits(std::string_view integration, const IntegrationLimits& limits);
+
+  // The runs due per minute over the next `horizon` (at most 7 days), for all integrations or
+  // one, with phase spreading and the global and per-integration caps applied (runs beyond a cap
+  // move to the following minutes, assuming each run takes the mean run duration so far, or one
+  // minute before any run finished). Errors: INVALID_ARGUMENT (horizon), NOT_FOUND
+  // (integration). Cost: one step per slot in the horizon.
+  Result<std::vector<ForecastMinute>> Forecast(Millis horizon,
+                                               std::optional<std::string> integration = {});
 
   // Counters and gauges for monitoring. Any thread; cheap (no per-schedule walk).
   EngineMetrics GetMetrics();

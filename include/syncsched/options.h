@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <optional>
 #include <string>
 
@@ -44,6 +45,21 @@ struct Options {
   // due schedules cannot hold the engine's lock for long; the rest follow at once in further
   // wake-ups. Default 4096.
   std::size_t max_fires_per_wakeup = 4096;
+
+  // Runs in flight at once across the engine; 0: unlimited (but for the worker pool's size).
+  // Due runs beyond it wait in a queue ordered by slot time, fair across integrations; slots that
+  // pass while a run waits are skipped, not queued.
+  std::size_t max_concurrent_runs = 0;
+
+  // After downtime, catch-up runs are released at no more than this many per second, in due
+  // order; 0: unlimited (all at once).
+  double catch_up_per_second = 0;
+
+  // Scheduling decisions kept per schedule for status ("why not"). Default 8.
+  std::size_t decisions_kept = 8;
+
+  // Seed of the retry jitter; 0: a random seed.
+  std::uint64_t random_seed = 0;
 
   // The SQLite database holding the engine's state, or empty for an engine that keeps its state
   // in memory only (lost at exit). ":memory:" is a SQLite in-memory database.

@@ -104,6 +104,27 @@ struct ModelCounts {
 enum class RunStatus : std::uint8_t { kRunning, kPaused, kStopped, kSuccess, kError };
 std::string_view ToString(RunStatus status);  // "RUNNING", "PAUSED", "STOPPED", ...
 
+// Why a schedule did not run when its grid said it would (SPEC issue 5, "why not").
+enum class Reason : std::uint8_t {
+  kPaused,           // the schedule was paused
+  kSkippedOverlap,   // a slot came due while a run was in flight and was skipped
+  kBufferedOverlap,  // a slot came due during a run; one run follows it (overlap buffer_one)
+  kWaitingForCap,    // due, but a concurrency cap was reached: waiting in the due-ordered queue
+  kRetryBackoff,     // the run failed; a retry waits its backoff
+  kRetryDropped,     // the run failed; no retry, since it would reach the next slot
+  kHint,             // the last run asked for its next run at another time
+  kCatchUpRate,      // after downtime, held back by the catch-up rate
+  kMissedWhileDown,  // slots passed while the engine was not running; collapsed into one run
+};
+std::string_view ToString(Reason reason);  // "paused", "skipped_overlap", ...
+
+// One scheduling decision, kept in a small ring per schedule (newest last).
+struct Decision {
+  TimePoint at;
+  Reason reason = Reason::kPaused;
+  std::string detail;  // human-readable, e.g. "3 slots" or "retry 2 of 3 in 1m"
+};
+
 struct ScheduleStatus {
   ScheduleKey key;
   std::uint64_t id = 0;  // unique per schedule, never reused (a recreated key gets a new id)
@@ -114,12 +135,15 @@ struct ScheduleStatus {
   std::optional<TimePoint> next_run;  // set only when STARTED
   std::optional<TimePoint> last_start;
   std::optional<TimePoint> last_finish;
-  std::optional<bool> last_ok;           // the last finished run's result
-  std::string last_error;                // the last finished run's error, empty if none
-  std::vector<ModelCounts> last_counts;  // what the last successful run reported
-  std::uint64_t runs = 0;                // finished runs
-  std::uint64_t failures = 0;            // finished runs that failed
-  std::uint64_t skipped = 0;             // slots skipped (run in flight, or missed while down)
+  std::optional<bool> last_ok;             // the last finished run's result
+  std::string last_error;                  // the last finished run's error, empty if none
+  std::vector<ModelCounts> last_counts;    // what the last successful run reported
+  std::uint64_t runs = 0;                  // finished runs
+  std::uint64_t failures = 0;              // finished runs that failed
+  std::uint64_t skipped = 0;               // slots skipped (run in flight, or missed while down)
+  std::optional<TimePoint> waiting_since;  // due and waiting for a concurrency cap since then
+  std::optional<TimePoint> next_retry;     // a failed run's retry is due then
+  std::vector<Decision> decisions;         // the last scheduling decisions, oldest first
 };
 
 // Cancellation of a run, as the callback sees it. Thread-safe; copies share one state.
@@ -160,12 +184,20 @@ struct RunContext {
 struct RunReport {
   Status status;                    // OK for success; otherwise the error (its message is kept)
   std::vector<ModelCounts> counts;  // optional per-model counts on success
+  // Asks for the next run this long after this one finishes (later, to back off after a rate
+  // limit, or sooner), clamped to the frequency bounds; the grid resumes after that run. A paused
+  // schedule ignores it.
+  std::optional<Millis> next_run_in;
 
   static RunReport Success(std::vector<ModelCounts> counts = {}) {
-    return {Status(), std::move(counts)};
+    RunReport r;
+    r.counts = std::move(counts);
+    return r;
   }
   static RunReport Failure(std::string message) {
-    return {Status::Internal(std::move(message)), {}};
+    RunReport r;
+    r.status = Status::Internal(std::move(message));
+    return r;
   }
 };
 
@@ -190,8 +222,16 @@ struct EngineMetrics {
   std::uint64_t runs_cancelled = 0;  // cancelled through their token (pause, delete, resync)
   std::uint64_t runs_timed_out = 0;
   std::uint64_t slots_skipped = 0;
+  std::uint64_t retries = 0;  // retry attempts dispatched
   Histogram run_duration_seconds;
   Histogram fire_lateness_seconds;  // dispatch time minus slot time, scheduled runs only
+  Histogram wait_seconds;           // time due runs waited for a concurrency cap
+};
+
+// Runs due in one minute of a forecast.
+struct ForecastMinute {
+  TimePoint at;  // the minute's start
+  std::uint64_t runs = 0;
 };
 
 // A sync callback. Runs on a worker thread (never on a command's caller, never under an engine

@@ -16,6 +16,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "syncsched/engine.h"
 #include "syncsched/status.h"
 #include "syncsched/types.h"
 
@@ -38,6 +39,10 @@ struct SyncInfo {
   std::int64_t timeout_ms = 0;               // 0: the engine's default
   std::int64_t heartbeat_timeout_ms = 0;     // 0: none
   std::shared_ptr<const Callback> callback;  // null: the fallback
+  OverlapPolicy overlap = OverlapPolicy::kSkip;
+  int retry_max = 0;
+  std::int64_t retry_backoff_ms = 0;
+  bool spread = false;
 };
 
 struct IntegrationInfo {
@@ -46,6 +51,8 @@ struct IntegrationInfo {
   std::unordered_map<std::string, std::uint32_t> sync_by_name;
   std::vector<std::uint32_t> connections;  // live connections, unordered
   std::unordered_map<std::string, std::uint32_t> connection_by_id;
+  std::size_t max_concurrency = 0;  // 0: unlimited
+  std::size_t in_flight = 0;        // runs of the integration in flight
 };
 
 struct ConnectionInfo {
@@ -73,8 +80,13 @@ struct Schedule {
   ScheduleState state = ScheduleState::kDeleted;
   std::int8_t last_ok = -1;  // -1 none, 0 error, 1 success
   std::uint8_t pending = 0;  // 0 none; 1 + RunMode: a run to dispatch once the one in flight ends
+  std::uint8_t flags = 0;    // kWaiting | kHinted | kRetrying
   bool live = false;
 };
+
+inline constexpr std::uint8_t kWaiting = 1;   // a due run waits for a concurrency cap
+inline constexpr std::uint8_t kHinted = 2;    // next_slot is a run's hint, off the grid
+inline constexpr std::uint8_t kRetrying = 4;  // a failed run's retry is armed
 
 struct ScheduleDetail {
   std::string last_error;

@@ -55,6 +55,13 @@ Result<Millis> Engine::UpdateFrequency(const ScheduleKey& key,
                                        std::optional<std::string> frequency) {
   return core_->UpdateFrequency(key, std::move(frequency));
 }
+Status Engine::SetIntegrationLimits(std::string_view integration, const IntegrationLimits& limits) {
+  return core_->SetIntegrationLimits(integration, limits);
+}
+Result<std::vector<ForecastMinute>> Engine::Forecast(Millis horizon,
+                                                     std::optional<std::string> integration) {
+  return core_->Forecast(horizon, std::move(integration));
+}
 void Engine::ReleaseTimers() { core_->ReleaseTimers(); }
 EngineMetrics Engine::GetMetrics() { return core_->GetMetrics(); }
 Clock& Engine::clock() { return core_->clock(); }

@@ -7,6 +7,7 @@
 #include <boost/asio/post.hpp>
 
 #include "core/commit_queue.h"
+#include "core/grid.h"
 #include "core/names.h"
 #include "core/worker_pool.h"
 #include "store/sqlite_store.h"
@@ -26,27 +27,6 @@ std::string CallbackKey(std::string_view integration, std::string_view sync) {
   k += '\0';
   k += sync;
   return k;
-}
-
-// The first slot of the grid (anchor + k * freq) strictly after `t`.
-std::int64_t NextSlotAfter(std::int64_t anchor, std::int64_t freq, std::int64_t t) {
-  if (t < anchor) return anchor;
-  return anchor + ((t - anchor) / freq + 1) * freq;
-}
-
-void Observe(Histogram& h, double v) {
-  std::size_t i = 0;
-  while (i < h.bounds.size() && v > h.bounds[i]) ++i;
-  ++h.counts[i];
-  h.sum += v;
-  ++h.count;
-}
-
-Histogram MakeHistogram(std::vector<double> bounds) {
-  Histogram h;
-  h.counts.assign(bounds.size() + 1, 0);
-  h.bounds = std::move(bounds);
-  return h;
 }
 
 std::string RunId(std::uint64_t uid, std::int64_t slot) {
@@ -105,11 +85,17 @@ Status EngineCore::Init() {
   std::int64_t now = NowMs();
   slots_ = wheel::TimerWheel(now);
   deadlines_ = wheel::TimerWheel(now);
+  retries_ = wheel::TimerWheel(now);
+  rng_state_ =
+      options_.random_seed
+          ? options_.random_seed
+          : static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
   alarm_ = clock_->MakeAlarm(ex);
   metrics_.run_duration_seconds =
       MakeHistogram({0.01, 0.1, 1, 10, 60, 300, 1800, 3600, 6 * 3600, 24 * 3600});
   metrics_.fire_lateness_seconds =
       MakeHistogram({0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 60});
+  metrics_.wait_seconds = MakeHistogram({0.01, 0.1, 1, 10, 60, 300, 1800, 3600});
   if (!options_.run_executor) {
     std::weak_ptr<EngineCore> weak = weak_from_this();
     pool_ = std::make_unique<WorkerPool>(options_.worker_threads, [weak](std::vector<RunPtr>& b) {
@@ -181,6 +167,7 @@ Status EngineCore::Recover(store::Snapshot snap) {
   next_uid_ = snap.max_uid + 1;
   std::unordered_map<std::uint64_t, std::uint32_t> by_uid;
   by_uid.reserve(snap.schedules.size());
+  std::vector<std::pair<std::int64_t, std::uint32_t>> missed;  // (due slot, schedule)
   // Schedules armed in due order: the wheel fires due timers in deadline order.
   for (store::ScheduleRow& row : snap.schedules) {
     std::uint32_t integ = cat_.FindIntegration(row.integration);
@@ -208,11 +195,33 @@ Status EngineCore::Recover(store::Snapshot snap) {
     if (row.state == static_cast<std::uint8_t>(ScheduleState::kStarted)) {
       s.state = ScheduleState::kStarted;
       ++metrics_.schedules_started;
-      if (s.next_slot == 0) s.next_slot = NextSlotAfter(s.anchor, cat_.FrequencyOf(s), now);
-      slots_.Arm(idx, s.next_slot);
+      std::int64_t freq = cat_.FrequencyOf(s);
+      if (s.next_slot == 0) s.next_slot = NextSlotAfter(s.anchor, freq, now);
+      if ((s.next_slot - s.anchor) % freq != 0) s.flags |= kHinted;  // a run's hint, off grid
+      if (s.next_slot <= now) {
+        missed.emplace_back(s.next_slot, idx);
+      } else {
+        slots_.Arm(idx, s.next_slot);
+      }
     } else {
       ++metrics_.schedules_paused;
     }
+  }
+  // Slots missed while down fire at once, in due order, each schedule's collapsed into one run;
+  // with a catch-up rate, the i-th is held back to i / rate seconds from now.
+  std::sort(missed.begin(), missed.end());
+  for (std::size_t i = 0; i < missed.size(); ++i) {
+    std::int64_t at = missed[i].first;
+    if (options_.catch_up_per_second > 0) {
+      auto delay =
+          static_cast<std::int64_t>(static_cast<double>(i) * 1000.0 / options_.catch_up_per_second);
+      if (delay > 0) {
+        at = now + delay;
+        Decide(missed[i].second, Reason::kCatchUpRate, now,
+               "catch-up run held back " + FormatFrequency(Millis(delay)));
+      }
+    }
+    slots_.Arm(missed[i].second, at);
   }
   // Runs in flight at the crash: recorded as interrupted errors, each a missed slot.
   store::Batch batch;
@@ -323,12 +332,18 @@ std::shared_ptr<const Callback> EngineCore::CallbackFor(std::uint32_t integratio
 void EngineCore::StartSchedule(std::uint32_t schedule, std::int64_t now, Effects& fx) {
   Schedule& s = cat_.schedules[schedule];
   s.state = ScheduleState::kStarted;
-  s.anchor = now;
-  s.next_slot = now + cat_.FrequencyOf(s);
+  std::int64_t freq = cat_.FrequencyOf(s);
+  // With phase spreading the grid follows the key's phase, its first slot at least half a period
+  // after the immediate run; otherwise it is anchored now.
+  s.anchor = cat_.syncs[s.sync].spread ? SpreadSlot(schedule, freq, now + (freq + 1) / 2) : now;
+  s.next_slot = s.anchor == now ? now + freq : s.anchor;
+  s.flags &= static_cast<std::uint8_t>(~kHinted);
   slots_.Arm(schedule, s.next_slot);
   ++metrics_.schedules_started;
-  if (s.run == kNone) {
-    DispatchRun(schedule, now, now, RunMode::kIncremental, /*scheduled=*/true, fx);
+  if (s.flags & kWaiting) {
+    // A run already waits for a cap (a trigger of the paused schedule): it stands for this one.
+  } else if (s.run == kNone) {
+    TryDispatch(schedule, now, now, RunMode::kIncremental, /*scheduled=*/true, fx);
   } else if (runs_[s.run]->cancel_requested && s.pending == 0) {
     // The run in flight is being stopped (a pause just before): run afresh once it has.
     s.pending = 1 + static_cast<std::uint8_t>(RunMode::kIncremental);
@@ -337,7 +352,8 @@ void EngineCore::StartSchedule(std::uint32_t schedule, std::int64_t now, Effects
 }
 
 void EngineCore::DispatchRun(std::uint32_t schedule, std::int64_t now, std::int64_t slot,
-                             RunMode mode, bool scheduled, Effects& fx) {
+                             RunMode mode, bool scheduled, Effects& fx, int attempt,
+                             std::string run_id) {
   Schedule& s = cat_.schedules[schedule];
   auto run = std::make_shared<RunState>();
   run->schedule = schedule;
@@ -345,9 +361,15 @@ void EngineCore::DispatchRun(std::uint32_t schedule, std::int64_t now, std::int6
   run->slot = slot;
   run->dispatched = now;
   run->mode = mode;
+  run->attempt = attempt;
   run->key = cat_.KeyOf(schedule);
-  run->run_id =
-      scheduled ? RunId(s.uid, slot) : RunId(s.uid, slot) + "-t" + std::to_string(++trigger_seq_);
+  if (!run_id.empty()) {
+    run->run_id = std::move(run_id);  // a retry keeps its slot's id
+  } else if (scheduled) {
+    run->run_id = RunId(s.uid, slot);
+  } else {
+    run->run_id = RunId(s.uid, slot) + "-t" + std::to_string(++trigger_seq_);
+  }
   run->callback = cat_.syncs[s.sync].callback ? cat_.syncs[s.sync].callback : fallback_;
   run->last_heartbeat.store(now, std::memory_order_relaxed);
   if (free_runs_.empty()) {
@@ -361,7 +383,7 @@ void EngineCore::DispatchRun(std::uint32_t schedule, std::int64_t now, std::int6
   s.run = run->table_slot;
   ArmRunDeadline(schedule, *run, now);
   ++metrics_.runs_started;
-  ++metrics_.runs_in_flight;
+  CountInFlight(schedule, +1);
   if (scheduled) Observe(metrics_.fire_lateness_seconds, static_cast<double>(now - slot) / 1000.0);
   fx.dispatch.push_back(std::move(run));
 }
@@ -381,14 +403,14 @@ void EngineCore::ArmRunDeadline(std::uint32_t schedule, const RunState& run, std
 }
 
 void EngineCore::FinishRun(const RunPtr& run, const Status& status, std::vector<ModelCounts> counts,
-                           std::int64_t now, Effects& fx) {
+                           std::int64_t now, Effects& fx, std::optional<Millis> hint) {
   Schedule& s = cat_.schedules[run->schedule];
   if (!s.live || s.uid != run->uid || s.run != run->table_slot) return;  // late: ignored
   runs_[run->table_slot].reset();
   free_runs_.push_back(run->table_slot);
   s.run = kNone;
   deadlines_.Cancel(run->schedule);
-  --metrics_.runs_in_flight;
+  CountInFlight(run->schedule, -1);
   idle_cv_.notify_all();
 
   s.last_start = run->dispatched;
@@ -419,8 +441,18 @@ void EngineCore::FinishRun(const RunPtr& run, const Status& status, std::vector<
   if (s.pending && !shut_down_) {
     auto mode = static_cast<RunMode>(s.pending - 1);
     s.pending = 0;
-    DispatchRun(run->schedule, now, now, mode, /*scheduled=*/false, fx);
+    TryDispatch(run->schedule, now, now, mode, /*scheduled=*/false, fx);
+  } else {
+    MaybeRetry(*run, status, now);
   }
+  if (hint && s.state == ScheduleState::kStarted && !(s.flags & kRetrying)) {
+    Millis h = std::clamp(*hint, options_.frequency_bounds.min, options_.frequency_bounds.max);
+    s.next_slot = now + h.count();
+    s.flags |= kHinted;
+    slots_.Arm(run->schedule, s.next_slot);
+    Decide(run->schedule, Reason::kHint, now, "next run in " + FormatFrequency(h));
+  }
+  DrainWaiting(now, fx);
 }
 
 void EngineCore::AbandonRun(std::uint32_t schedule, Status reason, Effects& fx) {
@@ -433,7 +465,7 @@ void EngineCore::AbandonRun(std::uint32_t schedule, Status reason, Effects& fx) 
   s.run = kNone;
   s.pending = 0;
   deadlines_.Cancel(schedule);
-  --metrics_.runs_in_flight;
+  CountInFlight(schedule, -1);
   ++metrics_.runs_cancelled;
   ++metrics_.runs_failed;
   idle_cv_.notify_all();
@@ -453,6 +485,9 @@ void EngineCore::DeleteSchedules(const std::vector<std::uint32_t>& schedules, Ef
   for (std::uint32_t idx : schedules) {
     Schedule& s = cat_.schedules[idx];
     AbandonRun(idx, Status::Cancelled("schedule deleted"), fx);
+    DropWaiting(idx);
+    DropRetry(idx);
+    decisions_.erase(idx);
     slots_.Cancel(idx);
     if (s.state == ScheduleState::kStarted) --metrics_.schedules_started;
     if (s.state == ScheduleState::kPaused) --metrics_.schedules_paused;
@@ -463,7 +498,16 @@ void EngineCore::DeleteSchedules(const std::vector<std::uint32_t>& schedules, Ef
 void EngineCore::Regrid(std::uint32_t schedule, std::int64_t now) {
   Schedule& s = cat_.schedules[schedule];
   if (s.state != ScheduleState::kStarted) return;
-  s.next_slot = NextSlotAfter(s.anchor, cat_.FrequencyOf(s), now);
+  std::int64_t freq = cat_.FrequencyOf(s);
+  if (cat_.syncs[s.sync].spread) {
+    // The phase of the new period; never closer than half a period to the last run.
+    std::int64_t not_before = std::max(now + 1, s.last_start + (freq + 1) / 2);
+    s.anchor = SpreadSlot(schedule, freq, not_before);
+    s.next_slot = s.anchor;
+  } else {
+    s.next_slot = NextSlotAfter(s.anchor, freq, now);
+  }
+  s.flags &= static_cast<std::uint8_t>(~kHinted);
   slots_.Arm(schedule, s.next_slot);
 }
 
@@ -472,21 +516,38 @@ void EngineCore::OnSlot(std::uint32_t schedule, std::int64_t deadline, std::int6
   Schedule& s = cat_.schedules[schedule];
   if (!s.live || s.state != ScheduleState::kStarted) return;
   std::int64_t freq = cat_.FrequencyOf(s);
-  // Slots that passed while the engine could not fire them collapse into the latest one.
-  std::int64_t latest = deadline;
-  if (now - deadline >= freq) {
-    std::int64_t missed = (now - deadline) / freq;
-    latest = deadline + missed * freq;
-    s.skipped += static_cast<std::uint32_t>(missed);
-    metrics_.slots_skipped += static_cast<std::uint64_t>(missed);
+  std::int64_t slot = s.next_slot;
+  if (s.flags & kHinted) {
+    // A run's hint: this once off the grid; the grid resumes after it.
+    s.flags &= static_cast<std::uint8_t>(~kHinted);
+    slot = deadline;
+    s.next_slot = NextSlotAfter(s.anchor, freq, now);
+  } else {
+    // Slots that passed while the engine could not fire them (down, or held back by the catch-up
+    // rate) collapse into the latest one.
+    if (now - slot >= freq) {
+      std::int64_t missed = (now - slot) / freq;
+      slot += missed * freq;
+      s.skipped += static_cast<std::uint32_t>(missed);
+      metrics_.slots_skipped += static_cast<std::uint64_t>(missed);
+      Decide(schedule, Reason::kMissedWhileDown, now,
+             std::to_string(missed) + " slot(s) collapsed into one run");
+    }
+    s.next_slot = slot + freq;
   }
+  if (s.flags & kRetrying) DropRetry(schedule);  // the slot wins over a pending retry
   if (s.run != kNone) {
     ++s.skipped;
     ++metrics_.slots_skipped;
+    if (cat_.syncs[s.sync].overlap == OverlapPolicy::kBufferOne) {
+      if (s.pending == 0) s.pending = 1 + static_cast<std::uint8_t>(RunMode::kIncremental);
+      Decide(schedule, Reason::kBufferedOverlap, now, "one run follows the run in flight");
+    } else {
+      Decide(schedule, Reason::kSkippedOverlap, now, "a run was in flight");
+    }
   } else if (!shut_down_) {
-    DispatchRun(schedule, now, latest, RunMode::kIncremental, /*scheduled=*/true, fx);
+    TryDispatch(schedule, now, slot, RunMode::kIncremental, /*scheduled=*/true, fx);
   }
-  s.next_slot = latest + freq;
   slots_.Arm(schedule, s.next_slot);
 }
 
@@ -524,8 +585,10 @@ void EngineCore::MaybeRearm() {
   if (shut_down_ || timers_held_ || !alarm_) return;
   std::optional<std::int64_t> a = slots_.NextDeadline();
   std::optional<std::int64_t> b = deadlines_.NextDeadline();
+  std::optional<std::int64_t> c = retries_.NextDeadline();
   std::optional<std::int64_t> next = a;
   if (b && (!next || *b < *next)) next = b;
+  if (c && (!next || *c < *next)) next = c;
   if (!next) return;  // an alarm still set fires harmlessly
   if (alarm_set_ && alarm_at_ <= *next) return;
   alarm_set_ = true;
@@ -564,6 +627,15 @@ ScheduleStatus EngineCore::StatusOf(std::uint32_t schedule) const {
   st.runs = s.runs;
   st.failures = s.failures;
   st.skipped = s.skipped;
+  if (s.flags & kWaiting) {
+    if (auto it = waiting_.find(schedule); it != waiting_.end()) {
+      st.waiting_since = TimePoint(Millis(it->second.since));
+    }
+  }
+  if (s.flags & kRetrying) st.next_retry = TimePoint(Millis(retries_.DeadlineOf(schedule)));
+  if (auto it = decisions_.find(schedule); it != decisions_.end()) {
+    st.decisions.assign(it->second.begin(), it->second.end());
+  }
   return st;
 }
 
@@ -583,6 +655,12 @@ Status EngineCore::DefineSync(std::string_view integration, const SyncDefinition
   if (def.heartbeat_timeout && def.heartbeat_timeout->count() <= 0) {
     return Status::InvalidArgument("sync " + Q(def.name) + ": heartbeat_timeout must be positive");
   }
+  if (def.retry.max < 0 || def.retry.max > 100) {
+    return Status::InvalidArgument("sync " + Q(def.name) + ": retry.max must be 0 to 100");
+  }
+  if (def.retry.max > 0 && def.retry.backoff.count() <= 0) {
+    return Status::InvalidArgument("sync " + Q(def.name) + ": retry.backoff must be positive");
+  }
   Effects fx;
   {
     std::lock_guard lock(mu_);
@@ -594,6 +672,10 @@ Status EngineCore::DefineSync(std::string_view integration, const SyncDefinition
     info.auto_start = def.auto_start;
     info.timeout_ms = def.timeout ? def.timeout->count() : 0;
     info.heartbeat_timeout_ms = def.heartbeat_timeout ? def.heartbeat_timeout->count() : 0;
+    info.overlap = def.overlap;
+    info.retry_max = def.retry.max;
+    info.retry_backoff_ms = def.retry.backoff.count();
+    info.spread = def.spread;
 
     std::uint32_t integ = cat_.FindIntegration(integration);
     std::uint32_t sync = integ == kNone ? kNone : cat_.FindSync(integ, def.name);
@@ -601,7 +683,9 @@ Status EngineCore::DefineSync(std::string_view integration, const SyncDefinition
       const SyncInfo& old = cat_.syncs[sync];
       if (old.frequency_ms == info.frequency_ms && old.frequency_text == info.frequency_text &&
           old.auto_start == info.auto_start && old.timeout_ms == info.timeout_ms &&
-          old.heartbeat_timeout_ms == info.heartbeat_timeout_ms) {
+          old.heartbeat_timeout_ms == info.heartbeat_timeout_ms && old.overlap == info.overlap &&
+          old.retry_max == info.retry_max && old.retry_backoff_ms == info.retry_backoff_ms &&
+          old.spread == info.spread) {
         return Status();  // the same definition again: nothing to do
       }
     }
@@ -741,6 +825,9 @@ Status EngineCore::DeleteConnection(std::string_view integration, std::string_vi
     }
     DeleteSchedules(scheds, fx);
     cat_.RemoveConnection(conn);
+    DrainWaiting(NowMs(), fx);  // the cancelled runs freed their places under the caps
+    RecordDispatch(fx);
+    MaybeRearm();
   }
   Apply(fx);
   return Status();
@@ -821,6 +908,9 @@ Status EngineCore::DeleteVariant(const ScheduleKey& key) {
       if (Status st = Persist(batch); !st.ok()) return st;
     }
     DeleteSchedules({sched}, fx);
+    DrainWaiting(NowMs(), fx);
+    RecordDispatch(fx);
+    MaybeRearm();
   }
   Apply(fx);
   return Status();
@@ -905,7 +995,11 @@ Result<CommandResult> EngineCore::Pause(const Target& target) {
       Schedule& s = cat_.schedules[idx];
       s.state = ScheduleState::kPaused;
       s.pending = 0;
+      s.flags &= static_cast<std::uint8_t>(~kHinted);
       slots_.Cancel(idx);
+      DropWaiting(idx);
+      DropRetry(idx);
+      Decide(idx, Reason::kPaused, NowMs());
       --metrics_.schedules_started;
       ++metrics_.schedules_paused;
       if (s.run != kNone && !runs_[s.run]->cancel_requested) {
@@ -930,8 +1024,17 @@ Result<CommandResult> EngineCore::Trigger(const Target& target, RunMode mode) {
     std::int64_t now = NowMs();
     for (std::uint32_t idx : *targets) {
       Schedule& s = cat_.schedules[idx];
-      if (s.run == kNone) {
-        DispatchRun(idx, now, now, mode, /*scheduled=*/false, fx);
+      if (s.flags & kWaiting) {
+        // A run is already due and waiting for a cap: a full resync upgrades it.
+        if (mode == RunMode::kFullResync) {
+          waiting_[idx].mode = mode;
+          Count(result, target, cat_, idx, Outcome::kTriggered);
+        } else {
+          Count(result, target, cat_, idx, Outcome::kAlreadyRunning);
+        }
+      } else if (s.run == kNone) {
+        DropRetry(idx);  // the triggered run stands for a pending retry
+        TryDispatch(idx, now, now, mode, /*scheduled=*/false, fx);
         Count(result, target, cat_, idx, Outcome::kTriggered);
       } else if (mode == RunMode::kIncremental) {
         Count(result, target, cat_, idx, Outcome::kAlreadyRunning);
@@ -1071,6 +1174,10 @@ void EngineCore::OnAlarm() {
     budget -= deadlines_.Advance(
         now, [&](wheel::TimerId id, std::int64_t) { OnRunDeadline(id, now, fx); }, budget);
     if (budget > 0) {
+      budget -= retries_.Advance(
+          now, [&](wheel::TimerId id, std::int64_t) { OnRetry(id, now, fx); }, budget);
+    }
+    if (budget > 0) {
       slots_.Advance(
           now, [&](wheel::TimerId id, std::int64_t deadline) { OnSlot(id, deadline, now, fx); },
           budget);
@@ -1101,7 +1208,9 @@ void EngineCore::Apply(Effects& fx) {
   }
 }
 
-bool EngineCore::Execute(const RunPtr& run, Status& status, std::vector<ModelCounts>& counts) {
+bool EngineCore::Execute(const RunPtr& run, RunOutcome& out) {
+  Status& status = out.status;
+  std::vector<ModelCounts>& counts = out.counts;
   if (run->token.cancelled()) {
     status = run->token.reason();
     return true;
@@ -1131,9 +1240,11 @@ bool EngineCore::Execute(const RunPtr& run, Status& status, std::vector<ModelCou
         auto core = weak.lock();
         if (!core) return;
         std::vector<RunPtr> runs{run};
-        std::vector<std::pair<Status, std::vector<ModelCounts>>> outcomes(1);
-        outcomes[0].first = run->token.cancelled() ? run->token.reason() : std::move(report.status);
-        outcomes[0].second = std::move(report.counts);
+        std::vector<RunOutcome> outcomes(1);
+        outcomes[0].status =
+            run->token.cancelled() ? run->token.reason() : std::move(report.status);
+        outcomes[0].counts = std::move(report.counts);
+        outcomes[0].hint = report.next_run_in;
         core->Complete(runs, outcomes);
       });
       return false;
@@ -1141,6 +1252,7 @@ bool EngineCore::Execute(const RunPtr& run, Status& status, std::vector<ModelCou
     RunReport report = run->callback->sync(ctx);
     status = std::move(report.status);
     counts = std::move(report.counts);
+    out.hint = report.next_run_in;
   } catch (const std::exception& e) {
     status = Status::Internal(e.what());
   } catch (...) {
@@ -1153,22 +1265,20 @@ bool EngineCore::Execute(const RunPtr& run, Status& status, std::vector<ModelCou
 
 void EngineCore::ExecuteBatch(std::vector<RunPtr>& runs) {
   std::vector<RunPtr> done;
-  std::vector<std::pair<Status, std::vector<ModelCounts>>> outcomes;
+  std::vector<RunOutcome> outcomes;
   done.reserve(runs.size());
   outcomes.reserve(runs.size());
   for (RunPtr& run : runs) {
-    Status status;
-    std::vector<ModelCounts> counts;
-    if (Execute(run, status, counts)) {
+    RunOutcome out;
+    if (Execute(run, out)) {
       done.push_back(run);
-      outcomes.emplace_back(std::move(status), std::move(counts));
+      outcomes.push_back(std::move(out));
     }
   }
   if (!done.empty()) Complete(done, outcomes);
 }
 
-void EngineCore::Complete(std::vector<RunPtr>& runs,
-                          std::vector<std::pair<Status, std::vector<ModelCounts>>>& outcomes) {
+void EngineCore::Complete(std::vector<RunPtr>& runs, std::vector<RunOutcome>& outcomes) {
   Effects fx;
   store::Batch pending_batch;  // runs dispatched here (a pending resync) and their rows
   std::vector<RunPtr> pending_runs;
@@ -1181,12 +1291,12 @@ void EngineCore::Complete(std::vector<RunPtr>& runs,
       const Schedule& s = cat_.schedules[r->schedule];
       bool current = s.live && s.uid == r->uid && s.run == r->table_slot;
       if (store_ && current) {
-        const Status& st = outcomes[i].first;
+        const Status& st = outcomes[i].status;
         batch.runs.push_back(store::RunRow{
             r->run_id, r->uid, r->slot, static_cast<std::uint8_t>(r->mode), r->attempt,
             r->dispatched, now, static_cast<std::int8_t>(st.ok()), st.ok() ? "" : st.message()});
       }
-      FinishRun(r, outcomes[i].first, std::move(outcomes[i].second), now, fx);
+      FinishRun(r, outcomes[i].status, std::move(outcomes[i].counts), now, fx, outcomes[i].hint);
       if (store_ && current) batch.schedules.push_back(RowOf(r->schedule));
     }
     if (store_) {

@@ -48,6 +48,13 @@ struct RunState {
 };
 using RunPtr = std::shared_ptr<RunState>;
 
+// What a finished run reported, as the engine records it.
+struct RunOutcome {
+  Status status;
+  std::vector<ModelCounts> counts;
+  std::optional<Millis> hint;
+};
+
 class WorkerPool;
 class CommitQueue;
 
@@ -72,6 +79,9 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   Result<Millis> UpdateFrequency(const ScheduleKey& key, std::optional<std::string> frequency);
   EngineMetrics GetMetrics();
   void ReleaseTimers();
+  Status SetIntegrationLimits(std::string_view integration, const IntegrationLimits& limits);
+  Result<std::vector<ForecastMinute>> Forecast(Millis horizon,
+                                               std::optional<std::string> integration);
   Clock& clock() { return *clock_; }
   std::size_t MemoryBytes();
 
@@ -95,9 +105,26 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   store::ScheduleRow RowOf(std::uint32_t schedule) const;
   void StartSchedule(std::uint32_t schedule, std::int64_t now, Effects& fx);
   void DispatchRun(std::uint32_t schedule, std::int64_t now, std::int64_t slot, RunMode mode,
-                   bool scheduled, Effects& fx);
+                   bool scheduled, Effects& fx, int attempt = 1, std::string run_id = {});
   void FinishRun(const RunPtr& run, const Status& status, std::vector<ModelCounts> counts,
-                 std::int64_t now, Effects& fx);
+                 std::int64_t now, Effects& fx, std::optional<Millis> hint = std::nullopt);
+
+  // ---- run policies (engine_policies.cc), under mu_ ----
+  // Dispatches now, or queues the run when a concurrency cap is reached.
+  void TryDispatch(std::uint32_t schedule, std::int64_t now, std::int64_t slot, RunMode mode,
+                   bool scheduled, Effects& fx, int attempt = 1, std::string run_id = {});
+  bool CapsAllow(std::uint32_t integration) const;
+  // Dispatches waiting runs while the caps allow, fairly across integrations.
+  void DrainWaiting(std::int64_t now, Effects& fx);
+  void DropWaiting(std::uint32_t schedule);
+  void DropRetry(std::uint32_t schedule);
+  // After a failed run: arms its retry, unless the policy or the next slot says no.
+  void MaybeRetry(const RunState& run, const Status& status, std::int64_t now);
+  void OnRetry(std::uint32_t schedule, std::int64_t now, Effects& fx);
+  void Decide(std::uint32_t schedule, Reason reason, std::int64_t now, std::string detail = {});
+  // The first slot of a spread schedule's phase grid at or after `not_before`.
+  std::int64_t SpreadSlot(std::uint32_t schedule, std::int64_t freq, std::int64_t not_before) const;
+  void CountInFlight(std::uint32_t schedule, int delta);
   void AbandonRun(std::uint32_t schedule, Status reason, Effects& fx);
   void CreateSchedule(std::uint32_t connection, std::uint32_t sync, std::uint32_t variant,
                       std::int64_t now, Effects& fx);
@@ -128,9 +155,8 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   void Release(std::vector<RunPtr>&& runs, const Status& committed);
   // Runs a synchronous callback, or starts an asynchronous one (returning false: its `done`
   // completes it later).
-  bool Execute(const RunPtr& run, Status& status, std::vector<ModelCounts>& counts);
-  void Complete(std::vector<RunPtr>& runs,
-                std::vector<std::pair<Status, std::vector<ModelCounts>>>& outcomes);
+  bool Execute(const RunPtr& run, RunOutcome& out);
+  void Complete(std::vector<RunPtr>& runs, std::vector<RunOutcome>& outcomes);
 
   Options options_;
   std::unique_ptr<Clock> owned_clock_;
@@ -147,6 +173,7 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   Catalog cat_;
   wheel::TimerWheel slots_;      // id: schedule index; deadline: its next slot
   wheel::TimerWheel deadlines_;  // id: schedule index; deadline: its run's timeout or heartbeat
+  wheel::TimerWheel retries_;    // id: schedule index; deadline: its failed run's retry
   std::vector<RunPtr> runs_;     // in flight, by table slot
   std::vector<std::uint32_t> free_runs_;
   std::unique_ptr<Alarm> alarm_;
@@ -157,6 +184,27 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   std::unordered_map<std::string, std::shared_ptr<const Callback>> callbacks_;
   std::shared_ptr<const Callback> fallback_;
   EngineMetrics metrics_;
+  struct WaitInfo {
+    std::int64_t slot = 0;
+    std::int64_t since = 0;
+    RunMode mode = RunMode::kIncremental;
+    bool scheduled = false;
+    int attempt = 1;
+    std::string run_id;
+  };
+  struct RetryInfo {
+    std::int64_t slot = 0;
+    RunMode mode = RunMode::kIncremental;
+    int attempt = 2;
+    std::string run_id;
+  };
+  std::unordered_map<std::uint32_t, WaitInfo> waiting_;  // by schedule (flag kWaiting)
+  // Per integration, the schedules waiting, in due order (entries of schedules no longer waiting
+  // are skipped lazily).
+  std::vector<std::deque<std::pair<std::uint32_t, std::uint64_t>>> wait_queues_;
+  std::unordered_map<std::uint32_t, RetryInfo> retry_info_;  // by schedule (flag kRetrying)
+  std::unordered_map<std::uint32_t, std::deque<Decision>> decisions_;
+  std::uint64_t rng_state_ = 0;
   std::condition_variable idle_cv_;
 };
 

@@ -148,6 +148,30 @@ std::string_view ToString(RunStatus status) {
   return "UNKNOWN";
 }
 
+std::string_view ToString(Reason reason) {
+  switch (reason) {
+    case Reason::kPaused:
+      return "paused";
+    case Reason::kSkippedOverlap:
+      return "skipped_overlap";
+    case Reason::kBufferedOverlap:
+      return "buffered_overlap";
+    case Reason::kWaitingForCap:
+      return "waiting_for_cap";
+    case Reason::kRetryBackoff:
+      return "retry_backoff";
+    case Reason::kRetryDropped:
+      return "retry_dropped";
+    case Reason::kHint:
+      return "hint";
+    case Reason::kCatchUpRate:
+      return "catch_up_rate";
+    case Reason::kMissedWhileDown:
+      return "missed_while_down";
+  }
+  return "unknown";
+}
+
 std::string FormatTime(TimePoint t) {
   using namespace std::chrono;
   auto day = floor<days>(t);

@@ -41,7 +41,12 @@ class EngineHarness : public ::testing::Test {
   void Define(const std::string& integration, const std::string& sync, const std::string& freq,
               bool auto_start = false, std::optional<Millis> timeout = std::nullopt,
               std::optional<Millis> heartbeat = std::nullopt) {
-    SyncDefinition def{sync, freq, auto_start, timeout, heartbeat};
+    SyncDefinition def;
+    def.name = sync;
+    def.frequency = freq;
+    def.auto_start = auto_start;
+    def.timeout = timeout;
+    def.heartbeat_timeout = heartbeat;
     // The callback first, so that runs dispatched by the definition itself find it.
     ASSERT_TRUE(engine
                     ->RegisterAsyncCallback(integration, sync,

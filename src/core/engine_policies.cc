@@ -1,0 +1,287 @@
+// Run policies: concurrency caps with a due-ordered wait queue, retries with backoff, phase
+// spreading, the "why not" ring of scheduling decisions, and the forecast. All under the
+// engine's lock, called from engine_core.cc's dispatch path.
+#include <algorithm>
+#include <cmath>
+
+#include "core/engine_core.h"
+#include "core/grid.h"
+
+namespace syncsched::core {
+namespace {
+
+// FNV-1a over the key's parts: stable across processes and builds (std::hash is not).
+std::uint64_t KeyHash(const ScheduleKey& key) {
+  std::uint64_t h = 1469598103934665603ull;
+  auto mix = [&](std::string_view s) {
+    for (unsigned char c : s) {
+      h ^= c;
+      h *= 1099511628211ull;
+    }
+    h ^= 0xff;  // separator
+    h *= 1099511628211ull;
+  };
+  mix(key.integration);
+  mix(key.connection);
+  mix(key.sync);
+  mix(key.variant);
+  return h;
+}
+
+// splitmix64: a small, good, seedable generator for retry jitter.
+std::uint64_t NextRandom(std::uint64_t& state) {
+  std::uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+}  // namespace
+
+void EngineCore::Decide(std::uint32_t schedule, Reason reason, std::int64_t now,
+                        std::string detail) {
+  if (options_.decisions_kept == 0) return;
+  auto& ring = decisions_[schedule];
+  ring.push_back(Decision{TimePoint(Millis(now)), reason, std::move(detail)});
+  while (ring.size() > options_.decisions_kept) ring.pop_front();
+}
+
+void EngineCore::CountInFlight(std::uint32_t schedule, int delta) {
+  const Schedule& s = cat_.schedules[schedule];
+  IntegrationInfo& integ = cat_.integrations[cat_.connections[s.connection].integration];
+  integ.in_flight = static_cast<std::size_t>(static_cast<std::int64_t>(integ.in_flight) + delta);
+  metrics_.runs_in_flight =
+      static_cast<std::uint64_t>(static_cast<std::int64_t>(metrics_.runs_in_flight) + delta);
+}
+
+bool EngineCore::CapsAllow(std::uint32_t integration) const {
+  if (options_.max_concurrent_runs && metrics_.runs_in_flight >= options_.max_concurrent_runs) {
+    return false;
+  }
+  const IntegrationInfo& integ = cat_.integrations[integration];
+  return integ.max_concurrency == 0 || integ.in_flight < integ.max_concurrency;
+}
+
+void EngineCore::TryDispatch(std::uint32_t schedule, std::int64_t now, std::int64_t slot,
+                             RunMode mode, bool scheduled, Effects& fx, int attempt,
+                             std::string run_id) {
+  Schedule& s = cat_.schedules[schedule];
+  std::uint32_t integ = cat_.connections[s.connection].integration;
+  if (s.flags & kWaiting) {
+    // One run waits per schedule: a later slot is skipped; a full resync upgrades it.
+    WaitInfo& w = waiting_[schedule];
+    if (mode == RunMode::kFullResync) w.mode = mode;
+    if (scheduled) {
+      ++s.skipped;
+      ++metrics_.slots_skipped;
+      Decide(schedule, Reason::kWaitingForCap, now, "slot skipped while waiting for a cap");
+    }
+    return;
+  }
+  if (CapsAllow(integ)) {
+    DispatchRun(schedule, now, slot, mode, scheduled, fx, attempt, std::move(run_id));
+    return;
+  }
+  s.flags |= kWaiting;
+  waiting_[schedule] = WaitInfo{slot, now, mode, scheduled, attempt, std::move(run_id)};
+  if (wait_queues_.size() < cat_.integrations.size()) wait_queues_.resize(cat_.integrations.size());
+  wait_queues_[integ].emplace_back(schedule, s.uid);
+  ++metrics_.runs_waiting;
+  Decide(schedule, Reason::kWaitingForCap, now,
+         options_.max_concurrent_runs && metrics_.runs_in_flight >= options_.max_concurrent_runs
+             ? "max_concurrent_runs reached"
+             : "integration max_concurrency reached");
+}
+
+void EngineCore::DropWaiting(std::uint32_t schedule) {
+  Schedule& s = cat_.schedules[schedule];
+  if (!(s.flags & kWaiting)) return;
+  s.flags &= static_cast<std::uint8_t>(~kWaiting);
+  waiting_.erase(schedule);
+  --metrics_.runs_waiting;  // its queue entry is skipped lazily
+}
+
+void EngineCore::DrainWaiting(std::int64_t now, Effects& fx) {
+  if (metrics_.runs_waiting == 0 || shut_down_) return;
+  for (;;) {
+    if (options_.max_concurrent_runs && metrics_.runs_in_flight >= options_.max_concurrent_runs) {
+      return;
+    }
+    // Fair across integrations: of those with a waiting run and room under their own cap, the
+    // one with the fewest runs in flight goes first; ties go to the earliest slot.
+    std::uint32_t best = kNone;
+    std::int64_t best_slot = 0;
+    for (std::uint32_t i = 0; i < wait_queues_.size(); ++i) {
+      auto& q = wait_queues_[i];
+      while (!q.empty()) {  // drop entries of schedules that stopped waiting
+        auto [sched, uid] = q.front();
+        const Schedule& s = cat_.schedules[sched];
+        if (s.live && s.uid == uid && (s.flags & kWaiting)) break;
+        q.pop_front();
+      }
+      if (q.empty() || !CapsAllow(i)) continue;
+      std::int64_t slot = waiting_[q.front().first].slot;
+      if (best == kNone || cat_.integrations[i].in_flight < cat_.integrations[best].in_flight ||
+          (cat_.integrations[i].in_flight == cat_.integrations[best].in_flight &&
+           slot < best_slot)) {
+        best = i;
+        best_slot = slot;
+      }
+    }
+    if (best == kNone) return;
+    std::uint32_t sched = wait_queues_[best].front().first;
+    wait_queues_[best].pop_front();
+    WaitInfo w = std::move(waiting_[sched]);
+    DropWaiting(sched);
+    Observe(metrics_.wait_seconds, static_cast<double>(now - w.since) / 1000.0);
+    DispatchRun(sched, now, w.slot, w.mode, w.scheduled, fx, w.attempt, std::move(w.run_id));
+  }
+}
+
+void EngineCore::DropRetry(std::uint32_t schedule) {
+  Schedule& s = cat_.schedules[schedule];
+  if (!(s.flags & kRetrying)) return;
+  s.flags &= static_cast<std::uint8_t>(~kRetrying);
+  retries_.Cancel(schedule);
+  retry_info_.erase(schedule);
+}
+
+void EngineCore::MaybeRetry(const RunState& run, const Status& status, std::int64_t now) {
+  if (status.ok() || status.code() == StatusCode::kCancelled ||
+      status.code() == StatusCode::kDeadlineExceeded || shut_down_) {
+    return;
+  }
+  Schedule& s = cat_.schedules[run.schedule];
+  const SyncInfo& sync = cat_.syncs[s.sync];
+  if (run.attempt > sync.retry_max) return;
+  int k = run.attempt;  // the k-th retry follows the k-th attempt
+  double base = static_cast<double>(sync.retry_backoff_ms) * std::ldexp(1.0, k - 1);
+  double jitter = static_cast<double>(NextRandom(rng_state_) >> 11) * 0x1.0p-53 * 0.2;
+  auto delay = static_cast<std::int64_t>(std::ceil(base * (1.0 + jitter)));
+  std::int64_t due = now + delay;
+  if (s.state == ScheduleState::kStarted && due >= s.next_slot) {
+    Decide(run.schedule, Reason::kRetryDropped, now,
+           "retry " + std::to_string(k) + " would reach the next slot");
+    return;
+  }
+  s.flags |= kRetrying;
+  retry_info_[run.schedule] = RetryInfo{run.slot, run.mode, run.attempt + 1, run.run_id};
+  retries_.Arm(run.schedule, due);
+  Decide(run.schedule, Reason::kRetryBackoff, now,
+         "retry " + std::to_string(k) + " of " + std::to_string(sync.retry_max) + " in " +
+             FormatFrequency(Millis(delay)));
+}
+
+void EngineCore::OnRetry(std::uint32_t schedule, std::int64_t now, Effects& fx) {
+  Schedule& s = cat_.schedules[schedule];
+  if (!s.live || !(s.flags & kRetrying)) return;
+  RetryInfo info = std::move(retry_info_[schedule]);
+  retry_info_.erase(schedule);
+  s.flags &= static_cast<std::uint8_t>(~kRetrying);
+  if (s.run != kNone) return;  // a trigger ran meanwhile: it stands for the retry
+  ++metrics_.retries;
+  TryDispatch(schedule, now, info.slot, info.mode, /*scheduled=*/false, fx, info.attempt,
+              std::move(info.run_id));
+}
+
+std::int64_t EngineCore::SpreadSlot(std::uint32_t schedule, std::int64_t freq,
+                                    std::int64_t not_before) const {
+  auto phase =
+      static_cast<std::int64_t>(KeyHash(cat_.KeyOf(schedule)) % static_cast<std::uint64_t>(freq));
+  // The first phase + k * freq >= not_before.
+  std::int64_t k = (not_before - phase + freq - 1) / freq;
+  if (not_before - phase < 0) k = 0;
+  return phase + k * freq;
+}
+
+Status EngineCore::SetIntegrationLimits(std::string_view integration,
+                                        const IntegrationLimits& limits) {
+  Effects fx;
+  {
+    std::lock_guard lock(mu_);
+    std::uint32_t integ = cat_.FindIntegration(integration);
+    if (integ == kNone) {
+      return Status::NotFound("integration \"" + std::string(integration) + "\" does not exist");
+    }
+    cat_.integrations[integ].max_concurrency = limits.max_concurrency;
+    DrainWaiting(NowMs(), fx);  // a raised cap lets waiting runs go
+    RecordDispatch(fx);
+  }
+  Apply(fx);
+  return Status();
+}
+
+Result<std::vector<ForecastMinute>> EngineCore::Forecast(Millis horizon,
+                                                         std::optional<std::string> integration) {
+  if (horizon.count() <= 0 || horizon > std::chrono::hours(24 * 7)) {
+    return Status::InvalidArgument("forecast horizon " + FormatFrequency(horizon) +
+                                   " must be positive and at most 7 days");
+  }
+  std::lock_guard lock(mu_);
+  std::uint32_t only = kNone;
+  if (integration) {
+    only = cat_.FindIntegration(*integration);
+    if (only == kNone) {
+      return Status::NotFound("integration \"" + *integration + "\" does not exist");
+    }
+  }
+  const std::int64_t now = NowMs();
+  const std::int64_t start = now - now % 60000;  // the current minute
+  const std::int64_t end = now + horizon.count();
+  const auto minutes = static_cast<std::size_t>((end - start) / 60000 + 1);
+  // Per integration, then capped and summed.
+  std::vector<std::vector<std::uint64_t>> per(cat_.integrations.size());
+  for (std::uint32_t i = 0; i < cat_.integrations.size(); ++i) {
+    if (only != kNone && i != only) continue;
+    std::vector<std::uint64_t>& counts = per[i];
+    counts.assign(minutes, 0);
+    for (std::uint32_t c : cat_.integrations[i].connections) {
+      for (std::uint32_t idx : cat_.connections[c].schedules) {
+        const Schedule& s = cat_.schedules[idx];
+        if (s.state != ScheduleState::kStarted) continue;
+        std::int64_t f = cat_.FrequencyOf(s);
+        std::int64_t t = s.next_slot;
+        if (s.flags & kHinted) {
+          if (t <= end) ++counts[static_cast<std::size_t>((std::max(t, start) - start) / 60000)];
+          t = NextSlotAfter(s.anchor, f, t);
+        }
+        for (; t <= end; t += f) {
+          ++counts[static_cast<std::size_t>((std::max(t, start) - start) / 60000)];
+        }
+      }
+    }
+  }
+  // Caps: runs beyond a cap's capacity per minute move to the following minutes.
+  double mean_ms = metrics_.run_duration_seconds.count
+                       ? 1000.0 * metrics_.run_duration_seconds.sum /
+                             static_cast<double>(metrics_.run_duration_seconds.count)
+                       : 60000.0;
+  mean_ms = std::max(mean_ms, 1.0);
+  auto apply_cap = [&](std::vector<std::uint64_t>& counts, std::size_t cap) {
+    if (cap == 0) return;
+    auto per_minute = static_cast<std::uint64_t>(
+        std::max(1.0, std::floor(static_cast<double>(cap) * 60000.0 / mean_ms)));
+    std::uint64_t carry = 0;
+    for (auto& n : counts) {
+      n += carry;
+      carry = n > per_minute ? n - per_minute : 0;
+      n -= carry;
+    }
+  };
+  std::vector<std::uint64_t> total(minutes, 0);
+  for (std::uint32_t i = 0; i < per.size(); ++i) {
+    if (per[i].empty()) continue;
+    apply_cap(per[i], cat_.integrations[i].max_concurrency);
+    for (std::size_t m = 0; m < minutes; ++m) total[m] += per[i][m];
+  }
+  apply_cap(total, options_.max_concurrent_runs);
+  std::vector<ForecastMinute> out;
+  out.reserve(minutes);
+  for (std::size_t m = 0; m < minutes; ++m) {
+    out.push_back(
+        ForecastMinute{TimePoint(Millis(start + static_cast<std::int64_t>(m) * 60000)), total[m]});
+  }
+  return out;
+}
+
+}  // namespace syncsched::core

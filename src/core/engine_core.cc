@@ -1110,7 +1110,7 @@ Result<Millis> EngineCore::UpdateFrequency(const ScheduleKey& key,
 EngineMetrics EngineCore::GetMetrics() {
   std::lock_guard lock(mu_);
   EngineMetrics m = metrics_;
-  m.runs_waiting = pool_ ? pool_->Waiting() : 0;
+  m.runs_waiting += pool_ ? pool_->Waiting() : 0;  // waiting for a cap, plus for a worker
   return m;
 }
 

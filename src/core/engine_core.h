@@ -205,6 +205,7 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   std::unordered_map<std::uint32_t, RetryInfo> retry_info_;  // by schedule (flag kRetrying)
   std::unordered_map<std::uint32_t, std::deque<Decision>> decisions_;
   std::uint64_t rng_state_ = 0;
+  std::uint32_t last_served_ = 0;  // the integration DrainWaiting served last
   std::condition_variable idle_cv_;
 };
 

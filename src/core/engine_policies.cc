@@ -108,10 +108,12 @@ void EngineCore::DrainWaiting(std::int64_t now, Effects& fx) {
       return;
     }
     // Fair across integrations: of those with a waiting run and room under their own cap, the
-    // one with the fewest runs in flight goes first; ties go to the earliest slot.
+    // one with the fewest runs in flight goes first; ties go round-robin, starting after the
+    // integration served last. Within an integration, runs go in due order.
     std::uint32_t best = kNone;
-    std::int64_t best_slot = 0;
-    for (std::uint32_t i = 0; i < wait_queues_.size(); ++i) {
+    const auto count = static_cast<std::uint32_t>(wait_queues_.size());
+    for (std::uint32_t step = 1; step <= count; ++step) {
+      std::uint32_t i = (last_served_ + step) % count;
       auto& q = wait_queues_[i];
       while (!q.empty()) {  // drop entries of schedules that stopped waiting
         auto [sched, uid] = q.front();
@@ -120,15 +122,12 @@ void EngineCore::DrainWaiting(std::int64_t now, Effects& fx) {
         q.pop_front();
       }
       if (q.empty() || !CapsAllow(i)) continue;
-      std::int64_t slot = waiting_[q.front().first].slot;
-      if (best == kNone || cat_.integrations[i].in_flight < cat_.integrations[best].in_flight ||
-          (cat_.integrations[i].in_flight == cat_.integrations[best].in_flight &&
-           slot < best_slot)) {
+      if (best == kNone || cat_.integrations[i].in_flight < cat_.integrations[best].in_flight) {
         best = i;
-        best_slot = slot;
       }
     }
     if (best == kNone) return;
+    last_served_ = best;
     std::uint32_t sched = wait_queues_[best].front().first;
     wait_queues_[best].pop_front();
     WaitInfo w = std::move(waiting_[sched]);

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up, builds and runs every test: the whole suite in a normal build, again under
-# AddressSanitizer + UndefinedBehaviorSanitizer, and the concurrency tests under ThreadSanitizer.
+# AddressSanitizer + UndefinedBehaviorSanitizer, and the library's tests (the concurrency tests
+# among them) under ThreadSanitizer.
 # Build trees: build/ (normal), build-asan/, build-tsan/ (all ignored by git).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,11 +22,11 @@ cmake --build build-asan -j "$jobs"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build-asan -j "$jobs" --timeout 900
 
-echo "== TSan: concurrency tests"
+echo "== TSan: the library's tests (concurrency, durability and crash tests included)"
 cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSYNCSCHED_SANITIZE=thread \
   -DSYNCSCHED_BUILD_BENCH=OFF -DSYNCSCHED_BUILD_EXAMPLES=OFF -DSYNCSCHED_BUILD_DAEMON=OFF >/dev/null
 cmake --build build-tsan -j "$jobs"
 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
-  ctest --test-dir build-tsan -R 'Concurrency' --timeout 900
+  ctest --test-dir build-tsan -j "$jobs" --timeout 900
 
 echo "== all test suites passed"

@@ -455,6 +455,15 @@ void EngineCore::FinishRun(const RunPtr& run, const Status& status, std::vector<
   DrainWaiting(now, fx);
 }
 
+void EngineCore::TrimRunTables(std::int64_t now) {
+  // After a burst (a start of a million schedules puts a million runs in flight at once) the run
+  // table and the run-deadline wheel keep their peak size; once no run is in flight, give it back.
+  if (metrics_.runs_in_flight != 0 || runs_.size() < 4096) return;
+  runs_ = {};
+  free_runs_ = {};
+  deadlines_ = wheel::TimerWheel(now);
+}
+
 void EngineCore::AbandonRun(std::uint32_t schedule, Status reason, Effects& fx) {
   Schedule& s = cat_.schedules[schedule];
   if (s.run == kNone) return;
@@ -582,6 +591,7 @@ void EngineCore::ReleaseTimers() {
 }
 
 void EngineCore::MaybeRearm() {
+  TrimRunTables(NowMs());  // here, never inside a wheel's Advance
   if (shut_down_ || timers_held_ || !alarm_) return;
   std::optional<std::int64_t> a = slots_.NextDeadline();
   std::optional<std::int64_t> b = deadlines_.NextDeadline();

@@ -126,6 +126,7 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   std::int64_t SpreadSlot(std::uint32_t schedule, std::int64_t freq, std::int64_t not_before) const;
   void CountInFlight(std::uint32_t schedule, int delta);
   void AbandonRun(std::uint32_t schedule, Status reason, Effects& fx);
+  void TrimRunTables(std::int64_t now);
   void CreateSchedule(std::uint32_t connection, std::uint32_t sync, std::uint32_t variant,
                       std::int64_t now, Effects& fx);
   void DeleteSchedules(const std::vector<std::uint32_t>& schedules, Effects& fx);

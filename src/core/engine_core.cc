@@ -1096,23 +1096,18 @@ Result<Millis> EngineCore::UpdateFrequency(const ScheduleKey& key,
   if (!targets.ok()) return targets.status();
   std::uint32_t idx = targets->front();
   Schedule& s = cat_.schedules[idx];
-  std::int64_t old_override = s.freq_override;
-  std::int64_t old_next = s.next_slot;
+  const Schedule before = s;
   s.freq_override = override_ms;
-  std::int64_t now = NowMs();
-  if (s.state == ScheduleState::kStarted) {
-    s.next_slot = NextSlotAfter(s.anchor, cat_.FrequencyOf(s), now);
-  }
+  Regrid(idx, NowMs());  // keeps the anchor (or the key's phase, when spread)
   if (store_) {
     store::Batch batch;
     batch.schedules.push_back(RowOf(idx));
     if (Status st = Persist(batch); !st.ok()) {
-      s.freq_override = old_override;
-      s.next_slot = old_next;
+      s = before;
+      if (s.state == ScheduleState::kStarted) slots_.Arm(idx, s.next_slot);
       return st;
     }
   }
-  if (s.state == ScheduleState::kStarted) slots_.Arm(idx, s.next_slot);
   MaybeRearm();
   return Millis(cat_.FrequencyOf(s));
 }

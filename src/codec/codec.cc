@@ -88,8 +88,7 @@ Decoded<std::string> RequiredString(const Json& obj, std::string_view key, std::
   auto it = obj.find(key);
   std::string field = Join(path, key);
   if (it == obj.end()) {
-    return FieldError("missing_field", field,
-                      field + " is required (" + std::string(what) + ")");
+    return FieldError("missing_field", field, field + " is required (" + std::string(what) + ")");
   }
   if (!it->is_string()) return WrongType(std::move(field), "a string", *it);
   return it->get<std::string>();
@@ -131,8 +130,8 @@ Status ValidateName(std::string_view name, std::string_view what) {
 }
 
 Decoded<std::string> IntegrationField(const Json& obj) {
-  auto key = RequiredString(obj, "provider_config_key", "",
-                            "the integration's key, e.g. \"github\"");
+  auto key =
+      RequiredString(obj, "provider_config_key", "", "the integration's key, e.g. \"github\"");
   if (!key.ok()) return key;
   if (Status s = ValidateIntegrationKey(key.value()); !s.ok()) {
     return FieldError("invalid_value", "provider_config_key", s.message());
@@ -237,8 +236,7 @@ struct ParseAbort {
 
 Status ValidateIntegrationKey(std::string_view key) {
   if (key.empty() || key.size() > 255) {
-    return Status::InvalidArgument("provider_config_key " + Quote(key) +
-                                   " must be 1 to 255 bytes");
+    return Status::InvalidArgument("provider_config_key " + Quote(key) + " must be 1 to 255 bytes");
   }
   for (char c : key) {
     if (!IsNameChar(c) && c != '~' && c != ':' && c != '.' && c != '@' && c != ' ') {
@@ -261,6 +259,10 @@ Status ValidateConnectionId(std::string_view id) {
     }
   }
   return Status::Ok();
+}
+
+Status ValidateSyncName(std::string_view name, std::string_view what) {
+  return ValidateName(name, what);
 }
 
 // ---- Requests ----
@@ -313,8 +315,9 @@ Decoded<Target> DecodeTarget(const Json& body) {
 }
 
 Decoded<TriggerRequest> DecodeTrigger(const Json& body) {
-  if (auto e = CheckObject(body, "", {"provider_config_key", "connection_id", "syncs", "opts",
-                                      "sync_mode", "full_resync"})) {
+  if (auto e = CheckObject(
+          body, "",
+          {"provider_config_key", "connection_id", "syncs", "opts", "sync_mode", "full_resync"})) {
     return *e;
   }
   auto target = DecodeTargetFields(body);
@@ -415,8 +418,9 @@ Decoded<Target> DecodeStatusQuery(const QueryParams& query) {
 }
 
 Decoded<FrequencyRequest> DecodeFrequencyUpdate(const Json& body) {
-  if (auto e = CheckObject(body, "", {"provider_config_key", "connection_id", "sync_name",
-                                      "sync_variant", "frequency"})) {
+  if (auto e = CheckObject(
+          body, "",
+          {"provider_config_key", "connection_id", "sync_name", "sync_variant", "frequency"})) {
     return *e;
   }
   FrequencyRequest req;
@@ -495,8 +499,9 @@ Decoded<ConnectionRequest> DecodeDeleteConnection(std::string_view connection_id
   const std::string* integration = nullptr;
   for (const auto& [name, value] : query) {
     if (name != "provider_config_key") {
-      return FieldError("unknown_field", name,
-                        "unknown query parameter " + Quote(name) + "; accepted: provider_config_key");
+      return FieldError(
+          "unknown_field", name,
+          "unknown query parameter " + Quote(name) + "; accepted: provider_config_key");
     }
     integration = &value;
   }
@@ -526,7 +531,8 @@ Json EncodeScheduleStatus(const ScheduleStatus& s) {
   };
   Json latest_result = Json::object();
   for (const ModelCounts& c : s.last_counts) {
-    latest_result[c.model] = Json{{"added", c.added}, {"updated", c.updated}, {"deleted", c.deleted}};
+    latest_result[c.model] =
+        Json{{"added", c.added}, {"updated", c.updated}, {"deleted", c.deleted}};
   }
   Json execution(nullptr);
   if (s.status == RunStatus::kRunning) {
@@ -565,8 +571,7 @@ Json EncodeVariantCreated(const ScheduleKey& key, std::uint64_t id) {
 }
 
 Json EncodeConnectionCreated(const ConnectionRequest& request) {
-  return Json{{"connection_id", request.connection},
-              {"provider_config_key", request.integration}};
+  return Json{{"connection_id", request.connection}, {"provider_config_key", request.integration}};
 }
 
 Json EncodeError(const ApiError& error) {
@@ -669,8 +674,8 @@ ApiError MissingScope(std::string_view scope) {
                   std::nullopt};
 }
 ApiError RouteNotFound(std::string_view method, std::string_view path) {
-  return ApiError{404, "route_not_found",
-                  "no route " + std::string(method) + " " + Quote(path), std::nullopt};
+  return ApiError{404, "route_not_found", "no route " + std::string(method) + " " + Quote(path),
+                  std::nullopt};
 }
 ApiError MethodNotAllowed(std::string_view method, std::string_view path,
                           std::string_view allowed) {

@@ -33,7 +33,7 @@
 
 namespace syncsched::codec {
 
-using Json = nlohmann::json;
+using Json = nlohmann::ordered_json;
 
 // At most this many items in `syncs` (a body array or a status query list).
 inline constexpr std::size_t kMaxSyncs = 256;
@@ -55,7 +55,7 @@ struct ApiError {
 template <typename T>
 class [[nodiscard]] Decoded {
  public:
-  Decoded(T value) : v_(std::move(value)) {}      // NOLINT: implicit by design
+  Decoded(T value) : v_(std::move(value)) {}         // NOLINT: implicit by design
   Decoded(ApiError error) : v_(std::move(error)) {}  // NOLINT: implicit by design
 
   bool ok() const { return v_.index() == 0; }
@@ -63,6 +63,8 @@ class [[nodiscard]] Decoded {
   T& value() & { return std::get<0>(v_); }
   const T& value() const& { return std::get<0>(v_); }
   T&& value() && { return std::get<0>(std::move(v_)); }
+  T& operator*() & { return value(); }
+  const T& operator*() const& { return value(); }
   T* operator->() { return &value(); }
   const T* operator->() const { return &value(); }
   // Precondition: !ok().
@@ -78,6 +80,9 @@ class [[nodiscard]] Decoded {
 Status ValidateIntegrationKey(std::string_view key);
 // connection_id: 1..255 bytes, no control characters. INVALID_ARGUMENT quoting the input.
 Status ValidateConnectionId(std::string_view id);
+// Sync names and variants: ^[a-zA-Z0-9_-]+$, 1..255 bytes. INVALID_ARGUMENT quoting the input,
+// which the message calls `what` ("sync name", "variant").
+Status ValidateSyncName(std::string_view name, std::string_view what = "sync name");
 
 // ---- Requests ----
 
@@ -184,19 +189,19 @@ ApiError ErrorFromStatus(const Status& status, Subject subject = Subject::kNone,
 
 // The HTTP layer's own errors, built here so that every error body has one shape.
 namespace errors {
-ApiError BadRequest(std::string message);                    // 400 bad_request (HTTP framing)
-ApiError InvalidJson(std::string message);                   // 400 invalid_json
-ApiError UnexpectedBody();                                   // 400 unexpected_body
-ApiError Unauthorized(std::string message);                  // 401 unauthorized
-ApiError MissingScope(std::string_view scope);               // 403 missing_scope
+ApiError BadRequest(std::string message);       // 400 bad_request (HTTP framing)
+ApiError InvalidJson(std::string message);      // 400 invalid_json
+ApiError UnexpectedBody();                      // 400 unexpected_body
+ApiError Unauthorized(std::string message);     // 401 unauthorized
+ApiError MissingScope(std::string_view scope);  // 403 missing_scope
 ApiError RouteNotFound(std::string_view method, std::string_view path);  // 404 route_not_found
 ApiError MethodNotAllowed(std::string_view method, std::string_view path,
-                          std::string_view allowed);         // 405 method_not_allowed
-ApiError PayloadTooLarge(std::size_t limit);                 // 413 payload_too_large
-ApiError HeadersTooLarge(std::size_t limit);                 // 431 headers_too_large
-ApiError TooManyConnections();                               // 503 too_many_connections
-ApiError ShuttingDown();                                     // 503 shutting_down
-ApiError Internal(std::string message);                      // 500 internal_error
+                          std::string_view allowed);  // 405 method_not_allowed
+ApiError PayloadTooLarge(std::size_t limit);          // 413 payload_too_large
+ApiError HeadersTooLarge(std::size_t limit);          // 431 headers_too_large
+ApiError TooManyConnections();                        // 503 too_many_connections
+ApiError ShuttingDown();                              // 503 shutting_down
+ApiError Internal(std::string message);               // 500 internal_error
 }  // namespace errors
 
 }  // namespace syncsched::codec

@@ -22,10 +22,12 @@ void KeepLast(std::vector<Row>& rows, KeyFn key) {
   last.reserve(rows.size());
   for (std::size_t i = 0; i < rows.size(); ++i) last[key(rows[i])] = i;
   if (last.size() == rows.size()) return;
+  std::vector<bool> keep(rows.size());
+  for (std::size_t i = 0; i < rows.size(); ++i) keep[i] = last[key(rows[i])] == i;
   std::vector<Row> out;
   out.reserve(last.size());
   for (std::size_t i = 0; i < rows.size(); ++i) {
-    if (last[key(rows[i])] == i) out.push_back(std::move(rows[i]));
+    if (keep[i]) out.push_back(std::move(rows[i]));
   }
   rows.swap(out);
 }
@@ -118,33 +120,20 @@ void CommitQueue::CommitItems(std::vector<Item>& items) {
       for (std::size_t i = begin; i < end; ++i) {
         store::Batch& b = items[i].batch;
         Append(merged.syncs, b.syncs);
+        Append(merged.integrations, b.integrations);
         Append(merged.connections_added, b.connections_added);
         Append(merged.connections_deleted, b.connections_deleted);
         Append(merged.schedules_deleted, b.schedules_deleted);
-        // Copies, not moves: a failed group is retried item by item.
-        merged.schedules.insert(merged.schedules.end(), b.schedules.begin(), b.schedules.end());
-        merged.runs.insert(merged.runs.end(), b.runs.begin(), b.runs.end());
+        Append(merged.schedules, b.schedules);
+        Append(merged.runs, b.runs);
       }
       KeepLast(merged.schedules, [](const store::ScheduleRow& r) { return r.uid; });
-      KeepLast(merged.runs, [](const store::RunRow& r) { return r.run_id; });
+      // Run rows are not deduplicated: a run's two rows (dispatched, finished) never share a
+      // group, since a run starts only after its first row is committed.
       status = store_.Commit(merged);
       ++transactions_;
-      if (!status.ok()) {
-        // Isolate the failure: each item on its own.
-        for (std::size_t i = begin; i < end; ++i) {
-          Status s = store_.Commit(items[i].batch);
-          ++transactions_;
-          release_(std::move(items[i].runs), s);
-          if (items[i].result) {
-            std::lock_guard lock(mu_);
-            *items[i].result = s;
-            *items[i].done = true;
-            done_cv_.notify_all();
-          }
-        }
-        begin = end;
-        continue;
-      }
+      // A failed group fails each of its items: their commands report the error (and changed
+      // nothing), their runs are recorded as errors instead of being called.
     }
     for (std::size_t i = begin; i < end; ++i) {
       if (!items[i].runs.empty()) release_(std::move(items[i].runs), status);

@@ -10,8 +10,8 @@
 //
 // Grouping keeps order: items are applied in queue order, rows of one schedule or run within a
 // group keep their last version, and an item that deletes anything starts a new group (the store
-// applies a batch's deletions before its upserts). If a group fails, its items are retried one by
-// one so that one bad item fails alone.
+// applies a batch's deletions before its upserts). If a group's commit fails, every item of the
+// group gets the error.
 #pragma once
 
 #include <condition_variable>

@@ -151,11 +151,17 @@ Status EngineCore::Recover(store::Snapshot snap) {
     info.auto_start = row.auto_start;
     info.timeout_ms = row.timeout_ms;
     info.heartbeat_timeout_ms = row.heartbeat_timeout_ms;
+    DecodePolicy(row.policy, info);
     if (info.frequency_ms <= 0) {
       return Status::Internal(options_.database_path + ": sync " + Q(row.name) +
                               " has a non-positive frequency; the database is corrupt");
     }
     cat_.AddSync(integ, std::move(info));
+  }
+  for (const store::IntegrationRow& row : snap.integrations) {
+    std::uint32_t integ = cat_.FindIntegration(row.integration);
+    if (integ == kNone) integ = cat_.AddIntegration(row.integration);
+    cat_.integrations[integ].max_concurrency = static_cast<std::size_t>(row.max_concurrency);
   }
   for (store::ConnectionRow& row : snap.connections) {
     std::uint32_t integ = cat_.FindIntegration(row.integration);
@@ -703,7 +709,7 @@ Status EngineCore::DefineSync(std::string_view integration, const SyncDefinition
     if (store_) {
       batch.syncs.push_back(store::SyncRow{std::string(integration), info.name, info.frequency_text,
                                            info.frequency_ms, info.auto_start, info.timeout_ms,
-                                           info.heartbeat_timeout_ms});
+                                           info.heartbeat_timeout_ms, EncodePolicy(info)});
     }
     // Schedules affected: with a new sync, one base schedule per connection; with a changed
     // frequency, the sync's schedules without an override.

@@ -58,6 +58,10 @@ struct RunOutcome {
 class WorkerPool;
 class CommitQueue;
 
+// A sync's run policies as the text the store keeps for it, and back (engine_policies.cc).
+std::string EncodePolicy(const SyncInfo& sync);
+void DecodePolicy(std::string_view text, SyncInfo& sync);
+
 class EngineCore : public std::enable_shared_from_this<EngineCore> {
  public:
   static Result<std::shared_ptr<EngineCore>> Create(Options options);

@@ -193,6 +193,35 @@ std::int64_t EngineCore::SpreadSlot(std::uint32_t schedule, std::int64_t freq,
   return phase + k * freq;
 }
 
+std::string EncodePolicy(const SyncInfo& sync) {
+  return "overlap=" + std::to_string(static_cast<int>(sync.overlap)) +
+         ";retry_max=" + std::to_string(sync.retry_max) +
+         ";retry_backoff_ms=" + std::to_string(sync.retry_backoff_ms) +
+         ";spread=" + std::to_string(sync.spread ? 1 : 0);
+}
+
+void DecodePolicy(std::string_view text, SyncInfo& sync) {
+  // "key=value;..." written by EncodePolicy; unknown keys (from a newer build) are ignored.
+  while (!text.empty()) {
+    std::size_t end = text.find(';');
+    std::string_view item = text.substr(0, end);
+    text = end == std::string_view::npos ? std::string_view() : text.substr(end + 1);
+    std::size_t eq = item.find('=');
+    if (eq == std::string_view::npos) continue;
+    std::string_view k = item.substr(0, eq);
+    std::int64_t v = 0;
+    for (char c : item.substr(eq + 1)) {
+      if (c < '0' || c > '9') break;
+      v = v * 10 + (c - '0');
+      if (v > (std::int64_t{1} << 50)) break;
+    }
+    if (k == "overlap") sync.overlap = v == 1 ? OverlapPolicy::kBufferOne : OverlapPolicy::kSkip;
+    if (k == "retry_max") sync.retry_max = static_cast<int>(std::min<std::int64_t>(v, 100));
+    if (k == "retry_backoff_ms") sync.retry_backoff_ms = v;
+    if (k == "spread") sync.spread = v == 1;
+  }
+}
+
 Status EngineCore::SetIntegrationLimits(std::string_view integration,
                                         const IntegrationLimits& limits) {
   Effects fx;
@@ -201,6 +230,12 @@ Status EngineCore::SetIntegrationLimits(std::string_view integration,
     std::uint32_t integ = cat_.FindIntegration(integration);
     if (integ == kNone) {
       return Status::NotFound("integration \"" + std::string(integration) + "\" does not exist");
+    }
+    if (store_) {
+      store::Batch batch;
+      batch.integrations.push_back(
+          store::IntegrationRow{std::string(integration), limits.max_concurrency});
+      if (Status st = Persist(batch); !st.ok()) return st;
     }
     cat_.integrations[integ].max_concurrency = limits.max_concurrency;
     DrainWaiting(NowMs(), fx);  // a raised cap lets waiting runs go

@@ -1,6 +1,6 @@
 // The SQLite store.
 //
-// Schema (version 1; `PRAGMA user_version` holds the version, kMigrations lists the steps):
+// Schema (version 2; `PRAGMA user_version` holds the version, kMigrations lists the steps):
 // - meta(key, value): named integers; `max_uid`, the largest schedule uid ever issued, lives here
 //   rather than being derived from max(schedules.uid), because deleting every schedule must not
 //   let a uid be issued twice.
@@ -69,6 +69,7 @@ namespace syncsched::store {
 
 void Batch::clear() {
   syncs.clear();
+  integrations.clear();
   connections_added.clear();
   connections_deleted.clear();
   schedules.clear();
@@ -87,7 +88,7 @@ using sqlite::Stmt;
 struct Migration {
   int version;
   const char* sql;
-  std::array<const char*, 5> tables;  // tables the schema has from this version on
+  std::array<const char*, 6> tables;  // tables the schema has from this version on (null-padded)
 };
 
 constexpr Migration kMigrations[] = {
@@ -147,18 +148,32 @@ CREATE INDEX runs_by_schedule ON runs(schedule_uid, finished_ms, run_id, ok);
 CREATE INDEX runs_in_flight ON runs(schedule_uid) WHERE finished_ms = 0;
 )sql",
      {"meta", "syncs", "connections", "schedules", "runs"}},
+    // 2: run policies of a sync (engine-encoded text) and per-integration limits.
+    {2,
+     R"sql(
+ALTER TABLE syncs ADD COLUMN policy TEXT NOT NULL DEFAULT '';
+CREATE TABLE integrations(
+  integration TEXT PRIMARY KEY NOT NULL,
+  max_concurrency INTEGER NOT NULL
+) WITHOUT ROWID;
+)sql",
+     {"meta", "syncs", "connections", "schedules", "runs", "integrations"}},
 };
 
 constexpr int kSchemaVersion = static_cast<int>(std::size(kMigrations));
 
 constexpr std::string_view kUpsertSync = R"sql(
 INSERT INTO syncs(integration, name, frequency_text, frequency_ms, auto_start, timeout_ms,
-                  heartbeat_timeout_ms)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                  heartbeat_timeout_ms, policy)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
 ON CONFLICT (integration, name) DO UPDATE SET
   frequency_text = excluded.frequency_text, frequency_ms = excluded.frequency_ms,
   auto_start = excluded.auto_start, timeout_ms = excluded.timeout_ms,
-  heartbeat_timeout_ms = excluded.heartbeat_timeout_ms)sql";
+  heartbeat_timeout_ms = excluded.heartbeat_timeout_ms, policy = excluded.policy)sql";
+
+constexpr std::string_view kUpsertIntegration = R"sql(
+INSERT INTO integrations(integration, max_concurrency) VALUES (?1, ?2)
+ON CONFLICT (integration) DO UPDATE SET max_concurrency = excluded.max_concurrency)sql";
 
 constexpr std::string_view kInsertConnection = R"sql(
 INSERT INTO connections(integration, connection) VALUES (?1, ?2) ON CONFLICT DO NOTHING)sql";
@@ -419,7 +434,7 @@ class SqliteStore final : public Store {
   Db db_;
 
   Stmt begin_, commit_, rollback_;
-  Stmt upsert_sync_, insert_connection_, delete_connection_;
+  Stmt upsert_sync_, upsert_integration_, insert_connection_, delete_connection_;
   Stmt upsert_schedule_, delete_schedule_, delete_runs_of_schedule_;
   Stmt upsert_run_, count_finished_runs_, prune_runs_, set_max_uid_;
 
@@ -546,6 +561,7 @@ Status SqliteStore::Inspect(int* version) {
   }
   if (*version > 0) {
     for (const char* table : kMigrations[*version - 1].tables) {
+      if (table == nullptr) break;  // the list is shorter than the array
       if (tables.count(table) == 0) {
         return finish(Status::Internal(
             Quoted(path) + " is not a syncsched database or is corrupt (schema version " +
@@ -615,6 +631,7 @@ Status SqliteStore::PrepareStatements() {
       {&commit_, "COMMIT"},
       {&rollback_, "ROLLBACK"},
       {&upsert_sync_, kUpsertSync},
+      {&upsert_integration_, kUpsertIntegration},
       {&insert_connection_, kInsertConnection},
       {&delete_connection_, kDeleteConnection},
       {&upsert_schedule_, kUpsertSchedule},
@@ -641,9 +658,9 @@ Status SqliteStore::PrepareStatements() {
 
 void SqliteStore::FinalizeStatements() {
   for (Stmt* stmt :
-       {&begin_, &commit_, &rollback_, &upsert_sync_, &insert_connection_, &delete_connection_,
-        &upsert_schedule_, &delete_schedule_, &delete_runs_of_schedule_, &upsert_run_,
-        &count_finished_runs_, &prune_runs_, &set_max_uid_}) {
+       {&begin_, &commit_, &rollback_, &upsert_sync_, &upsert_integration_, &insert_connection_,
+        &delete_connection_, &upsert_schedule_, &delete_schedule_, &delete_runs_of_schedule_,
+        &upsert_run_, &count_finished_runs_, &prune_runs_, &set_max_uid_}) {
     *stmt = Stmt();
   }
 }
@@ -680,7 +697,7 @@ Result<Snapshot> SqliteStore::Load() {
   Snapshot snap;
   s = read(
       "SELECT integration, name, frequency_text, frequency_ms, auto_start, timeout_ms, "
-      "heartbeat_timeout_ms FROM syncs",
+      "heartbeat_timeout_ms, policy FROM syncs",
       "reading syncs", [&](const Stmt& r) {
         SyncRow& row = snap.syncs.emplace_back();
         row.integration = r.Text(0);
@@ -690,7 +707,14 @@ Result<Snapshot> SqliteStore::Load() {
         row.auto_start = r.Int(4) != 0;
         row.timeout_ms = r.Int(5);
         row.heartbeat_timeout_ms = r.Int(6);
+        row.policy = r.Text(7);
       });
+  if (!s.ok()) return fail(s);
+  s = read("SELECT integration, max_concurrency FROM integrations", "reading integrations",
+           [&](const Stmt& r) {
+             snap.integrations.push_back(
+                 IntegrationRow{r.Text(0), static_cast<std::uint64_t>(r.Int(1))});
+           });
   if (!s.ok()) return fail(s);
   s = read("SELECT integration, connection FROM connections", "reading connections",
            [&](const Stmt& r) {
@@ -779,8 +803,15 @@ Status SqliteStore::Apply(const Batch& batch, std::uint64_t* max_uid) {
     int brc = q.BindText(1, r.integration) | q.BindText(2, r.name) |
               q.BindText(3, r.frequency_text) | q.Bind(4, r.frequency_ms) |
               q.Bind(5, r.auto_start ? 1 : 0) | q.Bind(6, r.timeout_ms) |
-              q.Bind(7, r.heartbeat_timeout_ms);
+              q.Bind(7, r.heartbeat_timeout_ms) | q.BindText(8, r.policy);
     s = Write(q, brc, [&] { return "writing sync " + r.integration + "/" + r.name; });
+    if (!s.ok()) return s;
+  }
+  for (const IntegrationRow& r : batch.integrations) {
+    Stmt& q = upsert_integration_;
+    int brc =
+        q.BindText(1, r.integration) | q.Bind(2, static_cast<std::int64_t>(r.max_concurrency));
+    s = Write(q, brc, [&] { return "writing integration " + r.integration; });
     if (!s.ok()) return s;
   }
   for (const ConnectionRow& r : batch.connections_deleted) {

@@ -25,6 +25,13 @@ struct SyncRow {
   bool auto_start = true;
   std::int64_t timeout_ms = 0;            // 0: the engine's default
   std::int64_t heartbeat_timeout_ms = 0;  // 0: none
+  std::string policy;  // run policies, encoded by the engine (opaque to the store)
+};
+
+// Limits of an integration. Keyed by integration.
+struct IntegrationRow {
+  std::string integration;
+  std::uint64_t max_concurrency = 0;
 };
 
 // A connection of an integration. Keyed by (integration, connection).
@@ -71,6 +78,7 @@ struct RunRow {
 // Everything one commit writes. Applied atomically: all of it or none.
 struct Batch {
   std::vector<SyncRow> syncs;                    // upserts
+  std::vector<IntegrationRow> integrations;      // upserts
   std::vector<ConnectionRow> connections_added;  // inserts
   std::vector<ConnectionRow> connections_deleted;
   std::vector<ScheduleRow> schedules;            // upserts by uid
@@ -78,8 +86,9 @@ struct Batch {
   std::vector<RunRow> runs;                      // upserts by run_id
 
   bool empty() const {
-    return syncs.empty() && connections_added.empty() && connections_deleted.empty() &&
-           schedules.empty() && schedules_deleted.empty() && runs.empty();
+    return syncs.empty() && integrations.empty() && connections_added.empty() &&
+           connections_deleted.empty() && schedules.empty() && schedules_deleted.empty() &&
+           runs.empty();
   }
   void clear();
 };
@@ -87,6 +96,7 @@ struct Batch {
 // The state a store holds, as read at open.
 struct Snapshot {
   std::vector<SyncRow> syncs;
+  std::vector<IntegrationRow> integrations;
   std::vector<ConnectionRow> connections;
   std::vector<ScheduleRow> schedules;
   std::vector<RunRow> unfinished_runs;  // runs with finished_ms == 0 (in flight at a crash)

@@ -158,6 +158,31 @@ TEST_F(DurableEngine, DeletedConnectionsStayDeletedAndAKeyCanBeRecreated) {
   EXPECT_GT(StatusOf("github", "acme", "issues").id, old_id) << "uids are never reused";
 }
 
+TEST_F(DurableEngine, RunPoliciesAndIntegrationLimitsSurviveARestart) {
+  SyncDefinition d;
+  d.name = "issues";
+  d.frequency = "every 1h";
+  d.auto_start = false;
+  d.retry.max = 2;
+  d.retry.backoff = 1min;
+  ASSERT_TRUE(engine->DefineSync("github", d).ok());
+  ASSERT_TRUE(engine->SetIntegrationLimits("github", {.max_concurrency = 1}).ok());
+  ASSERT_TRUE(engine->AddConnection("github", "a").ok());
+  ASSERT_TRUE(engine->AddConnection("github", "b").ok());
+  Reopen();  // the catalog is not defined again: it comes from the file
+  engine->ReleaseTimers();
+  auto_complete = false;
+  ASSERT_TRUE(engine->Start(T("github", std::nullopt)).ok());
+  Settle();
+  ASSERT_EQ(calls.size(), 1u) << "max_concurrency 1 was kept";
+  std::string waiting = calls[0].ctx.key.connection == "a" ? "b" : "a";
+  EXPECT_TRUE(StatusOf("github", waiting, "issues").waiting_since.has_value());
+  Finish(0, RunReport::Failure("503"));
+  EXPECT_TRUE(StatusOf("github", calls[0].ctx.key.connection, "issues").next_retry.has_value())
+      << "the retry policy was kept";
+  ASSERT_EQ(calls.size(), 2u) << "the waiting run went when the first ended";
+}
+
 TEST_F(DurableEngine, ASecondEngineOnTheSameFileIsRefused) {
   Options o;
   o.database_path = path_;

@@ -248,7 +248,7 @@ TEST_F(SqliteStoreTest, NewFileLoadsEmpty) {
   EXPECT_TRUE(snap.schedules.empty());
   EXPECT_TRUE(snap.unfinished_runs.empty());
   EXPECT_EQ(snap.max_uid, 0u);
-  EXPECT_EQ(QueryInt("PRAGMA user_version"), 1);
+  EXPECT_EQ(QueryInt("PRAGMA user_version"), 2);
   EXPECT_TRUE(store->Commit(Batch{}).ok());
   std::string header = ReadBytes(path_).substr(0, 20);
   EXPECT_EQ(header[18], 2) << "WAL mode";
@@ -689,7 +689,7 @@ TEST_F(SqliteStoreTest, CorruptPagesAreFoundByVerifyOrByLoad) {
 TEST_F(SqliteStoreTest, NewerSchemaIsRefused) {
   MakeDatabase(10);
   ExecRaw("PRAGMA user_version = 7");
-  ExpectRefused(StatusCode::kFailedPrecondition, "schema version 7, newer than version 1");
+  ExpectRefused(StatusCode::kFailedPrecondition, "schema version 7, newer than version 2");
 }
 
 // A newer engine crashed (or closed without a checkpoint): its schema change is only in the WAL.
@@ -703,7 +703,7 @@ TEST_F(SqliteStoreTest, NewerSchemaInAnUncheckpointedWalIsRefused) {
   sqlite3_close(db);
   ASSERT_GT(fs::file_size(path_ + "-wal"), 0u);
   std::string wal = ReadBytes(path_ + "-wal");
-  ExpectRefused(StatusCode::kFailedPrecondition, "schema version 8, newer than version 1");
+  ExpectRefused(StatusCode::kFailedPrecondition, "schema version 8, newer than version 2");
   EXPECT_TRUE(ReadBytes(path_ + "-wal") == wal) << "WAL changed";
 }
 
@@ -722,7 +722,7 @@ TEST_F(SqliteStoreTest, EmptyFileBecomesADatabase) {
   WriteBytes(path_, "");
   auto store = OpenOrDie();
   ASSERT_NE(store, nullptr);
-  EXPECT_EQ(QueryInt("PRAGMA user_version"), 1);
+  EXPECT_EQ(QueryInt("PRAGMA user_version"), 2);
 }
 
 TEST_F(SqliteStoreTest, FullDiskFailsTheCommitAndAppliesNothing) {
@@ -770,6 +770,65 @@ TEST_F(SqliteStoreTest, SynchronousFullIsApplied) {
   EXPECT_TRUE(store->Commit(batch).ok());
   store.reset();
   EXPECT_EQ(LoadOrDie(*OpenOrDie()).schedules.size(), 1u);
+}
+
+}  // namespace
+}  // namespace syncsched::store
+
+namespace syncsched::store {
+namespace {
+
+// Schema version 1 as released (migration steps are never edited, so this copy stays valid).
+constexpr const char* kSchemaV1 = R"sql(
+CREATE TABLE meta(key TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL) WITHOUT ROWID;
+INSERT INTO meta(key, value) VALUES ('max_uid', 7);
+CREATE TABLE syncs(integration TEXT NOT NULL, name TEXT NOT NULL, frequency_text TEXT NOT NULL,
+  frequency_ms INTEGER NOT NULL, auto_start INTEGER NOT NULL, timeout_ms INTEGER NOT NULL,
+  heartbeat_timeout_ms INTEGER NOT NULL, PRIMARY KEY (integration, name)) WITHOUT ROWID;
+CREATE TABLE connections(integration TEXT NOT NULL, connection TEXT NOT NULL,
+  PRIMARY KEY (integration, connection)) WITHOUT ROWID;
+CREATE TABLE schedules(uid INTEGER PRIMARY KEY, integration TEXT NOT NULL,
+  connection TEXT NOT NULL, sync TEXT NOT NULL, variant TEXT NOT NULL, state INTEGER NOT NULL,
+  anchor_ms INTEGER NOT NULL, frequency_override_ms INTEGER NOT NULL,
+  next_slot_ms INTEGER NOT NULL, runs INTEGER NOT NULL, failures INTEGER NOT NULL,
+  skipped INTEGER NOT NULL, last_start_ms INTEGER NOT NULL, last_finish_ms INTEGER NOT NULL,
+  last_ok INTEGER NOT NULL, last_error TEXT NOT NULL);
+CREATE UNIQUE INDEX schedules_by_key ON schedules(integration, connection, sync, variant);
+CREATE TABLE runs(run_id TEXT PRIMARY KEY NOT NULL, schedule_uid INTEGER NOT NULL,
+  slot_ms INTEGER NOT NULL, mode INTEGER NOT NULL, attempt INTEGER NOT NULL,
+  started_ms INTEGER NOT NULL, finished_ms INTEGER NOT NULL, ok INTEGER NOT NULL,
+  error TEXT NOT NULL) WITHOUT ROWID;
+CREATE INDEX runs_by_schedule ON runs(schedule_uid, finished_ms, run_id, ok);
+CREATE INDEX runs_in_flight ON runs(schedule_uid) WHERE finished_ms = 0;
+INSERT INTO syncs VALUES ('github', 'issues', 'every 1h', 3600000, 1, 0, 0);
+INSERT INTO connections VALUES ('github', 'acme');
+PRAGMA user_version = 1;
+)sql";
+
+TEST_F(SqliteStoreTest, AVersionOneDatabaseIsMigratedKeepingItsRows) {
+  ExecRaw(kSchemaV1);
+  auto store = OpenOrDie();
+  ASSERT_NE(store, nullptr);
+  EXPECT_EQ(QueryInt("PRAGMA user_version"), 2);
+  Snapshot snap = LoadOrDie(*store);
+  ASSERT_EQ(snap.syncs.size(), 1u);
+  EXPECT_EQ(snap.syncs[0].name, "issues");
+  EXPECT_EQ(snap.syncs[0].frequency_ms, 3600000);
+  EXPECT_EQ(snap.syncs[0].policy, "") << "the new column's default";
+  ASSERT_EQ(snap.connections.size(), 1u);
+  EXPECT_EQ(snap.max_uid, 7u);
+  EXPECT_TRUE(snap.integrations.empty());
+  // The new parts of the schema work.
+  Batch batch;
+  batch.integrations.push_back({"github", 3});
+  SyncRow sync = snap.syncs[0];
+  sync.policy = "retry_max=2";
+  batch.syncs.push_back(sync);
+  ASSERT_TRUE(store->Commit(batch).ok());
+  snap = LoadOrDie(*store);
+  ASSERT_EQ(snap.integrations.size(), 1u);
+  EXPECT_EQ(snap.integrations[0].max_concurrency, 3u);
+  EXPECT_EQ(snap.syncs[0].policy, "retry_max=2");
 }
 
 }  // namespace

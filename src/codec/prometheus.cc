@@ -1,0 +1,101 @@
+// Prometheus text exposition. See prometheus.h.
+#include "codec/prometheus.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <string_view>
+
+namespace syncsched::codec {
+namespace {
+
+// The shortest text that reads back as `v`.
+std::string Number(double v) {
+  char buf[64];
+  for (int precision = 1; precision <= 17; ++precision) {
+    std::snprintf(buf, sizeof buf, "%.*g", precision, v);
+    if (std::strtod(buf, nullptr) == v) break;
+  }
+  return buf;
+}
+
+void Header(std::string& out, std::string_view name, std::string_view type, std::string_view help) {
+  out += "# HELP ";
+  out += name;
+  out += ' ';
+  out += help;
+  out += "\n# TYPE ";
+  out += name;
+  out += ' ';
+  out += type;
+  out += '\n';
+}
+
+void Metric(std::string& out, std::string_view name, std::string_view type, std::string_view help,
+            std::uint64_t value) {
+  Header(out, name, type, help);
+  out += name;
+  out += ' ';
+  out += std::to_string(value);
+  out += '\n';
+}
+
+// Engine histograms count per bucket; Prometheus wants cumulative `le` buckets.
+void HistogramMetric(std::string& out, std::string_view name, std::string_view help,
+                     const Histogram& h) {
+  Header(out, name, "histogram", help);
+  std::uint64_t cumulative = 0;
+  for (std::size_t i = 0; i < h.bounds.size(); ++i) {
+    if (i < h.counts.size()) cumulative += h.counts[i];
+    out += std::string(name) + "_bucket{le=\"" + Number(h.bounds[i]) + "\"} " +
+           std::to_string(cumulative) + "\n";
+  }
+  out += std::string(name) + "_bucket{le=\"+Inf\"} " + std::to_string(h.count) + "\n";
+  out += std::string(name) + "_sum " + Number(h.sum) + "\n";
+  out += std::string(name) + "_count " + std::to_string(h.count) + "\n";
+}
+
+}  // namespace
+
+std::string EncodePrometheus(const EngineMetrics& m, const DaemonMetrics& d) {
+  std::string out;
+  out.reserve(4096);
+  Header(out, "syncsched_schedules", "gauge", "Schedules by state.");
+  out += "syncsched_schedules{state=\"started\"} " + std::to_string(m.schedules_started) + "\n";
+  out += "syncsched_schedules{state=\"paused\"} " + std::to_string(m.schedules_paused) + "\n";
+  Metric(out, "syncsched_runs_in_flight", "gauge", "Runs dispatched and not finished.",
+         m.runs_in_flight);
+  Metric(out, "syncsched_runs_waiting", "gauge", "Runs due and waiting for a worker or a cap.",
+         m.runs_waiting);
+  Metric(out, "syncsched_runs_started_total", "counter", "Runs started.", m.runs_started);
+  Metric(out, "syncsched_runs_succeeded_total", "counter", "Runs that succeeded.",
+         m.runs_succeeded);
+  Metric(out, "syncsched_runs_failed_total", "counter",
+         "Runs that failed (errors, timeouts and cancellations included).", m.runs_failed);
+  Metric(out, "syncsched_runs_cancelled_total", "counter", "Runs cancelled through their token.",
+         m.runs_cancelled);
+  Metric(out, "syncsched_runs_timed_out_total", "counter", "Runs that outlived their timeout.",
+         m.runs_timed_out);
+  Metric(out, "syncsched_slots_skipped_total", "counter",
+         "Slots skipped (a run in flight, or missed while down).", m.slots_skipped);
+  HistogramMetric(out, "syncsched_run_duration_seconds", "Duration of finished runs.",
+                  m.run_duration_seconds);
+  HistogramMetric(out, "syncsched_fire_lateness_seconds",
+                  "Dispatch time minus slot time of scheduled runs.", m.fire_lateness_seconds);
+
+  Header(out, "syncschedd_http_responses_total", "counter", "HTTP responses by status.");
+  for (const auto& [status, count] : d.http_responses) {
+    out += "syncschedd_http_responses_total{code=\"" + std::to_string(status) + "\"} " +
+           std::to_string(count) + "\n";
+  }
+  Metric(out, "syncschedd_http_connections_open", "gauge", "Open HTTP connections.",
+         d.http_connections_open);
+  Metric(out, "syncschedd_http_connections_total", "counter", "HTTP connections accepted.",
+         d.http_connections_total);
+  Metric(out, "syncschedd_commands_spawned_total", "counter", "Sync commands started.",
+         d.commands_spawned);
+  Metric(out, "syncschedd_commands_spawn_failures_total", "counter",
+         "Sync commands that could not be started.", d.commands_failed_to_spawn);
+  return out;
+}
+
+}  // namespace syncsched::codec

@@ -1,0 +1,329 @@
+// Routing and engine calls of the HTTP API. See api.h.
+#include "daemon/api.h"
+
+#include <exception>
+#include <utility>
+
+#include "codec/url.h"
+
+namespace syncsched::daemon {
+namespace {
+
+using codec::ApiError;
+using codec::Json;
+using codec::Subject;
+
+HttpResponse JsonResponse(unsigned status, const Json& body) {
+  HttpResponse r;
+  r.status = status;
+  r.body = codec::Dump(body);
+  return r;
+}
+
+std::vector<std::string> SyncNames(const std::vector<SyncSelector>& syncs) {
+  std::vector<std::string> names;
+  names.reserve(syncs.size());
+  for (const SyncSelector& s : syncs) names.push_back(s.name);
+  return names;
+}
+
+}  // namespace
+
+Api::Api(Engine& engine, const Config& config, Logger& log,
+         std::function<codec::DaemonMetrics()> daemon_metrics)
+    : engine_(engine),
+      log_(log),
+      auth_(config.api_keys),
+      daemon_metrics_(std::move(daemon_metrics)),
+      max_json_depth_(config.limits.max_json_depth) {
+  for (const IntegrationConfig& integration : config.integrations) {
+    auto& syncs = catalog_[integration.key];
+    for (const SyncConfig& sync : integration.syncs) syncs.insert(sync.name);
+  }
+}
+
+HttpResponse Api::ErrorResponse(const ApiError& error) {
+  HttpResponse r = JsonResponse(error.http_status, codec::EncodeError(error));
+  r.authenticate = error.http_status == 401;
+  return r;
+}
+
+Api::Resolved Api::Resolve(std::string_view method, std::string_view path) const {
+  auto segments = codec::SplitPath(path);
+  if (!segments.ok()) return {std::nullopt, segments.error(), {}};
+  const std::vector<std::string>& s = segments.value();
+
+  std::optional<RouteId> id;
+  std::string_view allow;
+  std::vector<std::string> params;
+  if (s.size() == 1 && s[0] == "health") {
+    id = RouteId::kHealth, allow = "GET";
+  } else if (s.size() == 1 && s[0] == "metrics") {
+    id = RouteId::kMetrics, allow = "GET";
+  } else if (s.size() == 1 && s[0] == "connections") {
+    id = RouteId::kConnections, allow = "POST";
+  } else if (s.size() == 2 && s[0] == "connections") {
+    id = RouteId::kConnection, allow = "DELETE", params = {s[1]};
+  } else if (s.size() == 2 && s[0] == "sync") {
+    if (s[1] == "start") {
+      id = RouteId::kStart, allow = "POST";
+    } else if (s[1] == "pause") {
+      id = RouteId::kPause, allow = "POST";
+    } else if (s[1] == "trigger") {
+      id = RouteId::kTrigger, allow = "POST";
+    } else if (s[1] == "status") {
+      id = RouteId::kStatus, allow = "GET";
+    } else if (s[1] == "update-connection-frequency") {
+      id = RouteId::kFrequency, allow = "PUT";
+    }
+  } else if (s.size() == 4 && s[0] == "sync" && s[2] == "variant") {
+    id = RouteId::kVariant, allow = "POST, DELETE", params = {s[1], s[3]};
+  }
+  if (!id) return {std::nullopt, codec::errors::RouteNotFound(method, path), {}};
+  bool allowed =
+      method == allow || (allow == "POST, DELETE" && (method == "POST" || method == "DELETE"));
+  if (!allowed) {
+    return {std::nullopt, codec::errors::MethodNotAllowed(method, path, allow), std::string(allow)};
+  }
+  return {Route{*id, std::move(params)}, std::nullopt, {}};
+}
+
+std::string_view Api::ScopeOf(RouteId id) {
+  switch (id) {
+    case RouteId::kHealth:
+      return {};
+    case RouteId::kMetrics:
+    case RouteId::kStatus:
+      return kScopeSyncsRead;
+    case RouteId::kStart:
+    case RouteId::kPause:
+    case RouteId::kTrigger:
+      return kScopeSyncsExecute;
+    case RouteId::kFrequency:
+    case RouteId::kVariant:
+      return kScopeSyncsUpdate;
+    case RouteId::kConnections:
+    case RouteId::kConnection:
+      return kScopeConnectionsWrite;
+  }
+  return kScopeAll;
+}
+
+std::optional<HttpResponse> Api::Check(std::string_view method, std::string_view target,
+                                       std::string_view authorization, Route* route) const {
+  codec::RequestTarget t = codec::SplitTarget(target);
+  Resolved resolved = Resolve(method, t.path);
+  if (resolved.error) {
+    HttpResponse r = ErrorResponse(*resolved.error);
+    r.allow = resolved.allow;
+    return r;
+  }
+  std::string_view scope = ScopeOf(resolved.route->id);
+  if (!scope.empty()) {
+    if (auto denied = auth_.Check(authorization, scope)) return ErrorResponse(*denied);
+  }
+  if (route != nullptr) *route = std::move(*resolved.route);
+  return std::nullopt;
+}
+
+std::optional<HttpResponse> Api::Admit(std::string_view method, std::string_view target,
+                                       std::string_view authorization) const {
+  return Check(method, target, authorization, nullptr);
+}
+
+HttpResponse Api::Handle(const HttpRequest& request) {
+  HttpResponse response;
+  try {
+    Route route{RouteId::kHealth, {}};
+    if (auto rejected = Check(request.method, request.target, request.authorization, &route)) {
+      response = std::move(*rejected);
+    } else {
+      response = Dispatch(route, request);
+    }
+  } catch (const std::exception& e) {
+    response = ErrorResponse(codec::errors::Internal(std::string("unexpected error: ") + e.what()));
+  }
+  if (response.status >= 500) {
+    log_.Error("request failed", {{"method", std::string(request.method)},
+                                  {"target", std::string(request.target)},
+                                  {"status", response.status},
+                                  {"body", response.body}});
+  } else if (log_.Enabled(LogLevel::kDebug)) {
+    log_.Debug("request", {{"method", std::string(request.method)},
+                           {"target", std::string(request.target)},
+                           {"status", response.status}});
+  }
+  return response;
+}
+
+bool Api::ConnectionExists(const std::string& integration, const std::string& connection) const {
+  Target probe;
+  probe.integration = integration;
+  probe.connection = connection;
+  probe.report_keys = false;
+  Result<std::vector<ScheduleStatus>> r = engine_.GetStatus(probe);
+  return r.ok() || !r.status().IsNotFound();
+}
+
+Api::Culprit Api::ClassifyNotFound(const std::string& integration,
+                                   const std::optional<std::string>& connection,
+                                   const std::vector<std::string>& syncs,
+                                   std::string_view sync_field, bool variant_in_path) const {
+  auto it = catalog_.find(integration);
+  if (it == catalog_.end()) return {Subject::kIntegration, "provider_config_key"};
+  for (const std::string& name : syncs) {
+    if (it->second.count(name) == 0) return {Subject::kSync, std::string(sync_field)};
+  }
+  if (connection && !ConnectionExists(integration, *connection)) {
+    return {Subject::kConnection, "connection_id"};
+  }
+  if (variant_in_path) return {Subject::kVariant, "variant"};
+  return {Subject::kSync, std::string(sync_field)};
+}
+
+HttpResponse Api::Dispatch(const Route& route, const HttpRequest& request) {
+  codec::RequestTarget target = codec::SplitTarget(request.target);
+  auto query = codec::ParseQuery(target.query);
+  if (!query.ok()) return ErrorResponse(query.error());
+  bool takes_query = route.id == RouteId::kStatus || route.id == RouteId::kConnection;
+  if (!takes_query && !query->empty()) {
+    return ErrorResponse(ApiError{400, "unknown_field",
+                                  "unknown query parameter " +
+                                      codec::Dump(Json(query->front().first)) +
+                                      "; this route takes none",
+                                  query->front().first});
+  }
+  bool takes_body = route.id != RouteId::kHealth && route.id != RouteId::kMetrics &&
+                    route.id != RouteId::kStatus && route.id != RouteId::kConnection;
+  Json body;
+  if (takes_body) {
+    auto parsed = codec::ParseJsonBody(request.body, max_json_depth_);
+    if (!parsed.ok()) return ErrorResponse(parsed.error());
+    body = std::move(parsed.value());
+  } else if (request.body.find_first_not_of(" \t\r\n") != std::string_view::npos) {
+    return ErrorResponse(codec::errors::UnexpectedBody());
+  }
+
+  // An engine error of a command over `t`.
+  auto target_error = [&](const Status& s, const Target& t) {
+    if (!s.IsNotFound()) return ErrorResponse(codec::ErrorFromStatus(s));
+    Culprit c = ClassifyNotFound(t.integration, t.connection, SyncNames(t.syncs), "syncs", false);
+    return ErrorResponse(codec::ErrorFromStatus(s, c.subject, c.field));
+  };
+
+  switch (route.id) {
+    case RouteId::kHealth:
+      return JsonResponse(200, Json{{"status", "ok"}});
+
+    case RouteId::kMetrics: {
+      HttpResponse r;
+      r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+      r.body = codec::EncodePrometheus(engine_.GetMetrics(), daemon_metrics_());
+      return r;
+    }
+
+    case RouteId::kStart:
+    case RouteId::kPause: {
+      auto t = codec::DecodeTarget(body);
+      if (!t.ok()) return ErrorResponse(t.error());
+      t->report_keys = false;
+      Result<CommandResult> r = route.id == RouteId::kStart ? engine_.Start(*t) : engine_.Pause(*t);
+      if (!r.ok()) return target_error(r.status(), *t);
+      return JsonResponse(200, codec::EncodeSuccess());
+    }
+
+    case RouteId::kTrigger: {
+      auto t = codec::DecodeTrigger(body);
+      if (!t.ok()) return ErrorResponse(t.error());
+      t->target.report_keys = false;
+      Result<CommandResult> r = engine_.Trigger(t->target, t->mode);
+      if (!r.ok()) return target_error(r.status(), t->target);
+      return JsonResponse(200, codec::EncodeSuccess());
+    }
+
+    case RouteId::kStatus: {
+      auto t = codec::DecodeStatusQuery(*query);
+      if (!t.ok()) return ErrorResponse(t.error());
+      Result<std::vector<ScheduleStatus>> r = engine_.GetStatus(*t);
+      if (!r.ok()) return target_error(r.status(), *t);
+      return JsonResponse(200, codec::EncodeStatuses(*r));
+    }
+
+    case RouteId::kFrequency: {
+      auto req = codec::DecodeFrequencyUpdate(body);
+      if (!req.ok()) return ErrorResponse(req.error());
+      Result<Millis> r = engine_.UpdateFrequency(req->key, req->frequency);
+      if (!r.ok()) {
+        const Status& s = r.status();
+        if (s.IsInvalidArgument()) {
+          return ErrorResponse(codec::ErrorFromStatus(s, Subject::kFrequency, "frequency"));
+        }
+        if (!s.IsNotFound()) return ErrorResponse(codec::ErrorFromStatus(s));
+        Culprit c = ClassifyNotFound(req->key.integration, req->key.connection, {req->key.sync},
+                                     "sync_name", false);
+        if (c.subject == Subject::kSync && req->key.variant != kBaseVariant &&
+            c.field == "sync_name") {
+          c.field = "sync_variant";  // the sync exists; its variant does not
+        }
+        return ErrorResponse(codec::ErrorFromStatus(s, c.subject, c.field));
+      }
+      return JsonResponse(200, codec::EncodeFrequency(*r));
+    }
+
+    case RouteId::kVariant: {
+      auto key = codec::DecodeVariant(route.params[0], route.params[1], body);
+      if (!key.ok()) return ErrorResponse(key.error());
+      bool create = request.method == "POST";
+      Status s = create ? engine_.CreateVariant(*key) : engine_.DeleteVariant(*key);
+      if (!s.ok()) {
+        if (s.IsNotFound()) {
+          Culprit c = ClassifyNotFound(key->integration, key->connection, {key->sync}, "name",
+                                       /*variant_in_path=*/!create);
+          return ErrorResponse(codec::ErrorFromStatus(s, c.subject, c.field));
+        }
+        return ErrorResponse(codec::ErrorFromStatus(s, Subject::kVariant, "variant"));
+      }
+      if (!create) return JsonResponse(200, codec::EncodeSuccess());
+      // The new schedule's id, as Nango answers it.
+      Target t;
+      t.integration = key->integration;
+      t.connection = key->connection;
+      t.syncs = {SyncSelector{key->sync, key->variant}};
+      std::uint64_t id = 0;
+      if (auto st = engine_.GetStatus(t); st.ok() && !st->empty()) id = st->front().id;
+      return JsonResponse(200, codec::EncodeVariantCreated(*key, id));
+    }
+
+    case RouteId::kConnections: {
+      auto req = codec::DecodeCreateConnection(body);
+      if (!req.ok()) return ErrorResponse(req.error());
+      Status s = engine_.AddConnection(req->integration, req->connection);
+      if (!s.ok()) {
+        Subject subject = s.IsNotFound() ? Subject::kIntegration : Subject::kConnection;
+        std::string field = s.IsNotFound() ? "provider_config_key" : "connection_id";
+        return ErrorResponse(codec::ErrorFromStatus(s, subject, field));
+      }
+      log_.Info("connection added",
+                {{"integration", req->integration}, {"connection", req->connection}});
+      return JsonResponse(200, codec::EncodeConnectionCreated(*req));
+    }
+
+    case RouteId::kConnection: {
+      auto req = codec::DecodeDeleteConnection(route.params[0], *query);
+      if (!req.ok()) return ErrorResponse(req.error());
+      Status s = engine_.DeleteConnection(req->integration, req->connection);
+      if (!s.ok()) {
+        if (!s.IsNotFound()) return ErrorResponse(codec::ErrorFromStatus(s));
+        Culprit c = ClassifyNotFound(req->integration, req->connection, {}, "", false);
+        if (c.subject != Subject::kIntegration) c = {Subject::kConnection, "connection_id"};
+        return ErrorResponse(codec::ErrorFromStatus(s, c.subject, c.field));
+      }
+      log_.Info("connection deleted",
+                {{"integration", req->integration}, {"connection", req->connection}});
+      return JsonResponse(200, codec::EncodeSuccess());
+    }
+  }
+  return ErrorResponse(codec::errors::Internal("unhandled route"));
+}
+
+}  // namespace syncsched::daemon

@@ -1,0 +1,110 @@
+// The HTTP API's routes (SPEC §7, docs/http-api.md), apart from the transport: a request's
+// method, target, Authorization header and body in; a status, a body and a few headers out.
+// The server (http_server.h) owns sockets and framing; this class owns routing, authentication,
+// and the calls into the engine, with the codec doing every translation to and from JSON.
+//
+// Thread safety: Admit and Handle may be called from any thread, concurrently (the engine's
+// methods are thread-safe and the rest is immutable).
+#pragma once
+
+#include <functional>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "codec/codec.h"
+#include "codec/prometheus.h"
+#include "daemon/auth.h"
+#include "daemon/config.h"
+#include "daemon/log.h"
+#include "syncsched/engine.h"
+
+namespace syncsched::daemon {
+
+struct HttpRequest {
+  std::string_view method;         // "GET", "POST", ...
+  std::string_view target;         // "/sync/status?provider_config_key=github&syncs=*"
+  std::string_view authorization;  // the Authorization header's value, or empty
+  std::string_view body;
+};
+
+struct HttpResponse {
+  unsigned status = 200;
+  std::string body;
+  std::string content_type = "application/json";
+  std::string allow;          // the Allow header of a 405
+  bool authenticate = false;  // a 401: send `WWW-Authenticate: Bearer`
+};
+
+class Api {
+ public:
+  // `engine` and `log` must outlive the Api. `daemon_metrics` supplies the daemon's own figures
+  // for GET /metrics.
+  Api(Engine& engine, const Config& config, Logger& log,
+      std::function<codec::DaemonMetrics()> daemon_metrics);
+
+  // What can be decided from the request line and headers alone: an unknown route (404), a
+  // wrong method (405), a missing or invalid key (401) or scope (403). nullopt: read the body
+  // and call Handle.
+  std::optional<HttpResponse> Admit(std::string_view method, std::string_view target,
+                                    std::string_view authorization) const;
+
+  // Answers one request. Never throws: an unexpected exception is a 500 `internal_error`.
+  HttpResponse Handle(const HttpRequest& request);
+
+  // The response carrying `error` as its body.
+  static HttpResponse ErrorResponse(const codec::ApiError& error);
+
+ private:
+  enum class RouteId {
+    kHealth,
+    kMetrics,
+    kStart,
+    kPause,
+    kTrigger,
+    kStatus,
+    kFrequency,
+    kVariant,
+    kConnections,
+    kConnection,
+  };
+  struct Route {
+    RouteId id;
+    std::vector<std::string> params;  // decoded path parameters, in order
+  };
+  struct Resolved {
+    std::optional<Route> route;
+    std::optional<codec::ApiError> error;  // 400, 404, 405
+    std::string allow;                     // for a 405
+  };
+  Resolved Resolve(std::string_view method, std::string_view path) const;
+  static std::string_view ScopeOf(RouteId id);
+  std::optional<HttpResponse> Check(std::string_view method, std::string_view target,
+                                    std::string_view authorization, Route* route) const;
+  HttpResponse Dispatch(const Route& route, const HttpRequest& request);
+
+  // What a NOT_FOUND of a request refers to: the config's catalog says whether the integration
+  // and syncs exist; the engine says whether the connection does. Returns the subject and the
+  // field to report.
+  struct Culprit {
+    codec::Subject subject;
+    std::string field;
+  };
+  Culprit ClassifyNotFound(const std::string& integration,
+                           const std::optional<std::string>& connection,
+                           const std::vector<std::string>& syncs, std::string_view sync_field,
+                           bool variant_in_path) const;
+  bool ConnectionExists(const std::string& integration, const std::string& connection) const;
+
+  Engine& engine_;
+  Logger& log_;
+  Authenticator auth_;
+  std::function<codec::DaemonMetrics()> daemon_metrics_;
+  int max_json_depth_;
+  std::map<std::string, std::set<std::string>, std::less<>> catalog_;  // integration -> syncs
+};
+
+}  // namespace syncsched::daemon

@@ -1,0 +1,392 @@
+// Running a sync's command as a child process. See command_runner.h.
+#include "daemon/command_runner.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/eventfd.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <memory>
+#include <string_view>
+
+extern char** environ;
+
+namespace syncsched::daemon {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Longer output lines are logged in pieces of this size.
+constexpr std::size_t kMaxLogLine = 4096;
+
+// Wakes the run's poll loop from the thread that cancels the run. Shared with the OnCancel
+// function, which may outlive the run (a token can be cancelled after the run has returned).
+class Wakeup {
+ public:
+  Wakeup() : fd_(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
+  ~Wakeup() {
+    if (fd_ >= 0) close(fd_);
+  }
+  Wakeup(const Wakeup&) = delete;
+  Wakeup& operator=(const Wakeup&) = delete;
+  int fd() const { return fd_; }
+  void Notify() const {
+    std::uint64_t one = 1;
+    [[maybe_unused]] ssize_t n = write(fd_, &one, sizeof one);
+  }
+  void Drain() const {
+    std::uint64_t value;
+    [[maybe_unused]] ssize_t n = read(fd_, &value, sizeof value);
+  }
+
+ private:
+  int fd_;
+};
+
+class Fd {
+ public:
+  explicit Fd(int fd = -1) : fd_(fd) {}
+  ~Fd() { Reset(); }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  int get() const { return fd_; }
+  void Reset() {
+    if (fd_ >= 0) close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  int fd_;
+};
+
+std::string SignalName(int sig) {
+  const char* abbrev = sigabbrev_np(sig);
+  return abbrev ? std::string("SIG") + abbrev : std::to_string(sig);
+}
+
+// The last bytes of stderr, cut to start on a UTF-8 character and trimmed of white space.
+std::string Tail(const std::string& text) {
+  std::size_t start = text.size() > kStderrTailBytes ? text.size() - kStderrTailBytes : 0;
+  while (start < text.size() && (static_cast<unsigned char>(text[start]) & 0xC0) == 0x80) ++start;
+  std::string_view tail(text);
+  tail.remove_prefix(start);
+  while (!tail.empty() && std::strchr(" \t\r\n", tail.back()) != nullptr) tail.remove_suffix(1);
+  while (!tail.empty() && std::strchr(" \t\r\n", tail.front()) != nullptr) tail.remove_prefix(1);
+  return std::string(tail);
+}
+
+// Splits a stream's bytes into lines for the log.
+class LineSplitter {
+ public:
+  template <typename Emit>
+  void Feed(std::string_view data, Emit&& emit) {
+    for (char c : data) {
+      if (c == '\n') {
+        Flush(emit);
+      } else {
+        pending_ += c;
+        if (pending_.size() >= kMaxLogLine) Flush(emit);
+      }
+    }
+  }
+  template <typename Emit>
+  void Flush(Emit&& emit) {
+    if (!pending_.empty() && pending_.back() == '\r') pending_.pop_back();
+    if (!pending_.empty()) emit(pending_);
+    pending_.clear();
+  }
+
+ private:
+  std::string pending_;
+};
+
+std::string Quote(std::string_view s) { return codec::Dump(codec::Json(std::string(s))); }
+
+// The report of a run that was stopped (or never started) for `reason`.
+RunReport Stopped(Status reason) {
+  RunReport r;
+  r.status = std::move(reason);
+  return r;
+}
+
+}  // namespace
+
+RunReport CommandRunner::Run(const std::vector<std::string>& argv, const RunContext& ctx) {
+  try {
+    if (shutting_down_.load()) return WaitForCancel(ctx);
+    return RunProcess(argv, ctx);
+  } catch (const std::exception& e) {
+    return RunReport::Failure(std::string("syncschedd could not run the command: ") + e.what());
+  }
+}
+
+void CommandRunner::BeginShutdown() { shutting_down_.store(true); }
+
+bool CommandRunner::WaitIdle(Clock::time_point deadline) {
+  std::unique_lock<std::mutex> lock(mu_);
+  return idle_cv_.wait_until(lock, deadline, [&] { return running_ == 0; });
+}
+
+std::size_t CommandRunner::running() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return running_;
+}
+
+RunReport CommandRunner::WaitForCancel(const RunContext& ctx) {
+  auto wakeup = std::make_shared<Wakeup>();
+  ctx.cancel.OnCancel([wakeup] { wakeup->Notify(); });
+  while (!ctx.cancel.cancelled()) {
+    pollfd pfd{wakeup->fd(), POLLIN, 0};
+    poll(&pfd, 1, 1000);
+  }
+  return Stopped(Status::Cancelled("not started: syncschedd is shutting down"));
+}
+
+RunReport CommandRunner::RunProcess(const std::vector<std::string>& argv, const RunContext& ctx) {
+  if (ctx.cancel.cancelled()) return Stopped(ctx.cancel.reason());
+  const std::string schedule = ToString(ctx.key);
+
+  // The environment: the daemon's, less any SYNCSCHED_* of its own, plus the run's.
+  std::vector<std::string> env;
+  for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+    if (std::strncmp(*e, "SYNCSCHED_", 10) != 0) env.emplace_back(*e);
+  }
+  env.push_back("SYNCSCHED_INTEGRATION=" + ctx.key.integration);
+  env.push_back("SYNCSCHED_CONNECTION=" + ctx.key.connection);
+  env.push_back("SYNCSCHED_SYNC=" + ctx.key.sync);
+  env.push_back("SYNCSCHED_VARIANT=" + ctx.key.variant);
+  env.push_back("SYNCSCHED_RUN_ID=" + ctx.run_id);
+  env.push_back("SYNCSCHED_MODE=" + std::string(ToString(ctx.mode)));
+  env.push_back("SYNCSCHED_SLOT=" + FormatTime(ctx.slot));
+  env.push_back("SYNCSCHED_ATTEMPT=" + std::to_string(ctx.attempt));
+  std::vector<char*> envp;
+  for (std::string& s : env) envp.push_back(s.data());
+  envp.push_back(nullptr);
+  std::vector<std::string> args = argv;
+  std::vector<char*> argvp;
+  for (std::string& s : args) argvp.push_back(s.data());
+  argvp.push_back(nullptr);
+
+  int out_pipe[2];
+  int err_pipe[2];
+  if (pipe2(out_pipe, O_CLOEXEC) != 0) {
+    return RunReport::Failure(std::string("cannot create a pipe: ") + std::strerror(errno));
+  }
+  Fd out_read(out_pipe[0]);
+  Fd out_write(out_pipe[1]);
+  if (pipe2(err_pipe, O_CLOEXEC) != 0) {
+    return RunReport::Failure(std::string("cannot create a pipe: ") + std::strerror(errno));
+  }
+  Fd err_read(err_pipe[0]);
+  Fd err_write(err_pipe[1]);
+
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_adddup2(&actions, out_write.get(), 1);
+  posix_spawn_file_actions_adddup2(&actions, err_write.get(), 2);
+  // Nothing else of the daemon's reaches the command: not its listening socket (which would keep
+  // the port bound after the daemon exits), not its clients' connections, not the database.
+  posix_spawn_file_actions_addclosefrom_np(&actions, 3);
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  // Its own process group (so that a kill reaches its children too), no blocked signals, and
+  // default dispositions for the signals the daemon handles or ignores.
+  posix_spawnattr_setflags(&attr,
+                           POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  posix_spawnattr_setpgroup(&attr, 0);
+  sigset_t mask;
+  sigemptyset(&mask);
+  posix_spawnattr_setsigmask(&attr, &mask);
+  sigset_t defaults;
+  sigemptyset(&defaults);
+  for (int sig : {SIGPIPE, SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGCHLD, SIGUSR1, SIGUSR2, SIGALRM}) {
+    sigaddset(&defaults, sig);
+  }
+  posix_spawnattr_setsigdefault(&attr, &defaults);
+
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++running_;
+  }
+  struct RunningGuard {
+    CommandRunner* self;
+    ~RunningGuard() {
+      std::lock_guard<std::mutex> lock(self->mu_);
+      if (--self->running_ == 0) self->idle_cv_.notify_all();
+    }
+  } running_guard{this};
+
+  const auto started = Clock::now();
+  pid_t pid = -1;
+  int rc = posix_spawnp(&pid, argvp[0], &actions, &attr, argvp.data(), envp.data());
+  posix_spawn_file_actions_destroy(&actions);
+  posix_spawnattr_destroy(&attr);
+  out_write.Reset();
+  err_write.Reset();
+  if (rc != 0) {
+    spawn_failures_.fetch_add(1, std::memory_order_relaxed);
+    std::string message = "cannot start " + Quote(argv[0]) + ": " + std::strerror(rc);
+    log_.Error("command not started",
+               {{"schedule", schedule}, {"run_id", ctx.run_id}, {"error", message}});
+    return RunReport::Failure(message);
+  }
+  spawned_.fetch_add(1, std::memory_order_relaxed);
+  log_.Info("run started", {{"schedule", schedule},
+                            {"run_id", ctx.run_id},
+                            {"mode", std::string(ToString(ctx.mode))},
+                            {"attempt", ctx.attempt},
+                            {"pid", pid}});
+
+  auto wakeup = std::make_shared<Wakeup>();
+  ctx.cancel.OnCancel([wakeup] { wakeup->Notify(); });
+  Fd pidfd(static_cast<int>(syscall(SYS_pidfd_open, pid, 0)));
+
+  std::string err_bytes;  // the tail of stderr, trimmed as it grows
+  LineSplitter out_lines;
+  LineSplitter err_lines;
+  auto last_heartbeat = started - std::chrono::seconds(1);  // the first output beats at once
+  auto emit = [&](std::string_view stream) {
+    return [&, stream](const std::string& line) {
+      log_.Info(
+          "command output",
+          {{"schedule", schedule}, {"run_id", ctx.run_id}, {"stream", stream}, {"line", line}});
+    };
+  };
+  auto on_data = [&](int which, std::string_view data) {
+    if (which == 1) {
+      out_lines.Feed(data, emit("stdout"));
+    } else {
+      err_lines.Feed(data, emit("stderr"));
+      err_bytes.append(data);
+      if (err_bytes.size() > 4 * kStderrTailBytes)
+        err_bytes.erase(0, err_bytes.size() - kStderrTailBytes);
+    }
+    auto now = Clock::now();
+    if (ctx.heartbeat && now - last_heartbeat >= std::chrono::seconds(1)) {
+      last_heartbeat = now;
+      ctx.heartbeat();
+    }
+  };
+  // Reads what is available: 1 after data, 0 at end of stream (the fd is closed), -1 when
+  // nothing is available now.
+  auto read_some = [&](Fd& fd, int which) {
+    char buf[65536];
+    ssize_t n = read(fd.get(), buf, sizeof buf);
+    if (n > 0) {
+      on_data(which, std::string_view(buf, static_cast<std::size_t>(n)));
+      return 1;
+    }
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) return -1;
+    fd.Reset();
+    return 0;
+  };
+
+  bool term_sent = false;
+  bool kill_sent = false;
+  Clock::time_point kill_at{};
+  while (true) {
+    siginfo_t info{};
+    if (waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+        info.si_pid == pid) {
+      break;  // exited; still a zombie, so its group id cannot be reused yet
+    }
+    pollfd fds[4];
+    int n = 0;
+    int out_index = -1, err_index = -1, wake_index = -1;
+    if (out_read.get() >= 0) {
+      out_index = n;
+      fds[n++] = {out_read.get(), POLLIN, 0};
+    }
+    if (err_read.get() >= 0) {
+      err_index = n;
+      fds[n++] = {err_read.get(), POLLIN, 0};
+    }
+    wake_index = n;
+    fds[n++] = {wakeup->fd(), POLLIN, 0};
+    if (pidfd.get() >= 0) fds[n++] = {pidfd.get(), POLLIN, 0};
+    int timeout = pidfd.get() >= 0 ? -1 : 50;
+    if (term_sent && !kill_sent) {
+      auto left = std::chrono::ceil<std::chrono::milliseconds>(kill_at - Clock::now()).count();
+      left = std::max<decltype(left)>(left, 0);
+      timeout = timeout < 0 ? static_cast<int>(left) : std::min(timeout, static_cast<int>(left));
+    }
+    if (poll(fds, static_cast<nfds_t>(n), timeout) < 0 && errno != EINTR) break;
+    if (out_index >= 0 && (fds[out_index].revents & (POLLIN | POLLHUP | POLLERR))) {
+      read_some(out_read, 1);
+    }
+    if (err_index >= 0 && (fds[err_index].revents & (POLLIN | POLLHUP | POLLERR))) {
+      read_some(err_read, 2);
+    }
+    if (fds[wake_index].revents & POLLIN) {
+      wakeup->Drain();
+      if (!term_sent) {
+        term_sent = true;
+        kill_at = Clock::now() + kill_grace_;
+        kill(-pid, SIGTERM);
+        log_.Info("run cancelled; stopping its process group",
+                  {{"schedule", schedule},
+                   {"run_id", ctx.run_id},
+                   {"reason", ctx.cancel.reason().ToString()},
+                   {"pid", pid}});
+      }
+    }
+    if (term_sent && !kill_sent && Clock::now() >= kill_at) {
+      kill_sent = true;
+      kill(-pid, SIGKILL);
+      log_.Warn("process group did not stop in time; killed",
+                {{"schedule", schedule}, {"run_id", ctx.run_id}, {"pid", pid}});
+    }
+  }
+
+  // The leader has exited: its group must not outlive the run. Then take what output is left.
+  kill(-pid, SIGKILL);
+  for (Fd* fd : {&out_read, &err_read}) {
+    if (fd->get() >= 0) fcntl(fd->get(), F_SETFL, fcntl(fd->get(), F_GETFL) | O_NONBLOCK);
+  }
+  for (int i = 0; i < 64 && out_read.get() >= 0 && read_some(out_read, 1) > 0; ++i) {
+  }
+  for (int i = 0; i < 64 && err_read.get() >= 0 && read_some(err_read, 2) > 0; ++i) {
+  }
+  out_lines.Flush(emit("stdout"));
+  err_lines.Flush(emit("stderr"));
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  auto duration_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started).count();
+
+  codec::Json fields = {
+      {"schedule", schedule}, {"run_id", ctx.run_id}, {"duration_ms", duration_ms}};
+  if (WIFEXITED(status)) {
+    fields["exit_code"] = WEXITSTATUS(status);
+  } else if (WIFSIGNALED(status)) {
+    fields["signal"] = SignalName(WTERMSIG(status));
+  }
+  if (ctx.cancel.cancelled() && term_sent) {
+    log_.Info("run stopped", std::move(fields));
+    return Stopped(ctx.cancel.reason());
+  }
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+    log_.Info("run succeeded", std::move(fields));
+    return RunReport::Success();
+  }
+  std::string message = Tail(err_bytes);
+  if (message.empty()) {
+    message = WIFEXITED(status)
+                  ? "command exited with status " + std::to_string(WEXITSTATUS(status))
+                  : "command killed by " + SignalName(WTERMSIG(status));
+  }
+  fields["error"] = message;
+  log_.Warn("run failed", std::move(fields));
+  return RunReport::Failure(std::move(message));
+}
+
+}  // namespace syncsched::daemon

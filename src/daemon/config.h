@@ -1,0 +1,87 @@
+// daemon/: syncschedd, the engine over HTTP. This header holds its configuration: the JSON file
+// given with --config (SPEC §8), parsed and validated in full before anything starts. Every
+// field is described in docs/daemon.md; an error names the field by its path
+// (`integrations["github"].syncs["issues"].command`) and the daemon exits with status 2.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include "daemon/log.h"
+#include "syncsched/frequency.h"
+#include "syncsched/types.h"
+
+namespace syncsched::daemon {
+
+// The scopes an API key may hold (Nango's names); "*" grants every one.
+inline constexpr std::string_view kScopeSyncsExecute = "environment:syncs:execute";
+inline constexpr std::string_view kScopeSyncsRead = "environment:syncs:read";
+inline constexpr std::string_view kScopeSyncsUpdate = "environment:syncs:update";
+inline constexpr std::string_view kScopeConnectionsWrite = "environment:connections:write";
+inline constexpr std::string_view kScopeAll = "*";
+
+struct ApiKeyConfig {
+  std::string name;  // for logs; default "key<index>"
+  std::string key;   // the bearer secret
+  std::vector<std::string> scopes;
+};
+
+struct SyncConfig {
+  std::string name;
+  std::string runs;  // the default frequency, as written
+  bool auto_start = true;
+  std::vector<std::string> command;         // argv, executed without a shell
+  std::optional<Millis> timeout;            // unset: default_run_timeout
+  std::optional<Millis> heartbeat_timeout;  // unset: none; output lines count as heartbeats
+};
+
+struct IntegrationConfig {
+  std::string key;
+  std::vector<SyncConfig> syncs;
+  std::vector<std::string> connections;
+};
+
+struct HttpLimits {
+  std::size_t max_body_bytes = 1 << 20;
+  std::size_t max_header_bytes = 16 << 10;
+  std::size_t max_connections = 1024;
+  int max_json_depth = 32;
+  Millis read_timeout = std::chrono::seconds(30);  // to receive one request, to send a response
+  Millis idle_timeout = std::chrono::seconds(60);  // between requests on a kept-alive connection
+};
+
+struct Config {
+  std::string listen_host = "127.0.0.1";
+  std::uint16_t listen_port = 3003;  // 0: any free port
+  std::string database;              // required; ":memory:" keeps state in memory only
+  FrequencyBounds frequency_bounds;
+  std::vector<ApiKeyConfig> api_keys;
+  std::vector<IntegrationConfig> integrations;
+  std::size_t worker_threads = 4;  // runs in flight at most
+  std::size_t http_threads = 2;
+  Millis default_run_timeout = std::chrono::hours(24);
+  Millis shutdown_grace = std::chrono::seconds(30);
+  Millis kill_grace = std::chrono::seconds(10);
+  HttpLimits limits;
+  LogLevel log_level = LogLevel::kInfo;
+};
+
+struct ConfigError {
+  std::string field;  // path of the offending field; empty for the file as a whole
+  std::string message;
+};
+
+using ConfigResult = std::variant<Config, ConfigError>;
+
+// Parses and validates a configuration document (JSON; // and /* */ comments allowed).
+ConfigResult ParseConfig(std::string_view text);
+// Reads `path` and parses it. A file that cannot be read is a ConfigError with an empty field.
+ConfigResult LoadConfig(const std::string& path);
+
+}  // namespace syncsched::daemon

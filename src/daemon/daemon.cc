@@ -1,0 +1,123 @@
+// Wiring of the daemon. See daemon.h.
+#include "daemon/daemon.h"
+
+#include <chrono>
+#include <utility>
+
+namespace syncsched::daemon {
+
+Daemon::Daemon(const Config& config, Logger& log)
+    : config_(config), log_(log), runner_(log, config.kill_grace) {}
+
+Daemon::~Daemon() { Shutdown(); }
+
+Result<std::unique_ptr<Daemon>> Daemon::Start(const Config& config, Logger& log) {
+  std::unique_ptr<Daemon> d(new Daemon(config, log));
+
+  Options options;
+  options.database_path = config.database;
+  options.frequency_bounds = config.frequency_bounds;
+  options.worker_threads = config.worker_threads;
+  options.default_run_timeout = config.default_run_timeout;
+  // Runs recovered from the database (slots missed while down) wait until every command is
+  // registered; see ReleaseTimers below.
+  options.hold_timers = true;
+  Result<std::unique_ptr<Engine>> engine = Engine::Open(std::move(options));
+  if (!engine.ok()) return engine.status();
+  d->engine_ = std::move(engine.value());
+
+  d->api_ = std::make_unique<Api>(*d->engine_, d->config_, log,
+                                  [raw = d.get()] { return raw->Metrics(); });
+  d->server_ = std::make_unique<HttpServer>(*d->api_, d->config_, log);
+  if (Status s = d->server_->Bind(); !s.ok()) return s;
+
+  // Callbacks before definitions, so that no run of a sync can find itself without one. A sync
+  // the database knows but the configuration no longer lists has no command: its runs fail
+  // saying so.
+  d->engine_->SetFallbackCallback([](const RunContext& ctx) {
+    return RunReport::Failure("sync \"" + ctx.key.sync + "\" of integration \"" +
+                              ctx.key.integration +
+                              "\" has no command: it is not in syncschedd's configuration");
+  });
+  for (const IntegrationConfig& integration : d->config_.integrations) {
+    for (const SyncConfig& sync : integration.syncs) {
+      CommandRunner* runner = &d->runner_;
+      const std::vector<std::string>* argv = &sync.command;  // lives in d->config_
+      Status s = d->engine_->RegisterCallback(
+          integration.key, sync.name,
+          [runner, argv](const RunContext& ctx) { return runner->Run(*argv, ctx); });
+      if (!s.ok()) return s;
+    }
+  }
+  for (const IntegrationConfig& integration : d->config_.integrations) {
+    for (const SyncConfig& sync : integration.syncs) {
+      SyncDefinition def;
+      def.name = sync.name;
+      def.frequency = sync.runs;
+      def.auto_start = sync.auto_start;
+      def.timeout = sync.timeout;
+      def.heartbeat_timeout = sync.heartbeat_timeout;
+      if (Status s = d->engine_->DefineSync(integration.key, def); !s.ok()) {
+        return Status(s.code(), "integrations[\"" + integration.key + "\"].syncs[\"" + sync.name +
+                                    "\"]: " + s.message());
+      }
+    }
+  }
+  for (const IntegrationConfig& integration : d->config_.integrations) {
+    for (const std::string& connection : integration.connections) {
+      Status s = d->engine_->AddConnection(integration.key, connection);
+      if (s.ok()) {
+        log.Info("connection added",
+                 {{"integration", integration.key}, {"connection", connection}});
+      } else if (!s.IsAlreadyExists()) {
+        return Status(s.code(),
+                      "integrations[\"" + integration.key + "\"].connections: " + s.message());
+      }
+    }
+  }
+  d->engine_->ReleaseTimers();
+  d->server_->Start();
+  d->serving_ = true;
+  log.Info("listening", {{"address", d->config_.listen_host},
+                         {"port", d->server_->port()},
+                         {"database", d->config_.database}});
+  return d;
+}
+
+codec::DaemonMetrics Daemon::Metrics() const {
+  codec::DaemonMetrics m;
+  server_->FillMetrics(m);
+  m.commands_spawned = runner_.spawned();
+  m.commands_failed_to_spawn = runner_.spawn_failures();
+  return m;
+}
+
+void Daemon::Shutdown() {
+  if (shut_down_) return;
+  shut_down_ = true;
+  auto deadline = std::chrono::steady_clock::now() + config_.shutdown_grace;
+  if (server_) {
+    // Requests are short; they get a part of the grace period, runs the rest.
+    server_->Stop(std::min<Millis>(config_.shutdown_grace, std::chrono::seconds(5)));
+  }
+  runner_.BeginShutdown();
+  if (engine_) {
+    if (std::size_t n = runner_.running(); n > 0) {
+      log_.Info("waiting for runs to finish",
+                {{"running", n},
+                 {"grace_ms",
+                  std::chrono::duration_cast<Millis>(deadline - std::chrono::steady_clock::now())
+                      .count()}});
+    }
+    if (!runner_.WaitIdle(deadline)) {
+      log_.Warn("grace period over; stopping the runs still going",
+                {{"running", runner_.running()}});
+    }
+    engine_.reset();  // cancels what still runs and waits for its workers
+  }
+  server_.reset();
+  api_.reset();
+  if (serving_) log_.Info("stopped");
+}
+
+}  // namespace syncsched::daemon

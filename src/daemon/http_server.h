@@ -1,0 +1,80 @@
+// The HTTP/1.1 server of syncschedd (Boost.Beast, asynchronous, on its own io_context and
+// threads). It owns the sockets and the framing: keep-alive, limits on header and body sizes
+// (431, 413), on open connections (503), and timeouts for reading a request and for an idle
+// connection. Each request is first admitted on its headers alone (route, method, key: so that
+// an unauthenticated client cannot make the server buffer a body), then read whole and answered
+// by Api::Handle on the connection's strand.
+//
+// Thread safety: Bind, Start and Stop are called by one owner thread; the counters from any.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+
+#include "codec/prometheus.h"
+#include "daemon/api.h"
+#include "daemon/config.h"
+#include "daemon/log.h"
+#include "syncsched/status.h"
+
+namespace syncsched::daemon {
+
+class HttpServer {
+ public:
+  // `api` and `log` must outlive the server.
+  HttpServer(Api& api, const Config& config, Logger& log);
+  // Stops (as Stop with no grace) if still running.
+  ~HttpServer();
+  HttpServer(const HttpServer&) = delete;
+  HttpServer& operator=(const HttpServer&) = delete;
+
+  // Opens, binds and listens on the configured address; connections queue until Start.
+  // Errors: UNAVAILABLE naming the address (in use, not local, no permission).
+  Status Bind();
+  // The bound port (useful with port 0). Precondition: Bind succeeded.
+  std::uint16_t port() const { return port_; }
+  // Starts accepting and serving on the configured number of threads.
+  void Start();
+  // Stops accepting, closes idle connections, lets requests being handled finish (their
+  // connections then close) for at most `grace`, then stops the threads.
+  void Stop(Millis grace);
+
+  // Figures for GET /metrics.
+  void FillMetrics(codec::DaemonMetrics& m) const;
+
+ private:
+  class Session;
+  void Accept();
+  void CountResponse(unsigned status);
+
+  // Destroyed after io_ (declared before it), since io_'s destructor destroys pending handlers
+  // that hold sessions, which touch these.
+  Api& api_;
+  Logger& log_;
+  const Config config_;
+  std::uint16_t port_ = 0;
+  std::atomic<bool> stopping_{false};
+  std::atomic<std::uint64_t> connections_open_{0};
+  std::atomic<std::uint64_t> connections_total_{0};
+  std::array<std::atomic<std::uint64_t>, 600> responses_{};
+  std::mutex sessions_mu_;
+  std::set<std::weak_ptr<Session>, std::owner_less<std::weak_ptr<Session>>> sessions_;
+
+  boost::asio::io_context io_;
+  boost::asio::ip::tcp::acceptor acceptor_;
+  std::vector<std::thread> threads_;
+  bool stopped_ = false;
+};
+
+}  // namespace syncsched::daemon

@@ -1,0 +1,133 @@
+// syncschedd: the syncsched engine behind Nango's HTTP API. Usage: syncschedd --config FILE.
+//
+// Exit status: 0 after a graceful shutdown (SIGTERM, SIGINT) or --check-config of a valid file;
+// 1 when the daemon cannot start (database in use or unreadable, address in use); 2 for a
+// configuration or usage error. Logs go to stderr, one JSON object per line.
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <variant>
+
+#include "daemon/config.h"
+#include "daemon/daemon.h"
+#include "daemon/log.h"
+
+namespace {
+
+using syncsched::daemon::Config;
+using syncsched::daemon::ConfigError;
+using syncsched::daemon::Logger;
+
+constexpr int kExitRuntime = 1;
+constexpr int kExitConfig = 2;
+
+void Usage(std::FILE* out) {
+  std::fputs(
+      "usage: syncschedd --config FILE [--check-config]\n"
+      "  --config FILE    the JSON configuration (see docs/daemon.md)\n"
+      "  --check-config   validate the configuration and exit (0 valid, 2 invalid)\n",
+      out);
+}
+
+// Commands inherit fds 0-2 through posix_spawn's dup2s; make sure none of them is free, so that
+// a pipe never lands on one.
+void EnsureStandardFds() {
+  for (int fd = 0; fd <= 2; ++fd) {
+    if (fcntl(fd, F_GETFD) < 0) {
+      int null = open("/dev/null", O_RDWR);
+      if (null >= 0 && null != fd) {
+        dup2(null, fd);
+        close(null);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  EnsureStandardFds();
+  Logger log;
+  std::string config_path;
+  bool check_only = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string_view arg = argv[i];
+    if (arg == "--config" && i + 1 < argc) {
+      config_path = argv[++i];
+    } else if (arg.substr(0, 9) == "--config=") {
+      config_path = std::string(arg.substr(9));
+    } else if (arg == "--check-config") {
+      check_only = true;
+    } else if (arg == "--help" || arg == "-h") {
+      Usage(stdout);
+      return 0;
+    } else {
+      log.Error("bad arguments", {{"argument", std::string(arg)}});
+      Usage(stderr);
+      return kExitConfig;
+    }
+  }
+  if (config_path.empty()) {
+    log.Error("missing --config FILE");
+    Usage(stderr);
+    return kExitConfig;
+  }
+
+  syncsched::daemon::ConfigResult loaded = syncsched::daemon::LoadConfig(config_path);
+  if (const auto* error = std::get_if<ConfigError>(&loaded)) {
+    std::string msg = "configuration error in " + config_path + ": ";
+    if (!error->field.empty()) msg += error->field + ": ";
+    msg += error->message;
+    log.Error(msg, {{"file", config_path}, {"field", error->field}});
+    return kExitConfig;
+  }
+  const Config& config = std::get<Config>(loaded);
+  log.set_min_level(config.log_level);
+  if (check_only) {
+    log.Info("configuration is valid", {{"file", config_path}});
+    return 0;
+  }
+  if (config.api_keys.empty()) {
+    log.Warn("no api_keys configured: every route but GET /health will answer 401");
+  }
+
+  // Signals: SIGTERM and SIGINT are taken synchronously by this thread; every thread started
+  // from here inherits the mask (commands get a clean one from the runner). SIGPIPE is ignored.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  auto started = syncsched::daemon::Daemon::Start(config, log);
+  if (!started.ok()) {
+    const syncsched::Status& s = started.status();
+    log.Error("cannot start: " + s.ToString(), {{"code", std::string(StatusCodeName(s.code()))}});
+    return s.IsInvalidArgument() ? kExitConfig : kExitRuntime;
+  }
+  std::unique_ptr<syncsched::daemon::Daemon> daemon = std::move(started.value());
+
+  int sig = 0;
+  while (sigwait(&signals, &sig) != 0) {
+  }
+  log.Info("shutting down", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}});
+  // A second signal during the shutdown ends the process at once.
+  std::thread([&log, signals] {
+    int again = 0;
+    while (sigwait(&signals, &again) != 0) {
+    }
+    log.Warn("second signal: exiting without waiting");
+    std::_Exit(kExitRuntime);
+  }).detach();
+  daemon->Shutdown();
+  daemon.reset();
+  return 0;
+}

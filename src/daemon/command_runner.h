@@ -4,11 +4,12 @@
 // the daemon's environment plus SYNCSCHED_INTEGRATION, _CONNECTION, _SYNC, _VARIANT, _RUN_ID,
 // _MODE (incremental | full_resync), _SLOT (ISO 8601 UTC) and _ATTEMPT; stdin is /dev/null;
 // stdout and stderr are read line by line into the log, and each line of output counts as a
-// heartbeat; no other file descriptor of the daemon is inherited. When the run's token is cancelled (pause, delete, full resync, timeout, missed
-// heartbeat, engine shutdown) the whole process group gets SIGTERM, then SIGKILL after
-// `kill_grace`. When the command exits, whatever is left of its group is killed, so a run never
-// leaves processes behind. Exit status 0 is success; anything else is an error whose message is
-// the tail (at most kStderrTailBytes) of its stderr, or the exit status when stderr was empty.
+// heartbeat; no other file descriptor of the daemon is inherited. When the run's token is
+// cancelled (pause, delete, full resync, timeout, missed heartbeat, engine shutdown) the whole
+// process group gets SIGTERM, then SIGKILL after `kill_grace`. When the command exits, whatever
+// is left of its group is killed, so a run never leaves processes behind. Exit status 0 is
+// success; anything else is an error whose message is the tail (at most kStderrTailBytes) of its
+// stderr, or the exit status when stderr was empty.
 //
 // Thread safety: Run may be called from many threads at once (one per run); the other methods
 // from any thread.

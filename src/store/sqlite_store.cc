@@ -181,14 +181,15 @@ INSERT INTO connections(integration, connection) VALUES (?1, ?2) ON CONFLICT DO 
 constexpr std::string_view kDeleteConnection = R"sql(
 DELETE FROM connections WHERE integration = ?1 AND connection = ?2)sql";
 
+// A uid's key never changes (uids are never reused), so an update leaves the key columns, and
+// with them the unique index on the key, untouched.
 constexpr std::string_view kUpsertSchedule = R"sql(
 INSERT INTO schedules(uid, integration, connection, sync, variant, state, anchor_ms,
                       frequency_override_ms, next_slot_ms, runs, failures, skipped, last_start_ms,
                       last_finish_ms, last_ok, last_error)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
 ON CONFLICT (uid) DO UPDATE SET
-  integration = excluded.integration, connection = excluded.connection, sync = excluded.sync,
-  variant = excluded.variant, state = excluded.state, anchor_ms = excluded.anchor_ms,
+  state = excluded.state, anchor_ms = excluded.anchor_ms,
   frequency_override_ms = excluded.frequency_override_ms, next_slot_ms = excluded.next_slot_ms,
   runs = excluded.runs, failures = excluded.failures, skipped = excluded.skipped,
   last_start_ms = excluded.last_start_ms, last_finish_ms = excluded.last_finish_ms,
@@ -201,9 +202,8 @@ constexpr std::string_view kUpsertRun = R"sql(
 INSERT INTO runs(run_id, schedule_uid, slot_ms, mode, attempt, started_ms, finished_ms, ok, error)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
 ON CONFLICT (run_id) DO UPDATE SET
-  schedule_uid = excluded.schedule_uid, slot_ms = excluded.slot_ms, mode = excluded.mode,
-  attempt = excluded.attempt, started_ms = excluded.started_ms,
-  finished_ms = excluded.finished_ms, ok = excluded.ok, error = excluded.error)sql";
+  attempt = excluded.attempt, finished_ms = excluded.finished_ms, ok = excluded.ok,
+  error = excluded.error)sql";
 
 constexpr std::string_view kCountFinishedRuns =
     "SELECT count(*) FROM runs WHERE schedule_uid = ?1 AND finished_ms <> 0";

@@ -26,6 +26,10 @@ TEST(ConcurrencyTest, RandomCommandsFromTenThreadsWhileRunsFire) {
   auto opened = Engine::Open(o);
   ASSERT_TRUE(opened.ok()) << opened.status();
   std::unique_ptr<Engine> engine = std::move(opened).value();
+  // Callbacks call back into the engine through a plain pointer: `engine.reset()` below nulls the
+  // unique_ptr before the destructor has joined the workers, and the Engine object itself lives
+  // until those callbacks have returned.
+  Engine* raw = engine.get();
 
   std::mutex mu;
   std::set<std::string> in_flight;  // schedule uid prefix of the run id
@@ -41,7 +45,7 @@ TEST(ConcurrencyTest, RandomCommandsFromTenThreadsWhileRunsFire) {
       if (!in_flight.insert(uid).second) ++overlaps;
     }
     // A callback may call back into the engine.
-    (void)engine->GetStatus(Target{ctx.key.integration, ctx.key.connection, {}});
+    (void)raw->GetStatus(Target{ctx.key.integration, ctx.key.connection, {}});
     ++runs;
     {
       std::lock_guard lock(mu);

@@ -1,0 +1,542 @@
+// The JSON codec: every request shape, every field error, the limits, the response shapes and
+// the mapping of engine errors to HTTP.
+#include "codec/codec.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "codec/prometheus.h"
+#include "codec/url.h"
+
+namespace syncsched::codec {
+namespace {
+
+Json J(const std::string& text) { return Json::parse(text); }
+
+// Asserts that `d` failed with this status, code and field.
+template <typename T>
+void ExpectError(const Decoded<T>& d, unsigned status, const std::string& code,
+                 const std::optional<std::string>& field) {
+  ASSERT_FALSE(d.ok()) << "expected " << code;
+  EXPECT_EQ(d.error().http_status, status) << d.error().message;
+  EXPECT_EQ(d.error().code, code) << d.error().message;
+  EXPECT_EQ(d.error().field, field) << d.error().message;
+  EXPECT_FALSE(d.error().message.empty());
+}
+
+// ---- ParseJsonBody ----
+
+TEST(ParseJsonBody, AcceptsAnObject) {
+  auto d = ParseJsonBody(R"({"a": [1, {"b": null}]})");
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d.value()["a"][0], 1);
+}
+
+TEST(ParseJsonBody, RefusesEmptyAndMalformedBodies) {
+  ExpectError(ParseJsonBody(""), 400, "invalid_json", std::nullopt);
+  ExpectError(ParseJsonBody("  \n"), 400, "invalid_json", std::nullopt);
+  ExpectError(ParseJsonBody("{"), 400, "invalid_json", std::nullopt);
+  ExpectError(ParseJsonBody("{\"a\": 1,}"), 400, "invalid_json", std::nullopt);
+  ExpectError(ParseJsonBody("{} {}"), 400, "invalid_json", std::nullopt);
+  ExpectError(ParseJsonBody("nul"), 400, "invalid_json", std::nullopt);
+}
+
+TEST(ParseJsonBody, RefusesInvalidUtf8) {
+  ExpectError(ParseJsonBody("{\"a\": \"\xff\xfe\"}"), 400, "invalid_json", std::nullopt);
+}
+
+TEST(ParseJsonBody, RefusesDuplicateKeys) {
+  auto d = ParseJsonBody(R"({"syncs": [], "syncs": ["a"]})");
+  ExpectError(d, 400, "invalid_json", std::nullopt);
+  EXPECT_NE(d.error().message.find("duplicate key"), std::string::npos);
+  // The same key in sibling objects is fine.
+  EXPECT_TRUE(ParseJsonBody(R"([{"a": 1}, {"a": 2}])").ok());
+}
+
+TEST(ParseJsonBody, BoundsTheNesting) {
+  std::string ok = std::string(32, '[') + std::string(32, ']');
+  EXPECT_TRUE(ParseJsonBody(ok).ok());
+  std::string deep = std::string(33, '[') + std::string(33, ']');
+  ExpectError(ParseJsonBody(deep), 400, "invalid_json", std::nullopt);
+  // A huge nesting is refused without recursion trouble, closed or not.
+  std::string huge(1 << 20, '[');
+  ExpectError(ParseJsonBody(huge), 400, "invalid_json", std::nullopt);
+  std::string objects;
+  for (int i = 0; i < 100000; ++i) objects += "{\"a\":";
+  ExpectError(ParseJsonBody(objects), 400, "invalid_json", std::nullopt);
+  EXPECT_TRUE(ParseJsonBody(std::string(4, '[') + std::string(4, ']'), 4).ok());
+  ExpectError(ParseJsonBody(std::string(5, '[') + std::string(5, ']'), 4), 400, "invalid_json",
+              std::nullopt);
+}
+
+// ---- DecodeTarget (start, pause) ----
+
+TEST(DecodeTarget, NamesVariantsAndObjects) {
+  auto d = DecodeTarget(J(R"({"provider_config_key": "github", "connection_id": "acme",
+      "syncs": ["issues", "issues::v2", {"name": "pulls"}, {"name": "pulls", "variant": "eu"},
+                {"name": "commits", "variant": null}]})"));
+  ASSERT_TRUE(d.ok()) << d.error().message;
+  EXPECT_EQ(d->integration, "github");
+  EXPECT_EQ(d->connection, "acme");
+  ASSERT_EQ(d->syncs.size(), 5u);
+  EXPECT_EQ(d->syncs[0], (SyncSelector{"issues", "base"}));
+  EXPECT_EQ(d->syncs[1], (SyncSelector{"issues", "v2"}));
+  EXPECT_EQ(d->syncs[2], (SyncSelector{"pulls", "base"}));
+  EXPECT_EQ(d->syncs[3], (SyncSelector{"pulls", "eu"}));
+  EXPECT_EQ(d->syncs[4], (SyncSelector{"commits", "base"}));
+}
+
+TEST(DecodeTarget, ConnectionIsOptionalAndEmptySyncsMeansAll) {
+  auto d = DecodeTarget(J(R"({"provider_config_key": "github", "syncs": []})"));
+  ASSERT_TRUE(d.ok());
+  EXPECT_FALSE(d->connection.has_value());
+  EXPECT_TRUE(d->syncs.empty());
+  auto n =
+      DecodeTarget(J(R"({"provider_config_key": "github", "connection_id": null, "syncs": []})"));
+  ASSERT_TRUE(n.ok());
+  EXPECT_FALSE(n->connection.has_value());
+}
+
+TEST(DecodeTarget, AcceptsTheWholeIntegrationKeyAlphabet) {
+  auto d = DecodeTarget(J(R"({"provider_config_key": "a~b:c.d@e f_g-h", "syncs": []})"));
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->integration, "a~b:c.d@e f_g-h");
+}
+
+TEST(DecodeTarget, EveryFieldError) {
+  ExpectError(DecodeTarget(J("[]")), 400, "invalid_body", "");
+  ExpectError(DecodeTarget(J("\"x\"")), 400, "invalid_body", "");
+  ExpectError(DecodeTarget(J(R"({"syncs": []})")), 400, "missing_field", "provider_config_key");
+  ExpectError(DecodeTarget(J(R"({"provider_config_key": 1, "syncs": []})")), 400, "invalid_type",
+              "provider_config_key");
+  ExpectError(DecodeTarget(J(R"({"provider_config_key": null, "syncs": []})")), 400, "invalid_type",
+              "provider_config_key");
+  ExpectError(DecodeTarget(J(R"({"provider_config_key": "", "syncs": []})")), 400, "invalid_value",
+              "provider_config_key");
+  ExpectError(DecodeTarget(J(R"({"provider_config_key": "a/b", "syncs": []})")), 400,
+              "invalid_value", "provider_config_key");
+  ExpectError(DecodeTarget(
+                  J(R"({"provider_config_key": ")" + std::string(256, 'a') + R"(", "syncs": []})")),
+              400, "invalid_value", "provider_config_key");
+  ExpectError(DecodeTarget(J(R"({"provider_config_key": "g", "connection_id": 5, "syncs": []})")),
+              400, "invalid_type", "connection_id");
+  ExpectError(DecodeTarget(J(R"({"provider_config_key": "g", "connection_id": "", "syncs": []})")),
+              400, "invalid_value", "connection_id");
+  ExpectError(
+      DecodeTarget(J(R"({"provider_config_key": "g", "connection_id": "a\nb", "syncs": []})")), 400,
+      "invalid_value", "connection_id");
+  ExpectError(DecodeTarget(J(R"({"provider_config_key": "g"})")), 400, "missing_field", "syncs");
+  ExpectError(DecodeTarget(J(R"({"provider_config_key": "g", "syncs": "issues"})")), 400,
+              "invalid_type", "syncs");
+  ExpectError(DecodeTarget(J(R"({"provider_config_key": "g", "syncs": null})")), 400,
+              "invalid_type", "syncs");
+  ExpectError(DecodeTarget(J(R"({"provider_config_key": "g", "syncs": [1]})")), 400, "invalid_type",
+              "syncs[0]");
+  ExpectError(DecodeTarget(J(R"({"provider_config_key": "g", "syncs": ["a", ["b"]]})")), 400,
+              "invalid_type", "syncs[1]");
+  ExpectError(DecodeTarget(J(R"({"provider_config_key": "g", "syncs": [""]})")), 400,
+              "invalid_value", "syncs[0]");
+  ExpectError(DecodeTarget(J(R"({"provider_config_key": "g", "syncs": ["a b"]})")), 400,
+              "invalid_value", "syncs[0]");
+  ExpectError(DecodeTarget(J(R"({"provider_config_key": "g", "syncs": ["a::"]})")), 400,
+              "invalid_value", "syncs[0]");
+  ExpectError(DecodeTarget(J(R"({"provider_config_key": "g", "syncs": ["::v"]})")), 400,
+              "invalid_value", "syncs[0]");
+  ExpectError(DecodeTarget(J(R"({"provider_config_key": "g", "syncs": [{}]})")), 400,
+              "missing_field", "syncs[0].name");
+  ExpectError(DecodeTarget(J(R"({"provider_config_key": "g", "syncs": [{"name": 3}]})")), 400,
+              "invalid_type", "syncs[0].name");
+  ExpectError(DecodeTarget(J(R"({"provider_config_key": "g", "syncs": [{"name": "a::b"}]})")), 400,
+              "invalid_value", "syncs[0].name");
+  ExpectError(
+      DecodeTarget(J(R"({"provider_config_key": "g", "syncs": [{"name": "a", "variant": 1}]})")),
+      400, "invalid_type", "syncs[0].variant");
+  ExpectError(DecodeTarget(
+                  J(R"({"provider_config_key": "g", "syncs": [{"name": "a", "variant": "x y"}]})")),
+              400, "invalid_value", "syncs[0].variant");
+  ExpectError(
+      DecodeTarget(J(R"({"provider_config_key": "g", "syncs": [{"name": "a", "model": "x"}]})")),
+      400, "unknown_field", "syncs[0].model");
+}
+
+TEST(DecodeTarget, RejectsUnknownFields) {
+  auto d = DecodeTarget(J(R"({"provider_config_key": "g", "syncs": [], "connection": "acme"})"));
+  ExpectError(d, 400, "unknown_field", "connection");
+  EXPECT_NE(d.error().message.find("connection_id"), std::string::npos)
+      << "the message lists the accepted fields: " << d.error().message;
+  // Trigger's own fields are unknown to start and pause.
+  ExpectError(DecodeTarget(J(R"({"provider_config_key": "g", "syncs": [], "opts": {}})")), 400,
+              "unknown_field", "opts");
+}
+
+TEST(DecodeTarget, AtMost256Syncs) {
+  Json body = {{"provider_config_key", "g"}, {"syncs", Json::array()}};
+  for (int i = 0; i < 256; ++i) body["syncs"].push_back("s" + std::to_string(i));
+  EXPECT_TRUE(DecodeTarget(body).ok());
+  body["syncs"].push_back("one-too-many");
+  ExpectError(DecodeTarget(body), 400, "too_many_syncs", "syncs");
+}
+
+TEST(DecodeTarget, SyncNamesOfMaximumLength) {
+  std::string name(255, 'n');
+  Json body = {{"provider_config_key", "g"}, {"syncs", {name + "::" + std::string(255, 'v')}}};
+  EXPECT_TRUE(DecodeTarget(body).ok());
+  body["syncs"][0] = std::string(256, 'n');
+  ExpectError(DecodeTarget(body), 400, "invalid_value", "syncs[0]");
+}
+
+// ---- DecodeTrigger ----
+
+TEST(DecodeTrigger, Modes) {
+  auto mode_of = [](const std::string& extra) {
+    auto d = DecodeTrigger(J(R"({"provider_config_key": "g", "syncs": ["a"])" + extra + "}"));
+    EXPECT_TRUE(d.ok()) << extra << ": " << (d.ok() ? "" : d.error().message);
+    return d.ok() ? d->mode : RunMode::kIncremental;
+  };
+  EXPECT_EQ(mode_of(""), RunMode::kIncremental);
+  EXPECT_EQ(mode_of(R"(, "opts": {})"), RunMode::kIncremental);
+  EXPECT_EQ(mode_of(R"(, "opts": null)"), RunMode::kIncremental);
+  EXPECT_EQ(mode_of(R"(, "opts": {"reset": false})"), RunMode::kIncremental);
+  EXPECT_EQ(mode_of(R"(, "opts": {"reset": true})"), RunMode::kFullResync);
+  EXPECT_EQ(mode_of(R"(, "opts": {"reset": true, "emptyCache": true})"), RunMode::kFullResync);
+  EXPECT_EQ(mode_of(R"(, "opts": {"emptyCache": true})"), RunMode::kIncremental);
+  EXPECT_EQ(mode_of(R"(, "sync_mode": "incremental")"), RunMode::kIncremental);
+  EXPECT_EQ(mode_of(R"(, "sync_mode": "full_refresh")"), RunMode::kFullResync);
+  EXPECT_EQ(mode_of(R"(, "sync_mode": "full_refresh_and_clear_cache")"), RunMode::kFullResync);
+  EXPECT_EQ(mode_of(R"(, "full_resync": true)"), RunMode::kFullResync);
+  EXPECT_EQ(mode_of(R"(, "full_resync": false)"), RunMode::kIncremental);
+}
+
+TEST(DecodeTrigger, CarriesTheTarget) {
+  auto d = DecodeTrigger(J(
+      R"({"provider_config_key": "g", "connection_id": "c", "syncs": [{"name": "a", "variant": "v"}]})"));
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->target.integration, "g");
+  EXPECT_EQ(d->target.connection, "c");
+  EXPECT_EQ(d->target.syncs, (std::vector<SyncSelector>{{"a", "v"}}));
+}
+
+TEST(DecodeTrigger, EveryFieldError) {
+  auto err = [](const std::string& extra) {
+    return DecodeTrigger(J(R"({"provider_config_key": "g", "syncs": [])" + extra + "}"));
+  };
+  ExpectError(err(R"(, "opts": true)"), 400, "invalid_type", "opts");
+  ExpectError(err(R"(, "opts": {"reset": "yes"})"), 400, "invalid_type", "opts.reset");
+  ExpectError(err(R"(, "opts": {"emptyCache": 1})"), 400, "invalid_type", "opts.emptyCache");
+  ExpectError(err(R"(, "opts": {"reset": true, "force": true})"), 400, "unknown_field",
+              "opts.force");
+  ExpectError(err(R"(, "sync_mode": 1)"), 400, "invalid_type", "sync_mode");
+  ExpectError(err(R"(, "sync_mode": "full")"), 400, "invalid_value", "sync_mode");
+  ExpectError(err(R"(, "full_resync": "true")"), 400, "invalid_type", "full_resync");
+  ExpectError(err(R"(, "opts": {"reset": true}, "sync_mode": "incremental")"), 400,
+              "conflicting_fields", "opts");
+  ExpectError(err(R"(, "sync_mode": "incremental", "full_resync": true)"), 400,
+              "conflicting_fields", "sync_mode");
+  ExpectError(err(R"(, "mode": "incremental")"), 400, "unknown_field", "mode");
+  ExpectError(DecodeTrigger(J(R"({"syncs": []})")), 400, "missing_field", "provider_config_key");
+  ExpectError(DecodeTrigger(J(R"({"provider_config_key": "g"})")), 400, "missing_field", "syncs");
+}
+
+// ---- DecodeStatusQuery ----
+
+Decoded<Target> StatusQuery(const std::string& query) {
+  auto q = ParseQuery(query);
+  EXPECT_TRUE(q.ok());
+  return DecodeStatusQuery(q.value());
+}
+
+TEST(DecodeStatusQuery, StarNamesAndVariants) {
+  auto all = StatusQuery("provider_config_key=github&syncs=*");
+  ASSERT_TRUE(all.ok());
+  EXPECT_TRUE(all->syncs.empty());
+  EXPECT_FALSE(all->connection);
+  auto some = StatusQuery("provider_config_key=github&connection_id=acme%20corp&syncs=a,b::v");
+  ASSERT_TRUE(some.ok());
+  EXPECT_EQ(some->connection, "acme corp");
+  EXPECT_EQ(some->syncs, (std::vector<SyncSelector>{{"a", "base"}, {"b", "v"}}));
+  auto encoded = StatusQuery("syncs=a%2Cb%3A%3Av&provider_config_key=my+app");
+  ASSERT_TRUE(encoded.ok());
+  EXPECT_EQ(encoded->integration, "my app");
+  EXPECT_EQ(encoded->syncs.size(), 2u);
+}
+
+TEST(DecodeStatusQuery, EveryFieldError) {
+  ExpectError(StatusQuery("syncs=*"), 400, "missing_field", "provider_config_key");
+  ExpectError(StatusQuery("provider_config_key=g"), 400, "missing_field", "syncs");
+  ExpectError(StatusQuery("provider_config_key=g&syncs="), 400, "invalid_value", "syncs");
+  ExpectError(StatusQuery("provider_config_key=g&syncs=a,,b"), 400, "invalid_value", "syncs");
+  ExpectError(StatusQuery("provider_config_key=g&syncs=a,"), 400, "invalid_value", "syncs");
+  ExpectError(StatusQuery("provider_config_key=g&syncs=a::b::c"), 400, "invalid_value", "syncs");
+  ExpectError(StatusQuery("provider_config_key=a/b&syncs=*"), 400, "invalid_value",
+              "provider_config_key");
+  ExpectError(StatusQuery("provider_config_key=g&syncs=*&connection_id="), 400, "invalid_value",
+              "connection_id");
+  ExpectError(StatusQuery("provider_config_key=g&syncs=*&model=x"), 400, "unknown_field", "model");
+  auto dup = ParseQuery("provider_config_key=g&syncs=*&syncs=a");
+  ExpectError(dup, 400, "invalid_value", "syncs");
+}
+
+TEST(DecodeStatusQuery, AtMost256Syncs) {
+  std::string list;
+  for (int i = 0; i < 256; ++i) list += (i ? "," : "") + ("s" + std::to_string(i));
+  EXPECT_TRUE(StatusQuery("provider_config_key=g&syncs=" + list).ok());
+  ExpectError(StatusQuery("provider_config_key=g&syncs=" + list + ",x"), 400, "too_many_syncs",
+              "syncs");
+}
+
+// ---- DecodeFrequencyUpdate ----
+
+TEST(DecodeFrequencyUpdate, StringNullAndVariant) {
+  auto d = DecodeFrequencyUpdate(J(R"({"provider_config_key": "g", "connection_id": "c",
+      "sync_name": "issues", "frequency": "every 2h"})"));
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->key, (ScheduleKey{"g", "c", "issues", "base"}));
+  EXPECT_EQ(d->frequency, "every 2h");
+  auto revert = DecodeFrequencyUpdate(J(R"({"provider_config_key": "g", "connection_id": "c",
+      "sync_name": "issues", "sync_variant": "v2", "frequency": null})"));
+  ASSERT_TRUE(revert.ok());
+  EXPECT_EQ(revert->key.variant, "v2");
+  EXPECT_FALSE(revert->frequency.has_value());
+}
+
+TEST(DecodeFrequencyUpdate, EveryFieldError) {
+  auto with = [](const std::string& fields) {
+    return DecodeFrequencyUpdate(J("{" + fields + "}"));
+  };
+  const std::string base = R"("provider_config_key": "g", "connection_id": "c", "sync_name": "s")";
+  ExpectError(with(base), 400, "missing_field", "frequency");
+  ExpectError(with(base + R"(, "frequency": 30)"), 400, "invalid_type", "frequency");
+  ExpectError(with(base + R"(, "frequency": {"every": "1h"})"), 400, "invalid_type", "frequency");
+  ExpectError(with(base + R"(, "frequency": "1h", "sync_variant": 2)"), 400, "invalid_type",
+              "sync_variant");
+  ExpectError(with(base + R"(, "frequency": "1h", "sync_variant": "a b")"), 400, "invalid_value",
+              "sync_variant");
+  ExpectError(with(base + R"(, "frequency": "1h", "extra": 1)"), 400, "unknown_field", "extra");
+  ExpectError(with(R"("connection_id": "c", "sync_name": "s", "frequency": "1h")"), 400,
+              "missing_field", "provider_config_key");
+  ExpectError(with(R"("provider_config_key": "g", "sync_name": "s", "frequency": "1h")"), 400,
+              "missing_field", "connection_id");
+  ExpectError(
+      with(
+          R"("provider_config_key": "g", "connection_id": null, "sync_name": "s", "frequency": "1h")"),
+      400, "invalid_type", "connection_id");
+  ExpectError(with(R"("provider_config_key": "g", "connection_id": "c", "frequency": "1h")"), 400,
+              "missing_field", "sync_name");
+  ExpectError(
+      with(
+          R"("provider_config_key": "g", "connection_id": "c", "sync_name": 1, "frequency": "1h")"),
+      400, "invalid_type", "sync_name");
+  ExpectError(
+      with(
+          R"("provider_config_key": "g", "connection_id": "c", "sync_name": "a::b", "frequency": "1h")"),
+      400, "invalid_value", "sync_name");
+  ExpectError(DecodeFrequencyUpdate(J("[1]")), 400, "invalid_body", "");
+}
+
+// ---- Variants and connections ----
+
+TEST(DecodeVariant, PathAndBody) {
+  auto d =
+      DecodeVariant("issues", "eu", J(R"({"provider_config_key": "g", "connection_id": "c"})"));
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(*d, (ScheduleKey{"g", "c", "issues", "eu"}));
+  Json body = J(R"({"provider_config_key": "g", "connection_id": "c"})");
+  ExpectError(DecodeVariant("is sues", "eu", body), 400, "invalid_value", "name");
+  ExpectError(DecodeVariant("issues", "e:u", body), 400, "invalid_variant", "variant");
+  ExpectError(DecodeVariant("issues", "", body), 400, "invalid_variant", "variant");
+  ExpectError(DecodeVariant("issues", "eu", J(R"({"provider_config_key": "g"})")), 400,
+              "missing_field", "connection_id");
+  ExpectError(DecodeVariant("issues", "eu", J(R"({"connection_id": "c"})")), 400, "missing_field",
+              "provider_config_key");
+  ExpectError(DecodeVariant("issues", "eu",
+                            J(R"({"provider_config_key": "g", "connection_id": "c", "x": 1})")),
+              400, "unknown_field", "x");
+}
+
+TEST(DecodeConnections, CreateAndDelete) {
+  auto c = DecodeCreateConnection(J(R"({"provider_config_key": "g", "connection_id": "c"})"));
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->integration, "g");
+  EXPECT_EQ(c->connection, "c");
+  ExpectError(DecodeCreateConnection(J(R"({"provider_config_key": "g"})")), 400, "missing_field",
+              "connection_id");
+  ExpectError(DecodeCreateConnection(
+                  J(R"({"provider_config_key": "g", "connection_id": "c", "credentials": {}})")),
+              400, "unknown_field", "credentials");
+
+  auto q = ParseQuery("provider_config_key=g");
+  ASSERT_TRUE(q.ok());
+  auto d = DecodeDeleteConnection("acme corp", *q);
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->connection, "acme corp");
+  ExpectError(DecodeDeleteConnection("acme", {}), 400, "missing_field", "provider_config_key");
+  ExpectError(DecodeDeleteConnection("acme", {{"provider_config_key", "g"}, {"x", "1"}}), 400,
+              "unknown_field", "x");
+  ExpectError(DecodeDeleteConnection("a\x01", *q), 400, "invalid_value", "connection_id");
+}
+
+// ---- Responses ----
+
+TEST(Encode, StatusItemHasNangosFields) {
+  ScheduleStatus s;
+  s.key = {"github", "acme", "issues", "base"};
+  s.id = 42;
+  s.state = ScheduleState::kStarted;
+  s.status = RunStatus::kError;
+  s.frequency = std::chrono::minutes(30);
+  s.next_run = TimePoint(std::chrono::seconds(1767225600));
+  s.last_start = TimePoint(std::chrono::seconds(1767225000));
+  s.last_finish = TimePoint(std::chrono::seconds(1767225001));
+  s.last_ok = false;
+  s.last_error = "boom";
+  s.last_counts = {ModelCounts{"Issue", 1, 2, 3}};
+  s.runs = 3;
+  s.failures = 1;
+  s.skipped = 2;
+  Json j = EncodeScheduleStatus(s);
+  EXPECT_EQ(j["id"], "42");
+  EXPECT_EQ(j["connection_id"], "acme");
+  EXPECT_EQ(j["name"], "issues");
+  EXPECT_EQ(j["variant"], "base");
+  EXPECT_EQ(j["status"], "ERROR");
+  EXPECT_EQ(j["schedule_status"], "STARTED");
+  EXPECT_EQ(j["frequency"], "30m");
+  EXPECT_EQ(j["nextScheduledSyncAt"], "2026-01-01T00:00:00.000Z");
+  EXPECT_EQ(j["finishedAt"], "2025-12-31T23:50:01.000Z");
+  EXPECT_EQ(j["latestResult"]["Issue"], (Json{{"added", 1}, {"updated", 2}, {"deleted", 3}}));
+  EXPECT_EQ(j["latestExecutionStatus"], "ERROR");
+  EXPECT_EQ(j["recordCount"], Json::object());
+  EXPECT_EQ(j["error"], "boom");
+  EXPECT_EQ(j["runs"], 3);
+  EXPECT_EQ(j["failures"], 1);
+  EXPECT_EQ(j["skipped"], 2);
+}
+
+TEST(Encode, StatusItemNullsBeforeTheFirstRun) {
+  ScheduleStatus s;
+  s.key = {"g", "c", "s", "v"};
+  s.frequency = std::chrono::hours(1);
+  Json j = EncodeScheduleStatus(s);
+  EXPECT_TRUE(j["nextScheduledSyncAt"].is_null());
+  EXPECT_TRUE(j["finishedAt"].is_null());
+  EXPECT_TRUE(j["latestExecutionStatus"].is_null());
+  EXPECT_TRUE(j["error"].is_null());
+  EXPECT_EQ(j["status"], "PAUSED");
+  EXPECT_EQ(j["frequency"], "1h");
+  s.status = RunStatus::kRunning;
+  EXPECT_EQ(EncodeScheduleStatus(s)["latestExecutionStatus"], "RUNNING");
+}
+
+TEST(Encode, SimpleBodies) {
+  EXPECT_EQ(Dump(EncodeSuccess()), R"({"success":true})");
+  EXPECT_EQ(Dump(EncodeFrequency(std::chrono::hours(2))), R"({"frequency":"2h"})");
+  EXPECT_EQ(Dump(EncodeVariantCreated({"g", "c", "s", "v"}, 7)),
+            R"({"id":"7","name":"s","variant":"v"})");
+  EXPECT_EQ(Dump(EncodeStatuses({})), R"({"syncs":[]})");
+}
+
+TEST(Encode, ErrorBody) {
+  ApiError e{404, "unknown_connection", "connection \"x\" does not exist", "connection_id"};
+  Json j = EncodeError(e);
+  EXPECT_EQ(j["message"], e.message);
+  EXPECT_EQ(j["code"], "unknown_connection");
+  EXPECT_EQ(j["field"], "connection_id");
+  EXPECT_EQ(j["error"]["code"], "unknown_connection");
+  ApiError no_field{400, "invalid_json", "bad", std::nullopt};
+  EXPECT_FALSE(EncodeError(no_field).contains("field"));
+}
+
+TEST(Encode, DumpReplacesInvalidUtf8) {
+  ScheduleStatus s;
+  s.last_error = "tail cut in the middle of \xe2\x82";
+  std::string text;
+  EXPECT_NO_THROW(text = Dump(EncodeScheduleStatus(s)));
+  EXPECT_NE(text.find("\xEF\xBF\xBD"), std::string::npos) << text;
+}
+
+// ---- Errors ----
+
+TEST(ErrorFromStatus, MapsEveryCode) {
+  auto map = [](const syncsched::Status& s, Subject subject = Subject::kNone) {
+    return ErrorFromStatus(s, subject);
+  };
+  EXPECT_EQ(map(Status::InvalidArgument("x")).http_status, 400u);
+  EXPECT_EQ(map(Status::InvalidArgument("x")).code, "invalid_argument");
+  EXPECT_EQ(map(Status::InvalidArgument("x"), Subject::kFrequency).code, "invalid_frequency");
+  EXPECT_EQ(map(Status::InvalidArgument("x"), Subject::kVariant).code, "invalid_variant");
+  EXPECT_EQ(map(Status::NotFound("x"), Subject::kIntegration).http_status, 400u);
+  EXPECT_EQ(map(Status::NotFound("x"), Subject::kIntegration).code, "unknown_provider_config");
+  EXPECT_EQ(map(Status::NotFound("x"), Subject::kSync).http_status, 400u);
+  EXPECT_EQ(map(Status::NotFound("x"), Subject::kSync).code, "unknown_sync");
+  EXPECT_EQ(map(Status::NotFound("x"), Subject::kConnection).http_status, 404u);
+  EXPECT_EQ(map(Status::NotFound("x"), Subject::kConnection).code, "unknown_connection");
+  EXPECT_EQ(map(Status::NotFound("x"), Subject::kVariant).http_status, 404u);
+  EXPECT_EQ(map(Status::NotFound("x"), Subject::kVariant).code, "unknown_variant");
+  EXPECT_EQ(map(Status::AlreadyExists("x"), Subject::kConnection).http_status, 409u);
+  EXPECT_EQ(map(Status::AlreadyExists("x"), Subject::kConnection).code,
+            "connection_already_exists");
+  EXPECT_EQ(map(Status::AlreadyExists("x"), Subject::kVariant).code, "sync_variant_already_exists");
+  EXPECT_EQ(map(Status::FailedPrecondition("x")).http_status, 409u);
+  EXPECT_EQ(map(Status::Unavailable("x")).http_status, 503u);
+  EXPECT_EQ(map(Status::Cancelled("x")).http_status, 503u);
+  EXPECT_EQ(map(Status::DeadlineExceeded("x")).http_status, 504u);
+  EXPECT_EQ(map(Status::Internal("x")).http_status, 500u);
+  EXPECT_EQ(map(Status::Internal("x")).code, "internal_error");
+  ApiError e = ErrorFromStatus(Status::NotFound("no such thing"), Subject::kSync, "syncs");
+  EXPECT_EQ(e.message, "no such thing");
+  EXPECT_EQ(e.field, "syncs");
+}
+
+TEST(Errors, HttpLayerErrorsHaveStableCodes) {
+  EXPECT_EQ(errors::Unauthorized("x").http_status, 401u);
+  EXPECT_EQ(errors::MissingScope("environment:syncs:execute").http_status, 403u);
+  EXPECT_NE(
+      errors::MissingScope("environment:syncs:execute").message.find("environment:syncs:execute"),
+      std::string::npos);
+  EXPECT_EQ(errors::RouteNotFound("GET", "/x").http_status, 404u);
+  EXPECT_EQ(errors::MethodNotAllowed("GET", "/sync/start", "POST").http_status, 405u);
+  EXPECT_EQ(errors::PayloadTooLarge(10).http_status, 413u);
+  EXPECT_EQ(errors::HeadersTooLarge(10).http_status, 431u);
+  EXPECT_EQ(errors::TooManyConnections().http_status, 503u);
+}
+
+// ---- Names ----
+
+TEST(Names, Validation) {
+  EXPECT_TRUE(ValidateIntegrationKey("github").ok());
+  EXPECT_FALSE(ValidateIntegrationKey("").ok());
+  EXPECT_FALSE(ValidateIntegrationKey("a\tb").ok());
+  EXPECT_TRUE(ValidateConnectionId("any thing/at all?").ok());
+  EXPECT_FALSE(ValidateConnectionId(std::string(256, 'c')).ok());
+  EXPECT_FALSE(ValidateConnectionId("a\x7f").ok());
+  EXPECT_TRUE(ValidateSyncName("a-b_C9").ok());
+  EXPECT_FALSE(ValidateSyncName("a.b").ok());
+}
+
+// ---- Prometheus ----
+
+TEST(Prometheus, CumulativeHistogramsAndCounters) {
+  EngineMetrics m;
+  m.runs_started = 5;
+  m.schedules_started = 2;
+  m.run_duration_seconds.bounds = {0.1, 1};
+  m.run_duration_seconds.counts = {2, 1, 1};
+  m.run_duration_seconds.count = 4;
+  m.run_duration_seconds.sum = 3.5;
+  DaemonMetrics d;
+  d.http_responses[200] = 9;
+  std::string text = EncodePrometheus(m, d);
+  EXPECT_NE(text.find("syncsched_runs_started_total 5\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("syncsched_schedules{state=\"started\"} 2\n"), std::string::npos);
+  EXPECT_NE(text.find("syncsched_run_duration_seconds_bucket{le=\"0.1\"} 2\n"), std::string::npos)
+      << text;
+  EXPECT_NE(text.find("syncsched_run_duration_seconds_bucket{le=\"1\"} 3\n"), std::string::npos);
+  EXPECT_NE(text.find("syncsched_run_duration_seconds_bucket{le=\"+Inf\"} 4\n"), std::string::npos);
+  EXPECT_NE(text.find("syncsched_run_duration_seconds_count 4\n"), std::string::npos);
+  EXPECT_NE(text.find("syncschedd_http_responses_total{code=\"200\"} 9\n"), std::string::npos);
+  EXPECT_NE(text.find("# TYPE syncsched_runs_started_total counter\n"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace syncsched::codec

@@ -1,0 +1,235 @@
+// The command runner over real processes: environment, exit codes, stderr tails, output logging,
+// and the killing of whole process groups on cancellation.
+#include "daemon/command_runner.h"
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <future>
+#include <thread>
+
+#include "test_util.h"
+
+namespace syncsched::daemon {
+namespace {
+
+using syncsched::testing::ProcessGone;
+using syncsched::testing::ReadFile;
+using syncsched::testing::ReadLines;
+using syncsched::testing::TempDir;
+using syncsched::testing::WaitFor;
+
+class CommandRunnerTest : public ::testing::Test {
+ protected:
+  CommandRunnerTest()
+      : log_file_(std::fopen((dir_ / "log").c_str(), "w")),
+        log_(LogLevel::kDebug, log_file_),
+        runner_(log_, std::chrono::milliseconds(300)) {
+    ctx_.key = {"github", "acme corp", "issues", "v2"};
+    ctx_.run_id = "run-17";
+    ctx_.slot = TimePoint(std::chrono::seconds(1767225600));
+    ctx_.mode = RunMode::kFullResync;
+    ctx_.attempt = 2;
+    ctx_.heartbeat = [this] { beats_.fetch_add(1); };
+  }
+  ~CommandRunnerTest() override { std::fclose(log_file_); }
+
+  RunReport Sh(const std::string& script) { return runner_.Run({"/bin/sh", "-c", script}, ctx_); }
+  std::string Path(const std::string& name) { return dir_ / name; }
+  pid_t PidIn(const std::string& name) {
+    EXPECT_TRUE(WaitFor([&] { return ReadFile(Path(name)).find('\n') != std::string::npos; }));
+    return static_cast<pid_t>(std::stol(ReadFile(Path(name))));
+  }
+
+  TempDir dir_;
+  std::FILE* log_file_;
+  Logger log_;
+  CommandRunner runner_;
+  RunContext ctx_;
+  std::atomic<int> beats_{0};
+};
+
+TEST_F(CommandRunnerTest, PassesTheRunInTheEnvironment) {
+  setenv("SYNCSCHED_STALE", "from the daemon", 1);
+  RunReport r = Sh("env | grep '^SYNCSCHED_' | sort > '" + Path("env") + "'");
+  unsetenv("SYNCSCHED_STALE");
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(ReadFile(Path("env")),
+            "SYNCSCHED_ATTEMPT=2\n"
+            "SYNCSCHED_CONNECTION=acme corp\n"
+            "SYNCSCHED_INTEGRATION=github\n"
+            "SYNCSCHED_MODE=full_resync\n"
+            "SYNCSCHED_RUN_ID=run-17\n"
+            "SYNCSCHED_SLOT=2026-01-01T00:00:00.000Z\n"
+            "SYNCSCHED_SYNC=issues\n"
+            "SYNCSCHED_VARIANT=v2\n");
+  EXPECT_EQ(runner_.spawned(), 1u);
+}
+
+TEST_F(CommandRunnerTest, RunsArgvWithoutAShell) {
+  // Shell syntax in an argument reaches the program untouched.
+  RunReport r = runner_.Run({"/usr/bin/printf", "%s", "$HOME; rm -rf / | *"}, ctx_);
+  ASSERT_TRUE(r.status.ok());
+  bool logged = false;
+  for (const std::string& line : ReadLines(Path("log"))) {
+    if (line.find(R"("line":"$HOME; rm -rf / | *")") != std::string::npos) logged = true;
+  }
+  EXPECT_TRUE(logged) << ReadFile(Path("log"));
+}
+
+TEST_F(CommandRunnerTest, StdinIsEmpty) {
+  RunReport r = Sh("cat > '" + Path("stdin") + "'");
+  ASSERT_TRUE(r.status.ok());
+  EXPECT_EQ(ReadFile(Path("stdin")), "");
+}
+
+TEST_F(CommandRunnerTest, InheritsNoOtherFileDescriptor) {
+  int leaky = open("/dev/null", O_RDONLY);  // no O_CLOEXEC, as a careless library might
+  ASSERT_GE(leaky, 3);
+  RunReport r = Sh("exec /bin/ls /proc/self/fd > '" + Path("fds") + "'");
+  close(leaky);
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  std::vector<std::string> fds = ReadLines(Path("fds"));
+  EXPECT_EQ(std::count(fds.begin(), fds.end(), std::to_string(leaky)), 0) << ReadFile(Path("fds"));
+  // 0-2, and the directory ls reads.
+  for (const std::string& fd : fds) EXPECT_LE(std::stoi(fd), 3) << ReadFile(Path("fds"));
+}
+
+TEST_F(CommandRunnerTest, FailureMessageIsTheTailOfStderr) {
+  RunReport r = Sh("echo progress; echo first >&2; echo last >&2; exit 3");
+  ASSERT_FALSE(r.status.ok());
+  EXPECT_EQ(r.status.message(), "first\nlast");
+}
+
+TEST_F(CommandRunnerTest, LongStderrKeepsItsLast2KiB) {
+  RunReport r =
+      Sh("i=0; while [ $i -lt 300 ]; do echo \"line $i of a long error output\" >&2; "
+         "i=$((i+1)); done; echo END >&2; exit 1");
+  ASSERT_FALSE(r.status.ok());
+  EXPECT_LE(r.status.message().size(), kStderrTailBytes);
+  EXPECT_GT(r.status.message().size(), kStderrTailBytes - 100);
+  EXPECT_EQ(r.status.message().substr(r.status.message().size() - 3), "END");
+}
+
+TEST_F(CommandRunnerTest, FailureWithoutStderrGivesTheExitStatus) {
+  RunReport r = Sh("exit 4");
+  ASSERT_FALSE(r.status.ok());
+  EXPECT_EQ(r.status.message(), "command exited with status 4");
+}
+
+TEST_F(CommandRunnerTest, DeathBySignal) {
+  RunReport r = Sh("kill -KILL $$");
+  ASSERT_FALSE(r.status.ok());
+  EXPECT_EQ(r.status.message(), "command killed by SIGKILL");
+}
+
+TEST_F(CommandRunnerTest, ACommandThatCannotStart) {
+  RunReport r = runner_.Run({"/nonexistent/sync-command"}, ctx_);
+  ASSERT_FALSE(r.status.ok());
+  EXPECT_NE(r.status.message().find("cannot start"), std::string::npos) << r.status;
+  EXPECT_NE(r.status.message().find("/nonexistent/sync-command"), std::string::npos);
+  EXPECT_EQ(runner_.spawn_failures(), 1u);
+  EXPECT_EQ(runner_.running(), 0u);
+}
+
+TEST_F(CommandRunnerTest, OutputGoesToTheLogAndCountsAsHeartbeat) {
+  RunReport r = Sh("echo to-stdout; echo to-stderr >&2; printf 'no newline'");
+  ASSERT_TRUE(r.status.ok());
+  std::string log = ReadFile(Path("log"));
+  EXPECT_NE(log.find(R"("stream":"stdout","line":"to-stdout")"), std::string::npos) << log;
+  EXPECT_NE(log.find(R"("stream":"stderr","line":"to-stderr")"), std::string::npos) << log;
+  EXPECT_NE(log.find(R"("line":"no newline")"), std::string::npos) << log;
+  EXPECT_NE(log.find(R"("schedule":"github/acme corp/issues::v2")"), std::string::npos) << log;
+  EXPECT_GE(beats_.load(), 1);
+  for (const std::string& line : ReadLines(Path("log"))) {
+    EXPECT_TRUE(codec::Json::accept(line)) << "every log line is JSON: " << line;
+  }
+}
+
+TEST_F(CommandRunnerTest, CancellationKillsTheWholeProcessGroup) {
+  auto done = std::async(std::launch::async, [&] {
+    return Sh("sleep 30 & echo $! > '" + Path("child") + "'; echo $$ > '" + Path("leader") +
+              "'; wait");
+  });
+  pid_t child = PidIn("child");
+  pid_t leader = PidIn("leader");
+  EXPECT_EQ(runner_.running(), 1u);
+  ctx_.cancel.Cancel(Status::Cancelled("paused"));
+  ASSERT_EQ(done.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  RunReport r = done.get();
+  EXPECT_EQ(r.status.code(), StatusCode::kCancelled);
+  EXPECT_TRUE(WaitFor([&] { return ProcessGone(leader) && ProcessGone(child); }));
+  EXPECT_EQ(runner_.running(), 0u);
+}
+
+TEST_F(CommandRunnerTest, ACommandIgnoringSigtermIsKilledAfterTheGrace) {
+  auto done = std::async(std::launch::async, [&] {
+    return Sh("trap '' TERM; echo $$ > '" + Path("leader") + "'; while :; do sleep 0.05; done");
+  });
+  pid_t leader = PidIn("leader");
+  auto cancelled_at = std::chrono::steady_clock::now();
+  ctx_.cancel.Cancel(Status::DeadlineExceeded("timed out"));
+  ASSERT_EQ(done.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  EXPECT_GE(std::chrono::steady_clock::now() - cancelled_at, std::chrono::milliseconds(300));
+  EXPECT_EQ(done.get().status.code(), StatusCode::kDeadlineExceeded);
+  EXPECT_TRUE(WaitFor([&] { return ProcessGone(leader); }));
+}
+
+TEST_F(CommandRunnerTest, ProcessesLeftBehindAreKilled) {
+  RunReport r = Sh("sleep 30 > /dev/null 2>&1 & echo $! > '" + Path("child") + "'; exit 0");
+  EXPECT_TRUE(r.status.ok());
+  pid_t child = PidIn("child");
+  EXPECT_TRUE(WaitFor([&] { return ProcessGone(child); }));
+}
+
+TEST_F(CommandRunnerTest, AnAlreadyCancelledRunStartsNothing) {
+  ctx_.cancel.Cancel(Status::Cancelled("deleted"));
+  RunReport r = Sh("touch '" + Path("ran") + "'");
+  EXPECT_EQ(r.status.code(), StatusCode::kCancelled);
+  EXPECT_FALSE(std::filesystem::exists(Path("ran")));
+  EXPECT_EQ(runner_.spawned(), 0u);
+}
+
+TEST_F(CommandRunnerTest, AfterBeginShutdownNothingStarts) {
+  runner_.BeginShutdown();
+  auto done = std::async(std::launch::async, [&] { return Sh("touch '" + Path("ran") + "'"); });
+  EXPECT_EQ(done.wait_for(std::chrono::milliseconds(50)), std::future_status::timeout)
+      << "a run waits for its cancellation";
+  ctx_.cancel.Cancel(Status::Cancelled("engine closing"));
+  ASSERT_EQ(done.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  EXPECT_EQ(done.get().status.code(), StatusCode::kCancelled);
+  EXPECT_FALSE(std::filesystem::exists(Path("ran")));
+}
+
+TEST_F(CommandRunnerTest, WaitIdle) {
+  EXPECT_TRUE(runner_.WaitIdle(std::chrono::steady_clock::now()));
+  auto done = std::async(std::launch::async,
+                         [&] { return Sh("echo $$ > '" + Path("leader") + "'; sleep 30"); });
+  PidIn("leader");
+  EXPECT_FALSE(runner_.WaitIdle(std::chrono::steady_clock::now() + std::chrono::milliseconds(20)));
+  ctx_.cancel.Cancel(Status::Cancelled("stop"));
+  EXPECT_TRUE(runner_.WaitIdle(std::chrono::steady_clock::now() + std::chrono::seconds(10)));
+  done.get();
+}
+
+TEST_F(CommandRunnerTest, ManyRunsAtOnce) {
+  std::vector<std::future<RunReport>> runs;
+  for (int i = 0; i < 8; ++i) {
+    runs.push_back(std::async(std::launch::async, [this, i] {
+      RunContext ctx = ctx_;
+      ctx.run_id = "r" + std::to_string(i);
+      return runner_.Run({"/bin/sh", "-c", "echo $SYNCSCHED_RUN_ID >> '" + Path("runs") + "'"},
+                         ctx);
+    }));
+  }
+  for (auto& r : runs) EXPECT_TRUE(r.get().status.ok());
+  EXPECT_EQ(ReadLines(Path("runs")).size(), 8u);
+  EXPECT_EQ(runner_.spawned(), 8u);
+}
+
+}  // namespace
+}  // namespace syncsched::daemon

@@ -1,0 +1,212 @@
+// The daemon's configuration: defaults, every field, and errors that name the field.
+#include "daemon/config.h"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <variant>
+
+namespace syncsched::daemon {
+namespace {
+
+const char* kMinimal = R"({"database": "x.db"})";
+
+Config Ok(const std::string& text) {
+  ConfigResult r = ParseConfig(text);
+  if (auto* e = std::get_if<ConfigError>(&r)) {
+    ADD_FAILURE() << e->field << ": " << e->message;
+    return Config{};
+  }
+  return std::get<Config>(r);
+}
+
+ConfigError Err(const std::string& text) {
+  ConfigResult r = ParseConfig(text);
+  if (auto* e = std::get_if<ConfigError>(&r)) return *e;
+  ADD_FAILURE() << "expected an error for " << text;
+  return {};
+}
+
+// A configuration whose integration "github" has one sync with these fields.
+std::string WithSync(const std::string& sync_fields) {
+  return R"({"database": "x.db", "integrations": {"github": {"syncs": {"issues": {)" + sync_fields +
+         "}}}}}";
+}
+
+TEST(Config, Defaults) {
+  Config c = Ok(kMinimal);
+  EXPECT_EQ(c.listen_host, "127.0.0.1");
+  EXPECT_EQ(c.listen_port, 3003);
+  EXPECT_EQ(c.database, "x.db");
+  EXPECT_EQ(c.frequency_bounds.min, std::chrono::seconds(30));
+  EXPECT_EQ(c.frequency_bounds.max, std::chrono::hours(24 * 31));
+  EXPECT_TRUE(c.api_keys.empty());
+  EXPECT_TRUE(c.integrations.empty());
+  EXPECT_EQ(c.worker_threads, 4u);
+  EXPECT_EQ(c.limits.max_body_bytes, 1u << 20);
+  EXPECT_EQ(c.shutdown_grace, std::chrono::seconds(30));
+  EXPECT_EQ(c.log_level, LogLevel::kInfo);
+}
+
+TEST(Config, TheSpecExample) {
+  Config c = Ok(R"({
+    "listen": "127.0.0.1:3003",
+    "database": "syncsched.db",
+    "frequency_bounds": {"min": "30s", "max": "31d"},
+    "api_keys": [{"key": "change-me", "scopes": ["*"]}],
+    "integrations": {
+      "github": {
+        "syncs": {
+          "issues": {"runs": "every 30min", "auto_start": true,
+                     "command": ["./examples/sync-issues.sh"], "timeout": "1h"}
+        },
+        "connections": ["acme"]
+      }
+    }
+  })");
+  ASSERT_EQ(c.integrations.size(), 1u);
+  const IntegrationConfig& g = c.integrations[0];
+  EXPECT_EQ(g.key, "github");
+  ASSERT_EQ(g.syncs.size(), 1u);
+  EXPECT_EQ(g.syncs[0].name, "issues");
+  EXPECT_EQ(g.syncs[0].runs, "every 30min");
+  EXPECT_TRUE(g.syncs[0].auto_start);
+  EXPECT_EQ(g.syncs[0].command, std::vector<std::string>{"./examples/sync-issues.sh"});
+  EXPECT_EQ(g.syncs[0].timeout, std::chrono::hours(1));
+  EXPECT_EQ(g.connections, std::vector<std::string>{"acme"});
+  ASSERT_EQ(c.api_keys.size(), 1u);
+  EXPECT_EQ(c.api_keys[0].key, "change-me");
+  EXPECT_EQ(c.api_keys[0].scopes, std::vector<std::string>{"*"});
+}
+
+TEST(Config, EveryField) {
+  Config c = Ok(R"({
+    // comments are allowed
+    "listen": "[::1]:0",
+    "database": ":memory:",
+    "frequency_bounds": {"min": "1s", "max": "1d"},
+    "api_keys": [{"name": "ci", "key": "k", "scopes": ["environment:syncs:read"]}],
+    "worker_threads": 8, "http_threads": 3,
+    "default_run_timeout": "2h", "shutdown_grace": "5s", "kill_grace": "1s",
+    "limits": {"max_body_bytes": 4096, "max_header_bytes": 2048, "max_connections": 10,
+               "max_json_depth": 8, "read_timeout": "5s", "idle_timeout": "10s"},
+    "log_level": "debug",
+    "integrations": {"a b": {"syncs": {"s": {"runs": "5s", "auto_start": false,
+        "command": ["/bin/true", "--x"], "heartbeat_timeout": "1m"}}}}
+  })");
+  EXPECT_EQ(c.listen_host, "::1");
+  EXPECT_EQ(c.listen_port, 0);
+  EXPECT_EQ(c.frequency_bounds.min, std::chrono::seconds(1));
+  EXPECT_EQ(c.api_keys[0].name, "ci");
+  EXPECT_EQ(c.worker_threads, 8u);
+  EXPECT_EQ(c.http_threads, 3u);
+  EXPECT_EQ(c.default_run_timeout, std::chrono::hours(2));
+  EXPECT_EQ(c.shutdown_grace, std::chrono::seconds(5));
+  EXPECT_EQ(c.kill_grace, std::chrono::seconds(1));
+  EXPECT_EQ(c.limits.max_body_bytes, 4096u);
+  EXPECT_EQ(c.limits.max_header_bytes, 2048u);
+  EXPECT_EQ(c.limits.max_connections, 10u);
+  EXPECT_EQ(c.limits.max_json_depth, 8);
+  EXPECT_EQ(c.limits.read_timeout, std::chrono::seconds(5));
+  EXPECT_EQ(c.limits.idle_timeout, std::chrono::seconds(10));
+  EXPECT_EQ(c.log_level, LogLevel::kDebug);
+  EXPECT_FALSE(c.integrations[0].syncs[0].auto_start);
+  EXPECT_EQ(c.integrations[0].syncs[0].heartbeat_timeout, std::chrono::minutes(1));
+  EXPECT_FALSE(c.integrations[0].syncs[0].timeout.has_value());
+}
+
+TEST(Config, ErrorsNameTheField) {
+  struct Case {
+    std::string text;
+    std::string field;
+  };
+  const std::string sync = R"(integrations["github"].syncs["issues"])";
+  std::vector<Case> cases = {
+      {"not json", ""},
+      {"[]", ""},
+      {"{}", "database"},
+      {R"({"database": 1})", "database"},
+      {R"({"database": ""})", "database"},
+      {R"({"database": "x", "port": 1})", "port"},
+      {R"({"database": "x", "listen": "3003"})", "listen"},
+      {R"({"database": "x", "listen": "example.com:3003"})", "listen"},
+      {R"({"database": "x", "listen": "127.0.0.1:70000"})", "listen"},
+      {R"({"database": "x", "frequency_bounds": {"min": "soon"}})", "frequency_bounds.min"},
+      {R"({"database": "x", "frequency_bounds": {"min": "2h", "max": "1h"}})",
+       "frequency_bounds.min"},
+      {R"({"database": "x", "frequency_bounds": {"avg": "1h"}})", "frequency_bounds.avg"},
+      {R"({"database": "x", "api_keys": {}})", "api_keys"},
+      {R"({"database": "x", "api_keys": [{"scopes": ["*"]}]})", "api_keys[0].key"},
+      {R"({"database": "x", "api_keys": [{"key": "", "scopes": ["*"]}]})", "api_keys[0].key"},
+      {R"({"database": "x", "api_keys": [{"key": "k"}]})", "api_keys[0].scopes"},
+      {R"({"database": "x", "api_keys": [{"key": "k", "scopes": ["admin"]}]})",
+       "api_keys[0].scopes[0]"},
+      {R"({"database": "x", "api_keys": [{"key": "k", "scopes": ["*"]}, {"key": "k", "scopes": ["*"]}]})",
+       "api_keys[1].key"},
+      {R"({"database": "x", "worker_threads": 0})", "worker_threads"},
+      {R"({"database": "x", "worker_threads": "4"})", "worker_threads"},
+      {R"({"database": "x", "shutdown_grace": "later"})", "shutdown_grace"},
+      {R"({"database": "x", "limits": {"max_body_bytes": 10}})", "limits.max_body_bytes"},
+      {R"({"database": "x", "limits": {"max_bodies": 10}})", "limits.max_bodies"},
+      {R"({"database": "x", "log_level": "loud"})", "log_level"},
+      {R"({"database": "x", "integrations": []})", "integrations"},
+      {R"({"database": "x", "integrations": {"a/b": {}}})", R"(integrations["a/b"])"},
+      {R"({"database": "x", "integrations": {"g": {"sync": {}}}})", R"(integrations["g"].sync)"},
+      {R"({"database": "x", "integrations": {"g": {"connections": "acme"}}})",
+       R"(integrations["g"].connections)"},
+      {R"({"database": "x", "integrations": {"g": {"connections": ["a", "a"]}}})",
+       R"(integrations["g"].connections[1])"},
+      {R"({"database": "x", "integrations": {"g": {"connections": [""]}}})",
+       R"(integrations["g"].connections[0])"},
+      {R"({"database": "x", "integrations": {"g": {"syncs": {"a.b": {}}}}})",
+       R"(integrations["g"].syncs["a.b"])"},
+      {WithSync(R"("command": ["x"])"), sync + ".runs"},
+      {WithSync(R"("runs": "every fortnight", "command": ["x"])"), sync + ".runs"},
+      {WithSync(R"("runs": "1s", "command": ["x"])"), sync + ".runs"},
+      {WithSync(R"("runs": "1h")"), sync + ".command"},
+      {WithSync(R"("runs": "1h", "command": [])"), sync + ".command"},
+      {WithSync(R"("runs": "1h", "command": "./x.sh")"), sync + ".command"},
+      {WithSync(R"("runs": "1h", "command": [1])"), sync + ".command[0]"},
+      {WithSync(R"("runs": "1h", "command": [""])"), sync + ".command[0]"},
+      {WithSync(R"("runs": "1h", "command": ["x"], "auto_start": "yes")"), sync + ".auto_start"},
+      {WithSync(R"("runs": "1h", "command": ["x"], "timeout": 60)"), sync + ".timeout"},
+      {WithSync(R"("runs": "1h", "command": ["x"], "retries": 3)"), sync + ".retries"},
+      {WithSync(R"("runs": "1h", "command": ["x"], "heartbeat_timeout": "1s")"),
+       sync + ".heartbeat_timeout"},
+  };
+  for (const Case& c : cases) {
+    ConfigError e = Err(c.text);
+    EXPECT_EQ(e.field, c.field) << c.text << "\n" << e.message;
+    EXPECT_FALSE(e.message.empty());
+    if (!c.field.empty() && c.field.find('[') == std::string::npos) {
+      EXPECT_NE(e.message.find(c.field.substr(c.field.rfind('.') + 1)), std::string::npos)
+          << "the message names the field: " << e.message;
+    }
+  }
+}
+
+TEST(Config, ASyncWithoutACommandSaysWhatIsExpected) {
+  ConfigError e = Err(WithSync(R"("runs": "1h")"));
+  EXPECT_NE(e.message.find("required"), std::string::npos) << e.message;
+  EXPECT_NE(e.message.find("argv"), std::string::npos) << e.message;
+}
+
+TEST(Config, TheExampleFileIsValid) {
+  ConfigResult r =
+      LoadConfig(std::string(SYNCSCHED_SOURCE_DIR) + "/examples/daemon/syncschedd.json");
+  ASSERT_TRUE(std::holds_alternative<Config>(r)) << std::get<ConfigError>(r).message;
+  const Config& c = std::get<Config>(r);
+  EXPECT_EQ(c.listen_port, 3003);
+  EXPECT_EQ(c.database, "syncsched.db");
+  EXPECT_EQ(c.api_keys.at(0).key, "change-me");
+}
+
+TEST(Config, UnreadableFile) {
+  ConfigResult r = LoadConfig("/nonexistent/syncschedd.json");
+  ASSERT_TRUE(std::holds_alternative<ConfigError>(r));
+  EXPECT_NE(std::get<ConfigError>(r).message.find("/nonexistent/syncschedd.json"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace syncsched::daemon

@@ -1,0 +1,861 @@
+// The HTTP API over real sockets on 127.0.0.1, with the daemon running in-process on a free port
+// and real commands recording their runs. Every route, every error status, and bad requests that
+// must change nothing (the state is compared through GET /sync/status before and after).
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <memory>
+
+#include "daemon/daemon.h"
+#include "test_util.h"
+
+namespace syncsched::daemon {
+namespace {
+
+using namespace std::chrono_literals;
+using syncsched::testing::Client;
+using syncsched::testing::Json;
+using syncsched::testing::ProcessGone;
+using syncsched::testing::ReadFile;
+using syncsched::testing::ReadLines;
+using syncsched::testing::Reply;
+using syncsched::testing::TempDir;
+using syncsched::testing::WaitFor;
+namespace http = boost::beast::http;
+
+class HttpTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    log_file_ = std::fopen((dir_ / "daemon.log").c_str(), "w");
+    log_ = std::make_unique<Logger>(LogLevel::kInfo, log_file_);
+    config_ = MakeConfig();
+    Customize(config_);
+    auto started = Daemon::Start(config_, *log_);
+    ASSERT_TRUE(started.ok()) << started.status();
+    daemon_ = std::move(started.value());
+    client_ = std::make_unique<Client>(daemon_->port());
+  }
+  void TearDown() override {
+    client_.reset();
+    daemon_.reset();
+    log_.reset();
+    if (log_file_) std::fclose(log_file_);
+  }
+  virtual void Customize(Config&) {}
+
+  // github: `issues` starts by itself on every connection; `pulls` waits for a start; `slow`
+  // runs until stopped; `fail` fails. Connections acme and globex.
+  Config MakeConfig() {
+    Config c;
+    c.listen_host = "127.0.0.1";
+    c.listen_port = 0;
+    c.database = dir_ / "syncsched.db";
+    c.shutdown_grace = 500ms;
+    c.kill_grace = 2s;
+    c.limits.max_body_bytes = 64 << 10;
+    c.limits.max_header_bytes = 8 << 10;
+    c.api_keys = {{"all", "test-key", {"*"}},
+                  {"reader", "read-key", {"environment:syncs:read"}},
+                  {"executor", "exec-key", {"environment:syncs:execute"}},
+                  {"updater", "update-key", {"environment:syncs:update"}},
+                  {"connector", "conn-key", {"environment:connections:write"}}};
+    const std::string record =
+        "echo \"$SYNCSCHED_CONNECTION $SYNCSCHED_SYNC $SYNCSCHED_VARIANT "
+        "$SYNCSCHED_MODE\" >> '" +
+        (dir_ / "runs.txt") + "'";
+    IntegrationConfig github;
+    github.key = "github";
+    github.syncs = {
+        {"issues", "every 1h", true, {"/bin/sh", "-c", record}, std::nullopt, std::nullopt},
+        {"pulls", "every 1h", false, {"/bin/sh", "-c", record}, std::nullopt, std::nullopt},
+        {"slow",
+         "every 1h",
+         false,
+         {"/bin/sh", "-c", record + "; echo $$ >> '" + (dir_ / "slow.pids") + "'; sleep 30"},
+         std::nullopt,
+         std::nullopt},
+        {"fail",
+         "every 1h",
+         false,
+         {"/bin/sh", "-c", "echo working; echo 'upstream said: 500' >&2; exit 3"},
+         std::nullopt,
+         std::nullopt},
+    };
+    github.connections = {"acme", "globex"};
+    c.integrations = {github};
+    return c;
+  }
+
+  std::vector<std::string> Runs() { return ReadLines(dir_ / "runs.txt"); }
+  std::size_t RunsOf(const std::string& line) {
+    std::size_t n = 0;
+    for (const std::string& l : Runs()) n += l == line;
+    return n;
+  }
+
+  Json Status(const std::string& query = "provider_config_key=github&syncs=*") {
+    Reply r = client_->Get("/sync/status?" + query);
+    EXPECT_EQ(r.status, 200u) << r.body;
+    return r.json();
+  }
+  // The status item of one schedule.
+  Json Item(const std::string& connection, const std::string& sync,
+            const std::string& variant = "base") {
+    Json all = Status("provider_config_key=github&connection_id=" + connection + "&syncs=" + sync +
+                      "::" + variant);
+    EXPECT_EQ(all["syncs"].size(), 1u) << all.dump();
+    return all["syncs"].size() == 1 ? all["syncs"][0] : Json();
+  }
+  bool NothingRunning() {
+    Json all = Status();  // kept alive: a range-for over Status()["syncs"] would dangle
+    for (const Json& item : all["syncs"]) {
+      if (item["status"] == "RUNNING") return false;
+    }
+    return true;
+  }
+  // Waits for the runs `issues` makes at start-up and for every run to end.
+  void Settle() {
+    ASSERT_TRUE(WaitFor([&] {
+      return RunsOf("acme issues base incremental") == 1 &&
+             RunsOf("globex issues base incremental") == 1;
+    }));
+    ASSERT_TRUE(WaitFor([&] { return NothingRunning(); }));
+  }
+  // Waits until `slow` has started `n` processes; returns the last one's pid.
+  pid_t SlowPid(std::size_t n) {
+    EXPECT_TRUE(WaitFor([&] { return ReadLines(dir_ / "slow.pids").size() >= n; }));
+    auto pids = ReadLines(dir_ / "slow.pids");
+    return pids.size() >= n ? static_cast<pid_t>(std::stol(pids[n - 1])) : -1;
+  }
+
+  // The state, as GET /sync/status shows it, is `before`; a mismatch prints the difference.
+  void ExpectUnchanged(const Json& before) {
+    Json now = Status();
+    EXPECT_EQ(now, before) << "changes: " << Json::diff(before, now).dump();
+  }
+  void ExpectError(const Reply& r, unsigned status, const std::string& code) {
+    EXPECT_EQ(r.status, status) << r.body;
+    EXPECT_EQ(r.code(), code) << r.body;
+    Json j = r.json();
+    EXPECT_TRUE(j.contains("message") && j["message"].is_string() &&
+                !j["message"].get<std::string>().empty())
+        << r.body;
+    EXPECT_EQ(j["error"]["code"], code) << r.body;
+  }
+
+  TempDir dir_;
+  std::FILE* log_file_ = nullptr;
+  std::unique_ptr<Logger> log_;
+  Config config_;
+  std::unique_ptr<Daemon> daemon_;
+  std::unique_ptr<Client> client_;
+};
+
+// ---- Routes ----
+
+TEST_F(HttpTest, HealthNeedsNoKey) {
+  Reply r = client_->Get("/health", "");
+  EXPECT_EQ(r.status, 200u);
+  EXPECT_EQ(r.json()["status"], "ok");
+  EXPECT_EQ(r.headers["Content-Type"], "application/json");
+}
+
+TEST_F(HttpTest, AutoStartedSyncsRunOnEveryConnection) {
+  Settle();
+  Json acme = Item("acme", "issues");
+  EXPECT_EQ(acme["status"], "SUCCESS");
+  EXPECT_EQ(acme["schedule_status"], "STARTED");
+  EXPECT_TRUE(acme["nextScheduledSyncAt"].is_string());
+  EXPECT_TRUE(acme["finishedAt"].is_string());
+  EXPECT_EQ(acme["frequency"], "1h");
+  EXPECT_EQ(acme["latestExecutionStatus"], "SUCCESS");
+  EXPECT_TRUE(acme["error"].is_null());
+  Json pulls = Item("acme", "pulls");
+  EXPECT_EQ(pulls["status"], "PAUSED");
+  EXPECT_TRUE(pulls["nextScheduledSyncAt"].is_null());
+  EXPECT_TRUE(pulls["finishedAt"].is_null());
+}
+
+TEST_F(HttpTest, StartRunsAPausedSyncAtOnce) {
+  Settle();
+  Reply r = client_->Post("/sync/start", R"({"provider_config_key": "github",
+      "connection_id": "acme", "syncs": ["pulls"]})");
+  EXPECT_EQ(r.status, 200u) << r.body;
+  EXPECT_EQ(r.body, R"({"success":true})");
+  EXPECT_TRUE(WaitFor([&] { return RunsOf("acme pulls base incremental") == 1; }));
+  Json item = Item("acme", "pulls");
+  EXPECT_EQ(item["schedule_status"], "STARTED");
+  EXPECT_TRUE(item["nextScheduledSyncAt"].is_string());
+  EXPECT_EQ(RunsOf("globex pulls base incremental"), 0u);
+}
+
+TEST_F(HttpTest, StartingAStartedScheduleChangesNothing) {
+  Settle();
+  Json before = Status();
+  Reply r =
+      client_->Post("/sync/start", R"({"provider_config_key": "github", "syncs": ["issues"]})");
+  EXPECT_EQ(r.status, 200u) << r.body;
+  ExpectUnchanged(before);
+  EXPECT_EQ(RunsOf("acme issues base incremental"), 1u);
+}
+
+TEST_F(HttpTest, StartWithoutAConnectionStartsEveryConnection) {
+  Settle();
+  Reply r = client_->Post("/sync/start",
+                          R"({"provider_config_key": "github", "syncs": [{"name": "pulls"}]})");
+  EXPECT_EQ(r.status, 200u) << r.body;
+  EXPECT_TRUE(WaitFor([&] {
+    return RunsOf("acme pulls base incremental") == 1 &&
+           RunsOf("globex pulls base incremental") == 1;
+  }));
+}
+
+TEST_F(HttpTest, PauseStopsTheSchedule) {
+  Settle();
+  Reply r = client_->Post("/sync/pause", R"({"provider_config_key": "github",
+      "connection_id": "acme", "syncs": ["issues"]})");
+  EXPECT_EQ(r.status, 200u) << r.body;
+  Json item = Item("acme", "issues");
+  EXPECT_EQ(item["status"], "PAUSED");
+  EXPECT_EQ(item["schedule_status"], "PAUSED");
+  EXPECT_TRUE(item["nextScheduledSyncAt"].is_null());
+  EXPECT_EQ(Item("globex", "issues")["schedule_status"], "STARTED");
+  // Pausing a paused schedule is a no-op.
+  Json before = Status();
+  EXPECT_EQ(client_
+                ->Post("/sync/pause", R"({"provider_config_key": "github",
+      "connection_id": "acme", "syncs": ["issues"]})")
+                .status,
+            200u);
+  ExpectUnchanged(before);
+}
+
+TEST_F(HttpTest, PauseStopsTheRunInFlight) {
+  Settle();
+  ASSERT_EQ(client_
+                ->Post("/sync/start", R"({"provider_config_key": "github",
+      "connection_id": "globex", "syncs": ["slow"]})")
+                .status,
+            200u);
+  pid_t pid = SlowPid(1);
+  EXPECT_EQ(Item("globex", "slow")["status"], "RUNNING");
+  ASSERT_EQ(client_
+                ->Post("/sync/pause", R"({"provider_config_key": "github",
+      "connection_id": "globex", "syncs": ["slow"]})")
+                .status,
+            200u);
+  EXPECT_TRUE(WaitFor([&] { return ProcessGone(pid); }));
+  EXPECT_TRUE(WaitFor([&] { return Item("globex", "slow")["status"] == "PAUSED"; }));
+}
+
+TEST_F(HttpTest, TriggerModes) {
+  Settle();
+  struct Case {
+    std::string extra;
+    std::string mode;
+  };
+  std::vector<Case> cases = {
+      {"", "incremental"},
+      {R"(, "opts": {"reset": true})", "full_resync"},
+      {R"(, "opts": {"reset": false})", "incremental"},
+      {R"(, "opts": {"reset": true, "emptyCache": true})", "full_resync"},
+      {R"(, "sync_mode": "full_refresh")", "full_resync"},
+      {R"(, "sync_mode": "full_refresh_and_clear_cache")", "full_resync"},
+      {R"(, "sync_mode": "incremental")", "incremental"},
+      {R"(, "full_resync": true)", "full_resync"},
+  };
+  std::size_t expected = Runs().size();
+  for (const Case& c : cases) {
+    Reply r = client_->Post("/sync/trigger", R"({"provider_config_key": "github",
+        "connection_id": "acme", "syncs": ["pulls"])" +
+                                                 c.extra + "}");
+    EXPECT_EQ(r.status, 200u) << c.extra << ": " << r.body;
+    ++expected;
+    ASSERT_TRUE(WaitFor([&] { return Runs().size() == expected && NothingRunning(); }))
+        << c.extra << "\nruns:\n"
+        << ReadFile(dir_ / "runs.txt");
+    EXPECT_EQ(Runs().back(), "acme pulls base " + c.mode) << c.extra;
+  }
+  // A trigger leaves a paused schedule paused.
+  EXPECT_EQ(Item("acme", "pulls")["schedule_status"], "PAUSED");
+}
+
+TEST_F(HttpTest, FullResyncPreemptsTheRunInFlight) {
+  Settle();
+  ASSERT_EQ(client_
+                ->Post("/sync/trigger", R"({"provider_config_key": "github",
+      "connection_id": "acme", "syncs": ["slow"]})")
+                .status,
+            200u);
+  pid_t first = SlowPid(1);
+  // An incremental trigger while running does nothing.
+  ASSERT_EQ(client_
+                ->Post("/sync/trigger", R"({"provider_config_key": "github",
+      "connection_id": "acme", "syncs": ["slow"]})")
+                .status,
+            200u);
+  ASSERT_EQ(client_
+                ->Post("/sync/trigger", R"({"provider_config_key": "github",
+      "connection_id": "acme", "syncs": ["slow"], "opts": {"reset": true}})")
+                .status,
+            200u);
+  EXPECT_TRUE(WaitFor([&] { return ProcessGone(first); }));
+  pid_t second = SlowPid(2);
+  EXPECT_NE(second, first);
+  EXPECT_EQ(RunsOf("acme slow base incremental"), 1u);
+  EXPECT_EQ(RunsOf("acme slow base full_resync"), 1u);
+}
+
+TEST_F(HttpTest, AFailedRunShowsItsError) {
+  Settle();
+  ASSERT_EQ(client_
+                ->Post("/sync/trigger", R"({"provider_config_key": "github",
+      "connection_id": "acme", "syncs": ["fail"]})")
+                .status,
+            200u);
+  ASSERT_TRUE(WaitFor([&] { return Item("acme", "fail")["latestExecutionStatus"] == "ERROR"; }))
+      << Item("acme", "fail").dump();
+  Json item = Item("acme", "fail");
+  EXPECT_EQ(item["status"], "PAUSED");  // a paused schedule shows PAUSED, whatever its last run
+  EXPECT_EQ(item["error"], "upstream said: 500");
+  EXPECT_EQ(item["latestExecutionStatus"], "ERROR");
+  EXPECT_TRUE(item["finishedAt"].is_string());
+}
+
+TEST_F(HttpTest, StatusSelectors) {
+  Settle();
+  EXPECT_EQ(Status()["syncs"].size(), 8u);  // 4 syncs x 2 connections
+  EXPECT_EQ(Status("provider_config_key=github&connection_id=acme&syncs=*")["syncs"].size(), 4u);
+  Json two = Status("provider_config_key=github&connection_id=acme&syncs=issues,pulls::base");
+  ASSERT_EQ(two["syncs"].size(), 2u);
+  std::set<std::string> names;
+  for (const Json& item : two["syncs"]) {
+    names.insert(item["name"]);
+    EXPECT_EQ(item["connection_id"], "acme");
+    EXPECT_EQ(item["variant"], "base");
+    for (const char* field :
+         {"id", "connection_id", "name", "variant", "status", "frequency", "nextScheduledSyncAt",
+          "finishedAt", "latestResult", "latestExecutionStatus", "recordCount", "error"}) {
+      EXPECT_TRUE(item.contains(field)) << field;
+    }
+  }
+  EXPECT_EQ(names, (std::set<std::string>{"issues", "pulls"}));
+  EXPECT_EQ(Status("provider_config_key=github&syncs=issues")["syncs"].size(), 2u);
+  ExpectError(client_->Get("/sync/status?provider_config_key=github&syncs=nope"), 400,
+              "unknown_sync");
+  ExpectError(client_->Get("/sync/status?provider_config_key=github&syncs=issues::eu"), 400,
+              "unknown_sync");
+  ExpectError(client_->Get("/sync/status?provider_config_key=gitlab&syncs=*"), 400,
+              "unknown_provider_config");
+  ExpectError(client_->Get("/sync/status?provider_config_key=github&connection_id=nobody&syncs=*"),
+              404, "unknown_connection");
+}
+
+TEST_F(HttpTest, UpdateFrequency) {
+  Settle();
+  const std::string base =
+      R"("provider_config_key": "github", "connection_id": "acme", "sync_name": "issues")";
+  Reply r = client_->Put("/sync/update-connection-frequency",
+                         "{" + base + R"(, "frequency": "every 2 hours"})");
+  EXPECT_EQ(r.status, 200u) << r.body;
+  EXPECT_EQ(r.body, R"({"frequency":"2h"})");
+  EXPECT_EQ(Item("acme", "issues")["frequency"], "2h");
+  EXPECT_EQ(Item("acme", "issues")["frequency_overridden"], true);
+  EXPECT_EQ(Item("globex", "issues")["frequency"], "1h");
+
+  r = client_->Put("/sync/update-connection-frequency", "{" + base + R"(, "frequency": null})");
+  EXPECT_EQ(r.status, 200u) << r.body;
+  EXPECT_EQ(r.body, R"({"frequency":"1h"})");
+  EXPECT_EQ(Item("acme", "issues")["frequency_overridden"], false);
+
+  Json before = Status();
+  Reply bad = client_->Put("/sync/update-connection-frequency",
+                           "{" + base + R"(, "frequency": "every fortnight"})");
+  ExpectError(bad, 400, "invalid_frequency");
+  EXPECT_EQ(bad.json()["field"], "frequency");
+  EXPECT_NE(bad.json()["message"].get<std::string>().find("every fortnight"), std::string::npos);
+  ExpectError(
+      client_->Put("/sync/update-connection-frequency", "{" + base + R"(, "frequency": "5s"})"),
+      400, "invalid_frequency");
+  ExpectError(client_->Put("/sync/update-connection-frequency",
+                           R"({"provider_config_key": "github", "connection_id": "nobody",
+                               "sync_name": "issues", "frequency": "2h"})"),
+              404, "unknown_connection");
+  ExpectError(client_->Put("/sync/update-connection-frequency",
+                           R"({"provider_config_key": "github", "connection_id": "acme",
+                               "sync_name": "nope", "frequency": "2h"})"),
+              400, "unknown_sync");
+  Reply variant = client_->Put("/sync/update-connection-frequency",
+                               R"({"provider_config_key": "github", "connection_id": "acme",
+                                   "sync_name": "issues", "sync_variant": "eu", "frequency": "2h"})");
+  ExpectError(variant, 400, "unknown_sync");
+  EXPECT_EQ(variant.json()["field"], "sync_variant");
+  ExpectError(client_->Put("/sync/update-connection-frequency",
+                           R"({"provider_config_key": "gitlab", "connection_id": "acme",
+                               "sync_name": "issues", "frequency": "2h"})"),
+              400, "unknown_provider_config");
+  ExpectUnchanged(before);
+}
+
+TEST_F(HttpTest, Variants) {
+  Settle();
+  const std::string body = R"({"provider_config_key": "github", "connection_id": "acme"})";
+  Reply created = client_->Post("/sync/pulls/variant/eu", body);
+  ASSERT_EQ(created.status, 200u) << created.body;
+  Json j = created.json();
+  EXPECT_EQ(j["name"], "pulls");
+  EXPECT_EQ(j["variant"], "eu");
+  Json item = Item("acme", "pulls", "eu");
+  EXPECT_EQ(j["id"], item["id"]);
+  EXPECT_EQ(item["schedule_status"], "PAUSED");  // pulls does not auto-start
+
+  ASSERT_EQ(client_
+                ->Post("/sync/start", R"({"provider_config_key": "github",
+      "connection_id": "acme", "syncs": ["pulls::eu"]})")
+                .status,
+            200u);
+  EXPECT_TRUE(WaitFor([&] { return RunsOf("acme pulls eu incremental") == 1; }));
+  EXPECT_TRUE(WaitFor([&] { return NothingRunning(); }));
+
+  Json before = Status();
+  ExpectError(client_->Post("/sync/pulls/variant/eu", body), 409, "sync_variant_already_exists");
+  ExpectError(client_->Post("/sync/pulls/variant/base", body), 400, "invalid_variant");
+  ExpectError(client_->Post("/sync/pulls/variant/e.u", body), 400, "invalid_variant");
+  ExpectError(client_->Post("/sync/nope/variant/eu", body), 400, "unknown_sync");
+  ExpectError(client_->Post("/sync/pulls/variant/us",
+                            R"({"provider_config_key": "github", "connection_id": "nobody"})"),
+              404, "unknown_connection");
+  ExpectError(client_->Post("/sync/pulls/variant/us",
+                            R"({"provider_config_key": "gitlab", "connection_id": "acme"})"),
+              400, "unknown_provider_config");
+  ExpectError(client_->Delete("/sync/pulls/variant/base", body), 400, "invalid_variant");
+  ExpectError(client_->Delete("/sync/pulls/variant/us", body), 404, "unknown_variant");
+  ExpectUnchanged(before);
+
+  Reply deleted = client_->Delete("/sync/pulls/variant/eu", body);
+  EXPECT_EQ(deleted.status, 200u) << deleted.body;
+  EXPECT_EQ(deleted.body, R"({"success":true})");
+  ExpectError(
+      client_->Get("/sync/status?provider_config_key=github&connection_id=acme&syncs=pulls::eu"),
+      400, "unknown_sync");
+  ExpectError(client_->Delete("/sync/pulls/variant/eu", body), 404, "unknown_variant");
+  // Deleted keys can be created afresh.
+  EXPECT_EQ(client_->Post("/sync/pulls/variant/eu", body).status, 200u);
+}
+
+TEST_F(HttpTest, Connections) {
+  Settle();
+  Reply created = client_->Post("/connections",
+                                R"({"provider_config_key": "github", "connection_id": "initech"})");
+  ASSERT_EQ(created.status, 200u) << created.body;
+  EXPECT_EQ(created.json()["connection_id"], "initech");
+  EXPECT_TRUE(WaitFor([&] { return RunsOf("initech issues base incremental") == 1; }));
+  EXPECT_TRUE(WaitFor([&] { return NothingRunning(); }));
+  EXPECT_EQ(Item("initech", "pulls")["schedule_status"], "PAUSED");
+
+  Json before = Status();
+  ExpectError(client_->Post("/connections",
+                            R"({"provider_config_key": "github", "connection_id": "initech"})"),
+              409, "connection_already_exists");
+  ExpectError(client_->Post("/connections",
+                            R"({"provider_config_key": "gitlab", "connection_id": "initech"})"),
+              400, "unknown_provider_config");
+  ExpectError(client_->Delete("/connections/nobody?provider_config_key=github"), 404,
+              "unknown_connection");
+  ExpectError(client_->Delete("/connections/initech?provider_config_key=gitlab"), 400,
+              "unknown_provider_config");
+  ExpectError(client_->Delete("/connections/initech"), 400, "missing_field");
+  ExpectUnchanged(before);
+
+  Reply deleted = client_->Delete("/connections/initech?provider_config_key=github");
+  EXPECT_EQ(deleted.status, 200u) << deleted.body;
+  EXPECT_EQ(deleted.body, R"({"success":true})");
+  ExpectError(client_->Get("/sync/status?provider_config_key=github&connection_id=initech&syncs=*"),
+              404, "unknown_connection");
+  ExpectError(client_->Delete("/connections/initech?provider_config_key=github"), 404,
+              "unknown_connection");
+  // And again, afresh.
+  EXPECT_EQ(
+      client_
+          ->Post("/connections", R"({"provider_config_key": "github", "connection_id": "initech"})")
+          .status,
+      200u);
+}
+
+TEST_F(HttpTest, ConnectionIdsWithSpacesAndSlashes) {
+  Settle();
+  ASSERT_EQ(client_
+                ->Post("/connections", R"({"provider_config_key": "github",
+      "connection_id": "acme corp/eu"})")
+                .status,
+            200u);
+  EXPECT_EQ(
+      Status("provider_config_key=github&connection_id=acme+corp%2Feu&syncs=*")["syncs"].size(),
+      4u);
+  EXPECT_EQ(client_->Delete("/connections/acme%20corp%2Feu?provider_config_key=github").status,
+            200u);
+}
+
+TEST_F(HttpTest, DeletingAConnectionStopsItsRunInFlight) {
+  Settle();
+  ASSERT_EQ(client_
+                ->Post("/sync/start", R"({"provider_config_key": "github",
+      "connection_id": "acme", "syncs": ["slow"]})")
+                .status,
+            200u);
+  pid_t pid = SlowPid(1);
+  ASSERT_EQ(client_->Delete("/connections/acme?provider_config_key=github").status, 200u);
+  EXPECT_TRUE(WaitFor([&] { return ProcessGone(pid); }));
+}
+
+TEST_F(HttpTest, Metrics) {
+  Settle();
+  Reply r = client_->Get("/metrics", "read-key");
+  EXPECT_EQ(r.status, 200u) << r.body;
+  EXPECT_EQ(r.headers["Content-Type"], "text/plain; version=0.0.4; charset=utf-8");
+  EXPECT_NE(r.body.find("syncsched_runs_started_total"), std::string::npos) << r.body;
+  EXPECT_NE(r.body.find("syncschedd_http_responses_total{code=\"200\"}"), std::string::npos);
+  EXPECT_NE(r.body.find("syncschedd_commands_spawned_total 2\n"), std::string::npos) << r.body;
+  ExpectError(client_->Get("/metrics", ""), 401, "unauthorized");
+}
+
+// ---- Keys and scopes ----
+
+TEST_F(HttpTest, KeysAndScopes) {
+  Settle();
+  Json before = Status();
+  const std::string start = R"({"provider_config_key": "github", "syncs": ["pulls"]})";
+  Reply none = client_->Post("/sync/start", start, "");
+  ExpectError(none, 401, "unauthorized");
+  EXPECT_EQ(none.headers["WWW-Authenticate"], "Bearer");
+  ExpectError(client_->Post("/sync/start", start, "wrong-key"), 401, "unauthorized");
+  ExpectError(client_->Post("/sync/start", start, "test-key-but-longer"), 401, "unauthorized");
+  ExpectError(client_->Post("/sync/start", start, "test-ke"), 401, "unauthorized");
+  ExpectError(client_->Send(http::verb::post, "/sync/start", start, "",
+                            {{"Authorization", "Basic dGVzdC1rZXk6"}}),
+              401, "unauthorized");
+  Reply scope = client_->Post("/sync/start", start, "read-key");
+  ExpectError(scope, 403, "missing_scope");
+  EXPECT_NE(scope.json()["message"].get<std::string>().find("environment:syncs:execute"),
+            std::string::npos);
+  ExpectError(client_->Post("/sync/pause", start, "update-key"), 403, "missing_scope");
+  ExpectError(client_->Post("/sync/trigger", start, "conn-key"), 403, "missing_scope");
+  ExpectError(client_->Get("/sync/status?provider_config_key=github&syncs=*", "exec-key"), 403,
+              "missing_scope");
+  ExpectError(client_->Put("/sync/update-connection-frequency",
+                           R"({"provider_config_key": "github", "connection_id": "acme",
+                               "sync_name": "issues", "frequency": "2h"})",
+                           "exec-key"),
+              403, "missing_scope");
+  ExpectError(
+      client_->Post("/sync/pulls/variant/eu",
+                    R"({"provider_config_key": "github", "connection_id": "acme"})", "read-key"),
+      403, "missing_scope");
+  ExpectError(
+      client_->Post("/connections", R"({"provider_config_key": "github", "connection_id": "x"})",
+                    "update-key"),
+      403, "missing_scope");
+  ExpectError(client_->Delete("/connections/acme?provider_config_key=github", "", "exec-key"), 403,
+              "missing_scope");
+  ExpectUnchanged(before);
+
+  // Each scope opens its routes; the scheme's case does not matter.
+  EXPECT_EQ(client_->Get("/sync/status?provider_config_key=github&syncs=*", "read-key").status,
+            200u);
+  EXPECT_EQ(client_
+                ->Send(http::verb::get, "/sync/status?provider_config_key=github&syncs=*", "", "",
+                       {{"Authorization", "bearer read-key"}})
+                .status,
+            200u);
+  EXPECT_EQ(client_->Post("/sync/start", start, "exec-key").status, 200u);
+  EXPECT_EQ(client_
+                ->Put("/sync/update-connection-frequency",
+                      R"({"provider_config_key": "github", "connection_id": "acme",
+                             "sync_name": "issues", "frequency": "2h"})",
+                      "update-key")
+                .status,
+            200u);
+  EXPECT_EQ(client_
+                ->Post("/connections", R"({"provider_config_key": "github", "connection_id": "x"})",
+                       "conn-key")
+                .status,
+            200u);
+}
+
+// ---- Routing and framing ----
+
+TEST_F(HttpTest, UnknownRoutesAndWrongMethods) {
+  ExpectError(client_->Get("/sync/stop"), 404, "route_not_found");
+  ExpectError(client_->Get("/"), 404, "route_not_found");
+  ExpectError(client_->Get("/sync/a/variant"), 404, "route_not_found");
+  ExpectError(client_->Get("/sync/start", ""), 405, "method_not_allowed");
+  Reply r = client_->Get("/sync/start");
+  ExpectError(r, 405, "method_not_allowed");
+  EXPECT_EQ(r.headers["Allow"], "POST");
+  Reply v = client_->Send(http::verb::put, "/sync/a/variant/b", "{}");
+  ExpectError(v, 405, "method_not_allowed");
+  EXPECT_EQ(v.headers["Allow"], "POST, DELETE");
+  ExpectError(client_->Post("/sync/status", "{}"), 405, "method_not_allowed");
+  ExpectError(client_->Post("/health", ""), 405, "method_not_allowed");
+  ExpectError(client_->Send(http::verb::patch, "/connections/acme", "{}"), 405,
+              "method_not_allowed");
+}
+
+TEST_F(HttpTest, BadRequestsChangeNothing) {
+  Settle();
+  Json before = Status();
+  struct Case {
+    http::verb verb;
+    std::string target;
+    std::string body;
+    unsigned status;
+    std::string code;
+  };
+  const std::string deep = std::string(10000, '[') + std::string(10000, ']');
+  std::string many = R"({"provider_config_key": "github", "syncs": [)";
+  for (int i = 0; i < 257; ++i) many += (i ? ",\"pulls\"" : "\"pulls\"");
+  many += "]}";
+  std::vector<Case> cases = {
+      {http::verb::post, "/sync/start", "", 400, "invalid_json"},
+      {http::verb::post, "/sync/start", "{", 400, "invalid_json"},
+      {http::verb::post, "/sync/start", "not json", 400, "invalid_json"},
+      {http::verb::post, "/sync/start", "\"\xff\"", 400, "invalid_json"},
+      {http::verb::post, "/sync/start", deep, 400, "invalid_json"},
+      {http::verb::post, "/sync/start", many, 400, "too_many_syncs"},
+      {http::verb::post, "/sync/start", "[]", 400, "invalid_body"},
+      {http::verb::post, "/sync/start",
+       R"({"provider_config_key": "github", "syncs": ["pulls"], "syncs": []})", 400,
+       "invalid_json"},
+      {http::verb::post, "/sync/start", R"({"provider_config_key": "github"})", 400,
+       "missing_field"},
+      {http::verb::post, "/sync/start", R"({"provider_config_key": "github", "syncs": "pulls"})",
+       400, "invalid_type"},
+      {http::verb::post, "/sync/start", R"({"provider_config_key": ["github"], "syncs": []})", 400,
+       "invalid_type"},
+      {http::verb::post, "/sync/start",
+       R"({"provider_config_key": "github", "syncs": [], "force": true})", 400, "unknown_field"},
+      {http::verb::post, "/sync/start",
+       R"({"provider_config_key": "github", "syncs": ["pulls", "nope"]})", 400, "unknown_sync"},
+      {http::verb::post, "/sync/start",
+       R"({"provider_config_key": "github", "syncs": ["pulls::eu"]})", 400, "unknown_sync"},
+      {http::verb::post, "/sync/start", R"({"provider_config_key": "gitlab", "syncs": []})", 400,
+       "unknown_provider_config"},
+      {http::verb::post, "/sync/start",
+       R"({"provider_config_key": "github", "connection_id": "nobody", "syncs": []})", 404,
+       "unknown_connection"},
+      {http::verb::post, "/sync/start?dry_run=1",
+       R"({"provider_config_key": "github", "syncs": []})", 400, "unknown_field"},
+      {http::verb::post, "/sync/pause",
+       R"({"provider_config_key": "github", "syncs": [{"name": "issues", "variant": 2}]})", 400,
+       "invalid_type"},
+      {http::verb::post, "/sync/pause",
+       R"({"provider_config_key": "github", "connection_id": "nobody", "syncs": ["issues"]})", 404,
+       "unknown_connection"},
+      {http::verb::post, "/sync/trigger",
+       R"({"provider_config_key": "github", "syncs": ["pulls"], "opts": {"reset": "true"}})", 400,
+       "invalid_type"},
+      {http::verb::post, "/sync/trigger",
+       R"({"provider_config_key": "github", "syncs": ["pulls"], "sync_mode": "everything"})", 400,
+       "invalid_value"},
+      {http::verb::post, "/sync/trigger",
+       R"({"provider_config_key": "github", "syncs": ["pulls"], "opts": {}, "sync_mode": "incremental"})",
+       400, "conflicting_fields"},
+      {http::verb::post, "/sync/trigger",
+       R"({"provider_config_key": "github", "syncs": ["pulls", "nope"]})", 400, "unknown_sync"},
+      {http::verb::get, "/sync/status?provider_config_key=github", "", 400, "missing_field"},
+      {http::verb::get, "/sync/status?provider_config_key=github&syncs=*&syncs=a", "", 400,
+       "invalid_value"},
+      {http::verb::get, "/sync/status?provider_config_key=github&syncs=*&x=1", "", 400,
+       "unknown_field"},
+      {http::verb::get, "/sync/status?provider_config_key=github&syncs=%zz", "", 400,
+       "bad_request"},
+      {http::verb::get, "/sync/status?provider_config_key=github&syncs=*", "{}", 400,
+       "unexpected_body"},
+      {http::verb::put, "/sync/update-connection-frequency",
+       R"({"provider_config_key": "github", "connection_id": "acme", "sync_name": "issues"})", 400,
+       "missing_field"},
+      {http::verb::put, "/sync/update-connection-frequency",
+       R"({"provider_config_key": "github", "connection_id": "acme", "sync_name": "issues", "frequency": 3600})",
+       400, "invalid_type"},
+      {http::verb::post, "/sync/issues/variant/eu", R"({"provider_config_key": "github"})", 400,
+       "missing_field"},
+      {http::verb::post, "/sync/issues/variant/eu",
+       R"({"provider_config_key": "github", "connection_id": "acme", "frequency": "1h"})", 400,
+       "unknown_field"},
+      {http::verb::post, "/connections", R"({"provider_config_key": "github", "connection_id": 7})",
+       400, "invalid_type"},
+      {http::verb::post, "/connections",
+       R"({"provider_config_key": "github", "connection_id": ""})", 400, "invalid_value"},
+      {http::verb::delete_, "/connections/acme?provider_config_key=github&cascade=1", "", 400,
+       "unknown_field"},
+      {http::verb::delete_, "/connections/acme?provider_config_key=github", "{\"x\":1}", 400,
+       "unexpected_body"},
+  };
+  for (const Case& c : cases) {
+    Reply r = client_->Send(c.verb, c.target, c.body);
+    EXPECT_EQ(r.status, c.status) << c.target << " " << c.body.substr(0, 200) << "\n" << r.body;
+    EXPECT_EQ(r.code(), c.code) << c.target << " " << c.body.substr(0, 200) << "\n" << r.body;
+    EXPECT_TRUE(r.keep_alive) << "a 4xx keeps the connection: " << c.target;
+  }
+  ExpectUnchanged(before);
+  EXPECT_EQ(RunsOf("acme pulls base incremental"), 0u);
+}
+
+TEST_F(HttpTest, BodyOverTheLimit) {
+  Settle();
+  Json before = Status();
+  std::string big = R"({"provider_config_key": "github", "syncs": [], "x": ")" +
+                    std::string(100 << 10, 'x') + "\"}";
+  Reply r = client_->Post("/sync/start", big);
+  ExpectError(r, 413, "payload_too_large");
+  EXPECT_FALSE(r.keep_alive);
+  EXPECT_TRUE(client_->ServerClosed());
+  client_ = std::make_unique<Client>(daemon_->port());
+
+  // Chunked, so that the size is only known while reading.
+  Client chunked(daemon_->port());
+  std::string request =
+      "POST /sync/start HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer test-key\r\n"
+      "Transfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n";
+  for (int i = 0; i < 20; ++i) request += "1000\r\n" + std::string(0x1000, ' ') + "\r\n";
+  request += "0\r\n\r\n";
+  ExpectError(chunked.Raw(request), 413, "payload_too_large");
+
+  // Without a key, a big body is refused before it is read.
+  Client anonymous(daemon_->port());
+  ExpectError(anonymous.Post("/sync/start", big, ""), 401, "unauthorized");
+
+  Client again(daemon_->port());
+  EXPECT_EQ(again.Get("/health").status, 200u);
+  ExpectUnchanged(before);
+}
+
+TEST_F(HttpTest, DeeplyNestedBodyWithinTheSizeLimit) {
+  Settle();
+  Json before = Status();
+  std::string deep(60 << 10, '[');
+  ExpectError(client_->Post("/sync/start", deep), 400, "invalid_json");
+  std::string objects;
+  for (int i = 0; i < 8000; ++i) objects += "{\"a\":";
+  ExpectError(client_->Post("/sync/trigger", objects), 400, "invalid_json");
+  ExpectUnchanged(before);
+}
+
+TEST_F(HttpTest, HeaderOverTheLimit) {
+  Reply r =
+      client_->Send(http::verb::get, "/health", "", "", {{"X-Padding", std::string(10000, 'p')}});
+  ExpectError(r, 431, "headers_too_large");
+  Client other(daemon_->port());
+  EXPECT_EQ(other.Get("/health").status, 200u);
+}
+
+TEST_F(HttpTest, MalformedHttp) {
+  ExpectError(client_->Raw("NOT HTTP AT ALL\r\n\r\n"), 400, "bad_request");
+  Client other(daemon_->port());
+  ExpectError(other.Raw("POST /sync/start HTTP/1.1\r\nContent-Length: abc\r\n\r\n"), 400,
+              "bad_request");
+}
+
+TEST_F(HttpTest, KeepAlive) {
+  for (int i = 0; i < 50; ++i) {
+    Reply r = client_->Get("/health");
+    ASSERT_EQ(r.status, 200u);
+    EXPECT_TRUE(r.keep_alive);
+  }
+  // Errors keep the connection too, a rejected body included.
+  ExpectError(client_->Post("/sync/start", R"({"provider_config_key": "github", "syncs": []})", ""),
+              401, "unauthorized");
+  EXPECT_EQ(client_->Get("/health").status, 200u);
+  // HTTP/1.0 closes unless asked otherwise.
+  Client old(daemon_->port());
+  Reply r = old.Send(http::verb::get, "/health", "", "", {}, 10);
+  EXPECT_EQ(r.status, 200u);
+  EXPECT_FALSE(r.keep_alive);
+  EXPECT_TRUE(old.ServerClosed());
+  // Connection: close is honoured.
+  Client closing(daemon_->port());
+  EXPECT_EQ(closing.Send(http::verb::get, "/health", "", "", {{"Connection", "close"}}).status,
+            200u);
+  EXPECT_TRUE(closing.ServerClosed());
+}
+
+TEST_F(HttpTest, ExpectContinue) {
+  Settle();
+  std::string body =
+      R"({"provider_config_key": "github", "connection_id": "acme", "syncs": ["pulls"]})";
+  client_->Write(
+      "POST /sync/start HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer test-key\r\n"
+      "Content-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: " +
+      std::to_string(body.size()) + "\r\n\r\n");
+  Reply interim = client_->Read();
+  EXPECT_EQ(interim.status, 100u);
+  client_->Write(body);
+  Reply r = client_->Read();
+  EXPECT_EQ(r.status, 200u) << r.body;
+  EXPECT_TRUE(WaitFor([&] { return RunsOf("acme pulls base incremental") == 1; }));
+}
+
+TEST_F(HttpTest, RequestsFromManyConnectionsAtOnce) {
+  Settle();
+  std::vector<std::thread> threads;
+  std::atomic<int> ok{0};
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&] {
+      Client c(daemon_->port());
+      for (int i = 0; i < 25; ++i) {
+        if (c.Get("/sync/status?provider_config_key=github&syncs=*").status == 200) ++ok;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), 200);
+}
+
+class SmallServerTest : public HttpTest {
+ protected:
+  void Customize(Config& c) override { c.limits.max_connections = 2; }
+};
+
+TEST_F(SmallServerTest, ConnectionsOverTheLimitAreTurnedAway) {
+  auto second = std::make_unique<Client>(daemon_->port());
+  EXPECT_EQ(client_->Get("/health").status, 200u);
+  EXPECT_EQ(second->Get("/health").status, 200u);
+  {
+    Client third(daemon_->port());
+    Reply r = third.Get("/health");
+    EXPECT_EQ(r.status, 503u);
+    EXPECT_EQ(r.code(), "too_many_connections");
+    EXPECT_FALSE(r.keep_alive);
+  }
+  // Closing a connection frees its place.
+  second.reset();
+  EXPECT_TRUE(WaitFor([&] {
+    Client c(daemon_->port());
+    return c.Get("/health").status == 200;
+  }));
+}
+
+class TimeoutTest : public HttpTest {
+ protected:
+  void Customize(Config& c) override {
+    c.limits.idle_timeout = std::chrono::milliseconds(150);
+    c.limits.read_timeout = std::chrono::milliseconds(150);
+  }
+};
+
+TEST_F(TimeoutTest, AnIdleConnectionIsClosed) {
+  EXPECT_EQ(client_->Get("/health").status, 200u);
+  EXPECT_TRUE(client_->ServerClosed());
+}
+
+TEST_F(TimeoutTest, ARequestThatStallsIsCutOff) {
+  client_->Write(
+      "POST /sync/start HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer test-key\r\n"
+      "Content-Length: 100\r\n\r\n{\"provider");
+  EXPECT_TRUE(client_->ServerClosed());
+  Client other(daemon_->port());
+  EXPECT_EQ(other.Get("/health").status, 200u);
+}
+
+}  // namespace
+}  // namespace syncsched::daemon

@@ -1,0 +1,235 @@
+// syncschedd as a process: exit codes, configuration errors, signals, a second daemon on the same
+// database, and state kept across kill -9.
+#include <gtest/gtest.h>
+
+#include "test_util.h"
+
+namespace syncsched::daemon {
+namespace {
+
+using syncsched::testing::Client;
+using syncsched::testing::Json;
+using syncsched::testing::ListeningPort;
+using syncsched::testing::Process;
+using syncsched::testing::ReadFile;
+using syncsched::testing::ReadLines;
+using syncsched::testing::Reply;
+using syncsched::testing::TempDir;
+using syncsched::testing::WaitFor;
+using syncsched::testing::WriteFile;
+
+class ProcessTest : public ::testing::Test {
+ protected:
+  // A configuration on a free port whose `issues` sync records its runs and `slow` takes 300 ms.
+  std::string WriteConfig(const std::string& name = "config.json") {
+    Json config = {
+        {"listen", "127.0.0.1:0"},
+        {"database", dir_ / "syncsched.db"},
+        {"api_keys", {{{"key", "k"}, {"scopes", {"*"}}}}},
+        {"shutdown_grace", "10s"},
+        {"integrations",
+         {{"github",
+           {{"syncs",
+             {{"issues",
+               {{"runs", "every 1h"},
+                {"command",
+                 {"/bin/sh", "-c",
+                  "echo \"$SYNCSCHED_CONNECTION $SYNCSCHED_SYNC $SYNCSCHED_MODE\" >> '" +
+                      (dir_ / "runs.txt") + "'"}}}},
+              {"slow",
+               {{"runs", "every 1h"},
+                {"auto_start", false},
+                {"command",
+                 {"/bin/sh", "-c",
+                  "echo started >> '" + (dir_ / "slow.txt") + "'; sleep 0.3; echo finished >> '" +
+                      (dir_ / "slow.txt") + "'"}}}}}},
+            {"connections", {"acme"}}}}}}};
+    std::string path = dir_ / name;
+    WriteFile(path, config.dump(2));
+    return path;
+  }
+  std::unique_ptr<Process> Start(const std::string& config, const std::string& log) {
+    return std::make_unique<Process>(std::vector<std::string>{SYNCSCHEDD_PATH, "--config", config},
+                                     dir_ / log);
+  }
+
+  TempDir dir_;
+};
+
+TEST_F(ProcessTest, UsageErrorsExit2) {
+  Process none({SYNCSCHEDD_PATH}, dir_ / "none.log");
+  EXPECT_EQ(none.Wait(), 2);
+  EXPECT_NE(ReadFile(dir_ / "none.log").find("--config"), std::string::npos);
+  Process missing({SYNCSCHEDD_PATH, "--config", dir_ / "absent.json"}, dir_ / "missing.log");
+  EXPECT_EQ(missing.Wait(), 2);
+  EXPECT_NE(ReadFile(dir_ / "missing.log").find("absent.json"), std::string::npos);
+}
+
+TEST_F(ProcessTest, AConfigurationErrorNamesTheFieldAndExits2) {
+  WriteFile(dir_ / "bad.json", R"({"database": "x.db", "integrations": {"github": {"syncs": {
+      "issues": {"runs": "every 30min"}}}}})");
+  Process p({SYNCSCHEDD_PATH, "--config", dir_ / "bad.json"}, dir_ / "bad.log");
+  EXPECT_EQ(p.Wait(), 2);
+  std::vector<std::string> lines = ReadLines(dir_ / "bad.log");
+  ASSERT_FALSE(lines.empty());
+  Json line = Json::parse(lines.back());
+  EXPECT_EQ(line["level"], "error");
+  EXPECT_EQ(line["field"], R"(integrations["github"].syncs["issues"].command)");
+  EXPECT_NE(
+      line["msg"].get<std::string>().find(R"(integrations["github"].syncs["issues"].command)"),
+      std::string::npos);
+  EXPECT_FALSE(std::filesystem::exists("x.db"));
+}
+
+TEST_F(ProcessTest, CheckConfig) {
+  std::string config = WriteConfig();
+  Process p({SYNCSCHEDD_PATH, "--config", config, "--check-config"}, dir_ / "check.log");
+  EXPECT_EQ(p.Wait(), 0);
+  EXPECT_FALSE(std::filesystem::exists(dir_ / "runs.txt")) << "nothing ran";
+}
+
+TEST_F(ProcessTest, SigtermLetsTheRunFinishAndExits0) {
+  auto daemon = Start(WriteConfig(), "daemon.log");
+  auto port = ListeningPort(dir_ / "daemon.log");
+  ASSERT_TRUE(port) << ReadFile(dir_ / "daemon.log");
+  Client client(*port);
+  ASSERT_EQ(
+      client
+          .Post("/sync/trigger",
+                R"({"provider_config_key": "github", "connection_id": "acme", "syncs": ["slow"]})",
+                "k")
+          .status,
+      200u);
+  ASSERT_TRUE(WaitFor([&] { return ReadLines(dir_ / "slow.txt").size() == 1; }));
+  daemon->Signal(SIGTERM);
+  EXPECT_EQ(daemon->Wait(), 0) << ReadFile(dir_ / "daemon.log");
+  EXPECT_EQ(ReadLines(dir_ / "slow.txt"), (std::vector<std::string>{"started", "finished"}));
+  std::string log = ReadFile(dir_ / "daemon.log");
+  EXPECT_NE(log.find("\"msg\":\"shutting down\""), std::string::npos);
+  for (const std::string& line : ReadLines(dir_ / "daemon.log")) {
+    EXPECT_TRUE(Json::accept(line)) << "every log line is JSON: " << line;
+  }
+}
+
+TEST_F(ProcessTest, SigintExits0) {
+  auto daemon = Start(WriteConfig(), "daemon.log");
+  ASSERT_TRUE(ListeningPort(dir_ / "daemon.log"));
+  daemon->Signal(SIGINT);
+  EXPECT_EQ(daemon->Wait(), 0);
+}
+
+TEST_F(ProcessTest, ASecondDaemonOnTheSameDatabaseIsRefused) {
+  std::string config = WriteConfig();
+  auto first = Start(config, "first.log");
+  ASSERT_TRUE(ListeningPort(dir_ / "first.log")) << ReadFile(dir_ / "first.log");
+  auto second = Start(config, "second.log");
+  auto code = second->Wait();
+  ASSERT_TRUE(code.has_value()) << "the second daemon should exit";
+  EXPECT_NE(*code, 0);
+  std::string log = ReadFile(dir_ / "second.log");
+  EXPECT_NE(log.find("UNAVAILABLE"), std::string::npos) << log;
+  // The first one is unharmed.
+  auto port = ListeningPort(dir_ / "first.log");
+  Client client(*port);
+  EXPECT_EQ(client.Get("/health").status, 200u);
+  first->Signal(SIGTERM);
+  EXPECT_EQ(first->Wait(), 0);
+}
+
+TEST_F(ProcessTest, StateSurvivesKill9) {
+  std::string config = WriteConfig();
+  auto daemon = Start(config, "first.log");
+  auto port = ListeningPort(dir_ / "first.log");
+  ASSERT_TRUE(port);
+  ASSERT_TRUE(WaitFor([&] { return ReadLines(dir_ / "runs.txt").size() == 1; }));
+  {
+    Client client(*port);
+    ASSERT_EQ(
+        client
+            .Post(
+                "/sync/pause",
+                R"({"provider_config_key": "github", "connection_id": "acme", "syncs": ["issues"]})",
+                "k")
+            .status,
+        200u);
+    ASSERT_EQ(client
+                  .Put("/sync/update-connection-frequency",
+                       R"({"provider_config_key": "github", "connection_id": "acme",
+                             "sync_name": "issues", "frequency": "every 2h"})",
+                       "k")
+                  .status,
+              200u);
+    ASSERT_EQ(client
+                  .Post("/connections",
+                        R"({"provider_config_key": "github", "connection_id": "globex"})", "k")
+                  .status,
+              200u);
+    ASSERT_TRUE(WaitFor([&] { return ReadLines(dir_ / "runs.txt").size() == 2; }));
+  }
+  daemon->Signal(SIGKILL);
+  EXPECT_EQ(daemon->Wait(), 128 + SIGKILL);
+
+  auto again = Start(config, "second.log");
+  auto port2 = ListeningPort(dir_ / "second.log");
+  ASSERT_TRUE(port2) << ReadFile(dir_ / "second.log");
+  Client client(*port2);
+  Reply r = client.Get("/sync/status?provider_config_key=github&syncs=issues", "k");
+  ASSERT_EQ(r.status, 200u) << r.body;
+  Json syncs = r.json()["syncs"];
+  ASSERT_EQ(syncs.size(), 2u) << r.body;
+  for (const Json& item : syncs) {
+    if (item["connection_id"] == "acme") {
+      EXPECT_EQ(item["schedule_status"], "PAUSED") << item.dump();
+      EXPECT_EQ(item["frequency"], "2h") << item.dump();
+      EXPECT_EQ(item["runs"], 1) << item.dump();
+    } else {
+      EXPECT_EQ(item["connection_id"], "globex");
+      EXPECT_EQ(item["schedule_status"], "STARTED") << item.dump();
+    }
+  }
+  // Nothing re-ran: a restart restarts nothing (acme is paused, globex is within its hour).
+  EXPECT_EQ(ReadLines(dir_ / "runs.txt").size(), 2u);
+  again->Signal(SIGTERM);
+  EXPECT_EQ(again->Wait(), 0);
+}
+
+TEST_F(ProcessTest, ASlotMissedWhileDownRunsWithItsCommandAfterARestart) {
+  // `issues` every second; the daemon is killed, then restarted once a slot has passed.
+  Json config = Json::parse(ReadFile(WriteConfig()));
+  config["frequency_bounds"] = {{"min", "1s"}, {"max", "1d"}};
+  config["integrations"]["github"]["syncs"]["issues"]["runs"] = "every 1s";
+  WriteFile(dir_ / "fast.json", config.dump());
+  auto daemon = Start(dir_ / "fast.json", "first.log");
+  ASSERT_TRUE(ListeningPort(dir_ / "first.log"));
+  ASSERT_TRUE(WaitFor([&] { return ReadLines(dir_ / "runs.txt").size() >= 1; }));
+  daemon->Signal(SIGKILL);
+  daemon->Wait();
+  auto down_since = std::chrono::steady_clock::now();
+  std::size_t before = ReadLines(dir_ / "runs.txt").size();
+  // Down for more than a period: wait for the clock, not for a guess at the daemon.
+  WaitFor(
+      [&] {
+        return std::chrono::steady_clock::now() - down_since > std::chrono::milliseconds(1100);
+      },
+      std::chrono::seconds(5));
+
+  auto again = Start(dir_ / "fast.json", "second.log");
+  auto port = ListeningPort(dir_ / "second.log");
+  ASSERT_TRUE(port);
+  ASSERT_TRUE(WaitFor([&] { return ReadLines(dir_ / "runs.txt").size() > before; }));
+  Client client(*port);
+  Json item;
+  ASSERT_TRUE(WaitFor([&] {
+    Reply r =
+        client.Get("/sync/status?provider_config_key=github&connection_id=acme&syncs=issues", "k");
+    item = r.json()["syncs"][0];
+    return item["status"] != "RUNNING" && item["runs"].get<int>() >= 2;
+  }));
+  EXPECT_EQ(item["latestExecutionStatus"], "SUCCESS") << item.dump();
+  EXPECT_EQ(ReadFile(dir_ / "second.log").find("no callback"), std::string::npos);
+  again->Signal(SIGTERM);
+  EXPECT_EQ(again->Wait(), 0);
+}
+
+}  // namespace
+}  // namespace syncsched::daemon

@@ -1,0 +1,56 @@
+// Request targets: path segments and queries, percent-decoded.
+#include "codec/url.h"
+
+#include <gtest/gtest.h>
+
+namespace syncsched::codec {
+namespace {
+
+TEST(SplitTarget, PathAndQuery) {
+  auto t = SplitTarget("/sync/status?a=1&b=2");
+  EXPECT_EQ(t.path, "/sync/status");
+  EXPECT_EQ(t.query, "a=1&b=2");
+  auto bare = SplitTarget("/health");
+  EXPECT_EQ(bare.path, "/health");
+  EXPECT_EQ(bare.query, "");
+}
+
+TEST(PercentDecode, EscapesAndPlus) {
+  EXPECT_EQ(PercentDecode("a%20b%2Fc", false).value(), "a b/c");
+  EXPECT_EQ(PercentDecode("a+b", false).value(), "a+b");
+  EXPECT_EQ(PercentDecode("a+b", true).value(), "a b");
+  EXPECT_EQ(PercentDecode("%e2%82%ac", true).value(), "\xe2\x82\xac");
+  EXPECT_FALSE(PercentDecode("%", true).ok());
+  EXPECT_FALSE(PercentDecode("%4", true).ok());
+  EXPECT_FALSE(PercentDecode("%zz", true).ok());
+  EXPECT_FALSE(PercentDecode("%00", true).ok());
+  EXPECT_EQ(PercentDecode("%zz", true).error().code, "bad_request");
+}
+
+TEST(SplitPath, Segments) {
+  EXPECT_EQ(SplitPath("/").value(), std::vector<std::string>{});
+  EXPECT_EQ(SplitPath("/sync/start").value(), (std::vector<std::string>{"sync", "start"}));
+  EXPECT_EQ(SplitPath("/sync/start/").value(), (std::vector<std::string>{"sync", "start"}));
+  EXPECT_EQ(SplitPath("/connections/acme%20corp").value(),
+            (std::vector<std::string>{"connections", "acme corp"}));
+  // An encoded slash stays inside its segment.
+  EXPECT_EQ(SplitPath("/connections/a%2Fb").value(),
+            (std::vector<std::string>{"connections", "a/b"}));
+  EXPECT_EQ(SplitPath("/a//b").value(), (std::vector<std::string>{"a", "", "b"}));
+  EXPECT_FALSE(SplitPath("sync/start").ok());
+  EXPECT_FALSE(SplitPath("/connections/%").ok());
+}
+
+TEST(ParseQuery, Pairs) {
+  auto q = ParseQuery("a=1&b=&c&&d=x%3Dy+z");
+  ASSERT_TRUE(q.ok());
+  EXPECT_EQ(q.value(), (QueryParams{{"a", "1"}, {"b", ""}, {"c", ""}, {"d", "x=y z"}}));
+  EXPECT_TRUE(ParseQuery("").value().empty());
+  auto dup = ParseQuery("a=1&a=2");
+  ASSERT_FALSE(dup.ok());
+  EXPECT_EQ(dup.error().field, "a");
+  EXPECT_FALSE(ParseQuery("a=%G0").ok());
+}
+
+}  // namespace
+}  // namespace syncsched::codec

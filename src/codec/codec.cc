@@ -2,6 +2,7 @@
 #include "codec/codec.h"
 
 #include <algorithm>
+#include <charconv>
 #include <initializer_list>
 #include <string>
 #include <unordered_set>
@@ -515,6 +516,48 @@ Decoded<ConnectionRequest> DecodeDeleteConnection(std::string_view connection_id
   return ConnectionRequest{*integration, std::string(connection_id)};
 }
 
+Decoded<ForecastRequest> DecodeForecastQuery(const QueryParams& query) {
+  const std::string* hours = nullptr;
+  const std::string* integration = nullptr;
+  for (const auto& [name, value] : query) {
+    const std::string** slot = nullptr;
+    if (name == "hours") {
+      slot = &hours;
+    } else if (name == "provider_config_key") {
+      slot = &integration;
+    } else {
+      return FieldError(
+          "unknown_field", name,
+          "unknown query parameter " + Quote(name) + "; accepted: hours, provider_config_key");
+    }
+    if (*slot != nullptr) {
+      return FieldError("invalid_value", name,
+                        "query parameter " + Quote(name) + " is given twice");
+    }
+    *slot = &value;
+  }
+  if (hours == nullptr) {
+    return FieldError("missing_field", "hours",
+                      "hours is required: the forecast's horizon, an integer from 1 to " +
+                          std::to_string(kMaxForecastHours));
+  }
+  ForecastRequest request;
+  auto [end, err] = std::from_chars(hours->data(), hours->data() + hours->size(), request.hours);
+  if (hours->empty() || err != std::errc() || end != hours->data() + hours->size() ||
+      request.hours < 1 || request.hours > kMaxForecastHours) {
+    return FieldError("invalid_value", "hours",
+                      "hours " + Quote(*hours) + " must be an integer from 1 to " +
+                          std::to_string(kMaxForecastHours));
+  }
+  if (integration != nullptr) {
+    if (Status s = ValidateIntegrationKey(*integration); !s.ok()) {
+      return FieldError("invalid_value", "provider_config_key", s.message());
+    }
+    request.integration = *integration;
+  }
+  return request;
+}
+
 // ---- Responses ----
 
 Json EncodeSuccess() { return Json{{"success", true}}; }
@@ -561,7 +604,25 @@ Json EncodeScheduleStatus(const ScheduleStatus& s) {
   item["runs"] = s.runs;
   item["failures"] = s.failures;
   item["skipped"] = s.skipped;
+  item["waitingSince"] = time_or_null(s.waiting_since);
+  item["nextRetryAt"] = time_or_null(s.next_retry);
+  Json decisions = Json::array();
+  for (const Decision& d : s.decisions) {
+    decisions.push_back(Json{{"at", FormatTime(d.at)},
+                             {"reason", std::string(ToString(d.reason))},
+                             {"detail", d.detail}});
+  }
+  item["decisions"] = std::move(decisions);
   return item;
+}
+
+Json EncodeForecast(const std::vector<ForecastMinute>& minutes) {
+  Json items = Json::array();
+  for (const ForecastMinute& m : minutes) {
+    if (m.runs == 0) continue;
+    items.push_back(Json{{"at", FormatTime(m.at)}, {"runs", m.runs}});
+  }
+  return Json{{"minutes", std::move(items)}};
 }
 
 Json EncodeFrequency(Millis frequency) { return Json{{"frequency", FormatFrequency(frequency)}}; }

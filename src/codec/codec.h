@@ -142,6 +142,17 @@ Decoded<ConnectionRequest> DecodeCreateConnection(const Json& body);
 Decoded<ConnectionRequest> DecodeDeleteConnection(std::string_view connection_id,
                                                   const QueryParams& query);
 
+// GET /schedules/forecast?hours=N[&provider_config_key=K].
+struct ForecastRequest {
+  int hours = 0;                           // 1..kMaxForecastHours
+  std::optional<std::string> integration;  // unset: every integration
+};
+inline constexpr int kMaxForecastHours = 168;
+
+// GET /schedules/forecast: `hours` (required, an integer 1..168) and `provider_config_key`
+// (optional). Errors name the parameter (`hours`, `provider_config_key`).
+Decoded<ForecastRequest> DecodeForecastQuery(const QueryParams& query);
+
 // ---- Responses ----
 
 // `{"success": true}`.
@@ -153,8 +164,12 @@ Json EncodeStatuses(const std::vector<ScheduleStatus>& statuses);
 // `latestResult` ({model: {added, updated, deleted}}), `latestExecutionStatus` (null before the
 // first run), `recordCount` ({}: syncsched keeps no records), `checkpoint` (null), `error` (the
 // last run's error or null); and syncsched's own `schedule_status` (STARTED, PAUSED, DELETED),
-// `frequency_overridden`, `startedAt` (the last run's start), `runs`, `failures` and `skipped`.
+// `frequency_overridden`, `startedAt` (the last run's start), `runs`, `failures`, `skipped`,
+// `waitingSince` and `nextRetryAt` (ISO 8601 or null) and `decisions` (the "why not": an array,
+// oldest first, of `{"at": ISO 8601, "reason": "<reason code>", "detail": "..."}`).
 Json EncodeScheduleStatus(const ScheduleStatus& status);
+// `{"minutes": [{"at": ISO 8601, "runs": N}, ...]}`: only the minutes with runs, in order.
+Json EncodeForecast(const std::vector<ForecastMinute>& minutes);
 // `{"frequency": "<canonical>"}`.
 Json EncodeFrequency(Millis frequency);
 // `{"id": "<schedule id>", "name": ..., "variant": ...}` (POST /sync/{name}/variant/{variant}).

@@ -1,6 +1,7 @@
 // Prometheus text exposition. See prometheus.h.
 #include "codec/prometheus.h"
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <string_view>
@@ -10,6 +11,10 @@ namespace {
 
 // The shortest text that reads back as `v`.
 std::string Number(double v) {
+  // Whole numbers as integers ("10", not "1e+01").
+  if (std::abs(v) < 1e15 && v == static_cast<double>(static_cast<long long>(v))) {
+    return std::to_string(static_cast<long long>(v));
+  }
   char buf[64];
   for (int precision = 1; precision <= 17; ++precision) {
     std::snprintf(buf, sizeof buf, "%.*g", precision, v);
@@ -77,10 +82,14 @@ std::string EncodePrometheus(const EngineMetrics& m, const DaemonMetrics& d) {
          m.runs_timed_out);
   Metric(out, "syncsched_slots_skipped_total", "counter",
          "Slots skipped (a run in flight, or missed while down).", m.slots_skipped);
+  Metric(out, "syncsched_runs_retried_total", "counter",
+         "Retry attempts of failed runs dispatched.", m.retries);
   HistogramMetric(out, "syncsched_run_duration_seconds", "Duration of finished runs.",
                   m.run_duration_seconds);
   HistogramMetric(out, "syncsched_fire_lateness_seconds",
                   "Dispatch time minus slot time of scheduled runs.", m.fire_lateness_seconds);
+  HistogramMetric(out, "syncsched_run_wait_seconds", "Time due runs waited for a concurrency cap.",
+                  m.wait_seconds);
 
   Header(out, "syncschedd_http_responses_total", "counter", "HTTP responses by status.");
   for (const auto& [status, count] : d.http_responses) {

@@ -76,6 +76,8 @@ Api::Resolved Api::Resolve(std::string_view method, std::string_view path) const
     } else if (s[1] == "update-connection-frequency") {
       id = RouteId::kFrequency, allow = "PUT";
     }
+  } else if (s.size() == 2 && s[0] == "schedules" && s[1] == "forecast") {
+    id = RouteId::kForecast, allow = "GET";
   } else if (s.size() == 4 && s[0] == "sync" && s[2] == "variant") {
     id = RouteId::kVariant, allow = "POST, DELETE", params = {s[1], s[3]};
   }
@@ -94,6 +96,7 @@ std::string_view Api::ScopeOf(RouteId id) {
       return {};
     case RouteId::kMetrics:
     case RouteId::kStatus:
+    case RouteId::kForecast:
       return kScopeSyncsRead;
     case RouteId::kStart:
     case RouteId::kPause:
@@ -185,7 +188,8 @@ HttpResponse Api::Dispatch(const Route& route, const HttpRequest& request) {
   codec::RequestTarget target = codec::SplitTarget(request.target);
   auto query = codec::ParseQuery(target.query);
   if (!query.ok()) return ErrorResponse(query.error());
-  bool takes_query = route.id == RouteId::kStatus || route.id == RouteId::kConnection;
+  bool takes_query = route.id == RouteId::kStatus || route.id == RouteId::kForecast ||
+                     route.id == RouteId::kConnection;
   if (!takes_query && !query->empty()) {
     return ErrorResponse(ApiError{400, "unknown_field",
                                   "unknown query parameter " +
@@ -194,7 +198,8 @@ HttpResponse Api::Dispatch(const Route& route, const HttpRequest& request) {
                                   query->front().first});
   }
   bool takes_body = route.id != RouteId::kHealth && route.id != RouteId::kMetrics &&
-                    route.id != RouteId::kStatus && route.id != RouteId::kConnection;
+                    route.id != RouteId::kStatus && route.id != RouteId::kForecast &&
+                    route.id != RouteId::kConnection;
   Json body;
   if (takes_body) {
     auto parsed = codec::ParseJsonBody(request.body, max_json_depth_);
@@ -247,6 +252,18 @@ HttpResponse Api::Dispatch(const Route& route, const HttpRequest& request) {
       Result<std::vector<ScheduleStatus>> r = engine_.GetStatus(*t);
       if (!r.ok()) return target_error(r.status(), *t);
       return JsonResponse(200, codec::EncodeStatuses(*r));
+    }
+
+    case RouteId::kForecast: {
+      auto req = codec::DecodeForecastQuery(*query);
+      if (!req.ok()) return ErrorResponse(req.error());
+      Result<std::vector<ForecastMinute>> r =
+          engine_.Forecast(std::chrono::hours(req->hours), req->integration);
+      if (!r.ok()) {
+        return ErrorResponse(
+            codec::ErrorFromStatus(r.status(), Subject::kIntegration, "provider_config_key"));
+      }
+      return JsonResponse(200, codec::EncodeForecast(*r));
     }
 
     case RouteId::kFrequency: {

@@ -66,6 +66,7 @@ class Api {
     kPause,
     kTrigger,
     kStatus,
+    kForecast,
     kFrequency,
     kVariant,
     kConnections,

@@ -12,9 +12,13 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string_view>
+
+#include "syncsched/frequency.h"
 
 extern char** environ;
 
@@ -108,6 +112,70 @@ class LineSplitter {
 };
 
 std::string Quote(std::string_view s) { return codec::Dump(codec::Json(std::string(s))); }
+
+std::string_view Trim(std::string_view s) {
+  while (!s.empty() && std::strchr(" \t", s.front()) != nullptr) s.remove_prefix(1);
+  while (!s.empty() && std::strchr(" \t", s.back()) != nullptr) s.remove_suffix(1);
+  return s;
+}
+
+// What a command asks of the engine through lines of its stdout (see command_runner.h).
+class Directives {
+ public:
+  // Takes in one line of stdout. Returns an error message for a malformed directive (ignored),
+  // nullopt otherwise (a directive taken in, or an ordinary line).
+  std::optional<std::string> Feed(std::string_view line) {
+    if (line.starts_with(kNextRunIn)) {
+      std::string_view text = Trim(line.substr(kNextRunIn.size()));
+      Result<Millis> d =
+          ParseFrequency(text, FrequencyBounds{Millis(1), std::chrono::hours(24 * 3650)});
+      if (!d.ok()) return std::string(kNextRunIn) + ": " + d.status().message();
+      next_run_in_ = d.value();
+      return std::nullopt;
+    }
+    if (line.starts_with(kCounts)) {
+      std::string_view rest = line.substr(kCounts.size());
+      std::vector<std::string_view> words;
+      while (true) {
+        rest = Trim(rest);
+        if (rest.empty()) break;
+        std::size_t end = rest.find_first_of(" \t");
+        words.push_back(rest.substr(0, end));
+        if (end == std::string_view::npos) break;
+        rest.remove_prefix(end);
+      }
+      std::uint64_t numbers[3] = {0, 0, 0};
+      bool ok = words.size() == 4;
+      for (std::size_t i = 0; ok && i < 3; ++i) {
+        std::string_view w = words[i + 1];
+        auto [p, ec] = std::from_chars(w.data(), w.data() + w.size(), numbers[i]);
+        ok = ec == std::errc() && p == w.data() + w.size();
+      }
+      if (!ok) {
+        return "SYNCSCHED_COUNTS must be followed by a model and three counts: "
+               "\"SYNCSCHED_COUNTS <model> <added> <updated> <deleted>\"";
+      }
+      auto it = std::find_if(counts_.begin(), counts_.end(),
+                             [&](const ModelCounts& c) { return c.model == words[0]; });
+      if (it == counts_.end()) {
+        counts_.push_back(ModelCounts{std::string(words[0]), 0, 0, 0});
+        it = counts_.end() - 1;
+      }
+      it->added += numbers[0];
+      it->updated += numbers[1];
+      it->deleted += numbers[2];
+    }
+    return std::nullopt;
+  }
+  const std::optional<Millis>& next_run_in() const { return next_run_in_; }
+  std::vector<ModelCounts>& counts() { return counts_; }
+
+ private:
+  static constexpr std::string_view kNextRunIn = "SYNCSCHED_NEXT_RUN_IN=";
+  static constexpr std::string_view kCounts = "SYNCSCHED_COUNTS ";
+  std::optional<Millis> next_run_in_;
+  std::vector<ModelCounts> counts_;
+};
 
 // The report of a run that was stopped (or never started) for `reason`.
 RunReport Stopped(Status reason) {
@@ -253,11 +321,18 @@ RunReport CommandRunner::RunProcess(const std::vector<std::string>& argv, const 
   LineSplitter out_lines;
   LineSplitter err_lines;
   auto last_heartbeat = started - std::chrono::seconds(1);  // the first output beats at once
+  Directives directives;
   auto emit = [&](std::string_view stream) {
     return [&, stream](const std::string& line) {
       log_.Info(
           "command output",
           {{"schedule", schedule}, {"run_id", ctx.run_id}, {"stream", stream}, {"line", line}});
+      if (stream != "stdout") return;
+      if (std::optional<std::string> bad = directives.Feed(line)) {
+        log_.Warn(
+            "ignored a malformed directive",
+            {{"schedule", schedule}, {"run_id", ctx.run_id}, {"line", line}, {"error", *bad}});
+      }
     };
   };
   auto on_data = [&](int which, std::string_view data) {
@@ -374,9 +449,14 @@ RunReport CommandRunner::RunProcess(const std::vector<std::string>& argv, const 
     log_.Info("run stopped", std::move(fields));
     return Stopped(ctx.cancel.reason());
   }
+  if (directives.next_run_in()) {
+    fields["next_run_in"] = FormatFrequency(*directives.next_run_in());
+  }
   if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
     log_.Info("run succeeded", std::move(fields));
-    return RunReport::Success();
+    RunReport report = RunReport::Success(std::move(directives.counts()));
+    report.next_run_in = directives.next_run_in();
+    return report;
   }
   std::string message = Tail(err_bytes);
   if (message.empty()) {
@@ -386,7 +466,9 @@ RunReport CommandRunner::RunProcess(const std::vector<std::string>& argv, const 
   }
   fields["error"] = message;
   log_.Warn("run failed", std::move(fields));
-  return RunReport::Failure(std::move(message));
+  RunReport report = RunReport::Failure(std::move(message));
+  report.next_run_in = directives.next_run_in();
+  return report;
 }
 
 }  // namespace syncsched::daemon

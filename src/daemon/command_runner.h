@@ -11,6 +11,14 @@
 // success; anything else is an error whose message is the tail (at most kStderrTailBytes) of its
 // stderr, or the exit status when stderr was empty.
 //
+// Directives: a command talks back to the engine through lines of its stdout (still logged):
+//   SYNCSCHED_NEXT_RUN_IN=<duration>   the run's hint (RunReport::next_run_in): the next run this
+//                                      long after this one finishes ("15m", "90s"); the last such
+//                                      line wins; kept on success and on failure
+//   SYNCSCHED_COUNTS <model> <added> <updated> <deleted>
+//                                      per-model counts of a successful run (summed per model)
+// A malformed directive is logged as a warning and ignored.
+//
 // Thread safety: Run may be called from many threads at once (one per run); the other methods
 // from any thread.
 #pragma once

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <initializer_list>
@@ -89,6 +90,39 @@ Millis Duration(const Json& j, const std::string& path) {
   return d.value();
 }
 
+// A number >= 0 (integer or not), finite, at most `max`.
+double NonNegative(const Json& j, const std::string& path, double max) {
+  if (!j.is_number() || !std::isfinite(j.get<double>()) || j.get<double>() < 0 ||
+      j.get<double>() > max) {
+    Fail(path, path + " must be a number from 0 to " + std::to_string(static_cast<long long>(max)));
+  }
+  return j.get<double>();
+}
+
+OverlapPolicy Overlap(const Json& j, const std::string& path) {
+  std::string text = String(j, path);
+  if (text == "skip") return OverlapPolicy::kSkip;
+  if (text == "buffer_one") return OverlapPolicy::kBufferOne;
+  Fail(path, path + " " + Quote(text) + " is not one of \"skip\", \"buffer_one\"");
+}
+
+RetryPolicy Retry(const Json& j, const std::string& path) {
+  ExpectObject(j, path, {"max", "backoff"});
+  RetryPolicy retry;
+  const Json* max = Find(j, "max");
+  if (max == nullptr) {
+    Fail(Member(path, "max"), Member(path, "max") + " is required: the retries of a failed run");
+  }
+  retry.max = static_cast<int>(Count(*max, Member(path, "max"), 0, 100));
+  if (const Json* v = Find(j, "backoff")) {
+    retry.backoff = Duration(*v, Member(path, "backoff"));
+    if (retry.backoff < std::chrono::seconds(1)) {
+      Fail(Member(path, "backoff"), Member(path, "backoff") + " must be at least 1s");
+    }
+  }
+  return retry;
+}
+
 void ParseListen(const Json& j, Config& config) {
   const std::string path = "listen";
   std::string text = String(j, path);
@@ -166,7 +200,9 @@ void ParseApiKeys(const Json& j, Config& config) {
 
 SyncConfig ParseSync(const std::string& name, const Json& j, const std::string& path,
                      const Config& config) {
-  ExpectObject(j, path, {"runs", "auto_start", "command", "timeout", "heartbeat_timeout"});
+  ExpectObject(j, path,
+               {"runs", "auto_start", "command", "timeout", "heartbeat_timeout", "overlap", "retry",
+                "spread"});
   SyncConfig sync;
   sync.name = name;
   const Json* runs = Find(j, "runs");
@@ -204,6 +240,9 @@ SyncConfig ParseSync(const std::string& name, const Json& j, const std::string& 
            Member(path, "heartbeat_timeout") + " must be at least 5s");
     }
   }
+  if (const Json* v = Find(j, "overlap")) sync.overlap = Overlap(*v, Member(path, "overlap"));
+  if (const Json* v = Find(j, "retry")) sync.retry = Retry(*v, Member(path, "retry"));
+  if (const Json* v = Find(j, "spread")) sync.spread = Bool(*v, Member(path, "spread"));
   return sync;
 }
 
@@ -214,9 +253,12 @@ void ParseIntegrations(const Json& j, Config& config) {
   for (const auto& [key, value] : j.items()) {
     std::string ipath = Keyed(path, key);
     if (Status s = codec::ValidateIntegrationKey(key); !s.ok()) Fail(ipath, s.message());
-    ExpectObject(value, ipath, {"syncs", "connections"});
+    ExpectObject(value, ipath, {"syncs", "connections", "max_concurrency"});
     IntegrationConfig integration;
     integration.key = key;
+    if (const Json* v = Find(value, "max_concurrency")) {
+      integration.max_concurrency = Count(*v, Member(ipath, "max_concurrency"), 0, 1 << 20);
+    }
     if (const Json* syncs = Find(value, "syncs")) {
       std::string spath = Member(ipath, "syncs");
       if (!syncs->is_object()) Fail(spath, spath + " must be an object, not " + syncs->type_name());
@@ -273,7 +315,7 @@ Config Parse(const Json& root) {
   ExpectObject(root, "",
                {"listen", "database", "frequency_bounds", "api_keys", "integrations",
                 "worker_threads", "http_threads", "default_run_timeout", "shutdown_grace",
-                "kill_grace", "limits", "log_level"});
+                "kill_grace", "limits", "log_level", "max_concurrent_runs", "catch_up_per_second"});
   Config config;
   if (const Json* v = Find(root, "listen")) ParseListen(*v, config);
   const Json* db = Find(root, "database");
@@ -289,6 +331,12 @@ Config Parse(const Json& root) {
   if (const Json* v = Find(root, "api_keys")) ParseApiKeys(*v, config);
   if (const Json* v = Find(root, "worker_threads")) {
     config.worker_threads = Count(*v, "worker_threads", 1, 1024);
+  }
+  if (const Json* v = Find(root, "max_concurrent_runs")) {
+    config.max_concurrent_runs = Count(*v, "max_concurrent_runs", 0, 1 << 20);
+  }
+  if (const Json* v = Find(root, "catch_up_per_second")) {
+    config.catch_up_per_second = NonNegative(*v, "catch_up_per_second", 1e6);
   }
   if (const Json* v = Find(root, "http_threads")) {
     config.http_threads = Count(*v, "http_threads", 1, 64);

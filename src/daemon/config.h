@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "daemon/log.h"
+#include "syncsched/engine.h"
 #include "syncsched/frequency.h"
 #include "syncsched/types.h"
 
@@ -36,15 +37,19 @@ struct SyncConfig {
   std::string name;
   std::string runs;  // the default frequency, as written
   bool auto_start = true;
-  std::vector<std::string> command;         // argv, executed without a shell
-  std::optional<Millis> timeout;            // unset: default_run_timeout
-  std::optional<Millis> heartbeat_timeout;  // unset: none; output lines count as heartbeats
+  std::vector<std::string> command;              // argv, executed without a shell
+  std::optional<Millis> timeout;                 // unset: default_run_timeout
+  std::optional<Millis> heartbeat_timeout;       // unset: none; output lines count as heartbeats
+  OverlapPolicy overlap = OverlapPolicy::kSkip;  // "skip" | "buffer_one"
+  RetryPolicy retry;                             // {"max": 0..100, "backoff": duration}
+  bool spread = false;                           // phase spreading
 };
 
 struct IntegrationConfig {
   std::string key;
   std::vector<SyncConfig> syncs;
   std::vector<std::string> connections;
+  std::size_t max_concurrency = 0;  // runs of the integration in flight at once; 0: unlimited
 };
 
 struct HttpLimits {
@@ -63,7 +68,9 @@ struct Config {
   FrequencyBounds frequency_bounds;
   std::vector<ApiKeyConfig> api_keys;
   std::vector<IntegrationConfig> integrations;
-  std::size_t worker_threads = 4;  // runs in flight at most
+  std::size_t worker_threads = 4;       // runs in flight at most
+  std::size_t max_concurrent_runs = 0;  // runs in flight across integrations; 0: unlimited
+  double catch_up_per_second = 0;       // catch-up runs released per second; 0: unlimited
   std::size_t http_threads = 2;
   Millis default_run_timeout = std::chrono::hours(24);
   Millis shutdown_grace = std::chrono::seconds(30);

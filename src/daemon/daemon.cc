@@ -19,6 +19,8 @@ Result<std::unique_ptr<Daemon>> Daemon::Start(const Config& config, Logger& log)
   options.frequency_bounds = config.frequency_bounds;
   options.worker_threads = config.worker_threads;
   options.default_run_timeout = config.default_run_timeout;
+  options.max_concurrent_runs = config.max_concurrent_runs;
+  options.catch_up_per_second = config.catch_up_per_second;
   // Runs recovered from the database (slots missed while down) wait until every command is
   // registered; see ReleaseTimers below.
   options.hold_timers = true;
@@ -57,10 +59,23 @@ Result<std::unique_ptr<Daemon>> Daemon::Start(const Config& config, Logger& log)
       def.auto_start = sync.auto_start;
       def.timeout = sync.timeout;
       def.heartbeat_timeout = sync.heartbeat_timeout;
+      def.overlap = sync.overlap;
+      def.retry = sync.retry;
+      def.spread = sync.spread;
       if (Status s = d->engine_->DefineSync(integration.key, def); !s.ok()) {
         return Status(s.code(), "integrations[\"" + integration.key + "\"].syncs[\"" + sync.name +
                                     "\"]: " + s.message());
       }
+    }
+    // The configuration is declarative: an integration without `max_concurrency` is unlimited,
+    // whatever an earlier configuration set (the engine keeps limits in its database).
+    IntegrationLimits limits;
+    limits.max_concurrency = integration.max_concurrency;
+    Status s = d->engine_->SetIntegrationLimits(integration.key, limits);
+    if (!s.ok() && !(s.IsNotFound() && integration.max_concurrency == 0)) {
+      return Status(s.code(), "integrations[\"" + integration.key +
+                                  "\"].max_concurrency: " + s.message() +
+                                  (s.IsNotFound() ? " (an integration needs a sync)" : ""));
     }
   }
   for (const IntegrationConfig& integration : d->config_.integrations) {

@@ -376,6 +376,27 @@ TEST(DecodeConnections, CreateAndDelete) {
   ExpectError(DecodeDeleteConnection("a\x01", *q), 400, "invalid_value", "connection_id");
 }
 
+TEST(DecodeForecastQuery, HoursAndIntegration) {
+  auto q = [](const std::string& text) { return ParseQuery(text).value(); };
+  auto one = DecodeForecastQuery(q("hours=1"));
+  ASSERT_TRUE(one.ok()) << one.error().message;
+  EXPECT_EQ(one->hours, 1);
+  EXPECT_FALSE(one->integration.has_value());
+  auto week = DecodeForecastQuery(q("provider_config_key=my+app&hours=168"));
+  ASSERT_TRUE(week.ok()) << week.error().message;
+  EXPECT_EQ(week->hours, 168);
+  EXPECT_EQ(week->integration, "my app");
+  ExpectError(DecodeForecastQuery(q("")), 400, "missing_field", "hours");
+  ExpectError(DecodeForecastQuery(q("provider_config_key=g")), 400, "missing_field", "hours");
+  for (const char* bad : {"hours=0", "hours=169", "hours=-1", "hours=1h", "hours=1.5",
+                          "hours=", "hours=+1", "hours=99999999999999999999"}) {
+    ExpectError(DecodeForecastQuery(q(bad)), 400, "invalid_value", "hours");
+  }
+  ExpectError(DecodeForecastQuery(q("hours=1&provider_config_key=a/b")), 400, "invalid_value",
+              "provider_config_key");
+  ExpectError(DecodeForecastQuery(q("hours=1&syncs=*")), 400, "unknown_field", "syncs");
+}
+
 // ---- Responses ----
 
 TEST(Encode, StatusItemHasNangosFields) {
@@ -411,6 +432,38 @@ TEST(Encode, StatusItemHasNangosFields) {
   EXPECT_EQ(j["runs"], 3);
   EXPECT_EQ(j["failures"], 1);
   EXPECT_EQ(j["skipped"], 2);
+  EXPECT_TRUE(j["waitingSince"].is_null());
+  EXPECT_TRUE(j["nextRetryAt"].is_null());
+  EXPECT_EQ(j["decisions"], Json::array());
+}
+
+TEST(Encode, StatusItemSaysWhyNot) {
+  ScheduleStatus s;
+  s.key = {"g", "c", "s", "base"};
+  s.frequency = std::chrono::hours(1);
+  s.waiting_since = TimePoint(std::chrono::seconds(1767225600));
+  s.next_retry = TimePoint(std::chrono::seconds(1767225660));
+  s.decisions = {Decision{TimePoint(std::chrono::seconds(1767225000)), Reason::kSkippedOverlap,
+                          "a run was in flight"},
+                 Decision{TimePoint(std::chrono::milliseconds(1767225600500)),
+                          Reason::kWaitingForCap, "max_concurrent_runs reached"}};
+  Json j = EncodeScheduleStatus(s);
+  EXPECT_EQ(j["waitingSince"], "2026-01-01T00:00:00.000Z");
+  EXPECT_EQ(j["nextRetryAt"], "2026-01-01T00:01:00.000Z");
+  EXPECT_EQ(j["decisions"], J(R"([{"at": "2025-12-31T23:50:00.000Z", "reason": "skipped_overlap",
+                   "detail": "a run was in flight"},
+                  {"at": "2026-01-01T00:00:00.500Z", "reason": "waiting_for_cap",
+                   "detail": "max_concurrent_runs reached"}])"));
+}
+
+TEST(Encode, ForecastKeepsTheMinutesWithRuns) {
+  TimePoint t(std::chrono::seconds(1767225600));
+  std::vector<ForecastMinute> minutes = {
+      {t, 2}, {t + std::chrono::minutes(1), 0}, {t + std::chrono::minutes(2), 1}};
+  EXPECT_EQ(EncodeForecast(minutes),
+            J(R"({"minutes": [{"at": "2026-01-01T00:00:00.000Z", "runs": 2},
+                              {"at": "2026-01-01T00:02:00.000Z", "runs": 1}]})"));
+  EXPECT_EQ(Dump(EncodeForecast({})), R"({"minutes":[]})");
 }
 
 TEST(Encode, StatusItemNullsBeforeTheFirstRun) {
@@ -536,6 +589,27 @@ TEST(Prometheus, CumulativeHistogramsAndCounters) {
   EXPECT_NE(text.find("syncsched_run_duration_seconds_count 4\n"), std::string::npos);
   EXPECT_NE(text.find("syncschedd_http_responses_total{code=\"200\"} 9\n"), std::string::npos);
   EXPECT_NE(text.find("# TYPE syncsched_runs_started_total counter\n"), std::string::npos);
+}
+
+TEST(Prometheus, RetriesAndWaits) {
+  EngineMetrics m;
+  m.retries = 7;
+  m.runs_waiting = 3;
+  m.wait_seconds.bounds = {1, 10};
+  m.wait_seconds.counts = {1, 2, 1};
+  m.wait_seconds.count = 4;
+  m.wait_seconds.sum = 42;
+  std::string text = EncodePrometheus(m, DaemonMetrics{});
+  EXPECT_NE(
+      text.find("# TYPE syncsched_runs_retried_total counter\nsyncsched_runs_retried_total 7\n"),
+      std::string::npos)
+      << text;
+  EXPECT_NE(text.find("syncsched_runs_waiting 3\n"), std::string::npos);
+  EXPECT_NE(text.find("# TYPE syncsched_run_wait_seconds histogram\n"), std::string::npos);
+  EXPECT_NE(text.find("syncsched_run_wait_seconds_bucket{le=\"1\"} 1\n"), std::string::npos);
+  EXPECT_NE(text.find("syncsched_run_wait_seconds_bucket{le=\"10\"} 3\n"), std::string::npos);
+  EXPECT_NE(text.find("syncsched_run_wait_seconds_bucket{le=\"+Inf\"} 4\n"), std::string::npos);
+  EXPECT_NE(text.find("syncsched_run_wait_seconds_sum 42\n"), std::string::npos);
 }
 
 }  // namespace

@@ -150,6 +150,37 @@ TEST_F(CommandRunnerTest, OutputGoesToTheLogAndCountsAsHeartbeat) {
   }
 }
 
+TEST_F(CommandRunnerTest, NoDirectivesNoHintNoCounts) {
+  RunReport r = Sh("echo hello");
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_FALSE(r.next_run_in.has_value());
+  EXPECT_TRUE(r.counts.empty());
+}
+
+TEST_F(CommandRunnerTest, AHintLineSetsTheNextRun) {
+  RunReport r = Sh("echo SYNCSCHED_NEXT_RUN_IN=1h; echo 'SYNCSCHED_NEXT_RUN_IN= 15m '; echo done");
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.next_run_in, std::chrono::minutes(15));  // the last one wins
+  // Kept on failure too (a command backing off after a rate limit).
+  RunReport f = Sh("printf 'SYNCSCHED_NEXT_RUN_IN=2h\r\n'; echo 'rate limited' >&2; exit 1");
+  EXPECT_FALSE(f.status.ok());
+  EXPECT_EQ(f.next_run_in, std::chrono::hours(2));
+  // A malformed hint is ignored (and logged); on stderr it is no directive at all.
+  RunReport bad = Sh("echo SYNCSCHED_NEXT_RUN_IN=soon; echo SYNCSCHED_NEXT_RUN_IN=1h >&2");
+  ASSERT_TRUE(bad.status.ok()) << bad.status;
+  EXPECT_FALSE(bad.next_run_in.has_value());
+  std::fflush(log_file_);
+  EXPECT_NE(ReadFile(Path("log")).find("ignored a malformed directive"), std::string::npos);
+}
+
+TEST_F(CommandRunnerTest, CountLinesReportPerModelCounts) {
+  RunReport r =
+      Sh("echo 'SYNCSCHED_COUNTS Issue 1 2 3'; echo 'SYNCSCHED_COUNTS Comment 4 0 0';"
+         "echo 'SYNCSCHED_COUNTS Issue 10 0 1'; echo 'SYNCSCHED_COUNTS Bad x 1 2'");
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.counts, (std::vector<ModelCounts>{{"Issue", 11, 2, 4}, {"Comment", 4, 0, 0}}));
+}
+
 TEST_F(CommandRunnerTest, CancellationKillsTheWholeProcessGroup) {
   auto done = std::async(std::launch::async, [&] {
     return Sh("sleep 30 & echo $! > '" + Path("child") + "'; echo $$ > '" + Path("leader") +

@@ -115,6 +115,43 @@ TEST(Config, EveryField) {
   EXPECT_FALSE(c.integrations[0].syncs[0].timeout.has_value());
 }
 
+TEST(Config, RunPolicies) {
+  Config defaults = Ok(WithSync(R"("runs": "1h", "command": ["x"])"));
+  EXPECT_EQ(defaults.max_concurrent_runs, 0u);
+  EXPECT_EQ(defaults.catch_up_per_second, 0.0);
+  EXPECT_EQ(defaults.integrations[0].max_concurrency, 0u);
+  const SyncConfig& d = defaults.integrations[0].syncs[0];
+  EXPECT_EQ(d.overlap, OverlapPolicy::kSkip);
+  EXPECT_EQ(d.retry.max, 0);
+  EXPECT_EQ(d.retry.backoff, std::chrono::seconds(30));
+  EXPECT_FALSE(d.spread);
+
+  Config c = Ok(R"({"database": "x.db", "max_concurrent_runs": 16, "catch_up_per_second": 2.5,
+    "integrations": {"github": {"max_concurrency": 4, "syncs": {"issues": {"runs": "1h",
+      "command": ["x"], "overlap": "buffer_one", "retry": {"max": 3, "backoff": "1m"},
+      "spread": true}}}}})");
+  EXPECT_EQ(c.max_concurrent_runs, 16u);
+  EXPECT_EQ(c.catch_up_per_second, 2.5);
+  EXPECT_EQ(c.integrations[0].max_concurrency, 4u);
+  const SyncConfig& s = c.integrations[0].syncs[0];
+  EXPECT_EQ(s.overlap, OverlapPolicy::kBufferOne);
+  EXPECT_EQ(s.retry.max, 3);
+  EXPECT_EQ(s.retry.backoff, std::chrono::minutes(1));
+  EXPECT_TRUE(s.spread);
+
+  Config zero = Ok(R"({"database": "x.db", "max_concurrent_runs": 0, "catch_up_per_second": 0,
+    "integrations": {"g": {"max_concurrency": 0, "syncs": {"s": {"runs": "1h", "command": ["x"],
+      "overlap": "skip", "retry": {"max": 0}, "spread": false}}}}})");
+  EXPECT_EQ(zero.integrations[0].syncs[0].overlap, OverlapPolicy::kSkip);
+  EXPECT_EQ(zero.integrations[0].syncs[0].retry.max, 0);
+  EXPECT_EQ(Ok(R"({"database": "x", "catch_up_per_second": 3})").catch_up_per_second, 3.0);
+  EXPECT_EQ(Ok(WithSync(R"("runs": "1h", "command": ["x"], "retry": {"max": 100})"))
+                .integrations[0]
+                .syncs[0]
+                .retry.max,
+            100);
+}
+
 TEST(Config, ErrorsNameTheField) {
   struct Case {
     std::string text;
@@ -173,6 +210,32 @@ TEST(Config, ErrorsNameTheField) {
       {WithSync(R"("runs": "1h", "command": ["x"], "retries": 3)"), sync + ".retries"},
       {WithSync(R"("runs": "1h", "command": ["x"], "heartbeat_timeout": "1s")"),
        sync + ".heartbeat_timeout"},
+      // Run policies.
+      {R"({"database": "x", "max_concurrent_runs": -1})", "max_concurrent_runs"},
+      {R"({"database": "x", "max_concurrent_runs": 1.5})", "max_concurrent_runs"},
+      {R"({"database": "x", "max_concurrent_runs": "4"})", "max_concurrent_runs"},
+      {R"({"database": "x", "catch_up_per_second": -0.5})", "catch_up_per_second"},
+      {R"({"database": "x", "catch_up_per_second": "fast"})", "catch_up_per_second"},
+      {R"({"database": "x", "integrations": {"g": {"max_concurrency": -1}}})",
+       R"(integrations["g"].max_concurrency)"},
+      {R"({"database": "x", "integrations": {"g": {"max_concurrency": "2"}}})",
+       R"(integrations["g"].max_concurrency)"},
+      {WithSync(R"("runs": "1h", "command": ["x"], "overlap": "queue")"), sync + ".overlap"},
+      {WithSync(R"("runs": "1h", "command": ["x"], "overlap": true)"), sync + ".overlap"},
+      {WithSync(R"("runs": "1h", "command": ["x"], "retry": 3)"), sync + ".retry"},
+      {WithSync(R"("runs": "1h", "command": ["x"], "retry": {"backoff": "1m"})"),
+       sync + ".retry.max"},
+      {WithSync(R"("runs": "1h", "command": ["x"], "retry": {"max": 101})"), sync + ".retry.max"},
+      {WithSync(R"("runs": "1h", "command": ["x"], "retry": {"max": -1})"), sync + ".retry.max"},
+      {WithSync(R"("runs": "1h", "command": ["x"], "retry": {"max": 2, "backoff": "later"})"),
+       sync + ".retry.backoff"},
+      {WithSync(R"("runs": "1h", "command": ["x"], "retry": {"max": 2, "backoff": 30})"),
+       sync + ".retry.backoff"},
+      {WithSync(R"("runs": "1h", "command": ["x"], "retry": {"max": 2, "backoff": "10ms"})"),
+       sync + ".retry.backoff"},
+      {WithSync(R"("runs": "1h", "command": ["x"], "retry": {"max": 2, "jitter": 0})"),
+       sync + ".retry.jitter"},
+      {WithSync(R"("runs": "1h", "command": ["x"], "spread": "yes")"), sync + ".spread"},
   };
   for (const Case& c : cases) {
     ConfigError e = Err(c.text);

@@ -65,21 +65,21 @@ class HttpTest : public ::testing::Test {
         (dir_ / "runs.txt") + "'";
     IntegrationConfig github;
     github.key = "github";
+    auto sync = [](std::string name, bool auto_start, std::vector<std::string> command) {
+      SyncConfig s;
+      s.name = std::move(name);
+      s.runs = "every 1h";
+      s.auto_start = auto_start;
+      s.command = std::move(command);
+      return s;
+    };
     github.syncs = {
-        {"issues", "every 1h", true, {"/bin/sh", "-c", record}, std::nullopt, std::nullopt},
-        {"pulls", "every 1h", false, {"/bin/sh", "-c", record}, std::nullopt, std::nullopt},
-        {"slow",
-         "every 1h",
-         false,
-         {"/bin/sh", "-c", record + "; echo $$ >> '" + (dir_ / "slow.pids") + "'; sleep 30"},
-         std::nullopt,
-         std::nullopt},
-        {"fail",
-         "every 1h",
-         false,
-         {"/bin/sh", "-c", "echo working; echo 'upstream said: 500' >&2; exit 3"},
-         std::nullopt,
-         std::nullopt},
+        sync("issues", true, {"/bin/sh", "-c", record}),
+        sync("pulls", false, {"/bin/sh", "-c", record}),
+        sync("slow", false,
+             {"/bin/sh", "-c", record + "; echo $$ >> '" + (dir_ / "slow.pids") + "'; sleep 30"}),
+        sync("fail", false,
+             {"/bin/sh", "-c", "echo working; echo 'upstream said: 500' >&2; exit 3"}),
     };
     github.connections = {"acme", "globex"};
     c.integrations = {github};
@@ -351,6 +351,150 @@ TEST_F(HttpTest, StatusSelectors) {
               404, "unknown_connection");
 }
 
+TEST_F(HttpTest, StatusSaysWhyNot) {
+  Settle();
+  Json fresh = Item("acme", "issues");
+  EXPECT_TRUE(fresh["waitingSince"].is_null()) << fresh.dump();
+  EXPECT_TRUE(fresh["nextRetryAt"].is_null()) << fresh.dump();
+  ASSERT_TRUE(fresh["decisions"].is_array()) << fresh.dump();
+  EXPECT_TRUE(fresh["decisions"].empty()) << fresh.dump();
+  ASSERT_EQ(client_
+                ->Post("/sync/pause", R"({"provider_config_key": "github",
+      "connection_id": "acme", "syncs": ["issues"]})")
+                .status,
+            200u);
+  Json item = Item("acme", "issues");
+  ASSERT_EQ(item["decisions"].size(), 1u) << item.dump();
+  const Json& d = item["decisions"][0];
+  EXPECT_EQ(d["reason"], "paused");
+  EXPECT_TRUE(d["detail"].is_string());
+  ASSERT_TRUE(d["at"].is_string());
+  EXPECT_TRUE(d["at"].get<std::string>().ends_with("Z")) << d.dump();
+  EXPECT_TRUE(Item("globex", "issues")["decisions"].empty());
+}
+
+TEST_F(HttpTest, Forecast) {
+  Settle();
+  auto total = [](const Json& body) {
+    std::uint64_t n = 0;
+    for (const Json& m : body["minutes"]) n += m["runs"].get<std::uint64_t>();
+    return n;
+  };
+  Reply all = client_->Get("/schedules/forecast?hours=3", "read-key");
+  ASSERT_EQ(all.status, 200u) << all.body;
+  Json body = all.json();
+  ASSERT_TRUE(body["minutes"].is_array()) << all.body;
+  std::string last;
+  for (const Json& m : body["minutes"]) {
+    ASSERT_TRUE(m["at"].is_string()) << m.dump();
+    std::string at = m["at"];
+    EXPECT_TRUE(at.ends_with(":00.000Z")) << at;  // minutes
+    EXPECT_GT(at, last);                          // in order
+    last = at;
+    EXPECT_GT(m["runs"].get<std::uint64_t>(), 0u);  // only minutes with runs
+  }
+  // issues runs hourly on two connections: 2 runs an hour; the first runs went a moment ago.
+  EXPECT_GE(total(body), 4u) << all.body;
+  EXPECT_LE(total(body), 6u) << all.body;
+  Reply github = client_->Get("/schedules/forecast?hours=3&provider_config_key=github");
+  ASSERT_EQ(github.status, 200u) << github.body;
+  EXPECT_EQ(total(github.json()), total(body));
+  Reply one = client_->Get("/schedules/forecast?provider_config_key=github&hours=1");
+  ASSERT_EQ(one.status, 200u) << one.body;
+  EXPECT_LE(total(one.json()), 2u);
+  EXPECT_EQ(client_->Get("/schedules/forecast?hours=168").status, 200u);
+
+  for (const char* bad :
+       {"hours=0", "hours=169", "hours=-1", "hours=x", "hours=1.5", "hours=", "hours=1&hours=2"}) {
+    Reply r = client_->Get(std::string("/schedules/forecast?") + bad);
+    ExpectError(r, 400, r.code() == "missing_field" ? "missing_field" : "invalid_value");
+    EXPECT_EQ(r.json()["field"], "hours") << bad << ": " << r.body;
+  }
+  Reply missing = client_->Get("/schedules/forecast?provider_config_key=github");
+  ExpectError(missing, 400, "missing_field");
+  EXPECT_EQ(missing.json()["field"], "hours");
+  Reply unknown = client_->Get("/schedules/forecast?hours=1&provider_config_key=gitlab");
+  ExpectError(unknown, 400, "unknown_provider_config");
+  EXPECT_EQ(unknown.json()["field"], "provider_config_key");
+  ExpectError(client_->Get("/schedules/forecast?hours=1&provider_config_key=a/b"), 400,
+              "invalid_value");
+  ExpectError(client_->Get("/schedules/forecast?hours=1&connection_id=acme"), 400, "unknown_field");
+  ExpectError(client_->Get("/schedules/forecast?hours=1", "exec-key"), 403, "missing_scope");
+  ExpectError(client_->Get("/schedules/forecast?hours=1", ""), 401, "unauthorized");
+  ExpectError(client_->Post("/schedules/forecast?hours=1", "{}"), 405, "method_not_allowed");
+  ExpectError(client_->Get("/schedules"), 404, "route_not_found");
+}
+
+// Run policies from the configuration: a cap per integration, retries, and a command's hint.
+class PolicyTest : public HttpTest {
+ protected:
+  void Customize(Config& c) override {
+    c.max_concurrent_runs = 8;
+    IntegrationConfig gitlab;
+    gitlab.key = "gitlab";
+    gitlab.max_concurrency = 1;
+    SyncConfig hinted;
+    hinted.name = "hinted";
+    hinted.runs = "every 1h";
+    hinted.command = {"/bin/sh", "-c", "echo SYNCSCHED_NEXT_RUN_IN=3h"};
+    SyncConfig flaky;
+    flaky.name = "flaky";
+    flaky.runs = "every 1h";
+    flaky.command = {"/bin/sh", "-c", "echo 'try later' >&2; exit 1"};
+    flaky.retry.max = 2;
+    flaky.retry.backoff = std::chrono::minutes(5);
+    flaky.overlap = OverlapPolicy::kBufferOne;
+    flaky.spread = true;
+    gitlab.syncs = {hinted, flaky};
+    gitlab.connections = {"acme"};
+    c.integrations.push_back(gitlab);
+  }
+  Json GitlabItem(const std::string& sync) {
+    Json all = Status("provider_config_key=gitlab&connection_id=acme&syncs=" + sync);
+    EXPECT_EQ(all["syncs"].size(), 1u) << all.dump();
+    return all["syncs"].size() == 1 ? all["syncs"][0] : Json();
+  }
+  static bool HasReason(const Json& item, const std::string& reason) {
+    for (const Json& d : item["decisions"]) {
+      if (d["reason"] == reason) return true;
+    }
+    return false;
+  }
+};
+
+TEST_F(PolicyTest, AHintMovesTheNextRun) {
+  ASSERT_TRUE(WaitFor([&] { return HasReason(GitlabItem("hinted"), "hint"); }))
+      << GitlabItem("hinted").dump();
+  Json item = GitlabItem("hinted");
+  EXPECT_EQ(item["latestExecutionStatus"], "SUCCESS");
+  EXPECT_EQ(item["decisions"].back()["detail"], "next run in 3h") << item.dump();
+  // The next run is 3 hours after the run, not on the hourly grid.
+  ASSERT_TRUE(item["nextScheduledSyncAt"].is_string());
+  ASSERT_TRUE(item["finishedAt"].is_string());
+  EXPECT_GT(item["nextScheduledSyncAt"].get<std::string>(),
+            FormatTime(TimePoint(std::chrono::duration_cast<Millis>(
+                           std::chrono::system_clock::now().time_since_epoch())) +
+                       std::chrono::hours(2)));
+}
+
+TEST_F(PolicyTest, AFailedRunWaitsForItsRetry) {
+  ASSERT_TRUE(WaitFor([&] { return HasReason(GitlabItem("flaky"), "retry_backoff"); }))
+      << GitlabItem("flaky").dump();
+  Json item = GitlabItem("flaky");
+  EXPECT_EQ(item["error"], "try later");
+  ASSERT_TRUE(item["nextRetryAt"].is_string()) << item.dump();
+  EXPECT_TRUE(item["waitingSince"].is_null());
+  EXPECT_NE(item["decisions"].back()["detail"].get<std::string>().find("retry 1 of 2"),
+            std::string::npos)
+      << item.dump();
+  Reply m = client_->Get("/metrics");
+  EXPECT_NE(m.body.find("syncsched_runs_retried_total 0\n"), std::string::npos) << m.body;
+  // The forecast knows the integration.
+  Reply f = client_->Get("/schedules/forecast?hours=4&provider_config_key=gitlab");
+  EXPECT_EQ(f.status, 200u) << f.body;
+  EXPECT_FALSE(f.json()["minutes"].empty()) << f.body;
+}
+
 TEST_F(HttpTest, UpdateFrequency) {
   Settle();
   const std::string base =
@@ -516,6 +660,13 @@ TEST_F(HttpTest, Metrics) {
   EXPECT_NE(r.body.find("syncsched_runs_started_total"), std::string::npos) << r.body;
   EXPECT_NE(r.body.find("syncschedd_http_responses_total{code=\"200\"}"), std::string::npos);
   EXPECT_NE(r.body.find("syncschedd_commands_spawned_total 2\n"), std::string::npos) << r.body;
+  EXPECT_NE(
+      r.body.find("# TYPE syncsched_runs_retried_total counter\nsyncsched_runs_retried_total 0\n"),
+      std::string::npos)
+      << r.body;
+  EXPECT_NE(r.body.find("# TYPE syncsched_run_wait_seconds histogram\n"), std::string::npos);
+  EXPECT_NE(r.body.find("syncsched_run_wait_seconds_bucket{le=\"+Inf\"} "), std::string::npos);
+  EXPECT_NE(r.body.find("syncsched_run_wait_seconds_count "), std::string::npos);
   ExpectError(client_->Get("/metrics", ""), 401, "unauthorized");
 }
 

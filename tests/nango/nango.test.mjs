@@ -193,6 +193,10 @@ describe('@nangohq/node against syncschedd', { skip: skipReason ?? false }, () =
     assert.deepEqual(issues.latestResult, {});
     assert.deepEqual(issues.recordCount, {});
     assert.equal(issues.error, null);
+    // syncsched's own "why not" fields pass through the client untouched.
+    assert.equal(issues.waitingSince, null);
+    assert.equal(issues.nextRetryAt, null);
+    assert.ok(Array.isArray(issues.decisions));
     assert.equal(pulls.status, 'PAUSED');
     assert.equal(pulls.nextScheduledSyncAt, null);
     assert.equal(pulls.finishedAt, null);

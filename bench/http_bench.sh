@@ -25,6 +25,7 @@ cat > "$work/config.json" <<JSON
 {
   "listen": "127.0.0.1:$port_d",
   "database": "$work/bench.db",
+  "http_threads": ${HTTP_THREADS:-2},
   "api_keys": [{"key": "bench-key", "scopes": ["*"]}],
   "integrations": {
     "github": {
@@ -62,10 +63,31 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer bench-key"
 LUA
 
-rps() { wrk -t1 -c32 -d"${secs}s" -s "$work/post.lua" "$1" | tee -a "$work/wrk.txt" | awk '/Requests\/sec/ {print $2}'; }
+# User and system CPU seconds a process has used so far.
+cpu() { awk -v hz="$(getconf CLK_TCK)" '{print $14 / hz, $15 / hz}' "/proc/$1/stat"; }
+# Runs wrk against URL; prints "requests/s user-us/request system-us/request" of the server.
+measure() {
+  local url=$1 pid=$2 before after out
+  before=$(cpu "$pid")
+  out=$(wrk -t1 -c32 -d"${secs}s" -s "$work/post.lua" "$url")
+  after=$(cpu "$pid")
+  echo "$out" >>"$work/wrk.txt"
+  local rps total
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  total=$(awk '/requests in/ {print $1}' <<<"$out")
+  python3 -c "import sys; r,t=float(sys.argv[1]),float(sys.argv[6]); b=list(map(float,sys.argv[2:4])); a=list(map(float,sys.argv[4:6])); print(r, 1e6*(a[0]-b[0])/t, 1e6*(a[1]-b[1])/t)" \
+    "$rps" $before $after "$total"
+}
 echo "== syncschedd POST /sync/start (already started)"
-d=$(rps "http://127.0.0.1:$port_d/sync/start")
+read -r d d_user d_sys < <(measure "http://127.0.0.1:$port_d/sync/start" "${pids[0]}")
 echo "== node no-op server"
-n=$(rps "http://127.0.0.1:$port_n/sync/start")
+read -r n n_user n_sys < <(measure "http://127.0.0.1:$port_n/sync/start" "${pids[1]}")
 grep -E "Requests/sec|Latency|Non-2xx" "$work/wrk.txt" || true
-python3 -c "import sys; d,n=float(sys.argv[1]),float(sys.argv[2]); print(f'syncschedd {d:.0f} req/s, node no-op {n:.0f} req/s, ratio {d/n:.2f}x')" "$d" "$n"
+python3 - "$d" "$d_user" "$d_sys" "$n" "$n_user" "$n_sys" <<'PY'
+import sys
+d, du, ds, n, nu, ns = map(float, sys.argv[1:])
+print(f"syncschedd {d:.0f} req/s; CPU per request: {du:.1f} us user + {ds:.1f} us kernel")
+print(f"node no-op {n:.0f} req/s; CPU per request: {nu:.1f} us user + {ns:.1f} us kernel")
+print(f"ratios: throughput {d / n:.2f}x; user CPU per request {nu / du:.2f}x less; "
+      f"total CPU per request {(nu + ns) / (du + ds):.2f}x less")
+PY

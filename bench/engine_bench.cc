@@ -116,6 +116,25 @@ BENCHMARK(BM_AsioBaselineStart)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 
+// The steady load of BM_EngineSteadyFire and BM_EngineLateness: n / 60 connections, each with 60
+// syncs of periods 1 min .. 60 min, phase spreading on, every run going to `callback`.
+void AddSteadyLoad(syncsched::Engine& engine, std::int64_t n,
+                   const syncsched::SyncCallback& callback) {
+  constexpr int kPeriods = 60;
+  for (int p = 0; p < kPeriods; ++p) {
+    std::string name = "every" + std::to_string(p + 1) + "m";
+    (void)engine.RegisterCallback("bench", name, callback);
+    syncsched::SyncDefinition def;
+    def.name = name;
+    def.frequency = std::to_string(p + 1) + "m";
+    def.spread = true;
+    (void)engine.DefineSync("bench", def);
+  }
+  for (std::int64_t c = 0; c < n / kPeriods; ++c) {
+    (void)engine.AddConnection("bench", "conn-" + std::to_string(c));
+  }
+}
+
 // BM_EngineSteadyFire: 1M started schedules with frequencies spread over 1 min .. 1 h (60 distinct
 // periods), no-op callbacks, all on one thread in virtual time: each iteration advances the clock
 // by one minute and runs every slot due in it. items_per_second = runs the engine sustains per
@@ -133,23 +152,10 @@ void BM_EngineSteadyFire(benchmark::State& state) {
   o.max_fires_per_wakeup = 1 << 20;
   auto engine = std::move(syncsched::Engine::Open(o)).value();
   std::int64_t ran = 0;
-  constexpr int kPeriods = 60;
-  for (int p = 0; p < kPeriods; ++p) {
-    std::string name = "every" + std::to_string(p + 1) + "m";
-    (void)engine->RegisterCallback("bench", name, [&ran](const syncsched::RunContext&) {
-      ++ran;
-      return syncsched::RunReport::Success();
-    });
-    syncsched::SyncDefinition def;
-    def.name = name;
-    def.frequency = std::to_string(p + 1) + "m";
-    def.spread = true;
-    (void)engine->DefineSync("bench", def);
-  }
-  // n / 60 connections, each with the 60 syncs: frequencies 1 min .. 60 min, spread phases.
-  for (std::int64_t c = 0; c < n / kPeriods; ++c) {
-    (void)engine->AddConnection("bench", "conn-" + std::to_string(c));
-  }
+  AddSteadyLoad(*engine, n, [&ran](const syncsched::RunContext&) {
+    ++ran;
+    return syncsched::RunReport::Success();
+  });
   clock.RunFor(io, std::chrono::seconds(0));  // the immediate runs
   clock.RunFor(io, std::chrono::hours(1));    // warm up: one full hour of every period
   std::int64_t before = ran;
@@ -203,7 +209,6 @@ BENCHMARK(BM_AsioTimerSteadyFire)->Arg(1000000)->Iterations(10)->Unit(benchmark:
 // have millisecond resolution), over the scheduled runs after the start's immediate burst.
 void BM_EngineLateness(benchmark::State& state) {
   const std::int64_t n = state.range(0);
-  constexpr int kPeriods = 60;
   std::mutex mu;
   std::vector<std::int64_t> lateness;
   lateness.reserve(1 << 20);
@@ -213,25 +218,14 @@ void BM_EngineLateness(benchmark::State& state) {
     o.worker_threads = 2;
     auto engine = std::move(syncsched::Engine::Open(o)).value();
     syncsched::Clock* clock = &engine->clock();
-    for (int p = 0; p < kPeriods; ++p) {
-      std::string name = "every" + std::to_string(p + 1) + "m";
-      (void)engine->RegisterCallback("bench", name, [&, clock](const syncsched::RunContext& ctx) {
-        if (ctx.slot.time_since_epoch().count() >= measure_from.load(std::memory_order_relaxed)) {
-          std::int64_t late = (clock->Now() - ctx.slot).count();
-          std::lock_guard lock(mu);
-          lateness.push_back(late);
-        }
-        return syncsched::RunReport::Success();
-      });
-      syncsched::SyncDefinition def;
-      def.name = name;
-      def.frequency = std::to_string(p + 1) + "m";
-      def.spread = true;
-      (void)engine->DefineSync("bench", def);
-    }
-    for (std::int64_t c = 0; c < n / kPeriods; ++c) {
-      (void)engine->AddConnection("bench", "conn-" + std::to_string(c));
-    }
+    AddSteadyLoad(*engine, n, [&, clock](const syncsched::RunContext& ctx) {
+      if (ctx.slot.time_since_epoch().count() >= measure_from.load(std::memory_order_relaxed)) {
+        std::int64_t late = (clock->Now() - ctx.slot).count();
+        std::lock_guard lock(mu);
+        lateness.push_back(late);
+      }
+      return syncsched::RunReport::Success();
+    });
     // Spread schedules first run half a period or more after the start: from 30 s on, the
     // 1-minute schedules fire on their phases; measure from then, for 70 s.
     measure_from = (clock->Now() + std::chrono::seconds(30)).time_since_epoch().count();

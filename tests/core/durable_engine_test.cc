@@ -30,16 +30,7 @@ class DurableEngine : public EngineHarness {
     o.hold_timers = true;
     Open(o);
     for (const char* sync : {"issues", "prs"}) {
-      ASSERT_TRUE(engine
-                      ->RegisterAsyncCallback("github", sync,
-                                              [this](const RunContext& ctx, RunDone done) {
-                                                calls.push_back(Call{ctx, done, clock.Now()});
-                                                if (auto_complete) {
-                                                  calls.back().finished = true;
-                                                  done(RunReport::Success());
-                                                }
-                                              })
-                      .ok());
+      ASSERT_TRUE(engine->RegisterAsyncCallback("github", sync, Recorder()).ok());
     }
   }
   void DefineBoth() {

@@ -48,17 +48,19 @@ class EngineHarness : public ::testing::Test {
     def.timeout = timeout;
     def.heartbeat_timeout = heartbeat;
     // The callback first, so that runs dispatched by the definition itself find it.
-    ASSERT_TRUE(engine
-                    ->RegisterAsyncCallback(integration, sync,
-                                            [this](const RunContext& ctx, RunDone done) {
-                                              calls.push_back(Call{ctx, done, clock.Now()});
-                                              if (auto_complete) {
-                                                calls.back().finished = true;
-                                                done(RunReport::Success());
-                                              }
-                                            })
-                    .ok());
+    ASSERT_TRUE(engine->RegisterAsyncCallback(integration, sync, Recorder()).ok());
     ASSERT_TRUE(engine->DefineSync(integration, def).ok());
+  }
+
+  // A callback that records each run in `calls` and, with auto_complete, finishes it at once.
+  AsyncSyncCallback Recorder() {
+    return [this](const RunContext& ctx, RunDone done) {
+      calls.push_back(Call{ctx, done, clock.Now()});
+      if (auto_complete) {
+        calls.back().finished = true;
+        done(RunReport::Success());
+      }
+    };
   }
 
   void Run(Millis d) { clock.RunFor(io, d); }

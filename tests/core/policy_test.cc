@@ -25,16 +25,6 @@ class PolicyHarness : public EngineHarness {
     return d;
   }
 
-  AsyncSyncCallback Recorder() {
-    return [this](const RunContext& ctx, RunDone done) {
-      calls.push_back(Call{ctx, done, clock.Now()});
-      if (auto_complete) {
-        calls.back().finished = true;
-        done(RunReport::Success());
-      }
-    };
-  }
-
   // Defines a sync with policies, its recording callback registered first.
   void DefineP(const std::string& integration, const SyncDefinition& d) {
     ASSERT_TRUE(engine->RegisterAsyncCallback(integration, d.name, Recorder()).ok());

@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build build -j "$(nproc)"
-if [[ -x build/src/daemon/syncschedd ]]; then
+if [[ -f src/daemon/CMakeLists.txt ]]; then
+  cmake --build build -j "$(nproc)" --target syncschedd
   exec build/src/daemon/syncschedd --config examples/daemon/syncschedd.json "$@"
 fi
+cmake --build build -j "$(nproc)" --target embed
 exec build/examples/embed "$@"

@@ -20,6 +20,14 @@ HttpResponse JsonResponse(unsigned status, const Json& body) {
   return r;
 }
 
+// `{"success": true}`, encoded once.
+HttpResponse SuccessResponse() {
+  static const std::string kBody = codec::Dump(codec::EncodeSuccess());
+  HttpResponse r;
+  r.body = kBody;
+  return r;
+}
+
 std::vector<std::string> SyncNames(const std::vector<SyncSelector>& syncs) {
   std::vector<std::string> names;
   names.reserve(syncs.size());
@@ -234,7 +242,7 @@ HttpResponse Api::Dispatch(const Route& route, const HttpRequest& request) {
       t->report_keys = false;
       Result<CommandResult> r = route.id == RouteId::kStart ? engine_.Start(*t) : engine_.Pause(*t);
       if (!r.ok()) return target_error(r.status(), *t);
-      return JsonResponse(200, codec::EncodeSuccess());
+      return SuccessResponse();
     }
 
     case RouteId::kTrigger: {
@@ -243,7 +251,7 @@ HttpResponse Api::Dispatch(const Route& route, const HttpRequest& request) {
       t->target.report_keys = false;
       Result<CommandResult> r = engine_.Trigger(t->target, t->mode);
       if (!r.ok()) return target_error(r.status(), t->target);
-      return JsonResponse(200, codec::EncodeSuccess());
+      return SuccessResponse();
     }
 
     case RouteId::kStatus: {
@@ -300,7 +308,7 @@ HttpResponse Api::Dispatch(const Route& route, const HttpRequest& request) {
         }
         return ErrorResponse(codec::ErrorFromStatus(s, Subject::kVariant, "variant"));
       }
-      if (!create) return JsonResponse(200, codec::EncodeSuccess());
+      if (!create) return SuccessResponse();
       // The new schedule's id, as Nango answers it.
       Target t;
       t.integration = key->integration;
@@ -337,7 +345,7 @@ HttpResponse Api::Dispatch(const Route& route, const HttpRequest& request) {
       }
       log_.Info("connection deleted",
                 {{"integration", req->integration}, {"connection", req->connection}});
-      return JsonResponse(200, codec::EncodeSuccess());
+      return SuccessResponse();
     }
   }
   return ErrorResponse(codec::errors::Internal("unhandled route"));

@@ -34,9 +34,9 @@ struct HttpRequest {
 struct HttpResponse {
   unsigned status = 200;
   std::string body;
-  std::string content_type = "application/json";
-  std::string allow;          // the Allow header of a 405
-  bool authenticate = false;  // a 401: send `WWW-Authenticate: Bearer`
+  std::string_view content_type = "application/json";  // a literal
+  std::string allow;                                   // the Allow header of a 405
+  bool authenticate = false;                           // a 401: send `WWW-Authenticate: Bearer`
 };
 
 class Api {

@@ -1,16 +1,11 @@
 #include "core/catalog.h"
 
+#include "core/names.h"
+
 #include <algorithm>
 
 namespace syncsched::core {
 namespace {
-
-std::string Q(std::string_view s) {
-  std::string out;
-  out.reserve(s.size() + 2);
-  out.append(1, '"').append(s).append(1, '"');
-  return out;
-}
 
 // Heap bytes of a string beyond the object itself (0 when the small-string buffer holds it).
 std::size_t HeapOf(const std::string& s) { return s.capacity() > 15 ? s.capacity() + 1 : 0; }
@@ -154,7 +149,7 @@ void Catalog::RemoveSchedule(std::uint32_t schedule) {
 Result<std::vector<std::uint32_t>> Catalog::Resolve(const Target& target) const {
   std::uint32_t integ = FindIntegration(target.integration);
   if (integ == kNone) {
-    return Status::NotFound("integration " + Q(target.integration) + " does not exist");
+    return Status::NotFound("integration " + Quote(target.integration) + " does not exist");
   }
   // Each selector as a packed (sync, variant) pair; a name unknown to the integration fails now.
   std::vector<std::uint64_t> wanted;
@@ -162,14 +157,14 @@ Result<std::vector<std::uint32_t>> Catalog::Resolve(const Target& target) const 
   for (const SyncSelector& sel : target.syncs) {
     std::uint32_t sync = FindSync(integ, sel.name);
     if (sync == kNone) {
-      return Status::NotFound("sync " + Q(sel.name) + " does not exist in integration " +
-                              Q(target.integration));
+      return Status::NotFound("sync " + Quote(sel.name) + " does not exist in integration " +
+                              Quote(target.integration));
     }
     std::uint32_t variant = FindVariant(sel.variant);
     if (variant == kNone) {
-      return Status::NotFound("variant " + Q(sel.variant) + " of sync " + Q(sel.name) +
+      return Status::NotFound("variant " + Quote(sel.variant) + " of sync " + Quote(sel.name) +
                               " does not exist" +
-                              (target.connection ? " on connection " + Q(*target.connection)
+                              (target.connection ? " on connection " + Quote(*target.connection)
                                                  : std::string(" on any connection")));
     }
     wanted.push_back(std::uint64_t{sync} << 32 | variant);
@@ -196,8 +191,8 @@ Result<std::vector<std::uint32_t>> Catalog::Resolve(const Target& target) const 
   if (target.connection) {
     std::uint32_t conn = FindConnection(integ, *target.connection);
     if (conn == kNone) {
-      return Status::NotFound("connection " + Q(*target.connection) +
-                              " does not exist in integration " + Q(target.integration));
+      return Status::NotFound("connection " + Quote(*target.connection) +
+                              " does not exist in integration " + Quote(target.integration));
     }
     take(conn);
   } else {
@@ -208,11 +203,11 @@ Result<std::vector<std::uint32_t>> Catalog::Resolve(const Target& target) const 
     const std::string& sync = syncs[wanted[i] >> 32].name;
     const std::string& variant = variants[wanted[i] & 0xffffffffu];
     std::string where = target.connection
-                            ? "on connection " + Q(*target.connection)
-                            : "on any connection of integration " + Q(target.integration);
+                            ? "on connection " + Quote(*target.connection)
+                            : "on any connection of integration " + Quote(target.integration);
     std::string name = sync;
     name.append("::").append(variant);
-    return Status::NotFound("sync " + Q(name) + " has no schedule " + where);
+    return Status::NotFound("sync " + Quote(name) + " has no schedule " + where);
   }
   return out;
 }

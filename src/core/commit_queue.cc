@@ -114,7 +114,6 @@ void CommitQueue::CommitItems(std::vector<Item>& items) {
     Status status;
     if (end - begin == 1) {
       status = store_.Commit(items[begin].batch);
-      ++transactions_;
     } else {
       store::Batch merged;
       for (std::size_t i = begin; i < end; ++i) {
@@ -131,7 +130,6 @@ void CommitQueue::CommitItems(std::vector<Item>& items) {
       // Run rows are not deduplicated: a run's two rows (dispatched, finished) never share a
       // group, since a run starts only after its first row is committed.
       status = store_.Commit(merged);
-      ++transactions_;
       // A failed group fails each of its items: their commands report the error (and changed
       // nothing), their runs are recorded as errors instead of being called.
     }

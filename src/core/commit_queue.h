@@ -41,8 +41,6 @@ class CommitQueue {
   // Commits what is queued and stops the writer. Later calls commit on the caller's thread.
   void Stop();
 
-  std::uint64_t transactions() const { return transactions_; }
-
  private:
   struct Item {
     store::Batch batch;
@@ -65,7 +63,6 @@ class CommitQueue {
   bool stop_ = false;
   bool exited_ = false;  // the writer thread has drained the queue and returned
   std::mutex store_mu_;  // serializes the store between the writer and after-stop commits
-  std::uint64_t transactions_ = 0;
   std::thread thread_;
 };
 

@@ -15,13 +15,6 @@
 namespace syncsched::core {
 namespace {
 
-std::string Q(std::string_view s) {
-  std::string out;
-  out.reserve(s.size() + 2);
-  out.append(1, '"').append(s).append(1, '"');
-  return out;
-}
-
 std::string CallbackKey(std::string_view integration, std::string_view sync) {
   std::string k(integration);
   k += '\0';
@@ -153,7 +146,7 @@ Status EngineCore::Recover(store::Snapshot snap) {
     info.heartbeat_timeout_ms = row.heartbeat_timeout_ms;
     DecodePolicy(row.policy, info);
     if (info.frequency_ms <= 0) {
-      return Status::Internal(options_.database_path + ": sync " + Q(row.name) +
+      return Status::Internal(options_.database_path + ": sync " + Quote(row.name) +
                               " has a non-positive frequency; the database is corrupt");
     }
     cat_.AddSync(integ, std::move(info));
@@ -417,7 +410,6 @@ void EngineCore::FinishRun(const RunPtr& run, const Status& status, std::vector<
   s.run = kNone;
   deadlines_.Cancel(run->schedule);
   CountInFlight(run->schedule, -1);
-  idle_cv_.notify_all();
 
   s.last_start = run->dispatched;
   s.last_finish = now;
@@ -483,7 +475,6 @@ void EngineCore::AbandonRun(std::uint32_t schedule, Status reason, Effects& fx) 
   CountInFlight(schedule, -1);
   ++metrics_.runs_cancelled;
   ++metrics_.runs_failed;
-  idle_cv_.notify_all();
 }
 
 void EngineCore::CreateSchedule(std::uint32_t connection, std::uint32_t sync, std::uint32_t variant,
@@ -663,19 +654,20 @@ Status EngineCore::DefineSync(std::string_view integration, const SyncDefinition
   if (Status s = ValidateName(def.name, "sync name"); !s.ok()) return s;
   auto freq = ParseFrequency(def.frequency, options_.frequency_bounds);
   if (!freq.ok()) {
-    return Status::InvalidArgument("sync " + Q(def.name) + ": " + freq.status().message());
+    return Status::InvalidArgument("sync " + Quote(def.name) + ": " + freq.status().message());
   }
   if (def.timeout && def.timeout->count() <= 0) {
-    return Status::InvalidArgument("sync " + Q(def.name) + ": timeout must be positive");
+    return Status::InvalidArgument("sync " + Quote(def.name) + ": timeout must be positive");
   }
   if (def.heartbeat_timeout && def.heartbeat_timeout->count() <= 0) {
-    return Status::InvalidArgument("sync " + Q(def.name) + ": heartbeat_timeout must be positive");
+    return Status::InvalidArgument("sync " + Quote(def.name) +
+                                   ": heartbeat_timeout must be positive");
   }
   if (def.retry.max < 0 || def.retry.max > 100) {
-    return Status::InvalidArgument("sync " + Q(def.name) + ": retry.max must be 0 to 100");
+    return Status::InvalidArgument("sync " + Quote(def.name) + ": retry.max must be 0 to 100");
   }
   if (def.retry.max > 0 && def.retry.backoff.count() <= 0) {
-    return Status::InvalidArgument("sync " + Q(def.name) + ": retry.backoff must be positive");
+    return Status::InvalidArgument("sync " + Quote(def.name) + ": retry.backoff must be positive");
   }
   Effects fx;
   {
@@ -792,10 +784,10 @@ Status EngineCore::AddConnection(std::string_view integration, std::string_view 
     if (shut_down_) return Status::FailedPrecondition("the engine is shut down");
     std::uint32_t integ = cat_.FindIntegration(integration);
     if (integ == kNone)
-      return Status::NotFound("integration " + Q(integration) + " does not exist");
+      return Status::NotFound("integration " + Quote(integration) + " does not exist");
     if (cat_.FindConnection(integ, connection) != kNone) {
-      return Status::AlreadyExists("connection " + Q(connection) +
-                                   " already exists in integration " + Q(integration));
+      return Status::AlreadyExists("connection " + Quote(connection) +
+                                   " already exists in integration " + Quote(integration));
     }
     std::int64_t now = NowMs();
     // Plan the rows first: uids are taken in the same order CreateSchedule will take them.
@@ -826,11 +818,11 @@ Status EngineCore::DeleteConnection(std::string_view integration, std::string_vi
     if (shut_down_) return Status::FailedPrecondition("the engine is shut down");
     std::uint32_t integ = cat_.FindIntegration(integration);
     if (integ == kNone)
-      return Status::NotFound("integration " + Q(integration) + " does not exist");
+      return Status::NotFound("integration " + Quote(integration) + " does not exist");
     std::uint32_t conn = cat_.FindConnection(integ, connection);
     if (conn == kNone) {
-      return Status::NotFound("connection " + Q(connection) + " does not exist in integration " +
-                              Q(integration));
+      return Status::NotFound("connection " + Quote(connection) +
+                              " does not exist in integration " + Quote(integration));
     }
     std::vector<std::uint32_t> scheds = cat_.connections[conn].schedules;
     store::Batch batch;
@@ -860,21 +852,21 @@ Status EngineCore::CreateVariant(const ScheduleKey& key) {
     if (shut_down_) return Status::FailedPrecondition("the engine is shut down");
     std::uint32_t integ = cat_.FindIntegration(key.integration);
     if (integ == kNone)
-      return Status::NotFound("integration " + Q(key.integration) + " does not exist");
+      return Status::NotFound("integration " + Quote(key.integration) + " does not exist");
     std::uint32_t sync = cat_.FindSync(integ, key.sync);
     if (sync == kNone) {
-      return Status::NotFound("sync " + Q(key.sync) + " does not exist in integration " +
-                              Q(key.integration));
+      return Status::NotFound("sync " + Quote(key.sync) + " does not exist in integration " +
+                              Quote(key.integration));
     }
     std::uint32_t conn = cat_.FindConnection(integ, key.connection);
     if (conn == kNone) {
-      return Status::NotFound("connection " + Q(key.connection) +
-                              " does not exist in integration " + Q(key.integration));
+      return Status::NotFound("connection " + Quote(key.connection) +
+                              " does not exist in integration " + Quote(key.integration));
     }
     std::uint32_t variant = cat_.FindVariant(key.variant);
     if (variant != kNone && cat_.FindSchedule(conn, sync, variant) != kNone) {
-      return Status::AlreadyExists("variant " + Q(key.variant) + " of sync " + Q(key.sync) +
-                                   " already exists on connection " + Q(key.connection));
+      return Status::AlreadyExists("variant " + Quote(key.variant) + " of sync " + Quote(key.sync) +
+                                   " already exists on connection " + Quote(key.connection));
     }
     std::int64_t now = NowMs();
     if (store_) {
@@ -901,22 +893,22 @@ Status EngineCore::DeleteVariant(const ScheduleKey& key) {
     if (shut_down_) return Status::FailedPrecondition("the engine is shut down");
     std::uint32_t integ = cat_.FindIntegration(key.integration);
     if (integ == kNone)
-      return Status::NotFound("integration " + Q(key.integration) + " does not exist");
+      return Status::NotFound("integration " + Quote(key.integration) + " does not exist");
     std::uint32_t sync = cat_.FindSync(integ, key.sync);
     if (sync == kNone) {
-      return Status::NotFound("sync " + Q(key.sync) + " does not exist in integration " +
-                              Q(key.integration));
+      return Status::NotFound("sync " + Quote(key.sync) + " does not exist in integration " +
+                              Quote(key.integration));
     }
     std::uint32_t conn = cat_.FindConnection(integ, key.connection);
     if (conn == kNone) {
-      return Status::NotFound("connection " + Q(key.connection) +
-                              " does not exist in integration " + Q(key.integration));
+      return Status::NotFound("connection " + Quote(key.connection) +
+                              " does not exist in integration " + Quote(key.integration));
     }
     std::uint32_t variant = cat_.FindVariant(key.variant);
     std::uint32_t sched = variant == kNone ? kNone : cat_.FindSchedule(conn, sync, variant);
     if (sched == kNone) {
-      return Status::NotFound("variant " + Q(key.variant) + " of sync " + Q(key.sync) +
-                              " does not exist on connection " + Q(key.connection));
+      return Status::NotFound("variant " + Quote(key.variant) + " of sync " + Quote(key.sync) +
+                              " does not exist on connection " + Quote(key.connection));
     }
     if (store_) {
       store::Batch batch;
@@ -1227,8 +1219,8 @@ bool EngineCore::Execute(const RunPtr& run, RunOutcome& out) {
     return true;
   }
   if (!run->callback) {
-    status = Status::FailedPrecondition("no callback registered for sync " + Q(run->key.sync) +
-                                        " of integration " + Q(run->key.integration));
+    status = Status::FailedPrecondition("no callback registered for sync " + Quote(run->key.sync) +
+                                        " of integration " + Quote(run->key.integration));
     return true;
   }
   RunContext ctx;

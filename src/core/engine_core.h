@@ -12,7 +12,6 @@
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -211,7 +210,6 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   std::unordered_map<std::uint32_t, std::deque<Decision>> decisions_;
   std::uint64_t rng_state_ = 0;
   std::uint32_t last_served_ = 0;  // the integration DrainWaiting served last
-  std::condition_variable idle_cv_;
 };
 
 }  // namespace syncsched::core

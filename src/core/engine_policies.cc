@@ -6,6 +6,7 @@
 
 #include "core/engine_core.h"
 #include "core/grid.h"
+#include "core/names.h"
 
 namespace syncsched::core {
 namespace {
@@ -229,7 +230,7 @@ Status EngineCore::SetIntegrationLimits(std::string_view integration,
     std::lock_guard lock(mu_);
     std::uint32_t integ = cat_.FindIntegration(integration);
     if (integ == kNone) {
-      return Status::NotFound("integration \"" + std::string(integration) + "\" does not exist");
+      return Status::NotFound("integration " + Quote(integration) + " does not exist");
     }
     if (store_) {
       store::Batch batch;
@@ -256,7 +257,7 @@ Result<std::vector<ForecastMinute>> EngineCore::Forecast(Millis horizon,
   if (integration) {
     only = cat_.FindIntegration(*integration);
     if (only == kNone) {
-      return Status::NotFound("integration \"" + *integration + "\" does not exist");
+      return Status::NotFound("integration " + Quote(*integration) + " does not exist");
     }
   }
   const std::int64_t now = NowMs();

@@ -10,7 +10,6 @@
 
 namespace syncsched {
 namespace core {
-namespace {
 
 std::string Quote(std::string_view s) {
   std::string out = "\"";
@@ -28,6 +27,8 @@ std::string Quote(std::string_view s) {
   }
   return out + "\"";
 }
+
+namespace {
 
 bool IsAlnum(char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');

@@ -485,6 +485,15 @@ TEST_F(Scenario, BadDefinitionsAndNamesAreRejectedNamingTheInput) {
       engine->UpdateFrequency({"github", "nope", "issues", "base"}, "1h").status().IsNotFound());
 }
 
+TEST_F(Scenario, ErrorMessagesQuoteTheInputOnOneLine) {
+  Define("github", "issues", "1h");
+  auto r = engine->Start(T("github", std::string("ac\"me\n"), {{"issues"}}));
+  ASSERT_FALSE(r.ok());
+  EXPECT_TRUE(r.status().IsNotFound());
+  EXPECT_NE(r.status().message().find("\"ac\\\"me\\x0a\""), std::string::npos) << r.status();
+  EXPECT_EQ(r.status().message().find('\n'), std::string::npos);
+}
+
 TEST(SyncSelectorTest, ParsesNamesAndVariants) {
   auto a = SyncSelector::Parse("issues");
   ASSERT_TRUE(a.ok());

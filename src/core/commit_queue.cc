@@ -44,34 +44,42 @@ void CommitQueue::Enqueue(store::Batch batch, std::vector<RunPtr> runs) {
   {
     std::lock_guard lock(mu_);
     if (!exited_) {  // also while stopping: the writer drains everything queued
-      queue_.push_back(Item{std::move(batch), std::move(runs)});
+      queue_.push_back(Item{std::move(batch), std::move(runs), nullptr});
       cv_.notify_one();
       return;
     }
   }
   std::vector<Item> one;
-  one.push_back(Item{std::move(batch), std::move(runs)});
+  one.push_back(Item{std::move(batch), std::move(runs), nullptr});
   std::lock_guard store_lock(store_mu_);
   CommitItems(one);
 }
 
-Status CommitQueue::Commit(store::Batch batch, std::vector<RunPtr> runs) {
-  Status result;
-  bool done = false;
+CommitQueue::Ticket CommitQueue::Submit(store::Batch batch, std::vector<RunPtr> runs) {
+  auto waiter = std::make_shared<Waiter>();
   {
-    std::unique_lock lock(mu_);
+    std::lock_guard lock(mu_);
     if (!exited_) {
-      queue_.push_back(Item{std::move(batch), std::move(runs), &result, &done});
+      queue_.push_back(Item{std::move(batch), std::move(runs), waiter});
       cv_.notify_one();
-      done_cv_.wait(lock, [&] { return done; });
-      return result;
+      return waiter;
     }
   }
   std::vector<Item> one;
-  one.push_back(Item{std::move(batch), std::move(runs), &result, &done});
+  one.push_back(Item{std::move(batch), std::move(runs), waiter});
   std::lock_guard store_lock(store_mu_);
   CommitItems(one);
-  return result;
+  return waiter;
+}
+
+Status CommitQueue::Wait(const Ticket& ticket) {
+  std::unique_lock lock(mu_);
+  done_cv_.wait(lock, [&] { return ticket->done; });
+  return ticket->result;
+}
+
+Status CommitQueue::Commit(store::Batch batch, std::vector<RunPtr> runs) {
+  return Wait(Submit(std::move(batch), std::move(runs)));
 }
 
 void CommitQueue::Stop() {
@@ -127,18 +135,17 @@ void CommitQueue::CommitItems(std::vector<Item>& items) {
         Append(merged.runs, b.runs);
       }
       KeepLast(merged.schedules, [](const store::ScheduleRow& r) { return r.uid; });
-      // Run rows are not deduplicated: a run's two rows (dispatched, finished) never share a
-      // group, since a run starts only after its first row is committed.
+      // Finished runs are not deduplicated: each takes its own place in the history.
       status = store_.Commit(merged);
       // A failed group fails each of its items: their commands report the error (and changed
       // nothing), their runs are recorded as errors instead of being called.
     }
     for (std::size_t i = begin; i < end; ++i) {
       if (!items[i].runs.empty()) release_(std::move(items[i].runs), status);
-      if (items[i].result) {
+      if (items[i].waiter) {
         std::lock_guard lock(mu_);
-        *items[i].result = status;
-        *items[i].done = true;
+        items[i].waiter->result = status;
+        items[i].waiter->done = true;
         done_cv_.notify_all();
       }
     }

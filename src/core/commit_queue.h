@@ -16,6 +16,7 @@
 
 #include <condition_variable>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -34,9 +35,21 @@ class CommitQueue {
   CommitQueue(store::Store& store, ReleaseFn release);
   ~CommitQueue();
 
+  // The commit of one queued item, to wait for.
+  struct Waiter {
+    Status result;
+    bool done = false;
+  };
+  using Ticket = std::shared_ptr<Waiter>;
+
   // Queues `batch` (and the runs it records) and returns at once.
   void Enqueue(store::Batch batch, std::vector<RunPtr> runs = {});
-  // Queues `batch` and waits until it is committed; returns the commit's status.
+  // Queues `batch` and returns a ticket that Wait() redeems. Lets a caller queue under the
+  // engine's lock, so that items keep the engine's order, and wait for the commit without it.
+  Ticket Submit(store::Batch batch, std::vector<RunPtr> runs = {});
+  // Waits until the item of `ticket` is committed; returns the commit's status.
+  Status Wait(const Ticket& ticket);
+  // Queues `batch` and waits until it is committed: Wait(Submit(...)).
   Status Commit(store::Batch batch, std::vector<RunPtr> runs = {});
   // Commits what is queued and stops the writer. Later calls commit on the caller's thread.
   void Stop();
@@ -45,8 +58,7 @@ class CommitQueue {
   struct Item {
     store::Batch batch;
     std::vector<RunPtr> runs;
-    Status* result = nullptr;  // set by the writer when a waiter exists
-    bool* done = nullptr;
+    Ticket waiter;  // set by the writer when someone waits
   };
   void Loop();
   void CommitItems(std::vector<Item>& items);  // with store_mu_ held

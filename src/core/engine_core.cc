@@ -53,6 +53,10 @@ Result<std::shared_ptr<EngineCore>> EngineCore::Create(Options options) {
   if (options.max_fires_per_wakeup == 0) {
     return Status::InvalidArgument("options.max_fires_per_wakeup must be at least 1");
   }
+  if (options.run_history > 1000) {
+    return Status::InvalidArgument("options.run_history is " + std::to_string(options.run_history) +
+                                   "; at most 1000");
+  }
   std::shared_ptr<EngineCore> core(new EngineCore(std::move(options)));
   if (Status s = core->Init(); !s.ok()) {
     core->Shutdown();
@@ -231,7 +235,7 @@ Status EngineCore::Recover(store::Snapshot snap) {
     run.error = "interrupted: the engine stopped while the run was in flight";
     if (it != by_uid.end()) {
       Schedule& s = cat_.schedules[it->second];
-      ++s.runs;
+      run.number = ++s.runs;
       ++s.failures;
       ++s.skipped;
       s.last_start = run.started_ms;
@@ -239,8 +243,8 @@ Status EngineCore::Recover(store::Snapshot snap) {
       s.last_ok = 0;
       cat_.details[it->second].last_error = run.error;
       batch.schedules.push_back(RowOf(it->second));
+      batch.runs.push_back(std::move(run));
     }
-    batch.runs.push_back(std::move(run));
   }
   return Persist(batch);
 }
@@ -302,6 +306,7 @@ store::ScheduleRow EngineCore::RowOf(std::uint32_t schedule) const {
   if (auto it = cat_.details.find(schedule); it != cat_.details.end()) {
     row.last_error = it->second.last_error;
   }
+  if (s.run != kNone && runs_[s.run]) row.in_flight = InFlightRow(*runs_[s.run]);
   return row;
 }
 
@@ -451,6 +456,15 @@ void EngineCore::FinishRun(const RunPtr& run, const Status& status, std::vector<
     Decide(run->schedule, Reason::kHint, now, "next run in " + FormatFrequency(h));
   }
   DrainWaiting(now, fx);
+  if (store_) {
+    store::RunRow row = InFlightRow(*run);
+    row.number = s.runs;
+    row.finished_ms = now;
+    row.ok = static_cast<std::int8_t>(status.ok());
+    if (!status.ok()) row.error = cat_.details[run->schedule].last_error;
+    fx.record.runs.push_back(std::move(row));
+    fx.record.schedules.push_back(RowOf(run->schedule));
+  }
 }
 
 void EngineCore::TrimRunTables(std::int64_t now) {
@@ -952,13 +966,16 @@ Result<CommandResult> EngineCore::Start(const Target& target) {
         row.state = static_cast<std::uint8_t>(ScheduleState::kStarted);
         row.anchor_ms = now;
         row.next_slot_ms = now + cat_.FrequencyOf(cat_.schedules[s]);
-        batch.schedules.push_back(std::move(row));
-        if (cat_.schedules[s].run == kNone) {
-          // The immediate run's record goes in the same transaction (its id is the slot's).
-          const Schedule& sc = cat_.schedules[s];
-          batch.runs.push_back(
-              store::RunRow{RunId(sc.uid, now), sc.uid, now, 0, 1, now, 0, -1, ""});
+        const Schedule& sc = cat_.schedules[s];
+        if (sc.run == kNone && !(sc.flags & kWaiting)) {
+          // The immediate run is recorded in the same transaction (its id is the slot's).
+          store::RunRow& run = row.in_flight;
+          run.run_id = RunId(sc.uid, now);
+          run.schedule_uid = sc.uid;
+          run.slot_ms = run.started_ms = now;
+          run.mode = static_cast<std::uint8_t>(RunMode::kIncremental);
         }
+        batch.schedules.push_back(std::move(row));
       }
       if (Status st = Persist(batch); !st.ok()) return st;
     }
@@ -1126,25 +1143,33 @@ std::size_t EngineCore::MemoryBytes() {
 // ---------------------------------------------------------------------------------------------
 // Alarm and runs
 
-store::RunRow EngineCore::RunRowOf(const RunState& r) {
-  return store::RunRow{r.run_id,  r.uid,        r.slot, static_cast<std::uint8_t>(r.mode),
-                       r.attempt, r.dispatched, 0,      -1,
-                       ""};
+store::RunRow EngineCore::InFlightRow(const RunState& r) {
+  store::RunRow row;
+  row.run_id = r.run_id;
+  row.schedule_uid = r.uid;
+  row.slot_ms = r.slot;
+  row.mode = static_cast<std::uint8_t>(r.mode);
+  row.attempt = r.attempt;
+  row.started_ms = r.dispatched;
+  return row;
 }
 
 void EngineCore::TakeDispatch(Effects& fx, store::Batch& batch, std::vector<RunPtr>& runs) {
-  batch.runs.reserve(batch.runs.size() + fx.dispatch.size());
-  batch.schedules.reserve(batch.schedules.size() + fx.dispatch.size());
-  for (const RunPtr& r : fx.dispatch) {
-    batch.runs.push_back(RunRowOf(*r));
-    batch.schedules.push_back(RowOf(r->schedule));
+  if (batch.empty()) {
+    batch = std::move(fx.record);
+  } else {
+    for (auto& row : fx.record.schedules) batch.schedules.push_back(std::move(row));
+    for (auto& row : fx.record.runs) batch.runs.push_back(std::move(row));
   }
+  fx.record.clear();
+  batch.schedules.reserve(batch.schedules.size() + fx.dispatch.size());
+  for (const RunPtr& r : fx.dispatch) batch.schedules.push_back(RowOf(r->schedule));
   for (RunPtr& r : fx.dispatch) runs.push_back(std::move(r));
   fx.dispatch.clear();
 }
 
 void EngineCore::RecordDispatch(Effects& fx) {
-  if (!store_ || fx.dispatch.empty()) return;
+  if (!store_ || (fx.dispatch.empty() && fx.record.empty())) return;
   // Run records are committed before any callback is called: the runs travel with their rows
   // and the writer releases them to the workers once committed, before this returns.
   store::Batch batch;
@@ -1168,6 +1193,7 @@ void EngineCore::OnAlarm() {
   Effects fx;
   store::Batch batch;
   std::vector<RunPtr> runs;
+  CommitQueue::Ticket ticket;
   {
     std::lock_guard lock(mu_);
     if (shut_down_) return;
@@ -1185,14 +1211,23 @@ void EngineCore::OnAlarm() {
           now, [&](wheel::TimerId id, std::int64_t deadline) { OnSlot(id, deadline, now, fx); },
           budget);
     }
-    if (store_) TakeDispatch(fx, batch, runs);
+    // Queued under the lock, so that the rows keep the engine's order with respect to commands
+    // (a pause or a delete queued after this alarm must not be overwritten by its older rows).
+    if (store_) {
+      TakeDispatch(fx, batch, runs);
+      if (!runs.empty()) {
+        ticket = writer_->Submit(std::move(batch), std::move(runs));
+      } else {
+        writer_->Enqueue(std::move(batch));  // runs that timed out
+      }
+    }
     MaybeRearm();
   }
   Apply(fx);
   // The alarm waits for its runs' records without the engine's lock, so commands and outcomes
   // proceed meanwhile and the next wake-up gathers everything that came due during the commit
   // (group commit); the writer releases the runs to the workers once committed.
-  if (!runs.empty()) (void)writer_->Commit(std::move(batch), std::move(runs));
+  if (ticket) (void)writer_->Wait(ticket);
 }
 
 void EngineCore::Apply(Effects& fx) {
@@ -1283,38 +1318,33 @@ void EngineCore::ExecuteBatch(std::vector<RunPtr>& runs) {
 
 void EngineCore::Complete(std::vector<RunPtr>& runs, std::vector<RunOutcome>& outcomes) {
   Effects fx;
-  store::Batch pending_batch;  // runs dispatched here (a pending resync) and their rows
-  std::vector<RunPtr> pending_runs;
+  CommitQueue::Ticket ticket;
   {
     std::lock_guard lock(mu_);
     std::int64_t now = NowMs();
-    store::Batch batch;
     for (std::size_t i = 0; i < runs.size(); ++i) {
-      const RunPtr& r = runs[i];
-      const Schedule& s = cat_.schedules[r->schedule];
-      bool current = s.live && s.uid == r->uid && s.run == r->table_slot;
-      if (store_ && current) {
-        const Status& st = outcomes[i].status;
-        batch.runs.push_back(store::RunRow{
-            r->run_id, r->uid, r->slot, static_cast<std::uint8_t>(r->mode), r->attempt,
-            r->dispatched, now, static_cast<std::int8_t>(st.ok()), st.ok() ? "" : st.message()});
-      }
-      FinishRun(r, outcomes[i].status, std::move(outcomes[i].counts), now, fx, outcomes[i].hint);
-      if (store_ && current) batch.schedules.push_back(RowOf(r->schedule));
+      FinishRun(runs[i], outcomes[i].status, std::move(outcomes[i].counts), now, fx,
+                outcomes[i].hint);
     }
     if (store_) {
       // Outcomes are queued without waiting. An outcome that fails to commit stays in memory: the
-      // next commit of the schedule's row carries its counters, and the run row reads as
-      // interrupted after a crash, which is the honest record. Runs dispatched here (a pending
-      // full resync) are committed, and released, after the lock is let go.
-      writer_->Enqueue(std::move(batch));
-      TakeDispatch(fx, pending_batch, pending_runs);
+      // next commit of the schedule's row carries its counters, and the run reads as interrupted
+      // after a crash, which is the honest record. Runs dispatched here (a pending full resync,
+      // a run that waited for a cap) travel in the same item, are released by the writer once it
+      // is committed, and are waited for after the lock is let go, as the alarm does.
+      store::Batch batch;
+      std::vector<RunPtr> dispatched;
+      TakeDispatch(fx, batch, dispatched);
+      if (dispatched.empty()) {
+        writer_->Enqueue(std::move(batch));
+      } else {
+        ticket = writer_->Submit(std::move(batch), std::move(dispatched));
+      }
     }
     MaybeRearm();
   }
   Apply(fx);
-  if (!pending_runs.empty())
-    (void)writer_->Commit(std::move(pending_batch), std::move(pending_runs));
+  if (ticket) (void)writer_->Wait(ticket);
 }
 
 }  // namespace syncsched::core

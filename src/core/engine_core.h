@@ -95,6 +95,7 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   struct Effects {
     std::vector<RunPtr> dispatch;
     std::vector<std::pair<CancellationToken, Status>> cancel;
+    store::Batch record;  // finished runs and their schedules' rows (with a store)
   };
 
   explicit EngineCore(Options options);
@@ -138,16 +139,18 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   void OnRunDeadline(std::uint32_t schedule, std::int64_t now, Effects& fx);
   void ArmRunDeadline(std::uint32_t schedule, const RunState& run, std::int64_t now);
   void MaybeRearm();
-  // Commits the run rows of fx.dispatch with the runs, which the writer releases to the workers
-  // once committed (commands: under the lock, so the command is durable when it returns).
+  // Commits fx.record and the rows of fx.dispatch with the runs, which the writer releases to the
+  // workers once committed (commands: under the lock, so the command is durable when it returns).
   void RecordDispatch(Effects& fx);
-  // Moves fx.dispatch into `runs` and their rows into `batch`.
+  // Moves fx.record into `batch`, fx.dispatch into `runs` and the dispatched runs' schedule rows
+  // (each holding its run in flight) into `batch`.
   void TakeDispatch(Effects& fx, store::Batch& batch, std::vector<RunPtr>& runs);
   // A new schedule's row as CreateSchedule will make it (planned before it is applied).
   static store::ScheduleRow NewScheduleRow(std::uint64_t uid, std::string_view integration,
                                            std::string_view connection, const SyncInfo& sync,
                                            std::string_view variant, std::int64_t now);
-  static store::RunRow RunRowOf(const RunState& run);
+  // A run in flight, as its schedule's row records it.
+  static store::RunRow InFlightRow(const RunState& run);
   ScheduleStatus StatusOf(std::uint32_t schedule) const;
   std::shared_ptr<const Callback> CallbackFor(std::uint32_t integration,
                                               std::string_view sync) const;

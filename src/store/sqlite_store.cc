@@ -1,32 +1,37 @@
 // The SQLite store.
 //
-// Schema (version 2; `PRAGMA user_version` holds the version, kMigrations lists the steps):
-// - meta(key, value): named integers; `max_uid`, the largest schedule uid ever issued, lives here
+// Schema (version 3; `PRAGMA user_version` holds the version, kMigrations lists the steps):
+// - meta(key, value): named integers. `max_uid`, the largest schedule uid ever issued, lives here
 //   rather than being derived from max(schedules.uid), because deleting every schedule must not
-//   let a uid be issued twice.
-// - syncs(integration, name, ...) and connections(integration, connection): WITHOUT ROWID tables
-//   keyed by their natural keys; small rows, looked up by key only.
+//   let a uid be issued twice; `history_kept` is the history_per_schedule the history was last
+//   written with.
+// - syncs(integration, name, ...), connections(integration, connection) and integrations: WITHOUT
+//   ROWID tables keyed by their natural keys; small rows, looked up by key only.
 // - schedules(uid INTEGER PRIMARY KEY, ...): keyed by the engine's uid (the rowid itself, so an
 //   upsert by uid costs one b-tree), with a UNIQUE index on (integration, connection, sync,
-//   variant): the one-schedule-per-key rule is enforced by the database too.
-// - runs(run_id PRIMARY KEY, schedule_uid, ...) WITHOUT ROWID: one row per dispatched run, written
-//   before its callback is called and again when it ends. runs_by_schedule(schedule_uid,
-//   finished_ms, run_id, ok) serves deletion with a schedule and history pruning from the index
-//   alone; the partial index runs_in_flight (finished_ms = 0) lets Load find unfinished runs
-//   without scanning the history.
+//   variant): the one-schedule-per-key rule is enforced by the database too. The row also holds
+//   the schedule's run in flight (run_id, run_slot_ms, run_mode, run_attempt, run_started_ms;
+//   run_id '' when none): the dispatch of a run rewrites its schedule's row anyway (next slot,
+//   counters), so recording the run there costs no extra row, and Load finds the runs in flight at
+//   a crash in the rows it reads anyway.
+// - history(id INTEGER PRIMARY KEY, schedule_uid, run_id, ...): the finished runs. A fixed ring of
+//   places per schedule: id = uid * 1024 + place, place = (run number - 1) % history_per_schedule
+//   for the last runs, and place 1023 for the last failed run. A finished run is one INSERT OR
+//   REPLACE on the rowid b-tree, the bound is exact with no pruning query, and a schedule's
+//   history is one rowid range (read or deleted by range). A reader orders a schedule's runs by
+//   finished_ms; place 1023 repeats the newest failure, which may also hold a ring place.
+//
+// Why this shape: BM_DurableFire showed a per-run row keyed by text with two secondary indexes,
+// written at dispatch and at the end and pruned by query, costing ~40 µs of SQLite time per run;
+// rowid writes at the ring place cost a few µs (docs/benchmarks.md).
 //
 // Durability: WAL with synchronous=NORMAL by default (a commit costs no fsync; a crash of the
 // process loses nothing, a power loss may lose the last commits) or FULL. Each Commit is one
 // BEGIN IMMEDIATE ... COMMIT over statements prepared once at open and bound by index.
 //
-// History bound: the store keeps, per schedule, an upper bound on the finished runs it holds
-// (counts_), raised by one for each finished run written. Only when the bound passes
-// history_per_schedule is the schedule pruned, by one indexed DELETE, in the same transaction.
-// The bound starts at 0 for schedules created since the open (uid above the max_uid read at open)
-// and is read from the index at the first finished run of an older schedule. So a batch of runs
-// costs one hash update per finished run and one DELETE per schedule that reached its bound: at
-// steady state, once per schedule per batch. Memory: one hash entry per schedule that finished a
-// run since the open. A failed commit forgets every bound (they are re-read when needed).
+// History bound: exactly history_per_schedule finished runs plus the last failed one per
+// schedule. When a file is opened with a smaller history_per_schedule than it was written with,
+// the surplus places are deleted at open (one scan of the history, only then).
 //
 // Opening never writes to a file it then refuses: the header and the size are checked with plain
 // reads before SQLite opens the file, then the schema version and tables are read in a read
@@ -158,7 +163,58 @@ CREATE TABLE integrations(
 ) WITHOUT ROWID;
 )sql",
      {"meta", "syncs", "connections", "schedules", "runs", "integrations"}},
+    // 3: the run in flight moves into its schedule's row; finished runs into the history ring (the
+    // newest 20 per schedule at places 0.., the last failure at place 1023). A v2 file holds at
+    // most one unfinished run per schedule (the engine records one run in flight per schedule).
+    {3,
+     R"sql(
+ALTER TABLE schedules ADD COLUMN run_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE schedules ADD COLUMN run_slot_ms INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE schedules ADD COLUMN run_mode INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE schedules ADD COLUMN run_attempt INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE schedules ADD COLUMN run_started_ms INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE history(
+  id INTEGER PRIMARY KEY,
+  schedule_uid INTEGER NOT NULL,
+  run_id TEXT NOT NULL,
+  slot_ms INTEGER NOT NULL,
+  mode INTEGER NOT NULL,
+  attempt INTEGER NOT NULL,
+  started_ms INTEGER NOT NULL,
+  finished_ms INTEGER NOT NULL,
+  ok INTEGER NOT NULL,
+  error TEXT NOT NULL
+);
+UPDATE schedules SET run_id = r.run_id, run_slot_ms = r.slot_ms, run_mode = r.mode,
+  run_attempt = r.attempt, run_started_ms = r.started_ms
+FROM (SELECT run_id, schedule_uid, slot_ms, mode, attempt, started_ms,
+        row_number() OVER (PARTITION BY schedule_uid ORDER BY started_ms DESC, run_id DESC) AS n
+      FROM runs WHERE finished_ms = 0) AS r
+WHERE r.n = 1 AND schedules.uid = r.schedule_uid;
+INSERT INTO history
+SELECT schedule_uid * 1024 + n - 1, schedule_uid, run_id, slot_ms, mode, attempt, started_ms,
+       finished_ms, ok, error
+FROM (SELECT *, row_number() OVER (PARTITION BY schedule_uid
+                                   ORDER BY finished_ms DESC, run_id DESC) AS n
+      FROM runs WHERE finished_ms <> 0)
+WHERE n <= 20;
+INSERT INTO history
+SELECT schedule_uid * 1024 + 1023, schedule_uid, run_id, slot_ms, mode, attempt, started_ms,
+       finished_ms, ok, error
+FROM (SELECT *, row_number() OVER (PARTITION BY schedule_uid
+                                   ORDER BY finished_ms DESC, run_id DESC) AS n
+      FROM runs WHERE finished_ms <> 0 AND ok = 0)
+WHERE n = 1;
+DROP TABLE runs;
+INSERT INTO meta(key, value) VALUES ('history_kept', 20);
+)sql",
+     {"meta", "syncs", "connections", "schedules", "integrations", "history"}},
 };
+
+// History places per schedule: ids uid * kPlaces + place. The last place holds the last failure.
+constexpr std::int64_t kPlaces = 1024;
+constexpr std::int64_t kFailurePlace = kPlaces - 1;
+constexpr std::uint64_t kMaxUid = static_cast<std::uint64_t>(INT64_MAX / kPlaces) - 1;
 
 constexpr int kSchemaVersion = static_cast<int>(std::size(kMigrations));
 
@@ -186,39 +242,37 @@ DELETE FROM connections WHERE integration = ?1 AND connection = ?2)sql";
 constexpr std::string_view kUpsertSchedule = R"sql(
 INSERT INTO schedules(uid, integration, connection, sync, variant, state, anchor_ms,
                       frequency_override_ms, next_slot_ms, runs, failures, skipped, last_start_ms,
-                      last_finish_ms, last_ok, last_error)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+                      last_finish_ms, last_ok, last_error, run_id, run_slot_ms, run_mode,
+                      run_attempt, run_started_ms)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20,
+        ?21)
 ON CONFLICT (uid) DO UPDATE SET
   state = excluded.state, anchor_ms = excluded.anchor_ms,
   frequency_override_ms = excluded.frequency_override_ms, next_slot_ms = excluded.next_slot_ms,
   runs = excluded.runs, failures = excluded.failures, skipped = excluded.skipped,
   last_start_ms = excluded.last_start_ms, last_finish_ms = excluded.last_finish_ms,
-  last_ok = excluded.last_ok, last_error = excluded.last_error)sql";
+  last_ok = excluded.last_ok, last_error = excluded.last_error, run_id = excluded.run_id,
+  run_slot_ms = excluded.run_slot_ms, run_mode = excluded.run_mode,
+  run_attempt = excluded.run_attempt, run_started_ms = excluded.run_started_ms)sql";
+
+// The same for a row known to exist (its uid is at most the committed max_uid): no key columns to
+// bind and no conflict to detect. A row it does not find is written by kUpsertSchedule.
+constexpr std::string_view kUpdateSchedule = R"sql(
+UPDATE schedules SET
+  state = ?6, anchor_ms = ?7, frequency_override_ms = ?8, next_slot_ms = ?9, runs = ?10,
+  failures = ?11, skipped = ?12, last_start_ms = ?13, last_finish_ms = ?14, last_ok = ?15,
+  last_error = ?16, run_id = ?17, run_slot_ms = ?18, run_mode = ?19, run_attempt = ?20,
+  run_started_ms = ?21
+WHERE uid = ?1)sql";
 
 constexpr std::string_view kDeleteSchedule = "DELETE FROM schedules WHERE uid = ?1";
-constexpr std::string_view kDeleteRunsOfSchedule = "DELETE FROM runs WHERE schedule_uid = ?1";
+constexpr std::string_view kDeleteHistoryOfSchedule =
+    "DELETE FROM history WHERE id BETWEEN ?1 AND ?2";
 
-constexpr std::string_view kUpsertRun = R"sql(
-INSERT INTO runs(run_id, schedule_uid, slot_ms, mode, attempt, started_ms, finished_ms, ok, error)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-ON CONFLICT (run_id) DO UPDATE SET
-  attempt = excluded.attempt, finished_ms = excluded.finished_ms, ok = excluded.ok,
-  error = excluded.error)sql";
-
-constexpr std::string_view kCountFinishedRuns =
-    "SELECT count(*) FROM runs WHERE schedule_uid = ?1 AND finished_ms <> 0";
-
-// Deletes the finished runs of schedule ?1 older than its ?2 newest (all of them when ?2 is 0),
-// except the newest failed one. "Older" compares (finished_ms, run_id), the index's order, so
-// that ties on finished_ms are broken the same way by every query.
-constexpr std::string_view kPruneRuns = R"sql(
-DELETE FROM runs WHERE schedule_uid = ?1 AND finished_ms <> 0
-AND (?2 = 0 OR (finished_ms, run_id) < (
-  SELECT finished_ms, run_id FROM runs WHERE schedule_uid = ?1 AND finished_ms <> 0
-  ORDER BY finished_ms DESC, run_id DESC LIMIT 1 OFFSET ?2 - 1))
-AND run_id IS NOT (
-  SELECT run_id FROM runs WHERE schedule_uid = ?1 AND finished_ms <> 0 AND ok = 0
-  ORDER BY finished_ms DESC, run_id DESC LIMIT 1))sql";
+constexpr std::string_view kPutHistory = R"sql(
+INSERT OR REPLACE INTO history(id, schedule_uid, run_id, slot_ms, mode, attempt, started_ms,
+                               finished_ms, ok, error)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10))sql";
 
 constexpr std::string_view kSetMaxUid = "UPDATE meta SET value = ?1 WHERE key = 'max_uid'";
 constexpr std::string_view kGetMaxUid = "SELECT value FROM meta WHERE key = 'max_uid'";
@@ -423,7 +477,7 @@ class SqliteStore final : public Store {
   Status Migrate(int from_version);
   Status PrepareStatements();
   Status Apply(const Batch& batch, std::uint64_t* max_uid);
-  Status Prune(const std::vector<std::uint64_t>& candidates);
+  Status TrimHistory();
   Result<std::uint64_t> ReadMaxUid();
   void FinalizeStatements();
 
@@ -435,14 +489,10 @@ class SqliteStore final : public Store {
 
   Stmt begin_, commit_, rollback_;
   Stmt upsert_sync_, upsert_integration_, insert_connection_, delete_connection_;
-  Stmt upsert_schedule_, delete_schedule_, delete_runs_of_schedule_;
-  Stmt upsert_run_, count_finished_runs_, prune_runs_, set_max_uid_;
+  Stmt upsert_schedule_, update_schedule_, delete_schedule_, delete_history_of_schedule_;
+  Stmt put_history_, set_max_uid_;
 
   std::uint64_t max_uid_ = 0;  // as committed
-  // Schedules with a uid above this had no runs when their count was first needed (see top).
-  std::uint64_t count_floor_uid_ = 0;
-  // Per schedule: an upper bound on its finished runs in the file, or kUnknownCount.
-  std::unordered_map<std::uint64_t, std::uint32_t> counts_;
 };
 
 Status SqliteStore::Open() {
@@ -497,7 +547,9 @@ Status SqliteStore::Open() {
   if (!s.ok()) return s;
   auto max_uid = ReadMaxUid();
   if (!max_uid.ok()) return max_uid.status();
-  max_uid_ = count_floor_uid_ = *max_uid;
+  max_uid_ = *max_uid;
+  s = TrimHistory();
+  if (!s.ok()) return s;
   sqlite3_db_config(db_.get(), SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 0, nullptr);
   return Status::Ok();
 }
@@ -585,6 +637,12 @@ Status SqliteStore::Inspect(int* version) {
 }
 
 Status SqliteStore::Configure() {
+  // 16 KiB pages for a new file (an existing file keeps its own): a commit costs mostly per page
+  // it dirties, and 16 KiB pages made BM_DurableFire ~1.4x faster than 4 KiB ones, with no loss
+  // for random writes at 200k schedules (docs/benchmarks.md). Only effective before the first
+  // table is created.
+  Status s = Exec("PRAGMA page_size=16384", "cannot set the page size");
+  if (!s.ok()) return s;
   if (!in_memory_) {
     Stmt stmt;
     int rc = db_.Prepare("PRAGMA journal_mode=WAL", &stmt);
@@ -597,12 +655,26 @@ Status SqliteStore::Configure() {
           ": cannot switch to WAL mode (the file system gave journal mode '" + mode + "')");
     }
   }
-  Status s =
-      Exec(options_.synchronous_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
+  s = Exec(options_.synchronous_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
            "cannot set the synchronous mode");
   if (!s.ok()) return s;
   // A larger page cache than the 2 MB default keeps index pages of big batches in memory.
-  return Exec("PRAGMA cache_size=-65536", "cannot set the cache size");
+  s = Exec("PRAGMA cache_size=-65536", "cannot set the cache size");
+  if (!s.ok()) return s;
+  // Checkpoint the WAL every 40 MB rather than every 1000 pages: pages written again and again
+  // (schedule rows, history places) are copied into the file once per checkpoint, so fewer
+  // checkpoints write less. The WAL is truncated to 64 MB after a checkpoint.
+  Stmt page_size;
+  int rc = db_.Prepare("PRAGMA page_size", &page_size);
+  if (rc != SQLITE_OK || (rc = page_size.Step()) != SQLITE_ROW) {
+    return Error(rc, "cannot read the page size");
+  }
+  std::string checkpoint =
+      "PRAGMA wal_autocheckpoint=" +
+      std::to_string((40 << 20) / std::max<std::int64_t>(512, page_size.Int(0)));
+  s = Exec(checkpoint.c_str(), "cannot set the checkpoint interval");
+  if (!s.ok()) return s;
+  return Exec("PRAGMA journal_size_limit=67108864", "cannot set the journal size limit");
 }
 
 Status SqliteStore::Migrate(int from_version) {
@@ -635,11 +707,10 @@ Status SqliteStore::PrepareStatements() {
       {&insert_connection_, kInsertConnection},
       {&delete_connection_, kDeleteConnection},
       {&upsert_schedule_, kUpsertSchedule},
+      {&update_schedule_, kUpdateSchedule},
       {&delete_schedule_, kDeleteSchedule},
-      {&delete_runs_of_schedule_, kDeleteRunsOfSchedule},
-      {&upsert_run_, kUpsertRun},
-      {&count_finished_runs_, kCountFinishedRuns},
-      {&prune_runs_, kPruneRuns},
+      {&delete_history_of_schedule_, kDeleteHistoryOfSchedule},
+      {&put_history_, kPutHistory},
       {&set_max_uid_, kSetMaxUid},
   };
   for (const auto& [stmt, sql] : statements) {
@@ -659,8 +730,8 @@ Status SqliteStore::PrepareStatements() {
 void SqliteStore::FinalizeStatements() {
   for (Stmt* stmt :
        {&begin_, &commit_, &rollback_, &upsert_sync_, &upsert_integration_, &insert_connection_,
-        &delete_connection_, &upsert_schedule_, &delete_schedule_, &delete_runs_of_schedule_,
-        &upsert_run_, &count_finished_runs_, &prune_runs_, &set_max_uid_}) {
+        &delete_connection_, &upsert_schedule_, &update_schedule_, &delete_schedule_,
+        &delete_history_of_schedule_, &put_history_, &set_max_uid_}) {
     *stmt = Stmt();
   }
 }
@@ -724,7 +795,8 @@ Result<Snapshot> SqliteStore::Load() {
   s = read(
       "SELECT uid, integration, connection, sync, variant, state, anchor_ms, "
       "frequency_override_ms, next_slot_ms, runs, failures, skipped, last_start_ms, "
-      "last_finish_ms, last_ok, last_error FROM schedules ORDER BY uid",
+      "last_finish_ms, last_ok, last_error, run_id, run_slot_ms, run_mode, run_attempt, "
+      "run_started_ms FROM schedules ORDER BY uid",
       "reading schedules", [&](const Stmt& r) {
         ScheduleRow& row = snap.schedules.emplace_back();
         row.uid = r.U64(0);
@@ -743,22 +815,15 @@ Result<Snapshot> SqliteStore::Load() {
         row.last_finish_ms = r.Int(13);
         row.last_ok = static_cast<std::int8_t>(r.Int(14));
         row.last_error = r.Text(15);
-      });
-  if (!s.ok()) return fail(s);
-  s = read(
-      "SELECT run_id, schedule_uid, slot_ms, mode, attempt, started_ms, finished_ms, ok, error "
-      "FROM runs WHERE finished_ms = 0 ORDER BY schedule_uid, slot_ms",
-      "reading unfinished runs", [&](const Stmt& r) {
-        RunRow& row = snap.unfinished_runs.emplace_back();
-        row.run_id = r.Text(0);
-        row.schedule_uid = r.U64(1);
-        row.slot_ms = r.Int(2);
-        row.mode = static_cast<std::uint8_t>(r.Int(3));
-        row.attempt = static_cast<std::int32_t>(r.Int(4));
-        row.started_ms = r.Int(5);
-        row.finished_ms = r.Int(6);
-        row.ok = static_cast<std::int8_t>(r.Int(7));
-        row.error = r.Text(8);
+        RunRow& run = row.in_flight;
+        run.run_id = r.Text(16);
+        if (run.run_id.empty()) return;
+        run.schedule_uid = row.uid;
+        run.slot_ms = r.Int(17);
+        run.mode = static_cast<std::uint8_t>(r.Int(18));
+        run.attempt = static_cast<std::int32_t>(r.Int(19));
+        run.started_ms = r.Int(20);
+        snap.unfinished_runs.push_back(run);
       });
   if (!s.ok()) return fail(s);
   auto max_uid = ReadMaxUid();
@@ -786,10 +851,6 @@ Status SqliteStore::Commit(const Batch& batch) {
       rollback_.Step();
       rollback_.Reset();
     }
-    // The run counts may describe rows that were just rolled back: forget them all; older
-    // schedules will be counted again from the file when needed.
-    counts_.clear();
-    count_floor_uid_ = max_uid_;
     return Status(s.code(), s.message() + " (the batch was rolled back; nothing of it is applied)");
   }
   max_uid_ = max_uid;
@@ -830,10 +891,13 @@ Status SqliteStore::Apply(const Batch& batch, std::uint64_t* max_uid) {
   std::unordered_set<std::uint64_t> deleted;
   for (std::uint64_t uid : batch.schedules_deleted) {
     deleted.insert(uid);
-    counts_.erase(uid);
     auto describe = [&] { return "deleting schedule uid " + std::to_string(uid); };
-    s = Write(delete_runs_of_schedule_, delete_runs_of_schedule_.BindU64(1, uid), describe);
-    if (!s.ok()) return s;
+    if (uid <= kMaxUid) {  // a larger uid can have no history (see below)
+      Stmt& h = delete_history_of_schedule_;
+      auto first = static_cast<std::int64_t>(uid) * kPlaces;
+      s = Write(h, h.Bind(1, first) | h.Bind(2, first + kPlaces - 1), describe);
+      if (!s.ok()) return s;
+    }
     s = Write(delete_schedule_, delete_schedule_.BindU64(1, uid), describe);
     if (!s.ok()) return s;
   }
@@ -842,48 +906,62 @@ Status SqliteStore::Apply(const Batch& batch, std::uint64_t* max_uid) {
   for (const ScheduleRow& r : batch.schedules) {
     if (any_deleted && deleted.count(r.uid) != 0) continue;
     *max_uid = std::max(*max_uid, r.uid);
-    Stmt& q = upsert_schedule_;
-    int brc = q.BindU64(1, r.uid) | q.BindText(2, r.integration) | q.BindText(3, r.connection) |
-              q.BindText(4, r.sync) | q.BindText(5, r.variant) | q.Bind(6, r.state) |
-              q.Bind(7, r.anchor_ms) | q.Bind(8, r.frequency_override_ms) |
-              q.Bind(9, r.next_slot_ms) | q.BindU64(10, r.runs) | q.BindU64(11, r.failures) |
-              q.BindU64(12, r.skipped) | q.Bind(13, r.last_start_ms) |
-              q.Bind(14, r.last_finish_ms) | q.Bind(15, r.last_ok) | q.BindText(16, r.last_error);
-    s = Write(q, brc, [&] {
+    const RunRow& run = r.in_flight;
+    auto describe = [&] {
       return "writing schedule uid " + std::to_string(r.uid) + " (" + r.integration + "/" +
              r.connection + "/" + r.sync + "/" + r.variant + ")";
-    });
+    };
+    // Binds the columns the update and the upsert share (every column but the key's text).
+    auto bind = [&](Stmt& q) {
+      return q.BindU64(1, r.uid) | q.Bind(6, r.state) | q.Bind(7, r.anchor_ms) |
+             q.Bind(8, r.frequency_override_ms) | q.Bind(9, r.next_slot_ms) |
+             q.BindU64(10, r.runs) | q.BindU64(11, r.failures) | q.BindU64(12, r.skipped) |
+             q.Bind(13, r.last_start_ms) | q.Bind(14, r.last_finish_ms) | q.Bind(15, r.last_ok) |
+             q.BindText(16, r.last_error) | q.BindText(17, run.run_id) | q.Bind(18, run.slot_ms) |
+             q.Bind(19, run.mode) | q.Bind(20, run.attempt) | q.Bind(21, run.started_ms);
+    };
+    if (r.uid <= max_uid_) {  // committed before this batch, unless deleted since
+      s = Write(update_schedule_, bind(update_schedule_), describe);
+      if (!s.ok()) return s;
+      if (sqlite3_changes64(db_.get()) != 0) continue;
+    }
+    Stmt& q = upsert_schedule_;
+    int brc = bind(q) | q.BindText(2, r.integration) | q.BindText(3, r.connection) |
+              q.BindText(4, r.sync) | q.BindText(5, r.variant);
+    s = Write(q, brc, describe);
     if (!s.ok()) return s;
   }
 
-  // A schedule is pruned as soon as its finished runs may exceed history_per_schedule, so one
-  // without failures keeps exactly that many. Schedules are pruned once per batch, after all its
-  // runs are written (over_bound is deduplicated).
-  const std::size_t bound = options_.history_per_schedule;
-  std::vector<std::uint64_t> over_bound;
+  // Each finished run takes its ring place, and a failed one also the failure place.
+  const auto keep = static_cast<std::int64_t>(options_.history_per_schedule);
   for (const RunRow& r : batch.runs) {
     if (any_deleted && deleted.count(r.schedule_uid) != 0) continue;
-    Stmt& q = upsert_run_;
-    int brc = q.BindText(1, r.run_id) | q.BindU64(2, r.schedule_uid) | q.Bind(3, r.slot_ms) |
-              q.Bind(4, r.mode) | q.Bind(5, r.attempt) | q.Bind(6, r.started_ms) |
-              q.Bind(7, r.finished_ms) | q.Bind(8, r.ok) | q.BindText(9, r.error);
-    s = Write(q, brc, [&] {
+    auto describe = [&] {
       return "writing run " + r.run_id + " of schedule uid " + std::to_string(r.schedule_uid);
-    });
-    if (!s.ok()) return s;
-    if (r.finished_ms == 0) continue;
-    auto [it, inserted] = counts_.try_emplace(r.schedule_uid, 0);
-    if (inserted && r.schedule_uid <= count_floor_uid_) {
-      it->second = kUnknownCount;  // counted from the file after this batch's writes
-      over_bound.push_back(r.schedule_uid);
-    } else if (it->second != kUnknownCount && ++it->second > bound) {
-      over_bound.push_back(r.schedule_uid);
+    };
+    if (r.finished_ms == 0 || r.number == 0 || r.schedule_uid > kMaxUid) {
+      return Status::Internal(describe() +
+                              ": not a finished run (finished_ms and number must be set) or a "
+                              "schedule uid above 2^53 (history ids are uid * 1024 + place)");
+    }
+    auto first = static_cast<std::int64_t>(r.schedule_uid) * kPlaces;
+    auto put = [&](std::int64_t place) {
+      Stmt& q = put_history_;
+      int brc = q.Bind(1, first + place) | q.BindU64(2, r.schedule_uid) | q.BindText(3, r.run_id) |
+                q.Bind(4, r.slot_ms) | q.Bind(5, r.mode) | q.Bind(6, r.attempt) |
+                q.Bind(7, r.started_ms) | q.Bind(8, r.finished_ms) | q.Bind(9, r.ok) |
+                q.BindText(10, r.error);
+      return Write(q, brc, describe);
+    };
+    if (keep > 0) {
+      s = put(static_cast<std::int64_t>((r.number - 1) % static_cast<std::uint64_t>(keep)));
+      if (!s.ok()) return s;
+    }
+    if (r.ok == 0) {
+      s = put(kFailurePlace);
+      if (!s.ok()) return s;
     }
   }
-  std::sort(over_bound.begin(), over_bound.end());
-  over_bound.erase(std::unique(over_bound.begin(), over_bound.end()), over_bound.end());
-  s = Prune(over_bound);
-  if (!s.ok()) return s;
 
   if (*max_uid > max_uid_) {
     s = Write(set_max_uid_, set_max_uid_.BindU64(1, *max_uid), [] { return "writing max_uid"; });
@@ -892,29 +970,28 @@ Status SqliteStore::Apply(const Batch& batch, std::uint64_t* max_uid) {
   return Status::Ok();
 }
 
-Status SqliteStore::Prune(const std::vector<std::uint64_t>& candidates) {
-  const std::size_t keep = options_.history_per_schedule;
-  for (std::uint64_t uid : candidates) {
-    std::uint32_t& count = counts_[uid];
-    if (count == kUnknownCount) {
-      ResetGuard guard(count_finished_runs_);
-      int rc = count_finished_runs_.BindU64(1, uid);
-      if (rc == SQLITE_OK) rc = count_finished_runs_.Step();
-      if (rc != SQLITE_ROW)
-        return Error(rc, "counting runs of schedule uid " + std::to_string(uid));
-      auto finished = static_cast<std::uint64_t>(count_finished_runs_.Int(0));
-      count = static_cast<std::uint32_t>(std::min<std::uint64_t>(finished, kUnknownCount - 1));
-      if (finished <= keep) continue;
-    }
-    Stmt& q = prune_runs_;
-    int brc = q.BindU64(1, uid) | q.Bind(2, static_cast<std::int64_t>(keep));
-    Status s = Write(q, brc, [&] { return "pruning runs of schedule uid " + std::to_string(uid); });
-    if (!s.ok()) return s;
-    // Still an upper bound (exact unless a run was written finished twice).
-    auto deleted = static_cast<std::uint64_t>(sqlite3_changes64(db_.get()));
-    count = count > deleted ? static_cast<std::uint32_t>(count - deleted) : 0;
+// Deletes the places a smaller history_per_schedule no longer uses, once, when it changed.
+Status SqliteStore::TrimHistory() {
+  auto keep = static_cast<std::int64_t>(options_.history_per_schedule);
+  Stmt stmt;
+  int rc = db_.Prepare("SELECT value FROM meta WHERE key = 'history_kept'", &stmt);
+  if (rc != SQLITE_OK) return Error(rc, "reading history_kept");
+  rc = stmt.Step();
+  if (rc != SQLITE_ROW)
+    return Error(rc == SQLITE_DONE ? SQLITE_CORRUPT : rc, "reading history_kept");
+  std::int64_t kept = stmt.Int(0);
+  stmt = Stmt();
+  if (kept == keep) return Status::Ok();
+  std::string sql = "BEGIN IMMEDIATE;";
+  if (keep < kept) {
+    sql += "DELETE FROM history WHERE id % " + std::to_string(kPlaces) +
+           " >= " + std::to_string(keep) + " AND id % " + std::to_string(kPlaces) + " <> " +
+           std::to_string(kFailurePlace) + ";";
   }
-  return Status::Ok();
+  sql += "UPDATE meta SET value = " + std::to_string(keep) + " WHERE key = 'history_kept';COMMIT";
+  Status s = Exec(sql.c_str(), "trimming the run history to history_per_schedule");
+  if (!s.ok() && sqlite3_get_autocommit(db_.get()) == 0) db_.Exec("ROLLBACK");
+  return s;
 }
 
 Status SqliteStore::SetMaxPageCount(std::int64_t pages) {
@@ -937,6 +1014,11 @@ Result<std::unique_ptr<Store>> OpenSqliteStore(const SqliteStoreOptions& options
   if (options.path.empty()) {
     return Status::InvalidArgument(
         "SqliteStoreOptions.path is empty; give a database file path or \":memory:\"");
+  }
+  if (options.history_per_schedule > 1000) {
+    return Status::InvalidArgument("SqliteStoreOptions.history_per_schedule is " +
+                                   std::to_string(options.history_per_schedule) +
+                                   "; at most 1000 runs per schedule are kept");
   }
   auto store = std::make_unique<SqliteStore>(options);
   Status s = store->Open();

@@ -23,8 +23,9 @@ struct SqliteStoreOptions {
   // one fsync per Commit (group commit amortizes it over many commands).
   bool synchronous_full = false;
 
-  // Finished runs kept per schedule, beside the most recent failed run (kept even when older) and
-  // every unfinished run. Older finished runs are deleted in the commit that makes them surplus.
+  // Finished runs kept per schedule (at most 1000), beside the most recent failed run (kept even
+  // when older). A finished run overwrites the oldest of its schedule's in the same commit; a
+  // smaller value than the file was written with deletes the surplus at open.
   std::size_t history_per_schedule = 20;
 
   // How long an open waits for another owner of the file to let go before it is refused. 0
@@ -46,7 +47,7 @@ struct SqliteStoreOptions {
 //
 // Errors (every message names the file and the cause; a refused file is never written to, and a
 // file this call created is removed again):
-// - INVALID_ARGUMENT: an empty path.
+// - INVALID_ARGUMENT: an empty path; history_per_schedule above 1000.
 // - UNAVAILABLE: another store, in this process or another, owns the file ("... is in use by
 //   another syncsched engine"), after waiting `wait_for_owner`; the path or its lock file cannot be
 //   created or opened (a missing or read-only directory, a directory at the path, permissions);
@@ -61,9 +62,10 @@ struct SqliteStoreOptions {
 // - Commit() applies a batch in one `BEGIN IMMEDIATE` transaction with cached prepared statements.
 //   Within a batch, deletions are applied before insertions and upserts: connections_deleted,
 //   then connections_added (an existing connection is left as is); schedules_deleted (with their
-//   runs), then schedule upserts and run upserts, except that rows of a uid listed in
-//   schedules_deleted are not written (uids are never reused, so deletion wins). Then the history
-//   bound is enforced. On any error the transaction is rolled back, nothing of the batch is
+//   history), then schedule upserts (each with its run in flight) and finished runs into the
+//   history, except that rows of a uid listed in schedules_deleted are not written (uids are never
+//   reused, so deletion wins). A run in `runs` must be finished (finished_ms and number set),
+//   else INTERNAL. On any error the transaction is rolled back, nothing of the batch is
 //   applied, and the store stays usable: UNAVAILABLE for a full disk ("database or disk is full")
 //   or an I/O error, INTERNAL for corruption or a violated constraint (two uids with one key, an
 //   engine bug).

@@ -40,6 +40,21 @@ struct ConnectionRow {
   std::string connection;
 };
 
+// One run. A run in flight is part of its schedule's row (ScheduleRow::in_flight): committed with
+// the dispatch, before the callback is called. A finished run goes to the history (Batch::runs).
+struct RunRow {
+  std::string run_id;  // empty: no run
+  std::uint64_t schedule_uid = 0;
+  std::uint64_t number = 0;  // finished runs: the schedule's run counter after this run (1-based)
+  std::int64_t slot_ms = 0;
+  std::uint8_t mode = 0;  // RunMode
+  std::int32_t attempt = 1;
+  std::int64_t started_ms = 0;
+  std::int64_t finished_ms = 0;  // 0 while in flight
+  std::int8_t ok = -1;           // -1 in flight, 0 error, 1 success
+  std::string error;
+};
+
 // One schedule. Keyed by `uid` (unique, never reused); (integration, connection, sync, variant)
 // is unique among rows.
 struct ScheduleRow {
@@ -59,20 +74,7 @@ struct ScheduleRow {
   std::int64_t last_finish_ms = 0;  // 0: none
   std::int8_t last_ok = -1;         // -1 none, 0 error, 1 success
   std::string last_error;
-};
-
-// One dispatched run. Keyed by `run_id`. Written when dispatched (finished_ms == 0, before the
-// callback is called) and again when it ends.
-struct RunRow {
-  std::string run_id;
-  std::uint64_t schedule_uid = 0;
-  std::int64_t slot_ms = 0;
-  std::uint8_t mode = 0;  // RunMode
-  std::int32_t attempt = 1;
-  std::int64_t started_ms = 0;
-  std::int64_t finished_ms = 0;  // 0 while in flight
-  std::int8_t ok = -1;           // -1 in flight, 0 error, 1 success
-  std::string error;
+  RunRow in_flight;  // the run dispatched and not finished (run_id empty: none)
 };
 
 // Everything one commit writes. Applied atomically: all of it or none.
@@ -83,7 +85,7 @@ struct Batch {
   std::vector<ConnectionRow> connections_deleted;
   std::vector<ScheduleRow> schedules;            // upserts by uid
   std::vector<std::uint64_t> schedules_deleted;  // by uid, with their runs
-  std::vector<RunRow> runs;                      // upserts by run_id
+  std::vector<RunRow> runs;                      // finished runs, to the history
 
   bool empty() const {
     return syncs.empty() && integrations.empty() && connections_added.empty() &&
@@ -99,7 +101,7 @@ struct Snapshot {
   std::vector<IntegrationRow> integrations;
   std::vector<ConnectionRow> connections;
   std::vector<ScheduleRow> schedules;
-  std::vector<RunRow> unfinished_runs;  // runs with finished_ms == 0 (in flight at a crash)
+  std::vector<RunRow> unfinished_runs;  // the schedules' runs in flight (at a crash)
   std::uint64_t max_uid = 0;            // the largest schedule uid ever issued
 };
 

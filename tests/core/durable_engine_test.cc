@@ -136,6 +136,29 @@ TEST_F(DurableEngine, ARunInFlightAtTheCrashIsRecordedAsInterrupted) {
   EXPECT_NE(calls[1].ctx.run_id, run_id);
 }
 
+TEST_F(DurableEngine, ARunThatTimedOutIsRecordedAsTimedOutNotInterrupted) {
+  auto_complete = false;
+  SyncDefinition d;
+  d.name = "issues";
+  d.frequency = "every 1h";
+  d.auto_start = false;
+  d.timeout = 5min;
+  ASSERT_TRUE(engine->DefineSync("github", d).ok());
+  engine->ReleaseTimers();
+  ASSERT_TRUE(engine->AddConnection("github", "acme").ok());
+  ASSERT_TRUE(engine->Start(T("github", "acme", {{"issues"}})).ok());
+  Run(10min);  // the run never answers: the engine ends it at 5 minutes
+  ASSERT_EQ(calls.size(), 1u);
+  EXPECT_NE(StatusOf("github", "acme", "issues").last_error.find("timed out"), std::string::npos);
+  Reopen();
+  engine->ReleaseTimers();
+  ScheduleStatus st = StatusOf("github", "acme", "issues");
+  EXPECT_NE(st.last_error.find("timed out"), std::string::npos) << st.last_error;
+  EXPECT_EQ(st.runs, 1u);
+  EXPECT_EQ(st.failures, 1u);
+  EXPECT_EQ(st.skipped, 0u) << "the timed-out run is not counted again as interrupted";
+}
+
 TEST_F(DurableEngine, DeletedConnectionsStayDeletedAndAKeyCanBeRecreated) {
   DefineBoth();
   engine->ReleaseTimers();

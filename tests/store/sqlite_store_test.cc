@@ -63,17 +63,32 @@ ScheduleRow MakeSchedule(std::uint64_t uid, std::string connection, std::string 
   return row;
 }
 
-RunRow MakeRun(std::string id, std::uint64_t uid, std::int64_t finished_ms, std::int8_t ok = 1) {
+// A finished run, the schedule's run number `number`.
+RunRow MakeRun(std::string id, std::uint64_t uid, std::int64_t finished_ms, std::int8_t ok = 1,
+               std::uint64_t number = 1) {
   RunRow row;
   row.run_id = std::move(id);
   row.schedule_uid = uid;
+  row.number = number;
   row.slot_ms = 1'700'000'000'000 + finished_ms;
   row.mode = 1;
   row.attempt = 2;
   row.started_ms = 1'700'000'000'500;
   row.finished_ms = finished_ms;
-  row.ok = finished_ms == 0 ? -1 : ok;
+  row.ok = ok;
   row.error = ok == 0 ? "boom" : "";
+  return row;
+}
+
+// Schedule `row` with run `id` in flight.
+ScheduleRow WithRunInFlight(ScheduleRow row, std::string id) {
+  RunRow& run = row.in_flight;
+  run.run_id = std::move(id);
+  run.schedule_uid = row.uid;
+  run.slot_ms = 1'700'000'000'000;
+  run.mode = 1;
+  run.attempt = 2;
+  run.started_ms = 1'700'000'000'500;
   return row;
 }
 
@@ -104,6 +119,14 @@ void ExpectSameSchedule(const ScheduleRow& a, const ScheduleRow& b) {
   EXPECT_EQ(a.last_finish_ms, b.last_finish_ms);
   EXPECT_EQ(a.last_ok, b.last_ok);
   EXPECT_EQ(a.last_error, b.last_error);
+  EXPECT_EQ(a.in_flight.run_id, b.in_flight.run_id);
+  if (!a.in_flight.run_id.empty()) {
+    EXPECT_EQ(a.in_flight.schedule_uid, b.in_flight.schedule_uid);
+    EXPECT_EQ(a.in_flight.slot_ms, b.in_flight.slot_ms);
+    EXPECT_EQ(a.in_flight.mode, b.in_flight.mode);
+    EXPECT_EQ(a.in_flight.attempt, b.in_flight.attempt);
+    EXPECT_EQ(a.in_flight.started_ms, b.in_flight.started_ms);
+  }
 }
 
 void ExpectSameRun(const RunRow& a, const RunRow& b) {
@@ -248,7 +271,8 @@ TEST_F(SqliteStoreTest, NewFileLoadsEmpty) {
   EXPECT_TRUE(snap.schedules.empty());
   EXPECT_TRUE(snap.unfinished_runs.empty());
   EXPECT_EQ(snap.max_uid, 0u);
-  EXPECT_EQ(QueryInt("PRAGMA user_version"), 2);
+  EXPECT_EQ(QueryInt("PRAGMA user_version"), 3);
+  EXPECT_EQ(QueryInt("PRAGMA page_size"), 16384);
   EXPECT_TRUE(store->Commit(Batch{}).ok());
   std::string header = ReadBytes(path_).substr(0, 20);
   EXPECT_EQ(header[18], 2) << "WAL mode";
@@ -260,12 +284,12 @@ TEST_F(SqliteStoreTest, RoundTripOfEveryRowTypeAcrossReopen) {
   batch.syncs = {MakeSync("github", "issues", 1'800'000), MakeSync("slack", "messages", 60'000)};
   batch.connections_added = {{"github", "acme"}, {"slack", "acme"}};
   const std::uint64_t big_uid = (std::uint64_t{1} << 63) + 5;  // above INT64_MAX
-  batch.schedules = {MakeSchedule(7, "acme"), MakeSchedule(big_uid, "acme", "pulls", "nightly")};
+  batch.schedules = {WithRunInFlight(MakeSchedule(7, "acme"), "run-in-flight"),
+                     WithRunInFlight(MakeSchedule(big_uid, "acme", "pulls", "nightly"), "run-big")};
   batch.schedules[1].state = 0;
   batch.schedules[1].last_ok = -1;
   batch.schedules[1].last_error = "";
-  batch.runs = {MakeRun("run-in-flight", 7, 0), MakeRun("run-done", 7, 5000),
-                MakeRun("run-big", big_uid, 0)};
+  batch.runs = {MakeRun("run-done", 7, 5000)};
   {
     auto store = OpenOrDie();
     ASSERT_NE(store, nullptr);
@@ -289,13 +313,14 @@ TEST_F(SqliteStoreTest, RoundTripOfEveryRowTypeAcrossReopen) {
             [](const ScheduleRow& a, const ScheduleRow& b) { return a.uid < b.uid; });
   ExpectSameSchedule(snap.schedules[0], batch.schedules[0]);
   ExpectSameSchedule(snap.schedules[1], batch.schedules[1]);
-  // Only unfinished runs are loaded.
+  // The runs in flight are loaded (the history is not).
   ASSERT_EQ(snap.unfinished_runs.size(), 2u);
   std::sort(snap.unfinished_runs.begin(), snap.unfinished_runs.end(),
             [](const RunRow& a, const RunRow& b) { return a.run_id < b.run_id; });
-  ExpectSameRun(snap.unfinished_runs[0], batch.runs[2]);
-  ExpectSameRun(snap.unfinished_runs[1], batch.runs[0]);
+  ExpectSameRun(snap.unfinished_runs[0], batch.schedules[1].in_flight);
+  ExpectSameRun(snap.unfinished_runs[1], batch.schedules[0].in_flight);
   EXPECT_EQ(snap.max_uid, big_uid);
+  EXPECT_EQ(QueryInt("SELECT finished_ms FROM history WHERE run_id = 'run-done'"), 5000);
 }
 
 TEST_F(SqliteStoreTest, InMemoryRoundTrip) {
@@ -304,8 +329,7 @@ TEST_F(SqliteStoreTest, InMemoryRoundTrip) {
   auto store = OpenOrDie(options);
   ASSERT_NE(store, nullptr);
   Batch batch;
-  batch.schedules = {MakeSchedule(3, "acme")};
-  batch.runs = {MakeRun("r", 3, 0)};
+  batch.schedules = {WithRunInFlight(MakeSchedule(3, "acme"), "r")};
   ASSERT_TRUE(store->Commit(batch).ok());
   Snapshot snap = LoadOrDie(*store);
   ASSERT_EQ(snap.schedules.size(), 1u);
@@ -324,15 +348,14 @@ TEST_F(SqliteStoreTest, UpsertsReplaceRowsByKey) {
   Batch batch;
   batch.syncs = {MakeSync("github", "issues", 60'000)};
   batch.connections_added = {{"github", "acme"}};
-  batch.schedules = {MakeSchedule(1, "acme")};
-  batch.runs = {MakeRun("r1", 1, 0)};
+  batch.schedules = {WithRunInFlight(MakeSchedule(1, "acme"), "r1")};
   ASSERT_TRUE(store->Commit(batch).ok());
 
   Batch update;
   update.syncs = {MakeSync("github", "issues", 120'000)};
   update.syncs[0].auto_start = true;
   update.connections_added = {{"github", "acme"}};  // already there: left as is
-  update.schedules = {MakeSchedule(1, "acme")};
+  update.schedules = {MakeSchedule(1, "acme")};     // r1 is no longer in flight
   update.schedules[0].state = 0;
   update.schedules[0].runs = 13;
   update.schedules[0].last_error = "other";
@@ -346,8 +369,9 @@ TEST_F(SqliteStoreTest, UpsertsReplaceRowsByKey) {
   ASSERT_EQ(snap.schedules.size(), 1u);
   ExpectSameSchedule(snap.schedules[0], update.schedules[0]);
   EXPECT_TRUE(snap.unfinished_runs.empty());
-  EXPECT_EQ(QueryInt("SELECT count(*) FROM runs"), 1);
-  EXPECT_EQ(QueryInt("SELECT finished_ms FROM runs WHERE run_id = 'r1'"), 9000);
+  // A failed run takes its ring place and the failure place.
+  EXPECT_EQ(QueryInt("SELECT count(*) FROM history"), 2);
+  EXPECT_EQ(QueryInt("SELECT count(*) FROM history WHERE run_id = 'r1' AND finished_ms = 9000"), 2);
 
   Batch remove;
   remove.connections_deleted = {{"github", "acme"}};
@@ -359,16 +383,17 @@ TEST_F(SqliteStoreTest, SchedulesDeletedRemovesRowsAndTheirRuns) {
   auto store = OpenOrDie();
   ASSERT_NE(store, nullptr);
   Batch batch;
-  batch.schedules = {MakeSchedule(1, "acme"), MakeSchedule(2, "globex")};
-  batch.runs = {MakeRun("a1", 1, 100), MakeRun("a2", 1, 0), MakeRun("b1", 2, 100)};
+  batch.schedules = {WithRunInFlight(MakeSchedule(1, "acme"), "a2"), MakeSchedule(2, "globex")};
+  batch.runs = {MakeRun("a1", 1, 100), MakeRun("b1", 2, 100)};
   ASSERT_TRUE(store->Commit(batch).ok());
 
   // Delete uid 1 and re-create its key under a new uid in the same batch; also create and delete
   // uid 4 in the same batch (deletion wins: uids are never reused).
   Batch change;
   change.schedules_deleted = {1, 4};
-  change.schedules = {MakeSchedule(3, "acme"), MakeSchedule(4, "initech")};
-  change.runs = {MakeRun("c1", 3, 0), MakeRun("d1", 4, 0)};
+  change.schedules = {WithRunInFlight(MakeSchedule(3, "acme"), "c1"),
+                      WithRunInFlight(MakeSchedule(4, "initech"), "d1")};
+  change.runs = {MakeRun("d0", 4, 100)};
   ASSERT_TRUE(store->Commit(change).ok()) << store->Commit(change);
 
   Snapshot snap = LoadOrDie(*store);
@@ -377,8 +402,8 @@ TEST_F(SqliteStoreTest, SchedulesDeletedRemovesRowsAndTheirRuns) {
   EXPECT_EQ(snap.schedules[1].uid, 3u);
   ASSERT_EQ(snap.unfinished_runs.size(), 1u);
   EXPECT_EQ(snap.unfinished_runs[0].run_id, "c1");
-  EXPECT_EQ(QueryInt("SELECT count(*) FROM runs WHERE schedule_uid IN (1, 4)"), 0);
-  EXPECT_EQ(QueryInt("SELECT count(*) FROM runs"), 2);
+  EXPECT_EQ(QueryInt("SELECT count(*) FROM history WHERE schedule_uid IN (1, 4)"), 0);
+  EXPECT_EQ(QueryInt("SELECT count(*) FROM history"), 1);
   EXPECT_EQ(snap.max_uid, 3u);
 }
 
@@ -399,7 +424,7 @@ TEST_F(SqliteStoreTest, FailedBatchAppliesNothing) {
     bad.schedules.push_back(MakeSchedule(uid, "globex-" + std::to_string(uid)));
   }
   bad.schedules.push_back(MakeSchedule(2, "acme"));
-  bad.runs = {MakeRun("r", 10, 0)};
+  bad.runs = {MakeRun("r", 10, 100)};
   Status status = store->Commit(bad);
   ASSERT_FALSE(status.ok());
   EXPECT_EQ(status.code(), StatusCode::kInternal) << status;
@@ -415,6 +440,7 @@ TEST_F(SqliteStoreTest, FailedBatchAppliesNothing) {
   ASSERT_EQ(snap.schedules.size(), 1u);
   EXPECT_TRUE(snap.unfinished_runs.empty());
   EXPECT_EQ(snap.max_uid, 1u);
+  EXPECT_EQ(QueryInt("SELECT count(*) FROM history"), 0);
 
   // The store stays usable, and max_uid was not advanced by the failed batch.
   Batch next;
@@ -445,13 +471,14 @@ TEST_F(SqliteStoreTest, MaxUidSurvivesDeletingEverySchedule) {
   EXPECT_EQ(snap.max_uid, 9u);
 }
 
-// Finished run ids of schedule `uid`, newest first.
+// Finished run ids of schedule `uid` in its history, newest first (the failure place repeats a
+// run that may also hold a ring place: each id is listed once).
 std::vector<std::string> FinishedRuns(const std::string& path, std::uint64_t uid) {
   sqlite3* db = nullptr;
   EXPECT_EQ(sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
   sqlite3_stmt* stmt = nullptr;
-  std::string sql = "SELECT run_id FROM runs WHERE schedule_uid = " + std::to_string(uid) +
-                    " AND finished_ms <> 0 ORDER BY finished_ms DESC";
+  std::string sql = "SELECT run_id FROM history WHERE schedule_uid = " + std::to_string(uid) +
+                    " GROUP BY run_id ORDER BY max(finished_ms) DESC";
   EXPECT_EQ(sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt, nullptr), SQLITE_OK);
   std::vector<std::string> ids;
   while (sqlite3_step(stmt) == SQLITE_ROW) {
@@ -468,38 +495,42 @@ TEST_F(SqliteStoreTest, HistoryKeepsNewestRunsAndNewestFailure) {
   auto store = OpenOrDie(options);
   ASSERT_NE(store, nullptr);
   Batch setup;
-  setup.schedules = {MakeSchedule(1, "acme"), MakeSchedule(2, "globex")};
-  setup.runs = {MakeRun("in-flight", 1, 0)};
+  setup.schedules = {WithRunInFlight(MakeSchedule(1, "acme"), "in-flight"),
+                     MakeSchedule(2, "globex")};
   ASSERT_TRUE(store->Commit(setup).ok());
 
   // Run 2 fails; runs 1..10 finish one per commit; then 11..30 in one batch.
   for (int i = 1; i <= 10; ++i) {
     Batch batch;
-    batch.runs = {MakeRun("r" + std::to_string(i), 1, 1000 + i, i == 2 ? 0 : 1)};
+    batch.runs = {MakeRun("r" + std::to_string(i), 1, 1000 + i, i == 2 ? 0 : 1, i)};
     ASSERT_TRUE(store->Commit(batch).ok());
     EXPECT_LE(FinishedRuns(path_, 1).size(), 4u) << "after run " << i;
   }
   EXPECT_EQ(FinishedRuns(path_, 1), (std::vector<std::string>{"r10", "r9", "r8", "r2"}));
   Batch many;
-  for (int i = 11; i <= 30; ++i) many.runs.push_back(MakeRun("r" + std::to_string(i), 1, 1000 + i));
+  for (int i = 11; i <= 30; ++i) {
+    many.runs.push_back(MakeRun("r" + std::to_string(i), 1, 1000 + i, 1, i));
+  }
   many.runs.push_back(MakeRun("x1", 2, 50));
   ASSERT_TRUE(store->Commit(many).ok());
   EXPECT_EQ(FinishedRuns(path_, 1), (std::vector<std::string>{"r30", "r29", "r28", "r2"}));
   EXPECT_EQ(FinishedRuns(path_, 2), (std::vector<std::string>{"x1"}));
   // A newer failure replaces the older one.
   Batch failure;
-  failure.runs = {MakeRun("r31", 1, 1031, 0)};
+  failure.runs = {MakeRun("r31", 1, 1031, 0, 31)};
   ASSERT_TRUE(store->Commit(failure).ok());
   EXPECT_EQ(FinishedRuns(path_, 1), (std::vector<std::string>{"r31", "r30", "r29"}));
-  // Unfinished runs are never pruned.
+  EXPECT_EQ(QueryInt("SELECT count(*) FROM history WHERE schedule_uid = 1"), 4)
+      << "3 places and the failure place";
+  // The run in flight is part of the schedule's row, untouched by the history.
   EXPECT_EQ(LoadOrDie(*store).unfinished_runs.size(), 1u);
   store.reset();
 
-  // After a reopen the count of an existing schedule is read from the file.
+  // After a reopen the ring goes on where it was.
   store = OpenOrDie(options);
   ASSERT_NE(store, nullptr);
   Batch after;
-  after.runs = {MakeRun("r32", 1, 1032), MakeRun("r33", 1, 1033)};
+  after.runs = {MakeRun("r32", 1, 1032, 1, 32), MakeRun("r33", 1, 1033, 1, 33)};
   ASSERT_TRUE(store->Commit(after).ok());
   EXPECT_EQ(FinishedRuns(path_, 1), (std::vector<std::string>{"r33", "r32", "r31"}));
   EXPECT_EQ(LoadOrDie(*store).unfinished_runs.size(), 1u);
@@ -515,7 +546,7 @@ TEST_F(SqliteStoreTest, HistoryWithoutFailuresKeepsExactlyTheBound) {
   ASSERT_TRUE(store->Commit(setup).ok());
   for (int i = 1; i <= 5; ++i) {
     Batch batch;
-    batch.runs = {MakeRun("r" + std::to_string(i), 1, 1000 + i)};
+    batch.runs = {MakeRun("r" + std::to_string(i), 1, 1000 + i, 1, i)};
     ASSERT_TRUE(store->Commit(batch).ok());
     EXPECT_EQ(FinishedRuns(path_, 1).size(), std::min<std::size_t>(i, 2)) << "after run " << i;
   }
@@ -532,7 +563,7 @@ TEST_F(SqliteStoreTest, HistoryBoundHoldsAfterAFailedCommit) {
   ASSERT_TRUE(store->Commit(setup).ok());
   for (int i = 1; i <= 3; ++i) {
     Batch batch;
-    batch.runs = {MakeRun("r" + std::to_string(i), 1, 1000 + i)};
+    batch.runs = {MakeRun("r" + std::to_string(i), 1, 1000 + i, 1, i)};
     ASSERT_TRUE(store->Commit(batch).ok());
   }
   Batch bad;
@@ -540,7 +571,7 @@ TEST_F(SqliteStoreTest, HistoryBoundHoldsAfterAFailedCommit) {
   ASSERT_FALSE(store->Commit(bad).ok());
   for (int i = 4; i <= 6; ++i) {
     Batch batch;
-    batch.runs = {MakeRun("r" + std::to_string(i), 1, 1000 + i)};
+    batch.runs = {MakeRun("r" + std::to_string(i), 1, 1000 + i, 1, i)};
     ASSERT_TRUE(store->Commit(batch).ok());
   }
   EXPECT_EQ(FinishedRuns(path_, 1), (std::vector<std::string>{"r6", "r5"}));
@@ -689,7 +720,7 @@ TEST_F(SqliteStoreTest, CorruptPagesAreFoundByVerifyOrByLoad) {
 TEST_F(SqliteStoreTest, NewerSchemaIsRefused) {
   MakeDatabase(10);
   ExecRaw("PRAGMA user_version = 7");
-  ExpectRefused(StatusCode::kFailedPrecondition, "schema version 7, newer than version 2");
+  ExpectRefused(StatusCode::kFailedPrecondition, "schema version 7, newer than version 3");
 }
 
 // A newer engine crashed (or closed without a checkpoint): its schema change is only in the WAL.
@@ -703,7 +734,7 @@ TEST_F(SqliteStoreTest, NewerSchemaInAnUncheckpointedWalIsRefused) {
   sqlite3_close(db);
   ASSERT_GT(fs::file_size(path_ + "-wal"), 0u);
   std::string wal = ReadBytes(path_ + "-wal");
-  ExpectRefused(StatusCode::kFailedPrecondition, "schema version 8, newer than version 2");
+  ExpectRefused(StatusCode::kFailedPrecondition, "schema version 8, newer than version 3");
   EXPECT_TRUE(ReadBytes(path_ + "-wal") == wal) << "WAL changed";
 }
 
@@ -714,15 +745,15 @@ TEST_F(SqliteStoreTest, OtherApplicationsDatabaseIsRefused) {
 
 TEST_F(SqliteStoreTest, MissingTableIsRefused) {
   MakeDatabase(10);
-  ExecRaw("DROP TABLE runs");
-  ExpectRefused(StatusCode::kInternal, "without table 'runs'");
+  ExecRaw("DROP TABLE history");
+  ExpectRefused(StatusCode::kInternal, "without table 'history'");
 }
 
 TEST_F(SqliteStoreTest, EmptyFileBecomesADatabase) {
   WriteBytes(path_, "");
   auto store = OpenOrDie();
   ASSERT_NE(store, nullptr);
-  EXPECT_EQ(QueryInt("PRAGMA user_version"), 2);
+  EXPECT_EQ(QueryInt("PRAGMA user_version"), 3);
 }
 
 TEST_F(SqliteStoreTest, FullDiskFailsTheCommitAndAppliesNothing) {
@@ -738,7 +769,7 @@ TEST_F(SqliteStoreTest, FullDiskFailsTheCommitAndAppliesNothing) {
   Batch big;
   for (int uid = 2; uid < 5000; ++uid) {
     big.schedules.push_back(MakeSchedule(uid, "conn-" + std::to_string(uid)));
-    big.runs.push_back(MakeRun("run-" + std::to_string(uid), uid, uid));
+    big.runs.push_back(MakeRun("run-" + std::to_string(uid), uid, uid, 0));
   }
   Status status = store->Commit(big);
   ASSERT_FALSE(status.ok());
@@ -758,6 +789,63 @@ TEST_F(SqliteStoreTest, FullDiskFailsTheCommitAndAppliesNothing) {
   snap = LoadOrDie(*store);
   EXPECT_EQ(snap.schedules.size(), 4999u);
   EXPECT_EQ(snap.max_uid, 4999u);
+  EXPECT_EQ(QueryInt("SELECT count(*) FROM history"), 2 * 4998) << "ring and failure places";
+}
+
+TEST_F(SqliteStoreTest, ABatchWithAnUnfinishedRunIsRefused) {
+  auto store = OpenOrDie();
+  ASSERT_NE(store, nullptr);
+  Batch batch;
+  batch.schedules = {MakeSchedule(1, "acme")};
+  batch.runs = {MakeRun("r1", 1, 0)};
+  Status status = store->Commit(batch);
+  ASSERT_FALSE(status.ok());
+  EXPECT_EQ(status.code(), StatusCode::kInternal) << status;
+  EXPECT_NE(status.message().find("run r1 of schedule uid 1"), std::string::npos) << status;
+  EXPECT_NE(status.message().find("not a finished run"), std::string::npos) << status;
+  EXPECT_TRUE(LoadOrDie(*store).schedules.empty());
+}
+
+TEST_F(SqliteStoreTest, TooLongAHistoryIsInvalid) {
+  SqliteStoreOptions options = Options();
+  options.history_per_schedule = 1001;
+  auto store = OpenSqliteStore(options);
+  ASSERT_FALSE(store.ok());
+  EXPECT_EQ(store.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(store.status().message().find("history_per_schedule is 1001"), std::string::npos)
+      << store.status();
+  EXPECT_FALSE(fs::exists(path_));
+}
+
+TEST_F(SqliteStoreTest, AShorterHistoryTrimsTheFileAtOpenAndALongerOneGrows) {
+  SqliteStoreOptions options = Options();
+  options.history_per_schedule = 5;
+  {
+    auto store = OpenOrDie(options);
+    ASSERT_NE(store, nullptr);
+    Batch batch;
+    batch.schedules = {MakeSchedule(1, "acme")};
+    for (int i = 1; i <= 7; ++i) {
+      batch.runs.push_back(MakeRun("r" + std::to_string(i), 1, 1000 + i, i == 1 ? 0 : 1, i));
+    }
+    ASSERT_TRUE(store->Commit(batch).ok());
+  }
+  EXPECT_EQ(FinishedRuns(path_, 1), (std::vector<std::string>{"r7", "r6", "r5", "r4", "r3", "r1"}));
+  options.history_per_schedule = 2;
+  {
+    auto store = OpenOrDie(options);
+    ASSERT_NE(store, nullptr);
+  }
+  // Places 0 and 1 (runs 6 and 7) stay, and the failure place.
+  EXPECT_EQ(FinishedRuns(path_, 1), (std::vector<std::string>{"r7", "r6", "r1"}));
+  options.history_per_schedule = 4;
+  auto store = OpenOrDie(options);
+  ASSERT_NE(store, nullptr);
+  Batch more;
+  for (int i = 8; i <= 12; ++i)
+    more.runs.push_back(MakeRun("r" + std::to_string(i), 1, 1000 + i, 1, i));
+  ASSERT_TRUE(store->Commit(more).ok());
+  EXPECT_EQ(FinishedRuns(path_, 1), (std::vector<std::string>{"r12", "r11", "r10", "r9", "r1"}));
 }
 
 TEST_F(SqliteStoreTest, SynchronousFullIsApplied) {
@@ -809,7 +897,7 @@ TEST_F(SqliteStoreTest, AVersionOneDatabaseIsMigratedKeepingItsRows) {
   ExecRaw(kSchemaV1);
   auto store = OpenOrDie();
   ASSERT_NE(store, nullptr);
-  EXPECT_EQ(QueryInt("PRAGMA user_version"), 2);
+  EXPECT_EQ(QueryInt("PRAGMA user_version"), 3);
   Snapshot snap = LoadOrDie(*store);
   ASSERT_EQ(snap.syncs.size(), 1u);
   EXPECT_EQ(snap.syncs[0].name, "issues");
@@ -829,6 +917,60 @@ TEST_F(SqliteStoreTest, AVersionOneDatabaseIsMigratedKeepingItsRows) {
   ASSERT_EQ(snap.integrations.size(), 1u);
   EXPECT_EQ(snap.integrations[0].max_concurrency, 3u);
   EXPECT_EQ(snap.syncs[0].policy, "retry_max=2");
+}
+
+// A version 2 file with run rows: version 1 plus migration 2 (as released).
+constexpr const char* kToVersion2 = R"sql(
+ALTER TABLE syncs ADD COLUMN policy TEXT NOT NULL DEFAULT '';
+CREATE TABLE integrations(integration TEXT PRIMARY KEY NOT NULL,
+  max_concurrency INTEGER NOT NULL) WITHOUT ROWID;
+INSERT INTO schedules VALUES (3, 'github', 'acme', 'issues', '', 1, 1000, 0, 3601000, 25, 2, 0,
+  1000, 2000, 1, '');
+INSERT INTO schedules VALUES (5, 'github', 'globex', 'issues', '', 1, 1000, 0, 3601000, 0, 0, 0,
+  0, 0, -1, '');
+PRAGMA user_version = 2;
+)sql";
+
+TEST_F(SqliteStoreTest, AVersionTwoDatabaseMovesItsRunsToTheScheduleRowsAndTheHistory) {
+  ExecRaw(kSchemaV1);
+  ExecRaw(kToVersion2);
+  // Schedule 3: 25 finished runs (2 and 3 failed) and one in flight; schedule 5: one in flight.
+  std::string runs;
+  for (int i = 1; i <= 25; ++i) {
+    runs += "INSERT INTO runs VALUES ('3-" + std::to_string(i) + "', 3, " + std::to_string(i) +
+            ", 0, 1, " + std::to_string(i) + ", " + std::to_string(1000 + i) + ", " +
+            (i == 2 || i == 3 ? "0, 'boom'" : "1, ''") + ");";
+  }
+  runs += "INSERT INTO runs VALUES ('3-26', 3, 26, 1, 2, 1026, 0, -1, '');";
+  runs += "INSERT INTO runs VALUES ('5-1', 5, 1, 0, 1, 1001, 0, -1, '');";
+  ExecRaw(runs);
+
+  auto store = OpenOrDie();
+  ASSERT_NE(store, nullptr);
+  EXPECT_EQ(QueryInt("PRAGMA user_version"), 3);
+  Snapshot snap = LoadOrDie(*store);
+  ASSERT_EQ(snap.unfinished_runs.size(), 2u);
+  EXPECT_EQ(snap.unfinished_runs[0].run_id, "3-26");
+  EXPECT_EQ(snap.unfinished_runs[0].schedule_uid, 3u);
+  EXPECT_EQ(snap.unfinished_runs[0].slot_ms, 26);
+  EXPECT_EQ(snap.unfinished_runs[0].mode, 1);
+  EXPECT_EQ(snap.unfinished_runs[0].attempt, 2);
+  EXPECT_EQ(snap.unfinished_runs[0].started_ms, 1026);
+  EXPECT_EQ(snap.unfinished_runs[1].run_id, "5-1");
+  ASSERT_EQ(snap.schedules.size(), 2u);
+  EXPECT_EQ(snap.schedules[0].in_flight.run_id, "3-26");
+  // The newest 20 finished runs and the newest failure.
+  std::vector<std::string> expected;
+  for (int i = 25; i >= 6; --i) expected.push_back("3-" + std::to_string(i));
+  expected.push_back("3-3");
+  EXPECT_EQ(FinishedRuns(path_, 3), expected);
+  EXPECT_EQ(QueryInt("SELECT count(*) FROM sqlite_schema WHERE name = 'runs'"), 0);
+  // The ring goes on from the migrated history: run 26 finishes.
+  Batch batch;
+  batch.runs = {MakeRun("3-26", 3, 1026, 1, 26)};
+  ASSERT_TRUE(store->Commit(batch).ok());
+  EXPECT_EQ(QueryInt("SELECT count(*) FROM history WHERE schedule_uid = 3"), 21);
+  EXPECT_EQ(FinishedRuns(path_, 3).front(), "3-26");
 }
 
 }  // namespace

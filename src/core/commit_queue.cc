@@ -1,5 +1,7 @@
 #include "core/commit_queue.h"
 
+#include <pthread.h>
+
 #include <unordered_map>
 
 namespace syncsched::core {
@@ -56,7 +58,7 @@ void CommitQueue::Enqueue(store::Batch batch, std::vector<RunPtr> runs) {
 }
 
 CommitQueue::Ticket CommitQueue::Submit(store::Batch batch, std::vector<RunPtr> runs) {
-  auto waiter = std::make_shared<Waiter>();
+  auto waiter = std::make_shared<CommitWaiter>();
   {
     std::lock_guard lock(mu_);
     if (!exited_) {
@@ -93,6 +95,7 @@ void CommitQueue::Stop() {
 }
 
 void CommitQueue::Loop() {
+  pthread_setname_np(pthread_self(), "syncsched-write");  // as `top -H` and /proc show it
   std::vector<Item> items;
   for (;;) {
     {

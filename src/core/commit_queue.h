@@ -26,6 +26,12 @@
 
 namespace syncsched::core {
 
+// The commit of one queued item, to wait for (under CommitQueue's lock).
+struct CommitWaiter {
+  Status result;
+  bool done = false;
+};
+
 class CommitQueue {
  public:
   // `release(runs, status)` is called on the writer thread after the item carrying `runs` was
@@ -35,12 +41,7 @@ class CommitQueue {
   CommitQueue(store::Store& store, ReleaseFn release);
   ~CommitQueue();
 
-  // The commit of one queued item, to wait for.
-  struct Waiter {
-    Status result;
-    bool done = false;
-  };
-  using Ticket = std::shared_ptr<Waiter>;
+  using Ticket = std::shared_ptr<CommitWaiter>;
 
   // Queues `batch` (and the runs it records) and returns at once.
   void Enqueue(store::Batch batch, std::vector<RunPtr> runs = {});

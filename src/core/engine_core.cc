@@ -1,5 +1,7 @@
 #include "core/engine_core.h"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <exception>
 
@@ -105,6 +107,7 @@ Status EngineCore::Init() {
   }
   if (owned_io_) {
     io_thread_ = std::thread([io = owned_io_.get()] {
+      pthread_setname_np(pthread_self(), "syncsched-io");  // as `top -H` and /proc show it
       auto guard = boost::asio::make_work_guard(*io);
       io->run();
     });
@@ -286,13 +289,10 @@ Status EngineCore::Persist(store::Batch& batch) {
 
 store::ScheduleRow EngineCore::RowOf(std::uint32_t schedule) const {
   const Schedule& s = cat_.schedules[schedule];
-  ScheduleKey key = cat_.KeyOf(schedule);
   store::ScheduleRow row;
   row.uid = s.uid;
-  row.integration = std::move(key.integration);
-  row.connection = std::move(key.connection);
-  row.sync = std::move(key.sync);
-  row.variant = std::move(key.variant);
+  // The row was committed when the schedule was created, before anything could change it.
+  row.update_only = true;
   row.state = static_cast<std::uint8_t>(s.state);
   row.anchor_ms = s.anchor;
   row.frequency_override_ms = s.freq_override;
@@ -1226,7 +1226,9 @@ void EngineCore::OnAlarm() {
   Apply(fx);
   // The alarm waits for its runs' records without the engine's lock, so commands and outcomes
   // proceed meanwhile and the next wake-up gathers everything that came due during the commit
-  // (group commit); the writer releases the runs to the workers once committed.
+  // (group commit); the writer releases the runs to the workers once committed. (Waiting only
+  // for the item before this one, a two-deep pipeline, was tried: as fast in BM_DurableFire, but
+  // the alarm woke for smaller batches and spent 2.3 µs per run instead of 1.)
   if (ticket) (void)writer_->Wait(ticket);
 }
 

@@ -106,6 +106,7 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   // ---- under mu_ ----
   std::int64_t NowMs() const;
   Status Persist(store::Batch& batch);
+  // The schedule's row as an update of the committed one (update_only, no key columns).
   store::ScheduleRow RowOf(std::uint32_t schedule) const;
   void StartSchedule(std::uint32_t schedule, std::int64_t now, Effects& fx);
   void DispatchRun(std::uint32_t schedule, std::int64_t now, std::int64_t slot, RunMode mode,

@@ -4,7 +4,9 @@
 // cannot hold up runs another worker could take.
 #pragma once
 
+#include <pthread.h>
 #include <algorithm>
+
 #include <condition_variable>
 #include <cstddef>
 #include <deque>
@@ -22,7 +24,12 @@ class WorkerPool {
   using BatchFn = std::function<void(std::vector<RunPtr>&)>;
 
   WorkerPool(std::size_t threads, BatchFn fn) : fn_(std::move(fn)) {
-    for (std::size_t i = 0; i < threads; ++i) threads_.emplace_back([this] { Loop(); });
+    for (std::size_t i = 0; i < threads; ++i) {
+      threads_.emplace_back([this] {
+        pthread_setname_np(pthread_self(), "syncsched-run");  // as `top -H` and /proc show it
+        Loop();
+      });
+    }
   }
   ~WorkerPool() { Stop(); }
 

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sqlite3.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -53,6 +54,9 @@ void EnsureStandardFds() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // No SQLite memory statistics: every SQLite allocation would take their global mutex, ~7% of the
+  // writer's time per run (BM_DurableFire). Only possible before SQLite is first used.
+  sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
   EnsureStandardFds();
   Logger log;
   std::string config_path;

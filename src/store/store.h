@@ -59,6 +59,10 @@ struct RunRow {
 // is unique among rows.
 struct ScheduleRow {
   std::uint64_t uid = 0;
+  // True: a new version of a row the store already holds. The key columns are left empty and
+  // are not written; when the row is gone (its schedule was deleted) nothing is written. The
+  // engine sends every row but a new schedule's this way: it saves building and binding the key.
+  bool update_only = false;
   std::string integration;
   std::string connection;
   std::string sync;

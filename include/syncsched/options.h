@@ -76,7 +76,10 @@ struct Options {
   // at the cost of an fsync per commit.
   bool synchronous_full = false;
 
-  // Finished runs kept in the database per schedule (beside the last failed run).
+  // Finished runs kept in the database per schedule, at most 1000 (Engine::Open fails with
+  // INVALID_ARGUMENT above), beside the last failed run. Each finished run overwrites the oldest
+  // of its schedule's; opening a file with a smaller value than it was written with deletes the
+  // surplus. 0 keeps only the last failed run.
   std::size_t run_history = 20;
 
   // When true, the engine fires no timer (scheduled slots, catch-up runs after a restart) until

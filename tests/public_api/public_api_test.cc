@@ -31,6 +31,12 @@ TEST(PublicApi, OpenRejectsBadOptionsNamingTheField) {
   e = syncsched::Engine::Open(o);
   ASSERT_FALSE(e.ok());
   EXPECT_NE(e.status().message().find("frequency_bounds"), std::string::npos);
+  o = {};
+  o.run_history = 1001;
+  e = syncsched::Engine::Open(o);
+  ASSERT_FALSE(e.ok());
+  EXPECT_EQ(e.status().code(), syncsched::StatusCode::kInvalidArgument);
+  EXPECT_NE(e.status().message().find("run_history is 1001"), std::string::npos) << e.status();
 }
 
 }  // namespace

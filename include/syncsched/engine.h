@@ -33,6 +33,9 @@ namespace syncsched {
 namespace core {
 class EngineCore;
 }
+namespace internal {
+struct EngineAccess;  // tests only: reaches the engine's internals
+}
 
 // What a slot that comes due while a run of the schedule is in flight does.
 enum class OverlapPolicy : std::uint8_t {
@@ -169,6 +172,7 @@ class Engine {
   std::size_t MemoryBytes();
 
  private:
+  friend struct internal::EngineAccess;
   explicit Engine(std::shared_ptr<core::EngineCore> core);
   std::shared_ptr<core::EngineCore> core_;
 };

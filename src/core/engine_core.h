@@ -66,6 +66,9 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   static Result<std::shared_ptr<EngineCore>> Create(Options options);
   ~EngineCore();
 
+  // The engine's store (null without a database), for tests' fault hooks.
+  store::Store* StoreForTest() { return store_.get(); }
+
   void Shutdown();
 
   Status DefineSync(std::string_view integration, const SyncDefinition& sync);

@@ -4,7 +4,15 @@
 #include <filesystem>
 #include <fstream>
 
+#include "core/engine_core.h"
 #include "core/engine_test_util.h"
+#include "store/sqlite_store.h"
+
+namespace syncsched::internal {
+struct EngineAccess {
+  static store::Store& StoreOf(Engine& engine) { return *engine.core_->StoreForTest(); }
+};
+}  // namespace syncsched::internal
 
 namespace syncsched::testing {
 namespace {
@@ -157,6 +165,36 @@ TEST_F(DurableEngine, ARunThatTimedOutIsRecordedAsTimedOutNotInterrupted) {
   EXPECT_EQ(st.runs, 1u);
   EXPECT_EQ(st.failures, 1u);
   EXPECT_EQ(st.skipped, 0u) << "the timed-out run is not counted again as interrupted";
+}
+
+TEST_F(DurableEngine, ACommandThatFailsToCommitChangesNothingInMemory) {
+  DefineBoth();
+  engine->ReleaseTimers();
+  ASSERT_TRUE(engine->AddConnection("github", "acme").ok());
+  store::Store& store = internal::EngineAccess::StoreOf(*engine);
+  auto pages = store::internal::PageCountForTest(store);
+  ASSERT_TRUE(pages.ok()) << pages.status();
+  ASSERT_TRUE(store::internal::SetMaxPageCountForTest(store, *pages).ok());  // the disk is full
+  // New connections fill the last page; the first that needs another one fails.
+  Status failed;
+  int n = 0;
+  for (; n < 5000 && failed.ok(); ++n) {
+    failed = engine->AddConnection("github", "c" + std::to_string(n) + std::string(100, 'x'));
+  }
+  ASSERT_FALSE(failed.ok()) << "the cap never bit";
+  EXPECT_EQ(failed.code(), StatusCode::kUnavailable) << failed;
+  EXPECT_NE(failed.message().find("full"), std::string::npos) << failed;
+  std::string refused = "c" + std::to_string(n - 1) + std::string(100, 'x');
+  EXPECT_TRUE(engine->GetStatus(T("github", refused)).status().IsNotFound())
+      << "the refused connection is not in memory";
+  EXPECT_EQ(engine->GetMetrics().schedules_paused, 2u * static_cast<std::uint64_t>(n))
+      << "acme's two schedules and those of the n - 1 connections that were committed";
+  // Space comes back: the same command succeeds, and everything survives a restart.
+  ASSERT_TRUE(store::internal::SetMaxPageCountForTest(store, 1 << 30).ok());
+  ASSERT_TRUE(engine->AddConnection("github", refused).ok());
+  Reopen();
+  engine->ReleaseTimers();
+  EXPECT_EQ(engine->GetMetrics().schedules_paused, 2u * static_cast<std::uint64_t>(n + 1));
 }
 
 TEST_F(DurableEngine, DeletedConnectionsStayDeletedAndAKeyCanBeRecreated) {

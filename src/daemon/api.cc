@@ -138,18 +138,27 @@ std::optional<HttpResponse> Api::Check(std::string_view method, std::string_view
 }
 
 std::optional<HttpResponse> Api::Admit(std::string_view method, std::string_view target,
-                                       std::string_view authorization) const {
-  return Check(method, target, authorization, nullptr);
+                                       std::string_view authorization, Admitted* admitted) const {
+  if (admitted == nullptr) return Check(method, target, authorization, nullptr);
+  admitted->route_.reset();
+  Route route{RouteId::kHealth, {}};
+  if (auto rejected = Check(method, target, authorization, &route)) return rejected;
+  admitted->route_ = std::move(route);
+  return std::nullopt;
 }
 
-HttpResponse Api::Handle(const HttpRequest& request) {
+HttpResponse Api::Handle(const HttpRequest& request, const Admitted* admitted) {
   HttpResponse response;
   try {
-    Route route{RouteId::kHealth, {}};
-    if (auto rejected = Check(request.method, request.target, request.authorization, &route)) {
-      response = std::move(*rejected);
+    if (admitted != nullptr && admitted->route_) {
+      response = Dispatch(*admitted->route_, request);
     } else {
-      response = Dispatch(route, request);
+      Route route{RouteId::kHealth, {}};
+      if (auto rejected = Check(request.method, request.target, request.authorization, &route)) {
+        response = std::move(*rejected);
+      } else {
+        response = Dispatch(route, request);
+      }
     }
   } catch (const std::exception& e) {
     response = ErrorResponse(codec::errors::Internal(std::string("unexpected error: ") + e.what()));

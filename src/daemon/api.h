@@ -46,14 +46,21 @@ class Api {
   Api(Engine& engine, const Config& config, Logger& log,
       std::function<codec::DaemonMetrics()> daemon_metrics);
 
+  // The route of a request that Admit let through, kept for Handle so that it is not resolved
+  // and authenticated twice.
+  class Admitted;
+
   // What can be decided from the request line and headers alone: an unknown route (404), a
   // wrong method (405), a missing or invalid key (401) or scope (403). nullopt: read the body
-  // and call Handle.
+  // and call Handle (with `admitted`, when given, filled in for it).
   std::optional<HttpResponse> Admit(std::string_view method, std::string_view target,
-                                    std::string_view authorization) const;
+                                    std::string_view authorization,
+                                    Admitted* admitted = nullptr) const;
 
   // Answers one request. Never throws: an unexpected exception is a 500 `internal_error`.
-  HttpResponse Handle(const HttpRequest& request);
+  // `admitted`: what Admit said of this same request (method, target and authorization), or
+  // null to check it here.
+  HttpResponse Handle(const HttpRequest& request, const Admitted* admitted = nullptr);
 
   // The response carrying `error` as its body.
   static HttpResponse ErrorResponse(const codec::ApiError& error);
@@ -106,6 +113,15 @@ class Api {
   std::function<codec::DaemonMetrics()> daemon_metrics_;
   int max_json_depth_;
   std::map<std::string, std::set<std::string>, std::less<>> catalog_;  // integration -> syncs
+};
+
+class Api::Admitted {
+ public:
+  Admitted() = default;
+
+ private:
+  friend class Api;
+  std::optional<Route> route_;
 };
 
 }  // namespace syncsched::daemon

@@ -3,7 +3,8 @@
 // (431, 413), on open connections (503), and timeouts for reading a request and for an idle
 // connection. Each request is first admitted on its headers alone (route, method, key: so that
 // an unauthenticated client cannot make the server buffer a body), then read whole and answered
-// by Api::Handle on the connection's strand.
+// by Api::Handle. With several HTTP threads each connection runs on its own strand; with one
+// thread there is no strand (nothing runs concurrently), which spares its locking and queueing.
 //
 // Thread safety: Bind, Start and Stop are called by one owner thread; the counters from any.
 #pragma once
@@ -54,7 +55,10 @@ class HttpServer {
   void FillMetrics(codec::DaemonMetrics& m) const;
 
  private:
-  class Session;
+  class Session;  // what Stop needs of a connection
+  template <class Executor>
+  class Connection;  // a connection whose handlers run on `Executor`
+  template <class Executor>
   void Accept();
   void CountResponse(unsigned status);
 

@@ -3,8 +3,14 @@
 // must change nothing (the state is compared through GET /sync/status before and after).
 #include <gtest/gtest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+
 #include <cstdio>
 #include <memory>
+#include <thread>
 
 #include "daemon/daemon.h"
 #include "test_util.h"
@@ -852,7 +858,19 @@ TEST_F(HttpTest, BadRequestsChangeNothing) {
   EXPECT_EQ(RunsOf("acme pulls base incremental"), 0u);
 }
 
-TEST_F(HttpTest, BodyOverTheLimit) {
+// ---- The transport: framing, limits, keep-alive, timeouts ----
+// With one HTTP thread (no strand) and with two (a strand per connection).
+
+class TransportTest : public HttpTest, public ::testing::WithParamInterface<std::size_t> {
+ protected:
+  void Customize(Config& c) override { c.http_threads = GetParam(); }
+};
+
+std::string ThreadsName(const ::testing::TestParamInfo<std::size_t>& info) {
+  return std::to_string(info.param) + (info.param == 1 ? "Thread" : "Threads");
+}
+
+TEST_P(TransportTest, BodyOverTheLimit) {
   Settle();
   Json before = Status();
   std::string big = R"({"provider_config_key": "github", "syncs": [], "x": ")" +
@@ -892,7 +910,7 @@ TEST_F(HttpTest, DeeplyNestedBodyWithinTheSizeLimit) {
   ExpectUnchanged(before);
 }
 
-TEST_F(HttpTest, HeaderOverTheLimit) {
+TEST_P(TransportTest, HeaderOverTheLimit) {
   Reply r =
       client_->Send(http::verb::get, "/health", "", "", {{"X-Padding", std::string(10000, 'p')}});
   ExpectError(r, 431, "headers_too_large");
@@ -900,14 +918,14 @@ TEST_F(HttpTest, HeaderOverTheLimit) {
   EXPECT_EQ(other.Get("/health").status, 200u);
 }
 
-TEST_F(HttpTest, MalformedHttp) {
+TEST_P(TransportTest, MalformedHttp) {
   ExpectError(client_->Raw("NOT HTTP AT ALL\r\n\r\n"), 400, "bad_request");
   Client other(daemon_->port());
   ExpectError(other.Raw("POST /sync/start HTTP/1.1\r\nContent-Length: abc\r\n\r\n"), 400,
               "bad_request");
 }
 
-TEST_F(HttpTest, KeepAlive) {
+TEST_P(TransportTest, KeepAlive) {
   for (int i = 0; i < 50; ++i) {
     Reply r = client_->Get("/health");
     ASSERT_EQ(r.status, 200u);
@@ -923,6 +941,14 @@ TEST_F(HttpTest, KeepAlive) {
   EXPECT_EQ(r.status, 200u);
   EXPECT_FALSE(r.keep_alive);
   EXPECT_TRUE(old.ServerClosed());
+  // ... and keeps it when asked.
+  Client kept(daemon_->port());
+  for (int i = 0; i < 3; ++i) {
+    Reply k = kept.Send(http::verb::get, "/health", "", "", {{"Connection", "keep-alive"}}, 10);
+    EXPECT_EQ(k.status, 200u);
+    EXPECT_TRUE(k.keep_alive);
+    EXPECT_EQ(k.headers["Connection"], "keep-alive");
+  }
   // Connection: close is honoured.
   Client closing(daemon_->port());
   EXPECT_EQ(closing.Send(http::verb::get, "/health", "", "", {{"Connection", "close"}}).status,
@@ -930,7 +956,7 @@ TEST_F(HttpTest, KeepAlive) {
   EXPECT_TRUE(closing.ServerClosed());
 }
 
-TEST_F(HttpTest, ExpectContinue) {
+TEST_P(TransportTest, ExpectContinue) {
   Settle();
   std::string body =
       R"({"provider_config_key": "github", "connection_id": "acme", "syncs": ["pulls"]})";
@@ -946,7 +972,7 @@ TEST_F(HttpTest, ExpectContinue) {
   EXPECT_TRUE(WaitFor([&] { return RunsOf("acme pulls base incremental") == 1; }));
 }
 
-TEST_F(HttpTest, RequestsFromManyConnectionsAtOnce) {
+TEST_P(TransportTest, RequestsFromManyConnectionsAtOnce) {
   Settle();
   std::vector<std::thread> threads;
   std::atomic<int> ok{0};
@@ -962,12 +988,155 @@ TEST_F(HttpTest, RequestsFromManyConnectionsAtOnce) {
   EXPECT_EQ(ok.load(), 200);
 }
 
-class SmallServerTest : public HttpTest {
+TEST_P(TransportTest, PipelinedRequestsAreAnsweredInOrder) {
+  Settle();
+  // Written at once: answered one after the other from what was read, rejected bodies dropped
+  // in between. More than the server answers without returning to its event loop.
+  const std::string start =
+      R"({"provider_config_key": "github", "connection_id": "acme", "syncs": ["pulls"]})";
+  std::string requests;
+  std::vector<unsigned> expected;
+  for (int i = 0; i < 60; ++i) {
+    switch (i % 3) {
+      case 0:
+        requests += "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+        expected.push_back(200);
+        break;
+      case 1:  // no key: 401, its body read and dropped
+        requests +=
+            "POST /sync/start HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            "Content-Length: " +
+            std::to_string(start.size()) + "\r\n\r\n" + start;
+        expected.push_back(401);
+        break;
+      default:
+        requests +=
+            "POST /sync/start HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer test-key\r\n"
+            "Content-Type: application/json\r\nContent-Length: " +
+            std::to_string(start.size()) + "\r\n\r\n" + start;
+        expected.push_back(200);
+        break;
+    }
+  }
+  client_->Write(requests);
+  for (std::size_t i = 0; i < expected.size(); ++i) {
+    Reply r = client_->Read();
+    ASSERT_EQ(r.status, expected[i]) << "response " << i << ": " << r.body;
+    EXPECT_TRUE(r.keep_alive);
+  }
+  EXPECT_EQ(client_->Get("/health").status, 200u);
+  EXPECT_TRUE(WaitFor([&] { return RunsOf("acme pulls base incremental") == 1; }));
+}
+
+TEST_P(TransportTest, ARequestInPieces) {
+  Settle();
+  std::string body =
+      R"({"provider_config_key": "github", "connection_id": "acme", "syncs": ["pulls"]})";
+  std::string request =
+      "POST /sync/start HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer test-key\r\n"
+      "Content-Type: application/json\r\nContent-Length: " +
+      std::to_string(body.size()) + "\r\n\r\n" + body;
+  // Cut in the request line, in a header, between header and body, and in the body; each piece
+  // most likely read on its own (the outcome does not depend on it).
+  std::size_t cuts[] = {6, 40, request.size() - body.size(), request.size() - 10, request.size()};
+  std::size_t at = 0;
+  for (std::size_t cut : cuts) {
+    client_->Write(request.substr(at, cut - at));
+    at = cut;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  Reply r = client_->Read();
+  EXPECT_EQ(r.status, 200u) << r.body;
+  EXPECT_TRUE(WaitFor([&] { return RunsOf("acme pulls base incremental") == 1; }));
+  EXPECT_EQ(client_->Get("/health").status, 200u);
+}
+
+TEST_P(TransportTest, AChunkedBody) {
+  Settle();
+  std::string body =
+      R"({"provider_config_key": "github", "connection_id": "globex", "syncs": ["pulls"]})";
+  std::string request =
+      "POST /sync/start HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer test-key\r\n"
+      "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+  for (std::size_t at = 0; at < body.size(); at += 16) {
+    std::string piece = body.substr(at, 16);
+    char size[16];
+    std::snprintf(size, sizeof size, "%zx", piece.size());
+    request += std::string(size) + "\r\n" + piece + "\r\n";
+  }
+  request += "0\r\n\r\n";
+  Reply r = client_->Raw(request);
+  EXPECT_EQ(r.status, 200u) << r.body;
+  EXPECT_TRUE(r.keep_alive);
+  EXPECT_TRUE(WaitFor([&] { return RunsOf("globex pulls base incremental") == 1; }));
+}
+
+// A client that sends many requests before reading any response: the server's writes fill the
+// socket's buffers and must wait (asynchronously) for the client, then go on where they were.
+// Each answer is a forecast of about 7 KB: 10 MB in all, more than the buffers hold.
+TEST_P(TransportTest, AClientThatReadsLate) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  int small = 4096;  // a small receive window, so that the server cannot write everything at once
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(daemon_->port());
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+
+  constexpr int kRequests = 1500;
+  std::string requests;
+  for (int i = 0; i < kRequests; ++i) {
+    requests +=
+        "GET /schedules/forecast?hours=168 HTTP/1.1\r\nHost: x\r\n"
+        "Authorization: Bearer test-key\r\n\r\n";
+  }
+  requests += "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+  std::thread writer([&] {
+    std::size_t at = 0;
+    while (at < requests.size()) {
+      ssize_t n = ::send(fd, requests.data() + at, requests.size() - at, MSG_NOSIGNAL);
+      if (n <= 0) break;
+      at += static_cast<std::size_t>(n);
+    }
+  });
+  // Let the server run into the full buffers before reading (the outcome does not depend on it).
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  std::string received;
+  char chunk[65536];
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (std::chrono::steady_clock::now() < deadline) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 1000) <= 0) continue;
+    ssize_t n = ::recv(fd, chunk, sizeof chunk, 0);
+    if (n <= 0) break;  // closed by the server after the last response
+    received.append(chunk, static_cast<std::size_t>(n));
+  }
+  writer.join();
+  ::close(fd);
+  std::size_t ok = 0;
+  for (std::size_t at = received.find("HTTP/1.1 200 OK\r\n"); at != std::string::npos;
+       at = received.find("HTTP/1.1 200 OK\r\n", at + 1)) {
+    ++ok;
+  }
+  EXPECT_EQ(ok, static_cast<std::size_t>(kRequests + 1));
+  EXPECT_GT(received.size(), static_cast<std::size_t>(kRequests) * 5000);
+  std::string last = "Connection: close\r\nContent-Length: 15\r\n\r\n{\"status\":\"ok\"}";
+  EXPECT_TRUE(received.size() >= last.size() &&
+              received.compare(received.size() - last.size(), last.size(), last) == 0)
+      << received.substr(received.size() > 200 ? received.size() - 200 : 0);
+}
+
+class SmallServerTest : public TransportTest {
  protected:
-  void Customize(Config& c) override { c.limits.max_connections = 2; }
+  void Customize(Config& c) override {
+    TransportTest::Customize(c);
+    c.limits.max_connections = 2;
+  }
 };
 
-TEST_F(SmallServerTest, ConnectionsOverTheLimitAreTurnedAway) {
+TEST_P(SmallServerTest, ConnectionsOverTheLimitAreTurnedAway) {
   auto second = std::make_unique<Client>(daemon_->port());
   EXPECT_EQ(client_->Get("/health").status, 200u);
   EXPECT_EQ(second->Get("/health").status, 200u);
@@ -986,20 +1155,28 @@ TEST_F(SmallServerTest, ConnectionsOverTheLimitAreTurnedAway) {
   }));
 }
 
-class TimeoutTest : public HttpTest {
+class TimeoutTest : public TransportTest {
  protected:
   void Customize(Config& c) override {
+    TransportTest::Customize(c);
     c.limits.idle_timeout = std::chrono::milliseconds(150);
     c.limits.read_timeout = std::chrono::milliseconds(150);
   }
 };
 
-TEST_F(TimeoutTest, AnIdleConnectionIsClosed) {
+TEST_P(TimeoutTest, AnIdleConnectionIsClosed) {
   EXPECT_EQ(client_->Get("/health").status, 200u);
   EXPECT_TRUE(client_->ServerClosed());
 }
 
-TEST_F(TimeoutTest, ARequestThatStallsIsCutOff) {
+TEST_P(TimeoutTest, AHeaderThatStallsIsCutOff) {
+  client_->Write("GET /health HTTP/1.1\r\nHo");
+  EXPECT_TRUE(client_->ServerClosed());
+  Client other(daemon_->port());
+  EXPECT_EQ(other.Get("/health").status, 200u);
+}
+
+TEST_P(TimeoutTest, ARequestThatStallsIsCutOff) {
   client_->Write(
       "POST /sync/start HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer test-key\r\n"
       "Content-Length: 100\r\n\r\n{\"provider");
@@ -1007,6 +1184,10 @@ TEST_F(TimeoutTest, ARequestThatStallsIsCutOff) {
   Client other(daemon_->port());
   EXPECT_EQ(other.Get("/health").status, 200u);
 }
+
+INSTANTIATE_TEST_SUITE_P(HttpThreads, TransportTest, ::testing::Values(1, 2), ThreadsName);
+INSTANTIATE_TEST_SUITE_P(HttpThreads, SmallServerTest, ::testing::Values(1, 2), ThreadsName);
+INSTANTIATE_TEST_SUITE_P(HttpThreads, TimeoutTest, ::testing::Values(1, 2), ThreadsName);
 
 }  // namespace
 }  // namespace syncsched::daemon

@@ -4,8 +4,8 @@
 # measured in the same run. Usage: bench/http_bench.sh [BUILD_DIR] [SECONDS]
 # The build dir must hold a release build of syncschedd (default: build-rel).
 #
-# Environment: HTTP_THREADS (default 1: on a 2-core machine where wrk holds one core, a second
-# HTTP thread only adds wake-ups between the two threads); WARMUP seconds of load on each server
+# Environment: HTTP_THREADS (default 1, not the daemon's default of 2: the server gets one core
+# here, and a second HTTP thread on it only adds wake-ups between the two threads); WARMUP seconds of load on each server
 # before its measured run (default 2: Node's JIT warms up, and so do both servers' caches); PIN=0
 # to leave placement to the scheduler.
 #

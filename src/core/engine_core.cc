@@ -409,7 +409,9 @@ void EngineCore::ArmRunDeadline(std::uint32_t schedule, const RunState& run, std
 void EngineCore::FinishRun(const RunPtr& run, const Status& status, std::vector<ModelCounts> counts,
                            std::int64_t now, Effects& fx, std::optional<Millis> hint) {
   Schedule& s = cat_.schedules[run->schedule];
-  if (!s.live || s.uid != run->uid || s.run != run->table_slot) return;  // late: ignored
+  // Late (the schedule is gone, or the run was ended by its timeout and the slot of the run
+  // table reused, perhaps by the schedule's next run): ignored.
+  if (!s.live || s.uid != run->uid || s.run != run->table_slot || runs_[s.run] != run) return;
   runs_[run->table_slot].reset();
   free_runs_.push_back(run->table_slot);
   s.run = kNone;

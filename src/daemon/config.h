@@ -71,9 +71,11 @@ struct Config {
   std::size_t worker_threads = 4;       // runs in flight at most
   std::size_t max_concurrent_runs = 0;  // runs in flight across integrations; 0: unlimited
   double catch_up_per_second = 0;       // catch-up runs released per second; 0: unlimited
-  // One event-loop thread serves ~100k requests/s on loopback; a second pays for wake-ups and
-  // a strand per connection, and on 2 cores it is slower (docs/benchmarks.md).
-  std::size_t http_threads = 1;
+  // Two by default: commands run on the HTTP threads and wait for their commit, so with one
+  // thread a long commit (a start of 100k schedules, a slow disk) would hold every connection,
+  // /health included. One thread is faster when requests are small (~100k requests/s on one
+  // core, no strand: docs/benchmarks.md).
+  std::size_t http_threads = 2;
   Millis default_run_timeout = std::chrono::hours(24);
   Millis shutdown_grace = std::chrono::seconds(30);
   Millis kill_grace = std::chrono::seconds(10);

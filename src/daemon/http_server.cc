@@ -62,7 +62,12 @@ struct Request {
     target.clear();
     authorization.clear();
     connection.clear();
-    body.clear();
+    // A large body's buffer is given back rather than kept for the connection's life.
+    if (body.capacity() > (64 << 10)) {
+      std::string().swap(body);
+    } else {
+      body.clear();
+    }
     version = 11;
     has_authorization = has_connection = has_expect = expect_continue = discard_body = false;
   }

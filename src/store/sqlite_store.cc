@@ -164,8 +164,10 @@ CREATE TABLE integrations(
 )sql",
      {"meta", "syncs", "connections", "schedules", "runs", "integrations"}},
     // 3: the run in flight moves into its schedule's row; finished runs into the history ring (the
-    // newest 20 per schedule at places 0.., the last failure at place 1023). A v2 file holds at
-    // most one unfinished run per schedule (the engine records one run in flight per schedule).
+    // newest 20 per schedule, each at the place the engine would have given it: run number
+    // runs - n + 1 for the n-th newest, at (number - 1) % 20; the last failure at place 1023).
+    // The newest unfinished run of a schedule is its run in flight; older unfinished rows (left
+    // only by outcomes whose commit failed) are dropped.
     {3,
      R"sql(
 ALTER TABLE schedules ADD COLUMN run_id TEXT NOT NULL DEFAULT '';
@@ -192,12 +194,13 @@ FROM (SELECT run_id, schedule_uid, slot_ms, mode, attempt, started_ms,
       FROM runs WHERE finished_ms = 0) AS r
 WHERE r.n = 1 AND schedules.uid = r.schedule_uid;
 INSERT INTO history
-SELECT schedule_uid * 1024 + n - 1, schedule_uid, run_id, slot_ms, mode, attempt, started_ms,
-       finished_ms, ok, error
+SELECT r.schedule_uid * 1024 + (((s.runs - r.n) % 20) + 20) % 20, r.schedule_uid, r.run_id,
+       r.slot_ms, r.mode, r.attempt, r.started_ms, r.finished_ms, r.ok, r.error
 FROM (SELECT *, row_number() OVER (PARTITION BY schedule_uid
                                    ORDER BY finished_ms DESC, run_id DESC) AS n
-      FROM runs WHERE finished_ms <> 0)
-WHERE n <= 20;
+      FROM runs WHERE finished_ms <> 0) AS r
+JOIN schedules AS s ON s.uid = r.schedule_uid
+WHERE r.n <= 20;
 INSERT INTO history
 SELECT schedule_uid * 1024 + 1023, schedule_uid, run_id, slot_ms, mode, attempt, started_ms,
        finished_ms, ok, error

@@ -453,6 +453,30 @@ TEST_F(Scenario, ARunOutlivingItsTimeoutIsCancelledAndItsLateCompletionIgnored) 
   EXPECT_EQ(calls[1].at, t0 + 2h);
 }
 
+// The timed-out run's slot of the run table is reused by the schedule's next run: the old run's
+// late answer must not end the new one.
+TEST_F(Scenario, ALateAnswerAfterATimeoutDoesNotEndTheNextRun) {
+  auto_complete = false;
+  Define("github", "issues", "every 10min", false, /*timeout=*/5min);
+  ASSERT_TRUE(engine->AddConnection("github", "acme").ok());
+  ASSERT_TRUE(engine->Start(T("github", "acme")).ok());
+  Run(10min);  // the first run times out at 5 min; the second starts at 10
+  ASSERT_EQ(calls.size(), 2u);
+  EXPECT_TRUE(calls[0].ctx.cancel.cancelled());
+  Finish(0);  // the first run's late answer
+  ScheduleStatus st = StatusOf("github", "acme", "issues");
+  EXPECT_EQ(st.status, RunStatus::kRunning) << "the second run is still in flight";
+  EXPECT_EQ(st.runs, 1u);
+  EXPECT_EQ(engine->GetMetrics().runs_in_flight, 1u);
+  EXPECT_FALSE(calls[1].ctx.cancel.cancelled());
+  Run(4min);
+  Finish(1);
+  st = StatusOf("github", "acme", "issues");
+  EXPECT_EQ(st.status, RunStatus::kSuccess);
+  EXPECT_EQ(st.runs, 2u);
+  EXPECT_EQ(engine->GetMetrics().runs_in_flight, 0u);
+}
+
 TEST_F(Scenario, AMissedHeartbeatFailsTheRun) {
   auto_complete = false;
   Define("github", "issues", "every 1d", false, std::nullopt, /*heartbeat=*/10min);

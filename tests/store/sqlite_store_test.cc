@@ -970,7 +970,12 @@ TEST_F(SqliteStoreTest, AVersionTwoDatabaseMovesItsRunsToTheScheduleRowsAndTheHi
   batch.runs = {MakeRun("3-26", 3, 1026, 1, 26)};
   ASSERT_TRUE(store->Commit(batch).ok());
   EXPECT_EQ(QueryInt("SELECT count(*) FROM history WHERE schedule_uid = 3"), 21);
-  EXPECT_EQ(FinishedRuns(path_, 3).front(), "3-26");
+  // Run 26 took the place of run 6, the oldest, as if the history had always been a ring.
+  expected.pop_back();  // 3-3, the failure
+  expected.pop_back();  // 3-6
+  expected.insert(expected.begin(), "3-26");
+  expected.push_back("3-3");
+  EXPECT_EQ(FinishedRuns(path_, 3), expected);
 }
 
 }  // namespace

@@ -43,35 +43,28 @@ CommitQueue::~CommitQueue() { Stop(); }
 
 void CommitQueue::Enqueue(store::Batch batch, std::vector<RunPtr> runs) {
   if (batch.empty() && runs.empty()) return;
+  Push(Item{std::move(batch), std::move(runs), nullptr});
+}
+
+CommitQueue::Ticket CommitQueue::Submit(store::Batch batch, std::vector<RunPtr> runs) {
+  auto waiter = std::make_shared<CommitWaiter>();
+  Push(Item{std::move(batch), std::move(runs), waiter});
+  return waiter;
+}
+
+void CommitQueue::Push(Item item) {
   {
     std::lock_guard lock(mu_);
     if (!exited_) {  // also while stopping: the writer drains everything queued
-      queue_.push_back(Item{std::move(batch), std::move(runs), nullptr});
+      queue_.push_back(std::move(item));
       cv_.notify_one();
       return;
     }
   }
   std::vector<Item> one;
-  one.push_back(Item{std::move(batch), std::move(runs), nullptr});
+  one.push_back(std::move(item));
   std::lock_guard store_lock(store_mu_);
   CommitItems(one);
-}
-
-CommitQueue::Ticket CommitQueue::Submit(store::Batch batch, std::vector<RunPtr> runs) {
-  auto waiter = std::make_shared<CommitWaiter>();
-  {
-    std::lock_guard lock(mu_);
-    if (!exited_) {
-      queue_.push_back(Item{std::move(batch), std::move(runs), waiter});
-      cv_.notify_one();
-      return waiter;
-    }
-  }
-  std::vector<Item> one;
-  one.push_back(Item{std::move(batch), std::move(runs), waiter});
-  std::lock_guard store_lock(store_mu_);
-  CommitItems(one);
-  return waiter;
 }
 
 Status CommitQueue::Wait(const Ticket& ticket) {

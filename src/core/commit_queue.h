@@ -4,6 +4,7 @@
 // that keeps durability cheap:
 //
 // - a command waits for its own item's commit (Commit), so its effect is durable when it returns;
+//   the alarm and the workers queue under the engine's lock (Submit) and wait without it (Wait);
 // - runs travel with the item that records them and are released to the workers only once that
 //   item is committed, so a run's record is always committed before its callback is called;
 // - outcomes are queued without waiting.
@@ -59,8 +60,10 @@ class CommitQueue {
   struct Item {
     store::Batch batch;
     std::vector<RunPtr> runs;
-    Ticket waiter;  // set by the writer when someone waits
+    Ticket waiter;  // when someone waits (Submit): the writer sets its result
   };
+  // Queues `item` for the writer, or commits it on this thread once the writer has exited.
+  void Push(Item item);
   void Loop();
   void CommitItems(std::vector<Item>& items);  // with store_mu_ held
   static bool HasDeletions(const store::Batch& b) {

@@ -1156,28 +1156,25 @@ store::RunRow EngineCore::InFlightRow(const RunState& r) {
   return row;
 }
 
-void EngineCore::TakeDispatch(Effects& fx, store::Batch& batch, std::vector<RunPtr>& runs) {
-  if (batch.empty()) {
-    batch = std::move(fx.record);
-  } else {
-    for (auto& row : fx.record.schedules) batch.schedules.push_back(std::move(row));
-    for (auto& row : fx.record.runs) batch.runs.push_back(std::move(row));
-  }
+CommitQueue::Ticket EngineCore::QueueRecords(Effects& fx) {
+  if (!store_) return nullptr;
+  store::Batch batch = std::move(fx.record);
   fx.record.clear();
   batch.schedules.reserve(batch.schedules.size() + fx.dispatch.size());
   for (const RunPtr& r : fx.dispatch) batch.schedules.push_back(RowOf(r->schedule));
-  for (RunPtr& r : fx.dispatch) runs.push_back(std::move(r));
+  if (fx.dispatch.empty()) {
+    writer_->Enqueue(std::move(batch));  // outcomes only: nobody waits
+    return nullptr;
+  }
+  std::vector<RunPtr> runs = std::move(fx.dispatch);
   fx.dispatch.clear();
+  return writer_->Submit(std::move(batch), std::move(runs));
 }
 
 void EngineCore::RecordDispatch(Effects& fx) {
-  if (!store_ || (fx.dispatch.empty() && fx.record.empty())) return;
   // Run records are committed before any callback is called: the runs travel with their rows
   // and the writer releases them to the workers once committed, before this returns.
-  store::Batch batch;
-  std::vector<RunPtr> runs;
-  TakeDispatch(fx, batch, runs);
-  (void)writer_->Commit(std::move(batch), std::move(runs));
+  if (auto ticket = QueueRecords(fx)) (void)writer_->Wait(ticket);
 }
 
 void EngineCore::Release(std::vector<RunPtr>&& runs, const Status& committed) {
@@ -1193,8 +1190,6 @@ void EngineCore::Release(std::vector<RunPtr>&& runs, const Status& committed) {
 
 void EngineCore::OnAlarm() {
   Effects fx;
-  store::Batch batch;
-  std::vector<RunPtr> runs;
   CommitQueue::Ticket ticket;
   {
     std::lock_guard lock(mu_);
@@ -1215,14 +1210,7 @@ void EngineCore::OnAlarm() {
     }
     // Queued under the lock, so that the rows keep the engine's order with respect to commands
     // (a pause or a delete queued after this alarm must not be overwritten by its older rows).
-    if (store_) {
-      TakeDispatch(fx, batch, runs);
-      if (!runs.empty()) {
-        ticket = writer_->Submit(std::move(batch), std::move(runs));
-      } else {
-        writer_->Enqueue(std::move(batch));  // runs that timed out
-      }
-    }
+    ticket = QueueRecords(fx);
     MaybeRearm();
   }
   Apply(fx);
@@ -1330,21 +1318,12 @@ void EngineCore::Complete(std::vector<RunPtr>& runs, std::vector<RunOutcome>& ou
       FinishRun(runs[i], outcomes[i].status, std::move(outcomes[i].counts), now, fx,
                 outcomes[i].hint);
     }
-    if (store_) {
-      // Outcomes are queued without waiting. An outcome that fails to commit stays in memory: the
-      // next commit of the schedule's row carries its counters, and the run reads as interrupted
-      // after a crash, which is the honest record. Runs dispatched here (a pending full resync,
-      // a run that waited for a cap) travel in the same item, are released by the writer once it
-      // is committed, and are waited for after the lock is let go, as the alarm does.
-      store::Batch batch;
-      std::vector<RunPtr> dispatched;
-      TakeDispatch(fx, batch, dispatched);
-      if (dispatched.empty()) {
-        writer_->Enqueue(std::move(batch));
-      } else {
-        ticket = writer_->Submit(std::move(batch), std::move(dispatched));
-      }
-    }
+    // Outcomes are queued without waiting. An outcome that fails to commit stays in memory: the
+    // next commit of the schedule's row carries its counters, and the run reads as interrupted
+    // after a crash, which is the honest record. Runs dispatched here (a pending full resync, a
+    // run that waited for a cap) travel in the same item, are released by the writer once it is
+    // committed, and are waited for after the lock is let go, as the alarm does.
+    ticket = QueueRecords(fx);
     MaybeRearm();
   }
   Apply(fx);

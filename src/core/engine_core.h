@@ -56,6 +56,7 @@ struct RunOutcome {
 
 class WorkerPool;
 class CommitQueue;
+struct CommitWaiter;
 
 // A sync's run policies as the text the store keeps for it, and back (engine_policies.cc).
 std::string EncodePolicy(const SyncInfo& sync);
@@ -143,12 +144,14 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   void OnRunDeadline(std::uint32_t schedule, std::int64_t now, Effects& fx);
   void ArmRunDeadline(std::uint32_t schedule, const RunState& run, std::int64_t now);
   void MaybeRearm();
-  // Commits fx.record and the rows of fx.dispatch with the runs, which the writer releases to the
-  // workers once committed (commands: under the lock, so the command is durable when it returns).
+  // Queues fx.record and the schedule rows of fx.dispatch (each holding its run in flight) to the
+  // writer, with the runs, which the writer releases to the workers once committed; fx.record and
+  // fx.dispatch are left empty. Returns the ticket to wait on when runs were queued, else null.
+  // Under the lock, so that items keep the engine's order.
+  std::shared_ptr<CommitWaiter> QueueRecords(Effects& fx);
+  // QueueRecords, then waits for the commit (commands: under the lock, so the command is durable
+  // when it returns).
   void RecordDispatch(Effects& fx);
-  // Moves fx.record into `batch`, fx.dispatch into `runs` and the dispatched runs' schedule rows
-  // (each holding its run in flight) into `batch`.
-  void TakeDispatch(Effects& fx, store::Batch& batch, std::vector<RunPtr>& runs);
   // A new schedule's row as CreateSchedule will make it (planned before it is applied).
   static store::ScheduleRow NewScheduleRow(std::uint64_t uid, std::string_view integration,
                                            std::string_view connection, const SyncInfo& sync,

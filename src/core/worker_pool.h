@@ -5,8 +5,8 @@
 #pragma once
 
 #include <pthread.h>
-#include <algorithm>
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstddef>
 #include <deque>

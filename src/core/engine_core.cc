@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <exception>
+#include <tuple>
 
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/post.hpp>
@@ -321,8 +322,9 @@ store::ScheduleRow EngineCore::NewScheduleRow(std::uint64_t uid, std::string_vie
   row.variant = std::string(variant);
   if (sync.auto_start) {  // as CreateSchedule will start it
     row.state = static_cast<std::uint8_t>(ScheduleState::kStarted);
-    row.anchor_ms = now;
-    row.next_slot_ms = now + sync.frequency_ms;
+    ScheduleKey key;
+    if (sync.spread) key = {row.integration, row.connection, row.sync, row.variant};
+    std::tie(row.anchor_ms, row.next_slot_ms) = StartGrid(key, sync.spread, sync.frequency_ms, now);
   }
   return row;
 }
@@ -336,11 +338,9 @@ std::shared_ptr<const Callback> EngineCore::CallbackFor(std::uint32_t integratio
 void EngineCore::StartSchedule(std::uint32_t schedule, std::int64_t now, Effects& fx) {
   Schedule& s = cat_.schedules[schedule];
   s.state = ScheduleState::kStarted;
-  std::int64_t freq = cat_.FrequencyOf(s);
-  // With phase spreading the grid follows the key's phase, its first slot at least half a period
-  // after the immediate run; otherwise it is anchored now.
-  s.anchor = cat_.syncs[s.sync].spread ? SpreadSlot(schedule, freq, now + (freq + 1) / 2) : now;
-  s.next_slot = s.anchor == now ? now + freq : s.anchor;
+  bool spread = cat_.syncs[s.sync].spread;
+  std::tie(s.anchor, s.next_slot) =
+      StartGrid(spread ? cat_.KeyOf(schedule) : ScheduleKey{}, spread, cat_.FrequencyOf(s), now);
   s.flags &= static_cast<std::uint8_t>(~kHinted);
   slots_.Arm(schedule, s.next_slot);
   ++metrics_.schedules_started;
@@ -465,7 +465,8 @@ void EngineCore::FinishRun(const RunPtr& run, const Status& status, std::vector<
     row.ok = static_cast<std::int8_t>(status.ok());
     if (!status.ok()) row.error = cat_.details[run->schedule].last_error;
     fx.record.runs.push_back(std::move(row));
-    fx.record.schedules.push_back(RowOf(run->schedule));
+    // A run dispatched here (a pending resync) carries the row itself (QueueRecords).
+    if (s.run == kNone) fx.record.schedules.push_back(RowOf(run->schedule));
   }
 }
 
@@ -966,9 +967,10 @@ Result<CommandResult> EngineCore::Start(const Target& target) {
       for (std::uint32_t s : to_start) {
         store::ScheduleRow row = RowOf(s);
         row.state = static_cast<std::uint8_t>(ScheduleState::kStarted);
-        row.anchor_ms = now;
-        row.next_slot_ms = now + cat_.FrequencyOf(cat_.schedules[s]);
         const Schedule& sc = cat_.schedules[s];
+        bool spread = cat_.syncs[sc.sync].spread;  // the grid StartSchedule will give it
+        std::tie(row.anchor_ms, row.next_slot_ms) =
+            StartGrid(spread ? cat_.KeyOf(s) : ScheduleKey{}, spread, cat_.FrequencyOf(sc), now);
         if (sc.run == kNone && !(sc.flags & kWaiting)) {
           // The immediate run is recorded in the same transaction (its id is the slot's).
           store::RunRow& run = row.in_flight;

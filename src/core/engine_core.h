@@ -133,6 +133,11 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   void Decide(std::uint32_t schedule, Reason reason, std::int64_t now, std::string detail = {});
   // The first slot of a spread schedule's phase grid at or after `not_before`.
   std::int64_t SpreadSlot(std::uint32_t schedule, std::int64_t freq, std::int64_t not_before) const;
+  // The grid of a schedule started at `now`: {anchor, first slot}. With phase spreading it follows
+  // the key's phase, its first slot at least half a period after the immediate run; otherwise it
+  // is anchored now. StartSchedule and the rows planned before it (Start, new schedules) use it.
+  static std::pair<std::int64_t, std::int64_t> StartGrid(const ScheduleKey& key, bool spread,
+                                                         std::int64_t freq, std::int64_t now);
   void CountInFlight(std::uint32_t schedule, int delta);
   void AbandonRun(std::uint32_t schedule, Status reason, Effects& fx);
   void TrimRunTables(std::int64_t now);

@@ -29,6 +29,15 @@ std::uint64_t KeyHash(const ScheduleKey& key) {
   return h;
 }
 
+// The first slot at or after `not_before` of the phase grid of the key hashed to `hash`.
+std::int64_t PhaseSlot(std::uint64_t hash, std::int64_t freq, std::int64_t not_before) {
+  auto phase = static_cast<std::int64_t>(hash % static_cast<std::uint64_t>(freq));
+  // The first phase + k * freq >= not_before.
+  std::int64_t k = (not_before - phase + freq - 1) / freq;
+  if (not_before - phase < 0) k = 0;
+  return phase + k * freq;
+}
+
 // splitmix64: a small, good, seedable generator for retry jitter.
 std::uint64_t NextRandom(std::uint64_t& state) {
   std::uint64_t z = (state += 0x9e3779b97f4a7c15ull);
@@ -186,12 +195,14 @@ void EngineCore::OnRetry(std::uint32_t schedule, std::int64_t now, Effects& fx) 
 
 std::int64_t EngineCore::SpreadSlot(std::uint32_t schedule, std::int64_t freq,
                                     std::int64_t not_before) const {
-  auto phase =
-      static_cast<std::int64_t>(KeyHash(cat_.KeyOf(schedule)) % static_cast<std::uint64_t>(freq));
-  // The first phase + k * freq >= not_before.
-  std::int64_t k = (not_before - phase + freq - 1) / freq;
-  if (not_before - phase < 0) k = 0;
-  return phase + k * freq;
+  return PhaseSlot(KeyHash(cat_.KeyOf(schedule)), freq, not_before);
+}
+
+std::pair<std::int64_t, std::int64_t> EngineCore::StartGrid(const ScheduleKey& key, bool spread,
+                                                            std::int64_t freq, std::int64_t now) {
+  if (!spread) return {now, now + freq};
+  std::int64_t anchor = PhaseSlot(KeyHash(key), freq, now + (freq + 1) / 2);
+  return {anchor, anchor};
 }
 
 std::string EncodePolicy(const SyncInfo& sync) {

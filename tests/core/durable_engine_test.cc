@@ -197,6 +197,25 @@ TEST_F(DurableEngine, ACommandThatFailsToCommitChangesNothingInMemory) {
   EXPECT_EQ(engine->GetMetrics().schedules_paused, 2u * static_cast<std::uint64_t>(n + 1));
 }
 
+TEST_F(DurableEngine, ASpreadGridIsCommittedByTheStartItself) {
+  auto_complete = false;  // the first run is still in flight at the crash: no later row
+  SyncDefinition d;
+  d.name = "issues";
+  d.frequency = "every 1h";
+  d.auto_start = false;
+  d.spread = true;
+  ASSERT_TRUE(engine->DefineSync("github", d).ok());
+  engine->ReleaseTimers();
+  ASSERT_TRUE(engine->AddConnection("github", "acme").ok());
+  ASSERT_TRUE(engine->Start(T("github", "acme")).ok());
+  std::optional<TimePoint> next = StatusOf("github", "acme", "issues").next_run;
+  ASSERT_TRUE(next.has_value());
+  ASSERT_NE(*next, clock.Now() + 1h) << "this key's phase is not the start's (pick another key)";
+  Reopen();
+  engine->ReleaseTimers();
+  EXPECT_EQ(StatusOf("github", "acme", "issues").next_run, next);
+}
+
 TEST_F(DurableEngine, DeletedConnectionsStayDeletedAndAKeyCanBeRecreated) {
   DefineBoth();
   engine->ReleaseTimers();

@@ -120,8 +120,9 @@ std::string_view Api::ScopeOf(RouteId id) {
   return kScopeAll;
 }
 
-std::optional<HttpResponse> Api::Check(std::string_view method, std::string_view target,
-                                       std::string_view authorization, Route* route) const {
+std::optional<HttpResponse> Api::Admit(std::string_view method, std::string_view target,
+                                       std::string_view authorization, Admitted& admitted) const {
+  admitted.route_.reset();
   codec::RequestTarget t = codec::SplitTarget(target);
   Resolved resolved = Resolve(method, t.path);
   if (resolved.error) {
@@ -133,54 +134,25 @@ std::optional<HttpResponse> Api::Check(std::string_view method, std::string_view
   if (!scope.empty()) {
     if (auto denied = auth_.Check(authorization, scope)) return ErrorResponse(*denied);
   }
-  if (route != nullptr) *route = std::move(*resolved.route);
+  admitted.route_ = std::move(*resolved.route);
   return std::nullopt;
 }
 
-std::optional<HttpResponse> Api::Admit(std::string_view method, std::string_view target,
-                                       std::string_view authorization, Admitted* admitted) const {
-  if (admitted == nullptr) return Check(method, target, authorization, nullptr);
-  admitted->route_.reset();
-  Route route{RouteId::kHealth, {}};
-  if (auto rejected = Check(method, target, authorization, &route)) return rejected;
-  admitted->route_ = std::move(route);
-  return std::nullopt;
-}
-
-HttpResponse Api::Handle(const HttpRequest& request, const Admitted* admitted) {
-  HttpResponse response;
+HttpResponse Api::Handle(const HttpRequest& request, const Admitted& admitted) {
   try {
-    if (admitted != nullptr && admitted->route_) {
-      response = Dispatch(*admitted->route_, request);
-    } else {
-      Route route{RouteId::kHealth, {}};
-      if (auto rejected = Check(request.method, request.target, request.authorization, &route)) {
-        response = std::move(*rejected);
-      } else {
-        response = Dispatch(route, request);
-      }
+    if (!admitted.route_) {
+      return ErrorResponse(codec::errors::Internal("a request was handled without being admitted"));
     }
+    return Dispatch(*admitted.route_, request);
   } catch (const std::exception& e) {
-    response = ErrorResponse(codec::errors::Internal(std::string("unexpected error: ") + e.what()));
+    return ErrorResponse(codec::errors::Internal(std::string("unexpected error: ") + e.what()));
   }
-  if (response.status >= 500) {
-    log_.Error("request failed", {{"method", std::string(request.method)},
-                                  {"target", std::string(request.target)},
-                                  {"status", response.status},
-                                  {"body", response.body}});
-  } else if (log_.Enabled(LogLevel::kDebug)) {
-    log_.Debug("request", {{"method", std::string(request.method)},
-                           {"target", std::string(request.target)},
-                           {"status", response.status}});
-  }
-  return response;
 }
 
 bool Api::ConnectionExists(const std::string& integration, const std::string& connection) const {
   Target probe;
   probe.integration = integration;
   probe.connection = connection;
-  probe.report_keys = false;
   Result<std::vector<ScheduleStatus>> r = engine_.GetStatus(probe);
   return r.ok() || !r.status().IsNotFound();
 }

@@ -51,16 +51,15 @@ class Api {
   class Admitted;
 
   // What can be decided from the request line and headers alone: an unknown route (404), a
-  // wrong method (405), a missing or invalid key (401) or scope (403). nullopt: read the body
-  // and call Handle (with `admitted`, when given, filled in for it).
+  // wrong method (405), a missing or invalid key (401) or scope (403). nullopt: `admitted` holds
+  // the route; read the body and call Handle with it.
   std::optional<HttpResponse> Admit(std::string_view method, std::string_view target,
-                                    std::string_view authorization,
-                                    Admitted* admitted = nullptr) const;
+                                    std::string_view authorization, Admitted& admitted) const;
 
-  // Answers one request. Never throws: an unexpected exception is a 500 `internal_error`.
-  // `admitted`: what Admit said of this same request (method, target and authorization), or
-  // null to check it here.
-  HttpResponse Handle(const HttpRequest& request, const Admitted* admitted = nullptr);
+  // Answers one request that Admit let through (`admitted` is what Admit filled in for this same
+  // request). Never throws: an unexpected exception, or a request not admitted, is a 500
+  // `internal_error`.
+  HttpResponse Handle(const HttpRequest& request, const Admitted& admitted);
 
   // The response carrying `error` as its body.
   static HttpResponse ErrorResponse(const codec::ApiError& error);
@@ -90,8 +89,6 @@ class Api {
   };
   Resolved Resolve(std::string_view method, std::string_view path) const;
   static std::string_view ScopeOf(RouteId id);
-  std::optional<HttpResponse> Check(std::string_view method, std::string_view target,
-                                    std::string_view authorization, Route* route) const;
   HttpResponse Dispatch(const Route& route, const HttpRequest& request);
 
   // What a NOT_FOUND of a request refers to: the config's catalog says whether the integration

@@ -306,7 +306,7 @@ class HttpServer::Connection final : public HttpServer::Session,
     keep_alive_ = request_.KeepAlive();
     SetDeadline(limits_.read_timeout);
     rejected_ =
-        server_.api_.Admit(request_.method, request_.target, request_.authorization, &admitted_);
+        server_.api_.Admit(request_.method, request_.target, request_.authorization, admitted_);
     bool has_body = !parser_->is_done();
     auto length = parser_->content_length();
     bool too_big = length && *length > limits_.max_body_bytes;
@@ -353,7 +353,7 @@ class HttpServer::Connection final : public HttpServer::Session,
     }
     if (rejected_) return Send(std::move(*rejected_), false);
     HttpRequest request{request_.method, request_.target, request_.authorization, request_.body};
-    Send(server_.api_.Handle(request, &admitted_), false);
+    Send(server_.api_.Handle(request, admitted_), false);
   }
 
   // Writes the response as one buffer: the status line, then Server, Content-Type, Allow,
@@ -524,17 +524,21 @@ void HttpServer::Accept() {
     if (!ec) {
       beast::error_code ignored;
       socket.set_option(tcp::no_delay(true), ignored);
-      if (connections_open_.load() >= config_.limits.max_connections || stopping_.load()) {
-        // Over the limit: a fixed answer, then close; no session, no buffer.
-        static const std::string kBusy = [] {
-          std::string body = codec::Dump(codec::EncodeError(codec::errors::TooManyConnections()));
+      bool stopping = stopping_.load();
+      if (stopping || connections_open_.load() >= config_.limits.max_connections) {
+        // Shutting down, or over the limit: a fixed answer, then close; no session, no buffer.
+        auto fixed = [](const codec::ApiError& error) {
+          std::string body = codec::Dump(codec::EncodeError(error));
           return "HTTP/1.1 503 Service Unavailable\r\nServer: syncschedd\r\n"
                  "Content-Type: application/json\r\nConnection: close\r\nContent-Length: " +
                  std::to_string(body.size()) + "\r\n\r\n" + body;
-        }();
+        };
+        static const std::string kBusy = fixed(codec::errors::TooManyConnections());
+        static const std::string kStopping = fixed(codec::errors::ShuttingDown());
+        const std::string& answer = stopping ? kStopping : kBusy;
         CountResponse(503);
         auto sock = std::make_shared<Socket>(std::move(socket));
-        net::async_write(*sock, net::buffer(kBusy), [sock](beast::error_code, std::size_t) {
+        net::async_write(*sock, net::buffer(answer), [sock](beast::error_code, std::size_t) {
           beast::error_code e;
           sock->shutdown(tcp::socket::shutdown_both, e);
           sock->close(e);

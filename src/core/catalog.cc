@@ -84,7 +84,6 @@ std::uint32_t Catalog::AddConnection(std::uint32_t integration, std::string id) 
   c.position = static_cast<std::uint32_t>(integ.connections.size());
   c.id = std::move(id);
   c.schedules.clear();
-  c.live = true;
   integ.connections.push_back(idx);
   integ.connection_by_id.emplace(c.id, idx);
   return idx;
@@ -99,7 +98,6 @@ void Catalog::RemoveConnection(std::uint32_t connection) {
   integ.connections[c.position] = last;
   connections[last].position = c.position;
   integ.connections.pop_back();
-  c.live = false;
   c.id.clear();
   c.id.shrink_to_fit();
   c.schedules.clear();

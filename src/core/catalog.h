@@ -60,7 +60,6 @@ struct ConnectionInfo {
   std::uint32_t position = 0;  // index in IntegrationInfo::connections
   std::string id;
   std::vector<std::uint32_t> schedules;
-  bool live = false;
 };
 
 struct Schedule {

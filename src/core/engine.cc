@@ -2,6 +2,7 @@
 #include "syncsched/engine.h"
 
 #include "core/engine_core.h"
+#include "core/names.h"
 
 namespace syncsched {
 
@@ -23,13 +24,13 @@ Status Engine::DefineSync(std::string_view integration, const SyncDefinition& sy
 Status Engine::RegisterCallback(std::string_view integration, std::string_view sync,
                                 SyncCallback callback) {
   if (!callback)
-    return Status::InvalidArgument("callback for sync \"" + std::string(sync) + "\" is empty");
+    return Status::InvalidArgument("callback for sync " + core::Quote(sync) + " is empty");
   return core_->RegisterCallback(integration, sync, core::Callback{std::move(callback), nullptr});
 }
 Status Engine::RegisterAsyncCallback(std::string_view integration, std::string_view sync,
                                      AsyncSyncCallback callback) {
   if (!callback)
-    return Status::InvalidArgument("callback for sync \"" + std::string(sync) + "\" is empty");
+    return Status::InvalidArgument("callback for sync " + core::Quote(sync) + " is empty");
   return core_->RegisterCallback(integration, sync, core::Callback{nullptr, std::move(callback)});
 }
 void Engine::SetFallbackCallback(SyncCallback callback) {

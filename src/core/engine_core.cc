@@ -392,11 +392,14 @@ void EngineCore::DispatchRun(std::uint32_t schedule, std::int64_t now, std::int6
   fx.dispatch.push_back(std::move(run));
 }
 
+std::int64_t EngineCore::TimeoutOf(const SyncInfo& sync) const {
+  return sync.timeout_ms ? sync.timeout_ms
+                         : static_cast<std::int64_t>(options_.default_run_timeout.count());
+}
+
 void EngineCore::ArmRunDeadline(std::uint32_t schedule, const RunState& run, std::int64_t now) {
   const SyncInfo& sync = cat_.syncs[cat_.schedules[schedule].sync];
-  std::int64_t timeout = sync.timeout_ms
-                             ? sync.timeout_ms
-                             : static_cast<std::int64_t>(options_.default_run_timeout.count());
+  std::int64_t timeout = TimeoutOf(sync);
   std::int64_t deadline = run.dispatched + timeout;
   if (sync.heartbeat_timeout_ms) {
     std::int64_t hb =
@@ -579,9 +582,7 @@ void EngineCore::OnRunDeadline(std::uint32_t schedule, std::int64_t now, Effects
   if (!s.live || s.run == kNone) return;
   RunPtr run = runs_[s.run];
   const SyncInfo& sync = cat_.syncs[s.sync];
-  std::int64_t timeout = sync.timeout_ms
-                             ? sync.timeout_ms
-                             : static_cast<std::int64_t>(options_.default_run_timeout.count());
+  std::int64_t timeout = TimeoutOf(sync);
   Status reason;
   if (now >= run->dispatched + timeout) {
     reason = Status::DeadlineExceeded("run timed out after " + FormatFrequency(Millis(timeout)));

@@ -148,6 +148,8 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   void OnSlot(std::uint32_t schedule, std::int64_t deadline, std::int64_t now, Effects& fx);
   void OnRunDeadline(std::uint32_t schedule, std::int64_t now, Effects& fx);
   void ArmRunDeadline(std::uint32_t schedule, const RunState& run, std::int64_t now);
+  // A run's timeout: the sync's own, else Options::default_run_timeout.
+  std::int64_t TimeoutOf(const SyncInfo& sync) const;
   void MaybeRearm();
   // Queues fx.record and the schedule rows of fx.dispatch (each holding its run in flight) to the
   // writer, with the runs, which the writer releases to the workers once committed; fx.record and

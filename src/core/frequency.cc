@@ -16,6 +16,7 @@
 #include <string_view>
 #include <vector>
 
+#include "core/names.h"
 #include "syncsched/status.h"
 
 namespace syncsched {
@@ -95,10 +96,9 @@ std::optional<int64_t> LookUp(std::string_view name, const auto& table) {
 }
 
 Status NotUnderstood(std::string_view text) {
-  std::string msg = "frequency \"";
-  msg += text;
+  std::string msg = "frequency " + core::Quote(text);
   msg +=
-      "\" is not understood: expected \"every N unit\" with N a number and unit one of ms, s, m, "
+      " is not understood: expected \"every N unit\" with N a number and unit one of ms, s, m, "
       "h, d, w (or their long forms), or every hour|day|week|month|half day|half hour|quarter "
       "hour";
   return Status::InvalidArgument(std::move(msg));
@@ -106,9 +106,8 @@ Status NotUnderstood(std::string_view text) {
 
 Status OutOfRange(std::string_view text, std::chrono::milliseconds min,
                   std::chrono::milliseconds max) {
-  std::string msg = "frequency \"";
-  msg += text;
-  msg += "\" is out of range: must be between ";
+  std::string msg = "frequency " + core::Quote(text);
+  msg += " is out of range: must be between ";
   msg += FormatFrequency(min);
   msg += " and ";
   msg += FormatFrequency(max);

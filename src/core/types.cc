@@ -92,7 +92,7 @@ Result<SyncSelector> SyncSelector::Parse(std::string_view text) {
   if (sep != std::string_view::npos) {
     std::string_view variant = text.substr(sep + 2);
     if (Status s = core::ValidateName(variant, "variant"); !s.ok()) {
-      return Status::InvalidArgument(s.message() + " (in \"" + std::string(text) + "\")");
+      return Status::InvalidArgument(s.message() + " (in " + core::Quote(text) + ")");
     }
     sel.variant = std::string(variant);
   }

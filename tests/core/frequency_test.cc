@@ -1,4 +1,5 @@
 #include "syncsched/frequency.h"
+#include "core/names.h"
 
 #include <gtest/gtest.h>
 
@@ -24,11 +25,13 @@ constexpr int64_t kW = 7 * kD;
 const FrequencyBounds kWide{milliseconds(1), milliseconds(std::numeric_limits<int64_t>::max())};
 
 const std::string kGrammarTail =
-    "\" is not understood: expected \"every N unit\" with N a number and unit one of ms, s, m, h, "
+    " is not understood: expected \"every N unit\" with N a number and unit one of ms, s, m, h, "
     "d, w (or their long forms), or every hour|day|week|month|half day|half hour|quarter hour";
 
+// The input quoted as every core message quotes it (control characters escaped; tested with
+// core::Quote itself).
 std::string NotUnderstood(const std::string& input) {
-  return "frequency \"" + input + kGrammarTail;
+  return "frequency " + core::Quote(input) + kGrammarTail;
 }
 
 struct Good {
@@ -292,6 +295,8 @@ TEST(ParseFrequencyTest, EmbeddedNulIsRejectedAndQuoted) {
   Result<milliseconds> r = ParseFrequency(text, kWide);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().message(), NotUnderstood(text));
+  EXPECT_NE(r.status().message().find("frequency \"5m\\x00x\""), std::string::npos)
+      << "the NUL escaped, the message one line";
 }
 
 TEST(ParseFrequencyTest, MessagesQuoteTheInputExactly) {

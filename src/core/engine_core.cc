@@ -659,7 +659,11 @@ ScheduleStatus EngineCore::StatusOf(std::uint32_t schedule) const {
   }
   if (s.flags & kRetrying) st.next_retry = TimePoint(Millis(retries_.DeadlineOf(schedule)));
   if (auto it = decisions_.find(schedule); it != decisions_.end()) {
-    st.decisions.assign(it->second.begin(), it->second.end());
+    const DecisionRing& ring = it->second;  // oldest first
+    st.decisions.assign(ring.items.begin() + static_cast<std::ptrdiff_t>(ring.head),
+                        ring.items.end());
+    st.decisions.insert(st.decisions.end(), ring.items.begin(),
+                        ring.items.begin() + static_cast<std::ptrdiff_t>(ring.head));
   }
   return st;
 }

@@ -51,9 +51,14 @@ std::uint64_t NextRandom(std::uint64_t& state) {
 void EngineCore::Decide(std::uint32_t schedule, Reason reason, std::int64_t now,
                         std::string detail) {
   if (options_.decisions_kept == 0) return;
-  auto& ring = decisions_[schedule];
-  ring.push_back(Decision{TimePoint(Millis(now)), reason, std::move(detail)});
-  while (ring.size() > options_.decisions_kept) ring.pop_front();
+  DecisionRing& ring = decisions_[schedule];
+  Decision d{TimePoint(Millis(now)), reason, std::move(detail)};
+  if (ring.items.size() < options_.decisions_kept) {
+    ring.items.push_back(std::move(d));
+  } else {
+    ring.items[ring.head] = std::move(d);
+    ring.head = (ring.head + 1) % ring.items.size();
+  }
 }
 
 void EngineCore::CountInFlight(std::uint32_t schedule, int delta) {

@@ -41,7 +41,7 @@ void Count(CommandResult& r, const Target& t, const Catalog& cat, std::uint32_t 
 
 EngineCore::EngineCore(Options options) : options_(std::move(options)) {}
 
-Result<std::shared_ptr<EngineCore>> EngineCore::Create(Options options) {
+Result<std::shared_ptr<EngineCore>> EngineCore::Create(Options options, StoreWrapper wrap) {
   if (options.frequency_bounds.min.count() <= 0 ||
       options.frequency_bounds.max < options.frequency_bounds.min) {
     return Status::InvalidArgument(
@@ -61,14 +61,14 @@ Result<std::shared_ptr<EngineCore>> EngineCore::Create(Options options) {
                                    "; at most 1000");
   }
   std::shared_ptr<EngineCore> core(new EngineCore(std::move(options)));
-  if (Status s = core->Init(); !s.ok()) {
+  if (Status s = core->Init(wrap); !s.ok()) {
     core->Shutdown();
     return s;
   }
   return core;
 }
 
-Status EngineCore::Init() {
+Status EngineCore::Init(const StoreWrapper& wrap) {
   if (options_.clock) {
     clock_ = options_.clock;
   } else {
@@ -122,6 +122,7 @@ Status EngineCore::Init() {
     auto opened = store::OpenSqliteStore(so);
     if (!opened.ok()) return opened.status();
     store_ = std::move(opened).value();
+    if (wrap) store_ = wrap(std::move(store_));
     auto snapshot = store_->Load();
     if (!snapshot.ok()) return snapshot.status();
     std::lock_guard lock(mu_);

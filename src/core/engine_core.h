@@ -14,6 +14,7 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -64,7 +65,10 @@ void DecodePolicy(std::string_view text, SyncInfo& sync);
 
 class EngineCore : public std::enable_shared_from_this<EngineCore> {
  public:
-  static Result<std::shared_ptr<EngineCore>> Create(Options options);
+  // Wraps the engine's store once it is opened (tests: fault injection). Null: none.
+  using StoreWrapper =
+      std::function<std::unique_ptr<store::Store>(std::unique_ptr<store::Store>)>;
+  static Result<std::shared_ptr<EngineCore>> Create(Options options, StoreWrapper wrap = {});
   ~EngineCore();
 
   // The engine's store (null without a database), for tests' fault hooks.
@@ -103,7 +107,7 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   };
 
   explicit EngineCore(Options options);
-  Status Init();
+  Status Init(const StoreWrapper& wrap);
   // Rebuilds the state from the store's snapshot (under mu_, during Init).
   Status Recover(store::Snapshot snapshot);
 

@@ -55,6 +55,22 @@ struct RunRow {
   std::string error;
 };
 
+// A run a schedule owes but has not dispatched (run_id empty: none): a run waiting for a
+// concurrency cap, or a failed run's retry that is due later. Part of its schedule's row, so that
+// a command that queued it (a start or trigger whose run waits for a cap) is durable with it.
+struct OwedRun {
+  std::string run_id;  // empty: none; else the id the run will have (never reused)
+  std::int64_t slot_ms = 0;
+  std::uint8_t mode = 0;  // RunMode
+  std::int32_t attempt = 1;
+  std::int64_t at_ms = 0;  // waiting: since when; retry: when it is due
+  std::uint64_t seq = 0;   // waiting: its place in the wait queue (engine-wide, increasing)
+  bool scheduled = false;  // waiting: the run of a grid slot (later slots are skipped meanwhile)
+
+  bool empty() const { return run_id.empty(); }
+  friend bool operator==(const OwedRun&, const OwedRun&) = default;
+};
+
 // One schedule. Keyed by `uid` (unique, never reused); (integration, connection, sync, variant)
 // is unique among rows.
 struct ScheduleRow {
@@ -79,6 +95,11 @@ struct ScheduleRow {
   std::int8_t last_ok = -1;         // -1 none, 0 error, 1 success
   std::string last_error;
   RunRow in_flight;  // the run dispatched and not finished (run_id empty: none)
+  // Schema v4: every run the schedule owes, so that a restart loses none of them.
+  std::uint64_t run_seq = 0;  // runs given an id so far (suffix of off-grid run ids; never reused)
+  std::uint8_t pending = 0;   // 0 none; 1 + RunMode: a run to dispatch once `in_flight` ends
+  OwedRun waiting;            // a run due now that waits for a concurrency cap
+  OwedRun retry;              // a failed run's retry, due at retry.at_ms
 };
 
 // Everything one commit writes. Applied atomically: all of it or none.

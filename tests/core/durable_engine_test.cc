@@ -4,15 +4,9 @@
 #include <filesystem>
 #include <fstream>
 
-#include "core/engine_core.h"
+#include "core/engine_access.h"
 #include "core/engine_test_util.h"
 #include "store/sqlite_store.h"
-
-namespace syncsched::internal {
-struct EngineAccess {
-  static store::Store& StoreOf(Engine& engine) { return *engine.core_->StoreForTest(); }
-};
-}  // namespace syncsched::internal
 
 namespace syncsched::testing {
 namespace {

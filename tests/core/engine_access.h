@@ -1,0 +1,24 @@
+// Test-only access to an Engine's internals (engine.h befriends internal::EngineAccess). Defined
+// once, here, for every test of the library binary: two definitions would break the ODR.
+#pragma once
+
+#include <memory>
+#include <utility>
+
+#include "core/engine_core.h"
+#include "syncsched/engine.h"
+
+namespace syncsched::internal {
+struct EngineAccess {
+  // The engine's store (it must have a database).
+  static store::Store& StoreOf(Engine& engine) { return *engine.core_->StoreForTest(); }
+
+  // Engine::Open, with the store wrapped by `wrap` once opened (fault injection).
+  static Result<std::unique_ptr<Engine>> OpenWrapped(Options options,
+                                                     core::EngineCore::StoreWrapper wrap) {
+    auto core = core::EngineCore::Create(std::move(options), std::move(wrap));
+    if (!core.ok()) return core.status();
+    return std::unique_ptr<Engine>(new Engine(std::move(core).value()));
+  }
+};
+}  // namespace syncsched::internal

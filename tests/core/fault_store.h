@@ -1,0 +1,73 @@
+// FaultStore: a store::Store wrapper for fault-injection tests (LevelDB's FaultInjectionTestEnv,
+// SQLite's I/O-error and crash loops). It counts the commits that reach it (1-based) and, at the
+// commit chosen by the test:
+//
+// - kFail: that one commit fails (UNAVAILABLE, nothing written) and later commits go through, as
+//   after a transient full disk;
+// - kCrash: that commit and every later one are dropped (each answers UNAVAILABLE, nothing
+//   written), as if the process had died just before it. The test then destroys the engine and
+//   reopens the same file: what it finds is exactly what was committed before the crash.
+//
+// The wrapper is thread-safe (the engine commits from its writer thread and, after stopping it,
+// from the caller's thread). A FaultPlan is shared between the test and the wrapper, so the test
+// can read how many commits happened and whether the fault has fired.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+
+#include "core/engine_core.h"
+#include "store/store.h"
+
+namespace syncsched::testing {
+
+struct FaultPlan {
+  enum class Mode { kNone, kFail, kCrash };
+  Mode mode = Mode::kNone;
+  std::uint64_t at = 0;  // the commit (1-based) that fails or crashes; 0: none
+
+  std::atomic<std::uint64_t> commits{0};  // commits seen (the faulty ones included)
+  std::atomic<bool> fired{false};         // the fault happened
+  std::atomic<bool> crashed{false};       // kCrash fired: nothing more is written
+};
+
+class FaultStore : public store::Store {
+ public:
+  FaultStore(std::unique_ptr<store::Store> inner, std::shared_ptr<FaultPlan> plan)
+      : inner_(std::move(inner)), plan_(std::move(plan)) {}
+
+  Result<store::Snapshot> Load() override { return inner_->Load(); }
+
+  Status Commit(const store::Batch& batch) override {
+    std::lock_guard lock(mu_);
+    if (plan_->crashed.load()) return Status::Unavailable("fault injection: the process crashed");
+    std::uint64_t n = ++plan_->commits;
+    if (plan_->at != 0 && n == plan_->at) {
+      plan_->fired.store(true);
+      if (plan_->mode == FaultPlan::Mode::kCrash) {
+        plan_->crashed.store(true);
+        return Status::Unavailable("fault injection: the process crashed");
+      }
+      if (plan_->mode == FaultPlan::Mode::kFail) {
+        return Status::Unavailable("fault injection: commit " + std::to_string(n) + " failed");
+      }
+    }
+    return inner_->Commit(batch);
+  }
+
+ private:
+  std::mutex mu_;
+  std::unique_ptr<store::Store> inner_;
+  std::shared_ptr<FaultPlan> plan_;
+};
+
+// The wrapper to pass to internal::EngineAccess::OpenWrapped.
+inline core::EngineCore::StoreWrapper WrapWith(std::shared_ptr<FaultPlan> plan) {
+  return [plan](std::unique_ptr<store::Store> inner) -> std::unique_ptr<store::Store> {
+    return std::make_unique<FaultStore>(std::move(inner), plan);
+  };
+}
+
+}  // namespace syncsched::testing

@@ -144,6 +144,18 @@ void Catalog::RemoveSchedule(std::uint32_t schedule) {
   free_schedules_.push_back(schedule);
 }
 
+void Catalog::RemoveLastSync(std::uint32_t integration) {
+  IntegrationInfo& integ = integrations[integration];
+  integ.sync_by_name.erase(syncs.back().name);
+  integ.syncs.pop_back();
+  syncs.pop_back();
+}
+
+void Catalog::RemoveLastIntegration() {
+  integration_by_key.erase(integrations.back().key);
+  integrations.pop_back();
+}
+
 Result<std::vector<std::uint32_t>> Catalog::Resolve(const Target& target) const {
   std::uint32_t integ = FindIntegration(target.integration);
   if (integ == kNone) {

@@ -76,6 +76,7 @@ struct Schedule {
   std::uint32_t runs = 0;
   std::uint32_t failures = 0;
   std::uint32_t skipped = 0;
+  std::uint32_t run_seq = 0;  // off-grid run ids issued (their suffix; never reused)
   ScheduleState state = ScheduleState::kDeleted;
   std::int8_t last_ok = -1;  // -1 none, 0 error, 1 success
   std::uint8_t pending = 0;  // 0 none; 1 + RunMode: a run to dispatch once the one in flight ends
@@ -86,6 +87,8 @@ struct Schedule {
 inline constexpr std::uint8_t kWaiting = 1;   // a due run waits for a concurrency cap
 inline constexpr std::uint8_t kHinted = 2;    // next_slot is a run's hint, off the grid
 inline constexpr std::uint8_t kRetrying = 4;  // a failed run's retry is armed
+inline constexpr std::uint8_t kTouched = 8;   // in the open transaction's touched list
+inline constexpr std::uint8_t kCreated = 16;  // created by the open transaction (a full row)
 
 struct ScheduleDetail {
   std::string last_error;
@@ -114,6 +117,9 @@ class Catalog {
   std::uint32_t AddSchedule(std::uint32_t connection, std::uint32_t sync, std::uint32_t variant,
                             std::uint64_t uid);
   void RemoveSchedule(std::uint32_t schedule);  // unlinks it from its connection, frees the slot
+  // Undo the last AddSync of `integration` / the last AddIntegration (a rolled-back definition).
+  void RemoveLastSync(std::uint32_t integration);
+  void RemoveLastIntegration();
 
   // Resolves a command's target (SPEC §4) to schedule indices, in the connection's order.
   // Errors name the missing integration, connection, sync or variant; nothing is changed.

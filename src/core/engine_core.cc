@@ -25,10 +25,6 @@ std::string CallbackKey(std::string_view integration, std::string_view sync) {
   return k;
 }
 
-std::string RunId(std::uint64_t uid, std::int64_t slot) {
-  return std::to_string(uid) + "-" + std::to_string(slot);
-}
-
 void Count(CommandResult& r, const Target& t, const Catalog& cat, std::uint32_t s, Outcome o) {
   ++r.counts[static_cast<std::size_t>(o)];
   if (t.report_keys) r.outcomes.push_back(KeyOutcome{cat.KeyOf(s), o});
@@ -47,8 +43,10 @@ Result<std::shared_ptr<EngineCore>> EngineCore::Create(Options options, StoreWra
     return Status::InvalidArgument(
         "options.frequency_bounds: min must be positive and no greater than max");
   }
-  if (options.default_run_timeout.count() <= 0) {
-    return Status::InvalidArgument("options.default_run_timeout must be positive");
+  if (options.default_run_timeout.count() <= 0 || options.default_run_timeout > kMaxDuration) {
+    return Status::InvalidArgument(
+        "options.default_run_timeout is " + std::to_string(options.default_run_timeout.count()) +
+        " ms; it must be positive and at most " + FormatFrequency(kMaxDuration));
   }
   if (!options.run_executor && options.worker_threads == 0) {
     return Status::InvalidArgument("options.worker_threads must be at least 1");
@@ -176,6 +174,9 @@ Status EngineCore::Recover(store::Snapshot snap) {
   std::unordered_map<std::uint64_t, std::uint32_t> by_uid;
   by_uid.reserve(snap.schedules.size());
   std::vector<std::pair<std::int64_t, std::uint32_t>> missed;  // (due slot, schedule)
+  std::vector<std::pair<std::uint64_t, std::uint32_t>> waits;  // (seq, schedule)
+  std::vector<std::pair<std::uint32_t, RunMode>> pending;      // runs owed after the crashed one
+  Txn tx = Begin(/*undoable=*/false);
   // Schedules armed in due order: the wheel fires due timers in deadline order.
   for (store::ScheduleRow& row : snap.schedules) {
     std::uint32_t integ = cat_.FindIntegration(row.integration);
@@ -196,6 +197,7 @@ Status EngineCore::Recover(store::Snapshot snap) {
     s.runs = static_cast<std::uint32_t>(row.runs);
     s.failures = static_cast<std::uint32_t>(row.failures);
     s.skipped = static_cast<std::uint32_t>(row.skipped);
+    s.run_seq = static_cast<std::uint32_t>(row.run_seq);
     s.last_start = row.last_start_ms;
     s.last_finish = row.last_finish_ms;
     s.last_ok = row.last_ok;
@@ -214,6 +216,24 @@ Status EngineCore::Recover(store::Snapshot snap) {
     } else {
       ++metrics_.schedules_paused;
     }
+    // Runs the schedule owes: each happens once after the restart.
+    if (!row.waiting.empty()) {
+      const store::OwedRun& w = row.waiting;
+      s.flags |= kWaiting;
+      waiting_[idx] = WaitInfo{w.slot_ms,   w.at_ms,   w.seq,   static_cast<RunMode>(w.mode),
+                               w.scheduled, w.attempt, w.run_id};
+      wait_seq_ = std::max(wait_seq_, w.seq);
+      waits.emplace_back(w.seq, idx);
+      ++metrics_.runs_waiting;
+    }
+    if (!row.retry.empty()) {
+      const store::OwedRun& r = row.retry;
+      s.flags |= kRetrying;
+      retry_info_[idx] =
+          RetryInfo{r.slot_ms, r.at_ms, static_cast<RunMode>(r.mode), r.attempt, r.run_id};
+      retries_.Arm(idx, r.at_ms);
+    }
+    if (row.pending) pending.emplace_back(idx, static_cast<RunMode>(row.pending - 1));
   }
   // Slots missed while down fire at once, in due order, each schedule's collapsed into one run;
   // with a catch-up rate, the i-th is held back to i / rate seconds from now.
@@ -231,27 +251,39 @@ Status EngineCore::Recover(store::Snapshot snap) {
     }
     slots_.Arm(missed[i].second, at);
   }
+  std::sort(waits.begin(), waits.end());
+  for (auto [seq, idx] : waits) Enqueue(idx, waiting_[idx]);
   // Runs in flight at the crash: recorded as interrupted errors, each a missed slot.
-  store::Batch batch;
   for (store::RunRow& run : snap.unfinished_runs) {
     auto it = by_uid.find(run.schedule_uid);
+    if (it == by_uid.end()) continue;
     run.finished_ms = now;
     run.ok = 0;
     run.error = "interrupted: the engine stopped while the run was in flight";
-    if (it != by_uid.end()) {
-      Schedule& s = cat_.schedules[it->second];
-      run.number = ++s.runs;
-      ++s.failures;
-      ++s.skipped;
-      s.last_start = run.started_ms;
-      s.last_finish = now;
-      s.last_ok = 0;
-      cat_.details[it->second].last_error = run.error;
-      batch.schedules.push_back(RowOf(it->second));
-      batch.runs.push_back(std::move(run));
-    }
+    Schedule& s = Touch(tx, it->second);
+    run.number = ++s.runs;
+    ++s.failures;
+    ++s.skipped;
+    s.last_start = run.started_ms;
+    s.last_finish = now;
+    s.last_ok = 0;
+    cat_.details[it->second].last_error = run.error;
+    tx.batch.runs.push_back(std::move(run));
   }
-  return Persist(batch);
+  // A run owed once the crashed one ended (a full resync, a buffered run): it waits to go first.
+  for (auto [idx, mode] : pending) {
+    Touch(tx, idx);
+    if (cat_.schedules[idx].flags & kWaiting) {
+      if (mode == RunMode::kFullResync) waiting_[idx].mode = mode;
+      continue;
+    }
+    TryDispatchLater(tx, idx, mode);
+  }
+  drain_due_ = metrics_.runs_waiting > 0;
+  BuildBatch(tx);
+  Status st = store_ && !tx.batch.empty() ? store_->Commit(tx.batch) : Status();
+  Finish(tx);
+  return st;
 }
 
 EngineCore::~EngineCore() { Shutdown(); }
@@ -279,22 +311,202 @@ void EngineCore::Shutdown() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Transactions
+
+EngineCore::Txn EngineCore::Begin(bool undoable) {
+  Txn tx;
+  tx.undoable = undoable;
+  tx.now = NowMs();
+  if (undoable) {
+    tx.metrics = metrics_;
+    tx.in_flight.reserve(cat_.integrations.size());
+    for (const IntegrationInfo& i : cat_.integrations) tx.in_flight.push_back(i.in_flight);
+    tx.next_uid = next_uid_;
+    tx.wait_seq = wait_seq_;
+    tx.rng_state = rng_state_;
+    tx.last_served = last_served_;
+  }
+  return tx;
+}
+
+Schedule& EngineCore::Touch(Txn& tx, std::uint32_t schedule, bool created) {
+  Schedule& s = cat_.schedules[schedule];
+  if (s.flags & kTouched) return s;
+  tx.touched.push_back(schedule);
+  if (tx.undoable) {
+    Undo& u = tx.undo.emplace_back();
+    u.schedule = schedule;
+    u.created = created;
+    if (!created) {
+      u.before = s;
+      if (auto it = cat_.details.find(schedule); it != cat_.details.end()) u.detail = it->second;
+      if (auto it = waiting_.find(schedule); it != waiting_.end()) u.waiting = it->second;
+      if (auto it = retry_info_.find(schedule); it != retry_info_.end()) u.retry = it->second;
+      if (slots_.IsArmed(schedule)) u.slot_deadline = slots_.DeadlineOf(schedule);
+      if (s.run != kNone) {
+        u.run = runs_[s.run];
+        u.run_cancel_requested = u.run->cancel_requested;
+      }
+      if (auto it = decisions_.find(schedule); it != decisions_.end()) u.decisions = it->second;
+    }
+  }
+  s.flags |= kTouched;
+  if (created) s.flags |= kCreated;
+  return s;
+}
+
+void EngineCore::BuildBatch(Txn& tx) {
+  if (!store_) return;
+  tx.batch.schedules.reserve(tx.batch.schedules.size() + tx.touched.size());
+  for (std::uint32_t idx : tx.touched) {
+    const Schedule& s = cat_.schedules[idx];
+    if (s.state == ScheduleState::kDeleted) continue;  // in schedules_deleted
+    bool created = (s.flags & kCreated) != 0;
+    tx.batch.schedules.push_back(RowOf(idx, created));
+  }
+}
+
+Status EngineCore::Commit(Txn& tx) {
+  BuildBatch(tx);
+  if (store_ && !tx.batch.empty()) {
+    Status st = writer_ ? writer_->Commit(std::move(tx.batch)) : store_->Commit(tx.batch);
+    if (!st.ok()) {
+      Rollback(tx);
+      return st;
+    }
+  }
+  Finish(tx);
+  MaybeRearm();
+  return Status();
+}
+
+CommitQueue::Ticket EngineCore::Queue(Txn& tx) {
+  BuildBatch(tx);
+  Finish(tx);
+  if (!store_) return nullptr;
+  if (tx.fx.dispatch.empty()) {
+    if (!tx.batch.empty()) writer_->Enqueue(std::move(tx.batch));  // outcomes: nobody waits
+    return nullptr;
+  }
+  std::vector<RunPtr> runs = std::move(tx.fx.dispatch);
+  tx.fx.dispatch.clear();
+  return writer_->Submit(std::move(tx.batch), std::move(runs));
+}
+
+void EngineCore::Rollback(Txn& tx) {
+  // Runs dispatched by the transaction: never released, so only their table places go back.
+  // (touched[i] is undo[i]: Touch appends to both.)
+  for (std::size_t i = 0; i < tx.touched.size(); ++i) {
+    std::uint32_t idx = tx.touched[i];
+    Schedule& s = cat_.schedules[idx];
+    if (s.run == kNone) continue;
+    if (tx.undo[i].run && runs_[s.run] == tx.undo[i].run) continue;
+    runs_[s.run].reset();
+    free_runs_.push_back(s.run);
+    deadlines_.Cancel(idx);
+    s.run = kNone;
+  }
+  for (auto it = tx.undo.rbegin(); it != tx.undo.rend(); ++it) {
+    Undo& u = *it;
+    std::uint32_t idx = u.schedule;
+    if (u.created) {
+      slots_.Cancel(idx);
+      retries_.Cancel(idx);
+      waiting_.erase(idx);
+      retry_info_.erase(idx);
+      decisions_.erase(idx);
+      cat_.RemoveSchedule(idx);
+      continue;
+    }
+    Schedule& s = cat_.schedules[idx];
+    s = u.before;
+    s.flags &= static_cast<std::uint8_t>(~kTouched);
+    if (u.detail) {
+      cat_.details[idx] = std::move(*u.detail);
+    } else {
+      cat_.details.erase(idx);
+    }
+    if (u.waiting) {
+      waiting_[idx] = *u.waiting;
+      Enqueue(idx, *u.waiting);  // its place by seq; a stale duplicate is skipped
+    } else {
+      waiting_.erase(idx);
+    }
+    if (u.retry) {
+      retries_.Arm(idx, u.retry->due);
+      retry_info_[idx] = std::move(*u.retry);
+    } else {
+      retries_.Cancel(idx);
+      retry_info_.erase(idx);
+    }
+    if (u.slot_deadline) {
+      slots_.Arm(idx, *u.slot_deadline);
+    } else {
+      slots_.Cancel(idx);
+    }
+    if (u.run) {
+      std::uint32_t place = u.run->table_slot;
+      runs_[place] = u.run;
+      free_runs_.erase(std::remove(free_runs_.begin(), free_runs_.end(), place), free_runs_.end());
+      u.run->cancel_requested = u.run_cancel_requested;
+      ArmRunDeadline(idx, *u.run, tx.now);
+    }
+    if (u.decisions) {
+      decisions_[idx] = std::move(*u.decisions);
+    } else {
+      decisions_.erase(idx);
+    }
+  }
+  // The catalog, newest change first.
+  if (tx.connection_created != kNone) cat_.RemoveConnection(tx.connection_created);
+  if (tx.sync_created != kNone) cat_.RemoveLastSync(cat_.syncs[tx.sync_created].integration);
+  if (tx.integration_created != kNone) cat_.RemoveLastIntegration();
+  if (tx.sync_before) cat_.syncs[tx.sync_before->first] = std::move(tx.sync_before->second);
+  if (tx.limit_before) {
+    cat_.integrations[tx.limit_before->first].max_concurrency = tx.limit_before->second;
+  }
+  if (tx.metrics) metrics_ = std::move(*tx.metrics);
+  for (std::size_t i = 0; i < tx.in_flight.size() && i < cat_.integrations.size(); ++i) {
+    cat_.integrations[i].in_flight = tx.in_flight[i];
+  }
+  next_uid_ = tx.next_uid;
+  wait_seq_ = tx.wait_seq;
+  rng_state_ = tx.rng_state;
+  last_served_ = tx.last_served;
+  tx.fx = {};
+  tx.touched.clear();
+  tx.undo.clear();
+  MaybeRearm();
+}
+
+void EngineCore::Finish(Txn& tx) {
+  for (std::uint32_t idx : tx.touched) {
+    cat_.schedules[idx].flags &= static_cast<std::uint8_t>(~(kTouched | kCreated));
+  }
+  for (std::uint32_t idx : tx.deleted) cat_.RemoveSchedule(idx);
+  for (std::uint32_t c : tx.connections_deleted) cat_.RemoveConnection(c);
+  tx.touched.clear();
+  tx.undo.clear();
+}
+
+// ---------------------------------------------------------------------------------------------
 // Helpers under the lock
 
 std::int64_t EngineCore::NowMs() const { return clock_->Now().time_since_epoch().count(); }
 
-Status EngineCore::Persist(store::Batch& batch) {
-  if (!store_ || batch.empty()) return Status();
-  if (writer_) return writer_->Commit(std::move(batch));
-  return store_->Commit(batch);
-}
-
-store::ScheduleRow EngineCore::RowOf(std::uint32_t schedule) const {
+store::ScheduleRow EngineCore::RowOf(std::uint32_t schedule, bool full) const {
   const Schedule& s = cat_.schedules[schedule];
   store::ScheduleRow row;
   row.uid = s.uid;
-  // The row was committed when the schedule was created, before anything could change it.
-  row.update_only = true;
+  if (full) {
+    ScheduleKey key = cat_.KeyOf(schedule);
+    row.integration = std::move(key.integration);
+    row.connection = std::move(key.connection);
+    row.sync = std::move(key.sync);
+    row.variant = std::move(key.variant);
+  } else {
+    row.update_only = true;  // no key columns built or bound
+  }
   row.state = static_cast<std::uint8_t>(s.state);
   row.anchor_ms = s.anchor;
   row.frequency_override_ms = s.freq_override;
@@ -305,27 +517,26 @@ store::ScheduleRow EngineCore::RowOf(std::uint32_t schedule) const {
   row.last_start_ms = s.last_start;
   row.last_finish_ms = s.last_finish;
   row.last_ok = s.last_ok;
+  row.run_seq = s.run_seq;
+  row.pending = s.pending;
   if (auto it = cat_.details.find(schedule); it != cat_.details.end()) {
     row.last_error = it->second.last_error;
   }
   if (s.run != kNone && runs_[s.run]) row.in_flight = InFlightRow(*runs_[s.run]);
-  return row;
-}
-
-store::ScheduleRow EngineCore::NewScheduleRow(std::uint64_t uid, std::string_view integration,
-                                              std::string_view connection, const SyncInfo& sync,
-                                              std::string_view variant, std::int64_t now) {
-  store::ScheduleRow row;
-  row.uid = uid;
-  row.integration = std::string(integration);
-  row.connection = std::string(connection);
-  row.sync = sync.name;
-  row.variant = std::string(variant);
-  if (sync.auto_start) {  // as CreateSchedule will start it
-    row.state = static_cast<std::uint8_t>(ScheduleState::kStarted);
-    ScheduleKey key;
-    if (sync.spread) key = {row.integration, row.connection, row.sync, row.variant};
-    std::tie(row.anchor_ms, row.next_slot_ms) = StartGrid(key, sync.spread, sync.frequency_ms, now);
+  if (s.flags & kWaiting) {
+    if (auto it = waiting_.find(schedule); it != waiting_.end()) {
+      const WaitInfo& w = it->second;
+      row.waiting = store::OwedRun{w.run_id,   w.slot,  static_cast<std::uint8_t>(w.mode),
+                                   w.attempt,  w.since, w.seq,
+                                   w.scheduled};
+    }
+  }
+  if (s.flags & kRetrying) {
+    if (auto it = retry_info_.find(schedule); it != retry_info_.end()) {
+      const RetryInfo& r = it->second;
+      row.retry = store::OwedRun{
+          r.run_id, r.slot, static_cast<std::uint8_t>(r.mode), r.attempt, r.due, 0, false};
+    }
   }
   return row;
 }
@@ -336,19 +547,29 @@ std::shared_ptr<const Callback> EngineCore::CallbackFor(std::uint32_t integratio
   return it == callbacks_.end() ? nullptr : it->second;
 }
 
-void EngineCore::StartSchedule(std::uint32_t schedule, std::int64_t now, Effects& fx) {
-  Schedule& s = cat_.schedules[schedule];
+std::string EngineCore::NextRunId(Txn& tx, std::uint32_t schedule, std::int64_t slot) {
+  // Off the grid (an immediate run, a trigger, a resync, a buffered run): the schedule's own
+  // counter, persisted with the run, keeps ids unique even when the clock reads an instant again.
+  Schedule& s = Touch(tx, schedule);
+  return GridRunId(s.uid, slot) + "-" + std::to_string(++s.run_seq);
+}
+
+void EngineCore::StartSchedule(Txn& tx, std::uint32_t schedule) {
+  Schedule& s = Touch(tx, schedule);
   s.state = ScheduleState::kStarted;
   bool spread = cat_.syncs[s.sync].spread;
   std::tie(s.anchor, s.next_slot) =
-      StartGrid(spread ? cat_.KeyOf(schedule) : ScheduleKey{}, spread, cat_.FrequencyOf(s), now);
+      StartGrid(spread ? cat_.KeyOf(schedule) : ScheduleKey{}, spread, cat_.FrequencyOf(s), tx.now);
   s.flags &= static_cast<std::uint8_t>(~kHinted);
   slots_.Arm(schedule, s.next_slot);
   ++metrics_.schedules_started;
   if (s.flags & kWaiting) {
     // A run already waits for a cap (a trigger of the paused schedule): it stands for this one.
   } else if (s.run == kNone) {
-    TryDispatch(schedule, now, now, RunMode::kIncremental, /*scheduled=*/true, fx);
+    // The anchor's run; its id is off the grid, so that a start at an instant the clock reads
+    // again (a pause and a start in one millisecond) never repeats one.
+    TryDispatch(tx, schedule, tx.now, RunMode::kIncremental, /*scheduled=*/true, 1,
+                NextRunId(tx, schedule, tx.now));
   } else if (runs_[s.run]->cancel_requested && s.pending == 0) {
     // The run in flight is being stopped (a pause just before): run afresh once it has.
     s.pending = 1 + static_cast<std::uint8_t>(RunMode::kIncremental);
@@ -356,27 +577,20 @@ void EngineCore::StartSchedule(std::uint32_t schedule, std::int64_t now, Effects
   // Otherwise a run in flight (a trigger of the paused schedule) stands for the immediate run.
 }
 
-void EngineCore::DispatchRun(std::uint32_t schedule, std::int64_t now, std::int64_t slot,
-                             RunMode mode, bool scheduled, Effects& fx, int attempt,
-                             std::string run_id) {
-  Schedule& s = cat_.schedules[schedule];
+void EngineCore::DispatchRun(Txn& tx, std::uint32_t schedule, std::int64_t slot, RunMode mode,
+                             bool scheduled, int attempt, std::string run_id) {
+  Schedule& s = Touch(tx, schedule);
   auto run = std::make_shared<RunState>();
   run->schedule = schedule;
   run->uid = s.uid;
   run->slot = slot;
-  run->dispatched = now;
+  run->dispatched = tx.now;
   run->mode = mode;
   run->attempt = attempt;
   run->key = cat_.KeyOf(schedule);
-  if (!run_id.empty()) {
-    run->run_id = std::move(run_id);  // a retry keeps its slot's id
-  } else if (scheduled) {
-    run->run_id = RunId(s.uid, slot);
-  } else {
-    run->run_id = RunId(s.uid, slot) + "-t" + std::to_string(++trigger_seq_);
-  }
+  run->run_id = std::move(run_id);
   run->callback = cat_.syncs[s.sync].callback ? cat_.syncs[s.sync].callback : fallback_;
-  run->last_heartbeat.store(now, std::memory_order_relaxed);
+  run->last_heartbeat.store(tx.now, std::memory_order_relaxed);
   if (free_runs_.empty()) {
     run->table_slot = static_cast<std::uint32_t>(runs_.size());
     runs_.push_back(run);
@@ -386,11 +600,13 @@ void EngineCore::DispatchRun(std::uint32_t schedule, std::int64_t now, std::int6
     runs_[run->table_slot] = run;
   }
   s.run = run->table_slot;
-  ArmRunDeadline(schedule, *run, now);
+  ArmRunDeadline(schedule, *run, tx.now);
   ++metrics_.runs_started;
   CountInFlight(schedule, +1);
-  if (scheduled) Observe(metrics_.fire_lateness_seconds, static_cast<double>(now - slot) / 1000.0);
-  fx.dispatch.push_back(std::move(run));
+  if (scheduled) {
+    Observe(metrics_.fire_lateness_seconds, static_cast<double>(tx.now - slot) / 1000.0);
+  }
+  tx.fx.dispatch.push_back(std::move(run));
 }
 
 std::int64_t EngineCore::TimeoutOf(const SyncInfo& sync) const {
@@ -400,22 +616,28 @@ std::int64_t EngineCore::TimeoutOf(const SyncInfo& sync) const {
 
 void EngineCore::ArmRunDeadline(std::uint32_t schedule, const RunState& run, std::int64_t now) {
   const SyncInfo& sync = cat_.syncs[cat_.schedules[schedule].sync];
-  std::int64_t timeout = TimeoutOf(sync);
-  std::int64_t deadline = run.dispatched + timeout;
+  std::int64_t deadline = SatAdd(run.dispatched, TimeoutOf(sync));
   if (sync.heartbeat_timeout_ms) {
     std::int64_t hb =
-        run.last_heartbeat.load(std::memory_order_relaxed) + sync.heartbeat_timeout_ms;
+        SatAdd(run.last_heartbeat.load(std::memory_order_relaxed), sync.heartbeat_timeout_ms);
     deadline = std::min(deadline, std::max(hb, now));
   }
   deadlines_.Arm(schedule, deadline);
 }
 
-void EngineCore::FinishRun(const RunPtr& run, const Status& status, std::vector<ModelCounts> counts,
-                           std::int64_t now, Effects& fx, std::optional<Millis> hint) {
-  Schedule& s = cat_.schedules[run->schedule];
-  // Late (the schedule is gone, or the run was ended by its timeout and the slot of the run
-  // table reused, perhaps by the schedule's next run): ignored.
-  if (!s.live || s.uid != run->uid || s.run != run->table_slot || runs_[s.run] != run) return;
+void EngineCore::FinishRun(Txn& tx, const RunPtr& run, const Status& status,
+                           std::vector<ModelCounts> counts, std::optional<Millis> hint) {
+  const std::int64_t now = tx.now;
+  {
+    const Schedule& s = cat_.schedules[run->schedule];
+    // Late (the schedule is gone, or the run was ended by its timeout and the slot of the run
+    // table reused, perhaps by the schedule's next run): ignored.
+    if (!s.live || s.state == ScheduleState::kDeleted || s.uid != run->uid ||
+        s.run != run->table_slot || runs_[s.run] != run) {
+      return;
+    }
+  }
+  Schedule& s = Touch(tx, run->schedule);
   runs_[run->table_slot].reset();
   free_runs_.push_back(run->table_slot);
   s.run = kNone;
@@ -447,31 +669,29 @@ void EngineCore::FinishRun(const RunPtr& run, const Status& status, std::vector<
         status.message().empty() ? std::string(StatusCodeName(status.code())) : status.message();
     d.last_counts.clear();
   }
-  if (s.pending && !shut_down_) {
-    auto mode = static_cast<RunMode>(s.pending - 1);
-    s.pending = 0;
-    TryDispatch(run->schedule, now, now, mode, /*scheduled=*/false, fx);
-  } else {
-    MaybeRetry(*run, status, now);
-  }
-  if (hint && s.state == ScheduleState::kStarted && !(s.flags & kRetrying)) {
-    Millis h = std::clamp(*hint, options_.frequency_bounds.min, options_.frequency_bounds.max);
-    s.next_slot = now + h.count();
-    s.flags |= kHinted;
-    slots_.Arm(run->schedule, s.next_slot);
-    Decide(run->schedule, Reason::kHint, now, "next run in " + FormatFrequency(h));
-  }
-  DrainWaiting(now, fx);
   if (store_) {
     store::RunRow row = InFlightRow(*run);
     row.number = s.runs;
     row.finished_ms = now;
     row.ok = static_cast<std::int8_t>(status.ok());
     if (!status.ok()) row.error = cat_.details[run->schedule].last_error;
-    fx.record.runs.push_back(std::move(row));
-    // A run dispatched here (a pending resync) carries the row itself (QueueRecords).
-    if (s.run == kNone) fx.record.schedules.push_back(RowOf(run->schedule));
+    tx.batch.runs.push_back(std::move(row));
   }
+  if (s.pending && !shut_down_) {
+    auto mode = static_cast<RunMode>(s.pending - 1);
+    s.pending = 0;
+    TryDispatch(tx, run->schedule, now, mode, /*scheduled=*/false);
+  } else {
+    MaybeRetry(tx, *run, status);
+  }
+  if (hint && s.state == ScheduleState::kStarted && !(s.flags & kRetrying)) {
+    Millis h = std::clamp(*hint, options_.frequency_bounds.min, options_.frequency_bounds.max);
+    s.next_slot = SatAdd(now, h.count());
+    s.flags |= kHinted;
+    slots_.Arm(run->schedule, s.next_slot);
+    Decide(run->schedule, Reason::kHint, now, "next run in " + FormatFrequency(h));
+  }
+  DrainWaiting(tx);
 }
 
 void EngineCore::TrimRunTables(std::int64_t now) {
@@ -483,11 +703,11 @@ void EngineCore::TrimRunTables(std::int64_t now) {
   deadlines_ = wheel::TimerWheel(now);
 }
 
-void EngineCore::AbandonRun(std::uint32_t schedule, Status reason, Effects& fx) {
-  Schedule& s = cat_.schedules[schedule];
+void EngineCore::AbandonRun(Txn& tx, std::uint32_t schedule, Status reason) {
+  Schedule& s = Touch(tx, schedule);
   if (s.run == kNone) return;
   RunPtr run = runs_[s.run];
-  fx.cancel.emplace_back(run->token, std::move(reason));
+  tx.fx.cancel.emplace_back(run->token, std::move(reason));
   runs_[s.run].reset();
   free_runs_.push_back(s.run);
   s.run = kNone;
@@ -498,50 +718,56 @@ void EngineCore::AbandonRun(std::uint32_t schedule, Status reason, Effects& fx) 
   ++metrics_.runs_failed;
 }
 
-void EngineCore::CreateSchedule(std::uint32_t connection, std::uint32_t sync, std::uint32_t variant,
-                                std::int64_t now, Effects& fx) {
+void EngineCore::CreateSchedule(Txn& tx, std::uint32_t connection, std::uint32_t sync,
+                                std::uint32_t variant) {
   std::uint32_t idx = cat_.AddSchedule(connection, sync, variant, next_uid_++);
+  Touch(tx, idx, /*created=*/true);
   if (cat_.syncs[sync].auto_start) {
-    StartSchedule(idx, now, fx);
+    StartSchedule(tx, idx);
   } else {
     ++metrics_.schedules_paused;
   }
 }
 
-void EngineCore::DeleteSchedules(const std::vector<std::uint32_t>& schedules, Effects& fx) {
+void EngineCore::DeleteSchedules(Txn& tx, const std::vector<std::uint32_t>& schedules) {
   for (std::uint32_t idx : schedules) {
-    Schedule& s = cat_.schedules[idx];
-    AbandonRun(idx, Status::Cancelled("schedule deleted"), fx);
-    DropWaiting(idx);
-    DropRetry(idx);
+    Schedule& s = Touch(tx, idx);
+    AbandonRun(tx, idx, Status::Cancelled("schedule deleted"));
+    DropWaiting(tx, idx);
+    DropRetry(tx, idx);
     decisions_.erase(idx);
     slots_.Cancel(idx);
     if (s.state == ScheduleState::kStarted) --metrics_.schedules_started;
     if (s.state == ScheduleState::kPaused) --metrics_.schedules_paused;
-    cat_.RemoveSchedule(idx);
+    s.state = ScheduleState::kDeleted;  // removed from the catalog once committed
+    tx.deleted.push_back(idx);
+    if (store_) tx.batch.schedules_deleted.push_back(s.uid);
   }
 }
 
-void EngineCore::Regrid(std::uint32_t schedule, std::int64_t now) {
-  Schedule& s = cat_.schedules[schedule];
+void EngineCore::Regrid(Txn& tx, std::uint32_t schedule) {
+  Schedule& s = Touch(tx, schedule);
   if (s.state != ScheduleState::kStarted) return;
   std::int64_t freq = cat_.FrequencyOf(s);
   if (cat_.syncs[s.sync].spread) {
     // The phase of the new period; never closer than half a period to the last run.
-    std::int64_t not_before = std::max(now + 1, s.last_start + (freq + 1) / 2);
+    std::int64_t not_before = std::max(tx.now + 1, s.last_start + (freq + 1) / 2);
     s.anchor = SpreadSlot(schedule, freq, not_before);
     s.next_slot = s.anchor;
   } else {
-    s.next_slot = NextSlotAfter(s.anchor, freq, now);
+    s.next_slot = NextSlotAfter(s.anchor, freq, tx.now);
   }
   s.flags &= static_cast<std::uint8_t>(~kHinted);
   slots_.Arm(schedule, s.next_slot);
 }
 
-void EngineCore::OnSlot(std::uint32_t schedule, std::int64_t deadline, std::int64_t now,
-                        Effects& fx) {
-  Schedule& s = cat_.schedules[schedule];
-  if (!s.live || s.state != ScheduleState::kStarted) return;
+void EngineCore::OnSlot(Txn& tx, std::uint32_t schedule, std::int64_t deadline) {
+  const std::int64_t now = tx.now;
+  {
+    const Schedule& s = cat_.schedules[schedule];
+    if (!s.live || s.state != ScheduleState::kStarted) return;
+  }
+  Schedule& s = Touch(tx, schedule);
   std::int64_t freq = cat_.FrequencyOf(s);
   std::int64_t slot = s.next_slot;
   if (s.flags & kHinted) {
@@ -562,7 +788,7 @@ void EngineCore::OnSlot(std::uint32_t schedule, std::int64_t deadline, std::int6
     }
     s.next_slot = slot + freq;
   }
-  if (s.flags & kRetrying) DropRetry(schedule);  // the slot wins over a pending retry
+  if (s.flags & kRetrying) DropRetry(tx, schedule);  // the slot wins over a pending retry
   if (s.run != kNone) {
     ++s.skipped;
     ++metrics_.slots_skipped;
@@ -573,31 +799,31 @@ void EngineCore::OnSlot(std::uint32_t schedule, std::int64_t deadline, std::int6
       Decide(schedule, Reason::kSkippedOverlap, now, "a run was in flight");
     }
   } else if (!shut_down_) {
-    TryDispatch(schedule, now, slot, RunMode::kIncremental, /*scheduled=*/true, fx);
+    TryDispatch(tx, schedule, slot, RunMode::kIncremental, /*scheduled=*/true);
   }
   slots_.Arm(schedule, s.next_slot);
 }
 
-void EngineCore::OnRunDeadline(std::uint32_t schedule, std::int64_t now, Effects& fx) {
-  Schedule& s = cat_.schedules[schedule];
+void EngineCore::OnRunDeadline(Txn& tx, std::uint32_t schedule) {
+  const Schedule& s = cat_.schedules[schedule];
   if (!s.live || s.run == kNone) return;
   RunPtr run = runs_[s.run];
   const SyncInfo& sync = cat_.syncs[s.sync];
   std::int64_t timeout = TimeoutOf(sync);
   Status reason;
-  if (now >= run->dispatched + timeout) {
+  if (tx.now >= SatAdd(run->dispatched, timeout)) {
     reason = Status::DeadlineExceeded("run timed out after " + FormatFrequency(Millis(timeout)));
   } else if (sync.heartbeat_timeout_ms &&
-             now >=
-                 run->last_heartbeat.load(std::memory_order_relaxed) + sync.heartbeat_timeout_ms) {
+             tx.now >= SatAdd(run->last_heartbeat.load(std::memory_order_relaxed),
+                              sync.heartbeat_timeout_ms)) {
     reason = Status::DeadlineExceeded("no heartbeat for " +
                                       FormatFrequency(Millis(sync.heartbeat_timeout_ms)));
   } else {
-    ArmRunDeadline(schedule, *run, now);  // a heartbeat pushed the deadline back
+    ArmRunDeadline(schedule, *run, tx.now);  // a heartbeat pushed the deadline back
     return;
   }
-  fx.cancel.emplace_back(run->token, reason);
-  FinishRun(run, reason, {}, now, fx);
+  tx.fx.cancel.emplace_back(run->token, reason);
+  FinishRun(tx, run, reason, {});
 }
 
 void EngineCore::ReleaseTimers() {
@@ -615,12 +841,13 @@ void EngineCore::MaybeRearm() {
   std::optional<std::int64_t> next = a;
   if (b && (!next || *b < *next)) next = b;
   if (c && (!next || *c < *next)) next = c;
+  if (drain_due_) next = next ? std::min(*next, NowMs()) : NowMs();
   if (!next) return;  // an alarm still set fires harmlessly
   if (alarm_set_ && alarm_at_ <= *next) return;
   alarm_set_ = true;
   alarm_at_ = *next;
   std::weak_ptr<EngineCore> weak = weak_from_this();
-  alarm_->SetAt(TimePoint(Millis(*next)), [weak] {
+  alarm_->SetAt(TimePoint(Millis(std::min(*next, kFarFutureMs))), [weak] {
     if (auto core = weak.lock()) core->OnAlarm();
   });
 }
@@ -658,7 +885,11 @@ ScheduleStatus EngineCore::StatusOf(std::uint32_t schedule) const {
       st.waiting_since = TimePoint(Millis(it->second.since));
     }
   }
-  if (s.flags & kRetrying) st.next_retry = TimePoint(Millis(retries_.DeadlineOf(schedule)));
+  if (s.flags & kRetrying) {
+    if (auto it = retry_info_.find(schedule); it != retry_info_.end()) {
+      st.next_retry = TimePoint(Millis(it->second.due));
+    }
+  }
   if (auto it = decisions_.find(schedule); it != decisions_.end()) {
     const DecisionRing& ring = it->second;  // oldest first
     st.decisions.assign(ring.items.begin() + static_cast<std::ptrdiff_t>(ring.head),
@@ -670,7 +901,9 @@ ScheduleStatus EngineCore::StatusOf(std::uint32_t schedule) const {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Catalog commands
+// Catalog commands. Each: validate everything (nothing changes on an error), open an undoable
+// transaction, change the state, Commit (one store commit; a failure rolls back exactly), then
+// carry out the effects without the lock.
 
 Status EngineCore::DefineSync(std::string_view integration, const SyncDefinition& def) {
   if (Status s = ValidateIntegration(integration); !s.ok()) return s;
@@ -679,18 +912,21 @@ Status EngineCore::DefineSync(std::string_view integration, const SyncDefinition
   if (!freq.ok()) {
     return Status::InvalidArgument("sync " + Quote(def.name) + ": " + freq.status().message());
   }
-  if (def.timeout && def.timeout->count() <= 0) {
-    return Status::InvalidArgument("sync " + Quote(def.name) + ": timeout must be positive");
-  }
-  if (def.heartbeat_timeout && def.heartbeat_timeout->count() <= 0) {
-    return Status::InvalidArgument("sync " + Quote(def.name) +
-                                   ": heartbeat_timeout must be positive");
-  }
+  auto bounded = [&](std::optional<Millis> d, const char* field) -> Status {
+    if (d && (d->count() <= 0 || *d > kMaxDuration)) {
+      return Status::InvalidArgument("sync " + Quote(def.name) + ": " + field + " is " +
+                                     std::to_string(d->count()) + " ms; it must be positive and " +
+                                     "at most " + FormatFrequency(kMaxDuration));
+    }
+    return Status();
+  };
+  if (Status s = bounded(def.timeout, "timeout"); !s.ok()) return s;
+  if (Status s = bounded(def.heartbeat_timeout, "heartbeat_timeout"); !s.ok()) return s;
   if (def.retry.max < 0 || def.retry.max > 100) {
     return Status::InvalidArgument("sync " + Quote(def.name) + ": retry.max must be 0 to 100");
   }
-  if (def.retry.max > 0 && def.retry.backoff.count() <= 0) {
-    return Status::InvalidArgument("sync " + Quote(def.name) + ": retry.backoff must be positive");
+  if (def.retry.max > 0) {
+    if (Status s = bounded(def.retry.backoff, "retry.backoff"); !s.ok()) return s;
   }
   Effects fx;
   {
@@ -720,59 +956,43 @@ Status EngineCore::DefineSync(std::string_view integration, const SyncDefinition
         return Status();  // the same definition again: nothing to do
       }
     }
-    store::Batch batch;
+    Txn tx = Begin(/*undoable=*/true);
     if (store_) {
-      batch.syncs.push_back(store::SyncRow{std::string(integration), info.name, info.frequency_text,
-                                           info.frequency_ms, info.auto_start, info.timeout_ms,
-                                           info.heartbeat_timeout_ms, EncodePolicy(info)});
+      tx.batch.syncs.push_back(store::SyncRow{
+          std::string(integration), info.name, info.frequency_text, info.frequency_ms,
+          info.auto_start, info.timeout_ms, info.heartbeat_timeout_ms, EncodePolicy(info)});
     }
-    // Schedules affected: with a new sync, one base schedule per connection; with a changed
-    // frequency, the sync's schedules without an override.
-    std::int64_t now = NowMs();
     if (sync != kNone) {
+      // A changed default frequency regrids the sync's schedules without an override.
       bool regrid = cat_.syncs[sync].frequency_ms != info.frequency_ms;
-      std::vector<std::uint32_t> affected;
+      tx.sync_before.emplace(sync, cat_.syncs[sync]);
+      info.integration = integ;
+      info.callback = cat_.syncs[sync].callback;
+      cat_.syncs[sync] = std::move(info);
       if (regrid) {
         for (std::uint32_t c : cat_.integrations[integ].connections) {
           for (std::uint32_t s : cat_.connections[c].schedules) {
             if (cat_.schedules[s].sync == sync && cat_.schedules[s].freq_override == 0) {
-              affected.push_back(s);
+              Regrid(tx, s);
             }
           }
         }
       }
-      std::int64_t old_freq = cat_.syncs[sync].frequency_ms;
-      cat_.syncs[sync].frequency_ms = info.frequency_ms;  // tentatively, to compute the rows
-      for (std::uint32_t s : affected) {
-        Regrid(s, now);
-        if (store_) batch.schedules.push_back(RowOf(s));
-      }
-      if (Status st = Persist(batch); !st.ok()) {
-        cat_.syncs[sync].frequency_ms = old_freq;
-        for (std::uint32_t s : affected) Regrid(s, now);
-        return st;
-      }
-      info.integration = integ;
-      info.callback = cat_.syncs[sync].callback;
-      cat_.syncs[sync] = std::move(info);
     } else {
-      if (store_ && integ != kNone) {
-        std::uint64_t uid = next_uid_;
-        for (std::uint32_t c : cat_.integrations[integ].connections) {
-          batch.schedules.push_back(
-              NewScheduleRow(uid++, integration, cat_.connections[c].id, info, kBaseVariant, now));
-        }
+      // A new sync: one base schedule per connection, in the same transaction.
+      if (integ == kNone) {
+        integ = cat_.AddIntegration(std::string(integration));
+        tx.integration_created = integ;
       }
-      if (Status st = Persist(batch); !st.ok()) return st;
-      if (integ == kNone) integ = cat_.AddIntegration(std::string(integration));
       info.callback = CallbackFor(integ, info.name);
       sync = cat_.AddSync(integ, std::move(info));
+      tx.sync_created = sync;
       for (std::uint32_t c : cat_.integrations[integ].connections) {
-        CreateSchedule(c, sync, 0, now, fx);
+        CreateSchedule(tx, c, sync, 0);
       }
     }
-    RecordDispatch(fx);
-    MaybeRearm();
+    if (Status st = Commit(tx); !st.ok()) return st;
+    fx = std::move(tx.fx);
   }
   Apply(fx);
   return Status();
@@ -812,23 +1032,14 @@ Status EngineCore::AddConnection(std::string_view integration, std::string_view 
       return Status::AlreadyExists("connection " + Quote(connection) +
                                    " already exists in integration " + Quote(integration));
     }
-    std::int64_t now = NowMs();
-    // Plan the rows first: uids are taken in the same order CreateSchedule will take them.
-    store::Batch batch;
-    if (store_) {
-      batch.connections_added.push_back({std::string(integration), std::string(connection)});
-      std::uint64_t uid = next_uid_;
-      for (std::uint32_t sync : cat_.integrations[integ].syncs) {
-        batch.schedules.push_back(
-            NewScheduleRow(uid++, integration, connection, cat_.syncs[sync], kBaseVariant, now));
-      }
-      if (Status st = Persist(batch); !st.ok()) return st;
-    }
+    Txn tx = Begin(/*undoable=*/true);
+    if (store_)
+      tx.batch.connections_added.push_back({std::string(integration), std::string(connection)});
     std::uint32_t conn = cat_.AddConnection(integ, std::string(connection));
-    for (std::uint32_t sync : cat_.integrations[integ].syncs)
-      CreateSchedule(conn, sync, 0, now, fx);
-    RecordDispatch(fx);
-    MaybeRearm();
+    tx.connection_created = conn;
+    for (std::uint32_t sync : cat_.integrations[integ].syncs) CreateSchedule(tx, conn, sync, 0);
+    if (Status st = Commit(tx); !st.ok()) return st;
+    fx = std::move(tx.fx);
   }
   Apply(fx);
   return Status();
@@ -847,18 +1058,14 @@ Status EngineCore::DeleteConnection(std::string_view integration, std::string_vi
       return Status::NotFound("connection " + Quote(connection) +
                               " does not exist in integration " + Quote(integration));
     }
-    std::vector<std::uint32_t> scheds = cat_.connections[conn].schedules;
-    store::Batch batch;
-    if (store_) {
-      batch.connections_deleted.push_back({std::string(integration), std::string(connection)});
-      for (std::uint32_t s : scheds) batch.schedules_deleted.push_back(cat_.schedules[s].uid);
-      if (Status st = Persist(batch); !st.ok()) return st;
-    }
-    DeleteSchedules(scheds, fx);
-    cat_.RemoveConnection(conn);
-    DrainWaiting(NowMs(), fx);  // the cancelled runs freed their places under the caps
-    RecordDispatch(fx);
-    MaybeRearm();
+    Txn tx = Begin(/*undoable=*/true);
+    if (store_)
+      tx.batch.connections_deleted.push_back({std::string(integration), std::string(connection)});
+    DeleteSchedules(tx, cat_.connections[conn].schedules);
+    tx.connections_deleted.push_back(conn);
+    DrainWaiting(tx);  // the cancelled runs freed their places under the caps
+    if (Status st = Commit(tx); !st.ok()) return st;
+    fx = std::move(tx.fx);
   }
   Apply(fx);
   return Status();
@@ -891,16 +1098,10 @@ Status EngineCore::CreateVariant(const ScheduleKey& key) {
       return Status::AlreadyExists("variant " + Quote(key.variant) + " of sync " + Quote(key.sync) +
                                    " already exists on connection " + Quote(key.connection));
     }
-    std::int64_t now = NowMs();
-    if (store_) {
-      store::Batch batch;
-      batch.schedules.push_back(NewScheduleRow(next_uid_, key.integration, key.connection,
-                                               cat_.syncs[sync], key.variant, now));
-      if (Status st = Persist(batch); !st.ok()) return st;
-    }
-    CreateSchedule(conn, sync, cat_.InternVariant(key.variant), now, fx);
-    RecordDispatch(fx);
-    MaybeRearm();
+    Txn tx = Begin(/*undoable=*/true);
+    CreateSchedule(tx, conn, sync, cat_.InternVariant(key.variant));
+    if (Status st = Commit(tx); !st.ok()) return st;
+    fx = std::move(tx.fx);
   }
   Apply(fx);
   return Status();
@@ -933,15 +1134,11 @@ Status EngineCore::DeleteVariant(const ScheduleKey& key) {
       return Status::NotFound("variant " + Quote(key.variant) + " of sync " + Quote(key.sync) +
                               " does not exist on connection " + Quote(key.connection));
     }
-    if (store_) {
-      store::Batch batch;
-      batch.schedules_deleted.push_back(cat_.schedules[sched].uid);
-      if (Status st = Persist(batch); !st.ok()) return st;
-    }
-    DeleteSchedules({sched}, fx);
-    DrainWaiting(NowMs(), fx);
-    RecordDispatch(fx);
-    MaybeRearm();
+    Txn tx = Begin(/*undoable=*/true);
+    DeleteSchedules(tx, {sched});
+    DrainWaiting(tx);
+    if (Status st = Commit(tx); !st.ok()) return st;
+    fx = std::move(tx.fx);
   }
   Apply(fx);
   return Status();
@@ -958,44 +1155,18 @@ Result<CommandResult> EngineCore::Start(const Target& target) {
     if (shut_down_) return Status::FailedPrecondition("the engine is shut down");
     auto targets = cat_.Resolve(target);
     if (!targets.ok()) return targets.status();
-    std::int64_t now = NowMs();
-    std::vector<std::uint32_t> to_start;
+    Txn tx = Begin(/*undoable=*/true);
     for (std::uint32_t s : *targets) {
       if (cat_.schedules[s].state == ScheduleState::kStarted) {
         Count(result, target, cat_, s, Outcome::kAlreadyStarted);
       } else {
-        to_start.push_back(s);
+        --metrics_.schedules_paused;
+        StartSchedule(tx, s);
+        Count(result, target, cat_, s, Outcome::kStarted);
       }
     }
-    if (store_ && !to_start.empty()) {
-      store::Batch batch;
-      batch.schedules.reserve(to_start.size());
-      for (std::uint32_t s : to_start) {
-        store::ScheduleRow row = RowOf(s);
-        row.state = static_cast<std::uint8_t>(ScheduleState::kStarted);
-        const Schedule& sc = cat_.schedules[s];
-        bool spread = cat_.syncs[sc.sync].spread;  // the grid StartSchedule will give it
-        std::tie(row.anchor_ms, row.next_slot_ms) =
-            StartGrid(spread ? cat_.KeyOf(s) : ScheduleKey{}, spread, cat_.FrequencyOf(sc), now);
-        if (sc.run == kNone && !(sc.flags & kWaiting)) {
-          // The immediate run is recorded in the same transaction (its id is the slot's).
-          store::RunRow& run = row.in_flight;
-          run.run_id = RunId(sc.uid, now);
-          run.schedule_uid = sc.uid;
-          run.slot_ms = run.started_ms = now;
-          run.mode = static_cast<std::uint8_t>(RunMode::kIncremental);
-        }
-        batch.schedules.push_back(std::move(row));
-      }
-      if (Status st = Persist(batch); !st.ok()) return st;
-    }
-    fx.dispatch.reserve(to_start.size());
-    for (std::uint32_t s : to_start) {
-      --metrics_.schedules_paused;
-      StartSchedule(s, now, fx);
-      Count(result, target, cat_, s, Outcome::kStarted);
-    }
-    MaybeRearm();
+    if (Status st = Commit(tx); !st.ok()) return st;
+    fx = std::move(tx.fx);
   }
   Apply(fx);
   return result;
@@ -1009,40 +1180,30 @@ Result<CommandResult> EngineCore::Pause(const Target& target) {
     if (shut_down_) return Status::FailedPrecondition("the engine is shut down");
     auto targets = cat_.Resolve(target);
     if (!targets.ok()) return targets.status();
-    std::vector<std::uint32_t> to_pause;
-    for (std::uint32_t s : *targets) {
-      if (cat_.schedules[s].state == ScheduleState::kStarted) {
-        to_pause.push_back(s);
-      } else {
-        Count(result, target, cat_, s, Outcome::kAlreadyPaused);
+    Txn tx = Begin(/*undoable=*/true);
+    for (std::uint32_t idx : *targets) {
+      if (cat_.schedules[idx].state != ScheduleState::kStarted) {
+        Count(result, target, cat_, idx, Outcome::kAlreadyPaused);
+        continue;
       }
-    }
-    if (store_ && !to_pause.empty()) {
-      store::Batch batch;
-      for (std::uint32_t s : to_pause) {
-        store::ScheduleRow row = RowOf(s);
-        row.state = static_cast<std::uint8_t>(ScheduleState::kPaused);
-        batch.schedules.push_back(std::move(row));
-      }
-      if (Status st = Persist(batch); !st.ok()) return st;
-    }
-    for (std::uint32_t idx : to_pause) {
-      Schedule& s = cat_.schedules[idx];
+      Schedule& s = Touch(tx, idx);
       s.state = ScheduleState::kPaused;
       s.pending = 0;
       s.flags &= static_cast<std::uint8_t>(~kHinted);
       slots_.Cancel(idx);
-      DropWaiting(idx);
-      DropRetry(idx);
-      Decide(idx, Reason::kPaused, NowMs());
+      DropWaiting(tx, idx);
+      DropRetry(tx, idx);
+      Decide(idx, Reason::kPaused, tx.now);
       --metrics_.schedules_started;
       ++metrics_.schedules_paused;
       if (s.run != kNone && !runs_[s.run]->cancel_requested) {
         runs_[s.run]->cancel_requested = true;
-        fx.cancel.emplace_back(runs_[s.run]->token, Status::Cancelled("schedule paused"));
+        tx.fx.cancel.emplace_back(runs_[s.run]->token, Status::Cancelled("schedule paused"));
       }
       Count(result, target, cat_, idx, Outcome::kPaused);
     }
+    if (Status st = Commit(tx); !st.ok()) return st;
+    fx = std::move(tx.fx);
   }
   Apply(fx);
   return result;
@@ -1056,35 +1217,36 @@ Result<CommandResult> EngineCore::Trigger(const Target& target, RunMode mode) {
     if (shut_down_) return Status::FailedPrecondition("the engine is shut down");
     auto targets = cat_.Resolve(target);
     if (!targets.ok()) return targets.status();
-    std::int64_t now = NowMs();
+    Txn tx = Begin(/*undoable=*/true);
     for (std::uint32_t idx : *targets) {
-      Schedule& s = cat_.schedules[idx];
+      const Schedule& s = cat_.schedules[idx];  // touched only where it changes
       if (s.flags & kWaiting) {
         // A run is already due and waiting for a cap: a full resync upgrades it.
         if (mode == RunMode::kFullResync) {
+          Touch(tx, idx);
           waiting_[idx].mode = mode;
           Count(result, target, cat_, idx, Outcome::kTriggered);
         } else {
           Count(result, target, cat_, idx, Outcome::kAlreadyRunning);
         }
       } else if (s.run == kNone) {
-        DropRetry(idx);  // the triggered run stands for a pending retry
-        TryDispatch(idx, now, now, mode, /*scheduled=*/false, fx);
+        DropRetry(tx, idx);  // the triggered run stands for a pending retry
+        TryDispatch(tx, idx, tx.now, mode, /*scheduled=*/false);
         Count(result, target, cat_, idx, Outcome::kTriggered);
       } else if (mode == RunMode::kIncremental) {
         Count(result, target, cat_, idx, Outcome::kAlreadyRunning);
       } else {
+        Touch(tx, idx).pending = 1 + static_cast<std::uint8_t>(RunMode::kFullResync);
         RunState& run = *runs_[s.run];
         if (!run.cancel_requested) {
           run.cancel_requested = true;
-          fx.cancel.emplace_back(run.token, Status::Cancelled("pre-empted by a full resync"));
+          tx.fx.cancel.emplace_back(run.token, Status::Cancelled("pre-empted by a full resync"));
         }
-        s.pending = 1 + static_cast<std::uint8_t>(RunMode::kFullResync);
         Count(result, target, cat_, idx, Outcome::kTriggered);
       }
     }
-    RecordDispatch(fx);
-    MaybeRearm();
+    if (Status st = Commit(tx); !st.ok()) return st;
+    fx = std::move(tx.fx);
   }
   Apply(fx);
   return result;
@@ -1120,21 +1282,11 @@ Result<Millis> EngineCore::UpdateFrequency(const ScheduleKey& key,
   auto targets = cat_.Resolve(t);
   if (!targets.ok()) return targets.status();
   std::uint32_t idx = targets->front();
-  Schedule& s = cat_.schedules[idx];
-  const Schedule before = s;
-  s.freq_override = override_ms;
-  Regrid(idx, NowMs());  // keeps the anchor (or the key's phase, when spread)
-  if (store_) {
-    store::Batch batch;
-    batch.schedules.push_back(RowOf(idx));
-    if (Status st = Persist(batch); !st.ok()) {
-      s = before;
-      if (s.state == ScheduleState::kStarted) slots_.Arm(idx, s.next_slot);
-      return st;
-    }
-  }
-  MaybeRearm();
-  return Millis(cat_.FrequencyOf(s));
+  Txn tx = Begin(/*undoable=*/true);
+  Touch(tx, idx).freq_override = override_ms;
+  Regrid(tx, idx);  // keeps the anchor (or the key's phase, when spread)
+  if (Status st = Commit(tx); !st.ok()) return st;
+  return Millis(cat_.FrequencyOf(cat_.schedules[idx]));
 }
 
 EngineMetrics EngineCore::GetMetrics() {
@@ -1164,27 +1316,6 @@ store::RunRow EngineCore::InFlightRow(const RunState& r) {
   return row;
 }
 
-CommitQueue::Ticket EngineCore::QueueRecords(Effects& fx) {
-  if (!store_) return nullptr;
-  store::Batch batch = std::move(fx.record);
-  fx.record.clear();
-  batch.schedules.reserve(batch.schedules.size() + fx.dispatch.size());
-  for (const RunPtr& r : fx.dispatch) batch.schedules.push_back(RowOf(r->schedule));
-  if (fx.dispatch.empty()) {
-    writer_->Enqueue(std::move(batch));  // outcomes only: nobody waits
-    return nullptr;
-  }
-  std::vector<RunPtr> runs = std::move(fx.dispatch);
-  fx.dispatch.clear();
-  return writer_->Submit(std::move(batch), std::move(runs));
-}
-
-void EngineCore::RecordDispatch(Effects& fx) {
-  // Run records are committed before any callback is called: the runs travel with their rows
-  // and the writer releases them to the workers once committed, before this returns.
-  if (auto ticket = QueueRecords(fx)) (void)writer_->Wait(ticket);
-}
-
 void EngineCore::Release(std::vector<RunPtr>&& runs, const Status& committed) {
   if (!committed.ok()) {
     // Not recorded, so not run: each is cancelled before its callback and recorded as an error.
@@ -1203,22 +1334,27 @@ void EngineCore::OnAlarm() {
     std::lock_guard lock(mu_);
     if (shut_down_) return;
     alarm_set_ = false;
-    std::int64_t now = NowMs();
+    Txn tx = Begin(/*undoable=*/false);
+    if (drain_due_) {
+      drain_due_ = false;
+      DrainWaiting(tx);
+    }
     std::size_t budget = options_.max_fires_per_wakeup;
     budget -= deadlines_.Advance(
-        now, [&](wheel::TimerId id, std::int64_t) { OnRunDeadline(id, now, fx); }, budget);
+        tx.now, [&](wheel::TimerId id, std::int64_t) { OnRunDeadline(tx, id); }, budget);
     if (budget > 0) {
       budget -= retries_.Advance(
-          now, [&](wheel::TimerId id, std::int64_t) { OnRetry(id, now, fx); }, budget);
+          tx.now, [&](wheel::TimerId id, std::int64_t) { OnRetry(tx, id); }, budget);
     }
     if (budget > 0) {
       slots_.Advance(
-          now, [&](wheel::TimerId id, std::int64_t deadline) { OnSlot(id, deadline, now, fx); },
+          tx.now, [&](wheel::TimerId id, std::int64_t deadline) { OnSlot(tx, id, deadline); },
           budget);
     }
     // Queued under the lock, so that the rows keep the engine's order with respect to commands
     // (a pause or a delete queued after this alarm must not be overwritten by its older rows).
-    ticket = QueueRecords(fx);
+    ticket = Queue(tx);
+    fx = std::move(tx.fx);
     MaybeRearm();
   }
   Apply(fx);
@@ -1265,14 +1401,17 @@ bool EngineCore::Execute(const RunPtr& run, RunOutcome& out) {
   ctx.mode = run->mode;
   ctx.attempt = run->attempt;
   ctx.cancel = run->token;
-  Clock* clock = clock_;
-  ctx.heartbeat = [run, clock] {
-    run->last_heartbeat.store(clock->Now().time_since_epoch().count(), std::memory_order_relaxed);
+  // The closures handed to user code own what they touch: the engine is reached through a weak
+  // pointer, so a heartbeat or a completion after the engine is gone does nothing.
+  std::weak_ptr<EngineCore> weak = weak_from_this();
+  ctx.heartbeat = [run, weak] {
+    if (auto core = weak.lock()) {
+      run->last_heartbeat.store(core->NowMs(), std::memory_order_relaxed);
+    }
   };
   try {
     if (run->callback->async) {
       auto once = std::make_shared<std::atomic<bool>>(false);
-      std::weak_ptr<EngineCore> weak = weak_from_this();
       run->callback->async(ctx, [weak, run, once](RunReport report) {
         if (once->exchange(true)) return;
         auto core = weak.lock();
@@ -1321,17 +1460,15 @@ void EngineCore::Complete(std::vector<RunPtr>& runs, std::vector<RunOutcome>& ou
   CommitQueue::Ticket ticket;
   {
     std::lock_guard lock(mu_);
-    std::int64_t now = NowMs();
+    Txn tx = Begin(/*undoable=*/false);
     for (std::size_t i = 0; i < runs.size(); ++i) {
-      FinishRun(runs[i], outcomes[i].status, std::move(outcomes[i].counts), now, fx,
-                outcomes[i].hint);
+      FinishRun(tx, runs[i], outcomes[i].status, std::move(outcomes[i].counts), outcomes[i].hint);
     }
-    // Outcomes are queued without waiting. An outcome that fails to commit stays in memory: the
-    // next commit of the schedule's row carries its counters, and the run reads as interrupted
-    // after a crash, which is the honest record. Runs dispatched here (a pending full resync, a
-    // run that waited for a cap) travel in the same item, are released by the writer once it is
+    // Outcomes are queued without waiting. Runs dispatched here (a pending full resync, a run
+    // that waited for a cap) travel in the same item, are released by the writer once it is
     // committed, and are waited for after the lock is let go, as the alarm does.
-    ticket = QueueRecords(fx);
+    ticket = Queue(tx);
+    fx = std::move(tx.fx);
     MaybeRearm();
   }
   Apply(fx);

@@ -18,6 +18,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <queue>
 #include <thread>
 #include <vector>
 
@@ -66,8 +67,7 @@ void DecodePolicy(std::string_view text, SyncInfo& sync);
 class EngineCore : public std::enable_shared_from_this<EngineCore> {
  public:
   // Wraps the engine's store once it is opened (tests: fault injection). Null: none.
-  using StoreWrapper =
-      std::function<std::unique_ptr<store::Store>(std::unique_ptr<store::Store>)>;
+  using StoreWrapper = std::function<std::unique_ptr<store::Store>(std::unique_ptr<store::Store>)>;
   static Result<std::shared_ptr<EngineCore>> Create(Options options, StoreWrapper wrap = {});
   ~EngineCore();
 
@@ -100,10 +100,73 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   void ExecuteBatch(std::vector<RunPtr>& runs);
 
  private:
+  // What a committed transaction carries out after the lock is let go: runs to hand to the
+  // workers, tokens to cancel.
   struct Effects {
     std::vector<RunPtr> dispatch;
     std::vector<std::pair<CancellationToken, Status>> cancel;
-    store::Batch record;  // finished runs and their schedules' rows (with a store)
+  };
+  struct WaitInfo {
+    std::int64_t slot = 0;
+    std::int64_t since = 0;
+    std::uint64_t seq = 0;  // place in the wait queue: a wait queued again goes to the back
+    RunMode mode = RunMode::kIncremental;
+    bool scheduled = false;
+    int attempt = 1;
+    std::string run_id;
+  };
+  struct RetryInfo {
+    std::int64_t slot = 0;
+    std::int64_t due = 0;
+    RunMode mode = RunMode::kIncremental;
+    int attempt = 2;
+    std::string run_id;
+  };
+  // The last decisions of a schedule, oldest first from `head` once full. A vector rather than a
+  // deque: a deque allocates ~0.5 KB at its first push, and a bulk pause decides for every
+  // schedule (1M schedules: ~0.5 GB); this grows with what it holds.
+  struct DecisionRing {
+    std::vector<Decision> items;
+    std::size_t head = 0;
+  };
+  // The before-image of one schedule touched by an undoable transaction: everything a command can
+  // change about it, in memory and in its row.
+  struct Undo {
+    std::uint32_t schedule = kNone;
+    bool created = false;  // created by the transaction: rollback removes it
+    Schedule before;
+    std::optional<ScheduleDetail> detail;
+    std::optional<WaitInfo> waiting;
+    std::optional<RetryInfo> retry;
+    std::optional<std::int64_t> slot_deadline;  // armed in slots_
+    RunPtr run;                                 // in flight
+    bool run_cancel_requested = false;
+    std::optional<DecisionRing> decisions;
+  };
+  // One engine transaction (see docs/design.md, "One command, one transaction"). Every change to
+  // a schedule goes through Touch(), which lists the schedule and, when the transaction is
+  // undoable (a command), saves its before-image. The batch is derived at commit from the touched
+  // schedules' whole state (RowOf), never planned by hand: whatever the command changed is in it.
+  // A failed commit rolls the transaction back from the before-images, exactly.
+  struct Txn {
+    bool undoable = false;
+    std::int64_t now = 0;
+    std::vector<std::uint32_t> touched;              // in first-touch order
+    std::vector<Undo> undo;                          // undoable: before-images, in touch order
+    std::vector<std::uint32_t> deleted;              // schedules deleted: removed once committed
+    std::vector<std::uint32_t> connections_deleted;  // removed once committed
+    std::uint32_t connection_created = kNone;
+    std::uint32_t sync_created = kNone;
+    std::uint32_t integration_created = kNone;
+    std::optional<std::pair<std::uint32_t, SyncInfo>> sync_before;  // a redefined sync
+    std::optional<std::pair<std::uint32_t, std::size_t>> limit_before;
+    store::Batch batch;  // catalog rows and finished runs; schedule rows are added at commit
+    Effects fx;
+    // Scalars restored by a rollback.
+    std::optional<EngineMetrics> metrics;
+    std::vector<std::size_t> in_flight;  // per integration
+    std::uint64_t next_uid = 0, wait_seq = 0, rng_state = 0;
+    std::uint32_t last_served = 0;
   };
 
   explicit EngineCore(Options options);
@@ -111,62 +174,71 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   // Rebuilds the state from the store's snapshot (under mu_, during Init).
   Status Recover(store::Snapshot snapshot);
 
+  // ---- transactions, under mu_ ----
+  Txn Begin(bool undoable);
+  // Lists `schedule` in the transaction (saving its before-image when undoable) and returns it
+  // for change. Every mutation of a schedule's state goes through here.
+  Schedule& Touch(Txn& tx, std::uint32_t schedule, bool created = false);
+  // Adds the touched schedules' rows to tx.batch.
+  void BuildBatch(Txn& tx);
+  // Commands: commits the transaction and waits for it; on error rolls it back and returns it.
+  // On success the caller applies tx.fx after letting go of the lock.
+  Status Commit(Txn& tx);
+  // Alarm and completions: queues the transaction (its runs are released to the workers by the
+  // writer once committed); returns the ticket to wait on without the lock, or null.
+  std::shared_ptr<CommitWaiter> Queue(Txn& tx);
+  void Rollback(Txn& tx);
+  // After a commit: removes deleted schedules and connections, clears the touched marks.
+  void Finish(Txn& tx);
+
   // ---- under mu_ ----
   std::int64_t NowMs() const;
-  Status Persist(store::Batch& batch);
-  // The schedule's row as an update of the committed one (update_only, no key columns).
-  store::ScheduleRow RowOf(std::uint32_t schedule) const;
-  void StartSchedule(std::uint32_t schedule, std::int64_t now, Effects& fx);
-  void DispatchRun(std::uint32_t schedule, std::int64_t now, std::int64_t slot, RunMode mode,
-                   bool scheduled, Effects& fx, int attempt = 1, std::string run_id = {});
-  void FinishRun(const RunPtr& run, const Status& status, std::vector<ModelCounts> counts,
-                 std::int64_t now, Effects& fx, std::optional<Millis> hint = std::nullopt);
+  // The schedule's row: the whole state a restart needs (full: with its key, for a new row).
+  store::ScheduleRow RowOf(std::uint32_t schedule, bool full) const;
+  std::string NextRunId(Txn& tx, std::uint32_t schedule, std::int64_t slot);
+  void StartSchedule(Txn& tx, std::uint32_t schedule);
+  void DispatchRun(Txn& tx, std::uint32_t schedule, std::int64_t slot, RunMode mode, bool scheduled,
+                   int attempt, std::string run_id);
+  void FinishRun(Txn& tx, const RunPtr& run, const Status& status, std::vector<ModelCounts> counts,
+                 std::optional<Millis> hint = std::nullopt);
 
   // ---- run policies (engine_policies.cc), under mu_ ----
-  // Dispatches now, or queues the run when a concurrency cap is reached.
-  void TryDispatch(std::uint32_t schedule, std::int64_t now, std::int64_t slot, RunMode mode,
-                   bool scheduled, Effects& fx, int attempt = 1, std::string run_id = {});
+  // Dispatches now, or queues the run when a concurrency cap is reached. An empty `run_id` gives
+  // the run the slot's id (scheduled) or a new off-grid id.
+  void TryDispatch(Txn& tx, std::uint32_t schedule, std::int64_t slot, RunMode mode, bool scheduled,
+                   int attempt = 1, std::string run_id = {});
   bool CapsAllow(std::uint32_t integration) const;
+  // Recovery: queues a run owed since before the restart (a full resync or buffered run that was
+  // to follow the crashed run), to go at the first alarm.
+  void TryDispatchLater(Txn& tx, std::uint32_t schedule, RunMode mode);
   // Dispatches waiting runs while the caps allow, fairly across integrations.
-  void DrainWaiting(std::int64_t now, Effects& fx);
-  void DropWaiting(std::uint32_t schedule);
-  void DropRetry(std::uint32_t schedule);
+  void DrainWaiting(Txn& tx);
+  void Enqueue(std::uint32_t schedule, const WaitInfo& w);
+  void DropWaiting(Txn& tx, std::uint32_t schedule);
+  void DropRetry(Txn& tx, std::uint32_t schedule);
   // After a failed run: arms its retry, unless the policy or the next slot says no.
-  void MaybeRetry(const RunState& run, const Status& status, std::int64_t now);
-  void OnRetry(std::uint32_t schedule, std::int64_t now, Effects& fx);
+  void MaybeRetry(Txn& tx, const RunState& run, const Status& status);
+  void OnRetry(Txn& tx, std::uint32_t schedule);
   void Decide(std::uint32_t schedule, Reason reason, std::int64_t now, std::string detail = {});
   // The first slot of a spread schedule's phase grid at or after `not_before`.
   std::int64_t SpreadSlot(std::uint32_t schedule, std::int64_t freq, std::int64_t not_before) const;
   // The grid of a schedule started at `now`: {anchor, first slot}. With phase spreading it follows
   // the key's phase, its first slot at least half a period after the immediate run; otherwise it
-  // is anchored now. StartSchedule and the rows planned before it (Start, new schedules) use it.
+  // is anchored now.
   static std::pair<std::int64_t, std::int64_t> StartGrid(const ScheduleKey& key, bool spread,
                                                          std::int64_t freq, std::int64_t now);
   void CountInFlight(std::uint32_t schedule, int delta);
-  void AbandonRun(std::uint32_t schedule, Status reason, Effects& fx);
+  void AbandonRun(Txn& tx, std::uint32_t schedule, Status reason);
   void TrimRunTables(std::int64_t now);
-  void CreateSchedule(std::uint32_t connection, std::uint32_t sync, std::uint32_t variant,
-                      std::int64_t now, Effects& fx);
-  void DeleteSchedules(const std::vector<std::uint32_t>& schedules, Effects& fx);
-  void Regrid(std::uint32_t schedule, std::int64_t now);
-  void OnSlot(std::uint32_t schedule, std::int64_t deadline, std::int64_t now, Effects& fx);
-  void OnRunDeadline(std::uint32_t schedule, std::int64_t now, Effects& fx);
+  void CreateSchedule(Txn& tx, std::uint32_t connection, std::uint32_t sync, std::uint32_t variant);
+  void DeleteSchedules(Txn& tx, const std::vector<std::uint32_t>& schedules);
+  void Regrid(Txn& tx, std::uint32_t schedule);
+  void OnSlot(Txn& tx, std::uint32_t schedule, std::int64_t deadline);
+  void OnRunDeadline(Txn& tx, std::uint32_t schedule);
   void ArmRunDeadline(std::uint32_t schedule, const RunState& run, std::int64_t now);
   // A run's timeout: the sync's own, else Options::default_run_timeout.
   std::int64_t TimeoutOf(const SyncInfo& sync) const;
   void MaybeRearm();
-  // Queues fx.record and the schedule rows of fx.dispatch (each holding its run in flight) to the
-  // writer, with the runs, which the writer releases to the workers once committed; fx.record and
-  // fx.dispatch are left empty. Returns the ticket to wait on when runs were queued, else null.
-  // Under the lock, so that items keep the engine's order.
-  std::shared_ptr<CommitWaiter> QueueRecords(Effects& fx);
-  // QueueRecords, then waits for the commit (commands: under the lock, so the command is durable
-  // when it returns).
-  void RecordDispatch(Effects& fx);
-  // A new schedule's row as CreateSchedule will make it (planned before it is applied).
-  static store::ScheduleRow NewScheduleRow(std::uint64_t uid, std::string_view integration,
-                                           std::string_view connection, const SyncInfo& sync,
-                                           std::string_view variant, std::int64_t now);
   // A run in flight, as its schedule's row records it.
   static store::RunRow InFlightRow(const RunState& run);
   ScheduleStatus StatusOf(std::uint32_t schedule) const;
@@ -205,36 +277,17 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   bool alarm_set_ = false;
   std::int64_t alarm_at_ = 0;
   std::uint64_t next_uid_ = 1;
-  std::uint64_t trigger_seq_ = 0;
+  std::uint64_t wait_seq_ = 0;  // the last WaitInfo::seq given
+  bool drain_due_ = false;      // recovered runs wait: drain at the next alarm
   std::unordered_map<std::string, std::shared_ptr<const Callback>> callbacks_;
   std::shared_ptr<const Callback> fallback_;
   EngineMetrics metrics_;
-  struct WaitInfo {
-    std::int64_t slot = 0;
-    std::int64_t since = 0;
-    RunMode mode = RunMode::kIncremental;
-    bool scheduled = false;
-    int attempt = 1;
-    std::string run_id;
-  };
-  struct RetryInfo {
-    std::int64_t slot = 0;
-    RunMode mode = RunMode::kIncremental;
-    int attempt = 2;
-    std::string run_id;
-  };
   std::unordered_map<std::uint32_t, WaitInfo> waiting_;  // by schedule (flag kWaiting)
-  // Per integration, the schedules waiting, in due order (entries of schedules no longer waiting
-  // are skipped lazily).
-  std::vector<std::deque<std::pair<std::uint32_t, std::uint64_t>>> wait_queues_;
+  // Per integration, the waiting schedules as (seq, schedule), smallest seq on top; an entry
+  // whose seq is no longer its schedule's wait is skipped lazily.
+  using WaitEntry = std::pair<std::uint64_t, std::uint32_t>;
+  std::vector<std::priority_queue<WaitEntry, std::vector<WaitEntry>, std::greater<>>> wait_queues_;
   std::unordered_map<std::uint32_t, RetryInfo> retry_info_;  // by schedule (flag kRetrying)
-  // The last decisions of a schedule, oldest first from `head` once full. A vector rather than a
-  // deque: a deque allocates ~0.5 KB at its first push, and a bulk pause decides for every
-  // schedule (1M schedules: ~0.5 GB); this grows with what it holds.
-  struct DecisionRing {
-    std::vector<Decision> items;
-    std::size_t head = 0;
-  };
   std::unordered_map<std::uint32_t, DecisionRing> decisions_;
   std::uint64_t rng_state_ = 0;
   std::uint32_t last_served_ = 0;  // the integration DrainWaiting served last

@@ -77,10 +77,9 @@ bool EngineCore::CapsAllow(std::uint32_t integration) const {
   return integ.max_concurrency == 0 || integ.in_flight < integ.max_concurrency;
 }
 
-void EngineCore::TryDispatch(std::uint32_t schedule, std::int64_t now, std::int64_t slot,
-                             RunMode mode, bool scheduled, Effects& fx, int attempt,
-                             std::string run_id) {
-  Schedule& s = cat_.schedules[schedule];
+void EngineCore::TryDispatch(Txn& tx, std::uint32_t schedule, std::int64_t slot, RunMode mode,
+                             bool scheduled, int attempt, std::string run_id) {
+  Schedule& s = Touch(tx, schedule);
   std::uint32_t integ = cat_.connections[s.connection].integration;
   if (s.flags & kWaiting) {
     // One run waits per schedule: a later slot is skipped; a full resync upgrades it.
@@ -89,53 +88,74 @@ void EngineCore::TryDispatch(std::uint32_t schedule, std::int64_t now, std::int6
     if (scheduled) {
       ++s.skipped;
       ++metrics_.slots_skipped;
-      Decide(schedule, Reason::kWaitingForCap, now, "slot skipped while waiting for a cap");
+      Decide(schedule, Reason::kWaitingForCap, tx.now, "slot skipped while waiting for a cap");
     }
     return;
   }
+  if (run_id.empty()) {
+    run_id = scheduled ? GridRunId(s.uid, slot) : NextRunId(tx, schedule, slot);
+  }
   if (CapsAllow(integ)) {
-    DispatchRun(schedule, now, slot, mode, scheduled, fx, attempt, std::move(run_id));
+    DispatchRun(tx, schedule, slot, mode, scheduled, attempt, std::move(run_id));
     return;
   }
   s.flags |= kWaiting;
-  waiting_[schedule] = WaitInfo{slot, now, mode, scheduled, attempt, std::move(run_id)};
-  if (wait_queues_.size() < cat_.integrations.size()) wait_queues_.resize(cat_.integrations.size());
-  wait_queues_[integ].emplace_back(schedule, s.uid);
+  WaitInfo& w = waiting_[schedule];
+  w = WaitInfo{slot, tx.now, ++wait_seq_, mode, scheduled, attempt, std::move(run_id)};
+  Enqueue(schedule, w);
   ++metrics_.runs_waiting;
-  Decide(schedule, Reason::kWaitingForCap, now,
+  Decide(schedule, Reason::kWaitingForCap, tx.now,
          options_.max_concurrent_runs && metrics_.runs_in_flight >= options_.max_concurrent_runs
              ? "max_concurrent_runs reached"
              : "integration max_concurrency reached");
 }
 
-void EngineCore::DropWaiting(std::uint32_t schedule) {
-  Schedule& s = cat_.schedules[schedule];
+void EngineCore::TryDispatchLater(Txn& tx, std::uint32_t schedule, RunMode mode) {
+  // A run owed since before a restart goes to the wait queue, drained at the first alarm.
+  Schedule& s = Touch(tx, schedule);
+  s.pending = 0;
+  s.flags |= kWaiting;
+  WaitInfo& w = waiting_[schedule];
+  w = WaitInfo{tx.now, tx.now, ++wait_seq_, mode, false, 1, NextRunId(tx, schedule, tx.now)};
+  Enqueue(schedule, w);
+  ++metrics_.runs_waiting;
+}
+
+void EngineCore::Enqueue(std::uint32_t schedule, const WaitInfo& w) {
+  std::uint32_t integ = cat_.connections[cat_.schedules[schedule].connection].integration;
+  if (wait_queues_.size() < cat_.integrations.size()) wait_queues_.resize(cat_.integrations.size());
+  wait_queues_[integ].emplace(w.seq, schedule);
+}
+
+void EngineCore::DropWaiting(Txn& tx, std::uint32_t schedule) {
+  Schedule& s = Touch(tx, schedule);
   if (!(s.flags & kWaiting)) return;
   s.flags &= static_cast<std::uint8_t>(~kWaiting);
   waiting_.erase(schedule);
   --metrics_.runs_waiting;  // its queue entry is skipped lazily
 }
 
-void EngineCore::DrainWaiting(std::int64_t now, Effects& fx) {
+void EngineCore::DrainWaiting(Txn& tx) {
   if (metrics_.runs_waiting == 0 || shut_down_) return;
+  auto valid = [&](const WaitEntry& e) {
+    const Schedule& s = cat_.schedules[e.second];
+    if (!s.live || s.state == ScheduleState::kDeleted || !(s.flags & kWaiting)) return false;
+    auto it = waiting_.find(e.second);
+    return it != waiting_.end() && it->second.seq == e.first;
+  };
   for (;;) {
     if (options_.max_concurrent_runs && metrics_.runs_in_flight >= options_.max_concurrent_runs) {
       return;
     }
     // Fair across integrations: of those with a waiting run and room under their own cap, the
     // one with the fewest runs in flight goes first; ties go round-robin, starting after the
-    // integration served last. Within an integration, runs go in due order.
+    // integration served last. Within an integration, runs go in the order they began to wait.
     std::uint32_t best = kNone;
     const auto count = static_cast<std::uint32_t>(wait_queues_.size());
     for (std::uint32_t step = 1; step <= count; ++step) {
       std::uint32_t i = (last_served_ + step) % count;
       auto& q = wait_queues_[i];
-      while (!q.empty()) {  // drop entries of schedules that stopped waiting
-        auto [sched, uid] = q.front();
-        const Schedule& s = cat_.schedules[sched];
-        if (s.live && s.uid == uid && (s.flags & kWaiting)) break;
-        q.pop_front();
-      }
+      while (!q.empty() && !valid(q.top())) q.pop();  // entries of waits that ended
       if (q.empty() || !CapsAllow(i)) continue;
       if (best == kNone || cat_.integrations[i].in_flight < cat_.integrations[best].in_flight) {
         best = i;
@@ -143,58 +163,69 @@ void EngineCore::DrainWaiting(std::int64_t now, Effects& fx) {
     }
     if (best == kNone) return;
     last_served_ = best;
-    std::uint32_t sched = wait_queues_[best].front().first;
-    wait_queues_[best].pop_front();
+    std::uint32_t sched = wait_queues_[best].top().second;
+    wait_queues_[best].pop();
     WaitInfo w = std::move(waiting_[sched]);
-    DropWaiting(sched);
-    Observe(metrics_.wait_seconds, static_cast<double>(now - w.since) / 1000.0);
-    DispatchRun(sched, now, w.slot, w.mode, w.scheduled, fx, w.attempt, std::move(w.run_id));
+    DropWaiting(tx, sched);
+    Observe(metrics_.wait_seconds, static_cast<double>(tx.now - w.since) / 1000.0);
+    DispatchRun(tx, sched, w.slot, w.mode, w.scheduled, w.attempt, std::move(w.run_id));
   }
 }
 
-void EngineCore::DropRetry(std::uint32_t schedule) {
-  Schedule& s = cat_.schedules[schedule];
+void EngineCore::DropRetry(Txn& tx, std::uint32_t schedule) {
+  Schedule& s = Touch(tx, schedule);
   if (!(s.flags & kRetrying)) return;
   s.flags &= static_cast<std::uint8_t>(~kRetrying);
   retries_.Cancel(schedule);
   retry_info_.erase(schedule);
 }
 
-void EngineCore::MaybeRetry(const RunState& run, const Status& status, std::int64_t now) {
+void EngineCore::MaybeRetry(Txn& tx, const RunState& run, const Status& status) {
   if (status.ok() || status.code() == StatusCode::kCancelled ||
       status.code() == StatusCode::kDeadlineExceeded || shut_down_) {
     return;
   }
-  Schedule& s = cat_.schedules[run.schedule];
+  Schedule& s = Touch(tx, run.schedule);
   const SyncInfo& sync = cat_.syncs[s.sync];
   if (run.attempt > sync.retry_max) return;
   int k = run.attempt;  // the k-th retry follows the k-th attempt
+  // backoff * 2^(k-1) with up to 20% jitter, computed in double and capped before conversion: k
+  // may be 100 and the backoff a year, far beyond any next slot.
   double base = static_cast<double>(sync.retry_backoff_ms) * std::ldexp(1.0, k - 1);
   double jitter = static_cast<double>(NextRandom(rng_state_) >> 11) * 0x1.0p-53 * 0.2;
-  auto delay = static_cast<std::int64_t>(std::ceil(base * (1.0 + jitter)));
-  std::int64_t due = now + delay;
+  double delay_ms = std::min(std::ceil(base * (1.0 + jitter)), static_cast<double>(kFarFutureMs));
+  auto delay = static_cast<std::int64_t>(delay_ms);
+  std::int64_t due = SatAdd(tx.now, delay);
   if (s.state == ScheduleState::kStarted && due >= s.next_slot) {
-    Decide(run.schedule, Reason::kRetryDropped, now,
+    Decide(run.schedule, Reason::kRetryDropped, tx.now,
            "retry " + std::to_string(k) + " would reach the next slot");
     return;
   }
+  if (due >= kFarFutureMs) {
+    Decide(run.schedule, Reason::kRetryDropped, tx.now,
+           "retry " + std::to_string(k) + " would be due beyond the engine's horizon");
+    return;
+  }
   s.flags |= kRetrying;
-  retry_info_[run.schedule] = RetryInfo{run.slot, run.mode, run.attempt + 1, run.run_id};
+  retry_info_[run.schedule] = RetryInfo{run.slot, due, run.mode, run.attempt + 1, run.run_id};
   retries_.Arm(run.schedule, due);
-  Decide(run.schedule, Reason::kRetryBackoff, now,
+  Decide(run.schedule, Reason::kRetryBackoff, tx.now,
          "retry " + std::to_string(k) + " of " + std::to_string(sync.retry_max) + " in " +
              FormatFrequency(Millis(delay)));
 }
 
-void EngineCore::OnRetry(std::uint32_t schedule, std::int64_t now, Effects& fx) {
-  Schedule& s = cat_.schedules[schedule];
-  if (!s.live || !(s.flags & kRetrying)) return;
+void EngineCore::OnRetry(Txn& tx, std::uint32_t schedule) {
+  {
+    const Schedule& s = cat_.schedules[schedule];
+    if (!s.live || !(s.flags & kRetrying)) return;
+  }
+  Schedule& s = Touch(tx, schedule);
   RetryInfo info = std::move(retry_info_[schedule]);
   retry_info_.erase(schedule);
   s.flags &= static_cast<std::uint8_t>(~kRetrying);
   if (s.run != kNone) return;  // a trigger ran meanwhile: it stands for the retry
   ++metrics_.retries;
-  TryDispatch(schedule, now, info.slot, info.mode, /*scheduled=*/false, fx, info.attempt,
+  TryDispatch(tx, schedule, info.slot, info.mode, /*scheduled=*/false, info.attempt,
               std::move(info.run_id));
 }
 
@@ -244,19 +275,21 @@ Status EngineCore::SetIntegrationLimits(std::string_view integration,
   Effects fx;
   {
     std::lock_guard lock(mu_);
+    if (shut_down_) return Status::FailedPrecondition("the engine is shut down");
     std::uint32_t integ = cat_.FindIntegration(integration);
     if (integ == kNone) {
       return Status::NotFound("integration " + Quote(integration) + " does not exist");
     }
+    Txn tx = Begin(/*undoable=*/true);
     if (store_) {
-      store::Batch batch;
-      batch.integrations.push_back(
+      tx.batch.integrations.push_back(
           store::IntegrationRow{std::string(integration), limits.max_concurrency});
-      if (Status st = Persist(batch); !st.ok()) return st;
     }
+    tx.limit_before.emplace(integ, cat_.integrations[integ].max_concurrency);
     cat_.integrations[integ].max_concurrency = limits.max_concurrency;
-    DrainWaiting(NowMs(), fx);  // a raised cap lets waiting runs go
-    RecordDispatch(fx);
+    DrainWaiting(tx);  // a raised cap lets waiting runs go, in the same transaction
+    if (Status st = Commit(tx); !st.ok()) return st;
+    fx = std::move(tx.fx);
   }
   Apply(fx);
   return Status();
@@ -268,40 +301,65 @@ Result<std::vector<ForecastMinute>> EngineCore::Forecast(Millis horizon,
     return Status::InvalidArgument("forecast horizon " + FormatFrequency(horizon) +
                                    " must be positive and at most 7 days");
   }
-  std::lock_guard lock(mu_);
+  // The engine's lock is held only to copy a slice of schedules at a time (kSlice of them, a few
+  // hundred microseconds); the slots are counted without it, so a forecast over a million
+  // schedules never stalls the alarm or a command for longer than one slice. Schedules that
+  // change between slices are counted as they were when their slice was read.
+  constexpr std::uint32_t kSlice = 4096;
+  struct Item {
+    std::int64_t next, freq, anchor;
+    std::uint32_t integration;
+    bool hinted;
+  };
   std::uint32_t only = kNone;
-  if (integration) {
-    only = cat_.FindIntegration(*integration);
-    if (only == kNone) {
-      return Status::NotFound("integration " + Quote(*integration) + " does not exist");
+  std::int64_t now = 0;
+  {
+    std::lock_guard lock(mu_);
+    if (integration) {
+      only = cat_.FindIntegration(*integration);
+      if (only == kNone) {
+        return Status::NotFound("integration " + Quote(*integration) + " does not exist");
+      }
     }
+    now = NowMs();
   }
-  const std::int64_t now = NowMs();
   const std::int64_t start = now - now % 60000;  // the current minute
   const std::int64_t end = now + horizon.count();
   const auto minutes = static_cast<std::size_t>((end - start) / 60000 + 1);
-  // Per integration, then capped and summed.
-  std::vector<std::vector<std::uint64_t>> per(cat_.integrations.size());
-  for (std::uint32_t i = 0; i < cat_.integrations.size(); ++i) {
-    if (only != kNone && i != only) continue;
-    std::vector<std::uint64_t>& counts = per[i];
-    counts.assign(minutes, 0);
-    for (std::uint32_t c : cat_.integrations[i].connections) {
-      for (std::uint32_t idx : cat_.connections[c].schedules) {
+  std::vector<std::vector<std::uint64_t>> per;  // per integration
+  std::vector<Item> items;
+  items.reserve(kSlice);
+  for (std::uint32_t from = 0;; from += kSlice) {
+    items.clear();
+    {
+      std::lock_guard lock(mu_);
+      if (from >= cat_.schedules.size()) break;
+      std::uint32_t to =
+          static_cast<std::uint32_t>(std::min<std::size_t>(cat_.schedules.size(), from + kSlice));
+      for (std::uint32_t idx = from; idx < to; ++idx) {
         const Schedule& s = cat_.schedules[idx];
-        if (s.state != ScheduleState::kStarted) continue;
-        std::int64_t f = cat_.FrequencyOf(s);
-        std::int64_t t = s.next_slot;
-        if (s.flags & kHinted) {
-          if (t <= end) ++counts[static_cast<std::size_t>((std::max(t, start) - start) / 60000)];
-          t = NextSlotAfter(s.anchor, f, t);
-        }
-        for (; t <= end; t += f) {
-          ++counts[static_cast<std::size_t>((std::max(t, start) - start) / 60000)];
-        }
+        if (!s.live || s.state != ScheduleState::kStarted) continue;
+        std::uint32_t integ = cat_.connections[s.connection].integration;
+        if (only != kNone && integ != only) continue;
+        items.push_back(
+            Item{s.next_slot, cat_.FrequencyOf(s), s.anchor, integ, (s.flags & kHinted) != 0});
+      }
+    }
+    for (const Item& it : items) {
+      if (per.size() <= it.integration) per.resize(it.integration + 1);
+      std::vector<std::uint64_t>& counts = per[it.integration];
+      if (counts.empty()) counts.assign(minutes, 0);
+      std::int64_t t = it.next;
+      if (it.hinted) {
+        if (t <= end) ++counts[static_cast<std::size_t>((std::max(t, start) - start) / 60000)];
+        t = NextSlotAfter(it.anchor, it.freq, t);
+      }
+      for (; t <= end; t += it.freq) {
+        ++counts[static_cast<std::size_t>((std::max(t, start) - start) / 60000)];
       }
     }
   }
+  std::lock_guard lock(mu_);
   // Caps: runs beyond a cap's capacity per minute move to the following minutes.
   double mean_ms = metrics_.run_duration_seconds.count
                        ? 1000.0 * metrics_.run_duration_seconds.sum /
@@ -322,7 +380,7 @@ Result<std::vector<ForecastMinute>> EngineCore::Forecast(Millis horizon,
   std::vector<std::uint64_t> total(minutes, 0);
   for (std::uint32_t i = 0; i < per.size(); ++i) {
     if (per[i].empty()) continue;
-    apply_cap(per[i], cat_.integrations[i].max_concurrency);
+    if (i < cat_.integrations.size()) apply_cap(per[i], cat_.integrations[i].max_concurrency);
     for (std::size_t m = 0; m < minutes; ++m) total[m] += per[i][m];
   }
   apply_cap(total, options_.max_concurrent_runs);

@@ -2,6 +2,8 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
+#include <string>
 #include <vector>
 
 #include "syncsched/types.h"
@@ -12,6 +14,30 @@ namespace syncsched::core {
 inline std::int64_t NextSlotAfter(std::int64_t anchor, std::int64_t freq, std::int64_t t) {
   if (t < anchor) return anchor;
   return anchor + ((t - anchor) / freq + 1) * freq;
+}
+
+// The longest duration the engine accepts for a timeout, heartbeat or retry backoff (366 days):
+// far beyond any sync, and far from overflowing time arithmetic in milliseconds or nanoseconds.
+inline constexpr Millis kMaxDuration = std::chrono::hours(24 * 366);
+
+// Deadlines are clamped here before they reach a clock (~292 years of nanoseconds overflow
+// std::chrono::steady_clock): about 100 years after the epoch of the engine's clock.
+inline constexpr std::int64_t kFarFutureMs = std::int64_t{100} * 366 * 24 * 3600 * 1000;
+
+// a + b for times in milliseconds, saturating instead of overflowing (undefined behaviour).
+inline std::int64_t SatAdd(std::int64_t a, std::int64_t b) {
+  std::int64_t r = 0;
+  if (__builtin_add_overflow(a, b, &r)) {
+    return b > 0 ? std::numeric_limits<std::int64_t>::max()
+                 : std::numeric_limits<std::int64_t>::min();
+  }
+  return r;
+}
+
+// A grid slot's run id, "<schedule uid>-<slot ms>"; off-grid runs (an immediate run, a trigger, a
+// resync, a buffered run) add "-<n>", the schedule's n-th such run (EngineCore::NextRunId).
+inline std::string GridRunId(std::uint64_t uid, std::int64_t slot) {
+  return std::to_string(uid) + "-" + std::to_string(slot);
 }
 
 inline void Observe(Histogram& h, double v) {

@@ -206,6 +206,21 @@ Status CancellationToken::reason() const {
   return state_->reason;
 }
 
+namespace {
+
+// Calls one OnCancel function. An exception it throws is caught and dropped: it must not skip the
+// functions after it, escape a command that has already committed (Pause, DeleteConnection, a
+// full resync), or leave the alarm thread (where it would terminate the process).
+void CallContained(const std::function<void()>& fn) noexcept {
+  if (!fn) return;
+  try {
+    fn();
+  } catch (...) {  // dropped: nothing the cancelling thread could do with it
+  }
+}
+
+}  // namespace
+
 void CancellationToken::OnCancel(std::function<void()> fn) const {
   {
     std::lock_guard lock(state_->mu);
@@ -214,7 +229,7 @@ void CancellationToken::OnCancel(std::function<void()> fn) const {
       return;
     }
   }
-  fn();
+  CallContained(fn);
 }
 
 bool CancellationToken::Cancel(Status reason) const {
@@ -227,7 +242,7 @@ bool CancellationToken::Cancel(Status reason) const {
     state_->flag.store(true, std::memory_order_release);
     fns.swap(state_->on_cancel);
   }
-  for (auto& fn : fns) fn();
+  for (const auto& fn : fns) CallContained(fn);
   return true;
 }
 

@@ -3,9 +3,11 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 #include "core/engine_access.h"
 #include "core/engine_test_util.h"
+#include "core/fault_store.h"
 #include "store/sqlite_store.h"
 
 namespace syncsched::testing {
@@ -25,12 +27,18 @@ class DurableEngine : public EngineHarness {
   }
   // Closes the engine (runs in flight stay unfinished, as at a crash) and opens it again with
   // timers held, registers the callbacks, then releases the timers.
-  void Reopen() {
+  void Reopen(Options o = {}) {
     engine.reset();
-    Options o;
     o.database_path = path_;
     o.hold_timers = true;
-    Open(o);
+    o.clock = &clock;
+    o.executor = io.get_executor();
+    o.run_executor = io.get_executor();
+    plan = std::make_shared<FaultPlan>();  // counts commits; a test may set a fault
+    auto e = internal::EngineAccess::OpenWrapped(o, WrapWith(plan));
+    ASSERT_TRUE(e.ok()) << e.status();
+    engine = std::move(e).value();
+    t0 = clock.Now();
     for (const char* sync : {"issues", "prs"}) {
       ASSERT_TRUE(engine->RegisterAsyncCallback("github", sync, Recorder()).ok());
     }
@@ -44,7 +52,28 @@ class DurableEngine : public EngineHarness {
       ASSERT_TRUE(engine->DefineSync("github", d).ok());
     }
   }
+  // Every store commit the next command makes fails (kFail) or is the crash (kCrash).
+  void FailNextCommit(FaultPlan::Mode mode = FaultPlan::Mode::kFail) {
+    plan->mode = mode;
+    plan->at = plan->commits.load() + 1;
+  }
+  // Defines `sync` (not auto-started, every hour, the given retry policy).
+  void DefineOne(const std::string& sync, bool auto_start = false, int retry_max = 0) {
+    SyncDefinition d;
+    d.name = sync;
+    d.frequency = "every 1h";
+    d.auto_start = auto_start;
+    d.retry.max = retry_max;
+    d.retry.backoff = 1min;
+    ASSERT_TRUE(engine->DefineSync("github", d).ok());
+  }
+  std::size_t CallsOf(const std::string& connection) const {
+    std::size_t n = 0;
+    for (const Call& c : calls) n += c.ctx.key.connection == connection;
+    return n;
+  }
   std::string dir_, path_;
+  std::shared_ptr<FaultPlan> plan;
 };
 
 TEST_F(DurableEngine, StateSurvivesARestartAndGridsContinue) {
@@ -165,7 +194,7 @@ TEST_F(DurableEngine, ACommandThatFailsToCommitChangesNothingInMemory) {
   DefineBoth();
   engine->ReleaseTimers();
   ASSERT_TRUE(engine->AddConnection("github", "acme").ok());
-  store::Store& store = internal::EngineAccess::StoreOf(*engine);
+  store::Store& store = static_cast<FaultStore&>(internal::EngineAccess::StoreOf(*engine)).inner();
   auto pages = store::internal::PageCountForTest(store);
   ASSERT_TRUE(pages.ok()) << pages.status();
   ASSERT_TRUE(store::internal::SetMaxPageCountForTest(store, *pages).ok());  // the disk is full
@@ -270,6 +299,299 @@ TEST_F(DurableEngine, AFileThatIsNotADatabaseIsRefusedAndNotOverwritten) {
   ASSERT_FALSE(e.ok());
   EXPECT_NE(e.status().message().find(bad), std::string::npos) << e.status();
   EXPECT_EQ(std::filesystem::file_size(bad), size);
+}
+
+// ---- Issue 9: whatever a command acknowledged survives a restart (one regression test each) ----
+
+// Item 1: a trigger whose run waits for a cap is acknowledged; it runs once after a restart.
+TEST_F(DurableEngine, ATriggerWaitingForACapRunsOnceAfterARestart) {
+  DefineOne("issues");
+  ASSERT_TRUE(engine->SetIntegrationLimits("github", {.max_concurrency = 1}).ok());
+  ASSERT_TRUE(engine->AddConnection("github", "a").ok());
+  ASSERT_TRUE(engine->AddConnection("github", "b").ok());
+  engine->ReleaseTimers();
+  auto_complete = false;
+  ASSERT_TRUE(engine->Trigger(T("github", "a"), RunMode::kIncremental).ok());
+  auto r = engine->Trigger(T("github", "b", {{"issues"}}), RunMode::kIncremental);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->Count(Outcome::kTriggered), 1u);
+  Settle();
+  ASSERT_EQ(calls.size(), 1u);
+  ASSERT_TRUE(StatusOf("github", "b", "issues").waiting_since.has_value());
+  Reopen();  // a clean close: a's run is in flight, b's waits
+  calls.clear();
+  auto_complete = true;
+  engine->ReleaseTimers();
+  Settle();
+  EXPECT_EQ(CallsOf("b"), 1u) << "the acknowledged trigger ran once";
+  EXPECT_EQ(CallsOf("a"), 0u) << "a's run was interrupted, not run again";
+  ScheduleStatus b = StatusOf("github", "b", "issues");
+  EXPECT_EQ(b.runs, 1u);
+  EXPECT_EQ(b.failures, 0u) << "the waiting run is not 'interrupted': it had never started";
+  EXPECT_NE(StatusOf("github", "a", "issues").last_error.find("interrupted"), std::string::npos);
+  Run(10h);
+  EXPECT_EQ(CallsOf("b"), 1u) << "paused schedules: nothing more";
+}
+
+// Item 2: a full resync acknowledged while a run is in flight follows it, across a restart.
+TEST_F(DurableEngine, AFullResyncPendingBehindARunHappensAfterARestart) {
+  DefineOne("issues");
+  ASSERT_TRUE(engine->AddConnection("github", "a").ok());
+  engine->ReleaseTimers();
+  auto_complete = false;
+  ASSERT_TRUE(engine->Trigger(T("github", "a"), RunMode::kIncremental).ok());
+  Settle();
+  auto r = engine->Trigger(T("github", "a"), RunMode::kFullResync);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->Count(Outcome::kTriggered), 1u);
+  Reopen();  // the cancelled run never answered
+  calls.clear();
+  engine->ReleaseTimers();
+  Settle();
+  ASSERT_EQ(calls.size(), 1u) << "the full resync ran after the restart";
+  EXPECT_EQ(calls[0].ctx.mode, RunMode::kFullResync);
+  Finish(0);
+  Run(10h);
+  EXPECT_EQ(calls.size(), 1u);
+}
+
+// Item 3: a start whose immediate run waits for a cap keeps that run across a restart, and reads
+// as waiting, not as a failed "interrupted" run.
+TEST_F(DurableEngine, AStartWhoseImmediateRunWaitsKeepsItAcrossARestart) {
+  DefineOne("issues");
+  ASSERT_TRUE(engine->SetIntegrationLimits("github", {.max_concurrency = 1}).ok());
+  ASSERT_TRUE(engine->AddConnection("github", "a").ok());
+  ASSERT_TRUE(engine->AddConnection("github", "b").ok());
+  engine->ReleaseTimers();
+  auto_complete = false;
+  ASSERT_TRUE(engine->Start(T("github", "a")).ok());
+  const TimePoint started = clock.Now();
+  ASSERT_TRUE(engine->Start(T("github", "b")).ok());
+  Settle();
+  ASSERT_EQ(calls.size(), 1u);
+  Reopen();
+  ScheduleStatus b = StatusOf("github", "b", "issues");
+  EXPECT_EQ(b.failures, 0u);
+  EXPECT_EQ(b.runs, 0u);
+  EXPECT_TRUE(b.waiting_since.has_value());
+  EXPECT_EQ(b.next_run, started + 1h) << "the grid is the start's";
+  calls.clear();
+  auto_complete = true;
+  engine->ReleaseTimers();
+  Settle();
+  ASSERT_EQ(CallsOf("b"), 1u) << "the immediate run happened after the restart";
+  for (const Call& c : calls) {
+    if (c.ctx.key.connection == "b") {
+      EXPECT_EQ(c.ctx.slot, started);
+    }
+  }
+}
+
+// Item 4: creating a schedule that auto-starts commits once: the schedule with its first run.
+TEST_F(DurableEngine, CreationCommitsTheScheduleAndItsFirstRunInOneTransaction) {
+  DefineOne("issues", /*auto_start=*/true);
+  engine->ReleaseTimers();
+  auto_complete = false;
+  std::uint64_t before = plan->commits.load();
+  ASSERT_TRUE(engine->AddConnection("github", "a").ok());
+  EXPECT_EQ(plan->commits.load(), before + 1) << "one commit for the command";
+  before = plan->commits.load();
+  ASSERT_TRUE(engine->CreateVariant({"github", "a", "issues", "v1"}).ok());
+  EXPECT_EQ(plan->commits.load(), before + 1);
+  // The crash at the creation's commit: nothing of it survives, and the caller heard an error.
+  FailNextCommit(FaultPlan::Mode::kCrash);
+  EXPECT_FALSE(engine->AddConnection("github", "b").ok());
+  Reopen();
+  EXPECT_TRUE(engine->GetStatus(T("github", "b")).status().IsNotFound());
+  ScheduleStatus a = StatusOf("github", "a", "issues");
+  EXPECT_EQ(a.state, ScheduleState::kStarted);
+  EXPECT_EQ(a.runs, 1u) << "its first run was recorded with it (interrupted by the close)";
+}
+
+TEST_F(DurableEngine, AFailedCreationLeavesNothingInMemory) {
+  DefineOne("issues", /*auto_start=*/true);
+  engine->ReleaseTimers();
+  FailNextCommit();
+  EXPECT_TRUE(engine->AddConnection("github", "a").IsUnavailable());
+  Settle();
+  EXPECT_TRUE(calls.empty()) << "no run of an unacknowledged creation";
+  EXPECT_TRUE(engine->GetStatus(T("github", "a")).status().IsNotFound());
+  EXPECT_EQ(engine->GetMetrics().schedules_started, 0u);
+  ASSERT_TRUE(engine->AddConnection("github", "a").ok()) << "the fault was transient";
+  FailNextCommit();
+  SyncDefinition d;
+  d.name = "prs";
+  d.frequency = "every 2h";
+  EXPECT_TRUE(engine->DefineSync("github", d).IsUnavailable());
+  EXPECT_TRUE(engine->GetStatus(T("github", "a", {{"prs"}})).status().IsNotFound());
+  FailNextCommit();
+  EXPECT_TRUE(engine->DefineSync("gitlab", d).IsUnavailable());
+  EXPECT_TRUE(engine->GetStatus(T("gitlab", std::nullopt)).status().IsNotFound())
+      << "the integration the failed definition created is gone";
+  Settle();
+  EXPECT_EQ(calls.size(), 1u) << "only a's acknowledged first run";
+}
+
+// Item 8: a redefinition whose commit fails leaves every schedule exactly as it was: hints,
+// spread anchors and overdue slots included.
+TEST_F(DurableEngine, AFailedRedefinitionRestoresEverySchedulesState) {
+  SyncDefinition d;
+  d.name = "issues";
+  d.frequency = "every 1h";
+  d.auto_start = true;
+  ASSERT_TRUE(engine->DefineSync("github", d).ok());
+  d.name = "prs";
+  d.spread = true;
+  ASSERT_TRUE(engine->DefineSync("github", d).ok());
+  engine->ReleaseTimers();
+  auto_complete = false;
+  ASSERT_TRUE(engine->AddConnection("github", "a").ok());
+  Settle();
+  for (Call& c : calls) {
+    if (c.ctx.key.sync == "issues") {
+      c.finished = true;
+      RunReport report = RunReport::Success();
+      report.next_run_in = 17min;  // a hint: off the grid
+      c.done(std::move(report));
+    }
+  }
+  Settle();
+  Run(5min);
+  auto before = engine->GetStatus(T("github", "a"));
+  ASSERT_TRUE(before.ok());
+  FailNextCommit();
+  d.frequency = "every 2h";
+  EXPECT_TRUE(engine->DefineSync("github", d).IsUnavailable());
+  d.name = "issues";
+  d.spread = false;
+  FailNextCommit();
+  EXPECT_TRUE(engine->DefineSync("github", d).IsUnavailable());
+  auto after = engine->GetStatus(T("github", "a"));
+  ASSERT_TRUE(after.ok());
+  ASSERT_EQ(after->size(), before->size());
+  for (std::size_t i = 0; i < after->size(); ++i) {
+    SCOPED_TRACE((*after)[i].key.sync);
+    EXPECT_EQ((*after)[i].next_run, (*before)[i].next_run);
+    EXPECT_EQ((*after)[i].frequency, (*before)[i].frequency);
+    EXPECT_EQ((*after)[i].status, (*before)[i].status);
+    EXPECT_EQ((*after)[i].decisions.size(), (*before)[i].decisions.size());
+  }
+  Run(12min);  // to the hint: it still fires
+  EXPECT_EQ(calls.back().ctx.key.sync, "issues");
+  EXPECT_EQ(calls.back().at, t0 + 17min);
+}
+
+// Item 9: a schedule paused while waiting for a cap and queued again goes to the back.
+TEST_F(DurableEngine, AWaitQueuedAgainGoesToTheBackOfTheQueue) {
+  DefineOne("issues");
+  ASSERT_TRUE(engine->SetIntegrationLimits("github", {.max_concurrency = 1}).ok());
+  for (const char* c : {"a", "b", "c"}) ASSERT_TRUE(engine->AddConnection("github", c).ok());
+  engine->ReleaseTimers();
+  auto_complete = false;
+  ASSERT_TRUE(engine->Start(T("github", "a")).ok());
+  ASSERT_TRUE(engine->Start(T("github", "b")).ok());
+  Run(1min);
+  ASSERT_TRUE(engine->Start(T("github", "c")).ok());
+  ASSERT_TRUE(engine->Pause(T("github", "b")).ok());
+  ASSERT_TRUE(engine->Start(T("github", "b")).ok());  // waits again, behind c
+  Settle();
+  ASSERT_EQ(calls.size(), 1u);
+  Finish(0);
+  ASSERT_EQ(calls.size(), 2u);
+  EXPECT_EQ(calls[1].ctx.key.connection, "c");
+  Finish(1);
+  ASSERT_EQ(calls.size(), 3u);
+  EXPECT_EQ(calls[2].ctx.key.connection, "b");
+}
+
+// Run ids are idempotency keys: never reused, even when the clock reads an instant again after a
+// restart (a trigger's suffix used to restart at 1).
+TEST_F(DurableEngine, RunIdsAreNeverReusedAcrossRestartsAtTheSameInstant) {
+  DefineOne("issues");
+  ASSERT_TRUE(engine->AddConnection("github", "a").ok());
+  engine->ReleaseTimers();
+  std::set<std::string> ids;
+  for (int life = 0; life < 3; ++life) {
+    ASSERT_TRUE(engine->Trigger(T("github", "a"), RunMode::kIncremental).ok());
+    Settle();
+    ASSERT_TRUE(engine->Start(T("github", "a")).ok());  // the immediate run
+    Settle();
+    ASSERT_TRUE(engine->Pause(T("github", "a")).ok());
+    ASSERT_TRUE(engine->Start(T("github", "a")).ok());  // again, in the same millisecond
+    Settle();
+    ASSERT_TRUE(engine->Pause(T("github", "a")).ok());
+    Reopen();  // the virtual clock has not moved
+    engine->ReleaseTimers();
+  }
+  EXPECT_EQ(calls.size(), 9u);
+  for (const Call& c : calls) EXPECT_TRUE(ids.insert(c.ctx.run_id).second) << c.ctx.run_id;
+}
+
+// Item 5: the heartbeat a callback keeps is safe to call after the engine is gone.
+TEST(EngineLifetime, AHeartbeatAfterTheEngineIsDestroyedDoesNothing) {
+  boost::asio::io_context io;
+  Options o;  // the engine's own SystemClock: it dies with the engine
+  o.executor = io.get_executor();
+  o.run_executor = io.get_executor();
+  auto engine = Engine::Open(o).value();
+  std::function<void()> heartbeat;
+  ASSERT_TRUE(engine
+                  ->RegisterCallback("github", "issues",
+                                     [&](const RunContext& ctx) {
+                                       heartbeat = ctx.heartbeat;
+                                       return RunReport::Success();
+                                     })
+                  .ok());
+  SyncDefinition d;
+  d.name = "issues";
+  d.frequency = "every 1h";
+  ASSERT_TRUE(engine->DefineSync("github", d).ok());
+  ASSERT_TRUE(engine->AddConnection("github", "a").ok());
+  while (!heartbeat && io.run_one() > 0) {
+  }
+  ASSERT_TRUE(heartbeat);
+  engine.reset();
+  heartbeat();  // under ASan a use of the freed clock would abort here
+  io.poll();
+}
+
+// Item 6: durations are bounded (the error names the field); retry backoff saturates.
+TEST_F(DurableEngine, DurationsAreBoundedAndNamed) {
+  SyncDefinition d;
+  d.name = "issues";
+  d.frequency = "every 1h";
+  d.timeout = Millis::max();
+  Status s = engine->DefineSync("github", d);
+  EXPECT_TRUE(s.IsInvalidArgument());
+  EXPECT_NE(s.message().find("timeout"), std::string::npos) << s;
+  d.timeout.reset();
+  d.heartbeat_timeout = Millis::max();
+  s = engine->DefineSync("github", d);
+  EXPECT_NE(s.message().find("heartbeat_timeout"), std::string::npos) << s;
+  d.heartbeat_timeout.reset();
+  d.retry.max = 3;
+  d.retry.backoff = Millis::max();
+  s = engine->DefineSync("github", d);
+  EXPECT_NE(s.message().find("retry.backoff"), std::string::npos) << s;
+  Options o;
+  o.default_run_timeout = Millis::max();
+  auto bad = Engine::Open(o);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("default_run_timeout"), std::string::npos);
+  // The largest backoff accepted, at the 100th attempt: no overflow, the retry is dropped.
+  d.retry.max = 100;
+  d.retry.backoff = std::chrono::hours(24 * 366);
+  d.frequency = "every 31d";
+  ASSERT_TRUE(engine->DefineSync("github", d).ok()) << "a year's backoff is accepted";
+  ASSERT_TRUE(engine->AddConnection("github", "a").ok());
+  engine->ReleaseTimers();
+  auto_complete = false;
+  ASSERT_TRUE(engine->Start(T("github", "a")).ok());
+  Settle();
+  ASSERT_EQ(calls.size(), 1u);
+  Finish(0, RunReport::Failure("503"));
+  EXPECT_FALSE(StatusOf("github", "a", "issues").next_retry.has_value())
+      << "a retry beyond the next slot is dropped";
 }
 
 }  // namespace

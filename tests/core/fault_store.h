@@ -40,6 +40,9 @@ class FaultStore : public store::Store {
 
   Result<store::Snapshot> Load() override { return inner_->Load(); }
 
+  // The wrapped store (for its own test hooks).
+  store::Store& inner() { return *inner_; }
+
   Status Commit(const store::Batch& batch) override {
     std::lock_guard lock(mu_);
     if (plan_->crashed.load()) return Status::Unavailable("fault injection: the process crashed");

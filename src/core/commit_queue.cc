@@ -34,6 +34,19 @@ void KeepLast(std::vector<Row>& rows, KeyFn key) {
   rows.swap(out);
 }
 
+// Appends `from` to `to`, keeping the last version of each schedule row. Finished runs are not
+// deduplicated: each takes its own place in the history.
+void MergeInto(store::Batch& to, store::Batch& from) {
+  Append(to.syncs, from.syncs);
+  Append(to.integrations, from.integrations);
+  Append(to.connections_added, from.connections_added);
+  Append(to.connections_deleted, from.connections_deleted);
+  Append(to.schedules_deleted, from.schedules_deleted);
+  Append(to.schedules, from.schedules);
+  Append(to.runs, from.runs);
+  KeepLast(to.schedules, [](const store::ScheduleRow& r) { return r.uid; });
+}
+
 }  // namespace
 
 CommitQueue::CommitQueue(store::Store& store, ReleaseFn release)
@@ -73,8 +86,10 @@ Status CommitQueue::Wait(const Ticket& ticket) {
   return ticket->result;
 }
 
-Status CommitQueue::Commit(store::Batch batch, std::vector<RunPtr> runs) {
-  return Wait(Submit(std::move(batch), std::move(runs)));
+Status CommitQueue::Commit(store::Batch batch) {
+  auto waiter = std::make_shared<CommitWaiter>();
+  Push(Item{std::move(batch), {}, waiter, /*command=*/true});
+  return Wait(waiter);
 }
 
 void CommitQueue::Stop() {
@@ -94,8 +109,12 @@ void CommitQueue::Loop() {
     {
       std::unique_lock lock(mu_);
       cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
-      if (queue_.empty()) {  // stopping, and everything is committed
+      if (queue_.empty()) {  // stopping, and everything queued is committed
         exited_ = true;
+        lock.unlock();
+        std::lock_guard store_lock(store_mu_);
+        store::Batch none;
+        if (!carry_.empty()) (void)CommitWithCarry(none, false);  // a last try
         return;
       }
       items.swap(queue_);
@@ -111,31 +130,22 @@ void CommitQueue::Loop() {
 void CommitQueue::CommitItems(std::vector<Item>& items) {
   std::size_t begin = 0;
   while (begin < items.size()) {
-    // A group: from `begin` up to (not including) the next item with deletions.
+    // A group: from `begin` up to (not including) the next item with deletions or a command's;
+    // a command's item is a group of its own.
     std::size_t end = begin + 1;
-    while (end < items.size() && !HasDeletions(items[end].batch)) ++end;
-
+    if (!items[begin].command) {
+      while (end < items.size() && !items[end].command && !HasDeletions(items[end].batch)) ++end;
+    }
     Status status;
     if (end - begin == 1) {
-      status = store_.Commit(items[begin].batch);
+      status = CommitWithCarry(items[begin].batch, items[begin].command);
     } else {
       store::Batch merged;
-      for (std::size_t i = begin; i < end; ++i) {
-        store::Batch& b = items[i].batch;
-        Append(merged.syncs, b.syncs);
-        Append(merged.integrations, b.integrations);
-        Append(merged.connections_added, b.connections_added);
-        Append(merged.connections_deleted, b.connections_deleted);
-        Append(merged.schedules_deleted, b.schedules_deleted);
-        Append(merged.schedules, b.schedules);
-        Append(merged.runs, b.runs);
-      }
-      KeepLast(merged.schedules, [](const store::ScheduleRow& r) { return r.uid; });
-      // Finished runs are not deduplicated: each takes its own place in the history.
-      status = store_.Commit(merged);
-      // A failed group fails each of its items: their commands report the error (and changed
-      // nothing), their runs are recorded as errors instead of being called.
+      for (std::size_t i = begin; i < end; ++i) MergeInto(merged, items[i].batch);
+      status = CommitWithCarry(merged, /*command=*/false);
     }
+    // A failed group fails each of its items: a command reports the error (and changed nothing);
+    // runs are recorded as errors instead of being called; the rows are carried.
     for (std::size_t i = begin; i < end; ++i) {
       if (!items[i].runs.empty()) release_(std::move(items[i].runs), status);
       if (items[i].waiter) {
@@ -147,6 +157,25 @@ void CommitQueue::CommitItems(std::vector<Item>& items) {
     }
     begin = end;
   }
+}
+
+Status CommitQueue::CommitWithCarry(store::Batch& batch, bool command) {
+  if (carry_.empty()) {
+    Status status = store_.Commit(batch);
+    if (!status.ok() && !command) carry_ = std::move(batch);
+    return status;
+  }
+  if (command) {
+    store::Batch merged = carry_;  // a copy: a failed command must not take the carry with it
+    MergeInto(merged, batch);
+    Status status = store_.Commit(merged);
+    if (status.ok()) carry_.clear();
+    return status;
+  }
+  MergeInto(carry_, batch);  // the carried rows first: newer versions of a row win
+  Status status = store_.Commit(carry_);
+  if (status.ok()) carry_.clear();
+  return status;
 }
 
 }  // namespace syncsched::core

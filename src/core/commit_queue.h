@@ -51,8 +51,9 @@ class CommitQueue {
   Ticket Submit(store::Batch batch, std::vector<RunPtr> runs = {});
   // Waits until the item of `ticket` is committed; returns the commit's status.
   Status Wait(const Ticket& ticket);
-  // Queues `batch` and waits until it is committed: Wait(Submit(...)).
-  Status Commit(store::Batch batch, std::vector<RunPtr> runs = {});
+  // A command's batch: queued as a group of its own and waited for. On error nothing of it is
+  // written and it is not retried (the command rolls back).
+  Status Commit(store::Batch batch);
   // Commits what is queued and stops the writer. Later calls commit on the caller's thread.
   void Stop();
 
@@ -60,12 +61,16 @@ class CommitQueue {
   struct Item {
     store::Batch batch;
     std::vector<RunPtr> runs;
-    Ticket waiter;  // when someone waits (Submit): the writer sets its result
+    Ticket waiter;         // when someone waits (Submit): the writer sets its result
+    bool command = false;  // Commit: a group of its own, never carried
   };
   // Queues `item` for the writer, or commits it on this thread once the writer has exited.
   void Push(Item item);
   void Loop();
   void CommitItems(std::vector<Item>& items);  // with store_mu_ held
+  // Commits `batch` after the carried rows; on failure of a group that is not a command's, the
+  // whole merged batch becomes the carry. With store_mu_ held.
+  Status CommitWithCarry(store::Batch& batch, bool command);
   static bool HasDeletions(const store::Batch& b) {
     return !b.connections_deleted.empty() || !b.schedules_deleted.empty();
   }
@@ -79,6 +84,7 @@ class CommitQueue {
   bool stop_ = false;
   bool exited_ = false;  // the writer thread has drained the queue and returned
   std::mutex store_mu_;  // serializes the store between the writer and after-stop commits
+  store::Batch carry_;   // applied in memory, not yet committed (under store_mu_)
   std::thread thread_;
 };
 

@@ -459,12 +459,17 @@ TEST_F(DurableEngine, AFailedRedefinitionRestoresEverySchedulesState) {
   Run(5min);
   auto before = engine->GetStatus(T("github", "a"));
   ASSERT_TRUE(before.ok());
-  FailNextCommit();
+  auto fail_definition = [&] {
+    plan->fired = false;
+    plan->mode = FaultPlan::Mode::kFail;
+    plan->match = [](const store::Batch& b) { return !b.syncs.empty(); };
+  };
+  fail_definition();
   d.frequency = "every 2h";
   EXPECT_TRUE(engine->DefineSync("github", d).IsUnavailable());
   d.name = "issues";
   d.spread = false;
-  FailNextCommit();
+  fail_definition();
   EXPECT_TRUE(engine->DefineSync("github", d).IsUnavailable());
   auto after = engine->GetStatus(T("github", "a"));
   ASSERT_TRUE(after.ok());

@@ -15,6 +15,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 
@@ -27,6 +28,9 @@ struct FaultPlan {
   enum class Mode { kNone, kFail, kCrash };
   Mode mode = Mode::kNone;
   std::uint64_t at = 0;  // the commit (1-based) that fails or crashes; 0: none
+  // Instead of `at`: the first commit whose batch this accepts (the engine's writer commits
+  // outcomes asynchronously, so a test that wants a command's commit names what it writes).
+  std::function<bool(const store::Batch&)> match;
 
   std::atomic<std::uint64_t> commits{0};  // commits seen (the faulty ones included)
   std::atomic<bool> fired{false};         // the fault happened
@@ -47,7 +51,9 @@ class FaultStore : public store::Store {
     std::lock_guard lock(mu_);
     if (plan_->crashed.load()) return Status::Unavailable("fault injection: the process crashed");
     std::uint64_t n = ++plan_->commits;
-    if (plan_->at != 0 && n == plan_->at) {
+    bool hit = plan_->match ? !plan_->fired.load() && plan_->match(batch)
+                            : plan_->at != 0 && n == plan_->at;
+    if (hit) {
       plan_->fired.store(true);
       if (plan_->mode == FaultPlan::Mode::kCrash) {
         plan_->crashed.store(true);

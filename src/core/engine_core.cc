@@ -339,15 +339,34 @@ Schedule& EngineCore::Touch(Txn& tx, std::uint32_t schedule, bool created) {
     u.created = created;
     if (!created) {
       u.before = s;
-      if (auto it = cat_.details.find(schedule); it != cat_.details.end()) u.detail = it->second;
-      if (auto it = waiting_.find(schedule); it != waiting_.end()) u.waiting = it->second;
-      if (auto it = retry_info_.find(schedule); it != retry_info_.end()) u.retry = it->second;
-      if (slots_.IsArmed(schedule)) u.slot_deadline = slots_.DeadlineOf(schedule);
-      if (s.run != kNone) {
-        u.run = runs_[s.run];
-        u.run_cancel_requested = u.run->cancel_requested;
+      if (slots_.IsArmed(schedule)) {
+        u.slot_armed = true;
+        u.slot_deadline = slots_.DeadlineOf(schedule);
       }
-      if (auto it = decisions_.find(schedule); it != decisions_.end()) u.decisions = it->second;
+      auto extra = [&]() -> UndoExtra& {
+        if (!u.extra) u.extra = std::make_unique<UndoExtra>();
+        return *u.extra;
+      };
+      if (auto it = cat_.details.find(schedule); it != cat_.details.end()) {
+        extra().detail = it->second;
+      }
+      if (s.flags & kWaiting) {
+        if (auto it = waiting_.find(schedule); it != waiting_.end()) extra().waiting = it->second;
+      }
+      if (s.flags & kRetrying) {
+        if (auto it = retry_info_.find(schedule); it != retry_info_.end()) {
+          extra().retry = it->second;
+        }
+      }
+      if (s.run != kNone) {
+        extra().run = runs_[s.run];
+        u.extra->run_cancel_requested = u.extra->run->cancel_requested;
+      }
+      if (!decisions_.empty()) {
+        if (auto it = decisions_.find(schedule); it != decisions_.end()) {
+          extra().decisions = it->second;
+        }
+      }
     }
   }
   s.flags |= kTouched;
@@ -400,7 +419,8 @@ void EngineCore::Rollback(Txn& tx) {
     std::uint32_t idx = tx.touched[i];
     Schedule& s = cat_.schedules[idx];
     if (s.run == kNone) continue;
-    if (tx.undo[i].run && runs_[s.run] == tx.undo[i].run) continue;
+    const Undo& u = tx.undo[i];
+    if (u.extra && u.extra->run && runs_[s.run] == u.extra->run) continue;
     runs_[s.run].reset();
     free_runs_.push_back(s.run);
     deadlines_.Cancel(idx);
@@ -421,38 +441,40 @@ void EngineCore::Rollback(Txn& tx) {
     Schedule& s = cat_.schedules[idx];
     s = u.before;
     s.flags &= static_cast<std::uint8_t>(~kTouched);
-    if (u.detail) {
-      cat_.details[idx] = std::move(*u.detail);
+    UndoExtra none;
+    UndoExtra& x = u.extra ? *u.extra : none;
+    if (x.detail) {
+      cat_.details[idx] = std::move(*x.detail);
     } else {
       cat_.details.erase(idx);
     }
-    if (u.waiting) {
-      waiting_[idx] = *u.waiting;
-      Enqueue(idx, *u.waiting);  // its place by seq; a stale duplicate is skipped
+    if (x.waiting) {
+      waiting_[idx] = *x.waiting;
+      Enqueue(idx, *x.waiting);  // its place by seq; a stale duplicate is skipped
     } else {
       waiting_.erase(idx);
     }
-    if (u.retry) {
-      retries_.Arm(idx, u.retry->due);
-      retry_info_[idx] = std::move(*u.retry);
+    if (x.retry) {
+      retries_.Arm(idx, x.retry->due);
+      retry_info_[idx] = std::move(*x.retry);
     } else {
       retries_.Cancel(idx);
       retry_info_.erase(idx);
     }
-    if (u.slot_deadline) {
-      slots_.Arm(idx, *u.slot_deadline);
+    if (u.slot_armed) {
+      slots_.Arm(idx, u.slot_deadline);
     } else {
       slots_.Cancel(idx);
     }
-    if (u.run) {
-      std::uint32_t place = u.run->table_slot;
-      runs_[place] = u.run;
+    if (x.run) {
+      std::uint32_t place = x.run->table_slot;
+      runs_[place] = x.run;
       free_runs_.erase(std::remove(free_runs_.begin(), free_runs_.end(), place), free_runs_.end());
-      u.run->cancel_requested = u.run_cancel_requested;
-      ArmRunDeadline(idx, *u.run, tx.now);
+      x.run->cancel_requested = x.run_cancel_requested;
+      ArmRunDeadline(idx, *x.run, tx.now);
     }
-    if (u.decisions) {
-      decisions_[idx] = std::move(*u.decisions);
+    if (x.decisions) {
+      decisions_[idx] = std::move(*x.decisions);
     } else {
       decisions_.erase(idx);
     }

@@ -130,18 +130,23 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
     std::size_t head = 0;
   };
   // The before-image of one schedule touched by an undoable transaction: everything a command can
-  // change about it, in memory and in its row.
-  struct Undo {
-    std::uint32_t schedule = kNone;
-    bool created = false;  // created by the transaction: rollback removes it
-    Schedule before;
+  // change about it, in memory and in its row. Compact (~110 bytes) for the common schedule with
+  // no side state: a start of a million schedules keeps a million of these until it commits.
+  struct UndoExtra {
     std::optional<ScheduleDetail> detail;
     std::optional<WaitInfo> waiting;
     std::optional<RetryInfo> retry;
-    std::optional<std::int64_t> slot_deadline;  // armed in slots_
-    RunPtr run;                                 // in flight
+    RunPtr run;  // in flight
     bool run_cancel_requested = false;
     std::optional<DecisionRing> decisions;
+  };
+  struct Undo {
+    std::uint32_t schedule = kNone;
+    bool created = false;  // created by the transaction: rollback removes it
+    bool slot_armed = false;
+    std::int64_t slot_deadline = 0;  // in slots_, when armed
+    Schedule before;
+    std::unique_ptr<UndoExtra> extra;  // null: none of it
   };
   // One engine transaction (see docs/design.md, "One command, one transaction"). Every change to
   // a schedule goes through Touch(), which lists the schedule and, when the transaction is

@@ -2,6 +2,11 @@
 function(syncsched_target_defaults target)
   target_compile_features(${target} PUBLIC cxx_std_20)
   target_compile_options(${target} PRIVATE -Wall -Wextra -Wpedantic)
+  if(CMAKE_CXX_COMPILER_ID MATCHES "Clang")
+    # Clang's static check of the core's lock annotations (src/core/thread_annotations.h). CI
+    # makes it an error (scripts/test.sh, the build-clang tree).
+    target_compile_options(${target} PRIVATE -Wthread-safety)
+  endif()
   if(SYNCSCHED_SANITIZE)
     list(JOIN SYNCSCHED_SANITIZE "," _san)
     target_compile_options(${target} PRIVATE -fsanitize=${_san} -fno-omit-frame-pointer

@@ -3,7 +3,7 @@
 # already installed is skipped, and apt-get runs only when something is missing.
 set -euo pipefail
 
-packages=(build-essential cmake ninja-build pkg-config clang-format
+packages=(build-essential cmake ninja-build pkg-config clang clang-format
           libboost1.81-dev libsqlite3-dev nlohmann-json3-dev
           libgtest-dev libgmock-dev libbenchmark-dev nodejs npm)
 missing=()

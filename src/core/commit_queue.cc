@@ -67,22 +67,22 @@ CommitQueue::Ticket CommitQueue::Submit(store::Batch batch, std::vector<RunPtr> 
 
 void CommitQueue::Push(Item item) {
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     if (!exited_) {  // also while stopping: the writer drains everything queued
       queue_.push_back(std::move(item));
-      cv_.notify_one();
+      cv_.NotifyOne();
       return;
     }
   }
   std::vector<Item> one;
   one.push_back(std::move(item));
-  std::lock_guard store_lock(store_mu_);
+  MutexLock store_lock(store_mu_);
   CommitItems(one);
 }
 
 Status CommitQueue::Wait(const Ticket& ticket) {
-  std::unique_lock lock(mu_);
-  done_cv_.wait(lock, [&] { return ticket->done; });
+  MutexLock lock(mu_);
+  while (!ticket->done) done_cv_.Wait(mu_);
   return ticket->result;
 }
 
@@ -94,11 +94,11 @@ Status CommitQueue::Commit(store::Batch batch) {
 
 void CommitQueue::Stop() {
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     if (stop_) return;
     stop_ = true;
   }
-  cv_.notify_all();
+  cv_.NotifyAll();
   if (thread_.joinable()) thread_.join();
 }
 
@@ -107,12 +107,12 @@ void CommitQueue::Loop() {
   std::vector<Item> items;
   for (;;) {
     {
-      std::unique_lock lock(mu_);
-      cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+      MutexLock lock(mu_);
+      while (!(stop_ || !queue_.empty())) cv_.Wait(mu_);
       if (queue_.empty()) {  // stopping, and everything queued is committed
         exited_ = true;
-        lock.unlock();
-        std::lock_guard store_lock(store_mu_);
+        lock.Unlock();
+        MutexLock store_lock(store_mu_);
         store::Batch none;
         if (!carry_.empty()) (void)CommitWithCarry(none, false);  // a last try
         return;
@@ -120,7 +120,7 @@ void CommitQueue::Loop() {
       items.swap(queue_);
     }
     {
-      std::lock_guard store_lock(store_mu_);
+      MutexLock store_lock(store_mu_);
       CommitItems(items);
     }
     items.clear();
@@ -149,10 +149,10 @@ void CommitQueue::CommitItems(std::vector<Item>& items) {
     for (std::size_t i = begin; i < end; ++i) {
       if (!items[i].runs.empty()) release_(std::move(items[i].runs), status);
       if (items[i].waiter) {
-        std::lock_guard lock(mu_);
+        MutexLock lock(mu_);
         items[i].waiter->result = status;
         items[i].waiter->done = true;
-        done_cv_.notify_all();
+        done_cv_.NotifyAll();
       }
     }
     begin = end;

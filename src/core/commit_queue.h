@@ -15,19 +15,19 @@
 // group gets the error.
 #pragma once
 
-#include <condition_variable>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <thread>
 #include <vector>
 
 #include "core/engine_core.h"
+#include "core/thread_annotations.h"
 #include "store/store.h"
 
 namespace syncsched::core {
 
-// The commit of one queued item, to wait for (under CommitQueue's lock).
+// The commit of one queued item, to wait for (under CommitQueue's lock, CommitQueue::mu_; not
+// annotated: the analysis cannot name another object's mutex from here).
 struct CommitWaiter {
   Status result;
   bool done = false;
@@ -45,17 +45,17 @@ class CommitQueue {
   using Ticket = std::shared_ptr<CommitWaiter>;
 
   // Queues `batch` (and the runs it records) and returns at once.
-  void Enqueue(store::Batch batch, std::vector<RunPtr> runs = {});
+  void Enqueue(store::Batch batch, std::vector<RunPtr> runs = {}) EXCLUDES(mu_, store_mu_);
   // Queues `batch` and returns a ticket that Wait() redeems. Lets a caller queue under the
   // engine's lock, so that items keep the engine's order, and wait for the commit without it.
-  Ticket Submit(store::Batch batch, std::vector<RunPtr> runs = {});
+  Ticket Submit(store::Batch batch, std::vector<RunPtr> runs = {}) EXCLUDES(mu_, store_mu_);
   // Waits until the item of `ticket` is committed; returns the commit's status.
-  Status Wait(const Ticket& ticket);
+  Status Wait(const Ticket& ticket) EXCLUDES(mu_);
   // A command's batch: queued as a group of its own and waited for. On error nothing of it is
   // written and it is not retried (the command rolls back).
-  Status Commit(store::Batch batch);
+  Status Commit(store::Batch batch) EXCLUDES(mu_, store_mu_);
   // Commits what is queued and stops the writer. Later calls commit on the caller's thread.
-  void Stop();
+  void Stop() EXCLUDES(mu_);
 
  private:
   struct Item {
@@ -65,26 +65,31 @@ class CommitQueue {
     bool command = false;  // Commit: a group of its own, never carried
   };
   // Queues `item` for the writer, or commits it on this thread once the writer has exited.
-  void Push(Item item);
-  void Loop();
-  void CommitItems(std::vector<Item>& items);  // with store_mu_ held
+  void Push(Item item) EXCLUDES(mu_, store_mu_);
+  void Loop() EXCLUDES(mu_, store_mu_);
+  // Takes mu_ to complete the items' waiters.
+  void CommitItems(std::vector<Item>& items) REQUIRES(store_mu_) EXCLUDES(mu_);
   // Commits `batch` after the carried rows; on failure of a group that is not a command's, the
-  // whole merged batch becomes the carry. With store_mu_ held.
-  Status CommitWithCarry(store::Batch& batch, bool command);
+  // whole merged batch becomes the carry.
+  Status CommitWithCarry(store::Batch& batch, bool command) REQUIRES(store_mu_);
   static bool HasDeletions(const store::Batch& b) {
     return !b.connections_deleted.empty() || !b.schedules_deleted.empty();
   }
 
+  // Used only with store_mu_ held (CommitWithCarry). Not annotated: a reference member is not
+  // checked by the analysis.
   store::Store& store_;
-  ReleaseFn release_;
-  std::mutex mu_;
-  std::condition_variable cv_;       // work for the writer
-  std::condition_variable done_cv_;  // a waited-for item is done
-  std::vector<Item> queue_;
-  bool stop_ = false;
-  bool exited_ = false;  // the writer thread has drained the queue and returned
-  std::mutex store_mu_;  // serializes the store between the writer and after-stop commits
-  store::Batch carry_;   // applied in memory, not yet committed (under store_mu_)
+  ReleaseFn release_;  // set once
+  Mutex mu_;
+  CondVar cv_;       // work for the writer
+  CondVar done_cv_;  // a waited-for item is done
+  std::vector<Item> queue_ GUARDED_BY(mu_);
+  bool stop_ GUARDED_BY(mu_) = false;
+  bool exited_ GUARDED_BY(mu_) = false;  // the writer thread has drained the queue and returned
+  Mutex store_mu_;  // serializes the store between the writer and after-stop commits
+  store::Batch carry_ GUARDED_BY(store_mu_);  // applied in memory, not yet committed
+  // Started by the constructor, joined by the first Stop (a later one returns before it, by
+  // stop_): not guarded.
   std::thread thread_;
 };
 

@@ -3,9 +3,10 @@
 // timer of the engine, set to the earliest deadline of both wheels.
 //
 // Concurrency: one mutex guards everything here. Commands run on their caller's thread under it;
-// the alarm handler and run completions take it too. Work that calls user code (sync callbacks,
-// OnCancel functions) is collected as Effects under the lock and carried out after it is
-// released, so user code never runs under the lock and may call back into the engine.
+// the alarm handler and run completions take it too. Clang's -Wthread-safety checks it (the
+// GUARDED_BY and REQUIRES annotations below, core/thread_annotations.h). Work that calls user code
+// (sync callbacks, OnCancel functions) is collected as Effects under the lock and carried out after
+// it is released, so user code never runs under the lock and may call back into the engine.
 //
 // Every command follows the same three steps: validate and plan (nothing changes), persist the
 // plan's rows in one store commit (an error here changes nothing), apply it in memory.
@@ -16,7 +17,6 @@
 #include <deque>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <queue>
 #include <thread>
@@ -25,6 +25,7 @@
 #include <boost/asio/io_context.hpp>
 
 #include "core/catalog.h"
+#include "core/thread_annotations.h"
 #include "store/store.h"
 #include "syncsched/engine.h"
 #include "wheel/timer_wheel.h"
@@ -40,7 +41,9 @@ struct RunState {
   std::int64_t dispatched = 0;
   RunMode mode = RunMode::kIncremental;
   int attempt = 1;
-  bool cancel_requested = false;  // under the engine lock
+  // Under the engine lock (EngineCore::mu_; not annotated: the analysis cannot name another
+  // object's mutex from here).
+  bool cancel_requested = false;
   ScheduleKey key;
   std::string run_id;
   CancellationToken token;
@@ -74,30 +77,35 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   // The engine's store (null without a database), for tests' fault hooks.
   store::Store* StoreForTest() { return store_.get(); }
 
-  void Shutdown();
+  // The commands take the lock (and let go of it before they call user code).
+  void Shutdown() EXCLUDES(mu_);
 
-  Status DefineSync(std::string_view integration, const SyncDefinition& sync);
-  Status RegisterCallback(std::string_view integration, std::string_view sync, Callback cb);
-  void SetFallbackCallback(Callback cb);
-  Status AddConnection(std::string_view integration, std::string_view connection);
-  Status DeleteConnection(std::string_view integration, std::string_view connection);
-  Status CreateVariant(const ScheduleKey& key);
-  Status DeleteVariant(const ScheduleKey& key);
-  Result<CommandResult> Start(const Target& target);
-  Result<CommandResult> Pause(const Target& target);
-  Result<CommandResult> Trigger(const Target& target, RunMode mode);
-  Result<std::vector<ScheduleStatus>> GetStatus(const Target& target);
-  Result<Millis> UpdateFrequency(const ScheduleKey& key, std::optional<std::string> frequency);
-  EngineMetrics GetMetrics();
-  void ReleaseTimers();
-  Status SetIntegrationLimits(std::string_view integration, const IntegrationLimits& limits);
+  Status DefineSync(std::string_view integration, const SyncDefinition& sync) EXCLUDES(mu_);
+  Status RegisterCallback(std::string_view integration, std::string_view sync, Callback cb)
+      EXCLUDES(mu_);
+  void SetFallbackCallback(Callback cb) EXCLUDES(mu_);
+  Status AddConnection(std::string_view integration, std::string_view connection) EXCLUDES(mu_);
+  Status DeleteConnection(std::string_view integration, std::string_view connection) EXCLUDES(mu_);
+  Status CreateVariant(const ScheduleKey& key) EXCLUDES(mu_);
+  Status DeleteVariant(const ScheduleKey& key) EXCLUDES(mu_);
+  Result<CommandResult> Start(const Target& target) EXCLUDES(mu_);
+  Result<CommandResult> Pause(const Target& target) EXCLUDES(mu_);
+  Result<CommandResult> Trigger(const Target& target, RunMode mode) EXCLUDES(mu_);
+  Result<std::vector<ScheduleStatus>> GetStatus(const Target& target) EXCLUDES(mu_);
+  Result<Millis> UpdateFrequency(const ScheduleKey& key, std::optional<std::string> frequency)
+      EXCLUDES(mu_);
+  EngineMetrics GetMetrics() EXCLUDES(mu_);
+  void ReleaseTimers() EXCLUDES(mu_);
+  Status SetIntegrationLimits(std::string_view integration, const IntegrationLimits& limits)
+      EXCLUDES(mu_);
   Result<std::vector<ForecastMinute>> Forecast(Millis horizon,
-                                               std::optional<std::string> integration);
+                                               std::optional<std::string> integration)
+      EXCLUDES(mu_);
   Clock& clock() { return *clock_; }
-  std::size_t MemoryBytes();
+  std::size_t MemoryBytes() EXCLUDES(mu_);
 
   // Runs `runs` (on a worker) and records their outcomes under one lock.
-  void ExecuteBatch(std::vector<RunPtr>& runs);
+  void ExecuteBatch(std::vector<RunPtr>& runs) EXCLUDES(mu_);
 
  private:
   // What a committed transaction carries out after the lock is let go: runs to hand to the
@@ -175,91 +183,103 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   };
 
   explicit EngineCore(Options options);
-  Status Init(const StoreWrapper& wrap);
+  Status Init(const StoreWrapper& wrap) NO_THREAD_SAFETY_ANALYSIS;  // see engine_core.cc
   // Rebuilds the state from the store's snapshot (under mu_, during Init).
-  Status Recover(store::Snapshot snapshot);
+  Status Recover(store::Snapshot snapshot) REQUIRES(mu_);
 
   // ---- transactions, under mu_ ----
-  Txn Begin(bool undoable);
+  Txn Begin(bool undoable) REQUIRES(mu_);
   // Lists `schedule` in the transaction (saving its before-image when undoable) and returns it
   // for change. Every mutation of a schedule's state goes through here.
-  Schedule& Touch(Txn& tx, std::uint32_t schedule, bool created = false);
+  Schedule& Touch(Txn& tx, std::uint32_t schedule, bool created = false) REQUIRES(mu_);
   // Adds the touched schedules' rows to tx.batch.
-  void BuildBatch(Txn& tx);
+  void BuildBatch(Txn& tx) REQUIRES(mu_);
   // Commands: commits the transaction and waits for it; on error rolls it back and returns it.
   // On success the caller applies tx.fx after letting go of the lock.
-  Status Commit(Txn& tx);
+  Status Commit(Txn& tx) REQUIRES(mu_);
   // Alarm and completions: queues the transaction (its runs are released to the workers by the
   // writer once committed); returns the ticket to wait on without the lock, or null.
-  std::shared_ptr<CommitWaiter> Queue(Txn& tx);
-  void Rollback(Txn& tx);
+  std::shared_ptr<CommitWaiter> Queue(Txn& tx) REQUIRES(mu_);
+  void Rollback(Txn& tx) REQUIRES(mu_);
   // After a commit: removes deleted schedules and connections, clears the touched marks.
-  void Finish(Txn& tx);
+  void Finish(Txn& tx) REQUIRES(mu_);
 
   // ---- under mu_ ----
+  // The clock's time. Reads only clock_, set once in Init, so it needs no lock: the heartbeat
+  // closure calls it without one.
   std::int64_t NowMs() const;
   // The schedule's row: the whole state a restart needs (full: with its key, for a new row).
-  store::ScheduleRow RowOf(std::uint32_t schedule, bool full) const;
-  std::string NextRunId(Txn& tx, std::uint32_t schedule, std::int64_t slot);
-  void StartSchedule(Txn& tx, std::uint32_t schedule);
+  store::ScheduleRow RowOf(std::uint32_t schedule, bool full) const REQUIRES(mu_);
+  std::string NextRunId(Txn& tx, std::uint32_t schedule, std::int64_t slot) REQUIRES(mu_);
+  void StartSchedule(Txn& tx, std::uint32_t schedule) REQUIRES(mu_);
   void DispatchRun(Txn& tx, std::uint32_t schedule, std::int64_t slot, RunMode mode, bool scheduled,
-                   int attempt, std::string run_id);
+                   int attempt, std::string run_id) REQUIRES(mu_);
   void FinishRun(Txn& tx, const RunPtr& run, const Status& status, std::vector<ModelCounts> counts,
-                 std::optional<Millis> hint = std::nullopt);
+                 std::optional<Millis> hint = std::nullopt) REQUIRES(mu_);
 
   // ---- run policies (engine_policies.cc), under mu_ ----
   // Dispatches now, or queues the run when a concurrency cap is reached. An empty `run_id` gives
   // the run the slot's id (scheduled) or a new off-grid id.
   void TryDispatch(Txn& tx, std::uint32_t schedule, std::int64_t slot, RunMode mode, bool scheduled,
-                   int attempt = 1, std::string run_id = {});
-  bool CapsAllow(std::uint32_t integration) const;
+                   int attempt = 1, std::string run_id = {}) REQUIRES(mu_);
+  bool CapsAllow(std::uint32_t integration) const REQUIRES(mu_);
   // Recovery: queues a run owed since before the restart (a full resync or buffered run that was
   // to follow the crashed run), to go at the first alarm.
-  void TryDispatchLater(Txn& tx, std::uint32_t schedule, RunMode mode);
+  void TryDispatchLater(Txn& tx, std::uint32_t schedule, RunMode mode) REQUIRES(mu_);
   // Dispatches waiting runs while the caps allow, fairly across integrations.
-  void DrainWaiting(Txn& tx);
-  void Enqueue(std::uint32_t schedule, const WaitInfo& w);
-  void DropWaiting(Txn& tx, std::uint32_t schedule);
-  void DropRetry(Txn& tx, std::uint32_t schedule);
+  void DrainWaiting(Txn& tx) REQUIRES(mu_);
+  void Enqueue(std::uint32_t schedule, const WaitInfo& w) REQUIRES(mu_);
+  void DropWaiting(Txn& tx, std::uint32_t schedule) REQUIRES(mu_);
+  void DropRetry(Txn& tx, std::uint32_t schedule) REQUIRES(mu_);
   // After a failed run: arms its retry, unless the policy or the next slot says no.
-  void MaybeRetry(Txn& tx, const RunState& run, const Status& status);
-  void OnRetry(Txn& tx, std::uint32_t schedule);
-  void Decide(std::uint32_t schedule, Reason reason, std::int64_t now, std::string detail = {});
+  void MaybeRetry(Txn& tx, const RunState& run, const Status& status) REQUIRES(mu_);
+  void OnRetry(Txn& tx, std::uint32_t schedule) REQUIRES(mu_);
+  void Decide(std::uint32_t schedule, Reason reason, std::int64_t now, std::string detail = {})
+      REQUIRES(mu_);
   // The first slot of a spread schedule's phase grid at or after `not_before`.
-  std::int64_t SpreadSlot(std::uint32_t schedule, std::int64_t freq, std::int64_t not_before) const;
+  std::int64_t SpreadSlot(std::uint32_t schedule, std::int64_t freq, std::int64_t not_before) const
+      REQUIRES(mu_);
   // The grid of a schedule started at `now`: {anchor, first slot}. With phase spreading it follows
   // the key's phase, its first slot at least half a period after the immediate run; otherwise it
   // is anchored now.
   static std::pair<std::int64_t, std::int64_t> StartGrid(const ScheduleKey& key, bool spread,
                                                          std::int64_t freq, std::int64_t now);
-  void CountInFlight(std::uint32_t schedule, int delta);
-  void AbandonRun(Txn& tx, std::uint32_t schedule, Status reason);
-  void TrimRunTables(std::int64_t now);
-  void CreateSchedule(Txn& tx, std::uint32_t connection, std::uint32_t sync, std::uint32_t variant);
-  void DeleteSchedules(Txn& tx, const std::vector<std::uint32_t>& schedules);
-  void Regrid(Txn& tx, std::uint32_t schedule);
-  void OnSlot(Txn& tx, std::uint32_t schedule, std::int64_t deadline);
-  void OnRunDeadline(Txn& tx, std::uint32_t schedule);
-  void ArmRunDeadline(std::uint32_t schedule, const RunState& run, std::int64_t now);
+  void CountInFlight(std::uint32_t schedule, int delta) REQUIRES(mu_);
+  void AbandonRun(Txn& tx, std::uint32_t schedule, Status reason) REQUIRES(mu_);
+  void TrimRunTables(std::int64_t now) REQUIRES(mu_);
+  void CreateSchedule(Txn& tx, std::uint32_t connection, std::uint32_t sync, std::uint32_t variant)
+      REQUIRES(mu_);
+  void DeleteSchedules(Txn& tx, const std::vector<std::uint32_t>& schedules) REQUIRES(mu_);
+  void Regrid(Txn& tx, std::uint32_t schedule) REQUIRES(mu_);
+  void OnSlot(Txn& tx, std::uint32_t schedule, std::int64_t deadline) REQUIRES(mu_);
+  void OnRunDeadline(Txn& tx, std::uint32_t schedule) REQUIRES(mu_);
+  void ArmRunDeadline(std::uint32_t schedule, const RunState& run, std::int64_t now) REQUIRES(mu_);
   // A run's timeout: the sync's own, else Options::default_run_timeout.
-  std::int64_t TimeoutOf(const SyncInfo& sync) const;
-  void MaybeRearm();
+  std::int64_t TimeoutOf(const SyncInfo& sync) const REQUIRES(mu_);
+  void MaybeRearm() REQUIRES(mu_);
   // A run in flight, as its schedule's row records it.
   static store::RunRow InFlightRow(const RunState& run);
-  ScheduleStatus StatusOf(std::uint32_t schedule) const;
+  ScheduleStatus StatusOf(std::uint32_t schedule) const REQUIRES(mu_);
   std::shared_ptr<const Callback> CallbackFor(std::uint32_t integration,
-                                              std::string_view sync) const;
+                                              std::string_view sync) const REQUIRES(mu_);
 
   // ---- without mu_ ----
-  void OnAlarm();
-  void Apply(Effects& fx);
+  void OnAlarm() EXCLUDES(mu_);
+  // Hands runs to the workers (with no pool, to the run executor) and cancels tokens: either
+  // may run user code, or (a pool after Stop) record runs under the lock.
+  void Apply(Effects& fx) EXCLUDES(mu_);
   // Called by the writer once the rows of `runs` are committed (or failed to be).
-  void Release(std::vector<RunPtr>&& runs, const Status& committed);
+  void Release(std::vector<RunPtr>&& runs, const Status& committed) EXCLUDES(mu_);
   // Runs a synchronous callback, or starts an asynchronous one (returning false: its `done`
   // completes it later).
-  bool Execute(const RunPtr& run, RunOutcome& out);
-  void Complete(std::vector<RunPtr>& runs, std::vector<RunOutcome>& outcomes);
+  bool Execute(const RunPtr& run, RunOutcome& out) EXCLUDES(mu_);
+  void Complete(std::vector<RunPtr>& runs, std::vector<RunOutcome>& outcomes) EXCLUDES(mu_);
 
+  // Not guarded: set by the constructor and Init, before Create returns the engine to anyone,
+  // and only read afterwards (with or without mu_), except that Shutdown joins io_thread_ and
+  // stops pool_ and writer_ (each idempotent and called without mu_). store_'s object is used
+  // under mu_ by the engine (Recover; Commit when there is no writer) and under the writer's own
+  // lock by the writer, never both: not PT_GUARDED_BY(mu_) either.
   Options options_;
   std::unique_ptr<Clock> owned_clock_;
   Clock* clock_ = nullptr;
@@ -269,33 +289,38 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   std::unique_ptr<store::Store> store_;
   std::unique_ptr<CommitQueue> writer_;  // with a store: the one writer (group commit)
 
-  std::mutex mu_;
-  bool shut_down_ = false;
-  bool timers_held_ = false;
-  Catalog cat_;
-  wheel::TimerWheel slots_;      // id: schedule index; deadline: its next slot
-  wheel::TimerWheel deadlines_;  // id: schedule index; deadline: its run's timeout or heartbeat
-  wheel::TimerWheel retries_;    // id: schedule index; deadline: its failed run's retry
-  std::vector<RunPtr> runs_;     // in flight, by table slot
-  std::vector<std::uint32_t> free_runs_;
-  std::unique_ptr<Alarm> alarm_;
-  bool alarm_set_ = false;
-  std::int64_t alarm_at_ = 0;
-  std::uint64_t next_uid_ = 1;
-  std::uint64_t wait_seq_ = 0;  // the last WaitInfo::seq given
-  bool drain_due_ = false;      // recovered runs wait: drain at the next alarm
-  std::unordered_map<std::string, std::shared_ptr<const Callback>> callbacks_;
-  std::shared_ptr<const Callback> fallback_;
-  EngineMetrics metrics_;
-  std::unordered_map<std::uint32_t, WaitInfo> waiting_;  // by schedule (flag kWaiting)
+  Mutex mu_;
+  bool shut_down_ GUARDED_BY(mu_) = false;
+  bool timers_held_ GUARDED_BY(mu_) = false;
+  Catalog cat_ GUARDED_BY(mu_);
+  // The wheels' ids are schedule indexes; deadlines: a schedule's next slot (slots_), its run's
+  // timeout or heartbeat (deadlines_), its failed run's retry (retries_).
+  wheel::TimerWheel slots_ GUARDED_BY(mu_);
+  wheel::TimerWheel deadlines_ GUARDED_BY(mu_);
+  wheel::TimerWheel retries_ GUARDED_BY(mu_);
+  std::vector<RunPtr> runs_ GUARDED_BY(mu_);  // in flight, by table slot
+  std::vector<std::uint32_t> free_runs_ GUARDED_BY(mu_);
+  std::unique_ptr<Alarm> alarm_ GUARDED_BY(mu_);
+  bool alarm_set_ GUARDED_BY(mu_) = false;
+  std::int64_t alarm_at_ GUARDED_BY(mu_) = 0;
+  std::uint64_t next_uid_ GUARDED_BY(mu_) = 1;
+  std::uint64_t wait_seq_ GUARDED_BY(mu_) = 0;  // the last WaitInfo::seq given
+  bool drain_due_ GUARDED_BY(mu_) = false;      // recovered runs wait: drain at the next alarm
+  std::unordered_map<std::string, std::shared_ptr<const Callback>> callbacks_ GUARDED_BY(mu_);
+  std::shared_ptr<const Callback> fallback_ GUARDED_BY(mu_);
+  EngineMetrics metrics_ GUARDED_BY(mu_);
+  // By schedule (flag kWaiting).
+  std::unordered_map<std::uint32_t, WaitInfo> waiting_ GUARDED_BY(mu_);
   // Per integration, the waiting schedules as (seq, schedule), smallest seq on top; an entry
   // whose seq is no longer its schedule's wait is skipped lazily.
   using WaitEntry = std::pair<std::uint64_t, std::uint32_t>;
-  std::vector<std::priority_queue<WaitEntry, std::vector<WaitEntry>, std::greater<>>> wait_queues_;
-  std::unordered_map<std::uint32_t, RetryInfo> retry_info_;  // by schedule (flag kRetrying)
-  std::unordered_map<std::uint32_t, DecisionRing> decisions_;
-  std::uint64_t rng_state_ = 0;
-  std::uint32_t last_served_ = 0;  // the integration DrainWaiting served last
+  std::vector<std::priority_queue<WaitEntry, std::vector<WaitEntry>, std::greater<>>> wait_queues_
+      GUARDED_BY(mu_);
+  // By schedule (flag kRetrying).
+  std::unordered_map<std::uint32_t, RetryInfo> retry_info_ GUARDED_BY(mu_);
+  std::unordered_map<std::uint32_t, DecisionRing> decisions_ GUARDED_BY(mu_);
+  std::uint64_t rng_state_ GUARDED_BY(mu_) = 0;
+  std::uint32_t last_served_ GUARDED_BY(mu_) = 0;  // the integration DrainWaiting served last
 };
 
 }  // namespace syncsched::core

@@ -137,7 +137,7 @@ void EngineCore::DropWaiting(Txn& tx, std::uint32_t schedule) {
 
 void EngineCore::DrainWaiting(Txn& tx) {
   if (metrics_.runs_waiting == 0 || shut_down_) return;
-  auto valid = [&](const WaitEntry& e) {
+  auto valid = [&](const WaitEntry& e) REQUIRES(mu_) {
     const Schedule& s = cat_.schedules[e.second];
     if (!s.live || s.state == ScheduleState::kDeleted || !(s.flags & kWaiting)) return false;
     auto it = waiting_.find(e.second);
@@ -274,7 +274,7 @@ Status EngineCore::SetIntegrationLimits(std::string_view integration,
                                         const IntegrationLimits& limits) {
   Effects fx;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     if (shut_down_) return Status::FailedPrecondition("the engine is shut down");
     std::uint32_t integ = cat_.FindIntegration(integration);
     if (integ == kNone) {
@@ -314,7 +314,7 @@ Result<std::vector<ForecastMinute>> EngineCore::Forecast(Millis horizon,
   std::uint32_t only = kNone;
   std::int64_t now = 0;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     if (integration) {
       only = cat_.FindIntegration(*integration);
       if (only == kNone) {
@@ -332,7 +332,7 @@ Result<std::vector<ForecastMinute>> EngineCore::Forecast(Millis horizon,
   for (std::uint32_t from = 0;; from += kSlice) {
     items.clear();
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       if (from >= cat_.schedules.size()) break;
       std::uint32_t to =
           static_cast<std::uint32_t>(std::min<std::size_t>(cat_.schedules.size(), from + kSlice));
@@ -359,7 +359,7 @@ Result<std::vector<ForecastMinute>> EngineCore::Forecast(Millis horizon,
       }
     }
   }
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   // Caps: runs beyond a cap's capacity per minute move to the following minutes.
   double mean_ms = metrics_.run_duration_seconds.count
                        ? 1000.0 * metrics_.run_duration_seconds.sum /

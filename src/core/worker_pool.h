@@ -7,15 +7,14 @@
 #include <pthread.h>
 
 #include <algorithm>
-#include <condition_variable>
 #include <cstddef>
 #include <deque>
 #include <functional>
-#include <mutex>
 #include <thread>
 #include <vector>
 
 #include "core/engine_core.h"
+#include "core/thread_annotations.h"
 
 namespace syncsched::core {
 
@@ -33,10 +32,10 @@ class WorkerPool {
   }
   ~WorkerPool() { Stop(); }
 
-  void Push(std::vector<RunPtr>&& runs) {
+  void Push(std::vector<RunPtr>&& runs) EXCLUDES(mu_) {
     std::size_t n = runs.size();
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       if (!stop_) {
         for (RunPtr& r : runs) queue_.push_back(std::move(r));
         runs.clear();
@@ -47,31 +46,31 @@ class WorkerPool {
       return;
     }
     if (n == 1) {
-      cv_.notify_one();
+      cv_.NotifyOne();
     } else {
-      cv_.notify_all();
+      cv_.NotifyAll();
     }
   }
 
-  std::size_t Waiting() {
-    std::lock_guard lock(mu_);
+  std::size_t Waiting() EXCLUDES(mu_) {
+    MutexLock lock(mu_);
     return queue_.size();
   }
 
   // Lets the workers finish the runs they hold, drops the queued ones (cancelled through their
   // tokens by the engine) and joins. Idempotent.
-  void Stop() {
+  void Stop() EXCLUDES(mu_) {
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       stop_ = true;
     }
-    cv_.notify_all();
+    cv_.NotifyAll();
     for (auto& t : threads_) {
       if (t.joinable()) t.join();
     }
     std::deque<RunPtr> dropped;
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       dropped.swap(queue_);
     }
     if (!dropped.empty()) {
@@ -81,12 +80,12 @@ class WorkerPool {
   }
 
  private:
-  void Loop() {
+  void Loop() EXCLUDES(mu_) {
     std::vector<RunPtr> batch;
     for (;;) {
       {
-        std::unique_lock lock(mu_);
-        cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+        MutexLock lock(mu_);
+        while (!(stop_ || !queue_.empty())) cv_.Wait(mu_);
         if (stop_) return;
         std::size_t take = std::clamp<std::size_t>(queue_.size() / (2 * threads_.size()), 1, 64);
         for (std::size_t i = 0; i < take; ++i) {
@@ -99,11 +98,14 @@ class WorkerPool {
     }
   }
 
-  BatchFn fn_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<RunPtr> queue_;
-  bool stop_ = false;
+  BatchFn fn_;  // set once
+  Mutex mu_;
+  CondVar cv_;
+  std::deque<RunPtr> queue_ GUARDED_BY(mu_);
+  bool stop_ GUARDED_BY(mu_) = false;
+  // Not guarded: filled by the constructor (a worker reads its size only once Push has given it
+  // work, after the constructor), joined by Stop, which the engine calls from one thread at a
+  // time (Shutdown, then the destructor).
   std::vector<std::thread> threads_;
 };
 

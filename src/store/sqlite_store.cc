@@ -1,6 +1,6 @@
 // The SQLite store.
 //
-// Schema (version 3; `PRAGMA user_version` holds the version, kMigrations lists the steps):
+// Schema (version 4; `PRAGMA user_version` holds the version, kMigrations lists the steps):
 // - meta(key, value): named integers. `max_uid`, the largest schedule uid ever issued, lives here
 //   rather than being derived from max(schedules.uid), because deleting every schedule must not
 //   let a uid be issued twice; `history_kept` is the history_per_schedule the history was last
@@ -14,6 +14,16 @@
 //   run_id '' when none): the dispatch of a run rewrites its schedule's row anyway (next slot,
 //   counters), so recording the run there costs no extra row, and Load finds the runs in flight at
 //   a crash in the rows it reads anyway.
+//   Since version 4 the row also holds every other run the schedule owes: `run_seq` (INTEGER, the
+//   off-grid run ids issued) and `owed` (BLOB or NULL): the pending mode and the waiting and retry
+//   runs (ScheduleRow::pending, waiting, retry) in the compact encoding of EncodeOwed below, NULL
+//   when all three are empty. One nullable column rather than fifteen (pending, and seven fields
+//   for each of the two runs): the engine rewrites a schedule's row at every dispatch and outcome,
+//   and a schedule almost never owes anything, so the common row binds and stores one NULL (one
+//   record-header byte, no body) instead of fifteen zeros and empty strings; the rare row that
+//   owes a run pays for an encoding of ~40 bytes. Nothing queries inside `owed`, so a column per
+//   field would buy nothing. A value Load cannot decode is corruption (INTERNAL, naming the
+//   schedule uid).
 // - history(id INTEGER PRIMARY KEY, schedule_uid, run_id, ...): the finished runs. A fixed ring of
 //   places per schedule: id = uid * 1024 + place, place = (run number - 1) % history_per_schedule
 //   for the last runs, and place 1023 for the last failed run. A finished run is one INSERT OR
@@ -59,9 +69,11 @@
 #include <cstring>
 #include <iterator>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <thread>
+#include <type_traits>
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
@@ -212,6 +224,15 @@ DROP TABLE runs;
 INSERT INTO meta(key, value) VALUES ('history_kept', 20);
 )sql",
      {"meta", "syncs", "connections", "schedules", "integrations", "history"}},
+    // 4: every run a schedule owes is in its row: the off-grid run ids issued (run_seq) and the
+    // pending mode, waiting run and retry (owed, NULL: none; see EncodeOwed). Adding columns with
+    // constant defaults rewrites no row: existing schedules read 0 and NULL (nothing owed).
+    {4,
+     R"sql(
+ALTER TABLE schedules ADD COLUMN run_seq INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE schedules ADD COLUMN owed BLOB;
+)sql",
+     {"meta", "syncs", "connections", "schedules", "integrations", "history"}},
 };
 
 // History places per schedule: ids uid * kPlaces + place. The last place holds the last failure.
@@ -246,9 +267,9 @@ constexpr std::string_view kUpsertSchedule = R"sql(
 INSERT INTO schedules(uid, integration, connection, sync, variant, state, anchor_ms,
                       frequency_override_ms, next_slot_ms, runs, failures, skipped, last_start_ms,
                       last_finish_ms, last_ok, last_error, run_id, run_slot_ms, run_mode,
-                      run_attempt, run_started_ms)
+                      run_attempt, run_started_ms, run_seq, owed)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20,
-        ?21)
+        ?21, ?22, ?23)
 ON CONFLICT (uid) DO UPDATE SET
   state = excluded.state, anchor_ms = excluded.anchor_ms,
   frequency_override_ms = excluded.frequency_override_ms, next_slot_ms = excluded.next_slot_ms,
@@ -256,7 +277,8 @@ ON CONFLICT (uid) DO UPDATE SET
   last_start_ms = excluded.last_start_ms, last_finish_ms = excluded.last_finish_ms,
   last_ok = excluded.last_ok, last_error = excluded.last_error, run_id = excluded.run_id,
   run_slot_ms = excluded.run_slot_ms, run_mode = excluded.run_mode,
-  run_attempt = excluded.run_attempt, run_started_ms = excluded.run_started_ms)sql";
+  run_attempt = excluded.run_attempt, run_started_ms = excluded.run_started_ms,
+  run_seq = excluded.run_seq, owed = excluded.owed)sql";
 
 // The same for a row known to exist (its uid is at most the committed max_uid): no key columns to
 // bind and no conflict to detect. A row it does not find is written by kUpsertSchedule.
@@ -265,7 +287,7 @@ UPDATE schedules SET
   state = ?6, anchor_ms = ?7, frequency_override_ms = ?8, next_slot_ms = ?9, runs = ?10,
   failures = ?11, skipped = ?12, last_start_ms = ?13, last_finish_ms = ?14, last_ok = ?15,
   last_error = ?16, run_id = ?17, run_slot_ms = ?18, run_mode = ?19, run_attempt = ?20,
-  run_started_ms = ?21
+  run_started_ms = ?21, run_seq = ?22, owed = ?23
 WHERE uid = ?1)sql";
 
 constexpr std::string_view kDeleteSchedule = "DELETE FROM schedules WHERE uid = ?1";
@@ -279,6 +301,172 @@ VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10))sql";
 
 constexpr std::string_view kSetMaxUid = "UPDATE meta SET value = ?1 WHERE key = 'max_uid'";
 constexpr std::string_view kGetMaxUid = "SELECT value FROM meta WHERE key = 'max_uid'";
+
+// The parameters of the statements above, by number (names[i - 1] is ?i), for bind errors.
+constexpr const char* kSyncParameters[] = {"integration",          "name",       "frequency_text",
+                                           "frequency_ms",         "auto_start", "timeout_ms",
+                                           "heartbeat_timeout_ms", "policy"};
+constexpr const char* kIntegrationParameters[] = {"integration", "max_concurrency"};
+constexpr const char* kConnectionParameters[] = {"integration", "connection"};
+constexpr const char* kScheduleParameters[] = {"uid",
+                                               "integration",
+                                               "connection",
+                                               "sync",
+                                               "variant",
+                                               "state",
+                                               "anchor_ms",
+                                               "frequency_override_ms",
+                                               "next_slot_ms",
+                                               "runs",
+                                               "failures",
+                                               "skipped",
+                                               "last_start_ms",
+                                               "last_finish_ms",
+                                               "last_ok",
+                                               "last_error",
+                                               "run_id",
+                                               "run_slot_ms",
+                                               "run_mode",
+                                               "run_attempt",
+                                               "run_started_ms",
+                                               "run_seq",
+                                               "owed"};
+constexpr const char* kUidParameters[] = {"uid"};
+constexpr const char* kHistoryRangeParameters[] = {"first history id", "last history id"};
+constexpr const char* kHistoryParameters[] = {"id",   "schedule_uid", "run_id",     "slot_ms",
+                                              "mode", "attempt",      "started_ms", "finished_ms",
+                                              "ok",   "error"};
+constexpr const char* kMaxUidParameters[] = {"max_uid"};
+
+// ---- The owed column (schema v4) ----
+//
+// A schedule's pending mode and its waiting and retry runs (store.h), NULL when it owes nothing
+// (OwesNothing), else a BLOB, integers little-endian:
+//   byte 0       format, 1
+//   byte 1       pending
+//   byte 2       which runs follow: bit 0 waiting, bit 1 retry (no other bit)
+//   then waiting, then retry, each when its bit is set:
+//     u32 length of run_id (at least 1), run_id's bytes, i64 slot_ms, u8 mode, i32 attempt,
+//     i64 at_ms, u64 seq, u8 scheduled (0 or 1)
+//   and nothing after.
+// Anything else is malformed, and Load reports it as corruption. A new format gets a new first
+// byte; the store keeps reading the old ones.
+constexpr std::uint8_t kOwedFormat = 1;
+constexpr std::uint8_t kOwedWaiting = 1;
+constexpr std::uint8_t kOwedRetry = 2;
+
+bool OwesNothing(const ScheduleRow& r) {
+  return r.pending == 0 && r.waiting.empty() && r.retry.empty();
+}
+
+template <typename T>
+void PutLittleEndian(T value, std::string* out) {
+  auto bits = static_cast<std::make_unsigned_t<T>>(value);
+  for (std::size_t i = 0; i < sizeof(T); ++i) {
+    out->push_back(static_cast<char>(static_cast<unsigned char>(bits >> (8 * i))));
+  }
+}
+
+// Replaces `*out` with the encoding of `r`'s owed runs. `r` must owe something.
+void EncodeOwed(const ScheduleRow& r, std::string* out) {
+  out->clear();
+  out->push_back(static_cast<char>(kOwedFormat));
+  out->push_back(static_cast<char>(r.pending));
+  out->push_back(static_cast<char>((r.waiting.empty() ? 0 : kOwedWaiting) |
+                                   (r.retry.empty() ? 0 : kOwedRetry)));
+  for (const OwedRun* run : {&r.waiting, &r.retry}) {
+    if (run->empty()) continue;
+    // A run id of 4 GiB or more cannot be written anyway: SQLite refuses to bind a blob above
+    // its length limit (at most 2 GiB).
+    PutLittleEndian(static_cast<std::uint32_t>(run->run_id.size()), out);
+    out->append(run->run_id);
+    PutLittleEndian(run->slot_ms, out);
+    PutLittleEndian(run->mode, out);
+    PutLittleEndian(run->attempt, out);
+    PutLittleEndian(run->at_ms, out);
+    PutLittleEndian(run->seq, out);
+    PutLittleEndian(static_cast<std::uint8_t>(run->scheduled ? 1 : 0), out);
+  }
+}
+
+// Reads an encoding of EncodeOwed, front to back; a read past the end fails the whole value.
+class OwedReader {
+ public:
+  explicit OwedReader(std::string_view bytes) : bytes_(bytes) {}
+
+  template <typename T>
+  bool Get(T* value) {
+    if (bytes_.size() < sizeof(T)) return false;
+    std::make_unsigned_t<T> bits = 0;
+    for (std::size_t i = 0; i < sizeof(T); ++i) {
+      bits |= static_cast<std::make_unsigned_t<T>>(static_cast<unsigned char>(bytes_[i]))
+              << (8 * i);
+    }
+    bytes_.remove_prefix(sizeof(T));
+    *value = static_cast<T>(bits);
+    return true;
+  }
+  bool GetBytes(std::size_t n, std::string* value) {
+    if (bytes_.size() < n) return false;
+    value->assign(bytes_.substr(0, n));
+    bytes_.remove_prefix(n);
+    return true;
+  }
+  std::size_t left() const { return bytes_.size(); }
+
+ private:
+  std::string_view bytes_;
+};
+
+// Decodes `bytes` (an EncodeOwed value) into `r`'s pending, waiting and retry. On a malformed
+// value returns false with `*why` saying what is wrong.
+bool DecodeOwed(std::string_view bytes, ScheduleRow* r, std::string* why) {
+  OwedReader in(bytes);
+  std::uint8_t format = 0, flags = 0;
+  if (!in.Get(&format)) {
+    *why = "empty";
+    return false;
+  }
+  if (format != kOwedFormat) {
+    *why = "unknown format " + std::to_string(format);
+    return false;
+  }
+  if (!in.Get(&r->pending) || !in.Get(&flags)) {
+    *why = "truncated";
+    return false;
+  }
+  if ((flags & ~(kOwedWaiting | kOwedRetry)) != 0) {
+    *why = "unknown flags " + std::to_string(flags);
+    return false;
+  }
+  for (auto [bit, run] : {std::pair{kOwedWaiting, &r->waiting}, std::pair{kOwedRetry, &r->retry}}) {
+    *run = OwedRun{};
+    if ((flags & bit) == 0) continue;
+    const char* name = bit == kOwedWaiting ? "the waiting run" : "the retry";
+    std::uint32_t id_size = 0;
+    std::uint8_t scheduled = 0;
+    if (!in.Get(&id_size) || !in.GetBytes(id_size, &run->run_id) || !in.Get(&run->slot_ms) ||
+        !in.Get(&run->mode) || !in.Get(&run->attempt) || !in.Get(&run->at_ms) ||
+        !in.Get(&run->seq) || !in.Get(&scheduled)) {
+      *why = std::string(name) + " is truncated";
+      return false;
+    }
+    if (id_size == 0) {
+      *why = std::string(name) + " has an empty run id";
+      return false;
+    }
+    if (scheduled > 1) {
+      *why = std::string(name) + " has scheduled = " + std::to_string(scheduled);
+      return false;
+    }
+    run->scheduled = scheduled == 1;
+  }
+  if (in.left() != 0) {
+    *why = std::to_string(in.left()) + " bytes after its end";
+    return false;
+  }
+  return true;
+}
 
 std::string Quoted(const std::string& path) { return "database file '" + path + "'"; }
 
@@ -454,6 +642,8 @@ class SqliteStore final : public Store {
 
   Status SetMaxPageCount(std::int64_t pages);
   Result<std::int64_t> PageCount();
+  void FailNextRollback() { fail_next_rollback_ = true; }
+  void SetLengthLimit(int bytes) { sqlite3_limit(db_.get(), SQLITE_LIMIT_LENGTH, bytes); }
 
  private:
   static constexpr std::uint32_t kUnknownCount = UINT32_MAX;
@@ -465,15 +655,29 @@ class SqliteStore final : public Store {
     int rc = db_.Exec(sql);
     return rc == SQLITE_OK ? Status::Ok() : Error(rc, context);
   }
-  // Steps a write statement once and resets it. `describe` names the row, for errors only.
+  // Steps a write statement once, after its binds (refused, naming the row and the parameter,
+  // when one failed), and resets it. `describe` names the row, for errors only.
   template <typename Describe>
-  Status Write(Stmt& stmt, int bind_rc, const Describe& describe) {
+  Status Write(Stmt& stmt, const Describe& describe) {
     ResetGuard guard(stmt);
-    if (bind_rc != SQLITE_OK) return Error(bind_rc, describe());
+    if (Stmt::BindFailure failed = stmt.TakeBindFailure(); failed.code != SQLITE_OK) {
+      return SqliteStatus(failed.code, options_.path, describe(),
+                          "cannot bind " + stmt.ParameterName(failed.index) + " (parameter " +
+                              std::to_string(failed.index) + "): " + sqlite3_errstr(failed.code));
+    }
     int rc = stmt.Step();
     if (rc == SQLITE_DONE || rc == SQLITE_ROW) return Status::Ok();
     return Error(rc, describe());
   }
+  // After a failed Commit (`committing`) or Load: ends the transaction, unless SQLite has ended
+  // it already, and returns `cause` saying so. When ROLLBACK fails, the connection may still be
+  // inside the transaction: the store is broken from then on (Broken()), and the result says so.
+  Status RollBack(Status cause, bool committing);
+  // A transaction of Open (which fails, closing the connection, on any error): ends it and
+  // returns `result`, or the failure of ROLLBACK added to it.
+  Status EndOpenTransaction(Status result);
+  // What Commit and Load return once a ROLLBACK has failed.
+  Status Broken() const;
 
   Status Inspect(int* version);
   Status Configure();
@@ -496,6 +700,10 @@ class SqliteStore final : public Store {
   Stmt put_history_, set_max_uid_;
 
   std::uint64_t max_uid_ = 0;  // as committed
+  std::string owed_;           // the owed value of the schedule row being written (reused)
+  // Empty while the store is usable; else why it is not (a ROLLBACK that failed).
+  std::string broken_;
+  bool fail_next_rollback_ = false;  // FailNextRollbackForTest
 };
 
 Status SqliteStore::Open() {
@@ -534,10 +742,15 @@ Status SqliteStore::Open() {
       SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE,
       &error);
   if (rc != SQLITE_OK) return SqliteStatus(rc, path, "cannot be opened", error);
-  sqlite3_extended_result_codes(db_.get(), 1);
-  if (wal_has_frames) sqlite3_db_config(db_.get(), SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
+  rc = sqlite3_extended_result_codes(db_.get(), 1);
+  if (rc != SQLITE_OK) return Error(rc, "cannot enable extended result codes");
+  if (wal_has_frames) {
+    rc = sqlite3_db_config(db_.get(), SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
+    if (rc != SQLITE_OK) return Error(rc, "cannot keep its write-ahead log from a checkpoint");
+  }
   // We own the file; only a tool reading it at the same moment could make us wait.
-  sqlite3_busy_timeout(db_.get(), 2000);
+  rc = sqlite3_busy_timeout(db_.get(), 2000);
+  if (rc != SQLITE_OK) return Error(rc, "cannot set the busy timeout");
 
   int version = 0;
   Status s = Inspect(&version);
@@ -553,7 +766,8 @@ Status SqliteStore::Open() {
   max_uid_ = *max_uid;
   s = TrimHistory();
   if (!s.ok()) return s;
-  sqlite3_db_config(db_.get(), SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 0, nullptr);
+  rc = sqlite3_db_config(db_.get(), SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 0, nullptr);
+  if (rc != SQLITE_OK) return Error(rc, "cannot re-enable the checkpoint on close");
   return Status::Ok();
 }
 
@@ -574,10 +788,7 @@ Status SqliteStore::Inspect(int* version) {
   const std::string& path = options_.path;
   Status s = Exec("BEGIN", "cannot begin reading");
   if (!s.ok()) return s;
-  auto finish = [&](Status result) {
-    db_.Exec("ROLLBACK");
-    return result;
-  };
+  auto finish = [&](Status result) { return EndOpenTransaction(std::move(result)); };
   Stmt stmt;
   int rc = db_.Prepare("PRAGMA user_version", &stmt);
   if (rc != SQLITE_OK) return finish(Error(rc, "reading the schema version"));
@@ -594,6 +805,7 @@ Status SqliteStore::Inspect(int* version) {
     ++objects;
     if (stmt.Text(0) == "table") tables.insert(stmt.Text(1));
   }
+  if (rc == SQLITE_DONE && stmt.ColumnFailed()) rc = SQLITE_NOMEM;
   if (rc != SQLITE_DONE) return finish(Error(rc, "reading the schema"));
   stmt = Stmt();
 
@@ -630,6 +842,7 @@ Status SqliteStore::Inspect(int* version) {
     rc = stmt.Step();
     if (rc != SQLITE_ROW) return finish(Error(rc, "checking integrity"));
     std::string verdict = stmt.Text(0);
+    if (stmt.ColumnFailed()) return finish(Error(SQLITE_NOMEM, "checking integrity"));
     if (verdict != "ok") {
       return finish(Status::Internal(
           Quoted(path) + " is not a syncsched database or is corrupt (quick_check: " + verdict +
@@ -652,7 +865,9 @@ Status SqliteStore::Configure() {
     if (rc != SQLITE_OK) return Error(rc, "cannot switch to WAL mode");
     rc = stmt.Step();
     if (rc != SQLITE_ROW) return Error(rc, "cannot switch to WAL mode");
-    if (std::string mode = stmt.Text(0); mode != "wal") {
+    std::string mode = stmt.Text(0);
+    if (stmt.ColumnFailed()) return Error(SQLITE_NOMEM, "cannot switch to WAL mode");
+    if (mode != "wal") {
       return Status::Unavailable(
           Quoted(options_.path) +
           ": cannot switch to WAL mode (the file system gave journal mode '" + mode + "')");
@@ -694,32 +909,35 @@ Status SqliteStore::Migrate(int from_version) {
       s = Exec(set_version.c_str(), context);
     }
     if (s.ok()) s = Exec("COMMIT", context);
-    if (!s.ok()) {
-      if (sqlite3_get_autocommit(db_.get()) == 0) db_.Exec("ROLLBACK");
-      return s;
-    }
+    if (!s.ok()) return EndOpenTransaction(std::move(s));
   }
   return Status::Ok();
 }
 
 Status SqliteStore::PrepareStatements() {
-  const std::pair<Stmt*, std::string_view> statements[] = {
-      {&begin_, "BEGIN IMMEDIATE"},
-      {&commit_, "COMMIT"},
-      {&rollback_, "ROLLBACK"},
-      {&upsert_sync_, kUpsertSync},
-      {&upsert_integration_, kUpsertIntegration},
-      {&insert_connection_, kInsertConnection},
-      {&delete_connection_, kDeleteConnection},
-      {&upsert_schedule_, kUpsertSchedule},
-      {&update_schedule_, kUpdateSchedule},
-      {&delete_schedule_, kDeleteSchedule},
-      {&delete_history_of_schedule_, kDeleteHistoryOfSchedule},
-      {&put_history_, kPutHistory},
-      {&set_max_uid_, kSetMaxUid},
+  struct Statement {
+    Stmt* stmt;
+    std::string_view sql;
+    std::span<const char* const> parameters;
   };
-  for (const auto& [stmt, sql] : statements) {
+  const Statement statements[] = {
+      {&begin_, "BEGIN IMMEDIATE", {}},
+      {&commit_, "COMMIT", {}},
+      {&rollback_, "ROLLBACK", {}},
+      {&upsert_sync_, kUpsertSync, kSyncParameters},
+      {&upsert_integration_, kUpsertIntegration, kIntegrationParameters},
+      {&insert_connection_, kInsertConnection, kConnectionParameters},
+      {&delete_connection_, kDeleteConnection, kConnectionParameters},
+      {&upsert_schedule_, kUpsertSchedule, kScheduleParameters},
+      {&update_schedule_, kUpdateSchedule, kScheduleParameters},
+      {&delete_schedule_, kDeleteSchedule, kUidParameters},
+      {&delete_history_of_schedule_, kDeleteHistoryOfSchedule, kHistoryRangeParameters},
+      {&put_history_, kPutHistory, kHistoryParameters},
+      {&set_max_uid_, kSetMaxUid, kMaxUidParameters},
+  };
+  for (const auto& [stmt, sql, parameters] : statements) {
     int rc = db_.Prepare(sql, stmt);
+    stmt->SetParameterNames(parameters);
     // A statement that does not compile against the file's tables means the schema is not ours.
     if (rc != SQLITE_OK) {
       int primary = rc & 0xff;
@@ -755,18 +973,22 @@ Result<std::uint64_t> SqliteStore::ReadMaxUid() {
 }
 
 Result<Snapshot> SqliteStore::Load() {
+  if (!broken_.empty()) return Broken();
   Status s = Exec("BEGIN", "cannot begin reading");
   if (!s.ok()) return s;
   auto fail = [&](Status status) -> Result<Snapshot> {
-    db_.Exec("ROLLBACK");
-    return status;
+    return RollBack(std::move(status), /*committing=*/false);
   };
-  // Runs `sql`, calling `row` for each row.
+  // Runs `sql`, calling `row` for each row; `row` returns a Status (not OK: stop, and fail).
   auto read = [&](std::string_view sql, std::string_view what, const auto& row) -> Status {
     Stmt stmt;
     int rc = db_.Prepare(sql, &stmt);
     if (rc != SQLITE_OK) return Error(rc, what);
-    while ((rc = stmt.Step()) == SQLITE_ROW) row(stmt);
+    while ((rc = stmt.Step()) == SQLITE_ROW) {
+      Status row_status = row(stmt);
+      if (!row_status.ok()) return row_status;
+      if (stmt.ColumnFailed()) return Error(SQLITE_NOMEM, what);
+    }
     return rc == SQLITE_DONE ? Status::Ok() : Error(rc, what);
   };
 
@@ -774,7 +996,7 @@ Result<Snapshot> SqliteStore::Load() {
   s = read(
       "SELECT integration, name, frequency_text, frequency_ms, auto_start, timeout_ms, "
       "heartbeat_timeout_ms, policy FROM syncs",
-      "reading syncs", [&](const Stmt& r) {
+      "reading syncs", [&](Stmt& r) {
         SyncRow& row = snap.syncs.emplace_back();
         row.integration = r.Text(0);
         row.name = r.Text(1);
@@ -784,25 +1006,30 @@ Result<Snapshot> SqliteStore::Load() {
         row.timeout_ms = r.Int(5);
         row.heartbeat_timeout_ms = r.Int(6);
         row.policy = r.Text(7);
+        return Status::Ok();
       });
   if (!s.ok()) return fail(s);
   s = read("SELECT integration, max_concurrency FROM integrations", "reading integrations",
-           [&](const Stmt& r) {
+           [&](Stmt& r) {
+             std::string integration = r.Text(0);
              snap.integrations.push_back(
-                 IntegrationRow{r.Text(0), static_cast<std::uint64_t>(r.Int(1))});
+                 IntegrationRow{std::move(integration), static_cast<std::uint64_t>(r.Int(1))});
+             return Status::Ok();
            });
   if (!s.ok()) return fail(s);
-  s = read("SELECT integration, connection FROM connections", "reading connections",
-           [&](const Stmt& r) {
-             snap.connections.push_back(ConnectionRow{r.Text(0), r.Text(1)});
-           });
+  s = read("SELECT integration, connection FROM connections", "reading connections", [&](Stmt& r) {
+    std::string integration = r.Text(0);
+    snap.connections.push_back(ConnectionRow{std::move(integration), r.Text(1)});
+    return Status::Ok();
+  });
   if (!s.ok()) return fail(s);
+  std::string why;
   s = read(
       "SELECT uid, integration, connection, sync, variant, state, anchor_ms, "
       "frequency_override_ms, next_slot_ms, runs, failures, skipped, last_start_ms, "
       "last_finish_ms, last_ok, last_error, run_id, run_slot_ms, run_mode, run_attempt, "
-      "run_started_ms FROM schedules ORDER BY uid",
-      "reading schedules", [&](const Stmt& r) {
+      "run_started_ms, run_seq, owed FROM schedules ORDER BY uid",
+      "reading schedules", [&](Stmt& r) {
         ScheduleRow& row = snap.schedules.emplace_back();
         row.uid = r.U64(0);
         row.integration = r.Text(1);
@@ -820,15 +1047,31 @@ Result<Snapshot> SqliteStore::Load() {
         row.last_finish_ms = r.Int(13);
         row.last_ok = static_cast<std::int8_t>(r.Int(14));
         row.last_error = r.Text(15);
+        row.run_seq = r.U64(21);
+        if (int type = r.Type(22); type == SQLITE_BLOB) {
+          std::string_view owed = r.Blob(22);
+          if (!r.ColumnFailed() && !DecodeOwed(owed, &row, &why)) {
+            return Status::Internal(Quoted(options_.path) +
+                                    " is not a syncsched database or is corrupt (schedule uid " +
+                                    std::to_string(row.uid) +
+                                    ": its owed value is malformed: " + why + ")");
+          }
+        } else if (type != SQLITE_NULL) {
+          return Status::Internal(
+              Quoted(options_.path) + " is not a syncsched database or is corrupt (schedule uid " +
+              std::to_string(row.uid) + ": its owed value is not a BLOB but of SQLite type " +
+              std::to_string(type) + ")");
+        }
         RunRow& run = row.in_flight;
         run.run_id = r.Text(16);
-        if (run.run_id.empty()) return;
+        if (run.run_id.empty()) return Status::Ok();
         run.schedule_uid = row.uid;
         run.slot_ms = r.Int(17);
         run.mode = static_cast<std::uint8_t>(r.Int(18));
         run.attempt = static_cast<std::int32_t>(r.Int(19));
         run.started_ms = r.Int(20);
         snap.unfinished_runs.push_back(run);
+        return Status::Ok();
       });
   if (!s.ok()) return fail(s);
   auto max_uid = ReadMaxUid();
@@ -840,6 +1083,7 @@ Result<Snapshot> SqliteStore::Load() {
 }
 
 Status SqliteStore::Commit(const Batch& batch) {
+  if (!broken_.empty()) return Broken();
   if (batch.empty()) return Status::Ok();
   int rc = begin_.Step();
   begin_.Reset();
@@ -851,45 +1095,93 @@ Status SqliteStore::Commit(const Batch& batch) {
     if (rc != SQLITE_DONE) s = Error(rc, "commit failed");
     commit_.Reset();
   }
-  if (!s.ok()) {
-    if (sqlite3_get_autocommit(db_.get()) == 0) {
-      rollback_.Step();
-      rollback_.Reset();
-    }
-    return Status(s.code(), s.message() + " (the batch was rolled back; nothing of it is applied)");
-  }
+  if (!s.ok()) return RollBack(std::move(s), /*committing=*/true);
   max_uid_ = max_uid;
   return Status::Ok();
+}
+
+Status SqliteStore::RollBack(Status cause, bool committing) {
+  auto rolled_back = [&] {
+    return committing ? Status(cause.code(), cause.message() +
+                                                 " (the batch was rolled back; nothing of it is "
+                                                 "applied)")
+                      : std::move(cause);
+  };
+  // SQLite ends the transaction itself after some errors (a full disk, an I/O error).
+  if (sqlite3_get_autocommit(db_.get()) != 0) return rolled_back();
+  int rc = SQLITE_DONE;
+  std::string detail;
+  if (fail_next_rollback_) {
+    fail_next_rollback_ = false;
+    rc = SQLITE_IOERR;
+    detail = std::string(sqlite3_errstr(rc)) + " (injected by FailNextRollbackForTest)";
+  } else {
+    rc = rollback_.Step();
+    if (rc != SQLITE_DONE) detail = db_.ErrorMessage();
+    rollback_.Reset();
+  }
+  if (rc == SQLITE_DONE) return rolled_back();
+  broken_ = "after a failed " + std::string(committing ? "commit" : "load") +
+            ", ROLLBACK failed too (" + detail + ")";
+  return Status::Internal(
+      cause.message() + "; then ROLLBACK failed too (" + detail +
+      "), so the connection may still be inside that transaction: this store refuses every "
+      "further Commit and Load; destroy it and open the file again (closing the connection "
+      "discards the transaction" +
+      (committing ? ", so nothing of the batch is applied)" : ")"));
+}
+
+Status SqliteStore::EndOpenTransaction(Status result) {
+  if (sqlite3_get_autocommit(db_.get()) != 0) return result;
+  int rc = db_.Exec("ROLLBACK");
+  if (rc == SQLITE_OK) return result;
+  if (result.ok()) return Error(rc, "cannot end a transaction of the open (ROLLBACK failed)");
+  return Status(result.code(),
+                result.message() + "; then ROLLBACK failed too: " + db_.ErrorMessage());
+}
+
+Status SqliteStore::Broken() const {
+  return Status::Internal(Quoted(options_.path) +
+                          ": this store refuses to commit or load: " + broken_ +
+                          ", so its connection may still be inside that transaction; destroy the "
+                          "store and open the file again (closing the connection discards the "
+                          "transaction)");
 }
 
 Status SqliteStore::Apply(const Batch& batch, std::uint64_t* max_uid) {
   Status s;
   for (const SyncRow& r : batch.syncs) {
     Stmt& q = upsert_sync_;
-    int brc = q.BindText(1, r.integration) | q.BindText(2, r.name) |
-              q.BindText(3, r.frequency_text) | q.Bind(4, r.frequency_ms) |
-              q.Bind(5, r.auto_start ? 1 : 0) | q.Bind(6, r.timeout_ms) |
-              q.Bind(7, r.heartbeat_timeout_ms) | q.BindText(8, r.policy);
-    s = Write(q, brc, [&] { return "writing sync " + r.integration + "/" + r.name; });
+    q.BindText(1, r.integration);
+    q.BindText(2, r.name);
+    q.BindText(3, r.frequency_text);
+    q.Bind(4, r.frequency_ms);
+    q.Bind(5, r.auto_start ? 1 : 0);
+    q.Bind(6, r.timeout_ms);
+    q.Bind(7, r.heartbeat_timeout_ms);
+    q.BindText(8, r.policy);
+    s = Write(q, [&] { return "writing sync " + r.integration + "/" + r.name; });
     if (!s.ok()) return s;
   }
   for (const IntegrationRow& r : batch.integrations) {
     Stmt& q = upsert_integration_;
-    int brc =
-        q.BindText(1, r.integration) | q.Bind(2, static_cast<std::int64_t>(r.max_concurrency));
-    s = Write(q, brc, [&] { return "writing integration " + r.integration; });
+    q.BindText(1, r.integration);
+    q.BindU64(2, r.max_concurrency);
+    s = Write(q, [&] { return "writing integration " + r.integration; });
     if (!s.ok()) return s;
   }
   for (const ConnectionRow& r : batch.connections_deleted) {
     Stmt& q = delete_connection_;
-    int brc = q.BindText(1, r.integration) | q.BindText(2, r.connection);
-    s = Write(q, brc, [&] { return "deleting connection " + r.integration + "/" + r.connection; });
+    q.BindText(1, r.integration);
+    q.BindText(2, r.connection);
+    s = Write(q, [&] { return "deleting connection " + r.integration + "/" + r.connection; });
     if (!s.ok()) return s;
   }
   for (const ConnectionRow& r : batch.connections_added) {
     Stmt& q = insert_connection_;
-    int brc = q.BindText(1, r.integration) | q.BindText(2, r.connection);
-    s = Write(q, brc, [&] { return "adding connection " + r.integration + "/" + r.connection; });
+    q.BindText(1, r.integration);
+    q.BindText(2, r.connection);
+    s = Write(q, [&] { return "adding connection " + r.integration + "/" + r.connection; });
     if (!s.ok()) return s;
   }
 
@@ -900,10 +1192,13 @@ Status SqliteStore::Apply(const Batch& batch, std::uint64_t* max_uid) {
     if (uid <= kMaxUid) {  // a larger uid can have no history (see below)
       Stmt& h = delete_history_of_schedule_;
       auto first = static_cast<std::int64_t>(uid) * kPlaces;
-      s = Write(h, h.Bind(1, first) | h.Bind(2, first + kPlaces - 1), describe);
+      h.Bind(1, first);
+      h.Bind(2, first + kPlaces - 1);
+      s = Write(h, describe);
       if (!s.ok()) return s;
     }
-    s = Write(delete_schedule_, delete_schedule_.BindU64(1, uid), describe);
+    delete_schedule_.BindU64(1, uid);
+    s = Write(delete_schedule_, describe);
     if (!s.ok()) return s;
   }
   const bool any_deleted = !deleted.empty();
@@ -918,25 +1213,49 @@ Status SqliteStore::Apply(const Batch& batch, std::uint64_t* max_uid) {
       return what + " (" + r.integration + "/" + r.connection + "/" + r.sync + "/" + r.variant +
              ")";
     };
+    // The common row owes nothing: one NULL, nothing encoded.
+    const bool owes = !OwesNothing(r);
+    if (owes) EncodeOwed(r, &owed_);
     // Binds the columns the update and the upsert share (every column but the key's text).
     auto bind = [&](Stmt& q) {
-      return q.BindU64(1, r.uid) | q.Bind(6, r.state) | q.Bind(7, r.anchor_ms) |
-             q.Bind(8, r.frequency_override_ms) | q.Bind(9, r.next_slot_ms) |
-             q.BindU64(10, r.runs) | q.BindU64(11, r.failures) | q.BindU64(12, r.skipped) |
-             q.Bind(13, r.last_start_ms) | q.Bind(14, r.last_finish_ms) | q.Bind(15, r.last_ok) |
-             q.BindText(16, r.last_error) | q.BindText(17, run.run_id) | q.Bind(18, run.slot_ms) |
-             q.Bind(19, run.mode) | q.Bind(20, run.attempt) | q.Bind(21, run.started_ms);
+      q.BindU64(1, r.uid);
+      q.Bind(6, r.state);
+      q.Bind(7, r.anchor_ms);
+      q.Bind(8, r.frequency_override_ms);
+      q.Bind(9, r.next_slot_ms);
+      q.BindU64(10, r.runs);
+      q.BindU64(11, r.failures);
+      q.BindU64(12, r.skipped);
+      q.Bind(13, r.last_start_ms);
+      q.Bind(14, r.last_finish_ms);
+      q.Bind(15, r.last_ok);
+      q.BindText(16, r.last_error);
+      q.BindText(17, run.run_id);
+      q.Bind(18, run.slot_ms);
+      q.Bind(19, run.mode);
+      q.Bind(20, run.attempt);
+      q.Bind(21, run.started_ms);
+      q.BindU64(22, r.run_seq);
+      if (owes) {
+        q.BindBlob(23, owed_);
+      } else {
+        q.BindNull(23);
+      }
     };
     if (r.update_only || r.uid <= max_uid_) {  // committed before this batch, unless deleted
-      s = Write(update_schedule_, bind(update_schedule_), describe);
+      bind(update_schedule_);
+      s = Write(update_schedule_, describe);
       if (!s.ok()) return s;
       // An update-only row of a deleted schedule writes nothing: deletion wins.
       if (r.update_only || sqlite3_changes64(db_.get()) != 0) continue;
     }
     Stmt& q = upsert_schedule_;
-    int brc = bind(q) | q.BindText(2, r.integration) | q.BindText(3, r.connection) |
-              q.BindText(4, r.sync) | q.BindText(5, r.variant);
-    s = Write(q, brc, describe);
+    bind(q);
+    q.BindText(2, r.integration);
+    q.BindText(3, r.connection);
+    q.BindText(4, r.sync);
+    q.BindText(5, r.variant);
+    s = Write(q, describe);
     if (!s.ok()) return s;
   }
 
@@ -955,11 +1274,17 @@ Status SqliteStore::Apply(const Batch& batch, std::uint64_t* max_uid) {
     auto first = static_cast<std::int64_t>(r.schedule_uid) * kPlaces;
     auto put = [&](std::int64_t place) {
       Stmt& q = put_history_;
-      int brc = q.Bind(1, first + place) | q.BindU64(2, r.schedule_uid) | q.BindText(3, r.run_id) |
-                q.Bind(4, r.slot_ms) | q.Bind(5, r.mode) | q.Bind(6, r.attempt) |
-                q.Bind(7, r.started_ms) | q.Bind(8, r.finished_ms) | q.Bind(9, r.ok) |
-                q.BindText(10, r.error);
-      return Write(q, brc, describe);
+      q.Bind(1, first + place);
+      q.BindU64(2, r.schedule_uid);
+      q.BindText(3, r.run_id);
+      q.Bind(4, r.slot_ms);
+      q.Bind(5, r.mode);
+      q.Bind(6, r.attempt);
+      q.Bind(7, r.started_ms);
+      q.Bind(8, r.finished_ms);
+      q.Bind(9, r.ok);
+      q.BindText(10, r.error);
+      return Write(q, describe);
     };
     if (keep > 0) {
       s = put(static_cast<std::int64_t>((r.number - 1) % static_cast<std::uint64_t>(keep)));
@@ -972,7 +1297,8 @@ Status SqliteStore::Apply(const Batch& batch, std::uint64_t* max_uid) {
   }
 
   if (*max_uid > max_uid_) {
-    s = Write(set_max_uid_, set_max_uid_.BindU64(1, *max_uid), [] { return "writing max_uid"; });
+    set_max_uid_.BindU64(1, *max_uid);
+    s = Write(set_max_uid_, [] { return "writing max_uid"; });
     if (!s.ok()) return s;
   }
   return Status::Ok();
@@ -998,8 +1324,7 @@ Status SqliteStore::TrimHistory() {
   }
   sql += "UPDATE meta SET value = " + std::to_string(keep) + " WHERE key = 'history_kept';COMMIT";
   Status s = Exec(sql.c_str(), "trimming the run history to history_per_schedule");
-  if (!s.ok() && sqlite3_get_autocommit(db_.get()) == 0) db_.Exec("ROLLBACK");
-  return s;
+  return s.ok() ? s : EndOpenTransaction(std::move(s));
 }
 
 Status SqliteStore::SetMaxPageCount(std::int64_t pages) {
@@ -1045,6 +1370,12 @@ Status SetMaxPageCountForTest(Store& store, std::int64_t pages) {
 
 Result<std::int64_t> PageCountForTest(Store& store) {
   return static_cast<SqliteStore&>(store).PageCount();
+}
+
+void FailNextRollbackForTest(Store& store) { static_cast<SqliteStore&>(store).FailNextRollback(); }
+
+void SetLengthLimitForTest(Store& store, int bytes) {
+  static_cast<SqliteStore&>(store).SetLengthLimit(bytes);
 }
 
 }  // namespace internal

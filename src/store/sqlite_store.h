@@ -58,17 +58,27 @@ struct SqliteStoreOptions {
 //   named), or is an SQLite database of another application.
 //
 // The returned store:
-// - Load() reads the whole state in one read transaction. INTERNAL if the file proves corrupt.
+// - Load() reads the whole state in one read transaction. INTERNAL if the file proves corrupt,
+//   among others when a schedule row's owed runs (ScheduleRow::pending, waiting, retry; schema
+//   v4) cannot be decoded: the message names the file and the schedule uid.
 // - Commit() applies a batch in one `BEGIN IMMEDIATE` transaction with cached prepared statements.
 //   Within a batch, deletions are applied before insertions and upserts: connections_deleted,
 //   then connections_added (an existing connection is left as is); schedules_deleted (with their
 //   history), then schedule upserts (each with its run in flight) and finished runs into the
 //   history, except that rows of a uid listed in schedules_deleted are not written (uids are never
-//   reused, so deletion wins). A run in `runs` must be finished (finished_ms and number set),
-//   else INTERNAL. On any error the transaction is rolled back, nothing of the batch is
-//   applied, and the store stays usable: UNAVAILABLE for a full disk ("database or disk is full")
-//   or an I/O error, INTERNAL for corruption or a violated constraint (two uids with one key, an
-//   engine bug).
+//   reused, so deletion wins). Every field of a ScheduleRow is written, for new and update_only
+//   rows alike, and Load reads each back as written. A run in `runs` must be finished
+//   (finished_ms and number set), else INTERNAL. A value SQLite refuses to bind (a text above its
+//   length limit, 1 GB by default) is INTERNAL, naming the row and the column. On any error the
+//   transaction is rolled back, nothing of the batch is applied, and the store stays usable:
+//   UNAVAILABLE for a full disk ("database or disk is full") or an I/O error, INTERNAL for
+//   corruption or a violated constraint (two uids with one key, an engine bug).
+// - When the ROLLBACK after a failed Commit or Load itself fails, the connection may still be
+//   inside the failed transaction, where a later commit would commit the remains of the failed
+//   batch and a later load would read them. That call returns INTERNAL, saying so, and the store
+//   is broken for good: every later Commit and Load returns INTERNAL ("this store refuses to
+//   commit or load") without touching the file. Destroy it and open the file again: closing the
+//   connection discards the transaction, so nothing of the failed batch is ever applied.
 //
 // Thread safety: a store may be used from any thread but by one thread at a time (the engine
 // serializes its calls). Distinct stores on distinct files are independent.
@@ -80,6 +90,13 @@ namespace internal {
 Status SetMaxPageCountForTest(Store& store, std::int64_t pages);
 // Test hook: the current size of the database in pages.
 Result<std::int64_t> PageCountForTest(Store& store);
+// Test hook: the next ROLLBACK the store runs after a failed Commit or Load is not run but
+// reported as failed (an I/O error), leaving the connection inside the failed transaction, as a
+// ROLLBACK that really fails may.
+void FailNextRollbackForTest(Store& store);
+// Test hook: caps the length of a string or blob (`sqlite3_limit(SQLITE_LIMIT_LENGTH)`, also the
+// size of a row), so that binding a longer value fails as binding one above 1 GB would.
+void SetLengthLimitForTest(Store& store, int bytes);
 }  // namespace internal
 
 }  // namespace syncsched::store

@@ -95,7 +95,8 @@ struct ScheduleRow {
   std::int8_t last_ok = -1;         // -1 none, 0 error, 1 success
   std::string last_error;
   RunRow in_flight;  // the run dispatched and not finished (run_id empty: none)
-  // Schema v4: every run the schedule owes, so that a restart loses none of them.
+  // Schema v4: every run the schedule owes, so that a restart loses none of them. Written for new
+  // and update_only rows alike, and read back exactly.
   std::uint64_t run_seq = 0;  // runs given an id so far (suffix of off-grid run ids; never reused)
   std::uint8_t pending = 0;   // 0 none; 1 + RunMode: a run to dispatch once `in_flight` ends
   OwedRun waiting;            // a run due now that waits for a concurrency cap
@@ -137,7 +138,9 @@ class Store {
   virtual Result<Snapshot> Load() = 0;
   // Commits `batch` atomically and durably (per the store's synchronous setting) before
   // returning. On error nothing of the batch is applied, and the message names the file and the
-  // cause (UNAVAILABLE for a full disk or I/O error, INTERNAL for corruption).
+  // cause (UNAVAILABLE for a full disk or I/O error, INTERNAL for corruption, or for a store that
+  // can no longer be used and refuses every later call until it is opened again: see the
+  // implementation's header).
   virtual Status Commit(const Batch& batch) = 0;
 };
 

@@ -102,12 +102,28 @@ void ExpectSameSync(const SyncRow& a, const SyncRow& b) {
   EXPECT_EQ(a.heartbeat_timeout_ms, b.heartbeat_timeout_ms);
 }
 
-void ExpectSameSchedule(const ScheduleRow& a, const ScheduleRow& b) {
+void ExpectSameOwedRun(const OwedRun& a, const OwedRun& b, const char* which) {
+  SCOPED_TRACE(which);
+  EXPECT_EQ(a.run_id, b.run_id);
+  EXPECT_EQ(a.slot_ms, b.slot_ms);
+  EXPECT_EQ(a.mode, b.mode);
+  EXPECT_EQ(a.attempt, b.attempt);
+  EXPECT_EQ(a.at_ms, b.at_ms);
+  EXPECT_EQ(a.seq, b.seq);
+  EXPECT_EQ(a.scheduled, b.scheduled);
+}
+
+// Compares every field but update_only (and the key, when `key` is false: update-only rows
+// leave it empty).
+void ExpectSameSchedule(const ScheduleRow& a, const ScheduleRow& b, bool key = true) {
+  SCOPED_TRACE("schedule uid " + std::to_string(b.uid));
   EXPECT_EQ(a.uid, b.uid);
-  EXPECT_EQ(a.integration, b.integration);
-  EXPECT_EQ(a.connection, b.connection);
-  EXPECT_EQ(a.sync, b.sync);
-  EXPECT_EQ(a.variant, b.variant);
+  if (key) {
+    EXPECT_EQ(a.integration, b.integration);
+    EXPECT_EQ(a.connection, b.connection);
+    EXPECT_EQ(a.sync, b.sync);
+    EXPECT_EQ(a.variant, b.variant);
+  }
   EXPECT_EQ(a.state, b.state);
   EXPECT_EQ(a.anchor_ms, b.anchor_ms);
   EXPECT_EQ(a.frequency_override_ms, b.frequency_override_ms);
@@ -127,6 +143,10 @@ void ExpectSameSchedule(const ScheduleRow& a, const ScheduleRow& b) {
     EXPECT_EQ(a.in_flight.attempt, b.in_flight.attempt);
     EXPECT_EQ(a.in_flight.started_ms, b.in_flight.started_ms);
   }
+  EXPECT_EQ(a.run_seq, b.run_seq);
+  EXPECT_EQ(a.pending, b.pending);
+  ExpectSameOwedRun(a.waiting, b.waiting, "waiting");
+  ExpectSameOwedRun(a.retry, b.retry, "retry");
 }
 
 void ExpectSameRun(const RunRow& a, const RunRow& b) {
@@ -212,6 +232,23 @@ class SqliteStoreTest : public ::testing::Test {
     return value;
   }
 
+  // Reads one text value with a separate, plain SQLite connection ("<none>" without a row).
+  std::string QueryText(const std::string& sql) const {
+    sqlite3* db = nullptr;
+    EXPECT_EQ(sqlite3_open_v2(path_.c_str(), &db, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
+    sqlite3_stmt* stmt = nullptr;
+    EXPECT_EQ(sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt, nullptr), SQLITE_OK)
+        << sqlite3_errmsg(db);
+    std::string value = "<none>";
+    if (sqlite3_step(stmt) == SQLITE_ROW) {
+      const auto* text = reinterpret_cast<const char*>(sqlite3_column_text(stmt, 0));
+      value = text != nullptr ? text : "<null>";
+    }
+    sqlite3_finalize(stmt);
+    sqlite3_close(db);
+    return value;
+  }
+
   void ExecRaw(const std::string& sql) const {
     sqlite3* db = nullptr;
     ASSERT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
@@ -271,7 +308,7 @@ TEST_F(SqliteStoreTest, NewFileLoadsEmpty) {
   EXPECT_TRUE(snap.schedules.empty());
   EXPECT_TRUE(snap.unfinished_runs.empty());
   EXPECT_EQ(snap.max_uid, 0u);
-  EXPECT_EQ(QueryInt("PRAGMA user_version"), 3);
+  EXPECT_EQ(QueryInt("PRAGMA user_version"), 4);
   EXPECT_EQ(QueryInt("PRAGMA page_size"), 16384);
   EXPECT_TRUE(store->Commit(Batch{}).ok());
   std::string header = ReadBytes(path_).substr(0, 20);
@@ -702,8 +739,13 @@ TEST_F(SqliteStoreTest, CorruptPagesAreFoundByVerifyOrByLoad) {
   MakeDatabase(2000);
   std::string bytes = ReadBytes(path_);
   ASSERT_GT(bytes.size(), 64u * 1024);
-  // Overwrite pages in the middle (the schedules table), keeping the size.
-  bytes.replace(bytes.size() / 2, 16 * 1024, RandomBytes(16 * 1024, 3));
+  // Overwrite a page of the schedules table (which Load reads; the index on the key it does not)
+  // in the middle of the file, keeping the size: the page of a row's last_error, which only
+  // table rows hold.
+  constexpr std::size_t kPage = 16 * 1024;
+  std::size_t row = bytes.find("HTTP 502 from upstream", bytes.size() / 2);
+  ASSERT_NE(row, std::string::npos);
+  bytes.replace(row / kPage * kPage, kPage, RandomBytes(kPage, 3));
   WriteBytes(path_, bytes);
   SqliteStoreOptions options = Options();
   options.verify_on_open = true;
@@ -719,8 +761,10 @@ TEST_F(SqliteStoreTest, CorruptPagesAreFoundByVerifyOrByLoad) {
 
 TEST_F(SqliteStoreTest, NewerSchemaIsRefused) {
   MakeDatabase(10);
+  ExecRaw("PRAGMA user_version = 5");
+  ExpectRefused(StatusCode::kFailedPrecondition, "schema version 5, newer than version 4");
   ExecRaw("PRAGMA user_version = 7");
-  ExpectRefused(StatusCode::kFailedPrecondition, "schema version 7, newer than version 3");
+  ExpectRefused(StatusCode::kFailedPrecondition, "schema version 7, newer than version 4");
 }
 
 // A newer engine crashed (or closed without a checkpoint): its schema change is only in the WAL.
@@ -734,7 +778,7 @@ TEST_F(SqliteStoreTest, NewerSchemaInAnUncheckpointedWalIsRefused) {
   sqlite3_close(db);
   ASSERT_GT(fs::file_size(path_ + "-wal"), 0u);
   std::string wal = ReadBytes(path_ + "-wal");
-  ExpectRefused(StatusCode::kFailedPrecondition, "schema version 8, newer than version 3");
+  ExpectRefused(StatusCode::kFailedPrecondition, "schema version 8, newer than version 4");
   EXPECT_TRUE(ReadBytes(path_ + "-wal") == wal) << "WAL changed";
 }
 
@@ -753,7 +797,7 @@ TEST_F(SqliteStoreTest, EmptyFileBecomesADatabase) {
   WriteBytes(path_, "");
   auto store = OpenOrDie();
   ASSERT_NE(store, nullptr);
-  EXPECT_EQ(QueryInt("PRAGMA user_version"), 3);
+  EXPECT_EQ(QueryInt("PRAGMA user_version"), 4);
 }
 
 TEST_F(SqliteStoreTest, FullDiskFailsTheCommitAndAppliesNothing) {
@@ -897,7 +941,7 @@ TEST_F(SqliteStoreTest, AVersionOneDatabaseIsMigratedKeepingItsRows) {
   ExecRaw(kSchemaV1);
   auto store = OpenOrDie();
   ASSERT_NE(store, nullptr);
-  EXPECT_EQ(QueryInt("PRAGMA user_version"), 3);
+  EXPECT_EQ(QueryInt("PRAGMA user_version"), 4);
   Snapshot snap = LoadOrDie(*store);
   ASSERT_EQ(snap.syncs.size(), 1u);
   EXPECT_EQ(snap.syncs[0].name, "issues");
@@ -947,7 +991,7 @@ TEST_F(SqliteStoreTest, AVersionTwoDatabaseMovesItsRunsToTheScheduleRowsAndTheHi
 
   auto store = OpenOrDie();
   ASSERT_NE(store, nullptr);
-  EXPECT_EQ(QueryInt("PRAGMA user_version"), 3);
+  EXPECT_EQ(QueryInt("PRAGMA user_version"), 4);
   Snapshot snap = LoadOrDie(*store);
   ASSERT_EQ(snap.unfinished_runs.size(), 2u);
   EXPECT_EQ(snap.unfinished_runs[0].run_id, "3-26");
@@ -976,6 +1020,485 @@ TEST_F(SqliteStoreTest, AVersionTwoDatabaseMovesItsRunsToTheScheduleRowsAndTheHi
   expected.insert(expected.begin(), "3-26");
   expected.push_back("3-3");
   EXPECT_EQ(FinishedRuns(path_, 3), expected);
+}
+
+// ---- Schema v4: the runs a schedule owes ----
+
+OwedRun MakeOwed(std::string id, std::int64_t offset) {
+  OwedRun run;
+  run.run_id = std::move(id);
+  run.slot_ms = 1'700'000'000'000 + offset;
+  run.mode = 1;
+  run.attempt = 3;
+  run.at_ms = 1'700'000'000'500 + offset;
+  run.seq = 42 + static_cast<std::uint64_t>(offset);
+  run.scheduled = true;
+  return run;
+}
+
+// `row` as the engine sends a new version of a stored row: update_only, without its key.
+ScheduleRow UpdateOnly(ScheduleRow row) {
+  row.update_only = true;
+  row.integration.clear();
+  row.connection.clear();
+  row.sync.clear();
+  row.variant.clear();
+  return row;
+}
+
+TEST_F(SqliteStoreTest, OwedRunsRoundTripThroughNewAndUpdateOnlyRows) {
+  std::vector<ScheduleRow> rows;
+  ScheduleRow& nothing = rows.emplace_back(MakeSchedule(1, "acme"));  // the common row
+  nothing.run_seq = 5;
+  ScheduleRow& pending = rows.emplace_back(WithRunInFlight(MakeSchedule(2, "globex"), "2-7"));
+  pending.run_seq = 7;
+  pending.pending = 2;  // 1 + kFullResync: a resync to run once 2-7 ends
+  ScheduleRow& waiting = rows.emplace_back(MakeSchedule(3, "initech"));
+  waiting.waiting = MakeOwed("3-1700000000000", 0);
+  ScheduleRow& retry = rows.emplace_back(MakeSchedule(4, "umbrella"));
+  retry.retry = MakeOwed("4-x2", 60'000);
+  retry.retry.scheduled = false;
+  ScheduleRow& extremes = rows.emplace_back(MakeSchedule(5, "hooli"));
+  extremes.run_seq = UINT64_MAX;
+  extremes.pending = 255;
+  extremes.waiting = MakeOwed(std::string("w\0\xff\n'", 5), 0);  // any bytes
+  extremes.waiting.slot_ms = INT64_MIN;
+  extremes.waiting.mode = 255;
+  extremes.waiting.attempt = INT32_MIN;
+  extremes.waiting.at_ms = INT64_MAX;
+  extremes.waiting.seq = UINT64_MAX;
+  extremes.retry = MakeOwed(std::string(3000, 'r'), 1);
+  extremes.retry.slot_ms = -1;
+  extremes.retry.attempt = INT32_MAX;
+  extremes.retry.seq = 0;
+  {
+    auto store = OpenOrDie();
+    ASSERT_NE(store, nullptr);
+    Batch batch;
+    batch.schedules = rows;
+    ASSERT_TRUE(store->Commit(batch).ok());
+  }
+  auto store = OpenOrDie();
+  ASSERT_NE(store, nullptr);
+  Snapshot snap = LoadOrDie(*store);
+  ASSERT_EQ(snap.schedules.size(), rows.size());
+  for (std::size_t i = 0; i < rows.size(); ++i) ExpectSameSchedule(snap.schedules[i], rows[i]);
+  EXPECT_EQ(QueryInt("SELECT count(*) FROM schedules WHERE owed IS NULL"), 1)
+      << "a row that owes nothing stores NULL";
+  EXPECT_EQ(QueryText("SELECT typeof(owed) FROM schedules WHERE uid = 2"), "blob");
+
+  // Update-only rows: every field is written again; owed runs come, change and go.
+  rows[0].waiting = MakeOwed("1-9", 5);  // starts owing
+  rows[0].run_seq = 6;
+  rows[1].pending = 0;  // owes nothing any more
+  rows[1].in_flight = RunRow{};
+  rows[1].run_seq = 8;
+  rows[2].waiting = OwedRun{};  // the waiting run went; a retry came
+  rows[2].retry = MakeOwed("3-r", 7);
+  rows[3].pending = 1;
+  rows[3].retry.attempt = 4;
+  rows[3].retry.at_ms += 120'000;
+  rows[4].run_seq = 0;  // everything back to empty
+  rows[4].pending = 0;
+  rows[4].waiting = OwedRun{};
+  rows[4].retry = OwedRun{};
+  Batch update;
+  for (const ScheduleRow& row : rows) update.schedules.push_back(UpdateOnly(row));
+  ASSERT_TRUE(store->Commit(update).ok());
+  snap = LoadOrDie(*store);
+  ASSERT_EQ(snap.schedules.size(), rows.size());
+  for (std::size_t i = 0; i < rows.size(); ++i) ExpectSameSchedule(snap.schedules[i], rows[i]);
+  EXPECT_EQ(QueryInt("SELECT count(*) FROM schedules WHERE owed IS NULL"), 2);
+
+  // Full rows of stored schedules (the update without update_only), and a new schedule in the
+  // same batch (the upsert).
+  rows[1].pending = 1;
+  rows[4].retry = MakeOwed("5-3", 9);
+  ScheduleRow fresh = MakeSchedule(6, "wayne");
+  fresh.run_seq = 1;
+  fresh.waiting = MakeOwed("6-1", 11);
+  rows.push_back(fresh);
+  Batch full;
+  full.schedules = {rows[1], rows[4], rows[5]};
+  ASSERT_TRUE(store->Commit(full).ok());
+  store.reset();
+  store = OpenOrDie();
+  ASSERT_NE(store, nullptr);
+  snap = LoadOrDie(*store);
+  ASSERT_EQ(snap.schedules.size(), rows.size());
+  for (std::size_t i = 0; i < rows.size(); ++i) ExpectSameSchedule(snap.schedules[i], rows[i]);
+}
+
+TEST_F(SqliteStoreTest, InMemoryStoreKeepsOwedRuns) {
+  SqliteStoreOptions options;
+  options.path = ":memory:";
+  auto store = OpenOrDie(options);
+  ASSERT_NE(store, nullptr);
+  Batch batch;
+  batch.schedules = {MakeSchedule(3, "acme")};
+  batch.schedules[0].run_seq = 9;
+  batch.schedules[0].retry = MakeOwed("3-9", 0);
+  ASSERT_TRUE(store->Commit(batch).ok());
+  Snapshot snap = LoadOrDie(*store);
+  ASSERT_EQ(snap.schedules.size(), 1u);
+  ExpectSameSchedule(snap.schedules[0], batch.schedules[0]);
+}
+
+std::string LittleEndian(std::uint64_t value, int bytes) {
+  std::string out;
+  for (int i = 0; i < bytes; ++i) out.push_back(static_cast<char>((value >> (8 * i)) & 0xff));
+  return out;
+}
+
+std::string Hex(const std::string& bytes) {
+  static constexpr char kDigits[] = "0123456789ABCDEF";
+  std::string out;
+  for (char c : bytes) {
+    out.push_back(kDigits[(static_cast<unsigned char>(c) >> 4) & 0xf]);
+    out.push_back(kDigits[static_cast<unsigned char>(c) & 0xf]);
+  }
+  return out;
+}
+
+// The waiting run of OwedEncodingIsPinned, encoded by hand.
+std::string PinnedWaitingRun(std::uint32_t id_size = 2, std::uint8_t scheduled = 1) {
+  return LittleEndian(id_size, 4) + std::string("ab").substr(0, id_size) +
+         LittleEndian(0x0102030405060708, 8) + LittleEndian(9, 1) +
+         LittleEndian(static_cast<std::uint32_t>(-2), 4) + LittleEndian(1, 8) + LittleEndian(2, 8) +
+         LittleEndian(scheduled, 1);
+}
+
+// The encoding is on disk: a change to it must be a new format (a new first byte), which the
+// store reads beside the old one.
+TEST_F(SqliteStoreTest, OwedEncodingIsPinned) {
+  auto store = OpenOrDie();
+  ASSERT_NE(store, nullptr);
+  Batch batch;
+  ScheduleRow row = MakeSchedule(7, "acme");
+  row.pending = 3;
+  row.waiting.run_id = "ab";
+  row.waiting.slot_ms = 0x0102030405060708;
+  row.waiting.mode = 9;
+  row.waiting.attempt = -2;
+  row.waiting.at_ms = 1;
+  row.waiting.seq = 2;
+  row.waiting.scheduled = true;
+  batch.schedules = {row};
+  ASSERT_TRUE(store->Commit(batch).ok());
+  EXPECT_EQ(QueryText("SELECT hex(owed) FROM schedules WHERE uid = 7"),
+            "010301" + Hex(PinnedWaitingRun()));
+  // A retry alone, and both.
+  row.pending = 0;
+  row.retry = row.waiting;
+  row.waiting = OwedRun{};
+  batch.schedules = {UpdateOnly(row)};
+  ASSERT_TRUE(store->Commit(batch).ok());
+  EXPECT_EQ(QueryText("SELECT hex(owed) FROM schedules WHERE uid = 7"),
+            "010002" + Hex(PinnedWaitingRun()));
+  row.waiting = row.retry;
+  batch.schedules = {UpdateOnly(row)};
+  ASSERT_TRUE(store->Commit(batch).ok());
+  EXPECT_EQ(QueryText("SELECT hex(owed) FROM schedules WHERE uid = 7"),
+            "010003" + Hex(PinnedWaitingRun()) + Hex(PinnedWaitingRun()));
+}
+
+TEST_F(SqliteStoreTest, AMalformedOwedValueIsRefusedAtLoad) {
+  MakeDatabase(10);
+  const std::string valid = "010301" + Hex(PinnedWaitingRun());
+  struct Case {
+    std::string value;  // an SQL literal
+    std::string why;    // in the message
+  };
+  const Case cases[] = {
+      {"X''", "malformed: empty"},
+      {"X'02'", "unknown format 2"},
+      {"X'0103'", "malformed: truncated"},
+      {"X'010304'", "unknown flags 4"},
+      {"X'010301'", "the waiting run is truncated"},
+      {"X'010302'", "the retry is truncated"},
+      {"X'010303" + Hex(PinnedWaitingRun()) + "'", "the retry is truncated"},
+      {"X'" + valid.substr(0, valid.size() - 2) + "'", "the waiting run is truncated"},
+      {"X'010301FFFFFFFF00'", "the waiting run is truncated"},
+      {"X'" + valid + "00'", "1 bytes after its end"},
+      {"X'010301" + Hex(PinnedWaitingRun(0)) + "'", "the waiting run has an empty run id"},
+      {"X'010301" + Hex(PinnedWaitingRun(2, 2)) + "'", "the waiting run has scheduled = 2"},
+      {"'" + valid + "'", "not a BLOB"},
+      {"5", "not a BLOB"},
+  };
+  // The valid value loads.
+  ExecRaw("UPDATE schedules SET owed = X'" + valid + "' WHERE uid = 7");
+  {
+    auto store = OpenOrDie();
+    ASSERT_NE(store, nullptr);
+    Snapshot snap = LoadOrDie(*store);
+    ASSERT_EQ(snap.schedules.size(), 10u);
+    EXPECT_EQ(snap.schedules[6].pending, 3);
+    EXPECT_EQ(snap.schedules[6].waiting.run_id, "ab");
+  }
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.value);
+    ExecRaw("UPDATE schedules SET owed = " + c.value + " WHERE uid = 7");
+    auto store = OpenOrDie();  // the open reads no schedule row: Load finds it
+    ASSERT_NE(store, nullptr);
+    auto snap = store->Load();
+    ASSERT_FALSE(snap.ok());
+    EXPECT_EQ(snap.status().code(), StatusCode::kInternal) << snap.status();
+    EXPECT_NE(snap.status().message().find(path_), std::string::npos) << snap.status();
+    EXPECT_NE(snap.status().message().find("is corrupt (schedule uid 7: its owed value"),
+              std::string::npos)
+        << snap.status();
+    EXPECT_NE(snap.status().message().find(c.why), std::string::npos) << snap.status();
+    // The store stays usable: a commit that rewrites the row repairs it.
+    Batch batch;
+    batch.schedules = {UpdateOnly(MakeSchedule(7, ""))};
+    ASSERT_TRUE(store->Commit(batch).ok());
+    EXPECT_TRUE(store->Load().ok());
+  }
+}
+
+// Migration 3 as released, onto a version 2 file (steps are never edited, so this copy stays
+// valid).
+constexpr const char* kToVersion3 = R"sql(
+ALTER TABLE schedules ADD COLUMN run_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE schedules ADD COLUMN run_slot_ms INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE schedules ADD COLUMN run_mode INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE schedules ADD COLUMN run_attempt INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE schedules ADD COLUMN run_started_ms INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE history(
+  id INTEGER PRIMARY KEY,
+  schedule_uid INTEGER NOT NULL,
+  run_id TEXT NOT NULL,
+  slot_ms INTEGER NOT NULL,
+  mode INTEGER NOT NULL,
+  attempt INTEGER NOT NULL,
+  started_ms INTEGER NOT NULL,
+  finished_ms INTEGER NOT NULL,
+  ok INTEGER NOT NULL,
+  error TEXT NOT NULL
+);
+UPDATE schedules SET run_id = r.run_id, run_slot_ms = r.slot_ms, run_mode = r.mode,
+  run_attempt = r.attempt, run_started_ms = r.started_ms
+FROM (SELECT run_id, schedule_uid, slot_ms, mode, attempt, started_ms,
+        row_number() OVER (PARTITION BY schedule_uid ORDER BY started_ms DESC, run_id DESC) AS n
+      FROM runs WHERE finished_ms = 0) AS r
+WHERE r.n = 1 AND schedules.uid = r.schedule_uid;
+INSERT INTO history
+SELECT r.schedule_uid * 1024 + (((s.runs - r.n) % 20) + 20) % 20, r.schedule_uid, r.run_id,
+       r.slot_ms, r.mode, r.attempt, r.started_ms, r.finished_ms, r.ok, r.error
+FROM (SELECT *, row_number() OVER (PARTITION BY schedule_uid
+                                   ORDER BY finished_ms DESC, run_id DESC) AS n
+      FROM runs WHERE finished_ms <> 0) AS r
+JOIN schedules AS s ON s.uid = r.schedule_uid
+WHERE r.n <= 20;
+INSERT INTO history
+SELECT schedule_uid * 1024 + 1023, schedule_uid, run_id, slot_ms, mode, attempt, started_ms,
+       finished_ms, ok, error
+FROM (SELECT *, row_number() OVER (PARTITION BY schedule_uid
+                                   ORDER BY finished_ms DESC, run_id DESC) AS n
+      FROM runs WHERE finished_ms <> 0 AND ok = 0)
+WHERE n = 1;
+DROP TABLE runs;
+INSERT INTO meta(key, value) VALUES ('history_kept', 20);
+PRAGMA user_version = 3;
+)sql";
+
+TEST_F(SqliteStoreTest, AVersionThreeDatabaseGainsEmptyOwedRunsKeepingItsRows) {
+  ExecRaw(kSchemaV1);
+  ExecRaw(kToVersion2);
+  // Schedule 3 (25 runs): two finished runs, the second failed, and one in flight.
+  ExecRaw(
+      "INSERT INTO runs VALUES ('3-24', 3, 24, 0, 1, 1024, 1124, 1, '');"
+      "INSERT INTO runs VALUES ('3-25', 3, 25, 0, 1, 1025, 1125, 0, 'boom');"
+      "INSERT INTO runs VALUES ('3-26', 3, 26, 1, 2, 1026, 0, -1, '');");
+  ExecRaw(kToVersion3);
+  // A row as version 3 wrote it: paused, with counters and a run in flight.
+  ExecRaw(
+      "INSERT INTO schedules VALUES (6, 'github', 'initech', 'issues', 'nightly', 0, 5000, "
+      "90000, 95000, 7, 2, 1, 4000, 4500, 0, 'HTTP 502', '6-8', 8000, 1, 3, 8100);");
+  ASSERT_EQ(QueryInt("PRAGMA user_version"), 3);
+  const std::string before = QueryText(
+      "SELECT group_concat(uid || ':' || state || ':' || anchor_ms || ':' || runs || ':' || "
+      "failures || ':' || run_id || ':' || last_error, '|') FROM schedules");
+
+  auto store = OpenOrDie();
+  ASSERT_NE(store, nullptr);
+  EXPECT_EQ(QueryInt("PRAGMA user_version"), 4);
+  EXPECT_EQ(QueryInt("SELECT count(*) FROM pragma_table_info('schedules') "
+                     "WHERE name IN ('run_seq', 'owed')"),
+            2);
+  EXPECT_EQ(
+      QueryText("SELECT group_concat(uid || ':' || state || ':' || anchor_ms || ':' || runs || "
+                "':' || failures || ':' || run_id || ':' || last_error, '|') FROM schedules"),
+      before);
+  EXPECT_EQ(QueryInt("SELECT count(*) FROM schedules WHERE run_seq = 0 AND owed IS NULL"), 3);
+  Snapshot snap = LoadOrDie(*store);
+  ASSERT_EQ(snap.schedules.size(), 3u);
+  for (const ScheduleRow& row : snap.schedules) {
+    SCOPED_TRACE(row.uid);
+    EXPECT_EQ(row.run_seq, 0u);
+    EXPECT_EQ(row.pending, 0);
+    EXPECT_TRUE(row.waiting.empty());
+    EXPECT_TRUE(row.retry.empty());
+  }
+  EXPECT_EQ(snap.max_uid, 7u);
+  ASSERT_EQ(snap.unfinished_runs.size(), 2u);
+  EXPECT_EQ(snap.schedules[0].in_flight.run_id, "3-26");
+  EXPECT_EQ(snap.schedules[0].runs, 25u);
+  const ScheduleRow& six = snap.schedules[2];
+  EXPECT_EQ(six.uid, 6u);
+  EXPECT_EQ(six.variant, "nightly");
+  EXPECT_EQ(six.state, 0);
+  EXPECT_EQ(six.frequency_override_ms, 90000);
+  EXPECT_EQ(six.next_slot_ms, 95000);
+  EXPECT_EQ(six.skipped, 1u);
+  EXPECT_EQ(six.last_ok, 0);
+  EXPECT_EQ(six.last_error, "HTTP 502");
+  EXPECT_EQ(six.in_flight.run_id, "6-8");
+  EXPECT_EQ(six.in_flight.attempt, 3);
+  EXPECT_EQ(six.in_flight.started_ms, 8100);
+  EXPECT_EQ(FinishedRuns(path_, 3), (std::vector<std::string>{"3-25", "3-24"}));
+  EXPECT_EQ(QueryInt("SELECT count(*) FROM history WHERE schedule_uid = 3"), 3)
+      << "two ring places and the failure place";
+
+  // The new columns take owed runs.
+  ScheduleRow row = six;
+  row.run_seq = 4;
+  row.pending = 1;
+  row.retry = MakeOwed("6-x4", 0);
+  Batch batch;
+  batch.schedules = {UpdateOnly(row)};
+  ASSERT_TRUE(store->Commit(batch).ok());
+  store.reset();
+  store = OpenOrDie();
+  ASSERT_NE(store, nullptr);
+  snap = LoadOrDie(*store);
+  ASSERT_EQ(snap.schedules.size(), 3u);
+  ExpectSameSchedule(snap.schedules[2], row);
+}
+
+// ---- SQLite return codes ----
+
+TEST_F(SqliteStoreTest, AValueThatCannotBeBoundFailsTheCommitNamingItsColumn) {
+  auto store = OpenOrDie();
+  ASSERT_NE(store, nullptr);
+  Batch first;
+  first.schedules = {MakeSchedule(1, "acme")};
+  ASSERT_TRUE(store->Commit(first).ok());
+  internal::SetLengthLimitForTest(*store, 4096);
+
+  struct Case {
+    Batch batch;
+    std::string names;  // the row and the parameter
+  };
+  std::vector<Case> cases;
+  {
+    Case& c = cases.emplace_back();
+    c.batch.syncs = {MakeSync("github", "issues", 60'000)};
+    c.batch.syncs[0].policy = std::string(5000, 'p');
+    c.names = "writing sync github/issues: cannot bind policy (parameter 8): ";
+  }
+  {
+    Case& c = cases.emplace_back();
+    c.batch.schedules = {MakeSchedule(2, "globex")};
+    c.batch.schedules[0].last_error = std::string(5000, 'e');
+    c.names =
+        "writing schedule uid 2 (github/globex/issues/base): cannot bind last_error "
+        "(parameter 16): ";
+  }
+  {
+    Case& c = cases.emplace_back();
+    ScheduleRow row = MakeSchedule(1, "acme");
+    row.waiting = MakeOwed(std::string(5000, 'w'), 0);
+    c.batch.schedules = {UpdateOnly(row)};
+    c.names = "writing schedule uid 1: cannot bind owed (parameter 23): ";
+  }
+  {
+    Case& c = cases.emplace_back();
+    c.batch.schedules = {MakeSchedule(3, "initech")};
+    c.batch.runs = {MakeRun(std::string(5000, 'r'), 1, 100)};
+    c.names = "cannot bind run_id (parameter 3): ";
+  }
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.names);
+    Status status = store->Commit(c.batch);
+    ASSERT_FALSE(status.ok());
+    EXPECT_EQ(status.code(), StatusCode::kInternal) << status;
+    EXPECT_NE(status.message().find(path_), std::string::npos) << status;
+    EXPECT_NE(status.message().find(c.names + "string or blob too big"), std::string::npos)
+        << status;
+    EXPECT_NE(status.message().find("nothing of it is applied"), std::string::npos) << status;
+  }
+  Snapshot snap = LoadOrDie(*store);
+  EXPECT_TRUE(snap.syncs.empty());
+  ASSERT_EQ(snap.schedules.size(), 1u);
+  ExpectSameSchedule(snap.schedules[0], first.schedules[0]);
+  EXPECT_EQ(snap.max_uid, 1u);
+  EXPECT_EQ(QueryInt("SELECT count(*) FROM history"), 0);
+
+  // With the limit back, the same batches commit: no failure lingers on a statement.
+  internal::SetLengthLimitForTest(*store, 1'000'000'000);
+  for (const Case& c : cases) ASSERT_TRUE(store->Commit(c.batch).ok()) << c.names;
+  snap = LoadOrDie(*store);
+  ASSERT_EQ(snap.schedules.size(), 3u);
+  EXPECT_EQ(snap.schedules[0].waiting.run_id, std::string(5000, 'w'));
+  EXPECT_EQ(snap.schedules[1].last_error, std::string(5000, 'e'));
+}
+
+TEST_F(SqliteStoreTest, AFailedRollbackBreaksTheStoreUntilItIsOpenedAgain) {
+  auto store = OpenOrDie();
+  ASSERT_NE(store, nullptr);
+  Batch first;
+  first.schedules = {MakeSchedule(1, "acme")};
+  ASSERT_TRUE(store->Commit(first).ok());
+
+  // A batch that fails inside its transaction (uid 3 takes uid 1's key, after uid 2 is written),
+  // and a ROLLBACK that fails, leaving the connection inside the transaction.
+  Batch bad;
+  bad.syncs = {MakeSync("github", "issues", 60'000)};
+  bad.schedules = {MakeSchedule(2, "globex"), MakeSchedule(3, "acme")};
+  internal::FailNextRollbackForTest(*store);
+  Status status = store->Commit(bad);
+  ASSERT_FALSE(status.ok());
+  EXPECT_EQ(status.code(), StatusCode::kInternal) << status;
+  EXPECT_NE(status.message().find(path_), std::string::npos) << status;
+  EXPECT_NE(status.message().find("UNIQUE"), std::string::npos) << status;
+  EXPECT_NE(status.message().find("then ROLLBACK failed too (disk I/O error"), std::string::npos)
+      << status;
+  EXPECT_NE(status.message().find("refuses every further Commit and Load"), std::string::npos)
+      << status;
+
+  // Every later call is refused, empty batches too, and nothing reaches the file.
+  Batch good;
+  good.schedules = {MakeSchedule(4, "initech")};
+  for (const Batch* batch : {&good, &first}) {
+    Status again = store->Commit(*batch);
+    ASSERT_FALSE(again.ok());
+    EXPECT_EQ(again.code(), StatusCode::kInternal) << again;
+    EXPECT_NE(again.message().find(path_), std::string::npos) << again;
+    EXPECT_NE(again.message().find("this store refuses to commit or load: after a failed commit, "
+                                   "ROLLBACK failed too"),
+              std::string::npos)
+        << again;
+  }
+  EXPECT_EQ(store->Commit(Batch{}).code(), StatusCode::kInternal);
+  auto snap = store->Load();
+  ASSERT_FALSE(snap.ok());
+  EXPECT_EQ(snap.status().code(), StatusCode::kInternal) << snap.status();
+  EXPECT_NE(snap.status().message().find("refuses to commit or load"), std::string::npos)
+      << snap.status();
+  EXPECT_EQ(QueryInt("SELECT count(*) FROM schedules"), 1) << "another reader sees no change";
+
+  // Opened again, the file holds the first batch only: closing discarded the transaction.
+  store.reset();
+  store = OpenOrDie();
+  ASSERT_NE(store, nullptr);
+  Snapshot loaded = LoadOrDie(*store);
+  EXPECT_TRUE(loaded.syncs.empty());
+  ASSERT_EQ(loaded.schedules.size(), 1u);
+  EXPECT_EQ(loaded.schedules[0].uid, 1u);
+  EXPECT_EQ(loaded.max_uid, 1u);
+  ASSERT_TRUE(store->Commit(good).ok());
+  EXPECT_EQ(LoadOrDie(*store).schedules.size(), 2u);
 }
 
 }  // namespace

@@ -35,6 +35,9 @@ struct FaultPlan {
   std::atomic<std::uint64_t> commits{0};  // commits seen (the faulty ones included)
   std::atomic<bool> fired{false};         // the fault happened
   std::atomic<bool> crashed{false};       // kCrash fired: nothing more is written
+  // Commits whose fate is settled: once this reaches n, `fired` and `crashed` tell what became
+  // of commit n (`commits` counts a commit before that is decided).
+  std::atomic<std::uint64_t> decided{0};
 };
 
 class FaultStore : public store::Store {
@@ -55,13 +58,14 @@ class FaultStore : public store::Store {
                             : plan_->at != 0 && n == plan_->at;
     if (hit) {
       plan_->fired.store(true);
-      if (plan_->mode == FaultPlan::Mode::kCrash) {
-        plan_->crashed.store(true);
-        return Status::Unavailable("fault injection: the process crashed");
-      }
-      if (plan_->mode == FaultPlan::Mode::kFail) {
-        return Status::Unavailable("fault injection: commit " + std::to_string(n) + " failed");
-      }
+      if (plan_->mode == FaultPlan::Mode::kCrash) plan_->crashed.store(true);
+    }
+    ++plan_->decided;
+    if (hit && plan_->mode == FaultPlan::Mode::kCrash) {
+      return Status::Unavailable("fault injection: the process crashed");
+    }
+    if (hit && plan_->mode == FaultPlan::Mode::kFail) {
+      return Status::Unavailable("fault injection: commit " + std::to_string(n) + " failed");
     }
     return inner_->Commit(batch);
   }

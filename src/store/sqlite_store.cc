@@ -646,8 +646,6 @@ class SqliteStore final : public Store {
   void SetLengthLimit(int bytes) { sqlite3_limit(db_.get(), SQLITE_LIMIT_LENGTH, bytes); }
 
  private:
-  static constexpr std::uint32_t kUnknownCount = UINT32_MAX;
-
   Status Error(int rc, std::string_view context) const {
     return SqliteStatus(rc, options_.path, context, db_.ErrorMessage());
   }

@@ -1501,5 +1501,31 @@ TEST_F(SqliteStoreTest, AFailedRollbackBreaksTheStoreUntilItIsOpenedAgain) {
   EXPECT_EQ(LoadOrDie(*store).schedules.size(), 2u);
 }
 
+TEST_F(SqliteStoreTest, AFailedRollbackAfterAFailedLoadBreaksTheStoreToo) {
+  MakeDatabase(10);
+  ExecRaw("UPDATE schedules SET owed = X'02' WHERE uid = 7");  // Load fails inside its read
+  auto store = OpenOrDie();
+  ASSERT_NE(store, nullptr);
+  internal::FailNextRollbackForTest(*store);
+  auto snap = store->Load();
+  ASSERT_FALSE(snap.ok());
+  EXPECT_EQ(snap.status().code(), StatusCode::kInternal) << snap.status();
+  EXPECT_NE(snap.status().message().find("schedule uid 7"), std::string::npos) << snap.status();
+  EXPECT_NE(snap.status().message().find("then ROLLBACK failed too"), std::string::npos)
+      << snap.status();
+  Batch batch;
+  batch.schedules = {UpdateOnly(MakeSchedule(7, ""))};
+  Status status = store->Commit(batch);
+  EXPECT_EQ(status.code(), StatusCode::kInternal) << status;
+  EXPECT_NE(status.message().find("refuses to commit or load: after a failed load, ROLLBACK"),
+            std::string::npos)
+      << status;
+  store.reset();
+  store = OpenOrDie();
+  ASSERT_NE(store, nullptr);
+  ASSERT_TRUE(store->Commit(batch).ok());  // repairs the row
+  EXPECT_EQ(LoadOrDie(*store).schedules.size(), 10u);
+}
+
 }  // namespace
 }  // namespace syncsched::store

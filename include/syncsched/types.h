@@ -155,12 +155,19 @@ class CancellationToken {
   // Why: CANCELLED (paused, deleted, pre-empted by a full resync, engine shutting down) or
   // DEADLINE_EXCEEDED (timeout, missed heartbeat). OK while not cancelled.
   Status reason() const;
-  // Calls `fn` once when the run is cancelled: on the cancelling thread (never under an engine
-  // lock), or at once on this thread if it already is. `fn` must not throw.
+  // Calls `fn` once when the run is cancelled, or at once on this thread if it already is.
+  // Otherwise it runs on the thread that cancels the run, never under an engine lock: a command's
+  // caller (Pause, DeleteConnection, DeleteVariant, a full-resync Trigger), an engine thread or
+  // executor (the alarm, for a timeout or a missed heartbeat), or the thread destroying the
+  // engine. Keep it short: signal the run's own thread and return. An exception `fn` throws, of
+  // any type, is caught and dropped: it reaches neither the cancelling thread nor this one, the
+  // other functions still run, and the command that cancelled the run still succeeds. An empty
+  // `fn` is ignored.
   void OnCancel(std::function<void()> fn) const;
 
   // Engine side: requests cancellation; returns false if already cancelled. Runs the OnCancel
-  // functions on this thread.
+  // functions on this thread, in the order they were registered, each exactly once; never throws
+  // (their exceptions are contained as above).
   bool Cancel(Status reason) const;
 
  private:

@@ -2,10 +2,15 @@
 
 #include <gtest/gtest.h>
 
+#include <boost/asio/io_context.hpp>
 #include <sstream>
+#include <stdexcept>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
+
+#include "syncsched/syncsched.h"
 
 namespace syncsched {
 namespace {
@@ -127,6 +132,219 @@ TEST(ResultTest, MovesValueOut) {
   EXPECT_EQ(r->size(), 3u);
   std::string v = std::move(r).value();
   EXPECT_EQ(v, "abc");
+}
+
+// ---- CancellationToken: OnCancel functions that throw (issue 9, item 10) ----
+
+struct NotAStdException {
+  int code;
+};
+
+TEST(CancellationTokenTest, CancelCallsEveryFunctionInOrderThoughOneThrowsStdException) {
+  CancellationToken token;
+  std::vector<int> called;
+  token.OnCancel([&] { called.push_back(1); });
+  token.OnCancel([&] {
+    called.push_back(2);
+    throw std::runtime_error("boom");
+  });
+  token.OnCancel([&] { called.push_back(3); });
+  bool first = false;
+  EXPECT_NO_THROW(first = token.Cancel(Status::Cancelled("paused")));
+  EXPECT_TRUE(first);
+  EXPECT_EQ(called, (std::vector<int>{1, 2, 3})) << "a throwing function skipped the later ones";
+  EXPECT_TRUE(token.cancelled());
+  EXPECT_EQ(token.reason(), Status::Cancelled("paused"));
+}
+
+TEST(CancellationTokenTest, CancelContainsExceptionsOfNonStdTypes) {
+  CancellationToken token;
+  std::vector<int> called;
+  token.OnCancel([&] {
+    called.push_back(1);
+    throw 42;
+  });
+  token.OnCancel([&] {
+    called.push_back(2);
+    throw NotAStdException{7};
+  });
+  token.OnCancel([&] {
+    called.push_back(3);
+    throw "a string literal";
+  });
+  token.OnCancel([&] { called.push_back(4); });
+  bool first = false;
+  EXPECT_NO_THROW(first = token.Cancel(Status::DeadlineExceeded("timed out")));
+  EXPECT_TRUE(first);
+  EXPECT_EQ(called, (std::vector<int>{1, 2, 3, 4}));
+  EXPECT_EQ(token.reason().code(), StatusCode::kDeadlineExceeded);
+}
+
+TEST(CancellationTokenTest, OnCancelOfACancelledTokenCallsAtOnceAndContainsTheException) {
+  CancellationToken token;
+  ASSERT_TRUE(token.Cancel(Status::Cancelled("deleted")));
+  int calls = 0;
+  EXPECT_NO_THROW(token.OnCancel([&] {
+    ++calls;
+    throw std::logic_error("boom");
+  }));
+  EXPECT_NO_THROW(token.OnCancel([&] {
+    ++calls;
+    throw NotAStdException{1};
+  }));
+  EXPECT_EQ(calls, 2);
+}
+
+TEST(CancellationTokenTest, SecondCancelReturnsFalseKeepsTheFirstReasonAndCallsNothingAgain) {
+  CancellationToken token;
+  CancellationToken copy = token;  // copies share one state
+  int calls = 0;
+  copy.OnCancel([&] {
+    ++calls;
+    throw std::runtime_error("boom");
+  });
+  EXPECT_TRUE(token.Cancel(Status::Cancelled("first")));
+  bool again = true;
+  EXPECT_NO_THROW(again = copy.Cancel(Status::DeadlineExceeded("second")));
+  EXPECT_FALSE(again);
+  EXPECT_EQ(calls, 1);
+  EXPECT_TRUE(copy.cancelled());
+  EXPECT_EQ(copy.reason(), Status::Cancelled("first"));
+}
+
+TEST(CancellationTokenTest, FunctionsRunOnTheCancellingThread) {
+  CancellationToken token;
+  std::thread::id ran_on;
+  token.OnCancel([] { throw std::runtime_error("boom"); });
+  token.OnCancel([&] { ran_on = std::this_thread::get_id(); });
+  std::thread::id canceller;
+  bool escaped = false;
+  std::thread t([&] {
+    canceller = std::this_thread::get_id();
+    // Caught here only to report it: on the engine's alarm thread nothing would catch it, and the
+    // process would terminate.
+    try {
+      (void)token.Cancel(Status::Cancelled("paused"));
+    } catch (...) {
+      escaped = true;
+    }
+  });
+  t.join();
+  EXPECT_FALSE(escaped) << "an OnCancel exception escaped Cancel on the cancelling thread";
+  EXPECT_EQ(ran_on, canceller);
+  EXPECT_NE(ran_on, std::this_thread::get_id());
+}
+
+TEST(CancellationTokenTest, EmptyFunctionIsIgnored) {
+  CancellationToken token;
+  int calls = 0;
+  token.OnCancel(nullptr);
+  token.OnCancel([&] { ++calls; });
+  EXPECT_NO_THROW((void)token.Cancel(Status::Cancelled("paused")));
+  EXPECT_EQ(calls, 1);
+  EXPECT_NO_THROW(token.OnCancel(std::function<void()>()));
+}
+
+// The same through the engine: a command that has committed finishes its work, and a timeout on
+// the alarm's thread does not unwind it. One io_context runs the alarm and the (asynchronous)
+// runs; the test thread drives it in virtual time, so nothing races and nothing sleeps.
+class OnCancelThrowsTest : public ::testing::Test {
+ protected:
+  struct Run {
+    RunContext ctx;
+    RunDone done;
+    int later_calls = 0;  // calls of the OnCancel function registered after the throwing one
+  };
+
+  void Open() {
+    Options o;
+    o.clock = &clock_;
+    o.executor = io_.get_executor();
+    o.run_executor = io_.get_executor();
+    auto opened = Engine::Open(std::move(o));
+    ASSERT_TRUE(opened.ok()) << opened.status();
+    engine_ = std::move(opened).value();
+    // Each run registers a throwing function and then one that counts; it finishes when the test
+    // says so.
+    ASSERT_TRUE(engine_
+                    ->RegisterAsyncCallback(
+                        "github", "issues",
+                        [this](const RunContext& ctx, RunDone done) {
+                          runs_.push_back(std::make_unique<Run>(Run{ctx, done}));
+                          Run* run = runs_.back().get();
+                          ctx.cancel.OnCancel([] { throw std::runtime_error("OnCancel threw"); });
+                          ctx.cancel.OnCancel([run] { ++run->later_calls; });
+                        })
+                    .ok());
+    SyncDefinition def;
+    def.name = "issues";
+    def.frequency = "1h";
+    def.timeout = std::chrono::minutes(1);
+    ASSERT_TRUE(engine_->DefineSync("github", def).ok());
+  }
+
+  void TearDown() override {
+    // Finish what is still in flight, then destroy the engine before the runs and the io_context
+    // its callbacks and alarm use.
+    for (auto& run : runs_) run->done(RunReport::Success());
+    clock_.RunFor(io_, std::chrono::milliseconds(0));
+    engine_.reset();
+  }
+
+  VirtualClock clock_;
+  boost::asio::io_context io_;
+  std::vector<std::unique_ptr<Run>> runs_;
+  std::unique_ptr<Engine> engine_;
+};
+
+TEST_F(OnCancelThrowsTest, PauseCancelsEveryRunAndSucceeds) {
+  Open();
+  for (const char* c : {"c0", "c1", "c2"}) ASSERT_TRUE(engine_->AddConnection("github", c).ok());
+  clock_.RunFor(io_, std::chrono::milliseconds(0));  // the immediate runs start
+  ASSERT_EQ(runs_.size(), 3u);
+
+  Result<CommandResult> paused = Status::Internal("Pause threw");
+  EXPECT_NO_THROW(paused = engine_->Pause(Target{"github", std::nullopt, {}}));
+  ASSERT_TRUE(paused.ok()) << paused.status();
+  EXPECT_EQ(paused->Count(Outcome::kPaused), 3u);
+  for (const auto& run : runs_) {
+    EXPECT_TRUE(run->ctx.cancel.cancelled()) << run->ctx.run_id << " was not cancelled";
+    EXPECT_EQ(run->ctx.cancel.reason().code(), StatusCode::kCancelled) << run->ctx.run_id;
+    EXPECT_EQ(run->later_calls, 1) << run->ctx.run_id;
+  }
+  // The cancelled runs end as the pause says, and the engine carries on.
+  for (auto& run : runs_) {
+    RunReport report;
+    report.status = run->ctx.cancel.reason();
+    run->done(std::move(report));
+  }
+  clock_.RunFor(io_, std::chrono::milliseconds(0));
+  auto status = engine_->GetStatus(Target{"github", std::nullopt, {}});
+  ASSERT_TRUE(status.ok()) << status.status();
+  ASSERT_EQ(status->size(), 3u);
+  for (const ScheduleStatus& s : *status) {
+    EXPECT_EQ(s.state, ScheduleState::kPaused) << ToString(s.key);
+    EXPECT_NE(s.status, RunStatus::kRunning) << ToString(s.key);
+  }
+  EXPECT_EQ(engine_->GetMetrics().runs_in_flight, 0u);
+}
+
+TEST_F(OnCancelThrowsTest, TimeoutOnTheAlarmDoesNotUnwindIt) {
+  Open();
+  for (const char* c : {"c0", "c1"}) ASSERT_TRUE(engine_->AddConnection("github", c).ok());
+  clock_.RunFor(io_, std::chrono::milliseconds(0));
+  ASSERT_EQ(runs_.size(), 2u);
+  // Both runs time out in one wake-up of the alarm, which runs on this thread here (on the
+  // engine's own thread, an escaping exception would terminate the process).
+  EXPECT_NO_THROW(clock_.RunFor(io_, std::chrono::minutes(2)));
+  for (const auto& run : runs_) {
+    EXPECT_TRUE(run->ctx.cancel.cancelled()) << run->ctx.run_id;
+    EXPECT_EQ(run->ctx.cancel.reason().code(), StatusCode::kDeadlineExceeded) << run->ctx.run_id;
+    EXPECT_EQ(run->later_calls, 1) << run->ctx.run_id;
+  }
+  EngineMetrics m = engine_->GetMetrics();
+  EXPECT_EQ(m.runs_timed_out, 2u);
+  EXPECT_EQ(m.runs_in_flight, 0u);
 }
 
 }  // namespace

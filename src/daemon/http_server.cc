@@ -136,10 +136,25 @@ class RequestParser final : public http::basic_parser<true> {
   Request& r_;
 };
 
-// After a response that closes the connection, read and drop at most this much of what the
-// client is still sending (for this long), so that it sees the response rather than a reset.
-constexpr std::size_t kMaxDrainBytes = 8 << 20;
-constexpr auto kDrainTime = std::chrono::seconds(2);
+// The lingering close. After an answer that ends the connection (413, 431, 400, a refused request
+// whose body is not read, Connection: close, and 503 at the listener), the server half-closes
+// (FIN) and reads and drops what the client still sends, then closes. Closing with unread input
+// instead makes the kernel send a reset, and a client still writing its body gets EPIPE or
+// ECONNRESET and never sees the answer (Node's fetch, which writes a stream body to the end and a
+// buffer for several MB before it looks at an answer, fails with "fetch failed"). The drain
+// ends when the client closes its side, or at the first of these bounds (then a reset may still
+// lose the answer of a client still sending):
+// - bytes: kLingerBytes (or max_body_bytes if larger) read after the answer;
+// - time: read_timeout after the answer (what a slow client can hold a connection for anyway);
+// - silence: kLingerIdle without a byte (a client that read its answer but does not close).
+constexpr std::uint64_t kLingerBytes = std::uint64_t{64} << 20;
+constexpr auto kLingerIdle = std::chrono::seconds(2);
+// What one read of a drain asks for (into the connection's read buffer).
+constexpr std::size_t kDrainChunk = 65536;
+// Refusals at the listener (503) that linger at once, beyond max_connections; past this many a
+// refusal closes at once. Each holds a socket and a kRefusalChunk buffer until its drain ends.
+constexpr std::size_t kMaxLingeringRefusals = 128;
+constexpr std::size_t kRefusalChunk = 16384;
 // Pipelined requests answered one after the other without returning to the event loop: past
 // this many, the next one is posted, so that the stack stays shallow and other connections get
 // their turn.
@@ -422,22 +437,30 @@ class HttpServer::Connection final : public HttpServer::Session,
     net::post(socket_.get_executor(), [self = this->shared_from_this()] { self->ReadRequest(); });
   }
 
-  // Half-closes, then drops what the client still sends for a moment before closing.
+  // Half-closes, then drops what the client still sends, within the bounds (see kLingerBytes).
   void LingeringClose() {
     beast::error_code ec;
     socket_.shutdown(tcp::socket::shutdown_send, ec);
     if (ec) return Close();
-    deadline_ = Clock::now() + kDrainTime;
+    buffer_.clear();
+    auto now = Clock::now();
+    linger_end_ = now + limits_.read_timeout;
+    linger_left_ = std::max<std::uint64_t>(kLingerBytes, limits_.max_body_bytes);
+    // The timer wakes up at least every tick_ (at most read_timeout); the idle bound may be
+    // sooner than its next wake-up. Reads only move the deadline later (see OnTimer).
+    deadline_ = std::min(linger_end_, now + kLingerIdle);
     if (deadline_ < timer_.expiry()) Wait(deadline_);
     Drain();
   }
   void Drain() {
-    socket_.async_read_some(net::buffer(drain_),
-                            [self = this->shared_from_this()](beast::error_code ec, std::size_t n) {
-                              self->drained_ += n;
-                              if (ec || self->drained_ > kMaxDrainBytes) return self->Close();
-                              self->Drain();
-                            });
+    socket_.async_read_some(buffer_.prepare(kDrainChunk), [self = this->shared_from_this()](
+                                                              beast::error_code ec, std::size_t n) {
+      // The end of the client's input (EOF, a reset), or a bound.
+      if (ec || n >= self->linger_left_) return self->Close();
+      self->linger_left_ -= n;
+      self->deadline_ = std::min(self->linger_end_, Clock::now() + kLingerIdle);
+      self->Drain();
+    });
   }
 
   void Close() {
@@ -466,10 +489,87 @@ class HttpServer::Connection final : public HttpServer::Session,
   bool idle_ = true;  // waiting for a request's header
   bool reading_body_ = false;
   bool closed_ = false;
-  int inline_ = 0;  // requests answered since the last return to the event loop
-  std::array<char, 16384> drain_{};
-  std::size_t drained_ = 0;
+  int inline_ = 0;                  // requests answered since the last return to the event loop
+  Clock::time_point linger_end_{};  // the time bound of a lingering close
+  std::uint64_t linger_left_ = 0;   // the bytes a lingering close may still drop
 };
+
+namespace {
+
+// A connection refused at the listener (503): the fixed answer, then a lingering close with the
+// same bounds as a connection's, so that a client already sending its request reads the answer
+// rather than a reset.
+template <class Executor>
+class Refusal final : public std::enable_shared_from_this<Refusal<Executor>> {
+ public:
+  using Socket = net::basic_stream_socket<tcp, Executor>;
+  using Timer = net::basic_waitable_timer<std::chrono::steady_clock,
+                                          net::wait_traits<std::chrono::steady_clock>, Executor>;
+
+  // `answer` and `lingering` must outlive the refusal; `lingering` was incremented for it.
+  Refusal(Socket socket, const std::string& answer, const HttpLimits& limits,
+          std::atomic<std::size_t>& lingering)
+      : socket_(std::move(socket)),
+        timer_(socket_.get_executor()),
+        answer_(answer),
+        lingering_(lingering),
+        end_(Clock::now() + limits.read_timeout),
+        left_(std::max<std::uint64_t>(kLingerBytes, limits.max_body_bytes)) {}
+  ~Refusal() { lingering_.fetch_sub(1); }
+
+  void Start() {
+    deadline_ = std::min(end_, Clock::now() + kLingerIdle);
+    Wait();
+    net::async_write(socket_, net::buffer(answer_),
+                     [self = this->shared_from_this()](beast::error_code ec, std::size_t) {
+                       if (!ec) self->socket_.shutdown(tcp::socket::shutdown_send, ec);
+                       if (ec) return self->Close();
+                       self->drain_ = std::make_unique<char[]>(kRefusalChunk);
+                       self->Drain();
+                     });
+  }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+
+  void Wait() {
+    timer_.expires_at(deadline_);
+    timer_.async_wait([self = this->shared_from_this()](beast::error_code ec) {
+      if (ec == net::error::operation_aborted || self->closed_) return;
+      if (Clock::now() >= self->deadline_) return self->Close();
+      self->Wait();  // reads moved the deadline
+    });
+  }
+  void Drain() {
+    socket_.async_read_some(net::buffer(drain_.get(), kRefusalChunk),
+                            [self = this->shared_from_this()](beast::error_code ec, std::size_t n) {
+                              if (ec || n >= self->left_) return self->Close();
+                              self->left_ -= n;
+                              self->deadline_ = std::min(self->end_, Clock::now() + kLingerIdle);
+                              self->Drain();
+                            });
+  }
+  void Close() {
+    if (closed_) return;
+    closed_ = true;
+    beast::error_code ec;
+    socket_.shutdown(tcp::socket::shutdown_both, ec);
+    socket_.close(ec);
+    timer_.cancel();
+  }
+
+  Socket socket_;
+  Timer timer_;
+  const std::string& answer_;
+  std::atomic<std::size_t>& lingering_;
+  const Clock::time_point end_;
+  std::uint64_t left_;
+  Clock::time_point deadline_{};
+  std::unique_ptr<char[]> drain_;
+  bool closed_ = false;
+};
+
+}  // namespace
 
 HttpServer::HttpServer(Api& api, const Config& config, Logger& log)
     : api_(api),
@@ -537,12 +637,21 @@ void HttpServer::Accept() {
         static const std::string kStopping = fixed(codec::errors::ShuttingDown());
         const std::string& answer = stopping ? kStopping : kBusy;
         CountResponse(503);
-        auto sock = std::make_shared<Socket>(std::move(socket));
-        net::async_write(*sock, net::buffer(answer), [sock](beast::error_code, std::size_t) {
-          beast::error_code e;
-          sock->shutdown(tcp::socket::shutdown_both, e);
-          sock->close(e);
-        });
+        if (lingering_refusals_.fetch_add(1) < kMaxLingeringRefusals) {
+          std::make_shared<Refusal<Executor>>(std::move(socket), answer, config_.limits,
+                                              lingering_refusals_)
+              ->Start();
+        } else {
+          // Too many refusals lingering already: answer and close at once (a client still
+          // sending may then see a reset instead of the answer).
+          lingering_refusals_.fetch_sub(1);
+          auto sock = std::make_shared<Socket>(std::move(socket));
+          net::async_write(*sock, net::buffer(answer), [sock](beast::error_code, std::size_t) {
+            beast::error_code e;
+            sock->shutdown(tcp::socket::shutdown_both, e);
+            sock->close(e);
+          });
+        }
       } else {
         std::make_shared<Connection<Executor>>(std::move(socket), *this)->Start();
       }

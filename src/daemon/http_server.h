@@ -3,8 +3,11 @@
 // (431, 413), on open connections (503), and timeouts for reading a request and for an idle
 // connection. Each request is first admitted on its headers alone (route, method, key: so that
 // an unauthenticated client cannot make the server buffer a body), then read whole and answered
-// by Api::Handle. With several HTTP threads each connection runs on its own strand; with one
-// thread there is no strand (nothing runs concurrently), which spares its locking and queueing.
+// by Api::Handle. An answer that ends the connection, early or not, is followed by a lingering
+// close bounded in bytes and time, so that a client still sending its request reads the answer
+// rather than a reset (kLingerBytes in http_server.cc; docs/daemon.md). With several HTTP
+// threads each connection runs on its own strand; with one thread there is no strand (nothing
+// runs concurrently), which spares its locking and queueing.
 //
 // Thread safety: Bind, Start and Stop are called by one owner thread; the counters from any.
 #pragma once
@@ -71,6 +74,7 @@ class HttpServer {
   std::atomic<bool> stopping_{false};
   std::atomic<std::uint64_t> connections_open_{0};
   std::atomic<std::uint64_t> connections_total_{0};
+  std::atomic<std::size_t> lingering_refusals_{0};  // 503s draining (see Refusal)
   std::array<std::atomic<std::uint64_t>, 600> responses_{};
   std::mutex sessions_mu_;
   std::set<std::weak_ptr<Session>, std::owner_less<std::weak_ptr<Session>>> sessions_;

@@ -53,6 +53,7 @@ struct Options {
 
   // After downtime, catch-up runs are released at no more than this many per second, in due
   // order; 0: unlimited (all at once).
+  // Negative, NaN or infinite: Engine::Open answers INVALID_ARGUMENT.
   double catch_up_per_second = 0;
 
   // Scheduling decisions kept per schedule for status ("why not"). Default 8.

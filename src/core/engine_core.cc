@@ -3,6 +3,7 @@
 #include <pthread.h>
 
 #include <algorithm>
+#include <cmath>
 #include <exception>
 #include <tuple>
 
@@ -50,6 +51,11 @@ Result<std::shared_ptr<EngineCore>> EngineCore::Create(Options options, StoreWra
   }
   if (!options.run_executor && options.worker_threads == 0) {
     return Status::InvalidArgument("options.worker_threads must be at least 1");
+  }
+  if (!(options.catch_up_per_second >= 0) || std::isinf(options.catch_up_per_second)) {
+    return Status::InvalidArgument("options.catch_up_per_second is " +
+                                   std::to_string(options.catch_up_per_second) +
+                                   "; it must be 0 (unlimited) or a positive finite rate");
   }
   if (options.max_fires_per_wakeup == 0) {
     return Status::InvalidArgument("options.max_fires_per_wakeup must be at least 1");
@@ -518,7 +524,12 @@ void EngineCore::Finish(Txn& tx) {
 // ---------------------------------------------------------------------------------------------
 // Helpers under the lock
 
-std::int64_t EngineCore::NowMs() const { return clock_->Now().time_since_epoch().count(); }
+std::int64_t EngineCore::NowMs() const {
+  // Clamped a century either side of the epoch, so that now + a frequency, a timeout or a backoff
+  // (each at most a year) never overflows, whatever a (virtual) clock reads.
+  return std::clamp<std::int64_t>(clock_->Now().time_since_epoch().count(), -kFarFutureMs,
+                                  kFarFutureMs);
+}
 
 store::ScheduleRow EngineCore::RowOf(std::uint32_t schedule, bool full) const {
   const Schedule& s = cat_.schedules[schedule];
@@ -584,8 +595,15 @@ void EngineCore::StartSchedule(Txn& tx, std::uint32_t schedule) {
   Schedule& s = Touch(tx, schedule);
   s.state = ScheduleState::kStarted;
   bool spread = cat_.syncs[s.sync].spread;
+  // A clock that reads earlier than the schedule's last run (stepped back across a restart) must
+  // not anchor the grid onto slots already run: their run ids would repeat. The grid then starts
+  // just after the last run's start (every slot run so far is at or before it).
+  std::int64_t at = tx.now;
+  std::int64_t floor = s.last_start;
+  if (s.run != kNone) floor = std::max(floor, runs_[s.run]->dispatched);
+  if (at <= floor) at = floor + 1;
   std::tie(s.anchor, s.next_slot) =
-      StartGrid(spread ? cat_.KeyOf(schedule) : ScheduleKey{}, spread, cat_.FrequencyOf(s), tx.now);
+      StartGrid(spread ? cat_.KeyOf(schedule) : ScheduleKey{}, spread, cat_.FrequencyOf(s), at);
   s.flags &= static_cast<std::uint8_t>(~kHinted);
   slots_.Arm(schedule, s.next_slot);
   ++metrics_.schedules_started;
@@ -594,8 +612,8 @@ void EngineCore::StartSchedule(Txn& tx, std::uint32_t schedule) {
   } else if (s.run == kNone) {
     // The anchor's run; its id is off the grid, so that a start at an instant the clock reads
     // again (a pause and a start in one millisecond) never repeats one.
-    TryDispatch(tx, schedule, tx.now, RunMode::kIncremental, /*scheduled=*/true, 1,
-                NextRunId(tx, schedule, tx.now));
+    TryDispatch(tx, schedule, at, RunMode::kIncremental, /*scheduled=*/true, 1,
+                NextRunId(tx, schedule, at));
   } else if (runs_[s.run]->cancel_requested && s.pending == 0) {
     // The run in flight is being stopped (a pause just before): run afresh once it has.
     s.pending = 1 + static_cast<std::uint8_t>(RunMode::kIncremental);
@@ -693,6 +711,12 @@ void EngineCore::FinishRun(Txn& tx, const RunPtr& run, const Status& status,
     ScheduleDetail& d = cat_.details[run->schedule];
     d.last_error =
         status.message().empty() ? std::string(StatusCodeName(status.code())) : status.message();
+    // A run's error is kept in memory, in the row and in the history: bounded, whatever the
+    // callback threw.
+    if (d.last_error.size() > kMaxErrorBytes) {
+      d.last_error.resize(kMaxErrorBytes);
+      d.last_error += "... (truncated)";
+    }
     d.last_counts.clear();
   }
   if (store_) {

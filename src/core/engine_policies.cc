@@ -298,8 +298,8 @@ Status EngineCore::SetIntegrationLimits(std::string_view integration,
 Result<std::vector<ForecastMinute>> EngineCore::Forecast(Millis horizon,
                                                          std::optional<std::string> integration) {
   if (horizon.count() <= 0 || horizon > std::chrono::hours(24 * 7)) {
-    return Status::InvalidArgument("forecast horizon " + FormatFrequency(horizon) +
-                                   " must be positive and at most 7 days");
+    return Status::InvalidArgument("forecast horizon " + std::to_string(horizon.count()) +
+                                   " ms must be positive and at most 7 days");
   }
   // The engine's lock is held only to copy a slice of schedules at a time (kSlice of them, a few
   // hundred microseconds); the slots are counted without it, so a forecast over a million

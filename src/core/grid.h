@@ -24,6 +24,9 @@ inline constexpr Millis kMaxDuration = std::chrono::hours(24 * 366);
 // std::chrono::steady_clock): about 100 years after the epoch of the engine's clock.
 inline constexpr std::int64_t kFarFutureMs = std::int64_t{100} * 366 * 24 * 3600 * 1000;
 
+// A run's error message is kept to this many bytes (in memory, its schedule's row and history).
+inline constexpr std::size_t kMaxErrorBytes = 4096;
+
 // a + b for times in milliseconds, saturating instead of overflowing (undefined behaviour).
 inline std::int64_t SatAdd(std::int64_t a, std::int64_t b) {
   std::int64_t r = 0;

@@ -1,5 +1,6 @@
 // The engine on a SQLite file: restarts in virtual time keep grids, collapse missed slots into one
 // run, record interrupted runs, and keep paused schedules paused (SPEC §6).
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -31,7 +32,7 @@ class DurableEngine : public EngineHarness {
     engine.reset();
     o.database_path = path_;
     o.hold_timers = true;
-    o.clock = &clock;
+    if (!o.clock) o.clock = &clock;
     o.executor = io.get_executor();
     o.run_executor = io.get_executor();
     plan = std::make_shared<FaultPlan>();  // counts commits; a test may set a fault
@@ -597,6 +598,73 @@ TEST_F(DurableEngine, DurationsAreBoundedAndNamed) {
   Finish(0, RunReport::Failure("503"));
   EXPECT_FALSE(StatusOf("github", "a", "issues").next_retry.has_value())
       << "a retry beyond the next slot is dropped";
+}
+
+// Found by the review of issue 9: a clock stepped back across a restart, then a pause and a start,
+// re-anchored the grid onto slots already run, and their ids repeated.
+TEST_F(DurableEngine, AClockSteppedBackDoesNotRerunSlotsUnderTheirIds) {
+  DefineOne("issues");
+  ASSERT_TRUE(engine->AddConnection("github", "a").ok());
+  engine->ReleaseTimers();
+  const TimePoint start = clock.Now();
+  ASSERT_TRUE(engine->Start(T("github", "a")).ok());
+  Run(1h);  // the immediate run and the slot at +1h
+  ASSERT_EQ(calls.size(), 2u);
+  VirtualClock back(start);  // NTP or a VM restore: the clock reads an hour earlier
+  Options o;
+  o.clock = &back;
+  Reopen(o);
+  engine->ReleaseTimers();
+  ASSERT_TRUE(engine->Pause(T("github", "a")).ok());
+  ASSERT_TRUE(engine->Start(T("github", "a")).ok());
+  back.RunFor(io, 2h);
+  engine.reset();  // before `back`, which it reads
+  std::set<std::string> ids;
+  for (const Call& c : calls) EXPECT_TRUE(ids.insert(c.ctx.run_id).second) << c.ctx.run_id;
+  EXPECT_GE(calls.size(), 3u);
+}
+
+TEST_F(DurableEngine, AClockAtTheEndOfItsRangeDoesNotOverflow) {
+  VirtualClock far(TimePoint(Millis::max() - 1h));
+  Options o;
+  o.clock = &far;
+  Reopen(o);
+  SyncDefinition d;
+  d.name = "issues";
+  d.frequency = "every 31d";
+  ASSERT_TRUE(engine->DefineSync("github", d).ok());
+  engine->ReleaseTimers();
+  ASSERT_TRUE(engine->AddConnection("github", "a").ok());  // UBSan: no signed overflow
+  Settle();
+  EXPECT_EQ(calls.size(), 1u);
+  engine.reset();  // before `far`, which it reads
+}
+
+TEST_F(DurableEngine, BadOptionsAndInputsAreNamed) {
+  for (double rate : {-1.0, std::nan(""), HUGE_VAL}) {
+    Options o;
+    o.catch_up_per_second = rate;
+    auto e = Engine::Open(o);
+    ASSERT_FALSE(e.ok());
+    EXPECT_NE(e.status().message().find("catch_up_per_second"), std::string::npos);
+  }
+  auto f = engine->Forecast(-5ms, std::nullopt);
+  ASSERT_FALSE(f.ok());
+  EXPECT_NE(f.status().message().find("-5 ms"), std::string::npos) << f.status();
+}
+
+TEST_F(DurableEngine, ARunsErrorIsBoundedInMemoryAndOnDisk) {
+  DefineOne("issues");
+  ASSERT_TRUE(engine->AddConnection("github", "a").ok());
+  engine->ReleaseTimers();
+  auto_complete = false;
+  ASSERT_TRUE(engine->Trigger(T("github", "a"), RunMode::kIncremental).ok());
+  Settle();
+  ASSERT_EQ(calls.size(), 1u);
+  Finish(0, RunReport::Failure(std::string(100000, 'x')));
+  EXPECT_LT(StatusOf("github", "a", "issues").last_error.size(), 4200u);
+  Reopen();
+  EXPECT_LT(StatusOf("github", "a", "issues").last_error.size(), 4200u);
 }
 
 }  // namespace

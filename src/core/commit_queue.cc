@@ -34,8 +34,8 @@ void KeepLast(std::vector<Row>& rows, KeyFn key) {
   rows.swap(out);
 }
 
-// Appends `from` to `to`, keeping the last version of each schedule row. Finished runs are not
-// deduplicated: each takes its own place in the history.
+// Appends `from` to `to`. Finished runs are never deduplicated: each takes its own place in the
+// history.
 void MergeInto(store::Batch& to, store::Batch& from) {
   Append(to.syncs, from.syncs);
   Append(to.integrations, from.integrations);
@@ -44,7 +44,12 @@ void MergeInto(store::Batch& to, store::Batch& from) {
   Append(to.schedules_deleted, from.schedules_deleted);
   Append(to.schedules, from.schedules);
   Append(to.runs, from.runs);
-  KeepLast(to.schedules, [](const store::ScheduleRow& r) { return r.uid; });
+}
+
+// Keeps the last version of each schedule row: once per commit, after all merges (once per merge
+// made a group of n items cost O(n²)).
+void Dedup(store::Batch& b) {
+  KeepLast(b.schedules, [](const store::ScheduleRow& r) { return r.uid; });
 }
 
 }  // namespace
@@ -142,6 +147,7 @@ void CommitQueue::CommitItems(std::vector<Item>& items) {
     } else {
       store::Batch merged;
       for (std::size_t i = begin; i < end; ++i) MergeInto(merged, items[i].batch);
+      Dedup(merged);
       status = CommitWithCarry(merged, /*command=*/false);
     }
     // A failed group fails each of its items: a command reports the error (and changed nothing);
@@ -168,11 +174,13 @@ Status CommitQueue::CommitWithCarry(store::Batch& batch, bool command) {
   if (command) {
     store::Batch merged = carry_;  // a copy: a failed command must not take the carry with it
     MergeInto(merged, batch);
+    Dedup(merged);
     Status status = store_.Commit(merged);
     if (status.ok()) carry_.clear();
     return status;
   }
   MergeInto(carry_, batch);  // the carried rows first: newer versions of a row win
+  Dedup(carry_);
   Status status = store_.Commit(carry_);
   if (status.ok()) carry_.clear();
   return status;

@@ -1206,6 +1206,7 @@ Result<CommandResult> EngineCore::Start(const Target& target) {
     auto targets = cat_.Resolve(target);
     if (!targets.ok()) return targets.status();
     Txn tx = Begin(/*undoable=*/true);
+    tx.Reserve(targets->size());
     for (std::uint32_t s : *targets) {
       if (cat_.schedules[s].state == ScheduleState::kStarted) {
         Count(result, target, cat_, s, Outcome::kAlreadyStarted);
@@ -1231,6 +1232,7 @@ Result<CommandResult> EngineCore::Pause(const Target& target) {
     auto targets = cat_.Resolve(target);
     if (!targets.ok()) return targets.status();
     Txn tx = Begin(/*undoable=*/true);
+    tx.Reserve(targets->size());
     for (std::uint32_t idx : *targets) {
       if (cat_.schedules[idx].state != ScheduleState::kStarted) {
         Count(result, target, cat_, idx, Outcome::kAlreadyPaused);
@@ -1268,6 +1270,7 @@ Result<CommandResult> EngineCore::Trigger(const Target& target, RunMode mode) {
     auto targets = cat_.Resolve(target);
     if (!targets.ok()) return targets.status();
     Txn tx = Begin(/*undoable=*/true);
+    tx.Reserve(targets->size());
     for (std::uint32_t idx : *targets) {
       const Schedule& s = cat_.schedules[idx];  // touched only where it changes
       if (s.flags & kWaiting) {

@@ -180,6 +180,12 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
     std::vector<std::size_t> in_flight;  // per integration
     std::uint64_t next_uid = 0, wait_seq = 0, rng_state = 0;
     std::uint32_t last_served = 0;
+
+    // A bulk command over n schedules: no reallocation of the lists as it touches them.
+    void Reserve(std::size_t n) {
+      touched.reserve(n);
+      if (undoable) undo.reserve(n);
+    }
   };
 
   explicit EngineCore(Options options);

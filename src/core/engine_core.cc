@@ -597,11 +597,12 @@ void EngineCore::StartSchedule(Txn& tx, std::uint32_t schedule) {
   bool spread = cat_.syncs[s.sync].spread;
   // A clock that reads earlier than the schedule's last run (stepped back across a restart) must
   // not anchor the grid onto slots already run: their run ids would repeat. The grid then starts
-  // just after the last run's start (every slot run so far is at or before it).
+  // at the last run's start (every slot run so far is at or before it; the immediate run's id has
+  // its own suffix). A clock that reads the same instant again keeps the start's own moment.
   std::int64_t at = tx.now;
   std::int64_t floor = s.last_start;
   if (s.run != kNone) floor = std::max(floor, runs_[s.run]->dispatched);
-  if (at <= floor) at = floor + 1;
+  if (at < floor) at = floor;
   std::tie(s.anchor, s.next_slot) =
       StartGrid(spread ? cat_.KeyOf(schedule) : ScheduleKey{}, spread, cat_.FrequencyOf(s), at);
   s.flags &= static_cast<std::uint8_t>(~kHinted);

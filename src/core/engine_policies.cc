@@ -165,6 +165,7 @@ void EngineCore::DrainWaiting(Txn& tx) {
     last_served_ = best;
     std::uint32_t sched = wait_queues_[best].top().second;
     wait_queues_[best].pop();
+    Touch(tx, sched);  // the before-image first: it must see the wait before it is moved from
     WaitInfo w = std::move(waiting_[sched]);
     DropWaiting(tx, sched);
     Observe(metrics_.wait_seconds, static_cast<double>(tx.now - w.since) / 1000.0);

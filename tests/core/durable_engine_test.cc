@@ -55,6 +55,7 @@ class DurableEngine : public EngineHarness {
   }
   // Every store commit the next command makes fails (kFail) or is the crash (kCrash).
   void FailNextCommit(FaultPlan::Mode mode = FaultPlan::Mode::kFail) {
+    std::lock_guard lock(plan->mu);
     plan->mode = mode;
     plan->at = plan->commits.load() + 1;
   }
@@ -461,6 +462,7 @@ TEST_F(DurableEngine, AFailedRedefinitionRestoresEverySchedulesState) {
   auto before = engine->GetStatus(T("github", "a"));
   ASSERT_TRUE(before.ok());
   auto fail_definition = [&] {
+    std::lock_guard lock(plan->mu);
     plan->fired = false;
     plan->mode = FaultPlan::Mode::kFail;
     plan->match = [](const store::Batch& b) { return !b.syncs.empty(); };

@@ -26,6 +26,9 @@ namespace syncsched::testing {
 
 struct FaultPlan {
   enum class Mode { kNone, kFail, kCrash };
+  // Guards mode, at and match when a test changes them while the engine runs (the writer thread
+  // reads them in FaultStore::Commit).
+  std::mutex mu;
   Mode mode = Mode::kNone;
   std::uint64_t at = 0;  // the commit (1-based) that fails or crashes; 0: none
   // Instead of `at`: the first commit whose batch this accepts (the engine's writer commits
@@ -52,6 +55,7 @@ class FaultStore : public store::Store {
 
   Status Commit(const store::Batch& batch) override {
     std::lock_guard lock(mu_);
+    std::lock_guard plan_lock(plan_->mu);
     if (plan_->crashed.load()) return Status::Unavailable("fault injection: the process crashed");
     std::uint64_t n = ++plan_->commits;
     bool hit = plan_->match ? !plan_->fired.load() && plan_->match(batch)

@@ -968,7 +968,10 @@ void Model::OnComplete(TimePoint now, std::uint64_t serial, bool ok, const std::
       r.must = hi < *s->next.value && !s->buffered && !s->must && !s->fuzzy && s->may_runs == 0 &&
                s->may_resync == 0;
     }
-    if (arm) s->retry = r;
+    if (arm) {
+      s->retry = r;
+      s->retry_due = false;
+    }
   }
   EndRun(*s);
 }
@@ -1412,6 +1415,7 @@ void Model::OnShutdown(bool crash) {
       r.paused_origin = s.run->dispatched_paused;
       r.loose = true;
       s.retry = r;
+      s.retry_due = false;
     }
     ++s.runs;
     ++s.failures;

@@ -209,6 +209,15 @@ void Simulator::Reopen(bool crash) {
   CloseInstant();
 }
 
+void Simulator::ArmFault(testing::FaultPlan::Mode mode, std::uint64_t k) {
+  // Called after a barrier or a command, when the writer has nothing queued: the commit the fault
+  // lands on is then the (k+1)-th from now, whatever the writer's timing.
+  std::lock_guard lock(plan_->mu);
+  plan_->fired.store(false);
+  plan_->mode = mode;
+  plan_->at = mode == testing::FaultPlan::Mode::kNone ? 0 : plan_->commits.load() + 1 + k;
+}
+
 void Simulator::Barrier() {
   // A real change, so that every engine commits it, through the same queue as everything else:
   // once it is acknowledged, everything queued before it is committed.
@@ -297,8 +306,7 @@ void Simulator::Execute(Cmd& cmd, Mode mode) {
   in_command_ = false;
   const bool fired = plan_ && plan_->fired.load();
   if (mode == Mode::kFail) {  // the writer is idle: no commit is in progress
-    plan_->mode = testing::FaultPlan::Mode::kNone;
-    plan_->at = 0;
+    ArmFault(testing::FaultPlan::Mode::kNone, 0);
   }
   // The digest takes the code only: a fault's message counts commits, and group commit makes
   // that count depend on thread timing (what the commit does does not).
@@ -346,14 +354,12 @@ void Simulator::CrashStep() {
   const bool command_victim = rng_.Chance(0.65);
   const std::vector<std::uint64_t> ks = {0, 0, 1, 1, 2};
   const std::uint64_t k = command_victim ? rng_.Pick(ks) : 0;
-  plan_->fired.store(false);
-  plan_->mode = testing::FaultPlan::Mode::kCrash;
-  plan_->at = plan_->commits.load() + 1 + k;
+  ArmFault(testing::FaultPlan::Mode::kCrash, k);
   if (command_victim) {
     Cmd c = MakeCommand(/*allow_invalid=*/false, /*mutating_only=*/true);
     action_ = "crash at commit +" + std::to_string(k + 1) + " of " + c.desc;
     Execute(c, Mode::kCrash);
-    if (!plan_->fired.load()) plan_->at = plan_->commits.load() + 1;  // the writer is idle
+    if (!plan_->fired.load()) ArmFault(testing::FaultPlan::Mode::kCrash, 0);  // the writer is idle
     model_.set_crashed(true);
     PollAll();  // runs whose dispatch was committed reach their callbacks
   } else {
@@ -375,9 +381,7 @@ void Simulator::FailStep() {
   Barrier();
   if (model_.failed()) return;
   const std::uint64_t k = rng_.Chance(0.6) ? 0 : 1;
-  plan_->fired.store(false);
-  plan_->mode = testing::FaultPlan::Mode::kFail;
-  plan_->at = plan_->commits.load() + 1 + k;
+  ArmFault(testing::FaultPlan::Mode::kFail, k);
   Cmd c = MakeCommand(/*allow_invalid=*/false, /*mutating_only=*/true);
   action_ = "commit +" + std::to_string(k + 1) + " fails in " + c.desc;
   Execute(c, Mode::kFail);

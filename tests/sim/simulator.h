@@ -116,6 +116,8 @@ class Simulator {
   void Shutdown(bool crash);
   void Reopen(bool crash);
   void Barrier();
+  // Arms the fault plan: `mode` at the (k+1)-th commit from now (kNone: disarms).
+  void ArmFault(testing::FaultPlan::Mode mode, std::uint64_t k);
 
   // ---- steps ----
   void Step();

@@ -867,12 +867,23 @@ void Model::OnInvoke(TimePoint now, std::uint64_t serial, const RunContext& ctx)
       return;
     }
   } else {
-    if (!s->retry || s->retry->run_id != ctx.run_id || s->retry->next_attempt != ctx.attempt) {
+    const bool main =
+        s->retry && s->retry->run_id == ctx.run_id && s->retry->next_attempt == ctx.attempt;
+    const bool alt = s->retry && s->retry->alt && s->retry->alt->run_id == ctx.run_id &&
+                     s->retry->alt->next_attempt == ctx.attempt;
+    if (!main && !alt) {
       Fail(what + ": a retry nobody armed" +
            (s->retry ? " (expected " + s->retry->run_id + " attempt " +
                            std::to_string(s->retry->next_attempt) + ")"
                      : std::string(" (no failed attempt to retry)")));
       return;
+    }
+    if (alt && !main) {  // the retry of the run the stop ended: its own slot and mode
+      const RetryModel::Alternative a = *s->retry->alt;
+      s->retry->run_id = a.run_id;
+      s->retry->slot = a.slot;
+      s->retry->mode = a.mode;
+      s->retry->next_attempt = a.next_attempt;
     }
     const RetryModel& r = *s->retry;
     if (ctx.slot != r.slot ||
@@ -1406,7 +1417,12 @@ void Model::OnShutdown(bool crash) {
     // The run ends as an error; whether that error is retried (its attempts allowing) is the
     // engine's choice.
     const SyncModel* y = SyncOf(s);
-    if (y && !s.run->cancelled && s.run->attempt <= y->def.retry.max) {
+    if (y && !s.run->cancelled && s.run->attempt <= y->def.retry.max && s.retry) {
+      s.retry->alt =
+          RetryModel::Alternative{s.run->run_id, s.run->slot, s.run->mode, s.run->attempt + 1};
+      s.retry->must = false;
+      s.retry->loose = true;
+    } else if (y && !s.run->cancelled && s.run->attempt <= y->def.retry.max) {
       RetryModel r;
       r.run_id = s.run->run_id;
       r.slot = s.run->slot;

@@ -88,6 +88,14 @@ struct RetryModel {
   bool mode_may_upgrade = false;  // a full resync trigger met it waiting: it may run as one
   bool loose = false;      // armed for a run ended by a restart: its due time is the engine's
   bool regridded = false;  // the next slot moved after it was armed
+  // A run a stop ended while this retry was pending: the engine may retry that one instead.
+  struct Alternative {
+    std::string run_id;
+    TimePoint slot;
+    RunMode mode = RunMode::kIncremental;
+    int next_attempt = 2;
+  };
+  std::optional<Alternative> alt;
 };
 
 // What the model expects of status.next_run when it cannot predict it to the millisecond.

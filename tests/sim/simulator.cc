@@ -247,6 +247,15 @@ SimResult Simulator::Run() {
       result_.failed_step = step_;
       result_.action = action_;
       result_.failure = model_.failure();
+      if (engine_) {  // the engine's own gauges, beside the model's view
+        EngineMetrics m = engine_->GetMetrics();
+        std::size_t model_in_flight = 0;
+        for (const auto& [k, sm] : model_.schedules()) model_in_flight += sm.run.has_value();
+        result_.failure +=
+            "\n    engine metrics: runs_in_flight=" + std::to_string(m.runs_in_flight) +
+            " runs_waiting=" + std::to_string(m.runs_waiting) +
+            " (model: " + std::to_string(model_in_flight) + " in flight)";
+      }
     }
   }
   if (model_.failed() && result_.ok) {  // failed while opening

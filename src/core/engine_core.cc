@@ -332,7 +332,6 @@ EngineCore::Txn EngineCore::Begin(bool undoable) {
     tx.in_flight.reserve(cat_.integrations.size());
     for (const IntegrationInfo& i : cat_.integrations) tx.in_flight.push_back(i.in_flight);
     tx.next_uid = next_uid_;
-    tx.wait_seq = wait_seq_;
     tx.rng_state = rng_state_;
     tx.last_served = last_served_;
   }
@@ -502,7 +501,6 @@ void EngineCore::Rollback(Txn& tx) {
     cat_.integrations[i].in_flight = tx.in_flight[i];
   }
   next_uid_ = tx.next_uid;
-  wait_seq_ = tx.wait_seq;
   rng_state_ = tx.rng_state;
   last_served_ = tx.last_served;
   tx.fx = {};

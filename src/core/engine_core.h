@@ -178,7 +178,9 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
     // Scalars restored by a rollback.
     std::optional<EngineMetrics> metrics;
     std::vector<std::size_t> in_flight;  // per integration
-    std::uint64_t next_uid = 0, wait_seq = 0, rng_state = 0;
+    std::uint64_t next_uid = 0, rng_state = 0;
+    // wait_seq_ is not restored: a rolled-back wait leaves its (seq, schedule) entry in a queue,
+    // and a later wait of a schedule reusing the index must never match it.
     std::uint32_t last_served = 0;
 
     // A bulk command over n schedules: no reallocation of the lists as it touches them.

@@ -137,9 +137,10 @@ void EngineCore::DropWaiting(Txn& tx, std::uint32_t schedule) {
 
 void EngineCore::DrainWaiting(Txn& tx) {
   if (metrics_.runs_waiting == 0 || shut_down_) return;
-  auto valid = [&](const WaitEntry& e) REQUIRES(mu_) {
+  auto valid = [&](std::uint32_t integ, const WaitEntry& e) REQUIRES(mu_) {
     const Schedule& s = cat_.schedules[e.second];
     if (!s.live || s.state == ScheduleState::kDeleted || !(s.flags & kWaiting)) return false;
+    if (cat_.connections[s.connection].integration != integ) return false;  // index reused
     auto it = waiting_.find(e.second);
     return it != waiting_.end() && it->second.seq == e.first;
   };
@@ -155,7 +156,7 @@ void EngineCore::DrainWaiting(Txn& tx) {
     for (std::uint32_t step = 1; step <= count; ++step) {
       std::uint32_t i = (last_served_ + step) % count;
       auto& q = wait_queues_[i];
-      while (!q.empty() && !valid(q.top())) q.pop();  // entries of waits that ended
+      while (!q.empty() && !valid(i, q.top())) q.pop();  // entries of waits that ended
       if (q.empty() || !CapsAllow(i)) continue;
       if (best == kNone || cat_.integrations[i].in_flight < cat_.integrations[best].in_flight) {
         best = i;

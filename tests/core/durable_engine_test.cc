@@ -489,6 +489,46 @@ TEST_F(DurableEngine, AFailedRedefinitionRestoresEverySchedulesState) {
   EXPECT_EQ(calls.back().at, t0 + 17min);
 }
 
+// Simulation seed 1193: a creation whose immediate run waited for the global cap failed to commit;
+// its rollback freed the schedule's index but left its entry in github's wait queue. A hubspot
+// schedule created next took that index (and, when the wait counter was rolled back too, the
+// same place in line), so the stale github entry dispatched it past hubspot's own cap when a
+// github run ended.
+TEST_F(DurableEngine, ARolledBackWaitNeverDispatchesTheScheduleThatReusesItsPlace) {
+  Options o;
+  o.max_concurrent_runs = 2;
+  Reopen(o);
+  DefineOne("issues", /*auto_start=*/true);  // variants are created started
+  SyncDefinition deals;
+  deals.name = "deals";
+  deals.frequency = "every 1h";
+  ASSERT_TRUE(engine->DefineSync("hubspot", deals).ok());
+  ASSERT_TRUE(engine->RegisterAsyncCallback("hubspot", "deals", Recorder()).ok());
+  ASSERT_TRUE(engine->SetIntegrationLimits("hubspot", {.max_concurrency = 1}).ok());
+  engine->ReleaseTimers();
+  auto_complete = false;
+  ASSERT_TRUE(engine->AddConnection("github", "a").ok());
+  ASSERT_TRUE(engine->AddConnection("hubspot", "h").ok());
+  Settle();
+  ASSERT_EQ(calls.size(), 2u);  // both first runs: the global cap (2) is reached
+
+  FailNextCommit();
+  EXPECT_TRUE(engine->CreateVariant({"github", "a", "issues", "v1"}).IsUnavailable());
+  ASSERT_TRUE(engine->CreateVariant({"hubspot", "h", "deals", "v1"}).ok());  // waits
+  Settle();
+  ASSERT_EQ(calls.size(), 2u);
+
+  std::size_t github = calls[0].ctx.key.integration == "github" ? 0 : 1;
+  Finish(github);  // the global cap frees a place; hubspot's own cap (1) still holds
+  Settle();
+  ASSERT_EQ(calls.size(), 2u) << "a hubspot run dispatched while hubspot's only place was taken";
+  Finish(1 - github);  // now hubspot's waiting run goes
+  Settle();
+  ASSERT_EQ(calls.size(), 3u);
+  EXPECT_EQ(calls[2].ctx.key.variant, "v1");
+  EXPECT_EQ(calls[2].ctx.key.integration, "hubspot");
+}
+
 // Item 9: a schedule paused while waiting for a cap and queued again goes to the back.
 TEST_F(DurableEngine, AWaitQueuedAgainGoesToTheBackOfTheQueue) {
   DefineOne("issues");

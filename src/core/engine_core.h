@@ -159,7 +159,7 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   // One engine transaction (see docs/design.md, "One command, one transaction"). Every change to
   // a schedule goes through Touch(), which lists the schedule and, when the transaction is
   // undoable (a command), saves its before-image. The batch is derived at commit from the touched
-  // schedules' whole state (RowOf), never planned by hand: whatever the command changed is in it.
+  // schedules' whole state (FillRow), never planned by hand: whatever the command changed is in it.
   // A failed commit rolls the transaction back from the before-images, exactly.
   struct Txn {
     bool undoable = false;
@@ -217,7 +217,8 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   // closure calls it without one.
   std::int64_t NowMs() const;
   // The schedule's row: the whole state a restart needs (full: with its key, for a new row).
-  store::ScheduleRow RowOf(std::uint32_t schedule, bool full) const REQUIRES(mu_);
+  // Writes the schedule's whole row into `row` (default-constructed).
+  void FillRow(store::ScheduleRow& row, std::uint32_t schedule, bool full) const REQUIRES(mu_);
   std::string NextRunId(Txn& tx, std::uint32_t schedule, std::int64_t slot) REQUIRES(mu_);
   void StartSchedule(Txn& tx, std::uint32_t schedule) REQUIRES(mu_);
   void DispatchRun(Txn& tx, std::uint32_t schedule, std::int64_t slot, RunMode mode, bool scheduled,
@@ -266,7 +267,7 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   std::int64_t TimeoutOf(const SyncInfo& sync) const REQUIRES(mu_);
   void MaybeRearm() REQUIRES(mu_);
   // A run in flight, as its schedule's row records it.
-  static store::RunRow InFlightRow(const RunState& run);
+  static void FillInFlight(store::RunRow& row, const RunState& run);
   ScheduleStatus StatusOf(std::uint32_t schedule) const REQUIRES(mu_);
   std::shared_ptr<const Callback> CallbackFor(std::uint32_t integration,
                                               std::string_view sync) const REQUIRES(mu_);

@@ -1,6 +1,7 @@
 // Small helpers shared by the engine's files: grid arithmetic and histograms.
 #pragma once
 
+#include <charconv>
 #include <cstdint>
 #include <limits>
 #include <string>
@@ -39,8 +40,18 @@ inline std::int64_t SatAdd(std::int64_t a, std::int64_t b) {
 
 // A grid slot's run id, "<schedule uid>-<slot ms>"; off-grid runs (an immediate run, a trigger, a
 // resync, a buffered run) add "-<n>", the schedule's n-th such run (EngineCore::NextRunId).
-inline std::string GridRunId(std::uint64_t uid, std::int64_t slot) {
-  return std::to_string(uid) + "-" + std::to_string(slot);
+// `<uid>-<slot>`, or `<uid>-<slot>-<seq>` off the grid (seq > 0): one allocation (a start of a
+// million schedules names a million runs).
+inline std::string GridRunId(std::uint64_t uid, std::int64_t slot, std::uint64_t seq = 0) {
+  char buf[64];
+  char* p = std::to_chars(buf, buf + 20, uid).ptr;
+  *p++ = '-';
+  p = std::to_chars(p, p + 20, slot).ptr;
+  if (seq) {
+    *p++ = '-';
+    p = std::to_chars(p, p + 20, seq).ptr;
+  }
+  return std::string(buf, p);
 }
 
 inline void Observe(Histogram& h, double v) {

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -12,6 +13,7 @@
 
 #include "syncsched/clock.h"
 #include "syncsched/frequency.h"
+#include "syncsched/status.h"
 
 namespace syncsched {
 
@@ -88,6 +90,12 @@ struct Options {
   // when opening a database whose recovered runs must find their callbacks: open, register the
   // callbacks and define the catalog, then release. Default false: timers fire from the start.
   bool hold_timers = false;
+
+  // Called when the database starts refusing commits (with the error, which names the file) and
+  // when a commit succeeds again (with OK): once per change, not per commit. Runs on the engine's
+  // writer thread; it must return quickly and must not call the engine (a command may be waiting
+  // for that thread). Empty (default): nothing is called; EngineMetrics shows the same.
+  std::function<void(const Status&)> on_store_status;
 };
 
 }  // namespace syncsched

@@ -144,6 +144,13 @@ struct ScheduleStatus {
   std::optional<TimePoint> waiting_since;  // due and waiting for a concurrency cap since then
   std::optional<TimePoint> next_retry;     // a failed run's retry is due then
   std::vector<Decision> decisions;         // the last scheduling decisions, oldest first
+  // True while the schedule's last change (a run's outcome, its counters, its next slot) is in
+  // memory only: the database refused the commit that records it (a full disk, an I/O error,
+  // corruption). It is written with the next commit that succeeds; if the process ends first, a
+  // run whose outcome was not recorded reads "interrupted" after the restart (its outcome is
+  // unknown to the database) and the schedule is as last recorded. Always false without a
+  // database.
+  bool unrecorded = false;
 };
 
 // Cancellation of a run, as the callback sees it. Thread-safe; copies share one state.
@@ -233,6 +240,20 @@ struct EngineMetrics {
   Histogram run_duration_seconds;
   Histogram fire_lateness_seconds;  // dispatch time minus slot time, scheduled runs only
   Histogram wait_seconds;           // time due runs waited for a concurrency cap
+
+  // The database (Options::database_path); all zero and healthy without one.
+  // False from a commit the database refused (full disk, I/O error, corruption) until a commit
+  // succeeds again; runs are not called meanwhile (their records cannot be written: each is
+  // recorded as an error instead), and commands fail with the database's error.
+  bool store_healthy = true;
+  std::string store_error;  // the refused commit's error, naming the file, while not healthy
+  std::uint64_t store_commits_failed = 0;  // commits refused, commands' included
+  // Gauge: schedule rows and finished runs applied in memory that the database does not hold
+  // yet (see ScheduleStatus::unrecorded). Retried with every later commit.
+  std::uint64_t store_rows_unrecorded = 0;
+  // Finished runs dropped from that backlog above its bound (100,000 runs): history entries
+  // only; the schedules' own rows (counters, last outcome) are kept.
+  std::uint64_t store_history_dropped = 0;
 };
 
 // Runs due in one minute of a forecast.

@@ -54,8 +54,13 @@ void Dedup(store::Batch& b) {
 
 }  // namespace
 
-CommitQueue::CommitQueue(store::Store& store, ReleaseFn release)
-    : store_(store), release_(std::move(release)), thread_([this] { Loop(); }) {}
+CommitQueue::CommitQueue(store::Store& store, ReleaseFn release, HealthFn on_health,
+                         std::size_t max_carried_runs)
+    : store_(store),
+      release_(std::move(release)),
+      on_health_(std::move(on_health)),
+      max_carried_runs_(max_carried_runs),
+      thread_([this] { Loop(); }) {}
 
 CommitQueue::~CommitQueue() { Stop(); }
 
@@ -166,24 +171,56 @@ void CommitQueue::CommitItems(std::vector<Item>& items) {
 }
 
 Status CommitQueue::CommitWithCarry(store::Batch& batch, bool command) {
+  Status status;
   if (carry_.empty()) {
-    Status status = store_.Commit(batch);
+    status = store_.Commit(batch);
     if (!status.ok() && !command) carry_ = std::move(batch);
-    return status;
-  }
-  if (command) {
+  } else if (command) {
     store::Batch merged = carry_;  // a copy: a failed command must not take the carry with it
     MergeInto(merged, batch);
     Dedup(merged);
-    Status status = store_.Commit(merged);
+    status = store_.Commit(merged);
     if (status.ok()) carry_.clear();
-    return status;
+  } else {
+    MergeInto(carry_, batch);  // the carried rows first: newer versions of a row win
+    Dedup(carry_);
+    status = store_.Commit(carry_);
+    if (status.ok()) carry_.clear();
   }
-  MergeInto(carry_, batch);  // the carried rows first: newer versions of a row win
-  Dedup(carry_);
-  Status status = store_.Commit(carry_);
-  if (status.ok()) carry_.clear();
+  Observe(status);
   return status;
+}
+
+void CommitQueue::Observe(const Status& status) {
+  std::uint64_t dropped = 0;
+  if (carry_.runs.size() > max_carried_runs_) {
+    dropped = carry_.runs.size() - max_carried_runs_;
+    carry_.runs.erase(carry_.runs.begin(),
+                      carry_.runs.begin() + static_cast<std::ptrdiff_t>(dropped));
+  }
+  std::shared_ptr<std::unordered_set<std::uint64_t>> uids;
+  if (!carry_.empty()) {
+    uids = std::make_shared<std::unordered_set<std::uint64_t>>();
+    for (const store::ScheduleRow& row : carry_.schedules) uids->insert(row.uid);
+    for (const store::RunRow& run : carry_.runs) uids->insert(run.schedule_uid);
+  }
+  bool changed;
+  {
+    MutexLock lock(health_mu_);
+    changed = health_.healthy != status.ok();
+    health_.healthy = status.ok();
+    health_.error = status.ok() ? std::string() : status.ToString();
+    if (!status.ok()) ++health_.commits_failed;
+    health_.rows_unrecorded = carry_.schedules.size() + carry_.runs.size();
+    health_.history_dropped += dropped;
+    health_.unrecorded_uids = std::move(uids);
+  }
+  if (changed && on_health_) on_health_(status);
+}
+
+StoreHealth CommitQueue::Health() const {
+  MutexLock lock(health_mu_);
+  return health_;
 }
 
 }  // namespace syncsched::core

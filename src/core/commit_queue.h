@@ -13,11 +13,21 @@
 // group keep their last version, and an item that deletes anything starts a new group (the store
 // applies a batch's deletions before its upserts). If a group's commit fails, every item of the
 // group gets the error.
+//
+// A failed commit of outcomes (not a command's: that one rolls back) leaves its rows applied in
+// memory and carried: they go first into every later commit (the next alarm, outcome or command:
+// no timer of its own, so that tests in virtual time stay deterministic) until one succeeds, and
+// into the last commit at Stop. The queue's health (failed commits, what memory holds that the
+// store does not, the last error) is published for metrics and status, and each change between
+// healthy and failing is reported.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <memory>
+#include <string>
 #include <thread>
+#include <unordered_set>
 #include <vector>
 
 #include "core/engine_core.h"
@@ -33,13 +43,34 @@ struct CommitWaiter {
   bool done = false;
 };
 
+// What the store holds against what memory holds (see the file comment).
+struct StoreHealth {
+  bool healthy = true;                // false from a failed commit until a commit succeeds
+  std::string error;                  // the last failed commit's error, while not healthy
+  std::uint64_t commits_failed = 0;   // every failed commit, a command's included
+  std::uint64_t rows_unrecorded = 0;  // schedule rows and finished runs carried, not yet stored
+  std::uint64_t history_dropped = 0;  // finished runs dropped from the carry above its bound
+  // The schedules whose rows are carried (null when none).
+  std::shared_ptr<const std::unordered_set<std::uint64_t>> unrecorded_uids;
+};
+
 class CommitQueue {
  public:
+  // Finished runs kept in the carry at most, by default (a full disk with a million schedules
+  // firing would otherwise grow it without bound); older ones are dropped from the history first.
+  // Schedule rows keep one version each, so they are bounded by the schedules.
+  static constexpr std::size_t kMaxCarriedRuns = 100'000;
   // `release(runs, status)` is called on the writer thread after the item carrying `runs` was
   // committed (status OK) or failed to commit; it must not take the engine's lock.
   using ReleaseFn = std::function<void(std::vector<RunPtr>&&, const Status&)>;
 
-  CommitQueue(store::Store& store, ReleaseFn release);
+  // Called on the writer thread when the store goes from healthy to failing (with the error) and
+  // back (with OK); it must not call into the engine (the writer is not under the engine's lock,
+  // but a command may be waiting for it).
+  using HealthFn = std::function<void(const Status&)>;
+
+  CommitQueue(store::Store& store, ReleaseFn release, HealthFn on_health = {},
+              std::size_t max_carried_runs = kMaxCarriedRuns);
   ~CommitQueue();
 
   using Ticket = std::shared_ptr<CommitWaiter>;
@@ -56,6 +87,8 @@ class CommitQueue {
   Status Commit(store::Batch batch) EXCLUDES(mu_, store_mu_);
   // Commits what is queued and stops the writer. Later calls commit on the caller's thread.
   void Stop() EXCLUDES(mu_);
+  // A copy of the health (any thread; a leaf lock, taken under the engine's).
+  StoreHealth Health() const EXCLUDES(health_mu_);
 
  private:
   struct Item {
@@ -72,6 +105,8 @@ class CommitQueue {
   // Commits `batch` after the carried rows; on failure of a group that is not a command's, the
   // whole merged batch becomes the carry.
   Status CommitWithCarry(store::Batch& batch, bool command) REQUIRES(store_mu_);
+  // Records a commit's outcome in the health, and bounds the carry.
+  void Observe(const Status& status) REQUIRES(store_mu_) EXCLUDES(health_mu_);
   static bool HasDeletions(const store::Batch& b) {
     return !b.connections_deleted.empty() || !b.schedules_deleted.empty();
   }
@@ -88,6 +123,10 @@ class CommitQueue {
   bool exited_ GUARDED_BY(mu_) = false;  // the writer thread has drained the queue and returned
   Mutex store_mu_;  // serializes the store between the writer and after-stop commits
   store::Batch carry_ GUARDED_BY(store_mu_);  // applied in memory, not yet committed
+  HealthFn on_health_;                        // set once
+  const std::size_t max_carried_runs_;
+  mutable Mutex health_mu_;  // a leaf: nothing else is taken under it
+  StoreHealth health_ GUARDED_BY(health_mu_);
   // Started by the constructor, joined by the first Stop (a later one returns before it, by
   // stop_): not guarded.
   std::thread thread_;

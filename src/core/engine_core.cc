@@ -137,13 +137,15 @@ Status EngineCore::Init(const StoreWrapper& wrap) {
     if (Status s = Recover(std::move(snapshot).value()); !s.ok()) return s;
     std::weak_ptr<EngineCore> weak = weak_from_this();
     writer_ = std::make_unique<CommitQueue>(
-        *store_, [weak](std::vector<RunPtr>&& runs, const Status& committed) {
+        *store_,
+        [weak](std::vector<RunPtr>&& runs, const Status& committed) {
           if (auto core = weak.lock()) {
             core->Release(std::move(runs), committed);
           } else {
             for (const RunPtr& r : runs) r->token.Cancel(Status::Cancelled("engine shut down"));
           }
-        });
+        },
+        options_.on_store_status);
     MaybeRearm();
   }
   return Status();
@@ -1311,6 +1313,11 @@ Result<std::vector<ScheduleStatus>> EngineCore::GetStatus(const Target& target) 
     if (!targets.ok()) return targets.status();
     out.reserve(targets->size());
     for (std::uint32_t s : *targets) out.push_back(StatusOf(s));
+    if (writer_) {
+      if (auto uids = writer_->Health().unrecorded_uids) {
+        for (ScheduleStatus& st : out) st.unrecorded = uids->count(st.id) != 0;
+      }
+    }
   }
   std::sort(out.begin(), out.end(), [](const ScheduleStatus& a, const ScheduleStatus& b) {
     return std::tie(a.key.connection, a.key.sync, a.key.variant) <
@@ -1344,6 +1351,14 @@ EngineMetrics EngineCore::GetMetrics() {
   MutexLock lock(mu_);
   EngineMetrics m = metrics_;
   m.runs_waiting += pool_ ? pool_->Waiting() : 0;  // waiting for a cap, plus for a worker
+  if (writer_) {
+    StoreHealth h = writer_->Health();
+    m.store_healthy = h.healthy;
+    m.store_error = std::move(h.error);
+    m.store_commits_failed = h.commits_failed;
+    m.store_rows_unrecorded = h.rows_unrecorded;
+    m.store_history_dropped = h.history_dropped;
+  }
   return m;
 }
 

@@ -4,7 +4,10 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <set>
+#include <thread>
+#include <vector>
 
 #include "core/engine_access.h"
 #include "core/engine_test_util.h"
@@ -527,6 +530,69 @@ TEST_F(DurableEngine, ARolledBackWaitNeverDispatchesTheScheduleThatReusesItsPlac
   ASSERT_EQ(calls.size(), 3u);
   EXPECT_EQ(calls[2].ctx.key.variant, "v1");
   EXPECT_EQ(calls[2].ctx.key.integration, "hubspot");
+}
+
+// Issue 11: an outcome the database refused is visible (metrics, status, the health callback)
+// until a later commit writes it, and that commit does.
+TEST_F(DurableEngine, AnOutcomeTheDatabaseRefusedIsShownUntilALaterCommitWritesIt) {
+  std::vector<Status> events;
+  std::mutex events_mu;
+  Options o;
+  o.on_store_status = [&](const Status& s) {
+    std::lock_guard lock(events_mu);
+    events.push_back(s);
+  };
+  Reopen(o);
+  DefineOne("issues", /*auto_start=*/true);
+  engine->ReleaseTimers();
+  auto_complete = false;
+  ASSERT_TRUE(engine->AddConnection("github", "a").ok());
+  Settle();
+  ASSERT_EQ(calls.size(), 1u);
+  {
+    std::lock_guard lock(plan->mu);
+    plan->mode = FaultPlan::Mode::kFail;
+    plan->match = [](const store::Batch& b) { return !b.runs.empty(); };  // the outcome's
+  }
+  calls[0].finished = true;
+  calls[0].done(RunReport::Success());
+  for (int i = 0; i < 200 && !plan->fired.load(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));  // the writer's thread
+  }
+  ASSERT_TRUE(plan->fired.load());
+  (void)engine->Start(T("github", "a"));  // a command that commits nothing waits for the writer
+  EngineMetrics m = engine->GetMetrics();
+  EXPECT_FALSE(m.store_healthy);
+  EXPECT_NE(m.store_error.find("fault injection"), std::string::npos) << m.store_error;
+  EXPECT_EQ(m.store_commits_failed, 1u);
+  EXPECT_EQ(m.store_rows_unrecorded, 2u);  // the schedule's row and its finished run
+  ScheduleStatus st = StatusOf("github", "a", "issues");
+  EXPECT_TRUE(st.unrecorded);
+  EXPECT_EQ(st.runs, 1u);  // memory has it
+  {
+    std::lock_guard lock(events_mu);
+    ASSERT_EQ(events.size(), 1u);
+    EXPECT_TRUE(events[0].IsUnavailable());
+  }
+
+  ASSERT_TRUE(engine->Trigger(T("github", "a")).ok());  // the next commit carries the outcome
+  m = engine->GetMetrics();
+  EXPECT_TRUE(m.store_healthy);
+  EXPECT_EQ(m.store_rows_unrecorded, 0u);
+  EXPECT_FALSE(StatusOf("github", "a", "issues").unrecorded);
+  {
+    std::lock_guard lock(events_mu);
+    ASSERT_EQ(events.size(), 2u);
+    EXPECT_TRUE(events[1].ok());
+  }
+  Settle();
+  ASSERT_EQ(calls.size(), 2u);
+  Finish(1);
+  Reopen();
+  st = StatusOf("github", "a", "issues");
+  EXPECT_EQ(st.runs, 2u);  // the refused outcome, then the trigger's
+  EXPECT_EQ(st.last_ok, std::optional<bool>(true));
+  EXPECT_FALSE(st.unrecorded);
 }
 
 // Item 9: a schedule paused while waiting for a cap and queued again goes to the back.

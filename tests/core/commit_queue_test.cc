@@ -1,0 +1,151 @@
+// CommitQueue: what a refused commit leaves behind (issue 11, "every failed commit is visible"):
+// the rows stay carried into every later commit, the health says so and names the error, the
+// health callback fires once per change, and the carried history is bounded.
+#include "core/commit_queue.h"
+
+#include <gtest/gtest.h>
+
+#include <condition_variable>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace syncsched::core {
+namespace {
+
+// A store that keeps every committed batch and refuses commits while `refuse` is set.
+class RefusingStore : public store::Store {
+ public:
+  Result<store::Snapshot> Load() override { return store::Snapshot{}; }
+  Status Commit(const store::Batch& batch) override {
+    std::lock_guard lock(mu);
+    ++commits;
+    if (refuse) return Status::Unavailable("test.db: database or disk is full");
+    committed.push_back(batch);
+    return Status();
+  }
+  std::mutex mu;
+  bool refuse = false;
+  int commits = 0;
+  std::vector<store::Batch> committed;
+};
+
+store::Batch Outcome(std::uint64_t uid, std::uint64_t number) {
+  store::Batch b;
+  store::ScheduleRow row;
+  row.uid = uid;
+  row.update_only = true;
+  row.runs = number;
+  b.schedules.push_back(row);
+  store::RunRow run;
+  run.run_id = std::to_string(uid) + "-" + std::to_string(number);
+  run.schedule_uid = uid;
+  run.number = number;
+  run.finished_ms = 1;
+  run.ok = 1;
+  b.runs.push_back(run);
+  return b;
+}
+
+class CommitQueueTest : public ::testing::Test {
+ protected:
+  void Make(std::size_t max_carried_runs = CommitQueue::kMaxCarriedRuns) {
+    queue = std::make_unique<CommitQueue>(
+        store, [](std::vector<RunPtr>&&, const Status&) {},
+        [this](const Status& s) {
+          std::lock_guard lock(events_mu);
+          events.push_back(s);
+        },
+        max_carried_runs);
+  }
+  // Queues `b` as the alarm queues a dispatch (not a command: carried on failure) and waits
+  // until the writer has handled it: one commit per call.
+  void Outcomes(store::Batch b) { (void)queue->Wait(queue->Submit(std::move(b))); }
+  std::vector<Status> Events() {
+    std::lock_guard lock(events_mu);
+    return events;
+  }
+
+  RefusingStore store;
+  std::mutex events_mu;
+  std::vector<Status> events;
+  std::unique_ptr<CommitQueue> queue;
+};
+
+TEST_F(CommitQueueTest, ARefusedOutcomeIsCarriedShownAndWrittenByTheNextCommit) {
+  Make();
+  store.refuse = true;
+  Outcomes(Outcome(7, 1));
+  StoreHealth h = queue->Health();
+  EXPECT_FALSE(h.healthy);
+  EXPECT_NE(h.error.find("test.db: database or disk is full"), std::string::npos) << h.error;
+  EXPECT_EQ(h.commits_failed, 1u);
+  EXPECT_EQ(h.rows_unrecorded, 2u);  // the schedule row and its finished run
+  ASSERT_TRUE(h.unrecorded_uids);
+  EXPECT_EQ(h.unrecorded_uids->count(7), 1u);
+  ASSERT_EQ(Events().size(), 1u);
+  EXPECT_TRUE(Events()[0].IsUnavailable());
+
+  Outcomes(Outcome(8, 1));  // still refused: one more failure, no second event
+  h = queue->Health();
+  EXPECT_EQ(h.commits_failed, 2u);
+  EXPECT_EQ(h.rows_unrecorded, 4u);
+  EXPECT_EQ(Events().size(), 1u);
+
+  store.refuse = false;
+  Outcomes(Outcome(9, 1));
+  h = queue->Health();
+  EXPECT_TRUE(h.healthy);
+  EXPECT_EQ(h.error, "");
+  EXPECT_EQ(h.rows_unrecorded, 0u);
+  EXPECT_FALSE(h.unrecorded_uids);
+  ASSERT_EQ(Events().size(), 2u);
+  EXPECT_TRUE(Events()[1].ok());
+  // The carried rows went with the next commit, before the new ones.
+  ASSERT_FALSE(store.committed.empty());
+  const store::Batch& first = store.committed.front();
+  ASSERT_EQ(first.runs.size(), 3u);
+  EXPECT_EQ(first.runs[0].schedule_uid, 7u);
+  EXPECT_EQ(first.runs[1].schedule_uid, 8u);
+  EXPECT_EQ(first.runs[2].schedule_uid, 9u);
+}
+
+TEST_F(CommitQueueTest, ARefusedCommandIsNotCarriedButCountsAndTheCarryRidesWithTheNext) {
+  Make();
+  store.refuse = true;
+  Outcomes(Outcome(7, 1));
+  EXPECT_TRUE(
+      queue->Commit(Outcome(1, 5)).IsUnavailable());  // a command: rolled back by its caller
+  StoreHealth h = queue->Health();
+  EXPECT_EQ(h.commits_failed, 2u);
+  EXPECT_EQ(h.rows_unrecorded, 2u);  // the command's rows are not carried
+  EXPECT_EQ(h.unrecorded_uids->count(1), 0u);
+
+  store.refuse = false;
+  EXPECT_TRUE(queue->Commit(Outcome(1, 6)).ok());
+  EXPECT_TRUE(queue->Health().healthy);
+  EXPECT_EQ(queue->Health().rows_unrecorded, 0u);
+  ASSERT_EQ(store.committed.size(), 1u);
+  EXPECT_EQ(store.committed[0].runs.size(), 2u);  // the carried run and the command's
+}
+
+TEST_F(CommitQueueTest, TheCarriedHistoryIsBoundedOldestFirst) {
+  Make(/*max_carried_runs=*/3);
+  store.refuse = true;
+  for (std::uint64_t n = 1; n <= 5; ++n) Outcomes(Outcome(7, n));
+  StoreHealth h = queue->Health();
+  EXPECT_EQ(h.history_dropped, 2u);
+  EXPECT_EQ(h.rows_unrecorded, 4u);  // one version of the schedule row, three runs
+  store.refuse = false;
+  Outcomes(Outcome(8, 1));
+  ASSERT_FALSE(store.committed.empty());
+  const store::Batch& first = store.committed.front();
+  ASSERT_EQ(first.schedules.size(), 2u);
+  EXPECT_EQ(first.schedules[0].runs, 5u);  // the last version of the row survives
+  ASSERT_EQ(first.runs.size(), 4u);
+  EXPECT_EQ(first.runs[0].number, 3u);  // runs 1 and 2 were dropped
+  EXPECT_EQ(queue->Health().history_dropped, 2u);
+}
+
+}  // namespace
+}  // namespace syncsched::core

@@ -48,11 +48,22 @@
 // transaction, and only then is WAL mode set (the first write). A WAL left with frames is not
 // checkpointed on a refused open.
 //
-// Ownership: an exclusive flock on `<path>.lock`, taken before the database is opened. flock
-// locks belong to an open file description, so a second open in the same process conflicts too,
-// and they are released by the kernel when the process dies. The lock is taken on a sidecar file
-// rather than on the database because SQLite's own POSIX locks on the database are per process
-// and would be dropped by closing any other descriptor of the file.
+// Ownership (OwnerLock): an open-file-description lock (F_OFD_SETLK) on one byte of the database
+// file itself, far from the bytes SQLite locks, taken before SQLite opens the file and held on a
+// descriptor kept open until SQLite has closed it. It follows the file (device and inode), so every
+// path that reaches the file, symbolic or hard link, meets it; it belongs to the descriptor, not to
+// the process, so SQLite's closes (which drop every POSIX lock of the process on the file) leave
+// it, and a second store in the same process conflicts too; the kernel drops it when the process
+// dies. A store of this process is refused before a second descriptor is even opened (Owned()):
+// closing that descriptor would drop SQLite's POSIX locks of the owner. A file with several hard
+// links is refused, because SQLite names the WAL after the path: two names, two WALs. Symbolic
+// links are resolved first, and SQLite opens the real path.
+//
+// Corruption: SQLite's SQLITE_CORRUPT or SQLITE_NOTADB during a Commit or Load breaks the store
+// for good (NoteCorruption): nothing more is written, every later call and Health() return
+// INTERNAL naming the file. A WAL left by a crash is checked frame by frame at open (CheckWal),
+// because SQLite silently stops its replay at the first frame that fails its checksum.
+
 #include "store/sqlite_store.h"
 
 #include <errno.h>
@@ -70,6 +81,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <iterator>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -528,8 +540,8 @@ std::string Corrupt(const std::string& what, const std::string& why) {
 ssize_t ReadAt(int fd, void* buffer, std::size_t n, off_t offset) {
   std::size_t done = 0;
   while (done < n) {
-    ssize_t got = ::pread(fd, static_cast<char*>(buffer) + done, n - done,
-                          offset + static_cast<off_t>(done));
+    ssize_t got =
+        ::pread(fd, static_cast<char*>(buffer) + done, n - done, offset + static_cast<off_t>(done));
     if (got < 0 && errno == EINTR) continue;
     if (got < 0) return -1;
     if (got == 0) break;
@@ -544,10 +556,11 @@ ssize_t ReadAt(int fd, void* buffer, std::size_t n, off_t offset) {
 // database.
 Status CheckFileHeader(int fd, const std::string& what, off_t size, bool wal_has_frames) {
   if (size == 0) {
-    return Status::Internal(Corrupt(
-        what, "the file is empty (0 bytes): syncsched never leaves an empty database file, so "
-              "this one lost its contents or was made by something else; refusing to take it as "
-              "a new database; remove it to start an empty one"));
+    return Status::Internal(
+        Corrupt(what,
+                "the file is empty (0 bytes): syncsched never leaves an empty database file, so "
+                "this one lost its contents or was made by something else; refusing to take it as "
+                "a new database; remove it to start an empty one"));
   }
   unsigned char header[100];
   ssize_t n = ReadAt(fd, header, sizeof header, 0);
@@ -571,10 +584,10 @@ Status CheckFileHeader(int fd, const std::string& what, off_t size, bool wal_has
   if (page_count != 0 && change_counter == valid_for && !wal_has_frames) {
     auto expected = static_cast<std::uint64_t>(page_count) * page_size;
     if (static_cast<std::uint64_t>(size) < expected) {
-      return Status::Internal(Corrupt(
-          what, "truncated: " + std::to_string(size) + " bytes, its header says " +
-                    std::to_string(page_count) + " pages of " + std::to_string(page_size) +
-                    " bytes"));
+      return Status::Internal(Corrupt(what, "truncated: " + std::to_string(size) +
+                                                " bytes, its header says " +
+                                                std::to_string(page_count) + " pages of " +
+                                                std::to_string(page_size) + " bytes"));
     }
   }
   return Status::Ok();
@@ -591,8 +604,8 @@ void WalChecksum(bool big_endian, const unsigned char* p, std::size_t n, std::ui
     } else {
       x0 = std::uint32_t{p[i]} | std::uint32_t{p[i + 1]} << 8 | std::uint32_t{p[i + 2]} << 16 |
            std::uint32_t{p[i + 3]} << 24;
-      x1 = std::uint32_t{p[i + 4]} | std::uint32_t{p[i + 5]} << 8 |
-           std::uint32_t{p[i + 6]} << 16 | std::uint32_t{p[i + 7]} << 24;
+      x1 = std::uint32_t{p[i + 4]} | std::uint32_t{p[i + 5]} << 8 | std::uint32_t{p[i + 6]} << 16 |
+           std::uint32_t{p[i + 7]} << 24;
     }
     s[0] += x0 + s[1];
     s[1] += x1 + s[0];
@@ -726,11 +739,10 @@ Status Locate(const std::string& path, Location* out) {
     char* real_dir = ::realpath(dir.c_str(), nullptr);
     if (real_dir == nullptr) {
       int err = errno;
-      return Status::Unavailable(Quoted(path) + " cannot be created: its directory '" + dir +
-                                 "' " +
-                                 (err == ENOENT ? std::string("does not exist")
-                                                : err == ENOTDIR ? "is not a directory"
-                                                                 : "cannot be reached") +
+      return Status::Unavailable(Quoted(path) + " cannot be created: its directory '" + dir + "' " +
+                                 (err == ENOENT    ? std::string("does not exist")
+                                  : err == ENOTDIR ? "is not a directory"
+                                                   : "cannot be reached") +
                                  " (" + Errno(err) + ")");
     }
     std::string d = real_dir;
@@ -758,9 +770,10 @@ Status CreateDatabase(const Location& at, const std::string& what, const std::st
   int fd = ::mkstemp(temp.data());
   if (fd < 0) {
     int err = errno;
-    std::string why = err == EACCES || err == EPERM ? "its directory '" + at.dir +
-                                                          "' is not writable (" + Errno(err) + ")"
-                      : err == EROFS ? "its directory '" + at.dir + "' is on a read-only file system"
+    std::string why = err == EACCES || err == EPERM
+                          ? "its directory '" + at.dir + "' is not writable (" + Errno(err) + ")"
+                      : err == EROFS
+                          ? "its directory '" + at.dir + "' is on a read-only file system"
                       : err == ENOSPC || err == EDQUOT
                           ? "the file system of '" + at.dir + "' is full (" + Errno(err) + ")"
                           : Errno(err);
@@ -791,6 +804,7 @@ Status CreateDatabase(const Location& at, const std::string& what, const std::st
   if (rc != SQLITE_OK) {
     ::close(fd);
     remove_temp();
+    if ((rc & 0xff) == SQLITE_FULL) detail += " (the file system of '" + at.dir + "' is full)";
     return SqliteStatus(rc, what, "cannot be created", detail);
   }
   if (::fsync(fd) != 0) {
@@ -820,8 +834,10 @@ Status CreateDatabase(const Location& at, const std::string& what, const std::st
 // this process is refused without opening a descriptor of it, because closing any descriptor of a
 // file drops every POSIX lock the process holds on it, SQLite's included.
 std::mutex owned_mu;
-std::set<std::pair<dev_t, ino_t>>& Owned() {
-  static auto* owned = new std::set<std::pair<dev_t, ino_t>>;  // never destroyed (exit order)
+// The value is the owning process: a child made by fork() inherits a copy of the set, whose entries
+// are its parent's, not its own.
+std::map<std::pair<dev_t, ino_t>, pid_t>& Owned() {
+  static auto* owned = new std::map<std::pair<dev_t, ino_t>, pid_t>;  // never destroyed
   return *owned;
 }
 
@@ -829,28 +845,21 @@ std::set<std::pair<dev_t, ino_t>>& Owned() {
 // 1 GiB, and in the -shm file), so the two kinds never meet.
 constexpr off_t kOwnerLockByte = off_t{1} << 62;
 
-// Who holds the owner lock of (dev, ino), from /proc/locks ("OFDLCK ADVISORY WRITE pid
-// maj:min:ino start end"); 0 when unknown.
-long OwnerPid(dev_t dev, ino_t ino) {
-  std::FILE* f = std::fopen("/proc/locks", "re");
-  if (f == nullptr) return 0;
-  char line[256];
-  long found = 0;
-  while (found == 0 && std::fgets(line, sizeof line, f) != nullptr) {
-    char kind[16], mode[16], access[16];
-    long pid = 0;
-    unsigned major = 0, minor = 0;
-    unsigned long long inode = 0;
-    long long start = 0;
-    if (std::sscanf(line, "%*[^:]: %15s %15s %15s %ld %x:%x:%llu %lld", kind, mode, access, &pid,
-                    &major, &minor, &inode, &start) == 8 &&
-        std::strcmp(kind, "OFDLCK") == 0 && major == major(dev) && minor == minor(dev) &&
-        inode == ino && start == kOwnerLockByte) {
-      found = pid;
-    }
-  }
-  std::fclose(f);
-  return found;
+// The byte beside it carries, for messages only, a classic POSIX lock of the owner process:
+// F_GETLK tells its process id, which the kernel does not keep for OFD locks. Best effort: it is
+// dropped when the owner's process closes any descriptor of the file (another SQLite connection
+// to it, say), and then a refusal names no process.
+constexpr off_t kOwnerPidByte = kOwnerLockByte + 1;
+
+// The process whose POSIX lock is on the owner-pid byte of `fd`'s file; 0 when unknown.
+long OwnerPid(int fd) {
+  struct flock lk = {};
+  lk.l_type = F_WRLCK;
+  lk.l_whence = SEEK_SET;
+  lk.l_start = kOwnerPidByte;
+  lk.l_len = 1;
+  if (::fcntl(fd, F_GETLK, &lk) != 0 || lk.l_type == F_UNLCK) return 0;
+  return lk.l_pid;
 }
 
 // The exclusive ownership of a database file: an open file description lock (F_OFD_SETLK) on one
@@ -869,8 +878,7 @@ class OwnerLock {
   int fd() const { return fd_; }
   const struct stat& stat() const { return st_; }
 
-  Status Acquire(const std::string& real, const std::string& what,
-                 std::chrono::milliseconds wait) {
+  Status Acquire(const std::string& real, const std::string& what, std::chrono::milliseconds wait) {
     auto deadline = std::chrono::steady_clock::now() + wait;
     for (;;) {
       bool busy = false;
@@ -878,15 +886,26 @@ class OwnerLock {
       Status s = TryAcquire(real, what, &busy, &owner);
       if (!busy) return s;
       if (std::chrono::steady_clock::now() >= deadline) {
-        return Status::Unavailable(
-            what + " is in use by another syncsched engine" +
-            (owner > 0 ? " (process " + std::to_string(owner) +
-                             (owner == ::getpid() ? ", this one)" : ")")
-                       : std::string()) +
-            "; one engine owns a database file, whatever path reaches it");
+        return Status::Unavailable(what + " is in use by another syncsched engine" +
+                                   (owner > 0 ? " (process " + std::to_string(owner) +
+                                                    (owner == ::getpid() ? ", this one)" : ")")
+                                              : std::string()) +
+                                   "; one engine owns a database file, whatever path reaches it");
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
+  }
+
+  // Marks the owner-pid byte (OwnerPid), for messages only: failure does not matter. Called at
+  // the end of the open, once SQLite is in WAL mode and holds its shared lock for good (before,
+  // SQLite unlocks the whole file at the end of each transaction, which drops this lock).
+  void MarkPid() {
+    struct flock lk = {};
+    lk.l_type = F_WRLCK;
+    lk.l_whence = SEEK_SET;
+    lk.l_start = kOwnerPidByte;
+    lk.l_len = 1;
+    [[maybe_unused]] int ignored = ::fcntl(fd_, F_SETLK, &lk);
   }
 
   // Lets go (after SQLite has closed the file: closing this descriptor earlier would drop the
@@ -914,19 +933,22 @@ class OwnerLock {
     if (!S_ISREG(named.st_mode)) {
       return Status::Unavailable(what + " cannot be opened: it is not a regular file");
     }
-    if (Owned().count({named.st_dev, named.st_ino}) != 0) {
-      *busy = true;
-      *owner = ::getpid();
-      return Status::Ok();
+    if (auto it = Owned().find({named.st_dev, named.st_ino}); it != Owned().end()) {
+      if (it->second == ::getpid()) {
+        *busy = true;
+        *owner = ::getpid();
+        return Status::Ok();
+      }
+      Owned().erase(it);  // the parent's, before a fork: the kernel's lock decides
     }
     int fd = ::open(real.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0) {
       int err = errno;
-      std::string why = err == EACCES || err == EPERM
-                            ? "it is not writable (" + Errno(err) +
-                                  "); syncsched needs to write to its database"
-                        : err == EROFS ? "it is on a read-only file system"
-                                       : Errno(err);
+      std::string why =
+          err == EACCES || err == EPERM
+              ? "it is not writable (" + Errno(err) + "); syncsched needs to write to its database"
+          : err == EROFS ? "it is on a read-only file system"
+                         : Errno(err);
       return Status::Unavailable(what + " cannot be opened for writing: " + why);
     }
     struct flock lk = {};
@@ -936,14 +958,14 @@ class OwnerLock {
     lk.l_len = 1;
     if (::fcntl(fd, F_OFD_SETLK, &lk) != 0) {
       int err = errno;
+      if (err == EAGAIN || err == EACCES) {
+        *busy = true;
+        *owner = OwnerPid(fd);
+      }
       // The descriptor is ours alone and no store of this process owns the file: closing it
       // drops no lock of anyone's.
       ::close(fd);
-      if (err == EAGAIN || err == EACCES) {
-        *busy = true;
-        *owner = OwnerPid(named.st_dev, named.st_ino);
-        return Status::Ok();
-      }
+      if (*busy) return Status::Ok();
       return Status::Unavailable(what + " cannot be opened: cannot lock it: " + Errno(err));
     }
     struct stat held;
@@ -955,7 +977,7 @@ class OwnerLock {
     }
     fd_ = fd;
     st_ = held;
-    Owned().insert({held.st_dev, held.st_ino});
+    Owned()[{held.st_dev, held.st_ino}] = ::getpid();
     return Status::Ok();
   }
 
@@ -1115,19 +1137,19 @@ Status SqliteStore::Open() {
         ::faccessat(AT_FDCWD, at.dir.c_str(), W_OK | X_OK, AT_EACCESS) != 0) {
       int err = errno;
       return Status::Unavailable(what_ + " cannot be opened: its directory '" + at.dir +
-                                 "' is not writable (" + Errno(err) + "), and SQLite must create '" +
-                                 real_ + "-wal' and '" + real_ + "-shm' there");
+                                 "' is not writable (" + Errno(err) +
+                                 "), and SQLite must create '" + real_ + "-wal' and '" + real_ +
+                                 "-shm' there");
     }
   }
 
   std::string error;
   const std::string& open_path = in_memory_ ? path : real_;
   sqlite3* handle = nullptr;
-  int rc = sqlite3_open_v2(
-      open_path.c_str(), &handle,
-      SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE |
-          (in_memory_ ? SQLITE_OPEN_CREATE : 0),
-      options_.vfs.empty() ? nullptr : options_.vfs.c_str());
+  int rc = sqlite3_open_v2(open_path.c_str(), &handle,
+                           SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE |
+                               (in_memory_ ? SQLITE_OPEN_CREATE : 0),
+                           options_.vfs.empty() ? nullptr : options_.vfs.c_str());
   db_.Adopt(handle);
   if (rc != SQLITE_OK) return Error(rc, "cannot be opened");
   // A read-only file opens read-only without an error: refuse it (the owner lock's descriptor,
@@ -1164,6 +1186,7 @@ Status SqliteStore::Open() {
   if (!s.ok()) return s;
   rc = sqlite3_db_config(db_.get(), SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 0, nullptr);
   if (rc != SQLITE_OK) return Error(rc, "cannot re-enable the checkpoint on close");
+  if (!in_memory_) lock_.MarkPid();
   return Status::Ok();
 }
 
@@ -1187,8 +1210,7 @@ void SqliteStore::Abandon() {
         wal_now = false;
       }
       if (!shm_existed_ && !wal_now) ::unlink((real_ + "-shm").c_str());
-      if (!journal_existed_ && ::stat((real_ + "-journal").c_str(), &st) == 0 &&
-          st.st_size == 0) {
+      if (!journal_existed_ && ::stat((real_ + "-journal").c_str(), &st) == 0 && st.st_size == 0) {
         ::unlink((real_ + "-journal").c_str());
       }
     }
@@ -1223,10 +1245,10 @@ Status SqliteStore::Inspect(int* version) {
   stmt = Stmt();
 
   if (*version > kSchemaVersion) {
-    return finish(Status::FailedPrecondition(
-        what_ + " has schema version " + std::to_string(*version) + ", newer than version " +
-        std::to_string(kSchemaVersion) +
-        " that this syncsched knows; open it with a newer syncsched"));
+    return finish(
+        Status::FailedPrecondition(what_ + " has schema version " + std::to_string(*version) +
+                                   ", newer than version " + std::to_string(kSchemaVersion) +
+                                   " that this syncsched knows; open it with a newer syncsched"));
   }
   if (*version < 0) {
     return finish(Status::Internal(what_ +
@@ -1243,9 +1265,9 @@ Status SqliteStore::Inspect(int* version) {
     for (const char* table : kMigrations[*version - 1].tables) {
       if (table == nullptr) break;  // the list is shorter than the array
       if (tables.count(table) == 0) {
-        return finish(Status::Internal(
-            what_ + " is not a syncsched database or is corrupt (schema version " +
-            std::to_string(*version) + " without table '" + table + "')"));
+        return finish(
+            Status::Internal(what_ + " is not a syncsched database or is corrupt (schema version " +
+                             std::to_string(*version) + " without table '" + table + "')"));
       }
     }
   }
@@ -1258,8 +1280,7 @@ Status SqliteStore::Inspect(int* version) {
     if (stmt.ColumnFailed()) return finish(Error(SQLITE_NOMEM, "checking integrity"));
     if (verdict != "ok") {
       return finish(Status::Internal(
-          what_ + " is not a syncsched database or is corrupt (quick_check: " + verdict +
-          ")"));
+          what_ + " is not a syncsched database or is corrupt (quick_check: " + verdict + ")"));
     }
   }
   return finish(Status::Ok());
@@ -1282,8 +1303,7 @@ Status SqliteStore::Configure() {
     if (stmt.ColumnFailed()) return Error(SQLITE_NOMEM, "cannot switch to WAL mode");
     if (mode != "wal") {
       return Status::Unavailable(
-          what_ +
-          ": cannot switch to WAL mode (the file system gave journal mode '" + mode + "')");
+          what_ + ": cannot switch to WAL mode (the file system gave journal mode '" + mode + "')");
     }
   }
   s = Exec(options_.synchronous_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
@@ -1464,10 +1484,9 @@ Result<Snapshot> SqliteStore::Load() {
         if (int type = r.Type(22); type == SQLITE_BLOB) {
           std::string_view owed = r.Blob(22);
           if (!r.ColumnFailed() && !DecodeOwed(owed, &row, &why)) {
-            return Status::Internal(what_ +
-                                    " is not a syncsched database or is corrupt (schedule uid " +
-                                    std::to_string(row.uid) +
-                                    ": its owed value is malformed: " + why + ")");
+            return Status::Internal(
+                what_ + " is not a syncsched database or is corrupt (schedule uid " +
+                std::to_string(row.uid) + ": its owed value is malformed: " + why + ")");
           }
         } else if (type != SQLITE_NULL) {
           return Status::Internal(

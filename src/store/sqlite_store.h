@@ -68,7 +68,8 @@ struct SqliteStoreOptions {
 // files it made when they hold nothing):
 // - INVALID_ARGUMENT: an empty path; history_per_schedule above 1000.
 // - UNAVAILABLE: another store, in this process or another, owns the file ("... is in use by
-//   another syncsched engine", with the owner's process id when /proc/locks tells it), after
+//   another syncsched engine", with the owner's process id when it
+//   can be told), after
 //   waiting `wait_for_owner`; the file has several hard links; the file cannot be opened for
 //   writing (read-only, a read-only file system: said so); its directory does not exist, is not a
 //   directory or is not writable (SQLite must create the -wal and -shm files there); a directory

@@ -1007,6 +1007,10 @@ class SqliteStore final : public Store {
   Result<std::int64_t> PageCount();
   void FailNextRollback() { fail_next_rollback_ = true; }
   void SetLengthLimit(int bytes) { sqlite3_limit(db_.get(), SQLITE_LIMIT_LENGTH, bytes); }
+  Status SetAutoCheckpoint(int pages) {
+    int rc = sqlite3_wal_autocheckpoint(db_.get(), pages);
+    return rc == SQLITE_OK ? Status::Ok() : Error(rc, "setting wal_autocheckpoint");
+  }
 
  private:
   // The status of SQLite error `rc`: names the file, the context, SQLite's message and, for an
@@ -1822,6 +1826,10 @@ void FailNextRollbackForTest(Store& store) { static_cast<SqliteStore&>(store).Fa
 
 void SetLengthLimitForTest(Store& store, int bytes) {
   static_cast<SqliteStore&>(store).SetLengthLimit(bytes);
+}
+
+Status SetAutoCheckpointForTest(Store& store, int pages) {
+  return static_cast<SqliteStore&>(store).SetAutoCheckpoint(pages);
 }
 
 }  // namespace internal

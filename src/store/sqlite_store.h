@@ -134,6 +134,9 @@ void FailNextRollbackForTest(Store& store);
 // Test hook: caps the length of a string or blob (`sqlite3_limit(SQLITE_LIMIT_LENGTH)`, also the
 // size of a row), so that binding a longer value fails as binding one above 1 GB would.
 void SetLengthLimitForTest(Store& store, int bytes);
+// Test hook: checkpoints the WAL after every commit that leaves at least `pages` pages in it
+// (`PRAGMA wal_autocheckpoint`; the store's own setting is 40 MB of pages).
+Status SetAutoCheckpointForTest(Store& store, int pages);
 }  // namespace internal
 
 }  // namespace syncsched::store

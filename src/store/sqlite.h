@@ -180,6 +180,13 @@ class Db {
     return rc;
   }
 
+  // Takes over `handle` (from sqlite3_open_v2, which returns one even when it fails, for its
+  // error message and code).
+  void Adopt(sqlite3* handle) {
+    Close();
+    db_ = handle;
+  }
+
   void Close() {
     if (db_ != nullptr) sqlite3_close_v2(db_);
     db_ = nullptr;

@@ -48,27 +48,43 @@
 // transaction, and only then is WAL mode set (the first write). A WAL left with frames is not
 // checkpointed on a refused open.
 //
-// Ownership: an exclusive flock on `<path>.lock`, taken before the database is opened. flock
-// locks belong to an open file description, so a second open in the same process conflicts too,
-// and they are released by the kernel when the process dies. The lock is taken on a sidecar file
-// rather than on the database because SQLite's own POSIX locks on the database are per process
-// and would be dropped by closing any other descriptor of the file.
+// Ownership (OwnerLock): an open-file-description lock (F_OFD_SETLK) on one byte of the database
+// file itself, far from the bytes SQLite locks, taken before SQLite opens the file and held on a
+// descriptor kept open until SQLite has closed it. It follows the file (device and inode), so every
+// path that reaches the file, symbolic or hard link, meets it; it belongs to the descriptor, not to
+// the process, so SQLite's closes (which drop every POSIX lock of the process on the file) leave
+// it, and a second store in the same process conflicts too; the kernel drops it when the process
+// dies. A store of this process is refused before a second descriptor is even opened (Owned()):
+// closing that descriptor would drop SQLite's POSIX locks of the owner. A file with several hard
+// links is refused, because SQLite names the WAL after the path: two names, two WALs. Symbolic
+// links are resolved first, and SQLite opens the real path.
+//
+// Corruption: SQLite's SQLITE_CORRUPT or SQLITE_NOTADB during a Commit or Load breaks the store
+// for good (NoteCorruption): nothing more is written, every later call and Health() return
+// INTERNAL naming the file. A WAL left by a crash is checked frame by frame at open (CheckWal),
+// because SQLite silently stops its replay at the first frame that fails its checksum.
+
 #include "store/sqlite_store.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <sqlite3.h>
-#include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <iterator>
+#include <map>
 #include <memory>
+#include <mutex>
+#include <set>
 #include <span>
 #include <string>
 #include <string_view>
@@ -470,6 +486,13 @@ bool DecodeOwed(std::string_view bytes, ScheduleRow* r, std::string* why) {
 
 std::string Quoted(const std::string& path) { return "database file '" + path + "'"; }
 
+// How messages name a database: the path the caller gave, and the file it resolves to when that
+// differs (a symbolic link, a relative path).
+std::string Described(const std::string& path, const std::string& real) {
+  if (real.empty() || real == path) return Quoted(path);
+  return Quoted(path) + " (resolved to '" + real + "')";
+}
+
 bool IsCorruption(int rc) {
   int primary = rc & 0xff;
   return primary == SQLITE_CORRUPT || primary == SQLITE_NOTADB;
@@ -477,13 +500,14 @@ bool IsCorruption(int rc) {
 
 // Maps an SQLite result code to our vocabulary: what the environment may fix (space, I/O,
 // permissions, locks) is UNAVAILABLE; a broken file or a broken invariant is INTERNAL.
-Status SqliteStatus(int rc, const std::string& path, std::string_view context,
+// `what` names the file (Described).
+Status SqliteStatus(int rc, const std::string& what, std::string_view context,
                     std::string_view detail) {
   if (IsCorruption(rc)) {
-    return Status::Internal(Quoted(path) + " is not a syncsched database or is corrupt (" +
+    return Status::Internal(what + " is not a syncsched database or is corrupt (" +
                             std::string(context) + ": " + std::string(detail) + ")");
   }
-  std::string message = Quoted(path) + ": " + std::string(context) + ": " + std::string(detail);
+  std::string message = what + ": " + std::string(context) + ": " + std::string(detail);
   switch (rc & 0xff) {
     case SQLITE_FULL:
     case SQLITE_IOERR:
@@ -508,29 +532,48 @@ std::uint32_t BigEndian32(const unsigned char* p) {
          std::uint32_t{p[3]};
 }
 
-// Checks, with plain reads, that an existing non-empty file is a whole SQLite database, before
-// SQLite is let near it. SQLite itself would report a truncated file only when a missing page is
-// read, perhaps long after the open.
-Status CheckFileHeader(const std::string& path, off_t size) {
-  if (size == 0) return Status::Ok();  // SQLite treats an empty file as an empty database
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return Status::Unavailable(Quoted(path) + " cannot be read: " + Errno(errno));
+std::string Corrupt(const std::string& what, const std::string& why) {
+  return what + " is not a syncsched database or is corrupt (" + why + ")";
+}
+
+// Reads exactly `n` bytes at `offset` (fewer only at the end of the file); -1 with errno set.
+ssize_t ReadAt(int fd, void* buffer, std::size_t n, off_t offset) {
+  std::size_t done = 0;
+  while (done < n) {
+    ssize_t got =
+        ::pread(fd, static_cast<char*>(buffer) + done, n - done, offset + static_cast<off_t>(done));
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0) return -1;
+    if (got == 0) break;
+    done += static_cast<std::size_t>(got);
+  }
+  return static_cast<ssize_t>(done);
+}
+
+// Checks, with plain reads on `fd` (the owner's descriptor of the file), that the file is a whole
+// SQLite database, before SQLite is let near it. SQLite itself would report a truncated file only
+// when a missing page is read, perhaps long after the open, and takes an empty file as a new
+// database.
+Status CheckFileHeader(int fd, const std::string& what, off_t size, bool wal_has_frames) {
+  if (size == 0) {
+    return Status::Internal(
+        Corrupt(what,
+                "the file is empty (0 bytes): syncsched never leaves an empty database file, so "
+                "this one lost its contents or was made by something else; refusing to take it as "
+                "a new database; remove it to start an empty one"));
+  }
   unsigned char header[100];
-  ssize_t n = ::pread(fd, header, sizeof header, 0);
-  int err = errno;
-  ::close(fd);
-  if (n < 0) return Status::Unavailable(Quoted(path) + " cannot be read: " + Errno(err));
+  ssize_t n = ReadAt(fd, header, sizeof header, 0);
+  if (n < 0) return Status::Unavailable(what + " cannot be read: " + Errno(errno));
   static constexpr char kMagic[] = "SQLite format 3";  // with its NUL: 16 bytes
   if (n < static_cast<ssize_t>(sizeof header) || std::memcmp(header, kMagic, sizeof kMagic) != 0) {
-    return Status::Internal(Quoted(path) +
-                            " is not a syncsched database or is corrupt (not an SQLite file)");
+    return Status::Internal(Corrupt(what, "not an SQLite file"));
   }
   std::uint32_t page_size = (std::uint32_t{header[16]} << 8) | header[17];
   if (page_size == 1) page_size = 65536;
   if (page_size < 512 || (page_size & (page_size - 1)) != 0) {
-    return Status::Internal(Quoted(path) +
-                            " is not a syncsched database or is corrupt (page size " +
-                            std::to_string(page_size) + " in its header)");
+    return Status::Internal(
+        Corrupt(what, "page size " + std::to_string(page_size) + " in its header"));
   }
   std::uint32_t change_counter = BigEndian32(header + 24);
   std::uint32_t page_count = BigEndian32(header + 28);
@@ -538,21 +581,293 @@ Status CheckFileHeader(const std::string& path, off_t size) {
   // The header's page count is only meaningful when valid_for matches; and with a non-empty WAL
   // the file may legitimately lag behind (pages not yet checkpointed, or a checkpoint cut short by
   // a crash that the WAL repairs).
-  struct stat wal;
-  bool wal_has_frames = ::stat((path + "-wal").c_str(), &wal) == 0 && wal.st_size > 0;
   if (page_count != 0 && change_counter == valid_for && !wal_has_frames) {
     auto expected = static_cast<std::uint64_t>(page_count) * page_size;
     if (static_cast<std::uint64_t>(size) < expected) {
-      return Status::Internal(
-          Quoted(path) + " is not a syncsched database or is corrupt (truncated: " +
-          std::to_string(size) + " bytes, its header says " + std::to_string(page_count) +
-          " pages of " + std::to_string(page_size) + " bytes)");
+      return Status::Internal(Corrupt(what, "truncated: " + std::to_string(size) +
+                                                " bytes, its header says " +
+                                                std::to_string(page_count) + " pages of " +
+                                                std::to_string(page_size) + " bytes"));
     }
   }
   return Status::Ok();
 }
 
-// The exclusive ownership of a database file: an flock on `<path>.lock`.
+// The WAL's checksum (SQLite's walChecksumBytes): over 32-bit words, big-endian when the WAL's
+// magic number says so, else little-endian, continuing from `s`.
+void WalChecksum(bool big_endian, const unsigned char* p, std::size_t n, std::uint32_t s[2]) {
+  for (std::size_t i = 0; i + 8 <= n; i += 8) {
+    std::uint32_t x0, x1;
+    if (big_endian) {
+      x0 = BigEndian32(p + i);
+      x1 = BigEndian32(p + i + 4);
+    } else {
+      x0 = std::uint32_t{p[i]} | std::uint32_t{p[i + 1]} << 8 | std::uint32_t{p[i + 2]} << 16 |
+           std::uint32_t{p[i + 3]} << 24;
+      x1 = std::uint32_t{p[i + 4]} | std::uint32_t{p[i + 5]} << 8 | std::uint32_t{p[i + 6]} << 16 |
+           std::uint32_t{p[i + 7]} << 24;
+    }
+    s[0] += x0 + s[1];
+    s[1] += x1 + s[0];
+  }
+}
+
+// A WAL left by a crash is replayed by SQLite up to its first frame that fails its checksum, and
+// what follows is ignored without a word: right for a write torn by a crash (the tail of the
+// log), but damage in the middle of the log would silently drop every later commit. This scan
+// tells the two apart: a damaged frame (or header) followed by a frame of the same log that is
+// intact (its checksum verifies from its predecessor's stored checksum) is corruption, refused.
+// A log whose header is damaged but that has frames is refused too (SQLite would ignore all of
+// them). Reads the whole WAL once (at most some tens of MB: it is checkpointed every 40 MB).
+Status CheckWal(const std::string& wal_path, const std::string& what) {
+  int fd = ::open(wal_path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT) return Status::Ok();
+    return Status::Unavailable(what + ": its write-ahead log '" + wal_path +
+                               "' cannot be read: " + Errno(errno));
+  }
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    return Status::Unavailable(what + ": its write-ahead log '" + wal_path +
+                               "' cannot be read: " + Errno(errno));
+  }
+  constexpr std::size_t kHeader = 32, kFrameHeader = 24;
+  auto size = static_cast<std::uint64_t>(st.st_size);
+  if (size < kHeader) return Status::Ok();  // no frame can follow
+  unsigned char header[kHeader];
+  if (ReadAt(fd, header, kHeader, 0) != static_cast<ssize_t>(kHeader)) {
+    return Status::Unavailable(what + ": its write-ahead log '" + wal_path +
+                               "' cannot be read: " + Errno(errno));
+  }
+  std::uint32_t magic = BigEndian32(header);
+  std::uint32_t page_size = BigEndian32(header + 8);
+  bool big_endian = (magic & 1) != 0;
+  std::uint32_t sum[2] = {0, 0};
+  WalChecksum(big_endian, header, 24, sum);
+  bool header_ok = (magic & ~1u) == 0x377f0682 && BigEndian32(header + 4) == 3007000 &&
+                   page_size >= 512 && page_size <= 65536 && (page_size & (page_size - 1)) == 0 &&
+                   sum[0] == BigEndian32(header + 24) && sum[1] == BigEndian32(header + 28);
+  auto wal_error = [&](const std::string& why) {
+    return Status::Internal(Corrupt(
+        what, "its write-ahead log '" + wal_path + "' is damaged: " + why +
+                  "; SQLite would silently drop the commits it holds. If the machine lost power "
+                  "(synchronous_full off), moving the log aside accepts losing them"));
+  };
+  if (!header_ok) {
+    // Without a valid header the frame size is unknown: any byte beyond the header may be a frame.
+    if (size > kHeader + kFrameHeader + 512) {
+      return wal_error("its header is invalid and " + std::to_string(size - kHeader) +
+                       " bytes of frames follow");
+    }
+    return Status::Ok();
+  }
+  const std::size_t frame_size = kFrameHeader + page_size;
+  const std::uint64_t frames = (size - kHeader) / frame_size;
+  std::vector<unsigned char> frame(frame_size);
+  std::uint32_t prev_stored[2] = {sum[0], sum[1]};  // the checksum stored by the previous frame
+  std::uint64_t first_bad = 0;                      // 1-based; 0: none yet
+  for (std::uint64_t i = 1; i <= frames; ++i) {
+    auto offset = static_cast<off_t>(kHeader + (i - 1) * frame_size);
+    if (ReadAt(fd, frame.data(), frame_size, offset) != static_cast<ssize_t>(frame_size)) {
+      return Status::Unavailable(what + ": its write-ahead log '" + wal_path +
+                                 "' cannot be read: " + Errno(errno));
+    }
+    const unsigned char* f = frame.data();
+    bool salts = std::memcmp(f + 8, header + 16, 8) == 0;
+    std::uint32_t stored[2] = {BigEndian32(f + 16), BigEndian32(f + 20)};
+    // Verified from the previous frame's stored checksum: intact in itself, whatever came before.
+    std::uint32_t local[2] = {prev_stored[0], prev_stored[1]};
+    WalChecksum(big_endian, f, 8, local);
+    WalChecksum(big_endian, f + kFrameHeader, page_size, local);
+    bool intact = salts && BigEndian32(f) != 0 && local[0] == stored[0] && local[1] == stored[1];
+    if (first_bad == 0) {
+      // SQLite's own rule: the chain verifies from the header on.
+      bool chained = intact && prev_stored[0] == sum[0] && prev_stored[1] == sum[1];
+      if (chained) {
+        sum[0] = local[0];
+        sum[1] = local[1];
+      } else {
+        first_bad = i;
+      }
+    } else if (intact) {
+      return wal_error("frame " + std::to_string(first_bad) + " of " + std::to_string(frames) +
+                       " fails its checksum but frame " + std::to_string(i) +
+                       " after it is intact");
+    }
+    prev_stored[0] = stored[0];
+    prev_stored[1] = stored[1];
+  }
+  return Status::Ok();
+}
+
+// Where the files of a database are: the real path of the database (symbolic links resolved),
+// and whether it exists.
+struct Location {
+  std::string real;  // absolute, no symbolic link
+  std::string dir;   // its directory
+  bool exists = false;
+};
+
+Status Locate(const std::string& path, Location* out) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) == 0) {
+    char* real = ::realpath(path.c_str(), nullptr);
+    if (real == nullptr) {
+      int err = errno;
+      if (S_ISLNK(st.st_mode) && err == ENOENT) {
+        return Status::Unavailable(Quoted(path) +
+                                   " cannot be opened: it is a symbolic link to a file that does "
+                                   "not exist (a dangling link)");
+      }
+      return Status::Unavailable(Quoted(path) + " cannot be opened: " + Errno(err));
+    }
+    out->real = real;
+    std::free(real);
+    out->exists = true;
+  } else if (errno == ENOENT) {
+    // Absent: resolve its directory, which must exist.
+    std::string::size_type slash = path.rfind('/');
+    std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+    std::string base = slash == std::string::npos ? path : path.substr(slash + 1);
+    if (base.empty() || base == "." || base == "..") {
+      return Status::Unavailable(Quoted(path) + " cannot be opened: not a file name");
+    }
+    char* real_dir = ::realpath(dir.c_str(), nullptr);
+    if (real_dir == nullptr) {
+      int err = errno;
+      return Status::Unavailable(Quoted(path) + " cannot be created: its directory '" + dir + "' " +
+                                 (err == ENOENT    ? std::string("does not exist")
+                                  : err == ENOTDIR ? "is not a directory"
+                                                   : "cannot be reached") +
+                                 " (" + Errno(err) + ")");
+    }
+    std::string d = real_dir;
+    std::free(real_dir);
+    out->real = (d == "/" ? "" : d) + "/" + base;
+  } else {
+    int err = errno;
+    return Status::Unavailable(Quoted(path) + " cannot be opened: " + Errno(err));
+  }
+  std::string::size_type slash = out->real.rfind('/');
+  out->dir = slash == 0 ? "/" : out->real.substr(0, slash);
+  return Status::Ok();
+}
+
+// Makes a new, empty SQLite database at `real` (absent) atomically: SQLite writes it under a
+// temporary name in the same directory, it is synced, and link() gives it its name only when it is
+// whole; so a crash never leaves an empty or half-written file at the path (an empty file is
+// refused). `*created` is false when another process created the file meanwhile (then it is used
+// as it is). Every error names the file and its cause, and leaves nothing behind.
+Status CreateDatabase(const Location& at, const std::string& what, const std::string& vfs,
+                      bool* created) {
+  *created = false;
+  std::string base = at.real.substr(at.real.rfind('/') + 1);
+  std::string temp = at.dir + "/." + base + ".new-XXXXXX";
+  int fd = ::mkstemp(temp.data());
+  if (fd < 0) {
+    int err = errno;
+    std::string why = err == EACCES || err == EPERM
+                          ? "its directory '" + at.dir + "' is not writable (" + Errno(err) + ")"
+                      : err == EROFS
+                          ? "its directory '" + at.dir + "' is on a read-only file system"
+                      : err == ENOSPC || err == EDQUOT
+                          ? "the file system of '" + at.dir + "' is full (" + Errno(err) + ")"
+                          : Errno(err);
+    return Status::Unavailable(what + " cannot be created: " + why);
+  }
+  ::fchmod(fd, 0644);  // mkstemp gives 0600; a new database gets the usual mode (umask applies)
+  auto remove_temp = [&] {
+    for (const char* suffix : {"", "-journal", "-wal", "-shm"}) {
+      ::unlink((temp + suffix).c_str());
+    }
+  };
+  // A one-page database with syncsched's page size and no table: the open that follows sees
+  // version 0 without tables (new) and creates the schema.
+  sqlite3* db = nullptr;
+  int rc = sqlite3_open_v2(temp.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_EXRESCODE,
+                           vfs.empty() ? nullptr : vfs.c_str());
+  if (rc == SQLITE_OK) {
+    rc = sqlite3_exec(db, "PRAGMA page_size=16384; PRAGMA user_version=0", nullptr, nullptr,
+                      nullptr);
+  }
+  std::string detail;
+  if (rc != SQLITE_OK) {
+    int os = db != nullptr ? sqlite3_system_errno(db) : 0;
+    detail = std::string(db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc)) +
+             (os != 0 ? " (" + Errno(os) + ")" : "");
+  }
+  sqlite3_close_v2(db);
+  if (rc != SQLITE_OK) {
+    ::close(fd);
+    remove_temp();
+    if ((rc & 0xff) == SQLITE_FULL) detail += " (the file system of '" + at.dir + "' is full)";
+    return SqliteStatus(rc, what, "cannot be created", detail);
+  }
+  if (::fsync(fd) != 0) {
+    int err = errno;
+    ::close(fd);
+    remove_temp();
+    return Status::Unavailable(what + " cannot be created: syncing it failed: " + Errno(err));
+  }
+  ::close(fd);
+  if (::link(temp.c_str(), at.real.c_str()) != 0) {
+    int err = errno;
+    remove_temp();
+    if (err == EEXIST) return Status::Ok();  // created meanwhile by another: open that one
+    return Status::Unavailable(what + " cannot be created: " + Errno(err));
+  }
+  remove_temp();
+  *created = true;
+  int dir_fd = ::open(at.dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir_fd >= 0) {
+    ::fsync(dir_fd);  // the new name survives a power loss (best effort: the file is whole anyway)
+    ::close(dir_fd);
+  }
+  return Status::Ok();
+}
+
+// The files this process's stores own, by (device, inode): a second store of the same file in
+// this process is refused without opening a descriptor of it, because closing any descriptor of a
+// file drops every POSIX lock the process holds on it, SQLite's included.
+std::mutex owned_mu;
+// The value is the owning process: a child made by fork() inherits a copy of the set, whose entries
+// are its parent's, not its own.
+std::map<std::pair<dev_t, ino_t>, pid_t>& Owned() {
+  static auto* owned = new std::map<std::pair<dev_t, ino_t>, pid_t>;  // never destroyed
+  return *owned;
+}
+
+// The byte the owner lock covers: far beyond anything SQLite locks (its locks are on the page at
+// 1 GiB, and in the -shm file), so the two kinds never meet.
+constexpr off_t kOwnerLockByte = off_t{1} << 62;
+
+// The byte beside it carries, for messages only, a classic POSIX lock of the owner process:
+// F_GETLK tells its process id, which the kernel does not keep for OFD locks. Best effort: it is
+// dropped when the owner's process closes any descriptor of the file (another SQLite connection
+// to it, say), and then a refusal names no process.
+constexpr off_t kOwnerPidByte = kOwnerLockByte + 1;
+
+// The process whose POSIX lock is on the owner-pid byte of `fd`'s file; 0 when unknown.
+long OwnerPid(int fd) {
+  struct flock lk = {};
+  lk.l_type = F_WRLCK;
+  lk.l_whence = SEEK_SET;
+  lk.l_start = kOwnerPidByte;
+  lk.l_len = 1;
+  if (::fcntl(fd, F_GETLK, &lk) != 0 || lk.l_type == F_UNLCK) return 0;
+  return lk.l_pid;
+}
+
+// The exclusive ownership of a database file: an open file description lock (F_OFD_SETLK) on one
+// byte of the database file itself, so that it follows the file (its device and inode) whatever
+// path, symbolic link or hard link reached it. The descriptor stays open as long as the store:
+// the lock belongs to it (not to the process, unlike SQLite's own POSIX locks), so SQLite closing
+// its descriptors never drops it, and it does not conflict with SQLite's locks (other bytes).
+// The kernel releases it when the process dies; it is not inherited across exec (O_CLOEXEC).
 class OwnerLock {
  public:
   OwnerLock() = default;
@@ -560,73 +875,120 @@ class OwnerLock {
   OwnerLock& operator=(const OwnerLock&) = delete;
   ~OwnerLock() { Release(); }
 
-  Status Acquire(const std::string& db_path, std::chrono::milliseconds wait) {
-    std::string lock_path = db_path + ".lock";
+  int fd() const { return fd_; }
+  const struct stat& stat() const { return st_; }
+
+  Status Acquire(const std::string& real, const std::string& what, std::chrono::milliseconds wait) {
     auto deadline = std::chrono::steady_clock::now() + wait;
     for (;;) {
-      int fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-      if (fd < 0) {
-        return Status::Unavailable(Quoted(db_path) +
-                                   " cannot be opened: cannot create its lock file '" + lock_path +
-                                   "': " + Errno(errno));
-      }
-      if (::flock(fd, LOCK_EX | LOCK_NB) == 0) {
-        // The previous owner removes the lock file when it lets go; if it did so between our
-        // open and our flock, we hold a lock on a file nobody else will see: start again.
-        struct stat held, named;
-        if (::fstat(fd, &held) == 0 && ::stat(lock_path.c_str(), &named) == 0 &&
-            held.st_dev == named.st_dev && held.st_ino == named.st_ino) {
-          std::string pid = std::to_string(::getpid()) + "\n";
-          if (::ftruncate(fd, 0) == 0) {
-            [[maybe_unused]] ssize_t ignored = ::pwrite(fd, pid.data(), pid.size(), 0);
-          }
-          fd_ = fd;
-          path_ = std::move(lock_path);
-          return Status::Ok();
-        }
-        ::close(fd);
-        continue;
-      }
-      int err = errno;
-      if (err == EINTR) {
-        ::close(fd);
-        continue;
-      }
-      if (err != EWOULDBLOCK) {
-        ::close(fd);
-        return Status::Unavailable(Quoted(db_path) + " cannot be opened: cannot lock '" +
-                                   lock_path + "': " + Errno(err));
-      }
-      char owner[32] = {};
-      ssize_t n = ::pread(fd, owner, sizeof owner - 1, 0);
-      ::close(fd);
+      bool busy = false;
+      long owner = 0;
+      Status s = TryAcquire(real, what, &busy, &owner);
+      if (!busy) return s;
       if (std::chrono::steady_clock::now() >= deadline) {
-        std::string who(owner, n > 0 ? static_cast<std::size_t>(n) : 0);
-        while (!who.empty() && (who.back() == '\n' || who.back() == ' ')) who.pop_back();
-        return Status::Unavailable(Quoted(db_path) + " is in use by another syncsched engine" +
-                                   (who.empty() ? "" : " (process " + who + ")") +
-                                   "; its lock file is '" + lock_path + "'");
+        return Status::Unavailable(what + " is in use by another syncsched engine" +
+                                   (owner > 0 ? " (process " + std::to_string(owner) +
+                                                    (owner == ::getpid() ? ", this one)" : ")")
+                                              : std::string()) +
+                                   "; one engine owns a database file, whatever path reaches it");
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
   }
 
-  // Removes the lock file while still holding the lock (see Acquire), then lets go.
+  // Marks the owner-pid byte (OwnerPid), for messages only: failure does not matter. Called at
+  // the end of the open, once SQLite is in WAL mode and holds its shared lock for good (before,
+  // SQLite unlocks the whole file at the end of each transaction, which drops this lock).
+  void MarkPid() {
+    struct flock lk = {};
+    lk.l_type = F_WRLCK;
+    lk.l_whence = SEEK_SET;
+    lk.l_start = kOwnerPidByte;
+    lk.l_len = 1;
+    [[maybe_unused]] int ignored = ::fcntl(fd_, F_SETLK, &lk);
+  }
+
+  // Lets go (after SQLite has closed the file: closing this descriptor earlier would drop the
+  // process's POSIX locks on the file, SQLite's included).
   void Release() {
     if (fd_ < 0) return;
-    ::unlink(path_.c_str());
+    {
+      std::lock_guard lock(owned_mu);
+      Owned().erase({st_.st_dev, st_.st_ino});
+    }
     ::close(fd_);
     fd_ = -1;
   }
 
  private:
-  std::string path_;
+  Status TryAcquire(const std::string& real, const std::string& what, bool* busy, long* owner) {
+    std::lock_guard lock(owned_mu);
+    struct stat named;
+    if (::stat(real.c_str(), &named) != 0) {
+      return Status::Unavailable(what + " cannot be opened: " + Errno(errno));
+    }
+    if (S_ISDIR(named.st_mode)) {
+      return Status::Unavailable(what + " cannot be opened: it is a directory");
+    }
+    if (!S_ISREG(named.st_mode)) {
+      return Status::Unavailable(what + " cannot be opened: it is not a regular file");
+    }
+    if (auto it = Owned().find({named.st_dev, named.st_ino}); it != Owned().end()) {
+      if (it->second == ::getpid()) {
+        *busy = true;
+        *owner = ::getpid();
+        return Status::Ok();
+      }
+      Owned().erase(it);  // the parent's, before a fork: the kernel's lock decides
+    }
+    int fd = ::open(real.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) {
+      int err = errno;
+      std::string why =
+          err == EACCES || err == EPERM
+              ? "it is not writable (" + Errno(err) + "); syncsched needs to write to its database"
+          : err == EROFS ? "it is on a read-only file system"
+                         : Errno(err);
+      return Status::Unavailable(what + " cannot be opened for writing: " + why);
+    }
+    struct flock lk = {};
+    lk.l_type = F_WRLCK;
+    lk.l_whence = SEEK_SET;
+    lk.l_start = kOwnerLockByte;
+    lk.l_len = 1;
+    if (::fcntl(fd, F_OFD_SETLK, &lk) != 0) {
+      int err = errno;
+      if (err == EAGAIN || err == EACCES) {
+        *busy = true;
+        *owner = OwnerPid(fd);
+      }
+      // The descriptor is ours alone and no store of this process owns the file: closing it
+      // drops no lock of anyone's.
+      ::close(fd);
+      if (*busy) return Status::Ok();
+      return Status::Unavailable(what + " cannot be opened: cannot lock it: " + Errno(err));
+    }
+    struct stat held;
+    if (::fstat(fd, &held) != 0 || held.st_dev != named.st_dev || held.st_ino != named.st_ino) {
+      // The path was given another file between stat and open: the lock is on a file nobody
+      // will find there; look again.
+      ::close(fd);
+      return Status::Unavailable(what + " cannot be opened: it was replaced while being opened");
+    }
+    fd_ = fd;
+    st_ = held;
+    Owned()[{held.st_dev, held.st_ino}] = ::getpid();
+    return Status::Ok();
+  }
+
   int fd_ = -1;
+  struct stat st_ = {};
 };
 
 class SqliteStore final : public Store {
  public:
-  explicit SqliteStore(const SqliteStoreOptions& options) : options_(options) {}
+  explicit SqliteStore(const SqliteStoreOptions& options)
+      : options_(options), what_(Quoted(options.path)) {}
   ~SqliteStore() override {
     FinalizeStatements();
     db_.Close();  // checkpoints the WAL into the file and removes it, unless Abandon() said not
@@ -639,15 +1001,38 @@ class SqliteStore final : public Store {
 
   Result<Snapshot> Load() override;
   Status Commit(const Batch& batch) override;
+  Status Health() const override { return broken_.empty() ? Status::Ok() : Broken(); }
 
   Status SetMaxPageCount(std::int64_t pages);
   Result<std::int64_t> PageCount();
   void FailNextRollback() { fail_next_rollback_ = true; }
   void SetLengthLimit(int bytes) { sqlite3_limit(db_.get(), SQLITE_LIMIT_LENGTH, bytes); }
+  Status SetAutoCheckpoint(int pages) {
+    int rc = sqlite3_wal_autocheckpoint(db_.get(), pages);
+    return rc == SQLITE_OK ? Status::Ok() : Error(rc, "setting wal_autocheckpoint");
+  }
 
  private:
-  Status Error(int rc, std::string_view context) const {
-    return SqliteStatus(rc, options_.path, context, db_.ErrorMessage());
+  // The status of SQLite error `rc`: names the file, the context, SQLite's message and, for an
+  // I/O error, the operating system's cause (sqlite3_system_errno: "No space left on device"
+  // rather than SQLite's "disk I/O error" alone). Notes corruption (see Commit and Load).
+  Status Error(int rc, std::string_view context) {
+    std::string detail = db_.ErrorMessage();
+    switch (rc & 0xff) {
+      case SQLITE_IOERR:
+      case SQLITE_CANTOPEN:
+      case SQLITE_FULL:
+      case SQLITE_READONLY:
+      case SQLITE_PERM:
+        if (int os = db_.get() != nullptr ? sqlite3_system_errno(db_.get()) : 0; os != 0) {
+          detail += " (" + Errno(os) + ")";
+        }
+        break;
+      default:
+        break;
+    }
+    if (IsCorruption(rc)) corruption_seen_ = true;
+    return SqliteStatus(rc, what_, context, detail);
   }
   Status Exec(const char* sql, std::string_view context) {
     int rc = db_.Exec(sql);
@@ -659,7 +1044,7 @@ class SqliteStore final : public Store {
   Status Write(Stmt& stmt, const Describe& describe) {
     ResetGuard guard(stmt);
     if (Stmt::BindFailure failed = stmt.TakeBindFailure(); failed.code != SQLITE_OK) {
-      return SqliteStatus(failed.code, options_.path, describe(),
+      return SqliteStatus(failed.code, what_, describe(),
                           "cannot bind " + stmt.ParameterName(failed.index) + " (parameter " +
                               std::to_string(failed.index) + "): " + sqlite3_errstr(failed.code));
     }
@@ -674,8 +1059,10 @@ class SqliteStore final : public Store {
   // A transaction of Open (which fails, closing the connection, on any error): ends it and
   // returns `result`, or the failure of ROLLBACK added to it.
   Status EndOpenTransaction(Status result);
-  // What Commit and Load return once a ROLLBACK has failed.
+  // What Commit and Load return once the store is broken (broken_ not empty).
   Status Broken() const;
+  // After a failed Commit or Load: when the failure was corruption, the store is broken for good.
+  Status NoteCorruption(Status cause);
 
   Status Inspect(int* version);
   Status Configure();
@@ -687,8 +1074,12 @@ class SqliteStore final : public Store {
   void FinalizeStatements();
 
   SqliteStoreOptions options_;
+  std::string real_;  // the database file, symbolic links resolved (as SQLite opens it)
+  std::string what_;  // how messages name it (Described)
   bool in_memory_ = false;
   bool created_file_ = false;
+  bool wal_existed_ = false, shm_existed_ = false, journal_existed_ = false;  // before Open
+  bool corruption_seen_ = false;  // an SQLite call reported corruption (see NoteCorruption)
   OwnerLock lock_;
   Db db_;
 
@@ -699,49 +1090,82 @@ class SqliteStore final : public Store {
 
   std::uint64_t max_uid_ = 0;  // as committed
   std::string owed_;           // the owed value of the schedule row being written (reused)
-  // Empty while the store is usable; else why it is not (a ROLLBACK that failed).
+  // Empty while the store is usable; else why it is not (a ROLLBACK that failed, corruption
+  // found), and broken_advice_ what to do.
   std::string broken_;
+  std::string broken_advice_;
   bool fail_next_rollback_ = false;  // FailNextRollbackForTest
 };
 
 Status SqliteStore::Open() {
   const std::string& path = options_.path;
+  what_ = Quoted(path);
   in_memory_ = path == ":memory:";
+  bool wal_has_frames = false;
   if (!in_memory_) {
-    Status s = lock_.Acquire(path, options_.wait_for_owner);
+    Location at;
+    Status s = Locate(path, &at);
     if (!s.ok()) return s;
-    struct stat st;
-    if (::stat(path.c_str(), &st) == 0) {
-      if (S_ISDIR(st.st_mode)) {
-        return Status::Unavailable(Quoted(path) + " cannot be opened: it is a directory");
-      }
-      if (!S_ISREG(st.st_mode)) {
-        return Status::Unavailable(Quoted(path) + " cannot be opened: it is not a regular file");
-      }
-      s = CheckFileHeader(path, st.st_size);
+    real_ = at.real;
+    what_ = Described(path, real_);
+    if (!at.exists) {
+      s = CreateDatabase(at, what_, options_.vfs, &created_file_);
       if (!s.ok()) return s;
-    } else if (errno == ENOENT) {
-      created_file_ = true;
-    } else {
-      return Status::Unavailable(Quoted(path) + " cannot be opened: " + Errno(errno));
+    }
+    s = lock_.Acquire(real_, what_, options_.wait_for_owner);
+    if (!s.ok()) return s;
+    // Another path of the same file (a hard link) has WAL and shared-memory files of its own
+    // name: a second path would miss the first's WAL after a crash, and both could be written.
+    // A database with several names is refused (symbolic links are fine: they resolve to one).
+    if (lock_.stat().st_nlink > 1) {
+      return Status::Unavailable(
+          what_ + " cannot be opened: it has " + std::to_string(lock_.stat().st_nlink) +
+          " hard links; SQLite keeps a database's write-ahead log beside the name it was opened "
+          "by, so a database reached by several names could lose commits; keep one name (use a "
+          "symbolic link for others)");
+    }
+    struct stat st;
+    wal_existed_ = ::stat((real_ + "-wal").c_str(), &st) == 0;
+    wal_has_frames = wal_existed_ && st.st_size > 0;
+    shm_existed_ = ::stat((real_ + "-shm").c_str(), &st) == 0;
+    journal_existed_ = ::stat((real_ + "-journal").c_str(), &st) == 0;
+    s = CheckFileHeader(lock_.fd(), what_, lock_.stat().st_size, wal_has_frames);
+    if (!s.ok()) return s;
+    if (wal_has_frames) {
+      s = CheckWal(real_ + "-wal", what_);
+      if (!s.ok()) return s;
+    }
+    // SQLite creates the -wal and -shm files beside the database: say so now rather than let it
+    // fail with "unable to open database file" after it has begun.
+    if ((!wal_existed_ || !shm_existed_) &&
+        ::faccessat(AT_FDCWD, at.dir.c_str(), W_OK | X_OK, AT_EACCESS) != 0) {
+      int err = errno;
+      return Status::Unavailable(what_ + " cannot be opened: its directory '" + at.dir +
+                                 "' is not writable (" + Errno(err) +
+                                 "), and SQLite must create '" + real_ + "-wal' and '" + real_ +
+                                 "-shm' there");
     }
   }
 
+  std::string error;
+  const std::string& open_path = in_memory_ ? path : real_;
+  sqlite3* handle = nullptr;
+  int rc = sqlite3_open_v2(open_path.c_str(), &handle,
+                           SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE |
+                               (in_memory_ ? SQLITE_OPEN_CREATE : 0),
+                           options_.vfs.empty() ? nullptr : options_.vfs.c_str());
+  db_.Adopt(handle);
+  if (rc != SQLITE_OK) return Error(rc, "cannot be opened");
+  // A read-only file opens read-only without an error: refuse it (the owner lock's descriptor,
+  // opened for writing, rules this out for files; a VFS may still do it).
+  if (sqlite3_db_readonly(db_.get(), "main") == 1) {
+    return Status::Unavailable(what_ + " cannot be opened for writing: SQLite opened it read-only");
+  }
+  rc = sqlite3_extended_result_codes(db_.get(), 1);
+  if (rc != SQLITE_OK) return Error(rc, "cannot enable extended result codes");
   // A WAL with frames that another engine (a newer one, say) left behind must not be
   // checkpointed into the file by our close before the file is known to be ours. A WAL we
   // create by reading is empty, and closing normally removes it again without writing the file.
-  struct stat wal;
-  bool wal_has_frames =
-      !in_memory_ && ::stat((path + "-wal").c_str(), &wal) == 0 && wal.st_size > 0;
-
-  std::string error;
-  int rc = db_.Open(
-      path,
-      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE,
-      &error);
-  if (rc != SQLITE_OK) return SqliteStatus(rc, path, "cannot be opened", error);
-  rc = sqlite3_extended_result_codes(db_.get(), 1);
-  if (rc != SQLITE_OK) return Error(rc, "cannot enable extended result codes");
   if (wal_has_frames) {
     rc = sqlite3_db_config(db_.get(), SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
     if (rc != SQLITE_OK) return Error(rc, "cannot keep its write-ahead log from a checkpoint");
@@ -766,15 +1190,33 @@ Status SqliteStore::Open() {
   if (!s.ok()) return s;
   rc = sqlite3_db_config(db_.get(), SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 0, nullptr);
   if (rc != SQLITE_OK) return Error(rc, "cannot re-enable the checkpoint on close");
+  if (!in_memory_) lock_.MarkPid();
   return Status::Ok();
 }
 
 void SqliteStore::Abandon() {
   FinalizeStatements();
   db_.Close();
-  if (created_file_) {
-    for (const char* suffix : {"", "-wal", "-shm", "-journal"}) {
-      ::unlink((options_.path + suffix).c_str());
+  if (!in_memory_ && !real_.empty() && lock_.fd() >= 0) {
+    // Only while we still own the file: nobody else can be using what we remove.
+    if (created_file_) {
+      for (const char* suffix : {"", "-wal", "-shm", "-journal"}) {
+        ::unlink((real_ + suffix).c_str());
+      }
+    } else {
+      // Remove the side files this open made, when they hold nothing: an empty WAL, a rollback
+      // journal of no transaction, and the shared-memory index of a WAL that is gone. (A WAL
+      // with frames holds commits, a migration step's say: it stays.)
+      struct stat st;
+      bool wal_now = ::stat((real_ + "-wal").c_str(), &st) == 0;
+      if (wal_now && !wal_existed_ && st.st_size == 0) {
+        ::unlink((real_ + "-wal").c_str());
+        wal_now = false;
+      }
+      if (!shm_existed_ && !wal_now) ::unlink((real_ + "-shm").c_str());
+      if (!journal_existed_ && ::stat((real_ + "-journal").c_str(), &st) == 0 && st.st_size == 0) {
+        ::unlink((real_ + "-journal").c_str());
+      }
     }
   }
   lock_.Release();
@@ -783,7 +1225,6 @@ void SqliteStore::Abandon() {
 // Reads the schema version and checks that the file is a syncsched database this build can use,
 // without writing anything.
 Status SqliteStore::Inspect(int* version) {
-  const std::string& path = options_.path;
   Status s = Exec("BEGIN", "cannot begin reading");
   if (!s.ok()) return s;
   auto finish = [&](Status result) { return EndOpenTransaction(std::move(result)); };
@@ -808,19 +1249,19 @@ Status SqliteStore::Inspect(int* version) {
   stmt = Stmt();
 
   if (*version > kSchemaVersion) {
-    return finish(Status::FailedPrecondition(
-        Quoted(path) + " has schema version " + std::to_string(*version) + ", newer than version " +
-        std::to_string(kSchemaVersion) +
-        " that this syncsched knows; open it with a newer syncsched"));
+    return finish(
+        Status::FailedPrecondition(what_ + " has schema version " + std::to_string(*version) +
+                                   ", newer than version " + std::to_string(kSchemaVersion) +
+                                   " that this syncsched knows; open it with a newer syncsched"));
   }
   if (*version < 0) {
-    return finish(Status::Internal(Quoted(path) +
+    return finish(Status::Internal(what_ +
                                    " is not a syncsched database or is corrupt (schema version " +
                                    std::to_string(*version) + ")"));
   }
   if (*version == 0 && objects != 0) {
     return finish(Status::FailedPrecondition(
-        Quoted(path) +
+        what_ +
         " is an SQLite database of another application (it has tables but no syncsched schema "
         "version); refusing to change it"));
   }
@@ -828,9 +1269,9 @@ Status SqliteStore::Inspect(int* version) {
     for (const char* table : kMigrations[*version - 1].tables) {
       if (table == nullptr) break;  // the list is shorter than the array
       if (tables.count(table) == 0) {
-        return finish(Status::Internal(
-            Quoted(path) + " is not a syncsched database or is corrupt (schema version " +
-            std::to_string(*version) + " without table '" + table + "')"));
+        return finish(
+            Status::Internal(what_ + " is not a syncsched database or is corrupt (schema version " +
+                             std::to_string(*version) + " without table '" + table + "')"));
       }
     }
   }
@@ -843,8 +1284,7 @@ Status SqliteStore::Inspect(int* version) {
     if (stmt.ColumnFailed()) return finish(Error(SQLITE_NOMEM, "checking integrity"));
     if (verdict != "ok") {
       return finish(Status::Internal(
-          Quoted(path) + " is not a syncsched database or is corrupt (quick_check: " + verdict +
-          ")"));
+          what_ + " is not a syncsched database or is corrupt (quick_check: " + verdict + ")"));
     }
   }
   return finish(Status::Ok());
@@ -867,8 +1307,7 @@ Status SqliteStore::Configure() {
     if (stmt.ColumnFailed()) return Error(SQLITE_NOMEM, "cannot switch to WAL mode");
     if (mode != "wal") {
       return Status::Unavailable(
-          Quoted(options_.path) +
-          ": cannot switch to WAL mode (the file system gave journal mode '" + mode + "')");
+          what_ + ": cannot switch to WAL mode (the file system gave journal mode '" + mode + "')");
     }
   }
   s = Exec(options_.synchronous_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
@@ -940,7 +1379,7 @@ Status SqliteStore::PrepareStatements() {
     if (rc != SQLITE_OK) {
       int primary = rc & 0xff;
       return primary == SQLITE_ERROR
-                 ? SqliteStatus(SQLITE_CORRUPT, options_.path, "its tables do not match the schema",
+                 ? SqliteStatus(SQLITE_CORRUPT, what_, "its tables do not match the schema",
                                 db_.ErrorMessage())
                  : Error(rc, "preparing statements");
     }
@@ -963,7 +1402,7 @@ Result<std::uint64_t> SqliteStore::ReadMaxUid() {
   if (rc != SQLITE_OK) return Error(rc, "reading max_uid");
   rc = stmt.Step();
   if (rc == SQLITE_DONE) {
-    return Status::Internal(Quoted(options_.path) +
+    return Status::Internal(what_ +
                             " is not a syncsched database or is corrupt (no max_uid in meta)");
   }
   if (rc != SQLITE_ROW) return Error(rc, "reading max_uid");
@@ -973,9 +1412,9 @@ Result<std::uint64_t> SqliteStore::ReadMaxUid() {
 Result<Snapshot> SqliteStore::Load() {
   if (!broken_.empty()) return Broken();
   Status s = Exec("BEGIN", "cannot begin reading");
-  if (!s.ok()) return s;
+  if (!s.ok()) return NoteCorruption(std::move(s));
   auto fail = [&](Status status) -> Result<Snapshot> {
-    return RollBack(std::move(status), /*committing=*/false);
+    return NoteCorruption(RollBack(std::move(status), /*committing=*/false));
   };
   // Runs `sql`, calling `row` for each row; `row` returns a Status (not OK: stop, and fail).
   auto read = [&](std::string_view sql, std::string_view what, const auto& row) -> Status {
@@ -1049,14 +1488,13 @@ Result<Snapshot> SqliteStore::Load() {
         if (int type = r.Type(22); type == SQLITE_BLOB) {
           std::string_view owed = r.Blob(22);
           if (!r.ColumnFailed() && !DecodeOwed(owed, &row, &why)) {
-            return Status::Internal(Quoted(options_.path) +
-                                    " is not a syncsched database or is corrupt (schedule uid " +
-                                    std::to_string(row.uid) +
-                                    ": its owed value is malformed: " + why + ")");
+            return Status::Internal(
+                what_ + " is not a syncsched database or is corrupt (schedule uid " +
+                std::to_string(row.uid) + ": its owed value is malformed: " + why + ")");
           }
         } else if (type != SQLITE_NULL) {
           return Status::Internal(
-              Quoted(options_.path) + " is not a syncsched database or is corrupt (schedule uid " +
+              what_ + " is not a syncsched database or is corrupt (schedule uid " +
               std::to_string(row.uid) + ": its owed value is not a BLOB but of SQLite type " +
               std::to_string(type) + ")");
         }
@@ -1085,7 +1523,9 @@ Status SqliteStore::Commit(const Batch& batch) {
   if (batch.empty()) return Status::Ok();
   int rc = begin_.Step();
   begin_.Reset();
-  if (rc != SQLITE_DONE) return Error(rc, "commit failed, nothing applied: cannot begin");
+  if (rc != SQLITE_DONE) {
+    return NoteCorruption(Error(rc, "commit failed, nothing applied: cannot begin"));
+  }
   std::uint64_t max_uid = max_uid_;
   Status s = Apply(batch, &max_uid);
   if (s.ok()) {
@@ -1093,7 +1533,7 @@ Status SqliteStore::Commit(const Batch& batch) {
     if (rc != SQLITE_DONE) s = Error(rc, "commit failed");
     commit_.Reset();
   }
-  if (!s.ok()) return RollBack(std::move(s), /*committing=*/true);
+  if (!s.ok()) return NoteCorruption(RollBack(std::move(s), /*committing=*/true));
   max_uid_ = max_uid;
   return Status::Ok();
 }
@@ -1121,6 +1561,9 @@ Status SqliteStore::RollBack(Status cause, bool committing) {
   if (rc == SQLITE_DONE) return rolled_back();
   broken_ = "after a failed " + std::string(committing ? "commit" : "load") +
             ", ROLLBACK failed too (" + detail + ")";
+  broken_advice_ =
+      "so its connection may still be inside that transaction; destroy the store and open the "
+      "file again (closing the connection discards the transaction)";
   return Status::Internal(
       cause.message() + "; then ROLLBACK failed too (" + detail +
       "), so the connection may still be inside that transaction: this store refuses every "
@@ -1139,11 +1582,20 @@ Status SqliteStore::EndOpenTransaction(Status result) {
 }
 
 Status SqliteStore::Broken() const {
-  return Status::Internal(Quoted(options_.path) +
-                          ": this store refuses to commit or load: " + broken_ +
-                          ", so its connection may still be inside that transaction; destroy the "
-                          "store and open the file again (closing the connection discards the "
-                          "transaction)");
+  return Status::Internal(what_ + ": this store refuses to commit or load: " + broken_ + ", " +
+                          broken_advice_);
+}
+
+Status SqliteStore::NoteCorruption(Status cause) {
+  if (!corruption_seen_ || !broken_.empty()) return cause;
+  broken_ = "SQLite found the file corrupt (" + cause.message() + ")";
+  broken_advice_ =
+      "and nothing more is written to it; destroy the store and open the file again (the open "
+      "refuses the file if the damage is where it looks; with verify_on_open, wherever it is), or "
+      "restore the file from a backup";
+  return Status::Internal(cause.message() +
+                          "; this store now refuses every further Commit and Load until the file "
+                          "is opened again");
 }
 
 Status SqliteStore::Apply(const Batch& batch, std::uint64_t* max_uid) {
@@ -1374,6 +1826,10 @@ void FailNextRollbackForTest(Store& store) { static_cast<SqliteStore&>(store).Fa
 
 void SetLengthLimitForTest(Store& store, int bytes) {
   static_cast<SqliteStore&>(store).SetLengthLimit(bytes);
+}
+
+Status SetAutoCheckpointForTest(Store& store, int pages) {
+  return static_cast<SqliteStore&>(store).SetAutoCheckpoint(pages);
 }
 
 }  // namespace internal

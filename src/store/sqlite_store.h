@@ -14,7 +14,8 @@ namespace syncsched::store {
 
 struct SqliteStoreOptions {
   // The database file, created when absent, or ":memory:" for a private in-memory database that
-  // lives as long as the store (no durability, no lock). Required.
+  // lives as long as the store (no durability, no lock). Required. A symbolic link is resolved:
+  // the store opens, locks and keeps its -wal and -shm files beside the file it points to.
   std::string path;
 
   // false (default): `PRAGMA synchronous=NORMAL` in WAL mode. A commit is atomic and consistent
@@ -34,33 +35,60 @@ struct SqliteStoreOptions {
 
   // Runs `PRAGMA quick_check` at open, reading the whole file, so that corruption deep inside a
   // table is refused at open rather than reported by a later Load or Commit. Costs about a second
-  // per few hundred MB. Default off: open checks the header, the file size and the schema.
+  // per few hundred MB (docs/reliability.md has figures at 1M schedules). Default off: open checks
+  // the header, the file size, the schema page and, after a crash, every WAL frame; Load then
+  // reads every page of the small tables and of the schedules table.
   bool verify_on_open = false;
+
+  // The SQLite VFS to use, by its registered name; empty: SQLite's default. For tests
+  // (tests/store/fault_vfs.h injects faults below the store).
+  std::string vfs;
 };
 
 // Opens the SQLite store at `options.path`, creating the file and its schema when absent and
 // migrating an older schema (migrations are versioned by `PRAGMA user_version`).
 //
-// Success: a store that owns the file until it is destroyed. Ownership is exclusive: the store
-// holds an OS lock (flock) on the sidecar file `<path>.lock`, which it removes when destroyed; the
-// lock is never inherited by child processes.
+// A new file is created whole: SQLite writes an empty database under a temporary name beside it
+// (`.<name>.new-XXXXXX`), which is synced and then linked to the path, so that a crash never
+// leaves an empty or half-written file at the path (a crash may leave the temporary file).
 //
-// Errors (every message names the file and the cause; a refused file is never written to, and a
-// file this call created is removed again):
+// Success: a store that owns the file until it is destroyed. Ownership is exclusive and follows
+// the file, not its name: the store holds an open-file-description lock (F_OFD_SETLK, Linux) on
+// one byte of the database file itself, far from the bytes SQLite locks, on a descriptor kept open
+// until SQLite has closed the file. So a second store is refused whether it names the file by the
+// same path, another path, or a symbolic link, in this process or another; the kernel releases
+// the lock when the process dies, and it is not inherited across exec. No lock file is made.
+// A file with several hard links is refused: SQLite keeps a WAL beside the name it opens, so two
+// names of one file would have two WALs and could lose commits (one name per database; a symbolic
+// link resolves to it). A hard link made while the store is open is not noticed.
+//
+// Errors (every message names the file (the path given, and the file it resolves to when that
+// differs) and the cause; a refused file is never written to, and no file is left behind that was
+// not there: a file this call created is removed again, and so are the -wal, -shm and -journal
+// files it made when they hold nothing):
 // - INVALID_ARGUMENT: an empty path; history_per_schedule above 1000.
 // - UNAVAILABLE: another store, in this process or another, owns the file ("... is in use by
-//   another syncsched engine"), after waiting `wait_for_owner`; the path or its lock file cannot be
-//   created or opened (a missing or read-only directory, a directory at the path, permissions);
-//   an I/O error.
-// - INTERNAL: the file is not an SQLite database, is truncated or corrupt ("not a syncsched
-//   database or corrupt"), or misses tables of its declared schema.
+//   another syncsched engine", with the owner's process id when it
+//   can be told), after
+//   waiting `wait_for_owner`; the file has several hard links; the file cannot be opened for
+//   writing (read-only, a read-only file system: said so); its directory does not exist, is not a
+//   directory or is not writable (SQLite must create the -wal and -shm files there); a directory
+//   or a dangling symbolic link at the path; the file system is full ("No space left on device");
+//   any other I/O error, with the operating system's cause.
+// - INTERNAL: the file is empty (0 bytes: never taken as a new database, since syncsched never
+//   leaves one, so its contents were lost), not an SQLite database, truncated or corrupt ("not a
+//   syncsched database or corrupt"), misses tables of its declared schema, or its WAL is damaged
+//   in a way SQLite would silently skip: a frame that fails its checksum followed by an intact
+//   frame of the same log, or a damaged log header followed by frames (a log torn at its end by a
+//   crash is accepted, as SQLite does).
 // - FAILED_PRECONDITION: the file has a newer schema than this build knows (both versions are
 //   named), or is an SQLite database of another application.
 //
 // The returned store:
 // - Load() reads the whole state in one read transaction. INTERNAL if the file proves corrupt,
 //   among others when a schedule row's owed runs (ScheduleRow::pending, waiting, retry; schema
-//   v4) cannot be decoded: the message names the file and the schedule uid.
+//   v4) cannot be decoded: the message names the file and the schedule uid (that row only: a
+//   commit that rewrites the row repairs it, and the store stays usable).
 // - Commit() applies a batch in one `BEGIN IMMEDIATE` transaction with cached prepared statements.
 //   Within a batch, deletions are applied before insertions and upserts: connections_deleted,
 //   then connections_added (an existing connection is left as is); schedules_deleted (with their
@@ -73,12 +101,21 @@ struct SqliteStoreOptions {
 //   transaction is rolled back, nothing of the batch is applied, and the store stays usable:
 //   UNAVAILABLE for a full disk ("database or disk is full") or an I/O error, INTERNAL for
 //   corruption or a violated constraint (two uids with one key, an engine bug).
+// - Corruption that SQLite reports during a Commit or Load (SQLITE_CORRUPT, SQLITE_NOTADB: a
+//   damaged page, index or freelist, garbage read back) breaks the store for good: that call
+//   returns INTERNAL naming the file, nothing of a batch is applied, and every later Commit and
+//   Load returns INTERNAL ("this store refuses to commit or load: SQLite found the file corrupt
+//   ...") without touching the file; Health() returns the same. Damage SQLite cannot see (a
+//   changed byte inside a value: SQLite pages carry no checksum) is not detected.
+// - A failed checkpoint (SQLite copies the WAL into the file every 40 MB of WAL and at close) is
+//   not a failed commit: the commits stay in the WAL, which the next checkpoint or open replays.
 // - When the ROLLBACK after a failed Commit or Load itself fails, the connection may still be
 //   inside the failed transaction, where a later commit would commit the remains of the failed
 //   batch and a later load would read them. That call returns INTERNAL, saying so, and the store
 //   is broken for good: every later Commit and Load returns INTERNAL ("this store refuses to
 //   commit or load") without touching the file. Destroy it and open the file again: closing the
 //   connection discards the transaction, so nothing of the failed batch is ever applied.
+// - Health(): OK, or the INTERNAL status of a broken store (see store.h).
 //
 // Thread safety: a store may be used from any thread but by one thread at a time (the engine
 // serializes its calls). Distinct stores on distinct files are independent.
@@ -97,6 +134,9 @@ void FailNextRollbackForTest(Store& store);
 // Test hook: caps the length of a string or blob (`sqlite3_limit(SQLITE_LIMIT_LENGTH)`, also the
 // size of a row), so that binding a longer value fails as binding one above 1 GB would.
 void SetLengthLimitForTest(Store& store, int bytes);
+// Test hook: checkpoints the WAL after every commit that leaves at least `pages` pages in it
+// (`PRAGMA wal_autocheckpoint`; the store's own setting is 40 MB of pages).
+Status SetAutoCheckpointForTest(Store& store, int pages);
 }  // namespace internal
 
 }  // namespace syncsched::store

@@ -142,6 +142,13 @@ class Store {
   // can no longer be used and refuses every later call until it is opened again: see the
   // implementation's header).
   virtual Status Commit(const Batch& batch) = 0;
+  // OK while the store can be used. Otherwise the store is broken for good (the SQLite store:
+  // corruption was found, or a ROLLBACK failed) and this is the INTERNAL status that every later
+  // Commit and Load returns, naming the file and the cause: the engine reports itself unhealthy
+  // and stops claiming success; only destroying the store and opening the file again can help.
+  // Cheap, and callable at any time from the thread that uses the store. A failed Commit or Load
+  // that leaves the store usable (a full disk, an I/O error) does not change it.
+  virtual Status Health() const { return Status::Ok(); }
 };
 
 }  // namespace syncsched::store

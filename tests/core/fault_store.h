@@ -49,6 +49,7 @@ class FaultStore : public store::Store {
       : inner_(std::move(inner)), plan_(std::move(plan)) {}
 
   Result<store::Snapshot> Load() override { return inner_->Load(); }
+  Status Health() const override { return inner_->Health(); }
 
   // The wrapped store (for its own test hooks).
   store::Store& inner() { return *inner_; }

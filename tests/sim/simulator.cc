@@ -40,6 +40,7 @@ class TraceStore : public store::Store {
  public:
   explicit TraceStore(std::unique_ptr<store::Store> inner) : inner_(std::move(inner)) {}
   Result<store::Snapshot> Load() override { return inner_->Load(); }
+  Status Health() const override { return inner_->Health(); }
   Status Commit(const store::Batch& b) override {
     Status st = inner_->Commit(b);
     std::printf(

@@ -11,6 +11,9 @@ install(EXPORT syncschedTargets NAMESPACE syncsched::
 if(TARGET syncschedd)
   install(TARGETS syncschedd RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 endif()
+if(TARGET syncsched-bench)
+  install(TARGETS syncsched-bench RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+endif()
 
 configure_package_config_file(cmake/syncschedConfig.cmake.in
   ${CMAKE_CURRENT_BINARY_DIR}/syncschedConfig.cmake

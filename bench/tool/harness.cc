@@ -435,15 +435,17 @@ std::string Harness::Summary() const {
   nlohmann::json j = ResultJson();
   std::ostringstream o;
   char buf[512];
-  std::snprintf(
-      buf, sizeof buf, "engine %s, %s schedules, store %s%s: %.1f s%s\n",
-      std::string(ToString(w_.engine)).c_str(), Human(static_cast<double>(w_.schedules)).c_str(),
-      w_.store.c_str(), w_.virtual_time ? ", virtual time" : "", j["wall_seconds"].get<double>(),
-      w_.virtual_time ? (" wall for " + std::to_string(j["window_seconds"].get<double>()) +
-                         " s of virtual time")
-                            .c_str()
-                      : "");
+  std::snprintf(buf, sizeof buf, "engine %s, %s schedules, store %s: %.1f s",
+                std::string(ToString(w_.engine)).c_str(),
+                Human(static_cast<double>(w_.schedules)).c_str(), w_.store.c_str(),
+                j["wall_seconds"].get<double>());
   o << buf;
+  if (w_.virtual_time) {
+    std::snprintf(buf, sizeof buf, " for %.0f s of virtual time (%.0fx)",
+                  j["window_seconds"].get<double>(), j["virtual_speedup"].get<double>());
+    o << buf;
+  }
+  o << "\n";
   std::snprintf(buf, sizeof buf,
                 "  runs        %" PRIu64 " (%" PRIu64 " initial, %" PRIu64 " failed, %" PRIu64
                 " retries), %" PRIu64 " slots skipped\n",

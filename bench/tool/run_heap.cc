@@ -135,7 +135,7 @@ std::string RunHeapVirtual(Harness& h) {
   std::atomic<std::int64_t> vnow{start_ms};
   std::int64_t running = 0;
   std::deque<Entry> waiting;
-  std::function<void(const Entry&, bool)> execute;
+  std::function<void(const Entry&)> execute;
   auto finish = [&](std::uint32_t idx, std::int64_t slot, int attempt, bool fail) {
     rec.Finished(!fail);
     table.in_flight[idx].store(0, std::memory_order_relaxed);
@@ -147,14 +147,15 @@ std::string RunHeapVirtual(Harness& h) {
       if (!waiting.empty()) {
         Entry e = waiting.front();
         waiting.pop_front();
-        execute(e, false);
+        execute(e);
       } else {
         --running;
       }
     }
   };
-  execute = [&](const Entry& e, bool initial) {
+  execute = [&](const Entry& e) {
     std::int64_t now = vnow.load(std::memory_order_relaxed);
+    bool initial = e.attempt == 1 && e.slot_ms == start_ms;
     rec.Started(now - e.slot_ms, !initial && e.attempt == 1, initial, e.attempt > 1);
     RunPlan p = PlanRun(w, e.idx, e.slot_ms, e.attempt);
     if (p.duration_us == 0) {
@@ -165,7 +166,7 @@ std::string RunHeapVirtual(Harness& h) {
                  -(e.attempt + (p.fail ? 1000 : 0))});
     }
   };
-  auto due = [&](const Entry& e, bool initial) {
+  auto due = [&](const Entry& e) {
     if (e.attempt == 1 && table.in_flight[e.idx].exchange(1, std::memory_order_relaxed)) {
       rec.skipped.fetch_add(1, std::memory_order_relaxed);
       return;
@@ -177,7 +178,7 @@ std::string RunHeapVirtual(Harness& h) {
       }
       ++running;
     }
-    execute(e, initial);
+    execute(e);
   };
 
   auto t1 = std::chrono::steady_clock::now();
@@ -185,7 +186,7 @@ std::string RunHeapVirtual(Harness& h) {
     next[i] = FirstSlot(i, start_ms, table.Period(i), w.spread);
     heap.push({next[i], next[i], i, 1});
   }
-  for (std::uint32_t i = 0; i < table.n; ++i) due({start_ms, start_ms, i, 1}, true);
+  for (std::uint32_t i = 0; i < table.n; ++i) due({start_ms, start_ms, i, 1});
   h.stats().start_ms = MsSince(t1);
 
   h.BeginWindow([&vnow] { return vnow.load(std::memory_order_relaxed); });
@@ -201,9 +202,9 @@ std::string RunHeapVirtual(Harness& h) {
       bool fail = a >= 1000;
       finish(e.idx, e.slot_ms, fail ? a - 1000 : a, fail);
     } else if (e.attempt > 1) {
-      due(e, false);
+      due(e);
     } else {
-      due(e, false);
+      due(e);
       std::uint64_t jumped = 0;
       e.slot_ms = e.due_ms = NextFutureSlot(e.slot_ms, table.Period(e.idx), e.due_ms, &jumped);
       next[e.idx] = e.slot_ms;

@@ -1,6 +1,6 @@
 // The syncsched engine under the workload: one integration per mix entry ("m0", "m1", ...), each
-// with one sync "s" at the entry's period and one connection per schedule ("c<k>", k the schedule's
-// index across the whole workload), all paused, then started with one Start per integration.
+// with up to 100 syncs at the entry's period on as many connections as needed (see Layout), all
+// paused, then started with one Start per integration.
 #include <boost/asio/io_context.hpp>
 #include <charconv>
 #include <filesystem>
@@ -65,11 +65,38 @@ class ClockDelayer {
   std::uint64_t seq_ = 0;
 };
 
-std::uint64_t ScheduleIndex(const ScheduleKey& key) {
-  std::uint64_t k = 0;
-  const std::string& c = key.connection;
-  std::from_chars(c.data() + 1, c.data() + c.size(), k);
-  return k;
+// How the schedules of one mix entry are laid out: `syncs` syncs ("s0", "s1", ...) of the same
+// frequency on each of count / syncs connections ("c0", "c1", ...), so that one AddConnection (one
+// commit with a store) creates `syncs` schedules. A schedule's index across the workload is
+// offset + connection * syncs + sync.
+struct Layout {
+  std::int64_t offset = 0;
+  std::int64_t syncs = 1;
+  std::int64_t connections = 0;
+};
+
+std::vector<Layout> LayoutOf(const Workload& w) {
+  std::vector<Layout> layout;
+  std::int64_t offset = 0;
+  for (std::int64_t count : w.Counts()) {
+    std::int64_t syncs = 100;  // the largest divisor of count up to 100
+    while (syncs > 1 && count % syncs != 0) --syncs;
+    layout.push_back({offset, syncs, count / syncs});
+    offset += count;
+  }
+  return layout;
+}
+
+std::uint64_t Digits(std::string_view s, std::size_t from) {
+  std::uint64_t v = 0;
+  std::from_chars(s.data() + from, s.data() + s.size(), v);
+  return v;
+}
+
+std::uint64_t ScheduleIndex(const std::vector<Layout>& layout, const ScheduleKey& key) {
+  const Layout& l = layout[Digits(key.integration, 1)];
+  return static_cast<std::uint64_t>(l.offset) +
+         Digits(key.connection, 1) * static_cast<std::uint64_t>(l.syncs) + Digits(key.sync, 1);
 }
 
 }  // namespace
@@ -107,6 +134,7 @@ std::string RunSyncsched(Harness& h) {
     else
       thread_delayer = std::make_unique<ThreadDelayer>();
   }
+  const std::vector<Layout> layout = LayoutOf(w);
   // One bit per schedule: its first run (the start's immediate one) has been seen.
   std::vector<std::atomic<std::uint64_t>> seen((static_cast<std::size_t>(w.schedules) + 63) / 64);
 
@@ -114,7 +142,7 @@ std::string RunSyncsched(Harness& h) {
   std::unique_ptr<Engine> engine;
   Clock* clock = nullptr;
   auto begin_run = [&](const RunContext& ctx) {
-    std::uint64_t k = ScheduleIndex(ctx.key);
+    std::uint64_t k = ScheduleIndex(layout, ctx.key);
     std::int64_t slot_ms = ctx.slot.time_since_epoch().count();
     bool initial = false;
     if (ctx.attempt == 1 && k / 64 < seen.size()) {
@@ -132,54 +160,54 @@ std::string RunSyncsched(Harness& h) {
   engine = std::move(opened).value();
   clock = &engine->clock();
 
-  auto counts = w.Counts();
   std::string error;
+  SyncCallback sync_callback = [&](const RunContext& ctx) {
+    RunPlan p = begin_run(ctx);
+    rec.Finished(!p.fail);
+    return p.fail ? RunReport::Failure("injected failure") : RunReport::Success();
+  };
+  AsyncSyncCallback async_callback = [&](const RunContext& ctx, RunDone done) {
+    RunPlan p = begin_run(ctx);
+    auto finish = [&rec, fail = p.fail, done = std::move(done)] {
+      rec.Finished(!fail);
+      done(fail ? RunReport::Failure("injected failure") : RunReport::Success());
+    };
+    if (clock_delayer)
+      clock_delayer->After(p.duration_us, std::move(finish));
+    else
+      thread_delayer->After(p.duration_us, std::move(finish));
+  };
   for (std::size_t i = 0; i < w.mix.size() && error.empty(); ++i) {
     std::string integration = "m" + std::to_string(i);
-    Status s;
-    if (w.callback.kind == DurationDist::Kind::kZero) {
-      s = engine->RegisterCallback(integration, "s", [&](const RunContext& ctx) {
-        RunPlan p = begin_run(ctx);
-        rec.Finished(!p.fail);
-        return p.fail ? RunReport::Failure("injected failure") : RunReport::Success();
-      });
-    } else {
-      s = engine->RegisterAsyncCallback(integration, "s", [&](const RunContext& ctx, RunDone done) {
-        RunPlan p = begin_run(ctx);
-        auto finish = [&rec, fail = p.fail, done = std::move(done)] {
-          rec.Finished(!fail);
-          done(fail ? RunReport::Failure("injected failure") : RunReport::Success());
-        };
-        if (clock_delayer)
-          clock_delayer->After(p.duration_us, std::move(finish));
-        else
-          thread_delayer->After(p.duration_us, std::move(finish));
-      });
+    for (std::int64_t j = 0; j < layout[i].syncs && error.empty(); ++j) {
+      std::string name = "s" + std::to_string(j);
+      Status s = w.callback.kind == DurationDist::Kind::kZero
+                     ? engine->RegisterCallback(integration, name, sync_callback)
+                     : engine->RegisterAsyncCallback(integration, name, async_callback);
+      SyncDefinition def;
+      def.name = name;
+      def.frequency = FormatFrequency(Millis(w.mix[i].period_ms));
+      def.auto_start = false;
+      def.spread = w.spread;
+      def.retry.max = w.retries;
+      def.retry.backoff = Millis(w.retry_backoff_ms);
+      if (s.ok()) s = engine->DefineSync(integration, def);
+      if (!s.ok()) error = "defining the workload's syncs: " + s.message();
     }
-    SyncDefinition def;
-    def.name = "s";
-    def.frequency = FormatFrequency(Millis(w.mix[i].period_ms));
-    def.auto_start = false;
-    def.spread = w.spread;
-    def.retry.max = w.retries;
-    def.retry.backoff = Millis(w.retry_backoff_ms);
-    if (s.ok()) s = engine->DefineSync(integration, def);
-    if (!s.ok()) error = "defining the workload's syncs: " + s.message();
   }
-  // Connections: with a store every command is a commit, so several threads add them and the
+  // Connections: with a store every command is a commit, so a few threads add them and the
   // engine's group commit batches their commits.
-  std::int64_t offset = 0;
   for (std::size_t i = 0; i < w.mix.size() && error.empty(); ++i) {
     std::string integration = "m" + std::to_string(i);
     int threads = w.durable() ? 4 : 1;
     std::vector<std::thread> adders;
     std::mutex err_mu;
     for (int t = 0; t < threads; ++t) {
-      adders.emplace_back([&, t, begin = offset, end = offset + counts[i]] {
+      adders.emplace_back([&, t, end = layout[i].connections] {
         std::string id;
-        for (std::int64_t k = begin + t; k < end; k += threads) {
-          id = "c";
-          id += std::to_string(k);
+        for (std::int64_t c = t; c < end; c += threads) {
+          id.assign(1, 'c');  // (not id = "c": GCC 12 warns falsely on that at -O2, -Wrestrict)
+          id += std::to_string(c);
           Status s = engine->AddConnection(integration, id);
           if (!s.ok()) {
             std::lock_guard lock(err_mu);
@@ -190,7 +218,6 @@ std::string RunSyncsched(Harness& h) {
       });
     }
     for (auto& a : adders) a.join();
-    offset += counts[i];
   }
   stats.setup_ms = MsSince(t0);
   if (!error.empty()) return error;

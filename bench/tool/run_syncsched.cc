@@ -87,6 +87,14 @@ std::vector<Layout> LayoutOf(const Workload& w) {
   return layout;
 }
 
+// "<prefix><n>" (built by appending: GCC 12 warns falsely on "m" + std::to_string(n) at -O2).
+// at -O2).
+std::string Name(char prefix, std::size_t n) {
+  std::string s(1, prefix);
+  s += std::to_string(n);
+  return s;
+}
+
 std::uint64_t Digits(std::string_view s, std::size_t from) {
   std::uint64_t v = 0;
   std::from_chars(s.data() + from, s.data() + s.size(), v);
@@ -178,9 +186,9 @@ std::string RunSyncsched(Harness& h) {
       thread_delayer->After(p.duration_us, std::move(finish));
   };
   for (std::size_t i = 0; i < w.mix.size() && error.empty(); ++i) {
-    std::string integration = "m" + std::to_string(i);
+    std::string integration = Name('m', static_cast<std::size_t>(i));
     for (std::int64_t j = 0; j < layout[i].syncs && error.empty(); ++j) {
-      std::string name = "s" + std::to_string(j);
+      std::string name = Name('s', static_cast<std::size_t>(j));
       Status s = w.callback.kind == DurationDist::Kind::kZero
                      ? engine->RegisterCallback(integration, name, sync_callback)
                      : engine->RegisterAsyncCallback(integration, name, async_callback);
@@ -198,7 +206,7 @@ std::string RunSyncsched(Harness& h) {
   // Connections: with a store every command is a commit, so a few threads add them and the
   // engine's group commit batches their commits.
   for (std::size_t i = 0; i < w.mix.size() && error.empty(); ++i) {
-    std::string integration = "m" + std::to_string(i);
+    std::string integration = Name('m', static_cast<std::size_t>(i));
     int threads = w.durable() ? 4 : 1;
     std::vector<std::thread> adders;
     std::mutex err_mu;
@@ -206,8 +214,7 @@ std::string RunSyncsched(Harness& h) {
       adders.emplace_back([&, t, end = layout[i].connections] {
         std::string id;
         for (std::int64_t c = t; c < end; c += threads) {
-          id.assign(1, 'c');  // (not id = "c": GCC 12 warns falsely on that at -O2, -Wrestrict)
-          id += std::to_string(c);
+          id = Name('c', static_cast<std::size_t>(c));
           Status s = engine->AddConnection(integration, id);
           if (!s.ok()) {
             std::lock_guard lock(err_mu);
@@ -224,7 +231,7 @@ std::string RunSyncsched(Harness& h) {
 
   auto t1 = Clock_::now();
   for (std::size_t i = 0; i < w.mix.size(); ++i) {
-    auto r = engine->Start(Target{"m" + std::to_string(i), std::nullopt, {}, false});
+    auto r = engine->Start(Target{Name('m', static_cast<std::size_t>(i)), std::nullopt, {}, false});
     if (!r.ok()) return "starting the schedules: " + r.status().message();
   }
   stats.start_ms = MsSince(t1);

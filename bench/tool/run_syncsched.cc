@@ -88,7 +88,6 @@ std::vector<Layout> LayoutOf(const Workload& w) {
 }
 
 // "<prefix><n>" (built by appending: GCC 12 warns falsely on "m" + std::to_string(n) at -O2).
-// at -O2).
 std::string Name(char prefix, std::size_t n) {
   std::string s(1, prefix);
   s += std::to_string(n);

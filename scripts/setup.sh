@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Installs what syncsched needs to build and test, from Debian's packages. Idempotent: a package
-# already installed is skipped, and apt-get runs only when something is missing.
+# Installs what syncsched needs to build, test and benchmark (gnuplot-nox: bench/report's plots),
+# from Debian's packages. Idempotent: a package already installed is skipped, and apt-get runs only
+# when something is missing.
 set -euo pipefail
 
 packages=(build-essential cmake ninja-build pkg-config clang clang-format
           libboost1.81-dev libsqlite3-dev nlohmann-json3-dev
-          libgtest-dev libgmock-dev libbenchmark-dev nodejs npm)
+          libgtest-dev libgmock-dev libbenchmark-dev gnuplot-nox nodejs npm)
 missing=()
 for p in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

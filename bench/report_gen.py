@@ -113,9 +113,9 @@ def write_dat(fname, rows):
     return path
 
 
-TERM = 'set terminal pngcairo size 900,560 font "DejaVu Sans,11"\n' if subprocess.run(
+TERM = 'set terminal pngcairo size 1000,520 font "DejaVu Sans,11"\n' if subprocess.run(
     ["gnuplot", "-e", "set terminal pngcairo"], capture_output=True).returncode == 0 else \
-    'set terminal png size 900,560\n'
+    'set terminal png size 1000,520\n'
 
 
 def plot_lines(png, title, xlabel, ylabel, series, logx=True, logy=True, extra=""):
@@ -132,7 +132,7 @@ def plot_lines(png, title, xlabel, ylabel, series, logx=True, logy=True, extra="
         return False
     gnuplot(TERM + f"set output '{os.path.join(IMG, png)}'\n"
             f"set title '{title}'\nset xlabel '{xlabel}'\nset ylabel '{ylabel}'\n"
-            "set grid\nset key top left\n"
+            "set grid\nset termoption noenhanced\nset key outside right\n"
             + ("set logscale x\n" if logx else "") + ("set logscale y\n" if logy else "")
             + extra + "plot " + ", ".join(parts) + "\n")
     return True

@@ -656,6 +656,7 @@ Json EncodeScheduleStatus(const ScheduleStatus& s) {
   item["skipped"] = s.skipped;
   item["waitingSince"] = time_or_null(s.waiting_since);
   item["nextRetryAt"] = time_or_null(s.next_retry);
+  item["unrecorded"] = s.unrecorded;
   Json decisions = Json::array();
   for (const Decision& d : s.decisions) {
     decisions.push_back(Json{{"at", FormatTime(d.at)},

@@ -91,6 +91,19 @@ std::string EncodePrometheus(const EngineMetrics& m, const DaemonMetrics& d) {
   HistogramMetric(out, "syncsched_run_wait_seconds", "Time due runs waited for a concurrency cap.",
                   m.wait_seconds);
 
+  Metric(out, "syncsched_store_healthy", "gauge",
+         "1 while the database accepts commits, 0 from a refused commit until one succeeds.",
+         m.store_healthy ? 1 : 0);
+  Metric(out, "syncsched_store_commits_failed_total", "counter",
+         "Commits the database refused (full disk, I/O error, corruption).",
+         m.store_commits_failed);
+  Metric(out, "syncsched_store_rows_unrecorded", "gauge",
+         "Schedule rows and finished runs held in memory, not yet in the database.",
+         m.store_rows_unrecorded);
+  Metric(out, "syncsched_store_history_dropped_total", "counter",
+         "Finished runs dropped from the unrecorded backlog above its bound.",
+         m.store_history_dropped);
+
   Header(out, "syncschedd_http_responses_total", "counter", "HTTP responses by status.");
   for (const auto& [status, count] : d.http_responses) {
     out += "syncschedd_http_responses_total{code=\"" + std::to_string(status) + "\"} " +

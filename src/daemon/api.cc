@@ -206,8 +206,15 @@ HttpResponse Api::Dispatch(const Route& route, const HttpRequest& request) {
   };
 
   switch (route.id) {
-    case RouteId::kHealth:
+    case RouteId::kHealth: {
+      // Unhealthy while the database refuses commits: no run starts then. The cause (it names
+      // the file) is in the log and /metrics, which need a key; /health needs none.
+      if (!engine_.GetMetrics().store_healthy) {
+        return JsonResponse(503, Json{{"status", "unhealthy"},
+                                      {"reason", "the database refuses commits; see the log"}});
+      }
       return JsonResponse(200, Json{{"status", "ok"}});
+    }
 
     case RouteId::kMetrics: {
       HttpResponse r;

@@ -24,6 +24,16 @@ Result<std::unique_ptr<Daemon>> Daemon::Start(const Config& config, Logger& log)
   // Runs recovered from the database (slots missed while down) wait until every command is
   // registered; see ReleaseTimers below.
   options.hold_timers = true;
+  // A refused commit (full disk, I/O error, corruption) and the recovery from it, once each; the
+  // counts are in /metrics and /health answers 503 meanwhile.
+  options.on_store_status = [&log, path = config.database](const Status& s) {
+    if (s.ok()) {
+      log.Info("database writable again", {{"database", path}});
+    } else {
+      log.Error("database refused a commit: runs are not started and outcomes are held in memory",
+                {{"database", path}, {"error", s.ToString()}});
+    }
+  };
   Result<std::unique_ptr<Engine>> engine = Engine::Open(std::move(options));
   if (!engine.ok()) return engine.status();
   d->engine_ = std::move(engine.value());

@@ -434,6 +434,7 @@ TEST(Encode, StatusItemHasNangosFields) {
   EXPECT_EQ(j["skipped"], 2);
   EXPECT_TRUE(j["waitingSince"].is_null());
   EXPECT_TRUE(j["nextRetryAt"].is_null());
+  EXPECT_EQ(j["unrecorded"], false);
   EXPECT_EQ(j["decisions"], Json::array());
 }
 
@@ -443,6 +444,7 @@ TEST(Encode, StatusItemSaysWhyNot) {
   s.frequency = std::chrono::hours(1);
   s.waiting_since = TimePoint(std::chrono::seconds(1767225600));
   s.next_retry = TimePoint(std::chrono::seconds(1767225660));
+  s.unrecorded = true;
   s.decisions = {Decision{TimePoint(std::chrono::seconds(1767225000)), Reason::kSkippedOverlap,
                           "a run was in flight"},
                  Decision{TimePoint(std::chrono::milliseconds(1767225600500)),
@@ -450,6 +452,7 @@ TEST(Encode, StatusItemSaysWhyNot) {
   Json j = EncodeScheduleStatus(s);
   EXPECT_EQ(j["waitingSince"], "2026-01-01T00:00:00.000Z");
   EXPECT_EQ(j["nextRetryAt"], "2026-01-01T00:01:00.000Z");
+  EXPECT_EQ(j["unrecorded"], true);
   EXPECT_EQ(j["decisions"], J(R"([{"at": "2025-12-31T23:50:00.000Z", "reason": "skipped_overlap",
                    "detail": "a run was in flight"},
                   {"at": "2026-01-01T00:00:00.500Z", "reason": "waiting_for_cap",

@@ -12,7 +12,9 @@
 #include <memory>
 #include <thread>
 
+#include "../core/engine_access.h"
 #include "daemon/daemon.h"
+#include "store/sqlite_store.h"
 #include "test_util.h"
 
 namespace syncsched::daemon {
@@ -164,6 +166,45 @@ TEST_F(HttpTest, HealthNeedsNoKey) {
   EXPECT_EQ(r.status, 200u);
   EXPECT_EQ(r.json()["status"], "ok");
   EXPECT_EQ(r.headers["Content-Type"], "application/json");
+}
+
+// Issue 11: while the database refuses commits (here: it may not grow, as on a full disk) /health
+// answers 503, the refused command answers 503 naming the file, /metrics counts it and the log
+// says so once; the first commit that succeeds makes it healthy again.
+TEST_F(HttpTest, HealthIsUnhealthyWhileTheDatabaseRefusesCommits) {
+  store::Store& store = internal::EngineAccess::StoreOf(daemon_->engine());
+  auto pages = store::internal::PageCountForTest(store);
+  ASSERT_TRUE(pages.ok()) << pages.status();
+  ASSERT_TRUE(store::internal::SetMaxPageCountForTest(store, *pages).ok());
+  // New connections grow the file until a commit needs a page it may not have.
+  Reply refused;
+  for (int i = 0; i < 500 && refused.status != 503; ++i) {
+    refused =
+        client_->Post("/connections", R"({"provider_config_key": "github", "connection_id": "c)" +
+                                          std::to_string(i) + R"("})");
+    ASSERT_TRUE(refused.status == 201 || refused.status == 200 || refused.status == 503)
+        << refused.status << " " << refused.body;
+  }
+  ASSERT_EQ(refused.status, 503u) << "the file never filled up";
+  EXPECT_NE(refused.body.find("syncsched.db"), std::string::npos) << refused.body;
+  Reply health = client_->Get("/health", "");
+  EXPECT_EQ(health.status, 503u);
+  EXPECT_EQ(health.json()["status"], "unhealthy");
+  EXPECT_EQ(health.body.find("syncsched.db"), std::string::npos)
+      << "/health needs no key: it must not show the path";
+  Reply metrics = client_->Get("/metrics");
+  EXPECT_NE(metrics.body.find("syncsched_store_healthy 0"), std::string::npos);
+  EXPECT_EQ(metrics.body.find("syncsched_store_commits_failed_total 0"), std::string::npos);
+
+  ASSERT_TRUE(store::internal::SetMaxPageCountForTest(store, 1 << 30).ok());
+  Reply added = client_->Post("/connections",
+                              R"({"provider_config_key": "github", "connection_id": "after"})");
+  EXPECT_TRUE(added.status == 201 || added.status == 200) << added.status << " " << added.body;
+  EXPECT_EQ(client_->Get("/health", "").status, 200u);
+  EXPECT_NE(client_->Get("/metrics").body.find("syncsched_store_healthy 1"), std::string::npos);
+  std::string log = ReadFile(dir_ / "daemon.log");
+  EXPECT_NE(log.find("database refused a commit"), std::string::npos) << log;
+  EXPECT_NE(log.find("database writable again"), std::string::npos) << log;
 }
 
 TEST_F(HttpTest, AutoStartedSyncsRunOnEveryConnection) {

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Sets up, builds and runs every test: first Clang's thread-safety analysis of the library (a
-# compile, no tests), then the whole suite in a normal build, again under AddressSanitizer +
-# UndefinedBehaviorSanitizer, and the library's tests (the concurrency tests among them) under
-# ThreadSanitizer.
-# Build trees: build-clang/, build/ (normal), build-asan/, build-tsan/ (all ignored by git).
+# compile, no tests), then the fuzz targets for 12 s each (libFuzzer, clang, ASan + UBSan), then
+# the whole suite in a normal build, again under AddressSanitizer + UndefinedBehaviorSanitizer,
+# and the library's tests (the concurrency tests among them) under ThreadSanitizer.
+# Build trees: build-clang/, build-fuzz/, build/ (normal), build-asan/, build-tsan/ (all ignored
+# by git).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -19,6 +20,10 @@ cmake -S . -B build-clang -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_COMPILER
   -DSYNCSCHED_BUILD_BENCH=OFF -DSYNCSCHED_BUILD_EXAMPLES=OFF -DSYNCSCHED_BUILD_DAEMON=OFF \
   -DSYNCSCHED_INSTALL=OFF >/dev/null
 cmake --build build-clang -j "$jobs"
+
+echo "== libFuzzer: each fuzz target for 12 s over its corpus; a crash fails (scripts/fuzz.sh)"
+# About a minute of fuzzing in all (5 targets); scripts/fuzz.sh 3600 runs an hour per target.
+FUZZ_JOBS=$jobs ./scripts/fuzz.sh 12
 
 echo "== normal build: every test"
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null

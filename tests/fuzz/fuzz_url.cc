@@ -19,6 +19,20 @@ void CheckError(const codec::ApiError& e, std::string_view input) {
   codec::Dump(codec::EncodeError(e));  // never throws, whatever bytes the message quotes
 }
 
+// PercentEncode, but a NUL byte stays raw: %00 is refused, while a raw NUL passes through the
+// decoding (the HTTP parser refuses it in a request target before it gets there).
+std::string Encode(std::string_view s) {
+  std::string out;
+  std::size_t start = 0;
+  for (std::size_t nul = s.find('\0'); nul != std::string_view::npos; nul = s.find('\0', start)) {
+    out += PercentEncode(s.substr(start, nul - start));
+    out += '\0';
+    start = nul + 1;
+  }
+  out += PercentEncode(s.substr(start));
+  return out;
+}
+
 }  // namespace
 
 int FuzzUrl(const std::uint8_t* data, std::size_t size) {
@@ -38,16 +52,17 @@ int FuzzUrl(const std::uint8_t* data, std::size_t size) {
       CheckError(decoded.error(), text);
       continue;
     }
-    FUZZ_CHECK(decoded->find('\0') == std::string::npos, std::string(text));
+    FUZZ_CHECK(decoded->find('\0') == std::string::npos || text.find('\0') != std::string::npos,
+               std::string(text));
     FUZZ_CHECK(decoded->size() <= text.size(), std::string(text));
-    auto again = codec::PercentDecode(PercentEncode(*decoded), plus);
+    auto again = codec::PercentDecode(Encode(*decoded), plus);
     FUZZ_CHECK(again.ok() && *again == *decoded, std::string(text));
   }
 
   auto segments = codec::SplitPath(t.path);
   if (segments.ok()) {
     std::string joined = "/";
-    for (const std::string& s : *segments) joined += PercentEncode(s) + "/";
+    for (const std::string& s : *segments) joined += Encode(s) + "/";
     auto again = codec::SplitPath(joined);
     FUZZ_CHECK(again.ok() && *again == *segments, std::string(text) + " -> " + joined);
   } else {
@@ -61,7 +76,7 @@ int FuzzUrl(const std::uint8_t* data, std::size_t size) {
     for (const auto& [name, value] : *query) {
       FUZZ_CHECK(names.insert(name).second, std::string(text));
       if (!encoded.empty()) encoded += '&';
-      encoded += PercentEncode(name) + "=" + PercentEncode(value);
+      encoded += Encode(name) + "=" + Encode(value);
     }
     auto again = codec::ParseQuery(encoded);
     FUZZ_CHECK(again.ok() && *again == *query, std::string(text) + " -> " + encoded);

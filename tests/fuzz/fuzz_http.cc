@@ -140,8 +140,14 @@ struct Env {
     config.limits.max_header_bytes = 4 << 10;
     daemon::IntegrationConfig github;
     github.key = "github";
-    github.syncs.push_back({.name = "issues", .runs = "every 30min"});
-    github.syncs.push_back({.name = "pull-requests", .runs = "every hour", .auto_start = false});
+    daemon::SyncConfig issues;
+    issues.name = "issues";
+    issues.runs = "every 30min";
+    daemon::SyncConfig prs;
+    prs.name = "pull-requests";
+    prs.runs = "every hour";
+    prs.auto_start = false;
+    github.syncs = {issues, prs};
     github.connections = {"acme"};
     config.integrations.push_back(github);
 

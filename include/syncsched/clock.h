@@ -20,6 +20,8 @@
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/io_context.hpp>
 
+#include "syncsched/export.h"
+
 namespace syncsched {
 
 using Millis = std::chrono::milliseconds;
@@ -27,12 +29,12 @@ using Millis = std::chrono::milliseconds;
 using TimePoint = std::chrono::sys_time<std::chrono::milliseconds>;
 
 // Formats `t` as ISO 8601 UTC with milliseconds: "2026-01-01T00:00:00.000Z". Any thread.
-std::string FormatTime(TimePoint t);
+SYNCSCHED_EXPORT std::string FormatTime(TimePoint t);
 
 // One pending wake-up. Owned by whoever made it (the engine owns one); destroying it cancels it.
 // Thread safety: SetAt and Cancel may be called from any thread, but not concurrently with the
 // destructor.
-class Alarm {
+class SYNCSCHED_EXPORT Alarm {
  public:
   virtual ~Alarm() = default;
   // Arranges for `handler` to run once on the alarm's executor when the clock reaches `deadline`
@@ -43,7 +45,7 @@ class Alarm {
   virtual void Cancel() = 0;
 };
 
-class Clock {
+class SYNCSCHED_EXPORT Clock {
  public:
   virtual ~Clock() = default;
   // The current time; never less than an earlier answer. Any thread.
@@ -54,7 +56,7 @@ class Clock {
 
 // The real clock: wall time read once at construction, then advanced by std::chrono::steady_clock;
 // alarms are boost::asio::steady_timer. Thread-safe.
-class SystemClock final : public Clock {
+class SYNCSCHED_EXPORT SystemClock final : public Clock {
  public:
   SystemClock();
   TimePoint Now() const override;
@@ -68,7 +70,7 @@ class SystemClock final : public Clock {
 // A clock moved by hand. Alarms fire (their handlers are posted to their executors) when time is
 // advanced to or past their deadlines, in deadline order. Thread-safe; the usual driver is one
 // test thread calling RunFor while the engine and the callbacks run on the same io_context.
-class VirtualClock final : public Clock {
+class SYNCSCHED_EXPORT VirtualClock final : public Clock {
  public:
   // Starts at `start`; the default is 2026-01-01T00:00:00Z.
   explicit VirtualClock(TimePoint start = TimePoint(std::chrono::seconds(1767225600)));

@@ -17,13 +17,24 @@
 // them). It does not own Options::clock or host executors.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <optional>
+#include <tuple>
+#include <utility>
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/post.hpp>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "syncsched/clock.h"
+#include "syncsched/export.h"
 #include "syncsched/options.h"
 #include "syncsched/status.h"
 #include "syncsched/types.h"
@@ -61,20 +72,20 @@ struct IntegrationLimits {
 
 // A sync of an integration (SPEC §1).
 struct SyncDefinition {
-  std::string name;                         // ^[a-zA-Z0-9_-]+$, 1..255 bytes
-  std::string frequency;                    // a frequency string (SPEC §2), e.g. "every 30min"
-  bool auto_start = true;                   // new schedules start (and run at once) when created
-  std::optional<Millis> timeout;            // a run's timeout; default Options::default_run_timeout
-  std::optional<Millis> heartbeat_timeout;  // if set, a run must heartbeat at least this often
+  std::string name{};               // ^[a-zA-Z0-9_-]+$, 1..255 bytes
+  std::string frequency{};          // a frequency string (SPEC §2), e.g. "every 30min"
+  bool auto_start = true;           // new schedules start (and run at once) when created
+  std::optional<Millis> timeout{};  // a run's timeout; default Options::default_run_timeout
+  std::optional<Millis> heartbeat_timeout{};  // if set, a run must heartbeat at least this often
   OverlapPolicy overlap = OverlapPolicy::kSkip;
-  RetryPolicy retry;
+  RetryPolicy retry{};
   // Phase spreading: after its immediate first run, a schedule follows a stable per-key phase (a
   // hash of its key, the same across restarts), so schedules started together spread evenly over
   // their period; the first scheduled run is at least half a period after the immediate one.
   bool spread = false;
 };
 
-class Engine {
+class SYNCSCHED_EXPORT Engine {
  public:
   // Opens an engine. Errors: INVALID_ARGUMENT for bad options (named); from the database (when
   // Options::database_path is set): UNAVAILABLE when it cannot be opened or is in use by another
@@ -84,8 +95,18 @@ class Engine {
 
   // Stops the alarm, cancels runs in flight (their tokens fire; their late completions are
   // ignored), and waits for the engine-owned threads. Runs on a host executor that are still
-  // going are not waited for; they only touch state they share with their token.
+  // going are not waited for; they only touch state they share with their token. Asynchronous
+  // commands already called run (and complete their handlers) first. Safe after Shutdown.
   ~Engine();
+
+  // A graceful stop: fires no more timers (scheduled slots, retries, timeouts), lets the runs in
+  // flight finish until `deadline` (on std::chrono::steady_clock: real time, whatever the engine's
+  // clock), cancels those still going then (as the destructor does: CANCELLED, "engine shutting
+  // down"), commits every outcome to the database, stops the engine's threads and returns.
+  // Afterwards commands fail with FAILED_PRECONDITION and callbacks are no longer called; the
+  // destructor only frees memory. Idempotent; any thread but one the runs need to finish (with a
+  // host run executor, not a thread that alone runs it), and not from a callback.
+  void Shutdown(std::chrono::steady_clock::time_point deadline);
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
@@ -163,6 +184,82 @@ class Engine {
   Result<std::vector<ForecastMinute>> Forecast(Millis horizon,
                                                std::optional<std::string> integration = {});
 
+  // ---- Asynchronous forms (Asio completion tokens) ----
+  //
+  // Each command above also has an Async form taking its arguments (by value: they are copied
+  // before it returns) and a completion token: a callback, boost::asio::use_future,
+  // boost::asio::use_awaitable, or any other token. The command runs on an engine-owned thread
+  // (never on the caller's executor, which is not blocked), with the same contract and errors as
+  // its blocking form; the handler then runs on its associated executor (for use_awaitable, the
+  // coroutine's; for a plain callback, the engine's command thread, so keep it short). The
+  // completion signature is void(Status) for commands returning Status and void(Result<T>) for
+  // those returning Result<T>. Asynchronous commands run one at a time, in the order they were
+  // called; a handler runs exactly once and never inside the call that started it. Calls made after
+  // Shutdown complete with FAILED_PRECONDITION, as the blocking forms do. Shutdown and the
+  // destructor wait for the commands already called; so neither may be called from a handler
+  // running on the command thread (a plain callback's).
+  template <typename Token>
+  auto AsyncDefineSync(std::string integration, SyncDefinition sync, Token&& token) {
+    return AsyncRun<Status>(
+        [i = std::move(integration), d = std::move(sync)](Engine& e) { return e.DefineSync(i, d); },
+        std::forward<Token>(token));
+  }
+  template <typename Token>
+  auto AsyncAddConnection(std::string integration, std::string connection, Token&& token) {
+    return AsyncRun<Status>([i = std::move(integration), c = std::move(connection)](
+                                Engine& e) { return e.AddConnection(i, c); },
+                            std::forward<Token>(token));
+  }
+  template <typename Token>
+  auto AsyncDeleteConnection(std::string integration, std::string connection, Token&& token) {
+    return AsyncRun<Status>([i = std::move(integration), c = std::move(connection)](
+                                Engine& e) { return e.DeleteConnection(i, c); },
+                            std::forward<Token>(token));
+  }
+  template <typename Token>
+  auto AsyncCreateVariant(ScheduleKey key, Token&& token) {
+    return AsyncRun<Status>([k = std::move(key)](Engine& e) { return e.CreateVariant(k); },
+                            std::forward<Token>(token));
+  }
+  template <typename Token>
+  auto AsyncDeleteVariant(ScheduleKey key, Token&& token) {
+    return AsyncRun<Status>([k = std::move(key)](Engine& e) { return e.DeleteVariant(k); },
+                            std::forward<Token>(token));
+  }
+  template <typename Token>
+  auto AsyncStart(Target target, Token&& token) {
+    return AsyncRun<Result<CommandResult>>(
+        [t = std::move(target)](Engine& e) { return e.Start(t); }, std::forward<Token>(token));
+  }
+  template <typename Token>
+  auto AsyncPause(Target target, Token&& token) {
+    return AsyncRun<Result<CommandResult>>(
+        [t = std::move(target)](Engine& e) { return e.Pause(t); }, std::forward<Token>(token));
+  }
+  template <typename Token>
+  auto AsyncTrigger(Target target, RunMode mode, Token&& token) {
+    return AsyncRun<Result<CommandResult>>(
+        [t = std::move(target), mode](Engine& e) { return e.Trigger(t, mode); },
+        std::forward<Token>(token));
+  }
+  template <typename Token>
+  auto AsyncGetStatus(Target target, Token&& token) {
+    return AsyncRun<Result<std::vector<ScheduleStatus>>>(
+        [t = std::move(target)](Engine& e) { return e.GetStatus(t); }, std::forward<Token>(token));
+  }
+  template <typename Token>
+  auto AsyncUpdateFrequency(ScheduleKey key, std::optional<std::string> frequency, Token&& token) {
+    return AsyncRun<Result<Millis>>([k = std::move(key), f = std::move(frequency)](
+                                        Engine& e) { return e.UpdateFrequency(k, f); },
+                                    std::forward<Token>(token));
+  }
+  template <typename Token>
+  auto AsyncSetIntegrationLimits(std::string integration, IntegrationLimits limits, Token&& token) {
+    return AsyncRun<Status>([i = std::move(integration),
+                             limits](Engine& e) { return e.SetIntegrationLimits(i, limits); },
+                            std::forward<Token>(token));
+  }
+
   // Counters and gauges for monitoring. Any thread; cheap (no per-schedule walk).
   EngineMetrics GetMetrics();
 
@@ -174,7 +271,37 @@ class Engine {
  private:
   friend struct internal::EngineAccess;
   explicit Engine(std::shared_ptr<core::EngineCore> core);
+
+  // The engine-owned executor the asynchronous forms run their commands on (one thread, made at
+  // the first call; joined by Shutdown and the destructor).
+  boost::asio::any_io_executor CommandExecutor();
+
+  // Runs `fn(*this)` on the command executor, then the handler with its result on the handler's
+  // associated executor (kept busy meanwhile by a work guard).
+  template <typename R, typename Fn, typename Token>
+  auto AsyncRun(Fn fn, Token&& token) {
+    return boost::asio::async_initiate<Token, void(R)>(
+        [this](auto handler, Fn fn) {
+          boost::asio::any_io_executor commands = CommandExecutor();
+          auto work =
+              boost::asio::make_work_guard(boost::asio::get_associated_executor(handler, commands));
+          boost::asio::post(commands, [this, fn = std::move(fn), handler = std::move(handler),
+                                       work = std::move(work)]() mutable {
+            R result = fn(*this);
+            auto ex = work.get_executor();
+            boost::asio::dispatch(
+                ex, [handler = std::move(handler), result = std::move(result)]() mutable {
+                  std::move(handler)(std::move(result));
+                });
+            work.reset();
+          });
+        },
+        token, std::move(fn));
+  }
+
+  struct AsyncState;
   std::shared_ptr<core::EngineCore> core_;
+  std::unique_ptr<AsyncState> async_;
 };
 
 }  // namespace syncsched

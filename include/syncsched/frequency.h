@@ -14,6 +14,7 @@
 #include <string>
 #include <string_view>
 
+#include "syncsched/export.h"
 #include "syncsched/status.h"
 
 namespace syncsched {
@@ -28,12 +29,12 @@ struct FrequencyBounds {
 // Errors: INVALID_ARGUMENT when `text` does not follow the grammar (the message quotes the input
 // and lists what is accepted) or when the value lies outside `bounds` (the message quotes the
 // input and both bounds in canonical form).
-Result<std::chrono::milliseconds> ParseFrequency(std::string_view text,
-                                                 const FrequencyBounds& bounds = {});
+SYNCSCHED_EXPORT Result<std::chrono::milliseconds> ParseFrequency(
+    std::string_view text, const FrequencyBounds& bounds = {});
 
 // The short canonical form: the largest unit among w, d, h, m, s, ms that divides `frequency`
 // exactly (`30s`, `15m`, `2h`, `1d`, `2w`, `1500ms`). ParseFrequency(FormatFrequency(f)) == f for
 // every positive f. A zero or negative frequency is shown as `0ms`.
-std::string FormatFrequency(std::chrono::milliseconds frequency);
+SYNCSCHED_EXPORT std::string FormatFrequency(std::chrono::milliseconds frequency);
 
 }  // namespace syncsched

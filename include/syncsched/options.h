@@ -25,20 +25,20 @@ struct Options {
   // The executor on which the engine's alarm handler runs (the one Asio timer of the whole engine,
   // set to the next deadline). Default (unset): an engine-owned io_context on one engine thread.
   // A host passing its own executor must keep running it while the engine lives.
-  std::optional<boost::asio::any_io_executor> executor;
+  std::optional<boost::asio::any_io_executor> executor{};
 
   // The executor on which sync callbacks run, one handler per run. Default (unset): an
   // engine-owned pool of `worker_threads` threads pulling from one due-ordered queue. A host
   // executor gives the host the threads (and, with a VirtualClock and a single io_context,
   // fully deterministic tests).
-  std::optional<boost::asio::any_io_executor> run_executor;
+  std::optional<boost::asio::any_io_executor> run_executor{};
 
   // Threads of the engine-owned worker pool, when `run_executor` is unset. A run occupies one
   // thread for as long as its callback runs, so this bounds the runs in flight.
   std::size_t worker_threads = 4;
 
   // The accepted range of frequencies (SPEC §2). Default 30 s .. 31 d.
-  FrequencyBounds frequency_bounds;
+  FrequencyBounds frequency_bounds{};
 
   // The timeout of a run when its sync sets none. Default 24 h (SPEC §5).
   Millis default_run_timeout = std::chrono::hours(24);
@@ -72,7 +72,7 @@ struct Options {
   // connections and schedules: STARTED schedules continue on their grids, slots missed while the
   // process was down collapse into one run per schedule (dispatched in due order as soon as timers
   // are released), and runs that were in flight are recorded as "interrupted" errors.
-  std::string database_path;
+  std::string database_path{};
 
   // false (default): SQLite `synchronous=NORMAL` in WAL mode: commits survive a crash of the
   // process; a power loss may lose the last few. true: `synchronous=FULL`, surviving power loss
@@ -86,16 +86,22 @@ struct Options {
   std::size_t run_history = 20;
 
   // When true, the engine fires no timer (scheduled slots, catch-up runs after a restart) until
-  // Engine::ReleaseTimers() is called; commands work and dispatch their runs meanwhile. Set it
-  // when opening a database whose recovered runs must find their callbacks: open, register the
-  // callbacks and define the catalog, then release. Default false: timers fire from the start.
-  bool hold_timers = false;
+  // Engine::ReleaseTimers() is called; commands work and dispatch their runs meanwhile. This lets
+  // the runs recovered from a database find their callbacks: open, register the callbacks and
+  // define the catalog, then release. Without a hold, a slot that comes due before its callback is
+  // registered fails its run with "no callback registered".
+  //
+  // Default (unset): true when `database_path` is set (a host must then call ReleaseTimers once
+  // its callbacks are registered, or no timer ever fires), false for an in-memory engine (nothing
+  // is recovered, so timers fire from the start, as before). Set it explicitly to choose either
+  // way.
+  std::optional<bool> hold_timers{};
 
   // Called when the database starts refusing commits (with the error, which names the file) and
   // when a commit succeeds again (with OK): once per change, not per commit. Runs on the engine's
   // writer thread; it must return quickly and must not call the engine (a command may be waiting
   // for that thread). Empty (default): nothing is called; EngineMetrics shows the same.
-  std::function<void(const Status&)> on_store_status;
+  std::function<void(const Status&)> on_store_status{};
 };
 
 }  // namespace syncsched

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cassert>
+#include <exception>
 #include <memory>
 #include <optional>
 #include <ostream>
@@ -16,6 +17,8 @@
 #include <string_view>
 #include <utility>
 #include <variant>
+
+#include "syncsched/export.h"
 
 namespace syncsched {
 
@@ -44,9 +47,9 @@ enum class StatusCode {
 };
 
 // "OK", "INVALID_ARGUMENT", ...: the stable spelling used in logs and on the wire.
-std::string_view StatusCodeName(StatusCode code);
+SYNCSCHED_EXPORT std::string_view StatusCodeName(StatusCode code);
 
-class [[nodiscard]] Status {
+class [[nodiscard]] SYNCSCHED_EXPORT Status {
  public:
   Status() = default;  // OK
   Status(StatusCode code, std::string message);
@@ -97,31 +100,59 @@ class [[nodiscard]] Status {
 
 inline std::ostream& operator<<(std::ostream& os, const Status& s) { return os << s.ToString(); }
 
+// What Result<T>::value() throws when the Result holds an error: a programming error (the caller
+// should have tested ok()), so it is thrown rather than returned. Carries the Status; what() is its
+// text, "NOT_FOUND: connection \"x\" does not exist".
+class SYNCSCHED_EXPORT BadResultAccess : public std::exception {
+ public:
+  explicit BadResultAccess(Status status) : status_(std::move(status)), what_(status_.ToString()) {}
+  const Status& status() const noexcept { return status_; }
+  const char* what() const noexcept override { return what_.c_str(); }
+
+ private:
+  Status status_;
+  std::string what_;
+};
+
 // Either a value or a non-OK Status. Constructing a Result from an OK Status is a programming
 // error (asserted in debug builds; becomes an INTERNAL error in release builds).
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::move(value)) {}        // NOLINT: implicit by design
-  Result(Status status) : v_(std::move(status)) {  // NOLINT: implicit by design
-    assert(!std::get<Status>(v_).ok());
-    if (std::get<Status>(v_).ok()) v_ = Status::Internal("Result built from an OK status");
+  Result(T value) : v_(std::in_place_index<0>, std::move(value)) {}        // NOLINT: implicit
+  Result(Status status) : v_(std::in_place_index<1>, std::move(status)) {  // NOLINT: implicit
+    assert(!std::get<1>(v_).ok());
+    if (std::get<1>(v_).ok())
+      v_.template emplace<1>(Status::Internal("Result built from an OK status"));
   }
 
   bool ok() const { return v_.index() == 0; }
   // OK when a value is held.
-  Status status() const { return ok() ? Status() : std::get<Status>(v_); }
+  Status status() const { return ok() ? Status() : std::get<1>(v_); }
 
-  // Precondition: ok().
-  T& value() & { return std::get<T>(v_); }
-  const T& value() const& { return std::get<T>(v_); }
-  T&& value() && { return std::get<T>(std::move(v_)); }
+  // The value. Throws BadResultAccess (carrying the status) when an error is held; so do `*` and
+  // `->`, which are value().
+  T& value() & {
+    CheckOk();
+    return std::get<0>(v_);
+  }
+  const T& value() const& {
+    CheckOk();
+    return std::get<0>(v_);
+  }
+  T&& value() && {
+    CheckOk();
+    return std::get<0>(std::move(v_));
+  }
   T& operator*() & { return value(); }
   const T& operator*() const& { return value(); }
   T* operator->() { return &value(); }
   const T* operator->() const { return &value(); }
 
  private:
+  void CheckOk() const {
+    if (!ok()) throw BadResultAccess(std::get<1>(v_));
+  }
   std::variant<T, Status> v_;
 };
 

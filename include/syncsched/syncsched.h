@@ -3,6 +3,7 @@
 
 #include "syncsched/clock.h"
 #include "syncsched/engine.h"
+#include "syncsched/export.h"
 #include "syncsched/frequency.h"
 #include "syncsched/options.h"
 #include "syncsched/status.h"

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "syncsched/clock.h"
+#include "syncsched/export.h"
 #include "syncsched/status.h"
 
 namespace syncsched {
@@ -25,20 +26,20 @@ inline constexpr std::string_view kBaseVariant = "base";
 
 // Identifies one schedule.
 struct ScheduleKey {
-  std::string integration;  // provider_config_key
-  std::string connection;   // connection_id
-  std::string sync;         // sync name
+  std::string integration{};  // provider_config_key
+  std::string connection{};   // connection_id
+  std::string sync{};         // sync name
   std::string variant = std::string(kBaseVariant);
 
   friend bool operator==(const ScheduleKey&, const ScheduleKey&) = default;
 };
 
 // "integration/connection/sync::variant", for logs and messages.
-std::string ToString(const ScheduleKey& key);
+SYNCSCHED_EXPORT std::string ToString(const ScheduleKey& key);
 
 // Names one sync (and one variant of it) in a command.
-struct SyncSelector {
-  std::string name;
+struct SYNCSCHED_EXPORT SyncSelector {
+  std::string name{};
   std::string variant = std::string(kBaseVariant);
 
   // Parses "name" (variant base) or "name::variant". Errors: INVALID_ARGUMENT naming `text` when
@@ -52,19 +53,19 @@ struct SyncSelector {
 // every connection of the integration and an empty `syncs` means all syncs. A selector naming a
 // sync or variant that exists nowhere in that scope fails the whole command.
 struct Target {
-  std::string integration;
-  std::optional<std::string> connection;
-  std::vector<SyncSelector> syncs;
+  std::string integration{};
+  std::optional<std::string> connection{};
+  std::vector<SyncSelector> syncs{};
   // Fill CommandResult::outcomes with one entry per key. Bulk callers that only need the counts
   // (a start over a million schedules) set this to false and save the copies of the keys.
   bool report_keys = true;
 };
 
 enum class ScheduleState : std::uint8_t { kPaused, kStarted, kDeleted };
-std::string_view ToString(ScheduleState state);  // "PAUSED", "STARTED", "DELETED"
+SYNCSCHED_EXPORT std::string_view ToString(ScheduleState state);  // "PAUSED", "STARTED", "DELETED"
 
 enum class RunMode : std::uint8_t { kIncremental, kFullResync };
-std::string_view ToString(RunMode mode);  // "incremental", "full_resync"
+SYNCSCHED_EXPORT std::string_view ToString(RunMode mode);  // "incremental", "full_resync"
 
 // What a command did to one schedule.
 enum class Outcome : std::uint8_t {
@@ -77,22 +78,22 @@ enum class Outcome : std::uint8_t {
   kAlreadyRunning,  // incremental trigger: a run was in flight; nothing changed
 };
 inline constexpr std::size_t kOutcomeCount = 6;
-std::string_view ToString(Outcome outcome);  // "started", "already_started", ...
+SYNCSCHED_EXPORT std::string_view ToString(Outcome outcome);  // "started", "already_started", ...
 
 struct KeyOutcome {
-  ScheduleKey key;
-  Outcome outcome;
+  ScheduleKey key{};
+  Outcome outcome = Outcome::kStarted;
 };
 
 struct CommandResult {
   std::array<std::size_t, kOutcomeCount> counts{};  // by Outcome
-  std::vector<KeyOutcome> outcomes;  // one per targeted schedule when Target::report_keys
+  std::vector<KeyOutcome> outcomes{};  // one per targeted schedule when Target::report_keys
   std::size_t Count(Outcome o) const { return counts[static_cast<std::size_t>(o)]; }
 };
 
 // Per-model counts a run may report.
 struct ModelCounts {
-  std::string model;
+  std::string model{};
   std::uint64_t added = 0;
   std::uint64_t updated = 0;
   std::uint64_t deleted = 0;
@@ -102,7 +103,8 @@ struct ModelCounts {
 // Nango's status of a schedule: RUNNING when a run is in flight, else PAUSED, STOPPED (deleted),
 // or the last run's SUCCESS or ERROR (SUCCESS too for a started schedule that has not run yet).
 enum class RunStatus : std::uint8_t { kRunning, kPaused, kStopped, kSuccess, kError };
-std::string_view ToString(RunStatus status);  // "RUNNING", "PAUSED", "STOPPED", ...
+SYNCSCHED_EXPORT std::string_view ToString(
+    RunStatus status);  // "RUNNING", "PAUSED", "STOPPED", ...
 
 // Why a schedule did not run when its grid said it would (SPEC issue 5, "why not").
 enum class Reason : std::uint8_t {
@@ -116,34 +118,34 @@ enum class Reason : std::uint8_t {
   kCatchUpRate,      // after downtime, held back by the catch-up rate
   kMissedWhileDown,  // slots passed while the engine was not running; collapsed into one run
 };
-std::string_view ToString(Reason reason);  // "paused", "skipped_overlap", ...
+SYNCSCHED_EXPORT std::string_view ToString(Reason reason);  // "paused", "skipped_overlap", ...
 
 // One scheduling decision, kept in a small ring per schedule (newest last).
 struct Decision {
-  TimePoint at;
+  TimePoint at{};
   Reason reason = Reason::kPaused;
-  std::string detail;  // human-readable, e.g. "3 slots" or "retry 2 of 3 in 1m"
+  std::string detail{};  // human-readable, e.g. "3 slots" or "retry 2 of 3 in 1m"
 };
 
 struct ScheduleStatus {
-  ScheduleKey key;
+  ScheduleKey key{};
   std::uint64_t id = 0;  // unique per schedule, never reused (a recreated key gets a new id)
   ScheduleState state = ScheduleState::kPaused;
   RunStatus status = RunStatus::kPaused;
   Millis frequency{0};  // the override if any, else the sync's default
   bool frequency_overridden = false;
-  std::optional<TimePoint> next_run;  // set only when STARTED
-  std::optional<TimePoint> last_start;
-  std::optional<TimePoint> last_finish;
-  std::optional<bool> last_ok;             // the last finished run's result
-  std::string last_error;                  // the last finished run's error, empty if none
-  std::vector<ModelCounts> last_counts;    // what the last successful run reported
-  std::uint64_t runs = 0;                  // finished runs
-  std::uint64_t failures = 0;              // finished runs that failed
-  std::uint64_t skipped = 0;               // slots skipped (run in flight, or missed while down)
-  std::optional<TimePoint> waiting_since;  // due and waiting for a concurrency cap since then
-  std::optional<TimePoint> next_retry;     // a failed run's retry is due then
-  std::vector<Decision> decisions;         // the last scheduling decisions, oldest first
+  std::optional<TimePoint> next_run{};  // set only when STARTED
+  std::optional<TimePoint> last_start{};
+  std::optional<TimePoint> last_finish{};
+  std::optional<bool> last_ok{};             // the last finished run's result
+  std::string last_error{};                  // the last finished run's error, empty if none
+  std::vector<ModelCounts> last_counts{};    // what the last successful run reported
+  std::uint64_t runs = 0;                    // finished runs
+  std::uint64_t failures = 0;                // finished runs that failed
+  std::uint64_t skipped = 0;                 // slots skipped (run in flight, or missed while down)
+  std::optional<TimePoint> waiting_since{};  // due and waiting for a concurrency cap since then
+  std::optional<TimePoint> next_retry{};     // a failed run's retry is due then
+  std::vector<Decision> decisions{};         // the last scheduling decisions, oldest first
   // True while the schedule's last change (a run's outcome, its counters, its next slot) is in
   // memory only: the database refused the commit that records it (a full disk, an I/O error,
   // corruption). It is written with the next commit that succeeds; if the process ends first, a
@@ -154,7 +156,9 @@ struct ScheduleStatus {
 };
 
 // Cancellation of a run, as the callback sees it. Thread-safe; copies share one state.
-class CancellationToken {
+class SYNCSCHED_EXPORT CancellationToken {
+  struct State;
+
  public:
   CancellationToken();
   // Whether the run has been asked to stop.
@@ -172,36 +176,66 @@ class CancellationToken {
   // `fn` is ignored.
   void OnCancel(std::function<void()> fn) const;
 
+  // A registration made by OnCancelScoped: like std::stop_callback, destroying it (or calling
+  // Reset) deregisters the function. Move-only; a default-constructed one registers nothing.
+  // After Reset returns, the function is not running and will never run, with one exception: when
+  // Reset is called from inside the function itself (on the cancelling thread), it returns at
+  // once. Otherwise, if the function is running on another thread, Reset waits for it to return;
+  // so the function must not wait for the thread that destroys its registration. Reset and the
+  // destructor may run concurrently with Cancel (not with each other on one object).
+  class [[nodiscard]] SYNCSCHED_EXPORT Registration {
+   public:
+    Registration() = default;
+    Registration(Registration&& other) noexcept;
+    Registration& operator=(Registration&& other) noexcept;
+    Registration(const Registration&) = delete;
+    Registration& operator=(const Registration&) = delete;
+    ~Registration() { Reset(); }
+    // Deregisters now (idempotent).
+    void Reset() noexcept;
+
+   private:
+    friend class CancellationToken;
+    Registration(std::shared_ptr<State> state, std::uint64_t id)
+        : state_(std::move(state)), id_(id) {}
+    std::shared_ptr<State> state_;
+    std::uint64_t id_ = 0;
+  };
+
+  // OnCancel with a registration: calls `fn` as OnCancel does (at once on this thread if already
+  // cancelled, then the registration is empty), until the returned Registration is destroyed. Use
+  // it when `fn` refers to something that may end before the run does. An empty `fn` is ignored.
+  Registration OnCancelScoped(std::function<void()> fn) const;
+
   // Engine side: requests cancellation; returns false if already cancelled. Runs the OnCancel
-  // functions on this thread, in the order they were registered, each exactly once; never throws
-  // (their exceptions are contained as above).
+  // functions on this thread, in the order they were registered, each exactly once (but for those
+  // deregistered first); never throws (their exceptions are contained as above).
   bool Cancel(Status reason) const;
 
  private:
-  struct State;
   std::shared_ptr<State> state_;
 };
 
 // What a sync callback is given. Valid for the duration of the callback; copy what must outlive it.
 struct RunContext {
-  ScheduleKey key;
-  std::string run_id;  // unique per slot: an idempotency key; the same for retries of that slot
-  TimePoint slot;      // the slot's due time (the trigger time for a triggered run)
+  ScheduleKey key{};
+  std::string run_id{};  // unique per slot: an idempotency key; the same for retries of that slot
+  TimePoint slot{};      // the slot's due time (the trigger time for a triggered run)
   RunMode mode = RunMode::kIncremental;
   int attempt = 1;  // 1 for the first attempt of a slot
-  CancellationToken cancel;
+  CancellationToken cancel{};
   // Tells the engine the run is alive; pushes back its heartbeat deadline. Any thread.
-  std::function<void()> heartbeat;
+  std::function<void()> heartbeat{};
 };
 
 // What a run reports.
 struct RunReport {
-  Status status;                    // OK for success; otherwise the error (its message is kept)
-  std::vector<ModelCounts> counts;  // optional per-model counts on success
+  Status status{};                    // OK for success; otherwise the error (its message is kept)
+  std::vector<ModelCounts> counts{};  // optional per-model counts on success
   // Asks for the next run this long after this one finishes (later, to back off after a rate
   // limit, or sooner), clamped to the frequency bounds; the grid resumes after that run. A paused
   // schedule ignores it.
-  std::optional<Millis> next_run_in;
+  std::optional<Millis> next_run_in{};
 
   static RunReport Success(std::vector<ModelCounts> counts = {}) {
     RunReport r;
@@ -218,8 +252,8 @@ struct RunReport {
 // A histogram for metrics: counts[i] is the number of observations <= bounds[i] and greater than
 // the bound before it; counts.back() (one more than bounds) counts the rest.
 struct Histogram {
-  std::vector<double> bounds;
-  std::vector<std::uint64_t> counts;
+  std::vector<double> bounds{};
+  std::vector<std::uint64_t> counts{};
   double sum = 0;
   std::uint64_t count = 0;
 };
@@ -237,16 +271,16 @@ struct EngineMetrics {
   std::uint64_t runs_timed_out = 0;
   std::uint64_t slots_skipped = 0;
   std::uint64_t retries = 0;  // retry attempts dispatched
-  Histogram run_duration_seconds;
-  Histogram fire_lateness_seconds;  // dispatch time minus slot time, scheduled runs only
-  Histogram wait_seconds;           // time due runs waited for a concurrency cap
+  Histogram run_duration_seconds{};
+  Histogram fire_lateness_seconds{};  // dispatch time minus slot time, scheduled runs only
+  Histogram wait_seconds{};           // time due runs waited for a concurrency cap
 
   // The database (Options::database_path); all zero and healthy without one.
   // False from a commit the database refused (full disk, I/O error, corruption) until a commit
   // succeeds again; runs are not called meanwhile (their records cannot be written: each is
   // recorded as an error instead), and commands fail with the database's error.
   bool store_healthy = true;
-  std::string store_error;  // the refused commit's error, naming the file, while not healthy
+  std::string store_error{};  // the refused commit's error, naming the file, while not healthy
   std::uint64_t store_commits_failed = 0;  // commits refused, commands' included
   // Gauge: schedule rows and finished runs applied in memory that the database does not hold
   // yet (see ScheduleStatus::unrecorded). Retried with every later commit.
@@ -258,7 +292,7 @@ struct EngineMetrics {
 
 // Runs due in one minute of a forecast.
 struct ForecastMinute {
-  TimePoint at;  // the minute's start
+  TimePoint at{};  // the minute's start
   std::uint64_t runs = 0;
 };
 

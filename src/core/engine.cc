@@ -1,10 +1,33 @@
 // Engine: the public facade. Every call forwards to the EngineCore, which owns the state.
 #include "syncsched/engine.h"
 
+#include <mutex>
+#include <thread>
+
+#include <boost/asio/thread_pool.hpp>
+
 #include "core/engine_core.h"
 #include "core/names.h"
 
 namespace syncsched {
+
+// The asynchronous forms' thread: made at the first Async call, so engines that never use them
+// cost no thread. One thread keeps them in call order.
+struct Engine::AsyncState {
+  std::mutex mu;
+  std::unique_ptr<boost::asio::thread_pool> pool;  // guarded by mu until stopped
+  bool stopped = false;
+  // Waits for the commands already posted, then ends the thread. Later calls still need an
+  // executor (they then fail with FAILED_PRECONDITION): a fresh pool serves them.
+  void Join() {
+    std::unique_ptr<boost::asio::thread_pool> p;
+    {
+      std::lock_guard lock(mu);
+      p = std::move(pool);
+    }
+    if (p) p->join();
+  }
+};
 
 Result<std::unique_ptr<Engine>> Engine::Open(Options options) {
   auto core = core::EngineCore::Create(std::move(options));
@@ -12,10 +35,30 @@ Result<std::unique_ptr<Engine>> Engine::Open(Options options) {
   return std::unique_ptr<Engine>(new Engine(std::move(core).value()));
 }
 
-Engine::Engine(std::shared_ptr<core::EngineCore> core) : core_(std::move(core)) {}
+Engine::Engine(std::shared_ptr<core::EngineCore> core)
+    : core_(std::move(core)), async_(std::make_unique<AsyncState>()) {}
 
 Engine::~Engine() {
+  async_->Join();  // commands already called complete first (they use core_)
   if (core_) core_->Shutdown();
+  async_->Join();  // one posted by a handler meanwhile
+}
+
+boost::asio::any_io_executor Engine::CommandExecutor() {
+  std::lock_guard lock(async_->mu);
+  if (!async_->pool) async_->pool = std::make_unique<boost::asio::thread_pool>(1);
+  return async_->pool->get_executor();
+}
+
+void Engine::Shutdown(std::chrono::steady_clock::time_point deadline) {
+  async_->Join();
+  core_->HoldTimers();
+  // Polled: the runs finish on threads the engine does not own (a host executor, an asynchronous
+  // callback's), and a drain happens once per process.
+  while (core_->GetMetrics().runs_in_flight > 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  core_->Shutdown();  // cancels what is left, commits, stops the threads
 }
 
 Status Engine::DefineSync(std::string_view integration, const SyncDefinition& sync) {

@@ -121,7 +121,7 @@ Status EngineCore::Init(const StoreWrapper& wrap) {
       io->run();
     });
   }
-  timers_held_ = options_.hold_timers;
+  timers_held_ = options_.hold_timers.value_or(!options_.database_path.empty());
   if (!options_.database_path.empty()) {
     store::SqliteStoreOptions so;
     so.path = options_.database_path;
@@ -876,6 +876,13 @@ void EngineCore::OnRunDeadline(Txn& tx, std::uint32_t schedule) {
   FinishRun(tx, run, reason, {});
 }
 
+void EngineCore::HoldTimers() {
+  MutexLock lock(mu_);
+  timers_held_ = true;
+  if (alarm_ && alarm_set_) alarm_->Cancel();
+  alarm_set_ = false;
+}
+
 void EngineCore::ReleaseTimers() {
   MutexLock lock(mu_);
   timers_held_ = false;
@@ -1398,6 +1405,7 @@ void EngineCore::OnAlarm() {
     MutexLock lock(mu_);
     if (shut_down_) return;
     alarm_set_ = false;
+    if (timers_held_) return;  // held since it was set (HoldTimers): ReleaseTimers rearms
     Txn tx = Begin(/*undoable=*/false);
     if (drain_due_) {
       drain_due_ = false;
@@ -1462,6 +1470,37 @@ void EngineCore::Apply(Effects& fx) {
   }
 }
 
+// What every copy of an asynchronous run's RunDone shares. The first call finishes the run; if
+// the last copy goes without a call (the host dropped its completion: a lost callback, an
+// exception in its own code), the destructor finishes it as CANCELLED at once, rather than
+// leaving it RUNNING until its timeout.
+struct EngineCore::AsyncCompletion {
+  AsyncCompletion(std::weak_ptr<EngineCore> w, RunPtr r) : weak(std::move(w)), run(std::move(r)) {}
+  AsyncCompletion(const AsyncCompletion&) = delete;
+  AsyncCompletion& operator=(const AsyncCompletion&) = delete;
+  ~AsyncCompletion() {
+    if (done.load(std::memory_order_acquire)) return;
+    RunReport report;
+    report.status = Status::Cancelled("the callback dropped its completion");
+    Finish(std::move(report));
+  }
+  void Finish(RunReport report) {
+    if (done.exchange(true)) return;
+    auto core = weak.lock();
+    if (!core) return;
+    std::vector<RunPtr> runs{run};
+    std::vector<RunOutcome> outcomes(1);
+    outcomes[0].status = run->token.cancelled() ? run->token.reason() : std::move(report.status);
+    outcomes[0].counts = std::move(report.counts);
+    outcomes[0].hint = report.next_run_in;
+    core->Complete(runs, outcomes);
+  }
+
+  std::weak_ptr<EngineCore> weak;
+  RunPtr run;
+  std::atomic<bool> done{false};
+};
+
 bool EngineCore::Execute(const RunPtr& run, RunOutcome& out) {
   Status& status = out.status;
   std::vector<ModelCounts>& counts = out.counts;
@@ -1491,19 +1530,16 @@ bool EngineCore::Execute(const RunPtr& run, RunOutcome& out) {
   };
   try {
     if (run->callback->async) {
-      auto once = std::make_shared<std::atomic<bool>>(false);
-      run->callback->async(ctx, [weak, run, once](RunReport report) {
-        if (once->exchange(true)) return;
-        auto core = weak.lock();
-        if (!core) return;
-        std::vector<RunPtr> runs{run};
-        std::vector<RunOutcome> outcomes(1);
-        outcomes[0].status =
-            run->token.cancelled() ? run->token.reason() : std::move(report.status);
-        outcomes[0].counts = std::move(report.counts);
-        outcomes[0].hint = report.next_run_in;
-        core->Complete(runs, outcomes);
-      });
+      auto completion = std::make_shared<AsyncCompletion>(weak, run);
+      try {
+        run->callback->async(
+            ctx, [completion](RunReport report) { completion->Finish(std::move(report)); });
+      } catch (...) {
+        // The run fails at once (below); a `done` called before the throw already finished it,
+        // and one called (or dropped) later must not finish it again.
+        if (completion->done.exchange(true)) return false;
+        throw;
+      }
       return false;
     }
     RunReport report = run->callback->sync(ctx);

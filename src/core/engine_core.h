@@ -96,6 +96,8 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
       EXCLUDES(mu_);
   EngineMetrics GetMetrics() EXCLUDES(mu_);
   void ReleaseTimers() EXCLUDES(mu_);
+  // Stops firing timers until ReleaseTimers (Engine::Shutdown's drain).
+  void HoldTimers() EXCLUDES(mu_);
   Status SetIntegrationLimits(std::string_view integration, const IntegrationLimits& limits)
       EXCLUDES(mu_);
   Result<std::vector<ForecastMinute>> Forecast(Millis horizon,
@@ -282,6 +284,7 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   // Runs a synchronous callback, or starts an asynchronous one (returning false: its `done`
   // completes it later).
   bool Execute(const RunPtr& run, RunOutcome& out) EXCLUDES(mu_);
+  struct AsyncCompletion;
   void Complete(std::vector<RunPtr>& runs, std::vector<RunOutcome>& outcomes) EXCLUDES(mu_);
 
   // Not guarded: set by the constructor and Init, before Create returns the engine to anyone,

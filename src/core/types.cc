@@ -1,9 +1,12 @@
 // Value types of the public API: names, selectors, cancellation tokens, time formatting.
 #include "syncsched/types.h"
 
+#include <condition_variable>
 #include <cstdio>
 #include <ctime>
+#include <map>
 #include <mutex>
+#include <thread>
 #include <vector>
 
 #include "core/names.h"
@@ -193,7 +196,13 @@ struct CancellationToken::State {
   std::mutex mu;
   bool cancelled = false;
   Status reason;
-  std::vector<std::function<void()>> on_cancel;
+  // By registration id: the registration order. Cancel takes them out one at a time, so that a
+  // registration destroyed meanwhile is skipped.
+  std::map<std::uint64_t, std::function<void()>> on_cancel;
+  std::uint64_t next_id = 1;
+  std::uint64_t running = 0;  // the id whose function Cancel is running now, 0 if none
+  std::thread::id running_on;
+  std::condition_variable done;  // `running` changed
   std::atomic<bool> flag{false};
 };
 
@@ -222,27 +231,66 @@ void CallContained(const std::function<void()>& fn) noexcept {
 }  // namespace
 
 void CancellationToken::OnCancel(std::function<void()> fn) const {
+  Registration r = OnCancelScoped(std::move(fn));
+  r.state_.reset();  // never deregistered
+}
+
+CancellationToken::Registration CancellationToken::OnCancelScoped(std::function<void()> fn) const {
+  if (!fn) return {};
   {
     std::lock_guard lock(state_->mu);
     if (!state_->cancelled) {
-      state_->on_cancel.push_back(std::move(fn));
-      return;
+      std::uint64_t id = state_->next_id++;
+      state_->on_cancel.emplace(id, std::move(fn));
+      return Registration(state_, id);
     }
   }
   CallContained(fn);
+  return {};
+}
+
+CancellationToken::Registration::Registration(Registration&& other) noexcept
+    : state_(std::move(other.state_)), id_(other.id_) {}
+
+CancellationToken::Registration& CancellationToken::Registration::operator=(
+    Registration&& other) noexcept {
+  if (this != &other) {
+    Reset();
+    state_ = std::move(other.state_);
+    id_ = other.id_;
+  }
+  return *this;
+}
+
+void CancellationToken::Registration::Reset() noexcept {
+  if (!state_) return;
+  std::shared_ptr<State> state = std::move(state_);
+  std::unique_lock lock(state->mu);
+  if (state->on_cancel.erase(id_) > 0) return;
+  // Already taken by Cancel: wait until it has run, unless this is its own thread (a function
+  // deregistering itself, or a later one of the same Cancel deregistering an earlier one).
+  if (state->running_on == std::this_thread::get_id()) return;
+  state->done.wait(lock, [&] { return state->running != id_; });
 }
 
 bool CancellationToken::Cancel(Status reason) const {
-  std::vector<std::function<void()>> fns;
-  {
-    std::lock_guard lock(state_->mu);
-    if (state_->cancelled) return false;
-    state_->cancelled = true;
-    state_->reason = std::move(reason);
-    state_->flag.store(true, std::memory_order_release);
-    fns.swap(state_->on_cancel);
+  std::unique_lock lock(state_->mu);
+  if (state_->cancelled) return false;
+  state_->cancelled = true;
+  state_->reason = std::move(reason);
+  state_->flag.store(true, std::memory_order_release);
+  state_->running_on = std::this_thread::get_id();
+  while (!state_->on_cancel.empty()) {
+    auto node = state_->on_cancel.extract(state_->on_cancel.begin());
+    state_->running = node.key();
+    lock.unlock();
+    CallContained(node.mapped());
+    node = {};  // the function's captures end before its registration is told it has run
+    lock.lock();
+    state_->running = 0;
+    state_->done.notify_all();
   }
-  for (const auto& fn : fns) CallContained(fn);
+  state_->running_on = {};
   return true;
 }
 

@@ -775,5 +775,30 @@ TEST_F(DurableEngine, ARunsErrorIsBoundedInMemoryAndOnDisk) {
   EXPECT_LT(StatusOf("github", "a", "issues").last_error.size(), 4200u);
 }
 
+// Options::hold_timers unset with a database: the timers are held until ReleaseTimers(), so a
+// host that opens, then registers its callbacks loses no recovered run to "no callback
+// registered". Commands still dispatch their runs meanwhile.
+TEST_F(DurableEngine, TimersAreHeldByDefaultWithADatabase) {
+  engine.reset();
+  Options o;
+  o.database_path = path_;
+  o.clock = &clock;
+  o.executor = io.get_executor();
+  o.run_executor = io.get_executor();
+  auto opened = Engine::Open(o);
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  engine = std::move(opened).value();
+  ASSERT_TRUE(engine->RegisterAsyncCallback("github", "issues", Recorder()).ok());
+  DefineOne("issues");
+  ASSERT_TRUE(engine->AddConnection("github", "acme").ok());
+  ASSERT_TRUE(engine->Start(T("github", "acme", {{"issues"}})).ok());
+  Run(3h);
+  EXPECT_EQ(calls.size(), 1u);  // the start's own run; no slot fired
+  engine->ReleaseTimers();
+  Run(1h);
+  EXPECT_GE(calls.size(), 2u);  // the held slots collapse into one catch-up run, then the grid
+  for (const Call& c : calls) EXPECT_TRUE(c.finished);
+}
+
 }  // namespace
 }  // namespace syncsched::testing

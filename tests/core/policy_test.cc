@@ -595,6 +595,7 @@ class PolicyCatchUp : public PolicyHarness {
     path_ = dir_ + "/state.db";
     Options o;
     o.database_path = path_;
+    o.hold_timers = false;  // timers fire from the start (the default holds them with a database)
     Open(o);
   }
   void TearDown() override {

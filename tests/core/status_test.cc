@@ -2,7 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <boost/asio/io_context.hpp>
+#include <memory>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -345,6 +347,62 @@ TEST_F(OnCancelThrowsTest, TimeoutOnTheAlarmDoesNotUnwindIt) {
   EngineMetrics m = engine_->GetMetrics();
   EXPECT_EQ(m.runs_timed_out, 2u);
   EXPECT_EQ(m.runs_in_flight, 0u);
+}
+
+TEST(CancellationToken, ScopedRegistrationDestroyedBeforeCancelIsNotCalled) {
+  CancellationToken token;
+  int kept = 0, dropped = 0;
+  auto keep = token.OnCancelScoped([&] { ++kept; });
+  {
+    auto gone = token.OnCancelScoped([&] { ++dropped; });
+  }
+  auto reset = token.OnCancelScoped([&] { ++dropped; });
+  reset.Reset();
+  reset.Reset();  // idempotent
+  EXPECT_TRUE(token.Cancel(Status::Cancelled("paused")));
+  EXPECT_EQ(kept, 1);
+  EXPECT_EQ(dropped, 0);
+  // Already cancelled: runs at once, and the registration is empty.
+  int late = 0;
+  auto r = token.OnCancelScoped([&] { ++late; });
+  EXPECT_EQ(late, 1);
+  auto empty = token.OnCancelScoped({});
+}
+
+TEST(CancellationToken, ScopedRegistrationMovesAndMayResetItselfFromItsFunction) {
+  CancellationToken token;
+  int calls = 0;
+  CancellationToken::Registration moved;
+  {
+    auto r = token.OnCancelScoped([&] { ++calls; });
+    moved = std::move(r);
+  }  // the moved-from registration deregisters nothing
+  CancellationToken::Registration self;
+  self = token.OnCancelScoped([&] {
+    ++calls;
+    self.Reset();  // from inside its own function: returns at once
+  });
+  EXPECT_TRUE(token.Cancel(Status::Cancelled("x")));
+  EXPECT_EQ(calls, 2);
+}
+
+// Under TSan this checks that a registration destroyed on one thread while another cancels
+// neither races with the function nor lets it run after the destructor returned.
+TEST(CancellationToken, ScopedRegistrationDestroyedConcurrentlyWithCancel) {
+  for (int round = 0; round < 200; ++round) {
+    CancellationToken token;
+    auto alive = std::make_unique<std::atomic<int>>(0);
+    std::atomic<int>* counter = alive.get();
+    auto reg = std::make_unique<CancellationToken::Registration>(
+        token.OnCancelScoped([counter] { counter->fetch_add(1); }));
+    std::thread canceller([&] { (void)token.Cancel(Status::Cancelled("concurrent")); });
+    reg.reset();  // after this returns, the function is not running and never will
+    int seen = counter->load();
+    EXPECT_LE(seen, 1);
+    canceller.join();
+    EXPECT_EQ(counter->load(), seen);  // nothing ran after the registration was destroyed
+    alive.reset();
+  }
 }
 
 }  // namespace

@@ -40,3 +40,24 @@ TEST(PublicApi, OpenRejectsBadOptionsNamingTheField) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(PublicApi, ValueOfAnErrorThrowsBadResultAccessCarryingTheStatus) {
+  syncsched::Result<int> r = syncsched::Status::NotFound("connection \"x\" does not exist");
+  try {
+    (void)r.value();
+    FAIL() << "value() did not throw";
+  } catch (const syncsched::BadResultAccess& e) {
+    EXPECT_EQ(e.status().code(), syncsched::StatusCode::kNotFound);
+    EXPECT_STREQ(e.what(), "NOT_FOUND: connection \"x\" does not exist");
+  }
+  const auto& cr = r;
+  EXPECT_THROW((void)*cr, syncsched::BadResultAccess);
+  EXPECT_THROW((void)std::move(r).value(), std::exception);
+  syncsched::Result<std::string> ok = std::string("v");
+  EXPECT_EQ(ok->size(), 1u);
+  EXPECT_EQ(std::move(ok).value(), "v");
+}
+
+}  // namespace

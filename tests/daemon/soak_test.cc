@@ -11,8 +11,9 @@
 // per second from the moment the daemon starts, with no start-up burst of 100k immediate runs.
 //
 // Environment (defaults in brackets): SYNCSCHED_SOAK_SECONDS [60], SYNCSCHED_SOAK_SCHEDULES
-// [100000], SYNCSCHED_SOAK_FREQUENCY [10m], SYNCSCHED_SOAK_CLIENTS [4], SYNCSCHED_SOAK_WORKING_SET
-// [1000 connections per client], SYNCSCHED_SOAK_RSS_EVERY [2 s], SYNCSCHED_SOAK_REPORT [a JSON
+// [100000], SYNCSCHED_SOAK_FREQUENCY [30m], SYNCSCHED_SOAK_CLIENTS [4], SYNCSCHED_SOAK_WORKING_SET
+// [1000 connections per client], SYNCSCHED_SOAK_RATE [25 requests/s per client; 0: unpaced],
+// SYNCSCHED_SOAK_RSS_EVERY [2 s], SYNCSCHED_SOAK_REPORT [a JSON
 // summary written there], SYNCSCHED_SOAK_KEEP [keep the database and the log in this directory].
 #include <gtest/gtest.h>
 #include <sqlite3.h>
@@ -121,9 +122,10 @@ class Soak : public ::testing::Test {
  protected:
   std::int64_t seconds_ = EnvInt("SYNCSCHED_SOAK_SECONDS", 60);
   int schedules_ = static_cast<int>(EnvInt("SYNCSCHED_SOAK_SCHEDULES", 100000));
-  std::string frequency_ = EnvStr("SYNCSCHED_SOAK_FREQUENCY", "10m");
+  std::string frequency_ = EnvStr("SYNCSCHED_SOAK_FREQUENCY", "30m");
   int clients_ = static_cast<int>(EnvInt("SYNCSCHED_SOAK_CLIENTS", 4));
   int working_set_ = static_cast<int>(EnvInt("SYNCSCHED_SOAK_WORKING_SET", 1000));
+  int rate_ = static_cast<int>(EnvInt("SYNCSCHED_SOAK_RATE", 25));  // requests/s per client
   std::int64_t rss_every_ = EnvInt("SYNCSCHED_SOAK_RSS_EVERY", 2);
   TempDir tmp_;
   std::string dir_ = EnvStr("SYNCSCHED_SOAK_KEEP", tmp_.path().string());
@@ -138,35 +140,71 @@ class Soak : public ::testing::Test {
     return d;
   }
 
-  // The schedules, each started (and run) half a period ago in virtual time, so that their
-  // phases spread their next slots over the coming period.
+  // The schedules. The engine itself (its public API, in virtual time) writes the schema, the
+  // sync's definition and one started schedule that has run once; the other N - 1 are that row
+  // cloned by SQL, with their grids' anchors spread evenly over the coming period, so that they
+  // fire at a steady N / period per second from the start, with no burst of N immediate runs.
+  // (Adding 100k connections through the engine takes over a minute on a loaded machine: one
+  // commit each; the clone takes a second.)
   void Seed(std::int64_t freq_ms) {
     std::filesystem::create_directories(dir_);
-    std::filesystem::remove(db_);
-    std::filesystem::remove(db_ + "-wal");
-    std::filesystem::remove(db_ + "-shm");
-    boost::asio::io_context io;
-    VirtualClock clock(TimePoint(Millis(WallMs() - freq_ms / 2)));
-    Options o;
-    o.database_path = db_;
-    o.clock = &clock;
-    o.executor = io.get_executor();
-    o.run_executor = io.get_executor();
-    auto opened = Engine::Open(o);
-    ASSERT_TRUE(opened.ok()) << opened.status();
-    std::unique_ptr<Engine> engine = std::move(opened).value();
-    ASSERT_TRUE(engine
-                    ->RegisterCallback("soak", "issues",
-                                       [](const RunContext&) { return RunReport::Success(); })
-                    .ok());
-    for (int i = 0; i < schedules_; ++i) {
-      ASSERT_TRUE(engine->AddConnection("soak", ConnName(i)).ok());
+    for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(db_ + suffix);
+    {
+      boost::asio::io_context io;
+      VirtualClock clock(TimePoint(Millis(WallMs() - freq_ms)));
+      Options o;
+      o.database_path = db_;
+      o.clock = &clock;
+      o.executor = io.get_executor();
+      o.run_executor = io.get_executor();
+      auto opened = Engine::Open(o);
+      ASSERT_TRUE(opened.ok()) << opened.status();
+      std::unique_ptr<Engine> engine = std::move(opened).value();
+      ASSERT_TRUE(engine
+                      ->RegisterCallback("soak", "issues",
+                                         [](const RunContext&) { return RunReport::Success(); })
+                      .ok());
+      ASSERT_TRUE(engine->DefineSync("soak", Definition()).ok());
+      ASSERT_TRUE(engine->AddConnection("soak", ConnName(0)).ok());  // starts and runs at once
+      clock.RunFor(io, 0ms);
     }
-    ASSERT_TRUE(engine->DefineSync("soak", Definition()).ok());  // 100k starts, in one command
-    clock.RunFor(io, 0ms);
-    EngineMetrics m = engine->GetMetrics();
-    ASSERT_EQ(m.schedules_started, static_cast<std::uint64_t>(schedules_));
-    engine.reset();
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(db_.c_str(), &db), SQLITE_OK);
+    auto exec = [&](const std::string& sql) {
+      char* err = nullptr;
+      int rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &err);
+      EXPECT_EQ(rc, SQLITE_OK) << sql << ": " << (err ? err : "");
+      sqlite3_free(err);
+    };
+    // Every column of the template row, but these.
+    std::string columns, values;
+    sqlite3_stmt* q = nullptr;
+    ASSERT_EQ(
+        sqlite3_prepare_v2(db, "SELECT name FROM pragma_table_info('schedules')", -1, &q, nullptr),
+        SQLITE_OK);
+    const std::int64_t now = WallMs();
+    const std::string phase = std::to_string(now) + " + n.i * " + std::to_string(freq_ms) + " / " +
+                              std::to_string(schedules_);
+    while (sqlite3_step(q) == SQLITE_ROW) {
+      std::string c = reinterpret_cast<const char*>(sqlite3_column_text(q, 0));
+      std::string v = c == "uid"                                ? "t.uid + n.i"
+                      : c == "connection"                       ? "'c' || n.i"
+                      : c == "anchor_ms" || c == "next_slot_ms" ? phase
+                                                                : "t." + c;
+      columns += (columns.empty() ? "" : ", ") + c;
+      values += (values.empty() ? "" : ", ") + v;
+    }
+    sqlite3_finalize(q);
+    const std::string n =
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < " +
+        std::to_string(schedules_ - 1) + ") ";
+    exec("BEGIN");
+    exec(n + "INSERT INTO connections SELECT 'soak', 'c' || i FROM n");
+    exec(n + "INSERT INTO schedules(" + columns + ") SELECT " + values +
+         " FROM n, schedules t WHERE t.connection = 'c0'");
+    exec("UPDATE meta SET value = (SELECT max(uid) FROM schedules) WHERE key = 'max_uid'");
+    exec("COMMIT");
+    sqlite3_close(db);
   }
 
   std::string WriteConfig(std::uint16_t port) {
@@ -175,7 +213,7 @@ class Soak : public ::testing::Test {
         {"database", db_},
         {"log_level", "warn"},  // no line per run: an hour's log would be gigabytes
         {"api_keys", {{{"key", "k"}, {"scopes", {"*"}}}}},
-        {"worker_threads", 4},
+        {"worker_threads", 8},
         {"shutdown_grace", "30s"},
         {"integrations",
          {{"soak",
@@ -190,15 +228,20 @@ class Soak : public ::testing::Test {
 
 // One client: commands on its own connections (i % clients == id), one at a time, so that the
 // expected state of each connection follows from the commands acknowledged for it.
-void RunClient(int id, int clients, int working_set, std::uint16_t port, SteadyTime end,
+void RunClient(int id, int clients, int working_set, int rate, std::uint16_t port, SteadyTime end,
                ClientResult& out) {
+  const auto period = std::chrono::microseconds(rate > 0 ? 1000000 / rate : 0);
+  auto next = std::chrono::steady_clock::now();
   std::mt19937_64 rng(0x5eed + id);
-  Client client(port);
+  auto client = std::make_unique<Client>(port);
   auto pick_conn = [&] {
     int k = static_cast<int>(rng() % static_cast<std::uint64_t>(working_set));
     return id + k * clients;
   };
   while (std::chrono::steady_clock::now() < end) {
+    // Paced (an open loop at `rate`, catching up after a slow answer); 0: as fast as answered.
+    next += period;
+    std::this_thread::sleep_until(next);
     int conn = pick_conn();
     std::string c = ConnName(conn);
     Expected& e = out.model[conn];
@@ -215,17 +258,17 @@ void RunClient(int id, int clients, int working_set, std::uint16_t port, SteadyT
     Reply r;
     switch (op) {
       case kStatus:
-        r = client.Get("/sync/status?provider_config_key=soak&connection_id=" + c + "&syncs=issues",
-                       "k");
+        r = client->Get(
+            "/sync/status?provider_config_key=soak&connection_id=" + c + "&syncs=issues", "k");
         break;
       case kTrigger:
-        r = client.Post("/sync/trigger", target.dump(), "k");
+        r = client->Post("/sync/trigger", target.dump(), "k");
         break;
       case kPause:
-        r = client.Post("/sync/pause", target.dump(), "k");
+        r = client->Post("/sync/pause", target.dump(), "k");
         break;
       case kStart:
-        r = client.Post("/sync/start", target.dump(), "k");
+        r = client->Post("/sync/start", target.dump(), "k");
         break;
       case kFrequency: {
         const FrequencyChoice& f = kFrequencies[freq_choice];
@@ -233,7 +276,7 @@ void RunClient(int id, int clients, int working_set, std::uint16_t port, SteadyT
                      {"connection_id", c},
                      {"sync_name", "issues"},
                      {"frequency", f.text ? Json(f.text) : Json(nullptr)}};
-        r = client.Put("/sync/update-connection-frequency", body.dump(), "k");
+        r = client->Put("/sync/update-connection-frequency", body.dump(), "k");
         break;
       }
       default:
@@ -249,7 +292,7 @@ void RunClient(int id, int clients, int working_set, std::uint16_t port, SteadyT
         out.mismatches.push_back(std::string(kOpNames[op]) + " " + c + ": " +
                                  std::to_string(r.status) + " " + r.body.substr(0, 200));
       }
-      if (r.status == 0) client = Client(port);  // the connection is gone
+      if (r.status == 0) client = std::make_unique<Client>(port);  // the connection is gone
       continue;
     }
     ++e.commands;
@@ -318,9 +361,9 @@ TEST_F(Soak, CommandsUnderLoadAreAllReflectedLatencyRecordedMemoryFlat) {
   auto freq = ParseFrequency(frequency_);
   ASSERT_TRUE(freq.ok()) << freq.status();
   const std::int64_t freq_ms = freq->count();
-  std::printf("soak: %d schedules every %s (%.0f runs/s), %d clients, %lld s\n", schedules_,
-              frequency_.c_str(), schedules_ * 1000.0 / static_cast<double>(freq_ms), clients_,
-              static_cast<long long>(seconds_));
+  std::printf("soak: %d schedules every %s (%.0f runs/s), %d clients at %d requests/s, %lld s\n",
+              schedules_, frequency_.c_str(), schedules_ * 1000.0 / static_cast<double>(freq_ms),
+              clients_, rate_, static_cast<long long>(seconds_));
   auto seed_start = std::chrono::steady_clock::now();
   ASSERT_NO_FATAL_FAILURE(Seed(freq_ms));
   std::printf("soak: seeded in %.1f s\n",
@@ -360,9 +403,10 @@ TEST_F(Soak, CommandsUnderLoadAreAllReflectedLatencyRecordedMemoryFlat) {
   std::vector<ClientResult> results(static_cast<std::size_t>(clients_));
   std::vector<std::thread> threads;
   for (int i = 0; i < clients_; ++i) {
-    threads.emplace_back(RunClient, i, clients_, working_set_, port, end,
+    threads.emplace_back(RunClient, i, clients_, working_set_, rate_, port, end,
                          std::ref(results[static_cast<std::size_t>(i)]));
   }
+  std::this_thread::sleep_until(end);
   for (std::thread& t : threads) t.join();
   stop_sampling = true;
   sampler.join();

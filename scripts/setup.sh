@@ -6,7 +6,7 @@ set -euo pipefail
 
 packages=(build-essential cmake ninja-build pkg-config clang clang-format
           libboost1.81-dev libsqlite3-dev nlohmann-json3-dev
-          libgtest-dev libgmock-dev libbenchmark-dev gnuplot-nox nodejs npm)
+          libgtest-dev libgmock-dev libbenchmark-dev gnuplot-nox valgrind nodejs npm)
 missing=()
 for p in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

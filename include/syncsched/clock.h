@@ -2,13 +2,15 @@
 //
 // Engine time is wall-clock milliseconds since the Unix epoch (TimePoint), so that grids persist
 // as instants and survive restarts, yet it never goes backwards while a process runs: the
-// SystemClock reads the wall clock once at construction and then advances with the steady clock.
+// SystemClock follows the wall clock, forward steps included (NTP, a host resumed from suspend),
+// and stands still after a step back until the wall clock is past its last answer again.
 // The VirtualClock is moved by hand; with it a schedule's week runs in milliseconds, which is how
 // syncsched's own tests run and how users can test their schedules.
 //
 // Ownership: the engine does not own the clock passed in its Options; it must outlive the engine.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -54,17 +56,29 @@ class SYNCSCHED_EXPORT Clock {
   virtual std::unique_ptr<Alarm> MakeAlarm(boost::asio::any_io_executor executor) = 0;
 };
 
-// The real clock: wall time read once at construction, then advanced by std::chrono::steady_clock;
-// alarms are boost::asio::steady_timer. Thread-safe.
+// The real clock: std::chrono::system_clock, never read as less than an earlier answer (after a
+// step back, Now() stays at its last answer until the wall clock passes it). So a step forward is
+// seen as time that passed (slots missed meanwhile collapse into one run per schedule, as after a
+// downtime) and a step back re-runs nothing; grids stay where they are, in wall time.
+// Alarms are boost::asio::steady_timer waits of at most `recheck` each, after which the deadline is
+// compared with Now() again: a step forward is noticed within `recheck`. Thread-safe.
 class SYNCSCHED_EXPORT SystemClock final : public Clock {
  public:
+  static constexpr Millis kDefaultRecheck{1000};
+
   SystemClock();
+  // For tests: `wall` replaces std::chrono::system_clock as the source of wall time (a test steps
+  // it), and alarms re-read the clock at least every `recheck`.
+  SystemClock(std::function<TimePoint()> wall, Millis recheck);
+
   TimePoint Now() const override;
   std::unique_ptr<Alarm> MakeAlarm(boost::asio::any_io_executor executor) override;
+  Millis recheck() const { return recheck_; }
 
  private:
-  std::chrono::steady_clock::time_point steady_origin_;
-  TimePoint wall_origin_;
+  std::function<TimePoint()> wall_;  // empty: std::chrono::system_clock
+  Millis recheck_;
+  mutable std::atomic<std::int64_t> last_{0};  // the latest answer of Now(), in ms
 };
 
 // A clock moved by hand. Alarms fire (their handlers are posted to their executors) when time is

@@ -1,10 +1,12 @@
-// SystemClock (wall time at start + steady clock) and VirtualClock (moved by hand).
+// SystemClock (the wall clock, never read backwards) and VirtualClock (moved by hand).
 //
 // Both clocks' alarms share one shape: a state object holding a generation counter and the
 // handler. SetAt and Cancel bump the generation, so a handler that was already handed to the
 // executor checks, when it runs, that it is still the current one; this is what lets Cancel
 // promise that a cancelled handler never starts.
 #include "syncsched/clock.h"
+
+#include <algorithm>
 
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -26,22 +28,21 @@ struct AlarmState {
   }
 };
 
+// Waits in steps of at most the clock's `recheck`, comparing the deadline with Now() after each:
+// the wall clock may step (forward: the deadline is reached early in steady time; back: Now()
+// stands still, so it is reached late), which a steady_timer alone would not see.
 class SteadyAlarm final : public Alarm {
  public:
   SteadyAlarm(const SystemClock& clock, boost::asio::any_io_executor ex)
-      : clock_(clock), state_(std::make_shared<State>(std::move(ex))) {}
+      : state_(std::make_shared<State>(clock, std::move(ex))) {}
   ~SteadyAlarm() override { Cancel(); }
 
   void SetAt(TimePoint deadline, std::function<void()> handler) override {
-    auto steady = std::chrono::steady_clock::now() + (deadline - clock_.Now());
     std::lock_guard lock(state_->mu);
     std::uint64_t gen = ++state_->generation;
     state_->handler = std::move(handler);
-    state_->timer.expires_at(steady);
-    state_->timer.async_wait([st = state_, gen](boost::system::error_code ec) {
-      if (ec) return;
-      if (auto h = st->Take(gen)) h();
-    });
+    state_->deadline = deadline;
+    Wait(state_, gen);
   }
 
   void Cancel() override {
@@ -53,22 +54,50 @@ class SteadyAlarm final : public Alarm {
 
  private:
   struct State : AlarmState {
-    explicit State(boost::asio::any_io_executor ex) : timer(std::move(ex)) {}
+    State(const SystemClock& c, boost::asio::any_io_executor ex) : clock(c), timer(std::move(ex)) {}
+    const SystemClock& clock;
+    TimePoint deadline;
     boost::asio::steady_timer timer;
   };
-  const SystemClock& clock_;
+
+  // Under st->mu: waits for the deadline, or for `recheck` if that is sooner, and then either runs
+  // the handler (the deadline is reached) or waits again.
+  static void Wait(const std::shared_ptr<State>& st, std::uint64_t gen) {
+    Millis left = st->deadline - st->clock.Now();
+    st->timer.expires_after(std::clamp(left, Millis(0), st->clock.recheck()));
+    st->timer.async_wait([st, gen](boost::system::error_code ec) {
+      if (ec) return;
+      {
+        std::lock_guard lock(st->mu);
+        if (gen != st->generation) return;
+        if (st->clock.Now() < st->deadline) {
+          Wait(st, gen);
+          return;
+        }
+      }
+      if (auto h = st->Take(gen)) h();
+    });
+  }
+
   std::shared_ptr<State> state_;
 };
 
 }  // namespace
 
-SystemClock::SystemClock()
-    : steady_origin_(std::chrono::steady_clock::now()),
-      wall_origin_(std::chrono::time_point_cast<Millis>(std::chrono::system_clock::now())) {}
+SystemClock::SystemClock() : recheck_(kDefaultRecheck) {}
+
+SystemClock::SystemClock(std::function<TimePoint()> wall, Millis recheck)
+    : wall_(std::move(wall)), recheck_(std::max(recheck, Millis(1))) {}
 
 TimePoint SystemClock::Now() const {
-  return wall_origin_ +
-         std::chrono::duration_cast<Millis>(std::chrono::steady_clock::now() - steady_origin_);
+  TimePoint wall =
+      wall_ ? wall_() : std::chrono::time_point_cast<Millis>(std::chrono::system_clock::now());
+  std::int64_t ms = wall.time_since_epoch().count();
+  std::int64_t last = last_.load(std::memory_order_relaxed);
+  // The latest answer wins: after a step back the clock stands still until the wall passes it.
+  while (ms > last && !last_.compare_exchange_weak(last, ms, std::memory_order_relaxed)) {
+  }
+  return TimePoint(Millis(std::max(ms, last)));
 }
 
 std::unique_ptr<Alarm> SystemClock::MakeAlarm(boost::asio::any_io_executor executor) {

@@ -213,13 +213,13 @@ ApiError Unauthorized(std::string message);     // 401 unauthorized
 ApiError MissingScope(std::string_view scope);  // 403 missing_scope
 ApiError RouteNotFound(std::string_view method, std::string_view path);  // 404 route_not_found
 ApiError MethodNotAllowed(std::string_view method, std::string_view path,
-                          std::string_view allowed);  // 405 method_not_allowed
-ApiError PayloadTooLarge(std::size_t limit);          // 413 payload_too_large
-ApiError HeadersTooLarge(std::size_t limit);          // 431 headers_too_large
-ApiError TooManyConnections();                        // 503 too_many_connections
+                          std::string_view allowed);   // 405 method_not_allowed
+ApiError PayloadTooLarge(std::size_t limit);           // 413 payload_too_large
+ApiError HeadersTooLarge(std::size_t limit);           // 431 headers_too_large
+ApiError TooManyConnections();                         // 503 too_many_connections
 ApiError TooManyClientConnections(std::size_t limit);  // 503 too_many_client_connections
-ApiError ShuttingDown();                              // 503 shutting_down
-ApiError Internal(std::string message);               // 500 internal_error
+ApiError ShuttingDown();                               // 503 shutting_down
+ApiError Internal(std::string message);                // 500 internal_error
 }  // namespace errors
 
 }  // namespace syncsched::codec

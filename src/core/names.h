@@ -22,9 +22,9 @@ std::string Quote(std::string_view s);
 // UTF-8, or the first control character: C0 (U+0000..U+001F), DEL (U+007F) or C1
 // (U+0080..U+009F, two bytes in UTF-8: C2 80..C2 9F). nullopt when there is none.
 struct TextFault {
-  std::size_t offset = 0;      // of the offending byte or character
-  bool invalid_utf8 = false;   // else a control character
-  char32_t code_point = 0;     // the control character
+  std::size_t offset = 0;     // of the offending byte or character
+  bool invalid_utf8 = false;  // else a control character
+  char32_t code_point = 0;    // the control character
 };
 std::optional<TextFault> FindTextFault(std::string_view s);
 

@@ -267,17 +267,17 @@ constexpr std::size_t kWatchCapacity = 4096;  // groups at once (worker_threads 
 
 // What the spawned child does before it becomes the command (see SpawnChild).
 struct SpawnPlan {
-  const char* path;   // resolved: the exec needs no PATH search
+  const char* path;  // resolved: the exec needs no PATH search
   char* const* argv;
   char* const* envp;
-  int out_fd;         // the write ends of the output pipes
+  int out_fd;  // the write ends of the output pipes
   int err_fd;
-  int watch_fd;       // the watchdog's socket, or -1
-  pid_t parent;       // the daemon
+  int watch_fd;  // the watchdog's socket, or -1
+  pid_t parent;  // the daemon
   bool restore_nofile;
   rlimit nofile;
-  volatile int error; // set by the child when it fails before or at the exec
-  volatile int step;  // ... and where: 0 setup, 1 exec
+  volatile int error;  // set by the child when it fails before or at the exec
+  volatile int step;   // ... and where: 0 setup, 1 exec
 };
 
 // The child of a spawn, from clone(CLONE_VM | CLONE_VFORK): it shares the daemon's memory while
@@ -328,8 +328,8 @@ fail:
 // clone itself fails.
 pid_t Spawn(SpawnPlan& plan) {
   constexpr std::size_t kStack = 256 * 1024;
-  void* stack = mmap(nullptr, kStack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK,
-                     -1, 0);
+  void* stack =
+      mmap(nullptr, kStack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
   if (stack == MAP_FAILED) return -1;
   // No signal handler may run in the child before it has reset them all.
   sigset_t all, old;
@@ -395,18 +395,20 @@ void RestoreOpenFileLimitInCommands(const rlimit& original) {
 CommandRunner::CommandRunner(Logger& log, Millis kill_grace) : log_(log), kill_grace_(kill_grace) {
   int fds[2];
   if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) != 0) {
-    log_.Error("cannot start the watchdog: a SIGKILL of syncschedd would leave the runs' "
-               "child processes running",
-               {{"error", std::strerror(errno)}});
+    log_.Error(
+        "cannot start the watchdog: a SIGKILL of syncschedd would leave the runs' "
+        "child processes running",
+        {{"error", std::strerror(errno)}});
     return;
   }
   pid_t pid = fork();
   if (pid == 0) WatchdogMain(fds[1]);
   close(fds[1]);
   if (pid < 0) {
-    log_.Error("cannot start the watchdog: a SIGKILL of syncschedd would leave the runs' "
-               "child processes running",
-               {{"error", std::strerror(errno)}});
+    log_.Error(
+        "cannot start the watchdog: a SIGKILL of syncschedd would leave the runs' "
+        "child processes running",
+        {{"error", std::strerror(errno)}});
     close(fds[0]);
     return;
   }
@@ -438,9 +440,10 @@ void CommandRunner::Watch(char op, pid_t pgid) {
   WatchMessage m{'-', static_cast<std::int32_t>(pgid)};
   if (send(watch_fd_, &m, sizeof m, MSG_NOSIGNAL) != static_cast<ssize_t>(sizeof m) &&
       !watchdog_lost_.exchange(true)) {
-    log_.Error("the watchdog is gone: a SIGKILL of syncschedd would now leave the runs' child "
-               "processes running (their leaders still die with it)",
-               {{"error", std::strerror(errno)}, {"pid", watchdog_}});
+    log_.Error(
+        "the watchdog is gone: a SIGKILL of syncschedd would now leave the runs' child "
+        "processes running (their leaders still die with it)",
+        {{"error", std::strerror(errno)}, {"pid", watchdog_}});
   }
 }
 

@@ -253,7 +253,8 @@ void ParseIntegrations(const Json& j, Config& config) {
     Fail(path, "integrations must be an object, not " + std::string(j.type_name()));
   for (const auto& [key, value] : j.items()) {
     std::string ipath = Keyed(path, key);
-    if (Status s = core::ValidateIntegration(key, "integration key"); !s.ok()) Fail(ipath, s.message());
+    if (Status s = core::ValidateIntegration(key, "integration key"); !s.ok())
+      Fail(ipath, s.message());
     ExpectObject(value, ipath, {"syncs", "connections", "max_concurrency"});
     IntegrationConfig integration;
     integration.key = key;
@@ -265,7 +266,8 @@ void ParseIntegrations(const Json& j, Config& config) {
       if (!syncs->is_object()) Fail(spath, spath + " must be an object, not " + syncs->type_name());
       for (const auto& [name, sync] : syncs->items()) {
         std::string path_of_sync = Keyed(spath, name);
-        if (Status s = core::ValidateName(name, "sync name"); !s.ok()) Fail(path_of_sync, s.message());
+        if (Status s = core::ValidateName(name, "sync name"); !s.ok())
+          Fail(path_of_sync, s.message());
         integration.syncs.push_back(ParseSync(name, sync, path_of_sync, config));
       }
     }

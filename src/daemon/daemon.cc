@@ -21,12 +21,14 @@ Result<std::unique_ptr<Daemon>> Daemon::Start(const Config& config, Logger& log)
   codec::Json reserved = codec::Json::array();
   for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
     std::string_view var(*e);
-    if (var.starts_with("SYNCSCHED_")) reserved.push_back(std::string(var.substr(0, var.find('='))));
+    if (var.starts_with("SYNCSCHED_"))
+      reserved.push_back(std::string(var.substr(0, var.find('='))));
   }
   if (!reserved.empty()) {
-    log.Warn("environment variables not passed to commands: the SYNCSCHED_ prefix is reserved "
-             "for the run's variables",
-             {{"names", std::move(reserved)}});
+    log.Warn(
+        "environment variables not passed to commands: the SYNCSCHED_ prefix is reserved "
+        "for the run's variables",
+        {{"names", std::move(reserved)}});
   }
 
   Options options;

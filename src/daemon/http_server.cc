@@ -585,7 +585,7 @@ class HttpServer::Connection final : public HttpServer::Session,
   bool idle_ = true;  // waiting for a request's header
   bool reading_body_ = false;
   bool closed_ = false;
-  int inline_ = 0;  // requests answered since the last return to the event loop
+  int inline_ = 0;                  // requests answered since the last return to the event loop
   bool first_request_ = true;       // no request has started yet on this connection
   bool started_ = false;            // the current request's first byte has arrived
   Clock::time_point started_at_{};  // ... then
@@ -725,7 +725,8 @@ std::size_t HttpServer::ClientKeyHash::operator()(const ClientKey& k) const noex
 }
 
 HttpServer::ClientKey HttpServer::KeyOf(const net::ip::address& address) {
-  if (address.is_v4()) return net::ip::make_address_v6(net::ip::v4_mapped, address.to_v4()).to_bytes();
+  if (address.is_v4())
+    return net::ip::make_address_v6(net::ip::v4_mapped, address.to_v4()).to_bytes();
   ClientKey key = address.to_v6().to_bytes();
   if (!address.to_v6().is_v4_mapped()) std::fill(key.begin() + 8, key.end(), 0);  // its /64
   return key;
@@ -763,9 +764,8 @@ void HttpServer::NoteRefusal(std::string_view reason, const net::ip::address& cl
     count = refusals_unlogged_;
     refusals_unlogged_ = 0;
   }
-  codec::Json fields = {{"reason", std::string(reason)},
-                        {"refused", count},
-                        {"open", connections_open_.load()}};
+  codec::Json fields = {
+      {"reason", std::string(reason)}, {"refused", count}, {"open", connections_open_.load()}};
   if (!client.is_unspecified()) fields["client"] = client.to_string();
   log_.Warn("connections refused", std::move(fields));
 }

@@ -4,20 +4,20 @@
 // (read_timeout from its first byte, or from the connection's start for its first request), an
 // idle timeout between requests, and strict HTTP/1.1 framing (Host required, no obsolete line
 // folding, one Authorization). Refusals at the listener are logged at most every 10 s; a 5xx
-// answer is logged as `request failed`, and with the debug level every request is. Each request is first admitted on its headers alone (route, method, key: so that
-// an unauthenticated client cannot make the server buffer a body), then read whole and answered
-// by Api::Handle. An answer that ends the connection, early or not, is followed by a lingering
-// close bounded in bytes and time, so that a client still sending its request reads the answer
-// rather than a reset (kLingerBytes in http_server.cc; docs/daemon.md). With several HTTP
-// threads each connection runs on its own strand; with one thread there is no strand (nothing
-// runs concurrently), which spares its locking and queueing.
+// answer is logged as `request failed`, and with the debug level every request is. Each request is
+// first admitted on its headers alone (route, method, key: so that an unauthenticated client cannot
+// make the server buffer a body), then read whole and answered by Api::Handle. An answer that ends
+// the connection, early or not, is followed by a lingering close bounded in bytes and time, so that
+// a client still sending its request reads the answer rather than a reset (kLingerBytes in
+// http_server.cc; docs/daemon.md). With several HTTP threads each connection runs on its own
+// strand; with one thread there is no strand (nothing runs concurrently), which spares its locking
+// and queueing.
 //
 // Thread safety: Bind, Start and Stop are called by one owner thread; the counters from any.
 #pragma once
 
 #include <array>
 #include <atomic>
-#include <unordered_map>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -25,6 +25,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include <boost/asio/io_context.hpp>
@@ -103,7 +104,7 @@ class HttpServer {
   std::mutex clients_mu_;
   std::unordered_map<ClientKey, std::uint32_t, ClientKeyHash> clients_;  // open connections
   std::mutex refusals_mu_;
-  std::uint64_t refusals_unlogged_ = 0;                   // since the last warning
+  std::uint64_t refusals_unlogged_ = 0;                     // since the last warning
   std::chrono::steady_clock::time_point refusal_logged_{};  // the last warning
 
   boost::asio::io_context io_;

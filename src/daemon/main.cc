@@ -70,10 +70,11 @@ void RaiseOpenFileLimit(const Config& config, Logger& log) {
   // Connections, refusals lingering (128), the database, pipes of runs in flight, a margin.
   rlim_t needed = config.limits.max_connections + 128 + 4 * config.worker_threads + 64;
   if (raised.rlim_cur != RLIM_INFINITY && raised.rlim_cur < needed) {
-    log.Warn("the limit on open files is below what limits.max_connections may need: clients "
-             "past it wait until a connection closes",
-             {{"open_files_limit", static_cast<std::uint64_t>(raised.rlim_cur)},
-              {"needed", static_cast<std::uint64_t>(needed)}});
+    log.Warn(
+        "the limit on open files is below what limits.max_connections may need: clients "
+        "past it wait until a connection closes",
+        {{"open_files_limit", static_cast<std::uint64_t>(raised.rlim_cur)},
+         {"needed", static_cast<std::uint64_t>(needed)}});
   }
 }
 
@@ -130,13 +131,17 @@ int main(int argc, char** argv) {
   }
 
   // Signals: SIGTERM and SIGINT are taken synchronously by this thread; every thread started
-  // from here inherits the mask (commands get a clean one from the runner). SIGPIPE is ignored.
+  // from here inherits the mask (commands get a clean one from the runner). SIGPIPE and SIGXFSZ are
+  // ignored.
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
+  // A write past the file size limit (RLIMIT_FSIZE) fails with EFBIG, which SQLite reports as
+  // an error, instead of killing the daemon.
+  signal(SIGXFSZ, SIG_IGN);
 
   auto started = syncsched::daemon::Daemon::Start(config, log);
   if (!started.ok()) {

@@ -7,8 +7,10 @@
 #include <gtest/gtest.h>
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -18,7 +20,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <memory>
+#include <mutex>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -225,8 +230,7 @@ TEST_F(SlowlorisTest, OneClientHolding2000HalfSentRequestsLocksNobodyOut) {
   ASSERT_TRUE(WaitFor([&] {
     return Metric(checker, "syncschedd_http_responses_total{code=\"503\"}") == refused;
   })) << Metric(checker, "syncschedd_http_responses_total{code=\"503\"}");
-  EXPECT_EQ(Metric(checker, "syncschedd_http_connections_open"),
-            static_cast<long>(per_client) + 1);
+  EXPECT_EQ(Metric(checker, "syncschedd_http_connections_open"), static_cast<long>(per_client) + 1);
 
   // Another client, 127.0.0.1, is served, on new connections, while the attack holds.
   for (int i = 0; i < 20; ++i) {
@@ -257,8 +261,8 @@ TEST_F(SlowlorisTest, OneClientHolding2000HalfSentRequestsLocksNobodyOut) {
   }
   // The held ones are cut at read_timeout (6 s after they started): the header deadline.
   for (auto& c : attack) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-        attack_started + 12s - Clock::now());
+    auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(attack_started + 12s - Clock::now());
     EXPECT_TRUE(c->Closed(std::max(left, 1ms)));
   }
   auto cut_after = Clock::now() - attack_started;
@@ -404,13 +408,13 @@ TEST_F(AttackTest, ControlCharactersAreRefusedInIdsNamingTheField) {
     std::string says;
   };
   std::vector<Case> refused = {
-      {"a\\u0085b", "U+0085"}, {"a\\u0080", "U+0080"}, {"\\u009f", "U+009F"},
+      {"a\\u0085b", "U+0085"}, {"a\\u0080", "U+0080"},  {"\\u009f", "U+009F"},
       {"a\\u007fb", "U+007F"}, {"a\\u0000b", "U+0000"}, {"a\\nb", "U+000A"},
   };
   for (const Case& r : refused) {
     SCOPED_TRACE(r.id);
-    Reply reply = c.Post("/connections", R"({"provider_config_key": "github", "connection_id": ")" +
-                                             r.id + "\"}");
+    Reply reply = c.Post("/connections",
+                         R"({"provider_config_key": "github", "connection_id": ")" + r.id + "\"}");
     EXPECT_EQ(reply.status, 400u) << reply.body;
     Json j = reply.json();
     EXPECT_EQ(j.value("code", ""), "invalid_value") << reply.body;
@@ -467,8 +471,10 @@ TEST_F(DebugLogTest, EveryRequestIsLoggedWithoutItsKey) {
   }));
   ASSERT_EQ(lines.size(), 4u);
   const std::vector<std::pair<std::string, unsigned>> expected = {
-      {"/health", 200}, {"/sync/status?provider_config_key=github&syncs=*", 200},
-      {"/sync/status?provider_config_key=github&syncs=*", 401}, {"/sync/start", 400}};
+      {"/health", 200},
+      {"/sync/status?provider_config_key=github&syncs=*", 200},
+      {"/sync/status?provider_config_key=github&syncs=*", 401},
+      {"/sync/start", 400}};
   for (std::size_t i = 0; i < lines.size(); ++i) {
     EXPECT_EQ(lines[i]["level"], "debug");
     EXPECT_EQ(lines[i]["target"], expected[i].first) << lines[i].dump();
@@ -488,6 +494,87 @@ TEST_F(AttackTest, AtInfoRequestsAreNotLogged) {
   EXPECT_EQ(c.Post("/sync/start", "{").status, 400u);
   EXPECT_TRUE(LogLines("request").empty());
   EXPECT_TRUE(LogLines("request failed").empty());
+}
+
+// A 5xx at the info level: the database cannot grow (RLIMIT_FSIZE, which SQLite sees as a full
+// disk), so a command's commit fails. The log is a pipe, which the limit does not touch.
+TEST(FailedRequestLogTest, A5xxIsLoggedAsRequestFailed) {
+  TempDir dir;
+  int fds[2];
+  ASSERT_EQ(pipe2(fds, O_CLOEXEC), 0);
+  std::FILE* out = fdopen(fds[1], "w");
+  std::mutex mu;
+  std::string logged;
+  std::thread reader([&] {
+    char buf[4096];
+    ssize_t n;
+    while ((n = read(fds[0], buf, sizeof buf)) > 0) {
+      std::lock_guard<std::mutex> lock(mu);
+      logged.append(buf, static_cast<std::size_t>(n));
+    }
+  });
+  {
+    Logger log(LogLevel::kInfo, out);
+    Config c;
+    c.listen_port = 0;
+    c.database = dir / "syncsched.db";
+    c.shutdown_grace = 500ms;
+    c.api_keys = {{"all", "test-key", {"*"}}};
+    IntegrationConfig github;
+    github.key = "github";
+    SyncConfig issues;
+    issues.name = "issues";
+    issues.runs = "every 1h";
+    issues.auto_start = false;
+    issues.command = {"/bin/true"};
+    github.syncs = {issues};
+    c.integrations = {github};
+    auto started = Daemon::Start(c, log);
+    ASSERT_TRUE(started.ok()) << started.status();
+    Client client(started.value()->port());
+    std::uintmax_t biggest = 0;
+    for (std::string suffix : {"", "-wal", "-shm"}) {
+      std::error_code ec;
+      std::uintmax_t n = std::filesystem::file_size(dir / ("syncsched.db" + suffix), ec);
+      if (!ec) biggest = std::max(biggest, n);
+    }
+    rlimit old{};
+    getrlimit(RLIMIT_FSIZE, &old);
+    rlimit small = old;
+    small.rlim_cur = biggest + (64 << 10);
+    auto previous = signal(SIGXFSZ, SIG_IGN);
+    ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &small), 0);
+    Reply r;
+    for (int i = 0; i < 5000 && r.status < 500; ++i) {
+      r = client.Post("/connections", R"({"provider_config_key": "github", "connection_id": "c)" +
+                                          std::to_string(i) + "\"}");
+      if (r.status != 200 && r.status < 500) break;
+    }
+    setrlimit(RLIMIT_FSIZE, &old);
+    signal(SIGXFSZ, previous);
+    ASSERT_GE(r.status, 500u) << r.body;
+    Json line;
+    EXPECT_TRUE(WaitFor([&] {
+      std::lock_guard<std::mutex> lock(mu);
+      std::istringstream lines(logged);
+      for (std::string text; std::getline(lines, text);) {
+        Json j = Json::parse(text, nullptr, false);
+        if (j.is_object() && j.value("msg", "") == "request failed") line = j;
+      }
+      return line.is_object();
+    }));
+    EXPECT_EQ(line.value("level", ""), "error") << line.dump();
+    EXPECT_EQ(line.value("method", ""), "POST") << line.dump();
+    EXPECT_EQ(line.value("target", ""), "/connections") << line.dump();
+    EXPECT_EQ(line.value("status", 0u), r.status) << line.dump();
+    EXPECT_EQ(line.value("body", ""), r.body) << line.dump();
+    EXPECT_TRUE(line.contains("duration_ms")) << line.dump();
+    std::lock_guard<std::mutex> lock(mu);
+    EXPECT_EQ(logged.find("test-key"), std::string::npos);
+  }
+  std::fclose(out);
+  reader.join();
+  ::close(fds[0]);
 }
 
 // ---- The commands' environment ----

@@ -15,8 +15,8 @@ namespace {
 using syncsched::testing::Client;
 using syncsched::testing::Json;
 using syncsched::testing::ListeningPort;
-using syncsched::testing::ProcessGone;
 using syncsched::testing::Process;
+using syncsched::testing::ProcessGone;
 using syncsched::testing::ReadFile;
 using syncsched::testing::ReadLines;
 using syncsched::testing::Reply;
@@ -249,8 +249,8 @@ Outcome TryHealth(std::uint16_t port, std::string* answer,
   address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   auto deadline = std::chrono::steady_clock::now() + timeout;
   auto left = [&] {
-    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(deadline -
-                                                                    std::chrono::steady_clock::now());
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
     return static_cast<int>(std::max<std::int64_t>(ms.count(), 0));
   };
   Outcome outcome = Outcome::kHung;
@@ -383,8 +383,9 @@ TEST_F(RunProcessesTest, SigtermClosesTheListenerAtOnceAndASecondSignalKillsTheR
   EXPECT_TRUE(WaitFor([&] { return ProcessGone(leader) && ProcessGone(grandchild); }))
       << "leader " << leader << " gone: " << ProcessGone(leader) << ", grandchild " << grandchild
       << " gone: " << ProcessGone(grandchild);
-  EXPECT_TRUE(LogSays("daemon.log", "second signal: killing the runs' process groups and exiting "
-                                    "without waiting"));
+  EXPECT_TRUE(LogSays("daemon.log",
+                      "second signal: killing the runs' process groups and exiting "
+                      "without waiting"));
 }
 
 TEST_F(RunProcessesTest, ASigkilledDaemonLeavesNoCommandRunning) {
@@ -413,8 +414,7 @@ TEST_F(RunProcessesTest, ASigkilledDaemonLeavesNoCommandRunning) {
     item = r.json()["syncs"][0];
     return item.value("error", Json()).is_string();
   })) << item.dump();
-  EXPECT_NE(item["error"].get<std::string>().find("interrupted"), std::string::npos)
-      << item.dump();
+  EXPECT_NE(item["error"].get<std::string>().find("interrupted"), std::string::npos) << item.dump();
   Reply r = client.Post("/sync/trigger", kTriggerHold, "k");
   EXPECT_EQ(r.status, 200u) << r.body;
   auto [leader2, grandchild2] = HoldPids(leader);

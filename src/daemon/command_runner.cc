@@ -277,7 +277,6 @@ struct SpawnPlan {
   bool restore_nofile;
   rlimit nofile;
   volatile int error;  // set by the child when it fails before or at the exec
-  volatile int step;   // ... and where: 0 setup, 1 exec
 };
 
 // The child of a spawn, from clone(CLONE_VM | CLONE_VFORK): it shares the daemon's memory while
@@ -286,41 +285,52 @@ struct SpawnPlan {
 // ends (PR_SET_PDEATHSIG: it waits for the command, so only the daemon's death ends it), tells the
 // watchdog its group before it can make any child, sets up its descriptors and executes.
 SYNCSCHED_NO_SANITIZE int SpawnChild(void* arg) {
+  // Raw system calls only: a sanitizer's interceptor (sigaction, send, ...) could touch state it
+  // shares with the daemon's other threads, with which this child shares its memory.
   auto* plan = static_cast<SpawnPlan*>(arg);
-  struct sigaction dfl {};
-  dfl.sa_handler = SIG_DFL;
+  struct KernelSigaction {  // the kernel's layout; all zero: SIG_DFL, no flags, empty mask
+    void* handler;
+    unsigned long flags;
+    void* restorer;
+    std::uint64_t mask;
+  } dfl{};
   for (int sig = 1; sig < NSIG; ++sig) {
-    if (sig != SIGKILL && sig != SIGSTOP) sigaction(sig, &dfl, nullptr);  // EINVAL for some: fine
+    // EINVAL for SIGKILL, SIGSTOP: fine.
+    syscall(SYS_rt_sigaction, sig, &dfl, nullptr, sizeof(std::uint64_t));
   }
-  int fd_null = -1;
-  if (setpgid(0, 0) != 0 || prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) goto fail;
+  long fd_null = -1;
+  if (syscall(SYS_setpgid, 0, 0) != 0 ||
+      syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) {
+    goto fail;
+  }
   // The daemon died before the death signal was asked for: it would never come.
-  if (getppid() != plan->parent) _exit(127);
+  if (syscall(SYS_getppid) != plan->parent) syscall(SYS_exit_group, 127);
   if (plan->watch_fd >= 0) {
-    WatchMessage m{'+', static_cast<std::int32_t>(getpid())};
-    send(plan->watch_fd, &m, sizeof m, MSG_NOSIGNAL);  // a dead watchdog: PDEATHSIG still holds
+    WatchMessage m{'+', static_cast<std::int32_t>(syscall(SYS_getpid))};
+    // A dead watchdog: PR_SET_PDEATHSIG still holds for the command itself.
+    syscall(SYS_sendto, plan->watch_fd, &m, sizeof m, MSG_NOSIGNAL, nullptr, 0);
   }
-  fd_null = open("/dev/null", O_RDONLY);
-  if (fd_null < 0 || dup2(fd_null, 0) < 0 || dup2(plan->out_fd, 1) < 0 ||
-      dup2(plan->err_fd, 2) < 0) {
+  fd_null = syscall(SYS_openat, AT_FDCWD, "/dev/null", O_RDONLY | O_CLOEXEC);
+  // The pipes are never 0..2 (main keeps those open), so dup3 (which refuses old == new) works.
+  if (fd_null < 0 || syscall(SYS_dup3, fd_null, 0, 0) < 0 ||
+      syscall(SYS_dup3, plan->out_fd, 1, 0) < 0 || syscall(SYS_dup3, plan->err_fd, 2, 0) < 0) {
     goto fail;
   }
   // Nothing else of the daemon's reaches the command: not its listening socket (which would keep
   // the port bound after the daemon exits), not its clients' connections, not the database.
   if (syscall(SYS_close_range, 3u, ~0u, 0u) != 0) {
-    for (int i = 3; i < 65536; ++i) close(i);
+    for (int i = 3; i < 65536; ++i) syscall(SYS_close, i);
   }
-  if (plan->restore_nofile) setrlimit(RLIMIT_NOFILE, &plan->nofile);
+  if (plan->restore_nofile) syscall(SYS_prlimit64, 0, RLIMIT_NOFILE, &plan->nofile, nullptr);
   {
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, nullptr);
+    std::uint64_t none = 0;
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, nullptr, sizeof none);
   }
-  plan->step = 1;
-  execve(plan->path, plan->argv, plan->envp);
+  syscall(SYS_execve, plan->path, plan->argv, plan->envp);
 fail:
   plan->error = errno == 0 ? EINVAL : errno;
-  _exit(127);
+  syscall(SYS_exit_group, 127);
+  return 127;
 }
 
 // Spawns SpawnChild(plan) and returns once the child has executed the command or failed
@@ -544,12 +554,13 @@ RunReport CommandRunner::RunProcess(const std::vector<std::string>& argv, const 
     plan.restore_nofile = g_restore_nofile.load();
     plan.nofile = g_nofile;
     plan.error = 0;
-    plan.step = 0;
     pid = Spawn(plan);
     if (pid < 0) {
       rc = errno;
     } else if (plan.error != 0) {
       rc = plan.error;
+      // It may have registered its group with the watchdog before its exec failed.
+      Watch('-', pid);
       while (waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
       }
       pid = -1;

@@ -3,11 +3,13 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cstdio>
 #include <initializer_list>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "core/names.h"
 #include "syncsched/clock.h"
 #include "syncsched/frequency.h"
 
@@ -18,9 +20,25 @@ namespace {
 // garbage does not come back in the error.
 constexpr std::size_t kMaxQuoted = 80;
 
+// JSON escapes C0 controls; DEL and the C1 controls (U+0080..U+009F, C2 80..C2 9F in UTF-8)
+// are escaped too, so that no control character reaches a message (or a log line) raw.
 std::string Quote(std::string_view s) {
   std::string text(s.substr(0, kMaxQuoted));
-  std::string out = Dump(Json(text));
+  std::string dumped = Dump(Json(text));
+  std::string out;
+  out.reserve(dumped.size());
+  for (std::size_t i = 0; i < dumped.size(); ++i) {
+    auto c = static_cast<unsigned char>(dumped[i]);
+    auto next = i + 1 < dumped.size() ? static_cast<unsigned char>(dumped[i + 1]) : 0;
+    if (c == 0x7f || (c == 0xC2 && next >= 0x80 && next <= 0x9F)) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", c == 0x7f ? 0x7fu : static_cast<unsigned>(next));
+      out += buf;
+      if (c == 0xC2) ++i;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
   if (s.size() > kMaxQuoted) out.insert(out.size() - 1, "...");
   return out;
 }
@@ -111,22 +129,9 @@ Decoded<std::optional<bool>> OptionalBool(const Json& obj, std::string_view key,
   return std::optional<bool>(v->get<bool>());
 }
 
-bool IsNameChar(char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
-         c == '-';
-}
-
-// Sync names and variants: ^[a-zA-Z0-9_-]+$, 1..255 bytes (SPEC §1).
+// Sync names and variants: ^[a-zA-Z0-9_-]+$, 1..255 bytes (SPEC §1; the rule is core's).
 Status ValidateName(std::string_view name, std::string_view what) {
-  if (name.empty() || name.size() > 255) {
-    return Status::InvalidArgument(std::string(what) + " " + Quote(name) +
-                                   " must be 1 to 255 bytes");
-  }
-  if (!std::all_of(name.begin(), name.end(), IsNameChar)) {
-    return Status::InvalidArgument(std::string(what) + " " + Quote(name) +
-                                   " must match ^[a-zA-Z0-9_-]+$");
-  }
-  return Status::Ok();
+  return core::ValidateName(name, what);
 }
 
 Decoded<std::string> IntegrationField(const Json& obj) {
@@ -309,31 +314,14 @@ class BodyBuilder {
 
 // ---- Names ----
 
+// The rules live in core/names.h (the engine checks the same ones); here they speak of the
+// request's fields.
 Status ValidateIntegrationKey(std::string_view key) {
-  if (key.empty() || key.size() > 255) {
-    return Status::InvalidArgument("provider_config_key " + Quote(key) + " must be 1 to 255 bytes");
-  }
-  for (char c : key) {
-    if (!IsNameChar(c) && c != '~' && c != ':' && c != '.' && c != '@' && c != ' ') {
-      return Status::InvalidArgument("provider_config_key " + Quote(key) +
-                                     " must match ^[a-zA-Z0-9~:.@ _-]+$");
-    }
-  }
-  return Status::Ok();
+  return core::ValidateIntegration(key, "provider_config_key");
 }
 
 Status ValidateConnectionId(std::string_view id) {
-  if (id.empty() || id.size() > 255) {
-    return Status::InvalidArgument("connection_id " + Quote(id) + " must be 1 to 255 bytes");
-  }
-  for (char c : id) {
-    auto u = static_cast<unsigned char>(c);
-    if (u < 0x20 || u == 0x7f) {
-      return Status::InvalidArgument("connection_id " + Quote(id) +
-                                     " must not contain control characters");
-    }
-  }
-  return Status::Ok();
+  return core::ValidateConnection(id, "connection_id");
 }
 
 Status ValidateSyncName(std::string_view name, std::string_view what) {
@@ -809,6 +797,13 @@ ApiError HeadersTooLarge(std::size_t limit) {
 ApiError TooManyConnections() {
   return ApiError{503, "too_many_connections",
                   "the server has too many open connections; retry later", std::nullopt};
+}
+ApiError TooManyClientConnections(std::size_t limit) {
+  return ApiError{503, "too_many_client_connections",
+                  "this client has " + std::to_string(limit) +
+                      " connections open, the most the server allows one client; reuse one, or "
+                      "retry once one is closed",
+                  std::nullopt};
 }
 ApiError ShuttingDown() {
   return ApiError{503, "shutting_down", "the server is shutting down", std::nullopt};

@@ -78,7 +78,9 @@ class [[nodiscard]] Decoded {
 
 // provider_config_key: ^[a-zA-Z0-9~:.@ _-]+$, 1..255 bytes. INVALID_ARGUMENT quoting the input.
 Status ValidateIntegrationKey(std::string_view key);
-// connection_id: 1..255 bytes, no control characters. INVALID_ARGUMENT quoting the input.
+// connection_id: 1..255 bytes of UTF-8 without control characters (C0, DEL, C1 U+0080..U+009F).
+// INVALID_ARGUMENT quoting the input and naming the offending character and its byte offset.
+// These three apply core/names.h, the engine's own rules, naming the request's fields.
 Status ValidateConnectionId(std::string_view id);
 // Sync names and variants: ^[a-zA-Z0-9_-]+$, 1..255 bytes. INVALID_ARGUMENT quoting the input,
 // which the message calls `what` ("sync name", "variant").
@@ -211,12 +213,13 @@ ApiError Unauthorized(std::string message);     // 401 unauthorized
 ApiError MissingScope(std::string_view scope);  // 403 missing_scope
 ApiError RouteNotFound(std::string_view method, std::string_view path);  // 404 route_not_found
 ApiError MethodNotAllowed(std::string_view method, std::string_view path,
-                          std::string_view allowed);  // 405 method_not_allowed
-ApiError PayloadTooLarge(std::size_t limit);          // 413 payload_too_large
-ApiError HeadersTooLarge(std::size_t limit);          // 431 headers_too_large
-ApiError TooManyConnections();                        // 503 too_many_connections
-ApiError ShuttingDown();                              // 503 shutting_down
-ApiError Internal(std::string message);               // 500 internal_error
+                          std::string_view allowed);   // 405 method_not_allowed
+ApiError PayloadTooLarge(std::size_t limit);           // 413 payload_too_large
+ApiError HeadersTooLarge(std::size_t limit);           // 431 headers_too_large
+ApiError TooManyConnections();                         // 503 too_many_connections
+ApiError TooManyClientConnections(std::size_t limit);  // 503 too_many_client_connections
+ApiError ShuttingDown();                               // 503 shutting_down
+ApiError Internal(std::string message);                // 500 internal_error
 }  // namespace errors
 
 }  // namespace syncsched::codec

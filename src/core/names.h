@@ -1,7 +1,11 @@
 // Validation of the names that make up a schedule key (SPEC §1). Each check returns
-// INVALID_ARGUMENT with a message that quotes the input and says what is accepted.
+// INVALID_ARGUMENT with a message that names the field, quotes the input and says what is
+// accepted. These are the only copies of the rules: the HTTP codec (src/codec) and the daemon's
+// configuration call them with their own field names.
 #pragma once
 
+#include <cstddef>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -9,15 +13,27 @@
 
 namespace syncsched::core {
 
-// `s` in double quotes for an error message, with quotes, backslashes and control characters
-// escaped, so that a message names the input exactly and stays on one line.
+// `s` in double quotes for an error message, with quotes, backslashes, control characters (C0,
+// DEL and C1, as \xNN or \uNNNN) and bytes that are not UTF-8 (\xNN) escaped, so that a message
+// names the input exactly, stays on one line and is valid UTF-8.
 std::string Quote(std::string_view s);
 
-// provider_config_key: ^[a-zA-Z0-9~:.@ _-]+$, 1..255 bytes.
-Status ValidateIntegration(std::string_view key);
-// connection_id: 1..255 bytes, no control characters.
-Status ValidateConnection(std::string_view id);
-// sync names and variants: ^[a-zA-Z0-9_-]+$, 1..255 bytes. `what` is "sync name" or "variant".
+// What makes a text id (a connection id) unacceptable: the first byte that is not part of valid
+// UTF-8, or the first control character: C0 (U+0000..U+001F), DEL (U+007F) or C1
+// (U+0080..U+009F, two bytes in UTF-8: C2 80..C2 9F). nullopt when there is none.
+struct TextFault {
+  std::size_t offset = 0;     // of the offending byte or character
+  bool invalid_utf8 = false;  // else a control character
+  char32_t code_point = 0;    // the control character
+};
+std::optional<TextFault> FindTextFault(std::string_view s);
+
+// provider_config_key: ^[a-zA-Z0-9~:.@ _-]+$, 1..255 bytes. `field` names it in the message.
+Status ValidateIntegration(std::string_view key, std::string_view field = "integration");
+// connection_id: 1..255 bytes of UTF-8 without control characters (FindTextFault).
+Status ValidateConnection(std::string_view id, std::string_view field = "connection");
+// sync names and variants: ^[a-zA-Z0-9_-]+$, 1..255 bytes. `what` is "sync name" or "variant"
+// (or the request's field name: "sync_name", "sync_variant").
 Status ValidateName(std::string_view name, std::string_view what);
 
 }  // namespace syncsched::core

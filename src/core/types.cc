@@ -14,21 +14,104 @@
 namespace syncsched {
 namespace core {
 
+namespace {
+
+// Decodes one UTF-8 character at s[i]: its length (0 when the bytes are not valid UTF-8: a stray
+// continuation byte, an overlong form, a surrogate, past U+10FFFF, or cut short) and its value.
+std::size_t DecodeUtf8(std::string_view s, std::size_t i, char32_t& cp) {
+  auto b = [&](std::size_t k) { return static_cast<unsigned char>(s[i + k]); };
+  unsigned char c = b(0);
+  if (c < 0x80) {
+    cp = c;
+    return 1;
+  }
+  std::size_t n;
+  char32_t min;
+  if ((c & 0xE0) == 0xC0) {
+    n = 2, cp = c & 0x1F, min = 0x80;
+  } else if ((c & 0xF0) == 0xE0) {
+    n = 3, cp = c & 0x0F, min = 0x800;
+  } else if ((c & 0xF8) == 0xF0) {
+    n = 4, cp = c & 0x07, min = 0x10000;
+  } else {
+    return 0;
+  }
+  if (i + n > s.size()) return 0;
+  for (std::size_t k = 1; k < n; ++k) {
+    if ((b(k) & 0xC0) != 0x80) return 0;
+    cp = (cp << 6) | (b(k) & 0x3F);
+  }
+  if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+  return n;
+}
+
+bool IsControl(char32_t cp) { return cp < 0x20 || (cp >= 0x7F && cp <= 0x9F); }
+
+// At most this many bytes of an input are quoted in a message (a 1 MB id does not come back
+// whole in its error).
+constexpr std::size_t kMaxQuoted = 80;
+
+std::string QuoteCut(std::string_view s) {
+  if (s.size() <= kMaxQuoted) return Quote(s);
+  std::size_t cut = kMaxQuoted;
+  while (cut > 0 && (static_cast<unsigned char>(s[cut]) & 0xC0) == 0x80) --cut;
+  std::string q = Quote(s.substr(0, cut));
+  q.insert(q.size() - 1, "...");
+  return q;
+}
+
+std::string Describe(const TextFault& f) {
+  char buf[64];
+  if (f.invalid_utf8) {
+    std::snprintf(buf, sizeof buf, "is not valid UTF-8 (at byte %zu)", f.offset);
+  } else {
+    std::snprintf(buf, sizeof buf, "must not contain control characters (U+%04X at byte %zu)",
+                  static_cast<unsigned>(f.code_point), f.offset);
+  }
+  return buf;
+}
+
+}  // namespace
+
 std::string Quote(std::string_view s) {
   std::string out = "\"";
-  for (char c : s) {
-    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\x%02x", static_cast<unsigned char>(c));
+  char buf[16];
+  for (std::size_t i = 0; i < s.size();) {
+    char32_t cp = 0;
+    std::size_t n = DecodeUtf8(s, i, cp);
+    if (n == 0) {
+      std::snprintf(buf, sizeof buf, "\\x%02x", static_cast<unsigned char>(s[i]));
       out += buf;
-    } else if (c == '"' || c == '\\') {
-      out += '\\';
-      out += c;
-    } else {
-      out += c;
+      ++i;
+      continue;
     }
+    if (IsControl(cp)) {
+      if (cp < 0x80) {
+        std::snprintf(buf, sizeof buf, "\\x%02x", static_cast<unsigned>(cp));
+      } else {
+        std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned>(cp));
+      }
+      out += buf;
+    } else if (cp == '"' || cp == '\\') {
+      out += '\\';
+      out += static_cast<char>(cp);
+    } else {
+      out.append(s.substr(i, n));
+    }
+    i += n;
   }
   return out + "\"";
+}
+
+std::optional<TextFault> FindTextFault(std::string_view s) {
+  for (std::size_t i = 0; i < s.size();) {
+    char32_t cp = 0;
+    std::size_t n = DecodeUtf8(s, i, cp);
+    if (n == 0) return TextFault{i, true, 0};
+    if (IsControl(cp)) return TextFault{i, false, cp};
+    i += n;
+  }
+  return std::nullopt;
 }
 
 namespace {
@@ -39,42 +122,42 @@ bool IsAlnum(char c) {
 
 }  // namespace
 
-Status ValidateIntegration(std::string_view key) {
+Status ValidateIntegration(std::string_view key, std::string_view field) {
   if (key.empty() || key.size() > 255) {
-    return Status::InvalidArgument("integration " + Quote(key) + " must be 1 to 255 bytes");
+    return Status::InvalidArgument(std::string(field) + " " + QuoteCut(key) +
+                                   " must be 1 to 255 bytes");
   }
   for (char c : key) {
     if (!IsAlnum(c) && c != '~' && c != ':' && c != '.' && c != '@' && c != ' ' && c != '_' &&
         c != '-') {
-      return Status::InvalidArgument("integration " + Quote(key) +
-                                     " may contain only letters, digits and ~:.@ _-");
+      return Status::InvalidArgument(std::string(field) + " " + QuoteCut(key) +
+                                     " must match ^[a-zA-Z0-9~:.@ _-]+$");
     }
   }
   return Status();
 }
 
-Status ValidateConnection(std::string_view id) {
+Status ValidateConnection(std::string_view id, std::string_view field) {
   if (id.empty() || id.size() > 255) {
-    return Status::InvalidArgument("connection " + Quote(id) + " must be 1 to 255 bytes");
+    return Status::InvalidArgument(std::string(field) + " " + QuoteCut(id) +
+                                   " must be 1 to 255 bytes");
   }
-  for (char c : id) {
-    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
-      return Status::InvalidArgument("connection " + Quote(id) +
-                                     " must not contain control characters");
-    }
+  if (std::optional<TextFault> fault = FindTextFault(id)) {
+    return Status::InvalidArgument(std::string(field) + " " + QuoteCut(id) + " " +
+                                   Describe(*fault));
   }
   return Status();
 }
 
 Status ValidateName(std::string_view name, std::string_view what) {
   if (name.empty() || name.size() > 255) {
-    return Status::InvalidArgument(std::string(what) + " " + Quote(name) +
+    return Status::InvalidArgument(std::string(what) + " " + QuoteCut(name) +
                                    " must be 1 to 255 bytes");
   }
   for (char c : name) {
     if (!IsAlnum(c) && c != '_' && c != '-') {
-      return Status::InvalidArgument(std::string(what) + " " + Quote(name) +
-                                     " may contain only letters, digits, '_' and '-'");
+      return Status::InvalidArgument(std::string(what) + " " + QuoteCut(name) +
+                                     " must match ^[a-zA-Z0-9_-]+$");
     }
   }
   return Status();

@@ -3,9 +3,14 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -13,9 +18,11 @@
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string_view>
 
 #include "syncsched/frequency.h"
@@ -177,6 +184,204 @@ class Directives {
   std::vector<ModelCounts> counts_;
 };
 
+// ---- Process groups: the registry, the watchdog, the spawn ----
+
+// Every run's process group (its pgid is its leader's pid) while the run lasts: what a second
+// signal kills (KillAllRunGroups). Process-wide and never destroyed, so that a thread handling
+// a signal can use it whatever is being torn down.
+struct GroupRegistry {
+  std::mutex mu;
+  std::set<pid_t> groups;
+};
+GroupRegistry& Groups() {
+  static auto* registry = new GroupRegistry;
+  return *registry;
+}
+
+// Original soft limit on open files, restored in commands (main raises the daemon's own).
+std::atomic<bool> g_restore_nofile{false};
+rlimit g_nofile{};
+
+// The watchdog's messages: a group to watch, or to forget (SOCK_SEQPACKET: one per recv).
+struct WatchMessage {
+  std::int32_t op;  // '+' or '-'
+  std::int32_t pgid;
+};
+constexpr std::size_t kWatchCapacity = 4096;  // groups at once (worker_threads <= 1024)
+
+// The watchdog process (forked, no exec): reads messages until the daemon's end of the socket
+// closes, which happens however the daemon ends (the kernel closes a dead process's files), then
+// SIGKILLs every group still registered and exits. Only async-signal-safe calls: the daemon (or a
+// test) may have other threads, whose locks the fork copied in whatever state.
+[[noreturn]] void WatchdogMain(int fd) {
+  if (fd != 3) {
+    if (dup2(fd, 3) < 0) _exit(1);
+  }
+  int null = open("/dev/null", O_RDWR);
+  if (null >= 0) {
+    dup2(null, 0);
+    dup2(null, 1);
+    dup2(null, 2);
+  }
+  if (syscall(SYS_close_range, 4u, ~0u, 0u) != 0) {
+    for (int i = 4; i < 65536; ++i) close(i);
+  }
+  // Signals meant for the daemon (a terminal's ^C, a service manager's SIGTERM to the whole
+  // group) must not end the watchdog before the daemon: it ends when the daemon has.
+  struct sigaction ignore {};
+  ignore.sa_handler = SIG_IGN;
+  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE, SIGUSR1, SIGUSR2, SIGALRM}) {
+    sigaction(sig, &ignore, nullptr);
+  }
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, nullptr);
+  prctl(PR_SET_NAME, "syncschedd-wdog", 0, 0, 0);
+  pid_t groups[kWatchCapacity];
+  std::size_t n = 0;
+  while (true) {
+    WatchMessage m{};
+    ssize_t got = recv(3, &m, sizeof m, 0);
+    if (got < 0 && errno == EINTR) continue;
+    if (got != static_cast<ssize_t>(sizeof m)) break;  // 0: the daemon is gone
+    if (m.op == '+' && n < kWatchCapacity) {
+      groups[n++] = m.pgid;
+    } else if (m.op == '-') {
+      for (std::size_t i = 0; i < n; ++i) {
+        if (groups[i] == m.pgid) {
+          groups[i] = groups[--n];
+          break;
+        }
+      }
+    }
+  }
+  for (std::size_t i = 0; i < n; ++i) kill(-groups[i], SIGKILL);
+  _exit(0);
+}
+
+#if defined(__clang__) || defined(__GNUC__)
+#define SYNCSCHED_NO_SANITIZE __attribute__((no_sanitize("address", "undefined")))
+#else
+#define SYNCSCHED_NO_SANITIZE
+#endif
+
+// What the spawned child does before it becomes the command (see SpawnChild).
+struct SpawnPlan {
+  const char* path;  // resolved: the exec needs no PATH search
+  char* const* argv;
+  char* const* envp;
+  int out_fd;  // the write ends of the output pipes
+  int err_fd;
+  int watch_fd;  // the watchdog's socket, or -1
+  pid_t parent;  // the daemon
+  bool restore_nofile;
+  rlimit nofile;
+  volatile int error;  // set by the child when it fails before or at the exec
+};
+
+// The child of a spawn, from clone(CLONE_VM | CLONE_VFORK): it shares the daemon's memory while
+// the spawning thread waits for it to exec, so it makes system calls only. It resets the signals,
+// starts a process group of its own, asks for SIGKILL when the daemon's thread that spawned it
+// ends (PR_SET_PDEATHSIG: it waits for the command, so only the daemon's death ends it), tells the
+// watchdog its group before it can make any child, sets up its descriptors and executes.
+SYNCSCHED_NO_SANITIZE int SpawnChild(void* arg) {
+  // Raw system calls only: a sanitizer's interceptor (sigaction, send, ...) could touch state it
+  // shares with the daemon's other threads, with which this child shares its memory.
+  auto* plan = static_cast<SpawnPlan*>(arg);
+  struct KernelSigaction {  // the kernel's layout; all zero: SIG_DFL, no flags, empty mask
+    void* handler;
+    unsigned long flags;
+    void* restorer;
+    std::uint64_t mask;
+  } dfl{};
+  for (int sig = 1; sig < NSIG; ++sig) {
+    // EINVAL for SIGKILL, SIGSTOP: fine.
+    syscall(SYS_rt_sigaction, sig, &dfl, nullptr, sizeof(std::uint64_t));
+  }
+  long fd_null = -1;
+  if (syscall(SYS_setpgid, 0, 0) != 0 ||
+      syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) {
+    goto fail;
+  }
+  // The daemon died before the death signal was asked for: it would never come.
+  if (syscall(SYS_getppid) != plan->parent) syscall(SYS_exit_group, 127);
+  if (plan->watch_fd >= 0) {
+    WatchMessage m{'+', static_cast<std::int32_t>(syscall(SYS_getpid))};
+    // A dead watchdog: PR_SET_PDEATHSIG still holds for the command itself.
+    syscall(SYS_sendto, plan->watch_fd, &m, sizeof m, MSG_NOSIGNAL, nullptr, 0);
+  }
+  fd_null = syscall(SYS_openat, AT_FDCWD, "/dev/null", O_RDONLY | O_CLOEXEC);
+  // The pipes are never 0..2 (main keeps those open), so dup3 (which refuses old == new) works.
+  if (fd_null < 0 || syscall(SYS_dup3, fd_null, 0, 0) < 0 ||
+      syscall(SYS_dup3, plan->out_fd, 1, 0) < 0 || syscall(SYS_dup3, plan->err_fd, 2, 0) < 0) {
+    goto fail;
+  }
+  // Nothing else of the daemon's reaches the command: not its listening socket (which would keep
+  // the port bound after the daemon exits), not its clients' connections, not the database.
+  if (syscall(SYS_close_range, 3u, ~0u, 0u) != 0) {
+    for (int i = 3; i < 65536; ++i) syscall(SYS_close, i);
+  }
+  if (plan->restore_nofile) syscall(SYS_prlimit64, 0, RLIMIT_NOFILE, &plan->nofile, nullptr);
+  {
+    std::uint64_t none = 0;
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, nullptr, sizeof none);
+  }
+  syscall(SYS_execve, plan->path, plan->argv, plan->envp);
+fail:
+  plan->error = errno == 0 ? EINVAL : errno;
+  syscall(SYS_exit_group, 127);
+  return 127;
+}
+
+// Spawns SpawnChild(plan) and returns once the child has executed the command or failed
+// (vfork semantics: the child borrows this thread's memory meanwhile). -1 and errno when the
+// clone itself fails.
+pid_t Spawn(SpawnPlan& plan) {
+  constexpr std::size_t kStack = 256 * 1024;
+  void* stack =
+      mmap(nullptr, kStack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+  if (stack == MAP_FAILED) return -1;
+  // No signal handler may run in the child before it has reset them all.
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &old);
+  pid_t pid = clone(SpawnChild, static_cast<char*>(stack) + kStack,
+                    CLONE_VM | CLONE_VFORK | SIGCHLD, &plan);
+  int saved = errno;
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  munmap(stack, kStack);
+  errno = saved;
+  return pid;
+}
+
+// The executable `name` names, searched in PATH when it has no '/' (as execvp would). Errors:
+// the errno of the search (ENOENT, EACCES).
+std::string ResolveExecutable(const std::string& name, int& error) {
+  error = 0;
+  if (name.empty()) {
+    error = ENOENT;
+    return name;
+  }
+  if (name.find('/') != std::string::npos) return name;
+  const char* path = std::getenv("PATH");
+  std::string_view dirs = path != nullptr ? path : "/bin:/usr/bin";
+  int found_error = ENOENT;
+  while (true) {
+    std::size_t colon = dirs.find(':');
+    std::string_view dir = dirs.substr(0, colon);
+    std::string candidate = (dir.empty() ? std::string(".") : std::string(dir)) + "/" + name;
+    struct stat st {};
+    if (stat(candidate.c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
+      if (access(candidate.c_str(), X_OK) == 0) return candidate;
+      found_error = EACCES;
+    }
+    if (colon == std::string_view::npos) break;
+    dirs.remove_prefix(colon + 1);
+  }
+  error = found_error;
+  return name;
+}
+
 // The report of a run that was stopped (or never started) for `reason`.
 RunReport Stopped(Status reason) {
   RunReport r;
@@ -185,6 +390,72 @@ RunReport Stopped(Status reason) {
 }
 
 }  // namespace
+
+void KillAllRunGroups() {
+  GroupRegistry& r = Groups();
+  std::lock_guard<std::mutex> lock(r.mu);
+  for (pid_t pgid : r.groups) kill(-pgid, SIGKILL);
+}
+
+void RestoreOpenFileLimitInCommands(const rlimit& original) {
+  g_nofile = original;
+  g_restore_nofile.store(true);
+}
+
+CommandRunner::CommandRunner(Logger& log, Millis kill_grace) : log_(log), kill_grace_(kill_grace) {
+  int fds[2];
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) != 0) {
+    log_.Error(
+        "cannot start the watchdog: a SIGKILL of syncschedd would leave the runs' "
+        "child processes running",
+        {{"error", std::strerror(errno)}});
+    return;
+  }
+  pid_t pid = fork();
+  if (pid == 0) WatchdogMain(fds[1]);
+  close(fds[1]);
+  if (pid < 0) {
+    log_.Error(
+        "cannot start the watchdog: a SIGKILL of syncschedd would leave the runs' "
+        "child processes running",
+        {{"error", std::strerror(errno)}});
+    close(fds[0]);
+    return;
+  }
+  watch_fd_ = fds[0];
+  watchdog_ = pid;
+}
+
+CommandRunner::~CommandRunner() {
+  if (watch_fd_ >= 0) close(watch_fd_);  // the watchdog kills what is left (nothing) and exits
+  if (watchdog_ > 0) {
+    while (waitpid(watchdog_, nullptr, 0) < 0 && errno == EINTR) {
+    }
+  }
+}
+
+void CommandRunner::Watch(char op, pid_t pgid) {
+  if (op == '+') {
+    GroupRegistry& r = Groups();
+    std::lock_guard<std::mutex> lock(r.mu);
+    r.groups.insert(pgid);
+    return;  // the child told the watchdog itself
+  }
+  {
+    GroupRegistry& r = Groups();
+    std::lock_guard<std::mutex> lock(r.mu);
+    r.groups.erase(pgid);
+  }
+  if (watch_fd_ < 0) return;
+  WatchMessage m{'-', static_cast<std::int32_t>(pgid)};
+  if (send(watch_fd_, &m, sizeof m, MSG_NOSIGNAL) != static_cast<ssize_t>(sizeof m) &&
+      !watchdog_lost_.exchange(true)) {
+    log_.Error(
+        "the watchdog is gone: a SIGKILL of syncschedd would now leave the runs' child "
+        "processes running (their leaders still die with it)",
+        {{"error", std::strerror(errno)}, {"pid", watchdog_}});
+  }
+}
 
 RunReport CommandRunner::Run(const std::vector<std::string>& argv, const RunContext& ctx) {
   try {
@@ -255,31 +526,6 @@ RunReport CommandRunner::RunProcess(const std::vector<std::string>& argv, const 
   Fd err_read(err_pipe[0]);
   Fd err_write(err_pipe[1]);
 
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_adddup2(&actions, out_write.get(), 1);
-  posix_spawn_file_actions_adddup2(&actions, err_write.get(), 2);
-  // Nothing else of the daemon's reaches the command: not its listening socket (which would keep
-  // the port bound after the daemon exits), not its clients' connections, not the database.
-  posix_spawn_file_actions_addclosefrom_np(&actions, 3);
-  posix_spawnattr_t attr;
-  posix_spawnattr_init(&attr);
-  // Its own process group (so that a kill reaches its children too), no blocked signals, and
-  // default dispositions for the signals the daemon handles or ignores.
-  posix_spawnattr_setflags(&attr,
-                           POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-  posix_spawnattr_setpgroup(&attr, 0);
-  sigset_t mask;
-  sigemptyset(&mask);
-  posix_spawnattr_setsigmask(&attr, &mask);
-  sigset_t defaults;
-  sigemptyset(&defaults);
-  for (int sig : {SIGPIPE, SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGCHLD, SIGUSR1, SIGUSR2, SIGALRM}) {
-    sigaddset(&defaults, sig);
-  }
-  posix_spawnattr_setsigdefault(&attr, &defaults);
-
   {
     std::lock_guard<std::mutex> lock(mu_);
     ++running_;
@@ -294,9 +540,34 @@ RunReport CommandRunner::RunProcess(const std::vector<std::string>& argv, const 
 
   const auto started = Clock::now();
   pid_t pid = -1;
-  int rc = posix_spawnp(&pid, argvp[0], &actions, &attr, argvp.data(), envp.data());
-  posix_spawn_file_actions_destroy(&actions);
-  posix_spawnattr_destroy(&attr);
+  int rc = 0;
+  std::string path = ResolveExecutable(argv[0], rc);
+  if (rc == 0) {
+    SpawnPlan plan{};
+    plan.path = path.c_str();
+    plan.argv = argvp.data();
+    plan.envp = envp.data();
+    plan.out_fd = out_write.get();
+    plan.err_fd = err_write.get();
+    plan.watch_fd = watch_fd_;
+    plan.parent = getpid();
+    plan.restore_nofile = g_restore_nofile.load();
+    plan.nofile = g_nofile;
+    plan.error = 0;
+    pid = Spawn(plan);
+    if (pid < 0) {
+      rc = errno;
+    } else if (plan.error != 0) {
+      rc = plan.error;
+      // It may have registered its group with the watchdog before its exec failed.
+      Watch('-', pid);
+      while (waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
+      }
+      pid = -1;
+    } else {
+      Watch('+', pid);
+    }
+  }
   out_write.Reset();
   err_write.Reset();
   if (rc != 0) {
@@ -422,7 +693,10 @@ RunReport CommandRunner::RunProcess(const std::vector<std::string>& argv, const 
   }
 
   // The leader has exited: its group must not outlive the run. Then take what output is left.
+  // The group is forgotten while the leader is still a zombie, so that its id cannot have been
+  // reused by then.
   kill(-pid, SIGKILL);
+  Watch('-', pid);
   for (Fd* fd : {&out_read, &err_read}) {
     if (fd->get() >= 0) fcntl(fd->get(), F_SETFL, fcntl(fd->get(), F_GETFL) | O_NONBLOCK);
   }

@@ -1,8 +1,11 @@
 // The command runner: performs one run of a sync by executing its configured argv (SPEC §8).
 //
-// The process is started with posix_spawnp, without a shell, in a process group of its own, with
-// the daemon's environment plus SYNCSCHED_INTEGRATION, _CONNECTION, _SYNC, _VARIANT, _RUN_ID,
-// _MODE (incremental | full_resync), _SLOT (ISO 8601 UTC) and _ATTEMPT; stdin is /dev/null;
+// The process is started without a shell (clone with CLONE_VFORK, then execve; the first word is
+// searched in PATH when it has no '/'), in a process group of its own, with PR_SET_PDEATHSIG set
+// to SIGKILL (it dies with the daemon, whatever kills the daemon), with the daemon's environment
+// less its own SYNCSCHED_* variables (the prefix is reserved for the run's) plus
+// SYNCSCHED_INTEGRATION, _CONNECTION, _SYNC, _VARIANT, _RUN_ID, _MODE (incremental |
+// full_resync), _SLOT (ISO 8601 UTC) and _ATTEMPT; stdin is /dev/null;
 // stdout and stderr are read line by line into the log, and each line of output counts as a
 // heartbeat; no other file descriptor of the daemon is inherited. When the run's token is
 // cancelled (pause, delete, full resync, timeout, missed heartbeat, engine shutdown) the whole
@@ -19,9 +22,20 @@
 //                                      per-model counts of a successful run (summed per model)
 // A malformed directive is logged as a warning and ignored.
 //
+// The watchdog: each runner forks a small process at construction that learns each run's process
+// group (the child registers it before it executes the command, so before it can have children)
+// and forgets it when the run ends. When the daemon dies, however it dies, its end of their
+// socket closes, and the watchdog SIGKILLs every group still registered, then exits. So a SIGKILL
+// of the daemon leaves no run's process behind: not the command (PDEATHSIG, and the watchdog),
+// not its children in its group (the watchdog). A process that left the group (setsid, setpgid)
+// escapes, as it escapes cancellation.
+//
 // Thread safety: Run may be called from many threads at once (one per run); the other methods
 // from any thread.
 #pragma once
+
+#include <sys/resource.h>
+#include <sys/types.h>
 
 #include <atomic>
 #include <chrono>
@@ -39,9 +53,22 @@ namespace syncsched::daemon {
 
 inline constexpr std::size_t kStderrTailBytes = 2048;
 
+// SIGKILLs the process group of every run in flight, of every runner. For a second signal: then
+// the daemon exits without waiting. Safe to call from any thread at any time.
+void KillAllRunGroups();
+// Commands get `original` as their limit on open files (the daemon raised its own: main.cc).
+void RestoreOpenFileLimitInCommands(const rlimit& original);
+
 class CommandRunner {
  public:
-  CommandRunner(Logger& log, Millis kill_grace) : log_(log), kill_grace_(kill_grace) {}
+  // Starts the watchdog (a fork: only async-signal-safe calls in the child, so the calling
+  // process may have threads). If it cannot, an error is logged and runs go on without it.
+  CommandRunner(Logger& log, Millis kill_grace);
+  // Ends the watchdog (it kills whatever is still registered: nothing once every Run returned)
+  // and reaps it.
+  ~CommandRunner();
+  CommandRunner(const CommandRunner&) = delete;
+  CommandRunner& operator=(const CommandRunner&) = delete;
 
   // Executes `argv` for the run `ctx` and blocks until the process has exited (and been reaped).
   // Never throws. A command that cannot be started is an error saying why.
@@ -60,6 +87,9 @@ class CommandRunner {
  private:
   RunReport RunProcess(const std::vector<std::string>& argv, const RunContext& ctx);
   RunReport WaitForCancel(const RunContext& ctx);
+  // Registers ('+') or forgets ('-') a run's process group, in the registry of KillAllRunGroups
+  // and (for '-'; the child sends '+' itself) with the watchdog.
+  void Watch(char op, pid_t pgid);
 
   Logger& log_;
   const Millis kill_grace_;
@@ -69,6 +99,9 @@ class CommandRunner {
   mutable std::mutex mu_;
   std::condition_variable idle_cv_;
   std::size_t running_ = 0;  // guarded by mu_
+  int watch_fd_ = -1;        // the daemon's end of the watchdog's socket
+  pid_t watchdog_ = -1;
+  std::atomic<bool> watchdog_lost_{false};
 };
 
 }  // namespace syncsched::daemon

@@ -14,6 +14,7 @@
 #include <boost/asio/ip/address.hpp>
 
 #include "codec/codec.h"
+#include "core/names.h"
 
 namespace syncsched::daemon {
 namespace {
@@ -252,7 +253,8 @@ void ParseIntegrations(const Json& j, Config& config) {
     Fail(path, "integrations must be an object, not " + std::string(j.type_name()));
   for (const auto& [key, value] : j.items()) {
     std::string ipath = Keyed(path, key);
-    if (Status s = codec::ValidateIntegrationKey(key); !s.ok()) Fail(ipath, s.message());
+    if (Status s = core::ValidateIntegration(key, "integration key"); !s.ok())
+      Fail(ipath, s.message());
     ExpectObject(value, ipath, {"syncs", "connections", "max_concurrency"});
     IntegrationConfig integration;
     integration.key = key;
@@ -264,7 +266,8 @@ void ParseIntegrations(const Json& j, Config& config) {
       if (!syncs->is_object()) Fail(spath, spath + " must be an object, not " + syncs->type_name());
       for (const auto& [name, sync] : syncs->items()) {
         std::string path_of_sync = Keyed(spath, name);
-        if (Status s = codec::ValidateSyncName(name); !s.ok()) Fail(path_of_sync, s.message());
+        if (Status s = core::ValidateName(name, "sync name"); !s.ok())
+          Fail(path_of_sync, s.message());
         integration.syncs.push_back(ParseSync(name, sync, path_of_sync, config));
       }
     }
@@ -276,7 +279,7 @@ void ParseIntegrations(const Json& j, Config& config) {
       std::set<std::string> seen;
       for (std::size_t i = 0; i < connections->size(); ++i) {
         std::string id = String((*connections)[i], Indexed(cpath, i));
-        if (Status s = codec::ValidateConnectionId(id); !s.ok())
+        if (Status s = core::ValidateConnection(id, "connection"); !s.ok())
           Fail(Indexed(cpath, i), s.message());
         if (!seen.insert(id).second)
           Fail(Indexed(cpath, i), "connection " + Quote(id) + " is listed twice");
@@ -290,8 +293,8 @@ void ParseIntegrations(const Json& j, Config& config) {
 void ParseLimits(const Json& j, Config& config) {
   const std::string path = "limits";
   ExpectObject(j, path,
-               {"max_body_bytes", "max_header_bytes", "max_connections", "max_json_depth",
-                "read_timeout", "idle_timeout"});
+               {"max_body_bytes", "max_header_bytes", "max_connections",
+                "max_connections_per_client", "max_json_depth", "read_timeout", "idle_timeout"});
   HttpLimits& l = config.limits;
   if (const Json* v = Find(j, "max_body_bytes")) {
     l.max_body_bytes = Count(*v, Member(path, "max_body_bytes"), 1024, std::size_t{1} << 30);
@@ -301,6 +304,10 @@ void ParseLimits(const Json& j, Config& config) {
   }
   if (const Json* v = Find(j, "max_connections")) {
     l.max_connections = Count(*v, Member(path, "max_connections"), 1, 1 << 20);
+  }
+  if (const Json* v = Find(j, "max_connections_per_client")) {
+    l.max_connections_per_client =
+        Count(*v, Member(path, "max_connections_per_client"), 0, 1 << 20);
   }
   if (const Json* v = Find(j, "max_json_depth")) {
     l.max_json_depth = static_cast<int>(Count(*v, Member(path, "max_json_depth"), 2, 1000));

@@ -56,8 +56,12 @@ struct HttpLimits {
   std::size_t max_body_bytes = 1 << 20;
   std::size_t max_header_bytes = 16 << 10;
   std::size_t max_connections = 1024;
+  // Connections open at once from one client (an IPv4 address, an IPv6 /64); 0: no limit.
+  std::size_t max_connections_per_client = 256;
   int max_json_depth = 32;
-  Millis read_timeout = std::chrono::seconds(30);  // to receive one request, to send a response
+  // To receive one request (header and body) from its first byte (the first request of a
+  // connection: from the connection's start); to send a response; a lingering close's bound.
+  Millis read_timeout = std::chrono::seconds(30);
   Millis idle_timeout = std::chrono::seconds(60);  // between requests on a kept-alive connection
 };
 

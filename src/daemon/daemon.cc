@@ -2,7 +2,10 @@
 #include "daemon/daemon.h"
 
 #include <chrono>
+#include <string_view>
 #include <utility>
+
+extern char** environ;
 
 namespace syncsched::daemon {
 
@@ -13,6 +16,20 @@ Daemon::~Daemon() { Shutdown(); }
 
 Result<std::unique_ptr<Daemon>> Daemon::Start(const Config& config, Logger& log) {
   std::unique_ptr<Daemon> d(new Daemon(config, log));
+  // The SYNCSCHED_ prefix is reserved for the run's variables: the daemon's own are not passed
+  // to commands. Say so rather than drop them silently.
+  codec::Json reserved = codec::Json::array();
+  for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+    std::string_view var(*e);
+    if (var.starts_with("SYNCSCHED_"))
+      reserved.push_back(std::string(var.substr(0, var.find('='))));
+  }
+  if (!reserved.empty()) {
+    log.Warn(
+        "environment variables not passed to commands: the SYNCSCHED_ prefix is reserved "
+        "for the run's variables",
+        {{"names", std::move(reserved)}});
+  }
 
   Options options;
   options.database_path = config.database;
@@ -111,7 +128,7 @@ Result<std::unique_ptr<Daemon>> Daemon::Start(const Config& config, Logger& log)
 
 codec::DaemonMetrics Daemon::Metrics() const {
   codec::DaemonMetrics m;
-  server_->FillMetrics(m);
+  if (server_) server_->FillMetrics(m);
   m.commands_spawned = runner_.spawned();
   m.commands_failed_to_spawn = runner_.spawn_failures();
   return m;
@@ -122,8 +139,11 @@ void Daemon::Shutdown() {
   shut_down_ = true;
   auto deadline = std::chrono::steady_clock::now() + config_.shutdown_grace;
   if (server_) {
-    // Requests are short; they get a part of the grace period, runs the rest.
+    // Requests are short; they get a part of the grace period, runs the rest. Then every socket
+    // still open closes (destroying the server closes them), so that no client waits for the
+    // runs.
     server_->Stop(std::min<Millis>(config_.shutdown_grace, std::chrono::seconds(5)));
+    server_.reset();
   }
   runner_.BeginShutdown();
   if (engine_) {

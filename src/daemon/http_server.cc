@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <future>
 #include <optional>
 #include <string_view>
 #include <utility>
@@ -53,6 +54,9 @@ struct Request {
   unsigned version = 11;
   bool has_authorization = false;
   bool has_connection = false;
+  int hosts = 0;           // Host headers
+  int authorizations = 0;  // Authorization headers
+  bool folded = false;     // a header line starts with a space or a tab (obs-fold)
   bool has_expect = false;
   bool expect_continue = false;  // the first Expect header is "100-continue" (any case)
   bool discard_body = false;     // a rejected request: count the body and drop it
@@ -70,6 +74,8 @@ struct Request {
     }
     version = 11;
     has_authorization = has_connection = has_expect = expect_continue = discard_body = false;
+    hosts = authorizations = 0;
+    folded = false;
   }
 
   // As message::keep_alive: by the first Connection header, and the version.
@@ -96,6 +102,8 @@ class RequestParser final : public http::basic_parser<true> {
   void on_response_impl(int, beast::string_view, int, beast::error_code& ec) override { ec = {}; }
   void on_field_impl(http::field name, beast::string_view, beast::string_view value,
                      beast::error_code& ec) override {
+    if (name == http::field::host) ++r_.hosts;
+    if (name == http::field::authorization) ++r_.authorizations;
     if (name == http::field::authorization && !r_.has_authorization) {
       r_.has_authorization = true;
       r_.authorization.assign(value.data(), value.size());
@@ -160,6 +168,32 @@ constexpr std::size_t kRefusalChunk = 16384;
 // their turn.
 constexpr int kMaxInline = 16;
 
+// Refusals at the listener are logged at most this often (with their count), so that a flood of
+// connections does not become a flood of log lines.
+constexpr auto kRefusalLogPeriod = std::chrono::seconds(10);
+// After a failed accept (out of file descriptors, say), the next one waits this long: the
+// pending connection stays in the backlog and would fail again at once.
+constexpr auto kAcceptRetry = std::chrono::milliseconds(50);
+
+// Whether the header `bytes` (the request line, the fields and the blank line) folds a line:
+// a line after the first that starts with a space or a tab (obs-fold, RFC 9112 §5.2; or
+// white space before the first field, §2.2). Beast would join it to the previous field.
+bool HasFoldedLine(std::string_view bytes) {
+  for (std::size_t at = bytes.find('\n'); at != std::string_view::npos && at + 1 < bytes.size();
+       at = bytes.find('\n', at + 1)) {
+    if (bytes[at + 1] == ' ' || bytes[at + 1] == '\t') return true;
+  }
+  return false;
+}
+
+// The whole answer of a refusal at the listener (503).
+std::string RefusalAnswer(const codec::ApiError& error) {
+  std::string body = codec::Dump(codec::EncodeError(error));
+  return "HTTP/1.1 503 Service Unavailable\r\nServer: syncschedd\r\n"
+         "Content-Type: application/json\r\nConnection: close\r\nContent-Length: " +
+         std::to_string(body.size()) + "\r\n\r\n" + body;
+}
+
 bool IsDisconnect(const beast::error_code& ec) {
   return ec == http::error::end_of_stream || ec == net::error::eof ||
          ec == net::error::operation_aborted || ec == beast::error::timeout ||
@@ -185,10 +219,11 @@ class HttpServer::Connection final : public HttpServer::Session,
   using Timer = net::basic_waitable_timer<std::chrono::steady_clock,
                                           net::wait_traits<std::chrono::steady_clock>, Executor>;
 
-  Connection(Socket socket, HttpServer& server)
+  Connection(Socket socket, HttpServer& server, const ClientKey& client)
       : socket_(std::move(socket)),
         timer_(socket_.get_executor()),
         server_(server),
+        client_(client),
         limits_(server.config_.limits),
         tick_(std::max(std::min(limits_.idle_timeout, limits_.read_timeout), Millis(1))) {
     server_.connections_open_.fetch_add(1);
@@ -200,6 +235,7 @@ class HttpServer::Connection final : public HttpServer::Session,
       std::lock_guard<std::mutex> lock(server_.sessions_mu_);
       server_.sessions_.erase(self_);
     }
+    server_.ReleaseClient(client_);
     server_.connections_open_.fetch_sub(1);
   }
 
@@ -215,7 +251,9 @@ class HttpServer::Connection final : public HttpServer::Session,
       beast::error_code ec;
       self->socket_.non_blocking(true, ec);
       if (ec) return self->Close();
-      self->SetDeadline(self->limits_.idle_timeout);
+      // The first request's header must arrive within read_timeout of the connection's start
+      // (a client that connects and sends nothing, or trickles, is cut there).
+      self->SetDeadline(self->limits_.read_timeout);
       self->Wait(Clock::now() + self->tick_);
       self->ReadRequest();
     });
@@ -264,8 +302,22 @@ class HttpServer::Connection final : public HttpServer::Session,
     // The body's size is judged once the request is admitted: an unauthorized request is told
     // so whatever its size.
     parser_->body_limit(boost::none);
-    SetDeadline(limits_.idle_timeout);
+    // Deadlines: a request (header and body) must arrive within read_timeout of its first byte;
+    // the wait for that byte is idle_timeout, but for the connection's first request, whose
+    // deadline runs from the connection's start (set in Start).
+    started_ = false;
+    if (buffer_.size() != 0) {
+      RequestStarted();  // pipelined: already here
+    } else if (!first_request_) {
+      SetDeadline(limits_.idle_timeout);
+    }
     Parse();
+  }
+  void RequestStarted() {
+    started_ = true;
+    started_at_ = Clock::now();
+    if (!first_request_) SetDeadline(limits_.read_timeout);
+    first_request_ = false;
   }
 
   // Feeds the parser what has been read; reads more if that is not enough for the current
@@ -274,6 +326,11 @@ class HttpServer::Connection final : public HttpServer::Session,
     while (buffer_.size() != 0) {
       beast::error_code ec;
       std::size_t used = parser_->put(buffer_.data(), ec);
+      if (!reading_body_ && used != 0 && parser_->is_header_done()) {
+        // The header is parsed whole, from these bytes (Beast waits for its end first).
+        request_.folded =
+            HasFoldedLine(std::string_view(static_cast<const char*>(buffer_.data().data()), used));
+      }
       buffer_.consume(used);
       if (ec == http::error::need_more) break;
       if (ec) return Parsed(ec);
@@ -290,6 +347,7 @@ class HttpServer::Connection final : public HttpServer::Session,
   void OnRead(beast::error_code ec, std::size_t n) {
     inline_ = 0;
     buffer_.commit(n);
+    if (n != 0 && !started_) RequestStarted();
     if (ec == net::error::eof) {
       // The end of a request that runs to the end of the stream, or of the connection.
       if (!parser_->got_some()) return Parsed(http::error::end_of_stream);
@@ -319,7 +377,23 @@ class HttpServer::Connection final : public HttpServer::Session,
     }
     version_ = request_.version;
     keep_alive_ = request_.KeepAlive();
-    SetDeadline(limits_.read_timeout);
+    // Strict HTTP/1.1 (RFC 9112 §3.2, §5.2; RFC 9110 §5.3): what one server in a chain would
+    // read differently from another is refused, and the connection closed.
+    const char* malformed = nullptr;
+    if (request_.folded) {
+      malformed = "a header line starts with a space or a tab (obsolete line folding)";
+    } else if (request_.version >= 11 && request_.hosts == 0) {
+      malformed = "an HTTP/1.1 request needs a Host header";
+    } else if (request_.hosts > 1) {
+      malformed = "more than one Host header";
+    } else if (request_.authorizations > 1) {
+      malformed = "more than one Authorization header";
+    }
+    if (malformed != nullptr) {
+      return Send(Api::ErrorResponse(codec::errors::BadRequest(
+                      std::string("malformed HTTP request: ") + malformed)),
+                  true);
+    }
     rejected_ =
         server_.api_.Admit(request_.method, request_.target, request_.authorization, admitted_);
     bool has_body = !parser_->is_done();
@@ -406,6 +480,7 @@ class HttpServer::Connection final : public HttpServer::Session,
     out_ += "\r\n\r\n";
     out_ += r.body;
     server_.CountResponse(r.status);
+    LogRequest(r);
 
     beast::error_code ec;
     std::size_t n = socket_.write_some(net::buffer(out_), ec);
@@ -423,6 +498,26 @@ class HttpServer::Connection final : public HttpServer::Session,
                        self->inline_ = 0;
                        self->Written(keep);
                      });
+  }
+
+  // A 5xx is logged as `request failed` (error); at the debug level every answer is logged as
+  // `request`. Never a header: the key is not logged.
+  void LogRequest(const HttpResponse& r) {
+    Logger& log = server_.log_;
+    bool failed = r.status >= 500;
+    if (!failed && !log.Enabled(LogLevel::kDebug)) return;
+    auto duration = std::chrono::duration_cast<std::chrono::microseconds>(
+        Clock::now() - (started_ ? started_at_ : Clock::now()));
+    codec::Json fields = {{"method", request_.method},
+                          {"target", request_.target},
+                          {"status", r.status},
+                          {"duration_ms", static_cast<double>(duration.count()) / 1000.0}};
+    if (failed) {
+      fields["body"] = r.body;
+      log.Error("request failed", std::move(fields));
+    } else {
+      log.Debug("request", std::move(fields));
+    }
   }
 
   // After a response: the next request. When it has already been read (pipelined), it is
@@ -474,6 +569,7 @@ class HttpServer::Connection final : public HttpServer::Session,
   Socket socket_;
   Timer timer_;
   HttpServer& server_;
+  const ClientKey client_;
   const HttpLimits& limits_;
   const Millis tick_;
   Clock::time_point deadline_{};
@@ -490,6 +586,9 @@ class HttpServer::Connection final : public HttpServer::Session,
   bool reading_body_ = false;
   bool closed_ = false;
   int inline_ = 0;                  // requests answered since the last return to the event loop
+  bool first_request_ = true;       // no request has started yet on this connection
+  bool started_ = false;            // the current request's first byte has arrived
+  Clock::time_point started_at_{};  // ... then
   Clock::time_point linger_end_{};  // the time bound of a lingering close
   std::uint64_t linger_left_ = 0;   // the bytes a lingering close may still drop
 };
@@ -577,7 +676,10 @@ HttpServer::HttpServer(Api& api, const Config& config, Logger& log)
       config_(config),
       // One thread: the scheduler can then queue completions without waking other threads.
       io_(config_.http_threads == 1 ? 1 : BOOST_ASIO_CONCURRENCY_HINT_DEFAULT),
-      acceptor_(net::make_strand(io_)) {}
+      acceptor_(net::make_strand(io_)),
+      accept_retry_(acceptor_.get_executor()),
+      client_busy_answer_(RefusalAnswer(
+          codec::errors::TooManyClientConnections(config_.limits.max_connections_per_client))) {}
 
 HttpServer::~HttpServer() { Stop(Millis(0)); }
 
@@ -616,60 +718,150 @@ void HttpServer::Start() {
   }
 }
 
+std::size_t HttpServer::ClientKeyHash::operator()(const ClientKey& k) const noexcept {
+  std::uint64_t h = 1469598103934665603ull;  // FNV-1a
+  for (unsigned char c : k) h = (h ^ c) * 1099511628211ull;
+  return static_cast<std::size_t>(h);
+}
+
+HttpServer::ClientKey HttpServer::KeyOf(const net::ip::address& address) {
+  if (address.is_v4())
+    return net::ip::make_address_v6(net::ip::v4_mapped, address.to_v4()).to_bytes();
+  ClientKey key = address.to_v6().to_bytes();
+  if (!address.to_v6().is_v4_mapped()) std::fill(key.begin() + 8, key.end(), 0);  // its /64
+  return key;
+}
+
+bool HttpServer::AdmitClient(const ClientKey& client) {
+  std::size_t limit = config_.limits.max_connections_per_client;
+  std::lock_guard<std::mutex> lock(clients_mu_);
+  std::uint32_t& n = clients_[client];
+  if (limit != 0 && n >= limit) {
+    if (n == 0) clients_.erase(client);
+    return false;
+  }
+  ++n;
+  return true;
+}
+
+void HttpServer::ReleaseClient(const ClientKey& client) {
+  std::lock_guard<std::mutex> lock(clients_mu_);
+  auto it = clients_.find(client);
+  if (it != clients_.end() && --it->second == 0) clients_.erase(it);
+}
+
+void HttpServer::NoteRefusal(std::string_view reason, const net::ip::address& client) {
+  std::uint64_t count = 0;
+  {
+    std::lock_guard<std::mutex> lock(refusals_mu_);
+    ++refusals_unlogged_;
+    auto now = std::chrono::steady_clock::now();
+    if (refusal_logged_ != std::chrono::steady_clock::time_point{} &&
+        now - refusal_logged_ < kRefusalLogPeriod) {
+      return;
+    }
+    refusal_logged_ = now;
+    count = refusals_unlogged_;
+    refusals_unlogged_ = 0;
+  }
+  codec::Json fields = {
+      {"reason", std::string(reason)}, {"refused", count}, {"open", connections_open_.load()}};
+  if (!client.is_unspecified()) fields["client"] = client.to_string();
+  log_.Warn("connections refused", std::move(fields));
+}
+
 template <class Executor>
 void HttpServer::Accept() {
   using Socket = typename Connection<Executor>::Socket;
   acceptor_.async_accept(MakeExecutor<Executor>(io_), [this](beast::error_code ec, Socket socket) {
     if (ec == net::error::operation_aborted || !acceptor_.is_open()) return;
-    if (!ec) {
-      beast::error_code ignored;
-      socket.set_option(tcp::no_delay(true), ignored);
-      bool stopping = stopping_.load();
-      if (stopping || connections_open_.load() >= config_.limits.max_connections) {
-        // Shutting down, or over the limit: a fixed answer, then close; no session, no buffer.
-        auto fixed = [](const codec::ApiError& error) {
-          std::string body = codec::Dump(codec::EncodeError(error));
-          return "HTTP/1.1 503 Service Unavailable\r\nServer: syncschedd\r\n"
-                 "Content-Type: application/json\r\nConnection: close\r\nContent-Length: " +
-                 std::to_string(body.size()) + "\r\n\r\n" + body;
-        };
-        static const std::string kBusy = fixed(codec::errors::TooManyConnections());
-        static const std::string kStopping = fixed(codec::errors::ShuttingDown());
-        const std::string& answer = stopping ? kStopping : kBusy;
-        CountResponse(503);
-        if (lingering_refusals_.fetch_add(1) < kMaxLingeringRefusals) {
-          std::make_shared<Refusal<Executor>>(std::move(socket), answer, config_.limits,
-                                              lingering_refusals_)
-              ->Start();
-        } else {
-          // Too many refusals lingering already: answer and close at once (a client still
-          // sending may then see a reset instead of the answer).
-          lingering_refusals_.fetch_sub(1);
-          auto sock = std::make_shared<Socket>(std::move(socket));
-          net::async_write(*sock, net::buffer(answer), [sock](beast::error_code, std::size_t) {
-            beast::error_code e;
-            sock->shutdown(tcp::socket::shutdown_both, e);
-            sock->close(e);
-          });
-        }
-      } else {
-        std::make_shared<Connection<Executor>>(std::move(socket), *this)->Start();
-      }
-    } else {
-      log_.Warn("accept failed", {{"error", ec.message()}});
+    if (ec) {
+      // Out of file descriptors (EMFILE, ENFILE) or memory: the connection stays in the
+      // backlog. Retry a little later rather than at once (which would spin).
+      NoteRefusal("accept failed: " + ec.message(), net::ip::address());
+      accept_retry_.expires_after(kAcceptRetry);
+      accept_retry_.async_wait([this](beast::error_code wec) {
+        if (wec || !acceptor_.is_open()) return;
+        Accept<Executor>();
+      });
+      return;
     }
+    OnAccept<Executor>(std::move(socket));
     Accept<Executor>();
   });
+}
+
+template <class Executor>
+void HttpServer::OnAccept(net::basic_stream_socket<tcp, Executor> socket) {
+  using Socket = net::basic_stream_socket<tcp, Executor>;
+  beast::error_code ec;
+  tcp::endpoint peer = socket.remote_endpoint(ec);
+  if (ec) return;  // already gone: the socket closes here
+  socket.set_option(tcp::no_delay(true), ec);
+  ClientKey client = KeyOf(peer.address());
+  enum class Refuse { kNo, kStopping, kBusy, kClientBusy };
+  Refuse refuse = Refuse::kNo;
+  if (stopping_.load()) {
+    refuse = Refuse::kStopping;
+  } else if (connections_open_.load() >= config_.limits.max_connections) {
+    refuse = Refuse::kBusy;
+  } else if (!AdmitClient(client)) {
+    refuse = Refuse::kClientBusy;
+  }
+  if (refuse == Refuse::kNo) {
+    std::make_shared<Connection<Executor>>(std::move(socket), *this, client)->Start();
+    return;
+  }
+  // Shutting down, or over a limit: a fixed answer, then close; no session, no buffer.
+  static const std::string kBusy = RefusalAnswer(codec::errors::TooManyConnections());
+  static const std::string kStopping = RefusalAnswer(codec::errors::ShuttingDown());
+  const std::string& answer = refuse == Refuse::kStopping ? kStopping
+                              : refuse == Refuse::kBusy   ? kBusy
+                                                          : client_busy_answer_;
+  CountResponse(503);
+  NoteRefusal(refuse == Refuse::kStopping ? "shutting_down"
+              : refuse == Refuse::kBusy   ? "too_many_connections"
+                                          : "too_many_client_connections",
+              peer.address());
+  if (lingering_refusals_.fetch_add(1) < kMaxLingeringRefusals) {
+    std::make_shared<Refusal<Executor>>(std::move(socket), answer, config_.limits,
+                                        lingering_refusals_)
+        ->Start();
+  } else {
+    // Too many refusals lingering already: answer and close at once (a client still sending may
+    // then see a reset instead of the answer).
+    lingering_refusals_.fetch_sub(1);
+    auto sock = std::make_shared<Socket>(std::move(socket));
+    net::async_write(*sock, net::buffer(answer), [sock](beast::error_code, std::size_t) {
+      beast::error_code e;
+      sock->shutdown(tcp::socket::shutdown_both, e);
+      sock->close(e);
+    });
+  }
 }
 
 void HttpServer::Stop(Millis grace) {
   if (stopped_) return;
   stopped_ = true;
   stopping_.store(true);
-  net::post(acceptor_.get_executor(), [this] {
+  // The listener closes now, before anything else: from here on the kernel refuses new clients
+  // (and resets those it had queued), rather than leaving them waiting for an accept that will
+  // not come.
+  auto close_listener = [this] {
     beast::error_code ec;
     acceptor_.close(ec);
-  });
+    accept_retry_.cancel();
+  };
+  if (threads_.empty()) {
+    close_listener();
+  } else {
+    std::promise<void> closed;
+    net::post(acceptor_.get_executor(), [&] {
+      close_listener();
+      closed.set_value();
+    });
+    closed.get_future().wait();
+  }
   std::vector<std::shared_ptr<Session>> live;
   {
     std::lock_guard<std::mutex> lock(sessions_mu_);
@@ -680,7 +872,7 @@ void HttpServer::Stop(Millis grace) {
   for (auto& s : live) s->CloseIfIdle();
   live.clear();
   auto deadline = std::chrono::steady_clock::now() + grace;
-  while (!threads_.empty() && connections_open_.load() > 0 &&
+  while (!threads_.empty() && (connections_open_.load() > 0 || lingering_refusals_.load() > 0) &&
          std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }

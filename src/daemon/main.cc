@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sqlite3.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -16,6 +17,7 @@
 #include <thread>
 #include <variant>
 
+#include "daemon/command_runner.h"
 #include "daemon/config.h"
 #include "daemon/daemon.h"
 #include "daemon/log.h"
@@ -48,6 +50,31 @@ void EnsureStandardFds() {
         close(null);
       }
     }
+  }
+}
+
+// Raises the soft limit on open files to the hard one: with the common soft limit of 1024, the
+// default max_connections (1024) could not be reached, and an accept failing for want of a
+// descriptor leaves every new client waiting. Commands get the original limit back. Warns when
+// the limit stays below what the configuration may need.
+void RaiseOpenFileLimit(const Config& config, Logger& log) {
+  rlimit original{};
+  if (getrlimit(RLIMIT_NOFILE, &original) != 0) return;
+  rlimit raised = original;
+  raised.rlim_cur = original.rlim_max;
+  if (raised.rlim_cur != original.rlim_cur && setrlimit(RLIMIT_NOFILE, &raised) == 0) {
+    syncsched::daemon::RestoreOpenFileLimitInCommands(original);
+  } else {
+    raised = original;
+  }
+  // Connections, refusals lingering (128), the database, pipes of runs in flight, a margin.
+  rlim_t needed = config.limits.max_connections + 128 + 4 * config.worker_threads + 64;
+  if (raised.rlim_cur != RLIM_INFINITY && raised.rlim_cur < needed) {
+    log.Warn(
+        "the limit on open files is below what limits.max_connections may need: clients "
+        "past it wait until a connection closes",
+        {{"open_files_limit", static_cast<std::uint64_t>(raised.rlim_cur)},
+         {"needed", static_cast<std::uint64_t>(needed)}});
   }
 }
 
@@ -98,18 +125,23 @@ int main(int argc, char** argv) {
     log.Info("configuration is valid", {{"file", config_path}});
     return 0;
   }
+  RaiseOpenFileLimit(config, log);
   if (config.api_keys.empty()) {
     log.Warn("no api_keys configured: every route but GET /health will answer 401");
   }
 
   // Signals: SIGTERM and SIGINT are taken synchronously by this thread; every thread started
-  // from here inherits the mask (commands get a clean one from the runner). SIGPIPE is ignored.
+  // from here inherits the mask (commands get a clean one from the runner). SIGPIPE and SIGXFSZ are
+  // ignored.
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
+  // A write past the file size limit (RLIMIT_FSIZE) fails with EFBIG, which SQLite reports as
+  // an error, instead of killing the daemon.
+  signal(SIGXFSZ, SIG_IGN);
 
   auto started = syncsched::daemon::Daemon::Start(config, log);
   if (!started.ok()) {
@@ -123,12 +155,14 @@ int main(int argc, char** argv) {
   while (sigwait(&signals, &sig) != 0) {
   }
   log.Info("shutting down", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}});
-  // A second signal during the shutdown ends the process at once.
+  // A second signal during the shutdown ends the process at once, the runs' process groups
+  // first (SIGKILL; the watchdog would too, once the daemon is gone).
   std::thread([&log, signals] {
     int again = 0;
     while (sigwait(&signals, &again) != 0) {
     }
-    log.Warn("second signal: exiting without waiting");
+    log.Warn("second signal: killing the runs' process groups and exiting without waiting");
+    syncsched::daemon::KillAllRunGroups();
     std::_Exit(kExitRuntime);
   }).detach();
   daemon->Shutdown();

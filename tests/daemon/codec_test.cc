@@ -566,6 +566,28 @@ TEST(Names, Validation) {
   EXPECT_TRUE(ValidateConnectionId("any thing/at all?").ok());
   EXPECT_FALSE(ValidateConnectionId(std::string(256, 'c')).ok());
   EXPECT_FALSE(ValidateConnectionId("a\x7f").ok());
+  // Every control character: C0, DEL, and C1 (U+0080..U+009F, C2 80..C2 9F in UTF-8); and bytes
+  // that are not UTF-8. The message names the field and the character, quoted escaped.
+  for (std::string bad :
+       {std::string("a\0b", 3), std::string("\x1f"), std::string("\xc2\x80"),
+        std::string("x\xc2\x85y"), std::string("\xc2\x9f"), std::string("\xff"),
+        std::string("\xc2"), std::string("\xe0\x80\x80"), std::string("\xed\xa0\x80")}) {
+    Status s = ValidateConnectionId(bad);
+    EXPECT_TRUE(s.IsInvalidArgument()) << bad;
+    EXPECT_EQ(s.message().rfind("connection_id \"", 0), 0u) << s.message();
+  }
+  EXPECT_NE(ValidateConnectionId("x\xc2\x85y").message().find("U+0085 at byte 1"),
+            std::string::npos)
+      << ValidateConnectionId("x\xc2\x85y").message();
+  EXPECT_NE(ValidateConnectionId("x\xc2\x85y").message().find("\"x\\u0085y\""), std::string::npos)
+      << ValidateConnectionId("x\xc2\x85y").message();
+  for (std::string good : {"caf\xc3\xa9",
+                           "a\xc2\xa0"
+                           "b",
+                           "\xe2\x80\xa8", "\xf0\x9f\x98\x80"}) {
+    EXPECT_TRUE(ValidateConnectionId(good).ok()) << good;
+  }
+  EXPECT_EQ(ValidateIntegrationKey("a\tb").message().rfind("provider_config_key ", 0), 0u);
   EXPECT_TRUE(ValidateSyncName("a-b_C9").ok());
   EXPECT_FALSE(ValidateSyncName("a.b").ok());
 }

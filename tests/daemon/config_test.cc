@@ -44,6 +44,10 @@ TEST(Config, Defaults) {
   EXPECT_TRUE(c.integrations.empty());
   EXPECT_EQ(c.worker_threads, 4u);
   EXPECT_EQ(c.limits.max_body_bytes, 1u << 20);
+  EXPECT_EQ(c.limits.max_connections, 1024u);
+  EXPECT_EQ(c.limits.max_connections_per_client, 256u);
+  EXPECT_EQ(c.limits.read_timeout, std::chrono::seconds(30));
+  EXPECT_EQ(c.limits.idle_timeout, std::chrono::seconds(60));
   EXPECT_EQ(c.shutdown_grace, std::chrono::seconds(30));
   EXPECT_EQ(c.log_level, LogLevel::kInfo);
 }
@@ -89,7 +93,7 @@ TEST(Config, EveryField) {
     "worker_threads": 8, "http_threads": 3,
     "default_run_timeout": "2h", "shutdown_grace": "5s", "kill_grace": "1s",
     "limits": {"max_body_bytes": 4096, "max_header_bytes": 2048, "max_connections": 10,
-               "max_json_depth": 8, "read_timeout": "5s", "idle_timeout": "10s"},
+               "max_connections_per_client": 3, "max_json_depth": 8, "read_timeout": "5s", "idle_timeout": "10s"},
     "log_level": "debug",
     "integrations": {"a b": {"syncs": {"s": {"runs": "5s", "auto_start": false,
         "command": ["/bin/true", "--x"], "heartbeat_timeout": "1m"}}}}
@@ -106,6 +110,7 @@ TEST(Config, EveryField) {
   EXPECT_EQ(c.limits.max_body_bytes, 4096u);
   EXPECT_EQ(c.limits.max_header_bytes, 2048u);
   EXPECT_EQ(c.limits.max_connections, 10u);
+  EXPECT_EQ(c.limits.max_connections_per_client, 3u);
   EXPECT_EQ(c.limits.max_json_depth, 8);
   EXPECT_EQ(c.limits.read_timeout, std::chrono::seconds(5));
   EXPECT_EQ(c.limits.idle_timeout, std::chrono::seconds(10));
@@ -185,6 +190,10 @@ TEST(Config, ErrorsNameTheField) {
       {R"({"database": "x", "shutdown_grace": "later"})", "shutdown_grace"},
       {R"({"database": "x", "limits": {"max_body_bytes": 10}})", "limits.max_body_bytes"},
       {R"({"database": "x", "limits": {"max_bodies": 10}})", "limits.max_bodies"},
+      {R"({"database": "x", "limits": {"max_connections_per_client": -1}})",
+       "limits.max_connections_per_client"},
+      {R"({"database": "x", "integrations": {"g": {"connections": ["a\u0085"]}}})",
+       R"(integrations["g"].connections[0])"},
       {R"({"database": "x", "log_level": "loud"})", "log_level"},
       {R"({"database": "x", "integrations": []})", "integrations"},
       {R"({"database": "x", "integrations": {"a/b": {}}})", R"(integrations["a/b"])"},

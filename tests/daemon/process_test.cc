@@ -1,6 +1,11 @@
 // syncschedd as a process: exit codes, configuration errors, signals, a second daemon on the same
-// database, and state kept across kill -9.
+// database, state kept across kill -9, and what a signal does to the listener and to the runs'
+// processes (a second SIGTERM, a SIGKILL).
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
 
 #include "test_util.h"
 
@@ -11,6 +16,7 @@ using syncsched::testing::Client;
 using syncsched::testing::Json;
 using syncsched::testing::ListeningPort;
 using syncsched::testing::Process;
+using syncsched::testing::ProcessGone;
 using syncsched::testing::ReadFile;
 using syncsched::testing::ReadLines;
 using syncsched::testing::Reply;
@@ -228,6 +234,196 @@ TEST_F(ProcessTest, ASlotMissedWhileDownRunsWithItsCommandAfterARestart) {
   EXPECT_EQ(item["latestExecutionStatus"], "SUCCESS") << item.dump();
   again->Signal(SIGTERM);
   EXPECT_EQ(again->Wait(), 0);
+}
+
+// ---- Shutdown and the runs' processes ----
+
+// What a client connecting to 127.0.0.1:port and asking for /health gets within `timeout`.
+enum class Outcome { kRefused, kAnswered, kHung };
+Outcome TryHealth(std::uint16_t port, std::string* answer,
+                  std::chrono::milliseconds timeout = std::chrono::seconds(1)) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(port);
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  auto left = [&] {
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    return static_cast<int>(std::max<std::int64_t>(ms.count(), 0));
+  };
+  Outcome outcome = Outcome::kHung;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) {
+    if (errno != EINPROGRESS) {
+      ::close(fd);
+      return Outcome::kRefused;
+    }
+    pollfd p{fd, POLLOUT, 0};
+    if (::poll(&p, 1, left()) <= 0) {
+      ::close(fd);
+      return Outcome::kHung;
+    }
+    int err = 0;
+    socklen_t len = sizeof err;
+    ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+    if (err != 0) {
+      ::close(fd);
+      return Outcome::kRefused;
+    }
+  }
+  const std::string request = "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+  if (::send(fd, request.data(), request.size(), MSG_NOSIGNAL) < 0) {
+    ::close(fd);
+    return Outcome::kRefused;  // reset: the kernel dropped it with the listener
+  }
+  std::string got;
+  while (true) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, left()) <= 0) break;  // hung
+    char buf[4096];
+    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n < 0 && errno == ECONNRESET && got.empty()) {
+      outcome = Outcome::kRefused;
+      break;
+    }
+    if (n <= 0) {
+      outcome = got.empty() ? Outcome::kRefused : Outcome::kAnswered;
+      break;
+    }
+    got.append(buf, static_cast<std::size_t>(n));
+  }
+  ::close(fd);
+  if (answer != nullptr) *answer = got;
+  return outcome;
+}
+
+class RunProcessesTest : public ProcessTest {
+ protected:
+  // `hold` runs a command that ignores SIGTERM, with a child of its own (a grandchild of the
+  // daemon, in the command's process group), each writing its pid; it would run for 5 minutes.
+  std::string HoldConfig(bool auto_start) {
+    Json config = Json::parse(ReadFile(WriteConfig()));
+    config["shutdown_grace"] = "30s";
+    config["kill_grace"] = "1s";
+    config["integrations"]["github"]["syncs"]["hold"] = {
+        {"runs", "every 1h"},
+        {"auto_start", auto_start},
+        {"command",
+         {"/bin/sh", "-c",
+          "trap '' TERM; sleep 300 & echo $! > '" + (dir_ / "grandchild.pid") + "'; echo $$ > '" +
+              (dir_ / "leader.pid") + "'; wait"}}};
+    WriteFile(dir_ / "hold.json", config.dump());
+    return dir_ / "hold.json";
+  }
+  // The pids the current `hold` run wrote (after `previous_leader`, if given).
+  std::pair<pid_t, pid_t> HoldPids(pid_t previous_leader = 0) {
+    pid_t leader = 0, grandchild = 0;
+    EXPECT_TRUE(WaitFor([&] {
+      auto l = ReadLines(dir_ / "leader.pid");
+      auto g = ReadLines(dir_ / "grandchild.pid");
+      if (l.empty() || g.empty()) return false;
+      leader = static_cast<pid_t>(std::stol(l[0]));
+      grandchild = static_cast<pid_t>(std::stol(g[0]));
+      return leader != previous_leader;
+    }));
+    return {leader, grandchild};
+  }
+  bool LogSays(const std::string& log, const std::string& msg) {
+    for (const std::string& line : ReadLines(dir_ / log)) {
+      Json j = Json::parse(line, nullptr, false);
+      if (j.is_object() && j.value("msg", "") == msg) return true;
+    }
+    return false;
+  }
+  const std::string kTriggerHold =
+      R"({"provider_config_key": "github", "connection_id": "acme", "syncs": ["hold"]})";
+};
+
+TEST_F(RunProcessesTest, SigtermClosesTheListenerAtOnceAndASecondSignalKillsTheRuns) {
+  auto daemon = Start(HoldConfig(false), "daemon.log");
+  auto port = ListeningPort(dir_ / "daemon.log");
+  ASSERT_TRUE(port) << ReadFile(dir_ / "daemon.log");
+  {
+    Client client(*port);
+    ASSERT_EQ(client.Post("/sync/trigger", kTriggerHold, "k").status, 200u);
+  }
+  auto [leader, grandchild] = HoldPids();
+  daemon->Signal(SIGTERM);
+  // From the signal on, every client is either answered (before the listener closed) or
+  // refused; none is left waiting. Then, once the daemon waits for its run, all are refused.
+  int answered = 0, refused = 0, hung = 0;
+  bool waiting = false;
+  for (int i = 0; i < 200 && !waiting; ++i) {
+    waiting = LogSays("daemon.log", "waiting for runs to finish");
+    std::string answer;
+    switch (TryHealth(*port, &answer)) {
+      case Outcome::kAnswered:
+        ++answered;
+        EXPECT_TRUE(answer.rfind("HTTP/1.1 200", 0) == 0 || answer.rfind("HTTP/1.1 503", 0) == 0)
+            << answer;
+        EXPECT_FALSE(waiting) << "answered after the listener closed: " << answer;
+        break;
+      case Outcome::kRefused:
+        ++refused;
+        break;
+      case Outcome::kHung:
+        ++hung;
+        break;
+    }
+  }
+  ASSERT_TRUE(waiting) << ReadFile(dir_ / "daemon.log");
+  EXPECT_EQ(hung, 0) << answered << " answered, " << refused << " refused";
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(TryHealth(*port, nullptr), Outcome::kRefused);
+  // The run ignores SIGTERM and the grace is 30 s: the daemon waits. A second signal kills the
+  // run's process group, grandchild included, and exits 1.
+  EXPECT_FALSE(ProcessGone(leader));
+  daemon->Signal(SIGTERM);
+  EXPECT_EQ(daemon->Wait(), 1);
+  EXPECT_TRUE(WaitFor([&] { return ProcessGone(leader) && ProcessGone(grandchild); }))
+      << "leader " << leader << " gone: " << ProcessGone(leader) << ", grandchild " << grandchild
+      << " gone: " << ProcessGone(grandchild);
+  EXPECT_TRUE(LogSays("daemon.log",
+                      "second signal: killing the runs' process groups and exiting "
+                      "without waiting"));
+}
+
+TEST_F(RunProcessesTest, ASigkilledDaemonLeavesNoCommandRunning) {
+  std::string config = HoldConfig(true);
+  auto daemon = Start(config, "first.log");
+  ASSERT_TRUE(ListeningPort(dir_ / "first.log")) << ReadFile(dir_ / "first.log");
+  auto [leader, grandchild] = HoldPids();
+  ASSERT_FALSE(ProcessGone(leader));
+  ASSERT_FALSE(ProcessGone(grandchild));
+  daemon->Signal(SIGKILL);
+  EXPECT_EQ(daemon->Wait(), 128 + SIGKILL);
+  // The command dies with the daemon (PR_SET_PDEATHSIG), its child too (the watchdog).
+  EXPECT_TRUE(WaitFor([&] { return ProcessGone(leader) && ProcessGone(grandchild); }))
+      << "leader " << leader << " gone: " << ProcessGone(leader) << ", grandchild " << grandchild
+      << " gone: " << ProcessGone(grandchild);
+
+  // Restarted: the run is recorded as interrupted, and the schedule's next run is the only one.
+  auto again = Start(config, "second.log");
+  auto port = ListeningPort(dir_ / "second.log");
+  ASSERT_TRUE(port) << ReadFile(dir_ / "second.log");
+  Client client(*port);
+  Json item;
+  ASSERT_TRUE(WaitFor([&] {
+    Reply r =
+        client.Get("/sync/status?provider_config_key=github&connection_id=acme&syncs=hold", "k");
+    item = r.json()["syncs"][0];
+    return item.value("error", Json()).is_string();
+  })) << item.dump();
+  EXPECT_NE(item["error"].get<std::string>().find("interrupted"), std::string::npos) << item.dump();
+  Reply r = client.Post("/sync/trigger", kTriggerHold, "k");
+  EXPECT_EQ(r.status, 200u) << r.body;
+  auto [leader2, grandchild2] = HoldPids(leader);
+  EXPECT_NE(leader2, leader);
+  EXPECT_TRUE(ProcessGone(leader));
+  EXPECT_TRUE(ProcessGone(grandchild));
+  again->Signal(SIGKILL);
+  again->Wait();
+  EXPECT_TRUE(WaitFor([&] { return ProcessGone(leader2) && ProcessGone(grandchild2); }));
 }
 
 }  // namespace

@@ -38,6 +38,8 @@
 // The server releases it when the session ends, so a crashed engine never leaves it behind.
 #include "store/pg_store.h"
 
+#include "syncsched/options.h"
+
 #include <libpq-fe.h>
 
 #include <algorithm>
@@ -57,6 +59,14 @@
 #include <unordered_set>
 #include <utility>
 #include <vector>
+
+namespace syncsched {
+
+std::string RedactedDatabasePath(std::string_view database_path) {
+  return store::RedactDatabaseUri(database_path);
+}
+
+}  // namespace syncsched
 
 namespace syncsched::store {
 

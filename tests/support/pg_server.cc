@@ -67,20 +67,21 @@ Status PgServer::Run(const std::vector<std::string>& command, const std::string&
 
 Status PgServer::PgCtlStart() const {
   std::string options = "-c listen_addresses='' -c unix_socket_directories='" + dir_ +
-                        "' -c port=5432 -c fsync=off -c full_page_writes=off "
-                        "-c max_connections=200 -c shared_buffers=64MB";
+                        "' -c port=5432 -c max_connections=200 " + settings_;
   return Run({std::string(kBinDir) + "pg_ctl", "-D", dir_ + "/data", "-l", dir_ + "/server.log",
               "-w", "-t", "120", "-o", options, "start"},
              "pg_ctl start in " + dir_);
 }
 
-Result<std::unique_ptr<PgServer>> PgServer::Start() {
+Result<std::unique_ptr<PgServer>> PgServer::Start(bool for_tests) {
   std::string pattern = (std::filesystem::temp_directory_path() / "syncsched-pg-XXXXXX").string();
   if (::mkdtemp(pattern.data()) == nullptr) {
     return Status::Unavailable("cannot create a directory for a test server: " +
                                std::string(std::strerror(errno)));
   }
   std::unique_ptr<PgServer> server(new PgServer(pattern, true));
+  server->settings_ = for_tests ? "-c fsync=off -c full_page_writes=off -c shared_buffers=64MB"
+                                : "-c shared_buffers=256MB -c max_wal_size=4GB";
   if (::geteuid() == 0) {
     struct passwd* pw = ::getpwnam("postgres");
     if (pw == nullptr) return Status::Unavailable("no user 'postgres' to run the test server as");

@@ -22,7 +22,10 @@ namespace syncsched::testing {
 class PgServer {
  public:
   // Creates the cluster and starts the server. UNAVAILABLE naming the step and its log on failure.
-  static Result<std::unique_ptr<PgServer>> Start();
+  // `for_tests`: fsync and full-page writes off (fast; the tests crash processes, not machines).
+  // false, for benchmarks: PostgreSQL 15's durable defaults (fsync, synchronous_commit and
+  // full_page_writes on), with shared_buffers=256MB and max_wal_size=4GB.
+  static Result<std::unique_ptr<PgServer>> Start(bool for_tests = true);
   // Attaches to a server started by another process in `dir` (not stopped by this object).
   static std::unique_ptr<PgServer> Attach(const std::string& dir);
   // Stops the server (immediate mode) and removes its directory, unless attached.
@@ -48,6 +51,7 @@ class PgServer {
 
  private:
   explicit PgServer(std::string dir, bool owned) : dir_(std::move(dir)), owned_(owned) {}
+  std::string settings_;
   Status Run(const std::vector<std::string>& argv, const std::string& what) const;
   Status PgCtlStart() const;
 

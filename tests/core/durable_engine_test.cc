@@ -547,7 +547,7 @@ TEST_P(DurableEngine, AFailedRedefinitionRestoresEverySchedulesState) {
 // schedule created next took that index (and, when the wait counter was rolled back too, the
 // same place in line), so the stale github entry dispatched it past hubspot's own cap when a
 // github run ended.
-TEST_F(DurableEngine, ARolledBackWaitNeverDispatchesTheScheduleThatReusesItsPlace) {
+TEST_P(DurableEngine, ARolledBackWaitNeverDispatchesTheScheduleThatReusesItsPlace) {
   Options o;
   o.max_concurrent_runs = 2;
   Reopen(o);

@@ -175,7 +175,9 @@ TEST_F(PgStoreTest, ANewDatabaseGetsTheSchemaAndLoadsEmpty) {
             "{fillfactor=70}");
   EXPECT_TRUE(store->Commit(Batch{}).ok());
   // The owner holds the advisory lock on its session.
-  EXPECT_EQ(Q("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"), "1");
+  EXPECT_EQ(Q("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND "
+              "database = (SELECT oid FROM pg_database WHERE datname = current_database())"),
+            "1");
 }
 
 TEST_F(PgStoreTest, RoundTripOfEveryRowKindAcrossReopen) {

@@ -571,6 +571,9 @@ class PgStore final : public Store {
   Status Open();
   Result<Snapshot> Load() override;
   Status Commit(const Batch& batch) override;
+  // Not OK once the store refuses every call for good (another engine took the database over, or
+  // a commit reported as failed proved applied); a lost connection alone does not change it.
+  Status Health() const override { return broken_; }
 
   void DropConnection() { Lost("the connection was dropped (DropConnectionForTest)"); }
   int BackendPid() const { return conn_ != nullptr ? PQbackendPID(conn_) : 0; }

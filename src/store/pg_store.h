@@ -108,6 +108,9 @@ std::string RedactDatabaseUri(std::string_view uri);
 //   had been applied, that call and every later one fail with INTERNAL ("a commit reported as
 //   failed was applied"), since the engine rolled back what it believed failed; destroy the store
 //   and open the database again to read the truth.
+// - Health() is OK while the store can be used, and otherwise the status every later call returns
+//   (the two cases above). A lost connection, a failed commit or a server restart do not change it:
+//   the store reconnects.
 //
 // Thread safety: a store may be used from any thread but by one thread at a time (the engine
 // serializes its calls). Distinct stores are independent (on one database, one is refused).

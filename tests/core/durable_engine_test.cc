@@ -584,7 +584,7 @@ TEST_P(DurableEngine, ARolledBackWaitNeverDispatchesTheScheduleThatReusesItsPlac
 
 // Issue 11: an outcome the database refused is visible (metrics, status, the health callback)
 // until a later commit writes it, and that commit does.
-TEST_F(DurableEngine, AnOutcomeTheDatabaseRefusedIsShownUntilALaterCommitWritesIt) {
+TEST_P(DurableEngine, AnOutcomeTheDatabaseRefusedIsShownUntilALaterCommitWritesIt) {
   std::vector<Status> events;
   std::mutex events_mu;
   Options o;

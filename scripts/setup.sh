@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Installs what syncsched needs to build, test and benchmark (gnuplot-nox: bench/report's plots),
 # from Debian's packages. Idempotent: a package already installed is skipped, and apt-get runs only
-# when something is missing.
+# when something is missing. libpq-dev builds the PostgreSQL store; postgresql-15 provides the
+# throwaway servers its tests start (initdb and pg_ctl in /usr/lib/postgresql/15/bin; Debian's own
+# cluster is neither needed nor used).
 set -euo pipefail
 
 packages=(build-essential cmake ninja-build pkg-config clang clang-format
           libboost1.81-dev libsqlite3-dev nlohmann-json3-dev
-          libgtest-dev libgmock-dev libbenchmark-dev gnuplot-nox valgrind nodejs npm)
+          libgtest-dev libgmock-dev libbenchmark-dev gnuplot-nox valgrind nodejs npm
+          libpq-dev postgresql-15)
 missing=()
 for p in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

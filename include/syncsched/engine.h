@@ -88,9 +88,9 @@ struct SyncDefinition {
 class SYNCSCHED_EXPORT Engine {
  public:
   // Opens an engine. Errors: INVALID_ARGUMENT for bad options (named); from the database (when
-  // Options::database_path is set): UNAVAILABLE when it cannot be opened or is in use by another
-  // engine, FAILED_PRECONDITION for a newer schema, INTERNAL for a corrupt file; nothing is
-  // overwritten on error.
+  // Options::database_path is set): UNAVAILABLE when it cannot be opened (for PostgreSQL: the
+  // server cannot be reached) or is in use by another engine, FAILED_PRECONDITION for a newer
+  // schema, INTERNAL for a corrupt database; nothing is overwritten on error.
   static Result<std::unique_ptr<Engine>> Open(Options options);
 
   // Stops the alarm, cancels runs in flight (their tokens fire; their late completions are

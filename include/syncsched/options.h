@@ -8,6 +8,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include <boost/asio/any_io_executor.hpp>
 
@@ -64,8 +65,12 @@ struct Options {
   // Seed of the retry jitter; 0: a random seed.
   std::uint64_t random_seed = 0;
 
-  // The SQLite database holding the engine's state, or empty for an engine that keeps its state
-  // in memory only (lost at exit). ":memory:" is a SQLite in-memory database.
+  // The database holding the engine's state, or empty for an engine that keeps its state in
+  // memory only (lost at exit). Either an SQLite file path (created when absent; ":memory:" is an
+  // SQLite in-memory database), or a libpq connection URI starting with "postgresql://" or
+  // "postgres://" (e.g. "postgresql://sched@127.0.0.1:5432/syncsched"): the state then lives in
+  // the schema `syncsched` of that PostgreSQL database (created when absent), with the same
+  // semantics (docs/stores.md). A password in the URI never appears in an error message.
   //
   // With a database, every command's effect is committed before the command returns, and each
   // run's record is committed before its callback is called. Opening restores the catalog,
@@ -74,9 +79,10 @@ struct Options {
   // are released), and runs that were in flight are recorded as "interrupted" errors.
   std::string database_path{};
 
-  // false (default): SQLite `synchronous=NORMAL` in WAL mode: commits survive a crash of the
-  // process; a power loss may lose the last few. true: `synchronous=FULL`, surviving power loss
-  // at the cost of an fsync per commit.
+  // SQLite only. false (default): `synchronous=NORMAL` in WAL mode: commits survive a crash of
+  // the process; a power loss may lose the last few. true: `synchronous=FULL`, surviving power
+  // loss at the cost of an fsync per commit. On PostgreSQL the server's `synchronous_commit`
+  // decides (its default, on, survives power loss).
   bool synchronous_full = false;
 
   // Finished runs kept in the database per schedule, at most 1000 (Engine::Open fails with
@@ -103,5 +109,10 @@ struct Options {
   // for that thread). Empty (default): nothing is called; EngineMetrics shows the same.
   std::function<void(const Status&)> on_store_status{};
 };
+
+// `database_path` (Options::database_path) as it may be shown in logs and messages: the password
+// of a PostgreSQL URI (in its user-info part or a `password=` parameter) replaced by "***";
+// anything else returned unchanged.
+std::string RedactedDatabasePath(std::string_view database_path);
 
 }  // namespace syncsched

@@ -14,6 +14,7 @@
 #include "core/grid.h"
 #include "core/names.h"
 #include "core/worker_pool.h"
+#include "store/pg_store.h"
 #include "store/sqlite_store.h"
 
 namespace syncsched::core {
@@ -123,11 +124,20 @@ Status EngineCore::Init(const StoreWrapper& wrap) {
   }
   timers_held_ = options_.hold_timers.value_or(!options_.database_path.empty());
   if (!options_.database_path.empty()) {
-    store::SqliteStoreOptions so;
-    so.path = options_.database_path;
-    so.synchronous_full = options_.synchronous_full;
-    so.history_per_schedule = options_.run_history;
-    auto opened = store::OpenSqliteStore(so);
+    // A libpq URI selects the PostgreSQL store; anything else is an SQLite file (or ":memory:").
+    auto opened = [&]() -> Result<std::unique_ptr<store::Store>> {
+      if (store::IsPostgresUri(options_.database_path)) {
+        store::PostgresStoreOptions po;
+        po.uri = options_.database_path;
+        po.history_per_schedule = options_.run_history;
+        return store::OpenPostgresStore(po);
+      }
+      store::SqliteStoreOptions so;
+      so.path = options_.database_path;
+      so.synchronous_full = options_.synchronous_full;
+      so.history_per_schedule = options_.run_history;
+      return store::OpenSqliteStore(so);
+    }();
     if (!opened.ok()) return opened.status();
     store_ = std::move(opened).value();
     if (wrap) store_ = wrap(std::move(store_));

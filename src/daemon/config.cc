@@ -329,7 +329,8 @@ Config Parse(const Json& root) {
   if (db == nullptr) {
     Fail("database",
          "database is required: the SQLite file holding the schedules (or "
-         "\":memory:\" for state that dies with the process)");
+         "\":memory:\" for state that dies with the process), or a PostgreSQL URI "
+         "(\"postgresql://user@host:5432/dbname\")");
   }
   config.database = String(*db, "database");
   if (config.database.empty()) Fail("database", "database must not be empty");

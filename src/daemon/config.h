@@ -68,7 +68,8 @@ struct HttpLimits {
 struct Config {
   std::string listen_host = "127.0.0.1";
   std::uint16_t listen_port = 3003;  // 0: any free port
-  std::string database;              // required; ":memory:" keeps state in memory only
+  std::string
+      database;  // required: an SQLite file, ":memory:" (memory only) or a postgresql:// URI
   FrequencyBounds frequency_bounds;
   std::vector<ApiKeyConfig> api_keys;
   std::vector<IntegrationConfig> integrations;

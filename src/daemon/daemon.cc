@@ -122,7 +122,7 @@ Result<std::unique_ptr<Daemon>> Daemon::Start(const Config& config, Logger& log)
   d->serving_ = true;
   log.Info("listening", {{"address", d->config_.listen_host},
                          {"port", d->server_->port()},
-                         {"database", d->config_.database}});
+                         {"database", RedactedDatabasePath(d->config_.database)}});
   return d;
 }
 

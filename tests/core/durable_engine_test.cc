@@ -1,5 +1,6 @@
-// The engine on a SQLite file: restarts in virtual time keep grids, collapse missed slots into one
-// run, record interrupted runs, and keep paused schedules paused (SPEC §6).
+// The engine on a database, SQLite file and PostgreSQL alike (each test runs on both): restarts in
+// virtual time keep grids, collapse missed slots into one run, record interrupted runs, and keep
+// paused schedules paused (SPEC §6).
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -13,22 +14,33 @@
 #include "core/engine_test_util.h"
 #include "core/fault_store.h"
 #include "store/sqlite_store.h"
+#include "support/pg_server.h"
 
 namespace syncsched::testing {
 namespace {
 
-class DurableEngine : public EngineHarness {
+enum class StoreKind { kSqlite, kPostgres };
+
+class DurableEngine : public EngineHarness, public ::testing::WithParamInterface<StoreKind> {
  protected:
   void SetUp() override {
     char tmpl[] = "/tmp/syncsched-durable-XXXXXX";
     dir_ = mkdtemp(tmpl);
-    path_ = dir_ + "/state.db";
+    if (postgres()) {
+      auto uri = SharedPgServer().CreateDatabase(&db_);
+      ASSERT_TRUE(uri.ok()) << uri.status();
+      path_ = *uri;
+    } else {
+      path_ = dir_ + "/state.db";
+    }
     Reopen();
   }
   void TearDown() override {
     engine.reset();
     std::filesystem::remove_all(dir_);
+    if (!db_.empty()) (void)SharedPgServer().DropDatabase(db_);
   }
+  bool postgres() const { return GetParam() == StoreKind::kPostgres; }
   // Closes the engine (runs in flight stay unfinished, as at a crash) and opens it again with
   // timers held, registers the callbacks, then releases the timers.
   void Reopen(Options o = {}) {
@@ -78,10 +90,11 @@ class DurableEngine : public EngineHarness {
     return n;
   }
   std::string dir_, path_;
+  std::string db_;  // PostgreSQL: the test's database
   std::shared_ptr<FaultPlan> plan;
 };
 
-TEST_F(DurableEngine, StateSurvivesARestartAndGridsContinue) {
+TEST_P(DurableEngine, StateSurvivesARestartAndGridsContinue) {
   DefineBoth();
   engine->ReleaseTimers();
   ASSERT_TRUE(engine->AddConnection("github", "acme").ok());
@@ -114,7 +127,7 @@ TEST_F(DurableEngine, StateSurvivesARestartAndGridsContinue) {
                                      std::to_string((anchor + 120min).time_since_epoch().count()));
 }
 
-TEST_F(DurableEngine, SlotsMissedWhileDownCollapseIntoOneRunInDueOrder) {
+TEST_P(DurableEngine, SlotsMissedWhileDownCollapseIntoOneRunInDueOrder) {
   DefineBoth();
   engine->ReleaseTimers();
   const TimePoint start = t0;
@@ -147,7 +160,7 @@ TEST_F(DurableEngine, SlotsMissedWhileDownCollapseIntoOneRunInDueOrder) {
   EXPECT_EQ(calls[2].at, start + 6h);
 }
 
-TEST_F(DurableEngine, ARunInFlightAtTheCrashIsRecordedAsInterrupted) {
+TEST_P(DurableEngine, ARunInFlightAtTheCrashIsRecordedAsInterrupted) {
   auto_complete = false;
   DefineBoth();
   engine->ReleaseTimers();
@@ -172,7 +185,7 @@ TEST_F(DurableEngine, ARunInFlightAtTheCrashIsRecordedAsInterrupted) {
   EXPECT_NE(calls[1].ctx.run_id, run_id);
 }
 
-TEST_F(DurableEngine, ARunThatTimedOutIsRecordedAsTimedOutNotInterrupted) {
+TEST_P(DurableEngine, ARunThatTimedOutIsRecordedAsTimedOutNotInterrupted) {
   auto_complete = false;
   SyncDefinition d;
   d.name = "issues";
@@ -195,10 +208,31 @@ TEST_F(DurableEngine, ARunThatTimedOutIsRecordedAsTimedOutNotInterrupted) {
   EXPECT_EQ(st.skipped, 0u) << "the timed-out run is not counted again as interrupted";
 }
 
-TEST_F(DurableEngine, ACommandThatFailsToCommitChangesNothingInMemory) {
+TEST_P(DurableEngine, ACommandThatFailsToCommitChangesNothingInMemory) {
   DefineBoth();
   engine->ReleaseTimers();
   ASSERT_TRUE(engine->AddConnection("github", "acme").ok());
+  if (postgres()) {
+    // A real refusal by the server: a constraint the next connection violates.
+    ASSERT_TRUE(PgExec(path_,
+                       "ALTER TABLE syncsched.connections ADD CONSTRAINT short "
+                       "CHECK (length(connection) < 50)")
+                    .ok());
+    std::string refused = "c" + std::string(100, 'x');
+    Status failed = engine->AddConnection("github", refused);
+    ASSERT_FALSE(failed.ok());
+    EXPECT_EQ(failed.code(), StatusCode::kInternal) << failed;
+    EXPECT_NE(failed.message().find("short"), std::string::npos) << failed;
+    EXPECT_TRUE(engine->GetStatus(T("github", refused)).status().IsNotFound())
+        << "the refused connection is not in memory";
+    EXPECT_EQ(engine->GetMetrics().schedules_paused, 2u);
+    ASSERT_TRUE(PgExec(path_, "ALTER TABLE syncsched.connections DROP CONSTRAINT short").ok());
+    ASSERT_TRUE(engine->AddConnection("github", refused).ok());
+    Reopen();
+    engine->ReleaseTimers();
+    EXPECT_EQ(engine->GetMetrics().schedules_paused, 4u);
+    return;
+  }
   store::Store& store = static_cast<FaultStore&>(internal::EngineAccess::StoreOf(*engine)).inner();
   auto pages = store::internal::PageCountForTest(store);
   ASSERT_TRUE(pages.ok()) << pages.status();
@@ -225,7 +259,7 @@ TEST_F(DurableEngine, ACommandThatFailsToCommitChangesNothingInMemory) {
   EXPECT_EQ(engine->GetMetrics().schedules_paused, 2u * static_cast<std::uint64_t>(n + 1));
 }
 
-TEST_F(DurableEngine, ASpreadGridIsCommittedByTheStartItself) {
+TEST_P(DurableEngine, ASpreadGridIsCommittedByTheStartItself) {
   auto_complete = false;  // the first run is still in flight at the crash: no later row
   SyncDefinition d;
   d.name = "issues";
@@ -244,7 +278,7 @@ TEST_F(DurableEngine, ASpreadGridIsCommittedByTheStartItself) {
   EXPECT_EQ(StatusOf("github", "acme", "issues").next_run, next);
 }
 
-TEST_F(DurableEngine, DeletedConnectionsStayDeletedAndAKeyCanBeRecreated) {
+TEST_P(DurableEngine, DeletedConnectionsStayDeletedAndAKeyCanBeRecreated) {
   DefineBoth();
   engine->ReleaseTimers();
   ASSERT_TRUE(engine->AddConnection("github", "acme").ok());
@@ -257,7 +291,7 @@ TEST_F(DurableEngine, DeletedConnectionsStayDeletedAndAKeyCanBeRecreated) {
   EXPECT_GT(StatusOf("github", "acme", "issues").id, old_id) << "uids are never reused";
 }
 
-TEST_F(DurableEngine, RunPoliciesAndIntegrationLimitsSurviveARestart) {
+TEST_P(DurableEngine, RunPoliciesAndIntegrationLimitsSurviveARestart) {
   SyncDefinition d;
   d.name = "issues";
   d.frequency = "every 1h";
@@ -282,7 +316,7 @@ TEST_F(DurableEngine, RunPoliciesAndIntegrationLimitsSurviveARestart) {
   ASSERT_EQ(calls.size(), 2u) << "the waiting run went when the first ended";
 }
 
-TEST_F(DurableEngine, ASecondEngineOnTheSameFileIsRefused) {
+TEST_P(DurableEngine, ASecondEngineOnTheSameFileIsRefused) {
   Options o;
   o.database_path = path_;
   auto second = Engine::Open(o);
@@ -291,7 +325,23 @@ TEST_F(DurableEngine, ASecondEngineOnTheSameFileIsRefused) {
   EXPECT_NE(second.status().message().find(path_), std::string::npos);
 }
 
-TEST_F(DurableEngine, AFileThatIsNotADatabaseIsRefusedAndNotOverwritten) {
+TEST_P(DurableEngine, AFileThatIsNotADatabaseIsRefusedAndNotOverwritten) {
+  if (postgres()) {
+    // PostgreSQL's equivalent: a schema `syncsched` of another application.
+    engine.reset();
+    std::string name;
+    auto uri = SharedPgServer().CreateDatabase(&name);
+    ASSERT_TRUE(uri.ok()) << uri.status();
+    ASSERT_TRUE(PgExec(*uri, "CREATE SCHEMA syncsched; CREATE TABLE syncsched.t(x int)").ok());
+    Options o;
+    o.database_path = *uri;
+    auto e = Engine::Open(o);
+    ASSERT_FALSE(e.ok());
+    EXPECT_NE(e.status().message().find(*uri), std::string::npos) << e.status();
+    EXPECT_EQ(*PgQuery(*uri, "SELECT count(*) FROM pg_tables WHERE schemaname = 'syncsched'"), "1");
+    (void)SharedPgServer().DropDatabase(name);
+    return;
+  }
   std::string bad = dir_ + "/bad.db";
   {
     std::ofstream f(bad, std::ios::binary);
@@ -309,7 +359,7 @@ TEST_F(DurableEngine, AFileThatIsNotADatabaseIsRefusedAndNotOverwritten) {
 // ---- Issue 9: whatever a command acknowledged survives a restart (one regression test each) ----
 
 // Item 1: a trigger whose run waits for a cap is acknowledged; it runs once after a restart.
-TEST_F(DurableEngine, ATriggerWaitingForACapRunsOnceAfterARestart) {
+TEST_P(DurableEngine, ATriggerWaitingForACapRunsOnceAfterARestart) {
   DefineOne("issues");
   ASSERT_TRUE(engine->SetIntegrationLimits("github", {.max_concurrency = 1}).ok());
   ASSERT_TRUE(engine->AddConnection("github", "a").ok());
@@ -339,7 +389,7 @@ TEST_F(DurableEngine, ATriggerWaitingForACapRunsOnceAfterARestart) {
 }
 
 // Item 2: a full resync acknowledged while a run is in flight follows it, across a restart.
-TEST_F(DurableEngine, AFullResyncPendingBehindARunHappensAfterARestart) {
+TEST_P(DurableEngine, AFullResyncPendingBehindARunHappensAfterARestart) {
   DefineOne("issues");
   ASSERT_TRUE(engine->AddConnection("github", "a").ok());
   engine->ReleaseTimers();
@@ -362,7 +412,7 @@ TEST_F(DurableEngine, AFullResyncPendingBehindARunHappensAfterARestart) {
 
 // Item 3: a start whose immediate run waits for a cap keeps that run across a restart, and reads
 // as waiting, not as a failed "interrupted" run.
-TEST_F(DurableEngine, AStartWhoseImmediateRunWaitsKeepsItAcrossARestart) {
+TEST_P(DurableEngine, AStartWhoseImmediateRunWaitsKeepsItAcrossARestart) {
   DefineOne("issues");
   ASSERT_TRUE(engine->SetIntegrationLimits("github", {.max_concurrency = 1}).ok());
   ASSERT_TRUE(engine->AddConnection("github", "a").ok());
@@ -393,7 +443,7 @@ TEST_F(DurableEngine, AStartWhoseImmediateRunWaitsKeepsItAcrossARestart) {
 }
 
 // Item 4: creating a schedule that auto-starts commits once: the schedule with its first run.
-TEST_F(DurableEngine, CreationCommitsTheScheduleAndItsFirstRunInOneTransaction) {
+TEST_P(DurableEngine, CreationCommitsTheScheduleAndItsFirstRunInOneTransaction) {
   DefineOne("issues", /*auto_start=*/true);
   engine->ReleaseTimers();
   auto_complete = false;
@@ -413,7 +463,7 @@ TEST_F(DurableEngine, CreationCommitsTheScheduleAndItsFirstRunInOneTransaction) 
   EXPECT_EQ(a.runs, 1u) << "its first run was recorded with it (interrupted by the close)";
 }
 
-TEST_F(DurableEngine, AFailedCreationLeavesNothingInMemory) {
+TEST_P(DurableEngine, AFailedCreationLeavesNothingInMemory) {
   DefineOne("issues", /*auto_start=*/true);
   engine->ReleaseTimers();
   FailNextCommit();
@@ -439,7 +489,7 @@ TEST_F(DurableEngine, AFailedCreationLeavesNothingInMemory) {
 
 // Item 8: a redefinition whose commit fails leaves every schedule exactly as it was: hints,
 // spread anchors and overdue slots included.
-TEST_F(DurableEngine, AFailedRedefinitionRestoresEverySchedulesState) {
+TEST_P(DurableEngine, AFailedRedefinitionRestoresEverySchedulesState) {
   SyncDefinition d;
   d.name = "issues";
   d.frequency = "every 1h";
@@ -497,7 +547,7 @@ TEST_F(DurableEngine, AFailedRedefinitionRestoresEverySchedulesState) {
 // schedule created next took that index (and, when the wait counter was rolled back too, the
 // same place in line), so the stale github entry dispatched it past hubspot's own cap when a
 // github run ended.
-TEST_F(DurableEngine, ARolledBackWaitNeverDispatchesTheScheduleThatReusesItsPlace) {
+TEST_P(DurableEngine, ARolledBackWaitNeverDispatchesTheScheduleThatReusesItsPlace) {
   Options o;
   o.max_concurrent_runs = 2;
   Reopen(o);
@@ -534,7 +584,7 @@ TEST_F(DurableEngine, ARolledBackWaitNeverDispatchesTheScheduleThatReusesItsPlac
 
 // Issue 11: an outcome the database refused is visible (metrics, status, the health callback)
 // until a later commit writes it, and that commit does.
-TEST_F(DurableEngine, AnOutcomeTheDatabaseRefusedIsShownUntilALaterCommitWritesIt) {
+TEST_P(DurableEngine, AnOutcomeTheDatabaseRefusedIsShownUntilALaterCommitWritesIt) {
   std::vector<Status> events;
   std::mutex events_mu;
   Options o;
@@ -596,7 +646,7 @@ TEST_F(DurableEngine, AnOutcomeTheDatabaseRefusedIsShownUntilALaterCommitWritesI
 }
 
 // Item 9: a schedule paused while waiting for a cap and queued again goes to the back.
-TEST_F(DurableEngine, AWaitQueuedAgainGoesToTheBackOfTheQueue) {
+TEST_P(DurableEngine, AWaitQueuedAgainGoesToTheBackOfTheQueue) {
   DefineOne("issues");
   ASSERT_TRUE(engine->SetIntegrationLimits("github", {.max_concurrency = 1}).ok());
   for (const char* c : {"a", "b", "c"}) ASSERT_TRUE(engine->AddConnection("github", c).ok());
@@ -620,7 +670,7 @@ TEST_F(DurableEngine, AWaitQueuedAgainGoesToTheBackOfTheQueue) {
 
 // Run ids are idempotency keys: never reused, even when the clock reads an instant again after a
 // restart (a trigger's suffix used to restart at 1).
-TEST_F(DurableEngine, RunIdsAreNeverReusedAcrossRestartsAtTheSameInstant) {
+TEST_P(DurableEngine, RunIdsAreNeverReusedAcrossRestartsAtTheSameInstant) {
   DefineOne("issues");
   ASSERT_TRUE(engine->AddConnection("github", "a").ok());
   engine->ReleaseTimers();
@@ -670,7 +720,7 @@ TEST(EngineLifetime, AHeartbeatAfterTheEngineIsDestroyedDoesNothing) {
 }
 
 // Item 6: durations are bounded (the error names the field); retry backoff saturates.
-TEST_F(DurableEngine, DurationsAreBoundedAndNamed) {
+TEST_P(DurableEngine, DurationsAreBoundedAndNamed) {
   SyncDefinition d;
   d.name = "issues";
   d.frequency = "every 1h";
@@ -710,7 +760,7 @@ TEST_F(DurableEngine, DurationsAreBoundedAndNamed) {
 
 // Found by the review of issue 9: a clock stepped back across a restart, then a pause and a start,
 // re-anchored the grid onto slots already run, and their ids repeated.
-TEST_F(DurableEngine, AClockSteppedBackDoesNotRerunSlotsUnderTheirIds) {
+TEST_P(DurableEngine, AClockSteppedBackDoesNotRerunSlotsUnderTheirIds) {
   DefineOne("issues");
   ASSERT_TRUE(engine->AddConnection("github", "a").ok());
   engine->ReleaseTimers();
@@ -732,7 +782,7 @@ TEST_F(DurableEngine, AClockSteppedBackDoesNotRerunSlotsUnderTheirIds) {
   EXPECT_GE(calls.size(), 3u);
 }
 
-TEST_F(DurableEngine, AClockAtTheEndOfItsRangeDoesNotOverflow) {
+TEST_P(DurableEngine, AClockAtTheEndOfItsRangeDoesNotOverflow) {
   VirtualClock far(TimePoint(Millis::max() - 1h));
   Options o;
   o.clock = &far;
@@ -748,7 +798,7 @@ TEST_F(DurableEngine, AClockAtTheEndOfItsRangeDoesNotOverflow) {
   engine.reset();  // before `far`, which it reads
 }
 
-TEST_F(DurableEngine, BadOptionsAndInputsAreNamed) {
+TEST_P(DurableEngine, BadOptionsAndInputsAreNamed) {
   for (double rate : {-1.0, std::nan(""), HUGE_VAL}) {
     Options o;
     o.catch_up_per_second = rate;
@@ -761,7 +811,7 @@ TEST_F(DurableEngine, BadOptionsAndInputsAreNamed) {
   EXPECT_NE(f.status().message().find("-5 ms"), std::string::npos) << f.status();
 }
 
-TEST_F(DurableEngine, ARunsErrorIsBoundedInMemoryAndOnDisk) {
+TEST_P(DurableEngine, ARunsErrorIsBoundedInMemoryAndOnDisk) {
   DefineOne("issues");
   ASSERT_TRUE(engine->AddConnection("github", "a").ok());
   engine->ReleaseTimers();
@@ -778,7 +828,7 @@ TEST_F(DurableEngine, ARunsErrorIsBoundedInMemoryAndOnDisk) {
 // Options::hold_timers unset with a database: the timers are held until ReleaseTimers(), so a
 // host that opens, then registers its callbacks loses no recovered run to "no callback
 // registered". Commands still dispatch their runs meanwhile.
-TEST_F(DurableEngine, TimersAreHeldByDefaultWithADatabase) {
+TEST_P(DurableEngine, TimersAreHeldByDefaultWithADatabase) {
   engine.reset();
   Options o;
   o.database_path = path_;
@@ -799,6 +849,12 @@ TEST_F(DurableEngine, TimersAreHeldByDefaultWithADatabase) {
   EXPECT_GE(calls.size(), 2u);  // the held slots collapse into one catch-up run, then the grid
   for (const Call& c : calls) EXPECT_TRUE(c.finished);
 }
+
+INSTANTIATE_TEST_SUITE_P(Stores, DurableEngine,
+                         ::testing::Values(StoreKind::kSqlite, StoreKind::kPostgres),
+                         [](const ::testing::TestParamInfo<StoreKind>& info) {
+                           return info.param == StoreKind::kSqlite ? "SQLite" : "PostgreSQL";
+                         });
 
 }  // namespace
 }  // namespace syncsched::testing

@@ -1,0 +1,1538 @@
+// The PostgreSQL store.
+//
+// Schema (version 1; the row `schema_version` of syncsched.meta holds the version, kMigrations
+// lists the steps). Every table lives in the schema `syncsched` of the user's database:
+// - meta(key text, value bigint): named integers. `schema_version`; `max_uid`, the largest
+//   schedule uid ever issued (not max(uid): deleting every schedule must not let a uid be issued
+//   twice); `history_kept`, the history_per_schedule the history was last written with; `owner`, a
+//   random mark written by each store at open; `commit_seq`, bumped by every commit. The last two
+//   let a store that lost its connection tell, once reconnected, whether another engine took the
+//   database over meanwhile (owner changed) and whether a commit whose answer was lost was applied
+//   (commit_seq). fillfactor 50: the two rows a commit rewrites stay HOT.
+// - syncs, integrations, connections: keyed by their natural keys; small, looked up by key only.
+// - schedules(uid bigint PRIMARY KEY, ...): keyed by the engine's uid, with a UNIQUE index on
+//   (integration, connection, sync, variant). The row holds the run in flight (run_id '' when
+//   none), run_seq, pending, and the waiting and retry runs as nullable columns (w_*, r_*; NULL
+//   when none: PostgreSQL stores a NULL as one bit of the row's null bitmap, so the common row that
+//   owes nothing costs nothing for them, and the columns stay queryable, unlike SQLite's `owed`
+//   blob). fillfactor 70: a dispatch or an outcome rewrites the row without touching the uid or
+//   the key, so with free space on the page the update is HOT (no index entry is written).
+// - history(schedule_uid, place, ...), PRIMARY KEY (schedule_uid, place): the finished runs, a
+//   fixed ring of places per schedule exactly as in the SQLite store: place (number - 1) %
+//   history_per_schedule, and place -1 for the last failure. A finished run is one upsert of its
+//   place (HOT: the key never changes), the bound is exact with no pruning query, and a
+//   schedule's history is one key range.
+//
+// Strings are `bytea`, not `text`: the engine's strings are bytes (a connection id need not be
+// UTF-8, a callback's error may hold any byte), and text would make such a value fail the commit
+// in a UTF-8 database. Read them with convert_from(col, 'UTF8'). Unsigned 64-bit fields (uids,
+// counters) are stored as the bigint with the same bits.
+//
+// Why this shape: a commit is one pipeline (BEGIN, at most a few statements per kind of row,
+// COMMIT, then one Sync): one round trip whatever the batch holds. Rows travel as binary arrays
+// expanded by UNNEST in prepared statements, at most kChunk rows per statement, so a batch of a
+// million rows is ~120 statements with no per-row parse, plan or round trip. COPY would be as fast
+// for inserts but cannot upsert and is not allowed in a pipeline.
+//
+// Ownership: a session advisory lock (kPostgresOwnerLockKey), held by the store's one connection.
+// The server releases it when the session ends, so a crashed engine never leaves it behind.
+#include "store/pg_store.h"
+
+#include "syncsched/options.h"
+
+#include <libpq-fe.h>
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <iterator>
+#include <memory>
+#include <random>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <tuple>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+namespace syncsched {
+
+std::string RedactedDatabasePath(std::string_view database_path) {
+  return store::RedactDatabaseUri(database_path);
+}
+
+}  // namespace syncsched
+
+namespace syncsched::store {
+
+bool IsPostgresUri(std::string_view database) {
+  return database.starts_with("postgresql://") || database.starts_with("postgres://");
+}
+
+std::string RedactDatabaseUri(std::string_view uri) {
+  if (!IsPostgresUri(uri)) return std::string(uri);
+  std::string out(uri);
+  std::size_t start = out.find("://") + 3;
+  std::size_t end = out.find_first_of("/?", start);
+  if (end == std::string::npos) end = out.size();
+  std::size_t at = out.rfind('@', end);
+  if (at != std::string::npos && at >= start) {
+    std::size_t colon = out.find(':', start);
+    if (colon != std::string::npos && colon < at) out.replace(colon + 1, at - colon - 1, "***");
+  }
+  // A `password=` parameter of the query part.
+  std::size_t query = out.find('?');
+  while (query != std::string::npos) {
+    std::size_t key = query + 1;
+    std::size_t next = out.find('&', key);
+    if (out.compare(key, 9, "password=") == 0) {
+      std::size_t value = key + 9;
+      std::size_t value_end = next == std::string::npos ? out.size() : next;
+      out.replace(value, value_end - value, "***");
+      next = out.find('&', value);
+    }
+    query = next;
+  }
+  return out;
+}
+
+namespace {
+
+// ---- Binary encoding of parameters and of COPY rows (network byte order) ----
+
+template <typename T>
+void PutBigEndian(T value, std::string* out) {
+  auto bits = static_cast<std::make_unsigned_t<T>>(value);
+  for (int i = static_cast<int>(sizeof(T)) - 1; i >= 0; --i) {
+    out->push_back(static_cast<char>(static_cast<unsigned char>(bits >> (8 * i))));
+  }
+}
+
+template <typename T>
+T GetBigEndian(const char* p) {
+  std::make_unsigned_t<T> bits = 0;
+  for (std::size_t i = 0; i < sizeof(T); ++i) {
+    bits = static_cast<std::make_unsigned_t<T>>(bits << 8) |
+           static_cast<std::make_unsigned_t<T>>(static_cast<unsigned char>(p[i]));
+  }
+  return static_cast<T>(bits);
+}
+
+// Element type OIDs (pg_type.h; stable across releases).
+constexpr std::uint32_t kBoolOid = 16;
+constexpr std::uint32_t kByteaOid = 17;
+constexpr std::uint32_t kInt8Oid = 20;
+constexpr std::uint32_t kInt2Oid = 21;
+constexpr std::uint32_t kInt4Oid = 23;
+
+// A one-dimensional array parameter in PostgreSQL's binary format (array_recv): ndim, has-null
+// flag, element OID, length, lower bound, then each element as a length (-1: NULL) and its bytes.
+class ArrayParam {
+ public:
+  void Reset(std::uint32_t element_oid) {
+    oid_ = element_oid;
+    buf_.assign(20, '\0');
+    n_ = 0;
+    has_null_ = false;
+  }
+  void Null() {
+    PutBigEndian<std::int32_t>(-1, &buf_);
+    ++n_;
+    has_null_ = true;
+  }
+  void Int8(std::int64_t v) {
+    PutBigEndian<std::int32_t>(8, &buf_);
+    PutBigEndian(v, &buf_);
+    ++n_;
+  }
+  void Int4(std::int32_t v) {
+    PutBigEndian<std::int32_t>(4, &buf_);
+    PutBigEndian(v, &buf_);
+    ++n_;
+  }
+  void Int2(std::int16_t v) {
+    PutBigEndian<std::int32_t>(2, &buf_);
+    PutBigEndian(v, &buf_);
+    ++n_;
+  }
+  void Bool(bool v) {
+    PutBigEndian<std::int32_t>(1, &buf_);
+    buf_.push_back(v ? 1 : 0);
+    ++n_;
+  }
+  void Bytes(std::string_view v) {
+    PutBigEndian(static_cast<std::int32_t>(v.size()), &buf_);
+    buf_.append(v);
+    ++n_;
+  }
+  // The finished parameter (valid until the next Reset).
+  const std::string& Finish() {
+    std::string header;
+    PutBigEndian<std::int32_t>(1, &header);
+    PutBigEndian<std::int32_t>(has_null_ ? 1 : 0, &header);
+    PutBigEndian(oid_, &header);
+    PutBigEndian(static_cast<std::int32_t>(n_), &header);
+    PutBigEndian<std::int32_t>(1, &header);
+    buf_.replace(0, 20, header);
+    return buf_;
+  }
+  std::size_t size() const { return n_; }
+
+ private:
+  std::uint32_t oid_ = 0;
+  std::string buf_;
+  std::size_t n_ = 0;
+  bool has_null_ = false;
+};
+
+// Reads one row of a binary COPY (one CopyData message): a field count, then each field as a
+// length (-1: NULL) and its bytes. The first message also carries the file header.
+class CopyRow {
+ public:
+  // 1: a row, 0: the trailer, -1: malformed.
+  int Begin(const char* data, std::size_t size, bool first) {
+    p_ = data;
+    end_ = data + size;
+    if (first) {
+      static constexpr char kSignature[] = "PGCOPY\n\377\r\n";  // with its NUL: 11 bytes
+      if (size < 19 || std::memcmp(p_, kSignature, 11) != 0) return -1;
+      p_ += 15;  // signature and flags
+      auto extension = GetBigEndian<std::int32_t>(p_);
+      p_ += 4;
+      if (extension < 0 || end_ - p_ < extension) return -1;
+      p_ += extension;
+    }
+    if (end_ - p_ < 2) return -1;
+    fields_ = GetBigEndian<std::int16_t>(p_);
+    p_ += 2;
+    if (fields_ == -1) return 0;
+    return fields_ >= 0 ? 1 : -1;
+  }
+  int fields() const { return fields_; }
+  bool ok() const { return ok_; }
+
+  // Each reads the next field; on a malformed or unexpected field, sets !ok() and returns a zero.
+  std::int64_t Int8() { return Fixed<std::int64_t>(); }
+  std::int32_t Int4() { return Fixed<std::int32_t>(); }
+  std::int16_t Int2() { return Fixed<std::int16_t>(); }
+  bool Bool() { return Fixed<std::int8_t>() != 0; }
+  std::uint64_t U64() { return static_cast<std::uint64_t>(Int8()); }
+  std::string Bytes() {
+    std::string_view v;
+    if (!Next(&v) || null_) return Fail(std::string());
+    return std::string(v);
+  }
+  // The next field is NULL: consumes it and returns true. Else leaves it unread.
+  bool NextIsNull() {
+    if (end_ - p_ < 4) return false;
+    if (GetBigEndian<std::int32_t>(p_) != -1) return false;
+    p_ += 4;
+    return true;
+  }
+
+ private:
+  bool Next(std::string_view* v) {
+    if (end_ - p_ < 4) return false;
+    auto len = GetBigEndian<std::int32_t>(p_);
+    p_ += 4;
+    null_ = len == -1;
+    if (null_) return true;
+    if (len < 0 || end_ - p_ < len) return false;
+    *v = std::string_view(p_, static_cast<std::size_t>(len));
+    p_ += len;
+    return true;
+  }
+  template <typename T>
+  T Fixed() {
+    std::string_view v;
+    if (!Next(&v) || null_ || v.size() != sizeof(T)) return Fail(T{});
+    return GetBigEndian<T>(v.data());
+  }
+  template <typename T>
+  T Fail(T value) {
+    ok_ = false;
+    return value;
+  }
+
+  const char* p_ = nullptr;
+  const char* end_ = nullptr;
+  int fields_ = 0;
+  bool null_ = false;
+  bool ok_ = true;
+};
+
+// ---- Schema ----
+
+struct Migration {
+  int version;
+  const char* sql;
+  std::array<const char*, 6> tables;  // tables the schema has from this version on
+};
+
+constexpr Migration kMigrations[] = {
+    {1,
+     R"sql(
+CREATE SCHEMA IF NOT EXISTS syncsched;
+CREATE TABLE syncsched.meta(
+  key text PRIMARY KEY,
+  value bigint NOT NULL
+) WITH (fillfactor = 50);
+INSERT INTO syncsched.meta(key, value) VALUES
+  ('schema_version', 0), ('max_uid', 0), ('history_kept', 20), ('owner', 0), ('commit_seq', 0);
+CREATE TABLE syncsched.syncs(
+  integration bytea NOT NULL,
+  name bytea NOT NULL,
+  frequency_text bytea NOT NULL,
+  frequency_ms bigint NOT NULL,
+  auto_start boolean NOT NULL,
+  timeout_ms bigint NOT NULL,
+  heartbeat_timeout_ms bigint NOT NULL,
+  policy bytea NOT NULL,
+  PRIMARY KEY (integration, name)
+);
+CREATE TABLE syncsched.integrations(
+  integration bytea PRIMARY KEY,
+  max_concurrency bigint NOT NULL
+);
+CREATE TABLE syncsched.connections(
+  integration bytea NOT NULL,
+  connection bytea NOT NULL,
+  PRIMARY KEY (integration, connection)
+);
+CREATE TABLE syncsched.schedules(
+  uid bigint PRIMARY KEY,
+  integration bytea NOT NULL,
+  connection bytea NOT NULL,
+  sync bytea NOT NULL,
+  variant bytea NOT NULL,
+  state smallint NOT NULL,
+  anchor_ms bigint NOT NULL,
+  frequency_override_ms bigint NOT NULL,
+  next_slot_ms bigint NOT NULL,
+  runs bigint NOT NULL,
+  failures bigint NOT NULL,
+  skipped bigint NOT NULL,
+  last_start_ms bigint NOT NULL,
+  last_finish_ms bigint NOT NULL,
+  last_ok smallint NOT NULL,
+  last_error bytea NOT NULL,
+  run_id bytea NOT NULL,
+  run_slot_ms bigint NOT NULL,
+  run_mode smallint NOT NULL,
+  run_attempt integer NOT NULL,
+  run_started_ms bigint NOT NULL,
+  run_seq bigint NOT NULL,
+  pending smallint NOT NULL,
+  w_run_id bytea, w_slot_ms bigint, w_mode smallint, w_attempt integer, w_at_ms bigint,
+  w_seq bigint, w_scheduled boolean,
+  r_run_id bytea, r_slot_ms bigint, r_mode smallint, r_attempt integer, r_at_ms bigint,
+  r_seq bigint, r_scheduled boolean
+) WITH (fillfactor = 70);
+CREATE UNIQUE INDEX schedules_by_key
+  ON syncsched.schedules(integration, connection, sync, variant);
+CREATE TABLE syncsched.history(
+  schedule_uid bigint NOT NULL,
+  place smallint NOT NULL,
+  run_id bytea NOT NULL,
+  slot_ms bigint NOT NULL,
+  mode smallint NOT NULL,
+  attempt integer NOT NULL,
+  started_ms bigint NOT NULL,
+  finished_ms bigint NOT NULL,
+  ok smallint NOT NULL,
+  error bytea NOT NULL,
+  PRIMARY KEY (schedule_uid, place)
+) WITH (fillfactor = 80);
+)sql",
+     {"meta", "syncs", "integrations", "connections", "schedules", "history"}},
+};
+
+constexpr int kSchemaVersion = static_cast<int>(std::size(kMigrations));
+
+// Rows per statement: bounds the size of one parameter (an array) and of the server's work per
+// statement, while keeping statements per batch few.
+constexpr std::size_t kChunk = 8192;
+constexpr std::int16_t kFailurePlace = -1;
+
+struct Column {
+  const char* name;
+  const char* type;
+};
+
+// The schedules table's columns, in table order; the first is the uid, the next four the key.
+constexpr Column kScheduleColumns[] = {
+    {"uid", "int8"},
+    {"integration", "bytea"},
+    {"connection", "bytea"},
+    {"sync", "bytea"},
+    {"variant", "bytea"},
+    {"state", "int2"},
+    {"anchor_ms", "int8"},
+    {"frequency_override_ms", "int8"},
+    {"next_slot_ms", "int8"},
+    {"runs", "int8"},
+    {"failures", "int8"},
+    {"skipped", "int8"},
+    {"last_start_ms", "int8"},
+    {"last_finish_ms", "int8"},
+    {"last_ok", "int2"},
+    {"last_error", "bytea"},
+    {"run_id", "bytea"},
+    {"run_slot_ms", "int8"},
+    {"run_mode", "int2"},
+    {"run_attempt", "int4"},
+    {"run_started_ms", "int8"},
+    {"run_seq", "int8"},
+    {"pending", "int2"},
+    {"w_run_id", "bytea"},
+    {"w_slot_ms", "int8"},
+    {"w_mode", "int2"},
+    {"w_attempt", "int4"},
+    {"w_at_ms", "int8"},
+    {"w_seq", "int8"},
+    {"w_scheduled", "bool"},
+    {"r_run_id", "bytea"},
+    {"r_slot_ms", "int8"},
+    {"r_mode", "int2"},
+    {"r_attempt", "int4"},
+    {"r_at_ms", "int8"},
+    {"r_seq", "int8"},
+    {"r_scheduled", "bool"},
+};
+constexpr std::size_t kScheduleColumnCount = std::size(kScheduleColumns);
+constexpr std::size_t kKeyColumns = 4;  // columns 1..4
+
+constexpr Column kHistoryColumns[] = {
+    {"schedule_uid", "int8"}, {"place", "int2"},   {"run_id", "bytea"},    {"slot_ms", "int8"},
+    {"mode", "int2"},         {"attempt", "int4"}, {"started_ms", "int8"}, {"finished_ms", "int8"},
+    {"ok", "int2"},           {"error", "bytea"},
+};
+
+// "$first::type[], ..." for `columns`, numbering parameters from `first`.
+template <typename Columns>
+std::string UnnestArgs(const Columns& columns, int first = 1) {
+  std::string out;
+  int n = first;
+  for (const Column& c : columns) {
+    if (!out.empty()) out += ", ";
+    out += "$" + std::to_string(n++) + "::" + c.type + "[]";
+  }
+  return out;
+}
+
+template <typename Columns>
+std::string Names(const Columns& columns, const char* prefix = "") {
+  std::string out;
+  for (const Column& c : columns) {
+    if (!out.empty()) out += ", ";
+    out += std::string(prefix) + c.name;
+  }
+  return out;
+}
+
+std::vector<Column> ScheduleColumnsWithoutKey() {
+  std::vector<Column> out;
+  for (std::size_t i = 0; i < kScheduleColumnCount; ++i) {
+    if (i < 1 || i > kKeyColumns) out.push_back(kScheduleColumns[i]);
+  }
+  return out;
+}
+
+std::string InsertSchedulesSql(bool upsert) {
+  std::string sql = "INSERT INTO syncsched.schedules(" + Names(kScheduleColumns) +
+                    ") SELECT * FROM unnest(" + UnnestArgs(kScheduleColumns) + ")";
+  if (!upsert) return sql;
+  sql += " ON CONFLICT (uid) DO UPDATE SET ";
+  bool first = true;
+  for (std::size_t i = kKeyColumns + 1; i < kScheduleColumnCount; ++i) {
+    if (!first) sql += ", ";
+    first = false;
+    sql += std::string(kScheduleColumns[i].name) + " = excluded." + kScheduleColumns[i].name;
+  }
+  return sql;
+}
+
+std::string UpdateSchedulesSql() {
+  std::vector<Column> columns = ScheduleColumnsWithoutKey();
+  std::string sql = "UPDATE syncsched.schedules AS s SET ";
+  for (std::size_t i = 1; i < columns.size(); ++i) {
+    if (i > 1) sql += ", ";
+    sql += std::string(columns[i].name) + " = u." + columns[i].name;
+  }
+  sql +=
+      " FROM unnest(" + UnnestArgs(columns) + ") AS u(" + Names(columns) + ") WHERE s.uid = u.uid";
+  return sql;
+}
+
+std::string PutHistorySql() {
+  std::string sql = "INSERT INTO syncsched.history(" + Names(kHistoryColumns) +
+                    ") SELECT * FROM unnest(" + UnnestArgs(kHistoryColumns) +
+                    ") ON CONFLICT (schedule_uid, place) DO UPDATE SET ";
+  for (std::size_t i = 2; i < std::size(kHistoryColumns); ++i) {
+    if (i > 2) sql += ", ";
+    sql += std::string(kHistoryColumns[i].name) + " = excluded." + kHistoryColumns[i].name;
+  }
+  return sql;
+}
+
+// The prepared statements, by name.
+enum Statement : int {
+  kUpsertSyncs,
+  kUpsertIntegrations,
+  kDeleteConnections,
+  kInsertConnections,
+  kDeleteSchedules,
+  kInsertSchedules,
+  kUpsertSchedules,
+  kUpdateSchedules,
+  kPutHistory,
+  kSetMeta,
+  kStatementCount
+};
+
+std::vector<std::string> StatementSql() {
+  std::vector<std::string> sql(kStatementCount);
+  sql[kUpsertSyncs] =
+      "INSERT INTO syncsched.syncs(integration, name, frequency_text, frequency_ms, auto_start, "
+      "timeout_ms, heartbeat_timeout_ms, policy) SELECT * FROM unnest($1::bytea[], $2::bytea[], "
+      "$3::bytea[], $4::int8[], $5::bool[], $6::int8[], $7::int8[], $8::bytea[]) "
+      "ON CONFLICT (integration, name) DO UPDATE SET frequency_text = excluded.frequency_text, "
+      "frequency_ms = excluded.frequency_ms, auto_start = excluded.auto_start, "
+      "timeout_ms = excluded.timeout_ms, heartbeat_timeout_ms = excluded.heartbeat_timeout_ms, "
+      "policy = excluded.policy";
+  sql[kUpsertIntegrations] =
+      "INSERT INTO syncsched.integrations(integration, max_concurrency) "
+      "SELECT * FROM unnest($1::bytea[], $2::int8[]) "
+      "ON CONFLICT (integration) DO UPDATE SET max_concurrency = excluded.max_concurrency";
+  sql[kDeleteConnections] =
+      "DELETE FROM syncsched.connections AS c USING unnest($1::bytea[], $2::bytea[]) "
+      "AS d(integration, connection) "
+      "WHERE c.integration = d.integration AND c.connection = d.connection";
+  sql[kInsertConnections] =
+      "INSERT INTO syncsched.connections(integration, connection) "
+      "SELECT * FROM unnest($1::bytea[], $2::bytea[]) ON CONFLICT DO NOTHING";
+  sql[kDeleteSchedules] =
+      "WITH h AS (DELETE FROM syncsched.history WHERE schedule_uid = ANY($1::int8[])) "
+      "DELETE FROM syncsched.schedules WHERE uid = ANY($1::int8[])";
+  sql[kInsertSchedules] = InsertSchedulesSql(false);
+  sql[kUpsertSchedules] = InsertSchedulesSql(true);
+  sql[kUpdateSchedules] = UpdateSchedulesSql();
+  sql[kPutHistory] = PutHistorySql();
+  sql[kSetMeta] =
+      "UPDATE syncsched.meta SET value = CASE key WHEN 'commit_seq' THEN $1::int8 "
+      "ELSE $2::int8 END WHERE key IN ('commit_seq', 'max_uid')";
+  return sql;
+}
+
+const char* StatementName(int statement) {
+  static constexpr const char* kNames[] = {
+      "syncsched_upsert_syncs",       "syncsched_upsert_integrations",
+      "syncsched_delete_connections", "syncsched_insert_connections",
+      "syncsched_delete_schedules",   "syncsched_insert_schedules",
+      "syncsched_upsert_schedules",   "syncsched_update_schedules",
+      "syncsched_put_history",        "syncsched_set_meta"};
+  return kNames[statement];
+}
+
+struct ResultDeleter {
+  void operator()(PGresult* r) const { PQclear(r); }
+};
+using ResultPtr = std::unique_ptr<PGresult, ResultDeleter>;
+
+std::string Trimmed(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
+// One statement of a commit's pipeline, with its parameters (binary).
+struct Query {
+  int statement = -1;  // -1: `sql` as is (BEGIN, COMMIT), without parameters
+  const char* sql = nullptr;
+  std::vector<std::string> params;
+  std::string what;  // for errors: what it writes
+};
+
+class PgStore final : public Store {
+ public:
+  explicit PgStore(const PostgresStoreOptions& options)
+      : options_(options), name_("PostgreSQL database " + RedactDatabaseUri(options.uri)) {
+    std::random_device rd;
+    owner_ = (static_cast<std::int64_t>(rd()) << 31 ^ rd()) & INT64_MAX;
+    if (owner_ == 0) owner_ = 1;
+    backoff_ = options_.reconnect_backoff_min;
+  }
+  ~PgStore() override { Close(); }
+
+  Status Open();
+  Result<Snapshot> Load() override;
+  Status Commit(const Batch& batch) override;
+  // Not OK once the store refuses every call for good (another engine took the database over, or
+  // a commit reported as failed proved applied); a lost connection alone does not change it.
+  Status Health() const override { return broken_; }
+
+  void DropConnection() { Lost("the connection was dropped (DropConnectionForTest)"); }
+  int BackendPid() const { return conn_ != nullptr ? PQbackendPID(conn_) : 0; }
+
+ private:
+  void Close() {
+    if (conn_ != nullptr) PQfinish(conn_);
+    conn_ = nullptr;
+  }
+  // The connection is gone (or must go): closes it; the next call reconnects.
+  void Lost(std::string cause) {
+    Close();
+    lost_cause_ = std::move(cause);
+  }
+  bool Connected() const { return conn_ != nullptr && PQstatus(conn_) == CONNECTION_OK; }
+
+  // The status for a failed statement (`res` may be null: a failure without a result).
+  Status Error(std::string_view context, const PGresult* res) const;
+  // Runs one statement without parameters; OK for COMMAND_OK or TUPLES_OK (then `*out`).
+  Status Exec(const char* sql, std::string_view context, ResultPtr* out = nullptr);
+
+  // Connects, sets up the session, takes the advisory lock (waiting up to `wait` for it) and
+  // prepares the statements.
+  Status Connect(std::chrono::milliseconds wait);
+  // After a lost connection: connects again and checks that nobody took the database over. Sets
+  // `*applied` when the commit in doubt (if any) proves applied.
+  Status Reconnect(bool* applied);
+  // Reconnects when needed, honouring the backoff.
+  Status EnsureConnected();
+  Status Inspect(int* version);
+  Status Migrate(int from_version);
+  Status Claim();
+  Status Prepare();
+
+  // Builds the statements of `batch` (after BEGIN, before COMMIT) into `queries`.
+  Status Plan(const Batch& batch, std::uint64_t* max_uid, std::vector<Query>* queries);
+  // Sends `queries` as one pipeline and reads every result. `*in_doubt`: the connection was lost
+  // after the whole pipeline was sent, with no error before: the commit may have been applied.
+  Status RunPipeline(std::vector<Query>& queries, bool* in_doubt);
+  // Runs a binary COPY TO STDOUT of `sql`, calling `row(CopyRow&)` per row; `row` returns a
+  // Status.
+  template <typename Row>
+  Status CopyOut(const std::string& sql, std::string_view what, const Row& row);
+
+  PostgresStoreOptions options_;
+  std::string name_;  // "PostgreSQL database <uri without password>"
+  PGconn* conn_ = nullptr;
+  std::int64_t owner_ = 0;         // this store's owner mark
+  std::int64_t commit_seq_ = 0;    // the last commit_seq this store knows applied
+  std::int64_t in_doubt_seq_ = 0;  // a commit whose outcome is unknown (0: none)
+  std::uint64_t in_doubt_max_uid_ = 0;
+  std::uint64_t max_uid_ = 0;  // as committed
+  std::string lost_cause_;
+  Status broken_;  // not OK: every call returns it
+  std::chrono::steady_clock::time_point next_attempt_{};
+  std::chrono::milliseconds backoff_{0};
+  std::vector<std::string> statement_sql_ = StatementSql();
+};
+
+Status PgStore::Error(std::string_view context, const PGresult* res) const {
+  const char* state = res != nullptr ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : nullptr;
+  std::string detail;
+  if (res != nullptr) {
+    if (const char* primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY)) {
+      detail = primary;
+      if (const char* more = PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL)) {
+        detail += " (" + std::string(more) + ")";
+      }
+    } else {
+      detail = Trimmed(PQresultErrorMessage(res));
+    }
+  }
+  if (detail.empty() && conn_ != nullptr) detail = Trimmed(PQerrorMessage(conn_));
+  if (detail.empty()) detail = "no connection";
+  std::string code = state != nullptr ? state : "";
+  if (!code.empty()) detail += " [SQLSTATE " + code + "]";
+  std::string message = name_ + ": " + std::string(context) + ": " + detail;
+  // What the environment may fix (the server, the network, space, load) is UNAVAILABLE; a broken
+  // invariant or corruption is INTERNAL.
+  if (code.empty()) {
+    bool lost = conn_ == nullptr || PQstatus(conn_) != CONNECTION_OK;
+    return lost ? Status::Unavailable(message + " (the connection to the server was lost)")
+                : Status::Internal(message);
+  }
+  std::string_view cls = std::string_view(code).substr(0, 2);
+  if (code == "XX001" || code == "XX002") {
+    return Status::Internal(name_ + " is corrupt (" + std::string(context) + ": " + detail + ")");
+  }
+  if (cls == "08" || cls == "53" || cls == "57" || cls == "58" || cls == "40" || code == "55P03" ||
+      code == "55006" || code == "25006") {
+    return Status::Unavailable(std::move(message));
+  }
+  return Status::Internal(std::move(message));
+}
+
+Status PgStore::Exec(const char* sql, std::string_view context, ResultPtr* out) {
+  ResultPtr res(PQexec(conn_, sql));
+  ExecStatusType st = res ? PQresultStatus(res.get()) : PGRES_FATAL_ERROR;
+  if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) return Error(context, res.get());
+  if (out != nullptr) *out = std::move(res);
+  return Status::Ok();
+}
+
+Status PgStore::Connect(std::chrono::milliseconds wait) {
+  Close();
+  auto timeout_s = std::max<std::int64_t>(2, (options_.connect_timeout.count() + 999) / 1000);
+  std::string timeout = std::to_string(timeout_s);
+  // Earlier keywords are defaults that the URI (expanded from dbname) overrides.
+  const char* keys[] = {"connect_timeout", "fallback_application_name", "dbname", nullptr};
+  const char* values[] = {timeout.c_str(), "syncsched", options_.uri.c_str(), nullptr};
+  conn_ = PQconnectdbParams(keys, values, /*expand_dbname=*/1);
+  if (conn_ == nullptr) return Status::Unavailable(name_ + " cannot be reached: out of memory");
+  if (PQstatus(conn_) != CONNECTION_OK) {
+    std::string why = Trimmed(PQerrorMessage(conn_));
+    Close();
+    return Status::Unavailable(name_ + " cannot be reached: " + why);
+  }
+  PQsetNoticeProcessor(
+      conn_, [](void*, const char*) {}, nullptr);
+  // Generic plans for the prepared statements: a custom plan sees the length of a 8192-row array
+  // and picks a merge join that scans the whole schedules index once per statement (a durable
+  // start of 1M schedules took 11x the raw COPY of its rows); the generic plan's index lookups
+  // per row are right for every batch size, and small commits skip planning altogether.
+  std::string setup = "SET client_min_messages = warning; SET plan_cache_mode = force_generic_plan";
+  if (options_.statement_timeout.count() > 0) {
+    setup += "; SET statement_timeout = " + std::to_string(options_.statement_timeout.count());
+  }
+  if (Status s = Exec(setup.c_str(), "setting up the session"); !s.ok()) return s;
+
+  std::string lock = "SELECT pg_try_advisory_lock(" + std::to_string(kPostgresOwnerLockKey) + ")";
+  auto deadline = std::chrono::steady_clock::now() + wait;
+  for (;;) {
+    ResultPtr res;
+    if (Status s = Exec(lock.c_str(), "taking the owner lock", &res); !s.ok()) return s;
+    if (std::strcmp(PQgetvalue(res.get(), 0, 0), "t") == 0) break;
+    if (std::chrono::steady_clock::now() >= deadline) {
+      // Who holds it: an advisory lock on a bigint key is (classid, objid) = (high, low) halves.
+      auto key = static_cast<std::uint64_t>(kPostgresOwnerLockKey);
+      std::string who =
+          "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 AND "
+          "database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND "
+          "classid = " +
+          std::to_string(key >> 32) + " AND objid = " + std::to_string(key & 0xffffffffu);
+      ResultPtr holder;
+      std::string pid;
+      if (Exec(who.c_str(), "finding the owner", &holder).ok() && PQntuples(holder.get()) > 0) {
+        pid = PQgetvalue(holder.get(), 0, 0);
+      }
+      Close();
+      return Status::Unavailable(name_ + " is in use by another syncsched engine" +
+                                 (pid.empty() ? "" : " (backend pid " + pid + ")") +
+                                 "; it holds the advisory lock " +
+                                 std::to_string(kPostgresOwnerLockKey));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return Status::Ok();
+}
+
+Status PgStore::Inspect(int* version) {
+  ResultPtr res;
+  Status s = Exec(
+      "SELECT to_regclass('syncsched.meta') IS NOT NULL, "
+      "(SELECT count(*) FROM pg_tables WHERE schemaname = 'syncsched')",
+      "reading the schema", &res);
+  if (!s.ok()) return s;
+  bool has_meta = std::strcmp(PQgetvalue(res.get(), 0, 0), "t") == 0;
+  long tables = std::strtol(PQgetvalue(res.get(), 0, 1), nullptr, 10);
+  if (!has_meta) {
+    if (tables != 0) {
+      return Status::FailedPrecondition(
+          name_ +
+          " holds a schema 'syncsched' of another application (tables but no syncsched.meta); "
+          "refusing to change it");
+    }
+    *version = 0;
+    return Status::Ok();
+  }
+  s = Exec("SELECT value FROM syncsched.meta WHERE key = 'schema_version'",
+           "reading the schema version", &res);
+  if (!s.ok()) return s;
+  if (PQntuples(res.get()) != 1) {
+    return Status::Internal(name_ +
+                            " is not a syncsched database or is corrupt (no schema_version in "
+                            "syncsched.meta)");
+  }
+  long long v = std::strtoll(PQgetvalue(res.get(), 0, 0), nullptr, 10);
+  if (v > kSchemaVersion) {
+    return Status::FailedPrecondition(name_ + " has schema version " + std::to_string(v) +
+                                      ", newer than version " + std::to_string(kSchemaVersion) +
+                                      " that this syncsched knows; open it with a newer syncsched");
+  }
+  if (v <= 0) {
+    return Status::Internal(name_ + " is not a syncsched database or is corrupt (schema version " +
+                            std::to_string(v) + ")");
+  }
+  *version = static_cast<int>(v);
+  for (const char* table : kMigrations[v - 1].tables) {
+    if (table == nullptr) break;
+    std::string sql = "SELECT to_regclass('syncsched." + std::string(table) + "') IS NOT NULL";
+    s = Exec(sql.c_str(), "reading the schema", &res);
+    if (!s.ok()) return s;
+    if (std::strcmp(PQgetvalue(res.get(), 0, 0), "t") != 0) {
+      return Status::Internal(name_ +
+                              " is not a syncsched database or is corrupt (schema version " +
+                              std::to_string(v) + " without table 'syncsched." + table + "')");
+    }
+  }
+  return Status::Ok();
+}
+
+Status PgStore::Migrate(int from_version) {
+  for (const Migration& step : kMigrations) {
+    if (step.version <= from_version) continue;
+    std::string context = "migrating the schema to version " + std::to_string(step.version);
+    std::string sql = "BEGIN;" + std::string(step.sql) +
+                      "UPDATE syncsched.meta SET value = " + std::to_string(step.version) +
+                      " WHERE key = 'schema_version'; COMMIT";
+    Status s = Exec(sql.c_str(), context);
+    if (!s.ok()) {
+      if (Connected() && PQtransactionStatus(conn_) != PQTRANS_IDLE) {
+        (void)Exec("ROLLBACK", context);
+      }
+      return s;
+    }
+  }
+  return Status::Ok();
+}
+
+// Marks the database as this store's, trims the history to history_per_schedule, and reads
+// max_uid and commit_seq: one transaction.
+Status PgStore::Claim() {
+  auto keep = static_cast<std::int64_t>(options_.history_per_schedule);
+  std::string sql =
+      "BEGIN;"
+      "DELETE FROM syncsched.history WHERE place >= " +
+      std::to_string(keep) + " AND " + std::to_string(keep) +
+      " < (SELECT value FROM syncsched.meta WHERE key = 'history_kept');"
+      "UPDATE syncsched.meta SET value = CASE key WHEN 'owner' THEN " +
+      std::to_string(owner_) + " WHEN 'history_kept' THEN " + std::to_string(keep) +
+      " ELSE value + 1 END WHERE key IN ('owner', 'history_kept', 'commit_seq');"
+      "COMMIT";
+  Status s = Exec(sql.c_str(), "claiming the database");
+  if (!s.ok()) {
+    if (Connected() && PQtransactionStatus(conn_) != PQTRANS_IDLE) (void)Exec("ROLLBACK", "");
+    return s;
+  }
+  ResultPtr res;
+  s = Exec(
+      "SELECT (SELECT value FROM syncsched.meta WHERE key = 'max_uid'),"
+      "       (SELECT value FROM syncsched.meta WHERE key = 'commit_seq')",
+      "reading max_uid", &res);
+  if (!s.ok()) return s;
+  if (PQgetisnull(res.get(), 0, 0) || PQgetisnull(res.get(), 0, 1)) {
+    return Status::Internal(name_ +
+                            " is not a syncsched database or is corrupt (syncsched.meta misses "
+                            "max_uid or commit_seq)");
+  }
+  max_uid_ = static_cast<std::uint64_t>(std::strtoll(PQgetvalue(res.get(), 0, 0), nullptr, 10));
+  commit_seq_ = std::strtoll(PQgetvalue(res.get(), 0, 1), nullptr, 10);
+  return Status::Ok();
+}
+
+Status PgStore::Prepare() {
+  for (int i = 0; i < kStatementCount; ++i) {
+    ResultPtr res(PQprepare(conn_, StatementName(i), statement_sql_[i].c_str(), 0, nullptr));
+    if (!res || PQresultStatus(res.get()) != PGRES_COMMAND_OK) {
+      return Error(std::string("preparing ") + StatementName(i), res.get());
+    }
+  }
+  return Status::Ok();
+}
+
+Status PgStore::Open() {
+  Status s = Connect(options_.wait_for_owner);
+  if (!s.ok()) return s;
+  int version = 0;
+  s = Inspect(&version);
+  if (!s.ok()) return s;
+  s = Migrate(version);
+  if (!s.ok()) return s;
+  s = Claim();
+  if (!s.ok()) return s;
+  return Prepare();
+}
+
+Status PgStore::Reconnect(bool* applied) {
+  *applied = false;
+  Status s = Connect(std::chrono::milliseconds(0));
+  if (!s.ok()) return s;
+  ResultPtr res;
+  s = Exec(
+      "SELECT (SELECT value FROM syncsched.meta WHERE key = 'owner'),"
+      "       (SELECT value FROM syncsched.meta WHERE key = 'commit_seq')",
+      "reading the owner mark", &res);
+  if (!s.ok()) {
+    Lost(s.message());
+    return s;
+  }
+  std::int64_t owner = std::strtoll(PQgetvalue(res.get(), 0, 0), nullptr, 10);
+  std::int64_t seq = std::strtoll(PQgetvalue(res.get(), 0, 1), nullptr, 10);
+  if (owner != owner_) {
+    broken_ = Status::Unavailable(
+        name_ +
+        " is in use by another syncsched engine: it was opened by another engine while this "
+        "store's connection was lost (" +
+        lost_cause_ +
+        "); this store refuses every further Commit and Load; destroy it and open the database "
+        "again");
+    Close();
+    return broken_;
+  }
+  if (in_doubt_seq_ != 0 && seq == in_doubt_seq_) {
+    *applied = true;
+    commit_seq_ = seq;
+    max_uid_ = std::max(max_uid_, in_doubt_max_uid_);
+  } else if (seq != commit_seq_) {
+    broken_ = Status::Internal(name_ + ": its commit mark is " + std::to_string(seq) +
+                               " where this store expected " + std::to_string(commit_seq_) +
+                               ": something else wrote to it; this store refuses every further "
+                               "Commit and Load; destroy it and open the database again");
+    Close();
+    return broken_;
+  }
+  in_doubt_seq_ = 0;
+  s = Prepare();
+  if (!s.ok()) {
+    Lost(s.message());
+    return s;
+  }
+  lost_cause_.clear();
+  backoff_ = options_.reconnect_backoff_min;
+  return Status::Ok();
+}
+
+Status PgStore::EnsureConnected() {
+  if (!broken_.ok()) return broken_;
+  if (Connected()) return Status::Ok();
+  if (conn_ != nullptr) Lost("the connection was lost: " + Trimmed(PQerrorMessage(conn_)));
+  auto now = std::chrono::steady_clock::now();
+  if (now < next_attempt_) {
+    auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(next_attempt_ - now);
+    return Status::Unavailable(name_ + ": not connected (" + lost_cause_ +
+                               "); the next reconnect attempt is in " +
+                               std::to_string(wait.count()) + " ms");
+  }
+  bool applied = false;
+  Status s = Reconnect(&applied);
+  if (!s.ok()) {
+    if (broken_.ok()) {
+      next_attempt_ = std::chrono::steady_clock::now() + backoff_;
+      backoff_ = std::min(options_.reconnect_backoff_max, backoff_ * 2);
+      if (backoff_.count() == 0) backoff_ = options_.reconnect_backoff_min;
+    }
+    return s;
+  }
+  if (applied) {
+    // The engine was told that commit failed and rolled back what it had applied in memory.
+    broken_ = Status::Internal(
+        name_ +
+        ": a commit reported as failed (its connection was lost before its answer) was applied; "
+        "this store refuses every further Commit and Load, since the engine's state no longer "
+        "matches the database's; destroy it and open the database again");
+    Close();
+    return broken_;
+  }
+  return Status::Ok();
+}
+
+// ---- Commit ----
+
+void AddScheduleRow(const ScheduleRow& r, const ScheduleRow* key, bool with_key,
+                    std::vector<ArrayParam>& a) {
+  std::size_t i = 0;
+  a[i++].Int8(static_cast<std::int64_t>(r.uid));
+  if (with_key) {
+    a[i++].Bytes(key->integration);
+    a[i++].Bytes(key->connection);
+    a[i++].Bytes(key->sync);
+    a[i++].Bytes(key->variant);
+  }
+  a[i++].Int2(r.state);
+  a[i++].Int8(r.anchor_ms);
+  a[i++].Int8(r.frequency_override_ms);
+  a[i++].Int8(r.next_slot_ms);
+  a[i++].Int8(static_cast<std::int64_t>(r.runs));
+  a[i++].Int8(static_cast<std::int64_t>(r.failures));
+  a[i++].Int8(static_cast<std::int64_t>(r.skipped));
+  a[i++].Int8(r.last_start_ms);
+  a[i++].Int8(r.last_finish_ms);
+  a[i++].Int2(r.last_ok);
+  a[i++].Bytes(r.last_error);
+  const RunRow& run = r.in_flight;
+  a[i++].Bytes(run.run_id);
+  a[i++].Int8(run.run_id.empty() ? 0 : run.slot_ms);
+  a[i++].Int2(run.run_id.empty() ? 0 : run.mode);
+  a[i++].Int4(run.run_id.empty() ? 0 : run.attempt);
+  a[i++].Int8(run.run_id.empty() ? 0 : run.started_ms);
+  a[i++].Int8(static_cast<std::int64_t>(r.run_seq));
+  a[i++].Int2(r.pending);
+  for (const OwedRun* owed : {&r.waiting, &r.retry}) {
+    if (owed->empty()) {
+      for (int k = 0; k < 7; ++k) a[i++].Null();
+      continue;
+    }
+    a[i++].Bytes(owed->run_id);
+    a[i++].Int8(owed->slot_ms);
+    a[i++].Int2(owed->mode);
+    a[i++].Int4(owed->attempt);
+    a[i++].Int8(owed->at_ms);
+    a[i++].Int8(static_cast<std::int64_t>(owed->seq));
+    a[i++].Bool(owed->scheduled);
+  }
+}
+
+std::vector<std::uint32_t> ScheduleOids(bool with_key) {
+  std::vector<std::uint32_t> oids;
+  for (std::size_t i = 0; i < kScheduleColumnCount; ++i) {
+    if (!with_key && i >= 1 && i <= kKeyColumns) continue;
+    std::string_view t = kScheduleColumns[i].type;
+    oids.push_back(t == "int8"   ? kInt8Oid
+                   : t == "int4" ? kInt4Oid
+                   : t == "int2" ? kInt2Oid
+                   : t == "bool" ? kBoolOid
+                                 : kByteaOid);
+  }
+  return oids;
+}
+
+// Turns `arrays` into a query's parameters and starts them afresh.
+Query Finish(int statement, std::vector<ArrayParam>& arrays, const std::vector<std::uint32_t>& oids,
+             std::string what) {
+  Query q;
+  q.statement = statement;
+  q.what = std::move(what);
+  for (std::size_t i = 0; i < arrays.size(); ++i) {
+    q.params.push_back(arrays[i].Finish());
+    arrays[i].Reset(oids[i]);
+  }
+  return q;
+}
+
+std::string Key2(std::string_view a, std::string_view b) {
+  std::string k;
+  k.reserve(a.size() + b.size() + 1);
+  k.append(a);
+  k.push_back('\0');
+  k.append(b);
+  return k;
+}
+
+Status PgStore::Plan(const Batch& batch, std::uint64_t* max_uid, std::vector<Query>* queries) {
+  std::vector<ArrayParam> a;
+  auto reset = [&](const std::vector<std::uint32_t>& oids) {
+    a.assign(oids.size(), ArrayParam());
+    for (std::size_t i = 0; i < oids.size(); ++i) a[i].Reset(oids[i]);
+  };
+  // Emits the rows gathered so far as one statement; `force`: even below kChunk rows.
+  auto flush = [&](int statement, const std::vector<std::uint32_t>& oids, bool force,
+                   const char* what) {
+    if (a.empty() || a[0].size() == 0 || (!force && a[0].size() < kChunk)) return;
+    std::string w = std::string(what) + " (" + std::to_string(a[0].size()) + " rows)";
+    queries->push_back(Finish(statement, a, oids, std::move(w)));
+  };
+
+  if (!batch.syncs.empty()) {
+    std::vector<std::uint32_t> oids = {kByteaOid, kByteaOid, kByteaOid, kInt8Oid,
+                                       kBoolOid,  kInt8Oid,  kInt8Oid,  kByteaOid};
+    std::unordered_map<std::string, std::size_t> last;
+    for (std::size_t i = 0; i < batch.syncs.size(); ++i) {
+      last[Key2(batch.syncs[i].integration, batch.syncs[i].name)] = i;
+    }
+    reset(oids);
+    for (std::size_t i = 0; i < batch.syncs.size(); ++i) {
+      const SyncRow& r = batch.syncs[i];
+      if (last[Key2(r.integration, r.name)] != i) continue;
+      a[0].Bytes(r.integration);
+      a[1].Bytes(r.name);
+      a[2].Bytes(r.frequency_text);
+      a[3].Int8(r.frequency_ms);
+      a[4].Bool(r.auto_start);
+      a[5].Int8(r.timeout_ms);
+      a[6].Int8(r.heartbeat_timeout_ms);
+      a[7].Bytes(r.policy);
+      flush(kUpsertSyncs, oids, false, "writing syncs");
+    }
+    flush(kUpsertSyncs, oids, true, "writing syncs");
+  }
+  if (!batch.integrations.empty()) {
+    std::vector<std::uint32_t> oids = {kByteaOid, kInt8Oid};
+    std::unordered_map<std::string, std::size_t> last;
+    for (std::size_t i = 0; i < batch.integrations.size(); ++i) {
+      last[batch.integrations[i].integration] = i;
+    }
+    reset(oids);
+    for (std::size_t i = 0; i < batch.integrations.size(); ++i) {
+      const IntegrationRow& r = batch.integrations[i];
+      if (last[r.integration] != i) continue;
+      a[0].Bytes(r.integration);
+      a[1].Int8(static_cast<std::int64_t>(r.max_concurrency));
+      flush(kUpsertIntegrations, oids, false, "writing integrations");
+    }
+    flush(kUpsertIntegrations, oids, true, "writing integrations");
+  }
+  const std::vector<std::uint32_t> pair_oids = {kByteaOid, kByteaOid};
+  for (auto [rows, statement, what] :
+       {std::tuple{&batch.connections_deleted, kDeleteConnections, "deleting connections"},
+        std::tuple{&batch.connections_added, kInsertConnections, "adding connections"}}) {
+    if (rows->empty()) continue;
+    std::unordered_set<std::string> seen;
+    reset(pair_oids);
+    for (const ConnectionRow& r : *rows) {
+      if (!seen.insert(Key2(r.integration, r.connection)).second) continue;
+      a[0].Bytes(r.integration);
+      a[1].Bytes(r.connection);
+      flush(statement, pair_oids, false, what);
+    }
+    flush(statement, pair_oids, true, what);
+  }
+
+  std::unordered_set<std::uint64_t> deleted(batch.schedules_deleted.begin(),
+                                            batch.schedules_deleted.end());
+  if (!deleted.empty()) {
+    std::vector<std::uint32_t> oids = {kInt8Oid};
+    reset(oids);
+    for (std::uint64_t uid : deleted) {
+      a[0].Int8(static_cast<std::int64_t>(uid));
+      flush(kDeleteSchedules, oids, false, "deleting schedules");
+    }
+    flush(kDeleteSchedules, oids, true, "deleting schedules");
+  }
+
+  // Schedule rows: the last version of each uid, with the key of any version that has one.
+  if (!batch.schedules.empty()) {
+    struct Latest {
+      std::size_t last;
+      const ScheduleRow* key = nullptr;
+    };
+    std::unordered_map<std::uint64_t, Latest> latest;
+    latest.reserve(batch.schedules.size());
+    for (std::size_t i = 0; i < batch.schedules.size(); ++i) {
+      const ScheduleRow& r = batch.schedules[i];
+      if (!deleted.empty() && deleted.count(r.uid) != 0) continue;
+      auto [it, inserted] = latest.try_emplace(r.uid, Latest{i});
+      it->second.last = i;
+      if (!r.update_only) it->second.key = &r;
+      *max_uid = std::max(*max_uid, r.uid);
+    }
+    const std::vector<std::uint32_t> keyed = ScheduleOids(true);
+    const std::vector<std::uint32_t> unkeyed = ScheduleOids(false);
+    // Three passes: new rows (a uid above the committed max_uid cannot exist: uids are never
+    // reused), keyed rows that may exist (upsert), and update-only rows.
+    for (int pass = 0; pass < 3; ++pass) {
+      const int statement = pass == 0   ? kInsertSchedules
+                            : pass == 1 ? kUpsertSchedules
+                                        : kUpdateSchedules;
+      const std::vector<std::uint32_t>& oids = pass == 2 ? unkeyed : keyed;
+      const char* what = pass == 0   ? "inserting schedules"
+                         : pass == 1 ? "writing schedules"
+                                     : "updating schedules";
+      reset(oids);
+      for (std::size_t i = 0; i < batch.schedules.size(); ++i) {
+        const ScheduleRow& r = batch.schedules[i];
+        auto it = latest.find(r.uid);
+        if (it == latest.end() || it->second.last != i) continue;
+        const ScheduleRow* key = it->second.key;
+        int kind = key == nullptr ? 2 : r.uid > max_uid_ ? 0 : 1;
+        if (kind != pass) continue;
+        AddScheduleRow(r, key, pass != 2, a);
+        flush(statement, oids, false, what);
+      }
+      flush(statement, oids, true, what);
+    }
+  }
+
+  if (!batch.runs.empty()) {
+    const auto keep = static_cast<std::uint64_t>(options_.history_per_schedule);
+    // (uid, place) -> the run that takes it: the last one in the batch.
+    struct PlaceHash {
+      std::size_t operator()(const std::pair<std::uint64_t, std::int16_t>& p) const {
+        return std::hash<std::uint64_t>()(p.first * 1031 + static_cast<std::uint64_t>(p.second));
+      }
+    };
+    std::unordered_map<std::pair<std::uint64_t, std::int16_t>, std::size_t, PlaceHash> place;
+    std::vector<std::pair<std::int16_t, std::size_t>> puts;  // (place, run index)
+    for (std::size_t i = 0; i < batch.runs.size(); ++i) {
+      const RunRow& r = batch.runs[i];
+      if (!deleted.empty() && deleted.count(r.schedule_uid) != 0) continue;
+      if (r.finished_ms == 0 || r.number == 0) {
+        return Status::Internal(name_ + ": writing run " + r.run_id + " of schedule uid " +
+                                std::to_string(r.schedule_uid) +
+                                ": not a finished run (finished_ms and number must be set)");
+      }
+      if (keep > 0) {
+        auto p = static_cast<std::int16_t>((r.number - 1) % keep);
+        place[{r.schedule_uid, p}] = i;
+        puts.emplace_back(p, i);
+      }
+      if (r.ok == 0) {
+        place[{r.schedule_uid, kFailurePlace}] = i;
+        puts.emplace_back(kFailurePlace, i);
+      }
+    }
+    std::vector<std::uint32_t> oids = {kInt8Oid, kInt2Oid, kByteaOid, kInt8Oid, kInt2Oid,
+                                       kInt4Oid, kInt8Oid, kInt8Oid,  kInt2Oid, kByteaOid};
+    reset(oids);
+    for (auto [p, i] : puts) {
+      const RunRow& r = batch.runs[i];
+      if (place[{r.schedule_uid, p}] != i) continue;
+      a[0].Int8(static_cast<std::int64_t>(r.schedule_uid));
+      a[1].Int2(p);
+      a[2].Bytes(r.run_id);
+      a[3].Int8(r.slot_ms);
+      a[4].Int2(r.mode);
+      a[5].Int4(r.attempt);
+      a[6].Int8(r.started_ms);
+      a[7].Int8(r.finished_ms);
+      a[8].Int2(r.ok);
+      a[9].Bytes(r.error);
+      flush(kPutHistory, oids, false, "writing finished runs");
+    }
+    flush(kPutHistory, oids, true, "writing finished runs");
+  }
+  return Status::Ok();
+}
+
+Status PgStore::RunPipeline(std::vector<Query>& queries, bool* in_doubt) {
+  *in_doubt = false;
+  if (PQenterPipelineMode(conn_) != 1) return Error("cannot enter pipeline mode", nullptr);
+  std::size_t sent = 0;
+  Status send_error;
+  std::vector<const char*> values;
+  std::vector<int> lengths, formats;
+  for (Query& q : queries) {
+    int ok = 0;
+    if (q.statement < 0) {
+      ok = PQsendQueryParams(conn_, q.sql, 0, nullptr, nullptr, nullptr, nullptr, 0);
+    } else {
+      values.clear();
+      lengths.clear();
+      for (const std::string& p : q.params) {
+        values.push_back(p.data());
+        lengths.push_back(static_cast<int>(p.size()));
+      }
+      formats.assign(q.params.size(), 1);
+      ok = PQsendQueryPrepared(conn_, StatementName(q.statement), static_cast<int>(values.size()),
+                               values.data(), lengths.data(), formats.data(), 0);
+    }
+    if (ok != 1) {
+      send_error = Error("sending " + q.what, nullptr);
+      break;
+    }
+    ++sent;
+  }
+  bool synced = send_error.ok() && PQpipelineSync(conn_) == 1;
+  if (send_error.ok() && !synced) send_error = Error("sending the commit", nullptr);
+
+  Status first_error;
+  bool answered_commit = false;
+  // Reads the results of the statements sent, then the sync. A lost connection ends the loop.
+  for (std::size_t i = 0; i < sent && Connected(); ++i) {
+    ResultPtr res(PQgetResult(conn_));
+    if (!res) break;
+    ExecStatusType st = PQresultStatus(res.get());
+    if (st == PGRES_FATAL_ERROR && first_error.ok()) {
+      first_error = Error(queries[i].what, res.get());
+    } else if (st == PGRES_COMMAND_OK && i + 1 == queries.size() && first_error.ok() &&
+               std::strcmp(PQcmdStatus(res.get()), "COMMIT") == 0) {
+      answered_commit = true;
+    }
+    while (ResultPtr more{PQgetResult(conn_)}) {
+    }  // the NULL that ends each statement's results
+  }
+  if (synced && Connected()) {
+    while (ResultPtr res{PQgetResult(conn_)}) {
+      if (PQresultStatus(res.get()) == PGRES_PIPELINE_SYNC) break;
+      if (PQresultStatus(res.get()) == PGRES_FATAL_ERROR && first_error.ok() && !answered_commit) {
+        first_error = Error("committing", res.get());
+      }
+    }
+  }
+  if (Connected()) {
+    if (PQexitPipelineMode(conn_) != 1) Lost("cannot leave pipeline mode");
+  }
+  if (first_error.ok() && !send_error.ok()) first_error = send_error;
+  if (answered_commit) {
+    // Applied, whatever happened to the connection after COMMIT's answer.
+    if (!Connected()) Lost("the connection was lost after a commit");
+    return Status::Ok();
+  }
+  if (!Connected()) {
+    std::string cause = conn_ != nullptr ? Trimmed(PQerrorMessage(conn_)) : lost_cause_;
+    // Sent whole, no statement failed, COMMIT's answer not read: the server may have committed.
+    *in_doubt = synced && !answered_commit &&
+                (first_error.ok() || first_error.message().find("SQLSTATE") == std::string::npos);
+    Lost("the connection was lost during a commit: " + cause);
+    if (first_error.ok()) {
+      first_error = Status::Unavailable(name_ + ": " + lost_cause_);
+    }
+    return first_error;
+  }
+  if (first_error.ok() && !answered_commit) {
+    first_error = Status::Internal(name_ + ": the server did not answer the commit");
+  }
+  if (!first_error.ok() && PQtransactionStatus(conn_) != PQTRANS_IDLE) {
+    ResultPtr res(PQexec(conn_, "ROLLBACK"));
+    // A connection that cannot roll back is closed: ending the session discards the transaction.
+    if (!res || PQresultStatus(res.get()) != PGRES_COMMAND_OK) Lost("ROLLBACK failed");
+  }
+  return first_error;
+}
+
+Status PgStore::Commit(const Batch& batch) {
+  if (!broken_.ok()) return broken_;
+  if (batch.empty()) return Status::Ok();
+  auto failed = [](const Status& s) {
+    return Status(s.code(), s.message() + " (commit failed; nothing of the batch is applied)");
+  };
+  if (Status s = EnsureConnected(); !s.ok()) return broken_.ok() ? failed(s) : s;
+  std::uint64_t max_uid = max_uid_;
+  std::vector<Query> queries;
+  queries.push_back(Query{-1, "BEGIN", {}, "beginning"});
+  Status s = Plan(batch, &max_uid, &queries);
+  if (!s.ok()) return failed(s);
+  const std::int64_t seq = commit_seq_ + 1;
+  {
+    Query meta;
+    meta.statement = kSetMeta;
+    meta.what = "writing the commit mark and max_uid";
+    std::string p1, p2;
+    PutBigEndian(seq, &p1);
+    PutBigEndian(static_cast<std::int64_t>(max_uid), &p2);
+    meta.params = {std::move(p1), std::move(p2)};
+    queries.push_back(std::move(meta));
+  }
+  queries.push_back(Query{-1, "COMMIT", {}, "committing"});
+
+  bool in_doubt = false;
+  s = RunPipeline(queries, &in_doubt);
+  if (s.ok()) {
+    commit_seq_ = seq;
+    max_uid_ = max_uid;
+    return s;
+  }
+  if (!in_doubt) return failed(s);
+  // Learn the outcome now, if the server can be reached at once.
+  in_doubt_seq_ = seq;
+  in_doubt_max_uid_ = max_uid;
+  bool applied = false;
+  Status again = Reconnect(&applied);
+  if (again.ok()) return applied ? Status::Ok() : failed(s);
+  if (!broken_.ok()) return broken_;
+  next_attempt_ = std::chrono::steady_clock::now() + backoff_;
+  return Status::Unavailable(s.message() +
+                             " (the commit was sent whole and its outcome is unknown until the "
+                             "store reconnects; if it proves applied then, the store refuses "
+                             "every further call)");
+}
+
+// ---- Load ----
+
+template <typename Row>
+Status PgStore::CopyOut(const std::string& sql, std::string_view what, const Row& row) {
+  std::string copy = "COPY (" + sql + ") TO STDOUT (FORMAT binary)";
+  ResultPtr res(PQexec(conn_, copy.c_str()));
+  if (!res || PQresultStatus(res.get()) != PGRES_COPY_OUT) return Error(what, res.get());
+  res.reset();
+  bool first = true;
+  Status status;
+  std::size_t n = 0;
+  for (;;) {
+    char* buf = nullptr;
+    int len = PQgetCopyData(conn_, &buf, 0);
+    if (len == -1) break;
+    if (len == -2) return Error(what, nullptr);
+    std::unique_ptr<char, decltype(&PQfreemem)> owned(buf, &PQfreemem);
+    if (!status.ok()) continue;  // drain the rest
+    CopyRow r;
+    int begun = r.Begin(buf, static_cast<std::size_t>(len), first);
+    first = false;
+    if (begun == 0) continue;
+    if (begun < 0) {
+      status = Status::Internal(name_ + " returned a malformed row while " + std::string(what));
+      continue;
+    }
+    ++n;
+    status = row(r);
+    if (status.ok() && !r.ok()) {
+      status = Status::Internal(name_ + " is not a syncsched database or is corrupt (" +
+                                std::string(what) + ": row " + std::to_string(n) +
+                                " has a NULL or a value of an unexpected size)");
+    }
+  }
+  res.reset(PQgetResult(conn_));
+  if (!res || PQresultStatus(res.get()) != PGRES_COMMAND_OK) return Error(what, res.get());
+  while (ResultPtr more{PQgetResult(conn_)}) {
+  }
+  return status;
+}
+
+Result<Snapshot> PgStore::Load() {
+  if (Status s = EnsureConnected(); !s.ok()) return s;
+  Status s = Exec("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", "beginning to read");
+  if (!s.ok()) return s;
+  auto fail = [&](Status status) -> Result<Snapshot> {
+    if (Connected() && PQtransactionStatus(conn_) != PQTRANS_IDLE) {
+      ResultPtr res(PQexec(conn_, "ROLLBACK"));
+      if (!res || PQresultStatus(res.get()) != PGRES_COMMAND_OK) Lost("ROLLBACK failed");
+    }
+    if (!Connected() && conn_ != nullptr) Lost(status.message());
+    return status;
+  };
+  Snapshot snap;
+  s = CopyOut(
+      "SELECT integration, name, frequency_text, frequency_ms, auto_start, timeout_ms, "
+      "heartbeat_timeout_ms, policy FROM syncsched.syncs",
+      "reading syncsched.syncs", [&](CopyRow& r) {
+        SyncRow& row = snap.syncs.emplace_back();
+        row.integration = r.Bytes();
+        row.name = r.Bytes();
+        row.frequency_text = r.Bytes();
+        row.frequency_ms = r.Int8();
+        row.auto_start = r.Bool();
+        row.timeout_ms = r.Int8();
+        row.heartbeat_timeout_ms = r.Int8();
+        row.policy = r.Bytes();
+        return Status::Ok();
+      });
+  if (!s.ok()) return fail(s);
+  s = CopyOut("SELECT integration, max_concurrency FROM syncsched.integrations",
+              "reading syncsched.integrations", [&](CopyRow& r) {
+                IntegrationRow& row = snap.integrations.emplace_back();
+                row.integration = r.Bytes();
+                row.max_concurrency = r.U64();
+                return Status::Ok();
+              });
+  if (!s.ok()) return fail(s);
+  s = CopyOut("SELECT integration, connection FROM syncsched.connections ORDER BY 1, 2",
+              "reading syncsched.connections", [&](CopyRow& r) {
+                ConnectionRow& row = snap.connections.emplace_back();
+                row.integration = r.Bytes();
+                row.connection = r.Bytes();
+                return Status::Ok();
+              });
+  if (!s.ok()) return fail(s);
+  s = CopyOut("SELECT " + Names(kScheduleColumns) + " FROM syncsched.schedules ORDER BY uid",
+              "reading syncsched.schedules", [&](CopyRow& r) {
+                if (r.fields() != static_cast<int>(kScheduleColumnCount)) {
+                  return Status::Internal(name_ + ": syncsched.schedules has " +
+                                          std::to_string(r.fields()) + " columns, not " +
+                                          std::to_string(kScheduleColumnCount));
+                }
+                ScheduleRow& row = snap.schedules.emplace_back();
+                row.uid = r.U64();
+                row.integration = r.Bytes();
+                row.connection = r.Bytes();
+                row.sync = r.Bytes();
+                row.variant = r.Bytes();
+                row.state = static_cast<std::uint8_t>(r.Int2());
+                row.anchor_ms = r.Int8();
+                row.frequency_override_ms = r.Int8();
+                row.next_slot_ms = r.Int8();
+                row.runs = r.U64();
+                row.failures = r.U64();
+                row.skipped = r.U64();
+                row.last_start_ms = r.Int8();
+                row.last_finish_ms = r.Int8();
+                row.last_ok = static_cast<std::int8_t>(r.Int2());
+                row.last_error = r.Bytes();
+                RunRow& run = row.in_flight;
+                run.run_id = r.Bytes();
+                run.slot_ms = r.Int8();
+                run.mode = static_cast<std::uint8_t>(r.Int2());
+                run.attempt = r.Int4();
+                run.started_ms = r.Int8();
+                row.run_seq = r.U64();
+                row.pending = static_cast<std::uint8_t>(r.Int2());
+                for (OwedRun* owed : {&row.waiting, &row.retry}) {
+                  if (r.NextIsNull()) {
+                    for (int k = 0; k < 6; ++k) {
+                      if (!r.NextIsNull()) {
+                        return Status::Internal(
+                            name_ + " is not a syncsched database or is corrupt (schedule uid " +
+                            std::to_string(row.uid) + ": an owed run without a run id)");
+                      }
+                    }
+                    continue;
+                  }
+                  owed->run_id = r.Bytes();
+                  owed->slot_ms = r.Int8();
+                  owed->mode = static_cast<std::uint8_t>(r.Int2());
+                  owed->attempt = r.Int4();
+                  owed->at_ms = r.Int8();
+                  owed->seq = r.U64();
+                  owed->scheduled = r.Bool();
+                  if (r.ok() && owed->run_id.empty()) {
+                    return Status::Internal(
+                        name_ + " is not a syncsched database or is corrupt (schedule uid " +
+                        std::to_string(row.uid) + ": an owed run with an empty run id)");
+                  }
+                }
+                if (!r.ok()) {
+                  return Status::Internal(
+                      name_ + " is not a syncsched database or is corrupt (schedule uid " +
+                      std::to_string(row.uid) + ": a NULL or a value of an unexpected size)");
+                }
+                if (!run.run_id.empty()) {
+                  run.schedule_uid = row.uid;
+                  snap.unfinished_runs.push_back(run);
+                } else {
+                  run = RunRow{};
+                }
+                return Status::Ok();
+              });
+  if (!s.ok()) return fail(s);
+  ResultPtr res;
+  s = Exec("SELECT value FROM syncsched.meta WHERE key = 'max_uid'", "reading max_uid", &res);
+  if (!s.ok()) return fail(s);
+  if (PQntuples(res.get()) != 1) {
+    return fail(Status::Internal(
+        name_ + " is not a syncsched database or is corrupt (no max_uid in syncsched.meta)"));
+  }
+  snap.max_uid = static_cast<std::uint64_t>(std::strtoll(PQgetvalue(res.get(), 0, 0), nullptr, 10));
+  s = Exec("COMMIT", "finishing reading");
+  if (!s.ok()) return fail(s);
+  return snap;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Store>> OpenPostgresStore(const PostgresStoreOptions& options) {
+  if (!IsPostgresUri(options.uri)) {
+    return Status::InvalidArgument("PostgresStoreOptions.uri '" + RedactDatabaseUri(options.uri) +
+                                   "' is not a PostgreSQL URI; it must start with "
+                                   "\"postgresql://\" or \"postgres://\"");
+  }
+  if (options.history_per_schedule > 1000) {
+    return Status::InvalidArgument("PostgresStoreOptions.history_per_schedule is " +
+                                   std::to_string(options.history_per_schedule) +
+                                   "; at most 1000 runs per schedule are kept");
+  }
+  if (options.reconnect_backoff_max < options.reconnect_backoff_min) {
+    return Status::InvalidArgument("PostgresStoreOptions.reconnect_backoff_max (" +
+                                   std::to_string(options.reconnect_backoff_max.count()) +
+                                   " ms) is below reconnect_backoff_min (" +
+                                   std::to_string(options.reconnect_backoff_min.count()) + " ms)");
+  }
+  auto store = std::make_unique<PgStore>(options);
+  Status s = store->Open();
+  if (!s.ok()) return s;
+  return std::unique_ptr<Store>(std::move(store));
+}
+
+namespace internal {
+
+void DropConnectionForTest(Store& store) { static_cast<PgStore&>(store).DropConnection(); }
+
+int BackendPidForTest(Store& store) { return static_cast<PgStore&>(store).BackendPid(); }
+
+}  // namespace internal
+
+}  // namespace syncsched::store

@@ -1,0 +1,131 @@
+// The PostgreSQL store: a second implementation of store::Store (see store.h), on libpq, for a
+// host that already runs PostgreSQL or wants its schedules on a server that outlives the machine.
+// Same contract as the SQLite store (sqlite_store.h): same rows in, same rows out.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "store/store.h"
+#include "syncsched/status.h"
+
+namespace syncsched::store {
+
+struct PostgresStoreOptions {
+  // A libpq connection URI starting with "postgresql://" or "postgres://", e.g.
+  // "postgresql://sched@127.0.0.1:5432/syncsched" or, over a unix socket,
+  // "postgresql://postgres@/syncsched?host=/run/postgresql". Required. The database must exist;
+  // the store creates its tables in the schema `syncsched` inside it. The password, if the URI
+  // holds one, never appears in a message (see RedactDatabaseUri).
+  std::string uri;
+
+  // Finished runs kept per schedule (at most 1000), beside the most recent failed run, exactly as
+  // SqliteStoreOptions::history_per_schedule. A smaller value than the database was written with
+  // deletes the surplus at open.
+  std::size_t history_per_schedule = 20;
+
+  // How long an open waits for another owner of the database to let go before it is refused.
+  // 0 (default): refuse at once.
+  std::chrono::milliseconds wait_for_owner{0};
+
+  // libpq's connect_timeout for every connection attempt (open and reconnects), unless the URI
+  // sets its own. Rounded up to whole seconds (libpq's unit); at least 2 s.
+  std::chrono::milliseconds connect_timeout{10'000};
+
+  // The session's statement_timeout: a statement of Load or Commit that runs longer is cancelled
+  // by the server and the call fails with UNAVAILABLE (nothing applied). 0 (default): the
+  // server's setting.
+  std::chrono::milliseconds statement_timeout{0};
+
+  // After a lost connection, the next call reconnects at once; when that fails, calls within the
+  // following `reconnect_backoff_min` fail at once without trying, and the wait doubles after each
+  // failed attempt up to `reconnect_backoff_max`. A successful reconnect resets it.
+  std::chrono::milliseconds reconnect_backoff_min{100};
+  std::chrono::milliseconds reconnect_backoff_max{5'000};
+};
+
+// True when `database` names a PostgreSQL database (starts with "postgresql://" or
+// "postgres://"), false for anything else (an SQLite file path, ":memory:").
+bool IsPostgresUri(std::string_view database);
+
+// `uri` with its password (in the user-info part or a `password=` parameter) replaced by "***",
+// for messages and logs. Anything else is returned unchanged.
+std::string RedactDatabaseUri(std::string_view uri);
+
+// Opens the PostgreSQL store at `options.uri`, creating its schema (`syncsched`) and tables when
+// absent and migrating an older schema (versioned by the row `schema_version` of the table
+// `syncsched.meta`; each migration is one transaction with its new version).
+//
+// Success: a store that owns the database until it is destroyed. Ownership is exclusive: the store
+// holds a session-level advisory lock (pg_try_advisory_lock, key kPostgresOwnerLockKey) on its
+// connection, released when the store is destroyed or its session ends (the server releases it
+// when the connection is lost or the server restarts).
+//
+// Errors (every message names the database by its URI, without password, and the cause; a
+// refused database is never written to):
+// - INVALID_ARGUMENT: a URI not starting with "postgresql://" or "postgres://";
+//   history_per_schedule above 1000; a reconnect backoff of zero maximum below its minimum.
+// - UNAVAILABLE: the server cannot be reached or refuses the connection (down, wrong host or port,
+//   authentication, a database that does not exist); another store, in this process or another,
+//   owns the database ("... is in use by another syncsched engine (backend pid N)"), after waiting
+//   `wait_for_owner`; a statement timeout or full disk while creating or migrating the schema.
+// - INTERNAL: the schema `syncsched` exists but misses tables of its declared version, or its
+//   meta rows ("not a syncsched database or corrupt"); data corruption reported by the server.
+// - FAILED_PRECONDITION: the database has a newer schema than this build knows (both versions are
+//   named), or holds a schema `syncsched` of another application (tables but no version).
+//
+// The returned store:
+// - Load() reads the whole state in one REPEATABLE READ, READ ONLY transaction (binary COPY of
+//   each table). INTERNAL if a row cannot be decoded (naming the table and the row).
+// - Commit() applies a batch in one transaction, sent as one pipeline (one round trip): prepared
+//   statements whose parameters are binary arrays expanded by UNNEST, at most 8192 rows per
+//   statement. Within a batch, deletions are applied before insertions and upserts, exactly as the
+//   SQLite store does: connections_deleted, then connections_added (an existing connection is left
+//   as is); schedules_deleted (with their history), then schedule upserts and finished runs into
+//   the history, except that rows of a uid listed in schedules_deleted are not written. Rows with
+//   the same key within one batch: the last one wins. Every field of a ScheduleRow is written, for
+//   new and update_only rows alike, and Load reads each back as written (an update_only row of a
+//   schedule the database no longer holds writes nothing). A run in `runs` must be finished
+//   (finished_ms and number set), else INTERNAL. On any error the transaction is rolled back and
+//   nothing of the batch is applied: UNAVAILABLE for a lost connection, a server shutting down or
+//   restarting, a full disk, a statement timeout, a lock or serialization failure; INTERNAL for a
+//   violated constraint (two uids with one key, an engine bug) or corruption. An empty batch
+//   commits nothing and needs no connection.
+// - After a lost connection, the next Load or Commit reconnects (with backoff, see
+//   PostgresStoreOptions) and takes the advisory lock again before anything else. When the lock is
+//   held by another engine, or another engine opened the database while this store was
+//   disconnected (its owner mark in `syncsched.meta` changed), the call fails with UNAVAILABLE
+//   ("... is in use by another syncsched engine") and so does every later call: the store never
+//   writes again over a database another engine took over. Destroy it and open the database again.
+// - A commit whose connection is lost after it was sent may have been applied by the server. The
+//   store then reconnects at once and reads the database's commit mark to learn the outcome: OK
+//   when it was applied, UNAVAILABLE when it was not. When it cannot reconnect, it returns
+//   UNAVAILABLE saying the outcome is unknown, and resolves it at the next reconnect: if the commit
+//   had been applied, that call and every later one fail with INTERNAL ("a commit reported as
+//   failed was applied"), since the engine rolled back what it believed failed; destroy the store
+//   and open the database again to read the truth.
+// - Health() is OK while the store can be used, and otherwise the status every later call returns
+//   (the two cases above). A lost connection, a failed commit or a server restart do not change it:
+//   the store reconnects.
+//
+// Thread safety: a store may be used from any thread but by one thread at a time (the engine
+// serializes its calls). Distinct stores are independent (on one database, one is refused).
+Result<std::unique_ptr<Store>> OpenPostgresStore(const PostgresStoreOptions& options);
+
+// The advisory lock key of a syncsched database's owner (the bytes "syncschd").
+inline constexpr std::int64_t kPostgresOwnerLockKey = 0x7379'6e63'7363'6864;
+
+namespace internal {
+// Test hook: closes the store's connection as a network failure would (the server ends the
+// session, releasing the advisory lock); the next call reconnects. `store` must come from
+// OpenPostgresStore.
+void DropConnectionForTest(Store& store);
+// Test hook: the server's process id of the store's session, or 0 without a connection.
+int BackendPidForTest(Store& store);
+}  // namespace internal
+
+}  // namespace syncsched::store

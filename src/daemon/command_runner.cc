@@ -276,7 +276,10 @@ struct SpawnPlan {
   pid_t parent;  // the daemon
   bool restore_nofile;
   rlimit nofile;
-  volatile int error;  // set by the child when it fails before or at the exec
+  // Where the child writes its errno when it fails before or at the exec (close-on-exec: the
+  // parent reads nothing once the exec succeeded). A pipe rather than shared memory: under
+  // valgrind, which runs a CLONE_VFORK clone as a fork, the child's memory is its own.
+  int report_fd;
 };
 
 // The child of a spawn, from clone(CLONE_VM | CLONE_VFORK): it shares the daemon's memory while
@@ -318,8 +321,16 @@ SYNCSCHED_NO_SANITIZE int SpawnChild(void* arg) {
   }
   // Nothing else of the daemon's reaches the command: not its listening socket (which would keep
   // the port bound after the daemon exits), not its clients' connections, not the database.
-  if (syscall(SYS_close_range, 3u, ~0u, 0u) != 0) {
-    for (int i = 3; i < 65536; ++i) syscall(SYS_close, i);
+  // (All but the report pipe, which closes at the exec.)
+  {
+    auto report = static_cast<unsigned>(plan->report_fd);
+    bool closed = (report == 3 || syscall(SYS_close_range, 3u, report - 1, 0u) == 0) &&
+                  syscall(SYS_close_range, report + 1, ~0u, 0u) == 0;
+    if (!closed) {
+      for (int i = 3; i < 65536; ++i) {
+        if (i != plan->report_fd) syscall(SYS_close, i);
+      }
+    }
   }
   if (plan->restore_nofile) syscall(SYS_prlimit64, 0, RLIMIT_NOFILE, &plan->nofile, nullptr);
   {
@@ -327,8 +338,10 @@ SYNCSCHED_NO_SANITIZE int SpawnChild(void* arg) {
     syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, nullptr, sizeof none);
   }
   syscall(SYS_execve, plan->path, plan->argv, plan->envp);
-fail:
-  plan->error = errno == 0 ? EINVAL : errno;
+fail : {
+  int error = errno == 0 ? EINVAL : errno;
+  syscall(SYS_write, plan->report_fd, &error, sizeof error);
+}
   syscall(SYS_exit_group, 127);
   return 127;
 }
@@ -553,12 +566,28 @@ RunReport CommandRunner::RunProcess(const std::vector<std::string>& argv, const 
     plan.parent = getpid();
     plan.restore_nofile = g_restore_nofile.load();
     plan.nofile = g_nofile;
-    plan.error = 0;
+    int report[2];
+    if (pipe2(report, O_CLOEXEC) != 0) {
+      return RunReport::Failure(std::string("cannot create a pipe: ") + std::strerror(errno));
+    }
+    Fd report_read(report[0]);
+    Fd report_write(report[1]);
+    plan.report_fd = report_write.get();
     pid = Spawn(plan);
+    int child_error = 0;
+    if (pid >= 0) {
+      report_write.Reset();
+      // Nothing (end of file) once the exec succeeded; the errno when the child failed.
+      ssize_t n;
+      while ((n = read(report_read.get(), &child_error, sizeof child_error)) < 0 &&
+             errno == EINTR) {
+      }
+      if (n != static_cast<ssize_t>(sizeof child_error)) child_error = 0;
+    }
     if (pid < 0) {
       rc = errno;
-    } else if (plan.error != 0) {
-      rc = plan.error;
+    } else if (child_error != 0) {
+      rc = child_error;
       // It may have registered its group with the watchdog before its exec failed.
       Watch('-', pid);
       while (waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {

@@ -175,7 +175,8 @@ Status EngineCore::Recover(store::Snapshot snap) {
     info.heartbeat_timeout_ms = row.heartbeat_timeout_ms;
     DecodePolicy(row.policy, info);
     if (info.frequency_ms <= 0) {
-      return Status::Internal(options_.database_path + ": sync " + Quote(row.name) +
+      return Status::Internal(RedactedDatabasePath(options_.database_path) + ": sync " +
+                              Quote(row.name) +
                               " has a non-positive frequency; the database is corrupt");
     }
     cat_.AddSync(integ, std::move(info));
@@ -205,7 +206,8 @@ Status EngineCore::Recover(store::Snapshot snap) {
     std::uint32_t sync = integ == kNone ? kNone : cat_.FindSync(integ, row.sync);
     std::uint32_t conn = integ == kNone ? kNone : cat_.FindConnection(integ, row.connection);
     if (sync == kNone || conn == kNone) {
-      return Status::Internal(options_.database_path + ": schedule " + std::to_string(row.uid) +
+      return Status::Internal(RedactedDatabasePath(options_.database_path) + ": schedule " +
+                              std::to_string(row.uid) +
                               " names a sync or connection that is not stored; the database is "
                               "corrupt");
     }

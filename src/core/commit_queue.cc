@@ -54,6 +54,52 @@ void Dedup(store::Batch& b) {
 
 }  // namespace
 
+store::Batch CommitStream::TakeBuffer() {
+  MutexLock lock(mu_);
+  if (free_.empty()) return store::Batch();
+  store::Batch b = std::move(free_.back());
+  free_.pop_back();
+  return b;
+}
+
+bool CommitStream::Put(store::Batch part) {
+  MutexLock lock(mu_);
+  while (!abandoned_ && queued_.size() >= kMaxQueued) cv_.Wait(mu_);
+  if (abandoned_) return false;
+  queued_.push_back(std::move(part));
+  cv_.NotifyAll();
+  return true;
+}
+
+void CommitStream::Close() {
+  MutexLock lock(mu_);
+  closed_ = true;
+  cv_.NotifyAll();
+}
+
+bool CommitStream::Next(store::Batch& part) {
+  part.clear();  // its rows are written; the capacity is worth keeping
+  MutexLock lock(mu_);
+  if (part.schedules.capacity() != 0 || part.runs.capacity() != 0) {
+    free_.push_back(std::move(part));
+    part = store::Batch();
+  }
+  while (queued_.empty() && !closed_) cv_.Wait(mu_);
+  if (queued_.empty()) return false;
+  part = std::move(queued_.front());
+  queued_.erase(queued_.begin());
+  cv_.NotifyAll();  // room for the producer
+  return true;
+}
+
+void CommitStream::Abandon() {
+  MutexLock lock(mu_);
+  abandoned_ = true;
+  queued_.clear();
+  free_.clear();
+  cv_.NotifyAll();
+}
+
 CommitQueue::CommitQueue(store::Store& store, ReleaseFn release, HealthFn on_health,
                          std::size_t max_carried_runs)
     : store_(store),
@@ -66,12 +112,12 @@ CommitQueue::~CommitQueue() { Stop(); }
 
 void CommitQueue::Enqueue(store::Batch batch, std::vector<RunPtr> runs) {
   if (batch.empty() && runs.empty()) return;
-  Push(Item{std::move(batch), std::move(runs), nullptr});
+  Push(Item{std::move(batch), std::move(runs), nullptr, false, nullptr});
 }
 
 CommitQueue::Ticket CommitQueue::Submit(store::Batch batch, std::vector<RunPtr> runs) {
   auto waiter = std::make_shared<CommitWaiter>();
-  Push(Item{std::move(batch), std::move(runs), waiter});
+  Push(Item{std::move(batch), std::move(runs), waiter, false, nullptr});
   return waiter;
 }
 
@@ -98,8 +144,18 @@ Status CommitQueue::Wait(const Ticket& ticket) {
 
 Status CommitQueue::Commit(store::Batch batch) {
   auto waiter = std::make_shared<CommitWaiter>();
-  Push(Item{std::move(batch), {}, waiter, /*command=*/true});
+  Push(Item{std::move(batch), {}, waiter, /*command=*/true, nullptr});
   return Wait(waiter);
+}
+
+CommitQueue::Ticket CommitQueue::SubmitStream(store::Batch& first,
+                                              std::shared_ptr<CommitStream> stream) {
+  auto waiter = std::make_shared<CommitWaiter>();
+  MutexLock lock(mu_);
+  if (exited_) return nullptr;  // nobody would read the stream while its producer builds it
+  queue_.push_back(Item{std::move(first), {}, waiter, /*command=*/true, std::move(stream)});
+  cv_.NotifyOne();
+  return waiter;
 }
 
 void CommitQueue::Stop() {
@@ -148,7 +204,8 @@ void CommitQueue::CommitItems(std::vector<Item>& items) {
     }
     Status status;
     if (end - begin == 1) {
-      status = CommitWithCarry(items[begin].batch, items[begin].command);
+      status = CommitWithCarry(items[begin].batch, items[begin].command, items[begin].stream.get());
+      if (items[begin].stream) items[begin].stream->Abandon();
     } else {
       store::Batch merged;
       for (std::size_t i = begin; i < end; ++i) MergeInto(merged, items[i].batch);
@@ -170,14 +227,18 @@ void CommitQueue::CommitItems(std::vector<Item>& items) {
   }
 }
 
-Status CommitQueue::CommitWithCarry(store::Batch& batch, bool command) {
+Status CommitQueue::CommitWithCarry(store::Batch& batch, bool command, CommitStream* stream) {
   Status status;
   if (carry_.empty()) {
-    status = store_.Commit(batch);
+    status = stream ? store_.CommitStream(batch, *stream) : store_.Commit(batch);
     if (!status.ok() && !command) carry_ = std::move(batch);
   } else if (command) {
     store::Batch merged = carry_;  // a copy: a failed command must not take the carry with it
     MergeInto(merged, batch);
+    // A streamed command's parts may hold newer versions of carried rows: gathered here (a rare
+    // case: a commit failed before), so that each row is written once, its last version.
+    store::Batch part;
+    while (stream && stream->Next(part)) MergeInto(merged, part);
     Dedup(merged);
     status = store_.Commit(merged);
     if (status.ok()) carry_.clear();

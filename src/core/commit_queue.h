@@ -54,6 +54,39 @@ struct StoreHealth {
   std::shared_ptr<const std::unordered_set<std::uint64_t>> unrecorded_uids;
 };
 
+// The parts of one streamed command commit (CommitQueue::CommitStream): the engine's thread
+// builds them, under the engine's lock, while the writer writes the ones before, in the same
+// transaction. At most kMaxQueued built parts wait at any time, and the writer hands each written
+// part back for reuse, so a command over a million schedules holds a few parts' rows, not a
+// million, and the building overlaps the writing. Thread-safe.
+class CommitStream final : public store::BatchSource {
+ public:
+  static constexpr std::size_t kMaxQueued = 2;
+
+  // Producer. A part to fill: one the writer has written (cleared, its capacity kept), or a new
+  // one.
+  store::Batch TakeBuffer() EXCLUDES(mu_);
+  // Queues `part`, waiting while kMaxQueued parts wait. False when the writer has given up (the
+  // commit failed or is over): build nothing more.
+  bool Put(store::Batch part) EXCLUDES(mu_);
+  // No more parts.
+  void Close() EXCLUDES(mu_);
+
+  // Writer (store::BatchSource).
+  bool Next(store::Batch& part) override EXCLUDES(mu_);
+  // The writer is done with the stream (after the store's CommitStream returned): a producer
+  // blocked in Put returns false, and every later Put does at once.
+  void Abandon() EXCLUDES(mu_);
+
+ private:
+  Mutex mu_;
+  CondVar cv_;
+  std::vector<store::Batch> queued_ GUARDED_BY(mu_);  // built, in order (front first)
+  std::vector<store::Batch> free_ GUARDED_BY(mu_);    // written, to reuse
+  bool closed_ GUARDED_BY(mu_) = false;
+  bool abandoned_ GUARDED_BY(mu_) = false;
+};
+
 class CommitQueue {
  public:
   // Finished runs kept in the carry at most, by default (a full disk with a million schedules
@@ -85,6 +118,13 @@ class CommitQueue {
   // A command's batch: queued as a group of its own and waited for. On error nothing of it is
   // written and it is not retried (the command rolls back).
   Status Commit(store::Batch batch) EXCLUDES(mu_, store_mu_);
+  // A command's batch too large to build whole: `first` and then the parts `stream` yields, in
+  // one transaction (store::Store::CommitStream), as a group of its own, never carried. Takes
+  // `first` and returns the ticket to Wait for (after closing the stream); or returns null,
+  // leaving `first` alone, when the writer has stopped (nobody would read the stream: the caller
+  // commits the batch whole instead).
+  Ticket SubmitStream(store::Batch& first, std::shared_ptr<CommitStream> stream)
+      EXCLUDES(mu_, store_mu_);
   // Commits what is queued and stops the writer. Later calls commit on the caller's thread.
   void Stop() EXCLUDES(mu_);
   // A copy of the health (any thread; a leaf lock, taken under the engine's).
@@ -96,6 +136,7 @@ class CommitQueue {
     std::vector<RunPtr> runs;
     Ticket waiter;         // when someone waits (Submit): the writer sets its result
     bool command = false;  // Commit: a group of its own, never carried
+    std::shared_ptr<CommitStream> stream;  // SubmitStream: the parts after `batch`
   };
   // Queues `item` for the writer, or commits it on this thread once the writer has exited.
   void Push(Item item) EXCLUDES(mu_, store_mu_);
@@ -104,7 +145,8 @@ class CommitQueue {
   void CommitItems(std::vector<Item>& items) REQUIRES(store_mu_) EXCLUDES(mu_);
   // Commits `batch` after the carried rows; on failure of a group that is not a command's, the
   // whole merged batch becomes the carry.
-  Status CommitWithCarry(store::Batch& batch, bool command) REQUIRES(store_mu_);
+  Status CommitWithCarry(store::Batch& batch, bool command, CommitStream* stream = nullptr)
+      REQUIRES(store_mu_);
   // Records a commit's outcome in the health, and bounds the carry.
   void Observe(const Status& status) REQUIRES(store_mu_) EXCLUDES(health_mu_);
   static bool HasDeletions(const store::Batch& b) {

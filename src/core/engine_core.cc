@@ -399,27 +399,58 @@ Schedule& EngineCore::Touch(Txn& tx, std::uint32_t schedule, bool created) {
 
 void EngineCore::BuildBatch(Txn& tx) {
   if (!store_) return;
-  tx.batch.schedules.reserve(tx.batch.schedules.size() + tx.touched.size());
-  for (std::uint32_t idx : tx.touched) {
+  BuildRows(tx, 0, tx.touched.size(), tx.batch);
+}
+
+void EngineCore::BuildRows(const Txn& tx, std::size_t from, std::size_t to,
+                           store::Batch& batch) const {
+  batch.schedules.reserve(batch.schedules.size() + (to - from));
+  for (std::size_t i = from; i < to; ++i) {
+    std::uint32_t idx = tx.touched[i];
     const Schedule& s = cat_.schedules[idx];
     if (s.state == ScheduleState::kDeleted) continue;  // in schedules_deleted
     bool created = (s.flags & kCreated) != 0;
-    FillRow(tx.batch.schedules.emplace_back(), idx, created);  // in place: a million rows
+    FillRow(batch.schedules.emplace_back(), idx, created);  // in place
   }
 }
 
 Status EngineCore::Commit(Txn& tx) {
-  BuildBatch(tx);
-  if (store_ && !tx.batch.empty()) {
-    Status st = writer_ ? writer_->Commit(std::move(tx.batch)) : store_->Commit(tx.batch);
-    if (!st.ok()) {
-      Rollback(tx);
-      return st;
+  Status st;
+  if (store_ && writer_ && tx.touched.size() > stream_rows_) {
+    st = CommitStreamed(tx);
+  } else {
+    BuildBatch(tx);
+    if (store_ && !tx.batch.empty()) {
+      st = writer_ ? writer_->Commit(std::move(tx.batch)) : store_->Commit(tx.batch);
     }
+  }
+  if (!st.ok()) {
+    Rollback(tx);
+    return st;
   }
   Finish(tx);
   MaybeRearm();
   return Status();
+}
+
+Status EngineCore::CommitStreamed(Txn& tx) {
+  // The first part: the catalog rows, deletions and finished runs, and the first rows.
+  const std::size_t n = tx.touched.size();
+  const std::size_t k = stream_rows_;
+  BuildRows(tx, 0, k, tx.batch);
+  auto stream = std::make_shared<CommitStream>();
+  CommitQueue::Ticket ticket = writer_->SubmitStream(tx.batch, stream);
+  if (!ticket) {  // the writer has stopped: the batch whole, committed on this thread
+    BuildRows(tx, k, n, tx.batch);
+    return writer_->Commit(std::move(tx.batch));
+  }
+  for (std::size_t i = k; i < n; i += k) {
+    store::Batch part = stream->TakeBuffer();  // a part the writer has written: warm memory
+    BuildRows(tx, i, std::min(n, i + k), part);
+    if (!stream->Put(std::move(part))) break;  // the commit failed: Wait says why
+  }
+  stream->Close();
+  return writer_->Wait(ticket);
 }
 
 CommitQueue::Ticket EngineCore::Queue(Txn& tx) {

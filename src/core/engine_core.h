@@ -76,6 +76,13 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
 
   // The engine's store (null without a database), for tests' fault hooks.
   store::Store* StoreForTest() { return store_.get(); }
+  // A command touching more schedules than this streams its rows to the store in parts of this
+  // many (CommitStreamed); tests lower it to cover that path with a few schedules.
+  static constexpr std::size_t kStreamRows = 16384;
+  void SetStreamRowsForTest(std::size_t rows) EXCLUDES(mu_) {
+    MutexLock lock(mu_);
+    stream_rows_ = std::max<std::size_t>(rows, 1);
+  }
 
   // The commands take the lock (and let go of it before they call user code).
   void Shutdown() EXCLUDES(mu_);
@@ -204,9 +211,16 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   Schedule& Touch(Txn& tx, std::uint32_t schedule, bool created = false) REQUIRES(mu_);
   // Adds the touched schedules' rows to tx.batch.
   void BuildBatch(Txn& tx) REQUIRES(mu_);
+  // Adds the rows of the schedules touched[from, to) to `batch` (deleted ones have none).
+  void BuildRows(const Txn& tx, std::size_t from, std::size_t to, store::Batch& batch) const
+      REQUIRES(mu_);
   // Commands: commits the transaction and waits for it; on error rolls it back and returns it.
   // On success the caller applies tx.fx after letting go of the lock.
   Status Commit(Txn& tx) REQUIRES(mu_);
+  // Commit's write for a transaction that touched more than stream_rows_ schedules: the rows
+  // are built stream_rows_ at a time while the writer writes the ones before, in one store
+  // transaction (store::Store::CommitStream); all or nothing, as a whole batch.
+  Status CommitStreamed(Txn& tx) REQUIRES(mu_);
   // Alarm and completions: queues the transaction (its runs are released to the workers by the
   // writer once committed); returns the ticket to wait on without the lock, or null.
   std::shared_ptr<CommitWaiter> Queue(Txn& tx) REQUIRES(mu_);
@@ -300,6 +314,7 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   std::unique_ptr<WorkerPool> pool_;
   std::unique_ptr<store::Store> store_;
   std::unique_ptr<CommitQueue> writer_;  // with a store: the one writer (group commit)
+  std::size_t stream_rows_ GUARDED_BY(mu_) = kStreamRows;
 
   Mutex mu_;
   bool shut_down_ GUARDED_BY(mu_) = false;

@@ -1001,6 +1001,7 @@ class SqliteStore final : public Store {
 
   Result<Snapshot> Load() override;
   Status Commit(const Batch& batch) override;
+  Status CommitStream(const Batch& first, BatchSource& more) override;
   Status Health() const override { return broken_.empty() ? Status::Ok() : Broken(); }
 
   Status SetMaxPageCount(std::int64_t pages);
@@ -1528,6 +1529,28 @@ Status SqliteStore::Commit(const Batch& batch) {
   }
   std::uint64_t max_uid = max_uid_;
   Status s = Apply(batch, &max_uid);
+  if (s.ok()) {
+    rc = commit_.Step();
+    if (rc != SQLITE_DONE) s = Error(rc, "commit failed");
+    commit_.Reset();
+  }
+  if (!s.ok()) return NoteCorruption(RollBack(std::move(s), /*committing=*/true));
+  max_uid_ = max_uid;
+  return Status::Ok();
+}
+
+// As Commit, with each part applied as it comes, in the same transaction.
+Status SqliteStore::CommitStream(const Batch& first, BatchSource& more) {
+  if (!broken_.empty()) return Broken();
+  int rc = begin_.Step();
+  begin_.Reset();
+  if (rc != SQLITE_DONE) {
+    return NoteCorruption(Error(rc, "commit failed, nothing applied: cannot begin"));
+  }
+  std::uint64_t max_uid = max_uid_;
+  Status s = Apply(first, &max_uid);
+  Batch part;
+  while (s.ok() && more.Next(part)) s = Apply(part, &max_uid);
   if (s.ok()) {
     rc = commit_.Step();
     if (rc != SQLITE_DONE) s = Error(rc, "commit failed");

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <iterator>
 #include <memory>
 #include <string>
 #include <vector>
@@ -131,6 +132,17 @@ struct Snapshot {
   std::uint64_t max_uid = 0;            // the largest schedule uid ever issued
 };
 
+// The rest of a streamed commit (Store::CommitStream): the parts a producer builds while the
+// store writes the ones before.
+class BatchSource {
+ public:
+  virtual ~BatchSource() = default;
+  // Replaces `part` (the part the store has written, or empty) with the next part and returns
+  // true; returns false, leaving `part` empty, when there is none left. May block until the
+  // producer has built it. Called on the thread that commits.
+  virtual bool Next(Batch& part) = 0;
+};
+
 class Store {
  public:
   virtual ~Store() = default;
@@ -142,6 +154,23 @@ class Store {
   // can no longer be used and refuses every later call until it is opened again: see the
   // implementation's header).
   virtual Status Commit(const Batch& batch) = 0;
+  // Commits `first` and every part `more` yields as one transaction, exactly as Commit would
+  // commit them gathered into one batch (all or nothing, the same errors). The parts after the
+  // first hold only `schedules` and `runs`; no schedule comes twice, none deleted by `first`. On
+  // error it may return before `more` is exhausted. This default gathers the parts and calls Commit
+  // once; a store overrides it to write each part as it comes, so that a caller builds the next
+  // part meanwhile and no batch of a million rows is ever held whole.
+  virtual Status CommitStream(const Batch& first, BatchSource& more) {
+    Batch all = first;
+    Batch part;
+    while (more.Next(part)) {
+      all.schedules.insert(all.schedules.end(), std::make_move_iterator(part.schedules.begin()),
+                           std::make_move_iterator(part.schedules.end()));
+      all.runs.insert(all.runs.end(), std::make_move_iterator(part.runs.begin()),
+                      std::make_move_iterator(part.runs.end()));
+    }
+    return Commit(all);
+  }
   // OK while the store can be used. Otherwise the store is broken for good (the SQLite store:
   // corruption was found, or a ROLLBACK failed) and this is the INTERNAL status that every later
   // Commit and Load returns, naming the file and the cause: the engine reports itself unhealthy

@@ -24,6 +24,17 @@ class RefusingStore : public store::Store {
     committed.push_back(batch);
     return Status();
   }
+  // Refused: at once, reading no part (as a store whose first write fails); otherwise gathered.
+  Status CommitStream(const store::Batch& first, store::BatchSource& more) override {
+    {
+      std::lock_guard lock(mu);
+      if (refuse) {
+        ++commits;
+        return Status::Unavailable("test.db: database or disk is full");
+      }
+    }
+    return Store::CommitStream(first, more);
+  }
   std::mutex mu;
   bool refuse = false;
   int commits = 0;
@@ -145,6 +156,70 @@ TEST_F(CommitQueueTest, TheCarriedHistoryIsBoundedOldestFirst) {
   ASSERT_EQ(first.runs.size(), 4u);
   EXPECT_EQ(first.runs[0].number, 3u);  // runs 1 and 2 were dropped
   EXPECT_EQ(queue->Health().history_dropped, 2u);
+}
+
+// A streamed command (SubmitStream): the parts arrive in order in one commit, at most
+// CommitStream::kMaxQueued wait at a time, and the written parts come back for reuse.
+TEST_F(CommitQueueTest, AStreamedCommandIsOneCommitOfEveryPartInOrder) {
+  Make();
+  auto stream = std::make_shared<CommitStream>();
+  store::Batch first = Outcome(1, 1);
+  CommitQueue::Ticket ticket = queue->SubmitStream(first, stream);
+  ASSERT_NE(ticket, nullptr);
+  EXPECT_TRUE(first.empty()) << "taken by the queue";
+  std::size_t reused = 0;
+  for (std::uint64_t uid = 2; uid <= 50; ++uid) {
+    store::Batch part = stream->TakeBuffer();
+    reused += part.schedules.capacity() != 0;
+    EXPECT_TRUE(part.empty());
+    part.schedules.push_back(Outcome(uid, 1).schedules[0]);
+    ASSERT_TRUE(stream->Put(std::move(part)));
+  }
+  stream->Close();
+  ASSERT_TRUE(queue->Wait(ticket).ok());
+  std::lock_guard lock(store.mu);
+  ASSERT_EQ(store.commits, 1) << "one transaction";
+  ASSERT_EQ(store.committed.size(), 1u);
+  const store::Batch& all = store.committed[0];
+  ASSERT_EQ(all.schedules.size(), 50u);
+  for (std::size_t i = 0; i < all.schedules.size(); ++i) EXPECT_EQ(all.schedules[i].uid, i + 1);
+  EXPECT_GT(reused, 0u) << "written parts are handed back";
+}
+
+// A refused streamed command: the producer's next Put says so (it stops building, rather than
+// waiting forever for a writer that has given up), Wait returns the error, nothing is carried.
+TEST_F(CommitQueueTest, ARefusedStreamStopsItsProducer) {
+  Make();
+  store.refuse = true;
+  auto stream = std::make_shared<CommitStream>();
+  store::Batch first = Outcome(1, 1);
+  CommitQueue::Ticket ticket = queue->SubmitStream(first, stream);
+  ASSERT_NE(ticket, nullptr);
+  bool stopped = false;
+  for (std::uint64_t uid = 2; uid <= 10'000 && !stopped; ++uid) {
+    store::Batch part = stream->TakeBuffer();
+    part.schedules.push_back(Outcome(uid, 1).schedules[0]);
+    stopped = !stream->Put(std::move(part));
+  }
+  EXPECT_TRUE(stopped) << "the producer was told";
+  stream->Close();
+  Status st = queue->Wait(ticket);
+  EXPECT_TRUE(st.IsUnavailable()) << st;
+  EXPECT_EQ(queue->Health().rows_unrecorded, 0u) << "a command's rows are never carried";
+  store.refuse = false;
+  Outcomes(Outcome(2, 1));
+  std::lock_guard lock(store.mu);
+  ASSERT_EQ(store.committed.size(), 1u);
+  EXPECT_EQ(store.committed[0].schedules.size(), 1u);
+}
+
+// After Stop there is no writer to read a stream: SubmitStream refuses and leaves the batch.
+TEST_F(CommitQueueTest, AStreamAfterStopIsRefusedAndTheBatchKept) {
+  Make();
+  queue->Stop();
+  store::Batch first = Outcome(1, 1);
+  EXPECT_EQ(queue->SubmitStream(first, std::make_shared<CommitStream>()), nullptr);
+  EXPECT_EQ(first.schedules.size(), 1u);
 }
 
 }  // namespace

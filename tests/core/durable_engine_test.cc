@@ -442,6 +442,112 @@ TEST_P(DurableEngine, AStartWhoseImmediateRunWaitsKeepsItAcrossARestart) {
   }
 }
 
+// What a reopen must read back of each schedule, one line each (the decision log and the
+// unrecorded mark live in memory only).
+std::vector<std::string> Durable(const Result<std::vector<ScheduleStatus>>& all) {
+  std::vector<std::string> out;
+  if (!all.ok()) return {all.status().ToString()};
+  auto ms = [](const std::optional<TimePoint>& t) {
+    return t ? std::to_string(t->time_since_epoch().count()) : std::string("-");
+  };
+  for (const ScheduleStatus& st : *all) {
+    out.push_back(st.key.connection + "/" + st.key.sync + "/" + st.key.variant + " id " +
+                  std::to_string(st.id) + " state " + std::to_string(static_cast<int>(st.state)) +
+                  " next " + ms(st.next_run) + " start " + ms(st.last_start) + " finish " +
+                  ms(st.last_finish) + " runs " + std::to_string(st.runs) + " failures " +
+                  std::to_string(st.failures) + " skipped " + std::to_string(st.skipped) +
+                  " waiting " + ms(st.waiting_since) + " retry " + ms(st.next_retry));
+  }
+  return out;
+}
+
+// A command over more schedules than a part holds streams its rows to the store (Store::
+// CommitStream; here 7 rows a part): still one commit, all or nothing, and what a reopen reads is
+// what memory held. On SQLite the parts are written as they come; on PostgreSQL gathered.
+TEST_P(DurableEngine, ABigStartIsCommittedInPartsAsOneTransaction) {
+  DefineBoth();
+  constexpr int kConnections = 50;  // 100 schedules: 15 parts
+  for (int c = 0; c < kConnections; ++c) {
+    ASSERT_TRUE(engine->AddConnection("github", "c" + std::to_string(c)).ok());
+  }
+  internal::EngineAccess::SetStreamRows(*engine, 7);
+  engine->ReleaseTimers();
+  auto before = Durable(engine->GetStatus(T("github", std::nullopt)));
+
+  // A failed streamed commit changes nothing, in memory or on disk.
+  FailNextCommit();
+  Result<CommandResult> failed = engine->Start(T("github", std::nullopt));
+  ASSERT_FALSE(failed.ok());
+  EXPECT_EQ(failed.status().code(), StatusCode::kUnavailable) << failed.status();
+  Settle();
+  EXPECT_TRUE(calls.empty()) << "no run of a command that failed";
+  EXPECT_EQ(Durable(engine->GetStatus(T("github", std::nullopt))), before);
+
+  const TimePoint started = clock.Now();
+  auto r = engine->Start(T("github", std::nullopt));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->Count(Outcome::kStarted), 2u * kConnections);
+  Settle();
+  EXPECT_EQ(calls.size(), 2u * kConnections) << "every immediate run, once";
+  auto in_memory = Durable(engine->GetStatus(T("github", std::nullopt)));
+  Reopen();
+  auto reopened = engine->GetStatus(T("github", std::nullopt));
+  ASSERT_TRUE(reopened.ok());
+  EXPECT_EQ(Durable(reopened), in_memory) << "the reopen reads every part";
+  for (const ScheduleStatus& st : *reopened) {
+    EXPECT_EQ(st.state, ScheduleState::kStarted);
+    EXPECT_EQ(st.next_run, started + 1h);
+  }
+
+  // The crash at a streamed commit: nothing of it is on disk.
+  internal::EngineAccess::SetStreamRows(*engine, 7);
+  engine->ReleaseTimers();
+  Settle();
+  FailNextCommit(FaultPlan::Mode::kCrash);
+  EXPECT_FALSE(engine->Pause(T("github", std::nullopt)).ok());
+  Reopen();
+  auto after_crash = engine->GetStatus(T("github", std::nullopt));
+  ASSERT_TRUE(after_crash.ok());
+  for (const ScheduleStatus& st : *after_crash) EXPECT_EQ(st.state, ScheduleState::kStarted);
+}
+
+// The store refuses a later part of a streamed commit (SQLite: the file may not grow, as on a
+// full disk): the command answers UNAVAILABLE, nothing of any part is applied, memory is as
+// before, and once space comes back the same command succeeds.
+TEST_P(DurableEngine, AStreamedCommitRefusedMidwayChangesNothing) {
+  if (postgres()) GTEST_SKIP() << "PostgreSQL gathers the parts (the default CommitStream)";
+  DefineBoth();
+  constexpr int kConnections = 400;  // 800 schedules, 100 parts
+  for (int c = 0; c < kConnections; ++c) {
+    ASSERT_TRUE(engine->AddConnection("github", "c" + std::to_string(c)).ok());
+  }
+  internal::EngineAccess::SetStreamRows(*engine, 8);
+  engine->ReleaseTimers();
+  auto before = Durable(engine->GetStatus(T("github", std::nullopt)));
+  store::Store& store = static_cast<FaultStore&>(internal::EngineAccess::StoreOf(*engine)).inner();
+  auto pages = store::internal::PageCountForTest(store);
+  ASSERT_TRUE(pages.ok()) << pages.status();
+  ASSERT_TRUE(store::internal::SetMaxPageCountForTest(store, *pages).ok());
+  // Each started row grows by its run in flight: the rows outgrow the pages they have.
+  Result<CommandResult> failed = engine->Start(T("github", std::nullopt));
+  ASSERT_FALSE(failed.ok()) << "the cap never bit";
+  EXPECT_EQ(failed.status().code(), StatusCode::kUnavailable) << failed.status();
+  EXPECT_NE(failed.status().message().find("full"), std::string::npos) << failed.status();
+  Settle();
+  EXPECT_TRUE(calls.empty());
+  EXPECT_EQ(Durable(engine->GetStatus(T("github", std::nullopt))), before);
+  ASSERT_TRUE(store::internal::SetMaxPageCountForTest(store, 1 << 30).ok());
+  Reopen();
+  EXPECT_EQ(Durable(engine->GetStatus(T("github", std::nullopt))), before)
+      << "no part of the refused commit is on disk";
+  internal::EngineAccess::SetStreamRows(*engine, 8);
+  engine->ReleaseTimers();
+  auto r = engine->Start(T("github", std::nullopt));
+  ASSERT_TRUE(r.ok()) << r.status();
+  Settle();
+  EXPECT_EQ(calls.size(), 2u * kConnections);
+}
+
 // Item 4: creating a schedule that auto-starts commits once: the schedule with its first run.
 TEST_P(DurableEngine, CreationCommitsTheScheduleAndItsFirstRunInOneTransaction) {
   DefineOne("issues", /*auto_start=*/true);

@@ -13,6 +13,12 @@ struct EngineAccess {
   // The engine's store (it must have a database).
   static store::Store& StoreOf(Engine& engine) { return *engine.core_->StoreForTest(); }
 
+  // Commands touching more than `rows` schedules stream their rows to the store in parts of
+  // `rows` (EngineCore::kStreamRows by default).
+  static void SetStreamRows(Engine& engine, std::size_t rows) {
+    engine.core_->SetStreamRowsForTest(rows);
+  }
+
   // Engine::Open, with the store wrapped by `wrap` once opened (fault injection).
   static Result<std::unique_ptr<Engine>> OpenWrapped(Options options,
                                                      core::EngineCore::StoreWrapper wrap) {

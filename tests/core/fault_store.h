@@ -56,6 +56,20 @@ class FaultStore : public store::Store {
 
   Status Commit(const store::Batch& batch) override {
     std::lock_guard lock(mu_);
+    if (Status fault = Decide(batch); !fault.ok()) return fault;
+    return inner_->Commit(batch);
+  }
+  // A streamed commit is one commit: it fails or crashes whole, before any part is read (`match`
+  // sees its first part), or goes to the wrapped store's own CommitStream.
+  Status CommitStream(const store::Batch& first, store::BatchSource& more) override {
+    std::lock_guard lock(mu_);
+    if (Status fault = Decide(first); !fault.ok()) return fault;
+    return inner_->CommitStream(first, more);
+  }
+
+ private:
+  // Counts the commit of `batch` and returns its injected fault, or OK.
+  Status Decide(const store::Batch& batch) {
     std::lock_guard plan_lock(plan_->mu);
     if (plan_->crashed.load()) return Status::Unavailable("fault injection: the process crashed");
     std::uint64_t n = ++plan_->commits;
@@ -72,10 +86,9 @@ class FaultStore : public store::Store {
     if (hit && plan_->mode == FaultPlan::Mode::kFail) {
       return Status::Unavailable("fault injection: commit " + std::to_string(n) + " failed");
     }
-    return inner_->Commit(batch);
+    return Status::Ok();
   }
 
- private:
   std::mutex mu_;
   std::unique_ptr<store::Store> inner_;
   std::shared_ptr<FaultPlan> plan_;

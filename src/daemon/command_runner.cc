@@ -2,10 +2,8 @@
 #include "daemon/command_runner.h"
 
 #include <fcntl.h>
-#include <poll.h>
 #include <sched.h>
 #include <signal.h>
-#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -25,6 +23,11 @@
 #include <set>
 #include <string_view>
 
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <future>
+
 #include "syncsched/frequency.h"
 
 extern char** environ;
@@ -37,30 +40,6 @@ using Clock = std::chrono::steady_clock;
 // Longer output lines are logged in pieces of this size.
 constexpr std::size_t kMaxLogLine = 4096;
 
-// Wakes the run's poll loop from the thread that cancels the run. Shared with the OnCancel
-// function, which may outlive the run (a token can be cancelled after the run has returned).
-class Wakeup {
- public:
-  Wakeup() : fd_(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
-  ~Wakeup() {
-    if (fd_ >= 0) close(fd_);
-  }
-  Wakeup(const Wakeup&) = delete;
-  Wakeup& operator=(const Wakeup&) = delete;
-  int fd() const { return fd_; }
-  void Notify() const {
-    std::uint64_t one = 1;
-    [[maybe_unused]] ssize_t n = write(fd_, &one, sizeof one);
-  }
-  void Drain() const {
-    std::uint64_t value;
-    [[maybe_unused]] ssize_t n = read(fd_, &value, sizeof value);
-  }
-
- private:
-  int fd_;
-};
-
 class Fd {
  public:
   explicit Fd(int fd = -1) : fd_(fd) {}
@@ -71,6 +50,11 @@ class Fd {
   void Reset() {
     if (fd_ >= 0) close(fd_);
     fd_ = -1;
+  }
+  int Release() {
+    int fd = fd_;
+    fd_ = -1;
+    return fd;
   }
 
  private:
@@ -207,7 +191,7 @@ struct WatchMessage {
   std::int32_t op;  // '+' or '-'
   std::int32_t pgid;
 };
-constexpr std::size_t kWatchCapacity = 4096;  // groups at once (worker_threads <= 1024)
+constexpr std::size_t kWatchCapacity = 65536;  // groups at once (a run each): 256 KiB of stack
 
 // The watchdog process (forked, no exec): reads messages until the daemon's end of the socket
 // closes, which happens however the daemon ends (the kernel closes a dead process's files), then
@@ -285,7 +269,7 @@ struct SpawnPlan {
 // The child of a spawn, from clone(CLONE_VM | CLONE_VFORK): it shares the daemon's memory while
 // the spawning thread waits for it to exec, so it makes system calls only. It resets the signals,
 // starts a process group of its own, asks for SIGKILL when the daemon's thread that spawned it
-// ends (PR_SET_PDEATHSIG: it waits for the command, so only the daemon's death ends it), tells the
+// ends (PR_SET_PDEATHSIG: the runner's own thread, which lives as long as the runner), tells the
 // watchdog its group before it can make any child, sets up its descriptors and executes.
 SYNCSCHED_NO_SANITIZE int SpawnChild(void* arg) {
   // Raw system calls only: a sanitizer's interceptor (sigaction, send, ...) could touch state it
@@ -416,6 +400,10 @@ void RestoreOpenFileLimitInCommands(const rlimit& original) {
 }
 
 CommandRunner::CommandRunner(Logger& log, Millis kill_grace) : log_(log), kill_grace_(kill_grace) {
+  thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "syncschedd-runs");
+    io_.run();
+  });
   int fds[2];
   if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) != 0) {
     log_.Error(
@@ -440,6 +428,9 @@ CommandRunner::CommandRunner(Logger& log, Millis kill_grace) : log_(log), kill_g
 }
 
 CommandRunner::~CommandRunner() {
+  work_.reset();
+  io_.stop();  // a run still watched is destroyed with io_: its group is killed (~Process)
+  if (thread_.joinable()) thread_.join();
   if (watch_fd_ >= 0) close(watch_fd_);  // the watchdog kills what is left (nothing) and exits
   if (watchdog_ > 0) {
     while (waitpid(watchdog_, nullptr, 0) < 0 && errno == EINTR) {
@@ -470,12 +461,296 @@ void CommandRunner::Watch(char op, pid_t pgid) {
   }
 }
 
+// One run's process, from its spawn to its report. Lives on the runner's thread (io_): every
+// member is touched only there, but for the constructor (on the spawning thread, before Start is
+// posted). Async operations hold it alive; the OnCancel function holds it weakly.
+class CommandRunner::Process : public std::enable_shared_from_this<Process> {
+ public:
+  Process(CommandRunner& runner, const RunContext& ctx, RunDone done, pid_t pid, int out_fd,
+          int err_fd)
+      : runner_(runner),
+        ctx_(ctx),
+        done_(std::move(done)),
+        schedule_(ToString(ctx.key)),
+        pid_(pid),
+        started_(Clock::now()),
+        last_heartbeat_(started_ - std::chrono::seconds(1)),  // the first output beats at once
+        out_(runner.io_, out_fd),
+        err_(runner.io_, err_fd),
+        exit_(runner.io_),
+        timer_(runner.io_),
+        drain_timer_(runner.io_) {}
+
+  // A process that never reported (the runner was destroyed with it in flight) is killed.
+  ~Process() {
+    if (finished_) return;
+    kill(-pid_, SIGKILL);
+    runner_.Watch('-', pid_);
+    while (waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
+    }
+  }
+
+  void Start() {
+    // The exit: a pidfd turns readable when the process has exited (Linux 5.3); without one, a
+    // 50 ms poll.
+    int pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid_, 0));
+    if (pidfd >= 0) {
+      exit_.assign(pidfd);
+      exit_.async_wait(boost::asio::posix::descriptor_base::wait_read,
+                       [self = shared_from_this()](const boost::system::error_code& ec) {
+                         if (!ec) self->OnExit();
+                       });
+    } else {
+      PollExit();
+    }
+    Read(out_, out_buf_, /*stdout=*/true);
+    Read(err_, err_buf_, /*stdout=*/false);
+    std::weak_ptr<Process> weak = weak_from_this();
+    ctx_.cancel.OnCancel([weak, ex = runner_.io_.get_executor()] {
+      boost::asio::post(ex, [weak] {
+        if (auto self = weak.lock()) self->Cancel();
+      });
+    });
+  }
+
+ private:
+  bool Exited() const {
+    siginfo_t info{};
+    return waitid(P_PID, static_cast<id_t>(pid_), &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+           info.si_pid == pid_;
+  }
+  void PollExit() {
+    timer_.expires_after(std::chrono::milliseconds(50));
+    timer_.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
+      if (ec || self->exited_) return;
+      if (self->Exited()) {
+        self->OnExit();
+      } else {
+        self->PollExit();
+      }
+    });
+  }
+
+  void Read(boost::asio::posix::stream_descriptor& fd, std::array<char, 4096>& buf, bool out) {
+    fd.async_read_some(boost::asio::buffer(buf),
+                       [self = shared_from_this(), &fd, &buf, out](
+                           const boost::system::error_code& ec, std::size_t n) {
+                         if (self->finished_) return;
+                         if (n > 0) self->OnData(out, std::string_view(buf.data(), n));
+                         if (ec) {  // the end of the stream, or an error: nothing more comes
+                           boost::system::error_code ignored;
+                           fd.close(ignored);
+                           if (self->exited_ && !self->out_.is_open() && !self->err_.is_open())
+                             self->Finish();
+                           return;
+                         }
+                         self->Read(fd, buf, out);
+                       });
+  }
+
+  void Emit(bool out, const std::string& line) {
+    std::string_view stream = out ? "stdout" : "stderr";
+    runner_.log_.Info(
+        "command output",
+        {{"schedule", schedule_}, {"run_id", ctx_.run_id}, {"stream", stream}, {"line", line}});
+    if (!out) return;
+    if (std::optional<std::string> bad = directives_.Feed(line)) {
+      runner_.log_.Warn(
+          "ignored a malformed directive",
+          {{"schedule", schedule_}, {"run_id", ctx_.run_id}, {"line", line}, {"error", *bad}});
+    }
+  }
+
+  void OnData(bool out, std::string_view data) {
+    if (out) {
+      out_lines_.Feed(data, [&](const std::string& line) { Emit(true, line); });
+    } else {
+      err_lines_.Feed(data, [&](const std::string& line) { Emit(false, line); });
+      err_bytes_.append(data);
+      if (err_bytes_.size() > 4 * kStderrTailBytes) {
+        err_bytes_.erase(0, err_bytes_.size() - kStderrTailBytes);
+      }
+    }
+    auto now = Clock::now();
+    if (ctx_.heartbeat && now - last_heartbeat_ >= std::chrono::seconds(1)) {
+      last_heartbeat_ = now;
+      ctx_.heartbeat();
+    }
+  }
+
+  // The run's token was cancelled: SIGTERM to the group, SIGKILL after the grace.
+  void Cancel() {
+    if (term_sent_ || exited_) return;
+    term_sent_ = true;
+    kill(-pid_, SIGTERM);
+    runner_.log_.Info("run cancelled; stopping its process group",
+                      {{"schedule", schedule_},
+                       {"run_id", ctx_.run_id},
+                       {"reason", ctx_.cancel.reason().ToString()},
+                       {"pid", pid_}});
+    if (exit_.is_open()) {  // the timer is free (no poll of the exit on it)
+      timer_.expires_after(runner_.kill_grace_);
+      timer_.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
+        if (ec || self->exited_) return;
+        self->Kill();
+      });
+    } else {
+      kill_at_ = Clock::now() + runner_.kill_grace_;
+      drain_timer_.expires_at(kill_at_);
+      drain_timer_.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
+        if (ec || self->exited_) return;
+        self->Kill();
+      });
+    }
+  }
+  void Kill() {
+    kill(-pid_, SIGKILL);
+    runner_.log_.Warn("process group did not stop in time; killed",
+                      {{"schedule", schedule_}, {"run_id", ctx_.run_id}, {"pid", pid_}});
+  }
+
+  // The leader has exited (still a zombie, so its group id cannot be reused yet): its group must
+  // not outlive the run. Then the output left in the pipes is read to its end, for at most a
+  // second (a process that left the group may hold a pipe open), and the run reports.
+  void OnExit() {
+    if (exited_) return;
+    exited_ = true;
+    kill(-pid_, SIGKILL);
+    runner_.Watch('-', pid_);
+    boost::system::error_code ignored;
+    exit_.close(ignored);
+    timer_.cancel();
+    if (!out_.is_open() && !err_.is_open()) {
+      Finish();
+      return;
+    }
+    drain_timer_.expires_after(std::chrono::seconds(1));
+    drain_timer_.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
+      if (!ec) self->Finish();
+    });
+  }
+
+  void Finish() {
+    if (finished_) return;
+    finished_ = true;
+    boost::system::error_code ignored;
+    out_.close(ignored);
+    err_.close(ignored);
+    timer_.cancel();
+    drain_timer_.cancel();
+    out_lines_.Flush([&](const std::string& line) { Emit(true, line); });
+    err_lines_.Flush([&](const std::string& line) { Emit(false, line); });
+    int status = 0;
+    while (waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+    }
+    RunReport report = Report(status);
+    RunDone done = std::move(done_);
+    done(std::move(report));
+    runner_.Finished();
+  }
+
+  RunReport Report(int status) {
+    auto duration_ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started_).count();
+    codec::Json fields = {
+        {"schedule", schedule_}, {"run_id", ctx_.run_id}, {"duration_ms", duration_ms}};
+    if (WIFEXITED(status)) {
+      fields["exit_code"] = WEXITSTATUS(status);
+    } else if (WIFSIGNALED(status)) {
+      fields["signal"] = SignalName(WTERMSIG(status));
+    }
+    if (ctx_.cancel.cancelled() && term_sent_) {
+      runner_.log_.Info("run stopped", std::move(fields));
+      return Stopped(ctx_.cancel.reason());
+    }
+    if (directives_.next_run_in()) {
+      fields["next_run_in"] = FormatFrequency(*directives_.next_run_in());
+    }
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+      runner_.log_.Info("run succeeded", std::move(fields));
+      RunReport report = RunReport::Success(std::move(directives_.counts()));
+      report.next_run_in = directives_.next_run_in();
+      return report;
+    }
+    std::string message = Tail(err_bytes_);
+    if (message.empty()) {
+      message = WIFEXITED(status)
+                    ? "command exited with status " + std::to_string(WEXITSTATUS(status))
+                    : "command killed by " + SignalName(WTERMSIG(status));
+    }
+    fields["error"] = message;
+    runner_.log_.Warn("run failed", std::move(fields));
+    RunReport report = RunReport::Failure(std::move(message));
+    report.next_run_in = directives_.next_run_in();
+    return report;
+  }
+
+  CommandRunner& runner_;
+  const RunContext ctx_;
+  RunDone done_;
+  const std::string schedule_;
+  const pid_t pid_;
+  const Clock::time_point started_;
+  Clock::time_point last_heartbeat_;
+  Clock::time_point kill_at_{};
+  boost::asio::posix::stream_descriptor out_, err_;
+  boost::asio::posix::stream_descriptor exit_;  // the pidfd
+  boost::asio::steady_timer timer_;             // the exit's poll, or the kill after the grace
+  boost::asio::steady_timer drain_timer_;       // the output's last second (or the kill)
+  std::array<char, 4096> out_buf_{}, err_buf_{};
+  std::string err_bytes_;  // the tail of stderr, trimmed as it grows
+  LineSplitter out_lines_, err_lines_;
+  Directives directives_;
+  bool term_sent_ = false;
+  bool exited_ = false;
+  bool finished_ = false;
+};
+
 RunReport CommandRunner::Run(const std::vector<std::string>& argv, const RunContext& ctx) {
+  std::promise<RunReport> report;
+  std::future<RunReport> future = report.get_future();
+  RunAsync(argv, ctx, [&report](RunReport r) { report.set_value(std::move(r)); });
+  return future.get();
+}
+
+void CommandRunner::RunAsync(const std::vector<std::string>& argv, const RunContext& ctx,
+                             RunDone done) {
   try {
-    if (shutting_down_.load()) return WaitForCancel(ctx);
-    return RunProcess(argv, ctx);
+    if (ctx.cancel.cancelled()) {
+      done(Stopped(ctx.cancel.reason()));
+      return;
+    }
+    if (shutting_down_.load()) {
+      // Not started; the engine cancels every run in flight when it closes.
+      auto once = std::make_shared<RunDone>(std::move(done));
+      auto owner = std::make_shared<std::mutex>();
+      ctx.cancel.OnCancel([once, owner] {
+        RunDone d;
+        {
+          std::lock_guard<std::mutex> lock(*owner);
+          d = std::move(*once);
+          *once = nullptr;
+        }
+        if (d) d(Stopped(Status::Cancelled("not started: syncschedd is shutting down")));
+      });
+      return;
+    }
+    // Spawned on the runner's thread: PR_SET_PDEATHSIG fires when the thread that spawned a
+    // process ends, and the caller's (an engine worker) may end first, at the engine's close,
+    // which would SIGKILL the command before its SIGTERM and grace.
+    boost::asio::post(io_, [this, argv, ctx, done = std::move(done)]() mutable {
+      try {
+        StartProcess(argv, ctx, done);
+      } catch (const std::exception& e) {
+        if (done) {
+          done(
+              RunReport::Failure(std::string("syncschedd could not run the command: ") + e.what()));
+        }
+      }
+    });
   } catch (const std::exception& e) {
-    return RunReport::Failure(std::string("syncschedd could not run the command: ") + e.what());
+    if (done)
+      done(RunReport::Failure(std::string("syncschedd could not run the command: ") + e.what()));
   }
 }
 
@@ -491,18 +766,13 @@ std::size_t CommandRunner::running() const {
   return running_;
 }
 
-RunReport CommandRunner::WaitForCancel(const RunContext& ctx) {
-  auto wakeup = std::make_shared<Wakeup>();
-  ctx.cancel.OnCancel([wakeup] { wakeup->Notify(); });
-  while (!ctx.cancel.cancelled()) {
-    pollfd pfd{wakeup->fd(), POLLIN, 0};
-    poll(&pfd, 1, 1000);
-  }
-  return Stopped(Status::Cancelled("not started: syncschedd is shutting down"));
+void CommandRunner::Finished() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (--running_ == 0) idle_cv_.notify_all();
 }
 
-RunReport CommandRunner::RunProcess(const std::vector<std::string>& argv, const RunContext& ctx) {
-  if (ctx.cancel.cancelled()) return Stopped(ctx.cancel.reason());
+void CommandRunner::StartProcess(const std::vector<std::string>& argv, const RunContext& ctx,
+                                 RunDone& done) {
   const std::string schedule = ToString(ctx.key);
 
   // The environment: the daemon's, less any SYNCSCHED_* of its own, plus the run's.
@@ -526,35 +796,23 @@ RunReport CommandRunner::RunProcess(const std::vector<std::string>& argv, const 
   for (std::string& s : args) argvp.push_back(s.data());
   argvp.push_back(nullptr);
 
+  auto fail = [&](std::string message) { done(RunReport::Failure(std::move(message))); };
   int out_pipe[2];
   int err_pipe[2];
   if (pipe2(out_pipe, O_CLOEXEC) != 0) {
-    return RunReport::Failure(std::string("cannot create a pipe: ") + std::strerror(errno));
+    return fail(std::string("cannot create a pipe: ") + std::strerror(errno));
   }
   Fd out_read(out_pipe[0]);
   Fd out_write(out_pipe[1]);
   if (pipe2(err_pipe, O_CLOEXEC) != 0) {
-    return RunReport::Failure(std::string("cannot create a pipe: ") + std::strerror(errno));
+    return fail(std::string("cannot create a pipe: ") + std::strerror(errno));
   }
   Fd err_read(err_pipe[0]);
   Fd err_write(err_pipe[1]);
 
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    ++running_;
-  }
-  struct RunningGuard {
-    CommandRunner* self;
-    ~RunningGuard() {
-      std::lock_guard<std::mutex> lock(self->mu_);
-      if (--self->running_ == 0) self->idle_cv_.notify_all();
-    }
-  } running_guard{this};
-
-  const auto started = Clock::now();
   pid_t pid = -1;
   int rc = 0;
-  std::string path = ResolveExecutable(argv[0], rc);
+  std::string path = ResolveExecutable(argv.empty() ? std::string() : argv[0], rc);
   if (rc == 0) {
     SpawnPlan plan{};
     plan.path = path.c_str();
@@ -568,7 +826,7 @@ RunReport CommandRunner::RunProcess(const std::vector<std::string>& argv, const 
     plan.nofile = g_nofile;
     int report[2];
     if (pipe2(report, O_CLOEXEC) != 0) {
-      return RunReport::Failure(std::string("cannot create a pipe: ") + std::strerror(errno));
+      return fail(std::string("cannot create a pipe: ") + std::strerror(errno));
     }
     Fd report_read(report[0]);
     Fd report_write(report[1]);
@@ -601,10 +859,11 @@ RunReport CommandRunner::RunProcess(const std::vector<std::string>& argv, const 
   err_write.Reset();
   if (rc != 0) {
     spawn_failures_.fetch_add(1, std::memory_order_relaxed);
-    std::string message = "cannot start " + Quote(argv[0]) + ": " + std::strerror(rc);
+    std::string message =
+        "cannot start " + Quote(argv.empty() ? std::string() : argv[0]) + ": " + std::strerror(rc);
     log_.Error("command not started",
                {{"schedule", schedule}, {"run_id", ctx.run_id}, {"error", message}});
-    return RunReport::Failure(message);
+    return fail(std::move(message));
   }
   spawned_.fetch_add(1, std::memory_order_relaxed);
   log_.Info("run started", {{"schedule", schedule},
@@ -612,166 +871,26 @@ RunReport CommandRunner::RunProcess(const std::vector<std::string>& argv, const 
                             {"mode", std::string(ToString(ctx.mode))},
                             {"attempt", ctx.attempt},
                             {"pid", pid}});
-
-  auto wakeup = std::make_shared<Wakeup>();
-  ctx.cancel.OnCancel([wakeup] { wakeup->Notify(); });
-  Fd pidfd(static_cast<int>(syscall(SYS_pidfd_open, pid, 0)));
-
-  std::string err_bytes;  // the tail of stderr, trimmed as it grows
-  LineSplitter out_lines;
-  LineSplitter err_lines;
-  auto last_heartbeat = started - std::chrono::seconds(1);  // the first output beats at once
-  Directives directives;
-  auto emit = [&](std::string_view stream) {
-    return [&, stream](const std::string& line) {
-      log_.Info(
-          "command output",
-          {{"schedule", schedule}, {"run_id", ctx.run_id}, {"stream", stream}, {"line", line}});
-      if (stream != "stdout") return;
-      if (std::optional<std::string> bad = directives.Feed(line)) {
-        log_.Warn(
-            "ignored a malformed directive",
-            {{"schedule", schedule}, {"run_id", ctx.run_id}, {"line", line}, {"error", *bad}});
-      }
-    };
-  };
-  auto on_data = [&](int which, std::string_view data) {
-    if (which == 1) {
-      out_lines.Feed(data, emit("stdout"));
-    } else {
-      err_lines.Feed(data, emit("stderr"));
-      err_bytes.append(data);
-      if (err_bytes.size() > 4 * kStderrTailBytes)
-        err_bytes.erase(0, err_bytes.size() - kStderrTailBytes);
-    }
-    auto now = Clock::now();
-    if (ctx.heartbeat && now - last_heartbeat >= std::chrono::seconds(1)) {
-      last_heartbeat = now;
-      ctx.heartbeat();
-    }
-  };
-  // Reads what is available: 1 after data, 0 at end of stream (the fd is closed), -1 when
-  // nothing is available now.
-  auto read_some = [&](Fd& fd, int which) {
-    char buf[65536];
-    ssize_t n = read(fd.get(), buf, sizeof buf);
-    if (n > 0) {
-      on_data(which, std::string_view(buf, static_cast<std::size_t>(n)));
-      return 1;
-    }
-    if (n < 0 && (errno == EINTR || errno == EAGAIN)) return -1;
-    fd.Reset();
-    return 0;
-  };
-
-  bool term_sent = false;
-  bool kill_sent = false;
-  Clock::time_point kill_at{};
-  while (true) {
-    siginfo_t info{};
-    if (waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
-        info.si_pid == pid) {
-      break;  // exited; still a zombie, so its group id cannot be reused yet
-    }
-    pollfd fds[4];
-    int n = 0;
-    int out_index = -1, err_index = -1, wake_index = -1;
-    if (out_read.get() >= 0) {
-      out_index = n;
-      fds[n++] = {out_read.get(), POLLIN, 0};
-    }
-    if (err_read.get() >= 0) {
-      err_index = n;
-      fds[n++] = {err_read.get(), POLLIN, 0};
-    }
-    wake_index = n;
-    fds[n++] = {wakeup->fd(), POLLIN, 0};
-    if (pidfd.get() >= 0) fds[n++] = {pidfd.get(), POLLIN, 0};
-    int timeout = pidfd.get() >= 0 ? -1 : 50;
-    if (term_sent && !kill_sent) {
-      auto left = std::chrono::ceil<std::chrono::milliseconds>(kill_at - Clock::now()).count();
-      left = std::max<decltype(left)>(left, 0);
-      timeout = timeout < 0 ? static_cast<int>(left) : std::min(timeout, static_cast<int>(left));
-    }
-    if (poll(fds, static_cast<nfds_t>(n), timeout) < 0 && errno != EINTR) break;
-    if (out_index >= 0 && (fds[out_index].revents & (POLLIN | POLLHUP | POLLERR))) {
-      read_some(out_read, 1);
-    }
-    if (err_index >= 0 && (fds[err_index].revents & (POLLIN | POLLHUP | POLLERR))) {
-      read_some(err_read, 2);
-    }
-    if (fds[wake_index].revents & POLLIN) {
-      wakeup->Drain();
-      if (!term_sent) {
-        term_sent = true;
-        kill_at = Clock::now() + kill_grace_;
-        kill(-pid, SIGTERM);
-        log_.Info("run cancelled; stopping its process group",
-                  {{"schedule", schedule},
-                   {"run_id", ctx.run_id},
-                   {"reason", ctx.cancel.reason().ToString()},
-                   {"pid", pid}});
-      }
-    }
-    if (term_sent && !kill_sent && Clock::now() >= kill_at) {
-      kill_sent = true;
-      kill(-pid, SIGKILL);
-      log_.Warn("process group did not stop in time; killed",
-                {{"schedule", schedule}, {"run_id", ctx.run_id}, {"pid", pid}});
-    }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++running_;
   }
-
-  // The leader has exited: its group must not outlive the run. Then take what output is left.
-  // The group is forgotten while the leader is still a zombie, so that its id cannot have been
-  // reused by then.
-  kill(-pid, SIGKILL);
-  Watch('-', pid);
-  for (Fd* fd : {&out_read, &err_read}) {
-    if (fd->get() >= 0) fcntl(fd->get(), F_SETFL, fcntl(fd->get(), F_GETFL) | O_NONBLOCK);
+  std::shared_ptr<Process> process;
+  try {
+    process =
+        std::make_shared<Process>(*this, ctx, std::move(done), pid, out_read.get(), err_read.get());
+  } catch (...) {
+    kill(-pid, SIGKILL);
+    Watch('-', pid);
+    while (waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
+    }
+    Finished();
+    throw;  // `done` is still the caller's: it reports the error
   }
-  for (int i = 0; i < 64 && out_read.get() >= 0 && read_some(out_read, 1) > 0; ++i) {
-  }
-  for (int i = 0; i < 64 && err_read.get() >= 0 && read_some(err_read, 2) > 0; ++i) {
-  }
-  out_lines.Flush(emit("stdout"));
-  err_lines.Flush(emit("stderr"));
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  auto duration_ms =
-      std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started).count();
-
-  codec::Json fields = {
-      {"schedule", schedule}, {"run_id", ctx.run_id}, {"duration_ms", duration_ms}};
-  if (WIFEXITED(status)) {
-    fields["exit_code"] = WEXITSTATUS(status);
-  } else if (WIFSIGNALED(status)) {
-    fields["signal"] = SignalName(WTERMSIG(status));
-  }
-  if (ctx.cancel.cancelled() && term_sent) {
-    log_.Info("run stopped", std::move(fields));
-    return Stopped(ctx.cancel.reason());
-  }
-  if (directives.next_run_in()) {
-    fields["next_run_in"] = FormatFrequency(*directives.next_run_in());
-  }
-  if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
-    log_.Info("run succeeded", std::move(fields));
-    RunReport report = RunReport::Success(std::move(directives.counts()));
-    report.next_run_in = directives.next_run_in();
-    return report;
-  }
-  std::string message = Tail(err_bytes);
-  if (message.empty()) {
-    message = WIFEXITED(status)
-                  ? "command exited with status " + std::to_string(WEXITSTATUS(status))
-                  : "command killed by " + SignalName(WTERMSIG(status));
-  }
-  fields["error"] = message;
-  log_.Warn("run failed", std::move(fields));
-  RunReport report = RunReport::Failure(std::move(message));
-  report.next_run_in = directives.next_run_in();
-  return report;
+  // The descriptors now belong to the process's stream_descriptors.
+  (void)out_read.Release();
+  (void)err_read.Release();
+  process->Start();
 }
 
 }  // namespace syncsched::daemon

@@ -30,7 +30,13 @@
 // not its children in its group (the watchdog). A process that left the group (setsid, setpgid)
 // escapes, as it escapes cancellation.
 //
-// Thread safety: Run may be called from many threads at once (one per run); the other methods
+// Runs hold no thread: RunAsync spawns the process on the calling thread (a vfork-style clone,
+// returning once the child has executed the command) and the runner's own thread then watches
+// every run's pipes, its pidfd (the process's exit) and its kill timer on one io_context. So
+// thousands of commands can be in flight with a handful of engine workers; what bounds them is
+// the engine's max_concurrent_runs and the limit on open files (three descriptors a run).
+//
+// Thread safety: Run and RunAsync may be called from many threads at once; the other methods
 // from any thread.
 #pragma once
 
@@ -45,6 +51,11 @@
 #include <mutex>
 #include <string>
 #include <vector>
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <memory>
+#include <thread>
 
 #include "daemon/log.h"
 #include "syncsched/types.h"
@@ -64,14 +75,21 @@ class CommandRunner {
   // Starts the watchdog (a fork: only async-signal-safe calls in the child, so the calling
   // process may have threads). If it cannot, an error is logged and runs go on without it.
   CommandRunner(Logger& log, Millis kill_grace);
-  // Ends the watchdog (it kills whatever is still registered: nothing once every Run returned)
-  // and reaps it.
+  // Stops the runner's thread (a run still in flight then never completes: call it once every
+  // run has ended, as Daemon::Shutdown does), ends the watchdog (it kills whatever is still
+  // registered) and reaps it.
   ~CommandRunner();
   CommandRunner(const CommandRunner&) = delete;
   CommandRunner& operator=(const CommandRunner&) = delete;
 
-  // Executes `argv` for the run `ctx` and blocks until the process has exited (and been reaped).
-  // Never throws. A command that cannot be started is an error saying why.
+  // Executes `argv` for the run `ctx` and returns at once: the process is spawned on the
+  // runner's thread (so that PR_SET_PDEATHSIG ties it to the runner, not to the caller's thread).
+  // `done` is called exactly once with the report: on the runner's thread once the process has
+  // exited and been reaped, or when the command cannot be started (an error saying why); on this
+  // thread when the run is already cancelled; after BeginShutdown, on the cancelling thread once
+  // the run is cancelled. Never throws. `argv` and `ctx` are copied.
+  void RunAsync(const std::vector<std::string>& argv, const RunContext& ctx, RunDone done);
+  // RunAsync, waiting for the report.
   RunReport Run(const std::vector<std::string>& argv, const RunContext& ctx);
 
   // From now on Run starts no process: it waits for its run to be cancelled (as the engine does
@@ -85,8 +103,10 @@ class CommandRunner {
   std::uint64_t spawn_failures() const { return spawn_failures_.load(std::memory_order_relaxed); }
 
  private:
-  RunReport RunProcess(const std::vector<std::string>& argv, const RunContext& ctx);
-  RunReport WaitForCancel(const RunContext& ctx);
+  class Process;  // one run's process, watched on io_
+  // Spawns the process and hands it to io_; false (and `done` called) when it cannot start.
+  void StartProcess(const std::vector<std::string>& argv, const RunContext& ctx, RunDone& done);
+  void Finished();  // a run counted in running_ has reported
   // Registers ('+') or forgets ('-') a run's process group, in the registry of KillAllRunGroups
   // and (for '-'; the child sends '+' itself) with the watchdog.
   void Watch(char op, pid_t pgid);
@@ -102,6 +122,10 @@ class CommandRunner {
   int watch_fd_ = -1;        // the daemon's end of the watchdog's socket
   pid_t watchdog_ = -1;
   std::atomic<bool> watchdog_lost_{false};
+  boost::asio::io_context io_{1};
+  boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work_{
+      io_.get_executor()};
+  std::thread thread_;  // runs io_
 };
 
 }  // namespace syncsched::daemon

@@ -73,8 +73,9 @@ struct Config {
   FrequencyBounds frequency_bounds;
   std::vector<ApiKeyConfig> api_keys;
   std::vector<IntegrationConfig> integrations;
-  std::size_t worker_threads = 4;       // runs in flight at most
-  std::size_t max_concurrent_runs = 0;  // runs in flight across integrations; 0: unlimited
+  std::size_t worker_threads = 4;  // engine workers: they start runs (commands run without them)
+  // Runs in flight across integrations (each a process and three descriptors); 0: unlimited.
+  std::size_t max_concurrent_runs = 1024;
   double catch_up_per_second = 0;       // catch-up runs released per second; 0: unlimited
   // Two by default: commands run on the HTTP threads and wait for their commit, so with one
   // thread a long commit (a start of 100k schedules, a slow disk) would hold every connection,

@@ -72,9 +72,11 @@ Result<std::unique_ptr<Daemon>> Daemon::Start(const Config& config, Logger& log)
     for (const SyncConfig& sync : integration.syncs) {
       CommandRunner* runner = &d->runner_;
       const std::vector<std::string>* argv = &sync.command;  // lives in d->config_
-      Status s = d->engine_->RegisterCallback(
-          integration.key, sync.name,
-          [runner, argv](const RunContext& ctx) { return runner->Run(*argv, ctx); });
+      // Asynchronous: a run holds no worker thread while its command runs.
+      Status s = d->engine_->RegisterAsyncCallback(
+          integration.key, sync.name, [runner, argv](const RunContext& ctx, RunDone done) {
+            runner->RunAsync(*argv, ctx, std::move(done));
+          });
       if (!s.ok()) return s;
     }
   }
@@ -158,7 +160,13 @@ void Daemon::Shutdown() {
       log_.Warn("grace period over; stopping the runs still going",
                 {{"running", runner_.running()}});
     }
-    engine_.reset();  // cancels what still runs and waits for its workers
+    engine_.reset();  // cancels what still runs
+    // The cancelled commands get SIGTERM, then SIGKILL after kill_grace: wait for them, so that
+    // none is killed without its grace when the runner goes.
+    if (!runner_.WaitIdle(std::chrono::steady_clock::now() + config_.kill_grace +
+                          std::chrono::seconds(1))) {
+      log_.Warn("runs still going after their kill grace", {{"running", runner_.running()}});
+    }
   }
   server_.reset();
   api_.reset();

@@ -67,8 +67,10 @@ void RaiseOpenFileLimit(const Config& config, Logger& log) {
   } else {
     raised = original;
   }
-  // Connections, refusals lingering (128), the database, pipes of runs in flight, a margin.
-  rlim_t needed = config.limits.max_connections + 128 + 4 * config.worker_threads + 64;
+  // Connections, refusals lingering (128), the database, pipes and pidfds of runs in flight (an
+  // unlimited max_concurrent_runs counted as 1024), a margin.
+  rlim_t runs = config.max_concurrent_runs != 0 ? config.max_concurrent_runs : 1024;
+  rlim_t needed = config.limits.max_connections + 128 + 3 * runs + 64;
   if (raised.rlim_cur != RLIM_INFINITY && raised.rlim_cur < needed) {
     log.Warn(
         "the limit on open files is below what limits.max_connections may need: clients "

@@ -6,10 +6,14 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <cstdio>
 #include <future>
+#include <mutex>
 #include <thread>
 
 #include "test_util.h"
@@ -22,6 +26,12 @@ using syncsched::testing::ReadFile;
 using syncsched::testing::ReadLines;
 using syncsched::testing::TempDir;
 using syncsched::testing::WaitFor;
+
+template <typename F>
+auto WithLock(std::mutex& mu, F f) {
+  std::lock_guard<std::mutex> lock(mu);
+  return f();
+}
 
 class CommandRunnerTest : public ::testing::Test {
  protected:
@@ -260,6 +270,55 @@ TEST_F(CommandRunnerTest, ManyRunsAtOnce) {
   for (auto& r : runs) EXPECT_TRUE(r.get().status.ok());
   EXPECT_EQ(ReadLines(Path("runs")).size(), 8u);
   EXPECT_EQ(runner_.spawned(), 8u);
+}
+
+// Runs hold no thread (issue 10): 1,000 `sleep` commands started from 2 threads are all in
+// flight at once, watched on the runner's one thread; cancelled, each reports once its process
+// is gone.
+TEST_F(CommandRunnerTest, AThousandRunsInFlightOnTwoThreads) {
+  constexpr int kRuns = 1000;
+  rlimit nofile{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &nofile), 0);
+  if (nofile.rlim_cur < 4 * kRuns) {
+    nofile.rlim_cur = std::min<rlim_t>(nofile.rlim_max, 8 * kRuns);
+    ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &nofile), 0);
+  }
+  if (nofile.rlim_cur < 3 * kRuns + 64) GTEST_SKIP() << "the hard limit on open files is too low";
+  std::mutex mu;
+  std::condition_variable cv;
+  int reported = 0, stopped = 0;
+  std::string other;      // the first report that is not the cancellation's
+  CancellationToken all;  // one token for every run: cancelling it stops them all
+  auto start = [&](int first) {
+    for (int i = first; i < kRuns; i += 2) {
+      RunContext ctx = ctx_;
+      ctx.run_id = "r" + std::to_string(i);
+      ctx.heartbeat = nullptr;
+      ctx.cancel = all;
+      runner_.RunAsync({"sleep", "600"}, ctx, [&](RunReport r) {
+        std::lock_guard<std::mutex> lock(mu);
+        ++reported;
+        stopped += r.status.code() == StatusCode::kCancelled;
+        if (r.status.code() != StatusCode::kCancelled && other.empty()) other = r.status.ToString();
+        cv.notify_all();
+      });
+    }
+  };
+  std::thread a(start, 0), b(start, 1);
+  a.join();
+  b.join();
+  // RunAsync returned at once; the runner's thread spawns them one after the other.
+  EXPECT_TRUE(WaitFor([&] { return runner_.running() == static_cast<std::size_t>(kRuns); },
+                      std::chrono::seconds(120)))
+      << runner_.running() << " in flight; " << WithLock(mu, [&] { return other; });
+  EXPECT_EQ(runner_.spawned(), static_cast<std::uint64_t>(kRuns));
+  all.Cancel(Status::Cancelled("paused"));
+  std::unique_lock<std::mutex> lock(mu);
+  ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(120), [&] { return reported == kRuns; }))
+      << reported << " of " << kRuns << " reported";
+  EXPECT_EQ(stopped, kRuns) << other;
+  lock.unlock();
+  EXPECT_TRUE(runner_.WaitIdle(std::chrono::steady_clock::now() + std::chrono::seconds(5)));
 }
 
 }  // namespace

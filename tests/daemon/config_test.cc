@@ -122,7 +122,7 @@ TEST(Config, EveryField) {
 
 TEST(Config, RunPolicies) {
   Config defaults = Ok(WithSync(R"("runs": "1h", "command": ["x"])"));
-  EXPECT_EQ(defaults.max_concurrent_runs, 0u);
+  EXPECT_EQ(defaults.max_concurrent_runs, 1024u);
   EXPECT_EQ(defaults.catch_up_per_second, 0.0);
   EXPECT_EQ(defaults.integrations[0].max_concurrency, 0u);
   const SyncConfig& d = defaults.integrations[0].syncs[0];

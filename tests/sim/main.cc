@@ -3,6 +3,9 @@
 //   syncsched_sim --seed S [--steps N] [--trace]   one seed; a failure prints its replay command
 //   syncsched_sim --seeds A..B [--steps N]         seeds A to B (inclusive)
 //   --check-determinism                            runs each seed twice and compares the runs
+//   --store sqlite|pg                              the store (default sqlite); pg: a fresh
+//                                                  database per seed on the PostgreSQL test server
+//                                                  (the ctest fixture's, or one started here)
 //
 // Prints the steps run and steps per second at the end. Exit status: 0 when every seed passed.
 #include <chrono>
@@ -18,7 +21,7 @@ namespace {
 void Usage() {
   std::fprintf(stderr,
                "usage: syncsched_sim (--seed S | --seeds A..B) [--steps N] [--trace] "
-               "[--check-determinism]\n");
+               "[--check-determinism] [--store sqlite|pg]\n");
 }
 
 bool ParseU64(const char* s, std::uint64_t& out) {
@@ -33,7 +36,7 @@ bool ParseU64(const char* s, std::uint64_t& out) {
 
 int main(int argc, char** argv) {
   std::uint64_t first = 1, last = 1, steps = 1000;
-  bool trace = false, determinism = false, have_seed = false;
+  bool trace = false, determinism = false, have_seed = false, postgres = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto value = [&]() -> const char* { return i + 1 < argc ? argv[++i] : nullptr; };
@@ -58,6 +61,11 @@ int main(int argc, char** argv) {
       trace = true;
     } else if (a == "--check-determinism") {
       determinism = true;
+    } else if (a == "--store") {
+      const char* v = value();
+      syncsched::testing::StoreKind kind;
+      if (!v || !syncsched::testing::ParseStoreKind(v, &kind)) return Usage(), 2;
+      postgres = kind == syncsched::testing::StoreKind::kPostgres;
     } else {
       return Usage(), 2;
     }
@@ -71,7 +79,7 @@ int main(int argc, char** argv) {
     ++seeds;
     syncsched::sim::SimResult r;
     {
-      syncsched::sim::Simulator sim({seed, steps, trace});
+      syncsched::sim::Simulator sim({seed, steps, trace, postgres});
       r = sim.Run();
     }
     total_steps += r.steps;
@@ -83,7 +91,7 @@ int main(int argc, char** argv) {
     if (determinism) {
       syncsched::sim::SimResult again;
       {
-        syncsched::sim::Simulator sim({seed, steps, false});
+        syncsched::sim::Simulator sim({seed, steps, false, postgres});
         again = sim.Run();
       }
       if (again.hash != r.hash || again.steps != r.steps || again.failure != r.failure) {

@@ -1389,7 +1389,7 @@ Result<Snapshot> PgStore::Load() {
   Snapshot snap;
   s = CopyOut(
       "SELECT integration, name, frequency_text, frequency_ms, auto_start, timeout_ms, "
-      "heartbeat_timeout_ms, policy FROM syncsched.syncs",
+      "heartbeat_timeout_ms, policy FROM syncsched.syncs ORDER BY 1, 2",
       "reading syncsched.syncs", [&](CopyRow& r) {
         SyncRow& row = snap.syncs.emplace_back();
         row.integration = r.Bytes();
@@ -1403,7 +1403,7 @@ Result<Snapshot> PgStore::Load() {
         return Status::Ok();
       });
   if (!s.ok()) return fail(s);
-  s = CopyOut("SELECT integration, max_concurrency FROM syncsched.integrations",
+  s = CopyOut("SELECT integration, max_concurrency FROM syncsched.integrations ORDER BY 1",
               "reading syncsched.integrations", [&](CopyRow& r) {
                 IntegrationRow& row = snap.integrations.emplace_back();
                 row.integration = r.Bytes();

@@ -1,4 +1,5 @@
-// Crash safety (SPEC §6, issue 9): the engine runs in a child process on a SQLite file and is
+// Crash safety (SPEC §6, issue 9): the engine runs in a child process on a SQLite file, or on a
+// PostgreSQL database (issue 12: the test runs on both stores), and is
 // killed with SIGKILL at well over a hundred points chosen by count, never by time, so every run of
 // the test kills at the same points of the same sequence:
 //  - after the k-th acknowledged command of a life, either between two commands (the child waits
@@ -38,6 +39,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -46,10 +48,14 @@
 #include <thread>
 #include <vector>
 
+#include "support/test_database.h"
 #include "syncsched/syncsched.h"
 
 namespace syncsched {
 namespace {
+
+using testing::StoreKind;
+using testing::TestDatabase;
 
 using namespace std::chrono_literals;
 
@@ -271,18 +277,13 @@ struct LifeLog {
   std::vector<std::string> errors;                                           // "E" lines
 };
 
-class CrashTest : public ::testing::Test {
+class CrashTest : public ::testing::TestWithParam<StoreKind> {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/syncsched-crash-XXXXXX";
-    char* made = mkdtemp(tmpl);
-    ASSERT_NE(made, nullptr);
-    dir_ = made;
-    db_ = dir_ + "/state.db";
+    database_ = std::make_unique<TestDatabase>(GetParam());
+    db_ = database_->path();
   }
-  void TearDown() override {
-    if (!dir_.empty()) std::filesystem::remove_all(dir_);
-  }
+  void TearDown() override { database_.reset(); }
 
   // Runs one life and returns what it reported; acknowledgements and runs go to the model.
   LifeLog Life(KillPoint kill, bool final_life) {
@@ -572,7 +573,8 @@ class CrashTest : public ::testing::Test {
     std::string examples;  // the first three
   };
 
-  std::string dir_, db_;
+  std::unique_ptr<TestDatabase> database_;
+  std::string db_;  // the file or URI
   const std::vector<Command> script_ = Script();
   std::size_t acked_ = 0;                        // acknowledged prefix of the script
   std::map<std::size_t, std::string> outcomes_;  // acknowledged command -> outcome
@@ -590,7 +592,7 @@ class CrashTest : public ::testing::Test {
   int lives_ = 0;
 };
 
-TEST_F(CrashTest, KilledAtOverAHundredPointsLosesNothingAcknowledgedAndRunsNoSlotTwice) {
+TEST_P(CrashTest, KilledAtOverAHundredPointsLosesNothingAcknowledgedAndRunsNoSlotTwice) {
   auto t0 = std::chrono::steady_clock::now();
   int kills = 0, command_kills = 0, run_kills = 0;
   // Lives killed during the script: right after the k-th acknowledgement of the life (the kill
@@ -638,6 +640,10 @@ TEST_F(CrashTest, KilledAtOverAHundredPointsLosesNothingAcknowledgedAndRunsNoSlo
       kills, command_kills, run_kills, script_.size(), runs,
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
 }
+
+INSTANTIATE_TEST_SUITE_P(Stores, CrashTest,
+                         ::testing::Values(StoreKind::kSqlite, StoreKind::kPostgres),
+                         testing::StoreParamName<::testing::TestParamInfo<StoreKind>>);
 
 }  // namespace
 }  // namespace syncsched

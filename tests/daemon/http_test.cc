@@ -1,6 +1,11 @@
 // The HTTP API over real sockets on 127.0.0.1, with the daemon running in-process on a free port
 // and real commands recording their runs. Every route, every error status, and bad requests that
 // must change nothing (the state is compared through GET /sync/status before and after).
+//
+// Built twice (tests/daemon/CMakeLists.txt): syncschedd_tests on an SQLite file, and
+// syncschedd_pg_http_tests (SYNCSCHED_HTTP_TEST_PG=1, ctest names "PostgreSQL.*") with the daemon's
+// `database` a `postgresql://` URI of a fresh database on the PostgreSQL test server (issue 12).
+// The transport tests (TransportTest and below) do not touch the store: SQLite build only.
 #include <gtest/gtest.h>
 
 #include <arpa/inet.h>
@@ -15,7 +20,12 @@
 #include "../core/engine_access.h"
 #include "daemon/daemon.h"
 #include "store/sqlite_store.h"
+#include "support/test_database.h"
 #include "test_util.h"
+
+#ifndef SYNCSCHED_HTTP_TEST_PG
+#define SYNCSCHED_HTTP_TEST_PG 0
+#endif
 
 namespace syncsched::daemon {
 namespace {
@@ -30,6 +40,9 @@ using syncsched::testing::Reply;
 using syncsched::testing::TempDir;
 using syncsched::testing::WaitFor;
 namespace http = boost::beast::http;
+
+// The daemon's database: a PostgreSQL database (the PG build) or an SQLite file.
+constexpr bool kOnPostgres = SYNCSCHED_HTTP_TEST_PG != 0;
 
 class HttpTest : public ::testing::Test {
  protected:
@@ -57,7 +70,15 @@ class HttpTest : public ::testing::Test {
     Config c;
     c.listen_host = "127.0.0.1";
     c.listen_port = 0;
-    c.database = dir_ / "syncsched.db";
+    if (kOnPostgres) {
+      if (!database_) {
+        database_ = std::make_unique<syncsched::testing::TestDatabase>(
+            syncsched::testing::StoreKind::kPostgres);
+      }
+      c.database = database_->path();
+    } else {
+      c.database = dir_ / "syncsched.db";
+    }
     c.shutdown_grace = 500ms;
     c.kill_grace = 2s;
     c.limits.max_body_bytes = 64 << 10;
@@ -152,6 +173,7 @@ class HttpTest : public ::testing::Test {
   }
 
   TempDir dir_;
+  std::unique_ptr<syncsched::testing::TestDatabase> database_;  // PostgreSQL: the test's database
   std::FILE* log_file_ = nullptr;
   std::unique_ptr<Logger> log_;
   Config config_;
@@ -182,11 +204,30 @@ class QuietHttpTest : public HttpTest {
 // says so once; the first commit that succeeds makes it healthy again. Health follows the last
 // commit, so no run may end (and commit) between the refusal and the reads: hence the quiet
 // daemon.
+//
+// On PostgreSQL the server itself refuses: a trigger on the store's commit mark raises the error a
+// full disk raises (SQLSTATE 53100, disk_full) until it is dropped.
 TEST_F(QuietHttpTest, HealthIsUnhealthyWhileTheDatabaseRefusesCommits) {
   store::Store& store = internal::EngineAccess::StoreOf(daemon_->engine());
-  auto pages = store::internal::PageCountForTest(store);
-  ASSERT_TRUE(pages.ok()) << pages.status();
-  ASSERT_TRUE(store::internal::SetMaxPageCountForTest(store, *pages).ok());
+  const std::string name =
+      kOnPostgres
+          ? config_.database.substr(config_.database.rfind('/') + 1,
+                                    config_.database.find('?') - config_.database.rfind('/') - 1)
+          : std::string("syncsched.db");
+  if (kOnPostgres) {
+    ASSERT_TRUE(syncsched::testing::PgExec(
+                    config_.database,
+                    "CREATE FUNCTION syncsched.full_disk() RETURNS trigger LANGUAGE plpgsql AS "
+                    "$$BEGIN RAISE EXCEPTION 'could not extend file: No space left on device' "
+                    "USING ERRCODE = 'disk_full'; END$$; "
+                    "CREATE TRIGGER full_disk BEFORE UPDATE ON syncsched.meta "
+                    "FOR EACH ROW EXECUTE FUNCTION syncsched.full_disk()")
+                    .ok());
+  } else {
+    auto pages = store::internal::PageCountForTest(store);
+    ASSERT_TRUE(pages.ok()) << pages.status();
+    ASSERT_TRUE(store::internal::SetMaxPageCountForTest(store, *pages).ok());
+  }
   // New connections grow the file until a commit needs a page it may not have.
   Reply refused;
   for (int i = 0; i < 500 && refused.status != 503; ++i) {
@@ -197,17 +238,26 @@ TEST_F(QuietHttpTest, HealthIsUnhealthyWhileTheDatabaseRefusesCommits) {
         << refused.status << " " << refused.body;
   }
   ASSERT_EQ(refused.status, 503u) << "the file never filled up";
-  EXPECT_NE(refused.body.find("syncsched.db"), std::string::npos) << refused.body;
+  EXPECT_NE(refused.body.find(name), std::string::npos) << refused.body;
+  if (kOnPostgres) {
+    EXPECT_NE(refused.body.find("No space left"), std::string::npos) << refused.body;
+  }
   Reply health = client_->Get("/health", "");
   EXPECT_EQ(health.status, 503u);
   EXPECT_EQ(health.json()["status"], "unhealthy");
-  EXPECT_EQ(health.body.find("syncsched.db"), std::string::npos)
+  EXPECT_EQ(health.body.find(name), std::string::npos)
       << "/health needs no key: it must not show the path";
   Reply metrics = client_->Get("/metrics");
   EXPECT_NE(metrics.body.find("syncsched_store_healthy 0"), std::string::npos);
   EXPECT_EQ(metrics.body.find("syncsched_store_commits_failed_total 0"), std::string::npos);
 
-  ASSERT_TRUE(store::internal::SetMaxPageCountForTest(store, 1 << 30).ok());
+  if (kOnPostgres) {
+    ASSERT_TRUE(
+        syncsched::testing::PgExec(config_.database, "DROP FUNCTION syncsched.full_disk() CASCADE")
+            .ok());
+  } else {
+    ASSERT_TRUE(store::internal::SetMaxPageCountForTest(store, 1 << 30).ok());
+  }
   Reply added = client_->Post("/connections",
                               R"({"provider_config_key": "github", "connection_id": "after"})");
   EXPECT_TRUE(added.status == 201 || added.status == 200) << added.status << " " << added.body;
@@ -911,6 +961,7 @@ TEST_F(HttpTest, BadRequestsChangeNothing) {
 }
 
 // ---- The transport: framing, limits, keep-alive, timeouts ----
+#if !SYNCSCHED_HTTP_TEST_PG  // the store plays no part below
 // With one HTTP thread (no strand) and with two (a strand per connection).
 
 class TransportTest : public HttpTest, public ::testing::WithParamInterface<std::size_t> {
@@ -1240,6 +1291,7 @@ TEST_P(TimeoutTest, ARequestThatStallsIsCutOff) {
 INSTANTIATE_TEST_SUITE_P(HttpThreads, TransportTest, ::testing::Values(1, 2), ThreadsName);
 INSTANTIATE_TEST_SUITE_P(HttpThreads, SmallServerTest, ::testing::Values(1, 2), ThreadsName);
 INSTANTIATE_TEST_SUITE_P(HttpThreads, TimeoutTest, ::testing::Values(1, 2), ThreadsName);
+#endif  // !SYNCSCHED_HTTP_TEST_PG
 
 }  // namespace
 }  // namespace syncsched::daemon

@@ -10,6 +10,10 @@
 //
 // Run by ctest (test `nango_client`), or by hand:
 //   SYNCSCHEDD=build/src/daemon/syncschedd node --test tests/nango/nango.test.mjs
+//
+// On PostgreSQL (ctest `nango_client_pg`, issue 12): with SYNCSCHED_NANGO_STORE=pg, the daemon's
+// database is a fresh database (dropped at the end) on the PostgreSQL test server named in
+// $SYNCSCHED_TEST_PG_DIRFILE, made by the tool $SYNCSCHED_PG_SERVER (tests/support/pg_server_main.cc).
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
@@ -49,6 +53,10 @@ if (!daemonPath || !fs.existsSync(daemonPath)) {
   if (!skipReason && installedVersion() !== pinned) {
     skipReason = `npm installed @nangohq/node@${installedVersion()}, not the pinned ${pinned}`;
   }
+}
+const onPostgres = process.env.SYNCSCHED_NANGO_STORE === 'pg';
+if (!skipReason && onPostgres && !(process.env.SYNCSCHED_PG_SERVER && process.env.SYNCSCHED_TEST_PG_DIRFILE)) {
+  skipReason = 'SYNCSCHED_NANGO_STORE=pg needs SYNCSCHED_PG_SERVER and SYNCSCHED_TEST_PG_DIRFILE';
 }
 if (skipReason) console.log(`# skipping the Nango client test: ${skipReason}`);
 
@@ -135,13 +143,23 @@ describe('@nangohq/node against syncschedd', { skip: skipReason ?? false }, () =
       return syncs.every((s) => s.status !== 'RUNNING');
     });
 
+  let pgDatabase = null; // on PostgreSQL: the test's database, dropped at the end
+
   before(async () => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'syncschedd-nango-'));
     runsFile = path.join(dir, 'runs.jsonl');
     const command = ['/bin/sh', path.join(here, 'record-run.sh'), runsFile];
+    let database = path.join(dir, 'syncsched.db');
+    if (onPostgres) {
+      const out = execFileSync(process.env.SYNCSCHED_PG_SERVER, ['createdb', process.env.SYNCSCHED_TEST_PG_DIRFILE], {
+        encoding: 'utf8',
+      }).trim();
+      [pgDatabase, database] = out.split(' ');
+      assert.match(database, /^postgresql:\/\//);
+    }
     const config = {
       listen: '127.0.0.1:0',
-      database: path.join(dir, 'syncsched.db'),
+      database,
       api_keys: [{ key: KEY, scopes: ['*'] }, { key: 'read-only', scopes: ['environment:syncs:read'] }],
       shutdown_grace: '5s',
       integrations: {
@@ -166,6 +184,9 @@ describe('@nangohq/node against syncschedd', { skip: skipReason ?? false }, () =
       await daemon.stop('SIGKILL');
     }
     if (dir) fs.rmSync(dir, { recursive: true, force: true });
+    if (pgDatabase) {
+      execFileSync(process.env.SYNCSCHED_PG_SERVER, ['dropdb', process.env.SYNCSCHED_TEST_PG_DIRFILE, pgDatabase]);
+    }
   });
 
   test('auto-started syncs run at once with the documented environment', async () => {

@@ -3,6 +3,12 @@
 //   syncsched_sim --seed S [--steps N] [--trace]   one seed; a failure prints its replay command
 //   syncsched_sim --seeds A..B [--steps N]         seeds A to B (inclusive)
 //   --check-determinism                            runs each seed twice and compares the runs
+//   --store sqlite|pg                              the store (default sqlite); pg: a fresh
+//                                                  database per seed on the PostgreSQL test server
+//                                                  (the ctest fixture's, or one started here)
+//   --compare-stores                               runs each seed on SQLite and on PostgreSQL and
+//                                                  compares the runs (the engine must behave the
+//                                                  same on both: same digest)
 //
 // Prints the steps run and steps per second at the end. Exit status: 0 when every seed passed.
 #include <chrono>
@@ -18,7 +24,7 @@ namespace {
 void Usage() {
   std::fprintf(stderr,
                "usage: syncsched_sim (--seed S | --seeds A..B) [--steps N] [--trace] "
-               "[--check-determinism]\n");
+               "[--check-determinism] [--store sqlite|pg] [--compare-stores]\n");
 }
 
 bool ParseU64(const char* s, std::uint64_t& out) {
@@ -33,7 +39,7 @@ bool ParseU64(const char* s, std::uint64_t& out) {
 
 int main(int argc, char** argv) {
   std::uint64_t first = 1, last = 1, steps = 1000;
-  bool trace = false, determinism = false, have_seed = false;
+  bool trace = false, determinism = false, have_seed = false, postgres = false, compare = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto value = [&]() -> const char* { return i + 1 < argc ? argv[++i] : nullptr; };
@@ -58,6 +64,13 @@ int main(int argc, char** argv) {
       trace = true;
     } else if (a == "--check-determinism") {
       determinism = true;
+    } else if (a == "--compare-stores") {
+      compare = true;
+    } else if (a == "--store") {
+      const char* v = value();
+      syncsched::testing::StoreKind kind;
+      if (!v || !syncsched::testing::ParseStoreKind(v, &kind)) return Usage(), 2;
+      postgres = kind == syncsched::testing::StoreKind::kPostgres;
     } else {
       return Usage(), 2;
     }
@@ -71,7 +84,7 @@ int main(int argc, char** argv) {
     ++seeds;
     syncsched::sim::SimResult r;
     {
-      syncsched::sim::Simulator sim({seed, steps, trace});
+      syncsched::sim::Simulator sim({seed, steps, trace, postgres});
       r = sim.Run();
     }
     total_steps += r.steps;
@@ -83,7 +96,7 @@ int main(int argc, char** argv) {
     if (determinism) {
       syncsched::sim::SimResult again;
       {
-        syncsched::sim::Simulator sim({seed, steps, false});
+        syncsched::sim::Simulator sim({seed, steps, false, postgres});
         again = sim.Run();
       }
       if (again.hash != r.hash || again.steps != r.steps || again.failure != r.failure) {
@@ -94,6 +107,26 @@ int main(int argc, char** argv) {
             static_cast<unsigned long long>(seed), static_cast<unsigned long long>(r.steps),
             static_cast<unsigned long long>(again.steps), static_cast<unsigned long long>(r.hash),
             static_cast<unsigned long long>(again.hash));
+        continue;
+      }
+    }
+    if (compare) {
+      syncsched::sim::SimResult other;
+      {
+        syncsched::sim::Simulator sim({seed, steps, false, !postgres});
+        other = sim.Run();
+      }
+      if (other.hash != r.hash || other.steps != r.steps || other.failure != r.failure) {
+        ++failed;
+        std::printf(
+            "STORES DIFFER seed=%llu: SQLite and PostgreSQL runs differ (steps %llu vs %llu, "
+            "digest %016llx vs %016llx%s%s)\n",
+            static_cast<unsigned long long>(seed),
+            static_cast<unsigned long long>(postgres ? other.steps : r.steps),
+            static_cast<unsigned long long>(postgres ? r.steps : other.steps),
+            static_cast<unsigned long long>(postgres ? other.hash : r.hash),
+            static_cast<unsigned long long>(postgres ? r.hash : other.hash),
+            other.ok ? "" : "; the other failed: ", other.ok ? "" : other.failure.c_str());
         continue;
       }
     }

@@ -69,7 +69,12 @@ Simulator::Simulator(SimOptions options)
   } else {
     throw std::runtime_error("mkdtemp failed for " + base);
   }
-  path_ = dir_ + "/state.db";
+  if (opts_.postgres) {
+    database_ = std::make_unique<testing::TestDatabase>(testing::StoreKind::kPostgres);
+    path_ = database_->path();
+  } else {
+    path_ = dir_ + "/state.db";
+  }
   start_ = clock_.Now();
   result_.hash = 0xcbf29ce484222325ULL;
 }
@@ -78,6 +83,7 @@ Simulator::~Simulator() {
   shutting_down_ = true;
   engine_.reset();
   runs_.clear();
+  database_.reset();
   std::error_code ec;
   std::filesystem::remove_all(dir_, ec);
 }

@@ -19,6 +19,7 @@
 
 #include "core/fault_store.h"
 #include "sim/model.h"
+#include "support/test_database.h"
 #include "syncsched/syncsched.h"
 
 namespace syncsched::sim {
@@ -27,6 +28,9 @@ struct SimOptions {
   std::uint64_t seed = 1;
   std::uint64_t steps = 1000;
   bool trace = false;  // print every step and every run to stdout
+  // The store: an SQLite file (default) or a fresh database on the PostgreSQL test server
+  // (support/test_database.h; `--store pg`).
+  bool postgres = false;
 };
 
 struct SimResult {
@@ -171,6 +175,7 @@ class Simulator {
   VirtualClock clock_;
   boost::asio::io_context io_;
   std::string dir_, path_;
+  std::unique_ptr<testing::TestDatabase> database_;  // PostgreSQL: the seed's database
   std::unique_ptr<Engine> engine_;
   std::shared_ptr<testing::FaultPlan> plan_;
   int life_ = 0;

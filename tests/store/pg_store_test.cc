@@ -326,6 +326,38 @@ TEST_F(PgStoreTest, UpsertsOfTheCatalogAndConnectionsByKey) {
   EXPECT_EQ(snap.connections[0].connection, "globex");
 }
 
+// Load returns the catalog in key order, whatever the tables' physical order: an update writes a
+// row's new version elsewhere in the table (and vacuum, at its own time, frees room that later
+// rows reuse), and the engine builds its catalog (and so the order in which it drains the
+// integrations' wait queues after a restart) in the order Load returns. Before the fix, the
+// simulation on PostgreSQL dispatched waiting runs in another order after a reload than the same
+// seed on SQLite, an order that followed the heap.
+TEST_F(PgStoreTest, LoadReturnsTheCatalogInKeyOrderWhateverItsPhysicalOrder) {
+  auto store = OpenOrDie();
+  ASSERT_NE(store, nullptr);
+  Batch batch;
+  batch.syncs = {MakeSync("alpha", "a", 60'000), MakeSync("alpha", "b", 60'000),
+                 MakeSync("beta", "a", 60'000)};
+  batch.integrations = {{"alpha", 1}, {"beta", 2}};
+  ASSERT_TRUE(store->Commit(batch).ok());
+  Batch update;  // the first rows of each table get new versions, after the others
+  update.syncs = {MakeSync("alpha", "a", 90'000)};
+  update.integrations = {{"alpha", 3}};
+  ASSERT_TRUE(store->Commit(update).ok());
+  ASSERT_EQ(Q("SELECT string_agg(convert_from(integration, 'UTF8') || '/' || "
+              "convert_from(name, 'UTF8'), ',') FROM syncsched.syncs"),
+            "alpha/b,beta/a,alpha/a")
+      << "the heap is not in the order this test needs";
+  Snapshot snap = LoadOrDie(*store);
+  ASSERT_EQ(snap.syncs.size(), 3u);
+  EXPECT_EQ(snap.syncs[0].integration + "/" + snap.syncs[0].name, "alpha/a");
+  EXPECT_EQ(snap.syncs[1].integration + "/" + snap.syncs[1].name, "alpha/b");
+  EXPECT_EQ(snap.syncs[2].integration + "/" + snap.syncs[2].name, "beta/a");
+  ASSERT_EQ(snap.integrations.size(), 2u);
+  EXPECT_EQ(snap.integrations[0].integration, "alpha");
+  EXPECT_EQ(snap.integrations[1].integration, "beta");
+}
+
 TEST_F(PgStoreTest, SchedulesDeletedRemovesRowsAndTheirHistory) {
   auto store = OpenOrDie();
   ASSERT_NE(store, nullptr);

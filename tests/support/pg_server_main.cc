@@ -1,6 +1,8 @@
 // The ctest fixture's server: `syncsched_pg_server start DIRFILE` starts a throwaway PostgreSQL
 // server (support/pg_server.h) and writes its directory to DIRFILE; `stop DIRFILE` stops it and
-// removes its directory.
+// removes its directory. For tests outside C++ (the Nango client test): `createdb DIRFILE` creates
+// a fresh database on that server and prints its name and its URI on one line; `dropdb DIRFILE
+// NAME` drops it.
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -10,11 +12,33 @@
 
 int main(int argc, char** argv) {
   using syncsched::testing::PgServer;
-  if (argc != 3) {
-    std::cerr << "usage: syncsched_pg_server start|stop DIRFILE\n";
+  if (argc != 3 && !(argc == 4 && std::string(argv[1]) == "dropdb")) {
+    std::cerr << "usage: syncsched_pg_server start|stop|createdb DIRFILE | dropdb DIRFILE NAME\n";
     return 2;
   }
   std::string command = argv[1], dir_file = argv[2];
+  if (command == "createdb" || command == "dropdb") {
+    std::string dir;
+    std::ifstream(dir_file) >> dir;
+    if (dir.empty()) {
+      std::cerr << "no PostgreSQL test server named in " << dir_file << "\n";
+      return 1;
+    }
+    auto server = PgServer::Attach(dir);
+    if (command == "dropdb") {
+      syncsched::Status s = server->DropDatabase(argv[3]);
+      if (!s.ok()) std::cerr << s.message() << "\n";
+      return s.ok() ? 0 : 1;
+    }
+    std::string name;
+    auto uri = server->CreateDatabase(&name);
+    if (!uri.ok()) {
+      std::cerr << uri.status().message() << "\n";
+      return 1;
+    }
+    std::cout << name << " " << *uri << "\n";
+    return 0;
+  }
   if (command == "start") {
     auto server = PgServer::Start();
     if (!server.ok()) {

@@ -283,7 +283,9 @@ Status EngineCore::Recover(store::Snapshot snap) {
     if (it == by_uid.end()) continue;
     run.finished_ms = now;
     run.ok = 0;
-    run.error = "interrupted: the engine stopped while the run was in flight";
+    run.error =
+        "interrupted: the engine stopped while the run was in flight (dispatched: its callback "
+        "had been called, or was about to be)";
     Schedule& s = Touch(tx, it->second);
     run.number = ++s.runs;
     ++s.failures;

@@ -1064,6 +1064,11 @@ class SqliteStore final : public Store {
   Status Broken() const;
   // After a failed Commit or Load: when the failure was corruption, the store is broken for good.
   Status NoteCorruption(Status cause);
+  // Before each commit: the file (and its WAL, once seen) must still be the one opened. A file
+  // deleted, renamed or replaced under the open store would take every later commit with it (the
+  // store would write to an unlinked inode, lost at close): the store is broken instead, so that
+  // nothing more is acknowledged. Three stat calls (a few microseconds).
+  Status CheckFileIdentity();
 
   Status Inspect(int* version);
   Status Configure();
@@ -1096,6 +1101,9 @@ class SqliteStore final : public Store {
   std::string broken_;
   std::string broken_advice_;
   bool fail_next_rollback_ = false;  // FailNextRollbackForTest
+  // The WAL file's identity once a commit has seen it (it lives while the store is open).
+  dev_t wal_dev_ = 0;
+  ino_t wal_ino_ = 0;
 };
 
 Status SqliteStore::Open() {
@@ -1519,9 +1527,42 @@ Result<Snapshot> SqliteStore::Load() {
   return snap;
 }
 
+Status SqliteStore::CheckFileIdentity() {
+  if (in_memory_ || lock_.fd() < 0) return Status::Ok();
+  auto broken = [&](std::string why) {
+    broken_ = std::move(why);
+    broken_advice_ =
+        "so every commit since would be lost when the store closes; nothing more is written. "
+        "Restore the file (or its WAL) from a backup, or let the engine start a new one";
+    return Status::Internal(what_ + ": this store refuses every further Commit and Load: " +
+                            broken_ + ", " + broken_advice_);
+  };
+  struct stat held {};
+  struct stat named {};
+  if (::fstat(lock_.fd(), &held) == 0 && held.st_nlink == 0) {
+    return broken("its file was deleted or replaced while open (no name links to it any more)");
+  }
+  if (::stat(real_.c_str(), &named) != 0 || named.st_dev != lock_.stat().st_dev ||
+      named.st_ino != lock_.stat().st_ino) {
+    return broken("its file was moved, deleted or replaced while open (" + real_ +
+                  " is no longer the file opened)");
+  }
+  struct stat wal {};
+  bool have_wal = ::stat((real_ + "-wal").c_str(), &wal) == 0;
+  if (wal_ino_ != 0 && (!have_wal || wal.st_dev != wal_dev_ || wal.st_ino != wal_ino_)) {
+    return broken("its write-ahead log (" + real_ + "-wal) was deleted or replaced while open");
+  }
+  if (wal_ino_ == 0 && have_wal) {
+    wal_dev_ = wal.st_dev;
+    wal_ino_ = wal.st_ino;
+  }
+  return Status::Ok();
+}
+
 Status SqliteStore::Commit(const Batch& batch) {
   if (!broken_.empty()) return Broken();
   if (batch.empty()) return Status::Ok();
+  if (Status s = CheckFileIdentity(); !s.ok()) return s;
   int rc = begin_.Step();
   begin_.Reset();
   if (rc != SQLITE_DONE) {
@@ -1542,6 +1583,7 @@ Status SqliteStore::Commit(const Batch& batch) {
 // As Commit, with each part applied as it comes, in the same transaction.
 Status SqliteStore::CommitStream(const Batch& first, BatchSource& more) {
   if (!broken_.empty()) return Broken();
+  if (Status s = CheckFileIdentity(); !s.ok()) return s;
   int rc = begin_.Step();
   begin_.Reset();
   if (rc != SQLITE_DONE) {

@@ -189,6 +189,53 @@ TEST_F(HardeningTest, AHardLinkMadeWhileOpenIsStillOneOwner) {
   EXPECT_TRUE(Contains(refused.status(), other)) << refused.status();
 }
 
+// A file deleted, replaced or moved away under an open store (or its WAL deleted) would take
+// every later commit with it: the writes would go to an unlinked inode, lost at close, while each
+// commit answered OK. The next commit finds it and the store refuses from then on, naming the
+// file and what happened; nothing more is acknowledged.
+TEST_F(HardeningTest, AFileDeletedOrReplacedWhileOpenBreaksTheStore) {
+  struct Case {
+    std::string name;
+    std::function<void(const std::string&)> act;
+    std::string says;
+  };
+  std::vector<Case> cases = {
+      {"database deleted", [](const std::string& p) { ::unlink(p.c_str()); },
+       "was deleted or replaced"},
+      {"database replaced",
+       [](const std::string& p) {
+         std::string other = p + ".new";
+         WriteBytes(other, "");
+         ::rename(other.c_str(), p.c_str());
+       },
+       "was deleted or replaced"},
+      {"database moved", [](const std::string& p) { ::rename(p.c_str(), (p + ".moved").c_str()); },
+       "no longer the file opened"},
+      {"WAL deleted", [](const std::string& p) { ::unlink((p + "-wal").c_str()); },
+       "write-ahead log"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    std::string path = dir_ + "/" + std::to_string(&c - cases.data()) + ".db";
+    auto store = OpenOrDie(Options(path));
+    ASSERT_NE(store, nullptr);
+    Batch first;
+    first.schedules.push_back(Schedule(1, "acme"));
+    ASSERT_TRUE(store->Commit(first).ok());
+    ASSERT_TRUE(fs::exists(path + "-wal"));
+    c.act(path);
+    Batch next;
+    next.schedules.push_back(Schedule(2, "globex"));
+    Status refused = store->Commit(next);
+    ASSERT_FALSE(refused.ok());
+    EXPECT_EQ(refused.code(), StatusCode::kInternal) << refused;
+    EXPECT_TRUE(Contains(refused, path)) << refused;
+    EXPECT_TRUE(Contains(refused, c.says)) << refused;
+    EXPECT_FALSE(store->Health().ok()) << "broken for good";
+    EXPECT_FALSE(store->Commit(next).ok());
+  }
+}
+
 TEST_F(HardeningTest, AnotherProcessIsRefusedThroughASymbolicOrAHardLinkAndNamesTheOwner) {
   auto owner = OpenOrDie();
   ASSERT_NE(owner, nullptr);

@@ -7,6 +7,7 @@
 // `database` a `postgresql://` URI of a fresh database on the PostgreSQL test server (issue 12).
 // The transport tests (TransportTest and below) do not touch the store: SQLite build only.
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -534,6 +535,61 @@ TEST_F(HttpTest, Forecast) {
 }
 
 // Run policies from the configuration: a cap per integration, retries, and a command's hint.
+#if !SYNCSCHED_HTTP_TEST_PG  // the runner, not the store: SQLite only
+// Issue 10: a run holds no thread. 1,000 connections whose sync runs `sleep 600` from the start,
+// on 2 worker threads: all 1,000 commands are in flight at once; one pause stops them all.
+class ThousandRunsTest : public HttpTest {
+ protected:
+  static constexpr int kConnections = 1000;
+  void Customize(Config& c) override {
+    // Three descriptors a run in flight (main.cc raises the daemon's own limit the same way).
+    rlimit nofile{};
+    if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < 8 * kConnections) {
+      nofile.rlim_cur = std::min<rlim_t>(nofile.rlim_max, 8 * kConnections);
+      setrlimit(RLIMIT_NOFILE, &nofile);
+    }
+    c.worker_threads = 2;
+    IntegrationConfig slow;
+    slow.key = "slowpoke";
+    SyncConfig wait;
+    wait.name = "wait";
+    wait.runs = "every 1h";
+    wait.auto_start = true;
+    wait.command = {"sleep", "600"};
+    slow.syncs = {wait};
+    for (int i = 0; i < kConnections; ++i) slow.connections.push_back("c" + std::to_string(i));
+    c.integrations.push_back(slow);
+  }
+  std::size_t Running() {
+    Json all = Status("provider_config_key=slowpoke&syncs=wait");
+    std::size_t n = 0;
+    for (const Json& item : all["syncs"]) n += item["status"] == "RUNNING";
+    return n;
+  }
+  std::uint64_t Spawned() {
+    std::string metrics = client_->Get("/metrics").body;
+    const std::string name = "\nsyncschedd_commands_spawned_total ";
+    std::size_t at = metrics.find(name);
+    return at == std::string::npos ? 0 : std::stoull(metrics.substr(at + name.size()));
+  }
+};
+
+TEST_F(ThousandRunsTest, AThousandCommandsRunAtOnceOnTwoWorkerThreads) {
+  rlimit nofile{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &nofile), 0);
+  if (nofile.rlim_cur < 3 * kConnections + 256) GTEST_SKIP() << "too few open files allowed";
+  // Every command started (besides github's two `issues` runs at start-up) and none has ended:
+  // a thousand `sleep`s at once.
+  ASSERT_TRUE(WaitFor([&] { return Spawned() >= kConnections + 2; }, std::chrono::seconds(180)))
+      << Spawned() << " spawned";
+  EXPECT_EQ(Running(), static_cast<std::size_t>(kConnections));
+  Reply r =
+      client_->Post("/sync/pause", R"({"provider_config_key": "slowpoke", "syncs": ["wait"]})");
+  EXPECT_EQ(r.status, 200u) << r.body;
+  EXPECT_TRUE(WaitFor([&] { return Running() == 0; }, std::chrono::seconds(60))) << Running();
+}
+#endif  // !SYNCSCHED_HTTP_TEST_PG
+
 class PolicyTest : public HttpTest {
  protected:
   void Customize(Config& c) override {

@@ -581,7 +581,7 @@ class NangoModel {
         std::to_string(frequency_ms) +
         " / 1000.0), '{\"connection\": \"conn\", \"sync\": \"sync0\"}', 'sync', 3600, 86400, "
         "300, d FROM (SELECT i, now() + make_interval(secs => (" +
-        std::to_string(first_ms) + " + i * " + std::to_string(spread_ms) + " / " +
+        std::to_string(first_ms) + " + i::bigint * " + std::to_string(spread_ms) + " / " +
         std::to_string(n) + ") / 1000.0) AS d FROM generate_series(1, " + std::to_string(n) +
         ") AS i) AS g";
     if (Status s = testing::PgExec(uri, sql); !s.ok()) return s;

@@ -526,7 +526,8 @@ void RunSyncsched(benchmark::State& state, const std::string& uri, std::int64_t 
 //   and complete each with its own statement (a transaction, as each task's success is its own
 //   call to Nango's orchestrator), which also writes the task's state to its schedule.
 // One column is not Nango's: tasks.due_at, the schedule's due time, to measure lateness.
-constexpr int kNangoWorkers = 4;
+constexpr int kNangoWorkers = 4;  // the default; the benchmarks' `workers` argument sets it
+int nango_workers = kNangoWorkers;
 constexpr int kNangoDequeue = 100;
 constexpr int kNangoBatch = 1000;
 constexpr auto kNangoTick = std::chrono::milliseconds(100);
@@ -611,7 +612,7 @@ class NangoModel {
   ~NangoModel() { Stop(); }
 
   Status Start() {
-    for (int i = 0; i < kNangoWorkers + 1; ++i) {
+    for (int i = 0; i < nango_workers + 1; ++i) {
       PGconn* c = PQconnectdb(uri_.c_str());
       if (PQstatus(c) != CONNECTION_OK) {
         Status s = Status::Unavailable(PQerrorMessage(c));
@@ -621,7 +622,7 @@ class NangoModel {
       conns_.push_back(c);
     }
     threads_.emplace_back([this] { Tick(conns_[0]); });
-    for (int i = 0; i < kNangoWorkers; ++i) {
+    for (int i = 0; i < nango_workers; ++i) {
       threads_.emplace_back([this, i] { Work(conns_[static_cast<std::size_t>(i) + 1]); });
     }
     return Status::Ok();
@@ -885,6 +886,7 @@ void RunDesign(benchmark::State& state, bool nango, std::int64_t n, std::int64_t
 void BM_PgFire(benchmark::State& state) {
   const bool hot = state.range(0) == 0;
   const bool nango = state.range(1) == 1;
+  nango_workers = static_cast<int>(state.range(2));
   for (auto _ : state) {
     if (hot) {
       RunDesign(state, nango, kHotSchedules, 1, 0, 0, 5'000, 15'000, nullptr);
@@ -893,18 +895,22 @@ void BM_PgFire(benchmark::State& state) {
     }
   }
 }
+// workers: Nango's worker connections (0 for syncsched: the engine's 2 workers share its one
+// store connection).
 BENCHMARK(BM_PgFire)
-    ->ArgNames({"spread", "nango"})
-    ->Args({0, 0})
-    ->Args({0, 1})
-    ->Args({1, 0})
-    ->Args({1, 1})
+    ->ArgNames({"spread", "nango", "workers"})
+    ->Args({0, 0, 0})
+    ->Args({0, 1, 4})
+    ->Args({1, 0, 0})
+    ->Args({1, 1, 4})
+    ->Args({1, 1, 16})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()
     ->Iterations(1);
 
 void BM_PgLateness(benchmark::State& state) {
   LatenessLog lateness;
+  nango_workers = static_cast<int>(state.range(1));
   for (auto _ : state) {
     RunDesign(state, state.range(0) == 1, kSpreadSchedules, 60'000, 20'000, 60'000, 21'000, 81'000,
               &lateness);
@@ -912,9 +918,10 @@ void BM_PgLateness(benchmark::State& state) {
   lateness.Report(state);
 }
 BENCHMARK(BM_PgLateness)
-    ->ArgNames({"nango"})
-    ->Arg(0)
-    ->Arg(1)
+    ->ArgNames({"nango", "workers"})
+    ->Args({0, 0})
+    ->Args({1, 4})
+    ->Args({1, 16})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()
     ->Iterations(1);

@@ -32,9 +32,10 @@
 //
 // Why this shape: a commit is one pipeline (BEGIN, at most a few statements per kind of row,
 // COMMIT, then one Sync): one round trip whatever the batch holds. Rows travel as binary arrays
-// expanded by UNNEST in prepared statements, at most kChunk rows per statement, so a batch of a
-// million rows is ~120 statements with no per-row parse, plan or round trip. COPY would be as fast
-// for inserts but cannot upsert and is not allowed in a pipeline.
+// expanded by UNNEST in prepared statements (one per column; update-only schedule rows as one
+// array of the table's row type, see RowArrayParam), at most kChunk rows per statement, so a batch
+// of a million rows is ~120 statements with no per-row parse, plan or round trip. COPY would be as
+// fast for inserts but cannot upsert and is not allowed in a pipeline.
 //
 // Ownership: a session advisory lock (kPostgresOwnerLockKey), held by the store's one connection.
 // The server releases it when the session ends, so a crashed engine never leaves it behind.

@@ -82,14 +82,15 @@ std::string RedactDatabaseUri(std::string_view uri);
 // - Load() reads the whole state in one REPEATABLE READ, READ ONLY transaction (binary COPY of
 //   each table). INTERNAL if a row cannot be decoded (naming the table and the row).
 // - Commit() applies a batch in one transaction, sent as one pipeline (one round trip): prepared
-//   statements whose parameters are binary arrays expanded by UNNEST, at most 8192 rows per
-//   statement. Within a batch, deletions are applied before insertions and upserts, exactly as the
-//   SQLite store does: connections_deleted, then connections_added (an existing connection is left
-//   as is); schedules_deleted (with their history), then schedule upserts and finished runs into
-//   the history, except that rows of a uid listed in schedules_deleted are not written. Rows with
-//   the same key within one batch: the last one wins. Every field of a ScheduleRow is written, for
-//   new and update_only rows alike, and Load reads each back as written (an update_only row of a
-//   schedule the database no longer holds writes nothing). A run in `runs` must be finished
+//   statements whose parameters are binary arrays expanded by UNNEST (one array per column; for
+//   update_only schedule rows, one array of the schedules table's row type), at most 8192 rows
+//   per statement. Within a batch, deletions are applied before insertions and upserts, exactly as
+//   the SQLite store does: connections_deleted, then connections_added (an existing connection is
+//   left as is); schedules_deleted (with their history), then schedule upserts and finished runs
+//   into the history, except that rows of a uid listed in schedules_deleted are not written. Rows
+//   with the same key within one batch: the last one wins. Every field of a ScheduleRow is written,
+//   for new and update_only rows alike, and Load reads each back as written (an update_only row of
+//   a schedule the database no longer holds writes nothing). A run in `runs` must be finished
 //   (finished_ms and number set), else INTERNAL. On any error the transaction is rolled back and
 //   nothing of the batch is applied: UNAVAILABLE for a lost connection, a server shutting down or
 //   restarting, a full disk, a statement timeout, a lock or serialization failure; INTERNAL for a

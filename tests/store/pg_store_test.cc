@@ -170,9 +170,9 @@ TEST_F(PgStoreTest, ANewDatabaseGetsTheSchemaAndLoadsEmpty) {
   EXPECT_TRUE(snap.connections.empty());
   EXPECT_TRUE(snap.schedules.empty());
   EXPECT_EQ(snap.max_uid, 0u);
-  EXPECT_EQ(Q("SELECT value FROM syncsched.meta WHERE key = 'schema_version'"), "1");
+  EXPECT_EQ(Q("SELECT value FROM syncsched.meta WHERE key = 'schema_version'"), "2");
   EXPECT_EQ(Q("SELECT reloptions::text FROM pg_class WHERE oid = 'syncsched.schedules'::regclass"),
-            "{fillfactor=70}");
+            "{fillfactor=45}");
   EXPECT_TRUE(store->Commit(Batch{}).ok());
   // The owner holds the advisory lock on its session.
   EXPECT_EQ(Q("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND "
@@ -518,7 +518,7 @@ TEST_F(PgStoreTest, HistoryKeepsNewestRunsAndNewestFailure) {
 TEST_F(PgStoreTest, ANewerSchemaIsRefusedAndNotWritten) {
   { ASSERT_NE(OpenOrDie(), nullptr); }
   Exec("UPDATE syncsched.meta SET value = 99 WHERE key = 'schema_version'");
-  ExpectRefused(StatusCode::kFailedPrecondition, "schema version 99, newer than version 1");
+  ExpectRefused(StatusCode::kFailedPrecondition, "schema version 99, newer than version 2");
 }
 
 TEST_F(PgStoreTest, ForeignOrBrokenSchemasAreRefusedAndNotWritten) {
@@ -533,10 +533,32 @@ TEST_F(PgStoreTest, ForeignOrBrokenSchemasAreRefusedAndNotWritten) {
 TEST_F(PgStoreTest, AnEmptySchemaIsMigratedAndAReopenMigratesNothing) {
   Exec("CREATE SCHEMA syncsched");  // e.g. created by a DBA who granted it to the engine
   { ASSERT_NE(OpenOrDie(), nullptr); }
-  EXPECT_EQ(Q("SELECT value FROM syncsched.meta WHERE key = 'schema_version'"), "1");
+  EXPECT_EQ(Q("SELECT value FROM syncsched.meta WHERE key = 'schema_version'"), "2");
   std::string oid = Q("SELECT 'syncsched.schedules'::regclass::oid");
   { ASSERT_NE(OpenOrDie(), nullptr); }
   EXPECT_EQ(Q("SELECT 'syncsched.schedules'::regclass::oid"), oid) << "not recreated";
+}
+
+TEST_F(PgStoreTest, AVersion1DatabaseIsMigratedToFillfactor45KeepingItsRows) {
+  {
+    auto store = OpenOrDie();
+    ASSERT_NE(store, nullptr);
+    Batch b;
+    b.schedules = {MakeSchedule(1, "c1", "s1")};
+    ASSERT_TRUE(store->Commit(b).ok());
+  }
+  // As version 1 left it.
+  Exec(
+      "ALTER TABLE syncsched.schedules SET (fillfactor = 70); "
+      "UPDATE syncsched.meta SET value = 1 WHERE key = 'schema_version'");
+  auto store = OpenOrDie();
+  ASSERT_NE(store, nullptr);
+  EXPECT_EQ(Q("SELECT value FROM syncsched.meta WHERE key = 'schema_version'"), "2");
+  EXPECT_EQ(Q("SELECT reloptions::text FROM pg_class WHERE oid = 'syncsched.schedules'::regclass"),
+            "{fillfactor=45}");
+  Snapshot snap = LoadOrDie(*store);
+  ASSERT_EQ(snap.schedules.size(), 1u);
+  EXPECT_EQ(snap.schedules[0].connection, "c1");
 }
 
 TEST_F(PgStoreTest, ASecondOwnerIsRefusedUntilTheFirstLetsGo) {

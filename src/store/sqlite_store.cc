@@ -1002,6 +1002,9 @@ class SqliteStore final : public Store {
   Result<Snapshot> Load() override;
   Status Commit(const Batch& batch) override;
   Status CommitStream(const Batch& first, BatchSource& more) override;
+  // Commit and CommitStream: `first` and every part of `more` (if any) in one transaction, each
+  // part applied as it comes.
+  Status CommitParts(const Batch& first, BatchSource* more);
   Status Health() const override { return broken_.empty() ? Status::Ok() : Broken(); }
 
   Status SetMaxPageCount(std::int64_t pages);
@@ -1560,28 +1563,15 @@ Status SqliteStore::CheckFileIdentity() {
 }
 
 Status SqliteStore::Commit(const Batch& batch) {
-  if (!broken_.empty()) return Broken();
-  if (batch.empty()) return Status::Ok();
-  if (Status s = CheckFileIdentity(); !s.ok()) return s;
-  int rc = begin_.Step();
-  begin_.Reset();
-  if (rc != SQLITE_DONE) {
-    return NoteCorruption(Error(rc, "commit failed, nothing applied: cannot begin"));
-  }
-  std::uint64_t max_uid = max_uid_;
-  Status s = Apply(batch, &max_uid);
-  if (s.ok()) {
-    rc = commit_.Step();
-    if (rc != SQLITE_DONE) s = Error(rc, "commit failed");
-    commit_.Reset();
-  }
-  if (!s.ok()) return NoteCorruption(RollBack(std::move(s), /*committing=*/true));
-  max_uid_ = max_uid;
-  return Status::Ok();
+  if (batch.empty()) return broken_.empty() ? Status::Ok() : Broken();
+  return CommitParts(batch, nullptr);
 }
 
-// As Commit, with each part applied as it comes, in the same transaction.
 Status SqliteStore::CommitStream(const Batch& first, BatchSource& more) {
+  return CommitParts(first, &more);
+}
+
+Status SqliteStore::CommitParts(const Batch& first, BatchSource* more) {
   if (!broken_.empty()) return Broken();
   if (Status s = CheckFileIdentity(); !s.ok()) return s;
   int rc = begin_.Step();
@@ -1592,7 +1582,7 @@ Status SqliteStore::CommitStream(const Batch& first, BatchSource& more) {
   std::uint64_t max_uid = max_uid_;
   Status s = Apply(first, &max_uid);
   Batch part;
-  while (s.ok() && more.Next(part)) s = Apply(part, &max_uid);
+  while (s.ok() && more != nullptr && more->Next(part)) s = Apply(part, &max_uid);
   if (s.ok()) {
     rc = commit_.Step();
     if (rc != SQLITE_DONE) s = Error(rc, "commit failed");

@@ -409,7 +409,10 @@ TEST_F(PgStoreTest, AFailedBatchAppliesNothingAndTheStoreStaysUsable) {
   bad.connections_added = {{"github", "globex"}};
   bad.connections_deleted = {{"github", "acme"}};
   for (int uid = 10; uid < 20'010; ++uid) {
-    bad.schedules.push_back(MakeSchedule(uid, "globex-" + std::to_string(uid)));
+    std::string connection = "globex-";
+    connection +=
+        std::to_string(uid);  // not "globex-" + ...: GCC 12's false -Wrestrict (PR 105329)
+    bad.schedules.push_back(MakeSchedule(uid, connection));
   }
   bad.schedules.push_back(MakeSchedule(2, "acme"));
   bad.schedules.push_back(UpdateOnly(MakeSchedule(1, "acme")));

@@ -75,6 +75,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -1032,6 +1033,7 @@ class SqliteStore final : public Store {
       case SQLITE_FULL:
       case SQLITE_READONLY:
       case SQLITE_PERM:
+        if (rc == SQLITE_IOERR_DATA) break;  // a checksum, not the system: its errno is stale
         if (int os = db_.get() != nullptr ? sqlite3_system_errno(db_.get()) : 0; os != 0) {
           detail += " (" + Errno(os) + ")";
         }
@@ -1861,7 +1863,13 @@ Result<std::int64_t> SqliteStore::PageCount() {
 
 }  // namespace
 
-Result<std::unique_ptr<Store>> OpenSqliteStore(const SqliteStoreOptions& options) {
+namespace {
+std::atomic<bool> page_checksums_allowed{true};  // SetPageChecksumsForTest
+}  // namespace
+
+Result<std::unique_ptr<Store>> OpenSqliteStore(const SqliteStoreOptions& given) {
+  SqliteStoreOptions options = given;
+  options.page_checksums = options.page_checksums && page_checksums_allowed.load();
   if (options.path.empty()) {
     return Status::InvalidArgument(
         "SqliteStoreOptions.path is empty; give a database file path or \":memory:\"");
@@ -1881,6 +1889,8 @@ Result<std::unique_ptr<Store>> OpenSqliteStore(const SqliteStoreOptions& options
 }
 
 namespace internal {
+
+void SetPageChecksumsForTest(bool enabled) { page_checksums_allowed.store(enabled); }
 
 Status SetMaxPageCountForTest(Store& store, std::int64_t pages) {
   return static_cast<SqliteStore&>(store).SetMaxPageCount(pages);

@@ -152,6 +152,10 @@ void FailNextRollbackForTest(Store& store);
 // Test hook: caps the length of a string or blob (`sqlite3_limit(SQLITE_LIMIT_LENGTH)`, also the
 // size of a row), so that binding a longer value fails as binding one above 1 GB would.
 void SetLengthLimitForTest(Store& store, int bytes);
+// Test and benchmark hook, process-wide: while false, stores opened from then on write and verify
+// no page checksums (as with SqliteStoreOptions::page_checksums = false), so that an engine's
+// store can be measured without them. Default true.
+void SetPageChecksumsForTest(bool enabled);
 // Test hook: checkpoints the WAL after every commit that leaves at least `pages` pages in it
 // (`PRAGMA wal_autocheckpoint`; the store's own setting is 40 MB of pages).
 Status SetAutoCheckpointForTest(Store& store, int pages);

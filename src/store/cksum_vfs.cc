@@ -53,8 +53,6 @@ struct File {
   std::string name;  // for messages
   // Main file: whether its header reserves kReserveBytes per page (so its pages are checked).
   bool checked = false;
-  // Main file: the page size of the last header seen (0: none yet).
-  int page_size = 0;
   std::vector<unsigned char> scratch;  // a page being written, with its checksum
   // WAL: the checksum of each frame's page written through this file, by file offset of the page.
   std::unordered_map<sqlite3_int64, std::uint64_t> frames;
@@ -86,8 +84,6 @@ bool NoteHeader(File* f, const unsigned char* header) {
   bool reserves = header[20] == kReserveBytes;
   if (f->checked && !reserves) return false;
   f->checked = reserves;
-  int size = (header[16] << 8) | header[17];
-  f->page_size = size == 1 ? 65536 : size;
   return true;
 }
 

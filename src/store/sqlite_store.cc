@@ -1369,6 +1369,31 @@ Status SqliteStore::EnsurePageChecksums() {
   int rc = sqlite3_file_control(db_.get(), "main", SQLITE_FCNTL_RESERVE_BYTES, &reserve);
   if (rc != SQLITE_OK) return Error(rc, "cannot read the bytes reserved per page");
   if (reserve == cksum::kReserveBytes) return Status::Ok();
+  if (reserve == 0 && lock_.fd() >= 0) {
+    // A file that had page checksums and whose header byte 20 (the bytes reserved per page) was
+    // damaged to 0 must not be taken for an older file and rewritten: page 1 still carries the
+    // checksum it had with the byte at 8.
+    unsigned char head[18];
+    if (ReadAt(lock_.fd(), head, sizeof head, 0) == static_cast<ssize_t>(sizeof head)) {
+      std::size_t size = (std::size_t{head[16]} << 8) | head[17];
+      if (size == 1) size = 65536;
+      std::vector<unsigned char> page(size);
+      if (ReadAt(lock_.fd(), page.data(), size, 0) == static_cast<ssize_t>(size)) {
+        page[20] = cksum::kReserveBytes;
+        std::uint64_t stored = 0;
+        for (std::size_t i = 0; i < 8; ++i) {
+          stored |= std::uint64_t{page[size - cksum::kReserveBytes + i]} << (8 * i);
+        }
+        if (stored == cksum::PageChecksum(page.data(), size, 1)) {
+          return Status::Internal(
+              what_ +
+              " is not a syncsched database or is corrupt (its header reserves no bytes per page "
+              "for checksums, but page 1 carries its checksum as if it did: the header is "
+              "damaged)");
+        }
+      }
+    }
+  }
   if (reserve != 0) {
     return Status::FailedPrecondition(
         what_ + " reserves " + std::to_string(reserve) +

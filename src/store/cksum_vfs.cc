@@ -87,6 +87,60 @@ bool NoteHeader(File* f, const unsigned char* header) {
   return true;
 }
 
+std::uint32_t BigEndian32(const unsigned char* p) {
+  return std::uint32_t{p[0]} << 24 | std::uint32_t{p[1]} << 16 | std::uint32_t{p[2]} << 8 |
+         std::uint32_t{p[3]};
+}
+
+// SQLite's WAL checksum (its file format): over pairs of 32-bit words, in the byte order the log's
+// magic number says, continuing from `s`.
+void WalSum(bool big_endian, const unsigned char* p, std::size_t n, std::uint32_t s[2]) {
+  for (std::size_t i = 0; i + 8 <= n; i += 8) {
+    std::uint32_t x0 = big_endian ? BigEndian32(p + i) : Load32(p + i);
+    std::uint32_t x1 = big_endian ? BigEndian32(p + i + 4) : Load32(p + i + 4);
+    s[0] += x0 + s[1];
+    s[1] += x1 + s[0];
+  }
+}
+
+std::uint64_t FrameSum(const unsigned char* page, int n) {
+  // Over the whole page, its reserved bytes included (they hold no page checksum in the log).
+  return PageChecksum(page, static_cast<std::size_t>(n), 0) ^ Load64(page + n - kReserveBytes);
+}
+
+// A log found when it is opened (left by a crash, not yet replayed): the checksum of each frame of
+// its valid prefix (the frames SQLite's recovery will accept: their chain of SQLite's own frame
+// checksums verifies from the header), so that later reads of those frames are verified too. The
+// store has checked the whole log before (CheckWal); damage after that point is what this catches.
+void LearnFrames(File* f) {
+  sqlite3_file* real = f->real();
+  sqlite3_int64 size = 0;
+  if (real->pMethods->xFileSize(real, &size) != SQLITE_OK || size < 32 + 24 + 512) return;
+  unsigned char header[32];
+  if (real->pMethods->xRead(real, header, 32, 0) != SQLITE_OK) return;
+  std::uint32_t magic = BigEndian32(header);
+  auto page_size = static_cast<int>(BigEndian32(header + 8));
+  if ((magic & ~1u) != 0x377f0682 || !IsPageSize(page_size)) return;
+  bool big_endian = (magic & 1) != 0;
+  std::uint32_t sum[2] = {0, 0};
+  WalSum(big_endian, header, 24, sum);
+  if (sum[0] != BigEndian32(header + 24) || sum[1] != BigEndian32(header + 28)) return;
+  const sqlite3_int64 frame_size = 24 + page_size;
+  std::vector<unsigned char> frame(static_cast<std::size_t>(frame_size));
+  for (sqlite3_int64 at = 32; at + frame_size <= size; at += frame_size) {
+    if (real->pMethods->xRead(real, frame.data(), static_cast<int>(frame_size), at) != SQLITE_OK) {
+      return;
+    }
+    if (std::memcmp(frame.data() + 8, header + 16, 8) != 0) return;  // another log's salts
+    WalSum(big_endian, frame.data(), 8, sum);
+    WalSum(big_endian, frame.data() + 24, static_cast<std::size_t>(page_size), sum);
+    if (sum[0] != BigEndian32(frame.data() + 16) || sum[1] != BigEndian32(frame.data() + 20)) {
+      return;  // the end of the valid prefix: SQLite reads nothing after it
+    }
+    f->frames[at + 24] = FrameSum(frame.data() + 24, page_size);
+  }
+}
+
 int Close(sqlite3_file* file) {
   File* f = AsFile(file);
   sqlite3_file* real = f->real();
@@ -127,14 +181,12 @@ int Read(sqlite3_file* file, void* buffer, int n, sqlite3_int64 offset) {
   }
   if (f->kind == Kind::kWal && IsPageSize(n)) {
     auto it = f->frames.find(offset);
-    if (it == f->frames.end()) return rc;  // a frame of a log found at open (see the header)
+    if (it == f->frames.end()) return rc;  // not a frame of this log's valid prefix: never read
     if (rc == SQLITE_IOERR_SHORT_READ) {
       return Fail(f, offset, "a write-ahead log frame read back short");
     }
-    // Over the whole page, its reserved bytes included (they are not a page checksum here).
-    std::uint64_t sum =
-        PageChecksum(bytes, static_cast<std::size_t>(n), 0) ^ Load64(bytes + n - kReserveBytes);
-    if (sum != it->second) return Fail(f, offset, "a write-ahead log frame fails its checksum");
+    if (FrameSum(bytes, n) != it->second)
+      return Fail(f, offset, "a write-ahead log frame fails its checksum");
   }
   return rc;
 }
@@ -155,8 +207,7 @@ int Write(sqlite3_file* file, const void* buffer, int n, sqlite3_int64 offset) {
       return real->pMethods->xWrite(real, f->scratch.data(), n, offset);
     }
   } else if (f->kind == Kind::kWal && IsPageSize(n)) {
-    f->frames[offset] =
-        PageChecksum(bytes, static_cast<std::size_t>(n), 0) ^ Load64(bytes + n - kReserveBytes);
+    f->frames[offset] = FrameSum(bytes, n);
   }
   return real->pMethods->xWrite(real, buffer, n, offset);
 }
@@ -293,6 +344,7 @@ int Open(sqlite3_vfs* vfs, sqlite3_filename name, sqlite3_file* file, int flags,
     return rc != SQLITE_OK ? rc : SQLITE_CANTOPEN;
   }
   file->pMethods = &kMethods;
+  if (rc == SQLITE_OK && kind == Kind::kWal) LearnFrames(f);
   return rc;
 }
 

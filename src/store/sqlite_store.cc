@@ -708,6 +708,31 @@ Status CheckWal(const std::string& wal_path, const std::string& what) {
   return Status::Ok();
 }
 
+// With page checksums: a file whose header reserves no bytes per page is taken for an older file
+// and rewritten with them (EnsurePageChecksums). But if page 1 carries the checksum it would have
+// with 8 reserved bytes, the file had page checksums and its header byte 20 was damaged: refused,
+// before anything is written. Plain reads on `fd`, as CheckFileHeader.
+Status CheckReservedBytes(int fd, const std::string& what) {
+  unsigned char head[21];
+  if (ReadAt(fd, head, sizeof head, 0) != static_cast<ssize_t>(sizeof head) || head[20] != 0) {
+    return Status::Ok();  // a short file is CheckFileHeader's business
+  }
+  std::size_t size = (std::size_t{head[16]} << 8) | head[17];
+  if (size == 1) size = 65536;
+  std::vector<unsigned char> page(size);
+  if (ReadAt(fd, page.data(), size, 0) != static_cast<ssize_t>(size)) return Status::Ok();
+  page[20] = cksum::kReserveBytes;
+  std::uint64_t stored = 0;
+  for (std::size_t i = 0; i < 8; ++i) {
+    stored |= std::uint64_t{page[size - cksum::kReserveBytes + i]} << (8 * i);
+  }
+  if (stored != cksum::PageChecksum(page.data(), size, 1)) return Status::Ok();
+  return Status::Internal(
+      Corrupt(what,
+              "its header reserves no bytes per page for checksums, but page 1 carries its "
+              "checksum as if it did: the header is damaged"));
+}
+
 // Where the files of a database are: the real path of the database (symbolic links resolved),
 // and whether it exists.
 struct Location {
@@ -1153,6 +1178,10 @@ Status SqliteStore::Open() {
     journal_existed_ = ::stat((real_ + "-journal").c_str(), &st) == 0;
     s = CheckFileHeader(lock_.fd(), what_, lock_.stat().st_size, wal_has_frames);
     if (!s.ok()) return s;
+    if (options_.page_checksums) {
+      s = CheckReservedBytes(lock_.fd(), what_);
+      if (!s.ok()) return s;
+    }
     if (wal_has_frames) {
       s = CheckWal(real_ + "-wal", what_);
       if (!s.ok()) return s;
@@ -1369,31 +1398,6 @@ Status SqliteStore::EnsurePageChecksums() {
   int rc = sqlite3_file_control(db_.get(), "main", SQLITE_FCNTL_RESERVE_BYTES, &reserve);
   if (rc != SQLITE_OK) return Error(rc, "cannot read the bytes reserved per page");
   if (reserve == cksum::kReserveBytes) return Status::Ok();
-  if (reserve == 0 && lock_.fd() >= 0) {
-    // A file that had page checksums and whose header byte 20 (the bytes reserved per page) was
-    // damaged to 0 must not be taken for an older file and rewritten: page 1 still carries the
-    // checksum it had with the byte at 8.
-    unsigned char head[18];
-    if (ReadAt(lock_.fd(), head, sizeof head, 0) == static_cast<ssize_t>(sizeof head)) {
-      std::size_t size = (std::size_t{head[16]} << 8) | head[17];
-      if (size == 1) size = 65536;
-      std::vector<unsigned char> page(size);
-      if (ReadAt(lock_.fd(), page.data(), size, 0) == static_cast<ssize_t>(size)) {
-        page[20] = cksum::kReserveBytes;
-        std::uint64_t stored = 0;
-        for (std::size_t i = 0; i < 8; ++i) {
-          stored |= std::uint64_t{page[size - cksum::kReserveBytes + i]} << (8 * i);
-        }
-        if (stored == cksum::PageChecksum(page.data(), size, 1)) {
-          return Status::Internal(
-              what_ +
-              " is not a syncsched database or is corrupt (its header reserves no bytes per page "
-              "for checksums, but page 1 carries its checksum as if it did: the header is "
-              "damaged)");
-        }
-      }
-    }
-  }
   if (reserve != 0) {
     return Status::FailedPrecondition(
         what_ + " reserves " + std::to_string(reserve) +

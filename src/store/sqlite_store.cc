@@ -63,6 +63,14 @@
 // for good (NoteCorruption): nothing more is written, every later call and Health() return
 // INTERNAL naming the file. A WAL left by a crash is checked frame by frame at open (CheckWal),
 // because SQLite silently stops its replay at the first frame that fails its checksum.
+//
+// Page checksums (cksum_vfs.h; SqliteStoreOptions::page_checksums, default on): SQLite opens the
+// file through the checksum shim, which verifies every page read and WAL frame read back and
+// answers SQLITE_IOERR_DATA on a mismatch; IsCorruption counts that code as corruption, so it
+// breaks the store like any other. New files reserve the checksum's bytes from their first write
+// (CreateDatabase); older ones get them with one VACUUM at open (EnsurePageChecksums). A failure
+// found by an automatic checkpoint after a commit (which SQLite ignores) breaks the store after
+// that commit (Commit).
 
 #include "store/sqlite_store.h"
 

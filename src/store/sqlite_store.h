@@ -50,7 +50,9 @@ struct SqliteStoreOptions {
   // off) is rewritten once at open with `VACUUM` to get them (this needs free space for a copy of
   // the file and takes about as long as reading it; if it fails, the open fails, nothing changed).
   // false: no checksums are written or verified, and a file is not migrated (a file that has them
-  // keeps its reserved bytes, unchecked). Not used for ":memory:".
+  // keeps its reserved bytes, unchecked). Not used for ":memory:". Any SQLite reader can read a
+  // checksummed file; a program that writes to it must go through the same VFS
+  // (store::cksum::ShimOver, cksum_vfs.h), else the pages it writes are refused as damaged.
   bool page_checksums = true;
 
   // The SQLite VFS to use, by its registered name; empty: SQLite's default. For tests

@@ -367,8 +367,8 @@ if gb:
                   f"`BM_AsioTimerSteadyFire/1000000` (timer only) | "
                   f"{a['items_per_second'] / 1e3:,.0f}k fires/s | "
                   f"{e['items_per_second'] / a['items_per_second']:.2f}× |")
-    f1 = find("BM_DurableFire/1/")
-    f0 = find("BM_DurableFire/0/")
+    f1 = find("BM_DurableFire/1/1/")  # on a file, with page checksums
+    f0 = find("BM_DurableFire/0/0/")
     if f1 and f0:
         md.append(f"| `BM_DurableFire/1` (file) | {f1['items_per_second'] / 1e3:,.0f}k runs/s | "
                   f"`BM_DurableFire/0` (memory) | {f0['items_per_second'] / 1e3:,.0f}k runs/s | "

@@ -8,6 +8,12 @@
 // the batch layout. These are also the rows a durable start of 1M schedules writes (BM_DurableStart
 // below), so BM_RawSqliteInsert is its floor too.
 //
+// Page checksums (docs/reliability.md): the last argument of BM_StoreCommit1M,
+// BM_StoreCommitRunsAtHistoryBound, BM_DurableStart, BM_Recovery and BM_DurableFire is 1 with
+// them (the default) and 0 without (SqliteStoreOptions::page_checksums, or, for the engine's
+// store, internal::SetPageChecksumsForTest), so that one run gives both and their ratio:
+//   ./store_bench --benchmark_filter='StoreCommit|DurableStart|Recovery|DurableFire/1'
+//
 // Opening, closing (the final checkpoint) and building the rows are outside the timed region.
 // Files go to $TMPDIR (default /tmp). Run:
 //   ./store_bench --benchmark_filter='StoreCommit1M|RawSqliteInsert'
@@ -94,6 +100,7 @@ void BM_StoreCommit1M(benchmark::State& state) {
     std::string dir = NewTempDir();
     SqliteStoreOptions options;
     options.path = dir + "/state.db";
+    options.page_checksums = state.range(0) != 0;
     auto store = OpenSqliteStore(options);
     if (!store.ok()) {
       state.SkipWithError(store.status().ToString().c_str());
@@ -111,7 +118,12 @@ void BM_StoreCommit1M(benchmark::State& state) {
   state.counters["rows/s"] =
       benchmark::Counter(kRows, benchmark::Counter::kIsIterationInvariantRate);
 }
-BENCHMARK(BM_StoreCommit1M)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
+BENCHMARK(BM_StoreCommit1M)
+    ->Arg(0)
+    ->Arg(1)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->Iterations(3);
 
 // Steady state of group commit: 10k schedules, each with a full history, and a batch that
 // finishes one run of each: 10k history places overwritten and 10k schedule rows updated.
@@ -122,6 +134,7 @@ void BM_StoreCommitRunsAtHistoryBound(benchmark::State& state) {
   SqliteStoreOptions options;
   options.path = dir + "/state.db";
   options.history_per_schedule = kHistory;
+  options.page_checksums = state.range(0) != 0;
   auto store = OpenSqliteStore(options);
   if (!store.ok()) {
     state.SkipWithError(store.status().ToString().c_str());
@@ -162,6 +175,8 @@ void BM_StoreCommitRunsAtHistoryBound(benchmark::State& state) {
       benchmark::Counter(kSchedules, benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_StoreCommitRunsAtHistoryBound)
+    ->Arg(0)
+    ->Arg(1)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()
     ->Iterations(30);
@@ -271,9 +286,10 @@ BENCHMARK(BM_RawSqliteInsert)
 // BM_DurableFire: runs per second with every run's dispatch and outcome committed (no-op
 // callbacks, 2000 schedules due every millisecond, so the engine is saturated).
 
-std::string& DurableFile() {
-  static std::string path;
-  return path;
+// The file BM_DurableStart/N/C leaves for BM_Recovery/N/C, by C (page checksums).
+std::string& DurableFile(bool checksums) {
+  static std::string path[2];
+  return path[checksums ? 1 : 0];
 }
 
 std::unique_ptr<Engine> OpenDurable(const std::string& path, std::atomic<std::int64_t>* ran,
@@ -298,12 +314,14 @@ std::unique_ptr<Engine> OpenDurable(const std::string& path, std::atomic<std::in
 
 void BM_DurableStart(benchmark::State& state) {
   const std::int64_t n = state.range(0);
+  const bool checksums = state.range(1) != 0;
+  internal::SetPageChecksumsForTest(checksums);
   for (auto _ : state) {
     state.PauseTiming();
     std::string dir = NewTempDir();
-    DurableFile() = dir + "/durable.db";
+    DurableFile(checksums) = dir + "/durable.db";
     std::atomic<std::int64_t> ran{0};
-    auto engine = OpenDurable(DurableFile(), &ran);
+    auto engine = OpenDurable(DurableFile(checksums), &ran);
     for (int s = 0; s < 10; ++s) {
       SyncDefinition def;
       def.name = "sync" + std::to_string(s);
@@ -329,19 +347,27 @@ void BM_DurableStart(benchmark::State& state) {
     engine.reset();
     state.ResumeTiming();
   }
+  internal::SetPageChecksumsForTest(true);
   state.counters["rows/s"] =
       benchmark::Counter(static_cast<double>(n), benchmark::Counter::kIsIterationInvariantRate);
 }
-BENCHMARK(BM_DurableStart)->Arg(kRows)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(1);
+BENCHMARK(BM_DurableStart)
+    ->Args({kRows, 0})
+    ->Args({kRows, 1})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->Iterations(1);
 
 void BM_Recovery(benchmark::State& state) {
-  if (DurableFile().empty()) {
+  const bool checksums = state.range(1) != 0;
+  if (DurableFile(checksums).empty()) {
     state.SkipWithError("run BM_DurableStart first (it makes the file)");
     return;
   }
+  internal::SetPageChecksumsForTest(checksums);
   std::int64_t armed = 0;
   for (auto _ : state) {
-    auto engine = OpenDurable(DurableFile(), nullptr, /*hold=*/true);
+    auto engine = OpenDurable(DurableFile(checksums), nullptr, /*hold=*/true);
     if (!engine) {
       state.SkipWithError("open failed");
       break;
@@ -351,10 +377,16 @@ void BM_Recovery(benchmark::State& state) {
     engine.reset();
     state.ResumeTiming();
   }
+  internal::SetPageChecksumsForTest(true);
   state.counters["schedules"] = static_cast<double>(armed);
-  fs::remove_all(fs::path(DurableFile()).parent_path());
+  fs::remove_all(fs::path(DurableFile(checksums)).parent_path());
 }
-BENCHMARK(BM_Recovery)->Arg(kRows)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(1);
+BENCHMARK(BM_Recovery)
+    ->Args({kRows, 0})
+    ->Args({kRows, 1})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->Iterations(1);
 
 // CPU seconds (user + system) used so far by this process's threads named `name`.
 double ThreadCpuSeconds(const std::string& name) {
@@ -383,8 +415,11 @@ double ThreadCpuSeconds(const std::string& name) {
 void BM_DurableFire(benchmark::State& state) {
   std::string dir = NewTempDir();
   std::atomic<std::int64_t> ran{0};
-  // Arg 0: in memory (the engine's own ceiling, the baseline); 1: on a database file.
+  // Arg 0: in memory (the engine's own ceiling, the baseline); 1: on a database file. Arg 1: page
+  // checksums (on a file).
+  internal::SetPageChecksumsForTest(state.range(1) != 0);
   auto engine = OpenDurable(state.range(0) ? dir + "/fire.db" : "", &ran);
+  internal::SetPageChecksumsForTest(true);
   SyncDefinition def;
   def.name = "sync0";
   def.frequency = "1ms";
@@ -416,8 +451,9 @@ void BM_DurableFire(benchmark::State& state) {
   fs::remove_all(dir);
 }
 BENCHMARK(BM_DurableFire)
-    ->Arg(0)
-    ->Arg(1)
+    ->Args({0, 0})
+    ->Args({1, 0})
+    ->Args({1, 1})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()
     ->Iterations(10);

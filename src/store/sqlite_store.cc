@@ -63,6 +63,14 @@
 // for good (NoteCorruption): nothing more is written, every later call and Health() return
 // INTERNAL naming the file. A WAL left by a crash is checked frame by frame at open (CheckWal),
 // because SQLite silently stops its replay at the first frame that fails its checksum.
+//
+// Page checksums (cksum_vfs.h; SqliteStoreOptions::page_checksums, default on): SQLite opens the
+// file through the checksum shim, which verifies every page read and WAL frame read back and
+// answers SQLITE_IOERR_DATA on a mismatch; IsCorruption counts that code as corruption, so it
+// breaks the store like any other. New files reserve the checksum's bytes from their first write
+// (CreateDatabase); older ones get them with one VACUUM at open (EnsurePageChecksums). A failure
+// found by an automatic checkpoint after a commit (which SQLite ignores) breaks the store after
+// that commit (Commit).
 
 #include "store/sqlite_store.h"
 
@@ -75,6 +83,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -95,6 +104,7 @@
 #include <utility>
 #include <vector>
 
+#include "store/cksum_vfs.h"
 #include "store/sqlite.h"
 #include "store/store.h"
 
@@ -493,9 +503,11 @@ std::string Described(const std::string& path, const std::string& real) {
   return Quoted(path) + " (resolved to '" + real + "')";
 }
 
+// SQLITE_IOERR_DATA: a page or WAL frame failed its checksum (cksum_vfs.h): damage, not an
+// I/O error that may go away.
 bool IsCorruption(int rc) {
   int primary = rc & 0xff;
-  return primary == SQLITE_CORRUPT || primary == SQLITE_NOTADB;
+  return primary == SQLITE_CORRUPT || primary == SQLITE_NOTADB || rc == SQLITE_IOERR_DATA;
 }
 
 // Maps an SQLite result code to our vocabulary: what the environment may fix (space, I/O,
@@ -704,6 +716,31 @@ Status CheckWal(const std::string& wal_path, const std::string& what) {
   return Status::Ok();
 }
 
+// With page checksums: a file whose header reserves no bytes per page is taken for an older file
+// and rewritten with them (EnsurePageChecksums). But if page 1 carries the checksum it would have
+// with 8 reserved bytes, the file had page checksums and its header byte 20 was damaged: refused,
+// before anything is written. Plain reads on `fd`, as CheckFileHeader.
+Status CheckReservedBytes(int fd, const std::string& what) {
+  unsigned char head[21];
+  if (ReadAt(fd, head, sizeof head, 0) != static_cast<ssize_t>(sizeof head) || head[20] != 0) {
+    return Status::Ok();  // a short file is CheckFileHeader's business
+  }
+  std::size_t size = (std::size_t{head[16]} << 8) | head[17];
+  if (size == 1) size = 65536;
+  std::vector<unsigned char> page(size);
+  if (ReadAt(fd, page.data(), size, 0) != static_cast<ssize_t>(size)) return Status::Ok();
+  page[20] = cksum::kReserveBytes;
+  std::uint64_t stored = 0;
+  for (std::size_t i = 0; i < 8; ++i) {
+    stored |= std::uint64_t{page[size - cksum::kReserveBytes + i]} << (8 * i);
+  }
+  if (stored != cksum::PageChecksum(page.data(), size, 1)) return Status::Ok();
+  return Status::Internal(
+      Corrupt(what,
+              "its header reserves no bytes per page for checksums, but page 1 carries its "
+              "checksum as if it did: the header is damaged"));
+}
+
 // Where the files of a database are: the real path of the database (symbolic links resolved),
 // and whether it exists.
 struct Location {
@@ -763,7 +800,7 @@ Status Locate(const std::string& path, Location* out) {
 // refused). `*created` is false when another process created the file meanwhile (then it is used
 // as it is). Every error names the file and its cause, and leaves nothing behind.
 Status CreateDatabase(const Location& at, const std::string& what, const std::string& vfs,
-                      bool* created) {
+                      bool page_checksums, bool* created) {
   *created = false;
   std::string base = at.real.substr(at.real.rfind('/') + 1);
   std::string temp = at.dir + "/." + base + ".new-XXXXXX";
@@ -790,6 +827,11 @@ Status CreateDatabase(const Location& at, const std::string& what, const std::st
   sqlite3* db = nullptr;
   int rc = sqlite3_open_v2(temp.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_EXRESCODE,
                            vfs.empty() ? nullptr : vfs.c_str());
+  if (rc == SQLITE_OK && page_checksums) {
+    // Before the first write: every page of the file reserves its checksum's bytes.
+    int reserve = cksum::kReserveBytes;
+    rc = sqlite3_file_control(db, "main", SQLITE_FCNTL_RESERVE_BYTES, &reserve);
+  }
   if (rc == SQLITE_OK) {
     rc = sqlite3_exec(db, "PRAGMA page_size=16384; PRAGMA user_version=0", nullptr, nullptr,
                       nullptr);
@@ -1028,12 +1070,17 @@ class SqliteStore final : public Store {
       case SQLITE_FULL:
       case SQLITE_READONLY:
       case SQLITE_PERM:
+        if (rc == SQLITE_IOERR_DATA) break;  // a checksum, not the system: its errno is stale
         if (int os = db_.get() != nullptr ? sqlite3_system_errno(db_.get()) : 0; os != 0) {
           detail += " (" + Errno(os) + ")";
         }
         break;
       default:
         break;
+    }
+    if (rc == SQLITE_IOERR_DATA) {
+      std::string found = cksum::TakeLastFailure();
+      if (!found.empty()) detail += " (" + found + ")";
     }
     if (IsCorruption(rc)) corruption_seen_ = true;
     return SqliteStatus(rc, what_, context, detail);
@@ -1075,6 +1122,7 @@ class SqliteStore final : public Store {
 
   Status Inspect(int* version);
   Status Configure();
+  Status EnsurePageChecksums();
   Status Migrate(int from_version);
   Status PrepareStatements();
   Status Apply(const Batch& batch, std::uint64_t* max_uid);
@@ -1084,6 +1132,7 @@ class SqliteStore final : public Store {
 
   SqliteStoreOptions options_;
   std::string real_;  // the database file, symbolic links resolved (as SQLite opens it)
+  std::string vfs_;   // the VFS SQLite opens it with: the page checksum shim over options_.vfs
   std::string what_;  // how messages name it (Described)
   bool in_memory_ = false;
   bool created_file_ = false;
@@ -1113,6 +1162,12 @@ Status SqliteStore::Open() {
   const std::string& path = options_.path;
   what_ = Quoted(path);
   in_memory_ = path == ":memory:";
+  vfs_ = options_.vfs;
+  if (!in_memory_ && options_.page_checksums) {
+    std::string error;
+    vfs_ = cksum::ShimOver(options_.vfs, &error);
+    if (vfs_.empty()) return Status::Internal(what_ + " cannot be opened: " + error);
+  }
   bool wal_has_frames = false;
   if (!in_memory_) {
     Location at;
@@ -1121,7 +1176,7 @@ Status SqliteStore::Open() {
     real_ = at.real;
     what_ = Described(path, real_);
     if (!at.exists) {
-      s = CreateDatabase(at, what_, options_.vfs, &created_file_);
+      s = CreateDatabase(at, what_, vfs_, options_.page_checksums, &created_file_);
       if (!s.ok()) return s;
     }
     s = lock_.Acquire(real_, what_, options_.wait_for_owner);
@@ -1143,6 +1198,10 @@ Status SqliteStore::Open() {
     journal_existed_ = ::stat((real_ + "-journal").c_str(), &st) == 0;
     s = CheckFileHeader(lock_.fd(), what_, lock_.stat().st_size, wal_has_frames);
     if (!s.ok()) return s;
+    if (options_.page_checksums) {
+      s = CheckReservedBytes(lock_.fd(), what_);
+      if (!s.ok()) return s;
+    }
     if (wal_has_frames) {
       s = CheckWal(real_ + "-wal", what_);
       if (!s.ok()) return s;
@@ -1165,7 +1224,7 @@ Status SqliteStore::Open() {
   int rc = sqlite3_open_v2(open_path.c_str(), &handle,
                            SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE |
                                (in_memory_ ? SQLITE_OPEN_CREATE : 0),
-                           options_.vfs.empty() ? nullptr : options_.vfs.c_str());
+                           vfs_.empty() ? nullptr : vfs_.c_str());
   db_.Adopt(handle);
   if (rc != SQLITE_OK) return Error(rc, "cannot be opened");
   // A read-only file opens read-only without an error: refuse it (the owner lock's descriptor,
@@ -1192,6 +1251,8 @@ Status SqliteStore::Open() {
   s = Configure();
   if (!s.ok()) return s;
   s = Migrate(version);
+  if (!s.ok()) return s;
+  s = EnsurePageChecksums();
   if (!s.ok()) return s;
   s = PrepareStatements();
   if (!s.ok()) return s;
@@ -1344,6 +1405,41 @@ Status SqliteStore::Configure() {
   s = Exec(checkpoint.c_str(), "cannot set the checkpoint interval");
   if (!s.ok()) return s;
   return Exec("PRAGMA journal_size_limit=67108864", "cannot set the journal size limit");
+}
+
+// With page_checksums, a file must reserve cksum::kReserveBytes per page. A new file does (made so
+// by CreateDatabase); an older one is rewritten once with VACUUM, which writes every page again
+// with the reserved bytes (through the shim, so with their checksums), and the WAL is checkpointed
+// into the file at once so that the file holds only checked pages. VACUUM is one transaction: if it
+// fails (a full disk: it needs room for a copy), nothing changed, and the open fails.
+Status SqliteStore::EnsurePageChecksums() {
+  if (in_memory_ || !options_.page_checksums) return Status::Ok();
+  int reserve = -1;  // negative: only query
+  int rc = sqlite3_file_control(db_.get(), "main", SQLITE_FCNTL_RESERVE_BYTES, &reserve);
+  if (rc != SQLITE_OK) return Error(rc, "cannot read the bytes reserved per page");
+  if (reserve == cksum::kReserveBytes) return Status::Ok();
+  if (reserve != 0) {
+    return Status::FailedPrecondition(
+        what_ + " reserves " + std::to_string(reserve) +
+        " bytes per page for something else; page checksums need " +
+        std::to_string(cksum::kReserveBytes) +
+        " (SqliteStoreOptions::page_checksums = false opens it without them)");
+  }
+  reserve = cksum::kReserveBytes;
+  rc = sqlite3_file_control(db_.get(), "main", SQLITE_FCNTL_RESERVE_BYTES, &reserve);
+  if (rc != SQLITE_OK) return Error(rc, "cannot reserve bytes per page for page checksums");
+  Status s = Exec("VACUUM", "adding page checksums to the file (VACUUM)");
+  if (!s.ok()) return s;
+  s = Exec("PRAGMA wal_checkpoint(TRUNCATE)", "adding page checksums to the file (checkpoint)");
+  if (!s.ok()) return s;
+  reserve = -1;
+  rc = sqlite3_file_control(db_.get(), "main", SQLITE_FCNTL_RESERVE_BYTES, &reserve);
+  if (rc != SQLITE_OK) return Error(rc, "cannot read the bytes reserved per page");
+  if (reserve != cksum::kReserveBytes) {
+    return Status::Internal(what_ + ": adding page checksums failed: VACUUM left " +
+                            std::to_string(reserve) + " bytes reserved per page");
+  }
+  return Status::Ok();
 }
 
 Status SqliteStore::Migrate(int from_version) {
@@ -1574,6 +1670,7 @@ Status SqliteStore::CommitStream(const Batch& first, BatchSource& more) {
 Status SqliteStore::CommitParts(const Batch& first, BatchSource* more) {
   if (!broken_.empty()) return Broken();
   if (Status s = CheckFileIdentity(); !s.ok()) return s;
+  cksum::TakeLastFailure();  // what an earlier call left (reported then)
   int rc = begin_.Step();
   begin_.Reset();
   if (rc != SQLITE_DONE) {
@@ -1590,6 +1687,16 @@ Status SqliteStore::CommitParts(const Batch& first, BatchSource* more) {
   }
   if (!s.ok()) return NoteCorruption(RollBack(std::move(s), /*committing=*/true));
   max_uid_ = max_uid;
+  // The commit stands. SQLite ignores a failed automatic checkpoint after it; when a WAL frame or
+  // page failed its checksum there (nothing damaged was copied into the file), the store breaks.
+  if (std::string found = cksum::TakeLastFailure(); !found.empty()) {
+    corruption_seen_ = true;
+    // The status is what Health() reports from now on; this commit itself stands.
+    (void)NoteCorruption(Status::Internal(what_ +
+                                          " is not a syncsched database or is corrupt (a "
+                                          "checkpoint after a commit: " +
+                                          found + ")"));
+  }
   return Status::Ok();
 }
 
@@ -1848,7 +1955,13 @@ Result<std::int64_t> SqliteStore::PageCount() {
 
 }  // namespace
 
-Result<std::unique_ptr<Store>> OpenSqliteStore(const SqliteStoreOptions& options) {
+namespace {
+std::atomic<bool> page_checksums_allowed{true};  // SetPageChecksumsForTest
+}  // namespace
+
+Result<std::unique_ptr<Store>> OpenSqliteStore(const SqliteStoreOptions& given) {
+  SqliteStoreOptions options = given;
+  options.page_checksums = options.page_checksums && page_checksums_allowed.load();
   if (options.path.empty()) {
     return Status::InvalidArgument(
         "SqliteStoreOptions.path is empty; give a database file path or \":memory:\"");
@@ -1868,6 +1981,8 @@ Result<std::unique_ptr<Store>> OpenSqliteStore(const SqliteStoreOptions& options
 }
 
 namespace internal {
+
+void SetPageChecksumsForTest(bool enabled) { page_checksums_allowed.store(enabled); }
 
 Status SetMaxPageCountForTest(Store& store, std::int64_t pages) {
   return static_cast<SqliteStore&>(store).SetMaxPageCount(pages);

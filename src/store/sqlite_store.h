@@ -40,6 +40,21 @@ struct SqliteStoreOptions {
   // reads every page of the small tables and of the schedules table.
   bool verify_on_open = false;
 
+  // Page checksums (default on; docs/reliability.md, "Page checksums"): the store reserves 8 bytes
+  // at the end of every page of the file for a checksum of the page, written with every page and
+  // verified with every page read, and keeps a checksum of every write-ahead log frame it writes,
+  // verified when the frame is read back; a mismatch (a damaged byte anywhere in a page, a page
+  // read from the wrong place, a read that comes back short) is corruption (INTERNAL naming the
+  // file and the page; the store breaks, see below). A new file is created with the reserved
+  // bytes; an existing file without them (written by an older syncsched, or with page_checksums
+  // off) is rewritten once at open with `VACUUM` to get them (this needs free space for a copy of
+  // the file and takes about as long as reading it; if it fails, the open fails, nothing changed).
+  // false: no checksums are written or verified, and a file is not migrated (a file that has them
+  // keeps its reserved bytes, unchecked). Not used for ":memory:". Any SQLite reader can read a
+  // checksummed file; a program that writes to it must go through the same VFS
+  // (store::cksum::ShimOver, cksum_vfs.h), else the pages it writes are refused as damaged.
+  bool page_checksums = true;
+
   // The SQLite VFS to use, by its registered name; empty: SQLite's default. For tests
   // (tests/store/fault_vfs.h injects faults below the store).
   std::string vfs;
@@ -105,8 +120,13 @@ struct SqliteStoreOptions {
 //   damaged page, index or freelist, garbage read back) breaks the store for good: that call
 //   returns INTERNAL naming the file, nothing of a batch is applied, and every later Commit and
 //   Load returns INTERNAL ("this store refuses to commit or load: SQLite found the file corrupt
-//   ...") without touching the file; Health() returns the same. Damage SQLite cannot see (a
-//   changed byte inside a value: SQLite pages carry no checksum) is not detected.
+//   ...") without touching the file; Health() returns the same. With page_checksums (default),
+//   a page that fails its checksum is corruption too (SQLite's SQLITE_IOERR_DATA), whatever the
+//   damage, so a changed byte inside a value is found at the first read of its page; a WAL frame
+//   that fails its checksum while a checkpoint copies it into the file (SQLite ignores a failed
+//   automatic checkpoint: the commit before it stands, and the frame is not copied) breaks the
+//   store after that commit, which is reported committed. Without page checksums, damage SQLite
+//   cannot see (a changed byte inside a value) is not detected.
 // - A failed checkpoint (SQLite copies the WAL into the file every 40 MB of WAL and at close) is
 //   not a failed commit: the commits stay in the WAL, which the next checkpoint or open replays.
 // - When the ROLLBACK after a failed Commit or Load itself fails, the connection may still be
@@ -134,6 +154,10 @@ void FailNextRollbackForTest(Store& store);
 // Test hook: caps the length of a string or blob (`sqlite3_limit(SQLITE_LIMIT_LENGTH)`, also the
 // size of a row), so that binding a longer value fails as binding one above 1 GB would.
 void SetLengthLimitForTest(Store& store, int bytes);
+// Test and benchmark hook, process-wide: while false, stores opened from then on write and verify
+// no page checksums (as with SqliteStoreOptions::page_checksums = false), so that an engine's
+// store can be measured without them. Default true.
+void SetPageChecksumsForTest(bool enabled);
 // Test hook: checkpoints the WAL after every commit that leaves at least `pages` pages in it
 // (`PRAGMA wal_autocheckpoint`; the store's own setting is 40 MB of pages).
 Status SetAutoCheckpointForTest(Store& store, int pages);

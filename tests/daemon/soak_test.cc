@@ -28,6 +28,7 @@
 #include <set>
 #include <thread>
 
+#include "store/cksum_vfs.h"
 #include "syncsched/syncsched.h"
 #include "test_util.h"
 
@@ -168,8 +169,13 @@ class Soak : public ::testing::Test {
       ASSERT_TRUE(engine->AddConnection("soak", ConnName(0)).ok());  // starts and runs at once
       clock.RunFor(io, 0ms);
     }
+    // Through the store's page checksum VFS: pages written without their checksums would be
+    // refused by the store as damaged.
+    std::string vfs_error;
+    const std::string vfs = store::cksum::ShimOver("", &vfs_error);
+    ASSERT_FALSE(vfs.empty()) << vfs_error;
     sqlite3* db = nullptr;
-    ASSERT_EQ(sqlite3_open(db_.c_str(), &db), SQLITE_OK);
+    ASSERT_EQ(sqlite3_open_v2(db_.c_str(), &db, SQLITE_OPEN_READWRITE, vfs.c_str()), SQLITE_OK);
     auto exec = [&](const std::string& sql) {
       char* err = nullptr;
       int rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &err);

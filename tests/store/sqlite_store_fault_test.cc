@@ -176,7 +176,17 @@ class FaultTest : public testutil::TempDirTest {
     bool fired = FaultVfs::Get().fired() > 0;
     FaultVfs::Get().Disarm();
     if (s.ok()) {
-      EXPECT_TRUE(store->Health().ok()) << store->Health();
+      if (fault.effect == Effect::kGarbage && !store->Health().ok()) {
+        // The automatic checkpoint after the commit read a damaged WAL frame (SQLite ignores a
+        // failed automatic checkpoint): the commit stands, nothing damaged was copied into the
+        // file, and the store is broken from then on.
+        EXPECT_EQ(store->Health().code(), StatusCode::kInternal);
+        EXPECT_TRUE(Contains(store->Health(), path_ + "-wal")) << store->Health();
+        EXPECT_TRUE(Contains(store->Health(), "fails its checksum")) << store->Health();
+        EXPECT_EQ(store->Commit(NextBatch()).code(), StatusCode::kInternal);
+      } else {
+        EXPECT_TRUE(store->Health().ok()) << store->Health();
+      }
       store.reset();
       EXPECT_SAME_STATE(Reopened(Options()), next_digest_)
           << "a commit reported done is not all there";
@@ -391,7 +401,7 @@ TEST_F(FaultTest, CreateFaults) {
 // faults": the points where the damage goes unnoticed); page checksums (SQLite's cksumvfs, with
 // 8 reserved bytes per page) would make every one of them an error. Run them with
 // --gtest_also_run_disabled_tests.
-TEST_F(FaultTest, DISABLED_SilentlyDamagedReadsAreFound) {
+TEST_F(FaultTest, SilentlyDamagedReadsAreFound) {
   int points = Sweep(MakeFault(FileKind::kMainDb, Op::kRead, 0, Effect::kShortRead),
                      [&](const Fault& f) { return CommitUnderFault(f, false, 0); });
   Report("commit", MakeFault(FileKind::kMainDb, Op::kRead, 0, Effect::kShortRead), points);

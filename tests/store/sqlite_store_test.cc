@@ -1,5 +1,6 @@
 // Tests of the SQLite store on real files, each test in its own temporary directory.
 #include "store/sqlite_store.h"
+#include "store/cksum_vfs.h"
 
 #include <gtest/gtest.h>
 #include <sqlite3.h>
@@ -249,9 +250,16 @@ class SqliteStoreTest : public ::testing::Test {
     return value;
   }
 
+  // Runs `sql` on the file through SQLite directly, with the store's page checksum VFS (a write
+  // without it would leave pages the store refuses as damaged).
   void ExecRaw(const std::string& sql) const {
     sqlite3* db = nullptr;
-    ASSERT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
+    std::string error_text;
+    std::string vfs = cksum::ShimOver("", &error_text);
+    ASSERT_FALSE(vfs.empty()) << error_text;
+    ASSERT_EQ(sqlite3_open_v2(path_.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
+                              vfs.c_str()),
+              SQLITE_OK);
     char* error = nullptr;
     EXPECT_EQ(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &error), SQLITE_OK) << error;
     sqlite3_free(error);

@@ -432,6 +432,8 @@ CommandRunner::~CommandRunner() {
   io_.stop();  // a run still watched is destroyed with io_: its group is killed (~Process)
   if (thread_.joinable()) thread_.join();
   if (watch_fd_ >= 0) close(watch_fd_);  // the watchdog kills what is left (nothing) and exits
+  // Runs still watched die with io_ below (~Process): they must not write to the closed socket.
+  watch_fd_ = -1;
   if (watchdog_ > 0) {
     while (waitpid(watchdog_, nullptr, 0) < 0 && errno == EINTR) {
     }
@@ -645,8 +647,8 @@ class CommandRunner::Process : public std::enable_shared_from_this<Process> {
     }
     RunReport report = Report(status);
     RunDone done = std::move(done_);
+    runner_.Finished();  // reaped: no longer running, whoever the report wakes
     done(std::move(report));
-    runner_.Finished();
   }
 
   RunReport Report(int status) {

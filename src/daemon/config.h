@@ -76,7 +76,7 @@ struct Config {
   std::size_t worker_threads = 4;  // engine workers: they start runs (commands run without them)
   // Runs in flight across integrations (each a process and three descriptors); 0: unlimited.
   std::size_t max_concurrent_runs = 1024;
-  double catch_up_per_second = 0;       // catch-up runs released per second; 0: unlimited
+  double catch_up_per_second = 0;  // catch-up runs released per second; 0: unlimited
   // Two by default: commands run on the HTTP threads and wait for their commit, so with one
   // thread a long commit (a start of 100k schedules, a slow disk) would hold every connection,
   // /health included. One thread is faster when requests are small (~100k requests/s on one

@@ -814,6 +814,7 @@ void CommandRunner::StartProcess(const std::vector<std::string>& argv, const Run
 
   pid_t pid = -1;
   int rc = 0;
+  bool counted = false;
   std::string path = ResolveExecutable(argv.empty() ? std::string() : argv[0], rc);
   if (rc == 0) {
     SpawnPlan plan{};
@@ -833,6 +834,13 @@ void CommandRunner::StartProcess(const std::vector<std::string>& argv, const Run
     Fd report_read(report[0]);
     Fd report_write(report[1]);
     plan.report_fd = report_write.get();
+    // Counted as running before the child exists: the command may act (and a waiter look) before
+    // this thread returns from the spawn.
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++running_;
+    }
+    counted = true;
     pid = Spawn(plan);
     int child_error = 0;
     if (pid >= 0) {
@@ -860,6 +868,7 @@ void CommandRunner::StartProcess(const std::vector<std::string>& argv, const Run
   out_write.Reset();
   err_write.Reset();
   if (rc != 0) {
+    if (counted) Finished();
     spawn_failures_.fetch_add(1, std::memory_order_relaxed);
     std::string message =
         "cannot start " + Quote(argv.empty() ? std::string() : argv[0]) + ": " + std::strerror(rc);
@@ -873,10 +882,6 @@ void CommandRunner::StartProcess(const std::vector<std::string>& argv, const Run
                             {"mode", std::string(ToString(ctx.mode))},
                             {"attempt", ctx.attempt},
                             {"pid", pid}});
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    ++running_;
-  }
   std::shared_ptr<Process> process;
   try {
     process =

@@ -98,7 +98,10 @@ class CommandRunner {
   // Waits until no command is running or `deadline` passes. True when none is running.
   bool WaitIdle(std::chrono::steady_clock::time_point deadline);
 
+  // Commands being spawned or running: a run counts from just before its process is created until
+  // just before its report is delivered. Any thread.
   std::size_t running() const;
+  // Commands whose exec succeeded, and those that could not be started. Any thread.
   std::uint64_t spawned() const { return spawned_.load(std::memory_order_relaxed); }
   std::uint64_t spawn_failures() const { return spawn_failures_.load(std::memory_order_relaxed); }
 

@@ -308,8 +308,13 @@ TEST_F(CommandRunnerTest, AThousandRunsInFlightOnTwoThreads) {
   a.join();
   b.join();
   // RunAsync returned at once; the runner's thread spawns them one after the other.
-  EXPECT_TRUE(WaitFor([&] { return runner_.running() == static_cast<std::size_t>(kRuns); },
-                      std::chrono::seconds(120)))
+  // A run counts as running from just before its spawn, and as spawned once the exec succeeded.
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        return runner_.running() == static_cast<std::size_t>(kRuns) &&
+               runner_.spawned() == static_cast<std::uint64_t>(kRuns);
+      },
+      std::chrono::seconds(120)))
       << runner_.running() << " in flight; " << WithLock(mu, [&] { return other; });
   EXPECT_EQ(runner_.spawned(), static_cast<std::uint64_t>(kRuns));
   all.Cancel(Status::Cancelled("paused"));

@@ -23,8 +23,12 @@ shift || true
 targets=("$@")
 ((${#targets[@]})) || targets=(frequency url codec config http)
 jobs=${FUZZ_JOBS:-$(nproc)}
+# FUZZ_CXX_FLAGS: the optimisation and debug flags of the build (CI: "-O1 -g1 -DNDEBUG", quicker
+# to compile); the default is RelWithDebInfo's.
+flags=${FUZZ_CXX_FLAGS:--O2 -g -DNDEBUG}
 
 cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++ \
+  -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="$flags" \
   -DSYNCSCHED_FUZZ=ON -DSYNCSCHED_BUILD_TESTS=OFF -DSYNCSCHED_BUILD_BENCH=OFF \
   -DSYNCSCHED_BUILD_EXAMPLES=OFF -DSYNCSCHED_INSTALL=OFF >/dev/null
 build_targets=()

@@ -11,11 +11,15 @@ cd "$(dirname "$0")/.."
 
 jobs=$(nproc)
 export CTEST_OUTPUT_ON_FAILURE=1
+# Line tables only (-g1): backtraces and sanitizer reports keep their file:line, and the four
+# builds below compile ~15% faster than with full debug information.
+relwithdebinfo='-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O2 -g1 -DNDEBUG'
+debug='-DCMAKE_CXX_FLAGS_DEBUG=-g1'
 
 echo "== Clang -Wthread-safety: the library, a violation of its lock annotations is an error"
 # The library only (~20 s on 2 cores): the annotated locks are all in src/core, and the tests'
 # own code takes none of them.
-cmake -S . -B build-clang -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_COMPILER=clang++ \
+cmake -S . -B build-clang -G Ninja -DCMAKE_BUILD_TYPE=Debug "$debug" -DCMAKE_CXX_COMPILER=clang++ \
   -DCMAKE_CXX_FLAGS="-Werror=thread-safety" -DSYNCSCHED_BUILD_TESTS=OFF \
   -DSYNCSCHED_BUILD_BENCH=OFF -DSYNCSCHED_BUILD_EXAMPLES=OFF -DSYNCSCHED_BUILD_DAEMON=OFF \
   -DSYNCSCHED_INSTALL=OFF >/dev/null
@@ -23,10 +27,10 @@ cmake --build build-clang -j "$jobs"
 
 echo "== libFuzzer: each fuzz target for 12 s over its corpus; a crash fails (scripts/fuzz.sh)"
 # About a minute of fuzzing in all (5 targets); scripts/fuzz.sh 3600 runs an hour per target.
-FUZZ_JOBS=$jobs ./scripts/fuzz.sh 12
+FUZZ_JOBS=$jobs FUZZ_CXX_FLAGS="-O1 -g1 -DNDEBUG" ./scripts/fuzz.sh 12
 
 echo "== normal build: every test"
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo "$relwithdebinfo" >/dev/null
 cmake --build build -j "$jobs"
 ctest --test-dir build -j "$jobs" --timeout 600
 
@@ -37,14 +41,16 @@ ctest --test-dir build -j "$jobs" --timeout 600
 pg_twins='(FaultInjection|Crash).*/PostgreSQL|^PostgreSQL\.|^PostgreSQLOutage|^PostgreSQLReopen|_pg'
 
 echo "== ASan + UBSan: every test (the PostgreSQL twins in the normal build only)"
-cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DSYNCSCHED_SANITIZE="address;undefined" \
+cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug "$debug" \
+  -DSYNCSCHED_SANITIZE="address;undefined" \
   -DSYNCSCHED_BUILD_BENCH=OFF -DSYNCSCHED_BUILD_EXAMPLES=OFF >/dev/null
 cmake --build build-asan -j "$jobs"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build-asan -j "$jobs" --timeout 900 -E "$pg_twins"
 
 echo "== TSan: the library's tests (concurrency, durability and crash tests included)"
-cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSYNCSCHED_SANITIZE=thread \
+cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo "$relwithdebinfo" \
+  -DSYNCSCHED_SANITIZE=thread \
   -DSYNCSCHED_BUILD_BENCH=OFF -DSYNCSCHED_BUILD_EXAMPLES=OFF -DSYNCSCHED_BUILD_DAEMON=OFF >/dev/null
 cmake --build build-tsan -j "$jobs"
 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \

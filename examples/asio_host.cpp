@@ -1,21 +1,20 @@
 // An existing Asio application embedding syncsched: one io_context runs the host's own work, the
 // engine's alarm and the sync runs. The host drives the engine from a coroutine with the
 // asynchronous commands (co_await engine.AsyncStart(..., use_awaitable)), so none of its threads
-// ever blocks on a command; the sync itself is a coroutine too (an asynchronous callback that
-// co_spawns it), cancelled through the run's token. It runs about two seconds in real time and
+// ever blocks on a command; the sync itself is a coroutine too (RegisterCoroutineCallback), whose
+// awaited operation a cancellation of the run aborts. It runs about two seconds in real time and
 // exits 0 when the schedule ran as expected (built and run as a ctest).
 //
 //   ./build/examples/asio_host
 #include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
-#include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <iostream>
 #include <memory>
 #include <string>
 
+#include "syncsched/coroutine.h"
 #include "syncsched/syncsched.h"
 
 using namespace std::chrono_literals;
@@ -24,17 +23,14 @@ using syncsched::Status;
 
 namespace {
 
-// The sync: "fetches" for 50 ms, or less if the run is cancelled (pause, delete, shutdown).
-asio::awaitable<syncsched::RunReport> SyncIssues(syncsched::RunContext ctx) {
-  auto work = std::make_shared<asio::steady_timer>(co_await asio::this_coro::executor, 50ms);
-  // A cancel comes from the thread that cancels (a command's, the engine's): it hands the timer's
-  // cancellation to the loop. The registration ends with this coroutine, so no cancel arrives
-  // after it; the posted handler shares the timer, which it may outlive.
-  auto on_cancel = ctx.cancel.OnCancelScoped(
-      [work] { asio::post(work->get_executor(), [work] { work->cancel(); }); });
-  boost::system::error_code ec;
-  co_await work->async_wait(asio::redirect_error(asio::use_awaitable, ec));
-  if (ctx.cancel.cancelled()) co_return syncsched::RunReport{.status = ctx.cancel.reason()};
+// The sync: "fetches" for 50 ms. A cancelled run (pause, delete, timeout, shutdown) aborts the
+// wait through the coroutine's cancellation slot: async_wait then throws operation_aborted, and
+// the run ends with the cancellation's reason.
+asio::awaitable<syncsched::RunReport> SyncIssues(syncsched::RunContext ctx, int& runs) {
+  ++runs;  // on the io_context's thread: no lock needed
+  std::cout << "run " << ctx.run_id << " attempt " << ctx.attempt << "\n";
+  asio::steady_timer work(co_await asio::this_coro::executor, 50ms);
+  co_await work.async_wait(asio::use_awaitable);
   co_return syncsched::RunReport::Success({{.model = "Issue", .added = 3}});
 }
 
@@ -85,15 +81,9 @@ int main() {
   std::unique_ptr<syncsched::Engine> engine = std::move(opened).value();
 
   int runs = 0;
-  Status reg = engine->RegisterAsyncCallback(
-      "github", "issues", [&](const syncsched::RunContext& ctx, syncsched::RunDone done) {
-        ++runs;  // on the io_context's thread: no lock needed
-        std::cout << "run " << ctx.run_id << " attempt " << ctx.attempt << "\n";
-        asio::co_spawn(io, SyncIssues(ctx),
-                       [done](std::exception_ptr e, syncsched::RunReport report) {
-                         done(e ? syncsched::RunReport::Failure("the sync threw") : report);
-                       });
-      });
+  Status reg = syncsched::RegisterCoroutineCallback(
+      *engine, "github", "issues", io.get_executor(),
+      [&runs](syncsched::RunContext ctx) { return SyncIssues(std::move(ctx), runs); });
   if (!reg.ok()) return 2;
 
   bool ok = false;

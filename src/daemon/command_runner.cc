@@ -185,6 +185,9 @@ GroupRegistry& Groups() {
 // Original soft limit on open files, restored in commands (main raises the daemon's own).
 std::atomic<bool> g_restore_nofile{false};
 rlimit g_nofile{};
+// GLIBC_TUNABLES as before the daemon changed it (main.cc), when it did.
+bool g_restore_tunables = false;
+std::optional<std::string> g_tunables;
 
 // The watchdog's messages: a group to watch, or to forget (SOCK_SEQPACKET: one per recv).
 struct WatchMessage {
@@ -397,6 +400,11 @@ void KillAllRunGroups() {
 void RestoreOpenFileLimitInCommands(const rlimit& original) {
   g_nofile = original;
   g_restore_nofile.store(true);
+}
+
+void RestoreGlibcTunablesInCommands(std::optional<std::string> original) {
+  g_tunables = std::move(original);
+  g_restore_tunables = true;
 }
 
 CommandRunner::CommandRunner(Logger& log, Millis kill_grace) : log_(log), kill_grace_(kill_grace) {
@@ -780,8 +788,11 @@ void CommandRunner::StartProcess(const std::vector<std::string>& argv, const Run
   // The environment: the daemon's, less any SYNCSCHED_* of its own, plus the run's.
   std::vector<std::string> env;
   for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
-    if (std::strncmp(*e, "SYNCSCHED_", 10) != 0) env.emplace_back(*e);
+    if (std::strncmp(*e, "SYNCSCHED_", 10) == 0) continue;
+    if (g_restore_tunables && std::strncmp(*e, "GLIBC_TUNABLES=", 15) == 0) continue;
+    env.emplace_back(*e);
   }
+  if (g_restore_tunables && g_tunables) env.push_back("GLIBC_TUNABLES=" + *g_tunables);
   env.push_back("SYNCSCHED_INTEGRATION=" + ctx.key.integration);
   env.push_back("SYNCSCHED_CONNECTION=" + ctx.key.connection);
   env.push_back("SYNCSCHED_SYNC=" + ctx.key.sync);

@@ -49,6 +49,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -69,6 +70,9 @@ inline constexpr std::size_t kStderrTailBytes = 2048;
 void KillAllRunGroups();
 // Commands get `original` as their limit on open files (the daemon raised its own: main.cc).
 void RestoreOpenFileLimitInCommands(const rlimit& original);
+// Commands get GLIBC_TUNABLES as it was before the daemon added huge pages for malloc (main.cc):
+// `original` is its value then, or nullopt when it was not set. Call before any command starts.
+void RestoreGlibcTunablesInCommands(std::optional<std::string> original);
 
 class CommandRunner {
  public:

@@ -12,6 +12,8 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -53,6 +55,45 @@ void EnsureStandardFds() {
   }
 }
 
+// Huge pages for malloc's heap. With a million schedules the daemon's memory is touched for the
+// first time at start (recovery) and during a big start; on a virtual machine each 4 KiB page
+// fault is dear, and transparent huge pages (2 MiB) cut them ~500-fold: recovery of 1M schedules
+// took 2.3x less time here (docs/benchmarks.md, "Huge pages"). Linux gives malloc's heap huge
+// pages only when asked (transparent_hugepage=madvise, the common default), and glibc asks only
+// when GLIBC_TUNABLES says glibc.malloc.hugetlb=1 at process start; so the daemon re-executes
+// itself once with it added, unless GLIBC_TUNABLES already names glibc.malloc.hugetlb (=0 turns it
+// off) or the daemon runs under valgrind (whose malloc ignores it and which would not follow the
+// exec). Commands get GLIBC_TUNABLES as it was. Nothing changes where THP is off or always on.
+constexpr char kTunablesBefore[] = "SYNCSCHED_GLIBC_TUNABLES_BEFORE";  // "-" unset, else "=value"
+
+void UseHugePagesForMalloc(char** argv) {
+  if (const char* before = std::getenv(kTunablesBefore)) {
+    // The re-executed daemon.
+    std::string b = before;
+    unsetenv(kTunablesBefore);
+    syncsched::daemon::RestoreGlibcTunablesInCommands(
+        b.starts_with("=") ? std::optional<std::string>(b.substr(1)) : std::nullopt);
+    return;
+  }
+  const char* tunables = std::getenv("GLIBC_TUNABLES");
+  std::string current = tunables != nullptr ? tunables : "";
+  if (current.find("glibc.malloc.hugetlb") != std::string::npos) return;
+  const char* preload = std::getenv("LD_PRELOAD");
+  if (preload != nullptr && std::strstr(preload, "vgpreload") != nullptr) return;
+  std::string before = tunables != nullptr ? "=" + current : "-";
+  std::string value = (current.empty() ? "" : current + ":") + "glibc.malloc.hugetlb=1";
+  setenv(kTunablesBefore, before.c_str(), 1);
+  setenv("GLIBC_TUNABLES", value.c_str(), 1);
+  execv("/proc/self/exe", argv);
+  // Not re-executed (no /proc): go on as started.
+  unsetenv(kTunablesBefore);
+  if (tunables != nullptr) {
+    setenv("GLIBC_TUNABLES", current.c_str(), 1);
+  } else {
+    unsetenv("GLIBC_TUNABLES");
+  }
+}
+
 // Raises the soft limit on open files to the hard one: with the common soft limit of 1024, the
 // default max_connections (1024) could not be reached, and an accept failing for want of a
 // descriptor leaves every new client waiting. Commands get the original limit back. Warns when
@@ -83,6 +124,7 @@ void RaiseOpenFileLimit(const Config& config, Logger& log) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  UseHugePagesForMalloc(argv);
   // No SQLite memory statistics: every SQLite allocation would take their global mutex, ~7% of the
   // writer's time per run (BM_DurableFire). Only possible before SQLite is first used.
   sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);

@@ -6,6 +6,9 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <algorithm>
+#include <cstdlib>
+#include <optional>
 
 #include "test_util.h"
 
@@ -296,6 +299,61 @@ Outcome TryHealth(std::uint16_t port, std::string* answer,
   ::close(fd);
   if (answer != nullptr) *answer = got;
   return outcome;
+}
+
+// The daemon re-executes itself with huge pages for malloc (main.cc) unless GLIBC_TUNABLES already
+// names them; its commands get GLIBC_TUNABLES as it was, and no variable of the daemon's own.
+TEST_F(ProcessTest, MallocGetsHugePagesAndCommandsGetTheEnvironmentAsItWas) {
+  struct Case {
+    std::optional<std::string> given;  // GLIBC_TUNABLES in the daemon's environment
+    std::string daemon_part;           // the start of the daemon's GLIBC_TUNABLES
+    bool huge;                         // whether the daemon's GLIBC_TUNABLES adds hugetlb=1
+  };
+  const Case cases[] = {
+      {std::nullopt, "glibc.malloc.hugetlb=1", true},
+      {"glibc.malloc.arena_max=2", "glibc.malloc.arena_max=2", true},
+      {"glibc.malloc.hugetlb=0", "glibc.malloc.hugetlb=0", false},
+  };
+  int n = 0;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.given.value_or("(unset)"));
+    std::string env_file = dir_ / ("env" + std::to_string(n) + ".txt");
+    Json config = Json::parse(ReadFile(WriteConfig()));
+    config["database"] = dir_ / ("env" + std::to_string(n) + ".db");
+    config["integrations"]["github"]["syncs"]["issues"]["command"] = {
+        "/bin/sh", "-c",
+        "echo \"${GLIBC_TUNABLES-unset} ${SYNCSCHED_GLIBC_TUNABLES_BEFORE-none}\" >> '" + env_file +
+            "'"};
+    std::string path = dir_ / ("env" + std::to_string(n) + ".json");
+    WriteFile(path, config.dump());
+    std::optional<std::string> saved;
+    if (const char* t = std::getenv("GLIBC_TUNABLES")) saved = t;
+    if (c.given) {
+      setenv("GLIBC_TUNABLES", c.given->c_str(), 1);
+    } else {
+      unsetenv("GLIBC_TUNABLES");
+    }
+    std::string log = "env" + std::to_string(n) + ".log";
+    auto daemon = Start(path, log);
+    if (saved) {
+      setenv("GLIBC_TUNABLES", saved->c_str(), 1);
+    } else {
+      unsetenv("GLIBC_TUNABLES");
+    }
+    ASSERT_TRUE(ListeningPort(dir_ / log)) << ReadFile(dir_ / log);
+    ASSERT_TRUE(WaitFor([&] { return ReadLines(env_file).size() == 1; })) << ReadFile(dir_ / log);
+    std::string environ_text = ReadFile("/proc/" + std::to_string(daemon->pid()) + "/environ");
+    // glibc splits the variable it parsed at its colons (in place), so look for the parts.
+    EXPECT_NE(environ_text.find("GLIBC_TUNABLES=" + c.daemon_part), std::string::npos)
+        << environ_text;
+    EXPECT_EQ(environ_text.find("hugetlb=1") != std::string::npos, c.huge) << environ_text;
+    EXPECT_EQ(ReadLines(env_file)[0], c.given.value_or("unset") + " none");
+    daemon->Signal(SIGTERM);
+    EXPECT_EQ(daemon->Wait(), 0) << ReadFile(dir_ / log);
+    EXPECT_EQ(ReadFile(dir_ / log).find("not passed to commands"), std::string::npos)
+        << "the daemon's own marker is not the operator's variable";
+    ++n;
+  }
 }
 
 class RunProcessesTest : public ProcessTest {

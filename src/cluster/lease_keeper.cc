@@ -39,6 +39,7 @@ constexpr std::size_t kTenureLog = 4096;
 constexpr milliseconds kMinLease{300};
 constexpr milliseconds kForeignSlack{5};
 constexpr milliseconds kRetry{50};
+constexpr milliseconds kClaimRetry{100};
 
 std::string Ms(milliseconds d) { return "interval '" + std::to_string(d.count()) + " ms'"; }
 
@@ -76,6 +77,9 @@ Result<std::unique_ptr<LeaseKeeper>> LeaseKeeper::Start(LeaseKeeperOptions optio
     return Status::InvalidArgument("cluster: the lease must be at least 300 ms, not " +
                                    std::to_string(options.lease.count()) + " ms");
   }
+  if (options.connect_timeout < milliseconds(100)) {
+    return Status::InvalidArgument("cluster: connect_timeout must be at least 100 ms");
+  }
   if (options.partitions < 1 || options.partitions > kMaxPartitions) {
     return Status::InvalidArgument("cluster: the partition count must be in [1, " +
                                    std::to_string(kMaxPartitions) + "], not " +
@@ -92,7 +96,7 @@ Result<std::unique_ptr<LeaseKeeper>> LeaseKeeper::Start(LeaseKeeperOptions optio
   if (::pipe2(keeper->wake_, O_NONBLOCK | O_CLOEXEC) != 0) {
     return Status::Unavailable(std::string("cluster: pipe2: ") + std::strerror(errno));
   }
-  Status s = keeper->Connect(std::min(keeper->lease_, milliseconds(10'000)));
+  Status s = keeper->Connect(keeper->options_.connect_timeout);
   if (!s.ok()) return s;
   Result<int> p = EnsureClusterSchema(keeper->conn_, keeper->options_.partitions);
   if (!p.ok()) return p.status();
@@ -147,8 +151,16 @@ Status LeaseKeeper::Connect(milliseconds timeout) {
   PostgresPollingStatusType st = PGRES_POLLING_WRITING;
   while (st != PGRES_POLLING_OK) {
     if (st == PGRES_POLLING_FAILED) return fail(PQerrorMessage(conn_));
-    auto left = std::chrono::ceil<milliseconds>(deadline - Clock::now());
-    if (left.count() <= 0) return fail("connection timed out");
+    SteadyTime now = Clock::now();
+    if (now >= deadline) return fail("connection timed out");
+    // Leases that end meanwhile are reported at their time (held_ is empty during Start).
+    ExpireLocal(now);
+    SteadyTime until = deadline;
+    {
+      std::lock_guard lock(mu_);
+      for (const auto& [p, lease] : held_) until = std::min(until, lease.valid_until);
+    }
+    auto left = std::max(milliseconds(1), std::chrono::ceil<milliseconds>(until - now));
     pollfd fd{PQsocket(conn_), static_cast<short>(st == PGRES_POLLING_READING ? POLLIN : POLLOUT),
               0};
     int n = ::poll(&fd, 1, static_cast<int>(left.count()));
@@ -435,6 +447,9 @@ Status LeaseKeeper::Claim(int count) {
       change.gained.push_back(lease);
     }
   }
+  // Fewer than asked: rows were locked (another claimer, or a fenced transaction of their old
+  // owner still open) or changed meanwhile. Look again soon rather than at the next renewal.
+  if (PQntuples(r) < count) next_tick_ = std::min(next_tick_, Clock::now() + kClaimRetry);
   Publish(change);
   return Status::Ok();
 }
@@ -540,7 +555,7 @@ void LeaseKeeper::Run() {
     SteadyTime now = Clock::now();
     ExpireLocal(now);
     if (conn_ == nullptr && now >= next_connect_) {
-      Status s = Connect(std::min(lease_, milliseconds(10'000)));
+      Status s = Connect(options_.connect_timeout);
       if (s.ok()) {
         poke_ = true;
         backoff_ = milliseconds(100);

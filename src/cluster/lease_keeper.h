@@ -100,6 +100,9 @@ struct LeaseKeeperOptions {
   // 0: lease / 10. Covers the rate difference between this machine's steady clock and the
   // server's clock over one lease, and the time between checking validity and acting.
   std::chrono::milliseconds safety_margin{0};
+  // How long one connection attempt (at Start, and each reconnection) may take. While the keeper
+  // waits for a connection, leases that expire locally are still reported at their time.
+  std::chrono::milliseconds connect_timeout{10'000};
   // The partition count P when this keeper creates the cluster schema; ignored when it exists
   // (the database's P wins: LeaseSnapshot::partitions_total).
   int partitions = kDefaultPartitions;
@@ -116,9 +119,9 @@ class LeaseKeeper {
   // Errors (nothing is left behind: no node row, no thread):
   // - INVALID_ARGUMENT: a URI not starting with postgresql:// or postgres://, an empty or too
   //   long node name, a lease under 300 ms, renew_every not below lease - safety_margin, a
-  //   partition count out of range.
+  //   connect_timeout under 100 ms, a partition count out of range.
   // - ALREADY_EXISTS: a live node (another engine) already has this name.
-  // - UNAVAILABLE: the server cannot be reached within min(lease, 10 s), or failed meanwhile.
+  // - UNAVAILABLE: the server cannot be reached within connect_timeout, or failed meanwhile.
   // - FAILED_PRECONDITION, INTERNAL: from EnsureClusterSchema (a newer or corrupt schema).
   static Result<std::unique_ptr<LeaseKeeper>> Start(LeaseKeeperOptions options);
 

@@ -50,6 +50,21 @@ Status CheckFence(PGconn* txn, const Fence& fence) {
   return internal::PgError(txn, "checking the partition fence", res.get());
 }
 
+Status PrepareFencedSession(PGconn* conn, std::chrono::milliseconds lease) {
+  if (lease.count() < 2) {
+    return Status::InvalidArgument("fence: a lease of " + std::to_string(lease.count()) +
+                                   " ms is too short");
+  }
+  if (conn == nullptr || PQstatus(conn) != CONNECTION_OK ||
+      PQtransactionStatus(conn) != PQTRANS_IDLE) {
+    return Status::InvalidArgument(
+        "fence: the session must be connected and outside a transaction to be prepared");
+  }
+  std::string sql =
+      "SET idle_in_transaction_session_timeout = " + std::to_string(lease.count() / 2);
+  return internal::PgExec(conn, sql.c_str(), "preparing a session for fenced commits");
+}
+
 bool IsFenced(const Status& status) {
   return status.code() == StatusCode::kFailedPrecondition &&
          status.message().find(kFencedMarker) != std::string::npos;

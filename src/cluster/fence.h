@@ -20,6 +20,7 @@
 #include <libpq-fe.h>
 
 #include <array>
+#include <chrono>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -63,6 +64,19 @@ inline constexpr const char* kFencedMarker = "[SQLSTATE SYF01]";
 // - INTERNAL: the cluster schema is missing (EnsureClusterSchema was never run) or another error.
 // Does not count refusals: LeaseKeeper::CheckFence does.
 Status CheckFence(PGconn* txn, const Fence& fence);
+
+// Prepares a connection that will run fenced commits, once per session (again after a
+// reconnection): sets idle_in_transaction_session_timeout to lease / 2, so that an engine frozen
+// (SIGSTOP, a pause, a lost machine) while its fenced transaction is open does not keep the
+// partitions' rows locked: the server ends that session, rolling the transaction back, before the
+// lease ends, and the takeover is not delayed. Without it a takeover waits for the frozen
+// transaction for as long as the freeze lasts (seen in the tests: a node stopped between BEGIN and
+// COMMIT kept its partitions until SIGCONT). A commit must therefore never stay idle inside its
+// transaction for lease / 2 (a streamed commit whose producer pauses that long fails, and is
+// rolled back).
+// Success: OK. Errors: INVALID_ARGUMENT for a lease under 2 ms or a connection inside a
+// transaction (nothing sent); UNAVAILABLE for a lost connection; INTERNAL otherwise.
+Status PrepareFencedSession(PGconn* conn, std::chrono::milliseconds lease);
 
 // True for the status of a refused fence (FAILED_PRECONDITION with kFencedMarker), also after a
 // store has wrapped its message.

@@ -6,12 +6,13 @@
 // Starts a LeaseKeeper and prints "ready <node id>". With --writer, a thread commits, every 5 ms,
 // one row per partition it believes it holds into the table public.cluster_log(partition, epoch,
 // node) (created by the test), fenced by the keeper's epochs (CheckFence in the same
-// transaction). It does NOT check the leases' local validity before writing: it reuses the fence
-// of its last successful write until the database refuses it, as a careless engine would, so
-// that a test sees the fence itself refuse a stale owner. SIGTERM (or SIGINT): stops the writer,
-// stops the keeper gracefully (releasing its partitions), prints
-// "stopped written=<rows> refused=<fenced commits> fenced_counter=<keeper's count>", exits 0.
-// Exit 2: bad arguments; exit 1: the keeper did not start (the message on stderr).
+// transaction; the session prepared by PrepareFencedSession). It does NOT check the leases' local
+// validity before writing: it reuses the fence of its last successful write until the database
+// refuses it, as a careless engine would, so that a test sees the fence itself refuse a stale
+// owner. SIGTERM (or SIGINT): stops the writer, stops the keeper gracefully (releasing its
+// partitions), prints "stopped written=<rows> refused=<fenced commits> fenced_counter=<keeper's
+// count>", exits 0. Exit 2: bad arguments; exit 1: the keeper did not start (the message on
+// stderr).
 #include <libpq-fe.h>
 #include <signal.h>
 
@@ -32,14 +33,19 @@ namespace {
 using syncsched::cluster::Fence;
 using syncsched::cluster::LeaseKeeper;
 
-void Writer(LeaseKeeper& keeper, const std::string& uri, const std::atomic<bool>& stop,
-            std::uint64_t* written, std::uint64_t* refused) {
+void Writer(LeaseKeeper& keeper, const std::string& uri, std::chrono::milliseconds lease,
+            const std::atomic<bool>& stop, std::uint64_t* written, std::uint64_t* refused,
+            std::uint64_t* failed) {
   PGconn* conn = PQconnectdb(uri.c_str());
   if (PQstatus(conn) != CONNECTION_OK) {
     std::fprintf(stderr, "writer: %s\n", PQerrorMessage(conn));
     PQfinish(conn);
     return;
   }
+  // As the store will (fence.h): a writer frozen inside its transaction must not keep the
+  // partitions' rows locked past its lease.
+  syncsched::Status prepared = syncsched::cluster::PrepareFencedSession(conn, lease);
+  if (!prepared.ok()) std::fprintf(stderr, "writer: %s\n", prepared.message().c_str());
   Fence cached;
   cached.node_id = keeper.node_id();
   while (!stop.load()) {
@@ -60,17 +66,26 @@ void Writer(LeaseKeeper& keeper, const std::string& uri, const std::atomic<bool>
         bool inserted = PQresultStatus(r) == PGRES_COMMAND_OK;
         PQclear(r);
         r = PQexec(conn, "COMMIT");
-        if (inserted && PQresultStatus(r) == PGRES_COMMAND_OK) *written += cached.partitions.size();
+        bool committed =
+            PQresultStatus(r) == PGRES_COMMAND_OK && std::strcmp(PQcmdStatus(r), "COMMIT") == 0;
+        if (inserted && committed) {
+          *written += cached.partitions.size();
+        } else {
+          ++*failed;
+        }
         PQclear(r);
         cached.partitions.clear();
         for (const auto& [p, epoch] : keeper.Owned()) cached.partitions.push_back({p, epoch});
       } else {
         PQclear(PQexec(conn, "ROLLBACK"));
-        if (syncsched::cluster::IsFenced(s)) ++*refused;
+        ++*(syncsched::cluster::IsFenced(s) ? refused : failed);
         cached.partitions.clear();
       }
     }
-    if (PQstatus(conn) != CONNECTION_OK) PQreset(conn);
+    if (PQstatus(conn) != CONNECTION_OK) {
+      PQreset(conn);
+      (void)syncsched::cluster::PrepareFencedSession(conn, lease);
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   PQfinish(conn);
@@ -103,18 +118,20 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
 
   std::atomic<bool> stop{false};
-  std::uint64_t written = 0, refused = 0;
+  std::uint64_t written = 0, refused = 0, failed = 0;
   std::thread writing;
   if (writer) {
-    writing = std::thread([&] { Writer(**keeper, options.uri, stop, &written, &refused); });
+    writing = std::thread(
+        [&] { Writer(**keeper, options.uri, options.lease, stop, &written, &refused, &failed); });
   }
   int sig = 0;
   sigwait(&set, &sig);
   stop = true;
   if (writing.joinable()) writing.join();
   (*keeper)->Stop();
-  std::printf("stopped written=%llu refused=%llu fenced_counter=%llu\n",
+  std::printf("stopped written=%llu refused=%llu failed=%llu fenced_counter=%llu\n",
               static_cast<unsigned long long>(written), static_cast<unsigned long long>(refused),
+              static_cast<unsigned long long>(failed),
               static_cast<unsigned long long>((*keeper)->counters().fenced_refusals));
   std::fflush(stdout);
   return 0;

@@ -622,6 +622,38 @@ TEST_F(ClusterTest, TakeoverWaitsForAnOpenFencedCommit) {
   ExpectDisjointTenures(All());
 }
 
+// A keeper frozen inside an open fenced transaction, on a session prepared as the store's will be
+// (PrepareFencedSession): the server ends that transaction before the lease ends, so the takeover
+// is not delayed, and the transaction's writes are lost, not committed late.
+TEST_F(ClusterTest, FrozenInsideAFencedTransactionIsCutOffByTheServer) {
+  Monitor monitor(uri_);
+  LeaseKeeper* a = StartKeeper("a");
+  LeaseKeeper* b = StartKeeper("b");
+  ASSERT_TRUE(a != nullptr && b != nullptr);
+  ASSERT_TRUE(WaitBalanced({a->node_id(), b->node_id()}));
+  ASSERT_TRUE(WaitConsistent(*a));
+  std::vector<int> ps;
+  for (const auto& [p, epoch] : a->Owned()) ps.push_back(p);
+  auto fence = a->FenceFor(ps);
+  ASSERT_TRUE(fence.ok()) << fence.status();
+
+  Conn txn(uri_), db(uri_);
+  ASSERT_EQ(txn.Exec("CREATE TABLE effects(x int)"), "");
+  ASSERT_TRUE(PrepareFencedSession(txn.get(), 1000ms).ok());
+  ASSERT_EQ(txn.Exec("BEGIN; INSERT INTO effects VALUES (1)"), "");
+  ASSERT_TRUE(a->CheckFence(txn.get(), *fence).ok());
+  auto frozen = Clock::now();
+  PauseForTest(*a, true);  // and the transaction stays open, as in a frozen process
+  ASSERT_TRUE(WaitBalanced({b->node_id()}, 3s));
+  EXPECT_LE(Clock::now() - frozen, 2s) << "taken over later than lease + 1 s";
+  EXPECT_NE(txn.Exec("COMMIT"), "");  // the server ended the session
+  EXPECT_EQ(db.Int("SELECT count(*) FROM effects"), 0);
+  PauseForTest(*a, false);
+  EXPECT_TRUE(WaitBalanced({a->node_id(), b->node_id()}));
+  EXPECT_EQ(monitor.Finish(), std::vector<std::string>{});
+  ExpectDisjointTenures(All());
+}
+
 // ---- Other processes: killed, frozen, stopped ----
 
 std::int64_t ReadyId(Child& child) {
@@ -672,8 +704,9 @@ TEST_F(ClusterTest, SigtermedNodeHandsOverWithinOneSecond) {
 }
 
 // A node frozen with SIGSTOP past its lease, with a writer that does not even check its leases'
-// local validity: after SIGCONT its stale commits are refused, and the log of every fenced write
-// shows no write at an old epoch after a newer one.
+// local validity: after SIGCONT its stale commits are refused (or were cut off by the server, when
+// it froze inside a transaction), and the log of every fenced write shows no write at an old epoch
+// after a newer one.
 TEST_F(ClusterTest, StoppedNodeWakesAndItsStaleWritesAreRefused) {
   Conn db(uri_);
   ASSERT_EQ(db.Exec("CREATE TABLE cluster_log(seq bigserial PRIMARY KEY, partition int NOT NULL, "
@@ -706,13 +739,17 @@ TEST_F(ClusterTest, StoppedNodeWakesAndItsStaleWritesAreRefused) {
   child.Signal(SIGTERM);
   std::string line = child.ReadLine(5s);
   EXPECT_EQ(child.Wait(), 0);
-  unsigned long long written = 0, refused = 0, counted = 0;
-  ASSERT_EQ(std::sscanf(line.c_str(), "stopped written=%llu refused=%llu fenced_counter=%llu",
-                        &written, &refused, &counted),
-            3)
+  unsigned long long written = 0, refused = 0, failed = 0, counted = 0;
+  ASSERT_EQ(
+      std::sscanf(line.c_str(), "stopped written=%llu refused=%llu failed=%llu fenced_counter=%llu",
+                  &written, &refused, &failed, &counted),
+      4)
       << line;
   EXPECT_GT(written, 0u);
-  EXPECT_GE(refused, 1u) << "the stale fence was never tried";
+  // Its first write after waking used the stale fence: refused by the fence (stopped between two
+  // transactions), or failed because the server had ended its open transaction (stopped inside
+  // one, on a session prepared by PrepareFencedSession).
+  EXPECT_GE(refused + failed, 1u) << "the stale fence was never tried";
   EXPECT_EQ(counted, refused);
 
   // From the log: per partition, epochs never go back, and one epoch has one writer.

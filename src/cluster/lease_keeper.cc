@@ -98,14 +98,28 @@ Result<std::unique_ptr<LeaseKeeper>> LeaseKeeper::Start(LeaseKeeperOptions optio
   }
   Status s = keeper->Connect(keeper->options_.connect_timeout);
   if (!s.ok()) return s;
+  // Joining may take longer than a renewal may (creating the schema, on a loaded server): it runs
+  // under connect_timeout, then the session gets its renewal-sized statement timeout back.
+  const milliseconds slow = keeper->options_.connect_timeout;
+  auto relaxed = keeper->Query("SET statement_timeout = " + std::to_string(slow.count()),
+                               "setting up the session", slow);
+  if (!relaxed.ok()) return relaxed.status();
   Result<int> p = EnsureClusterSchema(keeper->conn_, keeper->options_.partitions);
   if (!p.ok()) return p.status();
   keeper->partitions_ = *p;
-  auto id = keeper->Query("SELECT nextval('syncsched_cluster.node_ids')", "allocating a node id");
+  auto id =
+      keeper->Query("SELECT nextval('syncsched_cluster.node_ids')", "allocating a node id", slow);
   if (!id.ok()) return id.status();
   keeper->node_id_ = Int((*id)[0].get(), 0, 0);
-  s = keeper->Join();
+  s = keeper->Join(slow);
   if (!s.ok()) return s;
+  auto restored =
+      keeper->Query("SET statement_timeout = " + std::to_string(keeper->query_timeout_.count()),
+                    "setting up the session", slow);
+  if (!restored.ok()) {
+    keeper->Leave();  // the node row exists: remove it (best effort)
+    return restored.status();
+  }
   keeper->poke_ = true;
   {
     std::lock_guard lock(keeper->mu_);
@@ -175,7 +189,7 @@ Status LeaseKeeper::Connect(milliseconds timeout) {
                       std::to_string(std::max<long long>(50, lease_.count() / 4)) +
                       "; SET statement_timeout = " + std::to_string(query_timeout_.count()) +
                       "; LISTEN " + kClusterChannel;
-  auto res = Query(setup, "setting up the session");
+  auto res = Query(setup, "setting up the session", timeout);
   if (!res.ok()) {
     Disconnect();
     return res.status();
@@ -201,8 +215,9 @@ void LeaseKeeper::ConsumeInput() {
   }
 }
 
-Result<LeaseKeeper::ResultList> LeaseKeeper::Query(const std::string& sql,
-                                                   std::string_view context) {
+Result<LeaseKeeper::ResultList> LeaseKeeper::Query(const std::string& sql, std::string_view context,
+                                                   milliseconds timeout) {
+  if (timeout.count() <= 0) timeout = query_timeout_;
   std::string what = "cluster node '" + options_.node + "': " + std::string(context);
   if (conn_ == nullptr) return Status::Unavailable(what + ": not connected");
   if (PQsendQuery(conn_, sql.c_str()) == 0) {
@@ -210,7 +225,7 @@ Result<LeaseKeeper::ResultList> LeaseKeeper::Query(const std::string& sql,
     Disconnect();
     return Status::Unavailable(s.message());
   }
-  auto deadline = Clock::now() + query_timeout_;
+  auto deadline = Clock::now() + timeout;
   ResultList results;
   Status first;
   for (;;) {
@@ -218,8 +233,8 @@ Result<LeaseKeeper::ResultList> LeaseKeeper::Query(const std::string& sql,
       auto left = std::chrono::ceil<milliseconds>(deadline - Clock::now());
       if (left.count() <= 0) {
         Disconnect();
-        return Status::Unavailable(what + ": no answer within " +
-                                   std::to_string(query_timeout_.count()) + " ms");
+        return Status::Unavailable(what + ": no answer within " + std::to_string(timeout.count()) +
+                                   " ms");
       }
       pollfd fd{PQsocket(conn_), POLLIN, 0};
       int n = ::poll(&fd, 1, static_cast<int>(left.count()));
@@ -277,7 +292,7 @@ void LeaseKeeper::WaitUntil(SteadyTime deadline) {
 
 // ---- Membership and leases ----
 
-Status LeaseKeeper::Join() {
+Status LeaseKeeper::Join(milliseconds timeout) {
   std::string id = std::to_string(node_id_);
   std::string name = internal::Literal(conn_, options_.node);
   if (name.empty()) return Status::InvalidArgument("cluster: the node name is not valid text");
@@ -289,7 +304,7 @@ Status LeaseKeeper::Join() {
       "heartbeat_at = excluded.heartbeat_at, expires_at = excluded.expires_at "
       "WHERE n.expires_at <= now() OR n.id = excluded.id RETURNING id; NOTIFY " +
       kClusterChannel;
-  auto res = Query(sql, "joining the cluster");
+  auto res = Query(sql, "joining the cluster", timeout);
   if (!res.ok()) return res.status();
   if (PQntuples((*res)[0].get()) != 1) {
     return Status::AlreadyExists("cluster: the node name '" + options_.node +
@@ -302,6 +317,7 @@ Status LeaseKeeper::Join() {
 Status LeaseKeeper::Tick() {
   const std::string id = std::to_string(node_id_);
   const SteadyTime sent = Clock::now();
+  foreign_wake_ = SteadyTime::max();  // set again from a successful answer (else: next_tick_)
   std::string sql =
       // 0: the node row.
       "UPDATE syncsched_cluster.nodes SET heartbeat_at = now(), expires_at = now() + " +

@@ -173,12 +173,14 @@ class LeaseKeeper {
   // Sends `sql` (one or more statements, one implicit transaction), waits up to the query
   // timeout, and returns every result; on any failure, the first error (and on a timeout or a
   // lost connection, the connection is closed).
-  Result<ResultList> Query(const std::string& sql, std::string_view context);
+  // `timeout`: 0 for query_timeout_.
+  Result<ResultList> Query(const std::string& sql, std::string_view context,
+                           std::chrono::milliseconds timeout = std::chrono::milliseconds(0));
   void ConsumeInput();
   void Wake();
   void WaitUntil(SteadyTime deadline);
 
-  Status Join();
+  Status Join(std::chrono::milliseconds timeout = std::chrono::milliseconds(0));
   Status Tick();
   Status Claim(int count);
   Status Release(std::vector<int> partitions);

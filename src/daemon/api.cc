@@ -11,7 +11,6 @@ namespace {
 
 using codec::ApiError;
 using codec::Json;
-using codec::Subject;
 
 HttpResponse JsonResponse(unsigned status, const Json& body) {
   HttpResponse r;
@@ -28,11 +27,14 @@ HttpResponse SuccessResponse() {
   return r;
 }
 
-std::vector<std::string> SyncNames(const std::vector<SyncSelector>& syncs) {
-  std::vector<std::string> names;
-  names.reserve(syncs.size());
-  for (const SyncSelector& s : syncs) names.push_back(s.name);
-  return names;
+// How each route names the parts of a key, for the engine's errors (codec::ErrorFromStatus).
+constexpr codec::RequestFields kTargetFields{};  // start, pause, trigger, status, connections
+constexpr codec::RequestFields kFrequencyFields{.sync = "sync_name", .variant = "sync_variant"};
+constexpr codec::RequestFields kVariantFields{
+    .sync = "name", .variant = "variant", .variant_in_path = true};
+
+HttpResponse StatusResponse(const Status& s, const codec::RequestFields& fields = kTargetFields) {
+  return Api::ErrorResponse(codec::ErrorFromStatus(s, fields));
 }
 
 }  // namespace
@@ -43,12 +45,7 @@ Api::Api(Engine& engine, const Config& config, Logger& log,
       log_(log),
       auth_(config.api_keys),
       daemon_metrics_(std::move(daemon_metrics)),
-      max_json_depth_(config.limits.max_json_depth) {
-  for (const IntegrationConfig& integration : config.integrations) {
-    auto& syncs = catalog_[integration.key];
-    for (const SyncConfig& sync : integration.syncs) syncs.insert(sync.name);
-  }
-}
+      max_json_depth_(config.limits.max_json_depth) {}
 
 HttpResponse Api::ErrorResponse(const ApiError& error) {
   HttpResponse r = JsonResponse(error.http_status, codec::EncodeError(error));
@@ -149,30 +146,6 @@ HttpResponse Api::Handle(const HttpRequest& request, const Admitted& admitted) {
   }
 }
 
-bool Api::ConnectionExists(const std::string& integration, const std::string& connection) const {
-  Target probe;
-  probe.integration = integration;
-  probe.connection = connection;
-  Result<std::vector<ScheduleStatus>> r = engine_.GetStatus(probe);
-  return r.ok() || !r.status().IsNotFound();
-}
-
-Api::Culprit Api::ClassifyNotFound(const std::string& integration,
-                                   const std::optional<std::string>& connection,
-                                   const std::vector<std::string>& syncs,
-                                   std::string_view sync_field, bool variant_in_path) const {
-  auto it = catalog_.find(integration);
-  if (it == catalog_.end()) return {Subject::kIntegration, "provider_config_key"};
-  for (const std::string& name : syncs) {
-    if (it->second.count(name) == 0) return {Subject::kSync, std::string(sync_field)};
-  }
-  if (connection && !ConnectionExists(integration, *connection)) {
-    return {Subject::kConnection, "connection_id"};
-  }
-  if (variant_in_path) return {Subject::kVariant, "variant"};
-  return {Subject::kSync, std::string(sync_field)};
-}
-
 HttpResponse Api::Dispatch(const Route& route, const HttpRequest& request) {
   codec::RequestTarget target = codec::SplitTarget(request.target);
   auto query = codec::ParseQuery(target.query);
@@ -198,13 +171,6 @@ HttpResponse Api::Dispatch(const Route& route, const HttpRequest& request) {
     return ErrorResponse(codec::errors::UnexpectedBody());
   }
 
-  // An engine error of a command over `t`.
-  auto target_error = [&](const Status& s, const Target& t) {
-    if (!s.IsNotFound()) return ErrorResponse(codec::ErrorFromStatus(s));
-    Culprit c = ClassifyNotFound(t.integration, t.connection, SyncNames(t.syncs), "syncs", false);
-    return ErrorResponse(codec::ErrorFromStatus(s, c.subject, c.field));
-  };
-
   switch (route.id) {
     case RouteId::kHealth: {
       // Unhealthy while the database refuses commits: no run starts then. The cause (it names
@@ -229,7 +195,7 @@ HttpResponse Api::Dispatch(const Route& route, const HttpRequest& request) {
       if (!t.ok()) return ErrorResponse(t.error());
       t->report_keys = false;
       Result<CommandResult> r = route.id == RouteId::kStart ? engine_.Start(*t) : engine_.Pause(*t);
-      if (!r.ok()) return target_error(r.status(), *t);
+      if (!r.ok()) return StatusResponse(r.status());
       return SuccessResponse();
     }
 
@@ -238,7 +204,7 @@ HttpResponse Api::Dispatch(const Route& route, const HttpRequest& request) {
       if (!t.ok()) return ErrorResponse(t.error());
       t->target.report_keys = false;
       Result<CommandResult> r = engine_.Trigger(t->target, t->mode);
-      if (!r.ok()) return target_error(r.status(), t->target);
+      if (!r.ok()) return StatusResponse(r.status());
       return SuccessResponse();
     }
 
@@ -246,7 +212,7 @@ HttpResponse Api::Dispatch(const Route& route, const HttpRequest& request) {
       auto t = codec::DecodeStatusQuery(*query);
       if (!t.ok()) return ErrorResponse(t.error());
       Result<std::vector<ScheduleStatus>> r = engine_.GetStatus(*t);
-      if (!r.ok()) return target_error(r.status(), *t);
+      if (!r.ok()) return StatusResponse(r.status());
       return JsonResponse(200, codec::EncodeStatuses(*r));
     }
 
@@ -255,10 +221,7 @@ HttpResponse Api::Dispatch(const Route& route, const HttpRequest& request) {
       if (!req.ok()) return ErrorResponse(req.error());
       Result<std::vector<ForecastMinute>> r =
           engine_.Forecast(std::chrono::hours(req->hours), req->integration);
-      if (!r.ok()) {
-        return ErrorResponse(
-            codec::ErrorFromStatus(r.status(), Subject::kIntegration, "provider_config_key"));
-      }
+      if (!r.ok()) return StatusResponse(r.status());
       return JsonResponse(200, codec::EncodeForecast(*r));
     }
 
@@ -266,56 +229,29 @@ HttpResponse Api::Dispatch(const Route& route, const HttpRequest& request) {
       auto req = codec::DecodeFrequencyUpdate(body);
       if (!req.ok()) return ErrorResponse(req.error());
       Result<Millis> r = engine_.UpdateFrequency(req->key, req->frequency);
-      if (!r.ok()) {
-        const Status& s = r.status();
-        if (s.IsInvalidArgument()) {
-          return ErrorResponse(codec::ErrorFromStatus(s, Subject::kFrequency, "frequency"));
-        }
-        if (!s.IsNotFound()) return ErrorResponse(codec::ErrorFromStatus(s));
-        Culprit c = ClassifyNotFound(req->key.integration, req->key.connection, {req->key.sync},
-                                     "sync_name", false);
-        if (c.subject == Subject::kSync && req->key.variant != kBaseVariant &&
-            c.field == "sync_name") {
-          c.field = "sync_variant";  // the sync exists; its variant does not
-        }
-        return ErrorResponse(codec::ErrorFromStatus(s, c.subject, c.field));
-      }
+      if (!r.ok()) return StatusResponse(r.status(), kFrequencyFields);
       return JsonResponse(200, codec::EncodeFrequency(*r));
     }
 
     case RouteId::kVariant: {
       auto key = codec::DecodeVariant(route.params[0], route.params[1], body);
       if (!key.ok()) return ErrorResponse(key.error());
-      bool create = request.method == "POST";
-      Status s = create ? engine_.CreateVariant(*key) : engine_.DeleteVariant(*key);
-      if (!s.ok()) {
-        if (s.IsNotFound()) {
-          Culprit c = ClassifyNotFound(key->integration, key->connection, {key->sync}, "name",
-                                       /*variant_in_path=*/!create);
-          return ErrorResponse(codec::ErrorFromStatus(s, c.subject, c.field));
-        }
-        return ErrorResponse(codec::ErrorFromStatus(s, Subject::kVariant, "variant"));
+      if (request.method == "POST") {
+        Result<ScheduleStatus> created = engine_.CreateVariant(*key);
+        if (!created.ok()) return StatusResponse(created.status(), kVariantFields);
+        // The new schedule's id, as Nango answers it.
+        return JsonResponse(200, codec::EncodeVariantCreated(*key, created->id));
       }
-      if (!create) return SuccessResponse();
-      // The new schedule's id, as Nango answers it.
-      Target t;
-      t.integration = key->integration;
-      t.connection = key->connection;
-      t.syncs = {SyncSelector{key->sync, key->variant}};
-      std::uint64_t id = 0;
-      if (auto st = engine_.GetStatus(t); st.ok() && !st->empty()) id = st->front().id;
-      return JsonResponse(200, codec::EncodeVariantCreated(*key, id));
+      Status s = engine_.DeleteVariant(*key);
+      if (!s.ok()) return StatusResponse(s, kVariantFields);
+      return SuccessResponse();
     }
 
     case RouteId::kConnections: {
       auto req = codec::DecodeCreateConnection(body);
       if (!req.ok()) return ErrorResponse(req.error());
       Status s = engine_.AddConnection(req->integration, req->connection);
-      if (!s.ok()) {
-        Subject subject = s.IsNotFound() ? Subject::kIntegration : Subject::kConnection;
-        std::string field = s.IsNotFound() ? "provider_config_key" : "connection_id";
-        return ErrorResponse(codec::ErrorFromStatus(s, subject, field));
-      }
+      if (!s.ok()) return StatusResponse(s);
       log_.Info("connection added",
                 {{"integration", req->integration}, {"connection", req->connection}});
       return JsonResponse(200, codec::EncodeConnectionCreated(*req));
@@ -325,12 +261,7 @@ HttpResponse Api::Dispatch(const Route& route, const HttpRequest& request) {
       auto req = codec::DecodeDeleteConnection(route.params[0], *query);
       if (!req.ok()) return ErrorResponse(req.error());
       Status s = engine_.DeleteConnection(req->integration, req->connection);
-      if (!s.ok()) {
-        if (!s.IsNotFound()) return ErrorResponse(codec::ErrorFromStatus(s));
-        Culprit c = ClassifyNotFound(req->integration, req->connection, {}, "", false);
-        if (c.subject != Subject::kIntegration) c = {Subject::kConnection, "connection_id"};
-        return ErrorResponse(codec::ErrorFromStatus(s, c.subject, c.field));
-      }
+      if (!s.ok()) return StatusResponse(s);
       log_.Info("connection deleted",
                 {{"integration", req->integration}, {"connection", req->connection}});
       return SuccessResponse();

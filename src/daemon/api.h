@@ -5,12 +5,13 @@
 //
 // Thread safety: Admit and Handle may be called from any thread, concurrently (the engine's
 // methods are thread-safe and the rest is immutable).
+//
+// The Api keeps no copy of the engine's catalog: an engine error says which input it is about
+// (Status::subject()), and the codec maps it to the HTTP answer from that alone.
 #pragma once
 
 #include <functional>
-#include <map>
 #include <optional>
-#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -91,25 +92,11 @@ class Api {
   static std::string_view ScopeOf(RouteId id);
   HttpResponse Dispatch(const Route& route, const HttpRequest& request);
 
-  // What a NOT_FOUND of a request refers to: the config's catalog says whether the integration
-  // and syncs exist; the engine says whether the connection does. Returns the subject and the
-  // field to report.
-  struct Culprit {
-    codec::Subject subject;
-    std::string field;
-  };
-  Culprit ClassifyNotFound(const std::string& integration,
-                           const std::optional<std::string>& connection,
-                           const std::vector<std::string>& syncs, std::string_view sync_field,
-                           bool variant_in_path) const;
-  bool ConnectionExists(const std::string& integration, const std::string& connection) const;
-
   Engine& engine_;
   Logger& log_;
   Authenticator auth_;
   std::function<codec::DaemonMetrics()> daemon_metrics_;
   int max_json_depth_;
-  std::map<std::string, std::set<std::string>, std::less<>> catalog_;  // integration -> syncs
 };
 
 class Api::Admitted {

@@ -37,7 +37,53 @@ HttpResponse StatusResponse(const Status& s, const codec::RequestFields& fields 
   return Api::ErrorResponse(codec::ErrorFromStatus(s, fields));
 }
 
+// "/sync/{name}/variant/{variant}" -> {"sync", "{name}", "variant", "{variant}"}.
+std::vector<std::string_view> PatternSegments(std::string_view pattern) {
+  std::vector<std::string_view> out;
+  std::size_t i = pattern.empty() || pattern[0] != '/' ? 0 : 1;
+  while (i <= pattern.size()) {
+    std::size_t slash = pattern.find('/', i);
+    if (slash == std::string_view::npos) slash = pattern.size();
+    out.push_back(pattern.substr(i, slash - i));
+    i = slash + 1;
+  }
+  return out;
+}
+
+bool IsParameter(std::string_view segment) {
+  return segment.size() >= 2 && segment.front() == '{' && segment.back() == '}';
+}
+
 }  // namespace
+
+// The route table. Everything about a route is here; see RouteInfo in api.h.
+const std::vector<Api::RouteEntry>& Api::Table() {
+  static const std::vector<RouteEntry> kTable = {
+      {{"GET", "/health", {}, Takes::kNone}, &Api::OnHealth},
+      {{"GET", "/metrics", kScopeSyncsRead, Takes::kNone}, &Api::OnMetrics},
+      {{"POST", "/sync/start", kScopeSyncsExecute, Takes::kBody}, &Api::OnStart},
+      {{"POST", "/sync/pause", kScopeSyncsExecute, Takes::kBody}, &Api::OnPause},
+      {{"POST", "/sync/trigger", kScopeSyncsExecute, Takes::kBody}, &Api::OnTrigger},
+      {{"GET", "/sync/status", kScopeSyncsRead, Takes::kQuery}, &Api::OnStatus},
+      {{"GET", "/schedules/forecast", kScopeSyncsRead, Takes::kQuery}, &Api::OnForecast},
+      {{"PUT", "/sync/update-connection-frequency", kScopeSyncsUpdate, Takes::kBody},
+       &Api::OnFrequency},
+      {{"POST", "/sync/{name}/variant/{variant}", kScopeSyncsUpdate, Takes::kBody},
+       &Api::OnCreateVariant},
+      {{"DELETE", "/sync/{name}/variant/{variant}", kScopeSyncsUpdate, Takes::kBody},
+       &Api::OnDeleteVariant},
+      {{"POST", "/connections", kScopeConnectionsWrite, Takes::kBody}, &Api::OnAddConnection},
+      {{"DELETE", "/connections/{connection_id}", kScopeConnectionsWrite, Takes::kQuery},
+       &Api::OnDeleteConnection},
+  };
+  return kTable;
+}
+
+std::vector<Api::RouteInfo> Api::Routes() {
+  std::vector<RouteInfo> out;
+  for (const RouteEntry& e : Table()) out.push_back(e.info);
+  return out;
+}
 
 Api::Api(Engine& engine, const Config& config, Logger& log,
          std::function<codec::DaemonMetrics()> daemon_metrics)
@@ -53,68 +99,37 @@ HttpResponse Api::ErrorResponse(const ApiError& error) {
   return r;
 }
 
-Api::Resolved Api::Resolve(std::string_view method, std::string_view path) const {
+Api::Resolved Api::Resolve(std::string_view method, std::string_view path) {
   auto segments = codec::SplitPath(path);
   if (!segments.ok()) return {std::nullopt, segments.error(), {}};
   const std::vector<std::string>& s = segments.value();
 
-  std::optional<RouteId> id;
-  std::string_view allow;
-  std::vector<std::string> params;
-  if (s.size() == 1 && s[0] == "health") {
-    id = RouteId::kHealth, allow = "GET";
-  } else if (s.size() == 1 && s[0] == "metrics") {
-    id = RouteId::kMetrics, allow = "GET";
-  } else if (s.size() == 1 && s[0] == "connections") {
-    id = RouteId::kConnections, allow = "POST";
-  } else if (s.size() == 2 && s[0] == "connections") {
-    id = RouteId::kConnection, allow = "DELETE", params = {s[1]};
-  } else if (s.size() == 2 && s[0] == "sync") {
-    if (s[1] == "start") {
-      id = RouteId::kStart, allow = "POST";
-    } else if (s[1] == "pause") {
-      id = RouteId::kPause, allow = "POST";
-    } else if (s[1] == "trigger") {
-      id = RouteId::kTrigger, allow = "POST";
-    } else if (s[1] == "status") {
-      id = RouteId::kStatus, allow = "GET";
-    } else if (s[1] == "update-connection-frequency") {
-      id = RouteId::kFrequency, allow = "PUT";
+  // The patterns are parsed once; the table never changes.
+  static const std::vector<std::vector<std::string_view>> kPatterns = [] {
+    std::vector<std::vector<std::string_view>> out;
+    for (const RouteEntry& e : Table()) out.push_back(PatternSegments(e.info.pattern));
+    return out;
+  }();
+  const std::vector<RouteEntry>& table = Table();
+  std::string allow;  // the methods of the routes whose pattern matches, in table order
+  for (std::size_t i = 0; i < table.size(); ++i) {
+    const std::vector<std::string_view>& p = kPatterns[i];
+    if (p.size() != s.size()) continue;
+    bool match = true;
+    for (std::size_t k = 0; k < p.size() && match; ++k) match = IsParameter(p[k]) || p[k] == s[k];
+    if (!match) continue;
+    if (table[i].info.method == method) {
+      Route route{i, {}};
+      for (std::size_t k = 0; k < p.size(); ++k) {
+        if (IsParameter(p[k])) route.params.push_back(s[k]);
+      }
+      return {std::move(route), std::nullopt, {}};
     }
-  } else if (s.size() == 2 && s[0] == "schedules" && s[1] == "forecast") {
-    id = RouteId::kForecast, allow = "GET";
-  } else if (s.size() == 4 && s[0] == "sync" && s[2] == "variant") {
-    id = RouteId::kVariant, allow = "POST, DELETE", params = {s[1], s[3]};
+    if (!allow.empty()) allow += ", ";
+    allow += table[i].info.method;
   }
-  if (!id) return {std::nullopt, codec::errors::RouteNotFound(method, path), {}};
-  bool allowed =
-      method == allow || (allow == "POST, DELETE" && (method == "POST" || method == "DELETE"));
-  if (!allowed) {
-    return {std::nullopt, codec::errors::MethodNotAllowed(method, path, allow), std::string(allow)};
-  }
-  return {Route{*id, std::move(params)}, std::nullopt, {}};
-}
-
-std::string_view Api::ScopeOf(RouteId id) {
-  switch (id) {
-    case RouteId::kHealth:
-      return {};
-    case RouteId::kMetrics:
-    case RouteId::kStatus:
-    case RouteId::kForecast:
-      return kScopeSyncsRead;
-    case RouteId::kStart:
-    case RouteId::kPause:
-    case RouteId::kTrigger:
-      return kScopeSyncsExecute;
-    case RouteId::kFrequency:
-    case RouteId::kVariant:
-      return kScopeSyncsUpdate;
-    case RouteId::kConnections:
-    case RouteId::kConnection:
-      return kScopeConnectionsWrite;
-  }
-  return kScopeAll;
+  if (allow.empty()) return {std::nullopt, codec::errors::RouteNotFound(method, path), {}};
+  return {std::nullopt, codec::errors::MethodNotAllowed(method, path, allow), allow};
 }
 
 std::optional<HttpResponse> Api::Admit(std::string_view method, std::string_view target,
@@ -127,7 +142,7 @@ std::optional<HttpResponse> Api::Admit(std::string_view method, std::string_view
     r.allow = resolved.allow;
     return r;
   }
-  std::string_view scope = ScopeOf(resolved.route->id);
+  std::string_view scope = Table()[resolved.route->entry].info.scope;
   if (!scope.empty()) {
     if (auto denied = auth_.Check(authorization, scope)) return ErrorResponse(*denied);
   }
@@ -147,127 +162,135 @@ HttpResponse Api::Handle(const HttpRequest& request, const Admitted& admitted) {
 }
 
 HttpResponse Api::Dispatch(const Route& route, const HttpRequest& request) {
+  const RouteEntry& entry = Table()[route.entry];
+  const Takes takes = entry.info.takes;
   codec::RequestTarget target = codec::SplitTarget(request.target);
   auto query = codec::ParseQuery(target.query);
   if (!query.ok()) return ErrorResponse(query.error());
-  bool takes_query = route.id == RouteId::kStatus || route.id == RouteId::kForecast ||
-                     route.id == RouteId::kConnection;
-  if (!takes_query && !query->empty()) {
+  if (takes != Takes::kQuery && !query->empty()) {
     return ErrorResponse(ApiError{400, "unknown_field",
                                   "unknown query parameter " +
                                       codec::Dump(Json(query->front().first)) +
                                       "; this route takes none",
                                   query->front().first});
   }
-  bool takes_body = route.id != RouteId::kHealth && route.id != RouteId::kMetrics &&
-                    route.id != RouteId::kStatus && route.id != RouteId::kForecast &&
-                    route.id != RouteId::kConnection;
   Json body;
-  if (takes_body) {
+  if (takes == Takes::kBody) {
     auto parsed = codec::ParseJsonBody(request.body, max_json_depth_);
     if (!parsed.ok()) return ErrorResponse(parsed.error());
     body = std::move(parsed.value());
   } else if (request.body.find_first_not_of(" \t\r\n") != std::string_view::npos) {
     return ErrorResponse(codec::errors::UnexpectedBody());
   }
+  return (this->*entry.handler)(Call{request, route.params, *query, body});
+}
 
-  switch (route.id) {
-    case RouteId::kHealth: {
-      // Unhealthy while the database refuses commits: no run starts then. The cause (it names
-      // the file) is in the log and /metrics, which need a key; /health needs none.
-      if (!engine_.GetMetrics().store_healthy) {
-        return JsonResponse(503, Json{{"status", "unhealthy"},
-                                      {"reason", "the database refuses commits; see the log"}});
-      }
-      return JsonResponse(200, Json{{"status", "ok"}});
-    }
+// ---- Handlers ----
 
-    case RouteId::kMetrics: {
-      HttpResponse r;
-      r.content_type = "text/plain; version=0.0.4; charset=utf-8";
-      r.body = codec::EncodePrometheus(engine_.GetMetrics(), daemon_metrics_());
-      return r;
-    }
-
-    case RouteId::kStart:
-    case RouteId::kPause: {
-      auto t = codec::DecodeTarget(body);
-      if (!t.ok()) return ErrorResponse(t.error());
-      t->report_keys = false;
-      Result<CommandResult> r = route.id == RouteId::kStart ? engine_.Start(*t) : engine_.Pause(*t);
-      if (!r.ok()) return StatusResponse(r.status());
-      return SuccessResponse();
-    }
-
-    case RouteId::kTrigger: {
-      auto t = codec::DecodeTrigger(body);
-      if (!t.ok()) return ErrorResponse(t.error());
-      t->target.report_keys = false;
-      Result<CommandResult> r = engine_.Trigger(t->target, t->mode);
-      if (!r.ok()) return StatusResponse(r.status());
-      return SuccessResponse();
-    }
-
-    case RouteId::kStatus: {
-      auto t = codec::DecodeStatusQuery(*query);
-      if (!t.ok()) return ErrorResponse(t.error());
-      Result<std::vector<ScheduleStatus>> r = engine_.GetStatus(*t);
-      if (!r.ok()) return StatusResponse(r.status());
-      return JsonResponse(200, codec::EncodeStatuses(*r));
-    }
-
-    case RouteId::kForecast: {
-      auto req = codec::DecodeForecastQuery(*query);
-      if (!req.ok()) return ErrorResponse(req.error());
-      Result<std::vector<ForecastMinute>> r =
-          engine_.Forecast(std::chrono::hours(req->hours), req->integration);
-      if (!r.ok()) return StatusResponse(r.status());
-      return JsonResponse(200, codec::EncodeForecast(*r));
-    }
-
-    case RouteId::kFrequency: {
-      auto req = codec::DecodeFrequencyUpdate(body);
-      if (!req.ok()) return ErrorResponse(req.error());
-      Result<Millis> r = engine_.UpdateFrequency(req->key, req->frequency);
-      if (!r.ok()) return StatusResponse(r.status(), kFrequencyFields);
-      return JsonResponse(200, codec::EncodeFrequency(*r));
-    }
-
-    case RouteId::kVariant: {
-      auto key = codec::DecodeVariant(route.params[0], route.params[1], body);
-      if (!key.ok()) return ErrorResponse(key.error());
-      if (request.method == "POST") {
-        Result<ScheduleStatus> created = engine_.CreateVariant(*key);
-        if (!created.ok()) return StatusResponse(created.status(), kVariantFields);
-        // The new schedule's id, as Nango answers it.
-        return JsonResponse(200, codec::EncodeVariantCreated(*key, created->id));
-      }
-      Status s = engine_.DeleteVariant(*key);
-      if (!s.ok()) return StatusResponse(s, kVariantFields);
-      return SuccessResponse();
-    }
-
-    case RouteId::kConnections: {
-      auto req = codec::DecodeCreateConnection(body);
-      if (!req.ok()) return ErrorResponse(req.error());
-      Status s = engine_.AddConnection(req->integration, req->connection);
-      if (!s.ok()) return StatusResponse(s);
-      log_.Info("connection added",
-                {{"integration", req->integration}, {"connection", req->connection}});
-      return JsonResponse(200, codec::EncodeConnectionCreated(*req));
-    }
-
-    case RouteId::kConnection: {
-      auto req = codec::DecodeDeleteConnection(route.params[0], *query);
-      if (!req.ok()) return ErrorResponse(req.error());
-      Status s = engine_.DeleteConnection(req->integration, req->connection);
-      if (!s.ok()) return StatusResponse(s);
-      log_.Info("connection deleted",
-                {{"integration", req->integration}, {"connection", req->connection}});
-      return SuccessResponse();
-    }
+HttpResponse Api::OnHealth(const Call&) {
+  // Unhealthy while the database refuses commits: no run starts then. The cause (it names the
+  // file) is in the log and /metrics, which need a key; /health needs none.
+  if (!engine_.GetMetrics().store_healthy) {
+    return JsonResponse(503, Json{{"status", "unhealthy"},
+                                  {"reason", "the database refuses commits; see the log"}});
   }
-  return ErrorResponse(codec::errors::Internal("unhandled route"));
+  return JsonResponse(200, Json{{"status", "ok"}});
+}
+
+HttpResponse Api::OnMetrics(const Call&) {
+  HttpResponse r;
+  r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+  r.body = codec::EncodePrometheus(engine_.GetMetrics(), daemon_metrics_());
+  return r;
+}
+
+HttpResponse Api::OnStart(const Call& call) {
+  auto t = codec::DecodeTarget(call.body);
+  if (!t.ok()) return ErrorResponse(t.error());
+  t->report_keys = false;
+  Result<CommandResult> r = engine_.Start(*t);
+  if (!r.ok()) return StatusResponse(r.status());
+  return SuccessResponse();
+}
+
+HttpResponse Api::OnPause(const Call& call) {
+  auto t = codec::DecodeTarget(call.body);
+  if (!t.ok()) return ErrorResponse(t.error());
+  t->report_keys = false;
+  Result<CommandResult> r = engine_.Pause(*t);
+  if (!r.ok()) return StatusResponse(r.status());
+  return SuccessResponse();
+}
+
+HttpResponse Api::OnTrigger(const Call& call) {
+  auto t = codec::DecodeTrigger(call.body);
+  if (!t.ok()) return ErrorResponse(t.error());
+  t->target.report_keys = false;
+  Result<CommandResult> r = engine_.Trigger(t->target, t->mode);
+  if (!r.ok()) return StatusResponse(r.status());
+  return SuccessResponse();
+}
+
+HttpResponse Api::OnStatus(const Call& call) {
+  auto t = codec::DecodeStatusQuery(call.query);
+  if (!t.ok()) return ErrorResponse(t.error());
+  Result<std::vector<ScheduleStatus>> r = engine_.GetStatus(*t);
+  if (!r.ok()) return StatusResponse(r.status());
+  return JsonResponse(200, codec::EncodeStatuses(*r));
+}
+
+HttpResponse Api::OnForecast(const Call& call) {
+  auto req = codec::DecodeForecastQuery(call.query);
+  if (!req.ok()) return ErrorResponse(req.error());
+  Result<std::vector<ForecastMinute>> r =
+      engine_.Forecast(std::chrono::hours(req->hours), req->integration);
+  if (!r.ok()) return StatusResponse(r.status());
+  return JsonResponse(200, codec::EncodeForecast(*r));
+}
+
+HttpResponse Api::OnFrequency(const Call& call) {
+  auto req = codec::DecodeFrequencyUpdate(call.body);
+  if (!req.ok()) return ErrorResponse(req.error());
+  Result<Millis> r = engine_.UpdateFrequency(req->key, req->frequency);
+  if (!r.ok()) return StatusResponse(r.status(), kFrequencyFields);
+  return JsonResponse(200, codec::EncodeFrequency(*r));
+}
+
+HttpResponse Api::OnCreateVariant(const Call& call) {
+  auto key = codec::DecodeVariant(call.params[0], call.params[1], call.body);
+  if (!key.ok()) return ErrorResponse(key.error());
+  Result<ScheduleStatus> created = engine_.CreateVariant(*key);
+  if (!created.ok()) return StatusResponse(created.status(), kVariantFields);
+  // The new schedule's id, as Nango answers it.
+  return JsonResponse(200, codec::EncodeVariantCreated(*key, created->id));
+}
+
+HttpResponse Api::OnDeleteVariant(const Call& call) {
+  auto key = codec::DecodeVariant(call.params[0], call.params[1], call.body);
+  if (!key.ok()) return ErrorResponse(key.error());
+  Status s = engine_.DeleteVariant(*key);
+  if (!s.ok()) return StatusResponse(s, kVariantFields);
+  return SuccessResponse();
+}
+
+HttpResponse Api::OnAddConnection(const Call& call) {
+  auto req = codec::DecodeCreateConnection(call.body);
+  if (!req.ok()) return ErrorResponse(req.error());
+  Status s = engine_.AddConnection(req->integration, req->connection);
+  if (!s.ok()) return StatusResponse(s);
+  log_.Info("connection added",
+            {{"integration", req->integration}, {"connection", req->connection}});
+  return JsonResponse(200, codec::EncodeConnectionCreated(*req));
+}
+
+HttpResponse Api::OnDeleteConnection(const Call& call) {
+  auto req = codec::DecodeDeleteConnection(call.params[0], call.query);
+  if (!req.ok()) return ErrorResponse(req.error());
+  Status s = engine_.DeleteConnection(req->integration, req->connection);
+  if (!s.ok()) return StatusResponse(s);
+  log_.Info("connection deleted",
+            {{"integration", req->integration}, {"connection", req->connection}});
+  return SuccessResponse();
 }
 
 }  // namespace syncsched::daemon

@@ -6,7 +6,11 @@
 // `frequency` on a grid anchored at that moment; starting a started one does nothing.
 //
 // Every command validates its whole request before it changes anything: an error leaves every
-// schedule as it was. Errors name the offending input.
+// schedule as it was. Errors name the offending input in their message and say which input it is
+// in Status::subject() (see StatusSubject). In every command, a malformed name (integration,
+// connection, sync or variant: SPEC §1) is INVALID_ARGUMENT with that name's subject, and
+// NOT_FOUND means a well-formed name that does not exist, with the first missing part as subject
+// in the order integration, sync, connection, variant.
 //
 // Threads: every method may be called from any thread, concurrently. Commands run on the calling
 // thread under the engine's lock and return when done; they never call user code. Callbacks run
@@ -135,22 +139,31 @@ class SYNCSCHED_EXPORT Engine {
 
   // Adds a connection to an integration and creates the `base` schedule of each of its syncs
   // (STARTED and run at once when auto_start, else PAUSED).
-  // Errors: NOT_FOUND (unknown integration), ALREADY_EXISTS, INVALID_ARGUMENT (bad id).
+  // Errors: INVALID_ARGUMENT (a malformed key or id), NOT_FOUND (unknown integration),
+  // ALREADY_EXISTS (subject kConnection).
   Status AddConnection(std::string_view integration, std::string_view connection);
 
   // Deletes a connection: its schedules become DELETED, runs in flight are cancelled, and the id
-  // may be added afresh later (with new schedules). Errors: NOT_FOUND.
+  // may be added afresh later (with new schedules). Errors: INVALID_ARGUMENT (a malformed key or
+  // id), NOT_FOUND (integration or connection).
   Status DeleteConnection(std::string_view integration, std::string_view connection);
 
   // Creates variant `key.variant` of `key.sync` on `key.connection`, with a schedule created as a
-  // connection's are. Errors: NOT_FOUND (integration, connection or sync), ALREADY_EXISTS,
-  // INVALID_ARGUMENT (bad name, or `base`).
-  Status CreateVariant(const ScheduleKey& key);
+  // connection's are, and returns that schedule's status as it stands once created (its `id` is
+  // the new schedule's; STARTED with a run dispatched when the sync auto-starts, else PAUSED).
+  // Errors: INVALID_ARGUMENT (a malformed name, or `base`: subject kVariant), NOT_FOUND
+  // (integration, sync or connection), ALREADY_EXISTS (subject kVariant).
+  Result<ScheduleStatus> CreateVariant(const ScheduleKey& key);
   // Deletes a variant: its schedule becomes DELETED and its run in flight is cancelled.
-  // Errors: NOT_FOUND, INVALID_ARGUMENT (`base` cannot be deleted).
+  // Errors: INVALID_ARGUMENT (a malformed name, or `base`, which cannot be deleted: subject
+  // kVariant), NOT_FOUND (integration, sync, connection or variant).
   Status DeleteVariant(const ScheduleKey& key);
 
   // ---- Commands (SPEC §4) ----
+
+  // Errors of the four target commands below: INVALID_ARGUMENT for a malformed name in the target,
+  // NOT_FOUND for an integration, sync, connection or variant that does not exist (a sync::variant
+  // with no schedule in the target's scope: subject kVariant, or kSync for `base`).
 
   // PAUSED -> STARTED with a run dispatched now and the grid anchored now; STARTED: nothing.
   Result<CommandResult> Start(const Target& target);
@@ -165,22 +178,23 @@ class SYNCSCHED_EXPORT Engine {
 
   // Sets (or with nullopt reverts to the sync's default) the frequency of one schedule. The
   // schedule keeps its anchor; its next slot is the first slot of the new grid in the future.
-  // Returns the frequency now in force. Errors: NOT_FOUND for the key's parts, INVALID_ARGUMENT
-  // for the frequency.
+  // Returns the frequency now in force. Errors: INVALID_ARGUMENT for a malformed name in the key
+  // or for the frequency (subject kField, field "frequency"), NOT_FOUND for the key's parts.
   Result<Millis> UpdateFrequency(const ScheduleKey& key, std::optional<std::string> frequency);
 
   // Lets timers fire after Options::hold_timers. Idempotent; any thread.
   void ReleaseTimers();
 
   // Sets the limits of an integration (caps apply to runs dispatched from now on).
-  // Errors: NOT_FOUND (integration not defined).
+  // Errors: INVALID_ARGUMENT (malformed key), NOT_FOUND (integration not defined).
   Status SetIntegrationLimits(std::string_view integration, const IntegrationLimits& limits);
 
   // The runs due per minute over the next `horizon` (at most 7 days), for all integrations or
   // one, with phase spreading and the global and per-integration caps applied (runs beyond a cap
   // move to the following minutes, assuming each run takes the mean run duration so far, or one
-  // minute before any run finished). Errors: INVALID_ARGUMENT (horizon), NOT_FOUND
-  // (integration). Cost: one step per slot in the horizon.
+  // minute before any run finished). Errors: INVALID_ARGUMENT (horizon: subject kField, field
+  // "horizon"; or a malformed integration key), NOT_FOUND (integration). Cost: one step per slot in
+  // the horizon.
   Result<std::vector<ForecastMinute>> Forecast(Millis horizon,
                                                std::optional<std::string> integration = {});
 
@@ -193,11 +207,12 @@ class SYNCSCHED_EXPORT Engine {
   // its blocking form; the handler then runs on its associated executor (for use_awaitable, the
   // coroutine's; for a plain callback, the engine's command thread, so keep it short). The
   // completion signature is void(Status) for commands returning Status and void(Result<T>) for
-  // those returning Result<T>. Asynchronous commands run one at a time, in the order they were
-  // called; a handler runs exactly once and never inside the call that started it. Calls made after
-  // Shutdown complete with FAILED_PRECONDITION, as the blocking forms do. Shutdown and the
-  // destructor wait for the commands already called; so neither may be called from a handler
-  // running on the command thread (a plain callback's).
+  // those returning Result<T> (AsyncCreateVariant: void(Result<ScheduleStatus>)). Asynchronous
+  // commands run one at a time, in the order they were called; a handler runs exactly once and
+  // never inside the call that started it. Calls made after Shutdown complete with
+  // FAILED_PRECONDITION, as the blocking forms do. Shutdown and the destructor wait for the
+  // commands already called; so neither may be called from a handler running on the command thread
+  // (a plain callback's).
   template <typename Token>
   auto AsyncDefineSync(std::string integration, SyncDefinition sync, Token&& token) {
     return AsyncRun<Status>(
@@ -218,8 +233,8 @@ class SYNCSCHED_EXPORT Engine {
   }
   template <typename Token>
   auto AsyncCreateVariant(ScheduleKey key, Token&& token) {
-    return AsyncRun<Status>([k = std::move(key)](Engine& e) { return e.CreateVariant(k); },
-                            std::forward<Token>(token));
+    return AsyncRun<Result<ScheduleStatus>>(
+        [k = std::move(key)](Engine& e) { return e.CreateVariant(k); }, std::forward<Token>(token));
   }
   template <typename Token>
   auto AsyncDeleteVariant(ScheduleKey key, Token&& token) {

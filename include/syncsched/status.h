@@ -1,14 +1,17 @@
 // Status and Result<T>: how every fallible syncsched call reports failure.
 //
 // Errors a caller can plan for are returned, never thrown across the API. A Status is OK (cheap:
-// no allocation) or carries a code from the small vocabulary below and a message that names the
-// offending input. Result<T> holds either a T or a non-OK Status.
+// no allocation) or carries a code from the small vocabulary below, a message that names the
+// offending input, and a machine-readable subject saying which input that is (so that a caller,
+// such as the HTTP daemon, can tell "unknown connection" from "unknown sync" without parsing the
+// message or asking again). Result<T> holds either a T or a non-OK Status.
 //
 // Thread safety: Status and Result are values; distinct objects may be used from distinct threads
 // freely, and const access to one object from many threads is safe.
 #pragma once
 
 #include <cassert>
+#include <cstdint>
 #include <exception>
 #include <memory>
 #include <optional>
@@ -32,8 +35,9 @@ enum class StatusCode {
   kNotFound,
   // The request would create something that exists: a connection or variant.
   kAlreadyExists,
-  // The request is well formed but the state forbids it: deleting `base`, a database from a newer
-  // schema, an engine that is shut down.
+  // The request is well formed but the state forbids it: a database from a newer schema, an engine
+  // that is shut down. (Creating or deleting the `base` variant is INVALID_ARGUMENT: the request
+  // is wrong whatever the state.)
   kFailedPrecondition,
   // A resource is (perhaps temporarily) not available: the database is locked by another engine,
   // the disk is full, a file cannot be opened.
@@ -49,18 +53,48 @@ enum class StatusCode {
 // "OK", "INVALID_ARGUMENT", ...: the stable spelling used in logs and on the wire.
 SYNCSCHED_EXPORT std::string_view StatusCodeName(StatusCode code);
 
+// Which input of a call an error is about. The engine sets it on every INVALID_ARGUMENT,
+// NOT_FOUND and ALREADY_EXISTS that concerns a named input:
+//   - a malformed name: INVALID_ARGUMENT with the name's part of the key;
+//   - a well-formed name that does not exist: NOT_FOUND with the first missing part, checked in
+//     the order integration, sync, connection, variant (a variant NOT_FOUND means the sync and
+//     connection exist but that variant's schedule does not);
+//   - ALREADY_EXISTS: kConnection or kVariant;
+//   - another bad argument (a frequency, a timeout, an option): kField, with Status::field()
+//     naming it ("frequency", "timeout", "horizon", "options.worker_threads", ...).
+// kNone: the error is not about one input (UNAVAILABLE, INTERNAL, a shut-down engine, ...).
+enum class StatusSubject : std::uint8_t {
+  kNone = 0,
+  kIntegration,
+  kConnection,
+  kSync,
+  kVariant,
+  kField,
+};
+
+// "none", "integration", "connection", "sync", "variant", "field".
+SYNCSCHED_EXPORT std::string_view StatusSubjectName(StatusSubject subject);
+
 class [[nodiscard]] SYNCSCHED_EXPORT Status {
  public:
   Status() = default;  // OK
-  Status(StatusCode code, std::string message);
+  // `field` is kept only with StatusSubject::kField.
+  Status(StatusCode code, std::string message, StatusSubject subject = StatusSubject::kNone,
+         std::string field = {});
 
   static Status Ok() { return Status(); }
-  static Status InvalidArgument(std::string msg) {
-    return {StatusCode::kInvalidArgument, std::move(msg)};
+  static Status InvalidArgument(std::string msg, StatusSubject subject = StatusSubject::kNone) {
+    return {StatusCode::kInvalidArgument, std::move(msg), subject};
   }
-  static Status NotFound(std::string msg) { return {StatusCode::kNotFound, std::move(msg)}; }
-  static Status AlreadyExists(std::string msg) {
-    return {StatusCode::kAlreadyExists, std::move(msg)};
+  // INVALID_ARGUMENT about the field `field` (subject kField).
+  static Status InvalidField(std::string field, std::string msg) {
+    return {StatusCode::kInvalidArgument, std::move(msg), StatusSubject::kField, std::move(field)};
+  }
+  static Status NotFound(std::string msg, StatusSubject subject = StatusSubject::kNone) {
+    return {StatusCode::kNotFound, std::move(msg), subject};
+  }
+  static Status AlreadyExists(std::string msg, StatusSubject subject = StatusSubject::kNone) {
+    return {StatusCode::kAlreadyExists, std::move(msg), subject};
   }
   static Status FailedPrecondition(std::string msg) {
     return {StatusCode::kFailedPrecondition, std::move(msg)};
@@ -76,6 +110,12 @@ class [[nodiscard]] SYNCSCHED_EXPORT Status {
   StatusCode code() const { return rep_ ? rep_->code : StatusCode::kOk; }
   // Empty for OK.
   const std::string& message() const;
+  // Which input the error is about (see StatusSubject); kNone for OK.
+  StatusSubject subject() const { return rep_ ? rep_->subject : StatusSubject::kNone; }
+  // The field's name when subject() is kField, else empty.
+  const std::string& field() const;
+  // A copy of this error about `subject` (and `field`, for kField); OK stays OK.
+  Status WithSubject(StatusSubject subject, std::string field = {}) const;
 
   bool IsInvalidArgument() const { return code() == StatusCode::kInvalidArgument; }
   bool IsNotFound() const { return code() == StatusCode::kNotFound; }
@@ -86,14 +126,18 @@ class [[nodiscard]] SYNCSCHED_EXPORT Status {
   // "OK" or "INVALID_ARGUMENT: <message>".
   std::string ToString() const;
 
+  // Code, message, subject and field all equal.
   friend bool operator==(const Status& a, const Status& b) {
-    return a.code() == b.code() && a.message() == b.message();
+    return a.code() == b.code() && a.message() == b.message() && a.subject() == b.subject() &&
+           a.field() == b.field();
   }
 
  private:
   struct Rep {
     StatusCode code;
     std::string message;
+    StatusSubject subject = StatusSubject::kNone;
+    std::string field;
   };
   std::shared_ptr<const Rep> rep_;  // null when OK; shared so that copies are cheap
 };

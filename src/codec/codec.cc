@@ -689,44 +689,67 @@ std::string Dump(const Json& json) {
 
 // ---- Errors ----
 
-ApiError ErrorFromStatus(const Status& status, Subject subject, std::string_view field) {
+ApiError ErrorFromStatus(const Status& status, const RequestFields& fields) {
   ApiError e;
   e.message = status.message();
-  if (!field.empty()) e.field = std::string(field);
+  const StatusSubject subject = status.subject();
+  switch (subject) {
+    case StatusSubject::kIntegration:
+      e.field = std::string(fields.integration);
+      break;
+    case StatusSubject::kConnection:
+      e.field = std::string(fields.connection);
+      break;
+    case StatusSubject::kSync:
+      e.field = std::string(fields.sync);
+      break;
+    case StatusSubject::kVariant:
+      e.field = std::string(fields.variant);
+      break;
+    case StatusSubject::kField:
+      if (!status.field().empty()) e.field = status.field();
+      break;
+    case StatusSubject::kNone:
+      break;
+  }
   switch (status.code()) {
     case StatusCode::kInvalidArgument:
       e.http_status = 400;
-      e.code = subject == Subject::kFrequency ? "invalid_frequency"
-               : subject == Subject::kVariant ? "invalid_variant"
-                                              : "invalid_argument";
+      e.code = subject == StatusSubject::kField && status.field() == "frequency"
+                   ? "invalid_frequency"
+               : subject == StatusSubject::kVariant ? "invalid_variant"
+                                                    : "invalid_argument";
       break;
     case StatusCode::kNotFound:
       switch (subject) {
-        case Subject::kIntegration:
+        case StatusSubject::kIntegration:
           e.http_status = 400;
           e.code = "unknown_provider_config";
           break;
-        case Subject::kConnection:
+        case StatusSubject::kConnection:
           e.http_status = 404;
           e.code = "unknown_connection";
           break;
-        case Subject::kVariant:
-          e.http_status = 404;
-          e.code = "unknown_variant";
+        case StatusSubject::kVariant:
+          e.http_status = fields.variant_in_path ? 404 : 400;
+          e.code = fields.variant_in_path ? "unknown_variant" : "unknown_sync";
           break;
-        case Subject::kSync:
-        case Subject::kFrequency:
-        case Subject::kNone:
+        case StatusSubject::kSync:
           e.http_status = 400;
           e.code = "unknown_sync";
+          break;
+        case StatusSubject::kField:
+        case StatusSubject::kNone:
+          e.http_status = 404;
+          e.code = "not_found";
           break;
       }
       break;
     case StatusCode::kAlreadyExists:
       e.http_status = 409;
-      e.code = subject == Subject::kConnection ? "connection_already_exists"
-               : subject == Subject::kVariant  ? "sync_variant_already_exists"
-                                               : "already_exists";
+      e.code = subject == StatusSubject::kConnection ? "connection_already_exists"
+               : subject == StatusSubject::kVariant  ? "sync_variant_already_exists"
+                                                     : "already_exists";
       break;
     case StatusCode::kFailedPrecondition:
       e.http_status = 409;

@@ -185,24 +185,30 @@ std::string Dump(const Json& json);
 
 // ---- Errors ----
 
-// What a request's NOT_FOUND, ALREADY_EXISTS or INVALID_ARGUMENT refers to. The engine's codes
-// say what went wrong, not which part of the key; the caller, knowing the request, says which.
-enum class Subject {
-  kNone,
-  kIntegration,  // NOT_FOUND: 400 unknown_provider_config
-  kConnection,   // NOT_FOUND: 404 unknown_connection; ALREADY_EXISTS: connection_already_exists
-  kSync,         // NOT_FOUND: 400 unknown_sync (a sync or a variant named in the body or query)
-  kVariant,      // NOT_FOUND: 404 unknown_variant (named in the path); INVALID_ARGUMENT:
-                 // invalid_variant; ALREADY_EXISTS: sync_variant_already_exists
-  kFrequency,    // INVALID_ARGUMENT: invalid_frequency
+// How one route's request names the inputs an engine error can be about (Status::subject()):
+// the field reported for each. A variant named in the path (the variant routes) is a resource of
+// its own: NOT_FOUND is 404 unknown_variant; a variant named in the body or query is part of a
+// sync selector: NOT_FOUND is 400 unknown_sync.
+struct RequestFields {
+  std::string_view integration = "provider_config_key";
+  std::string_view connection = "connection_id";
+  std::string_view sync = "syncs";
+  std::string_view variant = "syncs";
+  bool variant_in_path = false;
 };
 
-// Maps an engine error to the HTTP API: INVALID_ARGUMENT 400; NOT_FOUND 400 or 404 by subject;
-// ALREADY_EXISTS 409; FAILED_PRECONDITION 409; UNAVAILABLE and CANCELLED 503; DEADLINE_EXCEEDED
-// 504; INTERNAL 500. The message is the engine's. `field`, if not empty, is reported as the
-// field at fault. Precondition: !status.ok().
-ApiError ErrorFromStatus(const Status& status, Subject subject = Subject::kNone,
-                         std::string_view field = {});
+// Maps an engine error to the HTTP API from its code and subject alone (no second question to the
+// engine):
+//   INVALID_ARGUMENT 400: invalid_frequency (field "frequency"), invalid_variant (subject
+//     kVariant), else invalid_argument;
+//   NOT_FOUND: integration 400 unknown_provider_config; connection 404 unknown_connection; sync
+//     400 unknown_sync; variant 404 unknown_variant when in the path, else 400 unknown_sync;
+//     no subject 404 not_found;
+//   ALREADY_EXISTS 409: connection_already_exists, sync_variant_already_exists, already_exists;
+//   FAILED_PRECONDITION 409; UNAVAILABLE and CANCELLED 503; DEADLINE_EXCEEDED 504; INTERNAL 500.
+// The message is the engine's. The field at fault is `fields`' name for the subject (for kField,
+// the Status's own field name); none without a subject. Precondition: !status.ok().
+ApiError ErrorFromStatus(const Status& status, const RequestFields& fields = {});
 
 // The HTTP layer's own errors, built here so that every error body has one shape.
 namespace errors {

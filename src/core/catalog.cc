@@ -157,35 +157,54 @@ void Catalog::RemoveLastIntegration() {
 }
 
 Result<std::vector<std::uint32_t>> Catalog::Resolve(const Target& target) const {
+  // Checked in the order status.h promises: integration, syncs, connection, variants.
   std::uint32_t integ = FindIntegration(target.integration);
   if (integ == kNone) {
-    return Status::NotFound("integration " + Quote(target.integration) + " does not exist");
+    return Status::NotFound("integration " + Quote(target.integration) + " does not exist",
+                            StatusSubject::kIntegration);
   }
-  // Each selector as a packed (sync, variant) pair; a name unknown to the integration fails now.
-  std::vector<std::uint64_t> wanted;
-  wanted.reserve(target.syncs.size());
+  std::vector<std::uint32_t> sync_ids;
+  sync_ids.reserve(target.syncs.size());
   for (const SyncSelector& sel : target.syncs) {
     std::uint32_t sync = FindSync(integ, sel.name);
     if (sync == kNone) {
-      return Status::NotFound("sync " + Quote(sel.name) + " does not exist in integration " +
-                              Quote(target.integration));
+      return Status::NotFound(
+          "sync " + Quote(sel.name) + " does not exist in integration " + Quote(target.integration),
+          StatusSubject::kSync);
     }
+    sync_ids.push_back(sync);
+  }
+  std::uint32_t conn = kNone;
+  if (target.connection) {
+    conn = FindConnection(integ, *target.connection);
+    if (conn == kNone) {
+      return Status::NotFound("connection " + Quote(*target.connection) +
+                                  " does not exist in integration " + Quote(target.integration),
+                              StatusSubject::kConnection);
+    }
+  }
+  // Each selector as a packed (sync, variant) pair.
+  std::vector<std::uint64_t> wanted;
+  wanted.reserve(target.syncs.size());
+  for (std::size_t i = 0; i < target.syncs.size(); ++i) {
+    const SyncSelector& sel = target.syncs[i];
     std::uint32_t variant = FindVariant(sel.variant);
     if (variant == kNone) {
       return Status::NotFound("variant " + Quote(sel.variant) + " of sync " + Quote(sel.name) +
-                              " does not exist" +
-                              (target.connection ? " on connection " + Quote(*target.connection)
-                                                 : std::string(" on any connection")));
+                                  " does not exist" +
+                                  (target.connection ? " on connection " + Quote(*target.connection)
+                                                     : std::string(" on any connection")),
+                              StatusSubject::kVariant);
     }
-    wanted.push_back(std::uint64_t{sync} << 32 | variant);
+    wanted.push_back(std::uint64_t{sync_ids[i]} << 32 | variant);
   }
   std::sort(wanted.begin(), wanted.end());
   wanted.erase(std::unique(wanted.begin(), wanted.end()), wanted.end());
   std::vector<bool> matched(wanted.size(), false);
 
   std::vector<std::uint32_t> out;
-  auto take = [&](std::uint32_t conn) {
-    for (std::uint32_t s : connections[conn].schedules) {
+  auto take = [&](std::uint32_t c) {
+    for (std::uint32_t s : connections[c].schedules) {
       if (wanted.empty()) {
         out.push_back(s);
         continue;
@@ -198,15 +217,10 @@ Result<std::vector<std::uint32_t>> Catalog::Resolve(const Target& target) const 
       }
     }
   };
-  if (target.connection) {
-    std::uint32_t conn = FindConnection(integ, *target.connection);
-    if (conn == kNone) {
-      return Status::NotFound("connection " + Quote(*target.connection) +
-                              " does not exist in integration " + Quote(target.integration));
-    }
+  if (conn != kNone) {
     take(conn);
   } else {
-    for (std::uint32_t conn : integrations[integ].connections) take(conn);
+    for (std::uint32_t c : integrations[integ].connections) take(c);
   }
   for (std::size_t i = 0; i < wanted.size(); ++i) {
     if (matched[i]) continue;
@@ -217,7 +231,11 @@ Result<std::vector<std::uint32_t>> Catalog::Resolve(const Target& target) const 
                             : "on any connection of integration " + Quote(target.integration);
     std::string name = sync;
     name.append("::").append(variant);
-    return Status::NotFound("sync " + Quote(name) + " has no schedule " + where);
+    // The sync exists; what is missing is its variant's schedule (for `base`, which every
+    // connection has, the sync's: there is no connection to have it).
+    StatusSubject subject =
+        variant == kBaseVariant ? StatusSubject::kSync : StatusSubject::kVariant;
+    return Status::NotFound("sync " + Quote(name) + " has no schedule " + where, subject);
   }
   return out;
 }

@@ -67,13 +67,13 @@ Status Engine::DefineSync(std::string_view integration, const SyncDefinition& sy
 Status Engine::RegisterCallback(std::string_view integration, std::string_view sync,
                                 SyncCallback callback) {
   if (!callback)
-    return Status::InvalidArgument("callback for sync " + core::Quote(sync) + " is empty");
+    return Status::InvalidField("callback", "callback for sync " + core::Quote(sync) + " is empty");
   return core_->RegisterCallback(integration, sync, core::Callback{std::move(callback), nullptr});
 }
 Status Engine::RegisterAsyncCallback(std::string_view integration, std::string_view sync,
                                      AsyncSyncCallback callback) {
   if (!callback)
-    return Status::InvalidArgument("callback for sync " + core::Quote(sync) + " is empty");
+    return Status::InvalidField("callback", "callback for sync " + core::Quote(sync) + " is empty");
   return core_->RegisterCallback(integration, sync, core::Callback{nullptr, std::move(callback)});
 }
 void Engine::SetFallbackCallback(SyncCallback callback) {
@@ -85,7 +85,9 @@ Status Engine::AddConnection(std::string_view integration, std::string_view conn
 Status Engine::DeleteConnection(std::string_view integration, std::string_view connection) {
   return core_->DeleteConnection(integration, connection);
 }
-Status Engine::CreateVariant(const ScheduleKey& key) { return core_->CreateVariant(key); }
+Result<ScheduleStatus> Engine::CreateVariant(const ScheduleKey& key) {
+  return core_->CreateVariant(key);
+}
 Status Engine::DeleteVariant(const ScheduleKey& key) { return core_->DeleteVariant(key); }
 Result<CommandResult> Engine::Start(const Target& target) { return core_->Start(target); }
 Result<CommandResult> Engine::Pause(const Target& target) { return core_->Pause(target); }

@@ -42,28 +42,34 @@ EngineCore::EngineCore(Options options) : options_(std::move(options)) {}
 Result<std::shared_ptr<EngineCore>> EngineCore::Create(Options options, StoreWrapper wrap) {
   if (options.frequency_bounds.min.count() <= 0 ||
       options.frequency_bounds.max < options.frequency_bounds.min) {
-    return Status::InvalidArgument(
+    return Status::InvalidField(
+        "options.frequency_bounds",
         "options.frequency_bounds: min must be positive and no greater than max");
   }
   if (options.default_run_timeout.count() <= 0 || options.default_run_timeout > kMaxDuration) {
-    return Status::InvalidArgument(
+    return Status::InvalidField(
+        "options.default_run_timeout",
         "options.default_run_timeout is " + std::to_string(options.default_run_timeout.count()) +
-        " ms; it must be positive and at most " + FormatFrequency(kMaxDuration));
+            " ms; it must be positive and at most " + FormatFrequency(kMaxDuration));
   }
   if (!options.run_executor && options.worker_threads == 0) {
-    return Status::InvalidArgument("options.worker_threads must be at least 1");
+    return Status::InvalidField("options.worker_threads",
+                                "options.worker_threads must be at least 1");
   }
   if (!(options.catch_up_per_second >= 0) || std::isinf(options.catch_up_per_second)) {
-    return Status::InvalidArgument("options.catch_up_per_second is " +
-                                   std::to_string(options.catch_up_per_second) +
-                                   "; it must be 0 (unlimited) or a positive finite rate");
+    return Status::InvalidField("options.catch_up_per_second",
+                                "options.catch_up_per_second is " +
+                                    std::to_string(options.catch_up_per_second) +
+                                    "; it must be 0 (unlimited) or a positive finite rate");
   }
   if (options.max_fires_per_wakeup == 0) {
-    return Status::InvalidArgument("options.max_fires_per_wakeup must be at least 1");
+    return Status::InvalidField("options.max_fires_per_wakeup",
+                                "options.max_fires_per_wakeup must be at least 1");
   }
   if (options.run_history > 1000) {
-    return Status::InvalidArgument("options.run_history is " + std::to_string(options.run_history) +
-                                   "; at most 1000");
+    return Status::InvalidField(
+        "options.run_history",
+        "options.run_history is " + std::to_string(options.run_history) + "; at most 1000");
   }
   std::shared_ptr<EngineCore> core(new EngineCore(std::move(options)));
   if (Status s = core->Init(wrap); !s.ok()) {
@@ -1009,23 +1015,25 @@ ScheduleStatus EngineCore::StatusOf(std::uint32_t schedule) const {
 
 Status EngineCore::DefineSync(std::string_view integration, const SyncDefinition& def) {
   if (Status s = ValidateIntegration(integration); !s.ok()) return s;
-  if (Status s = ValidateName(def.name, "sync name"); !s.ok()) return s;
+  if (Status s = ValidateName(def.name, "sync name", StatusSubject::kSync); !s.ok()) return s;
   auto freq = ParseFrequency(def.frequency, options_.frequency_bounds);
   if (!freq.ok()) {
-    return Status::InvalidArgument("sync " + Quote(def.name) + ": " + freq.status().message());
+    return Status::InvalidField("frequency",
+                                "sync " + Quote(def.name) + ": " + freq.status().message());
   }
   auto bounded = [&](std::optional<Millis> d, const char* field) -> Status {
     if (d && (d->count() <= 0 || *d > kMaxDuration)) {
-      return Status::InvalidArgument("sync " + Quote(def.name) + ": " + field + " is " +
-                                     std::to_string(d->count()) + " ms; it must be positive and " +
-                                     "at most " + FormatFrequency(kMaxDuration));
+      return Status::InvalidField(
+          field, "sync " + Quote(def.name) + ": " + field + " is " + std::to_string(d->count()) +
+                     " ms; it must be positive and " + "at most " + FormatFrequency(kMaxDuration));
     }
     return Status();
   };
   if (Status s = bounded(def.timeout, "timeout"); !s.ok()) return s;
   if (Status s = bounded(def.heartbeat_timeout, "heartbeat_timeout"); !s.ok()) return s;
   if (def.retry.max < 0 || def.retry.max > 100) {
-    return Status::InvalidArgument("sync " + Quote(def.name) + ": retry.max must be 0 to 100");
+    return Status::InvalidField("retry.max",
+                                "sync " + Quote(def.name) + ": retry.max must be 0 to 100");
   }
   if (def.retry.max > 0) {
     if (Status s = bounded(def.retry.backoff, "retry.backoff"); !s.ok()) return s;
@@ -1103,7 +1111,7 @@ Status EngineCore::DefineSync(std::string_view integration, const SyncDefinition
 Status EngineCore::RegisterCallback(std::string_view integration, std::string_view sync,
                                     Callback cb) {
   if (Status s = ValidateIntegration(integration); !s.ok()) return s;
-  if (Status s = ValidateName(sync, "sync name"); !s.ok()) return s;
+  if (Status s = ValidateName(sync, "sync name", StatusSubject::kSync); !s.ok()) return s;
   auto ptr = std::make_shared<const Callback>(std::move(cb));
   MutexLock lock(mu_);
   callbacks_[CallbackKey(integration, sync)] = ptr;
@@ -1129,10 +1137,12 @@ Status EngineCore::AddConnection(std::string_view integration, std::string_view 
     if (shut_down_) return Status::FailedPrecondition("the engine is shut down");
     std::uint32_t integ = cat_.FindIntegration(integration);
     if (integ == kNone)
-      return Status::NotFound("integration " + Quote(integration) + " does not exist");
+      return Status::NotFound("integration " + Quote(integration) + " does not exist",
+                              StatusSubject::kIntegration);
     if (cat_.FindConnection(integ, connection) != kNone) {
       return Status::AlreadyExists("connection " + Quote(connection) +
-                                   " already exists in integration " + Quote(integration));
+                                       " already exists in integration " + Quote(integration),
+                                   StatusSubject::kConnection);
     }
     Txn tx = Begin(/*undoable=*/true);
     if (store_)
@@ -1148,17 +1158,21 @@ Status EngineCore::AddConnection(std::string_view integration, std::string_view 
 }
 
 Status EngineCore::DeleteConnection(std::string_view integration, std::string_view connection) {
+  if (Status s = ValidateIntegration(integration); !s.ok()) return s;
+  if (Status s = ValidateConnection(connection); !s.ok()) return s;
   Effects fx;
   {
     MutexLock lock(mu_);
     if (shut_down_) return Status::FailedPrecondition("the engine is shut down");
     std::uint32_t integ = cat_.FindIntegration(integration);
     if (integ == kNone)
-      return Status::NotFound("integration " + Quote(integration) + " does not exist");
+      return Status::NotFound("integration " + Quote(integration) + " does not exist",
+                              StatusSubject::kIntegration);
     std::uint32_t conn = cat_.FindConnection(integ, connection);
     if (conn == kNone) {
       return Status::NotFound("connection " + Quote(connection) +
-                              " does not exist in integration " + Quote(integration));
+                                  " does not exist in integration " + Quote(integration),
+                              StatusSubject::kConnection);
     }
     Txn tx = Begin(/*undoable=*/true);
     if (store_)
@@ -1173,45 +1187,55 @@ Status EngineCore::DeleteConnection(std::string_view integration, std::string_vi
   return Status();
 }
 
-Status EngineCore::CreateVariant(const ScheduleKey& key) {
-  if (Status s = ValidateName(key.variant, "variant"); !s.ok()) return s;
+Result<ScheduleStatus> EngineCore::CreateVariant(const ScheduleKey& key) {
+  if (Status s = ValidateKey(key); !s.ok()) return s;
   if (key.variant == kBaseVariant) {
-    return Status::InvalidArgument("variant \"base\" always exists and cannot be created");
+    return Status::InvalidArgument("variant \"base\" always exists and cannot be created",
+                                   StatusSubject::kVariant);
   }
+  ScheduleStatus created;
   Effects fx;
   {
     MutexLock lock(mu_);
     if (shut_down_) return Status::FailedPrecondition("the engine is shut down");
     std::uint32_t integ = cat_.FindIntegration(key.integration);
     if (integ == kNone)
-      return Status::NotFound("integration " + Quote(key.integration) + " does not exist");
+      return Status::NotFound("integration " + Quote(key.integration) + " does not exist",
+                              StatusSubject::kIntegration);
     std::uint32_t sync = cat_.FindSync(integ, key.sync);
     if (sync == kNone) {
-      return Status::NotFound("sync " + Quote(key.sync) + " does not exist in integration " +
-                              Quote(key.integration));
+      return Status::NotFound(
+          "sync " + Quote(key.sync) + " does not exist in integration " + Quote(key.integration),
+          StatusSubject::kSync);
     }
     std::uint32_t conn = cat_.FindConnection(integ, key.connection);
     if (conn == kNone) {
       return Status::NotFound("connection " + Quote(key.connection) +
-                              " does not exist in integration " + Quote(key.integration));
+                                  " does not exist in integration " + Quote(key.integration),
+                              StatusSubject::kConnection);
     }
     std::uint32_t variant = cat_.FindVariant(key.variant);
     if (variant != kNone && cat_.FindSchedule(conn, sync, variant) != kNone) {
       return Status::AlreadyExists("variant " + Quote(key.variant) + " of sync " + Quote(key.sync) +
-                                   " already exists on connection " + Quote(key.connection));
+                                       " already exists on connection " + Quote(key.connection),
+                                   StatusSubject::kVariant);
     }
     Txn tx = Begin(/*undoable=*/true);
-    CreateSchedule(tx, conn, sync, cat_.InternVariant(key.variant));
+    std::uint32_t interned = cat_.InternVariant(key.variant);
+    CreateSchedule(tx, conn, sync, interned);
     if (Status st = Commit(tx); !st.ok()) return st;
     fx = std::move(tx.fx);
+    created = StatusOf(cat_.FindSchedule(conn, sync, interned));
   }
   Apply(fx);
-  return Status();
+  return created;
 }
 
 Status EngineCore::DeleteVariant(const ScheduleKey& key) {
+  if (Status s = ValidateKey(key); !s.ok()) return s;
   if (key.variant == kBaseVariant) {
-    return Status::InvalidArgument("variant \"base\" always exists and cannot be deleted");
+    return Status::InvalidArgument("variant \"base\" always exists and cannot be deleted",
+                                   StatusSubject::kVariant);
   }
   Effects fx;
   {
@@ -1219,22 +1243,26 @@ Status EngineCore::DeleteVariant(const ScheduleKey& key) {
     if (shut_down_) return Status::FailedPrecondition("the engine is shut down");
     std::uint32_t integ = cat_.FindIntegration(key.integration);
     if (integ == kNone)
-      return Status::NotFound("integration " + Quote(key.integration) + " does not exist");
+      return Status::NotFound("integration " + Quote(key.integration) + " does not exist",
+                              StatusSubject::kIntegration);
     std::uint32_t sync = cat_.FindSync(integ, key.sync);
     if (sync == kNone) {
-      return Status::NotFound("sync " + Quote(key.sync) + " does not exist in integration " +
-                              Quote(key.integration));
+      return Status::NotFound(
+          "sync " + Quote(key.sync) + " does not exist in integration " + Quote(key.integration),
+          StatusSubject::kSync);
     }
     std::uint32_t conn = cat_.FindConnection(integ, key.connection);
     if (conn == kNone) {
       return Status::NotFound("connection " + Quote(key.connection) +
-                              " does not exist in integration " + Quote(key.integration));
+                                  " does not exist in integration " + Quote(key.integration),
+                              StatusSubject::kConnection);
     }
     std::uint32_t variant = cat_.FindVariant(key.variant);
     std::uint32_t sched = variant == kNone ? kNone : cat_.FindSchedule(conn, sync, variant);
     if (sched == kNone) {
       return Status::NotFound("variant " + Quote(key.variant) + " of sync " + Quote(key.sync) +
-                              " does not exist on connection " + Quote(key.connection));
+                                  " does not exist on connection " + Quote(key.connection),
+                              StatusSubject::kVariant);
     }
     Txn tx = Begin(/*undoable=*/true);
     DeleteSchedules(tx, {sched});
@@ -1250,6 +1278,7 @@ Status EngineCore::DeleteVariant(const ScheduleKey& key) {
 // Schedule commands
 
 Result<CommandResult> EngineCore::Start(const Target& target) {
+  if (Status s = ValidateTarget(target); !s.ok()) return s;
   CommandResult result;
   Effects fx;
   {
@@ -1276,6 +1305,7 @@ Result<CommandResult> EngineCore::Start(const Target& target) {
 }
 
 Result<CommandResult> EngineCore::Pause(const Target& target) {
+  if (Status s = ValidateTarget(target); !s.ok()) return s;
   CommandResult result;
   Effects fx;
   {
@@ -1314,6 +1344,7 @@ Result<CommandResult> EngineCore::Pause(const Target& target) {
 }
 
 Result<CommandResult> EngineCore::Trigger(const Target& target, RunMode mode) {
+  if (Status s = ValidateTarget(target); !s.ok()) return s;
   CommandResult result;
   Effects fx;
   {
@@ -1358,6 +1389,7 @@ Result<CommandResult> EngineCore::Trigger(const Target& target, RunMode mode) {
 }
 
 Result<std::vector<ScheduleStatus>> EngineCore::GetStatus(const Target& target) {
+  if (Status s = ValidateTarget(target); !s.ok()) return s;
   std::vector<ScheduleStatus> out;
   {
     MutexLock lock(mu_);
@@ -1380,10 +1412,11 @@ Result<std::vector<ScheduleStatus>> EngineCore::GetStatus(const Target& target) 
 
 Result<Millis> EngineCore::UpdateFrequency(const ScheduleKey& key,
                                            std::optional<std::string> frequency) {
+  if (Status s = ValidateKey(key); !s.ok()) return s;
   std::int64_t override_ms = 0;
   if (frequency) {
     auto f = ParseFrequency(*frequency, options_.frequency_bounds);
-    if (!f.ok()) return f.status();
+    if (!f.ok()) return f.status().WithSubject(StatusSubject::kField, "frequency");
     override_ms = f->count();
   }
   MutexLock lock(mu_);

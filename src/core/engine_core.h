@@ -93,7 +93,7 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   void SetFallbackCallback(Callback cb) EXCLUDES(mu_);
   Status AddConnection(std::string_view integration, std::string_view connection) EXCLUDES(mu_);
   Status DeleteConnection(std::string_view integration, std::string_view connection) EXCLUDES(mu_);
-  Status CreateVariant(const ScheduleKey& key) EXCLUDES(mu_);
+  Result<ScheduleStatus> CreateVariant(const ScheduleKey& key) EXCLUDES(mu_);
   Status DeleteVariant(const ScheduleKey& key) EXCLUDES(mu_);
   Result<CommandResult> Start(const Target& target) EXCLUDES(mu_);
   Result<CommandResult> Pause(const Target& target) EXCLUDES(mu_);

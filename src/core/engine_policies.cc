@@ -274,13 +274,15 @@ void DecodePolicy(std::string_view text, SyncInfo& sync) {
 
 Status EngineCore::SetIntegrationLimits(std::string_view integration,
                                         const IntegrationLimits& limits) {
+  if (Status s = ValidateIntegration(integration); !s.ok()) return s;
   Effects fx;
   {
     MutexLock lock(mu_);
     if (shut_down_) return Status::FailedPrecondition("the engine is shut down");
     std::uint32_t integ = cat_.FindIntegration(integration);
     if (integ == kNone) {
-      return Status::NotFound("integration " + Quote(integration) + " does not exist");
+      return Status::NotFound("integration " + Quote(integration) + " does not exist",
+                              StatusSubject::kIntegration);
     }
     Txn tx = Begin(/*undoable=*/true);
     if (store_) {
@@ -300,8 +302,8 @@ Status EngineCore::SetIntegrationLimits(std::string_view integration,
 Result<std::vector<ForecastMinute>> EngineCore::Forecast(Millis horizon,
                                                          std::optional<std::string> integration) {
   if (horizon.count() <= 0 || horizon > std::chrono::hours(24 * 7)) {
-    return Status::InvalidArgument("forecast horizon " + std::to_string(horizon.count()) +
-                                   " ms must be positive and at most 7 days");
+    return Status::InvalidField("horizon", "forecast horizon " + std::to_string(horizon.count()) +
+                                               " ms must be positive and at most 7 days");
   }
   // The engine's lock is held only to copy a slice of schedules at a time (kSlice of them, a few
   // hundred microseconds); the slots are counted without it, so a forecast over a million
@@ -313,6 +315,9 @@ Result<std::vector<ForecastMinute>> EngineCore::Forecast(Millis horizon,
     std::uint32_t integration;
     bool hinted;
   };
+  if (integration) {
+    if (Status s = ValidateIntegration(*integration); !s.ok()) return s;
+  }
   std::uint32_t only = kNone;
   std::int64_t now = 0;
   {
@@ -320,7 +325,8 @@ Result<std::vector<ForecastMinute>> EngineCore::Forecast(Millis horizon,
     if (integration) {
       only = cat_.FindIntegration(*integration);
       if (only == kNone) {
-        return Status::NotFound("integration " + Quote(*integration) + " does not exist");
+        return Status::NotFound("integration " + Quote(*integration) + " does not exist",
+                                StatusSubject::kIntegration);
       }
     }
     now = NowMs();

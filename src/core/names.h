@@ -1,7 +1,8 @@
 // Validation of the names that make up a schedule key (SPEC §1). Each check returns
 // INVALID_ARGUMENT with a message that names the field, quotes the input and says what is
-// accepted. These are the only copies of the rules: the HTTP codec (src/codec) and the daemon's
-// configuration call them with their own field names.
+// accepted, and with the Status's subject set to the part of the key (StatusSubject). These are the
+// only copies of the rules: the HTTP codec (src/codec) and the daemon's configuration call them
+// with their own field names.
 #pragma once
 
 #include <cstddef>
@@ -10,6 +11,7 @@
 #include <string_view>
 
 #include "syncsched/status.h"
+#include "syncsched/types.h"
 
 namespace syncsched::core {
 
@@ -33,7 +35,14 @@ Status ValidateIntegration(std::string_view key, std::string_view field = "integ
 // connection_id: 1..255 bytes of UTF-8 without control characters (FindTextFault).
 Status ValidateConnection(std::string_view id, std::string_view field = "connection");
 // sync names and variants: ^[a-zA-Z0-9_-]+$, 1..255 bytes. `what` is "sync name" or "variant"
-// (or the request's field name: "sync_name", "sync_variant").
-Status ValidateName(std::string_view name, std::string_view what);
+// (or the request's field name: "sync_name", "sync_variant"); `subject` kSync or kVariant.
+Status ValidateName(std::string_view name, std::string_view what,
+                    StatusSubject subject = StatusSubject::kSync);
+
+// Every name of a command's target or key, in the order integration, connection, syncs (name
+// then variant): the first malformed one's error. Every command calls one of these first, so that
+// a malformed name is INVALID_ARGUMENT in every command and NOT_FOUND means well formed but absent.
+Status ValidateTarget(const Target& target);
+Status ValidateKey(const ScheduleKey& key);
 
 }  // namespace syncsched::core

@@ -31,14 +31,45 @@ std::string_view StatusCodeName(StatusCode code) {
   return "UNKNOWN";  // a value cast from outside the enumeration
 }
 
-Status::Status(StatusCode code, std::string message) {
-  // An OK code always yields the canonical (allocation-free) OK status; its message is dropped.
-  if (code != StatusCode::kOk) rep_ = std::make_shared<const Rep>(Rep{code, std::move(message)});
+std::string_view StatusSubjectName(StatusSubject subject) {
+  switch (subject) {
+    case StatusSubject::kNone:
+      return "none";
+    case StatusSubject::kIntegration:
+      return "integration";
+    case StatusSubject::kConnection:
+      return "connection";
+    case StatusSubject::kSync:
+      return "sync";
+    case StatusSubject::kVariant:
+      return "variant";
+    case StatusSubject::kField:
+      return "field";
+  }
+  return "unknown";
 }
 
-const std::string& Status::message() const {
+namespace {
+const std::string& Empty() {
   static const std::string* const kEmpty = new std::string();  // never destroyed
-  return rep_ ? rep_->message : *kEmpty;
+  return *kEmpty;
+}
+}  // namespace
+
+Status::Status(StatusCode code, std::string message, StatusSubject subject, std::string field) {
+  // An OK code always yields the canonical (allocation-free) OK status; its message is dropped.
+  if (code == StatusCode::kOk) return;
+  if (subject != StatusSubject::kField) field.clear();
+  rep_ = std::make_shared<const Rep>(Rep{code, std::move(message), subject, std::move(field)});
+}
+
+const std::string& Status::message() const { return rep_ ? rep_->message : Empty(); }
+
+const std::string& Status::field() const { return rep_ ? rep_->field : Empty(); }
+
+Status Status::WithSubject(StatusSubject subject, std::string field) const {
+  if (ok()) return *this;
+  return Status(rep_->code, rep_->message, subject, std::move(field));
 }
 
 std::string Status::ToString() const {

@@ -123,44 +123,67 @@ bool IsAlnum(char c) {
 }  // namespace
 
 Status ValidateIntegration(std::string_view key, std::string_view field) {
+  constexpr StatusSubject kSubject = StatusSubject::kIntegration;
   if (key.empty() || key.size() > 255) {
-    return Status::InvalidArgument(std::string(field) + " " + QuoteCut(key) +
-                                   " must be 1 to 255 bytes");
+    return Status::InvalidArgument(
+        std::string(field) + " " + QuoteCut(key) + " must be 1 to 255 bytes", kSubject);
   }
   for (char c : key) {
     if (!IsAlnum(c) && c != '~' && c != ':' && c != '.' && c != '@' && c != ' ' && c != '_' &&
         c != '-') {
-      return Status::InvalidArgument(std::string(field) + " " + QuoteCut(key) +
-                                     " must match ^[a-zA-Z0-9~:.@ _-]+$");
+      return Status::InvalidArgument(
+          std::string(field) + " " + QuoteCut(key) + " must match ^[a-zA-Z0-9~:.@ _-]+$", kSubject);
     }
   }
   return Status();
 }
 
 Status ValidateConnection(std::string_view id, std::string_view field) {
+  constexpr StatusSubject kSubject = StatusSubject::kConnection;
   if (id.empty() || id.size() > 255) {
-    return Status::InvalidArgument(std::string(field) + " " + QuoteCut(id) +
-                                   " must be 1 to 255 bytes");
+    return Status::InvalidArgument(
+        std::string(field) + " " + QuoteCut(id) + " must be 1 to 255 bytes", kSubject);
   }
   if (std::optional<TextFault> fault = FindTextFault(id)) {
-    return Status::InvalidArgument(std::string(field) + " " + QuoteCut(id) + " " +
-                                   Describe(*fault));
+    return Status::InvalidArgument(std::string(field) + " " + QuoteCut(id) + " " + Describe(*fault),
+                                   kSubject);
   }
   return Status();
 }
 
-Status ValidateName(std::string_view name, std::string_view what) {
+Status ValidateName(std::string_view name, std::string_view what, StatusSubject subject) {
   if (name.empty() || name.size() > 255) {
-    return Status::InvalidArgument(std::string(what) + " " + QuoteCut(name) +
-                                   " must be 1 to 255 bytes");
+    return Status::InvalidArgument(
+        std::string(what) + " " + QuoteCut(name) + " must be 1 to 255 bytes", subject);
   }
   for (char c : name) {
     if (!IsAlnum(c) && c != '_' && c != '-') {
-      return Status::InvalidArgument(std::string(what) + " " + QuoteCut(name) +
-                                     " must match ^[a-zA-Z0-9_-]+$");
+      return Status::InvalidArgument(
+          std::string(what) + " " + QuoteCut(name) + " must match ^[a-zA-Z0-9_-]+$", subject);
     }
   }
   return Status();
+}
+
+Status ValidateTarget(const Target& target) {
+  if (Status s = ValidateIntegration(target.integration); !s.ok()) return s;
+  if (target.connection) {
+    if (Status s = ValidateConnection(*target.connection); !s.ok()) return s;
+  }
+  for (const SyncSelector& sel : target.syncs) {
+    if (Status s = ValidateName(sel.name, "sync name", StatusSubject::kSync); !s.ok()) return s;
+    if (Status s = ValidateName(sel.variant, "variant", StatusSubject::kVariant); !s.ok()) {
+      return s;
+    }
+  }
+  return Status();
+}
+
+Status ValidateKey(const ScheduleKey& key) {
+  if (Status s = ValidateIntegration(key.integration); !s.ok()) return s;
+  if (Status s = ValidateConnection(key.connection); !s.ok()) return s;
+  if (Status s = ValidateName(key.sync, "sync name", StatusSubject::kSync); !s.ok()) return s;
+  return ValidateName(key.variant, "variant", StatusSubject::kVariant);
 }
 
 }  // namespace core
@@ -173,12 +196,18 @@ Result<SyncSelector> SyncSelector::Parse(std::string_view text) {
   SyncSelector sel;
   std::size_t sep = text.find("::");
   std::string_view name = text.substr(0, sep);
-  if (Status s = core::ValidateName(name, "sync name"); !s.ok()) return s;
+  // Errors quote the whole text too: `sync name "" ...` alone would not say which input it was.
+  if (Status s = core::ValidateName(name, "sync name", StatusSubject::kSync); !s.ok()) {
+    if (sep == std::string_view::npos) return s;  // the name is the whole text, quoted already
+    return Status::InvalidArgument(s.message() + " (in " + core::Quote(text) + ")",
+                                   StatusSubject::kSync);
+  }
   sel.name = std::string(name);
   if (sep != std::string_view::npos) {
     std::string_view variant = text.substr(sep + 2);
-    if (Status s = core::ValidateName(variant, "variant"); !s.ok()) {
-      return Status::InvalidArgument(s.message() + " (in " + core::Quote(text) + ")");
+    if (Status s = core::ValidateName(variant, "variant", StatusSubject::kVariant); !s.ok()) {
+      return Status::InvalidArgument(s.message() + " (in " + core::Quote(text) + ")",
+                                     StatusSubject::kVariant);
     }
     sel.variant = std::string(variant);
   }

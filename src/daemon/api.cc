@@ -11,7 +11,6 @@ namespace {
 
 using codec::ApiError;
 using codec::Json;
-using codec::Subject;
 
 HttpResponse JsonResponse(unsigned status, const Json& body) {
   HttpResponse r;
@@ -28,14 +27,63 @@ HttpResponse SuccessResponse() {
   return r;
 }
 
-std::vector<std::string> SyncNames(const std::vector<SyncSelector>& syncs) {
-  std::vector<std::string> names;
-  names.reserve(syncs.size());
-  for (const SyncSelector& s : syncs) names.push_back(s.name);
-  return names;
+// How each route names the parts of a key, for the engine's errors (codec::ErrorFromStatus).
+constexpr codec::RequestFields kTargetFields{};  // start, pause, trigger, status, connections
+constexpr codec::RequestFields kFrequencyFields{.sync = "sync_name", .variant = "sync_variant"};
+constexpr codec::RequestFields kVariantFields{
+    .sync = "name", .variant = "variant", .variant_in_path = true};
+
+HttpResponse StatusResponse(const Status& s, const codec::RequestFields& fields = kTargetFields) {
+  return Api::ErrorResponse(codec::ErrorFromStatus(s, fields));
+}
+
+// "/sync/{name}/variant/{variant}" -> {"sync", "{name}", "variant", "{variant}"}.
+std::vector<std::string_view> PatternSegments(std::string_view pattern) {
+  std::vector<std::string_view> out;
+  std::size_t i = pattern.empty() || pattern[0] != '/' ? 0 : 1;
+  while (i <= pattern.size()) {
+    std::size_t slash = pattern.find('/', i);
+    if (slash == std::string_view::npos) slash = pattern.size();
+    out.push_back(pattern.substr(i, slash - i));
+    i = slash + 1;
+  }
+  return out;
+}
+
+bool IsParameter(std::string_view segment) {
+  return segment.size() >= 2 && segment.front() == '{' && segment.back() == '}';
 }
 
 }  // namespace
+
+// The route table. Everything about a route is here; see RouteInfo in api.h.
+const std::vector<Api::RouteEntry>& Api::Table() {
+  static const std::vector<RouteEntry> kTable = {
+      {{"GET", "/health", {}, Takes::kNone}, &Api::OnHealth},
+      {{"GET", "/metrics", kScopeSyncsRead, Takes::kNone}, &Api::OnMetrics},
+      {{"POST", "/sync/start", kScopeSyncsExecute, Takes::kBody}, &Api::OnStart},
+      {{"POST", "/sync/pause", kScopeSyncsExecute, Takes::kBody}, &Api::OnPause},
+      {{"POST", "/sync/trigger", kScopeSyncsExecute, Takes::kBody}, &Api::OnTrigger},
+      {{"GET", "/sync/status", kScopeSyncsRead, Takes::kQuery}, &Api::OnStatus},
+      {{"GET", "/schedules/forecast", kScopeSyncsRead, Takes::kQuery}, &Api::OnForecast},
+      {{"PUT", "/sync/update-connection-frequency", kScopeSyncsUpdate, Takes::kBody},
+       &Api::OnFrequency},
+      {{"POST", "/sync/{name}/variant/{variant}", kScopeSyncsUpdate, Takes::kBody},
+       &Api::OnCreateVariant},
+      {{"DELETE", "/sync/{name}/variant/{variant}", kScopeSyncsUpdate, Takes::kBody},
+       &Api::OnDeleteVariant},
+      {{"POST", "/connections", kScopeConnectionsWrite, Takes::kBody}, &Api::OnAddConnection},
+      {{"DELETE", "/connections/{connection_id}", kScopeConnectionsWrite, Takes::kQuery},
+       &Api::OnDeleteConnection},
+  };
+  return kTable;
+}
+
+std::vector<Api::RouteInfo> Api::Routes() {
+  std::vector<RouteInfo> out;
+  for (const RouteEntry& e : Table()) out.push_back(e.info);
+  return out;
+}
 
 Api::Api(Engine& engine, const Config& config, Logger& log,
          std::function<codec::DaemonMetrics()> daemon_metrics)
@@ -43,12 +91,7 @@ Api::Api(Engine& engine, const Config& config, Logger& log,
       log_(log),
       auth_(config.api_keys),
       daemon_metrics_(std::move(daemon_metrics)),
-      max_json_depth_(config.limits.max_json_depth) {
-  for (const IntegrationConfig& integration : config.integrations) {
-    auto& syncs = catalog_[integration.key];
-    for (const SyncConfig& sync : integration.syncs) syncs.insert(sync.name);
-  }
-}
+      max_json_depth_(config.limits.max_json_depth) {}
 
 HttpResponse Api::ErrorResponse(const ApiError& error) {
   HttpResponse r = JsonResponse(error.http_status, codec::EncodeError(error));
@@ -56,68 +99,37 @@ HttpResponse Api::ErrorResponse(const ApiError& error) {
   return r;
 }
 
-Api::Resolved Api::Resolve(std::string_view method, std::string_view path) const {
+Api::Resolved Api::Resolve(std::string_view method, std::string_view path) {
   auto segments = codec::SplitPath(path);
   if (!segments.ok()) return {std::nullopt, segments.error(), {}};
   const std::vector<std::string>& s = segments.value();
 
-  std::optional<RouteId> id;
-  std::string_view allow;
-  std::vector<std::string> params;
-  if (s.size() == 1 && s[0] == "health") {
-    id = RouteId::kHealth, allow = "GET";
-  } else if (s.size() == 1 && s[0] == "metrics") {
-    id = RouteId::kMetrics, allow = "GET";
-  } else if (s.size() == 1 && s[0] == "connections") {
-    id = RouteId::kConnections, allow = "POST";
-  } else if (s.size() == 2 && s[0] == "connections") {
-    id = RouteId::kConnection, allow = "DELETE", params = {s[1]};
-  } else if (s.size() == 2 && s[0] == "sync") {
-    if (s[1] == "start") {
-      id = RouteId::kStart, allow = "POST";
-    } else if (s[1] == "pause") {
-      id = RouteId::kPause, allow = "POST";
-    } else if (s[1] == "trigger") {
-      id = RouteId::kTrigger, allow = "POST";
-    } else if (s[1] == "status") {
-      id = RouteId::kStatus, allow = "GET";
-    } else if (s[1] == "update-connection-frequency") {
-      id = RouteId::kFrequency, allow = "PUT";
+  // The patterns are parsed once; the table never changes.
+  static const std::vector<std::vector<std::string_view>> kPatterns = [] {
+    std::vector<std::vector<std::string_view>> out;
+    for (const RouteEntry& e : Table()) out.push_back(PatternSegments(e.info.pattern));
+    return out;
+  }();
+  const std::vector<RouteEntry>& table = Table();
+  std::string allow;  // the methods of the routes whose pattern matches, in table order
+  for (std::size_t i = 0; i < table.size(); ++i) {
+    const std::vector<std::string_view>& p = kPatterns[i];
+    if (p.size() != s.size()) continue;
+    bool match = true;
+    for (std::size_t k = 0; k < p.size() && match; ++k) match = IsParameter(p[k]) || p[k] == s[k];
+    if (!match) continue;
+    if (table[i].info.method == method) {
+      Route route{i, {}};
+      for (std::size_t k = 0; k < p.size(); ++k) {
+        if (IsParameter(p[k])) route.params.push_back(s[k]);
+      }
+      return {std::move(route), std::nullopt, {}};
     }
-  } else if (s.size() == 2 && s[0] == "schedules" && s[1] == "forecast") {
-    id = RouteId::kForecast, allow = "GET";
-  } else if (s.size() == 4 && s[0] == "sync" && s[2] == "variant") {
-    id = RouteId::kVariant, allow = "POST, DELETE", params = {s[1], s[3]};
+    if (!allow.empty()) allow += ", ";
+    allow += table[i].info.method;
   }
-  if (!id) return {std::nullopt, codec::errors::RouteNotFound(method, path), {}};
-  bool allowed =
-      method == allow || (allow == "POST, DELETE" && (method == "POST" || method == "DELETE"));
-  if (!allowed) {
-    return {std::nullopt, codec::errors::MethodNotAllowed(method, path, allow), std::string(allow)};
-  }
-  return {Route{*id, std::move(params)}, std::nullopt, {}};
-}
-
-std::string_view Api::ScopeOf(RouteId id) {
-  switch (id) {
-    case RouteId::kHealth:
-      return {};
-    case RouteId::kMetrics:
-    case RouteId::kStatus:
-    case RouteId::kForecast:
-      return kScopeSyncsRead;
-    case RouteId::kStart:
-    case RouteId::kPause:
-    case RouteId::kTrigger:
-      return kScopeSyncsExecute;
-    case RouteId::kFrequency:
-    case RouteId::kVariant:
-      return kScopeSyncsUpdate;
-    case RouteId::kConnections:
-    case RouteId::kConnection:
-      return kScopeConnectionsWrite;
-  }
-  return kScopeAll;
+  if (allow.empty()) return {std::nullopt, codec::errors::RouteNotFound(method, path), {}};
+  return {std::nullopt, codec::errors::MethodNotAllowed(method, path, allow), allow};
 }
 
 std::optional<HttpResponse> Api::Admit(std::string_view method, std::string_view target,
@@ -130,7 +142,7 @@ std::optional<HttpResponse> Api::Admit(std::string_view method, std::string_view
     r.allow = resolved.allow;
     return r;
   }
-  std::string_view scope = ScopeOf(resolved.route->id);
+  std::string_view scope = Table()[resolved.route->entry].info.scope;
   if (!scope.empty()) {
     if (auto denied = auth_.Check(authorization, scope)) return ErrorResponse(*denied);
   }
@@ -149,194 +161,136 @@ HttpResponse Api::Handle(const HttpRequest& request, const Admitted& admitted) {
   }
 }
 
-bool Api::ConnectionExists(const std::string& integration, const std::string& connection) const {
-  Target probe;
-  probe.integration = integration;
-  probe.connection = connection;
-  Result<std::vector<ScheduleStatus>> r = engine_.GetStatus(probe);
-  return r.ok() || !r.status().IsNotFound();
-}
-
-Api::Culprit Api::ClassifyNotFound(const std::string& integration,
-                                   const std::optional<std::string>& connection,
-                                   const std::vector<std::string>& syncs,
-                                   std::string_view sync_field, bool variant_in_path) const {
-  auto it = catalog_.find(integration);
-  if (it == catalog_.end()) return {Subject::kIntegration, "provider_config_key"};
-  for (const std::string& name : syncs) {
-    if (it->second.count(name) == 0) return {Subject::kSync, std::string(sync_field)};
-  }
-  if (connection && !ConnectionExists(integration, *connection)) {
-    return {Subject::kConnection, "connection_id"};
-  }
-  if (variant_in_path) return {Subject::kVariant, "variant"};
-  return {Subject::kSync, std::string(sync_field)};
-}
-
 HttpResponse Api::Dispatch(const Route& route, const HttpRequest& request) {
+  const RouteEntry& entry = Table()[route.entry];
+  const Takes takes = entry.info.takes;
   codec::RequestTarget target = codec::SplitTarget(request.target);
   auto query = codec::ParseQuery(target.query);
   if (!query.ok()) return ErrorResponse(query.error());
-  bool takes_query = route.id == RouteId::kStatus || route.id == RouteId::kForecast ||
-                     route.id == RouteId::kConnection;
-  if (!takes_query && !query->empty()) {
+  if (takes != Takes::kQuery && !query->empty()) {
     return ErrorResponse(ApiError{400, "unknown_field",
                                   "unknown query parameter " +
                                       codec::Dump(Json(query->front().first)) +
                                       "; this route takes none",
                                   query->front().first});
   }
-  bool takes_body = route.id != RouteId::kHealth && route.id != RouteId::kMetrics &&
-                    route.id != RouteId::kStatus && route.id != RouteId::kForecast &&
-                    route.id != RouteId::kConnection;
   Json body;
-  if (takes_body) {
+  if (takes == Takes::kBody) {
     auto parsed = codec::ParseJsonBody(request.body, max_json_depth_);
     if (!parsed.ok()) return ErrorResponse(parsed.error());
     body = std::move(parsed.value());
   } else if (request.body.find_first_not_of(" \t\r\n") != std::string_view::npos) {
     return ErrorResponse(codec::errors::UnexpectedBody());
   }
+  return (this->*entry.handler)(Call{request, route.params, *query, body});
+}
 
-  // An engine error of a command over `t`.
-  auto target_error = [&](const Status& s, const Target& t) {
-    if (!s.IsNotFound()) return ErrorResponse(codec::ErrorFromStatus(s));
-    Culprit c = ClassifyNotFound(t.integration, t.connection, SyncNames(t.syncs), "syncs", false);
-    return ErrorResponse(codec::ErrorFromStatus(s, c.subject, c.field));
-  };
+// ---- Handlers ----
 
-  switch (route.id) {
-    case RouteId::kHealth: {
-      // Unhealthy while the database refuses commits: no run starts then. The cause (it names
-      // the file) is in the log and /metrics, which need a key; /health needs none.
-      if (!engine_.GetMetrics().store_healthy) {
-        return JsonResponse(503, Json{{"status", "unhealthy"},
-                                      {"reason", "the database refuses commits; see the log"}});
-      }
-      return JsonResponse(200, Json{{"status", "ok"}});
-    }
-
-    case RouteId::kMetrics: {
-      HttpResponse r;
-      r.content_type = "text/plain; version=0.0.4; charset=utf-8";
-      r.body = codec::EncodePrometheus(engine_.GetMetrics(), daemon_metrics_());
-      return r;
-    }
-
-    case RouteId::kStart:
-    case RouteId::kPause: {
-      auto t = codec::DecodeTarget(body);
-      if (!t.ok()) return ErrorResponse(t.error());
-      t->report_keys = false;
-      Result<CommandResult> r = route.id == RouteId::kStart ? engine_.Start(*t) : engine_.Pause(*t);
-      if (!r.ok()) return target_error(r.status(), *t);
-      return SuccessResponse();
-    }
-
-    case RouteId::kTrigger: {
-      auto t = codec::DecodeTrigger(body);
-      if (!t.ok()) return ErrorResponse(t.error());
-      t->target.report_keys = false;
-      Result<CommandResult> r = engine_.Trigger(t->target, t->mode);
-      if (!r.ok()) return target_error(r.status(), t->target);
-      return SuccessResponse();
-    }
-
-    case RouteId::kStatus: {
-      auto t = codec::DecodeStatusQuery(*query);
-      if (!t.ok()) return ErrorResponse(t.error());
-      Result<std::vector<ScheduleStatus>> r = engine_.GetStatus(*t);
-      if (!r.ok()) return target_error(r.status(), *t);
-      return JsonResponse(200, codec::EncodeStatuses(*r));
-    }
-
-    case RouteId::kForecast: {
-      auto req = codec::DecodeForecastQuery(*query);
-      if (!req.ok()) return ErrorResponse(req.error());
-      Result<std::vector<ForecastMinute>> r =
-          engine_.Forecast(std::chrono::hours(req->hours), req->integration);
-      if (!r.ok()) {
-        return ErrorResponse(
-            codec::ErrorFromStatus(r.status(), Subject::kIntegration, "provider_config_key"));
-      }
-      return JsonResponse(200, codec::EncodeForecast(*r));
-    }
-
-    case RouteId::kFrequency: {
-      auto req = codec::DecodeFrequencyUpdate(body);
-      if (!req.ok()) return ErrorResponse(req.error());
-      Result<Millis> r = engine_.UpdateFrequency(req->key, req->frequency);
-      if (!r.ok()) {
-        const Status& s = r.status();
-        if (s.IsInvalidArgument()) {
-          return ErrorResponse(codec::ErrorFromStatus(s, Subject::kFrequency, "frequency"));
-        }
-        if (!s.IsNotFound()) return ErrorResponse(codec::ErrorFromStatus(s));
-        Culprit c = ClassifyNotFound(req->key.integration, req->key.connection, {req->key.sync},
-                                     "sync_name", false);
-        if (c.subject == Subject::kSync && req->key.variant != kBaseVariant &&
-            c.field == "sync_name") {
-          c.field = "sync_variant";  // the sync exists; its variant does not
-        }
-        return ErrorResponse(codec::ErrorFromStatus(s, c.subject, c.field));
-      }
-      return JsonResponse(200, codec::EncodeFrequency(*r));
-    }
-
-    case RouteId::kVariant: {
-      auto key = codec::DecodeVariant(route.params[0], route.params[1], body);
-      if (!key.ok()) return ErrorResponse(key.error());
-      bool create = request.method == "POST";
-      Status s = create ? engine_.CreateVariant(*key) : engine_.DeleteVariant(*key);
-      if (!s.ok()) {
-        if (s.IsNotFound()) {
-          Culprit c = ClassifyNotFound(key->integration, key->connection, {key->sync}, "name",
-                                       /*variant_in_path=*/!create);
-          return ErrorResponse(codec::ErrorFromStatus(s, c.subject, c.field));
-        }
-        return ErrorResponse(codec::ErrorFromStatus(s, Subject::kVariant, "variant"));
-      }
-      if (!create) return SuccessResponse();
-      // The new schedule's id, as Nango answers it.
-      Target t;
-      t.integration = key->integration;
-      t.connection = key->connection;
-      t.syncs = {SyncSelector{key->sync, key->variant}};
-      std::uint64_t id = 0;
-      if (auto st = engine_.GetStatus(t); st.ok() && !st->empty()) id = st->front().id;
-      return JsonResponse(200, codec::EncodeVariantCreated(*key, id));
-    }
-
-    case RouteId::kConnections: {
-      auto req = codec::DecodeCreateConnection(body);
-      if (!req.ok()) return ErrorResponse(req.error());
-      Status s = engine_.AddConnection(req->integration, req->connection);
-      if (!s.ok()) {
-        Subject subject = s.IsNotFound() ? Subject::kIntegration : Subject::kConnection;
-        std::string field = s.IsNotFound() ? "provider_config_key" : "connection_id";
-        return ErrorResponse(codec::ErrorFromStatus(s, subject, field));
-      }
-      log_.Info("connection added",
-                {{"integration", req->integration}, {"connection", req->connection}});
-      return JsonResponse(200, codec::EncodeConnectionCreated(*req));
-    }
-
-    case RouteId::kConnection: {
-      auto req = codec::DecodeDeleteConnection(route.params[0], *query);
-      if (!req.ok()) return ErrorResponse(req.error());
-      Status s = engine_.DeleteConnection(req->integration, req->connection);
-      if (!s.ok()) {
-        if (!s.IsNotFound()) return ErrorResponse(codec::ErrorFromStatus(s));
-        Culprit c = ClassifyNotFound(req->integration, req->connection, {}, "", false);
-        if (c.subject != Subject::kIntegration) c = {Subject::kConnection, "connection_id"};
-        return ErrorResponse(codec::ErrorFromStatus(s, c.subject, c.field));
-      }
-      log_.Info("connection deleted",
-                {{"integration", req->integration}, {"connection", req->connection}});
-      return SuccessResponse();
-    }
+HttpResponse Api::OnHealth(const Call&) {
+  // Unhealthy while the database refuses commits: no run starts then. The cause (it names the
+  // file) is in the log and /metrics, which need a key; /health needs none.
+  if (!engine_.GetMetrics().store_healthy) {
+    return JsonResponse(503, Json{{"status", "unhealthy"},
+                                  {"reason", "the database refuses commits; see the log"}});
   }
-  return ErrorResponse(codec::errors::Internal("unhandled route"));
+  return JsonResponse(200, Json{{"status", "ok"}});
+}
+
+HttpResponse Api::OnMetrics(const Call&) {
+  HttpResponse r;
+  r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+  r.body = codec::EncodePrometheus(engine_.GetMetrics(), daemon_metrics_());
+  return r;
+}
+
+HttpResponse Api::OnStart(const Call& call) {
+  auto t = codec::DecodeTarget(call.body);
+  if (!t.ok()) return ErrorResponse(t.error());
+  t->report_keys = false;
+  Result<CommandResult> r = engine_.Start(*t);
+  if (!r.ok()) return StatusResponse(r.status());
+  return SuccessResponse();
+}
+
+HttpResponse Api::OnPause(const Call& call) {
+  auto t = codec::DecodeTarget(call.body);
+  if (!t.ok()) return ErrorResponse(t.error());
+  t->report_keys = false;
+  Result<CommandResult> r = engine_.Pause(*t);
+  if (!r.ok()) return StatusResponse(r.status());
+  return SuccessResponse();
+}
+
+HttpResponse Api::OnTrigger(const Call& call) {
+  auto t = codec::DecodeTrigger(call.body);
+  if (!t.ok()) return ErrorResponse(t.error());
+  t->target.report_keys = false;
+  Result<CommandResult> r = engine_.Trigger(t->target, t->mode);
+  if (!r.ok()) return StatusResponse(r.status());
+  return SuccessResponse();
+}
+
+HttpResponse Api::OnStatus(const Call& call) {
+  auto t = codec::DecodeStatusQuery(call.query);
+  if (!t.ok()) return ErrorResponse(t.error());
+  Result<std::vector<ScheduleStatus>> r = engine_.GetStatus(*t);
+  if (!r.ok()) return StatusResponse(r.status());
+  return JsonResponse(200, codec::EncodeStatuses(*r));
+}
+
+HttpResponse Api::OnForecast(const Call& call) {
+  auto req = codec::DecodeForecastQuery(call.query);
+  if (!req.ok()) return ErrorResponse(req.error());
+  Result<std::vector<ForecastMinute>> r =
+      engine_.Forecast(std::chrono::hours(req->hours), req->integration);
+  if (!r.ok()) return StatusResponse(r.status());
+  return JsonResponse(200, codec::EncodeForecast(*r));
+}
+
+HttpResponse Api::OnFrequency(const Call& call) {
+  auto req = codec::DecodeFrequencyUpdate(call.body);
+  if (!req.ok()) return ErrorResponse(req.error());
+  Result<Millis> r = engine_.UpdateFrequency(req->key, req->frequency);
+  if (!r.ok()) return StatusResponse(r.status(), kFrequencyFields);
+  return JsonResponse(200, codec::EncodeFrequency(*r));
+}
+
+HttpResponse Api::OnCreateVariant(const Call& call) {
+  auto key = codec::DecodeVariant(call.params[0], call.params[1], call.body);
+  if (!key.ok()) return ErrorResponse(key.error());
+  Result<ScheduleStatus> created = engine_.CreateVariant(*key);
+  if (!created.ok()) return StatusResponse(created.status(), kVariantFields);
+  // The new schedule's id, as Nango answers it.
+  return JsonResponse(200, codec::EncodeVariantCreated(*key, created->id));
+}
+
+HttpResponse Api::OnDeleteVariant(const Call& call) {
+  auto key = codec::DecodeVariant(call.params[0], call.params[1], call.body);
+  if (!key.ok()) return ErrorResponse(key.error());
+  Status s = engine_.DeleteVariant(*key);
+  if (!s.ok()) return StatusResponse(s, kVariantFields);
+  return SuccessResponse();
+}
+
+HttpResponse Api::OnAddConnection(const Call& call) {
+  auto req = codec::DecodeCreateConnection(call.body);
+  if (!req.ok()) return ErrorResponse(req.error());
+  Status s = engine_.AddConnection(req->integration, req->connection);
+  if (!s.ok()) return StatusResponse(s);
+  log_.Info("connection added",
+            {{"integration", req->integration}, {"connection", req->connection}});
+  return JsonResponse(200, codec::EncodeConnectionCreated(*req));
+}
+
+HttpResponse Api::OnDeleteConnection(const Call& call) {
+  auto req = codec::DecodeDeleteConnection(call.params[0], call.query);
+  if (!req.ok()) return ErrorResponse(req.error());
+  Status s = engine_.DeleteConnection(req->integration, req->connection);
+  if (!s.ok()) return StatusResponse(s);
+  log_.Info("connection deleted",
+            {{"integration", req->integration}, {"connection", req->connection}});
+  return SuccessResponse();
 }
 
 }  // namespace syncsched::daemon

@@ -5,12 +5,13 @@
 //
 // Thread safety: Admit and Handle may be called from any thread, concurrently (the engine's
 // methods are thread-safe and the rest is immutable).
+//
+// The Api keeps no copy of the engine's catalog: an engine error says which input it is about
+// (Status::subject()), and the codec maps it to the HTTP answer from that alone.
 #pragma once
 
 #include <functional>
-#include <map>
 #include <optional>
-#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -64,22 +65,40 @@ class Api {
   // The response carrying `error` as its body.
   static HttpResponse ErrorResponse(const codec::ApiError& error);
 
- private:
-  enum class RouteId {
-    kHealth,
-    kMetrics,
-    kStart,
-    kPause,
-    kTrigger,
-    kStatus,
-    kForecast,
-    kFrequency,
-    kVariant,
-    kConnections,
-    kConnection,
+  // What a route takes besides its path: a JSON body, a query, or neither. A route refuses the
+  // other (a query parameter: 400 unknown_field; a body: 400 unexpected_body).
+  enum class Takes { kNone, kBody, kQuery };
+
+  // One route as the table in api.cc declares it: the single place that says which method and
+  // path pattern it answers ("{name}" segments are path parameters, percent-decoded), the scope a
+  // key needs (empty: none), and what it takes. Routing, 405s and their Allow header, scopes, the
+  // body and query checks, and docs/http-api.md's route list (checked by a test) all come from it.
+  struct RouteInfo {
+    std::string_view method;   // "POST"
+    std::string_view pattern;  // "/sync/{name}/variant/{variant}"
+    std::string_view scope;    // kScopeSyncsExecute, ... or empty
+    Takes takes;
   };
+  // Every route, in table order.
+  static std::vector<RouteInfo> Routes();
+
+ private:
+  // What a handler gets: the request and what the table's checks have decoded from it.
+  struct Call {
+    const HttpRequest& request;
+    const std::vector<std::string>& params;  // the decoded path parameters, in pattern order
+    const codec::QueryParams& query;         // empty unless the route takes a query
+    const codec::Json& body;                 // null unless the route takes a body
+  };
+  using Handler = HttpResponse (Api::*)(const Call&);
+  struct RouteEntry {
+    RouteInfo info;
+    Handler handler;
+  };
+  static const std::vector<RouteEntry>& Table();
+
   struct Route {
-    RouteId id;
+    std::size_t entry = 0;            // index in Table()
     std::vector<std::string> params;  // decoded path parameters, in order
   };
   struct Resolved {
@@ -87,29 +106,28 @@ class Api {
     std::optional<codec::ApiError> error;  // 400, 404, 405
     std::string allow;                     // for a 405
   };
-  Resolved Resolve(std::string_view method, std::string_view path) const;
-  static std::string_view ScopeOf(RouteId id);
+  static Resolved Resolve(std::string_view method, std::string_view path);
   HttpResponse Dispatch(const Route& route, const HttpRequest& request);
 
-  // What a NOT_FOUND of a request refers to: the config's catalog says whether the integration
-  // and syncs exist; the engine says whether the connection does. Returns the subject and the
-  // field to report.
-  struct Culprit {
-    codec::Subject subject;
-    std::string field;
-  };
-  Culprit ClassifyNotFound(const std::string& integration,
-                           const std::optional<std::string>& connection,
-                           const std::vector<std::string>& syncs, std::string_view sync_field,
-                           bool variant_in_path) const;
-  bool ConnectionExists(const std::string& integration, const std::string& connection) const;
+  // The handlers, one per table entry.
+  HttpResponse OnHealth(const Call& call);
+  HttpResponse OnMetrics(const Call& call);
+  HttpResponse OnStart(const Call& call);
+  HttpResponse OnPause(const Call& call);
+  HttpResponse OnTrigger(const Call& call);
+  HttpResponse OnStatus(const Call& call);
+  HttpResponse OnForecast(const Call& call);
+  HttpResponse OnFrequency(const Call& call);
+  HttpResponse OnCreateVariant(const Call& call);
+  HttpResponse OnDeleteVariant(const Call& call);
+  HttpResponse OnAddConnection(const Call& call);
+  HttpResponse OnDeleteConnection(const Call& call);
 
   Engine& engine_;
   Logger& log_;
   Authenticator auth_;
   std::function<codec::DaemonMetrics()> daemon_metrics_;
   int max_json_depth_;
-  std::map<std::string, std::set<std::string>, std::less<>> catalog_;  // integration -> syncs
 };
 
 class Api::Admitted {

@@ -672,7 +672,7 @@ TEST_P(DurableEngine, ARolledBackWaitNeverDispatchesTheScheduleThatReusesItsPlac
   ASSERT_EQ(calls.size(), 2u);  // both first runs: the global cap (2) is reached
 
   FailNextCommit();
-  EXPECT_TRUE(engine->CreateVariant({"github", "a", "issues", "v1"}).IsUnavailable());
+  EXPECT_TRUE(engine->CreateVariant({"github", "a", "issues", "v1"}).status().IsUnavailable());
   ASSERT_TRUE(engine->CreateVariant({"hubspot", "h", "deals", "v1"}).ok());  // waits
   Settle();
   ASSERT_EQ(calls.size(), 2u);

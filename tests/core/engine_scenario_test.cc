@@ -348,12 +348,14 @@ TEST_F(Scenario, VariantsAreSchedulesOfTheirOwn) {
   Settle();
   ASSERT_EQ(calls.size(), 2u);
   EXPECT_EQ(calls[1].ctx.key.variant, "v1");
-  EXPECT_TRUE(engine->CreateVariant(v1).IsAlreadyExists());
-  EXPECT_TRUE(engine->CreateVariant({"github", "acme", "issues", "base"}).IsInvalidArgument());
+  EXPECT_TRUE(engine->CreateVariant(v1).status().IsAlreadyExists());
+  EXPECT_TRUE(
+      engine->CreateVariant({"github", "acme", "issues", "base"}).status().IsInvalidArgument());
   EXPECT_TRUE(engine->DeleteVariant({"github", "acme", "issues", "base"}).IsInvalidArgument());
-  EXPECT_TRUE(engine->CreateVariant({"github", "acme", "issues", "bad name"}).IsInvalidArgument());
-  EXPECT_TRUE(engine->CreateVariant({"github", "acme", "nope", "v2"}).IsNotFound());
-  EXPECT_TRUE(engine->CreateVariant({"github", "ghost", "issues", "v2"}).IsNotFound());
+  EXPECT_TRUE(
+      engine->CreateVariant({"github", "acme", "issues", "bad name"}).status().IsInvalidArgument());
+  EXPECT_TRUE(engine->CreateVariant({"github", "acme", "nope", "v2"}).status().IsNotFound());
+  EXPECT_TRUE(engine->CreateVariant({"github", "ghost", "issues", "v2"}).status().IsNotFound());
 
   auto r = engine->Pause(T("github", "acme", {{"issues", "v1"}}));
   ASSERT_TRUE(r.ok());
@@ -513,7 +515,9 @@ TEST_F(Scenario, ErrorMessagesQuoteTheInputOnOneLine) {
   Define("github", "issues", "1h");
   auto r = engine->Start(T("github", std::string("ac\"me\n"), {{"issues"}}));
   ASSERT_FALSE(r.ok());
-  EXPECT_TRUE(r.status().IsNotFound());
+  // A connection id with a newline is malformed, not missing (it said NOT_FOUND before issue 10).
+  EXPECT_TRUE(r.status().IsInvalidArgument()) << r.status();
+  EXPECT_EQ(r.status().subject(), StatusSubject::kConnection);
   EXPECT_NE(r.status().message().find("\"ac\\\"me\\x0a\""), std::string::npos) << r.status();
   EXPECT_EQ(r.status().message().find('\n'), std::string::npos);
 }
@@ -530,6 +534,131 @@ TEST(SyncSelectorTest, ParsesNamesAndVariants) {
   EXPECT_FALSE(SyncSelector::Parse("::v").ok());
   EXPECT_FALSE(SyncSelector::Parse("a::b::c").ok());
   EXPECT_FALSE(SyncSelector::Parse("").ok());
+}
+
+TEST(SyncSelectorTest, ErrorsQuoteTheWholeText) {
+  auto empty_name = SyncSelector::Parse("::v1");
+  ASSERT_FALSE(empty_name.ok());
+  EXPECT_TRUE(empty_name.status().IsInvalidArgument());
+  EXPECT_EQ(empty_name.status().subject(), StatusSubject::kSync);
+  EXPECT_NE(empty_name.status().message().find("\"::v1\""), std::string::npos)
+      << empty_name.status();
+  auto bad_variant = SyncSelector::Parse("issues::b c");
+  ASSERT_FALSE(bad_variant.ok());
+  EXPECT_EQ(bad_variant.status().subject(), StatusSubject::kVariant);
+  EXPECT_NE(bad_variant.status().message().find("\"issues::b c\""), std::string::npos)
+      << bad_variant.status();
+}
+
+// A malformed name is INVALID_ARGUMENT, with the name's part as subject, in every command;
+// NOT_FOUND is only for a well-formed name that does not exist, with the first missing part.
+TEST_F(Scenario, MalformedNamesAreInvalidInEveryCommandAndMissingOnesNotFound) {
+  Define("github", "issues", "1h");
+  ASSERT_TRUE(engine->AddConnection("github", "acme").ok());
+  const std::string nl("ac\nme");
+  using S = StatusSubject;
+  auto invalid = [](const Status& s, S subject) {
+    EXPECT_TRUE(s.IsInvalidArgument()) << s;
+    EXPECT_EQ(s.subject(), subject) << s;
+  };
+  auto missing = [](const Status& s, S subject) {
+    EXPECT_TRUE(s.IsNotFound()) << s;
+    EXPECT_EQ(s.subject(), subject) << s;
+  };
+  // The four target commands and status, with a malformed name in each part.
+  std::vector<std::pair<Target, S>> bad = {
+      {T("git hub!", "acme"), S::kIntegration},
+      {T("github", nl), S::kConnection},
+      {T("github", "acme", {{"bad sync!"}}), S::kSync},
+      {T("github", "acme", {{"issues", "bad variant!"}}), S::kVariant},
+      {T("github", std::nullopt, {{"issues", ""}}), S::kVariant},
+  };
+  for (const auto& [t, subject] : bad) {
+    invalid(engine->Start(t).status(), subject);
+    invalid(engine->Pause(t).status(), subject);
+    invalid(engine->Trigger(t, RunMode::kIncremental).status(), subject);
+    invalid(engine->Trigger(t, RunMode::kFullResync).status(), subject);
+    invalid(engine->GetStatus(t).status(), subject);
+  }
+  // Key commands.
+  std::vector<std::pair<ScheduleKey, S>> bad_keys = {
+      {{"git hub!", "acme", "issues", "v1"}, S::kIntegration},
+      {{"github", nl, "issues", "v1"}, S::kConnection},
+      {{"github", "acme", "bad sync!", "v1"}, S::kSync},
+      {{"github", "acme", "issues", "bad variant!"}, S::kVariant},
+  };
+  for (const auto& [k, subject] : bad_keys) {
+    invalid(engine->UpdateFrequency(k, "2h").status(), subject);
+    invalid(engine->UpdateFrequency(k, std::nullopt).status(), subject);
+    invalid(engine->CreateVariant(k).status(), subject);
+    invalid(engine->DeleteVariant(k), subject);
+  }
+  invalid(engine->AddConnection("git hub!", "x"), S::kIntegration);
+  invalid(engine->AddConnection("github", nl), S::kConnection);
+  invalid(engine->DeleteConnection("git hub!", "acme"), S::kIntegration);
+  invalid(engine->DeleteConnection("github", nl), S::kConnection);
+  invalid(engine->SetIntegrationLimits("git hub!", {}), S::kIntegration);
+  invalid(engine->Forecast(std::chrono::hours(1), "git hub!").status(), S::kIntegration);
+  invalid(engine->DefineSync("git hub!", Def("issues", "1h")), S::kIntegration);
+  invalid(engine->DefineSync("github", Def("bad sync!", "1h")), S::kSync);
+  auto freq = engine->UpdateFrequency({"github", "acme", "issues", "base"}, "every fortnight");
+  invalid(freq.status(), S::kField);
+  EXPECT_EQ(freq.status().field(), "frequency");
+  auto horizon = engine->Forecast(std::chrono::hours(24 * 8));
+  invalid(horizon.status(), S::kField);
+  EXPECT_EQ(horizon.status().field(), "horizon");
+  invalid(engine->CreateVariant({"github", "acme", "issues", "base"}).status(), S::kVariant);
+  invalid(engine->DeleteVariant({"github", "acme", "issues", "base"}), S::kVariant);
+
+  // Well formed but absent: NOT_FOUND naming the first missing part.
+  missing(engine->Start(T("gitlab", "acme")).status(), S::kIntegration);
+  missing(engine->Pause(T("github", "acme", {{"prs"}})).status(), S::kSync);
+  missing(engine->Trigger(T("github", "ghost", {{"issues"}})).status(), S::kConnection);
+  missing(engine->GetStatus(T("github", "acme", {{"issues", "v9"}})).status(), S::kVariant);
+  missing(engine->GetStatus(T("github", std::nullopt, {{"issues", "v9"}})).status(), S::kVariant);
+  // The sync is checked before the connection, the connection before the variant.
+  missing(engine->Start(T("github", "ghost", {{"prs", "v9"}})).status(), S::kSync);
+  missing(engine->Start(T("github", "ghost", {{"issues", "v9"}})).status(), S::kConnection);
+  missing(engine->UpdateFrequency({"gitlab", "acme", "issues", "base"}, "2h").status(),
+          S::kIntegration);
+  missing(engine->UpdateFrequency({"github", "acme", "prs", "base"}, "2h").status(), S::kSync);
+  missing(engine->UpdateFrequency({"github", "ghost", "issues", "base"}, "2h").status(),
+          S::kConnection);
+  missing(engine->UpdateFrequency({"github", "acme", "issues", "v9"}, "2h").status(), S::kVariant);
+  missing(engine->CreateVariant({"github", "acme", "prs", "v1"}).status(), S::kSync);
+  missing(engine->CreateVariant({"github", "ghost", "issues", "v1"}).status(), S::kConnection);
+  missing(engine->DeleteVariant({"github", "acme", "issues", "v9"}), S::kVariant);
+  missing(engine->DeleteConnection("github", "ghost"), S::kConnection);
+  missing(engine->DeleteConnection("gitlab", "acme"), S::kIntegration);
+  missing(engine->AddConnection("gitlab", "acme"), S::kIntegration);
+  missing(engine->SetIntegrationLimits("gitlab", {}), S::kIntegration);
+  missing(engine->Forecast(std::chrono::hours(1), "gitlab").status(), S::kIntegration);
+
+  ASSERT_TRUE(engine->CreateVariant({"github", "acme", "issues", "v1"}).ok());
+  Status twice = engine->CreateVariant({"github", "acme", "issues", "v1"}).status();
+  EXPECT_TRUE(twice.IsAlreadyExists());
+  EXPECT_EQ(twice.subject(), S::kVariant);
+  Status again = engine->AddConnection("github", "acme");
+  EXPECT_TRUE(again.IsAlreadyExists());
+  EXPECT_EQ(again.subject(), S::kConnection);
+}
+
+TEST_F(Scenario, CreateVariantReturnsTheCreatedSchedule) {
+  Define("github", "issues", "1h", /*auto_start=*/true);
+  Define("github", "prs", "1h");
+  ASSERT_TRUE(engine->AddConnection("github", "acme").ok());
+  auto paused = engine->CreateVariant({"github", "acme", "prs", "v1"});
+  ASSERT_TRUE(paused.ok()) << paused.status();
+  EXPECT_EQ(paused->state, ScheduleState::kPaused);
+  auto created = engine->CreateVariant({"github", "acme", "issues", "v1"});
+  ASSERT_TRUE(created.ok()) << created.status();
+  EXPECT_EQ(created->key, (ScheduleKey{"github", "acme", "issues", "v1"}));
+  EXPECT_EQ(created->state, ScheduleState::kStarted);  // auto_start
+  auto status = engine->GetStatus(T("github", "acme", {{"issues", "v1"}}));
+  ASSERT_TRUE(status.ok());
+  ASSERT_EQ(status->size(), 1u);
+  EXPECT_EQ(created->id, status->front().id);
+  EXPECT_NE(created->id, StatusOf("github", "acme", "issues").id);
 }
 
 TEST(FormatTimeTest, Iso8601Utc) {

@@ -292,7 +292,7 @@ class FaultInjection : public ::testing::TestWithParam<StoreKind> {
     const TimePoint now = Now();
     Command(
         "CreateVariant " + Str(key), model_.ValidCreateVariant(key),
-        [=, this] { return engine_->CreateVariant(key); },
+        [=, this] { return engine_->CreateVariant(key).status(); },
         [=, this](bool) {
           for (const ScheduleKey& k : model_.CreateVariant(key)) {
             Owe(k, now, "the immediate run of " + Str(k) + " created by CreateVariant");

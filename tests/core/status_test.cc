@@ -91,11 +91,33 @@ TEST(StatusTest, ErrorWithEmptyMessage) {
   EXPECT_EQ(s.ToString(), "INTERNAL: ");
 }
 
-TEST(StatusTest, EqualityComparesCodeAndMessage) {
+TEST(StatusTest, EqualityComparesCodeMessageAndSubject) {
   EXPECT_EQ(Status::NotFound("x"), Status::NotFound("x"));
   EXPECT_FALSE(Status::NotFound("x") == Status::NotFound("y"));
   EXPECT_FALSE(Status::NotFound("x") == Status::Internal("x"));
   EXPECT_FALSE(Status::NotFound("") == Status());
+  EXPECT_FALSE(Status::NotFound("x", StatusSubject::kSync) == Status::NotFound("x"));
+  EXPECT_FALSE(Status::InvalidField("a", "x") == Status::InvalidField("b", "x"));
+}
+
+TEST(StatusTest, SubjectSaysWhichInputIsAtFault) {
+  EXPECT_EQ(Status().subject(), StatusSubject::kNone);
+  EXPECT_EQ(Status::Internal("x").subject(), StatusSubject::kNone);
+  Status s = Status::NotFound("connection \"a\" does not exist", StatusSubject::kConnection);
+  EXPECT_EQ(s.subject(), StatusSubject::kConnection);
+  EXPECT_EQ(s.field(), "");
+  Status f = Status::InvalidField("frequency", "bad");
+  EXPECT_TRUE(f.IsInvalidArgument());
+  EXPECT_EQ(f.subject(), StatusSubject::kField);
+  EXPECT_EQ(f.field(), "frequency");
+  Status moved = Status::InvalidArgument("bad").WithSubject(StatusSubject::kField, "horizon");
+  EXPECT_EQ(moved.message(), "bad");
+  EXPECT_EQ(moved.field(), "horizon");
+  // A field name is kept only with kField.
+  EXPECT_EQ(Status(StatusCode::kNotFound, "x", StatusSubject::kSync, "y").field(), "");
+  EXPECT_TRUE(Status().WithSubject(StatusSubject::kSync).ok());
+  EXPECT_EQ(StatusSubjectName(StatusSubject::kVariant), "variant");
+  EXPECT_EQ(StatusSubjectName(StatusSubject::kField), "field");
 }
 
 TEST(StatusTest, CopiesShareAndSurviveOriginal) {

@@ -513,33 +513,53 @@ TEST(Encode, DumpReplacesInvalidUtf8) {
 
 // ---- Errors ----
 
-TEST(ErrorFromStatus, MapsEveryCode) {
-  auto map = [](const syncsched::Status& s, Subject subject = Subject::kNone) {
-    return ErrorFromStatus(s, subject);
+TEST(ErrorFromStatus, MapsEveryCodeAndSubject) {
+  using S = syncsched::StatusSubject;
+  const RequestFields kPath{.sync = "name", .variant = "variant", .variant_in_path = true};
+  auto map = [](const syncsched::Status& s, const RequestFields& fields = {}) {
+    return ErrorFromStatus(s, fields);
   };
   EXPECT_EQ(map(Status::InvalidArgument("x")).http_status, 400u);
   EXPECT_EQ(map(Status::InvalidArgument("x")).code, "invalid_argument");
-  EXPECT_EQ(map(Status::InvalidArgument("x"), Subject::kFrequency).code, "invalid_frequency");
-  EXPECT_EQ(map(Status::InvalidArgument("x"), Subject::kVariant).code, "invalid_variant");
-  EXPECT_EQ(map(Status::NotFound("x"), Subject::kIntegration).http_status, 400u);
-  EXPECT_EQ(map(Status::NotFound("x"), Subject::kIntegration).code, "unknown_provider_config");
-  EXPECT_EQ(map(Status::NotFound("x"), Subject::kSync).http_status, 400u);
-  EXPECT_EQ(map(Status::NotFound("x"), Subject::kSync).code, "unknown_sync");
-  EXPECT_EQ(map(Status::NotFound("x"), Subject::kConnection).http_status, 404u);
-  EXPECT_EQ(map(Status::NotFound("x"), Subject::kConnection).code, "unknown_connection");
-  EXPECT_EQ(map(Status::NotFound("x"), Subject::kVariant).http_status, 404u);
-  EXPECT_EQ(map(Status::NotFound("x"), Subject::kVariant).code, "unknown_variant");
-  EXPECT_EQ(map(Status::AlreadyExists("x"), Subject::kConnection).http_status, 409u);
-  EXPECT_EQ(map(Status::AlreadyExists("x"), Subject::kConnection).code,
-            "connection_already_exists");
-  EXPECT_EQ(map(Status::AlreadyExists("x"), Subject::kVariant).code, "sync_variant_already_exists");
+  EXPECT_EQ(map(Status::InvalidArgument("x")).field, std::nullopt);
+  EXPECT_EQ(map(Status::InvalidField("frequency", "x")).code, "invalid_frequency");
+  EXPECT_EQ(map(Status::InvalidField("frequency", "x")).field, "frequency");
+  EXPECT_EQ(map(Status::InvalidField("horizon", "x")).code, "invalid_argument");
+  EXPECT_EQ(map(Status::InvalidField("horizon", "x")).field, "horizon");
+  EXPECT_EQ(map(Status::InvalidArgument("x", S::kVariant), kPath).code, "invalid_variant");
+  EXPECT_EQ(map(Status::InvalidArgument("x", S::kVariant), kPath).field, "variant");
+  EXPECT_EQ(map(Status::InvalidArgument("x", S::kConnection)).field, "connection_id");
+  EXPECT_EQ(map(Status::NotFound("x", S::kIntegration)).http_status, 400u);
+  EXPECT_EQ(map(Status::NotFound("x", S::kIntegration)).code, "unknown_provider_config");
+  EXPECT_EQ(map(Status::NotFound("x", S::kIntegration)).field, "provider_config_key");
+  EXPECT_EQ(map(Status::NotFound("x", S::kSync)).http_status, 400u);
+  EXPECT_EQ(map(Status::NotFound("x", S::kSync)).code, "unknown_sync");
+  EXPECT_EQ(map(Status::NotFound("x", S::kSync)).field, "syncs");
+  EXPECT_EQ(map(Status::NotFound("x", S::kSync), kPath).field, "name");
+  EXPECT_EQ(map(Status::NotFound("x", S::kConnection)).http_status, 404u);
+  EXPECT_EQ(map(Status::NotFound("x", S::kConnection)).code, "unknown_connection");
+  EXPECT_EQ(map(Status::NotFound("x", S::kConnection)).field, "connection_id");
+  // A variant in the body or query is part of a sync selector; in the path, a resource.
+  EXPECT_EQ(map(Status::NotFound("x", S::kVariant)).http_status, 400u);
+  EXPECT_EQ(map(Status::NotFound("x", S::kVariant)).code, "unknown_sync");
+  EXPECT_EQ(map(Status::NotFound("x", S::kVariant)).field, "syncs");
+  EXPECT_EQ(map(Status::NotFound("x", S::kVariant), kPath).http_status, 404u);
+  EXPECT_EQ(map(Status::NotFound("x", S::kVariant), kPath).code, "unknown_variant");
+  EXPECT_EQ(map(Status::NotFound("x", S::kVariant), kPath).field, "variant");
+  EXPECT_EQ(map(Status::NotFound("x")).http_status, 404u);
+  EXPECT_EQ(map(Status::NotFound("x")).code, "not_found");
+  EXPECT_EQ(map(Status::AlreadyExists("x", S::kConnection)).http_status, 409u);
+  EXPECT_EQ(map(Status::AlreadyExists("x", S::kConnection)).code, "connection_already_exists");
+  EXPECT_EQ(map(Status::AlreadyExists("x", S::kVariant)).code, "sync_variant_already_exists");
+  EXPECT_EQ(map(Status::AlreadyExists("x")).code, "already_exists");
   EXPECT_EQ(map(Status::FailedPrecondition("x")).http_status, 409u);
+  EXPECT_EQ(map(Status::FailedPrecondition("x")).field, std::nullopt);
   EXPECT_EQ(map(Status::Unavailable("x")).http_status, 503u);
   EXPECT_EQ(map(Status::Cancelled("x")).http_status, 503u);
   EXPECT_EQ(map(Status::DeadlineExceeded("x")).http_status, 504u);
   EXPECT_EQ(map(Status::Internal("x")).http_status, 500u);
   EXPECT_EQ(map(Status::Internal("x")).code, "internal_error");
-  ApiError e = ErrorFromStatus(Status::NotFound("no such thing"), Subject::kSync, "syncs");
+  ApiError e = ErrorFromStatus(Status::NotFound("no such thing", S::kSync));
   EXPECT_EQ(e.message, "no such thing");
   EXPECT_EQ(e.field, "syncs");
 }

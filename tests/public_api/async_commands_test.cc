@@ -80,7 +80,10 @@ TEST_F(AsyncCommands, FutureTokenForEveryCommand) {
   EXPECT_EQ(*freq, syncsched::Millis(std::chrono::hours(2)));
   syncsched::ScheduleKey v1 = key;
   v1.variant = "v1";
-  EXPECT_TRUE(engine->AsyncCreateVariant(v1, use_future).get().ok());
+  auto created = engine->AsyncCreateVariant(v1, use_future).get();
+  ASSERT_TRUE(created.ok()) << created.status();
+  EXPECT_EQ(created->key, v1);
+  EXPECT_NE(created->id, 0u);
   auto status = engine->AsyncGetStatus(t, use_future).get();
   ASSERT_TRUE(status.ok()) << status.status();
   EXPECT_EQ(status->size(), 2u);

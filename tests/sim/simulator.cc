@@ -589,7 +589,7 @@ Simulator::Cmd Simulator::MakeCommand(bool allow_invalid, bool mutating_only) {
       auto st = std::make_shared<Status>();
       if (kind == kCreateVar) {
         c.desc = cl + "CreateVariant(" + ToString(key) + ")";
-        c.engine = [this, key, st] { return *st = engine_->CreateVariant(key); };
+        c.engine = [this, key, st] { return *st = engine_->CreateVariant(key).status(); };
         c.model = [this, key, st] { model_.CreateVariant(Now(), key, *st); };
       } else if (kind == kDelVar) {
         c.desc = cl + "DeleteVariant(" + ToString(key) + ")";

@@ -15,10 +15,17 @@
 
 namespace syncsched::core {
 
+// At most this many bytes of an input are quoted in an error message by the checks below and by
+// the HTTP codec (a megabyte of garbage does not come back whole in its error).
+inline constexpr std::size_t kMaxQuotedBytes = 80;
+
 // `s` in double quotes for an error message, with quotes, backslashes, control characters (C0,
 // DEL and C1, as \xNN or \uNNNN) and bytes that are not UTF-8 (\xNN) escaped, so that a message
-// names the input exactly, stays on one line and is valid UTF-8.
-std::string Quote(std::string_view s);
+// names the input exactly, stays on one line and is valid UTF-8. The one quoting helper of
+// syncsched: the engine, the codec, the daemon's configuration and its command runner all use it.
+// With `max_bytes`, only the first max_bytes bytes (cut back to a character boundary) are quoted,
+// followed by "..." inside the quotes.
+std::string Quote(std::string_view s, std::size_t max_bytes = std::string_view::npos);
 
 // What makes a text id (a connection id) unacceptable: the first byte that is not part of valid
 // UTF-8, or the first control character: C0 (U+0000..U+001F), DEL (U+007F) or C1

@@ -47,18 +47,7 @@ std::size_t DecodeUtf8(std::string_view s, std::size_t i, char32_t& cp) {
 
 bool IsControl(char32_t cp) { return cp < 0x20 || (cp >= 0x7F && cp <= 0x9F); }
 
-// At most this many bytes of an input are quoted in a message (a 1 MB id does not come back
-// whole in its error).
-constexpr std::size_t kMaxQuoted = 80;
-
-std::string QuoteCut(std::string_view s) {
-  if (s.size() <= kMaxQuoted) return Quote(s);
-  std::size_t cut = kMaxQuoted;
-  while (cut > 0 && (static_cast<unsigned char>(s[cut]) & 0xC0) == 0x80) --cut;
-  std::string q = Quote(s.substr(0, cut));
-  q.insert(q.size() - 1, "...");
-  return q;
-}
+std::string QuoteCut(std::string_view s) { return Quote(s, kMaxQuotedBytes); }
 
 std::string Describe(const TextFault& f) {
   char buf[64];
@@ -73,7 +62,13 @@ std::string Describe(const TextFault& f) {
 
 }  // namespace
 
-std::string Quote(std::string_view s) {
+std::string Quote(std::string_view s, std::size_t max_bytes) {
+  bool cut = s.size() > max_bytes;
+  if (cut) {
+    std::size_t end = max_bytes;
+    while (end > 0 && (static_cast<unsigned char>(s[end]) & 0xC0) == 0x80) --end;
+    s = s.substr(0, end);
+  }
   std::string out = "\"";
   char buf[16];
   for (std::size_t i = 0; i < s.size();) {
@@ -100,7 +95,7 @@ std::string Quote(std::string_view s) {
     }
     i += n;
   }
-  return out + "\"";
+  return out + (cut ? "...\"" : "\"");
 }
 
 std::optional<TextFault> FindTextFault(std::string_view s) {

@@ -7,7 +7,7 @@
 set -euo pipefail
 
 packages=(build-essential cmake ninja-build pkg-config clang clang-format
-          libboost1.81-dev libsqlite3-dev nlohmann-json3-dev
+          libboost1.81-dev libboost-url1.81-dev libsqlite3-dev nlohmann-json3-dev
           libgtest-dev libgmock-dev libbenchmark-dev gnuplot-nox valgrind nodejs npm
           libpq-dev postgresql-15)
 missing=()

@@ -1,48 +1,70 @@
-// Percent-decoding of paths and queries. See url.h.
+// Request targets, paths and queries, parsed with Boost.URL. See url.h.
 #include "codec/url.h"
 
 #include <algorithm>
+#include <string>
+
+#include <boost/url/encode.hpp>
+#include <boost/url/encoding_opts.hpp>
+#include <boost/url/grammar/lut_chars.hpp>
+#include <boost/url/parse_path.hpp>
+#include <boost/url/parse_query.hpp>
+#include <boost/url/pct_string_view.hpp>
+#include <boost/url/rfc/pchars.hpp>
+
+#include "core/names.h"
 
 namespace syncsched::codec {
 namespace {
 
-int HexValue(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
+namespace urls = boost::urls;
+
+// What RFC 3986 allows raw in a path (pchar and '/') and in a query (pchar, '/' and '?'), plus
+// '%' so that escapes are kept as they are.
+constexpr urls::grammar::lut_chars kPathChars = urls::pchars + urls::grammar::lut_chars("/%");
+constexpr urls::grammar::lut_chars kQueryChars = urls::pchars + urls::grammar::lut_chars("/?%");
+
+// The HTTP parser lets through bytes RFC 3986 does not allow raw in a target (UTF-8, '"', '{',
+// '|', ...; not controls or spaces). They are escaped before Boost.URL parses the text, so that
+// every target a client may send parses, and such a byte means the same raw or escaped.
+std::string EscapeStray(std::string_view text, const urls::grammar::lut_chars& allowed) {
+  if (std::all_of(text.begin(), text.end(), [&](char c) { return allowed(c); })) {
+    return std::string(text);
+  }
+  return urls::encode(text, allowed);
+}
+
+ApiError MalformedEscape() {
+  return errors::BadRequest("malformed percent-escape in the request target");
+}
+
+ApiError NulEscape() { return errors::BadRequest("%00 is not allowed in the request target"); }
+
+// Decodes a valid escaped string; an escape decoding to NUL fails (a raw NUL byte, which the HTTP
+// parser refuses before it gets here, is kept).
+Decoded<std::string> Decode(urls::pct_string_view text, bool plus_is_space) {
+  urls::encoding_opts opts;
+  opts.space_as_plus = plus_is_space;
+  std::string out = text.decode(opts);
+  if (std::count(out.begin(), out.end(), '\0') != std::count(text.begin(), text.end(), '\0')) {
+    return NulEscape();
+  }
+  return out;
 }
 
 }  // namespace
 
 RequestTarget SplitTarget(std::string_view target) {
+  // The origin form's two parts (RFC 9112 §3.2.1): the path ends at the first '?'.
   std::size_t q = target.find('?');
   if (q == std::string_view::npos) return {target, {}};
   return {target.substr(0, q), target.substr(q + 1)};
 }
 
 Decoded<std::string> PercentDecode(std::string_view text, bool plus_is_space) {
-  std::string out;
-  out.reserve(text.size());
-  for (std::size_t i = 0; i < text.size(); ++i) {
-    char c = text[i];
-    if (c == '%') {
-      int hi = i + 1 < text.size() ? HexValue(text[i + 1]) : -1;
-      int lo = i + 2 < text.size() ? HexValue(text[i + 2]) : -1;
-      if (hi < 0 || lo < 0) {
-        return errors::BadRequest("malformed percent-escape in the request target");
-      }
-      char decoded = static_cast<char>(hi * 16 + lo);
-      if (decoded == '\0') return errors::BadRequest("%00 is not allowed in the request target");
-      out += decoded;
-      i += 2;
-    } else if (c == '+' && plus_is_space) {
-      out += ' ';
-    } else {
-      out += c;
-    }
-  }
-  return out;
+  auto pct = urls::make_pct_string_view(text);
+  if (!pct) return MalformedEscape();
+  return Decode(*pct, plus_is_space);
 }
 
 Decoded<std::vector<std::string>> SplitPath(std::string_view path) {
@@ -50,39 +72,43 @@ Decoded<std::vector<std::string>> SplitPath(std::string_view path) {
   if (path.empty() || path.front() != '/') {
     return errors::BadRequest("the request target must start with '/'");
   }
-  path.remove_prefix(1);
-  if (!path.empty() && path.back() == '/') path.remove_suffix(1);
-  if (path.empty()) return segments;
-  while (true) {
-    std::size_t slash = path.find('/');
-    auto segment = PercentDecode(path.substr(0, slash), /*plus_is_space=*/false);
-    if (!segment.ok()) return segment.error();
-    segments.push_back(std::move(segment.value()));
-    if (slash == std::string_view::npos) break;
-    path.remove_prefix(slash + 1);
+  if (path.size() > 1 && path.back() == '/') path.remove_suffix(1);  // a trailing slash is ignored
+  if (path == "/") return segments;
+  std::string escaped = EscapeStray(path, kPathChars);
+  auto parsed = urls::parse_path(escaped);
+  if (!parsed) return MalformedEscape();
+  for (urls::pct_string_view segment : *parsed) {
+    auto decoded = Decode(segment, /*plus_is_space=*/false);
+    if (!decoded.ok()) return decoded.error();
+    segments.push_back(std::move(decoded.value()));
   }
   return segments;
 }
 
 Decoded<QueryParams> ParseQuery(std::string_view query) {
   QueryParams params;
-  while (!query.empty()) {
-    std::size_t amp = query.find('&');
-    std::string_view piece = query.substr(0, amp);
-    query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
-    if (piece.empty()) continue;
-    std::size_t eq = piece.find('=');
-    auto name = PercentDecode(piece.substr(0, eq), /*plus_is_space=*/true);
+  if (query.empty()) return params;
+  std::string escaped = EscapeStray(query, kQueryChars);
+  auto parsed = urls::parse_query(escaped);
+  if (!parsed) return MalformedEscape();
+  for (urls::param_pct_view p : *parsed) {
+    if (p.key.empty() && !p.has_value) continue;  // an empty piece: `a=1&&b=2`
+    auto name = Decode(p.key, /*plus_is_space=*/true);
     if (!name.ok()) return name.error();
-    auto value =
-        PercentDecode(eq == std::string_view::npos ? std::string_view() : piece.substr(eq + 1),
-                      /*plus_is_space=*/true);
-    if (!value.ok()) return value.error();
+    auto value = Decode(p.value, /*plus_is_space=*/true);
+    if (!value.ok()) {
+      ApiError e = value.error();
+      e.message =
+          "query parameter " + core::Quote(name.value(), core::kMaxQuotedBytes) + ": " + e.message;
+      e.field = name.value();
+      return e;
+    }
     bool seen = std::any_of(params.begin(), params.end(),
-                            [&](const auto& p) { return p.first == name.value(); });
+                            [&](const auto& q) { return q.first == name.value(); });
     if (seen) {
       return ApiError{400, "invalid_value",
-                      "query parameter " + Dump(Json(name.value())) + " is given more than once",
+                      "query parameter " + core::Quote(name.value(), core::kMaxQuotedBytes) +
+                          " is given more than once",
                       name.value()};
     }
     params.emplace_back(std::move(name.value()), std::move(value.value()));

@@ -1,5 +1,7 @@
-// URL pieces of a request target: path segments and query parameters, percent-decoded. Part of
-// the codec (no I/O); see codec.h.
+// URL pieces of a request target: path segments and query parameters, percent-decoded, parsed
+// with Boost.URL (RFC 3986). Part of the codec (no I/O); see codec.h. Bytes that RFC 3986 does not
+// allow raw in a target but the HTTP parser lets through (UTF-8, '"', '{', ...) are taken as if
+// they were percent-encoded.
 #pragma once
 
 #include <string>
@@ -27,7 +29,8 @@ Decoded<std::vector<std::string>> SplitPath(std::string_view path);
 
 // Parses `a=1&b=2`: names and values percent-decoded, `+` as a space, a name without `=` has an
 // empty value, empty pieces (`a=1&&b=2`) are skipped. A name given twice fails with 400
-// `invalid_value` naming it.
+// `invalid_value` naming it; a value with %00 fails with 400 `bad_request` naming its parameter;
+// a malformed escape anywhere fails with 400 `bad_request`.
 Decoded<QueryParams> ParseQuery(std::string_view query);
 
 }  // namespace syncsched::codec

@@ -50,6 +50,29 @@ TEST(ParseQuery, Pairs) {
   ASSERT_FALSE(dup.ok());
   EXPECT_EQ(dup.error().field, "a");
   EXPECT_FALSE(ParseQuery("a=%G0").ok());
+  EXPECT_EQ(ParseQuery("a=%G0").error().code, "bad_request");
+  auto nul = ParseQuery("a=1&b=x%00");
+  ASSERT_FALSE(nul.ok());
+  EXPECT_EQ(nul.error().http_status, 400u);
+  EXPECT_EQ(nul.error().code, "bad_request");
+  EXPECT_EQ(nul.error().field, "b");
+  EXPECT_EQ(ParseQuery("=x").value(), (QueryParams{{"", "x"}}));
+  EXPECT_EQ(ParseQuery("a=b=c&d=?/").value(), (QueryParams{{"a", "b=c"}, {"d", "?/"}}));
+}
+
+// Bytes the HTTP parser lets through though RFC 3986 wants them escaped are taken as escaped.
+TEST(ParseQuery, StrayBytesAreTakenAsEscaped) {
+  EXPECT_EQ(ParseQuery("connection_id=\xc3\xa9t\xc3\xa9&x=\"{|}\"").value(),
+            (QueryParams{{"connection_id", "\xc3\xa9t\xc3\xa9"}, {"x", "\"{|}\""}}));
+  EXPECT_EQ(ParseQuery("a=%C3%A9").value(), ParseQuery("a=\xc3\xa9").value());
+}
+
+TEST(SplitPath, StrayBytesAreTakenAsEscaped) {
+  EXPECT_EQ(SplitPath("/connections/\xc3\xa9t\xc3\xa9").value(),
+            (std::vector<std::string>{"connections", "\xc3\xa9t\xc3\xa9"}));
+  EXPECT_EQ(SplitPath("/a/%7Bb%7D").value(), SplitPath("/a/{b}").value());
+  EXPECT_FALSE(SplitPath("/a/%00").ok());
+  EXPECT_EQ(SplitPath("//").value(), std::vector<std::string>{});
 }
 
 }  // namespace

@@ -16,36 +16,19 @@
 namespace syncsched::codec {
 namespace {
 
-// Inputs are quoted in messages as JSON strings, cut at this many bytes so that a megabyte of
-// garbage does not come back in the error.
-constexpr std::size_t kMaxQuoted = 80;
-
-// JSON escapes C0 controls; DEL and the C1 controls (U+0080..U+009F, C2 80..C2 9F in UTF-8)
-// are escaped too, so that no control character reaches a message (or a log line) raw.
-std::string Quote(std::string_view s) {
-  std::string text(s.substr(0, kMaxQuoted));
-  std::string dumped = Dump(Json(text));
-  std::string out;
-  out.reserve(dumped.size());
-  for (std::size_t i = 0; i < dumped.size(); ++i) {
-    auto c = static_cast<unsigned char>(dumped[i]);
-    auto next = i + 1 < dumped.size() ? static_cast<unsigned char>(dumped[i + 1]) : 0;
-    if (c == 0x7f || (c == 0xC2 && next >= 0x80 && next <= 0x9F)) {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\u%04x", c == 0x7f ? 0x7fu : static_cast<unsigned>(next));
-      out += buf;
-      if (c == 0xC2) ++i;
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  if (s.size() > kMaxQuoted) out.insert(out.size() - 1, "...");
-  return out;
-}
+// Inputs are quoted in messages by core::Quote, cut at core::kMaxQuotedBytes so that a megabyte
+// of garbage does not come back in the error.
+std::string Quote(std::string_view s) { return core::Quote(s, core::kMaxQuotedBytes); }
 
 ApiError FieldError(std::string code, std::string field, std::string message) {
   return ApiError{400, std::move(code), std::move(message), std::move(field)};
 }
+
+std::string ListOf(std::initializer_list<std::string_view> names);
+
+}  // namespace
+
+// ---- JSON helpers ----
 
 std::string Join(std::string_view prefix, std::string_view key) {
   if (prefix.empty()) return std::string(key);
@@ -55,6 +38,7 @@ std::string Join(std::string_view prefix, std::string_view key) {
   return out;
 }
 
+namespace {
 std::string ListOf(std::initializer_list<std::string_view> names) {
   std::string out;
   for (std::string_view n : names) {
@@ -63,6 +47,7 @@ std::string ListOf(std::initializer_list<std::string_view> names) {
   }
   return out;
 }
+}  // namespace
 
 // Checks that `j` is an object whose keys are all in `allowed`. `path` is where it sits ("" for
 // the body itself).
@@ -128,6 +113,12 @@ Decoded<std::optional<bool>> OptionalBool(const Json& obj, std::string_view key,
   if (!v->is_boolean()) return WrongType(Join(path, key), "a boolean", *v);
   return std::optional<bool>(v->get<bool>());
 }
+
+Result<Millis> ParseDuration(std::string_view text) {
+  return ParseFrequency(text, kDurationBounds);
+}
+
+namespace {
 
 // Sync names and variants: ^[a-zA-Z0-9_-]+$, 1..255 bytes (SPEC §1; the rule is core's).
 Status ValidateName(std::string_view name, std::string_view what) {
@@ -330,22 +321,27 @@ Status ValidateSyncName(std::string_view name, std::string_view what) {
 
 // ---- Requests ----
 
-Decoded<Json> ParseJsonBody(std::string_view body, int max_depth) {
-  if (body.find_first_not_of(" \t\r\n") == std::string_view::npos) {
-    return errors::InvalidJson("the body is empty; a JSON object is expected");
-  }
+Decoded<Json> ParseJson(std::string_view text, int max_depth, bool allow_comments) {
   // One pass: the handler bounds the nesting and refuses duplicate keys (which would otherwise
   // silently keep the last value) before the document is built any further.
   Json result;
   BodyBuilder builder(result, max_depth);
   try {
-    Json::sax_parse(body.begin(), body.end(), &builder);
+    Json::sax_parse(text.begin(), text.end(), &builder, nlohmann::detail::input_format_t::json,
+                    /*strict=*/true, allow_comments);
     return result;
   } catch (const ParseAbort& e) {
     return errors::InvalidJson(e.message);
   } catch (const Json::exception& e) {
     return errors::InvalidJson(std::string("malformed JSON: ") + e.what());
   }
+}
+
+Decoded<Json> ParseJsonBody(std::string_view body, int max_depth) {
+  if (body.find_first_not_of(" \t\r\n") == std::string_view::npos) {
+    return errors::InvalidJson("the body is empty; a JSON object is expected");
+  }
+  return ParseJson(body, max_depth, /*allow_comments=*/false);
 }
 
 Decoded<Target> DecodeTarget(const Json& body) {

@@ -17,8 +17,10 @@
 // Thread safety: every function may be called from any thread.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -28,6 +30,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "syncsched/frequency.h"
 #include "syncsched/status.h"
 #include "syncsched/types.h"
 
@@ -86,10 +89,52 @@ Status ValidateConnectionId(std::string_view id);
 // which the message calls `what` ("sync name", "variant").
 Status ValidateSyncName(std::string_view name, std::string_view what = "sync name");
 
+// ---- JSON helpers ----
+//
+// The rules for reading a JSON document, used by every decoder below and by the daemon's
+// configuration loader (src/daemon/config.cc), so that both speak of fields the same way. A field
+// is named by its path: `opts.reset`, `syncs[2].variant`, `integrations["github"].syncs`.
+
+// Parses JSON text in one pass, refusing a document nested deeper than `max_depth` and an object
+// with a key given twice (which would otherwise silently keep the last value). `allow_comments`:
+// `//` and `/* */` comments are skipped. Errors: `invalid_json`.
+Decoded<Json> ParseJson(std::string_view text, int max_depth, bool allow_comments);
+
+// `prefix.key`, or `key` when `prefix` is empty.
+std::string Join(std::string_view prefix, std::string_view key);
+// nullopt when `j` is an object whose keys are all in `allowed`; else `invalid_body` (path ""),
+// `invalid_type` (path names it) or `unknown_field` (naming the key and listing `allowed`).
+std::optional<ApiError> CheckObject(const Json& j, std::string_view path,
+                                    std::initializer_list<std::string_view> allowed);
+// The member `key` of object `obj`, or null when it is absent or JSON null (an optional field
+// given as null is absent).
+const Json* Find(const Json& obj, std::string_view key);
+// 400 `invalid_type`: "<field> must be <expected>, not <type>".
+ApiError WrongType(std::string field, std::string_view expected, const Json& got);
+// A required string member `key` of `obj` (at `path`): absent is `missing_field` (the message
+// says `what` is expected), another type (null included) `invalid_type`.
+Decoded<std::string> RequiredString(const Json& obj, std::string_view key, std::string_view path,
+                                    std::string_view what);
+// Optional members: absent and null both mean "not given"; another type is `invalid_type`.
+Decoded<std::optional<std::string>> OptionalString(const Json& obj, std::string_view key,
+                                                   std::string_view path);
+Decoded<std::optional<bool>> OptionalBool(const Json& obj, std::string_view key,
+                                          std::string_view path);
+
+// ---- Durations ----
+
+// The range of a duration (a timeout, a grace period, a retry backoff, a command's
+// SYNCSCHED_NEXT_RUN_IN): 1 ms to 10 years.
+inline constexpr FrequencyBounds kDurationBounds{std::chrono::milliseconds(1),
+                                                 std::chrono::hours(24 * 3650)};
+// The one duration parser: the frequency grammar (frequency.h: "30s", "10 minutes", "1h") within
+// kDurationBounds. Errors: INVALID_ARGUMENT quoting the text (ParseFrequency's).
+Result<Millis> ParseDuration(std::string_view text);
+
 // ---- Requests ----
 
-// Parses a request body. An empty body, a body that is not JSON (or not valid UTF-8), or one
-// nested deeper than `max_depth` fails with `invalid_json`.
+// Parses a request body: ParseJson without comments. An empty body, a body that is not JSON (or
+// not valid UTF-8), or one nested deeper than `max_depth` fails with `invalid_json`.
 Decoded<Json> ParseJsonBody(std::string_view body, int max_depth = kMaxJsonDepth);
 
 // A URL query, decoded (`+` is a space, %XX escapes resolved), in order of appearance.

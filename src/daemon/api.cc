@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "codec/url.h"
+#include "core/names.h"
 
 namespace syncsched::daemon {
 namespace {
@@ -170,7 +171,7 @@ HttpResponse Api::Dispatch(const Route& route, const HttpRequest& request) {
   if (takes != Takes::kQuery && !query->empty()) {
     return ErrorResponse(ApiError{400, "unknown_field",
                                   "unknown query parameter " +
-                                      codec::Dump(Json(query->front().first)) +
+                                      core::Quote(query->front().first, core::kMaxQuotedBytes) +
                                       "; this route takes none",
                                   query->front().first});
   }

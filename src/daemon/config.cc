@@ -21,6 +21,9 @@ namespace {
 
 using codec::Json;
 
+// Deep enough for any configuration (it nests five levels).
+constexpr int kMaxConfigDepth = 64;
+
 // Thrown inside the parser and caught at its entry: a configuration error ends the parse.
 struct Failure {
   ConfigError error;
@@ -30,46 +33,43 @@ struct Failure {
   throw Failure{ConfigError{std::move(field), std::move(message)}};
 }
 
-std::string Quote(std::string_view s) { return codec::Dump(Json(std::string(s))); }
+using core::Quote;
 
-std::string Member(std::string_view path, std::string_view key) {
-  return path.empty() ? std::string(key) : std::string(path) + "." + std::string(key);
-}
+// A member of an object keyed by a name, in a field path: `integrations["github"]`. The key is
+// spelled as a JSON string literal (not core::Quote, which is for messages), so the path reads as
+// the file is written and a key with an escape can be searched for in the file as it stands.
+std::string JsonString(std::string_view s) { return codec::Dump(Json(std::string(s))); }
+
+std::string Member(std::string_view path, std::string_view key) { return codec::Join(path, key); }
 std::string Keyed(std::string_view path, std::string_view key) {
-  return std::string(path) + "[" + Quote(key) + "]";
+  return std::string(path) + "[" + JsonString(key) + "]";
 }
 std::string Indexed(std::string_view path, std::size_t i) {
   return std::string(path) + "[" + std::to_string(i) + "]";
 }
 
+[[noreturn]] void Fail(const codec::ApiError& e) { Fail(e.field.value_or(""), e.message); }
+
+// The codec's rules for objects (codec::CheckObject), with the configuration's own words for the
+// document itself.
 void ExpectObject(const Json& j, const std::string& path,
                   std::initializer_list<std::string_view> allowed) {
-  if (!j.is_object()) {
-    Fail(path, (path.empty() ? std::string("the configuration") : path) +
-                   " must be an object, not " + j.type_name());
+  if (path.empty() && !j.is_object()) {
+    Fail(path, std::string("the configuration must be an object, not ") + j.type_name());
   }
-  for (const auto& [key, value] : j.items()) {
-    if (std::find(allowed.begin(), allowed.end(), key) == allowed.end()) {
-      std::string accepted;
-      for (std::string_view a : allowed)
-        accepted += (accepted.empty() ? "" : ", ") + std::string(a);
-      Fail(Member(path, key), "unknown field " + Quote(key) + "; accepted: " + accepted);
-    }
-  }
+  if (auto e = codec::CheckObject(j, path, allowed)) Fail(*e);
 }
 
-const Json* Find(const Json& obj, std::string_view key) {
-  auto it = obj.find(key);
-  return it == obj.end() ? nullptr : &*it;
-}
+// A member given as null is absent, as in a request body.
+using codec::Find;
 
 std::string String(const Json& j, const std::string& path) {
-  if (!j.is_string()) Fail(path, path + " must be a string, not " + j.type_name());
+  if (!j.is_string()) Fail(codec::WrongType(path, "a string", j));
   return j.get<std::string>();
 }
 
 bool Bool(const Json& j, const std::string& path) {
-  if (!j.is_boolean()) Fail(path, path + " must be a boolean, not " + j.type_name());
+  if (!j.is_boolean()) Fail(codec::WrongType(path, "a boolean", j));
   return j.get<bool>();
 }
 
@@ -82,11 +82,9 @@ std::size_t Count(const Json& j, const std::string& path, std::size_t min, std::
   return j.get<std::size_t>();
 }
 
-// Durations use the frequency grammar ("30s", "10 minutes", "1h").
+// Durations use the codec's one duration parser (the frequency grammar: "30s", "1h").
 Millis Duration(const Json& j, const std::string& path) {
-  std::string text = String(j, path);
-  FrequencyBounds wide{Millis(1), std::chrono::hours(24 * 3650)};
-  Result<Millis> d = ParseFrequency(text, wide);
+  Result<Millis> d = codec::ParseDuration(String(j, path));
   if (!d.ok()) Fail(path, path + ": " + d.status().message());
   return d.value();
 }
@@ -371,15 +369,11 @@ Config Parse(const Json& root) {
 }  // namespace
 
 ConfigResult ParseConfig(std::string_view text) {
-  Json root;
+  // The codec's parser, with comments: a key given twice is an error, not a silent override.
+  codec::Decoded<Json> root = codec::ParseJson(text, kMaxConfigDepth, /*allow_comments=*/true);
+  if (!root.ok()) return ConfigError{"", "not valid JSON: " + root.error().message};
   try {
-    root = Json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/true,
-                       /*ignore_comments=*/true);
-  } catch (const Json::exception& e) {
-    return ConfigError{"", std::string("not valid JSON: ") + e.what()};
-  }
-  try {
-    return Parse(root);
+    return Parse(root.value());
   } catch (const Failure& f) {
     return f.error;
   }

@@ -257,6 +257,21 @@ TEST(Config, ErrorsNameTheField) {
   }
 }
 
+// The configuration is parsed by the HTTP codec's JSON parser: a key given twice is an error (not
+// a silent override by the last one), and a member given as null is absent.
+TEST(Config, AKeyGivenTwiceIsAnErrorAndNullIsAbsent) {
+  ConfigError twice = Err(R"({"database": "a.db", "database": "b.db"})");
+  EXPECT_NE(twice.message.find("database"), std::string::npos) << twice.message;
+  ConfigError nested = Err(R"({"database": "x.db", "limits": {"read_timeout": "1s",
+                               "read_timeout": "2s"}})");
+  EXPECT_NE(nested.message.find("read_timeout"), std::string::npos) << nested.message;
+  Config c = Ok(R"({"database": "x.db", "worker_threads": null, "limits": null})");
+  EXPECT_EQ(c.worker_threads, 4u);
+  EXPECT_EQ(c.limits.read_timeout, std::chrono::seconds(30));
+  // Required stays required: null is not a value.
+  EXPECT_EQ(Err(R"({"database": null})").field, "database");
+}
+
 TEST(Config, ASyncWithoutACommandSaysWhatIsExpected) {
   ConfigError e = Err(WithSync(R"("runs": "1h")"));
   EXPECT_NE(e.message.find("required"), std::string::npos) << e.message;

@@ -389,17 +389,17 @@ void Model::EndRun(SchedModel& s) {
 
 std::vector<StatusCode> Model::Resolve(const Target& target, std::vector<Key>& out) const {
   out.clear();
-  auto integ = integrations_.find(target.integration);
-  if (integ == integrations_.end()) {
-    if (!ValidIntegration(target.integration)) {
-      return {StatusCode::kNotFound, StatusCode::kInvalidArgument};
-    }
-    return {StatusCode::kNotFound};
+  // A malformed name is INVALID_ARGUMENT whatever else the target names (every name is checked
+  // before any is looked up); NOT_FOUND is for a well-formed name that does not exist.
+  bool malformed = !ValidIntegration(target.integration) ||
+                   (target.connection && !ValidConnection(*target.connection));
+  for (const SyncSelector& sel : target.syncs) {
+    malformed = malformed || !ValidName(sel.name) || !ValidName(sel.variant);
   }
+  if (malformed) return {StatusCode::kInvalidArgument};
+  auto integ = integrations_.find(target.integration);
+  if (integ == integrations_.end()) return {StatusCode::kNotFound};
   if (target.connection && !integ->second.connections.count(*target.connection)) {
-    if (!ValidConnection(*target.connection)) {
-      return {StatusCode::kNotFound, StatusCode::kInvalidArgument};
-    }
     return {StatusCode::kNotFound};
   }
   auto in_scope = [&](const Key& k) {
@@ -422,12 +422,7 @@ std::vector<StatusCode> Model::Resolve(const Target& target, std::vector<Key>& o
     for (const Key& k : keys) {
       if (std::get<2>(k) == sel.name && std::get<3>(k) == sel.variant) found = true;
     }
-    if (!found) {
-      if (!ValidName(sel.name) || !ValidName(sel.variant)) {
-        return {StatusCode::kNotFound, StatusCode::kInvalidArgument};
-      }
-      return {StatusCode::kNotFound};
-    }
+    if (!found) return {StatusCode::kNotFound};
   }
   out.assign(keys.begin(), keys.end());
   return {};

@@ -28,6 +28,7 @@
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/bind_executor.hpp>
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/post.hpp>
@@ -48,9 +49,21 @@ namespace syncsched {
 using CoroutineSyncCallback = std::function<boost::asio::awaitable<RunReport>(RunContext)>;
 
 namespace internal {
+// What one run's coroutine and its cancellation share; touched only on the run's strand.
+struct CoroutineRun {
+  boost::asio::cancellation_signal signal;
+  bool started = false;  // the coroutine has taken its first step: emitting reaches it
+  bool finished = false;
+};
+
 // The coroutine spawned for one run: nothing when the run was cancelled before it began.
 inline boost::asio::awaitable<RunReport> RunCoroutine(CoroutineSyncCallback callback,
-                                                      RunContext ctx) {
+                                                      RunContext ctx,
+                                                      std::shared_ptr<CoroutineRun> run) {
+  // From here on a cancellation is emitted (on this strand, after this step); one that came
+  // before is seen by the check below. Emitting earlier would mark the spawn's own start as
+  // cancelled, and Asio throws that where no handler can catch it (std::terminate).
+  run->started = true;
   if (ctx.cancel.cancelled()) co_return RunReport{.status = ctx.cancel.reason()};
   // The call outside the co_await expression: GCC 12 miscompiles a class temporary passed by
   // value inside one (copied bytewise, then destroyed twice).
@@ -80,38 +93,42 @@ inline Status RegisterCoroutineCallback(Engine& engine, std::string_view integra
                   const RunContext& ctx, RunDone done) {
     // One strand per run: the coroutine, its cancellation and its completion never run at once.
     auto strand = boost::asio::make_strand(executor);
-    auto signal = std::make_shared<boost::asio::cancellation_signal>();
+    auto run = std::make_shared<internal::CoroutineRun>();
     CancellationToken token = ctx.cancel;
     // Registered before the spawn, and owned by the completion handler, which ends it: a cancel
     // arriving later finds nothing to emit to. The signal is emitted on the strand
-    // (cancellation_signal is not thread-safe) once the coroutine has taken its first step; a
-    // cancel before that step is seen by the check at its start.
+    // (cancellation_signal is not thread-safe), and only once the coroutine has started.
     auto registration =
-        std::make_shared<CancellationToken::Registration>(token.OnCancelScoped([strand, signal] {
-          boost::asio::post(strand,
-                            [signal] { signal->emit(boost::asio::cancellation_type::terminal); });
+        std::make_shared<CancellationToken::Registration>(token.OnCancelScoped([strand, run] {
+          boost::asio::post(strand, [run] {
+            if (run->started && !run->finished) {
+              run->signal.emit(boost::asio::cancellation_type::terminal);
+            }
+          });
         }));
-    boost::asio::co_spawn(
-        strand, internal::RunCoroutine(callback, ctx),
-        boost::asio::bind_cancellation_slot(
-            signal->slot(), [done = std::move(done), signal, registration, token](
-                                std::exception_ptr error, RunReport report) mutable {
-              registration->Reset();
-              if (error) {
-                if (token.cancelled()) {
-                  report = RunReport{.status = token.reason()};
-                } else {
-                  try {
-                    std::rethrow_exception(error);
-                  } catch (const std::exception& e) {
-                    report = RunReport::Failure(e.what());
-                  } catch (...) {
-                    report = RunReport::Failure("unknown exception");
-                  }
-                }
-              }
-              done(std::move(report));
-            }));
+    boost::asio::co_spawn(strand, internal::RunCoroutine(callback, ctx, run),
+                          boost::asio::bind_cancellation_slot(
+                              run->signal.slot(),
+                              boost::asio::bind_executor(
+                                  strand, [done = std::move(done), run, registration, token](
+                                              std::exception_ptr error, RunReport report) mutable {
+                                    run->finished = true;
+                                    registration->Reset();
+                                    if (error) {
+                                      if (token.cancelled()) {
+                                        report = RunReport{.status = token.reason()};
+                                      } else {
+                                        try {
+                                          std::rethrow_exception(error);
+                                        } catch (const std::exception& e) {
+                                          report = RunReport::Failure(e.what());
+                                        } catch (...) {
+                                          report = RunReport::Failure("unknown exception");
+                                        }
+                                      }
+                                    }
+                                    done(std::move(report));
+                                  })));
   };
   return engine.RegisterAsyncCallback(integration, sync, std::move(body));
 }

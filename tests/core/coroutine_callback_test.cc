@@ -187,6 +187,42 @@ TEST_F(CoroutineCallback, RunsOnAThreadPoolAreAllAbortedByOnePause) {
   EXPECT_EQ(m.runs_succeeded, 0u);
 }
 
+// Regression: a cancellation delivered before the coroutine's first step crashed the process
+// (Asio threw from the spawn's own start, where nothing catches). Each connection's run is
+// cancelled as it starts, on a pool of two threads.
+TEST_F(CoroutineCallback, RunsCancelledAsTheyStartEndCleanly) {
+  constexpr int kConnections = 500;
+  asio::thread_pool pool(2);
+  std::atomic<int> started{0};
+  ASSERT_TRUE(RegisterCoroutineCallback(*engine, "github", "issues", pool.get_executor(),
+                                        [&](RunContext) -> asio::awaitable<RunReport> {
+                                          ++started;
+                                          co_await AwaitForever();
+                                          co_return RunReport::Success();
+                                        })
+                  .ok());
+  SyncDefinition def{.name = "issues", .frequency = "every 1h"};
+  ASSERT_TRUE(engine->DefineSync("github", def).ok());
+  for (int i = 0; i < kConnections; ++i) {
+    std::string connection = "c" + std::to_string(i);
+    ASSERT_TRUE(engine->AddConnection("github", connection).ok());
+    Settle();  // the run is dispatched: its coroutine is being spawned on the pool
+    ASSERT_TRUE(engine->Pause(T("github", connection)).ok());
+  }
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (engine->GetMetrics().runs_in_flight > 0 && std::chrono::steady_clock::now() < deadline) {
+    Settle();
+    std::this_thread::yield();
+  }
+  pool.join();
+  Settle();
+  EngineMetrics m = engine->GetMetrics();
+  EXPECT_EQ(m.runs_in_flight, 0u);
+  EXPECT_EQ(m.runs_cancelled, static_cast<std::uint64_t>(kConnections));
+  EXPECT_EQ(m.runs_succeeded, 0u);
+  EXPECT_LE(started.load(), kConnections);
+}
+
 TEST_F(CoroutineCallback, AnEmptyCallbackOrExecutorIsRefusedAndChangesNothing) {
   Status st = RegisterCoroutineCallback(*engine, "github", "issues", io.get_executor(), nullptr);
   EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);

@@ -23,6 +23,7 @@
 
 #include <chrono>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <tuple>
 #include <utility>
@@ -107,9 +108,13 @@ class SYNCSCHED_EXPORT Engine {
   // flight finish until `deadline` (on std::chrono::steady_clock: real time, whatever the engine's
   // clock), cancels those still going then (as the destructor does: CANCELLED, "engine shutting
   // down"), commits every outcome to the database, stops the engine's threads and returns.
-  // Afterwards commands fail with FAILED_PRECONDITION and callbacks are no longer called; the
-  // destructor only frees memory. Idempotent; any thread but one the runs need to finish (with a
-  // host run executor, not a thread that alone runs it), and not from a callback.
+  // Afterwards the commands that change state (DefineSync, AddConnection, DeleteConnection,
+  // CreateVariant, DeleteVariant, Start, Pause, Trigger, UpdateFrequency, SetIntegrationLimits)
+  // fail with FAILED_PRECONDITION and callbacks are no longer called; GetStatus, Forecast,
+  // GetMetrics and MemoryBytes still read the state as the drain left it, and RegisterCallback
+  // and SetFallbackCallback are accepted but have no effect. The destructor only frees memory.
+  // Idempotent; any thread but one the runs need to finish (with a host run executor, not a thread
+  // that alone runs it), and not from a callback.
   void Shutdown(std::chrono::steady_clock::time_point deadline);
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
@@ -209,8 +214,10 @@ class SYNCSCHED_EXPORT Engine {
   // completion signature is void(Status) for commands returning Status and void(Result<T>) for
   // those returning Result<T> (AsyncCreateVariant: void(Result<ScheduleStatus>)). Asynchronous
   // commands run one at a time, in the order they were called; a handler runs exactly once and
-  // never inside the call that started it. Calls made after Shutdown complete with
-  // FAILED_PRECONDITION, as the blocking forms do. Shutdown and the destructor wait for the
+  // never inside the call that started it; it must not throw (as in Asio: an exception escaping a
+  // plain callback ends the process). Calls made during or after Shutdown complete as the
+  // blocking forms would then (FAILED_PRECONDITION for the commands that change state); every
+  // handler runs, whenever its command was called. Shutdown and the destructor wait for the
   // commands already called; so neither may be called from a handler running on the command thread
   // (a plain callback's).
   template <typename Token>
@@ -288,8 +295,10 @@ class SYNCSCHED_EXPORT Engine {
   explicit Engine(std::shared_ptr<core::EngineCore> core);
 
   // The engine-owned executor the asynchronous forms run their commands on (one thread, made at
-  // the first call; joined by Shutdown and the destructor).
-  boost::asio::any_io_executor CommandExecutor();
+  // the first call; joined by Shutdown and the destructor), and a lock that keeps it from being
+  // joined until released: a command is posted under it, so that it lands on a pool that will
+  // still run it (a pool being joined takes no more work, and a joined one is destroyed).
+  std::unique_lock<std::mutex> LockCommandExecutor(boost::asio::any_io_executor& executor);
 
   // Runs `fn(*this)` on the command executor, then the handler with its result on the handler's
   // associated executor (kept busy meanwhile by a work guard).
@@ -297,7 +306,8 @@ class SYNCSCHED_EXPORT Engine {
   auto AsyncRun(Fn fn, Token&& token) {
     return boost::asio::async_initiate<Token, void(R)>(
         [this](auto handler, Fn fn) {
-          boost::asio::any_io_executor commands = CommandExecutor();
+          boost::asio::any_io_executor commands;
+          std::unique_lock<std::mutex> lock = LockCommandExecutor(commands);
           auto work =
               boost::asio::make_work_guard(boost::asio::get_associated_executor(handler, commands));
           boost::asio::post(commands, [this, fn = std::move(fn), handler = std::move(handler),

@@ -18,7 +18,9 @@ struct Engine::AsyncState {
   std::unique_ptr<boost::asio::thread_pool> pool;  // guarded by mu until stopped
   bool stopped = false;
   // Waits for the commands already posted, then ends the thread. Later calls still need an
-  // executor (they then fail with FAILED_PRECONDITION): a fresh pool serves them.
+  // executor (they then fail with FAILED_PRECONDITION): a fresh pool serves them. A command is
+  // posted under `mu` (Engine::LockCommandExecutor), so it either reached this pool before it was
+  // taken (join runs it) or goes to the fresh one.
   void Join() {
     std::unique_ptr<boost::asio::thread_pool> p;
     {
@@ -44,10 +46,11 @@ Engine::~Engine() {
   async_->Join();  // one posted by a handler meanwhile
 }
 
-boost::asio::any_io_executor Engine::CommandExecutor() {
-  std::lock_guard lock(async_->mu);
+std::unique_lock<std::mutex> Engine::LockCommandExecutor(boost::asio::any_io_executor& executor) {
+  std::unique_lock lock(async_->mu);
   if (!async_->pool) async_->pool = std::make_unique<boost::asio::thread_pool>(1);
-  return async_->pool->get_executor();
+  executor = async_->pool->get_executor();
+  return lock;
 }
 
 void Engine::Shutdown(std::chrono::steady_clock::time_point deadline) {

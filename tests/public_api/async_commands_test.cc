@@ -2,6 +2,7 @@
 // boost::asio::use_future and boost::asio::use_awaitable. Public headers only.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -127,6 +128,37 @@ TEST_F(AsyncCommands, AfterShutdownCommandsCompleteWithFailedPrecondition) {
   engine->Shutdown(std::chrono::steady_clock::now());
   Status st = engine->AsyncDefineSync("github", Def(), boost::asio::use_future).get();
   EXPECT_TRUE(st.IsFailedPrecondition()) << st;
+}
+
+}  // namespace
+
+namespace {
+
+// Regression: a command called while Shutdown ran could be posted to the command pool Shutdown
+// was joining (its handler never ran) or had destroyed (a use after free). Every handler of a
+// command called before, during or after Shutdown runs exactly once.
+TEST_F(AsyncCommands, CommandsCalledDuringShutdownAllComplete) {
+  ASSERT_TRUE(engine->DefineSync("github", Def()).ok());
+  constexpr int kThreads = 3, kCalls = 2000;
+  std::atomic<int> completed{0};
+  std::atomic<bool> go{false};
+  std::vector<std::thread> callers;
+  for (int t = 0; t < kThreads; ++t) {
+    callers.emplace_back([&] {
+      while (!go.load()) std::this_thread::yield();
+      for (int i = 0; i < kCalls; ++i) {
+        engine->AsyncGetStatus(
+            syncsched::Target{.integration = "github"},
+            [&](Result<std::vector<syncsched::ScheduleStatus>>) { completed.fetch_add(1); });
+      }
+    });
+  }
+  go.store(true);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1));  // let some calls in first
+  engine->Shutdown(std::chrono::steady_clock::now());
+  for (std::thread& t : callers) t.join();
+  engine.reset();  // joins the pool that served the calls after Shutdown
+  EXPECT_EQ(completed.load(), kThreads * kCalls);
 }
 
 }  // namespace

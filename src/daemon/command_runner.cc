@@ -28,6 +28,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <future>
 
+#include "core/names.h"
 #include "syncsched/frequency.h"
 
 extern char** environ;
@@ -102,8 +103,6 @@ class LineSplitter {
   std::string pending_;
 };
 
-std::string Quote(std::string_view s) { return codec::Dump(codec::Json(std::string(s))); }
-
 std::string_view Trim(std::string_view s) {
   while (!s.empty() && std::strchr(" \t", s.front()) != nullptr) s.remove_prefix(1);
   while (!s.empty() && std::strchr(" \t", s.back()) != nullptr) s.remove_suffix(1);
@@ -118,8 +117,7 @@ class Directives {
   std::optional<std::string> Feed(std::string_view line) {
     if (line.starts_with(kNextRunIn)) {
       std::string_view text = Trim(line.substr(kNextRunIn.size()));
-      Result<Millis> d =
-          ParseFrequency(text, FrequencyBounds{Millis(1), std::chrono::hours(24 * 3650)});
+      Result<Millis> d = codec::ParseDuration(text);
       if (!d.ok()) return std::string(kNextRunIn) + ": " + d.status().message();
       next_run_in_ = d.value();
       return std::nullopt;
@@ -657,6 +655,7 @@ class CommandRunner::Process : public std::enable_shared_from_this<Process> {
     RunDone done = std::move(done_);
     runner_.Finished();  // reaped: no longer running, whoever the report wakes
     done(std::move(report));
+    runner_.ProcessEnded(schedule_);  // the schedule's next run may start
   }
 
   RunReport Report(int status) {
@@ -749,19 +748,79 @@ void CommandRunner::RunAsync(const std::vector<std::string>& argv, const RunCont
     // process ends, and the caller's (an engine worker) may end first, at the engine's close,
     // which would SIGKILL the command before its SIGTERM and grace.
     boost::asio::post(io_, [this, argv, ctx, done = std::move(done)]() mutable {
-      try {
-        StartProcess(argv, ctx, done);
-      } catch (const std::exception& e) {
-        if (done) {
-          done(
-              RunReport::Failure(std::string("syncschedd could not run the command: ") + e.what()));
-        }
-      }
+      Launch(std::move(argv), std::move(ctx), std::move(done));
     });
   } catch (const std::exception& e) {
     if (done)
       done(RunReport::Failure(std::string("syncschedd could not run the command: ") + e.what()));
   }
+}
+
+void CommandRunner::Launch(std::vector<std::string> argv, RunContext ctx, RunDone done) {
+  std::string schedule = ToString(ctx.key);
+  ScheduleProcesses& processes = schedules_[schedule];
+  if (processes.live > 0) {
+    auto parked =
+        std::make_shared<Parked>(Parked{std::move(argv), std::move(ctx), std::move(done)});
+    processes.parked.push_back(parked);
+    log_.Info("run waits for the process group of its schedule's previous run to end",
+              {{"schedule", schedule}, {"run_id", parked->ctx.run_id}});
+    std::weak_ptr<Parked> weak = parked;
+    parked->ctx.cancel.OnCancel([this, weak, ex = io_.get_executor()] {
+      boost::asio::post(ex, [this, weak] {
+        if (auto p = weak.lock()) CancelParked(p);
+      });
+    });
+    return;
+  }
+  try {
+    StartProcess(argv, ctx, done);
+  } catch (const std::exception& e) {
+    if (done) {
+      done(RunReport::Failure(std::string("syncschedd could not run the command: ") + e.what()));
+    }
+  }
+  auto it = schedules_.find(schedule);
+  if (it != schedules_.end() && it->second.live == 0 && it->second.parked.empty()) {
+    schedules_.erase(it);
+  }
+}
+
+void CommandRunner::CancelParked(const std::shared_ptr<Parked>& parked) {
+  auto it = schedules_.find(ToString(parked->ctx.key));
+  if (it == schedules_.end()) return;
+  auto& queue = it->second.parked;
+  auto at = std::find(queue.begin(), queue.end(), parked);
+  if (at == queue.end()) return;  // already started
+  queue.erase(at);
+  RunDone done = std::move(parked->done);
+  if (done) done(Stopped(parked->ctx.cancel.reason()));
+}
+
+void CommandRunner::ProcessEnded(const std::string& schedule) {
+  auto it = schedules_.find(schedule);
+  if (it == schedules_.end()) return;
+  if (--it->second.live > 0) return;
+  while (!it->second.parked.empty()) {
+    std::shared_ptr<Parked> next = std::move(it->second.parked.front());
+    it->second.parked.pop_front();
+    if (next->ctx.cancel.cancelled()) {
+      RunDone done = std::move(next->done);
+      if (done) done(Stopped(next->ctx.cancel.reason()));
+      continue;
+    }
+    try {
+      StartProcess(next->argv, next->ctx, next->done);
+    } catch (const std::exception& e) {
+      if (next->done) {
+        next->done(
+            RunReport::Failure(std::string("syncschedd could not run the command: ") + e.what()));
+      }
+    }
+    it = schedules_.find(schedule);  // StartProcess may have added to the map
+    if (it == schedules_.end() || it->second.live > 0) return;
+  }
+  schedules_.erase(it);
 }
 
 void CommandRunner::BeginShutdown() { shutting_down_.store(true); }
@@ -809,7 +868,14 @@ void CommandRunner::StartProcess(const std::vector<std::string>& argv, const Run
   for (std::string& s : args) argvp.push_back(s.data());
   argvp.push_back(nullptr);
 
-  auto fail = [&](std::string message) { done(RunReport::Failure(std::move(message))); };
+  // A run that cannot start (no pipe: too many open files) is logged and counted as a spawn
+  // failure, like a command that cannot be executed.
+  auto fail = [&](std::string message) {
+    spawn_failures_.fetch_add(1, std::memory_order_relaxed);
+    log_.Error("command not started",
+               {{"schedule", schedule}, {"run_id", ctx.run_id}, {"error", message}});
+    done(RunReport::Failure(std::move(message)));
+  };
   int out_pipe[2];
   int err_pipe[2];
   if (pipe2(out_pipe, O_CLOEXEC) != 0) {
@@ -880,12 +946,8 @@ void CommandRunner::StartProcess(const std::vector<std::string>& argv, const Run
   err_write.Reset();
   if (rc != 0) {
     if (counted) Finished();
-    spawn_failures_.fetch_add(1, std::memory_order_relaxed);
-    std::string message =
-        "cannot start " + Quote(argv.empty() ? std::string() : argv[0]) + ": " + std::strerror(rc);
-    log_.Error("command not started",
-               {{"schedule", schedule}, {"run_id", ctx.run_id}, {"error", message}});
-    return fail(std::move(message));
+    return fail("cannot start " + core::Quote(argv.empty() ? std::string() : argv[0]) + ": " +
+                std::strerror(rc));
   }
   spawned_.fetch_add(1, std::memory_order_relaxed);
   log_.Info("run started", {{"schedule", schedule},
@@ -908,6 +970,7 @@ void CommandRunner::StartProcess(const std::vector<std::string>& argv, const Run
   // The descriptors now belong to the process's stream_descriptors.
   (void)out_read.Release();
   (void)err_read.Release();
+  ++schedules_[schedule].live;  // until Process::Finish
   process->Start();
 }
 

@@ -48,9 +48,11 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include <boost/asio/executor_work_guard.hpp>
@@ -114,6 +116,23 @@ class CommandRunner {
   // Spawns the process and hands it to io_; false (and `done` called) when it cannot start.
   void StartProcess(const std::vector<std::string>& argv, const RunContext& ctx, RunDone& done);
   void Finished();  // a run counted in running_ has reported
+  // On io_: starts the run, or parks it while a process group of its schedule is still alive (a
+  // run abandoned at its timeout, or when its connection was deleted, is still in its kill
+  // grace): never two commands of one schedule at once.
+  void Launch(std::vector<std::string> argv, RunContext ctx, RunDone done);
+  // On io_: a process of `schedule` has been reaped; the first run parked behind it starts.
+  void ProcessEnded(const std::string& schedule);
+  struct Parked {
+    std::vector<std::string> argv;
+    RunContext ctx;
+    RunDone done;
+  };
+  // On io_: a parked run was cancelled: it reports at once and never starts.
+  void CancelParked(const std::shared_ptr<Parked>& parked);
+  struct ScheduleProcesses {
+    int live = 0;                                // processes spawned and not yet reaped
+    std::deque<std::shared_ptr<Parked>> parked;  // runs waiting for them, in arrival order
+  };
   // Registers ('+') or forgets ('-') a run's process group, in the registry of KillAllRunGroups
   // and (for '-'; the child sends '+' itself) with the watchdog.
   void Watch(char op, pid_t pgid);
@@ -129,6 +148,7 @@ class CommandRunner {
   int watch_fd_ = -1;        // the daemon's end of the watchdog's socket
   pid_t watchdog_ = -1;
   std::atomic<bool> watchdog_lost_{false};
+  std::unordered_map<std::string, ScheduleProcesses> schedules_;  // on io_ only; by schedule key
   boost::asio::io_context io_{1};
   boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work_{
       io_.get_executor()};

@@ -220,6 +220,53 @@ TEST_F(CommandRunnerTest, ACommandIgnoringSigtermIsKilledAfterTheGrace) {
   EXPECT_TRUE(WaitFor([&] { return ProcessGone(leader); }));
 }
 
+// A run abandoned at its timeout may leave its process group alive for the kill grace (a command
+// ignoring SIGTERM). The schedule's next run waits for that group to end: never two commands of
+// one schedule at once. A waiting run that is cancelled reports at once and never starts.
+TEST_F(CommandRunnerTest, ARunWaitsUntilItsSchedulesPreviousProcessGroupHasEnded) {
+  RunContext first = ctx_;
+  first.run_id = "first";
+  first.cancel = CancellationToken();
+  std::promise<RunReport> first_report;
+  runner_.RunAsync(
+      {"/bin/sh", "-c",
+       "trap '' TERM; echo $$ > '" + Path("leader") + "'; while :; do sleep 0.05; done"},
+      first, [&](RunReport r) { first_report.set_value(std::move(r)); });
+  pid_t leader = PidIn("leader");
+  first.cancel.Cancel(Status::DeadlineExceeded("timed out"));  // killed after the 300 ms grace
+
+  RunContext cancelled = ctx_;  // waits, then is cancelled while it waits
+  cancelled.run_id = "cancelled";
+  cancelled.cancel = CancellationToken();
+  std::promise<RunReport> cancelled_report;
+  runner_.RunAsync({"/bin/sh", "-c", "touch '" + Path("cancelled") + "'"}, cancelled,
+                   [&](RunReport r) { cancelled_report.set_value(std::move(r)); });
+  RunContext second = ctx_;
+  second.run_id = "second";
+  second.cancel = CancellationToken();
+  std::promise<RunReport> second_report;
+  runner_.RunAsync(
+      {"/bin/sh", "-c",
+       "echo started > '" + Path("second") + "'; if kill -0 " + std::to_string(leader) +
+           " 2>/dev/null; then echo overlap >> '" + Path("second") + "'; fi"},
+      second, [&](RunReport r) { second_report.set_value(std::move(r)); });
+  cancelled.cancel.Cancel(Status::Cancelled("paused"));
+  auto c = cancelled_report.get_future();
+  ASSERT_EQ(c.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  EXPECT_EQ(c.get().status.code(), StatusCode::kCancelled);
+
+  auto s = second_report.get_future();
+  ASSERT_EQ(s.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  EXPECT_TRUE(s.get().status.ok());
+  EXPECT_EQ(ReadLines(Path("second")), std::vector<std::string>{"started"})
+      << "the second run started while the first one's process was alive";
+  EXPECT_FALSE(std::filesystem::exists(Path("cancelled")));
+  auto f = first_report.get_future();
+  ASSERT_EQ(f.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  EXPECT_EQ(f.get().status.code(), StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(runner_.spawned(), 2u);
+}
+
 TEST_F(CommandRunnerTest, ProcessesLeftBehindAreKilled) {
   RunReport r = Sh("sleep 30 > /dev/null 2>&1 & echo $! > '" + Path("child") + "'; exit 0");
   EXPECT_TRUE(r.status.ok());
@@ -263,6 +310,7 @@ TEST_F(CommandRunnerTest, ManyRunsAtOnce) {
     runs.push_back(std::async(std::launch::async, [this, i] {
       RunContext ctx = ctx_;
       ctx.run_id = "r" + std::to_string(i);
+      ctx.key.connection = "c" + std::to_string(i);
       return runner_.Run({"/bin/sh", "-c", "echo $SYNCSCHED_RUN_ID >> '" + Path("runs") + "'"},
                          ctx);
     }));
@@ -293,6 +341,7 @@ TEST_F(CommandRunnerTest, AThousandRunsInFlightOnTwoThreads) {
     for (int i = first; i < kRuns; i += 2) {
       RunContext ctx = ctx_;
       ctx.run_id = "r" + std::to_string(i);
+      ctx.key.connection = "c" + std::to_string(i);  // one schedule's runs never overlap
       ctx.heartbeat = nullptr;
       ctx.cancel = all;
       runner_.RunAsync({"sleep", "600"}, ctx, [&](RunReport r) {

@@ -64,23 +64,31 @@ void EnsureStandardFds() {
 // itself once with it added, unless GLIBC_TUNABLES already names glibc.malloc.hugetlb (=0 turns it
 // off) or the daemon runs under valgrind (whose malloc ignores it and which would not follow the
 // exec). Commands get GLIBC_TUNABLES as it was. Nothing changes where THP is off or always on.
-constexpr char kTunablesBefore[] = "SYNCSCHED_GLIBC_TUNABLES_BEFORE";  // "-" unset, else "=value"
+// The re-executed daemon learns GLIBC_TUNABLES as it was from this variable: "<pid>-" (it was
+// not set) or "<pid>=<value>". The pid (exec keeps it) tells the daemon's own mark from a variable
+// of that name it was started with, which is ignored.
+constexpr char kTunablesBefore[] = "SYNCSCHED_GLIBC_TUNABLES_BEFORE";
 
 void UseHugePagesForMalloc(char** argv) {
+  const std::string mine = std::to_string(getpid());
   if (const char* before = std::getenv(kTunablesBefore)) {
-    // The re-executed daemon.
     std::string b = before;
     unsetenv(kTunablesBefore);
-    syncsched::daemon::RestoreGlibcTunablesInCommands(
-        b.starts_with("=") ? std::optional<std::string>(b.substr(1)) : std::nullopt);
-    return;
+    if (b.starts_with(mine) && b.size() > mine.size() &&
+        (b[mine.size()] == '-' || b[mine.size()] == '=')) {
+      // The re-executed daemon.
+      syncsched::daemon::RestoreGlibcTunablesInCommands(
+          b[mine.size()] == '=' ? std::optional<std::string>(b.substr(mine.size() + 1))
+                                : std::nullopt);
+      return;
+    }
   }
   const char* tunables = std::getenv("GLIBC_TUNABLES");
   std::string current = tunables != nullptr ? tunables : "";
   if (current.find("glibc.malloc.hugetlb") != std::string::npos) return;
   const char* preload = std::getenv("LD_PRELOAD");
   if (preload != nullptr && std::strstr(preload, "vgpreload") != nullptr) return;
-  std::string before = tunables != nullptr ? "=" + current : "-";
+  std::string before = mine + (tunables != nullptr ? "=" + current : "-");
   std::string value = (current.empty() ? "" : current + ":") + "glibc.malloc.hugetlb=1";
   setenv(kTunablesBefore, before.c_str(), 1);
   setenv("GLIBC_TUNABLES", value.c_str(), 1);

@@ -308,11 +308,13 @@ TEST_F(ProcessTest, MallocGetsHugePagesAndCommandsGetTheEnvironmentAsItWas) {
     std::optional<std::string> given;  // GLIBC_TUNABLES in the daemon's environment
     std::string daemon_part;           // the start of the daemon's GLIBC_TUNABLES
     bool huge;                         // whether the daemon's GLIBC_TUNABLES adds hugetlb=1
+    bool forged_mark = false;          // started with a mark of the re-execution it did not make
   };
   const Case cases[] = {
       {std::nullopt, "glibc.malloc.hugetlb=1", true},
       {"glibc.malloc.arena_max=2", "glibc.malloc.arena_max=2", true},
       {"glibc.malloc.hugetlb=0", "glibc.malloc.hugetlb=0", false},
+      {"glibc.malloc.arena_max=2", "glibc.malloc.arena_max=2", true, true},
   };
   int n = 0;
   for (const Case& c : cases) {
@@ -333,8 +335,10 @@ TEST_F(ProcessTest, MallocGetsHugePagesAndCommandsGetTheEnvironmentAsItWas) {
     } else {
       unsetenv("GLIBC_TUNABLES");
     }
+    if (c.forged_mark) setenv("SYNCSCHED_GLIBC_TUNABLES_BEFORE", "1=forged", 1);
     std::string log = "env" + std::to_string(n) + ".log";
     auto daemon = Start(path, log);
+    unsetenv("SYNCSCHED_GLIBC_TUNABLES_BEFORE");
     if (saved) {
       setenv("GLIBC_TUNABLES", saved->c_str(), 1);
     } else {

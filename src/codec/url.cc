@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <string>
 
-#include <boost/url/encode.hpp>
 #include <boost/url/encoding_opts.hpp>
 #include <boost/url/grammar/lut_chars.hpp>
 #include <boost/url/parse_path.hpp>
@@ -31,7 +30,22 @@ std::string EscapeStray(std::string_view text, const urls::grammar::lut_chars& a
   if (std::all_of(text.begin(), text.end(), [&](char c) { return allowed(c); })) {
     return std::string(text);
   }
-  return urls::encode(text, allowed);
+  // By hand, not urls::encode: that one always escapes '%' (it asserts '%' is not in `allowed`),
+  // and the escapes already in the text must be kept.
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  out.reserve(text.size() * 3);
+  for (char c : text) {
+    if (allowed(c)) {
+      out.push_back(c);
+    } else {
+      auto b = static_cast<unsigned char>(c);
+      out.push_back('%');
+      out.push_back(kHex[b >> 4]);
+      out.push_back(kHex[b & 0xF]);
+    }
+  }
+  return out;
 }
 
 ApiError MalformedEscape() {

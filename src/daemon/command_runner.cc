@@ -757,6 +757,10 @@ void CommandRunner::RunAsync(const std::vector<std::string>& argv, const RunCont
 }
 
 void CommandRunner::Launch(std::vector<std::string> argv, RunContext ctx, RunDone done) {
+  if (ctx.cancel.cancelled()) {  // since RunAsync: it never starts
+    done(Stopped(ctx.cancel.reason()));
+    return;
+  }
   std::string schedule = ToString(ctx.key);
   ScheduleProcesses& processes = schedules_[schedule];
   if (processes.live > 0) {

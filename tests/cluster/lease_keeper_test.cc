@@ -30,6 +30,7 @@
 #include "cluster/cluster_schema.h"
 #include "cluster/fence.h"
 #include "cluster/lease_keeper.h"
+#include "support/pg_database_test.h"
 #include "support/pg_server.h"
 
 extern char** environ;
@@ -39,8 +40,8 @@ namespace {
 
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
+using syncsched::testing::PgDatabaseTest;
 using syncsched::testing::PgServer;
-using syncsched::testing::SharedPgServer;
 
 // ---- Database helpers ----
 
@@ -300,29 +301,11 @@ class Child {
 
 // ---- Fixture ----
 
-class ClusterTest : public ::testing::Test {
+class ClusterTest : public PgDatabaseTest {
  protected:
-  void SetUp() override { Use(SharedPgServer()); }
   void TearDown() override {
-    keepers_.clear();
-    if (server_ != nullptr && !db_.empty()) (void)server_->DropDatabase(db_);
-    db_.clear();
-    own_.reset();
-  }
-  PgServer& UsePrivateServer() {
-    TearDown();
-    auto own = PgServer::Start();
-    EXPECT_TRUE(own.ok()) << own.status();
-    if (!own.ok()) std::abort();
-    own_ = std::move(own).value();
-    Use(*own_);
-    return *own_;
-  }
-  void Use(PgServer& server) {
-    server_ = &server;
-    auto uri = server.CreateDatabase(&db_);
-    ASSERT_TRUE(uri.ok()) << uri.status();
-    uri_ = *uri;
+    keepers_.clear();  // their connections, before the database is dropped
+    PgDatabaseTest::TearDown();
   }
   LeaseKeeperOptions Options(const std::string& node, std::chrono::milliseconds lease) const {
     LeaseKeeperOptions o;
@@ -362,9 +345,6 @@ class ClusterTest : public ::testing::Test {
     return out;
   }
 
-  PgServer* server_ = nullptr;
-  std::unique_ptr<PgServer> own_;
-  std::string db_, uri_;
   std::vector<std::unique_ptr<LeaseKeeper>> keepers_;
 };
 

@@ -44,6 +44,20 @@ class CoroutineCallback : public EngineHarness {
     co_await never.async_wait(asio::use_awaitable);
   }
 
+  // A sync that waits forever, counting its calls and the aborts of its wait.
+  CoroutineSyncCallback WaitsForever() {
+    return [this](RunContext) -> asio::awaitable<RunReport> {
+      ++calls;
+      try {
+        co_await AwaitForever();
+      } catch (const boost::system::system_error& e) {
+        aborted += e.code() == asio::error::operation_aborted;
+        throw;
+      }
+      co_return RunReport::Success();
+    };
+  }
+
   int calls = 0;
   int aborted = 0;  // awaited operations that ended with operation_aborted
 };
@@ -65,16 +79,7 @@ TEST_F(CoroutineCallback, ItsReportIsTheRunsOutcome) {
 }
 
 TEST_F(CoroutineCallback, APauseAbortsTheAwaitedOperation) {
-  DefineWith([this](RunContext) -> asio::awaitable<RunReport> {
-    ++calls;
-    try {
-      co_await AwaitForever();
-    } catch (const boost::system::system_error& e) {
-      aborted += e.code() == asio::error::operation_aborted;
-      throw;
-    }
-    co_return RunReport::Success();
-  });
+  DefineWith(WaitsForever());
   ASSERT_EQ(calls, 1);
   EXPECT_EQ(StatusOf("github", "acme", "issues").status, RunStatus::kRunning);
   ASSERT_TRUE(engine->Pause(T("github", "acme")).ok());
@@ -88,18 +93,7 @@ TEST_F(CoroutineCallback, APauseAbortsTheAwaitedOperation) {
 }
 
 TEST_F(CoroutineCallback, ATimeoutAbortsItWithDeadlineExceeded) {
-  DefineWith(
-      [this](RunContext) -> asio::awaitable<RunReport> {
-        ++calls;
-        try {
-          co_await AwaitForever();
-        } catch (const boost::system::system_error& e) {
-          aborted += e.code() == asio::error::operation_aborted;
-          throw;
-        }
-        co_return RunReport::Success();
-      },
-      std::nullopt, 10min);
+  DefineWith(WaitsForever(), std::nullopt, 10min);
   Run(10min - 1ms);
   EXPECT_EQ(aborted, 0);
   EXPECT_EQ(engine->GetMetrics().runs_in_flight, 1u);

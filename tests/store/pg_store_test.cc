@@ -16,6 +16,7 @@
 
 #include "store/store.h"
 #include "store/store_rows.h"
+#include "support/pg_database_test.h"
 #include "support/pg_server.h"
 #include "syncsched/status.h"
 
@@ -23,37 +24,13 @@ namespace syncsched::store {
 namespace {
 
 using namespace testing;  // NOLINT: the row helpers
+using syncsched::testing::PgDatabaseTest;
 using syncsched::testing::PgExec;
 using syncsched::testing::PgQuery;
 using syncsched::testing::PgServer;
-using syncsched::testing::SharedPgServer;
 
-class PgStoreTest : public ::testing::Test {
+class PgStoreTest : public PgDatabaseTest {
  protected:
-  void SetUp() override { Use(SharedPgServer()); }
-  void TearDown() override {
-    if (server_ != nullptr && !db_.empty()) (void)server_->DropDatabase(db_);
-    db_.clear();
-    server_ = nullptr;
-    own_.reset();
-  }
-  // Moves the test to a server of its own, which it may stop and start.
-  PgServer& UsePrivateServer() {
-    TearDown();
-    auto own = PgServer::Start();
-    EXPECT_TRUE(own.ok()) << own.status();
-    if (!own.ok()) std::abort();
-    own_ = std::move(own).value();
-    Use(*own_);
-    return *own_;
-  }
-  void Use(PgServer& server) {
-    server_ = &server;
-    auto uri = server.CreateDatabase(&db_);
-    ASSERT_TRUE(uri.ok()) << uri.status();
-    uri_ = *uri;
-  }
-
   PostgresStoreOptions Options() const {
     PostgresStoreOptions o;
     o.uri = uri_;
@@ -116,10 +93,6 @@ class PgStoreTest : public ::testing::Test {
     EXPECT_NE(store.status().message().find(cause), std::string::npos) << store.status();
     EXPECT_EQ(Fingerprint(), before);
   }
-
-  std::unique_ptr<PgServer> own_;
-  PgServer* server_ = nullptr;
-  std::string db_, uri_;
 };
 
 TEST(PgStoreUri, IsPostgresUriAndRedaction) {

@@ -120,13 +120,14 @@ int main(int argc, char** argv) {
         ++failed;
         std::printf(
             "STORES DIFFER seed=%llu: SQLite and PostgreSQL runs differ (steps %llu vs %llu, "
-            "digest %016llx vs %016llx%s%s)\n",
+            "digest %016llx vs %016llx%s%s%s%s)\n",
             static_cast<unsigned long long>(seed),
             static_cast<unsigned long long>(postgres ? other.steps : r.steps),
             static_cast<unsigned long long>(postgres ? r.steps : other.steps),
             static_cast<unsigned long long>(postgres ? other.hash : r.hash),
             static_cast<unsigned long long>(postgres ? r.hash : other.hash),
-            other.ok ? "" : "; the other failed: ", other.ok ? "" : other.failure.c_str());
+            other.ok ? "" : "; the other failed: ", other.ok ? "" : other.failure.c_str(),
+            r.ok ? "" : "; this one failed: ", r.ok ? "" : r.failure.c_str());
         continue;
       }
     }

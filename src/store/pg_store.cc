@@ -965,11 +965,11 @@ Status PgStore::Claim() {
   }
   ResultPtr res;
   // max_uid: also past every uid the engines of a cluster took from the sequence.
+  // (Compared as unsigned here: a uid is stored as the bigint with the same bits.)
   std::string read = std::string(
-                         "SELECT GREATEST((SELECT value FROM syncsched.meta WHERE key = "
-                         "'max_uid'), ") +
-                     kSequenceHighSql +
-                     "), (SELECT value FROM syncsched.meta WHERE key = 'commit_seq')";
+                         "SELECT (SELECT value FROM syncsched.meta WHERE key = 'max_uid'), "
+                         "(SELECT value FROM syncsched.meta WHERE key = 'commit_seq'), ") +
+                     kSequenceHighSql;
   s = Exec(read.c_str(), "reading max_uid", &res);
   if (!s.ok()) return s;
   if (PQgetisnull(res.get(), 0, 0) || PQgetisnull(res.get(), 0, 1)) {
@@ -977,7 +977,10 @@ Status PgStore::Claim() {
                             " is not a syncsched database or is corrupt (syncsched.meta misses "
                             "max_uid or commit_seq)");
   }
-  max_uid_ = static_cast<std::uint64_t>(std::strtoll(PQgetvalue(res.get(), 0, 0), nullptr, 10));
+  max_uid_ =
+      std::max(static_cast<std::uint64_t>(std::strtoll(PQgetvalue(res.get(), 0, 0), nullptr, 10)),
+               static_cast<std::uint64_t>(
+                   std::max<long long>(0, std::strtoll(PQgetvalue(res.get(), 0, 2), nullptr, 10))));
   commit_seq_ = std::strtoll(PQgetvalue(res.get(), 0, 1), nullptr, 10);
   return Status::Ok();
 }
@@ -1912,16 +1915,20 @@ Result<Snapshot> PgStore::LoadSome(const std::vector<int>* partitions) {
       });
   if (!s.ok()) return fail(s);
   ResultPtr res;
-  std::string max_uid =
-      std::string("SELECT GREATEST((SELECT value FROM syncsched.meta WHERE key = 'max_uid'), ") +
-      kSequenceHighSql + ")";
+  // max_uid: also past every uid the engines of a cluster took from the sequence (compared as
+  // unsigned: a uid is stored as the bigint with the same bits).
+  std::string max_uid = std::string("SELECT value, ") + kSequenceHighSql +
+                        " FROM syncsched.meta WHERE key = 'max_uid'";
   s = Exec(max_uid.c_str(), "reading max_uid", &res);
   if (!s.ok()) return fail(s);
   if (PQntuples(res.get()) != 1) {
     return fail(Status::Internal(
         name_ + " is not a syncsched database or is corrupt (no max_uid in syncsched.meta)"));
   }
-  snap.max_uid = static_cast<std::uint64_t>(std::strtoll(PQgetvalue(res.get(), 0, 0), nullptr, 10));
+  snap.max_uid =
+      std::max(static_cast<std::uint64_t>(std::strtoll(PQgetvalue(res.get(), 0, 0), nullptr, 10)),
+               static_cast<std::uint64_t>(
+                   std::max<long long>(0, std::strtoll(PQgetvalue(res.get(), 0, 1), nullptr, 10))));
   if (InCluster()) snap.max_uid = 0;  // uids come from ReserveUids
   s = Exec("COMMIT", "finishing reading");
   if (!s.ok()) return fail(s);

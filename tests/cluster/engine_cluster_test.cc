@@ -583,6 +583,55 @@ TEST_F(EngineClusterTest, AKilledEnginesSchedulesRunElsewhereWithinLeasePlusOneS
   EXPECT_GE(std::stoll(interrupted[0][0]), 1) << "with 100 ms runs, some were in flight";
 }
 
+// An engine frozen (SIGSTOP) past its lease: its schedules run elsewhere meanwhile, and once it
+// wakes (SIGCONT) it runs nothing it no longer owns: no slot runs twice, and whatever it had
+// queued is dropped or refused by the fence. Then it takes a share again and hands it back at its
+// graceful stop.
+TEST_F(EngineClusterTest, AFrozenEngineWakesAndRunsNothingItNoLongerOwns) {
+  constexpr int kSchedules = 64;
+  Engine* a = Open("a");
+  ASSERT_NE(a, nullptr);
+  ASSERT_NO_FATAL_FAILURE(Populate(*a, kSchedules));
+  Child child({uri_, "frozen", std::to_string(kLease.count()), std::to_string(kPartitions), "50"},
+              &log_);
+  ASSERT_TRUE(child.WaitForLine("ready", 20s));
+  Db db(uri_);
+  std::int64_t a_id = db.NodeId("a"), child_id = db.NodeId("frozen");
+  auto count_of = [&](std::int64_t node) {
+    int n = 0;
+    for (const auto& [p, o] : db.Owners()) n += o == node;
+    return n;
+  };
+  ASSERT_TRUE(WaitFor([&] { return count_of(child_id) == kPartitions / 2; }, 10s));
+  ASSERT_TRUE(WaitFor([&] { return child.runs() > 0; }, 10s));
+  std::this_thread::sleep_for(1500ms);
+  child.Signal(SIGSTOP);
+  auto stopped = Clock::now();
+  // a takes every partition once the frozen engine's lease has ended.
+  ASSERT_TRUE(WaitFor([&] { return count_of(a_id) == kPartitions; }, 10s));
+  std::printf(
+      "a took the frozen engine's partitions %lld ms after SIGSTOP\n",
+      static_cast<long long>(
+          std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - stopped).count()));
+  std::this_thread::sleep_for(1500ms);  // a runs them meanwhile
+  child.Signal(SIGCONT);
+  // It rejoins and takes a share again.
+  ASSERT_TRUE(WaitFor([&] { return count_of(child_id) == kPartitions / 2; }, 10s));
+  std::size_t before = child.runs();
+  ASSERT_TRUE(WaitFor([&] { return child.runs() > before + 10; }, 10s));
+  child.Signal(SIGTERM);
+  ASSERT_TRUE(child.WaitForLine("stopped", 10s));
+  EXPECT_EQ(child.Wait(), 0);
+  ASSERT_TRUE(WaitFor([&] { return count_of(a_id) == kPartitions; }, 5s));
+  std::this_thread::sleep_for(1s);
+  Stop("a");
+
+  std::vector<Call> calls = log_.All();
+  std::printf("%zu calls on the frozen engine and a\n", calls.size());
+  ExpectEachSlotCalledOnce(calls);
+  ExpectHistoryConsistent(db, calls);
+}
+
 // A database written by a single engine (schema v3, partitions unset) is taken over by a cluster:
 // its schedules get their partitions and run.
 TEST_F(EngineClusterTest, ASingleEnginesDatabaseIsTakenOverByAClusterEngine) {

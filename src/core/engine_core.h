@@ -83,6 +83,8 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
 
   // The engine's store (null without a database), for tests' fault hooks.
   store::Store* StoreForTest() { return store_.get(); }
+  // Cluster mode: the engine's LeaseKeeper (null otherwise), for tests.
+  cluster::LeaseKeeper* KeeperForTest() { return keeper_.get(); }
   // A command touching more schedules than this streams its rows to the store in parts of this
   // many (CommitStreamed); tests lower it to cover that path with a few schedules.
   static constexpr std::size_t kStreamRows = 16384;

@@ -29,7 +29,9 @@
 #include <thread>
 #include <vector>
 
+#include "cluster/lease_keeper.h"
 #include "cluster/partition.h"
+#include "core/engine_access.h"
 #include "store/pg_store.h"
 #include "support/pg_database_test.h"
 #include "syncsched/engine.h"
@@ -630,6 +632,58 @@ TEST_F(EngineClusterTest, AFrozenEngineWakesAndRunsNothingItNoLongerOwns) {
   std::printf("%zu calls on the frozen engine and a\n", calls.size());
   ExpectEachSlotCalledOnce(calls);
   ExpectHistoryConsistent(db, calls);
+}
+
+// Another node takes a partition behind the engine's back (as a takeover the engine has not
+// heard of yet would): the engine's next commit for it is refused by the fence, or its keeper's
+// renewal finds it gone, whichever comes first; either way the engine drops the partition and
+// runs nothing of it, while every other partition runs on (no commit stays stuck behind the
+// refused rows).
+TEST_F(EngineClusterTest, APartitionTakenBehindTheEnginesBackIsDroppedAndTheOthersRunOn) {
+  constexpr int kSchedules = 64;
+  Engine* a = Open("a");
+  ASSERT_NE(a, nullptr);
+  ASSERT_NO_FATAL_FAILURE(Populate(*a, kSchedules));
+  ASSERT_TRUE(WaitFor([&] { return log_.All().size() >= 2 * kSchedules; }, 10s));
+  const int p = PartitionOfConnection(Connection(0));
+  std::set<std::string> of_p;
+  for (int i = 0; i < kSchedules; ++i) {
+    if (PartitionOfConnection(Connection(i)) == p) of_p.insert(Connection(i));
+  }
+  Db db(uri_);
+  ASSERT_TRUE(db.Rows("UPDATE syncsched_cluster.partitions SET owner = 999999, epoch = epoch + "
+                      "1, expires_at = now() + interval '1 hour' WHERE partition = " +
+                      std::to_string(p) + " RETURNING partition")
+                  .size() == 1);
+  std::this_thread::sleep_for(2s);  // the engine learns of it meanwhile (one way or the other)
+  auto quiet_from = Clock::now();
+  std::this_thread::sleep_for(2500ms);
+  std::set<std::string> ran;
+  std::size_t of_p_calls = 0;
+  for (const Call& c : log_.All()) {
+    if (c.at <= quiet_from) continue;
+    if (of_p.count(c.connection) != 0) {
+      ++of_p_calls;
+    } else {
+      ran.insert(c.connection);
+    }
+  }
+  EXPECT_EQ(of_p_calls, 0u) << "schedules of the lost partition still run";
+  EXPECT_EQ(ran.size(), static_cast<std::size_t>(kSchedules) - of_p.size())
+      << "every other schedule runs on";
+  auto status = a->GetStatus(Target{kIntegration, Connection(0), {SyncSelector{kSync}}});
+  EXPECT_EQ(status.status().code(), StatusCode::kFailedPrecondition) << status.status();
+  cluster::LeaseKeeper* keeper = internal::EngineAccess::KeeperOf(*a);
+  ASSERT_NE(keeper, nullptr);
+  EXPECT_EQ(keeper->Owned().count(p), 0u);
+  auto metrics = a->GetMetrics();
+  std::printf("store healthy after: %d, commits failed: %llu, keeper lost: %llu\n",
+              metrics.store_healthy ? 1 : 0,
+              static_cast<unsigned long long>(metrics.store_commits_failed),
+              static_cast<unsigned long long>(keeper->counters().lost));
+  EXPECT_TRUE(metrics.store_healthy) << metrics.store_error;
+  Stop("a");
+  ExpectEachSlotCalledOnce(log_.All());
 }
 
 // A database written by a single engine (schema v3, partitions unset) is taken over by a cluster:

@@ -2113,6 +2113,26 @@ void EngineCore::DropPartitions(const std::vector<int>& partitions, Effects& fx)
 }
 
 void EngineCore::Reconcile(std::vector<FencedRefusal> fenced) {
+  // A block of uids kept in reserve, taken here without the engine's lock, so that a command
+  // rarely waits for the loader's connection (busy with a partition load) under it.
+  bool low = false;
+  {
+    MutexLock lock(mu_);
+    std::uint64_t have = 0;
+    for (const auto& [next, end] : uid_blocks_) have += end - next;
+    low = have < store::kPostgresUidBlock / 4;
+  }
+  if (low) {
+    std::uint64_t count = 0;
+    Result<std::uint64_t> first = [&] {
+      MutexLock lock(loader_mu_);
+      return loader_->ReserveUids(&count);
+    }();
+    if (first.ok()) {
+      MutexLock lock(mu_);
+      uid_blocks_.emplace_back(*first, *first + count);
+    }
+  }
   std::map<int, std::int64_t> load;
   {
     Effects fx;

@@ -227,6 +227,19 @@ void CommitQueue::CommitItems(std::vector<Item>& items) {
       Dedup(merged);
       status = CommitWithCarry(merged, /*command=*/false);
     }
+    if (!status.ok() && !items[begin].command && cluster_.screen && cluster::IsFenced(status)) {
+      // Cluster mode: the database knew of a lost partition before the engine did. The fenced
+      // hook has cleared that tenure: screening again drops its rows (now in the carry) and
+      // cancels its runs, and the rest of the group is committed at once rather than failed
+      // with it (its runs would be recorded as errors, their slots lost). One retry: a second
+      // refusal fails the group as any failed commit.
+      for (std::size_t i = begin; i < end; ++i) {
+        store::Batch none;
+        (void)cluster_.screen(none, &items[i].runs, false);
+      }
+      store::Batch none;
+      status = CommitWithCarry(none, /*command=*/false);
+    }
     // A failed group fails each of its items: a command reports the error (and changed nothing);
     // runs are recorded as errors instead of being called; the rows are carried.
     for (std::size_t i = begin; i < end; ++i) {

@@ -109,7 +109,10 @@ class CommitQueue {
   //   the rows whose tenure (partition, epoch) the engine no longer holds, cancels those of
   //   `runs` (when not null), and returns OK. For a command's item: removes nothing and returns
   //   the fenced status when any row's tenure is gone (the command then fails, nothing written).
-  // - `fenced(status)` after a commit the store refused by its fence (cluster::IsFenced).
+  // - `fenced(status)` after a commit the store refused by its fence (cluster::IsFenced). The
+  //   queue then screens the refused group again (rows in the carry, runs of the items) and
+  //   retries it once at once, so that a partition lost unannounced does not fail the others'
+  //   rows with it.
   struct ClusterHooks {
     std::function<Status(store::Batch&, std::vector<RunPtr>*, bool)> screen;
     std::function<void(const Status&)> fenced;

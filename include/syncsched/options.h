@@ -98,6 +98,14 @@ struct Options {
   // decides (its default, on, survives power loss).
   bool synchronous_full = false;
 
+  // SQLite only: the bound of the database's page cache, 64 KiB to 1 TiB (Engine::Open fails with
+  // INVALID_ARGUMENT outside). Default 64 MiB. The cache fills as pages are read and written (at
+  // open, the schedules' pages; then every history page a finished run writes) and then stays at
+  // this bound, so an engine's memory grows by up to this much over its first hours and no more
+  // (EngineMetrics::store_cache_bytes shows it). Smaller saves memory; larger keeps more of a big
+  // database's pages cached (commits of runs spread over many schedules read fewer pages).
+  std::uint64_t database_cache_bytes = std::uint64_t{64} << 20;
+
   // Finished runs kept in the database per schedule, at most 1000 (Engine::Open fails with
   // INVALID_ARGUMENT above), beside the last failed run. Each finished run overwrites the oldest
   // of its schedule's; opening a file with a smaller value than it was written with deletes the

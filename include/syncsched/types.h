@@ -288,6 +288,9 @@ struct EngineMetrics {
   // Finished runs dropped from that backlog above its bound (100,000 runs): history entries
   // only; the schedules' own rows (counters, last outcome) are kept.
   std::uint64_t store_history_dropped = 0;
+  // Gauge: bytes the database's page cache holds (SQLite; 0 on PostgreSQL and in memory), as of
+  // the last commit. It grows to Options::database_cache_bytes and stays there.
+  std::uint64_t store_cache_bytes = 0;
 };
 
 // Runs due in one minute of a forecast.

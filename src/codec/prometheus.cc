@@ -103,6 +103,9 @@ std::string EncodePrometheus(const EngineMetrics& m, const DaemonMetrics& d) {
   Metric(out, "syncsched_store_history_dropped_total", "counter",
          "Finished runs dropped from the unrecorded backlog above its bound.",
          m.store_history_dropped);
+  Metric(out, "syncsched_store_cache_bytes", "gauge",
+         "Bytes held by the database's page cache (SQLite), bounded by database_cache_mb.",
+         m.store_cache_bytes);
 
   Header(out, "syncschedd_http_responses_total", "counter", "HTTP responses by status.");
   for (const auto& [status, count] : d.http_responses) {

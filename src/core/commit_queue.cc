@@ -295,9 +295,11 @@ void CommitQueue::Observe(const Status& status) {
     for (const store::ScheduleRow& row : carry_.schedules) uids->insert(row.uid);
     for (const store::RunRow& run : carry_.runs) uids->insert(run.schedule_uid);
   }
+  std::uint64_t cache_bytes = store_.CacheBytes();
   bool changed;
   {
     MutexLock lock(health_mu_);
+    health_.cache_bytes = cache_bytes;
     changed = health_.healthy != status.ok();
     health_.healthy = status.ok();
     health_.error = status.ok() ? std::string() : status.ToString();

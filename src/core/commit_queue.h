@@ -50,6 +50,7 @@ struct StoreHealth {
   std::uint64_t commits_failed = 0;   // every failed commit, a command's included
   std::uint64_t rows_unrecorded = 0;  // schedule rows and finished runs carried, not yet stored
   std::uint64_t history_dropped = 0;  // finished runs dropped from the carry above its bound
+  std::uint64_t cache_bytes = 0;      // the store's cache after the last commit (Store::CacheBytes)
   // The schedules whose rows are carried (null when none).
   std::shared_ptr<const std::unordered_set<std::uint64_t>> unrecorded_uids;
 };

@@ -71,6 +71,13 @@ Result<std::shared_ptr<EngineCore>> EngineCore::Create(Options options, StoreWra
     return Status::InvalidField("options.max_fires_per_wakeup",
                                 "options.max_fires_per_wakeup must be at least 1");
   }
+  if (options.database_cache_bytes < (std::uint64_t{64} << 10) ||
+      options.database_cache_bytes > (std::uint64_t{1} << 40)) {
+    return Status::InvalidField("options.database_cache_bytes",
+                                "options.database_cache_bytes is " +
+                                    std::to_string(options.database_cache_bytes) +
+                                    "; it must be between 64 KiB and 1 TiB");
+  }
   if (options.run_history > 1000) {
     return Status::InvalidField(
         "options.run_history",
@@ -212,6 +219,7 @@ Status EngineCore::Init(const StoreWrapper& wrap) {
       so.path = options_.database_path;
       so.synchronous_full = options_.synchronous_full;
       so.history_per_schedule = options_.run_history;
+      so.cache_bytes = options_.database_cache_bytes;
       return store::OpenSqliteStore(so);
     }();
     if (!opened.ok()) return opened.status();
@@ -1621,6 +1629,7 @@ EngineMetrics EngineCore::GetMetrics() {
     m.store_commits_failed = h.commits_failed;
     m.store_rows_unrecorded = h.rows_unrecorded;
     m.store_history_dropped = h.history_dropped;
+    m.store_cache_bytes = h.cache_bytes;
   }
   return m;
 }

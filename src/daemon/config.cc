@@ -317,10 +317,11 @@ void ParseLimits(const Json& j, Config& config) {
 }
 
 Config Parse(const Json& root) {
-  ExpectObject(root, "",
-               {"listen", "database", "frequency_bounds", "api_keys", "integrations",
-                "worker_threads", "http_threads", "default_run_timeout", "shutdown_grace",
-                "kill_grace", "limits", "log_level", "max_concurrent_runs", "catch_up_per_second"});
+  ExpectObject(
+      root, "",
+      {"listen", "database", "frequency_bounds", "api_keys", "integrations", "worker_threads",
+       "http_threads", "default_run_timeout", "shutdown_grace", "kill_grace", "limits", "log_level",
+       "max_concurrent_runs", "catch_up_per_second", "database_cache_mb"});
   Config config;
   if (const Json* v = Find(root, "listen")) ParseListen(*v, config);
   const Json* db = Find(root, "database");
@@ -337,6 +338,9 @@ Config Parse(const Json& root) {
   if (const Json* v = Find(root, "api_keys")) ParseApiKeys(*v, config);
   if (const Json* v = Find(root, "worker_threads")) {
     config.worker_threads = Count(*v, "worker_threads", 1, 1024);
+  }
+  if (const Json* v = Find(root, "database_cache_mb")) {
+    config.database_cache_mb = Count(*v, "database_cache_mb", 1, 1 << 20);
   }
   if (const Json* v = Find(root, "max_concurrent_runs")) {
     config.max_concurrent_runs = Count(*v, "max_concurrent_runs", 0, 1 << 20);

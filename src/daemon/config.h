@@ -74,6 +74,8 @@ struct Config {
   std::vector<ApiKeyConfig> api_keys;
   std::vector<IntegrationConfig> integrations;
   std::size_t worker_threads = 4;  // engine workers: they start runs (commands run without them)
+  // SQLite only: the page cache's bound in MiB (1..1048576), Options::database_cache_bytes.
+  std::size_t database_cache_mb = 64;
   // Runs in flight across integrations (each a process and three descriptors); 0: unlimited.
   std::size_t max_concurrent_runs = 1024;
   double catch_up_per_second = 0;  // catch-up runs released per second; 0: unlimited

@@ -37,6 +37,7 @@ Result<std::unique_ptr<Daemon>> Daemon::Start(const Config& config, Logger& log)
   options.worker_threads = config.worker_threads;
   options.default_run_timeout = config.default_run_timeout;
   options.max_concurrent_runs = config.max_concurrent_runs;
+  options.database_cache_bytes = std::uint64_t{config.database_cache_mb} << 20;
   options.catch_up_per_second = config.catch_up_per_second;
   // Runs recovered from the database (slots missed while down) wait until every command is
   // registered; see ReleaseTimers below.

@@ -3,7 +3,9 @@
 // Exit status: 0 after a graceful shutdown (SIGTERM, SIGINT) or --check-config of a valid file;
 // 1 when the daemon cannot start (database in use or unreadable, address in use); 2 for a
 // configuration or usage error. Logs go to stderr, one JSON object per line.
+#include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sqlite3.h>
@@ -203,8 +205,15 @@ int main(int argc, char** argv) {
   }
   std::unique_ptr<syncsched::daemon::Daemon> daemon = std::move(started.value());
 
+  // Waiting for a signal, this thread returns the heap's free memory to the kernel once a minute
+  // (docs/daemon.md, "Memory: free memory returned"): glibc keeps what a burst of allocations on
+  // one thread's arena freed, so without it the resident size ratchets up with every burst.
   int sig = 0;
-  while (sigwait(&signals, &sig) != 0) {
+  const timespec kTrimEvery{60, 0};
+  for (;;) {
+    sig = sigtimedwait(&signals, nullptr, &kTrimEvery);
+    if (sig > 0) break;
+    if (errno == EAGAIN) malloc_trim(0);
   }
   log.Info("shutting down", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}});
   // A second signal during the shutdown ends the process at once, the runs' process groups

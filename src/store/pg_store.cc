@@ -688,6 +688,9 @@ class PgStore final : public Store {
   Result<Snapshot> LoadPartitions(const std::vector<int>& partitions) override;
   Result<std::uint64_t> ReserveUids(std::uint64_t* count) override;
   Status Commit(const Batch& batch) override;
+  // Each part is planned and sent as it comes, while the server executes the statements sent
+  // before: one transaction, one pipeline, as Commit.
+  Status CommitStream(const Batch& first, BatchSource& more) override;
   // Not OK once the store refuses every call for good (another engine took the database over, or
   // a commit reported as failed proved applied); a lost connection alone does not change it.
   Status Health() const override { return broken_; }
@@ -736,9 +739,26 @@ class PgStore final : public Store {
 
   // Builds the statements of `batch` (after BEGIN, before COMMIT) into `queries`.
   Status Plan(const Batch& batch, std::uint64_t* max_uid, std::vector<Query>* queries);
-  // Sends `queries` as one pipeline and reads every result. `*in_doubt`: the connection was lost
-  // after the whole pipeline was sent, with no error before: the commit may have been applied.
-  Status RunPipeline(std::vector<Query>& queries, bool* in_doubt);
+  // Commit and CommitStream: `first`, then every part of `more` (if any), in one transaction.
+  Status CommitParts(const Batch& first, BatchSource* more);
+
+  // One commit's pipeline. The statements are sent as they are planned (libpq writes to the
+  // socket whenever its buffer holds 8 kB, so the server executes the first statements while the
+  // next are planned); the results are read at the end.
+  struct Pipeline {
+    std::vector<std::string> whats;  // of each statement sent, for errors
+    Status send_error;               // the first statement that could not be sent
+    bool commit_sent = false;
+  };
+  // Enters pipeline mode.
+  Status BeginPipeline();
+  // Sends `q` (nothing once a send failed); a COMMIT sets `commit_sent`.
+  void Send(Pipeline& p, const Query& q);
+  // Ends the pipeline: a sync, then every result read. `abandon` (not OK): the commit was given
+  // up before its COMMIT was sent (planning failed): the transaction is rolled back and this
+  // status returned. `*in_doubt`: the connection was lost after COMMIT was sent, with no error
+  // before: the commit may have been applied.
+  Status EndPipeline(Pipeline& p, const Status& abandon, bool* in_doubt);
   // Runs a binary COPY TO STDOUT of `sql`, calling `row(CopyRow&)` per row; `row` returns a
   // Status.
   template <typename Row>
@@ -1588,47 +1608,55 @@ Status PgStore::PlanFence(const Batch& batch, std::vector<Query>* queries) const
   return Status::Ok();
 }
 
-Status PgStore::RunPipeline(std::vector<Query>& queries, bool* in_doubt) {
-  *in_doubt = false;
+Status PgStore::BeginPipeline() {
   if (PQenterPipelineMode(conn_) != 1) return Error("cannot enter pipeline mode", nullptr);
-  std::size_t sent = 0;
-  Status send_error;
-  std::vector<const char*> values;
-  std::vector<int> lengths, formats;
-  for (Query& q : queries) {
-    int ok = 0;
-    if (q.statement < 0) {
-      ok = PQsendQueryParams(conn_, q.sql, 0, nullptr, nullptr, nullptr, nullptr, 0);
-    } else {
-      values.clear();
-      lengths.clear();
-      for (const std::string& p : q.params) {
-        values.push_back(p.data());
-        lengths.push_back(static_cast<int>(p.size()));
-      }
-      formats.assign(q.params.size(), 1);
-      ok = PQsendQueryPrepared(conn_, StatementName(q.statement), static_cast<int>(values.size()),
-                               values.data(), lengths.data(), formats.data(), 0);
-    }
-    if (ok != 1) {
-      send_error = Error("sending " + q.what, nullptr);
-      break;
-    }
-    ++sent;
-  }
-  bool synced = send_error.ok() && PQpipelineSync(conn_) == 1;
-  if (send_error.ok() && !synced) send_error = Error("sending the commit", nullptr);
+  return Status::Ok();
+}
 
-  Status first_error;
+void PgStore::Send(Pipeline& p, const Query& q) {
+  if (!p.send_error.ok()) return;
+  int ok = 0;
+  if (q.statement < 0) {
+    ok = PQsendQueryParams(conn_, q.sql, 0, nullptr, nullptr, nullptr, nullptr, 0);
+  } else {
+    std::vector<const char*> values;
+    std::vector<int> lengths;
+    values.reserve(q.params.size());
+    lengths.reserve(q.params.size());
+    for (const std::string& param : q.params) {
+      values.push_back(param.data());
+      lengths.push_back(static_cast<int>(param.size()));
+    }
+    std::vector<int> formats(q.params.size(), 1);
+    ok = PQsendQueryPrepared(conn_, StatementName(q.statement), static_cast<int>(values.size()),
+                             values.data(), lengths.data(), formats.data(), 0);
+  }
+  if (ok != 1) {
+    p.send_error = Error("sending " + q.what, nullptr);
+    return;
+  }
+  p.whats.push_back(q.what);
+  if (q.statement < 0 && std::strcmp(q.sql, "COMMIT") == 0) p.commit_sent = true;
+}
+
+Status PgStore::EndPipeline(Pipeline& p, const Status& abandon, bool* in_doubt) {
+  *in_doubt = false;
+  // A sync even when the commit was abandoned: it ends the pipeline, so that the statements sent
+  // are answered and the open transaction can be rolled back below.
+  bool synced = Connected() && PQpipelineSync(conn_) == 1;
+  if (p.send_error.ok() && !synced) p.send_error = Error("sending the commit", nullptr);
+
+  Status first_error = abandon;
   bool answered_commit = false;
+  const std::size_t sent = p.whats.size();
   // Reads the results of the statements sent, then the sync. A lost connection ends the loop.
-  for (std::size_t i = 0; i < sent && Connected(); ++i) {
+  for (std::size_t i = 0; synced && i < sent && Connected(); ++i) {
     ResultPtr res(PQgetResult(conn_));
     if (!res) break;
     ExecStatusType st = PQresultStatus(res.get());
     if (st == PGRES_FATAL_ERROR && first_error.ok()) {
-      first_error = Error(queries[i].what, res.get());
-    } else if (st == PGRES_COMMAND_OK && i + 1 == queries.size() && first_error.ok() &&
+      first_error = Error(p.whats[i], res.get());
+    } else if (st == PGRES_COMMAND_OK && i + 1 == sent && p.commit_sent && first_error.ok() &&
                std::strcmp(PQcmdStatus(res.get()), "COMMIT") == 0) {
       answered_commit = true;
     }
@@ -1646,7 +1674,7 @@ Status PgStore::RunPipeline(std::vector<Query>& queries, bool* in_doubt) {
   if (Connected()) {
     if (PQexitPipelineMode(conn_) != 1) Lost("cannot leave pipeline mode");
   }
-  if (first_error.ok() && !send_error.ok()) first_error = send_error;
+  if (first_error.ok() && !p.send_error.ok()) first_error = p.send_error;
   if (answered_commit) {
     // Applied, whatever happened to the connection after COMMIT's answer.
     if (!Connected()) Lost("the connection was lost after a commit");
@@ -1655,7 +1683,7 @@ Status PgStore::RunPipeline(std::vector<Query>& queries, bool* in_doubt) {
   if (!Connected()) {
     std::string cause = conn_ != nullptr ? Trimmed(PQerrorMessage(conn_)) : lost_cause_;
     // Sent whole, no statement failed, COMMIT's answer not read: the server may have committed.
-    *in_doubt = synced && !answered_commit &&
+    *in_doubt = synced && p.commit_sent && p.send_error.ok() && abandon.ok() &&
                 (first_error.ok() || first_error.message().find("SQLSTATE") == std::string::npos);
     Lost("the connection was lost during a commit: " + cause);
     if (first_error.ok()) {
@@ -1674,25 +1702,46 @@ Status PgStore::RunPipeline(std::vector<Query>& queries, bool* in_doubt) {
   return first_error;
 }
 
-Status PgStore::Commit(const Batch& batch) {
+Status PgStore::Commit(const Batch& batch) { return CommitParts(batch, nullptr); }
+
+Status PgStore::CommitStream(const Batch& first, BatchSource& more) {
+  return CommitParts(first, &more);
+}
+
+Status PgStore::CommitParts(const Batch& first, BatchSource* more) {
   if (!broken_.ok()) return broken_;
-  if (batch.empty()) return Status::Ok();
+  if (first.empty() && more == nullptr) return Status::Ok();
   auto failed = [](const Status& s) {
     return Status(s.code(), s.message() + " (commit failed; nothing of the batch is applied)");
   };
   if (Status s = EnsureConnected(); !s.ok()) return broken_.ok() ? failed(s) : s;
   std::uint64_t max_uid = max_uid_;
+  if (Status s = BeginPipeline(); !s.ok()) return failed(s);
+  Pipeline pipeline;
+  Send(pipeline, Query{-1, "BEGIN", {}, "beginning"});
+  // Plans one part and sends its statements at once.
   std::vector<Query> queries;
-  queries.push_back(Query{-1, "BEGIN", {}, "beginning"});
-  if (InCluster()) {
-    // First: the fence's row locks are held from here to COMMIT, and a refusal aborts the
-    // transaction before anything is written.
-    if (Status f = PlanFence(batch, &queries); !f.ok()) return failed(f);
+  auto send_part = [&](const Batch& part) {
+    queries.clear();
+    // In cluster mode the fence of each part's partitions comes before its rows: its row locks
+    // are held from there to COMMIT, and a refusal aborts the transaction, parts sent before
+    // included, before anything of the part is written.
+    Status planned = InCluster() ? PlanFence(part, &queries) : Status::Ok();
+    if (planned.ok()) planned = Plan(part, &max_uid, &queries);
+    for (const Query& q : queries) Send(pipeline, q);
+    // What libpq still buffers (under 8 kB) goes now: the server may wait for the next part.
+    if (more != nullptr && pipeline.send_error.ok() && PQflush(conn_) != 0) {
+      pipeline.send_error = Error("sending a part of the commit", nullptr);
+    }
+    return planned;
+  };
+  Status planned = send_part(first);
+  if (more != nullptr) {
+    Batch part;
+    while (planned.ok() && pipeline.send_error.ok() && more->Next(part)) planned = send_part(part);
   }
-  Status s = Plan(batch, &max_uid, &queries);
-  if (!s.ok()) return failed(s);
   const std::int64_t seq = commit_seq_ + 1;
-  if (InCluster()) {
+  if (planned.ok() && InCluster()) {
     Query mark;
     mark.statement = kSetMark;
     mark.what = "writing the node's commit mark";
@@ -1700,8 +1749,9 @@ Status PgStore::Commit(const Batch& batch) {
     PutBigEndian(options_.cluster->node_id, &p1);
     PutBigEndian(seq, &p2);
     mark.params = {std::move(p1), std::move(p2)};
-    queries.push_back(std::move(mark));
-  } else {
+    Send(pipeline, mark);
+    Send(pipeline, Query{-1, "COMMIT", {}, "committing"});
+  } else if (planned.ok()) {
     Query meta;
     meta.statement = kSetMeta;
     meta.what = "writing the commit mark and max_uid";
@@ -1709,12 +1759,12 @@ Status PgStore::Commit(const Batch& batch) {
     PutBigEndian(seq, &p1);
     PutBigEndian(static_cast<std::int64_t>(max_uid), &p2);
     meta.params = {std::move(p1), std::move(p2)};
-    queries.push_back(std::move(meta));
+    Send(pipeline, meta);
+    Send(pipeline, Query{-1, "COMMIT", {}, "committing"});
   }
-  queries.push_back(Query{-1, "COMMIT", {}, "committing"});
 
   bool in_doubt = false;
-  s = RunPipeline(queries, &in_doubt);
+  Status s = EndPipeline(pipeline, planned, &in_doubt);
   if (s.ok()) {
     commit_seq_ = seq;
     max_uid_ = max_uid;

@@ -1049,6 +1049,15 @@ class SqliteStore final : public Store {
   // part applied as it comes.
   Status CommitParts(const Batch& first, BatchSource* more);
   Status Health() const override { return broken_.empty() ? Status::Ok() : Broken(); }
+  std::uint64_t CacheBytes() const override {
+    int used = 0;
+    int highest = 0;
+    if (!db_.get() ||
+        sqlite3_db_status(db_.get(), SQLITE_DBSTATUS_CACHE_USED, &used, &highest, 0) != SQLITE_OK) {
+      return 0;
+    }
+    return static_cast<std::uint64_t>(used);
+  }
 
   Status SetMaxPageCount(std::int64_t pages);
   Result<std::int64_t> PageCount();
@@ -1387,8 +1396,11 @@ Status SqliteStore::Configure() {
   s = Exec(options_.synchronous_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
            "cannot set the synchronous mode");
   if (!s.ok()) return s;
-  // A larger page cache than the 2 MB default keeps index pages of big batches in memory.
-  s = Exec("PRAGMA cache_size=-65536", "cannot set the cache size");
+  // A larger page cache than the 2 MB default keeps index pages of big batches in memory. It
+  // fills as pages are read and written and then stays at its bound (CacheBytes).
+  const std::string cache_size = "PRAGMA cache_size=-" + std::to_string(std::max<std::uint64_t>(
+                                                             options_.cache_bytes / 1024, 64));
+  s = Exec(cache_size.c_str(), "cannot set the cache size");
   if (!s.ok()) return s;
   // Checkpoint the WAL every 40 MB rather than every 1000 pages: pages written again and again
   // (schedule rows, history places) are copied into the file once per checkpoint, so fewer

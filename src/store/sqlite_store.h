@@ -29,6 +29,11 @@ struct SqliteStoreOptions {
   // smaller value than the file was written with deletes the surplus at open.
   std::size_t history_per_schedule = 20;
 
+  // The page cache's bound (`PRAGMA cache_size`, at least 64 KiB). The cache fills as pages are
+  // read and written (a growing history fills it over hours) and then stays at this bound; the
+  // engine reports its current size (EngineMetrics::store_cache_bytes).
+  std::uint64_t cache_bytes = std::uint64_t{64} << 20;
+
   // How long an open waits for another owner of the file to let go before it is refused. 0
   // (default): refuse at once. Useful when a restarting daemon may overlap its predecessor.
   std::chrono::milliseconds wait_for_owner{0};

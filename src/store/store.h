@@ -214,6 +214,10 @@ class Store {
   // Cheap, and callable at any time from the thread that uses the store. A failed Commit or Load
   // that leaves the store usable (a full disk, an I/O error) does not change it.
   virtual Status Health() const { return Status::Ok(); }
+  // Bytes of memory the store's own cache holds now (the SQLite store: its page cache, bounded by
+  // SqliteStoreOptions::cache_bytes); 0 for a store without one. Called from the thread that
+  // commits, between commits.
+  virtual std::uint64_t CacheBytes() const { return 0; }
 };
 
 }  // namespace syncsched::store

@@ -50,6 +50,7 @@ class FaultStore : public store::Store {
 
   Result<store::Snapshot> Load() override { return inner_->Load(); }
   Status Health() const override { return inner_->Health(); }
+  std::uint64_t CacheBytes() const override { return inner_->CacheBytes(); }
 
   // The wrapped store (for its own test hooks).
   store::Store& inner() { return *inner_; }

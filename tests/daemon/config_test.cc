@@ -131,6 +131,9 @@ TEST(Config, RunPolicies) {
   EXPECT_EQ(d.retry.backoff, std::chrono::seconds(30));
   EXPECT_FALSE(d.spread);
 
+  EXPECT_EQ(defaults.database_cache_mb, 64u);
+  EXPECT_EQ(Ok(R"({"database": "x.db", "database_cache_mb": 8})").database_cache_mb, 8u);
+
   Config c = Ok(R"({"database": "x.db", "max_concurrent_runs": 16, "catch_up_per_second": 2.5,
     "integrations": {"github": {"max_concurrency": 4, "syncs": {"issues": {"runs": "1h",
       "command": ["x"], "overlap": "buffer_one", "retry": {"max": 3, "backoff": "1m"},
@@ -187,6 +190,9 @@ TEST(Config, ErrorsNameTheField) {
        "api_keys[1].key"},
       {R"({"database": "x", "worker_threads": 0})", "worker_threads"},
       {R"({"database": "x", "worker_threads": "4"})", "worker_threads"},
+      {R"({"database": "x", "database_cache_mb": 0})", "database_cache_mb"},
+      {R"({"database": "x", "database_cache_mb": 2097152})", "database_cache_mb"},
+      {R"({"database": "x", "database_cache_mb": "64MiB"})", "database_cache_mb"},
       {R"({"database": "x", "shutdown_grace": "later"})", "shutdown_grace"},
       {R"({"database": "x", "limits": {"max_body_bytes": 10}})", "limits.max_body_bytes"},
       {R"({"database": "x", "limits": {"max_bodies": 10}})", "limits.max_bodies"},

@@ -37,6 +37,13 @@ TEST(PublicApi, OpenRejectsBadOptionsNamingTheField) {
   ASSERT_FALSE(e.ok());
   EXPECT_EQ(e.status().code(), syncsched::StatusCode::kInvalidArgument);
   EXPECT_NE(e.status().message().find("run_history is 1001"), std::string::npos) << e.status();
+  o = {};
+  o.database_cache_bytes = 1000;
+  e = syncsched::Engine::Open(o);
+  ASSERT_FALSE(e.ok());
+  EXPECT_EQ(e.status().code(), syncsched::StatusCode::kInvalidArgument);
+  EXPECT_NE(e.status().message().find("database_cache_bytes is 1000"), std::string::npos)
+      << e.status();
 }
 
 }  // namespace

@@ -41,6 +41,7 @@ class TraceStore : public store::Store {
   explicit TraceStore(std::unique_ptr<store::Store> inner) : inner_(std::move(inner)) {}
   Result<store::Snapshot> Load() override { return inner_->Load(); }
   Status Health() const override { return inner_->Health(); }
+  std::uint64_t CacheBytes() const override { return inner_->CacheBytes(); }
   Status Commit(const store::Batch& b) override {
     Status st = inner_->Commit(b);
     std::printf(

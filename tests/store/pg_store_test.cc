@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -445,6 +446,99 @@ TEST_F(PgStoreTest, ABigBatchSpansStatementsAndRoundTrips) {
     ASSERT_EQ(snap.schedules[uid - 1].next_slot_ms, static_cast<std::int64_t>(uid));
   }
   EXPECT_EQ(Q("SELECT count(*) FROM syncsched.history"), "30000");
+}
+
+// The parts of a streamed commit, each built when asked for; `before(n)` runs before part n
+// (from 0) is handed over.
+class PartSource : public BatchSource {
+ public:
+  explicit PartSource(std::vector<Batch> parts, std::function<void(std::size_t)> before = {})
+      : parts_(std::move(parts)), before_(std::move(before)) {}
+  bool Next(Batch& part) override {
+    part = Batch();
+    if (next_ == parts_.size()) return false;
+    if (before_) before_(next_);
+    part = std::move(parts_[next_++]);
+    return true;
+  }
+  std::size_t taken() const { return next_; }
+
+ private:
+  std::vector<Batch> parts_;
+  std::function<void(std::size_t)> before_;
+  std::size_t next_ = 0;
+};
+
+// A batch of one new schedule.
+Batch OneSchedule(std::uint64_t uid) {
+  Batch b;
+  b.schedules.push_back(MakeSchedule(uid, "b" + std::to_string(uid)));
+  return b;
+}
+
+// `n` parts of `rows` new schedules each, uids from `first_uid`.
+std::vector<Batch> ScheduleParts(std::size_t n, std::uint64_t rows, std::uint64_t first_uid) {
+  std::vector<Batch> parts(n);
+  std::uint64_t uid = first_uid;
+  for (Batch& part : parts) {
+    for (std::uint64_t i = 0; i < rows; ++i, ++uid) {
+      part.schedules.push_back(MakeSchedule(uid, "c" + std::to_string(uid)));
+    }
+  }
+  return parts;
+}
+
+// CommitStream plans and sends each part as it comes (the server executes the parts before
+// meanwhile) and is still one transaction: every part or none, whatever fails and wherever.
+TEST_F(PgStoreTest, AStreamedCommitIsOneTransactionWhereverItFails) {
+  auto store = OpenOrDie();
+  ASSERT_NE(store, nullptr);
+  Batch first;
+  first.syncs = {MakeSync("github", "issues", 60'000)};
+  first.schedules = {MakeSchedule(1, "acme")};
+  // Applied whole: 4 parts of 10,000 rows after the first.
+  PartSource all(ScheduleParts(4, 10'000, 2));
+  ASSERT_TRUE(store->CommitStream(first, all).ok());
+  EXPECT_EQ(all.taken(), 4u);
+  EXPECT_EQ(QInt("SELECT count(*) FROM syncsched.schedules"), 40'001);
+  EXPECT_EQ(LoadOrDie(*store).max_uid, 40'001u);
+
+  // A part the store refuses before sending it (an unfinished run), after two parts were sent.
+  auto bad_parts = ScheduleParts(3, 10'000, 50'000);
+  bad_parts[2].runs = {MakeRun("x", 50'000, 0)};
+  PartSource refused(std::move(bad_parts));
+  Status status = store->CommitStream(OneSchedule(49'999), refused);
+  EXPECT_EQ(status.code(), StatusCode::kInternal) << status;
+  EXPECT_NE(status.message().find("not a finished run"), std::string::npos) << status;
+  EXPECT_NE(status.message().find("nothing of the batch is applied"), std::string::npos) << status;
+  EXPECT_EQ(QInt("SELECT count(*) FROM syncsched.schedules"), 40'001);
+
+  // A part the server refuses (a key taken under another uid), with parts sent after it.
+  auto conflicting = ScheduleParts(3, 10'000, 60'000);
+  conflicting[1].schedules.push_back(MakeSchedule(69'999'999, "acme"));
+  PartSource conflict(std::move(conflicting));
+  status = store->CommitStream(OneSchedule(59'999), conflict);
+  EXPECT_EQ(status.code(), StatusCode::kInternal) << status;
+  EXPECT_NE(status.message().find("schedules_by_key"), std::string::npos) << status;
+  EXPECT_EQ(QInt("SELECT count(*) FROM syncsched.schedules"), 40'001);
+
+  // The session killed by the server while the third part is being built.
+  int pid = internal::BackendPidForTest(*store);
+  PartSource killed(ScheduleParts(4, 10'000, 70'000), [&](std::size_t n) {
+    if (n == 2) Exec("SELECT pg_terminate_backend(" + std::to_string(pid) + ")");
+  });
+  status = store->CommitStream(OneSchedule(69'999), killed);
+  EXPECT_FALSE(status.ok());
+  EXPECT_EQ(status.code(), StatusCode::kUnavailable) << status;
+  EXPECT_EQ(QInt("SELECT count(*) FROM syncsched.schedules"), 40'001);
+
+  // Usable after each: the next commit reconnects, and max_uid moved only with the first.
+  Batch next;
+  next.schedules = {MakeSchedule(40'002, "initech")};
+  ASSERT_TRUE(store->Commit(next).ok());
+  Snapshot snap = LoadOrDie(*store);
+  EXPECT_EQ(snap.schedules.size(), 40'002u);
+  EXPECT_EQ(snap.max_uid, 40'002u);
 }
 
 TEST_F(PgStoreTest, HistoryKeepsNewestRunsAndNewestFailure) {

@@ -146,9 +146,9 @@ std::string RedactDatabaseUri(std::string_view uri);
 // - The session is prepared with cluster::PrepareFencedSession (idle_in_transaction_session_timeout
 //   = lease / 2) at every connection.
 // - Every Commit that writes schedule rows, deletes schedules or records finished runs sends
-//   cluster::kFenceSql right after BEGIN, in the same pipeline, for the tenures of its rows (their
-//   `partition` and `epoch` tags, plus Batch::fence); two epochs of one partition are fenced at the
-//   older. The store checks the tags (INTERNAL, nothing sent: a row without a tag, a keyed row
+//   cluster::kFenceSql right after BEGIN (in a streamed commit, before each part's rows), in the
+//   same pipeline, for the tenures of its rows (their `partition` and `epoch` tags, plus
+//   Batch::fence); two epochs of one partition are fenced at the older. The store checks the tags (INTERNAL, nothing sent: a row without a tag, a keyed row
 //   whose tag is not its key's partition, deleted schedules without Batch::fence). A refused fence
 //   (SQLSTATE SYF01: another node holds the partition, or the lease expired) is
 //   FAILED_PRECONDITION, cluster::IsFenced, and nothing of the batch is applied. Catalog rows are

@@ -148,8 +148,9 @@ std::string RedactDatabaseUri(std::string_view uri);
 // - Every Commit that writes schedule rows, deletes schedules or records finished runs sends
 //   cluster::kFenceSql right after BEGIN (in a streamed commit, before each part's rows), in the
 //   same pipeline, for the tenures of its rows (their `partition` and `epoch` tags, plus
-//   Batch::fence); two epochs of one partition are fenced at the older. The store checks the tags (INTERNAL, nothing sent: a row without a tag, a keyed row
-//   whose tag is not its key's partition, deleted schedules without Batch::fence). A refused fence
+//   Batch::fence); two epochs of one partition are fenced at the older. The store checks the
+//   tags (INTERNAL, nothing sent: a row without a tag, a keyed row whose tag is not its key's
+//   partition, deleted schedules without Batch::fence). A refused fence
 //   (SQLSTATE SYF01: another node holds the partition, or the lease expired) is
 //   FAILED_PRECONDITION, cluster::IsFenced, and nothing of the batch is applied. Catalog rows are
 //   not partitioned and not fenced.

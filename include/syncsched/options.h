@@ -18,6 +18,19 @@
 
 namespace syncsched {
 
+// Cluster mode: this engine is one of several sharing one PostgreSQL database (docs/cluster.md).
+struct ClusterOptions {
+  // This engine's name, unique among the live engines of the database, 1..255 bytes (the daemon
+  // defaults it to host:port). Required.
+  std::string node{};
+  // A live engine renews its leases; one that stops (killed, frozen, cut off) loses its
+  // partitions this long after its last renewal, and the others take them over. At least 300 ms.
+  Millis lease = std::chrono::seconds(10);
+  // The partition count P when this engine creates the cluster's tables (1..4096); ignored when
+  // they exist: the database's P wins.
+  int partitions = 64;
+};
+
 struct Options {
   // Where the engine reads the time and sets its alarm. Not owned: it must outlive the engine.
   // Default (null): an engine-owned SystemClock. Tests pass a VirtualClock.
@@ -116,6 +129,49 @@ struct Options {
   // writer thread; it must return quickly and must not call the engine (a command may be waiting
   // for that thread). Empty (default): nothing is called; EngineMetrics shows the same.
   std::function<void(const Status&)> on_store_status{};
+
+  // Set: cluster mode. `database_path` must then be a PostgreSQL URI (else Engine::Open answers
+  // INVALID_ARGUMENT), and every engine opened on that database with `cluster` set shares its
+  // schedules: each slot runs once cluster-wide. Unset (default): the engine owns its database
+  // alone.
+  //
+  // What it does. The engine joins the cluster (a LeaseKeeper: a connection and a thread of its
+  // own) and holds leases on an even share of the database's P partitions; a schedule belongs to
+  // the partition of its key's hash. It keeps in memory, arms and dispatches only the schedules of
+  // partitions whose lease is valid on this engine: on gaining a partition it loads its schedules
+  // (on a second connection and a thread of its own, "syncsched-cluster") and merges them as a
+  // restart recovers (missed slots collapse into one run each, at the latest missed slot; a run
+  // found in flight is recorded as an "interrupted" error); on losing one (taken over, released
+  // to a joining engine, its lease expired locally, or a commit refused by the fence) it drops
+  // its schedules from memory and cancels their runs in flight (CANCELLED, "partition ... lost"),
+  // whose outcomes it no longer records: the new owner records them as interrupted. Every commit
+  // that writes schedules is fenced in its transaction at the epochs of the leases it was built
+  // under, and a run's callback is called only after its dispatch committed so: an engine that
+  // lost a partition (frozen past its lease, cut off) writes nothing to it and runs nothing of it.
+  // Engine::Shutdown and the destructor release the leases once the last outcomes are committed,
+  // so the other engines take the partitions over at once (a killed engine's are taken over when
+  // its lease ends). Timers are held as without cluster mode (`hold_timers`): partitions gained
+  // before ReleaseTimers are loaded but fire nothing until then.
+  //
+  // Commands (interim, until commands through any engine are built; docs/cluster.md). A command is
+  // served only when this engine holds, with a valid lease and loaded, every partition the command
+  // may touch: the partition of each key it names (for a target naming syncs, each connection in
+  // scope with each named sync and variant), and every partition for a target that names no sync
+  // (every variant) and for DeleteConnection or a changed sync frequency. Otherwise it fails with
+  // FAILED_PRECONDITION, changing nothing, with a message naming the partition it does not hold
+  // ("cluster mode: ... partition N is held by another engine ..."); the same for GetStatus. A
+  // schedule created by a command takes its uid from the database (unique cluster-wide). Catalog
+  // rows (syncs, connections, integration limits) are shared but not propagated: another engine
+  // learns a sync or connection it does not know when it next loads a partition, and never sees a
+  // changed definition of one it knows until it restarts.
+  //
+  // Errors of Engine::Open: INVALID_ARGUMENT for bad options (names the field); ALREADY_EXISTS
+  // when a live engine has this node name; UNAVAILABLE when the database cannot be reached or is
+  // owned by an engine not in cluster mode; the store's errors otherwise. Threads: the keeper's
+  // and the loader's, beside the engine's own. GetMetrics, Forecast and MemoryBytes cover the
+  // schedules of this engine's partitions; GetMetrics' store fields cover the engine's writer (a
+  // commit refused by the fence shows there as a failed commit).
+  std::optional<ClusterOptions> cluster{};
 };
 
 // `database_path` (Options::database_path) as it may be shown in logs and messages: the password

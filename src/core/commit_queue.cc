@@ -4,6 +4,8 @@
 
 #include <unordered_map>
 
+#include "cluster/fence.h"
+
 namespace syncsched::core {
 namespace {
 
@@ -44,6 +46,7 @@ void MergeInto(store::Batch& to, store::Batch& from) {
   Append(to.schedules_deleted, from.schedules_deleted);
   Append(to.schedules, from.schedules);
   Append(to.runs, from.runs);
+  Append(to.fence, from.fence);
 }
 
 // Keeps the last version of each schedule row: once per commit, after all merges (once per merge
@@ -101,10 +104,11 @@ void CommitStream::Abandon() {
 }
 
 CommitQueue::CommitQueue(store::Store& store, ReleaseFn release, HealthFn on_health,
-                         std::size_t max_carried_runs)
+                         std::size_t max_carried_runs, ClusterHooks cluster)
     : store_(store),
       release_(std::move(release)),
       on_health_(std::move(on_health)),
+      cluster_(std::move(cluster)),
       max_carried_runs_(max_carried_runs),
       thread_([this] { Loop(); }) {}
 
@@ -203,7 +207,18 @@ void CommitQueue::CommitItems(std::vector<Item>& items) {
       while (end < items.size() && !items[end].command && !HasDeletions(items[end].batch)) ++end;
     }
     Status status;
-    if (end - begin == 1) {
+    if (cluster_.screen) {
+      // Cluster mode: rows of tenures the engine no longer holds are never sent (their runs are
+      // cancelled); a command with such rows fails whole.
+      for (std::size_t i = begin; i < end; ++i) {
+        Status screened = cluster_.screen(
+            items[i].batch, items[i].command ? nullptr : &items[i].runs, items[i].command);
+        if (!screened.ok()) status = screened;
+      }
+    }
+    if (!status.ok()) {
+      if (items[begin].stream) items[begin].stream->Abandon();  // nothing was sent
+    } else if (end - begin == 1) {
       status = CommitWithCarry(items[begin].batch, items[begin].command, items[begin].stream.get());
       if (items[begin].stream) items[begin].stream->Abandon();
     } else {
@@ -211,6 +226,19 @@ void CommitQueue::CommitItems(std::vector<Item>& items) {
       for (std::size_t i = begin; i < end; ++i) MergeInto(merged, items[i].batch);
       Dedup(merged);
       status = CommitWithCarry(merged, /*command=*/false);
+    }
+    if (!status.ok() && !items[begin].command && cluster_.screen && cluster::IsFenced(status)) {
+      // Cluster mode: the database knew of a lost partition before the engine did. The fenced
+      // hook has cleared that tenure: screening again drops its rows (now in the carry) and
+      // cancels its runs, and the rest of the group is committed at once rather than failed
+      // with it (its runs would be recorded as errors, their slots lost). One retry: a second
+      // refusal fails the group as any failed commit.
+      for (std::size_t i = begin; i < end; ++i) {
+        store::Batch none;
+        (void)cluster_.screen(none, &items[i].runs, false);
+      }
+      store::Batch none;
+      status = CommitWithCarry(none, /*command=*/false);
     }
     // A failed group fails each of its items: a command reports the error (and changed nothing);
     // runs are recorded as errors instead of being called; the rows are carried.
@@ -229,6 +257,7 @@ void CommitQueue::CommitItems(std::vector<Item>& items) {
 
 Status CommitQueue::CommitWithCarry(store::Batch& batch, bool command, CommitStream* stream) {
   Status status;
+  if (!carry_.empty() && cluster_.screen) (void)cluster_.screen(carry_, nullptr, false);
   if (carry_.empty()) {
     status = stream ? store_.CommitStream(batch, *stream) : store_.Commit(batch);
     if (!status.ok() && !command) carry_ = std::move(batch);
@@ -249,6 +278,7 @@ Status CommitQueue::CommitWithCarry(store::Batch& batch, bool command, CommitStr
     if (status.ok()) carry_.clear();
   }
   Observe(status);
+  if (!status.ok() && cluster_.fenced && cluster::IsFenced(status)) cluster_.fenced(status);
   return status;
 }
 

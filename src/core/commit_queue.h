@@ -103,8 +103,24 @@ class CommitQueue {
   // but a command may be waiting for it).
   using HealthFn = std::function<void(const Status&)>;
 
+  // Cluster mode (docs/cluster.md), both called on the writer thread without the engine's lock
+  // (they must not take it):
+  // - `screen(batch, runs, command)` before an item is committed, and on the carry before every
+  //   commit that includes it. For an item that is not a command's (and for the carry): removes
+  //   the rows whose tenure (partition, epoch) the engine no longer holds, cancels those of
+  //   `runs` (when not null), and returns OK. For a command's item: removes nothing and returns
+  //   the fenced status when any row's tenure is gone (the command then fails, nothing written).
+  // - `fenced(status)` after a commit the store refused by its fence (cluster::IsFenced). The
+  //   queue then screens the refused group again (rows in the carry, runs of the items) and
+  //   retries it once at once, so that a partition lost unannounced does not fail the others'
+  //   rows with it.
+  struct ClusterHooks {
+    std::function<Status(store::Batch&, std::vector<RunPtr>*, bool)> screen;
+    std::function<void(const Status&)> fenced;
+  };
+
   CommitQueue(store::Store& store, ReleaseFn release, HealthFn on_health = {},
-              std::size_t max_carried_runs = kMaxCarriedRuns);
+              std::size_t max_carried_runs = kMaxCarriedRuns, ClusterHooks cluster = {});
   ~CommitQueue();
 
   using Ticket = std::shared_ptr<CommitWaiter>;
@@ -167,6 +183,7 @@ class CommitQueue {
   Mutex store_mu_;  // serializes the store between the writer and after-stop commits
   store::Batch carry_ GUARDED_BY(store_mu_);  // applied in memory, not yet committed
   HealthFn on_health_;                        // set once
+  ClusterHooks cluster_;                      // set once
   const std::size_t max_carried_runs_;
   mutable Mutex health_mu_;  // a leaf: nothing else is taken under it
   StoreHealth health_ GUARDED_BY(health_mu_);

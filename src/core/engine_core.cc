@@ -4,12 +4,17 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <exception>
+#include <map>
+#include <optional>
 #include <tuple>
+#include <unordered_set>
 
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/post.hpp>
 
+#include "cluster/partition.h"
 #include "core/commit_queue.h"
 #include "core/grid.h"
 #include "core/names.h"
@@ -136,6 +141,71 @@ Status EngineCore::Init(const StoreWrapper& wrap) {
     });
   }
   timers_held_ = options_.hold_timers.value_or(!options_.database_path.empty());
+  if (options_.cluster) {
+    if (!store::IsPostgresUri(options_.database_path)) {
+      return Status::InvalidField("options.cluster",
+                                  "options.cluster needs a PostgreSQL database_path "
+                                  "(postgresql://...); the engines of a cluster share it");
+    }
+    cluster::LeaseKeeperOptions ko;
+    ko.uri = options_.database_path;
+    ko.node = options_.cluster->node;
+    ko.lease = options_.cluster->lease;
+    ko.partitions = options_.cluster->partitions;
+    ko.connect_timeout = std::chrono::milliseconds(10'000);
+    ko.on_change = [this](const cluster::LeaseChange& change) { OnLeaseChange(change); };
+    {
+      std::lock_guard lock(tenures_mu_);
+      tenures_.assign(static_cast<std::size_t>(cluster::kMaxPartitions), 0);
+    }
+    auto keeper = cluster::LeaseKeeper::Start(std::move(ko));
+    if (!keeper.ok()) {
+      return Status(keeper.status().code(), RedactedDatabasePath(options_.database_path) + ": " +
+                                                keeper.status().message());
+    }
+    keeper_ = std::move(keeper).value();
+    partitions_ = keeper_->partitions_total();
+    store::PostgresStoreOptions po;
+    po.uri = options_.database_path;
+    po.history_per_schedule = options_.run_history;
+    po.cluster =
+        store::PostgresClusterMode{keeper_->node_id(), partitions_, options_.cluster->lease};
+    auto opened = store::OpenPostgresStore(po);
+    if (!opened.ok()) return opened.status();
+    store_ = std::move(opened).value();
+    if (wrap) store_ = wrap(std::move(store_));
+    auto loader = store::OpenPostgresStore(po);
+    if (!loader.ok()) return loader.status();
+    loader_ = std::move(loader).value();
+    Result<store::Snapshot> catalog = [&] {
+      MutexLock lock(loader_mu_);
+      return loader_->LoadPartitions({});
+    }();
+    if (!catalog.ok()) return catalog.status();
+    MutexLock lock(mu_);
+    if (Status s = Recover(std::move(catalog).value()); !s.ok()) return s;
+    active_.assign(static_cast<std::size_t>(partitions_), 0);
+    quarantine_.assign(static_cast<std::size_t>(partitions_), 0);
+    std::weak_ptr<EngineCore> weak = weak_from_this();
+    CommitQueue::ClusterHooks hooks;
+    hooks.screen = [this](store::Batch& b, std::vector<RunPtr>* runs, bool command) {
+      return Screen(b, runs, command);
+    };
+    hooks.fenced = [this](const Status& s) { OnFenced(s); };
+    writer_ = std::make_unique<CommitQueue>(
+        *store_,
+        [weak](std::vector<RunPtr>&& runs, const Status& committed) {
+          if (auto core = weak.lock()) {
+            core->Release(std::move(runs), committed);
+          } else {
+            for (const RunPtr& r : runs) r->token.Cancel(Status::Cancelled("engine shut down"));
+          }
+        },
+        options_.on_store_status, CommitQueue::kMaxCarriedRuns, std::move(hooks));
+    cluster_thread_ = std::thread([this] { ClusterLoop(); });
+    MaybeRearm();
+    return Status();
+  }
   if (!options_.database_path.empty()) {
     // A libpq URI selects the PostgreSQL store; anything else is an SQLite file (or ":memory:").
     auto opened = [&]() -> Result<std::unique_ptr<store::Store>> {
@@ -176,10 +246,22 @@ Status EngineCore::Init(const StoreWrapper& wrap) {
 }
 
 Status EngineCore::Recover(store::Snapshot snap) {
-  std::int64_t now = NowMs();
+  if (Status s = RecoverCatalog(snap); !s.ok()) return s;
+  next_uid_ = snap.max_uid + 1;
+  Txn tx = Begin(/*undoable=*/false);
+  if (Status s = RecoverSchedules(tx, snap); !s.ok()) return s;
+  drain_due_ = metrics_.runs_waiting > 0;
+  BuildBatch(tx);
+  Status st = store_ && !tx.batch.empty() ? store_->Commit(tx.batch) : Status();
+  Finish(tx);
+  return st;
+}
+
+Status EngineCore::RecoverCatalog(store::Snapshot& snap) {
   for (store::SyncRow& row : snap.syncs) {
     std::uint32_t integ = cat_.FindIntegration(row.integration);
     if (integ == kNone) integ = cat_.AddIntegration(row.integration);
+    if (cat_.FindSync(integ, row.name) != kNone) continue;  // cluster mode: known already
     SyncInfo info;
     info.name = row.name;
     info.frequency_text = row.frequency_text;
@@ -193,11 +275,16 @@ Status EngineCore::Recover(store::Snapshot snap) {
                               Quote(row.name) +
                               " has a non-positive frequency; the database is corrupt");
     }
+    info.callback = CallbackFor(integ, info.name);
     cat_.AddSync(integ, std::move(info));
   }
   for (const store::IntegrationRow& row : snap.integrations) {
     std::uint32_t integ = cat_.FindIntegration(row.integration);
-    if (integ == kNone) integ = cat_.AddIntegration(row.integration);
+    if (integ == kNone) {
+      integ = cat_.AddIntegration(row.integration);
+    } else if (InCluster() && !active_.empty()) {
+      continue;  // cluster mode, a later load: this engine's own limits stand
+    }
     cat_.integrations[integ].max_concurrency = static_cast<std::size_t>(row.max_concurrency);
   }
   for (store::ConnectionRow& row : snap.connections) {
@@ -207,13 +294,16 @@ Status EngineCore::Recover(store::Snapshot snap) {
       cat_.AddConnection(integ, row.connection);
     }
   }
-  next_uid_ = snap.max_uid + 1;
+  return Status::Ok();
+}
+
+Status EngineCore::RecoverSchedules(Txn& tx, store::Snapshot& snap) {
+  const std::int64_t now = tx.now;
   std::unordered_map<std::uint64_t, std::uint32_t> by_uid;
   by_uid.reserve(snap.schedules.size());
   std::vector<std::pair<std::int64_t, std::uint32_t>> missed;  // (due slot, schedule)
   std::vector<std::pair<std::uint64_t, std::uint32_t>> waits;  // (seq, schedule)
   std::vector<std::pair<std::uint32_t, RunMode>> pending;      // runs owed after the crashed one
-  Txn tx = Begin(/*undoable=*/false);
   // Schedules armed in due order: the wheel fires due timers in deadline order.
   for (store::ScheduleRow& row : snap.schedules) {
     std::uint32_t integ = cat_.FindIntegration(row.integration);
@@ -228,6 +318,7 @@ Status EngineCore::Recover(store::Snapshot snap) {
     std::uint32_t idx = cat_.AddSchedule(conn, sync, cat_.InternVariant(row.variant), row.uid);
     next_uid_ = std::max(next_uid_, row.uid + 1);
     by_uid.emplace(row.uid, idx);
+    if (InCluster()) SetPartition(idx);
     Schedule& s = cat_.schedules[idx];
     s.anchor = row.anchor_ms;
     s.freq_override = row.frequency_override_ms;
@@ -298,8 +389,15 @@ Status EngineCore::Recover(store::Snapshot snap) {
     run.finished_ms = now;
     run.ok = 0;
     run.error =
-        "interrupted: the engine stopped while the run was in flight (dispatched: its callback "
-        "had been called, or was about to be)";
+        InCluster()
+            ? "interrupted: the engine that held its partition stopped or lost it while the run "
+              "was in flight (dispatched: its callback had been called, or was about to be)"
+            : "interrupted: the engine stopped while the run was in flight (dispatched: its "
+              "callback had been called, or was about to be)";
+    if (InCluster()) {
+      run.partition = part_of_[it->second];
+      run.epoch = active_[static_cast<std::size_t>(run.partition)];
+    }
     Schedule& s = Touch(tx, it->second);
     run.number = ++s.runs;
     ++s.failures;
@@ -319,11 +417,7 @@ Status EngineCore::Recover(store::Snapshot snap) {
     }
     TryDispatchLater(tx, idx, mode);
   }
-  drain_due_ = metrics_.runs_waiting > 0;
-  BuildBatch(tx);
-  Status st = store_ && !tx.batch.empty() ? store_->Commit(tx.batch) : Status();
-  Finish(tx);
-  return st;
+  return Status::Ok();
 }
 
 EngineCore::~EngineCore() { Shutdown(); }
@@ -339,9 +433,13 @@ void EngineCore::Shutdown() {
       if (r) tokens.push_back(r->token);
     }
   }
+  StopCluster();  // loads no more partitions
   for (auto& t : tokens) t.Cancel(Status::Cancelled("engine shutting down"));
   if (pool_) pool_->Stop();
   if (writer_) writer_->Stop();  // commits the outcomes queued by the last runs
+  // Cluster mode: only now, with every outcome committed under its lease, the leases are
+  // released (graceful hand-over: the others take the partitions at once).
+  if (keeper_) keeper_->Stop();
   if (owned_io_) {
     owned_io_->stop();
     if (io_thread_.joinable()) io_thread_.join();
@@ -357,6 +455,14 @@ EngineCore::Txn EngineCore::Begin(bool undoable) {
   Txn tx;
   tx.undoable = undoable && store_ != nullptr;  // in memory, a commit cannot fail
   tx.now = NowMs();
+  if (InCluster() && !active_.empty()) {
+    tx.leases.assign(active_.size(), 0);
+    for (const auto& [p, epoch] : keeper_->Owned()) {
+      if (p >= 0 && static_cast<std::size_t>(p) < tx.leases.size()) {
+        tx.leases[static_cast<std::size_t>(p)] = epoch;
+      }
+    }
+  }
   if (tx.undoable) {
     tx.metrics = metrics_;
     tx.in_flight.reserve(cat_.integrations.size());
@@ -618,6 +724,10 @@ void EngineCore::FillRow(store::ScheduleRow& row, std::uint32_t schedule, bool f
     row.last_error = it->second.last_error;
   }
   if (s.run != kNone && runs_[s.run]) FillInFlight(row.in_flight, *runs_[s.run]);
+  if (InCluster()) {
+    row.partition = part_of_[schedule];
+    row.epoch = active_[static_cast<std::size_t>(row.partition)];
+  }
   if (s.flags & kWaiting) {
     if (auto it = waiting_.find(schedule); it != waiting_.end()) {
       const WaitInfo& w = it->second;
@@ -692,6 +802,10 @@ void EngineCore::DispatchRun(Txn& tx, std::uint32_t schedule, std::int64_t slot,
   run->key = cat_.KeyOf(schedule);
   run->run_id = std::move(run_id);
   run->callback = cat_.syncs[s.sync].callback ? cat_.syncs[s.sync].callback : fallback_;
+  if (InCluster()) {
+    run->partition = part_of_[schedule];
+    run->epoch = active_[static_cast<std::size_t>(run->partition)];
+  }
   run->last_heartbeat.store(tx.now, std::memory_order_relaxed);
   if (free_runs_.empty()) {
     run->table_slot = static_cast<std::uint32_t>(runs_.size());
@@ -783,6 +897,10 @@ void EngineCore::FinishRun(Txn& tx, const RunPtr& run, const Status& status,
     row.number = s.runs;
     row.finished_ms = now;
     row.ok = static_cast<std::int8_t>(status.ok());
+    if (InCluster()) {
+      row.partition = part_of_[run->schedule];
+      row.epoch = active_[static_cast<std::size_t>(row.partition)];
+    }
     if (!status.ok()) row.error = cat_.details[run->schedule].last_error;
     tx.batch.runs.push_back(std::move(row));
   }
@@ -829,7 +947,8 @@ void EngineCore::AbandonRun(Txn& tx, std::uint32_t schedule, Status reason) {
 
 void EngineCore::CreateSchedule(Txn& tx, std::uint32_t connection, std::uint32_t sync,
                                 std::uint32_t variant) {
-  std::uint32_t idx = cat_.AddSchedule(connection, sync, variant, next_uid_++);
+  std::uint32_t idx = cat_.AddSchedule(connection, sync, variant, NextUid());
+  if (InCluster()) SetPartition(idx);
   Touch(tx, idx, /*created=*/true);
   if (cat_.syncs[sync].auto_start) {
     StartSchedule(tx, idx);
@@ -851,6 +970,13 @@ void EngineCore::DeleteSchedules(Txn& tx, const std::vector<std::uint32_t>& sche
     s.state = ScheduleState::kDeleted;  // removed from the catalog once committed
     tx.deleted.push_back(idx);
     if (store_) tx.batch.schedules_deleted.push_back(s.uid);
+    if (InCluster()) {
+      auto p = static_cast<std::size_t>(part_of_[idx]);
+      store::Tenure t{part_of_[idx], active_[p]};
+      if (std::find(tx.batch.fence.begin(), tx.batch.fence.end(), t) == tx.batch.fence.end()) {
+        tx.batch.fence.push_back(t);
+      }
+    }
   }
 }
 
@@ -1074,6 +1200,25 @@ Status EngineCore::DefineSync(std::string_view integration, const SyncDefinition
         return Status();  // the same definition again: nothing to do
       }
     }
+    if (InCluster()) {
+      if (sync != kNone) {
+        if (cat_.syncs[sync].frequency_ms != info.frequency_ms) {
+          if (Status st = RequirePartitions({}, true, "a changed sync frequency"); !st.ok()) {
+            return st;
+          }
+        }
+      } else if (integ != kNone) {
+        std::vector<int> parts;
+        for (std::uint32_t c : cat_.integrations[integ].connections) {
+          parts.push_back(cluster::PartitionOf(integration, cat_.connections[c].id, def.name,
+                                               kBaseVariant, partitions_));
+        }
+        if (Status st = RequirePartitions(parts, false, "a new sync's schedules"); !st.ok()) {
+          return st;
+        }
+        if (Status st = EnsureUids(parts.size()); !st.ok()) return st;
+      }
+    }
     Txn tx = Begin(/*undoable=*/true);
     if (store_) {
       tx.batch.syncs.push_back(store::SyncRow{
@@ -1152,6 +1297,17 @@ Status EngineCore::AddConnection(std::string_view integration, std::string_view 
                                        " already exists in integration " + Quote(integration),
                                    StatusSubject::kConnection);
     }
+    if (InCluster()) {
+      std::vector<int> parts;
+      for (std::uint32_t sync : cat_.integrations[integ].syncs) {
+        parts.push_back(cluster::PartitionOf(integration, connection, cat_.syncs[sync].name,
+                                             kBaseVariant, partitions_));
+      }
+      if (Status st = RequirePartitions(parts, false, "a new connection's schedules"); !st.ok()) {
+        return st;
+      }
+      if (Status st = EnsureUids(parts.size()); !st.ok()) return st;
+    }
     Txn tx = Begin(/*undoable=*/true);
     if (store_)
       tx.batch.connections_added.push_back({std::string(integration), std::string(connection)});
@@ -1181,6 +1337,10 @@ Status EngineCore::DeleteConnection(std::string_view integration, std::string_vi
       return Status::NotFound("connection " + Quote(connection) +
                                   " does not exist in integration " + Quote(integration),
                               StatusSubject::kConnection);
+    }
+    if (Status st = RequirePartitions({}, true, "deleting a connection (every variant)");
+        !st.ok()) {
+      return st;
     }
     Txn tx = Begin(/*undoable=*/true);
     if (store_)
@@ -1228,6 +1388,14 @@ Result<ScheduleStatus> EngineCore::CreateVariant(const ScheduleKey& key) {
                                        " already exists on connection " + Quote(key.connection),
                                    StatusSubject::kVariant);
     }
+    if (InCluster()) {
+      if (Status st = RequirePartitions({cluster::PartitionOf(key, partitions_)}, false,
+                                        "creating variant " + ToString(key));
+          !st.ok()) {
+        return st;
+      }
+      if (Status st = EnsureUids(1); !st.ok()) return st;
+    }
     Txn tx = Begin(/*undoable=*/true);
     std::uint32_t interned = cat_.InternVariant(key.variant);
     CreateSchedule(tx, conn, sync, interned);
@@ -1265,6 +1433,11 @@ Status EngineCore::DeleteVariant(const ScheduleKey& key) {
                                   " does not exist in integration " + Quote(key.integration),
                               StatusSubject::kConnection);
     }
+    if (Status st = RequirePartitions({cluster::PartitionOf(key, partitions_)}, false,
+                                      "deleting variant " + ToString(key));
+        !st.ok()) {
+      return st;
+    }
     std::uint32_t variant = cat_.FindVariant(key.variant);
     std::uint32_t sched = variant == kNone ? kNone : cat_.FindSchedule(conn, sync, variant);
     if (sched == kNone) {
@@ -1292,6 +1465,7 @@ Result<CommandResult> EngineCore::Start(const Target& target) {
   {
     MutexLock lock(mu_);
     if (shut_down_) return Status::FailedPrecondition("the engine is shut down");
+    if (Status st = RequireTarget(target); !st.ok()) return st;
     auto targets = cat_.Resolve(target);
     if (!targets.ok()) return targets.status();
     Txn tx = Begin(/*undoable=*/true);
@@ -1319,6 +1493,7 @@ Result<CommandResult> EngineCore::Pause(const Target& target) {
   {
     MutexLock lock(mu_);
     if (shut_down_) return Status::FailedPrecondition("the engine is shut down");
+    if (Status st = RequireTarget(target); !st.ok()) return st;
     auto targets = cat_.Resolve(target);
     if (!targets.ok()) return targets.status();
     Txn tx = Begin(/*undoable=*/true);
@@ -1358,6 +1533,7 @@ Result<CommandResult> EngineCore::Trigger(const Target& target, RunMode mode) {
   {
     MutexLock lock(mu_);
     if (shut_down_) return Status::FailedPrecondition("the engine is shut down");
+    if (Status st = RequireTarget(target); !st.ok()) return st;
     auto targets = cat_.Resolve(target);
     if (!targets.ok()) return targets.status();
     Txn tx = Begin(/*undoable=*/true);
@@ -1401,6 +1577,7 @@ Result<std::vector<ScheduleStatus>> EngineCore::GetStatus(const Target& target) 
   std::vector<ScheduleStatus> out;
   {
     MutexLock lock(mu_);
+    if (Status st = RequireTarget(target); !st.ok()) return st;
     auto targets = cat_.Resolve(target);
     if (!targets.ok()) return targets.status();
     out.reserve(targets->size());
@@ -1430,6 +1607,7 @@ Result<Millis> EngineCore::UpdateFrequency(const ScheduleKey& key,
   MutexLock lock(mu_);
   if (shut_down_) return Status::FailedPrecondition("the engine is shut down");
   Target t{key.integration, key.connection, {SyncSelector{key.sync, key.variant}}, false};
+  if (Status st = RequireTarget(t); !st.ok()) return st;
   auto targets = cat_.Resolve(t);
   if (!targets.ok()) return targets.status();
   std::uint32_t idx = targets->front();
@@ -1676,6 +1854,377 @@ void EngineCore::Complete(std::vector<RunPtr>& runs, std::vector<RunOutcome>& ou
   }
   Apply(fx);
   if (ticket) (void)writer_->Wait(ticket);
+}
+
+}  // namespace syncsched::core
+
+// ---------------------------------------------------------------------------------------------
+// Cluster mode (docs/cluster.md; Options::cluster)
+//
+// Which partitions are in memory (active_) follows the keeper's valid leases, reconciled on the
+// cluster thread: a partition whose lease ended (or changed epoch, or was refused by the fence) is
+// dropped; one held with a valid lease and not loaded is loaded (on the loader's connection,
+// without the engine's lock) and merged as a restart recovers. Dispatches check the lease in the
+// transaction (Txn::leases); the writer screens every item against tenures_ (cleared at once when
+// a lease ends, on the keeper's thread) and the store fences every commit at the rows' tenures:
+// the database is the arbiter, the local checks only keep stale work from being sent.
+
+namespace syncsched::core {
+
+void EngineCore::SetPartition(std::uint32_t idx) {
+  if (part_of_.size() < cat_.schedules.size()) part_of_.resize(cat_.schedules.size(), -1);
+  ScheduleKey key = cat_.KeyOf(idx);
+  part_of_[idx] = cluster::PartitionOf(key, partitions_);
+}
+
+Status EngineCore::RequirePartitions(std::vector<int> partitions, bool all,
+                                     std::string_view what) const {
+  // After Shutdown the leases are gone, but GetStatus still reads what the drain left.
+  if (!InCluster() || shut_down_) return Status::Ok();
+  if (all) {
+    partitions.clear();
+    for (int p = 0; p < partitions_; ++p) partitions.push_back(p);
+  }
+  std::sort(partitions.begin(), partitions.end());
+  partitions.erase(std::unique(partitions.begin(), partitions.end()), partitions.end());
+  std::map<int, std::int64_t> owned = keeper_->Owned();
+  for (int p : partitions) {
+    auto it = owned.find(p);
+    std::int64_t loaded = active_[static_cast<std::size_t>(p)];
+    if (it != owned.end() && loaded > 0 && it->second == loaded) continue;
+    std::string why = it == owned.end() ? "is held by another engine (or by none, between owners)"
+                                        : "is being loaded by this engine";
+    return Status::FailedPrecondition(
+        "cluster mode: " + std::string(what) + " needs partition " + std::to_string(p) + " of " +
+        std::to_string(partitions_) + ", which " + why + "; engine '" + options_.cluster->node +
+        "' holds " + std::to_string(owned.size()) +
+        ". Until commands through any engine are built (docs/cluster.md), a command is served "
+        "only by an engine that holds every partition it may touch; nothing was changed");
+  }
+  return Status::Ok();
+}
+
+Status EngineCore::RequireTarget(const Target& target) const {
+  if (!InCluster()) return Status::Ok();
+  std::uint32_t integ = cat_.FindIntegration(target.integration);
+  if (integ == kNone) return Status::Ok();  // Resolve says NOT_FOUND
+  if (target.syncs.empty()) {
+    return RequirePartitions({}, true, "a command over every sync and variant of a connection");
+  }
+  std::vector<std::uint32_t> conns;
+  if (target.connection) {
+    std::uint32_t c = cat_.FindConnection(integ, *target.connection);
+    if (c == kNone) return Status::Ok();  // Resolve says NOT_FOUND
+    conns.push_back(c);
+  } else {
+    conns = cat_.integrations[integ].connections;
+  }
+  std::vector<int> parts;
+  for (std::uint32_t c : conns) {
+    for (const SyncSelector& sel : target.syncs) {
+      parts.push_back(cluster::PartitionOf(target.integration, cat_.connections[c].id, sel.name,
+                                           sel.variant, partitions_));
+    }
+  }
+  return RequirePartitions(std::move(parts), false, "this command");
+}
+
+bool EngineCore::LeaseAllows(const Txn& tx, std::uint32_t schedule) const {
+  if (!InCluster()) return true;
+  auto p = static_cast<std::size_t>(part_of_[schedule]);
+  return p < tx.leases.size() && tx.leases[p] > 0 && tx.leases[p] == active_[p];
+}
+
+std::uint64_t EngineCore::NextUid() {
+  if (!InCluster()) return next_uid_++;
+  // EnsureUids reserved enough before the command changed anything.
+  auto& [next, end] = uid_blocks_.front();
+  std::uint64_t uid = next++;
+  if (next == end) uid_blocks_.pop_front();
+  return uid;
+}
+
+Status EngineCore::EnsureUids(std::size_t n) {
+  if (!InCluster()) return Status::Ok();
+  std::size_t have = 0;
+  for (const auto& [next, end] : uid_blocks_) have += end - next;
+  MutexLock lock(loader_mu_);
+  while (have < n) {
+    std::uint64_t count = 0;
+    auto first = loader_->ReserveUids(&count);
+    if (!first.ok()) return first.status();
+    uid_blocks_.emplace_back(*first, *first + count);
+    have += count;
+  }
+  return Status::Ok();
+}
+
+void EngineCore::SetTenure(int partition, std::int64_t epoch) {
+  std::lock_guard lock(tenures_mu_);
+  if (partition >= 0 && static_cast<std::size_t>(partition) < tenures_.size()) {
+    tenures_[static_cast<std::size_t>(partition)] = epoch;
+  }
+}
+
+void EngineCore::OnLeaseChange(const cluster::LeaseChange& change) {
+  // The keeper's thread. A lease that ended is written under no more, from now on (its release
+  // follows this call); the cluster thread drops its schedules.
+  {
+    std::lock_guard lock(tenures_mu_);
+    for (const cluster::PartitionEpoch& pe : change.lost) {
+      auto p = static_cast<std::size_t>(pe.partition);
+      if (p < tenures_.size() && tenures_[p] == pe.epoch) tenures_[p] = 0;
+    }
+  }
+  std::lock_guard lock(cl_mu_);
+  cl_poke_ = true;
+  cl_cv_.notify_all();
+}
+
+void EngineCore::OnFenced(const Status& status) {
+  // "... does not hold partition P at epoch E (owner O, epoch F, lease L)" (the message of
+  // syncsched_cluster.fence).
+  const std::string& m = status.message();
+  static constexpr std::string_view kHold = "does not hold partition ";
+  static constexpr std::string_view kAt = " at epoch ";
+  static constexpr std::string_view kOwner = "(owner ";
+  static constexpr std::string_view kNow = ", epoch ";
+  FencedRefusal pe;
+  if (auto at = m.find(kHold); at != std::string::npos) {
+    pe.partition = std::atoi(m.c_str() + at + kHold.size());
+    if (auto e = m.find(kAt, at); e != std::string::npos) {
+      pe.epoch = std::atoll(m.c_str() + e + kAt.size());
+    }
+    if (auto o = m.find(kOwner, at); o != std::string::npos) {
+      std::int64_t owner = std::atoll(m.c_str() + o + kOwner.size());
+      auto n = m.find(kNow, o);
+      std::int64_t now_epoch = n == std::string::npos ? 0 : std::atoll(m.c_str() + n + kNow.size());
+      // Still this node's at that epoch, only expired in the database: not taken.
+      pe.taken = !(owner == keeper_->node_id() && now_epoch == pe.epoch);
+    }
+  }
+  if (pe.partition >= 0) {
+    std::lock_guard lock(tenures_mu_);
+    auto p = static_cast<std::size_t>(pe.partition);
+    if (p < tenures_.size() && tenures_[p] == pe.epoch) tenures_[p] = 0;
+  }
+  std::lock_guard lock(cl_mu_);
+  if (pe.partition >= 0) cl_fenced_.push_back(pe);
+  cl_poke_ = true;
+  cl_cv_.notify_all();
+}
+
+Status EngineCore::Screen(store::Batch& b, std::vector<RunPtr>* runs, bool command) {
+  std::lock_guard lock(tenures_mu_);
+  auto stale = [&](std::int32_t p, std::int64_t epoch) {
+    return p < 0 || static_cast<std::size_t>(p) >= tenures_.size() ||
+           tenures_[static_cast<std::size_t>(p)] != epoch || epoch == 0;
+  };
+  if (command) {
+    auto gone = [&]() -> std::optional<std::pair<std::int32_t, std::int64_t>> {
+      for (const auto& r : b.schedules) {
+        if (stale(r.partition, r.epoch)) return std::pair{r.partition, r.epoch};
+      }
+      for (const auto& r : b.runs) {
+        if (stale(r.partition, r.epoch)) return std::pair{r.partition, r.epoch};
+      }
+      for (const auto& t : b.fence) {
+        if (stale(t.partition, t.epoch)) return std::pair{t.partition, t.epoch};
+      }
+      return std::nullopt;
+    }();
+    if (!gone) return Status::Ok();
+    return Status::FailedPrecondition(
+        "cluster mode: this engine lost partition " + std::to_string(gone->first) +
+        " (its lease at epoch " + std::to_string(gone->second) +
+        " ended) while the command ran; nothing of it was applied " + cluster::kFencedMarker);
+  }
+  std::erase_if(b.schedules,
+                [&](const store::ScheduleRow& r) { return stale(r.partition, r.epoch); });
+  std::erase_if(b.runs, [&](const store::RunRow& r) { return stale(r.partition, r.epoch); });
+  std::erase_if(b.fence, [&](const store::Tenure& t) { return stale(t.partition, t.epoch); });
+  if (runs != nullptr) {
+    for (const RunPtr& r : *runs) {
+      if (stale(r->partition, r->epoch)) {
+        r->token.Cancel(Status::Cancelled("cluster mode: partition " +
+                                          std::to_string(r->partition) +
+                                          " was lost before the run's dispatch was recorded"));
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+void EngineCore::StopCluster() {
+  {
+    std::lock_guard lock(cl_mu_);
+    cl_stop_ = true;
+    cl_cv_.notify_all();
+  }
+  if (cluster_thread_.joinable()) cluster_thread_.join();
+}
+
+void EngineCore::ClusterLoop() {
+  pthread_setname_np(pthread_self(), "syncsched-clust");
+  // Besides the keeper's wake-ups, a look every lease/4: a load that failed is retried, and runs
+  // that waited for a lease that is valid again are released.
+  const auto period = std::max(std::chrono::milliseconds(50), options_.cluster->lease / 4);
+  std::unique_lock lock(cl_mu_);
+  while (!cl_stop_) {
+    cl_cv_.wait_for(lock, period, [&] { return cl_stop_ || cl_poke_; });
+    if (cl_stop_) break;
+    cl_poke_ = false;
+    std::vector<FencedRefusal> fenced = std::move(cl_fenced_);
+    cl_fenced_.clear();
+    lock.unlock();
+    Reconcile(std::move(fenced));
+    lock.lock();
+  }
+}
+
+void EngineCore::DropPartitions(const std::vector<int>& partitions, Effects& fx) {
+  if (partitions.empty()) return;
+  std::vector<bool> drop(static_cast<std::size_t>(partitions_), false);
+  for (int p : partitions) drop[static_cast<std::size_t>(p)] = true;
+  for (std::uint32_t idx = 0; idx < cat_.schedules.size() && idx < part_of_.size(); ++idx) {
+    Schedule& s = cat_.schedules[idx];
+    if (!s.live || part_of_[idx] < 0 || !drop[static_cast<std::size_t>(part_of_[idx])]) continue;
+    if (s.run != kNone) {
+      RunPtr run = runs_[s.run];
+      if (run) {
+        fx.cancel.emplace_back(
+            run->token,
+            Status::Cancelled("cluster mode: partition " + std::to_string(part_of_[idx]) +
+                              " was lost by this engine; its new owner "
+                              "records this run as interrupted"));
+      }
+      runs_[s.run].reset();
+      free_runs_.push_back(s.run);
+      deadlines_.Cancel(idx);
+      CountInFlight(idx, -1);
+      s.run = kNone;
+    }
+    slots_.Cancel(idx);
+    retries_.Cancel(idx);
+    if (s.flags & kWaiting) --metrics_.runs_waiting;  // its queue entry is skipped lazily
+    waiting_.erase(idx);
+    retry_info_.erase(idx);
+    decisions_.erase(idx);
+    if (s.state == ScheduleState::kStarted) --metrics_.schedules_started;
+    if (s.state == ScheduleState::kPaused) --metrics_.schedules_paused;
+    part_of_[idx] = -1;
+    cat_.RemoveSchedule(idx);
+  }
+  for (int p : partitions) {
+    active_[static_cast<std::size_t>(p)] = 0;
+    SetTenure(p, 0);
+  }
+}
+
+void EngineCore::Reconcile(std::vector<FencedRefusal> fenced) {
+  // A block of uids kept in reserve, taken here without the engine's lock, so that a command
+  // rarely waits for the loader's connection (busy with a partition load) under it.
+  bool low = false;
+  {
+    MutexLock lock(mu_);
+    std::uint64_t have = 0;
+    for (const auto& [next, end] : uid_blocks_) have += end - next;
+    low = have < store::kPostgresUidBlock / 4;
+  }
+  if (low) {
+    std::uint64_t count = 0;
+    Result<std::uint64_t> first = [&] {
+      MutexLock lock(loader_mu_);
+      return loader_->ReserveUids(&count);
+    }();
+    if (first.ok()) {
+      MutexLock lock(mu_);
+      uid_blocks_.emplace_back(*first, *first + count);
+    }
+  }
+  std::map<int, std::int64_t> load;
+  {
+    Effects fx;
+    {
+      MutexLock lock(mu_);
+      if (shut_down_) return;
+      std::vector<bool> refused(static_cast<std::size_t>(partitions_), false);
+      for (const FencedRefusal& pe : fenced) {
+        auto p = static_cast<std::size_t>(pe.partition);
+        if (p >= quarantine_.size()) continue;
+        // A tenure taken over is never loaded again; one that only expired is dropped (what
+        // memory holds may be ahead of the database) and loaded again if the keeper renews it.
+        if (pe.taken) quarantine_[p] = std::max(quarantine_[p], pe.epoch);
+        if (active_[p] == pe.epoch) refused[p] = true;
+      }
+      std::map<int, std::int64_t> owned = keeper_->Owned();
+      std::vector<int> drop;
+      for (int p = 0; p < partitions_; ++p) {
+        std::int64_t loaded = active_[static_cast<std::size_t>(p)];
+        if (loaded == 0) continue;
+        auto it = owned.find(p);
+        bool keep = it != owned.end() && it->second == loaded &&
+                    quarantine_[static_cast<std::size_t>(p)] < loaded &&
+                    !refused[static_cast<std::size_t>(p)];
+        if (!keep) drop.push_back(p);
+      }
+      DropPartitions(drop, fx);
+      for (const auto& [p, epoch] : owned) {
+        auto i = static_cast<std::size_t>(p);
+        if (i < active_.size() && active_[i] == 0 && epoch > quarantine_[i]) load[p] = epoch;
+      }
+      if (metrics_.runs_waiting > 0) {
+        drain_due_ = true;  // runs that waited for a lease
+        MaybeRearm();
+      }
+    }
+    Apply(fx);
+  }
+  if (load.empty()) return;
+  std::vector<int> parts;
+  for (const auto& [p, e] : load) parts.push_back(p);
+  Result<store::Snapshot> snap = [&] {
+    MutexLock lock(loader_mu_);
+    return loader_->LoadPartitions(parts);
+  }();
+  if (!snap.ok()) return;  // retried at the next look (ClusterLoop's period)
+  Effects fx;
+  {
+    MutexLock lock(mu_);
+    if (shut_down_) return;
+    // Only partitions still held at the epoch they were loaded for (the load committed after
+    // the claim, so it saw every commit of the previous owners).
+    std::map<int, std::int64_t> owned = keeper_->Owned();
+    std::vector<bool> take(static_cast<std::size_t>(partitions_), false);
+    for (const auto& [p, epoch] : load) {
+      auto it = owned.find(p);
+      if (it != owned.end() && it->second == epoch && active_[static_cast<std::size_t>(p)] == 0) {
+        take[static_cast<std::size_t>(p)] = true;
+        active_[static_cast<std::size_t>(p)] = epoch;
+        SetTenure(p, epoch);
+      }
+    }
+    store::Snapshot& s = *snap;
+    if (Status st = RecoverCatalog(s); !st.ok()) return;
+    std::erase_if(s.schedules, [&](const store::ScheduleRow& r) {
+      return r.partition < 0 || r.partition >= partitions_ ||
+             !take[static_cast<std::size_t>(r.partition)];
+    });
+    std::unordered_set<std::uint64_t> kept;
+    for (const store::ScheduleRow& r : s.schedules) kept.insert(r.uid);
+    std::erase_if(s.unfinished_runs,
+                  [&](const store::RunRow& r) { return kept.count(r.schedule_uid) == 0; });
+    Txn tx = Begin(/*undoable=*/false);
+    if (Status st = RecoverSchedules(tx, s); !st.ok()) {
+      Finish(tx);
+      return;
+    }
+    if (metrics_.runs_waiting > 0) drain_due_ = true;
+    (void)Queue(tx);  // the interrupted runs' records; nothing is dispatched here
+    fx = std::move(tx.fx);
+    MaybeRearm();
+  }
+  Apply(fx);
 }
 
 }  // namespace syncsched::core

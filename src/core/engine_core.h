@@ -13,10 +13,13 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <queue>
 #include <thread>
@@ -24,6 +27,7 @@
 
 #include <boost/asio/io_context.hpp>
 
+#include "cluster/lease_keeper.h"
 #include "core/catalog.h"
 #include "core/thread_annotations.h"
 #include "store/store.h"
@@ -46,6 +50,9 @@ struct RunState {
   bool cancel_requested = false;
   ScheduleKey key;
   std::string run_id;
+  // Cluster mode: the tenure (partition, epoch) the run was dispatched under; -1 otherwise.
+  std::int32_t partition = -1;
+  std::int64_t epoch = 0;
   CancellationToken token;
   std::shared_ptr<const Callback> callback;
   std::atomic<std::int64_t> last_heartbeat{0};
@@ -76,6 +83,8 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
 
   // The engine's store (null without a database), for tests' fault hooks.
   store::Store* StoreForTest() { return store_.get(); }
+  // Cluster mode: the engine's LeaseKeeper (null otherwise), for tests.
+  cluster::LeaseKeeper* KeeperForTest() { return keeper_.get(); }
   // A command touching more schedules than this streams its rows to the store in parts of this
   // many (CommitStreamed); tests lower it to cover that path with a few schedules.
   static constexpr std::size_t kStreamRows = 16384;
@@ -184,6 +193,9 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
     std::optional<std::pair<std::uint32_t, std::size_t>> limit_before;
     store::Batch batch;  // catalog rows and finished runs; schedule rows are added at commit
     Effects fx;
+    // Cluster mode: per partition, the epoch of its lease if valid on this engine when the
+    // transaction began (0: not valid). Runs dispatch only where it equals the loaded epoch.
+    std::vector<std::int64_t> leases;
     // Scalars restored by a rollback.
     std::optional<EngineMetrics> metrics;
     std::vector<std::size_t> in_flight;  // per integration
@@ -203,6 +215,48 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   Status Init(const StoreWrapper& wrap) NO_THREAD_SAFETY_ANALYSIS;  // see engine_core.cc
   // Rebuilds the state from the store's snapshot (under mu_, during Init).
   Status Recover(store::Snapshot snapshot) REQUIRES(mu_);
+  // Recover's parts: adds the snapshot's syncs, integrations and connections that the catalog
+  // lacks; restores its schedules into `tx` (armed, missed slots to fire at once, runs found in
+  // flight recorded as interrupted, owed runs queued).
+  Status RecoverCatalog(store::Snapshot& snap) REQUIRES(mu_);
+  Status RecoverSchedules(Txn& tx, store::Snapshot& snap) REQUIRES(mu_);
+
+  // ---- cluster mode (docs/cluster.md) ----
+  bool InCluster() const { return keeper_ != nullptr; }
+  // The partition of schedule `idx` (cluster mode).
+  int PartitionOfSchedule(std::uint32_t idx) const REQUIRES(mu_) { return part_of_[idx]; }
+  void SetPartition(std::uint32_t idx) REQUIRES(mu_);
+  // OK when this engine holds, loaded and with a valid lease, every partition of `partitions`
+  // (all of them when `all`); else FAILED_PRECONDITION naming one it does not hold.
+  Status RequirePartitions(std::vector<int> partitions, bool all, std::string_view what) const
+      REQUIRES(mu_);
+  // RequirePartitions for a command's target.
+  Status RequireTarget(const Target& target) const REQUIRES(mu_);
+  // Whether a run of `schedule` may be dispatched in `tx` (always outside cluster mode).
+  bool LeaseAllows(const Txn& tx, std::uint32_t schedule) const REQUIRES(mu_);
+  // The next schedule uid: from the engine's counter, or in cluster mode from the blocks
+  // reserved by EnsureUids.
+  std::uint64_t NextUid() REQUIRES(mu_);
+  Status EnsureUids(std::size_t n) REQUIRES(mu_);
+  // The cluster thread: reconciles the partitions loaded with the keeper's valid leases.
+  void ClusterLoop() EXCLUDES(mu_);
+  // A commit refused by the fence: the tenure it named, and whether another node holds the
+  // partition now (or a later epoch: the tenure is over for good) rather than this one with an
+  // expired lease.
+  struct FencedRefusal {
+    int partition = -1;
+    std::int64_t epoch = 0;
+    bool taken = true;
+  };
+  void Reconcile(std::vector<FencedRefusal> fenced) EXCLUDES(mu_);
+  // Removes the schedules of `partitions` from memory, cancelling their runs (into `fx`).
+  void DropPartitions(const std::vector<int>& partitions, Effects& fx) REQUIRES(mu_);
+  // The writer's hooks (CommitQueue::ClusterHooks).
+  Status Screen(store::Batch& batch, std::vector<RunPtr>* runs, bool command);
+  void OnFenced(const Status& status);
+  void OnLeaseChange(const cluster::LeaseChange& change);
+  void SetTenure(int partition, std::int64_t epoch);
+  void StopCluster();
 
   // ---- transactions, under mu_ ----
   Txn Begin(bool undoable) REQUIRES(mu_);
@@ -314,6 +368,23 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   std::unique_ptr<WorkerPool> pool_;
   std::unique_ptr<store::Store> store_;
   std::unique_ptr<CommitQueue> writer_;  // with a store: the one writer (group commit)
+  // Cluster mode (set by Init, stopped by Shutdown): the keeper of the leases, and a second
+  // store on its own connection for partition loads and uid reservations (loader_mu_ serializes
+  // its users: the cluster thread, and commands under mu_).
+  std::unique_ptr<cluster::LeaseKeeper> keeper_;
+  std::unique_ptr<store::Store> loader_;
+  Mutex loader_mu_;
+  int partitions_ = 0;  // P
+  std::thread cluster_thread_;
+  std::mutex cl_mu_;  // a leaf: the cluster thread's wake-ups
+  std::condition_variable cl_cv_;
+  bool cl_stop_ = false;                  // under cl_mu_
+  bool cl_poke_ = false;                  // under cl_mu_
+  std::vector<FencedRefusal> cl_fenced_;  // under cl_mu_: refused by the fence
+  // Per partition, the epoch the writer may write under (0: none): set when a partition is loaded,
+  // cleared at once when its lease ends (on the keeper's thread) or a commit is fenced. A leaf.
+  std::mutex tenures_mu_;
+  std::vector<std::int64_t> tenures_;  // under tenures_mu_
   std::size_t stream_rows_ GUARDED_BY(mu_) = kStreamRows;
 
   Mutex mu_;
@@ -348,6 +419,13 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   std::unordered_map<std::uint32_t, DecisionRing> decisions_ GUARDED_BY(mu_);
   std::uint64_t rng_state_ GUARDED_BY(mu_) = 0;
   std::uint32_t last_served_ GUARDED_BY(mu_) = 0;  // the integration DrainWaiting served last
+  // Cluster mode: per partition, the epoch at which its schedules are loaded (0: not loaded),
+  // and the highest epoch a fence refused (never loaded at or below it); per schedule index, its
+  // partition; the uid blocks reserved and not used yet.
+  std::vector<std::int64_t> active_ GUARDED_BY(mu_);
+  std::vector<std::int64_t> quarantine_ GUARDED_BY(mu_);
+  std::vector<std::int32_t> part_of_ GUARDED_BY(mu_);
+  std::deque<std::pair<std::uint64_t, std::uint64_t>> uid_blocks_ GUARDED_BY(mu_);
 };
 
 }  // namespace syncsched::core

@@ -95,7 +95,8 @@ void EngineCore::TryDispatch(Txn& tx, std::uint32_t schedule, std::int64_t slot,
   if (run_id.empty()) {
     run_id = scheduled ? GridRunId(s.uid, slot) : NextRunId(tx, schedule, slot);
   }
-  if (CapsAllow(integ)) {
+  const bool lease = LeaseAllows(tx, schedule);
+  if (lease && CapsAllow(integ)) {
     DispatchRun(tx, schedule, slot, mode, scheduled, attempt, std::move(run_id));
     return;
   }
@@ -104,8 +105,12 @@ void EngineCore::TryDispatch(Txn& tx, std::uint32_t schedule, std::int64_t slot,
   w = WaitInfo{slot, tx.now, ++wait_seq_, mode, scheduled, attempt, std::move(run_id)};
   Enqueue(schedule, w);
   ++metrics_.runs_waiting;
+  // Cluster mode: the partition's lease is not valid at this instant (it ended and the
+  // partition is about to be dropped, or it is being renewed late): the run waits, and goes if
+  // the lease is valid again (else the partition's next owner finds it owed in its row).
   Decide(schedule, Reason::kWaitingForCap, tx.now,
-         options_.max_concurrent_runs && metrics_.runs_in_flight >= options_.max_concurrent_runs
+         !lease ? "cluster: the partition's lease is not valid on this engine"
+         : options_.max_concurrent_runs && metrics_.runs_in_flight >= options_.max_concurrent_runs
              ? "max_concurrent_runs reached"
              : "integration max_concurrency reached");
 }
@@ -144,6 +149,15 @@ void EngineCore::DrainWaiting(Txn& tx) {
     auto it = waiting_.find(e.second);
     return it != waiting_.end() && it->second.seq == e.first;
   };
+  // Cluster mode: waits of partitions whose lease is not valid now stay queued (put back below).
+  std::vector<std::pair<std::uint32_t, WaitEntry>> held_back;
+  struct PutBack {
+    EngineCore* core;
+    std::vector<std::pair<std::uint32_t, WaitEntry>>& entries;
+    ~PutBack() NO_THREAD_SAFETY_ANALYSIS {
+      for (auto& [integ, e] : entries) core->wait_queues_[integ].push(e);
+    }
+  } put_back{this, held_back};
   for (;;) {
     if (options_.max_concurrent_runs && metrics_.runs_in_flight >= options_.max_concurrent_runs) {
       return;
@@ -163,8 +177,13 @@ void EngineCore::DrainWaiting(Txn& tx) {
       }
     }
     if (best == kNone) return;
-    last_served_ = best;
     std::uint32_t sched = wait_queues_[best].top().second;
+    if (!LeaseAllows(tx, sched)) {
+      held_back.emplace_back(best, wait_queues_[best].top());
+      wait_queues_[best].pop();
+      continue;
+    }
+    last_served_ = best;
     wait_queues_[best].pop();
     Touch(tx, sched);  // the before-image first: it must see the wait before it is moved from
     WaitInfo w = std::move(waiting_[sched]);

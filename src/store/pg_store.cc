@@ -1,6 +1,6 @@
 // The PostgreSQL store.
 //
-// Schema (version 2; the row `schema_version` of syncsched.meta holds the version, kMigrations
+// Schema (version 3; the row `schema_version` of syncsched.meta holds the version, kMigrations
 // lists the steps). Every table lives in the schema `syncsched` of the user's database:
 // - meta(key text, value bigint): named integers. `schema_version`; `max_uid`, the largest
 //   schedule uid ever issued (not max(uid): deleting every schedule must not let a uid be issued
@@ -25,6 +25,10 @@
 //   place (HOT: the key never changes), the bound is exact with no pruning query, and a
 //   schedule's history is one key range.
 //
+// - (v3) schedules.partition: the schedule's cluster partition (NULL until a store in cluster
+//   mode fills it), indexed; the sequence schedule_uids (cluster mode: uids in blocks); and
+//   commit_marks(node, seq), each cluster node's own commit mark (pg_store.h, cluster mode).
+//
 // Strings are `bytea`, not `text`: the engine's strings are bytes (a connection id need not be
 // UTF-8, a callback's error may hold any byte), and text would make such a value fail the commit
 // in a UTF-8 database. Read them with convert_from(col, 'UTF8'). Unsigned 64-bit fields (uids,
@@ -41,6 +45,8 @@
 // The server releases it when the session ends, so a crashed engine never leaves it behind.
 #include "store/pg_store.h"
 
+#include "cluster/fence.h"
+#include "cluster/partition.h"
 #include "syncsched/options.h"
 
 #include <libpq-fe.h>
@@ -52,6 +58,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <iterator>
+#include <map>
 #include <memory>
 #include <random>
 #include <string>
@@ -342,7 +349,7 @@ class CopyRow {
 struct Migration {
   int version;
   const char* sql;
-  std::array<const char*, 6> tables;  // tables the schema has from this version on
+  std::array<const char*, 7> tables;  // tables the schema has from this version on
 };
 
 constexpr Migration kMigrations[] = {
@@ -429,7 +436,31 @@ CREATE TABLE syncsched.history(
     {2,
      "ALTER TABLE syncsched.schedules SET (fillfactor = 45);",
      {"meta", "syncs", "integrations", "connections", "schedules", "history"}},
+    // Version 3: cluster mode (docs/cluster.md). Each schedule's partition (NULL until a store in
+    // cluster mode fills it: P lives in syncsched_cluster.meta, which a single engine may never
+    // have created), indexed so that a new owner loads exactly its partitions; the sequence that
+    // issues schedule uids to the engines of a cluster (blocks of kPostgresUidBlock, starting past
+    // max_uid); and each cluster node's commit mark.
+    {3,
+     R"sql(
+ALTER TABLE syncsched.schedules ADD COLUMN IF NOT EXISTS partition integer;
+CREATE INDEX IF NOT EXISTS schedules_by_partition ON syncsched.schedules(partition);
+CREATE SEQUENCE IF NOT EXISTS syncsched.schedule_uids INCREMENT BY 4096 MINVALUE 1;
+SELECT setval('syncsched.schedule_uids',
+              (SELECT value FROM syncsched.meta WHERE key = 'max_uid') + 1, false);
+CREATE TABLE IF NOT EXISTS syncsched.commit_marks(
+  node bigint PRIMARY KEY,
+  seq bigint NOT NULL
+);
+)sql",
+     {"meta", "syncs", "integrations", "connections", "schedules", "history", "commit_marks"}},
 };
+
+// The largest uid the sequence has issued (the end of its last block), or just below the next
+// one it will issue.
+constexpr const char* kSequenceHighSql =
+    "(SELECT CASE WHEN is_called THEN last_value + 4095 ELSE last_value - 1 END "
+    "FROM syncsched.schedule_uids)";
 
 constexpr int kSchemaVersion = static_cast<int>(std::size(kMigrations));
 
@@ -482,8 +513,10 @@ constexpr Column kScheduleColumns[] = {
     {"r_at_ms", "int8"},
     {"r_seq", "int8"},
     {"r_scheduled", "bool"},
+    {"partition", "int4"},  // v3; never updated (a function of the key)
 };
 constexpr std::size_t kScheduleColumnCount = std::size(kScheduleColumns);
+constexpr std::size_t kPartitionColumn = kScheduleColumnCount - 1;
 constexpr std::size_t kKeyColumns = 4;  // columns 1..4
 
 constexpr Column kHistoryColumns[] = {
@@ -524,7 +557,7 @@ std::string InsertSchedulesSql(bool upsert) {
   if (!upsert) return sql;
   sql += " ON CONFLICT (uid) DO UPDATE SET ";
   bool first = true;
-  for (std::size_t i = kKeyColumns + 1; i < kScheduleColumnCount; ++i) {
+  for (std::size_t i = kKeyColumns + 1; i < kPartitionColumn; ++i) {
     if (!first) sql += ", ";
     first = false;
     sql += std::string(kScheduleColumns[i].name) + " = excluded." + kScheduleColumns[i].name;
@@ -536,7 +569,7 @@ std::string InsertSchedulesSql(bool upsert) {
 // key columns are sent empty and not written).
 std::string UpdateSchedulesSql() {
   std::string sql = "UPDATE syncsched.schedules AS s SET ";
-  for (std::size_t i = kKeyColumns + 1; i < kScheduleColumnCount; ++i) {
+  for (std::size_t i = kKeyColumns + 1; i < kPartitionColumn; ++i) {
     if (i > kKeyColumns + 1) sql += ", ";
     sql += std::string(kScheduleColumns[i].name) + " = u." + kScheduleColumns[i].name;
   }
@@ -567,6 +600,8 @@ enum Statement : int {
   kUpdateSchedules,
   kPutHistory,
   kSetMeta,
+  kSetMark,  // cluster mode
+  kFence,    // cluster mode (prepared only then: the function is in syncsched_cluster)
   kStatementCount
 };
 
@@ -601,6 +636,10 @@ std::vector<std::string> StatementSql() {
   sql[kSetMeta] =
       "UPDATE syncsched.meta SET value = CASE key WHEN 'commit_seq' THEN $1::int8 "
       "ELSE $2::int8 END WHERE key IN ('commit_seq', 'max_uid')";
+  sql[kSetMark] =
+      "INSERT INTO syncsched.commit_marks(node, seq) VALUES ($1::int8, $2::int8) "
+      "ON CONFLICT (node) DO UPDATE SET seq = excluded.seq";
+  sql[kFence] = cluster::kFenceSql;
   return sql;
 }
 
@@ -610,7 +649,8 @@ const char* StatementName(int statement) {
       "syncsched_delete_connections", "syncsched_insert_connections",
       "syncsched_delete_schedules",   "syncsched_insert_schedules",
       "syncsched_upsert_schedules",   "syncsched_update_schedules",
-      "syncsched_put_history",        "syncsched_set_meta"};
+      "syncsched_put_history",        "syncsched_set_meta",
+      "syncsched_set_mark",           "syncsched_fence"};
   return kNames[statement];
 }
 
@@ -644,7 +684,9 @@ class PgStore final : public Store {
   ~PgStore() override { Close(); }
 
   Status Open();
-  Result<Snapshot> Load() override;
+  Result<Snapshot> Load() override { return LoadSome(nullptr); }
+  Result<Snapshot> LoadPartitions(const std::vector<int>& partitions) override;
+  Result<std::uint64_t> ReserveUids(std::uint64_t* count) override;
   Status Commit(const Batch& batch) override;
   // Each part is planned and sent as it comes, while the server executes the statements sent
   // before: one transaction, one pipeline, as Commit.
@@ -684,7 +726,16 @@ class PgStore final : public Store {
   Status Inspect(int* version);
   Status Migrate(int from_version);
   Status Claim();
+  Status ClaimCluster();
+  // Cluster mode: fills the partition column of rows written without it.
+  Status Backfill();
   Status Prepare();
+  bool InCluster() const { return options_.cluster.has_value(); }
+  // Reads the catalog and the schedules (of `partitions` only, when not null).
+  Result<Snapshot> LoadSome(const std::vector<int>* partitions);
+  // Cluster mode: the fence statement for `batch` (none when it touches no partition), or
+  // INTERNAL for rows without a valid tag.
+  Status PlanFence(const Batch& batch, std::vector<Query>* queries) const;
 
   // Builds the statements of `batch` (after BEGIN, before COMMIT) into `queries`.
   Status Plan(const Batch& batch, std::uint64_t* max_uid, std::vector<Query>* queries);
@@ -755,6 +806,10 @@ Status PgStore::Error(std::string_view context, const PGresult* res) const {
                 : Status::Internal(message);
   }
   std::string_view cls = std::string_view(code).substr(0, 2);
+  if (code == cluster::kFencedSqlState) {
+    // Another node holds the partition (or the lease expired): nothing of the commit is applied.
+    return Status::FailedPrecondition(std::move(message));
+  }
   if (code == "XX001" || code == "XX002") {
     return Status::Internal(name_ + " is corrupt (" + std::string(context) + ": " + detail + ")");
   }
@@ -798,8 +853,16 @@ Status PgStore::Connect(std::chrono::milliseconds wait) {
     setup += "; SET statement_timeout = " + std::to_string(options_.statement_timeout.count());
   }
   if (Status s = Exec(setup.c_str(), "setting up the session"); !s.ok()) return s;
+  if (InCluster()) {
+    if (Status s = cluster::PrepareFencedSession(conn_, options_.cluster->lease); !s.ok()) {
+      return Status(s.code(), name_ + ": " + s.message());
+    }
+  }
 
-  std::string lock = "SELECT pg_try_advisory_lock(" + std::to_string(kPostgresOwnerLockKey) + ")";
+  // A single engine locks exclusively; the engines of a cluster share the lock.
+  std::string lock = std::string("SELECT ") +
+                     (InCluster() ? "pg_try_advisory_lock_shared(" : "pg_try_advisory_lock(") +
+                     std::to_string(kPostgresOwnerLockKey) + ")";
   auto deadline = std::chrono::steady_clock::now() + wait;
   for (;;) {
     ResultPtr res;
@@ -819,10 +882,13 @@ Status PgStore::Connect(std::chrono::milliseconds wait) {
         pid = PQgetvalue(holder.get(), 0, 0);
       }
       Close();
-      return Status::Unavailable(name_ + " is in use by another syncsched engine" +
-                                 (pid.empty() ? "" : " (backend pid " + pid + ")") +
-                                 "; it holds the advisory lock " +
-                                 std::to_string(kPostgresOwnerLockKey));
+      return Status::Unavailable(
+          name_ +
+          (InCluster() ? " is in use by a syncsched engine that is not in cluster mode"
+                       : " is in use by another syncsched engine") +
+          (pid.empty() ? "" : " (backend pid " + pid + ")") + "; it holds the advisory lock " +
+          std::to_string(kPostgresOwnerLockKey) +
+          (InCluster() ? " exclusively" : " (engines in cluster mode share it)"));
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
@@ -918,19 +984,116 @@ Status PgStore::Claim() {
     return s;
   }
   ResultPtr res;
-  s = Exec(
-      "SELECT (SELECT value FROM syncsched.meta WHERE key = 'max_uid'),"
-      "       (SELECT value FROM syncsched.meta WHERE key = 'commit_seq')",
-      "reading max_uid", &res);
+  // max_uid: also past every uid the engines of a cluster took from the sequence.
+  // (Compared as unsigned here: a uid is stored as the bigint with the same bits.)
+  std::string read = std::string(
+                         "SELECT (SELECT value FROM syncsched.meta WHERE key = 'max_uid'), "
+                         "(SELECT value FROM syncsched.meta WHERE key = 'commit_seq'), ") +
+                     kSequenceHighSql;
+  s = Exec(read.c_str(), "reading max_uid", &res);
   if (!s.ok()) return s;
   if (PQgetisnull(res.get(), 0, 0) || PQgetisnull(res.get(), 0, 1)) {
     return Status::Internal(name_ +
                             " is not a syncsched database or is corrupt (syncsched.meta misses "
                             "max_uid or commit_seq)");
   }
-  max_uid_ = static_cast<std::uint64_t>(std::strtoll(PQgetvalue(res.get(), 0, 0), nullptr, 10));
+  max_uid_ =
+      std::max(static_cast<std::uint64_t>(std::strtoll(PQgetvalue(res.get(), 0, 0), nullptr, 10)),
+               static_cast<std::uint64_t>(
+                   std::max<long long>(0, std::strtoll(PQgetvalue(res.get(), 0, 2), nullptr, 10))));
   commit_seq_ = std::strtoll(PQgetvalue(res.get(), 0, 1), nullptr, 10);
   return Status::Ok();
+}
+
+// Cluster mode: writes the owner mark (a single engine that lost its connection then refuses to
+// write again), moves the uid sequence past meta's max_uid when a single engine issued more uids
+// than it (serialized with other cluster stores' opens), reads this node's commit mark, and fills
+// missing partitions.
+Status PgStore::ClaimCluster() {
+  ResultPtr res;
+  Status s = Exec("SELECT to_regclass('syncsched_cluster.partitions') IS NOT NULL",
+                  "reading the cluster schema", &res);
+  if (!s.ok()) return s;
+  if (std::strcmp(PQgetvalue(res.get(), 0, 0), "t") != 0) {
+    return Status::Internal(name_ +
+                            " has no cluster schema (syncsched_cluster); the engine's LeaseKeeper "
+                            "creates it and must start before the store opens");
+  }
+  std::string sql =
+      "BEGIN;"
+      "SELECT pg_advisory_xact_lock(" +
+      std::to_string(kPostgresOwnerLockKey ^ 1) +
+      ");"
+      "UPDATE syncsched.meta SET value = " +
+      std::to_string(owner_) +
+      " WHERE key = 'owner';"
+      "SELECT setval('syncsched.schedule_uids', m.value + 1, false) "
+      "FROM syncsched.meta AS m, syncsched.schedule_uids AS q WHERE m.key = 'max_uid' AND "
+      "m.value >= CASE WHEN q.is_called THEN q.last_value + 4096 ELSE q.last_value END;"
+      "COMMIT";
+  s = Exec(sql.c_str(), "claiming the database for a cluster node");
+  if (!s.ok()) {
+    if (Connected() && PQtransactionStatus(conn_) != PQTRANS_IDLE) (void)Exec("ROLLBACK", "");
+    return s;
+  }
+  std::string mark = "SELECT coalesce((SELECT seq FROM syncsched.commit_marks WHERE node = " +
+                     std::to_string(options_.cluster->node_id) + "), 0)";
+  s = Exec(mark.c_str(), "reading the node's commit mark", &res);
+  if (!s.ok()) return s;
+  commit_seq_ = std::strtoll(PQgetvalue(res.get(), 0, 0), nullptr, 10);
+  return Backfill();
+}
+
+Status PgStore::Backfill() {
+  const char* select =
+      "SELECT uid, integration, connection, sync, variant FROM syncsched.schedules "
+      "WHERE partition IS NULL";
+  ResultPtr res(PQexecParams(conn_, select, 0, nullptr, nullptr, nullptr, nullptr, 1));
+  if (!res || PQresultStatus(res.get()) != PGRES_TUPLES_OK) {
+    return Error("reading schedules without a partition", res.get());
+  }
+  const int n = PQntuples(res.get());
+  if (n == 0) return Status::Ok();
+  auto field = [&](int row, int col) {
+    return std::string_view(PQgetvalue(res.get(), row, col),
+                            static_cast<std::size_t>(PQgetlength(res.get(), row, col)));
+  };
+  ArrayParam uids, parts;
+  uids.Reset(kInt8Oid);
+  parts.Reset(kInt4Oid);
+  for (int i = 0; i < n; ++i) {
+    if (PQgetlength(res.get(), i, 0) != 8) {
+      return Status::Internal(name_ + " is corrupt (a schedule uid of unexpected size)");
+    }
+    uids.Int8(GetBigEndian<std::int64_t>(PQgetvalue(res.get(), i, 0)));
+    parts.Int4(cluster::PartitionOf(field(i, 1), field(i, 2), field(i, 3), field(i, 4),
+                                    options_.cluster->partitions));
+  }
+  res.reset();
+  std::string p1 = uids.Finish(), p2 = parts.Finish();
+  const char* values[] = {p1.data(), p2.data()};
+  const int lengths[] = {static_cast<int>(p1.size()), static_cast<int>(p2.size())};
+  const int formats[] = {1, 1};
+  ResultPtr upd(PQexecParams(conn_,
+                             "UPDATE syncsched.schedules AS s SET partition = u.p FROM "
+                             "unnest($1::int8[], $2::int4[]) AS u(uid, p) "
+                             "WHERE s.uid = u.uid AND s.partition IS NULL",
+                             2, nullptr, values, lengths, formats, 0));
+  if (!upd || PQresultStatus(upd.get()) != PGRES_COMMAND_OK) {
+    return Error("filling the schedules' partitions", upd.get());
+  }
+  return Status::Ok();
+}
+
+Result<std::uint64_t> PgStore::ReserveUids(std::uint64_t* count) {
+  *count = 0;
+  if (!InCluster()) return Store::ReserveUids(count);
+  if (Status s = EnsureConnected(); !s.ok()) return s;
+  ResultPtr res;
+  Status s = Exec("SELECT nextval('syncsched.schedule_uids')", "reserving schedule uids", &res);
+  if (!s.ok()) return s;
+  *count = kPostgresUidBlock;
+  return static_cast<std::uint64_t>(std::strtoll(PQgetvalue(res.get(), 0, 0), nullptr, 10));
 }
 
 Status PgStore::Prepare() {
@@ -943,6 +1106,7 @@ Status PgStore::Prepare() {
   schedules_type_oid_ =
       static_cast<std::uint32_t>(std::strtoul(PQgetvalue(type.get(), 0, 0), nullptr, 10));
   for (int i = 0; i < kStatementCount; ++i) {
+    if (i == kFence && !InCluster()) continue;
     ResultPtr res(PQprepare(conn_, StatementName(i), statement_sql_[i].c_str(), 0, nullptr));
     if (!res || PQresultStatus(res.get()) != PGRES_COMMAND_OK) {
       return Error(std::string("preparing ") + StatementName(i), res.get());
@@ -954,12 +1118,23 @@ Status PgStore::Prepare() {
 Status PgStore::Open() {
   Status s = Connect(options_.wait_for_owner);
   if (!s.ok()) return s;
+  // The stores of a cluster open at once: one inspects and migrates at a time (a single engine
+  // holds the owner lock exclusively and needs no more).
+  const std::string key = std::to_string(kPostgresOwnerLockKey ^ 1);
+  if (InCluster()) {
+    s = Exec(("SELECT pg_advisory_lock(" + key + ")").c_str(), "waiting to migrate the schema");
+    if (!s.ok()) return s;
+  }
   int version = 0;
   s = Inspect(&version);
   if (!s.ok()) return s;
   s = Migrate(version);
   if (!s.ok()) return s;
-  s = Claim();
+  if (InCluster()) {
+    s = Exec(("SELECT pg_advisory_unlock(" + key + ")").c_str(), "ending the migration");
+    if (!s.ok()) return s;
+  }
+  s = InCluster() ? ClaimCluster() : Claim();
   if (!s.ok()) return s;
   return Prepare();
 }
@@ -969,6 +1144,29 @@ Status PgStore::Reconnect(bool* applied) {
   Status s = Connect(std::chrono::milliseconds(0));
   if (!s.ok()) return s;
   ResultPtr res;
+  if (InCluster()) {
+    // Others write freely; only this node's own commit mark tells whether a commit in doubt was
+    // applied.
+    std::string mark = "SELECT coalesce((SELECT seq FROM syncsched.commit_marks WHERE node = " +
+                       std::to_string(options_.cluster->node_id) + "), 0)";
+    s = Exec(mark.c_str(), "reading the node's commit mark", &res);
+    if (!s.ok()) {
+      Lost(s.message());
+      return s;
+    }
+    std::int64_t seq = std::strtoll(PQgetvalue(res.get(), 0, 0), nullptr, 10);
+    if (in_doubt_seq_ != 0 && seq == in_doubt_seq_) *applied = true;
+    commit_seq_ = seq;
+    in_doubt_seq_ = 0;
+    s = Prepare();
+    if (!s.ok()) {
+      Lost(s.message());
+      return s;
+    }
+    lost_cause_.clear();
+    backoff_ = options_.reconnect_backoff_min;
+    return Status::Ok();
+  }
   s = Exec(
       "SELECT (SELECT value FROM syncsched.meta WHERE key = 'owner'),"
       "       (SELECT value FROM syncsched.meta WHERE key = 'commit_seq')",
@@ -1070,9 +1268,11 @@ struct RowOfArray {
   void Null(std::uint32_t oid) { p.Null(oid); }
 };
 
-// The columns of `r` in table order; the key (from `key`) when `with_key`.
+// The columns of `r` in table order; the key (from `key`) when `with_key`; the partition column
+// last (NULL when negative).
 template <typename Sink>
-void AddScheduleRow(const ScheduleRow& r, const ScheduleRow* key, bool with_key, Sink&& a) {
+void AddScheduleRow(const ScheduleRow& r, const ScheduleRow* key, bool with_key, int partition,
+                    Sink&& a) {
   a.Int8(static_cast<std::int64_t>(r.uid));
   if (with_key) {
     a.Bytes(key->integration);
@@ -1114,6 +1314,11 @@ void AddScheduleRow(const ScheduleRow& r, const ScheduleRow* key, bool with_key,
     a.Int8(owed->at_ms);
     a.Int8(static_cast<std::int64_t>(owed->seq));
     a.Bool(owed->scheduled);
+  }
+  if (partition >= 0) {
+    a.Int4(partition);
+  } else {
+    a.Null(kInt4Oid);
   }
 }
 
@@ -1274,16 +1479,22 @@ Status PgStore::Plan(const Batch& batch, std::uint64_t* max_uid, std::vector<Que
         auto it = latest.find(r.uid);
         if (it == latest.end() || it->second.last != i) continue;
         const ScheduleRow* key = it->second.key;
-        int kind = key == nullptr ? 2 : r.uid > max_uid_ ? 0 : 1;
+        // Cluster mode: uids come from the sequence, and max_uid_ means nothing: every keyed
+        // row is an upsert.
+        int kind = key == nullptr ? 2 : (!InCluster() && r.uid > max_uid_) ? 0 : 1;
         if (kind != pass) continue;
         if (pass == 2) {
           updates.BeginRow(static_cast<int>(kScheduleColumnCount));
-          AddScheduleRow(r, &no_key, true, RowOfArray{updates});
+          AddScheduleRow(r, &no_key, true, -1, RowOfArray{updates});
           updates.EndRow();
           flush_updates(false);
           continue;
         }
-        AddScheduleRow(r, key, true, ColumnArrays{a});
+        int partition = InCluster()
+                            ? cluster::PartitionOf(key->integration, key->connection, key->sync,
+                                                   key->variant, options_.cluster->partitions)
+                            : -1;
+        AddScheduleRow(r, key, true, partition, ColumnArrays{a});
         flush(statement, keyed, false, what);
       }
       if (pass < 2) flush(statement, keyed, true, what);
@@ -1339,6 +1550,61 @@ Status PgStore::Plan(const Batch& batch, std::uint64_t* max_uid, std::vector<Que
     }
     flush(kPutHistory, oids, true, "writing finished runs");
   }
+  return Status::Ok();
+}
+
+Status PgStore::PlanFence(const Batch& batch, std::vector<Query>* queries) const {
+  const int partitions = options_.cluster->partitions;
+  std::map<int, std::int64_t> fence;  // partition -> epoch (the oldest, when two)
+  auto add = [&](std::int32_t partition, std::int64_t epoch, const std::string& what) {
+    if (partition < 0 || partition >= partitions || epoch <= 0) {
+      return Status::Internal(name_ + ": cluster mode: " + what +
+                              " has no valid tenure (partition " + std::to_string(partition) +
+                              ", epoch " + std::to_string(epoch) +
+                              "); nothing of the batch is written");
+    }
+    auto [it, inserted] = fence.try_emplace(partition, epoch);
+    if (!inserted) it->second = std::min(it->second, epoch);
+    return Status::Ok();
+  };
+  for (const ScheduleRow& r : batch.schedules) {
+    if (Status s = add(r.partition, r.epoch, "schedule row uid " + std::to_string(r.uid));
+        !s.ok()) {
+      return s;
+    }
+    if (!r.update_only && cluster::PartitionOf(r.integration, r.connection, r.sync, r.variant,
+                                               partitions) != r.partition) {
+      return Status::Internal(name_ + ": cluster mode: schedule row uid " + std::to_string(r.uid) +
+                              " is tagged with partition " + std::to_string(r.partition) +
+                              ", not its key's; nothing of the batch is written");
+    }
+  }
+  for (const RunRow& r : batch.runs) {
+    if (Status s = add(r.partition, r.epoch, "finished run " + r.run_id); !s.ok()) return s;
+  }
+  for (const Tenure& t : batch.fence) {
+    if (Status s = add(t.partition, t.epoch, "a tenure of Batch::fence"); !s.ok()) return s;
+  }
+  if (!batch.schedules_deleted.empty() && batch.fence.empty()) {
+    return Status::Internal(name_ +
+                            ": cluster mode: schedules deleted without their tenures in "
+                            "Batch::fence; nothing of the batch is written");
+  }
+  if (fence.empty()) return Status::Ok();  // catalog rows only
+  ArrayParam parts, epochs;
+  parts.Reset(kInt4Oid);
+  epochs.Reset(kInt8Oid);
+  for (const auto& [p, e] : fence) {
+    parts.Int4(p);
+    epochs.Int8(e);
+  }
+  Query q;
+  q.statement = kFence;
+  q.what = "checking the partition fence (" + std::to_string(fence.size()) + " partitions)";
+  std::string node;
+  PutBigEndian(options_.cluster->node_id, &node);
+  q.params = {std::move(node), parts.Finish(), epochs.Finish()};
+  queries->push_back(std::move(q));
   return Status::Ok();
 }
 
@@ -1457,7 +1723,11 @@ Status PgStore::CommitParts(const Batch& first, BatchSource* more) {
   std::vector<Query> queries;
   auto send_part = [&](const Batch& part) {
     queries.clear();
-    Status planned = Plan(part, &max_uid, &queries);
+    // In cluster mode the fence of each part's partitions comes before its rows: its row locks
+    // are held from there to COMMIT, and a refusal aborts the transaction, parts sent before
+    // included, before anything of the part is written.
+    Status planned = InCluster() ? PlanFence(part, &queries) : Status::Ok();
+    if (planned.ok()) planned = Plan(part, &max_uid, &queries);
     for (const Query& q : queries) Send(pipeline, q);
     // What libpq still buffers (under 8 kB) goes now: the server may wait for the next part.
     if (more != nullptr && pipeline.send_error.ok() && PQflush(conn_) != 0) {
@@ -1471,7 +1741,17 @@ Status PgStore::CommitParts(const Batch& first, BatchSource* more) {
     while (planned.ok() && pipeline.send_error.ok() && more->Next(part)) planned = send_part(part);
   }
   const std::int64_t seq = commit_seq_ + 1;
-  if (planned.ok()) {
+  if (planned.ok() && InCluster()) {
+    Query mark;
+    mark.statement = kSetMark;
+    mark.what = "writing the node's commit mark";
+    std::string p1, p2;
+    PutBigEndian(options_.cluster->node_id, &p1);
+    PutBigEndian(seq, &p2);
+    mark.params = {std::move(p1), std::move(p2)};
+    Send(pipeline, mark);
+    Send(pipeline, Query{-1, "COMMIT", {}, "committing"});
+  } else if (planned.ok()) {
     Query meta;
     meta.statement = kSetMeta;
     meta.what = "writing the commit mark and max_uid";
@@ -1546,7 +1826,19 @@ Status PgStore::CopyOut(const std::string& sql, std::string_view what, const Row
   return status;
 }
 
-Result<Snapshot> PgStore::Load() {
+Result<Snapshot> PgStore::LoadPartitions(const std::vector<int>& partitions) {
+  if (!InCluster()) return Store::LoadPartitions(partitions);
+  for (int p : partitions) {
+    if (p < 0 || p >= options_.cluster->partitions) {
+      return Status::InvalidArgument(name_ + ": no partition " + std::to_string(p) +
+                                     " (there are " + std::to_string(options_.cluster->partitions) +
+                                     ")");
+    }
+  }
+  return LoadSome(&partitions);
+}
+
+Result<Snapshot> PgStore::LoadSome(const std::vector<int>* partitions) {
   if (Status s = EnsureConnected(); !s.ok()) return s;
   Status s = Exec("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", "beginning to read");
   if (!s.ok()) return s;
@@ -1591,84 +1883,103 @@ Result<Snapshot> PgStore::Load() {
                 return Status::Ok();
               });
   if (!s.ok()) return fail(s);
-  s = CopyOut("SELECT " + Names(kScheduleColumns) + " FROM syncsched.schedules ORDER BY uid",
-              "reading syncsched.schedules", [&](CopyRow& r) {
-                if (r.fields() != static_cast<int>(kScheduleColumnCount)) {
-                  return Status::Internal(name_ + ": syncsched.schedules has " +
-                                          std::to_string(r.fields()) + " columns, not " +
-                                          std::to_string(kScheduleColumnCount));
-                }
-                ScheduleRow& row = snap.schedules.emplace_back();
-                row.uid = r.U64();
-                row.integration = r.Bytes();
-                row.connection = r.Bytes();
-                row.sync = r.Bytes();
-                row.variant = r.Bytes();
-                row.state = static_cast<std::uint8_t>(r.Int2());
-                row.anchor_ms = r.Int8();
-                row.frequency_override_ms = r.Int8();
-                row.next_slot_ms = r.Int8();
-                row.runs = r.U64();
-                row.failures = r.U64();
-                row.skipped = r.U64();
-                row.last_start_ms = r.Int8();
-                row.last_finish_ms = r.Int8();
-                row.last_ok = static_cast<std::int8_t>(r.Int2());
-                row.last_error = r.Bytes();
-                RunRow& run = row.in_flight;
-                run.run_id = r.Bytes();
-                run.slot_ms = r.Int8();
-                run.mode = static_cast<std::uint8_t>(r.Int2());
-                run.attempt = r.Int4();
-                run.started_ms = r.Int8();
-                row.run_seq = r.U64();
-                row.pending = static_cast<std::uint8_t>(r.Int2());
-                for (OwedRun* owed : {&row.waiting, &row.retry}) {
-                  if (r.NextIsNull()) {
-                    for (int k = 0; k < 6; ++k) {
-                      if (!r.NextIsNull()) {
-                        return Status::Internal(
-                            name_ + " is not a syncsched database or is corrupt (schedule uid " +
-                            std::to_string(row.uid) + ": an owed run without a run id)");
-                      }
-                    }
-                    continue;
-                  }
-                  owed->run_id = r.Bytes();
-                  owed->slot_ms = r.Int8();
-                  owed->mode = static_cast<std::uint8_t>(r.Int2());
-                  owed->attempt = r.Int4();
-                  owed->at_ms = r.Int8();
-                  owed->seq = r.U64();
-                  owed->scheduled = r.Bool();
-                  if (r.ok() && owed->run_id.empty()) {
-                    return Status::Internal(
-                        name_ + " is not a syncsched database or is corrupt (schedule uid " +
-                        std::to_string(row.uid) + ": an owed run with an empty run id)");
-                  }
-                }
-                if (!r.ok()) {
-                  return Status::Internal(
-                      name_ + " is not a syncsched database or is corrupt (schedule uid " +
-                      std::to_string(row.uid) + ": a NULL or a value of an unexpected size)");
-                }
-                if (!run.run_id.empty()) {
-                  run.schedule_uid = row.uid;
-                  snap.unfinished_runs.push_back(run);
-                } else {
-                  run = RunRow{};
-                }
-                return Status::Ok();
-              });
+  std::string where;
+  if (partitions != nullptr) {
+    where = " WHERE partition = ANY('{";
+    for (std::size_t i = 0; i < partitions->size(); ++i) {
+      if (i > 0) where += ',';
+      where += std::to_string((*partitions)[i]);
+    }
+    where += "}'::int4[])";
+  }
+  s = CopyOut(
+      "SELECT " + Names(kScheduleColumns) + " FROM syncsched.schedules" + where + " ORDER BY uid",
+      "reading syncsched.schedules", [&](CopyRow& r) {
+        if (r.fields() != static_cast<int>(kScheduleColumnCount)) {
+          return Status::Internal(name_ + ": syncsched.schedules has " +
+                                  std::to_string(r.fields()) + " columns, not " +
+                                  std::to_string(kScheduleColumnCount));
+        }
+        ScheduleRow& row = snap.schedules.emplace_back();
+        row.uid = r.U64();
+        row.integration = r.Bytes();
+        row.connection = r.Bytes();
+        row.sync = r.Bytes();
+        row.variant = r.Bytes();
+        row.state = static_cast<std::uint8_t>(r.Int2());
+        row.anchor_ms = r.Int8();
+        row.frequency_override_ms = r.Int8();
+        row.next_slot_ms = r.Int8();
+        row.runs = r.U64();
+        row.failures = r.U64();
+        row.skipped = r.U64();
+        row.last_start_ms = r.Int8();
+        row.last_finish_ms = r.Int8();
+        row.last_ok = static_cast<std::int8_t>(r.Int2());
+        row.last_error = r.Bytes();
+        RunRow& run = row.in_flight;
+        run.run_id = r.Bytes();
+        run.slot_ms = r.Int8();
+        run.mode = static_cast<std::uint8_t>(r.Int2());
+        run.attempt = r.Int4();
+        run.started_ms = r.Int8();
+        row.run_seq = r.U64();
+        row.pending = static_cast<std::uint8_t>(r.Int2());
+        for (OwedRun* owed : {&row.waiting, &row.retry}) {
+          if (r.NextIsNull()) {
+            for (int k = 0; k < 6; ++k) {
+              if (!r.NextIsNull()) {
+                return Status::Internal(
+                    name_ + " is not a syncsched database or is corrupt (schedule uid " +
+                    std::to_string(row.uid) + ": an owed run without a run id)");
+              }
+            }
+            continue;
+          }
+          owed->run_id = r.Bytes();
+          owed->slot_ms = r.Int8();
+          owed->mode = static_cast<std::uint8_t>(r.Int2());
+          owed->attempt = r.Int4();
+          owed->at_ms = r.Int8();
+          owed->seq = r.U64();
+          owed->scheduled = r.Bool();
+          if (r.ok() && owed->run_id.empty()) {
+            return Status::Internal(
+                name_ + " is not a syncsched database or is corrupt (schedule uid " +
+                std::to_string(row.uid) + ": an owed run with an empty run id)");
+          }
+        }
+        row.partition = r.NextIsNull() ? -1 : r.Int4();
+        if (!r.ok()) {
+          return Status::Internal(
+              name_ + " is not a syncsched database or is corrupt (schedule uid " +
+              std::to_string(row.uid) + ": a NULL or a value of an unexpected size)");
+        }
+        if (!run.run_id.empty()) {
+          run.schedule_uid = row.uid;
+          snap.unfinished_runs.push_back(run);
+        } else {
+          run = RunRow{};
+        }
+        return Status::Ok();
+      });
   if (!s.ok()) return fail(s);
   ResultPtr res;
-  s = Exec("SELECT value FROM syncsched.meta WHERE key = 'max_uid'", "reading max_uid", &res);
+  // max_uid: also past every uid the engines of a cluster took from the sequence (compared as
+  // unsigned: a uid is stored as the bigint with the same bits).
+  std::string max_uid = std::string("SELECT value, ") + kSequenceHighSql +
+                        " FROM syncsched.meta WHERE key = 'max_uid'";
+  s = Exec(max_uid.c_str(), "reading max_uid", &res);
   if (!s.ok()) return fail(s);
   if (PQntuples(res.get()) != 1) {
     return fail(Status::Internal(
         name_ + " is not a syncsched database or is corrupt (no max_uid in syncsched.meta)"));
   }
-  snap.max_uid = static_cast<std::uint64_t>(std::strtoll(PQgetvalue(res.get(), 0, 0), nullptr, 10));
+  snap.max_uid =
+      std::max(static_cast<std::uint64_t>(std::strtoll(PQgetvalue(res.get(), 0, 0), nullptr, 10)),
+               static_cast<std::uint64_t>(
+                   std::max<long long>(0, std::strtoll(PQgetvalue(res.get(), 0, 1), nullptr, 10))));
+  if (InCluster()) snap.max_uid = 0;  // uids come from ReserveUids
   s = Exec("COMMIT", "finishing reading");
   if (!s.ok()) return fail(s);
   return snap;
@@ -1692,6 +2003,15 @@ Result<std::unique_ptr<Store>> OpenPostgresStore(const PostgresStoreOptions& opt
                                    std::to_string(options.reconnect_backoff_max.count()) +
                                    " ms) is below reconnect_backoff_min (" +
                                    std::to_string(options.reconnect_backoff_min.count()) + " ms)");
+  }
+  if (options.cluster) {
+    const PostgresClusterMode& c = *options.cluster;
+    if (c.node_id <= 0 || c.partitions < 1 || c.partitions > 4096 || c.lease.count() < 2) {
+      return Status::InvalidArgument("PostgresStoreOptions.cluster: node_id must be positive (is " +
+                                     std::to_string(c.node_id) + "), partitions in 1..4096 (is " +
+                                     std::to_string(c.partitions) + "), lease at least 2 ms (is " +
+                                     std::to_string(c.lease.count()) + " ms)");
+    }
   }
   auto store = std::make_unique<PgStore>(options);
   Status s = store->Open();

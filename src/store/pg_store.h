@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -14,6 +15,20 @@
 #include "syncsched/status.h"
 
 namespace syncsched::store {
+
+// Cluster mode of the PostgreSQL store: one of several engines sharing the database, each owning
+// the partitions it holds leases on (cluster/lease_keeper.h, docs/cluster.md).
+struct PostgresClusterMode {
+  // The engine's node id in the cluster (LeaseKeeper::node_id()): every commit is fenced as this
+  // node. Required (positive).
+  std::int64_t node_id = 0;
+  // The database's partition count P (LeaseKeeper::partitions_total()), 1..4096: a schedule's
+  // partition is cluster::PartitionOf(key, P).
+  int partitions = 0;
+  // The lease (LeaseKeeperOptions::lease): the session's idle_in_transaction_session_timeout is
+  // lease / 2 (cluster::PrepareFencedSession). At least 2 ms.
+  std::chrono::milliseconds lease{0};
+};
 
 struct PostgresStoreOptions {
   // A libpq connection URI starting with "postgresql://" or "postgres://", e.g.
@@ -46,6 +61,9 @@ struct PostgresStoreOptions {
   // failed attempt up to `reconnect_backoff_max`. A successful reconnect resets it.
   std::chrono::milliseconds reconnect_backoff_min{100};
   std::chrono::milliseconds reconnect_backoff_max{5'000};
+
+  // Set: cluster mode (see OpenPostgresStore). Unset (default): the store owns the database alone.
+  std::optional<PostgresClusterMode> cluster{};
 };
 
 // True when `database` names a PostgreSQL database (starts with "postgresql://" or
@@ -113,12 +131,47 @@ std::string RedactDatabaseUri(std::string_view uri);
 //   (the two cases above). A lost connection, a failed commit or a server restart do not change it:
 //   the store reconnects.
 //
+// Cluster mode (options.cluster set; docs/cluster.md). Several stores, in this process or others,
+// use the database at once, each for the partitions its engine holds. Differences from the above:
+// - Ownership: the store takes the owner lock in SHARED mode (pg_try_advisory_lock_shared), so
+//   any number of cluster stores coexist, while a store not in cluster mode (exclusive) is refused
+//   as long as one of them is open, and the other way round (UNAVAILABLE: "... is in use by a
+//   syncsched engine that is not in cluster mode" / "... by syncsched engines in cluster mode").
+//   It writes its owner mark at open (so that a single engine that lost its connection meanwhile
+//   refuses to write again) but no commit_seq and no max_uid: uids come from ReserveUids (the
+//   sequence syncsched.schedule_uids, blocks of 4096, moved past meta's max_uid at open when a
+//   single engine issued more), and the commit mark that resolves a commit in doubt is a row of
+//   its own node in syncsched.commit_marks, so that no row is written by every engine's commits.
+//   History is never trimmed at open (another engine may keep more).
+// - The session is prepared with cluster::PrepareFencedSession (idle_in_transaction_session_timeout
+//   = lease / 2) at every connection.
+// - Every Commit that writes schedule rows, deletes schedules or records finished runs sends
+//   cluster::kFenceSql right after BEGIN (in a streamed commit, before each part's rows), in the
+//   same pipeline, for the tenures of its rows (their `partition` and `epoch` tags, plus
+//   Batch::fence); two epochs of one partition are fenced at the older. The store checks the
+//   tags (INTERNAL, nothing sent: a row without a tag, a keyed row whose tag is not its key's
+//   partition, deleted schedules without Batch::fence). A refused fence
+//   (SQLSTATE SYF01: another node holds the partition, or the lease expired) is
+//   FAILED_PRECONDITION, cluster::IsFenced, and nothing of the batch is applied. Catalog rows are
+//   not partitioned and not fenced.
+// - New schedule rows get their `partition` column (schema v3) from their key; at open, the store
+//   fills the column of rows written without it (by a store not in cluster mode).
+// - LoadPartitions(partitions) reads the catalog and the schedules WHERE partition = ANY(...), in
+//   one REPEATABLE READ transaction; Load() reads every partition.
+// Extra errors of the open: INVALID_ARGUMENT for a node id not positive, a partition count
+// outside 1..4096 or a lease under 2 ms; INTERNAL when the cluster schema (syncsched_cluster) is
+// missing (start the engine's LeaseKeeper first: it creates it).
+//
 // Thread safety: a store may be used from any thread but by one thread at a time (the engine
-// serializes its calls). Distinct stores are independent (on one database, one is refused).
+// serializes its calls). Distinct stores are independent (on one database, one is refused unless
+// all are in cluster mode).
 Result<std::unique_ptr<Store>> OpenPostgresStore(const PostgresStoreOptions& options);
 
-// The advisory lock key of a syncsched database's owner (the bytes "syncschd").
+// The advisory lock key of a syncsched database's owner (the bytes "syncschd"): exclusive for a
+// single engine, shared by the engines of a cluster.
 inline constexpr std::int64_t kPostgresOwnerLockKey = 0x7379'6e63'7363'6864;
+// Schedule uids a cluster store reserves at a time (the sequence's increment).
+inline constexpr std::uint64_t kPostgresUidBlock = 4096;
 
 namespace internal {
 // Test hook: closes the store's connection as a network failure would (the server ends the

@@ -118,6 +118,7 @@ void Batch::clear() {
   schedules.clear();
   schedules_deleted.clear();
   runs.clear();
+  fence.clear();
 }
 
 namespace {

@@ -54,6 +54,11 @@ struct RunRow {
   std::int64_t finished_ms = 0;  // 0 while in flight
   std::int8_t ok = -1;           // -1 in flight, 0 error, 1 success
   std::string error;
+  // Cluster mode only (several engines on one PostgreSQL database, docs/cluster.md): the
+  // partition of the run's schedule and the epoch of the lease the engine wrote it under (its
+  // tenure); the store fences the commit at it. -1: not in cluster mode (ignored by the stores).
+  std::int32_t partition = -1;
+  std::int64_t epoch = 0;
 };
 
 // A run a schedule owes but has not dispatched (run_id empty: none): a run waiting for a
@@ -102,6 +107,18 @@ struct ScheduleRow {
   std::uint8_t pending = 0;   // 0 none; 1 + RunMode: a run to dispatch once `in_flight` ends
   OwedRun waiting;            // a run due now that waits for a concurrency cap
   OwedRun retry;              // a failed run's retry, due at retry.at_ms
+  // Cluster mode only: the schedule's partition (cluster::PartitionOf of its key) and the epoch
+  // of the lease the engine wrote this version under; the store fences the commit at it. -1: not
+  // in cluster mode (ignored by the stores).
+  std::int32_t partition = -1;
+  std::int64_t epoch = 0;
+};
+
+// Cluster mode: one tenure of a partition (the lease on `partition` at `epoch`).
+struct Tenure {
+  std::int32_t partition = 0;
+  std::int64_t epoch = 0;
+  friend bool operator==(const Tenure&, const Tenure&) = default;
 };
 
 // Everything one commit writes. Applied atomically: all of it or none.
@@ -113,6 +130,10 @@ struct Batch {
   std::vector<ScheduleRow> schedules;            // upserts by uid
   std::vector<std::uint64_t> schedules_deleted;  // by uid, with their runs
   std::vector<RunRow> runs;                      // finished runs, to the history
+  // Cluster mode only: tenures the batch writes under beside its rows' own tags (those of
+  // schedules_deleted, whose uids carry none). The store's fence is the union of these and of
+  // the tags of `schedules` and `runs`.
+  std::vector<Tenure> fence;
 
   bool empty() const {
     return syncs.empty() && integrations.empty() && connections_added.empty() &&
@@ -148,6 +169,21 @@ class Store {
   virtual ~Store() = default;
   // Reads the whole state. Called once, at open.
   virtual Result<Snapshot> Load() = 0;
+  // Cluster mode (the PostgreSQL store with PostgresStoreOptions::cluster): reads the catalog
+  // (syncs, integrations, connections) and the schedules of `partitions` only, with their runs
+  // in flight; max_uid is 0. An empty list reads the catalog alone. Same errors as Load. Other
+  // stores: FAILED_PRECONDITION (not a cluster store).
+  virtual Result<Snapshot> LoadPartitions(const std::vector<int>& partitions) {
+    (void)partitions;
+    return Status::FailedPrecondition("this store has no partitions (not in cluster mode)");
+  }
+  // Cluster mode: reserves a block of schedule uids that no other engine of the database is
+  // given (from a database sequence): returns the first; the block is [first, first + *count),
+  // with *count set to the block's size. Other stores: FAILED_PRECONDITION.
+  virtual Result<std::uint64_t> ReserveUids(std::uint64_t* count) {
+    *count = 0;
+    return Status::FailedPrecondition("this store issues no uids (not in cluster mode)");
+  }
   // Commits `batch` atomically and durably (per the store's synchronous setting) before
   // returning. On error nothing of the batch is applied, and the message names the file and the
   // cause (UNAVAILABLE for a full disk or I/O error, INTERNAL for corruption, or for a store that

@@ -13,6 +13,9 @@ struct EngineAccess {
   // The engine's store (it must have a database).
   static store::Store& StoreOf(Engine& engine) { return *engine.core_->StoreForTest(); }
 
+  // Cluster mode: the engine's LeaseKeeper (null otherwise).
+  static cluster::LeaseKeeper* KeeperOf(Engine& engine) { return engine.core_->KeeperForTest(); }
+
   // Commands touching more than `rows` schedules stream their rows to the store in parts of
   // `rows` (EngineCore::kStreamRows by default).
   static void SetStreamRows(Engine& engine, std::size_t rows) {

@@ -144,7 +144,7 @@ TEST_F(PgStoreTest, ANewDatabaseGetsTheSchemaAndLoadsEmpty) {
   EXPECT_TRUE(snap.connections.empty());
   EXPECT_TRUE(snap.schedules.empty());
   EXPECT_EQ(snap.max_uid, 0u);
-  EXPECT_EQ(Q("SELECT value FROM syncsched.meta WHERE key = 'schema_version'"), "2");
+  EXPECT_EQ(Q("SELECT value FROM syncsched.meta WHERE key = 'schema_version'"), "3");
   EXPECT_EQ(Q("SELECT reloptions::text FROM pg_class WHERE oid = 'syncsched.schedules'::regclass"),
             "{fillfactor=45}");
   EXPECT_TRUE(store->Commit(Batch{}).ok());
@@ -588,7 +588,7 @@ TEST_F(PgStoreTest, HistoryKeepsNewestRunsAndNewestFailure) {
 TEST_F(PgStoreTest, ANewerSchemaIsRefusedAndNotWritten) {
   { ASSERT_NE(OpenOrDie(), nullptr); }
   Exec("UPDATE syncsched.meta SET value = 99 WHERE key = 'schema_version'");
-  ExpectRefused(StatusCode::kFailedPrecondition, "schema version 99, newer than version 2");
+  ExpectRefused(StatusCode::kFailedPrecondition, "schema version 99, newer than version 3");
 }
 
 TEST_F(PgStoreTest, ForeignOrBrokenSchemasAreRefusedAndNotWritten) {
@@ -603,7 +603,7 @@ TEST_F(PgStoreTest, ForeignOrBrokenSchemasAreRefusedAndNotWritten) {
 TEST_F(PgStoreTest, AnEmptySchemaIsMigratedAndAReopenMigratesNothing) {
   Exec("CREATE SCHEMA syncsched");  // e.g. created by a DBA who granted it to the engine
   { ASSERT_NE(OpenOrDie(), nullptr); }
-  EXPECT_EQ(Q("SELECT value FROM syncsched.meta WHERE key = 'schema_version'"), "2");
+  EXPECT_EQ(Q("SELECT value FROM syncsched.meta WHERE key = 'schema_version'"), "3");
   std::string oid = Q("SELECT 'syncsched.schedules'::regclass::oid");
   { ASSERT_NE(OpenOrDie(), nullptr); }
   EXPECT_EQ(Q("SELECT 'syncsched.schedules'::regclass::oid"), oid) << "not recreated";
@@ -623,7 +623,7 @@ TEST_F(PgStoreTest, AVersion1DatabaseIsMigratedToFillfactor45KeepingItsRows) {
       "UPDATE syncsched.meta SET value = 1 WHERE key = 'schema_version'");
   auto store = OpenOrDie();
   ASSERT_NE(store, nullptr);
-  EXPECT_EQ(Q("SELECT value FROM syncsched.meta WHERE key = 'schema_version'"), "2");
+  EXPECT_EQ(Q("SELECT value FROM syncsched.meta WHERE key = 'schema_version'"), "3");
   EXPECT_EQ(Q("SELECT reloptions::text FROM pg_class WHERE oid = 'syncsched.schedules'::regclass"),
             "{fillfactor=45}");
   Snapshot snap = LoadOrDie(*store);

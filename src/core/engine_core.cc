@@ -186,22 +186,7 @@ Status EngineCore::Init(const StoreWrapper& wrap) {
     if (Status s = Recover(std::move(catalog).value()); !s.ok()) return s;
     active_.assign(static_cast<std::size_t>(partitions_), 0);
     quarantine_.assign(static_cast<std::size_t>(partitions_), 0);
-    std::weak_ptr<EngineCore> weak = weak_from_this();
-    CommitQueue::ClusterHooks hooks;
-    hooks.screen = [this](store::Batch& b, std::vector<RunPtr>* runs, bool command) {
-      return Screen(b, runs, command);
-    };
-    hooks.fenced = [this](const Status& s) { OnFenced(s); };
-    writer_ = std::make_unique<CommitQueue>(
-        *store_,
-        [weak](std::vector<RunPtr>&& runs, const Status& committed) {
-          if (auto core = weak.lock()) {
-            core->Release(std::move(runs), committed);
-          } else {
-            for (const RunPtr& r : runs) r->token.Cancel(Status::Cancelled("engine shut down"));
-          }
-        },
-        options_.on_store_status, CommitQueue::kMaxCarriedRuns, std::move(hooks));
+    StartWriter();
     cluster_thread_ = std::thread([this] { ClusterLoop(); });
     MaybeRearm();
     return Status();
@@ -229,20 +214,31 @@ Status EngineCore::Init(const StoreWrapper& wrap) {
     if (!snapshot.ok()) return snapshot.status();
     MutexLock lock(mu_);
     if (Status s = Recover(std::move(snapshot).value()); !s.ok()) return s;
-    std::weak_ptr<EngineCore> weak = weak_from_this();
-    writer_ = std::make_unique<CommitQueue>(
-        *store_,
-        [weak](std::vector<RunPtr>&& runs, const Status& committed) {
-          if (auto core = weak.lock()) {
-            core->Release(std::move(runs), committed);
-          } else {
-            for (const RunPtr& r : runs) r->token.Cancel(Status::Cancelled("engine shut down"));
-          }
-        },
-        options_.on_store_status);
+    StartWriter();
     MaybeRearm();
   }
   return Status();
+}
+
+void EngineCore::StartWriter() {
+  CommitQueue::ClusterHooks hooks;
+  if (InCluster()) {
+    hooks.screen = [this](store::Batch& b, std::vector<RunPtr>* runs, bool command) {
+      return Screen(b, runs, command);
+    };
+    hooks.fenced = [this](const Status& s) { OnFenced(s); };
+  }
+  std::weak_ptr<EngineCore> weak = weak_from_this();
+  writer_ = std::make_unique<CommitQueue>(
+      *store_,
+      [weak](std::vector<RunPtr>&& runs, const Status& committed) {
+        if (auto core = weak.lock()) {
+          core->Release(std::move(runs), committed);
+        } else {
+          for (const RunPtr& r : runs) r->token.Cancel(Status::Cancelled("engine shut down"));
+        }
+      },
+      options_.on_store_status, CommitQueue::kMaxCarriedRuns, std::move(hooks));
 }
 
 Status EngineCore::Recover(store::Snapshot snap) {

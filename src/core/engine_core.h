@@ -215,6 +215,9 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   Status Init(const StoreWrapper& wrap) NO_THREAD_SAFETY_ANALYSIS;  // see engine_core.cc
   // Rebuilds the state from the store's snapshot (under mu_, during Init).
   Status Recover(store::Snapshot snapshot) REQUIRES(mu_);
+  // Creates the one writer on store_: its committed runs go to Release (cancelled once the
+  // engine is gone); in cluster mode it screens by tenure (Screen, OnFenced).
+  void StartWriter() REQUIRES(mu_);
   // Recover's parts: adds the snapshot's syncs, integrations and connections that the catalog
   // lacks; restores its schedules into `tx` (armed, missed slots to fire at once, runs found in
   // flight recorded as interrupted, owed runs queued).

@@ -28,6 +28,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -35,6 +36,7 @@
 #include <thread>
 #include <vector>
 
+#include "cluster/partition.h"
 #include "store/pg_store.h"
 #include "store/store.h"
 #include "support/pg_server.h"
@@ -130,11 +132,26 @@ struct CpuMark {
   double client = ClientCpuSeconds();
   double writer = ThreadCpuSeconds("syncsched-write");
   double server = ServerCpuSeconds();
+  std::chrono::steady_clock::time_point wall = std::chrono::steady_clock::now();
   void Report(benchmark::State& state) const {
     state.counters["client_cpu_s"] = ClientCpuSeconds() - client;
     // The store's thread: a commit's encoding (Plan) and libpq, apart from the engine's command.
     state.counters["writer_cpu_s"] = ThreadCpuSeconds("syncsched-write") - writer;
     state.counters["server_cpu_s"] = ServerCpuSeconds() - server;
+  }
+  // CPU per run (or per started schedule) over a window of `runs`: this process's (the engines,
+  // or Nango's model: its scheduler and workers) and the server's, in microseconds; the server's
+  // share of both; and the cores both kept busy (CPU seconds per second of the window; 2 is
+  // this machine's whole).
+  void ReportPerRun(benchmark::State& state, std::int64_t runs) const {
+    const double c = ClientCpuSeconds() - client, s = ServerCpuSeconds() - server;
+    const double secs =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - wall).count();
+    const double n = static_cast<double>(std::max<std::int64_t>(runs, 1));
+    state.counters["client_cpu_us/run"] = c * 1e6 / n;
+    state.counters["server_cpu_us/run"] = s * 1e6 / n;
+    state.counters["server_cpu_share"] = c + s > 0 ? s / (c + s) : 0;
+    state.counters["cores_busy"] = secs > 0 ? (c + s) / secs : 0;
   }
 };
 
@@ -438,7 +455,8 @@ class LatenessLog {
 // them: the same due times as NangoModel::Create gives Nango's schedules (a Start would instead
 // run each at once and then follow the engine's own phases).
 Result<std::string> PrepareSyncsched(std::int64_t n, std::int64_t frequency_ms,
-                                     std::int64_t base_ms, std::int64_t spread_ms) {
+                                     std::int64_t base_ms, std::int64_t spread_ms,
+                                     bool started = true) {
   auto uri = Server().CreateDatabase();
   if (!uri.ok()) return uri.status();
   {
@@ -467,9 +485,11 @@ Result<std::string> PrepareSyncsched(std::int64_t n, std::int64_t frequency_ms,
     r.connection = Connection(i);
     r.sync = "sync0";
     r.variant = "base";
-    r.state = 1;
-    r.anchor_ms = base_ms + i * spread_ms / n;
-    r.next_slot_ms = r.anchor_ms;
+    r.state = started ? 1 : 0;
+    if (started) {
+      r.anchor_ms = base_ms + i * spread_ms / n;
+      r.next_slot_ms = r.anchor_ms;
+    }
   }
   if (Status s = (*opened)->Commit(b); !s.ok()) return s;
   return *uri;
@@ -499,6 +519,14 @@ void RunSyncsched(benchmark::State& state, const std::string& uri, std::int64_t 
     return RunReport::Success();
   });
   engine->ReleaseTimers();  // the callback is registered: the recovered schedules may fire
+  if (lateness == nullptr && NowUs() + 3'000'000 > from_us) {
+    // A saturating load: the window is any 10 s once the engine runs. On a loaded machine the
+    // write and the recovery of 100k rows can outlast the 5 s before the window; it then starts
+    // 3 s after the open (as BM_PgClusterFire's), not after the window has passed.
+    const std::int64_t shift = NowUs() + 3'000'000 - from_us;
+    from_us += shift;
+    to_us += shift;
+  }
   auto sleep_until = [](std::int64_t us) {
     const std::int64_t wait = us - NowUs();
     if (wait > 0) std::this_thread::sleep_for(std::chrono::microseconds(wait));
@@ -506,9 +534,11 @@ void RunSyncsched(benchmark::State& state, const std::string& uri, std::int64_t 
   sleep_until(from_us);
   const std::int64_t ran0 = ran.load();
   const std::int64_t t0 = NowUs();
+  CpuMark cpu;
   sleep_until(to_us);
   const std::int64_t ran1 = ran.load();
   const double secs = static_cast<double>(NowUs() - t0) / 1e6;
+  cpu.ReportPerRun(state, ran1 - ran0);
   if (lateness != nullptr) std::this_thread::sleep_for(std::chrono::seconds(2));  // late runs
   EngineMetrics m = engine->GetMetrics();
   engine.reset();
@@ -598,14 +628,15 @@ class NangoModel {
   // Creates the schema and `n` started schedules of `frequency_ms`, the i-th first due at
   // now + first_ms + i * spread_ms / n.
   static Status Create(const std::string& uri, std::int64_t n, std::int64_t frequency_ms,
-                       std::int64_t first_ms, std::int64_t spread_ms) {
+                       std::int64_t first_ms, std::int64_t spread_ms, bool started = true) {
     if (Status s = testing::PgExec(uri, kNangoSchema); !s.ok()) return s;
     std::string sql =
         "INSERT INTO schedules (id, name, state, starts_at, frequency, payload, group_key, "
         "created_to_started_timeout_secs, started_to_completed_timeout_secs, "
         "heartbeat_timeout_secs, next_execution_at) "
         "SELECT (lpad(to_hex(i), 12, '0') || '7000800000000000' || lpad(to_hex(i), 4, '0'))::uuid, "
-        "'schedule:' || i, 'STARTED', d, make_interval(secs => " +
+        "'schedule:' || i, '" +
+        std::string(started ? "STARTED" : "PAUSED") + "', d, make_interval(secs => " +
         std::to_string(frequency_ms) +
         " / 1000.0), '{\"connection\": \"conn\", \"sync\": \"sync0\"}', 'sync', 3600, 86400, "
         "300, d FROM (SELECT i, now() + make_interval(secs => (" +
@@ -864,9 +895,11 @@ void RunNango(benchmark::State& state, std::int64_t n, std::int64_t frequency_ms
   sleep_until(from_us);
   const std::int64_t done0 = model.completed();
   const std::int64_t t0 = NowUs();
+  CpuMark cpu;
   sleep_until(to_us);
   const std::int64_t done1 = model.completed();
   const double secs = static_cast<double>(NowUs() - t0) / 1e6;
+  cpu.ReportPerRun(state, done1 - done0);
   if (lateness != nullptr) std::this_thread::sleep_for(std::chrono::seconds(2));  // late runs
   model.Stop();
   if (!model.error().empty()) state.SkipWithError(model.error().c_str());
@@ -934,6 +967,301 @@ BENCHMARK(BM_PgLateness)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()
     ->Iterations(1);
+
+// ---- Cluster mode (issue 13): 1, 2 and 3 engines on one server, beside the above ----
+//
+// The engines run in this process (each an Engine with Options::cluster: its own lease keeper,
+// store connections and threads), named bench-0.. on one database with P = 64 and a 10 s lease.
+// They open one after another, so the first holds every partition until the next joins; each
+// figure is taken once they share the partitions (each within one of P/E, loaded). CPU: this
+// process's (all the engines) and the server's, per run.
+//
+// BM_PgClusterFire/engines:E: BM_PgFire/spread:1's load (100k schedules due every 250 ms,
+// spread evenly; saturating), runs per second over 10 s (after 3 s of warm-up). Counters runs/s,
+// share_min (the smallest engine's fraction of the runs), CPU per run.
+// BM_PgClusterStart/engines:E: 6000 paused schedules (one per connection), each started by one
+// Start command naming its connection and sync, sent to the engine that holds its partition (until
+// commands through any engine exist, only that engine serves it) by 8 threads per engine; the
+// immediate run each start dispatches is part of it. Counter starts/s (from the first command
+// to the last answer), CPU per start.
+// BM_PgNangoStart: the same 6000 schedules in Nango's schema, paused, each started by one
+// autocommit UPDATE (state STARTED, next execution now) on one of 4 connections: a lower bound
+// of Nango's start (its API also reads the schedule, and its scheduler then creates the task).
+constexpr int kClusterPartitions = 64;
+constexpr std::int64_t kClusterStartSchedules = 6000;
+constexpr int kStartThreadsPerEngine = 8;
+
+struct ClusterEngines {
+  std::vector<std::unique_ptr<Engine>> engines;
+  std::vector<std::unique_ptr<std::atomic<std::int64_t>>> ran;
+  ~ClusterEngines() {
+    for (auto& e : engines) e.reset();  // graceful: each hands its partitions over
+  }
+  std::int64_t Ran() const {
+    std::int64_t n = 0;
+    for (const auto& r : ran) n += r->load(std::memory_order_relaxed);
+    return n;
+  }
+};
+
+// Opens `count` engines in cluster mode on `uri` (timers held), with sync0's callback counting
+// runs per engine, and waits until they share the partitions evenly, loaded.
+Status OpenCluster(const std::string& uri, int count, ClusterEngines* out) {
+  for (int i = 0; i < count; ++i) {
+    Options o;
+    o.database_path = uri;
+    o.frequency_bounds.min = std::chrono::milliseconds(1);
+    o.worker_threads = 2;
+    o.hold_timers = true;
+    ClusterOptions cl;
+    cl.node = "bench-" + std::to_string(i);
+    cl.lease = std::chrono::seconds(10);
+    cl.partitions = kClusterPartitions;
+    o.cluster = cl;
+    auto opened = Engine::Open(o);
+    if (!opened.ok()) return opened.status();
+    out->ran.push_back(std::make_unique<std::atomic<std::int64_t>>(0));
+    std::atomic<std::int64_t>* ran = out->ran.back().get();
+    (void)(*opened)->RegisterCallback("bench", "sync0", [ran](const RunContext&) {
+      ran->fetch_add(1, std::memory_order_relaxed);
+      return RunReport::Success();
+    });
+    out->engines.push_back(std::move(opened).value());
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (std::chrono::steady_clock::now() < deadline) {
+    std::uint64_t sum = 0;
+    bool even = true;
+    for (const auto& e : out->engines) {
+      EngineMetrics m = e->GetMetrics();
+      sum += m.cluster_partitions_owned;
+      even = even && m.cluster_nodes_live == static_cast<std::uint64_t>(count) &&
+             m.cluster_partitions_owned >= static_cast<std::uint64_t>(kClusterPartitions / count);
+    }
+    if (even && sum == kClusterPartitions) return Status::Ok();
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return Status::DeadlineExceeded("the engines did not share the partitions within 120 s");
+}
+
+void BM_PgClusterFire(benchmark::State& state) {
+  const int count = static_cast<int>(state.range(0));
+  for (auto _ : state) {
+    const std::int64_t base_us = NowUs();
+    auto uri = PrepareSyncsched(kSpreadSchedules, 250, base_us / 1000, 250);
+    if (!uri.ok()) {
+      state.SkipWithError(uri.status().message().c_str());
+      break;
+    }
+    ClusterEngines c;
+    if (Status s = OpenCluster(*uri, count, &c); !s.ok()) {
+      state.SkipWithError(s.message().c_str());
+      break;
+    }
+    for (auto& e : c.engines) e->ReleaseTimers();
+    std::this_thread::sleep_for(std::chrono::seconds(3));  // the catch-up burst after the loads
+    std::vector<std::int64_t> before;
+    for (const auto& r : c.ran) before.push_back(r->load());
+    const std::int64_t ran0 = c.Ran();
+    const std::int64_t t0 = NowUs();
+    CpuMark cpu;
+    std::this_thread::sleep_for(std::chrono::seconds(10));
+    const std::int64_t ran1 = c.Ran();
+    const double secs = static_cast<double>(NowUs() - t0) / 1e6;
+    cpu.ReportPerRun(state, ran1 - ran0);
+    double share_min = 1;
+    for (std::size_t i = 0; i < c.ran.size(); ++i) {
+      const double mine = static_cast<double>(c.ran[i]->load() - before[i]);
+      share_min =
+          std::min(share_min, mine / static_cast<double>(std::max<std::int64_t>(ran1 - ran0, 1)));
+    }
+    std::uint64_t failed = 0, fenced = 0;
+    for (const auto& e : c.engines) {
+      EngineMetrics m = e->GetMetrics();
+      failed += m.store_commits_failed;
+      fenced += m.cluster_fenced_refusals;
+    }
+    state.counters["runs/s"] = static_cast<double>(ran1 - ran0) / secs;
+    state.counters["share_min"] = share_min;
+    state.counters["commits_failed"] = static_cast<double>(failed);
+    state.counters["fenced"] = static_cast<double>(fenced);
+  }
+}
+BENCHMARK(BM_PgClusterFire)
+    ->ArgName("engines")
+    ->Arg(1)
+    ->Arg(2)
+    ->Arg(3)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->Iterations(1);
+
+// partition -> owner's name, from the database.
+Result<std::map<int, std::string>> PartitionOwners(const std::string& uri) {
+  PGconn* conn = PQconnectdb(uri.c_str());
+  PGresult* res = PQexec(conn,
+                         "SELECT p.partition, n.name FROM syncsched_cluster.partitions p "
+                         "JOIN syncsched_cluster.nodes n ON n.id = p.owner");
+  std::map<int, std::string> owners;
+  Status st;
+  if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+    st = Status::Internal(PQresultErrorMessage(res));
+  } else {
+    for (int i = 0; i < PQntuples(res); ++i) {
+      owners[std::atoi(PQgetvalue(res, i, 0))] = PQgetvalue(res, i, 1);
+    }
+  }
+  PQclear(res);
+  PQfinish(conn);
+  if (!st.ok()) return st;
+  return owners;
+}
+
+void BM_PgClusterStart(benchmark::State& state) {
+  const int count = static_cast<int>(state.range(0));
+  for (auto _ : state) {
+    auto uri = PrepareSyncsched(kClusterStartSchedules, 3'600'000, 0, 0, /*started=*/false);
+    if (!uri.ok()) {
+      state.SkipWithError(uri.status().message().c_str());
+      break;
+    }
+    ClusterEngines c;
+    if (Status s = OpenCluster(*uri, count, &c); !s.ok()) {
+      state.SkipWithError(s.message().c_str());
+      break;
+    }
+    for (auto& e : c.engines) e->ReleaseTimers();
+    auto owners = PartitionOwners(*uri);
+    if (!owners.ok()) {
+      state.SkipWithError(owners.status().message().c_str());
+      break;
+    }
+    // Each engine's connections: those whose schedule's partition it holds.
+    std::vector<std::vector<std::string>> work(static_cast<std::size_t>(count));
+    for (std::int64_t i = 0; i < kClusterStartSchedules; ++i) {
+      const std::string conn = Connection(i);
+      const int p = cluster::PartitionOf("bench", conn, "sync0", "base", kClusterPartitions);
+      const std::string& owner = (*owners)[p];
+      const int e = owner.rfind("bench-", 0) == 0 ? std::atoi(owner.c_str() + 6) : -1;
+      if (e < 0 || e >= count) {
+        state.SkipWithError(("partition " + std::to_string(p) + " has no engine").c_str());
+        return;
+      }
+      work[static_cast<std::size_t>(e)].push_back(conn);
+    }
+    Quiesce();
+    std::atomic<std::int64_t> started{0}, failed{0};
+    std::string first_error;
+    std::mutex error_mu;
+    CpuMark cpu;
+    const std::int64_t t0 = NowUs();
+    std::vector<std::thread> threads;
+    for (int e = 0; e < count; ++e) {
+      for (int t = 0; t < kStartThreadsPerEngine; ++t) {
+        threads.emplace_back([&, e, t] {
+          const auto& mine = work[static_cast<std::size_t>(e)];
+          for (std::size_t k = static_cast<std::size_t>(t); k < mine.size();
+               k += kStartThreadsPerEngine) {
+            Target target{"bench", mine[k], {SyncSelector{"sync0", "base"}}, false};
+            auto r = c.engines[static_cast<std::size_t>(e)]->Start(target);
+            if (r.ok() && r->Count(Outcome::kStarted) == 1) {
+              started.fetch_add(1);
+            } else {
+              failed.fetch_add(1);
+              std::lock_guard lock(error_mu);
+              if (first_error.empty()) {
+                first_error = r.ok() ? "not started" : r.status().message();
+              }
+            }
+          }
+        });
+      }
+    }
+    for (auto& th : threads) th.join();
+    const double secs = static_cast<double>(NowUs() - t0) / 1e6;
+    cpu.ReportPerRun(state, started.load());
+    if (failed.load() > 0) {
+      state.SkipWithError(("a start failed: " + first_error).c_str());
+      break;
+    }
+    state.counters["starts/s"] = static_cast<double>(started.load()) / secs;
+    // The immediate runs (not timed): every start dispatched one.
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (c.Ran() < kClusterStartSchedules && std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    state.counters["immediate_runs"] = static_cast<double>(c.Ran());
+  }
+}
+BENCHMARK(BM_PgClusterStart)
+    ->ArgName("engines")
+    ->Arg(1)
+    ->Arg(2)
+    ->Arg(3)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->Iterations(1);
+
+void BM_PgNangoStart(benchmark::State& state) {
+  constexpr int kConnections = 4;
+  for (auto _ : state) {
+    auto uri = Server().CreateDatabase();
+    if (!uri.ok()) {
+      state.SkipWithError(uri.status().message().c_str());
+      break;
+    }
+    if (Status s = NangoModel::Create(*uri, kClusterStartSchedules, 3'600'000, 0, 0,
+                                      /*started=*/false);
+        !s.ok()) {
+      state.SkipWithError(s.message().c_str());
+      break;
+    }
+    std::vector<std::string> ids;
+    {
+      PGconn* conn = PQconnectdb(uri->c_str());
+      PGresult* res = PQexec(conn, "SELECT id FROM schedules ORDER BY id");
+      for (int i = 0; i < PQntuples(res); ++i) ids.emplace_back(PQgetvalue(res, i, 0));
+      PQclear(res);
+      PQfinish(conn);
+    }
+    Quiesce();
+    std::atomic<std::int64_t> started{0};
+    std::atomic<bool> failed{false};
+    CpuMark cpu;
+    const std::int64_t t0 = NowUs();
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kConnections; ++t) {
+      threads.emplace_back([&, t] {
+        PGconn* conn = PQconnectdb(uri->c_str());
+        for (std::size_t k = static_cast<std::size_t>(t); k < ids.size() && !failed;
+             k += kConnections) {
+          const char* params[] = {ids[k].c_str()};
+          PGresult* res =
+              PQexecParams(conn,
+                           "UPDATE schedules SET state = 'STARTED', updated_at = now(), "
+                           "next_execution_at = now() WHERE id = $1::uuid AND state = 'PAUSED'",
+                           1, nullptr, params, nullptr, nullptr, 0);
+          if (PQresultStatus(res) == PGRES_COMMAND_OK && std::atoi(PQcmdTuples(res)) == 1) {
+            started.fetch_add(1);
+          } else {
+            failed = true;
+          }
+          PQclear(res);
+        }
+        PQfinish(conn);
+      });
+    }
+    for (auto& th : threads) th.join();
+    const double secs = static_cast<double>(NowUs() - t0) / 1e6;
+    cpu.ReportPerRun(state, started.load());
+    if (failed) {
+      state.SkipWithError("a start failed");
+      break;
+    }
+    state.counters["starts/s"] = static_cast<double>(started.load()) / secs;
+  }
+}
+BENCHMARK(BM_PgNangoStart)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(1);
 
 }  // namespace
 }  // namespace syncsched

@@ -60,7 +60,11 @@ def med(name, path):
 
 
 def steady_rate(j, skip_s=2.0):
-    """Runs per second over the window after its first skip_s seconds (per-second series)."""
+    """Runs per second of the window. With a warm-up (--warmup: the window begins after the
+    start's runs and one round) the whole window's rate; without one (older results), the rate
+    after the window's first skip_s seconds (per-second series)."""
+    if j.get("warmup", {}).get("mode", "none") != "none":
+        return j["runs_per_second"]
     s = j.get("series", [])
     first = next((e for e in s if e["t"] >= skip_s), None)
     last = s[-1] if s else None
@@ -263,9 +267,10 @@ if lat:
 
 # ---- 3. Memory ----
 md.append("## Memory per schedule\n")
-md.append("Resident memory after the start minus before the setup, per schedule (RSS: what the "
-          "host pays, allocator slack included; syncsched's own count of its heap bytes, "
-          "`Engine::MemoryBytes`, beside it).\n")
+md.append("Resident memory once the start's immediate runs have all finished, minus before the "
+          "setup, per schedule, each read after `malloc_trim(0)` for every engine alike (RSS: what "
+          "the host pays, allocator slack included; syncsched's own count of its heap bytes, "
+          "`Engine::MemoryBytes`, read at the same moment, beside it).\n")
 md.append("| schedules | syncsched RSS B | syncsched engine B | heap B | asio B | nango (SQLite in "
           "memory) B | asio ÷ syncsched |")
 md.append("|---|---|---|---|---|---|---|")
@@ -291,7 +296,10 @@ if plot_lines("memory-per-schedule.png", "Memory per schedule", "schedules", "by
 md.append("## Durable runs per second against the number of schedules\n")
 md.append("Phase-spread schedules with a period of N / 400k seconds (a demand of ~400k slots/s, "
           "more than any engine here sustains, so the figure is each one's ceiling), no-op "
-          "callbacks, 10 s; runs per second from the per-second series after the first 2 s. "
+          "callbacks; the window (10 s, 30 s at 1M) begins once the start's immediate runs have "
+          "finished, one more period has passed and a scheduled run has started "
+          "(`--warmup round`, at most `--warmup-limit 120s`: the steady state, not the start's "
+          "burst). "
           "syncsched on a SQLite file commits every run's dispatch and outcome; the same in memory "
           "is its ceiling; nango on a SQLite file is the Nango design's.\n")
 md.append("| schedules | syncsched file runs/s | syncsched memory runs/s | file ÷ memory | "

@@ -139,7 +139,7 @@ class RealDispatcher {
   }
 
   void Finish(Item it, bool fail) {
-    h_.recorder().Finished(!fail);
+    h_.recorder().Finished(!fail, it.initial);
     table_.in_flight[it.idx].store(0, std::memory_order_release);
     if (fail && it.attempt <= w_.retries) on_failed_(it.idx, it.slot_ms, it.attempt);
     if (w_.max_concurrency > 0) {

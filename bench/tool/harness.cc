@@ -1,5 +1,6 @@
 #include "tool/harness.h"
 
+#include <malloc.h>
 #include <sys/resource.h>
 #include <sys/utsname.h>
 #include <unistd.h>
@@ -38,6 +39,13 @@ std::string Human(double v) {
   else
     std::snprintf(buf, sizeof buf, "%.0f", v);
   return buf;
+}
+
+double ThreadCpuSeconds() {
+  rusage ru{};
+  getrusage(RUSAGE_THREAD, &ru);
+  return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+         static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
 
 std::string ReadFirstLine(const char* path) {
@@ -103,6 +111,7 @@ ProcStats ProcStats::Read() {
   getrusage(RUSAGE_SELF, &ru);
   p.user_s = static_cast<double>(ru.ru_utime.tv_sec) + ru.ru_utime.tv_usec / 1e6;
   p.system_s = static_cast<double>(ru.ru_stime.tv_sec) + ru.ru_stime.tv_usec / 1e6;
+  p.minor_faults = ru.ru_minflt;
   return p;
 }
 
@@ -176,33 +185,126 @@ Harness::~Harness() {
 void Harness::RequestStop() { g_stop = true; }
 
 void Harness::BeforeSetup() {
+  malloc_trim(0);  // as before the settled reading, so that both see a trimmed heap
   before_setup_ = ProcStats::Read();
   setup_t_ = std::chrono::steady_clock::now();
   load_begin_ = LoadAverage1();
 }
 
+void Harness::BeginStart() {
+  before_start_ = ProcStats::Read();
+  start_t_ = std::chrono::steady_clock::now();
+}
+
+void Harness::EndStart() {
+  ProcStats p = ProcStats::Read();
+  stats_.start_ms = Seconds(std::chrono::steady_clock::now() - start_t_) * 1000;
+  stats_.start_cpu_ms =
+      (p.user_s + p.system_s - before_start_.user_s - before_start_.system_s) * 1000;
+  stats_.start_minor_faults = p.minor_faults - before_start_.minor_faults;
+}
+
 void Harness::BeginWindow(std::function<std::int64_t()> virtual_now_ms) {
-  at_begin_ = ProcStats::Read();
-  rss_after_start_ = at_begin_.rss_bytes;
-  begin_t_ = std::chrono::steady_clock::now();
+  started_t_ = std::chrono::steady_clock::now();
+  rss_after_start_ = ProcStats::Read().rss_bytes;
   virtual_now_ = std::move(virtual_now_ms);
+  if (!virtual_now_ && w_.warmup != Workload::Warmup::kNone) WarmUp();
+  at_begin_ = ProcStats::Read();
+  begin_t_ = std::chrono::steady_clock::now();
   if (virtual_now_) virtual_begin_ = virtual_now_();
   last_t_ = begin_t_;
   last_proc_ = at_begin_;
   last_runs_ = rec_.runs.load();
+  runs_at_begin_ = last_runs_;
   last_hist_ = rec_.lateness.Snapshot();
+  hist_at_begin_ = last_hist_;
+  window_open_ = true;
+  MaybeSettle();  // (an engine that ran the start's runs inline in its start)
   sampler_ = std::thread([this] { SamplerLoop(); });
+}
+
+void Harness::WarmUp() {
+  using namespace std::chrono;
+  auto t0 = steady_clock::now();
+  auto limit = t0 + milliseconds(w_.warmup_limit_ms);
+  std::int64_t longest = 0;
+  for (const auto& e : w_.mix) longest = std::max(longest, e.period_ms);
+  auto next_line = t0 + seconds(1);
+  warmup_end_ = "interrupted";
+  while (!g_stop) {
+    MaybeSettle();
+    auto now = steady_clock::now();
+    if (settled_) {
+      if (w_.warmup == Workload::Warmup::kStart) {
+        warmup_end_ = "start_runs_done";
+        break;
+      }
+      auto round_end = started_t_ +
+                       duration_cast<steady_clock::duration>(duration<double>(settled_at_s_)) +
+                       milliseconds(longest);
+      // After the round, until a run other than the start's has started since (with a store the
+      // start leaves its outcomes to be written: the scheduled runs resume only once the writer
+      // has caught up, which on a loaded machine may be a minute after the start's callbacks).
+      std::uint64_t scheduled = rec_.runs.load() - rec_.initial_runs.load();
+      if (now >= round_end && !round_base_) round_base_ = scheduled;
+      if (round_base_ && scheduled > *round_base_) {
+        warmup_end_ = "start_runs_done_and_round";
+        break;
+      }
+    }
+    if (now >= limit) {
+      warmup_end_ = "limit";
+      break;
+    }
+    if (progress_ && now >= next_line) {
+      char line[160];
+      std::snprintf(line, sizeof line,
+                    "\r[warm-up %4.0fs] %s runs, the start's runs finished: %s of %s   ",
+                    Seconds(now - t0), Human(static_cast<double>(rec_.runs.load())).c_str(),
+                    Human(static_cast<double>(rec_.initial_finished.load())).c_str(),
+                    Human(static_cast<double>(w_.schedules)).c_str());
+      std::fputs(line, stderr);
+      std::fflush(stderr);
+      next_line += seconds(1);
+    }
+    std::this_thread::sleep_for(milliseconds(20));
+  }
+  if (progress_) std::fputs("\n", stderr);
+  warmup_ms_ = Seconds(steady_clock::now() - t0) * 1000;
+}
+
+void Harness::MaybeSettle() {
+  if (!settled_ && rec_.initial_finished.load(std::memory_order_relaxed) >=
+                       static_cast<std::uint64_t>(w_.schedules)) {
+    Settle("start_runs_done");
+  }
+}
+
+void Harness::Settle(const char* when) {
+  auto t = std::chrono::steady_clock::now();
+  double cpu0 = ThreadCpuSeconds();
+  malloc_trim(0);
+  trim_cpu_s_ = ThreadCpuSeconds() - cpu0;
+  trim_ms_ = Seconds(std::chrono::steady_clock::now() - t) * 1000;
+  rss_settled_ = ProcStats::Read().rss_bytes;
+  if (engine_bytes_fn_) engine_bytes_settled_ = engine_bytes_fn_();
+  settled_at_s_ = Seconds(t - started_t_);
+  trim_in_window_ = window_open_;
+  settled_when_ = when;
+  settled_ = true;
 }
 
 void Harness::SleepWindow() {
   auto end = begin_t_ + std::chrono::milliseconds(w_.duration_ms);
   while (!g_stop && std::chrono::steady_clock::now() < end) {
+    MaybeSettle();
     std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(
         std::chrono::milliseconds(50), end - std::chrono::steady_clock::now()));
   }
 }
 
-bool Harness::Done() const {
+bool Harness::Done() {
+  MaybeSettle();
   if (g_stop) return true;
   return virtual_now_() - virtual_begin_ >= w_.duration_ms;
 }
@@ -210,6 +312,7 @@ bool Harness::Done() const {
 void Harness::EndWindow() {
   end_t_ = std::chrono::steady_clock::now();
   at_end_ = ProcStats::Read();
+  window_open_ = false;
   if (virtual_now_) virtual_end_ = virtual_now_();
   {
     std::lock_guard lock(mu_);
@@ -220,6 +323,10 @@ void Harness::EndWindow() {
   Sample(true);
   if (progress_) std::fputs("\n", stderr);
   final_hist_ = rec_.lateness.Snapshot();
+  for (std::size_t i = 0; i < final_hist_.size() && i < hist_at_begin_.size(); ++i)
+    final_hist_[i] -= hist_at_begin_[i];
+  window_runs_ = rec_.runs.load() - runs_at_begin_;
+  if (!settled_) Settle("window_end");
   load_end_ = LoadAverage1();
 }
 
@@ -255,6 +362,7 @@ void Harness::Sample(bool final) {
                       {"rss_bytes", p.rss_bytes},
                       {"cpu_percent", 100 * cpu}};
   if (virtual_now_) e["virtual_s"] = (virtual_now_() - virtual_begin_) / 1000.0;
+  if (series_extra_) e.update(series_extra_());
   series_.push_back(e);
   if (progress_) {
     char line[256];
@@ -339,6 +447,7 @@ nlohmann::json Harness::ResultJson() const {
       {"retry_backoff_ms", w.retry_backoff_ms},
       {"workers", w.workers},
       {"seed", w.seed},
+      {"warmup", ToString(w.warmup)},
   };
   nlohmann::json mix = nlohmann::json::array();
   auto counts = w.Counts();
@@ -355,7 +464,10 @@ nlohmann::json Harness::ResultJson() const {
   double wall = Seconds(end_t_ - begin_t_);
   double window = virtual_now_ ? (virtual_end_ - virtual_begin_) / 1000.0 : wall;
   std::uint64_t runs = rec_.runs.load();
-  double cpu_s = at_end_.user_s + at_end_.system_s - at_begin_.user_s - at_begin_.system_s;
+  std::uint64_t window_runs = window_runs_;
+  // The window's CPU, less the settle's malloc_trim when it fell inside the window.
+  double cpu_s = at_end_.user_s + at_end_.system_s - at_begin_.user_s - at_begin_.system_s -
+                 (trim_in_window_ ? trim_cpu_s_ : 0);
   const auto& hist = final_hist_;
   std::uint64_t measured = 0;
   double sum = 0;
@@ -374,8 +486,8 @@ nlohmann::json Harness::ResultJson() const {
       break;
     }
   }
-  double bytes = static_cast<double>(rss_after_start_ - before_setup_.rss_bytes) /
-                 static_cast<double>(w.schedules);
+  const auto n = static_cast<double>(w.schedules);
+  double bytes = static_cast<double>(rss_settled_ - before_setup_.rss_bytes) / n;
   nlohmann::json j;
   j["tool"] = "syncsched-bench";
   j["engine"] = ToString(w.engine);
@@ -385,6 +497,7 @@ nlohmann::json Harness::ResultJson() const {
   j["machine"]["loadavg1_end"] = load_end_;
   j["interrupted"] = g_stop.load();
   j["runs"] = runs;
+  j["window_runs"] = window_runs;
   j["initial_runs"] = rec_.initial_runs.load();
   j["succeeded"] = rec_.succeeded.load();
   j["failed"] = rec_.failed.load();
@@ -393,8 +506,9 @@ nlohmann::json Harness::ResultJson() const {
   j["early"] = rec_.early.load();
   j["wall_seconds"] = wall;
   j["window_seconds"] = window;
-  // Runs per second of wall time: in virtual time, how fast the engine gets through the workload.
-  j["runs_per_second"] = wall > 0 ? static_cast<double>(runs) / wall : 0;
+  // Runs of the window per second of wall time: in virtual time, how fast the engine gets through
+  // the workload.
+  j["runs_per_second"] = wall > 0 ? static_cast<double>(window_runs) / wall : 0;
   if (virtual_now_) j["virtual_speedup"] = wall > 0 ? window / wall : 0;
   j["lateness_ms"] = {{"count", measured},
                       {"mean", measured ? sum / static_cast<double>(measured) : -1},
@@ -405,27 +519,51 @@ nlohmann::json Harness::ResultJson() const {
                       {"max", max}};
   j["lateness_histogram_ms"] = hist_json;  // [lower bound in ms, count]
   j["bytes_per_schedule"] = bytes;
-  j["memory"] = {{"rss_before_setup", before_setup_.rss_bytes},
-                 {"rss_after_start", rss_after_start_},
-                 {"rss_end", at_end_.rss_bytes},
-                 {"rss_peak", at_end_.rss_peak_bytes},
-                 {"bytes_per_schedule", bytes}};
+  j["memory"] = {
+      {"rss_before_setup", before_setup_.rss_bytes},
+      {"rss_after_start", rss_after_start_},
+      {"rss_settled", rss_settled_},
+      {"rss_end", at_end_.rss_bytes},
+      {"rss_peak", at_end_.rss_peak_bytes},
+      {"bytes_per_schedule", bytes},
+      {"bytes_per_schedule_after_start",
+       static_cast<double>(rss_after_start_ - before_setup_.rss_bytes) / n},
+      // When rss_settled was read: "start_runs_done" (every immediate run of the start had
+      // finished) or "window_end" (they had not by then); seconds after the start returned.
+      {"measured", settled_when_},
+      {"measured_after_start_s", settled_at_s_},
+      {"malloc_trim", true},  // malloc_trim(0) before each reading, every engine alike
+      {"trim_ms", trim_ms_},
+  };
+  if (engine_bytes_settled_ >= 0) {
+    j["memory"]["engine_bytes_per_schedule"] = static_cast<double>(engine_bytes_settled_) / n;
+  } else if (stats_.engine_bytes >= 0) {
+    j["memory"]["engine_bytes_per_schedule"] = static_cast<double>(stats_.engine_bytes) / n;
+  }
   if (stats_.engine_bytes >= 0) {
-    j["memory"]["engine_bytes_per_schedule"] =
-        static_cast<double>(stats_.engine_bytes) / static_cast<double>(w.schedules);
+    j["memory"]["engine_bytes_per_schedule_after_start"] =
+        static_cast<double>(stats_.engine_bytes) / n;
   }
   double setup_cpu =
       at_begin_.user_s + at_begin_.system_s - before_setup_.user_s - before_setup_.system_s;
   j["cpu"] = {{"user_seconds", at_end_.user_s - at_begin_.user_s},
               {"system_seconds", at_end_.system_s - at_begin_.system_s},
               {"cpu_seconds", cpu_s},
-              {"cpu_us_per_run", runs ? 1e6 * cpu_s / static_cast<double>(runs) : -1},
+              {"cpu_us_per_run", window_runs ? 1e6 * cpu_s / static_cast<double>(window_runs) : -1},
+              {"trim_cpu_seconds_excluded", trim_in_window_ ? trim_cpu_s_ : 0.0},
               {"cpu_percent", wall > 0 ? 100 * cpu_s / wall : 0},
               {"setup_cpu_seconds", setup_cpu}};
   j["timing"] = {{"setup_ms", stats_.setup_ms},
                  {"start_ms", stats_.start_ms},
+                 {"start_cpu_ms", stats_.start_cpu_ms},
+                 {"start_minor_faults", stats_.start_minor_faults},
+                 {"warmup_ms", warmup_ms_},
                  {"recovery_ms", stats_.recovery_ms},
                  {"recovered_schedules", stats_.recovered_schedules}};
+  j["warmup"] = {{"mode", ToString(w.warmup)},
+                 {"ended", warmup_end_},
+                 {"limit_ms", w.warmup_limit_ms},
+                 {"runs", runs_at_begin_}};
   j["series"] = series_;
   j["engine_details"] = stats_.extra;
   return j;
@@ -448,10 +586,10 @@ std::string Harness::Summary() const {
   o << "\n";
   std::snprintf(buf, sizeof buf,
                 "  runs        %" PRIu64 " (%" PRIu64 " initial, %" PRIu64 " failed, %" PRIu64
-                " retries), %" PRIu64 " slots skipped\n",
+                " retries), %" PRIu64 " slots skipped, %" PRIu64 " in the window\n",
                 j["runs"].get<std::uint64_t>(), j["initial_runs"].get<std::uint64_t>(),
                 j["failed"].get<std::uint64_t>(), j["retries"].get<std::uint64_t>(),
-                j["skipped"].get<std::uint64_t>());
+                j["skipped"].get<std::uint64_t>(), j["window_runs"].get<std::uint64_t>());
   o << buf;
   std::snprintf(buf, sizeof buf, "  throughput  %s runs/s (wall)\n",
                 Human(j["runs_per_second"].get<double>()).c_str());
@@ -464,16 +602,25 @@ std::string Harness::Summary() const {
                 l["p99"].get<std::int64_t>(), l["p999"].get<std::int64_t>(),
                 l["max"].get<std::int64_t>(), l["count"].get<std::uint64_t>());
   o << buf;
-  std::snprintf(buf, sizeof buf, "  memory      %.0f bytes/schedule (RSS), peak RSS %.0f MB\n",
+  std::snprintf(buf, sizeof buf,
+                "  memory      %.0f bytes/schedule (RSS %s, malloc_trim), peak RSS %.0f MB\n",
                 j["bytes_per_schedule"].get<double>(),
+                settled_when_ == "start_runs_done" ? "once the start's runs were done"
+                                                   : "at the window's end",
                 static_cast<double>(j["memory"]["rss_peak"].get<std::int64_t>()) / 1e6);
   o << buf;
   std::snprintf(buf, sizeof buf, "  cpu         %.2f us/run, %.0f%% of a core\n",
                 j["cpu"]["cpu_us_per_run"].get<double>(), j["cpu"]["cpu_percent"].get<double>());
   o << buf;
-  std::snprintf(buf, sizeof buf, "  timing      setup %.0f ms, start %.0f ms", stats_.setup_ms,
-                stats_.start_ms);
+  std::snprintf(buf, sizeof buf,
+                "  timing      setup %.0f ms, start %.0f ms (CPU %.0f ms, %.0fk page faults)",
+                stats_.setup_ms, stats_.start_ms, stats_.start_cpu_ms,
+                static_cast<double>(stats_.start_minor_faults) / 1e3);
   o << buf;
+  if (w_.warmup != Workload::Warmup::kNone) {
+    std::snprintf(buf, sizeof buf, ", warm-up %.0f ms (%s)", warmup_ms_, warmup_end_.c_str());
+    o << buf;
+  }
   if (stats_.recovery_ms >= 0) {
     std::snprintf(buf, sizeof buf, ", recovery %.0f ms (%" PRId64 " schedules)", stats_.recovery_ms,
                   stats_.recovered_schedules);

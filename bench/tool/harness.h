@@ -12,6 +12,7 @@
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <queue>
 #include <string>
 #include <thread>
@@ -44,8 +45,9 @@ std::int64_t Percentile(const std::vector<std::uint64_t>& counts, double q);
 
 // Counters of runs, written by the engines' callbacks from any thread.
 struct Recorder {
-  std::atomic<std::uint64_t> runs{0};          // callbacks started (attempts included)
-  std::atomic<std::uint64_t> initial_runs{0};  // the immediate runs of the start
+  std::atomic<std::uint64_t> runs{0};              // callbacks started (attempts included)
+  std::atomic<std::uint64_t> initial_runs{0};      // the immediate runs of the start
+  std::atomic<std::uint64_t> initial_finished{0};  // ... of which finished
   std::atomic<std::uint64_t> succeeded{0};
   std::atomic<std::uint64_t> failed{0};
   std::atomic<std::uint64_t> skipped{0};  // slots skipped (a run of the schedule in flight)
@@ -66,12 +68,17 @@ struct Recorder {
     }
     lateness.Add(lateness_ms);
   }
-  void Finished(bool ok) { (ok ? succeeded : failed).fetch_add(1, std::memory_order_relaxed); }
+  // A callback finished; `initial`: it was the start's immediate run of its schedule.
+  void Finished(bool ok, bool initial) {
+    (ok ? succeeded : failed).fetch_add(1, std::memory_order_relaxed);
+    if (initial) initial_finished.fetch_add(1, std::memory_order_relaxed);
+  }
 };
 
 struct ProcStats {
   std::int64_t rss_bytes = 0;
   std::int64_t rss_peak_bytes = 0;
+  std::int64_t minor_faults = 0;
   double user_s = 0;
   double system_s = 0;
   static ProcStats Read();
@@ -104,16 +111,26 @@ class ThreadDelayer {
 
 // What a runner reports besides the recorder's counters.
 struct RunStats {
-  double setup_ms = 0;      // creating the schedules (catalog, connections, rows)
-  double start_ms = 0;      // starting them (committed, for a durable store)
-  double recovery_ms = -1;  // reopening the store afterwards (--recovery)
+  double setup_ms = 0;                  // creating the schedules (catalog, connections, rows)
+  double start_ms = 0;                  // starting them (committed, for a durable store)
+  double start_cpu_ms = 0;              // CPU of the whole process meanwhile (user + system)
+  std::int64_t start_minor_faults = 0;  // minor page faults of the process meanwhile
+  double recovery_ms = -1;              // reopening the store afterwards (--recovery)
   std::int64_t recovered_schedules = -1;
-  std::int64_t engine_bytes = -1;  // the engine's own count of its heap bytes, if it has one
+  std::int64_t engine_bytes = -1;  // the engine's own count of its heap bytes after the start
   nlohmann::json extra = nlohmann::json::object();
 };
 
 // The shared run loop: a runner calls BeginWindow() once its schedules are started, then waits
 // (real time: SleepWindow(); virtual time: loops while !Done()), then EndWindow().
+//
+// Memory is read once the start's immediate runs have all finished (Recorder::initial_finished
+// reaches the schedule count), after malloc_trim(0), for every engine alike: the schedules'
+// steady cost rather than the start's queue. The harness checks at each of its calls (real time:
+// every 50 ms of SleepWindow and of the warm-up; virtual time: at each Done()), so a virtual-time
+// runner must call Done() between steps of its clock; if the start's runs have not finished by
+// EndWindow(), memory is read there (and the JSON says so). In real time, BeginWindow() first
+// waits out the workload's warm-up (--warmup), during which the settle usually happens.
 class Harness {
  public:
   Harness(const Workload& w, Recorder& rec);
@@ -125,13 +142,21 @@ class Harness {
 
   // Marks the state before setup (RSS, CPU), for bytes_per_schedule and setup CPU.
   void BeforeSetup();
+  // Around the start of the schedules: its wall time, CPU and page faults (timing.start_*).
+  void BeginStart();
+  void EndStart();
   // Starts the measured window and the sampler. `virtual_now_ms`, in virtual time, reads the
   // virtual clock (for the progress line and the window's end).
   void BeginWindow(std::function<std::int64_t()> virtual_now_ms = {});
   // Real time: sleeps until the window's end (or an interrupt).
   void SleepWindow();
   // Virtual time: whether the window is over (virtual duration reached, or interrupted).
-  bool Done() const;
+  bool Done();
+  // The engine's own count of its heap bytes, read when memory is (syncsched: MemoryBytes).
+  void SetEngineBytes(std::function<std::int64_t()> fn) { engine_bytes_fn_ = std::move(fn); }
+  // Extra fields for each entry of the per-second series (syncsched: its own counters), called on
+  // the sampler thread.
+  void SetSeriesExtra(std::function<nlohmann::json()> fn) { series_extra_ = std::move(fn); }
   void EndWindow();
 
   nlohmann::json ResultJson() const;
@@ -142,15 +167,38 @@ class Harness {
  private:
   void SamplerLoop();
   void Sample(bool final);
+  void WarmUp();
+  void MaybeSettle();
+  void Settle(const char* when);
 
   const Workload& w_;
   Recorder& rec_;
   RunStats stats_;
-  ProcStats before_setup_, at_begin_, at_end_;
+  ProcStats before_setup_, at_begin_, at_end_, before_start_;
+  std::chrono::steady_clock::time_point start_t_;
   std::chrono::steady_clock::time_point setup_t_, begin_t_, end_t_;
   std::function<std::int64_t()> virtual_now_;
   std::int64_t virtual_begin_ = 0, virtual_end_ = 0;
   std::int64_t rss_after_start_ = 0;
+  // The settled memory reading (after the start's runs, malloc_trim(0)).
+  bool settled_ = false;
+  std::string settled_when_;
+  std::int64_t rss_settled_ = 0;
+  std::int64_t engine_bytes_settled_ = -1;
+  double settled_at_s_ = 0;  // after the start returned
+  double trim_ms_ = 0, trim_cpu_s_ = 0;
+  bool trim_in_window_ = false;
+  std::function<std::int64_t()> engine_bytes_fn_;
+  std::function<nlohmann::json()> series_extra_;
+  std::chrono::steady_clock::time_point started_t_;  // when the start returned (BeginWindow called)
+  // The warm-up (real time) and what the window begins with.
+  double warmup_ms_ = 0;
+  std::string warmup_end_ = "none";
+  std::optional<std::uint64_t> round_base_;  // scheduled runs started when the round ended
+  std::uint64_t runs_at_begin_ = 0;
+  std::vector<std::uint64_t> hist_at_begin_;
+  std::uint64_t window_runs_ = 0;
+  bool window_open_ = false;
 
   std::mutex mu_;
   std::condition_variable cv_;

@@ -77,14 +77,14 @@ std::string RunAsio(Harness& h) {
   h.stats().setup_ms = std::chrono::duration<double, std::milli>(t1 - t0).count();
 
   // Start: the immediate run of each schedule, and its timer armed at its first slot.
+  h.BeginStart();
   std::int64_t start_ms = SteadyUs() / 1000;
   for (std::uint32_t i = 0; i < static_cast<std::uint32_t>(w.schedules); ++i) {
     s->dispatcher.Due(i, start_ms, 1, true);
     s->slot[i] = FirstSlot(i, start_ms, s->table.Period(i), w.spread);
     s->Arm(i);
   }
-  h.stats().start_ms =
-      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t1).count();
+  h.EndStart();
   auto guard = boost::asio::make_work_guard(s->io);
   std::thread timer_thread([&] { s->io.run(); });
 

@@ -54,7 +54,7 @@ std::string RunHeapReal(Harness& h) {
   }
   h.stats().setup_ms = MsSince(t0);
 
-  auto t1 = std::chrono::steady_clock::now();
+  h.BeginStart();
   std::int64_t start_ms = SteadyUs() / 1000;
   {
     std::lock_guard lock(mu);
@@ -64,7 +64,7 @@ std::string RunHeapReal(Harness& h) {
       heap.push({next[i], next[i], i, 1});
     }
   }
-  h.stats().start_ms = MsSince(t1);
+  h.EndStart();
 
   std::thread loop([&] {
     std::vector<Entry> due;
@@ -137,7 +137,7 @@ std::string RunHeapVirtual(Harness& h) {
   std::deque<Entry> waiting;
   std::function<void(const Entry&)> execute;
   auto finish = [&](std::uint32_t idx, std::int64_t slot, int attempt, bool fail) {
-    rec.Finished(!fail);
+    rec.Finished(!fail, attempt == 1 && slot == start_ms);
     table.in_flight[idx].store(0, std::memory_order_relaxed);
     if (fail && attempt <= w.retries) {
       std::int64_t at = RetryAt(w, vnow.load(std::memory_order_relaxed), attempt);
@@ -181,13 +181,13 @@ std::string RunHeapVirtual(Harness& h) {
     execute(e);
   };
 
-  auto t1 = std::chrono::steady_clock::now();
+  h.BeginStart();
   for (std::uint32_t i = 0; i < table.n; ++i) {
     next[i] = FirstSlot(i, start_ms, table.Period(i), w.spread);
     heap.push({next[i], next[i], i, 1});
   }
   for (std::uint32_t i = 0; i < table.n; ++i) due({start_ms, start_ms, i, 1});
-  h.stats().start_ms = MsSince(t1);
+  h.EndStart();
 
   h.BeginWindow([&vnow] { return vnow.load(std::memory_order_relaxed); });
   const std::int64_t end_ms = start_ms + w.duration_ms;

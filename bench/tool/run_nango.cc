@@ -317,9 +317,9 @@ std::string RunNango(Harness& h) {
   std::atomic<std::int64_t> vnow{1'767'225'600'000};
   auto now_ms = [&] { return virt ? vnow.load(std::memory_order_relaxed) : SteadyUs() / 1000; };
   const std::int64_t start_ms = now_ms();
-  auto t1 = std::chrono::steady_clock::now();
+  h.BeginStart();
   if (auto e = db->InsertSchedules(table, start_ms); !e.empty()) return "start: " + e;
-  h.stats().start_ms = MsSince(t1);
+  h.EndStart();
 
   std::string error;
   std::mutex err_mu;
@@ -329,9 +329,10 @@ std::string RunNango(Harness& h) {
   };
   std::atomic<std::uint64_t> tasks_created{0};
   std::atomic<std::int64_t> running{0};
+  auto is_initial = [start_ms](const Task& t) { return t.attempt == 1 && t.slot_ms == start_ms; };
   auto start_task = [&](const Task& t) {
     std::int64_t now = now_ms();
-    bool initial = t.attempt == 1 && t.slot_ms == start_ms;
+    bool initial = is_initial(t);
     rec.Started(now - t.slot_ms, !initial && t.attempt == 1, initial, t.attempt > 1);
     return PlanRun(w, t.idx, t.slot_ms, t.attempt);
   };
@@ -357,7 +358,7 @@ std::string RunNango(Harness& h) {
       // workers dequeue and run what is due.
       while (!pending.empty() && pending.top().first <= tick) {
         const Outcome& o = pending.top().second;
-        rec.Finished(!o.fail);
+        rec.Finished(!o.fail, is_initial(o.task));
         running.fetch_sub(1);
         done.push_back(o);
         pending.pop();
@@ -377,7 +378,7 @@ std::string RunNango(Harness& h) {
         for (const Task& t : tasks) {
           RunPlan p = start_task(t);
           if (p.duration_us == 0) {
-            rec.Finished(!p.fail);
+            rec.Finished(!p.fail, is_initial(t));
             done.push_back({t, p.fail});
           } else {
             running.fetch_add(1);
@@ -448,12 +449,12 @@ std::string RunNango(Harness& h) {
             RunPlan p = start_task(t);
             running.fetch_add(1);
             if (p.duration_us == 0) {
-              rec.Finished(!p.fail);
+              rec.Finished(!p.fail, is_initial(t));
               running.fetch_sub(1);
               outcomes.push_back({t, p.fail});
             } else {
               delayer->After(p.duration_us, [&, t, fail = p.fail] {
-                rec.Finished(!fail);
+                rec.Finished(!fail, is_initial(t));
                 running.fetch_sub(1);
                 std::lock_guard lock(mu);
                 finished.push_back({t, fail});

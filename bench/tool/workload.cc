@@ -52,6 +52,18 @@ std::string Quoted(std::string_view s) {
 
 }  // namespace
 
+std::string_view ToString(Workload::Warmup w) {
+  switch (w) {
+    case Workload::Warmup::kNone:
+      return "none";
+    case Workload::Warmup::kStart:
+      return "start";
+    case Workload::Warmup::kRound:
+      return "round";
+  }
+  return "?";
+}
+
 std::string_view ToString(EngineKind e) {
   switch (e) {
     case EngineKind::kSyncsched:
@@ -282,6 +294,12 @@ and CPU. Flags (a JSON file given with --config may set the same keys, without d
   --workers N            worker threads that run callbacks (default 2)
   --seed N               seed of the duration and failure draws (default 1)
   --recovery             after the run, time a reopen of the store (file stores)
+  --warmup W             when the measured window begins (real time): none (default: once the
+                         start returns), start (once the start's immediate runs have finished),
+                         round (once they have, one period of the longest mix entry has passed,
+                         and a scheduled run has started since)
+  --warmup-limit D       the longest the warm-up may take; the window then begins anyway
+                         (default 5m)
   --progress MODE        auto (default: on a terminal), always, never
   --quiet                same as --progress never
   --config FILE          read the workload from a JSON file (flags override it)
@@ -295,9 +313,10 @@ namespace {
 
 bool TakesValue(const std::string& flag) {
   static const char* kValued[] = {
-      "--schedules",     "--mix",      "--duration",     "--store",           "--engine",
-      "--json",          "--callback", "--failure-rate", "--max-concurrency", "--retries",
-      "--retry-backoff", "--workers",  "--seed",         "--progress",        "--config"};
+      "--schedules",     "--mix",         "--duration",     "--store",           "--engine",
+      "--json",          "--callback",    "--failure-rate", "--max-concurrency", "--retries",
+      "--retry-backoff", "--workers",     "--seed",         "--progress",        "--config",
+      "--warmup",        "--warmup-limit"};
   return std::find(std::begin(kValued), std::end(kValued), flag) != std::end(kValued);
 }
 
@@ -375,6 +394,19 @@ std::string Apply(Workload& w, const std::string& flag, const std::string& value
       w.progress = Workload::Progress::kNever;
     else
       return bad("auto, always or never");
+  } else if (flag == "--warmup") {
+    if (value == "none")
+      w.warmup = Workload::Warmup::kNone;
+    else if (value == "start")
+      w.warmup = Workload::Warmup::kStart;
+    else if (value == "round")
+      w.warmup = Workload::Warmup::kRound;
+    else
+      return bad("none, start or round");
+  } else if (flag == "--warmup-limit") {
+    auto ms = ParseDurationMs(value);
+    if (!ms || *ms <= 0) return bad("a positive duration such as 60s or 5m");
+    w.warmup_limit_ms = *ms;
   } else if (flag == "--virtual") {
     w.virtual_time = true;
   } else if (flag == "--no-virtual") {
@@ -408,6 +440,9 @@ std::string Validate(Workload& w) {
   }
   if (w.engine == EngineKind::kNango && w.store.rfind("postgresql://", 0) == 0) {
     return "--store: the nango baseline runs on SQLite in this build (a file path or memory)";
+  }
+  if (w.virtual_time && w.warmup != Workload::Warmup::kNone) {
+    return "--warmup: real time only (in virtual time the window begins at the start)";
   }
   if (w.recovery && !w.durable()) return "--recovery: needs a durable --store (a file path)";
   if (w.recovery && w.engine != EngineKind::kSyncsched && w.engine != EngineKind::kNango) {

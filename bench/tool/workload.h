@@ -55,6 +55,13 @@ struct Workload {
   int workers = 2;
   std::uint64_t seed = 1;
   bool recovery = false;  // after the run, time a reopen of the store (durable stores only)
+  // When the measured window begins (real time only): kNone, as soon as the start returns; kStart,
+  // once the start's immediate runs have finished; kRound, once they have, one period of the
+  // mix's longest entry has passed since, and a scheduled run has started after that. Either waits
+  // at most `warmup_limit_ms`.
+  enum class Warmup { kNone, kStart, kRound };
+  Warmup warmup = Warmup::kNone;
+  std::int64_t warmup_limit_ms = 300'000;
   enum class Progress { kAuto, kAlways, kNever };
   Progress progress = Progress::kAuto;
 
@@ -62,6 +69,8 @@ struct Workload {
   // How many schedules mix entry `i` gets (the last one takes the rounding remainder).
   std::vector<std::int64_t> Counts() const;
 };
+
+std::string_view ToString(Workload::Warmup w);
 
 // The outcome of parsing a command line.
 struct ParseOutcome {

@@ -17,6 +17,13 @@
 // on the run executor (Options::run_executor or the engine's worker pool), never on a command's
 // caller and never under the engine's lock, so a callback may itself call the engine.
 //
+// Cluster mode (Options::cluster): every engine on the database answers Start, Pause, Trigger,
+// UpdateFrequency, GetStatus, CreateVariant and DeleteVariant for every schedule, as one engine
+// would; a command whose partitions are held elsewhere is applied by their owners before it
+// returns, and may then also fail with UNAVAILABLE when an owner died and nobody took its
+// partitions over within lease + 2 s (the message names the schedules left unchanged; see
+// options.h). GetStatus reflects every command acknowledged by any engine.
+//
 // Ownership: the Engine owns its schedules, its worker pool and its engine thread (when it made
 // them). It does not own Options::clock or host executors.
 #pragma once
@@ -168,11 +175,16 @@ class SYNCSCHED_EXPORT Engine {
 
   // Errors of the four target commands below: INVALID_ARGUMENT for a malformed name in the target,
   // NOT_FOUND for an integration, sync, connection or variant that does not exist (a sync::variant
-  // with no schedule in the target's scope: subject kVariant, or kSync for `base`).
+  // with no schedule in the target's scope: subject kVariant, or kSync for `base`). Cluster mode,
+  // for a target whose partitions this engine does not all hold: UNAVAILABLE when the database
+  // cannot be reached (nothing changed) or some partition's share was not applied by its
+  // deadline (the message names what was and was not changed; Options::cluster).
 
   // PAUSED -> STARTED with a run dispatched now and the grid anchored now; STARTED: nothing.
   Result<CommandResult> Start(const Target& target);
   // STARTED -> PAUSED: the next slot is dropped and a run in flight is cancelled via its token.
+  // A run not yet started because it waits for a concurrency cap (a due slot, a retry, or a
+  // trigger's run) is dropped too, without a run record; the status's decisions say `paused`.
   Result<CommandResult> Pause(const Target& target);
   // Runs now whatever the state; a paused schedule stays paused; the grid does not move. With a
   // run in flight: incremental does nothing (kAlreadyRunning); full resync cancels it and runs

@@ -90,6 +90,12 @@ struct Options {
   // connections and schedules: STARTED schedules continue on their grids, slots missed while the
   // process was down collapse into one run per schedule (dispatched in due order as soon as timers
   // are released), and runs that were in flight are recorded as "interrupted" errors.
+  //
+  // One engine owns a database at a time (outside cluster mode): an open while another engine
+  // owns it fails UNAVAILABLE naming the database ("is in use by another syncsched engine"). On
+  // PostgreSQL the open waits up to 1 s for the owner to let go first, because the server releases
+  // a closed session's lock shortly after the session ends, not when the client closes (a host
+  // restarting its engine would otherwise be refused by its own previous session).
   std::string database_path{};
 
   // SQLite only. false (default): `synchronous=NORMAL` in WAL mode: commits survive a crash of
@@ -153,17 +159,36 @@ struct Options {
   // its lease ends). Timers are held as without cluster mode (`hold_timers`): partitions gained
   // before ReleaseTimers are loaded but fire nothing until then.
   //
-  // Commands (interim, until commands through any engine are built; docs/cluster.md). A command is
-  // served only when this engine holds, with a valid lease and loaded, every partition the command
-  // may touch: the partition of each key it names (for a target naming syncs, each connection in
-  // scope with each named sync and variant), and every partition for a target that names no sync
-  // (every variant) and for DeleteConnection or a changed sync frequency. Otherwise it fails with
-  // FAILED_PRECONDITION, changing nothing, with a message naming the partition it does not hold
-  // ("cluster mode: ... partition N is held by another engine ..."); the same for GetStatus. A
-  // schedule created by a command takes its uid from the database (unique cluster-wide). Catalog
-  // rows (syncs, connections, integration limits) are shared but not propagated: another engine
-  // learns a sync or connection it does not know when it next loads a partition, and never sees a
-  // changed definition of one it knows until it restarts.
+  // Commands through any engine (docs/cluster.md, "Commands through any engine"). Start, Pause,
+  // Trigger, UpdateFrequency, GetStatus, CreateVariant and DeleteVariant are served by every engine
+  // for every schedule, with the answers and errors of a single engine. When this engine holds
+  // (loaded, under a valid lease) every partition the command may touch, it serves it as a single
+  // engine does. Otherwise it validates the command whole against the catalog and the schedules in
+  // the database (nothing is written for an invalid command), then hands it to the owners of the
+  // keys' partitions through the database (a row per command and per partition in the schema
+  // syncsched_cluster, and a NOTIFY; each engine also polls every 500 ms for what a lost notice
+  // left), and waits: each owner applies its share through the same steps as a local command, in
+  // one fenced transaction that records the per-key outcomes, so the answer (CommandResult, per
+  // key) is sent once every share is committed. A start's anchor (and its immediate run's slot)
+  // is the moment this engine received it. The owners act at once (typically a few ms; the
+  // issue's bound is 200 ms): a slot that came due at the owner between the command's receipt
+  // and its application may still run once. GetStatus reads the schedules of the partitions
+  // this engine does not hold from the database (a query by scope, not a partition load): it
+  // reflects every acknowledged command, whichever engine acknowledged it.
+  // Failures: a partition with no live owner is applied by its next owner as soon as it loads it,
+  // before it dispatches anything there; if nobody has applied a share within lease + 2 s (an
+  // owner dead and not yet replaced), the share is cancelled, atomically with respect to its
+  // application (never both), and the command fails with UNAVAILABLE naming the partitions and
+  // keys left unchanged and saying how many other keys were changed. An engine that dies while
+  // it waits leaves its command to be applied by the owners (as a command whose answer was
+  // lost). The catalog: an integration, sync or connection named by a command and unknown here
+  // (created through another engine) is read from the database first.
+  // Catalog commands that create or delete schedules (DefineSync with a new sync or a changed
+  // frequency, AddConnection, DeleteConnection) are still served
+  // only when this engine holds every partition they may touch, else FAILED_PRECONDITION naming
+  // one it does not hold, changing nothing. A schedule created by a command takes its uid from
+  // the database (unique cluster-wide). A changed sync definition or integration limit is not
+  // propagated to engines that already know the sync until they restart.
   //
   // Errors of Engine::Open: INVALID_ARGUMENT for bad options (names the field); ALREADY_EXISTS
   // when a live engine has this node name; UNAVAILABLE when the database cannot be reached or is

@@ -291,6 +291,28 @@ struct EngineMetrics {
   // Gauge: bytes the database's page cache holds (SQLite; 0 on PostgreSQL and in memory), as of
   // the last commit. It grows to Options::database_cache_bytes and stays there.
   std::uint64_t store_cache_bytes = 0;
+
+  // Cluster mode (Options::cluster; docs/cluster.md). Outside it every field is zero, and
+  // cluster_partitions_total == 0 says so.
+  // Gauges, as of this call:
+  // - partitions whose schedules this engine runs: held under a lease valid on this engine and
+  //   loaded at that lease's epoch (a partition just claimed counts once its schedules are
+  //   loaded; one whose lease ended, locally or in the database, no longer counts);
+  std::uint64_t cluster_partitions_owned = 0;
+  // - P, the database's partition count (fixed when the cluster's tables were created);
+  std::uint64_t cluster_partitions_total = 0;
+  // - live engines (this one included) as of this engine's last successful renewal (0 before
+  //   it); an engine that stopped gracefully leaves at once, a killed one when its lease ends.
+  std::uint64_t cluster_nodes_live = 0;
+  // Counters since the engine opened (its LeaseKeeper's):
+  std::uint64_t cluster_lease_renewals = 0;  // renewals of this engine's node row and leases
+  std::uint64_t cluster_claims = 0;          // free partitions taken (after a release, at start)
+  std::uint64_t cluster_takeovers = 0;       // partitions taken from an engine whose lease ended
+  std::uint64_t cluster_releases = 0;        // partitions handed back (rebalance, shutdown)
+  std::uint64_t cluster_leases_lost = 0;     // tenures that ended without a release (taken over)
+  // Commits refused by the fence (a partition's lease had ended, in the database, before the
+  // engine knew): nothing of such a commit is applied; its rows of other partitions are retried.
+  std::uint64_t cluster_fenced_refusals = 0;
 };
 
 // Runs due in one minute of a forecast.

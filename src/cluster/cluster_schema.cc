@@ -70,6 +70,51 @@ END
 $fn$;
 )sql";
 
+// Version 2 (from 1): the command inbox (command_inbox.h). A command sent to an engine that does
+// not hold every partition it touches is a row of `commands` with one row of `command_parts` per
+// partition; each part is applied by the partition's owner in its fenced commit
+// (apply_command_part) or cancelled by the receiver after its deadline, never both: both are
+// updates of the part's row that require state 0 (pending), so the row lock orders them and the
+// later one finds the part no longer pending (apply_command_part then raises SYF02, rolling the
+// owner's commit back).
+constexpr const char* kSchemaV2 = R"sql(
+CREATE SEQUENCE syncsched_cluster.command_ids;
+CREATE TABLE syncsched_cluster.commands(
+  id bigint PRIMARY KEY,
+  receiver bigint NOT NULL,
+  body bytea NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE syncsched_cluster.command_parts(
+  command bigint NOT NULL REFERENCES syncsched_cluster.commands(id) ON DELETE CASCADE,
+  partition integer NOT NULL,
+  state smallint NOT NULL DEFAULT 0 CHECK (state IN (0, 1, 2)),
+  result bytea,
+  applied_by bigint,
+  applied_epoch bigint,
+  done_at timestamptz,
+  PRIMARY KEY (command, partition)
+);
+CREATE INDEX command_parts_pending ON syncsched_cluster.command_parts(partition)
+  WHERE state = 0;
+CREATE FUNCTION syncsched_cluster.apply_command_part(p_command bigint, p_partition integer,
+                                                     p_node bigint, p_epoch bigint,
+                                                     p_result bytea)
+RETURNS void LANGUAGE plpgsql AS $fn$
+BEGIN
+  UPDATE syncsched_cluster.command_parts
+     SET state = 1, result = p_result, applied_by = p_node, applied_epoch = p_epoch,
+         done_at = now()
+   WHERE command = p_command AND partition = p_partition AND state = 0;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'command % is no longer pending in partition % (cancelled or applied)',
+      p_command, p_partition USING ERRCODE = 'SYF02';
+  END IF;
+END
+$fn$;
+UPDATE syncsched_cluster.meta SET value = 2 WHERE key = 'schema_version';
+)sql";
+
 std::string WithPartitions(std::string sql, int partitions) {
   std::string p = std::to_string(partitions);
   for (std::size_t at = sql.find("%P%"); at != std::string::npos; at = sql.find("%P%", at)) {
@@ -79,7 +124,7 @@ std::string WithPartitions(std::string sql, int partitions) {
 }
 
 // The database's version and P (schema exists). Inside the creating transaction.
-Result<int> ReadExisting(PGconn* conn) {
+Result<int> ReadExisting(PGconn* conn, long long* version_out) {
   ResultPtr res;
   Status s =
       PgExec(conn,
@@ -96,6 +141,7 @@ Result<int> ReadExisting(PGconn* conn) {
         "schema_version or partitions");
   }
   long long version = std::strtoll(PQgetvalue(res.get(), 0, 0), nullptr, 10);
+  *version_out = version;
   long long partitions = std::strtoll(PQgetvalue(res.get(), 0, 1), nullptr, 10);
   long long rows = std::strtoll(PQgetvalue(res.get(), 0, 2), nullptr, 10);
   long long min = std::strtoll(PQgetvalue(res.get(), 0, 3), nullptr, 10);
@@ -143,8 +189,13 @@ Result<int> EnsureClusterSchema(PGconn* conn, int partitions) {
   bool has_meta = std::strcmp(PQgetvalue(res.get(), 0, 0), "t") == 0;
   bool has_schema = std::strcmp(PQgetvalue(res.get(), 0, 1), "t") == 0;
   if (has_meta) {
-    Result<int> existing = ReadExisting(conn);
+    long long version = 0;
+    Result<int> existing = ReadExisting(conn, &version);
     if (!existing.ok()) return fail(existing.status());
+    if (version < 2) {  // migrations, in the same transaction
+      s = PgExec(conn, kSchemaV2, "migrating the cluster schema to version 2");
+      if (!s.ok()) return fail(s);
+    }
     s = PgExec(conn, "COMMIT", "creating the cluster schema");
     if (!s.ok()) return fail(s);
     return existing;
@@ -154,7 +205,7 @@ Result<int> EnsureClusterSchema(PGconn* conn, int partitions) {
         "the database holds a schema 'syncsched_cluster' without syncsched_cluster.meta (another "
         "application's?); refusing to change it"));
   }
-  std::string sql = WithPartitions(kSchemaV1, partitions) + "; COMMIT";
+  std::string sql = WithPartitions(kSchemaV1, partitions) + kSchemaV2 + "; COMMIT";
   s = PgExec(conn, sql.c_str(), "creating the cluster schema");
   if (!s.ok()) return fail(s);
   return partitions;

@@ -18,6 +18,16 @@
 //   free).
 // - fence(node, partitions[], epochs[]): the fencing check (fence.h).
 //
+// Schema version 2 (a version 1 schema is migrated at the next EnsureClusterSchema, in its
+// transaction): the command inbox (command_inbox.h):
+// - commands(id, receiver, body, created_at): a command received by an engine that does not hold
+//   every partition it touches; `id` from the sequence command_ids; `body` its encoding.
+// - command_parts(command, partition, state, result, applied_by, applied_epoch, done_at): one row
+//   per partition the command touches; state 0 pending, 1 applied (result: its per-key outcomes),
+//   2 cancelled (by the receiver, after its deadline).
+// - apply_command_part(command, partition, node, epoch, result): marks a pending part applied, in
+//   the owner's fenced commit; raises SQLSTATE SYF02 when it is not pending.
+//
 // Thread safety: the functions use the connection they are given, from the calling thread only.
 #pragma once
 
@@ -30,7 +40,7 @@
 namespace syncsched::cluster {
 
 // The schema version this build creates and knows.
-inline constexpr int kClusterSchemaVersion = 1;
+inline constexpr int kClusterSchemaVersion = 2;
 // The partition count of a new database when none is asked for (docs/cluster.md says why).
 inline constexpr int kDefaultPartitions = 64;
 inline constexpr int kMaxPartitions = 4096;

@@ -624,6 +624,12 @@ std::map<int, std::int64_t> LeaseKeeper::Owned(SteadyTime now) const {
   return out;
 }
 
+bool LeaseKeeper::Holds(int partition, std::int64_t epoch, SteadyTime now) const {
+  std::lock_guard lock(mu_);
+  auto it = held_.find(partition);
+  return it != held_.end() && it->second.epoch == epoch && it->second.ValidAt(now);
+}
+
 Result<Fence> LeaseKeeper::FenceFor(std::span<const int> partitions, SteadyTime now) {
   Fence fence;
   fence.node_id = node_id_;

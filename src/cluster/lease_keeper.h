@@ -142,6 +142,10 @@ class LeaseKeeper {
   LeaseSnapshot Snapshot() const;
   // {partition -> epoch} of the leases valid at `now`.
   std::map<int, std::int64_t> Owned(SteadyTime now = std::chrono::steady_clock::now()) const;
+  // Whether this engine holds `partition` at `epoch` under a lease valid at `now` (Owned, for one
+  // partition, without building the map).
+  bool Holds(int partition, std::int64_t epoch,
+             SteadyTime now = std::chrono::steady_clock::now()) const;
   // The fence for a commit that writes `partitions` (duplicates allowed, folded): OK when each is
   // held and valid at `now`; else FAILED_PRECONDITION, fenced (IsFenced), counted as a refusal.
   Result<Fence> FenceFor(std::span<const int> partitions,

@@ -107,6 +107,31 @@ std::string EncodePrometheus(const EngineMetrics& m, const DaemonMetrics& d) {
          "Bytes held by the database's page cache (SQLite), bounded by database_cache_mb.",
          m.store_cache_bytes);
 
+  if (m.cluster_partitions_total > 0) {  // cluster mode only (docs/cluster.md)
+    Metric(out, "syncsched_cluster_partitions_owned", "gauge",
+           "Partitions whose schedules this engine runs (valid lease, loaded).",
+           m.cluster_partitions_owned);
+    Metric(out, "syncsched_cluster_partitions", "gauge",
+           "Partitions of the cluster (fixed when its database was created).",
+           m.cluster_partitions_total);
+    Metric(out, "syncsched_cluster_nodes_live", "gauge",
+           "Live engines of the cluster, as of this engine's last lease renewal.",
+           m.cluster_nodes_live);
+    Metric(out, "syncsched_cluster_lease_renewals_total", "counter",
+           "Renewals of this engine's node row and leases.", m.cluster_lease_renewals);
+    Metric(out, "syncsched_cluster_claims_total", "counter", "Free partitions taken.",
+           m.cluster_claims);
+    Metric(out, "syncsched_cluster_takeovers_total", "counter",
+           "Partitions taken from an engine whose lease had ended.", m.cluster_takeovers);
+    Metric(out, "syncsched_cluster_releases_total", "counter",
+           "Partitions handed back (rebalance, shutdown).", m.cluster_releases);
+    Metric(out, "syncsched_cluster_leases_lost_total", "counter",
+           "Leases that ended without a release (taken over, expired).", m.cluster_leases_lost);
+    Metric(out, "syncsched_cluster_fenced_writes_refused_total", "counter",
+           "Commits refused by the fence: the partition's lease had ended; nothing applied.",
+           m.cluster_fenced_refusals);
+  }
+
   Header(out, "syncschedd_http_responses_total", "counter", "HTTP responses by status.");
   for (const auto& [status, count] : d.http_responses) {
     out += "syncschedd_http_responses_total{code=\"" + std::to_string(status) + "\"} " +
@@ -120,6 +145,10 @@ std::string EncodePrometheus(const EngineMetrics& m, const DaemonMetrics& d) {
          d.commands_spawned);
   Metric(out, "syncschedd_commands_spawn_failures_total", "counter",
          "Sync commands that could not be started.", d.commands_failed_to_spawn);
+  Metric(out, "syncschedd_heap_in_use_bytes", "gauge",
+         "Heap bytes allocated and not freed (malloc; a leak grows it).", d.heap_in_use_bytes);
+  Metric(out, "syncschedd_heap_held_bytes", "gauge",
+         "Heap bytes held from the kernel, in use or free (malloc).", d.heap_held_bytes);
   return out;
 }
 

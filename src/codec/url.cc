@@ -88,6 +88,22 @@ Decoded<std::vector<std::string>> SplitPath(std::string_view path) {
   }
   if (path.size() > 1 && path.back() == '/') path.remove_suffix(1);  // a trailing slash is ignored
   if (path == "/") return segments;
+  // A dot segment ("." or "..", escaped or not) is refused: no route has one, a proxy or client
+  // would have resolved it, and Boost.URL hides a leading "/." (the prefix that marks a path whose
+  // first segment is empty), so that "/./" would read as a segment that "//" does not give.
+  for (std::size_t begin = 1; begin <= path.size();) {
+    std::size_t end = std::min(path.find('/', begin), path.size());
+    std::string_view piece = path.substr(begin, end - begin);
+    if (piece.size() <= 6) {
+      auto dot = PercentDecode(piece, /*plus_is_space=*/false);
+      if (dot.ok() && (*dot == "." || *dot == "..")) {
+        return errors::BadRequest("the request target has a dot segment (" +
+                                  core::Quote(piece, core::kMaxQuotedBytes) +
+                                  "): send the path resolved");
+      }
+    }
+    begin = end + 1;
+  }
   std::string escaped = EscapeStray(path, kPathChars);
   auto parsed = urls::parse_path(escaped);
   if (!parsed) return MalformedEscape();

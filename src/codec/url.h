@@ -25,6 +25,8 @@ Decoded<std::string> PercentDecode(std::string_view text, bool plus_is_space);
 
 // The path's segments between slashes, each percent-decoded (`+` kept). "/a/b%20c" -> {"a",
 // "b c"}. A trailing slash is ignored; an empty segment inside the path ("/a//b") is kept as "".
+// A path not starting with '/', a malformed escape, %00 or a dot segment ("." or "..", escaped
+// or not, e.g. "/a/./b") fails with 400 `bad_request`.
 Decoded<std::vector<std::string>> SplitPath(std::string_view path);
 
 // Parses `a=1&b=2`: names and values percent-decoded, `+` as a space, a name without `=` has an

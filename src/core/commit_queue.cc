@@ -47,6 +47,7 @@ void MergeInto(store::Batch& to, store::Batch& from) {
   Append(to.schedules, from.schedules);
   Append(to.runs, from.runs);
   Append(to.fence, from.fence);
+  Append(to.commands, from.commands);
 }
 
 // Keeps the last version of each schedule row: once per commit, after all merges (once per merge

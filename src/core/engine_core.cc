@@ -153,6 +153,7 @@ Status EngineCore::Init(const StoreWrapper& wrap) {
     ko.lease = options_.cluster->lease;
     ko.partitions = options_.cluster->partitions;
     ko.connect_timeout = std::chrono::milliseconds(10'000);
+    const auto connect_timeout = ko.connect_timeout;
     ko.on_change = [this](const cluster::LeaseChange& change) { OnLeaseChange(change); };
     {
       std::lock_guard lock(tenures_mu_);
@@ -165,6 +166,8 @@ Status EngineCore::Init(const StoreWrapper& wrap) {
     }
     keeper_ = std::move(keeper).value();
     partitions_ = keeper_->partitions_total();
+    inbox_ = std::make_unique<cluster::CommandInbox>(options_.database_path, keeper_->node_id(),
+                                                     connect_timeout);
     store::PostgresStoreOptions po;
     po.uri = options_.database_path;
     po.history_per_schedule = options_.run_history;
@@ -188,6 +191,9 @@ Status EngineCore::Init(const StoreWrapper& wrap) {
     quarantine_.assign(static_cast<std::size_t>(partitions_), 0);
     StartWriter();
     cluster_thread_ = std::thread([this] { ClusterLoop(); });
+    // The inbox's connections, opened now rather than by the first command through it.
+    inbox_->Warm(2);
+    inbox_thread_ = std::thread([this] { InboxLoop(); });
     MaybeRearm();
     return Status();
   }
@@ -198,6 +204,9 @@ Status EngineCore::Init(const StoreWrapper& wrap) {
         store::PostgresStoreOptions po;
         po.uri = options_.database_path;
         po.history_per_schedule = options_.run_history;
+        // The server ends a closed session (and frees its owner lock) a moment after the client
+        // closes it: a reopen right after a close must not be refused by its own predecessor.
+        po.wait_for_owner = std::chrono::seconds(1);
         return store::OpenPostgresStore(po);
       }
       store::SqliteStoreOptions so;
@@ -754,7 +763,8 @@ std::string EngineCore::NextRunId(Txn& tx, std::uint32_t schedule, std::int64_t 
   return GridRunId(s.uid, slot, ++s.run_seq);
 }
 
-void EngineCore::StartSchedule(Txn& tx, std::uint32_t schedule) {
+void EngineCore::StartSchedule(Txn& tx, std::uint32_t schedule,
+                               std::optional<std::int64_t> anchor) {
   Schedule& s = Touch(tx, schedule);
   s.state = ScheduleState::kStarted;
   bool spread = cat_.syncs[s.sync].spread;
@@ -762,12 +772,15 @@ void EngineCore::StartSchedule(Txn& tx, std::uint32_t schedule) {
   // not anchor the grid onto slots already run: their run ids would repeat. The grid then starts
   // at the last run's start (every slot run so far is at or before it; the immediate run's id has
   // its own suffix). A clock that reads the same instant again keeps the start's own moment.
-  std::int64_t at = tx.now;
+  std::int64_t at = anchor.value_or(tx.now);
   std::int64_t floor = s.last_start;
   if (s.run != kNone) floor = std::max(floor, runs_[s.run]->dispatched);
   if (at < floor) at = floor;
   std::tie(s.anchor, s.next_slot) =
       StartGrid(spread ? cat_.KeyOf(schedule) : ScheduleKey{}, spread, cat_.FrequencyOf(s), at);
+  // A start received by another engine and applied here later than its first slot (a takeover
+  // in between): the slots already past are not run, the grid goes on from the next one.
+  if (s.next_slot <= tx.now) s.next_slot = NextSlotAfter(s.anchor, cat_.FrequencyOf(s), tx.now);
   s.flags &= static_cast<std::uint8_t>(~kHinted);
   slots_.Arm(schedule, s.next_slot);
   ++metrics_.schedules_started;
@@ -1357,6 +1370,8 @@ Result<ScheduleStatus> EngineCore::CreateVariant(const ScheduleKey& key) {
     return Status::InvalidArgument("variant \"base\" always exists and cannot be created",
                                    StatusSubject::kVariant);
   }
+  if (InCluster())
+    RefreshCatalog(Target{key.integration, key.connection, {SyncSelector{key.sync}}});
   ScheduleStatus created;
   Effects fx;
   {
@@ -1388,7 +1403,8 @@ Result<ScheduleStatus> EngineCore::CreateVariant(const ScheduleKey& key) {
       if (Status st = RequirePartitions({cluster::PartitionOf(key, partitions_)}, false,
                                         "creating variant " + ToString(key));
           !st.ok()) {
-        return st;
+        lock.Unlock();
+        return RemoteVariant(key, /*create=*/true);  // through the partition's owner
       }
       if (Status st = EnsureUids(1); !st.ok()) return st;
     }
@@ -1409,6 +1425,8 @@ Status EngineCore::DeleteVariant(const ScheduleKey& key) {
     return Status::InvalidArgument("variant \"base\" always exists and cannot be deleted",
                                    StatusSubject::kVariant);
   }
+  if (InCluster())
+    RefreshCatalog(Target{key.integration, key.connection, {SyncSelector{key.sync}}});
   Effects fx;
   {
     MutexLock lock(mu_);
@@ -1432,7 +1450,9 @@ Status EngineCore::DeleteVariant(const ScheduleKey& key) {
     if (Status st = RequirePartitions({cluster::PartitionOf(key, partitions_)}, false,
                                       "deleting variant " + ToString(key));
         !st.ok()) {
-      return st;
+      lock.Unlock();
+      auto deleted = RemoteVariant(key, /*create=*/false);  // through the partition's owner
+      return deleted.ok() ? Status() : deleted.status();
     }
     std::uint32_t variant = cat_.FindVariant(key.variant);
     std::uint32_t sched = variant == kNone ? kNone : cat_.FindSchedule(conn, sync, variant);
@@ -1454,27 +1474,75 @@ Status EngineCore::DeleteVariant(const ScheduleKey& key) {
 // ---------------------------------------------------------------------------------------------
 // Schedule commands
 
+Outcome EngineCore::StartOne(Txn& tx, std::uint32_t s, std::optional<std::int64_t> anchor) {
+  if (cat_.schedules[s].state == ScheduleState::kStarted) return Outcome::kAlreadyStarted;
+  --metrics_.schedules_paused;
+  StartSchedule(tx, s, anchor);
+  return Outcome::kStarted;
+}
+
+Outcome EngineCore::PauseOne(Txn& tx, std::uint32_t idx) {
+  if (cat_.schedules[idx].state != ScheduleState::kStarted) return Outcome::kAlreadyPaused;
+  Schedule& s = Touch(tx, idx);
+  s.state = ScheduleState::kPaused;
+  s.pending = 0;
+  s.flags &= static_cast<std::uint8_t>(~kHinted);
+  slots_.Cancel(idx);
+  DropWaiting(tx, idx);
+  DropRetry(tx, idx);
+  Decide(idx, Reason::kPaused, tx.now);
+  --metrics_.schedules_started;
+  ++metrics_.schedules_paused;
+  if (s.run != kNone && !runs_[s.run]->cancel_requested) {
+    runs_[s.run]->cancel_requested = true;
+    tx.fx.cancel.emplace_back(runs_[s.run]->token, Status::Cancelled("schedule paused"));
+  }
+  return Outcome::kPaused;
+}
+
+Outcome EngineCore::TriggerOne(Txn& tx, std::uint32_t idx, RunMode mode) {
+  const Schedule& s = cat_.schedules[idx];  // touched only where it changes
+  if (s.flags & kWaiting) {
+    // A run is already due and waiting for a cap: a full resync upgrades it.
+    if (mode == RunMode::kFullResync) {
+      Touch(tx, idx);
+      waiting_[idx].mode = mode;
+      return Outcome::kTriggered;
+    }
+    return Outcome::kAlreadyRunning;
+  }
+  if (s.run == kNone) {
+    DropRetry(tx, idx);  // the triggered run stands for a pending retry
+    TryDispatch(tx, idx, tx.now, mode, /*scheduled=*/false);
+    return Outcome::kTriggered;
+  }
+  if (mode == RunMode::kIncremental) return Outcome::kAlreadyRunning;
+  Touch(tx, idx).pending = 1 + static_cast<std::uint8_t>(RunMode::kFullResync);
+  RunState& run = *runs_[s.run];
+  if (!run.cancel_requested) {
+    run.cancel_requested = true;
+    tx.fx.cancel.emplace_back(run.token, Status::Cancelled("pre-empted by a full resync"));
+  }
+  return Outcome::kTriggered;
+}
+
 Result<CommandResult> EngineCore::Start(const Target& target) {
   if (Status s = ValidateTarget(target); !s.ok()) return s;
+  if (InCluster()) RefreshCatalog(target);
   CommandResult result;
   Effects fx;
   {
     MutexLock lock(mu_);
     if (shut_down_) return Status::FailedPrecondition("the engine is shut down");
-    if (Status st = RequireTarget(target); !st.ok()) return st;
+    if (Status st = RequireTarget(target); !st.ok()) {
+      lock.Unlock();
+      return RemoteTarget(RemoteKind::kStart, target, 0);
+    }
     auto targets = cat_.Resolve(target);
     if (!targets.ok()) return targets.status();
     Txn tx = Begin(/*undoable=*/true);
     tx.Reserve(targets->size());
-    for (std::uint32_t s : *targets) {
-      if (cat_.schedules[s].state == ScheduleState::kStarted) {
-        Count(result, target, cat_, s, Outcome::kAlreadyStarted);
-      } else {
-        --metrics_.schedules_paused;
-        StartSchedule(tx, s);
-        Count(result, target, cat_, s, Outcome::kStarted);
-      }
-    }
+    for (std::uint32_t s : *targets) Count(result, target, cat_, s, StartOne(tx, s, std::nullopt));
     if (Status st = Commit(tx); !st.ok()) return st;
     fx = std::move(tx.fx);
   }
@@ -1484,37 +1552,21 @@ Result<CommandResult> EngineCore::Start(const Target& target) {
 
 Result<CommandResult> EngineCore::Pause(const Target& target) {
   if (Status s = ValidateTarget(target); !s.ok()) return s;
+  if (InCluster()) RefreshCatalog(target);
   CommandResult result;
   Effects fx;
   {
     MutexLock lock(mu_);
     if (shut_down_) return Status::FailedPrecondition("the engine is shut down");
-    if (Status st = RequireTarget(target); !st.ok()) return st;
+    if (Status st = RequireTarget(target); !st.ok()) {
+      lock.Unlock();
+      return RemoteTarget(RemoteKind::kPause, target, 0);
+    }
     auto targets = cat_.Resolve(target);
     if (!targets.ok()) return targets.status();
     Txn tx = Begin(/*undoable=*/true);
     tx.Reserve(targets->size());
-    for (std::uint32_t idx : *targets) {
-      if (cat_.schedules[idx].state != ScheduleState::kStarted) {
-        Count(result, target, cat_, idx, Outcome::kAlreadyPaused);
-        continue;
-      }
-      Schedule& s = Touch(tx, idx);
-      s.state = ScheduleState::kPaused;
-      s.pending = 0;
-      s.flags &= static_cast<std::uint8_t>(~kHinted);
-      slots_.Cancel(idx);
-      DropWaiting(tx, idx);
-      DropRetry(tx, idx);
-      Decide(idx, Reason::kPaused, tx.now);
-      --metrics_.schedules_started;
-      ++metrics_.schedules_paused;
-      if (s.run != kNone && !runs_[s.run]->cancel_requested) {
-        runs_[s.run]->cancel_requested = true;
-        tx.fx.cancel.emplace_back(runs_[s.run]->token, Status::Cancelled("schedule paused"));
-      }
-      Count(result, target, cat_, idx, Outcome::kPaused);
-    }
+    for (std::uint32_t idx : *targets) Count(result, target, cat_, idx, PauseOne(tx, idx));
     if (Status st = Commit(tx); !st.ok()) return st;
     fx = std::move(tx.fx);
   }
@@ -1524,43 +1576,21 @@ Result<CommandResult> EngineCore::Pause(const Target& target) {
 
 Result<CommandResult> EngineCore::Trigger(const Target& target, RunMode mode) {
   if (Status s = ValidateTarget(target); !s.ok()) return s;
+  if (InCluster()) RefreshCatalog(target);
   CommandResult result;
   Effects fx;
   {
     MutexLock lock(mu_);
     if (shut_down_) return Status::FailedPrecondition("the engine is shut down");
-    if (Status st = RequireTarget(target); !st.ok()) return st;
+    if (Status st = RequireTarget(target); !st.ok()) {
+      lock.Unlock();
+      return RemoteTarget(RemoteKind::kTrigger, target, static_cast<std::int64_t>(mode));
+    }
     auto targets = cat_.Resolve(target);
     if (!targets.ok()) return targets.status();
     Txn tx = Begin(/*undoable=*/true);
     tx.Reserve(targets->size());
-    for (std::uint32_t idx : *targets) {
-      const Schedule& s = cat_.schedules[idx];  // touched only where it changes
-      if (s.flags & kWaiting) {
-        // A run is already due and waiting for a cap: a full resync upgrades it.
-        if (mode == RunMode::kFullResync) {
-          Touch(tx, idx);
-          waiting_[idx].mode = mode;
-          Count(result, target, cat_, idx, Outcome::kTriggered);
-        } else {
-          Count(result, target, cat_, idx, Outcome::kAlreadyRunning);
-        }
-      } else if (s.run == kNone) {
-        DropRetry(tx, idx);  // the triggered run stands for a pending retry
-        TryDispatch(tx, idx, tx.now, mode, /*scheduled=*/false);
-        Count(result, target, cat_, idx, Outcome::kTriggered);
-      } else if (mode == RunMode::kIncremental) {
-        Count(result, target, cat_, idx, Outcome::kAlreadyRunning);
-      } else {
-        Touch(tx, idx).pending = 1 + static_cast<std::uint8_t>(RunMode::kFullResync);
-        RunState& run = *runs_[s.run];
-        if (!run.cancel_requested) {
-          run.cancel_requested = true;
-          tx.fx.cancel.emplace_back(run.token, Status::Cancelled("pre-empted by a full resync"));
-        }
-        Count(result, target, cat_, idx, Outcome::kTriggered);
-      }
-    }
+    for (std::uint32_t idx : *targets) Count(result, target, cat_, idx, TriggerOne(tx, idx, mode));
     if (Status st = Commit(tx); !st.ok()) return st;
     fx = std::move(tx.fx);
   }
@@ -1570,10 +1600,14 @@ Result<CommandResult> EngineCore::Trigger(const Target& target, RunMode mode) {
 
 Result<std::vector<ScheduleStatus>> EngineCore::GetStatus(const Target& target) {
   if (Status s = ValidateTarget(target); !s.ok()) return s;
+  if (InCluster()) RefreshCatalog(target);
   std::vector<ScheduleStatus> out;
   {
     MutexLock lock(mu_);
-    if (Status st = RequireTarget(target); !st.ok()) return st;
+    if (Status st = RequireTarget(target); !st.ok()) {
+      lock.Unlock();
+      return RemoteStatus(target);
+    }
     auto targets = cat_.Resolve(target);
     if (!targets.ok()) return targets.status();
     out.reserve(targets->size());
@@ -1600,10 +1634,14 @@ Result<Millis> EngineCore::UpdateFrequency(const ScheduleKey& key,
     if (!f.ok()) return f.status().WithSubject(StatusSubject::kField, "frequency");
     override_ms = f->count();
   }
+  Target t{key.integration, key.connection, {SyncSelector{key.sync, key.variant}}, false};
+  if (InCluster()) RefreshCatalog(t);
   MutexLock lock(mu_);
   if (shut_down_) return Status::FailedPrecondition("the engine is shut down");
-  Target t{key.integration, key.connection, {SyncSelector{key.sync, key.variant}}, false};
-  if (Status st = RequireTarget(t); !st.ok()) return st;
+  if (Status st = RequireTarget(t); !st.ok()) {
+    lock.Unlock();
+    return RemoteFrequency(key, override_ms);
+  }
   auto targets = cat_.Resolve(t);
   if (!targets.ok()) return targets.status();
   std::uint32_t idx = targets->front();
@@ -1626,6 +1664,27 @@ EngineMetrics EngineCore::GetMetrics() {
     m.store_rows_unrecorded = h.rows_unrecorded;
     m.store_history_dropped = h.history_dropped;
     m.store_cache_bytes = h.cache_bytes;
+  }
+  if (InCluster()) {
+    // Read, not kept: the keeper counts its renewals and leases, OnFenced the refused commits.
+    cluster::LeaseSnapshot snap = keeper_->Snapshot();
+    cluster::LeaseKeeperCounters c = keeper_->counters();
+    const auto now = std::chrono::steady_clock::now();
+    for (const cluster::Lease& l : snap.leases) {
+      auto p = static_cast<std::size_t>(l.partition);
+      if (l.ValidAt(now) && p < active_.size() && active_[p] == l.epoch) {
+        ++m.cluster_partitions_owned;
+      }
+    }
+    m.cluster_partitions_total = static_cast<std::uint64_t>(partitions_);
+    m.cluster_nodes_live = static_cast<std::uint64_t>(snap.live_nodes);
+    m.cluster_lease_renewals = c.renewals;
+    m.cluster_claims = c.claims;
+    m.cluster_takeovers = c.takeovers;
+    m.cluster_releases = c.releases;
+    m.cluster_leases_lost = c.lost;
+    m.cluster_fenced_refusals =
+        c.fenced_refusals + fenced_refusals_.load(std::memory_order_relaxed);
   }
   return m;
 }
@@ -1769,6 +1828,17 @@ bool EngineCore::Execute(const RunPtr& run, RunOutcome& out) {
     status = run->token.reason();
     return true;
   }
+  // Cluster mode: a callback is called only under the lease its run was dispatched under, still
+  // valid on this engine. Between the dispatch's commit and this call the lease may have ended: a
+  // shed to a joining engine (the lease is dropped locally before the release, but the run's
+  // cancellation follows on the cluster thread) or a freeze past the lease (the process wakes
+  // here, before its keeper has noticed). Such a run is not called: the partition's next owner
+  // finds it in flight and records it interrupted (the soak saw such calls, 1 or 2 a run).
+  if (run->partition >= 0 && keeper_ != nullptr && !keeper_->Holds(run->partition, run->epoch)) {
+    status = Status::Cancelled("cluster: the lease on partition " + std::to_string(run->partition) +
+                               " ended before the run's callback was called");
+    return true;
+  }
   if (!run->callback) {
     status = Status::FailedPrecondition("no callback registered for sync " + Quote(run->key.sync) +
                                         " of integration " + Quote(run->key.integration));
@@ -1894,8 +1964,8 @@ Status EngineCore::RequirePartitions(std::vector<int> partitions, bool all,
         "cluster mode: " + std::string(what) + " needs partition " + std::to_string(p) + " of " +
         std::to_string(partitions_) + ", which " + why + "; engine '" + options_.cluster->node +
         "' holds " + std::to_string(owned.size()) +
-        ". Until commands through any engine are built (docs/cluster.md), a command is served "
-        "only by an engine that holds every partition it may touch; nothing was changed");
+        ". A catalog command that creates or deletes schedules is served only by an engine "
+        "that holds every partition it may touch (docs/cluster.md); nothing was changed");
   }
   return Status::Ok();
 }
@@ -1978,6 +2048,7 @@ void EngineCore::OnLeaseChange(const cluster::LeaseChange& change) {
 }
 
 void EngineCore::OnFenced(const Status& status) {
+  fenced_refusals_.fetch_add(1, std::memory_order_relaxed);
   // "... does not hold partition P at epoch E (owner O, epoch F, lease L)" (the message of
   // syncsched_cluster.fence).
   const std::string& m = status.message();
@@ -2052,6 +2123,8 @@ Status EngineCore::Screen(store::Batch& b, std::vector<RunPtr>* runs, bool comma
 }
 
 void EngineCore::StopCluster() {
+  inbox_stop_ = true;
+  if (inbox_thread_.joinable()) inbox_thread_.join();
   {
     std::lock_guard lock(cl_mu_);
     cl_stop_ = true;
@@ -2184,6 +2257,10 @@ void EngineCore::Reconcile(std::vector<FencedRefusal> fenced) {
     return loader_->LoadPartitions(parts);
   }();
   if (!snap.ok()) return;  // retried at the next look (ClusterLoop's period)
+  // Commands received through other engines and pending in these partitions: applied before
+  // anything of them is dispatched (below, under the same hold of the lock as the merge). Read
+  // after the claim, as the load was: the previous owner can apply nothing more.
+  Result<std::vector<cluster::PendingCommand>> pending = inbox_->Pending(parts);
   Effects fx;
   {
     MutexLock lock(mu_);
@@ -2218,6 +2295,8 @@ void EngineCore::Reconcile(std::vector<FencedRefusal> fenced) {
     if (metrics_.runs_waiting > 0) drain_due_ = true;
     (void)Queue(tx);  // the interrupted runs' records; nothing is dispatched here
     fx = std::move(tx.fx);
+    if (pending.ok() && !pending->empty()) ApplyPendingLocked(*pending, fx);
+    inbox_poke_ = true;
     MaybeRearm();
   }
   Apply(fx);

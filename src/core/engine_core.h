@@ -27,6 +27,7 @@
 
 #include <boost/asio/io_context.hpp>
 
+#include "cluster/command_inbox.h"
 #include "cluster/lease_keeper.h"
 #include "core/catalog.h"
 #include "core/thread_annotations.h"
@@ -85,6 +86,11 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   store::Store* StoreForTest() { return store_.get(); }
   // Cluster mode: the engine's LeaseKeeper (null otherwise), for tests.
   cluster::LeaseKeeper* KeeperForTest() { return keeper_.get(); }
+  // Cluster mode: the partitions loaded under a valid lease, for tests (empty otherwise).
+  std::vector<int> LoadedPartitionsForTest() EXCLUDES(mu_) {
+    MutexLock lock(mu_);
+    return InCluster() ? LoadedPartitions() : std::vector<int>{};
+  }
   // A command touching more schedules than this streams its rows to the store in parts of this
   // many (CommitStreamed); tests lower it to cover that path with a few schedules.
   static constexpr std::size_t kStreamRows = 16384;
@@ -261,6 +267,63 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   void SetTenure(int partition, std::int64_t epoch);
   void StopCluster();
 
+  // ---- cluster mode: commands through any engine (docs/cluster.md) ----
+  // What a command sent through the inbox asks (its body, cluster/command_inbox.h).
+  enum class RemoteKind : std::uint8_t {
+    kStart,
+    kPause,
+    kTrigger,
+    kFrequency,
+    kCreateVariant,
+    kDeleteVariant
+  };
+  struct RemoteKey {
+    int partition = 0;
+    ScheduleKey key;
+  };
+  struct RemoteCommand {
+    RemoteKind kind = RemoteKind::kStart;
+    std::int64_t arg = 0;     // trigger: the RunMode; frequency: the override (0: the default)
+    std::int64_t anchor = 0;  // start: the grid's anchor and the immediate run's slot
+    std::vector<RemoteKey> keys;
+  };
+  static std::string EncodeRemote(const RemoteCommand& c);
+  static bool DecodeRemote(std::string_view body, RemoteCommand& c);
+  // Reads the catalog from the database when `target` names an integration, sync or connection
+  // this engine does not know (created through another engine), and merges what is new.
+  void RefreshCatalog(const Target& target) EXCLUDES(mu_);
+  // Resolves `target` against the database (the schedules of its scope, read by the inbox) with
+  // the errors Catalog::Resolve gives; `rows` in the database's key order.
+  Result<std::vector<cluster::StoredSchedule>> ResolveStored(const Target& target) EXCLUDES(mu_);
+  // Sends a command through the inbox to the owners of its keys' partitions, waits for their
+  // results (or cancels what is not applied by the deadline) and gathers them: per key, as one
+  // engine answers.
+  Result<CommandResult> RemoteTarget(RemoteKind kind, const Target& target, std::int64_t arg)
+      EXCLUDES(mu_);
+  // Submits `cmd` and waits: the results of every part, or UNAVAILABLE naming the keys whose
+  // parts were cancelled (nothing of those applied).
+  Result<std::vector<cluster::CommandPart>> SubmitAndWait(const RemoteCommand& cmd) EXCLUDES(mu_);
+  Result<std::vector<ScheduleStatus>> RemoteStatus(const Target& target) EXCLUDES(mu_);
+  Result<Millis> RemoteFrequency(const ScheduleKey& key, std::int64_t override_ms) EXCLUDES(mu_);
+  // CreateVariant (create) or DeleteVariant through the owner of the key's partition: OK (with
+  // the created schedule's status), or the error one engine gives (ALREADY_EXISTS, NOT_FOUND).
+  Result<ScheduleStatus> RemoteVariant(const ScheduleKey& key, bool create) EXCLUDES(mu_);
+  // Owner side: applies the pending parts `pending` of partitions this engine holds and has
+  // loaded, each command in one fenced transaction that marks its parts applied.
+  void ApplyPending(const std::vector<cluster::PendingCommand>& pending) EXCLUDES(mu_);
+  void ApplyPendingLocked(const std::vector<cluster::PendingCommand>& pending, Effects& fx)
+      REQUIRES(mu_);
+  // The partitions loaded at the epoch of a valid lease.
+  std::vector<int> LoadedPartitions() const REQUIRES(mu_);
+  // The inbox thread: listens for commands and polls for pending parts.
+  void InboxLoop() EXCLUDES(mu_);
+  // One schedule's share of the target commands (the per-key step of Start, Pause, Trigger).
+  Outcome StartOne(Txn& tx, std::uint32_t schedule, std::optional<std::int64_t> anchor)
+      REQUIRES(mu_);
+  Outcome PauseOne(Txn& tx, std::uint32_t schedule) REQUIRES(mu_);
+  Outcome TriggerOne(Txn& tx, std::uint32_t schedule, RunMode mode) REQUIRES(mu_);
+  ScheduleStatus StatusOfStored(const cluster::StoredSchedule& row) const REQUIRES(mu_);
+
   // ---- transactions, under mu_ ----
   Txn Begin(bool undoable) REQUIRES(mu_);
   // Lists `schedule` in the transaction (saving its before-image when undoable) and returns it
@@ -293,7 +356,9 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   // Writes the schedule's whole row into `row` (default-constructed).
   void FillRow(store::ScheduleRow& row, std::uint32_t schedule, bool full) const REQUIRES(mu_);
   std::string NextRunId(Txn& tx, std::uint32_t schedule, std::int64_t slot) REQUIRES(mu_);
-  void StartSchedule(Txn& tx, std::uint32_t schedule) REQUIRES(mu_);
+  // `anchor`: a command received by another engine fixed the start's moment (cluster mode).
+  void StartSchedule(Txn& tx, std::uint32_t schedule,
+                     std::optional<std::int64_t> anchor = std::nullopt) REQUIRES(mu_);
   void DispatchRun(Txn& tx, std::uint32_t schedule, std::int64_t slot, RunMode mode, bool scheduled,
                    int attempt, std::string run_id) REQUIRES(mu_);
   void FinishRun(Txn& tx, const RunPtr& run, const Status& status, std::vector<ModelCounts> counts,
@@ -381,9 +446,15 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   std::thread cluster_thread_;
   std::mutex cl_mu_;  // a leaf: the cluster thread's wake-ups
   std::condition_variable cl_cv_;
-  bool cl_stop_ = false;                  // under cl_mu_
-  bool cl_poke_ = false;                  // under cl_mu_
-  std::vector<FencedRefusal> cl_fenced_;  // under cl_mu_: refused by the fence
+  bool cl_stop_ = false;                           // under cl_mu_
+  bool cl_poke_ = false;                           // under cl_mu_
+  std::vector<FencedRefusal> cl_fenced_;           // under cl_mu_: refused by the fence
+  std::atomic<std::uint64_t> fenced_refusals_{0};  // commits refused by the fence (metrics)
+  // Cluster mode: the command inbox and its thread (stopped by StopCluster).
+  std::unique_ptr<cluster::CommandInbox> inbox_;
+  std::thread inbox_thread_;
+  std::atomic<bool> inbox_stop_{false};
+  std::atomic<bool> inbox_poke_{false};  // a partition was loaded: read its pending parts now
   // Per partition, the epoch the writer may write under (0: none): set when a partition is loaded,
   // cleared at once when its lease ends (on the keeper's thread) or a commit is fenced. A leaf.
   std::mutex tenures_mu_;
@@ -429,6 +500,10 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   std::vector<std::int64_t> quarantine_ GUARDED_BY(mu_);
   std::vector<std::int32_t> part_of_ GUARDED_BY(mu_);
   std::deque<std::pair<std::uint64_t, std::uint64_t>> uid_blocks_ GUARDED_BY(mu_);
+  // Command parts (command, partition) this engine applied, with when: a read of pending parts
+  // that began before such a commit may still list it (kept a minute).
+  std::map<std::pair<std::int64_t, int>, std::chrono::steady_clock::time_point> applied_parts_
+      GUARDED_BY(mu_);
 };
 
 }  // namespace syncsched::core

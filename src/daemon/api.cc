@@ -90,6 +90,7 @@ Api::Api(Engine& engine, const Config& config, Logger& log,
          std::function<codec::DaemonMetrics()> daemon_metrics)
     : engine_(engine),
       log_(log),
+      node_(config.node),
       auth_(config.api_keys),
       daemon_metrics_(std::move(daemon_metrics)),
       max_json_depth_(config.limits.max_json_depth) {}
@@ -191,11 +192,17 @@ HttpResponse Api::Dispatch(const Route& route, const HttpRequest& request) {
 HttpResponse Api::OnHealth(const Call&) {
   // Unhealthy while the database refuses commits: no run starts then. The cause (it names the
   // file) is in the log and /metrics, which need a key; /health needs none.
-  if (!engine_.GetMetrics().store_healthy) {
-    return JsonResponse(503, Json{{"status", "unhealthy"},
-                                  {"reason", "the database refuses commits; see the log"}});
+  EngineMetrics m = engine_.GetMetrics();
+  Json body = m.store_healthy ? Json{{"status", "ok"}}
+                              : Json{{"status", "unhealthy"},
+                                     {"reason", "the database refuses commits; see the log"}};
+  if (m.cluster_partitions_total > 0) {  // cluster mode
+    body["node"] = node_;
+    body["partitions"] = m.cluster_partitions_owned;
+    body["partitions_total"] = m.cluster_partitions_total;
+    body["nodes"] = m.cluster_nodes_live;
   }
-  return JsonResponse(200, Json{{"status", "ok"}});
+  return JsonResponse(m.store_healthy ? 200 : 503, body);
 }
 
 HttpResponse Api::OnMetrics(const Call&) {

@@ -125,6 +125,7 @@ class Api {
 
   Engine& engine_;
   Logger& log_;
+  std::string node_;  // for /health in cluster mode
   Authenticator auth_;
   std::function<codec::DaemonMetrics()> daemon_metrics_;
   int max_json_depth_;

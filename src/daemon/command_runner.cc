@@ -839,6 +839,11 @@ std::size_t CommandRunner::running() const {
   return running_;
 }
 
+void CommandRunner::SetNode(std::string node) {
+  std::lock_guard<std::mutex> lock(mu_);
+  node_ = std::move(node);
+}
+
 void CommandRunner::Finished() {
   std::lock_guard<std::mutex> lock(mu_);
   if (--running_ == 0) idle_cv_.notify_all();
@@ -864,6 +869,10 @@ void CommandRunner::StartProcess(const std::vector<std::string>& argv, const Run
   env.push_back("SYNCSCHED_MODE=" + std::string(ToString(ctx.mode)));
   env.push_back("SYNCSCHED_SLOT=" + FormatTime(ctx.slot));
   env.push_back("SYNCSCHED_ATTEMPT=" + std::to_string(ctx.attempt));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!node_.empty()) env.push_back("SYNCSCHED_NODE=" + node_);
+  }
   std::vector<char*> envp;
   for (std::string& s : env) envp.push_back(s.data());
   envp.push_back(nullptr);

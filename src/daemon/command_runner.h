@@ -5,7 +5,8 @@
 // to SIGKILL (it dies with the daemon, whatever kills the daemon), with the daemon's environment
 // less its own SYNCSCHED_* variables (the prefix is reserved for the run's) plus
 // SYNCSCHED_INTEGRATION, _CONNECTION, _SYNC, _VARIANT, _RUN_ID, _MODE (incremental |
-// full_resync), _SLOT (ISO 8601 UTC) and _ATTEMPT; stdin is /dev/null;
+// full_resync), _SLOT (ISO 8601 UTC), _ATTEMPT and _NODE (the daemon's name, SetNode; absent
+// until set); stdin is /dev/null;
 // stdout and stderr are read line by line into the log, and each line of output counts as a
 // heartbeat; no other file descriptor of the daemon is inherited. When the run's token is
 // cancelled (pause, delete, full resync, timeout, missed heartbeat, engine shutdown) the whole
@@ -98,6 +99,10 @@ class CommandRunner {
   // RunAsync, waiting for the report.
   RunReport Run(const std::vector<std::string>& argv, const RunContext& ctx);
 
+  // The daemon's name, passed to every command started from now on as SYNCSCHED_NODE (the
+  // engine that runs it, in a cluster). Any thread.
+  void SetNode(std::string node);
+
   // From now on Run starts no process: it waits for its run to be cancelled (as the engine does
   // for every run in flight when it closes) and reports that. Runs already started go on.
   void BeginShutdown();
@@ -145,6 +150,7 @@ class CommandRunner {
   mutable std::mutex mu_;
   std::condition_variable idle_cv_;
   std::size_t running_ = 0;  // guarded by mu_
+  std::string node_;         // guarded by mu_: SYNCSCHED_NODE, empty: not set
   int watch_fd_ = -1;        // the daemon's end of the watchdog's socket
   pid_t watchdog_ = -1;
   std::atomic<bool> watchdog_lost_{false};

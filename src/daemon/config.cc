@@ -11,6 +11,8 @@
 #include <set>
 #include <sstream>
 
+#include <unistd.h>
+
 #include <boost/asio/ip/address.hpp>
 
 #include "codec/codec.h"
@@ -146,6 +148,37 @@ void ParseListen(const Json& j, Config& config) {
   }
   config.listen_host = host;
   config.listen_port = static_cast<std::uint16_t>(value);
+}
+
+void ParseNode(const Json& j, Config& config) {
+  const std::string path = "node";
+  std::string node = String(j, path);
+  if (node.empty() || node.size() > 255) {
+    Fail(path, "node must be 1 to 255 bytes, not " + std::to_string(node.size()) +
+                   ": this daemon's name among the engines of a cluster");
+  }
+  for (unsigned char ch : node) {
+    if (ch < 0x20 || ch == 0x7f) {
+      Fail(path, "node " + Quote(node) + " must not contain a control character");
+    }
+  }
+  config.node = std::move(node);
+}
+
+void ParseCluster(const Json& j, Config& config) {
+  const std::string path = "cluster";
+  ExpectObject(j, path, {"lease", "partitions"});
+  ClusterConfig cluster;
+  if (const Json* v = Find(j, "lease")) {
+    cluster.lease = Duration(*v, Member(path, "lease"));
+    if (cluster.lease < std::chrono::milliseconds(300)) {
+      Fail(Member(path, "lease"), Member(path, "lease") + " must be at least 300ms");
+    }
+  }
+  if (const Json* v = Find(j, "partitions")) {
+    cluster.partitions = static_cast<int>(Count(*v, Member(path, "partitions"), 1, 4096));
+  }
+  config.cluster = cluster;
 }
 
 void ParseBounds(const Json& j, Config& config) {
@@ -321,7 +354,7 @@ Config Parse(const Json& root) {
       root, "",
       {"listen", "database", "frequency_bounds", "api_keys", "integrations", "worker_threads",
        "http_threads", "default_run_timeout", "shutdown_grace", "kill_grace", "limits", "log_level",
-       "max_concurrent_runs", "catch_up_per_second", "database_cache_mb"});
+       "max_concurrent_runs", "catch_up_per_second", "database_cache_mb", "node", "cluster"});
   Config config;
   if (const Json* v = Find(root, "listen")) ParseListen(*v, config);
   const Json* db = Find(root, "database");
@@ -367,10 +400,48 @@ Config Parse(const Json& root) {
     config.log_level = *level;
   }
   if (const Json* v = Find(root, "integrations")) ParseIntegrations(*v, config);
+  if (const Json* v = Find(root, "node")) ParseNode(*v, config);
+  if (const Json* v = Find(root, "cluster")) {
+    ParseCluster(*v, config);
+    if (!config.database.starts_with("postgresql://") &&
+        !config.database.starts_with("postgres://")) {
+      Fail("cluster",
+           "cluster needs a PostgreSQL database, which the daemons of a cluster share "
+           "(\"database\": \"postgresql://user@host/db\"); database " +
+               Quote(config.database) + " is not one");
+    }
+  }
+  if (config.node.empty() && config.listen_port != 0) {
+    config.node = DefaultNodeName(config.listen_host, config.listen_port);
+  }
+  if (config.node.empty() && config.cluster) {
+    Fail("node",
+         "node is required in cluster mode when listen takes any free port (port 0): the default "
+         "name, host:port, is not known before the engine joins the cluster");
+  }
   return config;
 }
 
 }  // namespace
+
+std::string DefaultNodeName(const std::string& listen_host, std::uint16_t port) {
+  boost::system::error_code ec;
+  boost::asio::ip::address address = boost::asio::ip::make_address(listen_host, ec);
+  std::string host;
+  if (!ec && !address.is_loopback() && !address.is_unspecified()) {
+    host = address.is_v6() ? "[" + address.to_string() + "]" : address.to_string();
+  } else {
+    char name[256] = {0};
+    if (gethostname(name, sizeof name - 1) == 0 && name[0] != '\0') {
+      host = name;
+    } else {
+      host = listen_host;
+    }
+  }
+  std::string node = host + ":" + std::to_string(port);
+  if (node.size() > 255) node = node.substr(node.size() - 255);  // a host name is at most 253
+  return node;
+}
 
 ConfigResult ParseConfig(std::string_view text) {
   // The codec's parser, with comments: a key given twice is an error, not a silent override.

@@ -65,6 +65,15 @@ struct HttpLimits {
   Millis idle_timeout = std::chrono::seconds(60);  // between requests on a kept-alive connection
 };
 
+// Cluster mode (docs/cluster.md): several daemons on one PostgreSQL database share its schedules.
+struct ClusterConfig {
+  // A daemon that stops renewing (killed, frozen, cut off) loses its partitions this long after
+  // its last renewal; the others then take them. At least 300 ms.
+  Millis lease = std::chrono::seconds(10);
+  // P, used only by the daemon that creates the cluster's tables (1..4096); the database's wins.
+  int partitions = 64;
+};
+
 struct Config {
   std::string listen_host = "127.0.0.1";
   std::uint16_t listen_port = 3003;  // 0: any free port
@@ -89,7 +98,19 @@ struct Config {
   Millis kill_grace = std::chrono::seconds(10);
   HttpLimits limits;
   LogLevel log_level = LogLevel::kInfo;
+  // This daemon's name: its engine's node in a cluster, and SYNCSCHED_NODE in its runs'
+  // environment. 1..255 bytes, no control character. Default: DefaultNodeName(listen host, port)
+  // when the port is known; empty when `listen` takes any free port (port 0) and no node is
+  // given: the daemon then names itself after the port it bound (Daemon::Start).
+  std::string node;
+  std::optional<ClusterConfig> cluster;  // set: cluster mode (needs a postgresql:// database)
 };
+
+// The default node name: "<host>:<port>", where <host> is the listen address when it is a
+// specific one (`10.0.0.5:3003`, `[fd00::5]:3003`), and this machine's host name when it listens
+// on a loopback address or on every interface (`127.0.0.1:3003` or `0.0.0.0:3003` would be the
+// same name on every machine).
+std::string DefaultNodeName(const std::string& listen_host, std::uint16_t port);
 
 struct ConfigError {
   std::string field;  // path of the offending field; empty for the file as a whole

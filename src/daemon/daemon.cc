@@ -1,18 +1,47 @@
 // Wiring of the daemon. See daemon.h.
 #include "daemon/daemon.h"
 
+#include <malloc.h>
+
 #include <chrono>
 #include <string_view>
+#include <thread>
 #include <utility>
 
 extern char** environ;
 
 namespace syncsched::daemon {
 
+namespace {
+
+// Cluster mode: waits until this engine runs its share of the partitions (floor(P / live
+// engines), loaded), at most `bound`. The configuration's new connections and syncs create
+// schedules, and until commands through any engine are built (docs/cluster.md) only an engine
+// holding their partitions may create them: the first daemon of a cluster holds every partition
+// once it has claimed and loaded them, a few round trips after it joined.
+void WaitForShare(Engine& engine, std::chrono::steady_clock::duration bound) {
+  auto deadline = std::chrono::steady_clock::now() + bound;
+  while (std::chrono::steady_clock::now() < deadline) {
+    EngineMetrics m = engine.GetMetrics();
+    if (m.cluster_nodes_live > 0 &&
+        m.cluster_partitions_owned >= m.cluster_partitions_total / m.cluster_nodes_live) {
+      return;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+}
+
+// A command refused because another engine holds a partition it needs (cluster mode, interim).
+bool HeldElsewhere(const Status& s) {
+  return s.code() == StatusCode::kFailedPrecondition && s.message().starts_with("cluster mode: ");
+}
+
+}  // namespace
+
 Daemon::Daemon(const Config& config, Logger& log)
     : config_(config), log_(log), runner_(log, config.kill_grace) {}
 
-Daemon::~Daemon() { Shutdown(); }
+Daemon::~Daemon() { (void)Shutdown(); }
 
 Result<std::unique_ptr<Daemon>> Daemon::Start(const Config& config, Logger& log) {
   std::unique_ptr<Daemon> d(new Daemon(config, log));
@@ -39,6 +68,13 @@ Result<std::unique_ptr<Daemon>> Daemon::Start(const Config& config, Logger& log)
   options.max_concurrent_runs = config.max_concurrent_runs;
   options.database_cache_bytes = std::uint64_t{config.database_cache_mb} << 20;
   options.catch_up_per_second = config.catch_up_per_second;
+  if (config.cluster) {
+    ClusterOptions cluster;
+    cluster.node = config.node;  // never empty in cluster mode (ParseConfig)
+    cluster.lease = config.cluster->lease;
+    cluster.partitions = config.cluster->partitions;
+    options.cluster = cluster;
+  }
   // Runs recovered from the database (slots missed while down) wait until every command is
   // registered; see ReleaseTimers below.
   options.hold_timers = true;
@@ -60,6 +96,20 @@ Result<std::unique_ptr<Daemon>> Daemon::Start(const Config& config, Logger& log)
                                   [raw = d.get()] { return raw->Metrics(); });
   d->server_ = std::make_unique<HttpServer>(*d->api_, d->config_, log);
   if (Status s = d->server_->Bind(); !s.ok()) return s;
+  // The runs' SYNCSCHED_NODE: with `listen` on port 0 and no node given, the port just bound.
+  d->node_ =
+      config.node.empty() ? DefaultNodeName(config.listen_host, d->server_->port()) : config.node;
+  d->runner_.SetNode(d->node_);
+  if (config.cluster) WaitForShare(*d->engine_, config.cluster->lease + std::chrono::seconds(1));
+  // In cluster mode a definition or connection that needs partitions held by another engine is
+  // not applied by this daemon (a warning says which): the engine that holds them applies it at
+  // its own start, or an operator through it.
+  auto held_elsewhere = [&](const Status& s, const std::string& field) {
+    if (!config.cluster || !HeldElsewhere(s)) return false;
+    log.Warn("cluster: not applied by this daemon (another engine holds a partition it needs)",
+             {{"field", field}, {"error", s.message()}});
+    return true;
+  };
 
   // Callbacks before definitions, so that no run of a sync can find itself without one. A sync
   // the database knows but the configuration no longer lists has no command: its runs fail
@@ -93,8 +143,10 @@ Result<std::unique_ptr<Daemon>> Daemon::Start(const Config& config, Logger& log)
       def.retry = sync.retry;
       def.spread = sync.spread;
       if (Status s = d->engine_->DefineSync(integration.key, def); !s.ok()) {
-        return Status(s.code(), "integrations[\"" + integration.key + "\"].syncs[\"" + sync.name +
-                                    "\"]: " + s.message());
+        std::string field =
+            "integrations[\"" + integration.key + "\"].syncs[\"" + sync.name + "\"]";
+        if (held_elsewhere(s, field)) continue;
+        return Status(s.code(), field + ": " + s.message());
       }
     }
     // The configuration is declarative: an integration without `max_concurrency` is unlimited,
@@ -115,8 +167,9 @@ Result<std::unique_ptr<Daemon>> Daemon::Start(const Config& config, Logger& log)
         log.Info("connection added",
                  {{"integration", integration.key}, {"connection", connection}});
       } else if (!s.IsAlreadyExists()) {
-        return Status(s.code(),
-                      "integrations[\"" + integration.key + "\"].connections: " + s.message());
+        std::string field = "integrations[\"" + integration.key + "\"].connections";
+        if (held_elsewhere(s, field)) continue;
+        return Status(s.code(), field + ": " + s.message());
       }
     }
   }
@@ -125,7 +178,8 @@ Result<std::unique_ptr<Daemon>> Daemon::Start(const Config& config, Logger& log)
   d->serving_ = true;
   log.Info("listening", {{"address", d->config_.listen_host},
                          {"port", d->server_->port()},
-                         {"database", RedactedDatabasePath(d->config_.database)}});
+                         {"database", RedactedDatabasePath(d->config_.database)},
+                         {"node", d->node_}});
   return d;
 }
 
@@ -134,11 +188,15 @@ codec::DaemonMetrics Daemon::Metrics() const {
   if (server_) server_->FillMetrics(m);
   m.commands_spawned = runner_.spawned();
   m.commands_failed_to_spawn = runner_.spawn_failures();
+  // Walks every arena under its lock: microseconds, once per scrape.
+  struct mallinfo2 heap = mallinfo2();
+  m.heap_in_use_bytes = heap.uordblks + heap.hblkhd;
+  m.heap_held_bytes = heap.arena + heap.hblkhd;
   return m;
 }
 
-void Daemon::Shutdown() {
-  if (shut_down_) return;
+Status Daemon::Shutdown() {
+  if (shut_down_) return shutdown_status_;
   shut_down_ = true;
   auto deadline = std::chrono::steady_clock::now() + config_.shutdown_grace;
   if (server_) {
@@ -161,17 +219,34 @@ void Daemon::Shutdown() {
       log_.Warn("grace period over; stopping the runs still going",
                 {{"running", runner_.running()}});
     }
-    engine_.reset();  // cancels what still runs
+    // Cancels what still runs and commits every outcome.
+    engine_->Shutdown(std::chrono::steady_clock::now());
     // The cancelled commands get SIGTERM, then SIGKILL after kill_grace: wait for them, so that
     // none is killed without its grace when the runner goes.
     if (!runner_.WaitIdle(std::chrono::steady_clock::now() + config_.kill_grace +
                           std::chrono::seconds(1))) {
       log_.Warn("runs still going after their kill grace", {{"running", runner_.running()}});
     }
+    // What the last commits could not write is lost with the process: say so, and fail the exit.
+    const EngineMetrics m = engine_->GetMetrics();
+    if (!m.store_healthy || m.store_rows_unrecorded > 0) {
+      std::string what = m.store_rows_unrecorded > 0
+                             ? std::to_string(m.store_rows_unrecorded) +
+                                   " records (schedule rows and finished runs) were not written; "
+                                   "runs whose outcome is lost read as interrupted at the next "
+                                   "start and run again then"
+                             : "the database refused the last commit";
+      log_.Error("stopped with the database refusing commits",
+                 {{"error", m.store_error}, {"unrecorded", m.store_rows_unrecorded}});
+      shutdown_status_ = Status::Unavailable("stopped with the database refusing commits (" +
+                                             m.store_error + "): " + what);
+    }
+    engine_.reset();
   }
   server_.reset();
   api_.reset();
-  if (serving_) log_.Info("stopped");
+  if (serving_ && shutdown_status_.ok()) log_.Info("stopped");
+  return shutdown_status_;
 }
 
 }  // namespace syncsched::daemon

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "daemon/api.h"
 #include "daemon/command_runner.h"
@@ -37,19 +38,27 @@ class Daemon {
 
   // The bound HTTP port.
   std::uint16_t port() const { return server_->port(); }
+  // This daemon's name (Config::node, or host:port with the port bound): SYNCSCHED_NODE.
+  const std::string& node() const { return node_; }
   Engine& engine() { return *engine_; }
 
   // Graceful shutdown: stops accepting and answers the requests in progress; starts no new
   // command; lets the commands running finish within config.shutdown_grace; then closes the
   // engine, which cancels what still runs (their process groups get SIGTERM, then SIGKILL after
   // kill_grace). Runs cut short are recorded as interrupted and run again after a restart.
-  void Shutdown();
+  // Returns OK when the database holds everything the engine did. Otherwise (the database refused
+  // the last commits: a full disk, an I/O error, corruption) it logs an error and returns
+  // UNAVAILABLE with the database's error (naming the file) and how many records it could not
+  // write: finished runs whose outcome is lost read as interrupted at the next start, and run
+  // again then. A second call returns the first call's status.
+  Status Shutdown();
 
  private:
   Daemon(const Config& config, Logger& log);
   codec::DaemonMetrics Metrics() const;
 
   const Config config_;
+  std::string node_;  // config_.node, or named after the bound port (listen port 0, no node)
   Logger& log_;
   CommandRunner runner_;
   std::unique_ptr<Engine> engine_;
@@ -57,6 +66,7 @@ class Daemon {
   std::unique_ptr<HttpServer> server_;
   bool serving_ = false;  // Start got as far as serving
   bool shut_down_ = false;
+  Status shutdown_status_ = Status::Ok();
 };
 
 }  // namespace syncsched::daemon

@@ -600,8 +600,9 @@ enum Statement : int {
   kUpdateSchedules,
   kPutHistory,
   kSetMeta,
-  kSetMark,  // cluster mode
-  kFence,    // cluster mode (prepared only then: the function is in syncsched_cluster)
+  kSetMark,           // cluster mode
+  kFence,             // cluster mode (prepared only then: the function is in syncsched_cluster)
+  kApplyCommandPart,  // cluster mode, likewise (cluster/command_inbox.h)
   kStatementCount
 };
 
@@ -640,6 +641,9 @@ std::vector<std::string> StatementSql() {
       "INSERT INTO syncsched.commit_marks(node, seq) VALUES ($1::int8, $2::int8) "
       "ON CONFLICT (node) DO UPDATE SET seq = excluded.seq";
   sql[kFence] = cluster::kFenceSql;
+  sql[kApplyCommandPart] =
+      "SELECT syncsched_cluster.apply_command_part($1::int8, $2::int4, $3::int8, $4::int8, "
+      "$5::bytea)";
   return sql;
 }
 
@@ -650,7 +654,8 @@ const char* StatementName(int statement) {
       "syncsched_delete_schedules",   "syncsched_insert_schedules",
       "syncsched_upsert_schedules",   "syncsched_update_schedules",
       "syncsched_put_history",        "syncsched_set_meta",
-      "syncsched_set_mark",           "syncsched_fence"};
+      "syncsched_set_mark",           "syncsched_fence",
+      "syncsched_apply_command_part"};
   return kNames[statement];
 }
 
@@ -808,6 +813,10 @@ Status PgStore::Error(std::string_view context, const PGresult* res) const {
   std::string_view cls = std::string_view(code).substr(0, 2);
   if (code == cluster::kFencedSqlState) {
     // Another node holds the partition (or the lease expired): nothing of the commit is applied.
+    return Status::FailedPrecondition(std::move(message));
+  }
+  if (code == "SYF02") {
+    // A command part no longer pending (cluster/command_inbox.h): nothing of the commit applied.
     return Status::FailedPrecondition(std::move(message));
   }
   if (code == "XX001" || code == "XX002") {
@@ -1106,7 +1115,7 @@ Status PgStore::Prepare() {
   schedules_type_oid_ =
       static_cast<std::uint32_t>(std::strtoul(PQgetvalue(type.get(), 0, 0), nullptr, 10));
   for (int i = 0; i < kStatementCount; ++i) {
-    if (i == kFence && !InCluster()) continue;
+    if ((i == kFence || i == kApplyCommandPart) && !InCluster()) continue;
     ResultPtr res(PQprepare(conn_, StatementName(i), statement_sql_[i].c_str(), 0, nullptr));
     if (!res || PQresultStatus(res.get()) != PGRES_COMMAND_OK) {
       return Error(std::string("preparing ") + StatementName(i), res.get());
@@ -1550,6 +1559,23 @@ Status PgStore::Plan(const Batch& batch, std::uint64_t* max_uid, std::vector<Que
     }
     flush(kPutHistory, oids, true, "writing finished runs");
   }
+  for (const CommandApplied& c : batch.commands) {
+    if (!InCluster()) {
+      return Status::Internal(name_ +
+                              ": a command part in a commit of a store not in cluster mode");
+    }
+    Query q;
+    q.statement = kApplyCommandPart;
+    q.what = "recording command " + std::to_string(c.command) + " applied in partition " +
+             std::to_string(c.partition);
+    std::string p1, p2, p3, p4;
+    PutBigEndian(c.command, &p1);
+    PutBigEndian(static_cast<std::int32_t>(c.partition), &p2);
+    PutBigEndian(options_.cluster->node_id, &p3);
+    PutBigEndian(c.epoch, &p4);
+    q.params = {std::move(p1), std::move(p2), std::move(p3), std::move(p4), c.result};
+    queries->push_back(std::move(q));
+  }
   return Status::Ok();
 }
 
@@ -1584,6 +1610,11 @@ Status PgStore::PlanFence(const Batch& batch, std::vector<Query>* queries) const
   }
   for (const Tenure& t : batch.fence) {
     if (Status s = add(t.partition, t.epoch, "a tenure of Batch::fence"); !s.ok()) return s;
+  }
+  for (const CommandApplied& c : batch.commands) {
+    if (Status s = add(c.partition, c.epoch, "command " + std::to_string(c.command)); !s.ok()) {
+      return s;
+    }
   }
   if (!batch.schedules_deleted.empty() && batch.fence.empty()) {
     return Status::Internal(name_ +

@@ -34,6 +34,28 @@ struct SqliteStoreOptions {
   // engine reports its current size (EngineMetrics::store_cache_bytes).
   std::uint64_t cache_bytes = std::uint64_t{64} << 20;
 
+  // The run journal (schema v5). A store that has issued at least `journal_from_uid` schedule
+  // uids (SQLite's max_uid) does not write the rows of stored schedules and the finished runs of a
+  // commit where they live, one b-tree page per row (a schedule's row and its history places lie
+  // on pages of their own, so with many schedules every run dirties pages no other run shares).
+  // It appends them, encoded, to the `journal` table, one row per commit: pages written in order.
+  // Once the journal holds `journal_fold_records` records, the following commits fold them into
+  // the `schedules` and `history` tables, a slice (a sixteenth of a fold, at most 16,384 records,
+  // whole schedules) after each commit, in a transaction of its own (the commit stands whatever the
+  // fold does): the last version of each row, in uid order, so that each page is written once per
+  // fold however many of its rows changed, and a commit waits behind one slice, not a whole fold. A
+  // clean close folds the rest; after a crash the journal stays and Load applies it on top of the
+  // rows, so Load returns exactly what it would without the journal, and every commit is as
+  // durable. New schedules, deletions and the catalog are always written in place. Readers of the
+  // file (the sqlite3 shell) see `schedules` and `history` as of the last fold; the newest runs are
+  // in `journal`. journal_from_uid = 0: always; UINT64_MAX: never (the store then folds a journal
+  // it finds at open). journal_fold_records = 0 is refused (INVALID_ARGUMENT). For tests and
+  // benchmarks, the environment variable SYNCSCHED_SQLITE_JOURNAL="FROM,FOLD" (or "FROM") overrides
+  // both for every store opened in the process (so that the engine's whole test suite can run on
+  // the journal); a value that does not parse is refused at open, INVALID_ARGUMENT naming it.
+  std::uint64_t journal_from_uid = 16384;
+  std::size_t journal_fold_records = 262144;
+
   // How long an open waits for another owner of the file to let go before it is refused. 0
   // (default): refuse at once. Useful when a restarting daemon may overlap its predecessor.
   std::chrono::milliseconds wait_for_owner{0};
@@ -132,6 +154,13 @@ struct SqliteStoreOptions {
 //   automatic checkpoint: the commit before it stands, and the frame is not copied) breaks the
 //   store after that commit, which is reported committed. Without page checksums, damage SQLite
 //   cannot see (a changed byte inside a value) is not detected.
+// - With the run journal (SqliteStoreOptions::journal_from_uid), a commit's rows of stored
+//   schedules and its finished runs are appended to the journal in the same transaction, with the
+//   same errors; the slice of a fold that may follow a commit is a transaction of its own and does
+//   not change the commit's result: a slice that fails is rolled back and the fold under way is
+//   dropped (the journal keeps its records, and Load applies them) and tried again later;
+//   corruption found by a fold, or in the journal by Load, breaks the store as any (INTERNAL naming
+//   the file and the journal row).
 // - A failed checkpoint (SQLite copies the WAL into the file every 40 MB of WAL and at close) is
 //   not a failed commit: the commits stay in the WAL, which the next checkpoint or open replays.
 // - When the ROLLBACK after a failed Commit or Load itself fails, the connection may still be
@@ -166,6 +195,12 @@ void SetPageChecksumsForTest(bool enabled);
 // Test hook: checkpoints the WAL after every commit that leaves at least `pages` pages in it
 // (`PRAGMA wal_autocheckpoint`; the store's own setting is 40 MB of pages).
 Status SetAutoCheckpointForTest(Store& store, int pages);
+// Test hook: folds the whole run journal into the tables now (SqliteStoreOptions, "run journal").
+Status FoldJournalForTest(Store& store);
+// Test hook: the records the run journal holds (committed, not yet folded).
+std::uint64_t JournalRecordsForTest(Store& store);
+// Test hook: the bytes the fold under way holds in its buffers (0 between folds).
+std::size_t FoldBytesForTest(Store& store);
 }  // namespace internal
 
 }  // namespace syncsched::store

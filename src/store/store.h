@@ -121,6 +121,17 @@ struct Tenure {
   friend bool operator==(const Tenure&, const Tenure&) = default;
 };
 
+// Cluster mode: one part of a command received by another engine (cluster/command_inbox.h),
+// applied by this commit: the store marks it applied with `result` in the same transaction, and
+// fails the whole commit when the part is no longer pending (cancelled by its receiver, or
+// applied already). The commit is fenced at (partition, epoch).
+struct CommandApplied {
+  std::int64_t command = 0;
+  std::int32_t partition = 0;
+  std::int64_t epoch = 0;
+  std::string result;
+};
+
 // Everything one commit writes. Applied atomically: all of it or none.
 struct Batch {
   std::vector<SyncRow> syncs;                    // upserts
@@ -134,11 +145,13 @@ struct Batch {
   // schedules_deleted, whose uids carry none). The store's fence is the union of these and of
   // the tags of `schedules` and `runs`.
   std::vector<Tenure> fence;
+  // Cluster mode only (the PostgreSQL store): command parts this commit applies.
+  std::vector<CommandApplied> commands;
 
   bool empty() const {
     return syncs.empty() && integrations.empty() && connections_added.empty() &&
            connections_deleted.empty() && schedules.empty() && schedules_deleted.empty() &&
-           runs.empty();
+           runs.empty() && commands.empty();
   }
   void clear();
 };

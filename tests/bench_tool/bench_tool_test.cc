@@ -136,6 +136,15 @@ TEST(BenchToolFlags, AllFlags) {
   EXPECT_EQ(w.progress, Workload::Progress::kNever);
 }
 
+TEST(BenchToolFlags, Warmup) {
+  auto p = Parse({"--warmup", "round", "--warmup-limit", "2m"});
+  ASSERT_EQ(p.kind, ParseOutcome::Kind::kRun) << p.error;
+  EXPECT_EQ(p.workload.warmup, Workload::Warmup::kRound);
+  EXPECT_EQ(p.workload.warmup_limit_ms, 120000);
+  EXPECT_EQ(Parse({"--warmup=start"}).workload.warmup, Workload::Warmup::kStart);
+  EXPECT_EQ(Parse({}).workload.warmup, Workload::Warmup::kNone);
+}
+
 TEST(BenchToolFlags, Defaults) {
   auto p = Parse({});
   ASSERT_EQ(p.kind, ParseOutcome::Kind::kRun);
@@ -175,6 +184,9 @@ TEST(BenchToolFlags, ErrorsNameTheFlag) {
       {{"--recovery"}, "--recovery"},
       {{"--config", "/nonexistent/w.json"}, "--config"},
       {{"schedules"}, "schedules"},
+      {{"--warmup", "later"}, "--warmup"},
+      {{"--warmup-limit", "0s"}, "--warmup-limit"},
+      {{"--warmup", "round", "--virtual"}, "--warmup"},
   };
   for (const auto& c : cases) {
     auto p = Parse(c.args);
@@ -295,6 +307,11 @@ TEST_P(VirtualSmoke, CountsAreExact) {
   EXPECT_EQ(j["failed"], 0);
   EXPECT_EQ(j["lateness_ms"]["count"], 1000);
   EXPECT_GE(j["window_seconds"].get<double>(), 600);
+  // Memory is read once the start's immediate runs have finished, after malloc_trim.
+  EXPECT_EQ(j["memory"]["measured"], "start_runs_done");
+  EXPECT_EQ(j["memory"]["malloc_trim"], true);
+  EXPECT_TRUE(j["memory"].contains("rss_settled"));
+  EXPECT_LE(j["window_runs"].get<std::uint64_t>(), 1100u);
 }
 
 TEST_P(VirtualSmoke, FailuresRetriesCapAndDurations) {
@@ -351,6 +368,32 @@ TEST_P(RealSmoke, RunsAndReports) {
   EXPECT_GT(j["lateness_ms"]["count"].get<std::uint64_t>(), 0u);
   EXPECT_GE(j["series"].size(), 1u);
   EXPECT_GT(j["bytes_per_schedule"].get<double>(), 0);
+}
+
+// --warmup round: the window begins once the start's runs are done and one period has passed;
+// the window's runs exclude the warm-up's, and memory was read during the warm-up.
+TEST_P(RealSmoke, WarmupRound) {
+  Workload w;
+  w.engine = GetParam();
+  w.schedules = 300;
+  w.mix = {{250, 1.0, "250ms"}};
+  w.duration_ms = 1000;
+  w.spread = true;
+  w.warmup = Workload::Warmup::kRound;
+  w.warmup_limit_ms = 60000;
+  w.progress = Workload::Progress::kNever;
+  nlohmann::json j = RunOnce(w);
+  ExpectShape(j);
+  EXPECT_EQ(j["warmup"]["mode"], "round");
+  EXPECT_EQ(j["warmup"]["ended"], "start_runs_done_and_round");
+  EXPECT_GE(j["timing"]["warmup_ms"].get<double>(), 250);
+  EXPECT_EQ(j["memory"]["measured"], "start_runs_done");
+  auto runs = j["runs"].get<std::uint64_t>();
+  auto window = j["window_runs"].get<std::uint64_t>();
+  auto before = j["warmup"]["runs"].get<std::uint64_t>();
+  EXPECT_GE(before, 300u);           // the start's runs, and a round's
+  EXPECT_LE(before + window, runs);  // (runs go on until the engine stops)
+  EXPECT_GT(window, 0u);
 }
 
 INSTANTIATE_TEST_SUITE_P(Engines, RealSmoke,

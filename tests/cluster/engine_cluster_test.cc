@@ -29,6 +29,7 @@
 #include <thread>
 #include <vector>
 
+#include "cluster/cluster_test_util.h"
 #include "cluster/lease_keeper.h"
 #include "cluster/partition.h"
 #include "core/engine_access.h"
@@ -37,238 +38,18 @@
 #include "syncsched/engine.h"
 #include "syncsched/options.h"
 
-extern char** environ;
-
 namespace syncsched {
 namespace {
 
 using namespace std::chrono_literals;
-using Clock = std::chrono::steady_clock;
 using syncsched::testing::PgDatabaseTest;
+using namespace syncsched::cluster_testing;  // Db, Call, CallLog, Child, WaitFor, the checks
+using Clock = std::chrono::steady_clock;     // not syncsched::Clock
 
 constexpr int kPartitions = 16;
 constexpr auto kLease = 1500ms;
 constexpr const char* kIntegration = "it";
 constexpr const char* kSync = "s";
-
-std::int64_t WallMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
-bool WaitFor(const std::function<bool()>& ready, Clock::duration timeout) {
-  auto deadline = Clock::now() + timeout;
-  for (;;) {
-    if (ready()) return true;
-    if (Clock::now() >= deadline) return false;
-    std::this_thread::sleep_for(10ms);  // polling the database or the logs: no event to wait on
-  }
-}
-
-// ---- Database ----
-
-class Db {
- public:
-  explicit Db(const std::string& uri) : conn_(PQconnectdb(uri.c_str())) {}
-  ~Db() { PQfinish(conn_); }
-  Db(const Db&) = delete;
-  Db& operator=(const Db&) = delete;
-  std::vector<std::vector<std::string>> Rows(const std::string& sql) {
-    std::vector<std::vector<std::string>> out;
-    PGresult* r = PQexec(conn_, sql.c_str());
-    if (PQresultStatus(r) == PGRES_TUPLES_OK) {
-      for (int i = 0; i < PQntuples(r); ++i) {
-        out.emplace_back();
-        for (int j = 0; j < PQnfields(r); ++j) out.back().emplace_back(PQgetvalue(r, i, j));
-      }
-    } else {
-      ADD_FAILURE() << sql << ": " << PQresultErrorMessage(r);
-    }
-    PQclear(r);
-    return out;
-  }
-  // partition -> owner node id (0: free).
-  std::map<int, std::int64_t> Owners() {
-    std::map<int, std::int64_t> out;
-    for (const auto& r :
-         Rows("SELECT partition, coalesce(owner, 0) FROM syncsched_cluster.partitions")) {
-      out[std::stoi(r[0])] = std::stoll(r[1]);
-    }
-    return out;
-  }
-  std::int64_t NodeId(const std::string& name) {
-    auto rows = Rows("SELECT id FROM syncsched_cluster.nodes WHERE name = '" + name + "'");
-    return rows.empty() ? 0 : std::stoll(rows[0][0]);
-  }
-
- private:
-  PGconn* conn_;
-};
-
-// ---- What the callbacks saw ----
-
-struct Call {
-  std::string node;
-  std::string run_id;
-  std::string connection;  // in-process calls only
-  std::int64_t slot = 0;
-  Clock::time_point at{};    // in-process calls only
-  std::int64_t wall_ms = 0;  // in-process calls only
-};
-
-class CallLog {
- public:
-  void Add(Call c) {
-    std::lock_guard lock(mu_);
-    calls_.push_back(std::move(c));
-  }
-  std::vector<Call> All() {
-    std::lock_guard lock(mu_);
-    return calls_;
-  }
-
- private:
-  std::mutex mu_;
-  std::vector<Call> calls_;
-};
-
-// The uid part of a run id ("<uid>-<slot>" or "<uid>-<slot>-<n>").
-std::string UidOf(const std::string& run_id) { return run_id.substr(0, run_id.find('-')); }
-
-// No run id and no (schedule, slot) called twice.
-void ExpectEachSlotCalledOnce(const std::vector<Call>& calls) {
-  std::map<std::string, std::string> ids;                             // run id -> node
-  std::map<std::pair<std::string, std::int64_t>, std::string> slots;  // (uid, slot) -> node
-  for (const Call& c : calls) {
-    auto [it, fresh] = ids.emplace(c.run_id, c.node);
-    EXPECT_TRUE(fresh) << "run " << c.run_id << " called on " << it->second << " and " << c.node;
-    auto [st, fresh_slot] = slots.emplace(std::pair{UidOf(c.run_id), c.slot}, c.node);
-    EXPECT_TRUE(fresh_slot) << "schedule " << UidOf(c.run_id) << " slot " << c.slot << " called on "
-                            << st->second << " and " << c.node;
-  }
-}
-
-// The history in the database: no (schedule, slot) recorded twice, and every run a callback saw
-// is recorded (as run, or as interrupted when its engine lost it in flight).
-void ExpectHistoryConsistent(Db& db, const std::vector<Call>& calls) {
-  auto dups = db.Rows(
-      "SELECT schedule_uid, slot_ms, count(*) FROM syncsched.history WHERE place >= 0 "
-      "GROUP BY 1, 2 HAVING count(*) > 1");
-  EXPECT_TRUE(dups.empty()) << dups.size() << " slots recorded twice, e.g. schedule "
-                            << (dups.empty() ? "" : dups[0][0] + " slot " + dups[0][1]);
-  auto id_dups = db.Rows(
-      "SELECT convert_from(run_id, 'UTF8'), count(*) FROM syncsched.history WHERE place >= 0 "
-      "GROUP BY 1 HAVING count(*) > 1");
-  EXPECT_TRUE(id_dups.empty()) << "run " << (id_dups.empty() ? "" : id_dups[0][0])
-                               << " recorded twice";
-  std::set<std::string> recorded;
-  for (const auto& r :
-       db.Rows("SELECT convert_from(run_id, 'UTF8') FROM syncsched.history WHERE place >= 0")) {
-    recorded.insert(r[0]);
-  }
-  std::size_t missing = 0;
-  std::string example;
-  for (const Call& c : calls) {
-    if (recorded.count(c.run_id) == 0) {
-      ++missing;
-      example = c.run_id + " (" + c.node + ")";
-    }
-  }
-  EXPECT_EQ(missing, 0u) << "runs called but not in the history, e.g. " << example;
-}
-
-// ---- A child process running syncsched_cluster_engine ----
-
-class Child {
- public:
-  Child(const std::vector<std::string>& args, CallLog* log) : log_(log) {
-    int fds[2];
-    if (::pipe(fds) != 0) return;
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
-    posix_spawn_file_actions_addclose(&actions, fds[0]);
-    posix_spawn_file_actions_addclose(&actions, fds[1]);
-    std::string bin = SYNCSCHED_CLUSTER_ENGINE_BIN;
-    std::vector<std::string> copy = args;
-    std::vector<char*> argv{bin.data()};
-    for (auto& a : copy) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    if (posix_spawn(&pid_, bin.c_str(), &actions, nullptr, argv.data(), environ) != 0) pid_ = -1;
-    posix_spawn_file_actions_destroy(&actions);
-    ::close(fds[1]);
-    // Drains its output continuously (a full pipe would block its callbacks).
-    reader_ = std::thread([this, fd = fds[0]] { Read(fd); });
-  }
-  ~Child() {
-    Signal(SIGKILL);
-    Wait();
-    if (reader_.joinable()) reader_.join();
-  }
-  Child(const Child&) = delete;
-  Child& operator=(const Child&) = delete;
-
-  bool WaitForLine(const std::string& line, Clock::duration timeout) {
-    std::unique_lock lock(mu_);
-    return cv_.wait_for(lock, timeout, [&] { return lines_.count(line) != 0 || eof_; }) &&
-           lines_.count(line) != 0;
-  }
-  std::size_t runs() {
-    std::lock_guard lock(mu_);
-    return runs_;
-  }
-  void Signal(int sig) {
-    if (pid_ > 0) ::kill(pid_, sig);
-  }
-  int Wait() {
-    if (pid_ <= 0) return -1;
-    int status = 0;
-    ::waitpid(pid_, &status, 0);
-    pid_ = -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  }
-
- private:
-  void Read(int fd) {
-    std::string buffer;
-    char buf[4096];
-    for (;;) {
-      ssize_t n = ::read(fd, buf, sizeof buf);
-      if (n <= 0) break;
-      buffer.append(buf, static_cast<std::size_t>(n));
-      for (auto nl = buffer.find('\n'); nl != std::string::npos; nl = buffer.find('\n')) {
-        std::string line = buffer.substr(0, nl);
-        buffer.erase(0, nl + 1);
-        if (line.rfind("run ", 0) == 0) {
-          std::istringstream in(line.substr(4));
-          Call c;
-          in >> c.node >> c.run_id >> c.slot;
-          log_->Add(c);
-          std::lock_guard lock(mu_);
-          ++runs_;
-        } else {
-          std::lock_guard lock(mu_);
-          lines_.insert(line);
-        }
-        cv_.notify_all();
-      }
-    }
-    ::close(fd);
-    std::lock_guard lock(mu_);
-    eof_ = true;
-    cv_.notify_all();
-  }
-
-  CallLog* log_;
-  pid_t pid_ = -1;
-  std::thread reader_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::set<std::string> lines_;
-  std::size_t runs_ = 0;
-  bool eof_ = false;
-};
 
 // ---- Fixture ----
 
@@ -304,9 +85,10 @@ class EngineClusterTest : public PgDatabaseTest {
     return engine;
   }
 
-  // The engine serves a command over every partition: it holds and has loaded all of them.
+  // The engine holds and has loaded every partition (so it serves every catalog command).
   static bool HoldsAll(Engine& e) {
-    return e.GetStatus(Target{kIntegration, std::nullopt, {}}).ok();
+    return internal::EngineAccess::LoadedPartitions(e).size() ==
+           static_cast<std::size_t>(kPartitions);
   }
 
   // On `engine`, alone in the cluster: the sync (every 1 s) and `n` connections, each with its
@@ -358,59 +140,6 @@ TEST_F(EngineClusterTest, ASingleEngineAndAClusterNeverShareTheDatabase) {
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.status().code(), StatusCode::kUnavailable) << s.status();
   EXPECT_NE(s.status().message().find("in use"), std::string::npos) << s.status();
-}
-
-TEST_F(EngineClusterTest, ACommandOnAPartitionHeldElsewhereFailsNamingTheCause) {
-  Engine* a = Open("a");
-  ASSERT_NE(a, nullptr);
-  ASSERT_NO_FATAL_FAILURE(Populate(*a, 40));
-  Engine* b = Open("b");
-  ASSERT_NE(b, nullptr);
-  Db db(uri_);
-  std::int64_t a_id = db.NodeId("a"), b_id = db.NodeId("b");
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        auto owners = db.Owners();
-        int on_a = 0, on_b = 0;
-        for (const auto& [p, o] : owners) {
-          on_a += o == a_id;
-          on_b += o == b_id;
-        }
-        return on_a == kPartitions / 2 && on_b == kPartitions / 2;
-      },
-      10s));
-  // A connection whose schedule is in one of a's partitions, and one in b's.
-  auto owners = db.Owners();
-  std::string on_a, on_b;
-  for (int i = 0; i < 40 && (on_a.empty() || on_b.empty()); ++i) {
-    std::int64_t owner = owners[PartitionOfConnection(Connection(i))];
-    (owner == a_id ? on_a : on_b) = Connection(i);
-  }
-  ASSERT_FALSE(on_a.empty());
-  ASSERT_FALSE(on_b.empty());
-  Target mine{kIntegration, on_a, {SyncSelector{kSync}}};
-  Target theirs{kIntegration, on_b, {SyncSelector{kSync}}};
-  ASSERT_TRUE(WaitFor([&] { return a->GetStatus(mine).ok(); }, 10s));
-  auto paused = a->Pause(mine);
-  ASSERT_TRUE(paused.ok()) << paused.status();
-  auto refused = a->Pause(theirs);
-  ASSERT_FALSE(refused.ok());
-  EXPECT_EQ(refused.status().code(), StatusCode::kFailedPrecondition) << refused.status();
-  EXPECT_NE(refused.status().message().find("cluster mode"), std::string::npos) << refused.status();
-  EXPECT_NE(
-      refused.status().message().find("partition " + std::to_string(PartitionOfConnection(on_b))),
-      std::string::npos)
-      << refused.status();
-  // The owner serves it.
-  ASSERT_TRUE(WaitFor([&] { return b->GetStatus(theirs).ok(); }, 10s));
-  auto paused_there = b->Pause(theirs);
-  ASSERT_TRUE(paused_there.ok()) << paused_there.status();
-  auto st = b->GetStatus(theirs);
-  ASSERT_TRUE(st.ok());
-  EXPECT_EQ((*st)[0].state, ScheduleState::kPaused);
-  // A command over every variant needs every partition.
-  auto all = a->GetStatus(Target{kIntegration, on_a, {}});
-  EXPECT_EQ(all.status().code(), StatusCode::kFailedPrecondition) << all.status();
 }
 
 TEST_F(EngineClusterTest, ThreeEnginesRunEachSlotOnceAndAGracefulStopHandsOverWithinOneSecond) {
@@ -497,7 +226,8 @@ TEST_F(EngineClusterTest, AKilledEnginesSchedulesRunElsewhereWithinLeasePlusOneS
   ASSERT_NE(a, nullptr);
   ASSERT_NO_FATAL_FAILURE(Populate(*a, kSchedules));
   // The child's runs take 100 ms, so that some are in flight when it is killed.
-  Child child({uri_, "child", std::to_string(kLease.count()), std::to_string(kPartitions), "100"},
+  Child child(SYNCSCHED_CLUSTER_ENGINE_BIN,
+              {uri_, "child", std::to_string(kLease.count()), std::to_string(kPartitions), "100"},
               &log_);
   ASSERT_TRUE(child.WaitForLine("ready", 20s));
   Db db(uri_);
@@ -524,6 +254,11 @@ TEST_F(EngineClusterTest, AKilledEnginesSchedulesRunElsewhereWithinLeasePlusOneS
     }
   }
   ASSERT_FALSE(of_child.empty());
+  // Killed just after one of its runs started (a run lasts 100 ms): at least one is in flight.
+  // (Killed at an arbitrary moment, it may fall between the second's burst of runs: the
+  // schedules were created together, so their slots come due together.)
+  const std::size_t seen = child.runs();
+  ASSERT_TRUE(WaitFor([&] { return child.runs() > seen; }, 5s));
   child.Signal(SIGKILL);
   auto killed = Clock::now();
   std::int64_t killed_wall = WallMs();
@@ -594,7 +329,8 @@ TEST_F(EngineClusterTest, AFrozenEngineWakesAndRunsNothingItNoLongerOwns) {
   Engine* a = Open("a");
   ASSERT_NE(a, nullptr);
   ASSERT_NO_FATAL_FAILURE(Populate(*a, kSchedules));
-  Child child({uri_, "frozen", std::to_string(kLease.count()), std::to_string(kPartitions), "50"},
+  Child child(SYNCSCHED_CLUSTER_ENGINE_BIN,
+              {uri_, "frozen", std::to_string(kLease.count()), std::to_string(kPartitions), "50"},
               &log_);
   ASSERT_TRUE(child.WaitForLine("ready", 20s));
   Db db(uri_);
@@ -671,8 +407,9 @@ TEST_F(EngineClusterTest, APartitionTakenBehindTheEnginesBackIsDroppedAndTheOthe
   EXPECT_EQ(of_p_calls, 0u) << "schedules of the lost partition still run";
   EXPECT_EQ(ran.size(), static_cast<std::size_t>(kSchedules) - of_p.size())
       << "every other schedule runs on";
+  // Its status is read from the database (the partition is not this engine's any more).
   auto status = a->GetStatus(Target{kIntegration, Connection(0), {SyncSelector{kSync}}});
-  EXPECT_EQ(status.status().code(), StatusCode::kFailedPrecondition) << status.status();
+  EXPECT_TRUE(status.ok()) << status.status();
   cluster::LeaseKeeper* keeper = internal::EngineAccess::KeeperOf(*a);
   ASSERT_NE(keeper, nullptr);
   EXPECT_EQ(keeper->Owned().count(p), 0u);
@@ -725,6 +462,373 @@ TEST_F(EngineClusterTest, ASingleEnginesDatabaseIsTakenOverByAClusterEngine) {
   EXPECT_GT((*st)[0].id, 10u);
   Stop("a");
   ExpectHistoryConsistent(db, log_.All());
+}
+
+// ---- Commands through any engine (issue 13) ----
+
+// Every partition is loaded by one of `engines`, each holding at least its share.
+bool Balanced(const std::vector<Engine*>& engines) {
+  std::size_t total = 0;
+  for (Engine* e : engines) {
+    std::size_t n = internal::EngineAccess::LoadedPartitions(*e).size();
+    if (n < static_cast<std::size_t>(kPartitions) / engines.size()) return false;
+    total += n;
+  }
+  return total == static_cast<std::size_t>(kPartitions);
+}
+
+bool Loads(Engine& e, int partition) {
+  auto parts = internal::EngineAccess::LoadedPartitions(e);
+  return std::find(parts.begin(), parts.end(), partition) != parts.end();
+}
+
+std::chrono::milliseconds Ms(Clock::duration d) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(d);
+}
+
+// Commands through an engine that holds a third of the partitions their keys are in: answered per
+// key as one engine answers, applied by the owners before the answer (the time is printed, not
+// asserted: speed is measured in bench/, and CI's sanitizer builds on two cores missed 200 ms by 1 ms),
+// read back through every engine at once; a pause stops the runs, a start gives one immediate run
+// at its anchor and a grid from there; bad input gets one engine's errors and changes nothing.
+TEST_F(EngineClusterTest, CommandsThroughANonOwnerAreAppliedByTheOwnersAndReadBackEverywhere) {
+  constexpr int kSchedules = 60;
+  Engine* a = Open("a");
+  ASSERT_NE(a, nullptr);
+  ASSERT_NO_FATAL_FAILURE(Populate(*a, kSchedules));
+  Engine* b = Open("b");
+  Engine* c = Open("c");
+  ASSERT_NE(b, nullptr);
+  ASSERT_NE(c, nullptr);
+  ASSERT_TRUE(WaitFor([&] { return Balanced({a, b, c}); }, 15s)) << "not balanced";
+  const Target all{kIntegration, std::nullopt, {SyncSelector{kSync}}};
+  std::set<int> partitions;
+  for (int i = 0; i < kSchedules; ++i) partitions.insert(PartitionOfConnection(Connection(i)));
+  std::printf("%d schedules in %zu partitions\n", kSchedules, partitions.size());
+  ASSERT_GT(partitions.size(), 8u);
+
+  // Pause through c.
+  auto t0 = Clock::now();
+  auto paused = c->Pause(all);
+  auto took = Clock::now() - t0;
+  const std::int64_t paused_wall = WallMs();
+  ASSERT_TRUE(paused.ok()) << paused.status();
+  std::printf("pause of %d schedules through a non-owner: %lld ms\n", kSchedules,
+              static_cast<long long>(Ms(took).count()));
+  EXPECT_EQ(paused->Count(Outcome::kPaused), static_cast<std::size_t>(kSchedules));
+  ASSERT_EQ(paused->outcomes.size(), static_cast<std::size_t>(kSchedules));
+  std::set<std::string> keys;
+  for (const KeyOutcome& o : paused->outcomes) {
+    EXPECT_EQ(o.outcome, Outcome::kPaused) << ToString(o.key);
+    keys.insert(o.key.connection);
+  }
+  EXPECT_EQ(keys.size(), static_cast<std::size_t>(kSchedules));
+  // Read-your-writes, through every engine.
+  for (Engine* e : {a, b, c}) {
+    auto st = e->GetStatus(all);
+    ASSERT_TRUE(st.ok()) << st.status();
+    ASSERT_EQ(st->size(), static_cast<std::size_t>(kSchedules));
+    for (const ScheduleStatus& s : *st) {
+      EXPECT_EQ(s.state, ScheduleState::kPaused) << ToString(s.key);
+      EXPECT_FALSE(s.next_run.has_value()) << ToString(s.key);
+    }
+  }
+  t0 = Clock::now();
+  auto again = a->Pause(all);
+  std::printf("pause again through a: %lld ms\n",
+              static_cast<long long>(Ms(Clock::now() - t0).count()));
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->Count(Outcome::kAlreadyPaused), static_cast<std::size_t>(kSchedules));
+  std::this_thread::sleep_for(2500ms);  // slots every second would have come due meanwhile
+  {
+    std::map<std::string, int> after;
+    for (const Call& call : log_.All()) {
+      EXPECT_LE(call.slot, paused_wall + 200)
+          << call.connection << " ran slot " << call.slot << " after the pause";
+      if (call.slot > paused_wall - 200) ++after[call.connection];
+    }
+    for (const auto& [conn, n] : after) EXPECT_LE(n, 1) << conn;
+  }
+
+  // Start through b: one immediate run per schedule, at its anchor, once cluster-wide.
+  const std::int64_t before_start = WallMs();
+  t0 = Clock::now();
+  auto started = b->Start(all);
+  took = Clock::now() - t0;
+  const std::int64_t after_start = WallMs();
+  ASSERT_TRUE(started.ok()) << started.status();
+  std::printf("start through a non-owner: %lld ms\n", static_cast<long long>(Ms(took).count()));
+  EXPECT_EQ(started->Count(Outcome::kStarted), static_cast<std::size_t>(kSchedules));
+  for (Engine* e : {a, c}) {
+    auto st = e->GetStatus(all);
+    ASSERT_TRUE(st.ok()) << st.status();
+    for (const ScheduleStatus& s : *st) {
+      EXPECT_EQ(s.state, ScheduleState::kStarted) << ToString(s.key);
+      ASSERT_TRUE(s.next_run.has_value()) << ToString(s.key);
+    }
+  }
+  auto in_start = [&](const Call& call) {
+    return call.slot >= before_start && call.slot <= after_start;
+  };
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        std::set<std::string> ran;
+        for (const Call& call : log_.All()) {
+          if (in_start(call)) ran.insert(call.connection);
+        }
+        return ran.size() == static_cast<std::size_t>(kSchedules);
+      },
+      5s))
+      << "not every schedule ran at once";
+  std::this_thread::sleep_for(2500ms);  // the grid's runs meanwhile
+  {
+    std::map<std::string, std::vector<std::int64_t>> anchors, later;
+    for (const Call& call : log_.All()) {
+      if (in_start(call)) {
+        anchors[call.connection].push_back(call.slot);
+      } else if (call.slot > after_start) {
+        later[call.connection].push_back(call.slot);
+      }
+    }
+    auto st = a->GetStatus(all);
+    ASSERT_TRUE(st.ok()) << st.status();
+    for (const ScheduleStatus& s : *st) {
+      const auto& mine = anchors[s.key.connection];
+      ASSERT_EQ(mine.size(), 1u) << s.key.connection << ": the immediate run, once";
+      for (std::int64_t slot : later[s.key.connection]) {
+        EXPECT_EQ((slot - mine[0]) % 1000, 0) << s.key.connection << ": off the start's grid";
+      }
+      EXPECT_GE(later[s.key.connection].size(), 1u) << s.key.connection << " ran on its grid";
+    }
+  }
+
+  // Trigger through a: each key triggered (or already running), per key.
+  auto triggered = a->Trigger(all, RunMode::kIncremental);
+  ASSERT_TRUE(triggered.ok()) << triggered.status();
+  EXPECT_EQ(triggered->Count(Outcome::kTriggered) + triggered->Count(Outcome::kAlreadyRunning),
+            static_cast<std::size_t>(kSchedules));
+  EXPECT_EQ(triggered->outcomes.size(), static_cast<std::size_t>(kSchedules));
+
+  // A frequency, through an engine that does not hold the key's partition.
+  std::string elsewhere;
+  for (int i = 0; i < kSchedules && elsewhere.empty(); ++i) {
+    if (!Loads(*a, PartitionOfConnection(Connection(i)))) elsewhere = Connection(i);
+  }
+  ASSERT_FALSE(elsewhere.empty());
+  auto freq = a->UpdateFrequency(ScheduleKey{kIntegration, elsewhere, kSync, "base"}, "2s");
+  ASSERT_TRUE(freq.ok()) << freq.status();
+  EXPECT_EQ(*freq, 2000ms);
+  for (Engine* e : {a, b, c}) {
+    auto st = e->GetStatus(Target{kIntegration, elsewhere, {SyncSelector{kSync}}});
+    ASSERT_TRUE(st.ok()) << st.status();
+    ASSERT_EQ(st->size(), 1u);
+    EXPECT_EQ((*st)[0].frequency, 2000ms);
+    EXPECT_TRUE((*st)[0].frequency_overridden);
+  }
+
+  // A variant created and deleted through an engine that does not hold its partition.
+  ScheduleKey variant;
+  for (int i = 0; i < kSchedules && variant.integration.empty(); ++i) {
+    ScheduleKey k{kIntegration, Connection(i), kSync, "v1"};
+    if (!Loads(*a, cluster::PartitionOf(k, kPartitions))) variant = k;
+  }
+  ASSERT_FALSE(variant.integration.empty());
+  auto created = a->CreateVariant(variant);
+  ASSERT_TRUE(created.ok()) << created.status();
+  EXPECT_EQ(created->key.variant, "v1");
+  EXPECT_EQ(created->state, ScheduleState::kStarted);  // the sync auto-starts
+  EXPECT_GT(created->id, 0u);
+  auto twice = b->CreateVariant(variant);
+  EXPECT_EQ(twice.status().code(), StatusCode::kAlreadyExists) << twice.status();
+  const Target just_variant{kIntegration, variant.connection, {SyncSelector{kSync, "v1"}}};
+  for (Engine* e : {a, b, c}) {
+    auto st = e->GetStatus(just_variant);
+    ASSERT_TRUE(st.ok()) << st.status();
+    ASSERT_EQ(st->size(), 1u);
+    EXPECT_EQ((*st)[0].id, created->id);
+  }
+  Status deleted = a->DeleteVariant(variant);
+  ASSERT_TRUE(deleted.ok()) << deleted;
+  Status deleted_again = a->DeleteVariant(variant);
+  EXPECT_EQ(deleted_again.code(), StatusCode::kNotFound) << deleted_again;
+  EXPECT_EQ(deleted_again.subject(), StatusSubject::kVariant) << deleted_again;
+  for (Engine* e : {a, b, c}) {
+    auto st = e->GetStatus(just_variant);
+    EXPECT_EQ(st.status().code(), StatusCode::kNotFound) << st.status();
+  }
+
+  // Bad input through a non-owner: one engine's errors, nothing changed, nothing handed over.
+  auto no_variant = a->Pause(Target{kIntegration, std::nullopt, {SyncSelector{kSync, "nope"}}});
+  EXPECT_EQ(no_variant.status().code(), StatusCode::kNotFound) << no_variant.status();
+  EXPECT_EQ(no_variant.status().subject(), StatusSubject::kVariant) << no_variant.status();
+  EXPECT_NE(no_variant.status().message().find("\"nope\""), std::string::npos)
+      << no_variant.status();
+  auto no_conn = c->Start(Target{kIntegration, "no-such-connection", {}});
+  EXPECT_EQ(no_conn.status().code(), StatusCode::kNotFound) << no_conn.status();
+  EXPECT_EQ(no_conn.status().subject(), StatusSubject::kConnection) << no_conn.status();
+  auto no_sync = b->Trigger(Target{kIntegration, std::nullopt, {SyncSelector{"other"}}});
+  EXPECT_EQ(no_sync.status().code(), StatusCode::kNotFound) << no_sync.status();
+  EXPECT_EQ(no_sync.status().subject(), StatusSubject::kSync) << no_sync.status();
+  auto malformed = b->Pause(Target{kIntegration, std::nullopt, {SyncSelector{"bad name!"}}});
+  EXPECT_EQ(malformed.status().code(), StatusCode::kInvalidArgument) << malformed.status();
+  auto bad_freq =
+      c->UpdateFrequency(ScheduleKey{kIntegration, elsewhere, kSync, "base"}, "every 1ms");
+  EXPECT_EQ(bad_freq.status().code(), StatusCode::kInvalidArgument) << bad_freq.status();
+  for (Engine* e : {a, b, c}) {
+    auto st = e->GetStatus(all);
+    ASSERT_TRUE(st.ok()) << st.status();
+    for (const ScheduleStatus& s : *st) {
+      EXPECT_EQ(s.state, ScheduleState::kStarted) << ToString(s.key);
+    }
+  }
+  Db db(uri_);
+  EXPECT_EQ(db.Rows("SELECT count(*) FROM syncsched_cluster.commands")[0][0], "0")
+      << "answered commands are deleted; refused ones never written";
+  Stop("a");
+  Stop("b");
+  Stop("c");
+  std::vector<Call> calls = log_.All();
+  ExpectEachSlotCalledOnce(calls);
+  // The deleted variant's runs left the history with it.
+  std::erase_if(
+      calls, [&](const Call& call) { return UidOf(call.run_id) == std::to_string(created->id); });
+  ExpectHistoryConsistent(db, calls);
+}
+
+// A partition whose owner is gone and that nobody can take (held by a node that does not exist,
+// with a lease that does not end): the command waits for its deadline (lease + 2 s), cancels that
+// part, and answers UNAVAILABLE naming it; nothing of that part is applied, then or later, while
+// the other partitions' keys are (and the message says so).
+TEST_F(EngineClusterTest, ACommandNobodyAppliesIsCancelledAtItsDeadlineAndAnsweredUnavailable) {
+  constexpr int kSchedules = 32;
+  Engine* a = Open("a");
+  ASSERT_NE(a, nullptr);
+  ASSERT_NO_FATAL_FAILURE(Populate(*a, kSchedules));
+  const int p = PartitionOfConnection(Connection(0));
+  std::set<std::string> of_p;
+  for (int i = 0; i < kSchedules; ++i) {
+    if (PartitionOfConnection(Connection(i)) == p) of_p.insert(Connection(i));
+  }
+  Db db(uri_);
+  ASSERT_EQ(db.Rows("UPDATE syncsched_cluster.partitions SET owner = 999999, epoch = epoch + 1, "
+                    "expires_at = now() + interval '1 hour' WHERE partition = " +
+                    std::to_string(p) + " RETURNING partition")
+                .size(),
+            1u);
+  ASSERT_TRUE(WaitFor([&] { return !Loads(*a, p); }, 10s));
+  const Target all{kIntegration, std::nullopt, {SyncSelector{kSync}}};
+  auto t0 = Clock::now();
+  auto paused = a->Pause(all);
+  auto took = Clock::now() - t0;
+  std::printf("answered after %lld ms: %s\n", static_cast<long long>(Ms(took).count()),
+              paused.status().ToString().c_str());
+  ASSERT_FALSE(paused.ok());
+  EXPECT_EQ(paused.status().code(), StatusCode::kUnavailable) << paused.status();
+  EXPECT_NE(paused.status().message().find("partition(s) " + std::to_string(p)), std::string::npos)
+      << paused.status();
+  EXPECT_NE(paused.status().message().find("nothing was applied to their " +
+                                           std::to_string(of_p.size()) + " schedule(s)"),
+            std::string::npos)
+      << paused.status();
+  auto check = [&] {
+    auto st = a->GetStatus(all);
+    ASSERT_TRUE(st.ok()) << st.status();
+    ASSERT_EQ(st->size(), static_cast<std::size_t>(kSchedules));
+    for (const ScheduleStatus& s : *st) {
+      EXPECT_EQ(s.state,
+                of_p.count(s.key.connection) ? ScheduleState::kStarted : ScheduleState::kPaused)
+          << ToString(s.key);
+    }
+  };
+  check();
+  EXPECT_EQ(db.Rows("SELECT count(*) FROM syncsched_cluster.command_parts WHERE state = 0")[0][0],
+            "0");
+  // Given back: a takes the partition, loads it, finds nothing pending; its schedules run on.
+  ASSERT_EQ(db.Rows("UPDATE syncsched_cluster.partitions SET owner = NULL, expires_at = NULL "
+                    "WHERE partition = " +
+                    std::to_string(p) + " RETURNING partition")
+                .size(),
+            1u);
+  ASSERT_TRUE(WaitFor([&] { return Loads(*a, p); }, 10s));
+  auto back = Clock::now();
+  check();
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        for (const Call& call : log_.All()) {
+          if (call.at > back && of_p.count(call.connection) != 0) return true;
+        }
+        return false;
+      },
+      5s));
+  Stop("a");
+  ExpectEachSlotCalledOnce(log_.All());
+}
+
+// A command sent while the owner of some of its partitions is being killed (a child process,
+// SIGKILL): the survivor takes them over and applies the pending part before it dispatches
+// anything there, so the command is answered as one engine would (or UNAVAILABLE with nothing
+// applied to those keys, had the takeover been late): never lost after an acknowledgement, and no
+// slot runs twice.
+TEST_F(EngineClusterTest, ACommandWhileItsOwnerIsKilledIsAppliedByTheTakerOrAnsweredUnavailable) {
+  constexpr int kSchedules = 64;
+  Engine* a = Open("a");
+  ASSERT_NE(a, nullptr);
+  ASSERT_NO_FATAL_FAILURE(Populate(*a, kSchedules));
+  Child child(SYNCSCHED_CLUSTER_ENGINE_BIN,
+              {uri_, "child", std::to_string(kLease.count()), std::to_string(kPartitions), "100"},
+              &log_);
+  ASSERT_TRUE(child.WaitForLine("ready", 20s));
+  Db db(uri_);
+  std::int64_t child_id = db.NodeId("child");
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        int on_child = 0;
+        for (const auto& [p, o] : db.Owners()) on_child += o == child_id;
+        return on_child == kPartitions / 2 && internal::EngineAccess::LoadedPartitions(*a).size() ==
+                                                  static_cast<std::size_t>(kPartitions / 2);
+      },
+      10s));
+  ASSERT_TRUE(WaitFor([&] { return child.runs() > 0; }, 10s));
+  std::this_thread::sleep_for(1500ms);
+  std::set<std::string> of_child;
+  for (int i = 0; i < kSchedules; ++i) {
+    if (!Loads(*a, PartitionOfConnection(Connection(i)))) of_child.insert(Connection(i));
+  }
+  ASSERT_FALSE(of_child.empty());
+  const Target all{kIntegration, std::nullopt, {SyncSelector{kSync}}};
+  child.Signal(SIGKILL);
+  auto t0 = Clock::now();
+  auto paused = a->Pause(all);
+  auto took = Clock::now() - t0;
+  const std::int64_t ack_wall = WallMs();
+  child.Wait();
+  std::printf("pause while the owner was killed: %lld ms, %s\n",
+              static_cast<long long>(Ms(took).count()), paused.status().ToString().c_str());
+  auto st = a->GetStatus(all);
+  ASSERT_TRUE(st.ok()) << st.status();
+  ASSERT_EQ(st->size(), static_cast<std::size_t>(kSchedules));
+  if (paused.ok()) {
+    EXPECT_EQ(paused->Count(Outcome::kPaused), static_cast<std::size_t>(kSchedules));
+    for (const ScheduleStatus& s : *st) {
+      EXPECT_EQ(s.state, ScheduleState::kPaused) << ToString(s.key);
+    }
+    std::this_thread::sleep_for(2500ms);
+    for (const Call& call : log_.All()) {
+      EXPECT_LE(call.slot, ack_wall + 200) << call.connection << " on " << call.node << " ran slot "
+                                           << call.slot << " after the pause was acknowledged";
+    }
+  } else {
+    EXPECT_EQ(paused.status().code(), StatusCode::kUnavailable) << paused.status();
+    for (const ScheduleStatus& s : *st) {
+      if (of_child.count(s.key.connection) != 0) {
+        EXPECT_EQ(s.state, ScheduleState::kStarted) << ToString(s.key) << ": cancelled part";
+      }
+    }
+  }
+  Stop("a");
+  std::vector<Call> calls = log_.All();
+  ExpectEachSlotCalledOnce(calls);
+  ExpectHistoryConsistent(db, calls);
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 
 #include <memory>
 #include <utility>
+#include <vector>
 
 #include "core/engine_core.h"
 #include "syncsched/engine.h"
@@ -15,6 +16,11 @@ struct EngineAccess {
 
   // Cluster mode: the engine's LeaseKeeper (null otherwise).
   static cluster::LeaseKeeper* KeeperOf(Engine& engine) { return engine.core_->KeeperForTest(); }
+
+  // Cluster mode: the partitions the engine has loaded under a valid lease.
+  static std::vector<int> LoadedPartitions(Engine& engine) {
+    return engine.core_->LoadedPartitionsForTest();
+  }
 
   // Commands touching more than `rows` schedules stream their rows to the store in parts of
   // `rows` (EngineCore::kStreamRows by default).

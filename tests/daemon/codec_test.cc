@@ -657,5 +657,40 @@ TEST(Prometheus, RetriesAndWaits) {
   EXPECT_NE(text.find("syncsched_run_wait_seconds_sum 42\n"), std::string::npos);
 }
 
+// Issue 13: the cluster's figures, in cluster mode only.
+TEST(Prometheus, ClusterFiguresInClusterModeOnly) {
+  EngineMetrics m;
+  std::string single = EncodePrometheus(m, DaemonMetrics{});
+  EXPECT_EQ(single.find("syncsched_cluster_"), std::string::npos) << single;
+  m.cluster_partitions_total = 64;
+  m.cluster_partitions_owned = 21;
+  m.cluster_nodes_live = 3;
+  m.cluster_lease_renewals = 100;
+  m.cluster_claims = 30;
+  m.cluster_takeovers = 5;
+  m.cluster_releases = 9;
+  m.cluster_leases_lost = 2;
+  m.cluster_fenced_refusals = 1;
+  std::string text = EncodePrometheus(m, DaemonMetrics{});
+  for (const char* line : {
+           "# TYPE syncsched_cluster_partitions_owned gauge\nsyncsched_cluster_partitions_owned "
+           "21\n",
+           "# TYPE syncsched_cluster_partitions gauge\nsyncsched_cluster_partitions 64\n",
+           "# TYPE syncsched_cluster_nodes_live gauge\nsyncsched_cluster_nodes_live 3\n",
+           "# TYPE syncsched_cluster_lease_renewals_total counter\n"
+           "syncsched_cluster_lease_renewals_total 100\n",
+           "syncsched_cluster_claims_total 30\n",
+           "# TYPE syncsched_cluster_takeovers_total counter\nsyncsched_cluster_takeovers_total "
+           "5\n",
+           "syncsched_cluster_releases_total 9\n",
+           "syncsched_cluster_leases_lost_total 2\n",
+           "# TYPE syncsched_cluster_fenced_writes_refused_total counter\n"
+           "syncsched_cluster_fenced_writes_refused_total 1\n",
+           "# HELP syncsched_cluster_takeovers_total ",
+       }) {
+    EXPECT_NE(text.find(line), std::string::npos) << line << "\n" << text;
+  }
+}
+
 }  // namespace
 }  // namespace syncsched::codec

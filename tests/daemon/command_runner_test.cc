@@ -65,8 +65,8 @@ class CommandRunnerTest : public ::testing::Test {
 
 TEST_F(CommandRunnerTest, PassesTheRunInTheEnvironment) {
   setenv("SYNCSCHED_STALE", "from the daemon", 1);
+  setenv("SYNCSCHED_NODE", "an operator's", 1);  // not the daemon's name: dropped as well
   RunReport r = Sh("env | grep '^SYNCSCHED_' | sort > '" + Path("env") + "'");
-  unsetenv("SYNCSCHED_STALE");
   ASSERT_TRUE(r.status.ok()) << r.status;
   EXPECT_EQ(ReadFile(Path("env")),
             "SYNCSCHED_ATTEMPT=2\n"
@@ -77,7 +77,14 @@ TEST_F(CommandRunnerTest, PassesTheRunInTheEnvironment) {
             "SYNCSCHED_SLOT=2026-01-01T00:00:00.000Z\n"
             "SYNCSCHED_SYNC=issues\n"
             "SYNCSCHED_VARIANT=v2\n");
-  EXPECT_EQ(runner_.spawned(), 1u);
+  // The daemon's name (issue 13), once it is set.
+  runner_.SetNode("sched-a:3003");
+  r = Sh("env | grep '^SYNCSCHED_NODE' > '" + Path("node") + "'");
+  unsetenv("SYNCSCHED_STALE");
+  unsetenv("SYNCSCHED_NODE");
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(ReadFile(Path("node")), "SYNCSCHED_NODE=sched-a:3003\n");
+  EXPECT_EQ(runner_.spawned(), 2u);
 }
 
 TEST_F(CommandRunnerTest, RunsArgvWithoutAShell) {

@@ -2,6 +2,7 @@
 #include "daemon/config.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <fstream>
 #include <variant>
@@ -251,6 +252,27 @@ TEST(Config, ErrorsNameTheField) {
       {WithSync(R"("runs": "1h", "command": ["x"], "retry": {"max": 2, "jitter": 0})"),
        sync + ".retry.jitter"},
       {WithSync(R"("runs": "1h", "command": ["x"], "spread": "yes")"), sync + ".spread"},
+      // The node and cluster mode (issue 13).
+      {R"({"database": "x", "node": ""})", "node"},
+      {R"({"database": "x", "node": 7})", "node"},
+      {R"({"database": "x", "node": ")" + std::string(256, 'n') + "\"}", "node"},
+      {R"({"database": "x", "node": "a\nb"})", "node"},
+      {R"({"database": "x", "node": "a\u0000b"})", "node"},
+      {R"({"database": "x.db", "cluster": {}})", "cluster"},
+      {R"({"database": ":memory:", "cluster": {"lease": "10s"}})", "cluster"},
+      {R"({"database": "postgresql://h/db", "cluster": true})", "cluster"},
+      {R"({"database": "postgresql://h/db", "cluster": {"leases": "10s"}})", "cluster.leases"},
+      {R"({"database": "postgresql://h/db", "cluster": {"lease": "299ms"}})", "cluster.lease"},
+      {R"({"database": "postgresql://h/db", "cluster": {"lease": "soon"}})", "cluster.lease"},
+      {R"({"database": "postgresql://h/db", "cluster": {"lease": 10}})", "cluster.lease"},
+      {R"({"database": "postgresql://h/db", "cluster": {"partitions": 0}})", "cluster.partitions"},
+      {R"({"database": "postgresql://h/db", "cluster": {"partitions": 4097}})",
+       "cluster.partitions"},
+      {R"({"database": "postgresql://h/db", "cluster": {"partitions": 1.5}})",
+       "cluster.partitions"},
+      {R"({"database": "postgresql://h/db", "cluster": {"partitions": "64"}})",
+       "cluster.partitions"},
+      {R"({"database": "postgresql://h/db", "listen": "127.0.0.1:0", "cluster": {}})", "node"},
   };
   for (const Case& c : cases) {
     ConfigError e = Err(c.text);
@@ -261,6 +283,49 @@ TEST(Config, ErrorsNameTheField) {
           << "the message names the field: " << e.message;
     }
   }
+}
+
+// Issue 13: the daemon's name and cluster mode.
+TEST(Config, NodeAndCluster) {
+  char host[256] = {0};
+  ASSERT_EQ(gethostname(host, sizeof host - 1), 0);
+  // Not in cluster mode, the node still names the daemon (SYNCSCHED_NODE): host:port, with this
+  // machine's name for a loopback or wildcard listener and the address for a specific one.
+  Config single = Ok(kMinimal);
+  EXPECT_FALSE(single.cluster.has_value());
+  EXPECT_EQ(single.node, std::string(host) + ":3003");
+  EXPECT_EQ(Ok(R"({"database": "x", "listen": ":4000"})").node, std::string(host) + ":4000");
+  EXPECT_EQ(Ok(R"({"database": "x", "listen": "[::1]:4000"})").node, std::string(host) + ":4000");
+  EXPECT_EQ(Ok(R"({"database": "x", "listen": "10.1.2.3:4000"})").node, "10.1.2.3:4000");
+  EXPECT_EQ(Ok(R"({"database": "x", "listen": "[fd00::5]:4000"})").node, "[fd00::5]:4000");
+  // Port 0 outside cluster mode: named after the bound port by the daemon.
+  EXPECT_EQ(Ok(R"({"database": "x", "listen": "127.0.0.1:0"})").node, "");
+
+  Config c = Ok(R"({"database": "postgresql://sched@db:5432/syncsched", "cluster": {}})");
+  ASSERT_TRUE(c.cluster.has_value());
+  EXPECT_EQ(c.cluster->lease, std::chrono::seconds(10));
+  EXPECT_EQ(c.cluster->partitions, 64);
+  EXPECT_EQ(c.node, std::string(host) + ":3003");
+
+  c = Ok(R"({"database": "postgres://db/s", "node": "sched-a", "listen": "127.0.0.1:0",
+             "cluster": {"lease": "300ms", "partitions": 4096}})");
+  EXPECT_EQ(c.node, "sched-a");
+  EXPECT_EQ(c.cluster->lease, std::chrono::milliseconds(300));
+  EXPECT_EQ(c.cluster->partitions, 4096);
+  c = Ok(R"({"database": "postgresql://db/s", "node": ")" + std::string(255, 'n') +
+         R"(", "cluster": {"lease": "1.5s", "partitions": 1}})");
+  EXPECT_EQ(c.node.size(), 255u);
+  EXPECT_EQ(c.cluster->lease, std::chrono::milliseconds(1500));
+  EXPECT_EQ(c.cluster->partitions, 1);
+  // null is absent, as everywhere.
+  EXPECT_FALSE(Ok(R"({"database": "postgresql://db/s", "cluster": null})").cluster.has_value());
+
+  // The SQLite case says what is needed.
+  ConfigError e = Err(R"({"database": "state.db", "cluster": {"lease": "10s"}})");
+  EXPECT_EQ(e.field, "cluster");
+  EXPECT_NE(e.message.find("postgresql://"), std::string::npos) << e.message;
+  e = Err(R"({"database": "postgresql://db/s", "listen": "127.0.0.1:0", "cluster": {}})");
+  EXPECT_NE(e.message.find("port 0"), std::string::npos) << e.message;
 }
 
 // The configuration is parsed by the HTTP codec's JSON parser: a key given twice is an error (not

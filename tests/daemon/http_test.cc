@@ -198,6 +198,59 @@ class QuietHttpTest : public HttpTest {
   void Customize(Config& c) override {
     for (SyncConfig& s : c.integrations[0].syncs) s.auto_start = false;
   }
+
+  // The database's name as an error names it.
+  std::string DatabaseName() const {
+    return kOnPostgres ? config_.database.substr(
+                             config_.database.rfind('/') + 1,
+                             config_.database.find('?') - config_.database.rfind('/') - 1)
+                       : std::string("syncsched.db");
+  }
+  // From now on the database refuses commits as a full disk does. On PostgreSQL the server itself
+  // refuses: a trigger on the store's commit mark raises the error a full disk raises (SQLSTATE
+  // 53100, disk_full) until it is dropped. On SQLite the file may not grow; with `every_commit`
+  // no string may be bound either, so that even a commit with room in the file's pages fails.
+  void RefuseCommits(bool every_commit = false) {
+    store::Store& store = internal::EngineAccess::StoreOf(daemon_->engine());
+    if (kOnPostgres) {
+      ASSERT_TRUE(syncsched::testing::PgExec(
+                      config_.database,
+                      "CREATE FUNCTION syncsched.full_disk() RETURNS trigger LANGUAGE plpgsql AS "
+                      "$$BEGIN RAISE EXCEPTION 'could not extend file: No space left on device' "
+                      "USING ERRCODE = 'disk_full'; END$$; "
+                      "CREATE TRIGGER full_disk BEFORE UPDATE ON syncsched.meta "
+                      "FOR EACH ROW EXECUTE FUNCTION syncsched.full_disk()")
+                      .ok());
+    } else {
+      auto pages = store::internal::PageCountForTest(store);
+      ASSERT_TRUE(pages.ok()) << pages.status();
+      ASSERT_TRUE(store::internal::SetMaxPageCountForTest(store, *pages).ok());
+      if (every_commit) store::internal::SetLengthLimitForTest(store, 1);
+    }
+  }
+  void AcceptCommits() {
+    if (kOnPostgres) {
+      ASSERT_TRUE(syncsched::testing::PgExec(config_.database,
+                                             "DROP FUNCTION syncsched.full_disk() CASCADE")
+                      .ok());
+    } else {
+      store::Store& store = internal::EngineAccess::StoreOf(daemon_->engine());
+      ASSERT_TRUE(store::internal::SetMaxPageCountForTest(store, 1 << 30).ok());
+    }
+  }
+  // New connections grow the file until a commit needs a page it may not have; returns the
+  // refusal.
+  Reply AddConnectionsUntilRefused() {
+    Reply refused;
+    for (int i = 0; i < 500 && refused.status < 500; ++i) {
+      refused =
+          client_->Post("/connections", R"({"provider_config_key": "github", "connection_id": "c)" +
+                                            std::to_string(i) + R"("})");
+      EXPECT_TRUE(refused.status == 201 || refused.status == 200 || refused.status >= 500)
+          << refused.status << " " << refused.body;
+    }
+    return refused;
+  }
 };
 
 // Issue 11: while the database refuses commits (here: it may not grow, as on a full disk) /health
@@ -205,39 +258,10 @@ class QuietHttpTest : public HttpTest {
 // says so once; the first commit that succeeds makes it healthy again. Health follows the last
 // commit, so no run may end (and commit) between the refusal and the reads: hence the quiet
 // daemon.
-//
-// On PostgreSQL the server itself refuses: a trigger on the store's commit mark raises the error a
-// full disk raises (SQLSTATE 53100, disk_full) until it is dropped.
 TEST_F(QuietHttpTest, HealthIsUnhealthyWhileTheDatabaseRefusesCommits) {
-  store::Store& store = internal::EngineAccess::StoreOf(daemon_->engine());
-  const std::string name =
-      kOnPostgres
-          ? config_.database.substr(config_.database.rfind('/') + 1,
-                                    config_.database.find('?') - config_.database.rfind('/') - 1)
-          : std::string("syncsched.db");
-  if (kOnPostgres) {
-    ASSERT_TRUE(syncsched::testing::PgExec(
-                    config_.database,
-                    "CREATE FUNCTION syncsched.full_disk() RETURNS trigger LANGUAGE plpgsql AS "
-                    "$$BEGIN RAISE EXCEPTION 'could not extend file: No space left on device' "
-                    "USING ERRCODE = 'disk_full'; END$$; "
-                    "CREATE TRIGGER full_disk BEFORE UPDATE ON syncsched.meta "
-                    "FOR EACH ROW EXECUTE FUNCTION syncsched.full_disk()")
-                    .ok());
-  } else {
-    auto pages = store::internal::PageCountForTest(store);
-    ASSERT_TRUE(pages.ok()) << pages.status();
-    ASSERT_TRUE(store::internal::SetMaxPageCountForTest(store, *pages).ok());
-  }
-  // New connections grow the file until a commit needs a page it may not have.
-  Reply refused;
-  for (int i = 0; i < 500 && refused.status != 503; ++i) {
-    refused =
-        client_->Post("/connections", R"({"provider_config_key": "github", "connection_id": "c)" +
-                                          std::to_string(i) + R"("})");
-    ASSERT_TRUE(refused.status == 201 || refused.status == 200 || refused.status == 503)
-        << refused.status << " " << refused.body;
-  }
+  const std::string name = DatabaseName();
+  RefuseCommits();
+  Reply refused = AddConnectionsUntilRefused();
   ASSERT_EQ(refused.status, 503u) << "the file never filled up";
   EXPECT_NE(refused.body.find(name), std::string::npos) << refused.body;
   if (kOnPostgres) {
@@ -252,13 +276,7 @@ TEST_F(QuietHttpTest, HealthIsUnhealthyWhileTheDatabaseRefusesCommits) {
   EXPECT_NE(metrics.body.find("syncsched_store_healthy 0"), std::string::npos);
   EXPECT_EQ(metrics.body.find("syncsched_store_commits_failed_total 0"), std::string::npos);
 
-  if (kOnPostgres) {
-    ASSERT_TRUE(
-        syncsched::testing::PgExec(config_.database, "DROP FUNCTION syncsched.full_disk() CASCADE")
-            .ok());
-  } else {
-    ASSERT_TRUE(store::internal::SetMaxPageCountForTest(store, 1 << 30).ok());
-  }
+  AcceptCommits();
   Reply added = client_->Post("/connections",
                               R"({"provider_config_key": "github", "connection_id": "after"})");
   EXPECT_TRUE(added.status == 201 || added.status == 200) << added.status << " " << added.body;
@@ -267,6 +285,31 @@ TEST_F(QuietHttpTest, HealthIsUnhealthyWhileTheDatabaseRefusesCommits) {
   std::string log = ReadFile(dir_ / "daemon.log");
   EXPECT_NE(log.find("database refused a commit"), std::string::npos) << log;
   EXPECT_NE(log.find("database writable again"), std::string::npos) << log;
+}
+
+// Issue 11 (found by the journal's attack review): a stop while the database refuses commits
+// loses the outcomes it could not write. It must not pass for a clean stop: Shutdown logs an
+// error naming the file and how many records were not written, does not log "stopped", and
+// returns UNAVAILABLE (syncschedd exits 1). The run in flight at the stop is cut short; its outcome
+// cannot be committed.
+TEST_F(QuietHttpTest, AStopWhileTheDatabaseRefusesCommitsIsAnError) {
+  const std::string name = DatabaseName();
+  Reply r = client_->Post("/sync/start", R"({"provider_config_key": "github",
+      "connection_id": "acme", "syncs": ["slow"]})");
+  ASSERT_EQ(r.status, 200u) << r.body;
+  ASSERT_TRUE(WaitFor([&] { return ReadLines(dir_ / "slow.pids").size() == 1; }));
+  RefuseCommits(/*every_commit=*/true);
+  // 503 for a full disk, 500 on SQLite here (a value too long for the limit is an internal error).
+  ASSERT_GE(AddConnectionsUntilRefused().status, 500u) << "the database accepted every commit";
+
+  syncsched::Status stopped = daemon_->Shutdown();
+  EXPECT_TRUE(stopped.IsUnavailable()) << stopped;
+  EXPECT_NE(stopped.message().find(name), std::string::npos) << stopped;
+  EXPECT_NE(stopped.message().find("not written"), std::string::npos) << stopped;
+  EXPECT_EQ(daemon_->Shutdown().code(), stopped.code()) << "a second call answers the same";
+  std::string log = ReadFile(dir_ / "daemon.log");
+  EXPECT_NE(log.find("stopped with the database refusing commits"), std::string::npos) << log;
+  EXPECT_EQ(log.find("\"msg\":\"stopped\""), std::string::npos) << log;
 }
 
 TEST_F(HttpTest, AutoStartedSyncsRunOnEveryConnection) {

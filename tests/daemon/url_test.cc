@@ -41,6 +41,22 @@ TEST(SplitPath, Segments) {
   EXPECT_FALSE(SplitPath("/connections/%").ok());
 }
 
+// Found by fuzzing: Boost.URL reads "/./" as one empty segment (it hides the "/." prefix), which
+// "//" does not give. Dot segments, escaped or not, are refused with 400 naming the segment.
+TEST(SplitPath, DotSegmentsAreRefused) {
+  for (std::string_view path : {"/./", "/.//", "/.", "/..", "/a/./b", "/a/../b", "/sync/%2e",
+                                "/sync/%2E%2e/start", "/a/.%2E", "/a/b/.."}) {
+    auto segments = SplitPath(path);
+    ASSERT_FALSE(segments.ok()) << path;
+    EXPECT_EQ(segments.error().http_status, 400) << path;
+    EXPECT_NE(segments.error().message.find("dot segment"), std::string::npos)
+        << segments.error().message;
+  }
+  // Dots inside a segment are names like any other.
+  EXPECT_EQ(SplitPath("/a/.b/c.").value(), (std::vector<std::string>{"a", ".b", "c."}));
+  EXPECT_EQ(SplitPath("/a/.../b").value(), (std::vector<std::string>{"a", "...", "b"}));
+}
+
 TEST(ParseQuery, Pairs) {
   auto q = ParseQuery("a=1&b=&c&&d=x%3Dy+z");
   ASSERT_TRUE(q.ok());

@@ -316,7 +316,7 @@ TEST_F(SqliteStoreTest, NewFileLoadsEmpty) {
   EXPECT_TRUE(snap.schedules.empty());
   EXPECT_TRUE(snap.unfinished_runs.empty());
   EXPECT_EQ(snap.max_uid, 0u);
-  EXPECT_EQ(QueryInt("PRAGMA user_version"), 4);
+  EXPECT_EQ(QueryInt("PRAGMA user_version"), 5);
   EXPECT_EQ(QueryInt("PRAGMA page_size"), 16384);
   EXPECT_TRUE(store->Commit(Batch{}).ok());
   std::string header = ReadBytes(path_).substr(0, 20);
@@ -769,10 +769,10 @@ TEST_F(SqliteStoreTest, CorruptPagesAreFoundByVerifyOrByLoad) {
 
 TEST_F(SqliteStoreTest, NewerSchemaIsRefused) {
   MakeDatabase(10);
-  ExecRaw("PRAGMA user_version = 5");
-  ExpectRefused(StatusCode::kFailedPrecondition, "schema version 5, newer than version 4");
+  ExecRaw("PRAGMA user_version = 6");
+  ExpectRefused(StatusCode::kFailedPrecondition, "schema version 6, newer than version 5");
   ExecRaw("PRAGMA user_version = 7");
-  ExpectRefused(StatusCode::kFailedPrecondition, "schema version 7, newer than version 4");
+  ExpectRefused(StatusCode::kFailedPrecondition, "schema version 7, newer than version 5");
 }
 
 // A newer engine crashed (or closed without a checkpoint): its schema change is only in the WAL.
@@ -786,7 +786,7 @@ TEST_F(SqliteStoreTest, NewerSchemaInAnUncheckpointedWalIsRefused) {
   sqlite3_close(db);
   ASSERT_GT(fs::file_size(path_ + "-wal"), 0u);
   std::string wal = ReadBytes(path_ + "-wal");
-  ExpectRefused(StatusCode::kFailedPrecondition, "schema version 8, newer than version 4");
+  ExpectRefused(StatusCode::kFailedPrecondition, "schema version 8, newer than version 5");
   EXPECT_TRUE(ReadBytes(path_ + "-wal") == wal) << "WAL changed";
 }
 
@@ -950,7 +950,7 @@ TEST_F(SqliteStoreTest, AVersionOneDatabaseIsMigratedKeepingItsRows) {
   ExecRaw(kSchemaV1);
   auto store = OpenOrDie();
   ASSERT_NE(store, nullptr);
-  EXPECT_EQ(QueryInt("PRAGMA user_version"), 4);
+  EXPECT_EQ(QueryInt("PRAGMA user_version"), 5);
   Snapshot snap = LoadOrDie(*store);
   ASSERT_EQ(snap.syncs.size(), 1u);
   EXPECT_EQ(snap.syncs[0].name, "issues");
@@ -1000,7 +1000,7 @@ TEST_F(SqliteStoreTest, AVersionTwoDatabaseMovesItsRunsToTheScheduleRowsAndTheHi
 
   auto store = OpenOrDie();
   ASSERT_NE(store, nullptr);
-  EXPECT_EQ(QueryInt("PRAGMA user_version"), 4);
+  EXPECT_EQ(QueryInt("PRAGMA user_version"), 5);
   Snapshot snap = LoadOrDie(*store);
   ASSERT_EQ(snap.unfinished_runs.size(), 2u);
   EXPECT_EQ(snap.unfinished_runs[0].run_id, "3-26");
@@ -1331,7 +1331,7 @@ TEST_F(SqliteStoreTest, AVersionThreeDatabaseGainsEmptyOwedRunsKeepingItsRows) {
 
   auto store = OpenOrDie();
   ASSERT_NE(store, nullptr);
-  EXPECT_EQ(QueryInt("PRAGMA user_version"), 4);
+  EXPECT_EQ(QueryInt("PRAGMA user_version"), 5);
   EXPECT_EQ(QueryInt("SELECT count(*) FROM pragma_table_info('schedules') "
                      "WHERE name IN ('run_seq', 'owed')"),
             2);

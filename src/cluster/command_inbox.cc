@@ -1,0 +1,353 @@
+#include "cluster/command_inbox.h"
+
+#include <poll.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <utility>
+
+#include "cluster/pg_util.h"
+
+namespace syncsched::cluster {
+namespace {
+
+using internal::PgError;
+using internal::PgExec;
+using internal::ResultPtr;
+
+std::string Hex(std::string_view bytes) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out = "\\x";
+  out.reserve(2 + bytes.size() * 2);
+  for (unsigned char c : bytes) {
+    out.push_back(kDigits[c >> 4]);
+    out.push_back(kDigits[c & 15]);
+  }
+  return out;
+}
+
+int Nibble(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return 0;
+}
+
+// A bytea in PostgreSQL's text output ("\x..." hex).
+std::string Unhex(const char* text) {
+  std::string_view s(text);
+  if (s.size() >= 2 && s[0] == '\\' && s[1] == 'x') s.remove_prefix(2);
+  std::string out;
+  out.reserve(s.size() / 2);
+  for (std::size_t i = 0; i + 1 < s.size(); i += 2) {
+    out.push_back(static_cast<char>(Nibble(s[i]) << 4 | Nibble(s[i + 1])));
+  }
+  return out;
+}
+
+long long Int(const PGresult* r, int row, int col) {
+  return PQgetisnull(r, row, col) ? 0 : std::strtoll(PQgetvalue(r, row, col), nullptr, 10);
+}
+
+std::string IntArray(const std::vector<int>& v) {
+  std::string out = "{";
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    if (i > 0) out += ',';
+    out += std::to_string(v[i]);
+  }
+  return out + "}";
+}
+
+// Runs `sql` with text parameters (nullptr-free) on `conn`.
+Status Exec(PGconn* conn, const char* sql, const std::vector<std::string>& params,
+            std::string_view context, ResultPtr* out = nullptr) {
+  std::vector<const char*> values;
+  values.reserve(params.size());
+  for (const std::string& p : params) values.push_back(p.c_str());
+  ResultPtr res(PQexecParams(conn, sql, static_cast<int>(values.size()), nullptr, values.data(),
+                             nullptr, nullptr, 0));
+  ExecStatusType st = res ? PQresultStatus(res.get()) : PGRES_FATAL_ERROR;
+  if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) return PgError(conn, context, res.get());
+  if (out != nullptr) *out = std::move(res);
+  return Status::Ok();
+}
+
+std::vector<CommandPart> ReadParts(const PGresult* r) {
+  std::vector<CommandPart> parts;
+  for (int i = 0; i < PQntuples(r); ++i) {
+    CommandPart& p = parts.emplace_back();
+    p.partition = static_cast<int>(Int(r, i, 0));
+    p.state = static_cast<PartState>(Int(r, i, 1));
+    if (!PQgetisnull(r, i, 2)) p.result = Unhex(PQgetvalue(r, i, 2));
+  }
+  return parts;
+}
+
+constexpr const char* kPartsSql =
+    "SELECT partition, state, result FROM syncsched_cluster.command_parts WHERE command = $1 "
+    "ORDER BY partition";
+
+}  // namespace
+
+CommandInbox::CommandInbox(std::string uri, std::int64_t node_id,
+                           std::chrono::milliseconds connect_timeout)
+    : uri_(std::move(uri)), node_id_(node_id), connect_timeout_(connect_timeout) {}
+
+CommandInbox::~CommandInbox() {
+  for (PGconn* c : idle_) PQfinish(c);
+  if (listen_ != nullptr) PQfinish(listen_);
+}
+
+PGconn* CommandInbox::Acquire(Status* error) {
+  {
+    std::lock_guard lock(mu_);
+    while (!idle_.empty()) {
+      PGconn* c = idle_.back();
+      idle_.pop_back();
+      if (PQstatus(c) == CONNECTION_OK && PQtransactionStatus(c) == PQTRANS_IDLE) return c;
+      PQfinish(c);
+    }
+  }
+  return Connect(error);
+}
+
+PGconn* CommandInbox::Connect(Status* error) {
+  std::string timeout =
+      std::to_string(std::max<long long>(2, (connect_timeout_.count() + 999) / 1000));
+  const char* keys[] = {"fallback_application_name", "connect_timeout", "dbname", nullptr};
+  const char* values[] = {"syncsched-commands", timeout.c_str(), uri_.c_str(), nullptr};
+  PGconn* c = PQconnectdbParams(keys, values, /*expand_dbname=*/1);
+  if (c == nullptr || PQstatus(c) != CONNECTION_OK) {
+    *error = Status::Unavailable(std::string("cluster: the database cannot be reached: ") +
+                                 (c != nullptr ? PQerrorMessage(c) : "out of memory"));
+    if (c != nullptr) PQfinish(c);
+    return nullptr;
+  }
+  // No statement of the inbox runs for long; a hung server must not hold a command forever.
+  if (Status s = PgExec(c, "SET statement_timeout = '5s'", "preparing a command session");
+      !s.ok()) {
+    *error = s;
+    PQfinish(c);
+    return nullptr;
+  }
+  return c;
+}
+
+void CommandInbox::Warm(std::size_t n) {
+  for (;;) {
+    {
+      std::lock_guard lock(mu_);
+      if (idle_.size() >= n) return;
+    }
+    Status err;
+    PGconn* c = Connect(&err);
+    if (c == nullptr) return;
+    Release(c);
+  }
+}
+
+void CommandInbox::Release(PGconn* conn) {
+  if (conn == nullptr) return;
+  if (PQstatus(conn) != CONNECTION_OK || PQtransactionStatus(conn) != PQTRANS_IDLE) {
+    PQfinish(conn);
+    return;
+  }
+  std::lock_guard lock(mu_);
+  if (idle_.size() < 8) {
+    idle_.push_back(conn);
+  } else {
+    PQfinish(conn);
+  }
+}
+
+Result<std::int64_t> CommandInbox::Submit(const std::string& body,
+                                          const std::vector<int>& partitions) {
+  Status err;
+  PGconn* c = Acquire(&err);
+  if (c == nullptr) return err;
+  ResultPtr res;
+  // One statement: the command, its parts and the notice commit together (a NOTIFY is delivered
+  // at commit).
+  Status s = Exec(c,
+                  "WITH c AS (INSERT INTO syncsched_cluster.commands(id, receiver, body) "
+                  "VALUES (nextval('syncsched_cluster.command_ids'), $1::int8, $2::bytea) "
+                  "RETURNING id), "
+                  "p AS (INSERT INTO syncsched_cluster.command_parts(command, partition) "
+                  "SELECT c.id, unnest($3::int4[]) FROM c), "
+                  "n AS (SELECT pg_notify('syncsched_commands', c.id::text) FROM c) "
+                  "SELECT c.id, (SELECT count(*) FROM n) FROM c",
+                  {std::to_string(node_id_), Hex(body), IntArray(partitions)},
+                  "cluster: recording a command for the partitions' owners", &res);
+  if (s.ok() && PQntuples(res.get()) != 1) s = Status::Internal("cluster: no command id returned");
+  std::int64_t id = s.ok() ? Int(res.get(), 0, 0) : 0;
+  Release(c);
+  if (!s.ok()) return s;
+  return id;
+}
+
+Result<std::vector<CommandPart>> CommandInbox::Parts(std::int64_t id) {
+  Status err;
+  PGconn* c = Acquire(&err);
+  if (c == nullptr) return err;
+  ResultPtr res;
+  Status s = Exec(c, kPartsSql, {std::to_string(id)}, "cluster: reading a command's results", &res);
+  Release(c);
+  if (!s.ok()) return s;
+  return ReadParts(res.get());
+}
+
+Result<std::vector<CommandPart>> CommandInbox::Cancel(std::int64_t id) {
+  Status err;
+  PGconn* c = Acquire(&err);
+  if (c == nullptr) return err;
+  Status s = Exec(c,
+                  "UPDATE syncsched_cluster.command_parts SET state = 2, done_at = now() "
+                  "WHERE command = $1 AND state = 0",
+                  {std::to_string(id)}, "cluster: cancelling a command's pending parts");
+  ResultPtr res;
+  if (s.ok()) {
+    s = Exec(c, kPartsSql, {std::to_string(id)}, "cluster: reading a command's results", &res);
+  }
+  Release(c);
+  if (!s.ok()) return s;
+  return ReadParts(res.get());
+}
+
+void CommandInbox::Forget(std::int64_t id) {
+  Status err;
+  PGconn* c = Acquire(&err);
+  if (c == nullptr) return;
+  (void)Exec(c, "DELETE FROM syncsched_cluster.commands WHERE id = $1", {std::to_string(id)},
+             "cluster: deleting an answered command");
+  Release(c);
+}
+
+void CommandInbox::Cleanup() {
+  Status err;
+  PGconn* c = Acquire(&err);
+  if (c == nullptr) return;
+  (void)PgExec(c,
+               "DELETE FROM syncsched_cluster.commands AS c "
+               "WHERE created_at < now() - interval '10 minutes' AND NOT EXISTS "
+               "(SELECT 1 FROM syncsched_cluster.command_parts AS p "
+               "WHERE p.command = c.id AND p.state = 0)",
+               "cluster: deleting old commands");
+  Release(c);
+}
+
+Result<std::vector<PendingCommand>> CommandInbox::Pending(const std::vector<int>& partitions) {
+  std::vector<PendingCommand> out;
+  if (partitions.empty()) return out;
+  Status err;
+  PGconn* c = Acquire(&err);
+  if (c == nullptr) return err;
+  ResultPtr res;
+  Status s = Exec(c,
+                  "SELECT p.command, p.partition, c.body FROM syncsched_cluster.command_parts AS p "
+                  "JOIN syncsched_cluster.commands AS c ON c.id = p.command "
+                  "WHERE p.state = 0 AND p.partition = ANY($1::int4[]) "
+                  "ORDER BY p.command, p.partition",
+                  {IntArray(partitions)}, "cluster: reading pending commands", &res);
+  Release(c);
+  if (!s.ok()) return s;
+  for (int i = 0; i < PQntuples(res.get()); ++i) {
+    PendingCommand& p = out.emplace_back();
+    p.id = Int(res.get(), i, 0);
+    p.partition = static_cast<int>(Int(res.get(), i, 1));
+    p.body = Unhex(PQgetvalue(res.get(), i, 2));
+  }
+  return out;
+}
+
+Result<std::vector<StoredSchedule>> CommandInbox::Schedules(
+    const std::string& integration, const std::optional<std::string>& connection) {
+  Status err;
+  PGconn* c = Acquire(&err);
+  if (c == nullptr) return err;
+  ResultPtr res;
+  std::string sql =
+      "SELECT integration, connection, sync, variant, uid, coalesce(partition, -1), state, "
+      "anchor_ms, frequency_override_ms, next_slot_ms, runs, failures, skipped, last_start_ms, "
+      "last_finish_ms, last_ok, last_error, length(run_id) > 0, coalesce(w_at_ms, 0), "
+      "coalesce(r_at_ms, 0) FROM syncsched.schedules WHERE integration = $1::bytea";
+  std::vector<std::string> params = {Hex(integration)};
+  if (connection) {
+    sql += " AND connection = $2::bytea";
+    params.push_back(Hex(*connection));
+  }
+  sql += " ORDER BY connection, sync, variant";
+  Status s = Exec(c, sql.c_str(), params, "cluster: reading schedules", &res);
+  Release(c);
+  if (!s.ok()) return s;
+  std::vector<StoredSchedule> out;
+  const PGresult* r = res.get();
+  out.reserve(static_cast<std::size_t>(PQntuples(r)));
+  for (int i = 0; i < PQntuples(r); ++i) {
+    StoredSchedule& row = out.emplace_back();
+    row.integration = Unhex(PQgetvalue(r, i, 0));
+    row.connection = Unhex(PQgetvalue(r, i, 1));
+    row.sync = Unhex(PQgetvalue(r, i, 2));
+    row.variant = Unhex(PQgetvalue(r, i, 3));
+    row.uid = static_cast<std::uint64_t>(Int(r, i, 4));
+    row.partition = static_cast<int>(Int(r, i, 5));
+    row.state = static_cast<int>(Int(r, i, 6));
+    row.anchor_ms = Int(r, i, 7);
+    row.frequency_override_ms = Int(r, i, 8);
+    row.next_slot_ms = Int(r, i, 9);
+    row.runs = static_cast<std::uint64_t>(Int(r, i, 10));
+    row.failures = static_cast<std::uint64_t>(Int(r, i, 11));
+    row.skipped = static_cast<std::uint64_t>(Int(r, i, 12));
+    row.last_start_ms = Int(r, i, 13);
+    row.last_finish_ms = Int(r, i, 14);
+    row.last_ok = static_cast<int>(Int(r, i, 15));
+    row.last_error = Unhex(PQgetvalue(r, i, 16));
+    row.running = std::strcmp(PQgetvalue(r, i, 17), "t") == 0;
+    row.waiting_at = Int(r, i, 18);
+    row.retry_at = Int(r, i, 19);
+  }
+  return out;
+}
+
+bool CommandInbox::WaitForNotice(std::chrono::milliseconds timeout) {
+  bool fresh = false;
+  if (listen_ == nullptr || PQstatus(listen_) != CONNECTION_OK) {
+    if (listen_ != nullptr) PQfinish(listen_);
+    listen_ = nullptr;
+    Status err;
+    PGconn* c = Acquire(&err);
+    if (c == nullptr) return false;
+    if (!PgExec(c, "LISTEN syncsched_commands", "cluster: listening for commands").ok()) {
+      PQfinish(c);
+      return false;
+    }
+    listen_ = c;
+    fresh = true;  // notices sent while not listening are lost: the caller reads what is pending
+  }
+  auto take = [&] {
+    bool any = false;
+    while (PGnotify* n = PQnotifies(listen_)) {
+      any = true;
+      PQfreemem(n);
+    }
+    return any;
+  };
+  if (PQconsumeInput(listen_) != 1) {
+    PQfinish(listen_);
+    listen_ = nullptr;
+    return true;
+  }
+  if (take() || fresh) return true;
+  pollfd fd{PQsocket(listen_), POLLIN, 0};
+  int n = ::poll(&fd, 1, static_cast<int>(std::max<long long>(1, timeout.count())));
+  if (n <= 0) return false;
+  if (PQconsumeInput(listen_) != 1) {
+    PQfinish(listen_);
+    listen_ = nullptr;
+    return true;
+  }
+  return take();
+}
+
+}  // namespace syncsched::cluster

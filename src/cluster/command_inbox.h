@@ -1,0 +1,115 @@
+// cluster/: the command inbox (docs/cluster.md, "Commands through any engine"). An engine that
+// receives a command touching partitions it does not hold writes it here, one part per
+// partition; the owner of each partition applies its part through its normal command path and
+// marks the part applied in the same fenced commit (store::Batch::commands,
+// syncsched_cluster.apply_command_part); the receiver gathers the parts' results, or after its
+// deadline cancels those still pending (a part is applied or cancelled, never both: both require
+// it pending, under its row lock). Tables: cluster_schema.h, version 2.
+//
+// The inbox also reads schedules by scope for the receiver (their keys, partitions and status
+// fields), so that a command or a status read through an engine that does not hold their
+// partitions sees what the database holds, without loading whole partitions.
+//
+// Thread safety: the receiver's calls (Submit, Parts, Cancel, Forget, Schedules, Pending) may be
+// made from any thread at once: each takes a connection of a small pool. WaitForNotice uses a
+// connection of its own and must be called from one thread at a time.
+#pragma once
+
+#include <libpq-fe.h>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "syncsched/status.h"
+
+namespace syncsched::cluster {
+
+// The channel on which a receiver announces a new command (payload: the command id).
+inline constexpr const char* kCommandChannel = "syncsched_commands";
+
+enum class PartState : int { kPending = 0, kApplied = 1, kCancelled = 2 };
+
+struct CommandPart {
+  int partition = 0;
+  PartState state = PartState::kPending;
+  std::string result;  // applied: the owner's encoding of the per-key outcomes
+};
+
+struct PendingCommand {
+  std::int64_t id = 0;
+  int partition = 0;
+  std::string body;
+};
+
+// A schedule as the database holds it (syncsched.schedules), for status and target resolution.
+struct StoredSchedule {
+  std::string integration, connection, sync, variant;
+  std::uint64_t uid = 0;
+  int partition = -1;
+  int state = 0;  // ScheduleState
+  std::int64_t anchor_ms = 0, frequency_override_ms = 0, next_slot_ms = 0;
+  std::uint64_t runs = 0, failures = 0, skipped = 0;
+  std::int64_t last_start_ms = 0, last_finish_ms = 0;
+  int last_ok = -1;
+  std::string last_error;
+  bool running = false;         // a run in flight
+  std::int64_t waiting_at = 0;  // a run waiting for a cap since (0: none)
+  std::int64_t retry_at = 0;    // a retry due at (0: none)
+};
+
+class CommandInbox {
+ public:
+  // Connects nothing yet (connections are made on first use). `uri`: the database's libpq URI.
+  CommandInbox(std::string uri, std::int64_t node_id, std::chrono::milliseconds connect_timeout);
+  ~CommandInbox();
+  CommandInbox(const CommandInbox&) = delete;
+  CommandInbox& operator=(const CommandInbox&) = delete;
+
+  // Inserts a command (`body`) with one pending part per partition of `partitions` (distinct),
+  // and notifies kCommandChannel, in one transaction. Returns the command id.
+  // Errors: UNAVAILABLE (the database cannot be reached; nothing inserted), INTERNAL.
+  Result<std::int64_t> Submit(const std::string& body, const std::vector<int>& partitions);
+  // The parts of command `id` as they stand.
+  Result<std::vector<CommandPart>> Parts(std::int64_t id);
+  // Cancels every part of `id` still pending (one statement: a part being applied by its owner
+  // is either applied first, and stays so, or finds itself cancelled and its commit rolls back),
+  // then returns every part as it stands.
+  Result<std::vector<CommandPart>> Cancel(std::int64_t id);
+  // Deletes command `id` and its parts (after the receiver answered); errors are ignored (the
+  // rows are deleted later by Cleanup).
+  void Forget(std::int64_t id);
+  // Pending parts in `partitions`, oldest command first.
+  Result<std::vector<PendingCommand>> Pending(const std::vector<int>& partitions);
+  // The schedules of `integration` (of `connection` only, when set), by key.
+  Result<std::vector<StoredSchedule>> Schedules(const std::string& integration,
+                                                const std::optional<std::string>& connection);
+  // Opens connections until `n` are pooled (a new connection costs a server process and its
+  // start, tens of ms on a loaded machine: paid ahead rather than by a command). Best effort.
+  void Warm(std::size_t n);
+  // Deletes commands older than ten minutes with no part pending (their receivers died).
+  void Cleanup();
+
+  // Waits up to `timeout` for a notice on kCommandChannel (LISTENed on a connection of its own).
+  // True when one came, or when the connection was (re)made (notices may have been missed: the
+  // caller reads the pending parts). False on timeout or when the database cannot be reached.
+  bool WaitForNotice(std::chrono::milliseconds timeout);
+
+ private:
+  PGconn* Acquire(Status* error);  // an idle pooled connection, or a new one
+  PGconn* Connect(Status* error);  // a new connection
+  void Release(PGconn* conn);
+
+  const std::string uri_;
+  const std::int64_t node_id_;
+  const std::chrono::milliseconds connect_timeout_;
+  std::mutex mu_;              // a leaf: guards idle_
+  std::vector<PGconn*> idle_;  // pooled connections
+  PGconn* listen_ = nullptr;   // WaitForNotice's
+};
+
+}  // namespace syncsched::cluster

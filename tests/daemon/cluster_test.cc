@@ -1,0 +1,356 @@
+// syncschedd in cluster mode (issue 13, the daemon's side): three daemons as processes of their
+// own on one PostgreSQL database (a fresh database on the tests' server), observed only through
+// their HTTP API and their runs' output: /health shares the partitions evenly and counts the live
+// engines; a daemon killed with SIGKILL has its partitions taken over within lease + 1 s, and
+// each schedule runs again on a survivor within that bound; a daemon stopped with SIGTERM hands
+// its partitions over within 1 s; every run's command sees SYNCSCHED_NODE, the name of the daemon
+// that ran it. Plus a single daemon's runs, which see its name too.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "support/test_database.h"
+#include "test_util.h"
+
+namespace syncsched::daemon {
+namespace {
+
+using namespace std::chrono_literals;
+using syncsched::testing::Client;
+using syncsched::testing::Json;
+using syncsched::testing::ListeningPort;
+using syncsched::testing::Process;
+using syncsched::testing::ReadFile;
+using syncsched::testing::ReadLines;
+using syncsched::testing::Reply;
+using syncsched::testing::StoreKind;
+using syncsched::testing::TempDir;
+using syncsched::testing::TestDatabase;
+using syncsched::testing::WaitFor;
+using syncsched::testing::WriteFile;
+
+constexpr int kPartitions = 16;
+constexpr int kConnections = 48;
+constexpr auto kLease = 1500ms;
+
+// GET /health on 127.0.0.1:port over a connection of its own; null when there is no answer.
+Json Health(std::uint16_t port) {
+  try {
+    Client client(port);
+    Reply r = client.Get("/health", "");
+    if (r.status != 200) return Json();
+    return r.json();
+  } catch (const std::exception&) {
+    return Json();
+  }
+}
+
+std::int64_t Int(const Json& j, const char* field) {
+  return j.is_object() && j.contains(field) && j[field].is_number_integer()
+             ? j[field].get<std::int64_t>()
+             : -1;
+}
+
+std::int64_t WallMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// A line of runs.txt: "<SYNCSCHED_NODE> <connection>".
+struct RunLine {
+  std::string node, connection;
+};
+
+// "2026-01-01T00:00:00.123Z" (the log's `ts`) in milliseconds since the epoch; -1 if malformed.
+std::int64_t ParseTs(const std::string& ts) {
+  std::tm tm{};
+  int ms = 0;
+  if (std::sscanf(ts.c_str(), "%d-%d-%dT%d:%d:%d.%dZ", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
+                  &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &ms) != 7) {
+    return -1;
+  }
+  tm.tm_year -= 1900;
+  tm.tm_mon -= 1;
+  return static_cast<std::int64_t>(timegm(&tm)) * 1000 + ms;
+}
+
+class ClusterDaemonTest : public ::testing::Test {
+ protected:
+  // A daemon named `node` whose sync `issues` runs every second on each of kConnections
+  // connections and appends a RunLine to runs.txt; its log says when each run started.
+  std::string WriteConfig(const std::string& node) {
+    Json connections = Json::array();
+    for (int i = 0; i < kConnections; ++i) connections.push_back("c" + std::to_string(i));
+    Json config = {{"listen", "127.0.0.1:0"},
+                   {"database", db_.path()},
+                   {"node", node},
+                   {"cluster", {{"lease", "1500ms"}, {"partitions", kPartitions}}},
+                   {"frequency_bounds", {{"min", "1s"}}},
+                   {"api_keys", {{{"key", "k"}, {"scopes", {"*"}}}}},
+                   {"shutdown_grace", "10s"},
+                   {"integrations",
+                    {{"github",
+                      {{"syncs",
+                        {{"issues",
+                          {{"runs", "1s"},
+                           {"command",
+                            {"/bin/sh", "-c",
+                             "echo \"$SYNCSCHED_NODE $SYNCSCHED_CONNECTION\" >> '" +
+                                 (dir_ / "runs.txt") + "'"}}}}}},
+                       {"connections", connections}}}}}};
+    std::string path = dir_ / (node + ".json");
+    WriteFile(path, config.dump(2));
+    return path;
+  }
+
+  struct Daemon {
+    std::string node;
+    std::unique_ptr<Process> process;
+    std::uint16_t port = 0;
+  };
+
+  // Starts a daemon named `node` and waits until it serves.
+  Daemon Start(const std::string& node) {
+    Daemon d;
+    d.node = node;
+    std::string log = dir_ / (node + ".log");
+    d.process = std::make_unique<Process>(
+        std::vector<std::string>{SYNCSCHEDD_PATH, "--config", WriteConfig(node)}, log);
+    auto port = ListeningPort(log, 30s);
+    EXPECT_TRUE(port.has_value()) << ReadFile(log);
+    if (port) d.port = *port;
+    return d;
+  }
+
+  std::vector<RunLine> Runs() {
+    std::vector<RunLine> out;
+    for (const std::string& line : ReadLines(dir_ / "runs.txt")) {
+      std::size_t a = line.find(' ');
+      if (a == std::string::npos) {
+        ADD_FAILURE() << "malformed run line: " << line;
+        continue;
+      }
+      out.push_back(RunLine{line.substr(0, a), line.substr(a + 1)});
+    }
+    return out;
+  }
+
+  // connection -> the first time (ms since the epoch) at or after `since_ms` that `node`'s log
+  // says a run of it started (its command was executed), merged into `first`.
+  void FirstRunsSince(const std::string& node, std::int64_t since_ms,
+                      std::map<std::string, std::int64_t>& first) {
+    for (const std::string& line : ReadLines(dir_ / (node + ".log"))) {
+      Json j = Json::parse(line, nullptr, false);
+      if (!j.is_object() || j.value("msg", "") != "run started") continue;
+      std::int64_t at = ParseTs(j.value("ts", ""));
+      if (at < since_ms) continue;
+      // "github/<connection>/issues::base"
+      std::string schedule = j.value("schedule", "");
+      std::size_t a = schedule.find('/'), b = schedule.rfind('/');
+      if (a == std::string::npos || b == a) continue;
+      std::string connection = schedule.substr(a + 1, b - a - 1);
+      auto [it, fresh] = first.emplace(connection, at);
+      if (!fresh) it->second = std::min(it->second, at);
+    }
+  }
+
+  std::string Logs() {
+    std::string out;
+    for (const char* node : {"node-a", "node-b", "node-c"}) {
+      out += std::string("---- ") + node + "\n" + ReadFile(dir_ / (std::string(node) + ".log"));
+    }
+    return out;
+  }
+
+  TempDir dir_;
+  TestDatabase db_{StoreKind::kPostgres};
+};
+
+TEST_F(ClusterDaemonTest, ThreeDaemonsShareThePartitionsAndTakeOverOnKillAndStop) {
+  // The first daemon alone holds every partition: it creates the configuration's schedules (until
+  // commands through any engine exist, only an engine holding their partitions may).
+  Daemon a = Start("node-a");
+  ASSERT_NE(a.port, 0);
+  Json ha;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        ha = Health(a.port);
+        return Int(ha, "partitions") == kPartitions && Int(ha, "nodes") == 1;
+      },
+      10s))
+      << ha.dump() << "\n"
+      << Logs();
+  EXPECT_EQ(ha["node"], "node-a");
+  EXPECT_EQ(Int(ha, "partitions_total"), kPartitions);
+  EXPECT_EQ(ha["status"], "ok");
+
+  Daemon b = Start("node-b");
+  Daemon c = Start("node-c");
+  ASSERT_NE(b.port, 0);
+  ASSERT_NE(c.port, 0);
+  std::vector<Daemon*> all = {&a, &b, &c};
+
+  // Shared evenly: each within one partition of P/3 (16/3: 5 or 6), every partition owned once,
+  // three live engines seen by each.
+  std::map<std::string, Json> health;
+  auto balanced = [&](const std::vector<Daemon*>& live) {
+    std::int64_t sum = 0;
+    bool ok = true;
+    const double mean = static_cast<double>(kPartitions) / static_cast<double>(live.size());
+    for (Daemon* d : live) {
+      Json h = Health(d->port);
+      health[d->node] = h;
+      std::int64_t owned = Int(h, "partitions");
+      sum += owned;
+      ok = ok && Int(h, "nodes") == static_cast<std::int64_t>(live.size()) &&
+           Int(h, "partitions_total") == kPartitions && owned >= 0 &&
+           std::abs(static_cast<double>(owned) - mean) <= 1.0 && h["node"] == d->node;
+    }
+    return ok && sum == kPartitions;
+  };
+  auto dump = [&] {
+    std::string out;
+    for (const auto& [node, h] : health) out += node + ": " + h.dump() + "\n";
+    return out;
+  };
+  ASSERT_TRUE(WaitFor([&] { return balanced(all); }, 20s)) << dump() << Logs();
+
+  // Every daemon runs schedules, and each run's command is told which daemon runs it.
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        std::set<std::string> nodes;
+        for (const RunLine& r : Runs()) nodes.insert(r.node);
+        return nodes.count("node-b") == 1 && nodes.count("node-c") == 1;
+      },
+      10s))
+      << ReadFile(dir_ / "runs.txt");
+  for (const RunLine& r : Runs()) {
+    EXPECT_TRUE(r.node == "node-a" || r.node == "node-b" || r.node == "node-c")
+        << "SYNCSCHED_NODE of a run: '" << r.node << "'";
+  }
+
+  // SIGKILL: the survivors take node-c's partitions within lease + 1 s, and /health says so.
+  const auto killed = std::chrono::steady_clock::now();
+  const std::int64_t killed_ms = WallMs();
+  c.process->Signal(SIGKILL);
+  ASSERT_TRUE(WaitFor([&] { return balanced({&a, &b}); }, 10s)) << dump() << Logs();
+  const auto taken = std::chrono::steady_clock::now() - killed;
+  EXPECT_LE(taken, kLease + 1s)
+      << "taken over after " << std::chrono::duration_cast<std::chrono::milliseconds>(taken).count()
+      << " ms\n"
+      << dump();
+  // Each schedule (node-c's among them) runs on a survivor within lease + 1 s of the kill: its
+  // command started then, as the survivor's log says.
+  std::map<std::string, std::int64_t> first_after;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        first_after.clear();
+        FirstRunsSince("node-a", killed_ms, first_after);
+        FirstRunsSince("node-b", killed_ms, first_after);
+        return first_after.size() == kConnections;
+      },
+      10s))
+      << first_after.size() << " of " << kConnections << " connections ran after the kill";
+  std::int64_t latest_first = 0;
+  for (const auto& [connection, at] : first_after) {
+    EXPECT_LE(at - killed_ms, std::chrono::milliseconds(kLease + 1s).count())
+        << connection << " first ran " << at - killed_ms << " ms after the kill";
+    latest_first = std::max(latest_first, at - killed_ms);
+  }
+
+  // SIGTERM: node-b hands its partitions over within 1 s and stops counting as live.
+  const auto stopped = std::chrono::steady_clock::now();
+  b.process->Signal(SIGTERM);
+  Json last;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        last = Health(a.port);
+        return Int(last, "partitions") == kPartitions && Int(last, "nodes") == 1;
+      },
+      10s))
+      << last.dump() << "\n"
+      << Logs();
+  const auto handed = std::chrono::steady_clock::now() - stopped;
+  EXPECT_LE(handed, 1s) << "handed over after "
+                        << std::chrono::duration_cast<std::chrono::milliseconds>(handed).count()
+                        << " ms";
+  EXPECT_EQ(b.process->Wait(), 0) << ReadFile(dir_ / "node-b.log");
+  // The figures, for docs/cluster.md.
+  std::printf(
+      "[ figures  ] SIGKILL: taken over (health) after %lld ms, every schedule ran again "
+      "within %lld ms; SIGTERM: handed over after %lld ms\n",
+      static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(taken).count()),
+      static_cast<long long>(latest_first),
+      static_cast<long long>(
+          std::chrono::duration_cast<std::chrono::milliseconds>(handed).count()));
+
+  // /metrics of the survivor: it owns everything, took node-c's leases over, claimed node-b's.
+  {
+    Client client(a.port);
+    Reply m = client.Get("/metrics", "k");
+    ASSERT_EQ(m.status, 200u) << m.body;
+    auto value = [&](const std::string& name) -> std::int64_t {
+      std::size_t at = m.body.find("\n" + name + " ");
+      if (at == std::string::npos) return -1;
+      return std::atoll(m.body.c_str() + at + name.size() + 2);
+    };
+    EXPECT_EQ(value("syncsched_cluster_partitions_owned"), kPartitions) << m.body;
+    EXPECT_EQ(value("syncsched_cluster_partitions"), kPartitions);
+    EXPECT_EQ(value("syncsched_cluster_nodes_live"), 1);
+    EXPECT_GT(value("syncsched_cluster_lease_renewals_total"), 0);
+    EXPECT_GT(value("syncsched_cluster_takeovers_total"), 0) << "node-c's partitions";
+    EXPECT_GT(value("syncsched_cluster_claims_total"), 0) << "node-b's, and the first ones";
+    EXPECT_GE(value("syncsched_cluster_fenced_writes_refused_total"), 0);
+    EXPECT_NE(m.body.find("# TYPE syncsched_cluster_takeovers_total counter\n"), std::string::npos);
+  }
+  a.process->Signal(SIGTERM);
+  EXPECT_EQ(a.process->Wait(), 0) << ReadFile(dir_ / "node-a.log");
+  for (const RunLine& r : Runs()) {
+    EXPECT_TRUE(r.node == "node-a" || r.node == "node-b" || r.node == "node-c") << r.node;
+  }
+}
+
+// Outside cluster mode a daemon has a name too: host:port, with the port it bound when `listen`
+// takes any free port. Its runs see it as SYNCSCHED_NODE.
+TEST(SingleDaemonNode, RunsSeeTheDefaultName) {
+  TempDir dir;
+  Json config = {
+      {"listen", "127.0.0.1:0"},
+      {"database", dir / "state.db"},
+      {"integrations",
+       {{"github",
+         {{"syncs",
+           {{"issues",
+             {{"runs", "1h"},
+              {"command",
+               {"/bin/sh", "-c", "echo \"$SYNCSCHED_NODE\" >> '" + (dir / "runs.txt") + "'"}}}}}},
+          {"connections", {"acme"}}}}}}};
+  WriteFile(dir / "config.json", config.dump());
+  Process p({SYNCSCHEDD_PATH, "--config", dir / "config.json"}, dir / "daemon.log");
+  auto port = ListeningPort(dir / "daemon.log");
+  ASSERT_TRUE(port) << ReadFile(dir / "daemon.log");
+  ASSERT_TRUE(WaitFor([&] { return !ReadLines(dir / "runs.txt").empty(); }))
+      << ReadFile(dir / "daemon.log");
+  char host[256] = {0};
+  ASSERT_EQ(gethostname(host, sizeof host - 1), 0);
+  EXPECT_EQ(ReadLines(dir / "runs.txt").front(), std::string(host) + ":" + std::to_string(*port));
+  // /health says nothing of a cluster outside one.
+  Json h = Health(*port);
+  EXPECT_EQ(h, (Json{{"status", "ok"}})) << h.dump();
+  p.Signal(SIGTERM);
+  EXPECT_EQ(p.Wait(), 0);
+}
+
+}  // namespace
+}  // namespace syncsched::daemon

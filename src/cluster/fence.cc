@@ -50,10 +50,18 @@ Status CheckFence(PGconn* txn, const Fence& fence) {
   return internal::PgError(txn, "checking the partition fence", res.get());
 }
 
-Status PrepareFencedSession(PGconn* conn, std::chrono::milliseconds lease) {
+std::string FencedSessionName(std::int64_t node_id) {
+  return kFencedSessionPrefix + std::to_string(node_id);
+}
+
+Status PrepareFencedSession(PGconn* conn, std::chrono::milliseconds lease, std::int64_t node_id) {
   if (lease.count() < 2) {
     return Status::InvalidArgument("fence: a lease of " + std::to_string(lease.count()) +
                                    " ms is too short");
+  }
+  if (node_id < 1) {
+    return Status::InvalidArgument("fence: node id " + std::to_string(node_id) +
+                                   " is not a node's id");
   }
   if (conn == nullptr || PQstatus(conn) != CONNECTION_OK ||
       PQtransactionStatus(conn) != PQTRANS_IDLE) {
@@ -61,7 +69,8 @@ Status PrepareFencedSession(PGconn* conn, std::chrono::milliseconds lease) {
         "fence: the session must be connected and outside a transaction to be prepared");
   }
   std::string sql =
-      "SET idle_in_transaction_session_timeout = " + std::to_string(lease.count() / 2);
+      "SET idle_in_transaction_session_timeout = " + std::to_string(lease.count() / 2) +
+      "; SET application_name = '" + FencedSessionName(node_id) + "'";
   return internal::PgExec(conn, sql.c_str(), "preparing a session for fenced commits");
 }
 

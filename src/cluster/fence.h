@@ -65,18 +65,31 @@ inline constexpr const char* kFencedMarker = "[SQLSTATE SYF01]";
 // Does not count refusals: LeaseKeeper::CheckFence does.
 Status CheckFence(PGconn* txn, const Fence& fence);
 
-// Prepares a connection that will run fenced commits, once per session (again after a
-// reconnection): sets idle_in_transaction_session_timeout to lease / 2, so that an engine frozen
-// (SIGSTOP, a pause, a lost machine) while its fenced transaction is open does not keep the
-// partitions' rows locked: the server ends that session, rolling the transaction back, before the
-// lease ends, and the takeover is not delayed. Without it a takeover waits for the frozen
-// transaction for as long as the freeze lasts (seen in the tests: a node stopped between BEGIN and
-// COMMIT kept its partitions until SIGCONT). A commit must therefore never stay idle inside its
-// transaction for lease / 2 (a streamed commit whose producer pauses that long fails, and is
-// rolled back).
-// Success: OK. Errors: INVALID_ARGUMENT for a lease under 2 ms or a connection inside a
-// transaction (nothing sent); UNAVAILABLE for a lost connection; INTERNAL otherwise.
-Status PrepareFencedSession(PGconn* conn, std::chrono::milliseconds lease);
+// The application_name of every session that runs fenced commits for node `node_id`
+// (kFencedSessionPrefix + the id). Survivors end the sessions so named of a node that is no
+// longer live (LeaseKeeper: "sessions of a lost node"); nothing else reads it.
+inline constexpr const char* kFencedSessionPrefix = "syncsched-fenced/";
+std::string FencedSessionName(std::int64_t node_id);
+
+// Prepares a connection that will run fenced commits for node `node_id`, once per session (again
+// after a reconnection):
+// - sets idle_in_transaction_session_timeout to lease / 2, so that an engine frozen (SIGSTOP, a
+//   pause, a lost machine) while its fenced transaction is open and idle does not keep the
+//   partitions' rows locked: the server ends that session, rolling the transaction back, before
+//   the lease ends, and the takeover is not delayed. Without it a takeover waits for the frozen
+//   transaction for as long as the freeze lasts (seen in the tests: a node stopped between BEGIN
+//   and COMMIT kept its partitions until SIGCONT). A commit must therefore never stay idle inside
+//   its transaction for lease / 2 (a streamed commit whose producer pauses that long fails, and
+//   is rolled back).
+// - sets application_name to FencedSessionName(node_id) (overriding the URI's). The timeout above
+//   does not cover a session frozen in the middle of a pipeline (BEGIN and the fence sent, the
+//   Sync not yet): the server then waits for the client's next message, neither idle in a
+//   transaction nor running a statement, and no server timeout ends it. A surviving node that
+//   finds partitions it cannot claim ends such sessions of nodes no longer live
+//   (LeaseKeeper), and needs this name to find them.
+// Success: OK. Errors: INVALID_ARGUMENT for a lease under 2 ms, a node id under 1 or a connection
+// inside a transaction (nothing sent); UNAVAILABLE for a lost connection; INTERNAL otherwise.
+Status PrepareFencedSession(PGconn* conn, std::chrono::milliseconds lease, std::int64_t node_id);
 
 // True for the status of a refused fence (FAILED_PRECONDITION with kFencedMarker), also after a
 // store has wrapped its message.

@@ -465,9 +465,33 @@ Status LeaseKeeper::Claim(int count) {
   }
   // Fewer than asked: rows were locked (another claimer, or a fenced transaction of their old
   // owner still open) or changed meanwhile. Look again soon rather than at the next renewal.
-  if (PQntuples(r) < count) next_tick_ = std::min(next_tick_, Clock::now() + kClaimRetry);
+  if (PQntuples(r) < count) {
+    next_tick_ = std::min(next_tick_, Clock::now() + kClaimRetry);
+    EndLostNodesSessions();
+  }
   Publish(change);
   return Status::Ok();
+}
+
+void LeaseKeeper::EndLostNodesSessions() {
+  // The sessions named for a node that is not live, inside a transaction older than lease / 2
+  // (the name's prefix compared with left(), not LIKE: no wildcard to escape).
+  const std::string prefix = kFencedSessionPrefix;
+  std::string sql =
+      "SELECT count(*) FILTER (WHERE pg_terminate_backend(a.pid)) FROM pg_stat_activity a "
+      "WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() AND "
+      "left(a.application_name, " +
+      std::to_string(prefix.size()) + ") = '" + prefix + "' AND a.xact_start < now() - " +
+      Ms(lease_ / 2) +
+      " AND NOT EXISTS (SELECT 1 FROM syncsched_cluster.nodes n WHERE n.expires_at > now() AND "
+      "a.application_name = '" +
+      prefix + "' || n.id)";
+  auto res = Query(sql, "ending the sessions of lost nodes");
+  // An error (no privilege to signal the other engines' sessions, say) leaves the takeover to wait
+  // for the old owner's transaction, as without this; the claim is retried either way.
+  if (!res.ok()) return;
+  sessions_ended_.fetch_add(static_cast<std::uint64_t>(Int((*res)[0].get(), 0, 0)),
+                            std::memory_order_relaxed);
 }
 
 Status LeaseKeeper::Release(std::vector<int> partitions) {
@@ -665,6 +689,7 @@ LeaseKeeperCounters LeaseKeeper::counters() const {
   c.releases = releases_.load(std::memory_order_relaxed);
   c.lost = lost_.load(std::memory_order_relaxed);
   c.fenced_refusals = fenced_.load(std::memory_order_relaxed);
+  c.sessions_ended = sessions_ended_.load(std::memory_order_relaxed);
   return c;
 }
 

@@ -12,6 +12,17 @@
 // - claims free or expired partitions up to its quota (each claim a new tenure: epoch + 1), or
 //   releases those above it (and notifies, so that the node short of its quota claims them at
 //   once).
+// When a claim gets fewer expired partitions than it asked for, their rows are locked: by another
+// claimer, or by a transaction of their old owner that is still open. The server ends such a
+// transaction when its session idles (fence.h, PrepareFencedSession), but not when the owner froze
+// in the middle of a pipeline (the server then waits for the client's next message, with no
+// timeout). So the keeper then ends the fenced sessions (fence.h, FencedSessionName) of every node
+// that is no longer live by the database's clock and whose transaction is older than lease / 2:
+// pg_terminate_backend, which needs the engines to share one role (or pg_signal_backend). A node
+// that is not live holds no valid lease (its renewal would have kept it live), so nothing it
+// could still commit is lost: its commits would be refused by the fence after the takeover.
+// Without the privilege the takeover waits for the frozen node to wake, as before.
+//
 // Stop() (graceful) releases every partition and deletes the node row in one transaction and
 // notifies: the others take the partitions within one round trip, not a lease.
 //
@@ -76,6 +87,7 @@ struct LeaseKeeperCounters {
   std::uint64_t releases = 0;         // partitions released (shedding and Stop)
   std::uint64_t lost = 0;             // tenures lost without release (taken over, expired)
   std::uint64_t fenced_refusals = 0;  // FenceFor / CheckFence refusals
+  std::uint64_t sessions_ended = 0;   // fenced sessions of lost nodes ended (see Claim)
 };
 
 struct LeaseSnapshot {
@@ -187,6 +199,7 @@ class LeaseKeeper {
   Status Join(std::chrono::milliseconds timeout = std::chrono::milliseconds(0));
   Status Tick();
   Status Claim(int count);
+  void EndLostNodesSessions();
   Status Release(std::vector<int> partitions);
   void Leave();
   void ExpireLocal(SteadyTime now);
@@ -222,7 +235,7 @@ class LeaseKeeper {
   std::deque<Tenure> ended_;  // the last kTenureLog ended tenures
 
   std::atomic<std::uint64_t> renewals_{0}, claims_{0}, takeovers_{0}, releases_{0}, lost_{0},
-      fenced_{0};
+      fenced_{0}, sessions_ended_{0};
 };
 
 // Test hooks.

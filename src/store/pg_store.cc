@@ -863,7 +863,9 @@ Status PgStore::Connect(std::chrono::milliseconds wait) {
   }
   if (Status s = Exec(setup.c_str(), "setting up the session"); !s.ok()) return s;
   if (InCluster()) {
-    if (Status s = cluster::PrepareFencedSession(conn_, options_.cluster->lease); !s.ok()) {
+    if (Status s = cluster::PrepareFencedSession(conn_, options_.cluster->lease,
+                                                 options_.cluster->node_id);
+        !s.ok()) {
       return Status(s.code(), name_ + ": " + s.message());
     }
   }

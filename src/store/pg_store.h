@@ -144,7 +144,9 @@ std::string RedactDatabaseUri(std::string_view uri);
 //   its own node in syncsched.commit_marks, so that no row is written by every engine's commits.
 //   History is never trimmed at open (another engine may keep more).
 // - The session is prepared with cluster::PrepareFencedSession (idle_in_transaction_session_timeout
-//   = lease / 2) at every connection.
+//   = lease / 2; application_name = cluster::FencedSessionName(node id), which overrides the
+//   URI's, so that survivors can end the sessions of a node that is no longer live) at every
+//   connection.
 // - Every Commit that writes schedule rows, deletes schedules or records finished runs sends
 //   cluster::kFenceSql right after BEGIN (in a streamed commit, before each part's rows), in the
 //   same pipeline, for the tenures of its rows (their `partition` and `epoch` tags, plus

@@ -44,7 +44,8 @@ void Writer(LeaseKeeper& keeper, const std::string& uri, std::chrono::millisecon
   }
   // As the store will (fence.h): a writer frozen inside its transaction must not keep the
   // partitions' rows locked past its lease.
-  syncsched::Status prepared = syncsched::cluster::PrepareFencedSession(conn, lease);
+  syncsched::Status prepared =
+      syncsched::cluster::PrepareFencedSession(conn, lease, keeper.node_id());
   if (!prepared.ok()) std::fprintf(stderr, "writer: %s\n", prepared.message().c_str());
   Fence cached;
   cached.node_id = keeper.node_id();
@@ -84,7 +85,7 @@ void Writer(LeaseKeeper& keeper, const std::string& uri, std::chrono::millisecon
     }
     if (PQstatus(conn) != CONNECTION_OK) {
       PQreset(conn);
-      (void)syncsched::cluster::PrepareFencedSession(conn, lease);
+      (void)syncsched::cluster::PrepareFencedSession(conn, lease, keeper.node_id());
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }

@@ -291,6 +291,13 @@ struct EngineMetrics {
   // Gauge: bytes the database's page cache holds (SQLite; 0 on PostgreSQL and in memory), as of
   // the last commit. It grows to Options::database_cache_bytes and stays there.
   std::uint64_t store_cache_bytes = 0;
+  // Dispatches the database refused because it had seen that grid slot of the schedule dispatched
+  // before (PostgreSQL, the backstop under the cluster's fence: docs/cluster.md, "Each slot
+  // once"). Each such run was cancelled before its callback and recorded as cancelled; the other
+  // rows of its commit were written. Nonzero only when something else failed first (two engines
+  // believing they owned one schedule, a database restored from an older backup under a running
+  // cluster): worth an alert.
+  std::uint64_t slots_refused = 0;
 
   // Cluster mode (Options::cluster; docs/cluster.md). Outside it every field is zero, and
   // cluster_partitions_total == 0 says so.

@@ -106,6 +106,10 @@ std::string EncodePrometheus(const EngineMetrics& m, const DaemonMetrics& d) {
   Metric(out, "syncsched_store_cache_bytes", "gauge",
          "Bytes held by the database's page cache (SQLite), bounded by database_cache_mb.",
          m.store_cache_bytes);
+  Metric(out, "syncsched_slots_refused_total", "counter",
+         "Dispatches the database refused: that grid slot of the schedule was dispatched before "
+         "(PostgreSQL's backstop); the callback was not called.",
+         m.slots_refused);
 
   if (m.cluster_partitions_total > 0) {  // cluster mode only (docs/cluster.md)
     Metric(out, "syncsched_cluster_partitions_owned", "gauge",

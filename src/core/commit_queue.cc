@@ -2,9 +2,12 @@
 
 #include <pthread.h>
 
+#include <optional>
+#include <string>
 #include <unordered_map>
 
 #include "cluster/fence.h"
+#include "core/grid.h"
 
 namespace syncsched::core {
 namespace {
@@ -241,6 +244,36 @@ void CommitQueue::CommitItems(std::vector<Item>& items) {
       store::Batch none;
       status = CommitWithCarry(none, /*command=*/false);
     }
+    // The backstop of grid slots (store::SlotTaken) refused a dispatch: that slot of that schedule
+    // was dispatched before, by this engine before a takeover or by another. Its run is
+    // cancelled before its callback and leaves the carried row (the row is otherwise written:
+    // its schedule goes on), and the rest of the group is committed rather than failed with it.
+    // Each retry takes one refused slot out; a group refused more often fails as any failed
+    // commit. A command is not retried (its batch went into the failed commit): it fails, and a
+    // refused row it found in the carry is mended for the next commit.
+    for (int retry = 0; retry < kMaxSlotRefusals && !status.ok(); ++retry) {
+      std::optional<store::TakenSlot> taken = store::SlotTaken(status);
+      if (!taken) break;
+      std::string run_id = GridRunId(taken->uid, taken->slot);
+      for (store::ScheduleRow& row : carry_.schedules) {
+        if (row.uid == taken->uid && row.in_flight.run_id == run_id) row.in_flight = {};
+      }
+      for (std::size_t i = begin; i < end; ++i) {
+        for (const RunPtr& r : items[i].runs) {
+          if (r->uid == taken->uid && r->run_id == run_id) {
+            r->token.Cancel(Status::Cancelled(
+                "the database refused the dispatch of slot " + std::to_string(taken->slot) +
+                ": that slot of the schedule was dispatched before (the backstop of grid slots, "
+                "docs/cluster.md); it is not run again"));
+          }
+        }
+      }
+      slots_refused_.fetch_add(1, std::memory_order_relaxed);
+      if (items[begin].command) break;
+      store::Batch none;
+      status = CommitWithCarry(none, /*command=*/false);
+    }
+    if (store::SlotTaken(status)) Observe(status);  // a group refused too often, or a command
     // A failed group fails each of its items: a command reports the error (and changed nothing);
     // runs are recorded as errors instead of being called; the rows are carried.
     for (std::size_t i = begin; i < end; ++i) {
@@ -278,7 +311,9 @@ Status CommitQueue::CommitWithCarry(store::Batch& batch, bool command, CommitStr
     status = store_.Commit(carry_);
     if (status.ok()) carry_.clear();
   }
-  Observe(status);
+  // A refusal by the backstop of grid slots is not the database failing: CommitItems takes the
+  // refused slot out and commits again, and that commit's outcome is the one observed.
+  if (!store::SlotTaken(status)) Observe(status);
   if (!status.ok() && cluster_.fenced && cluster::IsFenced(status)) cluster_.fenced(status);
   return status;
 }

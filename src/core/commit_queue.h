@@ -22,6 +22,7 @@
 // healthy and failing is reported.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -146,6 +147,12 @@ class CommitQueue {
   void Stop() EXCLUDES(mu_);
   // A copy of the health (any thread; a leaf lock, taken under the engine's).
   StoreHealth Health() const EXCLUDES(health_mu_);
+  // Dispatches the store refused by its backstop of grid slots (store::SlotTaken): each such run
+  // was cancelled before its callback. Any thread.
+  std::uint64_t SlotsRefused() const { return slots_refused_.load(std::memory_order_relaxed); }
+
+  // Refusals by the backstop of grid slots taken out of one group before it fails whole.
+  static constexpr int kMaxSlotRefusals = 64;
 
  private:
   struct Item {
@@ -190,6 +197,7 @@ class CommitQueue {
   // Started by the constructor, joined by the first Stop (a later one returns before it, by
   // stop_): not guarded.
   std::thread thread_;
+  std::atomic<std::uint64_t> slots_refused_{0};
 };
 
 }  // namespace syncsched::core

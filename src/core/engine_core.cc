@@ -1664,6 +1664,7 @@ EngineMetrics EngineCore::GetMetrics() {
     m.store_rows_unrecorded = h.rows_unrecorded;
     m.store_history_dropped = h.history_dropped;
     m.store_cache_bytes = h.cache_bytes;
+    m.slots_refused = writer_->SlotsRefused();
   }
   if (InCluster()) {
     // Read, not kept: the keeper counts its renewals and leases, OnFenced the refused commits.

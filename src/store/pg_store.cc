@@ -1,6 +1,6 @@
 // The PostgreSQL store.
 //
-// Schema (version 3; the row `schema_version` of syncsched.meta holds the version, kMigrations
+// Schema (version 4; the row `schema_version` of syncsched.meta holds the version, kMigrations
 // lists the steps). Every table lives in the schema `syncsched` of the user's database:
 // - meta(key text, value bigint): named integers. `schema_version`; `max_uid`, the largest
 //   schedule uid ever issued (not max(uid): deleting every schedule must not let a uid be issued
@@ -28,6 +28,10 @@
 // - (v3) schedules.partition: the schedule's cluster partition (NULL until a store in cluster
 //   mode fills it), indexed; the sequence schedule_uids (cluster mode: uids in blocks); and
 //   commit_marks(node, seq), each cluster node's own commit mark (pg_store.h, cluster mode).
+// - (v4) schedules.grid_slot_ms: the latest grid slot the schedule ever dispatched, kept by the
+//   server in every write of the row, and the trigger grid_slot_once that refuses (SQLSTATE
+//   SYD01, store::SlotTaken) a row whose new run in flight is a grid slot at or before it: the
+//   backstop under the cluster's fence (docs/cluster.md).
 //
 // Strings are `bytea`, not `text`: the engine's strings are bytes (a connection id need not be
 // UTF-8, a callback's error may hold any byte), and text would make such a value fail the commit
@@ -61,6 +65,7 @@
 #include <map>
 #include <memory>
 #include <random>
+#include <span>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -454,6 +459,33 @@ CREATE TABLE IF NOT EXISTS syncsched.commit_marks(
 );
 )sql",
      {"meta", "syncs", "integrations", "connections", "schedules", "history", "commit_marks"}},
+    // Version 4: the backstop under the fence (docs/cluster.md, "Each slot once"). grid_slot_ms
+    // is the latest grid slot ever dispatched for the schedule (NULL: none), kept by the server
+    // itself in every write of a row (kGridSlotSql), and a trigger refuses, with SQLSTATE SYD01,
+    // a row whose new run in flight is the first attempt of a grid slot at or before it: a
+    // `(schedule, slot)` of the grid is dispatched once, whatever an engine believes. A grid
+    // run's id is "<uid>-<slot>" (core/grid.h); runs off the grid (a start's immediate run,
+    // triggers, resyncs) have a suffix and are keyed by their own ids; a retry keeps its failed
+    // run's id with a higher attempt, and is not a new dispatch of the slot. The trigger's condition is in its WHEN clause, so
+    // that the function is called only to refuse: a write that passes costs no PL/pgSQL call.
+    {4,
+     R"sql(
+ALTER TABLE syncsched.schedules ADD COLUMN IF NOT EXISTS grid_slot_ms bigint;
+CREATE OR REPLACE FUNCTION syncsched.refuse_grid_slot() RETURNS trigger LANGUAGE plpgsql AS $f$
+BEGIN
+  RAISE EXCEPTION USING ERRCODE = 'SYD01',
+    MESSAGE = format('schedule uid %s: grid slot %s dispatched again (grid slots up to %s were '
+                     'dispatched already)', NEW.uid, NEW.run_slot_ms, OLD.grid_slot_ms),
+    DETAIL = format('schedule uid %s slot %s', NEW.uid, NEW.run_slot_ms);
+END
+$f$;
+CREATE OR REPLACE TRIGGER grid_slot_once BEFORE UPDATE ON syncsched.schedules FOR EACH ROW
+  WHEN (NEW.run_id <> OLD.run_id AND OLD.grid_slot_ms IS NOT NULL AND NEW.run_attempt = 1
+        AND NEW.run_slot_ms <= OLD.grid_slot_ms
+        AND NEW.run_id = convert_to(NEW.uid::text || '-' || NEW.run_slot_ms::text, 'UTF8'))
+  EXECUTE FUNCTION syncsched.refuse_grid_slot();
+)sql",
+     {"meta", "syncs", "integrations", "connections", "schedules", "history", "commit_marks"}},
 };
 
 // The largest uid the sequence has issued (the end of its last block), or just below the next
@@ -513,10 +545,12 @@ constexpr Column kScheduleColumns[] = {
     {"r_at_ms", "int8"},
     {"r_seq", "int8"},
     {"r_scheduled", "bool"},
-    {"partition", "int4"},  // v3; never updated (a function of the key)
+    {"partition", "int4"},     // v3; never updated (a function of the key)
+    {"grid_slot_ms", "int8"},  // v4; written by the server only (kGridSlotSql)
 };
 constexpr std::size_t kScheduleColumnCount = std::size(kScheduleColumns);
-constexpr std::size_t kPartitionColumn = kScheduleColumnCount - 1;
+constexpr std::size_t kPartitionColumn = kScheduleColumnCount - 2;
+constexpr std::size_t kGridSlotColumn = kScheduleColumnCount - 1;
 constexpr std::size_t kKeyColumns = 4;  // columns 1..4
 
 constexpr Column kHistoryColumns[] = {
@@ -551,17 +585,33 @@ std::string Names(const Columns& columns, const char* prefix = "") {
   return out;
 }
 
+// grid_slot_ms of a row written from `u` over the row `s` (v4, the backstop): the slot of its run
+// in flight when that is a new first attempt on the grid (its id is "<uid>-<slot>"), else what
+// `s` held.
+// The server computes it: the engine never sends it.
+std::string GridSlotSql(const std::string& u, const std::string& s) {
+  std::string is_grid = u + ".run_attempt = 1 AND " + u + ".run_id = convert_to(" + s +
+                        ".uid::text || '-' || " + u + ".run_slot_ms::text, 'UTF8')";
+  if (s == u) return "CASE WHEN " + is_grid + " THEN " + u + ".run_slot_ms END";
+  return "CASE WHEN " + u + ".run_id <> " + s + ".run_id AND " + is_grid + " THEN " + u +
+         ".run_slot_ms ELSE " + s + ".grid_slot_ms END";
+}
+
+// The columns the engine sends: all but grid_slot_ms.
+const std::span<const Column> kSentScheduleColumns(kScheduleColumns, kGridSlotColumn);
+
 std::string InsertSchedulesSql(bool upsert) {
-  std::string sql = "INSERT INTO syncsched.schedules(" + Names(kScheduleColumns) +
-                    ") SELECT * FROM unnest(" + UnnestArgs(kScheduleColumns) + ")";
+  std::string sql = "INSERT INTO syncsched.schedules(" + Names(kSentScheduleColumns) +
+                    ", grid_slot_ms) SELECT u.*, " + GridSlotSql("u", "u") + " FROM unnest(" +
+                    UnnestArgs(kSentScheduleColumns) + ") AS u(" + Names(kSentScheduleColumns) +
+                    ")";
   if (!upsert) return sql;
   sql += " ON CONFLICT (uid) DO UPDATE SET ";
-  bool first = true;
   for (std::size_t i = kKeyColumns + 1; i < kPartitionColumn; ++i) {
-    if (!first) sql += ", ";
-    first = false;
     sql += std::string(kScheduleColumns[i].name) + " = excluded." + kScheduleColumns[i].name;
+    sql += ", ";
   }
+  sql += "grid_slot_ms = " + GridSlotSql("excluded", "schedules");
   return sql;
 }
 
@@ -573,6 +623,7 @@ std::string UpdateSchedulesSql() {
     if (i > kKeyColumns + 1) sql += ", ";
     sql += std::string(kScheduleColumns[i].name) + " = u." + kScheduleColumns[i].name;
   }
+  sql += ", grid_slot_ms = " + GridSlotSql("u", "s");
   sql += " FROM unnest($1::syncsched.schedules[]) AS u WHERE s.uid = u.uid";
   return sql;
 }
@@ -813,6 +864,10 @@ Status PgStore::Error(std::string_view context, const PGresult* res) const {
   std::string_view cls = std::string_view(code).substr(0, 2);
   if (code == cluster::kFencedSqlState) {
     // Another node holds the partition (or the lease expired): nothing of the commit is applied.
+    return Status::FailedPrecondition(std::move(message));
+  }
+  if (code == kSlotTakenSqlState) {
+    // The backstop of grid slots (schema v4): the slot was dispatched before; nothing applied.
     return Status::FailedPrecondition(std::move(message));
   }
   if (code == "SYF02") {
@@ -1335,7 +1390,7 @@ void AddScheduleRow(const ScheduleRow& r, const ScheduleRow* key, bool with_key,
 
 std::vector<std::uint32_t> ScheduleOids(bool with_key) {
   std::vector<std::uint32_t> oids;
-  for (std::size_t i = 0; i < kScheduleColumnCount; ++i) {
+  for (std::size_t i = 0; i < kGridSlotColumn; ++i) {
     if (!with_key && i >= 1 && i <= kKeyColumns) continue;
     std::string_view t = kScheduleColumns[i].type;
     oids.push_back(t == "int8"   ? kInt8Oid
@@ -1497,6 +1552,7 @@ Status PgStore::Plan(const Batch& batch, std::uint64_t* max_uid, std::vector<Que
         if (pass == 2) {
           updates.BeginRow(static_cast<int>(kScheduleColumnCount));
           AddScheduleRow(r, &no_key, true, -1, RowOfArray{updates});
+          updates.Null(kInt8Oid);  // grid_slot_ms: the server's (UpdateSchedulesSql)
           updates.EndRow();
           flush_updates(false);
           continue;
@@ -1983,6 +2039,7 @@ Result<Snapshot> PgStore::LoadSome(const std::vector<int>* partitions) {
           }
         }
         row.partition = r.NextIsNull() ? -1 : r.Int4();
+        if (!r.NextIsNull()) (void)r.Int8();  // grid_slot_ms: the server's own (v4)
         if (!r.ok()) {
           return Status::Internal(
               name_ + " is not a syncsched database or is corrupt (schedule uid " +

@@ -112,8 +112,12 @@ std::string RedactDatabaseUri(std::string_view uri);
 //   (finished_ms and number set), else INTERNAL. On any error the transaction is rolled back and
 //   nothing of the batch is applied: UNAVAILABLE for a lost connection, a server shutting down or
 //   restarting, a full disk, a statement timeout, a lock or serialization failure; INTERNAL for a
-//   violated constraint (two uids with one key, an engine bug) or corruption. An empty batch
-//   commits nothing and needs no connection.
+//   violated constraint (two uids with one key, an engine bug) or corruption; FAILED_PRECONDITION
+//   (store::SlotTaken names the schedule uid and slot) when a schedule's new run in flight is the
+//   first attempt of a grid slot (run id "<uid>-<slot>") at or before the latest grid slot the
+//   database saw it dispatch (schema v4, `grid_slot_ms`: the backstop under the cluster's fence;
+//   runs off the grid, retries and rewrites of the same run pass). An empty batch commits nothing and needs no
+//   connection.
 // - After a lost connection, the next Load or Commit reconnects (with backoff, see
 //   PostgresStoreOptions) and takes the advisory lock again before anything else. When the lock is
 //   held by another engine, or another engine opened the database while this store was

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <iterator>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -202,6 +203,11 @@ class Store {
   // cause (UNAVAILABLE for a full disk or I/O error, INTERNAL for corruption, or for a store that
   // can no longer be used and refuses every later call until it is opened again: see the
   // implementation's header).
+  //
+  // A store that keeps the backstop of grid slots (the PostgreSQL store, schema v4) refuses a
+  // commit in which a schedule's new run in flight is the first attempt of a grid slot at or
+  // before the latest one ever dispatched for it: FAILED_PRECONDITION, nothing applied, the message holding kSlotTakenMarker
+  // and "schedule uid <uid> slot <slot>" (SlotTaken reads them back).
   virtual Status Commit(const Batch& batch) = 0;
   // Commits `first` and every part `more` yields as one transaction, exactly as Commit would
   // commit them gathered into one batch (all or nothing, the same errors). The parts after the
@@ -232,5 +238,17 @@ class Store {
   // commits, between commits.
   virtual std::uint64_t CacheBytes() const { return 0; }
 };
+
+// The mark in the message of a commit refused by the backstop of grid slots (Store::Commit).
+inline constexpr const char* kSlotTakenSqlState = "SYD01";
+inline constexpr const char* kSlotTakenMarker = "[SQLSTATE SYD01]";
+
+// The schedule uid and grid slot a commit was refused for (Store::Commit), or nullopt when
+// `status` is not such a refusal.
+struct TakenSlot {
+  std::uint64_t uid = 0;
+  std::int64_t slot = 0;
+};
+std::optional<TakenSlot> SlotTaken(const Status& status);
 
 }  // namespace syncsched::store

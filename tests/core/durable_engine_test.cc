@@ -923,6 +923,51 @@ TEST_P(DurableEngine, AClockSteppedBackDoesNotRerunSlotsUnderTheirIds) {
   EXPECT_GE(calls.size(), 3u);
 }
 
+// The backstop of grid slots (PostgreSQL, schema v4; docs/cluster.md "Each slot once"): when the
+// database says a grid slot of a schedule was dispatched already (here written by hand, as another
+// engine would have), the engine's dispatch of it is refused: its callback is not called, the
+// other schedules of the same commit run, and the schedule's later slots run.
+TEST_P(DurableEngine, AGridSlotTheDatabaseSaysWasDispatchedIsNotCalledAgain) {
+  if (!postgres()) GTEST_SKIP() << "the backstop is the PostgreSQL store's";
+  DefineOne("issues");
+  ASSERT_TRUE(engine->AddConnection("github", "a").ok());
+  ASSERT_TRUE(engine->AddConnection("github", "b").ok());
+  engine->ReleaseTimers();
+  const TimePoint start = clock.Now();
+  ASSERT_TRUE(engine->Start(T("github", "a")).ok());
+  ASSERT_TRUE(engine->Start(T("github", "b")).ok());
+  Run(1min);  // both immediate runs (off the grid)
+  ASSERT_EQ(calls.size(), 2u);
+  const std::uint64_t uid = StatusOf("github", "a", "issues").id;
+  const std::int64_t taken = (start + 2h).time_since_epoch().count();
+  ASSERT_TRUE(PgExec(path_, "UPDATE syncsched.schedules SET grid_slot_ms = " +
+                                std::to_string(taken) + " WHERE uid = " + std::to_string(uid))
+                  .ok());
+  Run(3h);  // slots at +1h, +2h (refused for a) and +3h
+  std::vector<TimePoint> a_at, b_at;
+  for (const Call& c : calls) (c.ctx.key.connection == "a" ? a_at : b_at).push_back(c.at);
+  EXPECT_EQ(a_at, (std::vector<TimePoint>{start, start + 3h}));
+  EXPECT_EQ(b_at, (std::vector<TimePoint>{start, start + 1h, start + 2h, start + 3h}));
+  // Both refusals are in a's history as cancelled runs that say why; none is retried.
+  auto refused =
+      PgQuery(path_, "SELECT count(DISTINCT run_id) FROM syncsched.history WHERE schedule_uid = " +
+                         std::to_string(uid) +
+                         " AND ok = 0 AND position('dispatched before' in "
+                         "convert_from(error, 'UTF8')) > 0");
+  ASSERT_TRUE(refused.ok()) << refused.status();
+  EXPECT_EQ(*refused, "2");
+  EXPECT_EQ(StatusOf("github", "a", "issues").status, RunStatus::kSuccess);
+  EXPECT_EQ(engine->GetMetrics().slots_refused, 2u);
+  // A restart keeps the mark: nothing of a's past slots runs again, the grid goes on.
+  calls.clear();
+  Reopen();
+  DefineOne("issues");
+  engine->ReleaseTimers();
+  Run(1h);
+  ASSERT_EQ(calls.size(), 2u);
+  for (const Call& c : calls) EXPECT_EQ(c.at, start + 4h) << c.ctx.key.connection;
+}
+
 TEST_P(DurableEngine, AClockAtTheEndOfItsRangeDoesNotOverflow) {
   VirtualClock far(TimePoint(Millis::max() - 1h));
   Options o;

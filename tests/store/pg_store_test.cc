@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -144,7 +145,7 @@ TEST_F(PgStoreTest, ANewDatabaseGetsTheSchemaAndLoadsEmpty) {
   EXPECT_TRUE(snap.connections.empty());
   EXPECT_TRUE(snap.schedules.empty());
   EXPECT_EQ(snap.max_uid, 0u);
-  EXPECT_EQ(Q("SELECT value FROM syncsched.meta WHERE key = 'schema_version'"), "3");
+  EXPECT_EQ(Q("SELECT value FROM syncsched.meta WHERE key = 'schema_version'"), "4");
   EXPECT_EQ(Q("SELECT reloptions::text FROM pg_class WHERE oid = 'syncsched.schedules'::regclass"),
             "{fillfactor=45}");
   EXPECT_TRUE(store->Commit(Batch{}).ok());
@@ -421,6 +422,97 @@ TEST_F(PgStoreTest, AFailedBatchAppliesNothingAndTheStoreStaysUsable) {
   EXPECT_EQ(LoadOrDie(*store).schedules.size(), 2u);
 }
 
+// The backstop of grid slots (schema v4, docs/cluster.md "Each slot once"): a row whose new run
+// in flight is a grid slot ("<uid>-<slot>") at or before the latest grid slot the schedule ever
+// dispatched is refused with SYD01, naming the schedule and the slot, and nothing of the commit is
+// applied; runs off the grid (with a suffix), retries (attempt > 1) and rewrites of the same run
+// pass; later slots pass.
+TEST_F(PgStoreTest, AGridSlotDispatchedTwiceIsRefusedWholeNamingTheSlot) {
+  auto store = OpenOrDie();
+  ASSERT_NE(store, nullptr);
+  auto grid = [](std::uint64_t uid, std::int64_t slot, bool update_only = true) {
+    ScheduleRow row = MakeSchedule(uid, "c" + std::to_string(uid));
+    row = WithRunInFlight(row, std::to_string(uid) + "-" + std::to_string(slot));
+    row.in_flight.slot_ms = slot;
+    row.in_flight.attempt = 1;
+    return update_only ? UpdateOnly(row) : row;
+  };
+  auto idle = [](std::uint64_t uid) { return UpdateOnly(MakeSchedule(uid, "c")); };
+  auto rows = [](std::vector<ScheduleRow> schedules) {
+    Batch b;
+    b.schedules = std::move(schedules);
+    return b;
+  };
+  auto grid_slot = [&](std::uint64_t uid) {
+    return Q("SELECT coalesce(grid_slot_ms::text, 'null') FROM syncsched.schedules WHERE uid = " +
+             std::to_string(uid));
+  };
+  Batch first;
+  first.syncs = {MakeSync("github", "issues", 60'000)};
+  first.schedules = {grid(1, 1000, false), MakeSchedule(2, "c2")};
+  ASSERT_TRUE(store->Commit(first).ok());
+  EXPECT_EQ(grid_slot(1), "1000") << "a new row's grid run";
+  EXPECT_EQ(grid_slot(2), "null");
+  // The same run written again (a carried row), its end, and a later slot: all pass.
+  for (Batch b : {rows({grid(1, 1000)}), rows({idle(1)}), rows({grid(1, 2000)}), rows({idle(1)})}) {
+    Status s = store->Commit(b);
+    ASSERT_TRUE(s.ok()) << s;
+  }
+  EXPECT_EQ(grid_slot(1), "2000");
+  // Off the grid (a trigger's id has a suffix) at an earlier slot: passes, the mark stays.
+  ScheduleRow trigger = grid(1, 1500);
+  trigger.in_flight.run_id = "1-1500-7";
+  ASSERT_TRUE(store->Commit(rows({trigger})).ok());
+  ASSERT_TRUE(store->Commit(rows({idle(1)})).ok());
+  EXPECT_EQ(grid_slot(1), "2000");
+  // A retry keeps its slot's run id with a higher attempt: passes.
+  ScheduleRow retry = grid(1, 2000);
+  retry.in_flight.attempt = 2;
+  ASSERT_TRUE(store->Commit(rows({retry})).ok());
+  ASSERT_TRUE(store->Commit(rows({idle(1)})).ok());
+  // Slot 2000 again, and an earlier one, through an update and through an upsert, beside
+  // other rows: refused, nothing applied, the slot named.
+  for (ScheduleRow again : {grid(1, 2000), grid(1, 1000), grid(1, 2000, false)}) {
+    Batch b;
+    b.schedules = {grid(2, 5000), again};
+    b.runs = {MakeRun("2-4000", 2, 4500)};
+    Status s = store->Commit(b);
+    ASSERT_FALSE(s.ok());
+    EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition) << s;
+    std::optional<TakenSlot> taken = SlotTaken(s);
+    ASSERT_TRUE(taken.has_value()) << s;
+    EXPECT_EQ(taken->uid, 1u);
+    EXPECT_EQ(taken->slot, again.in_flight.slot_ms);
+    EXPECT_NE(s.message().find("dispatched again"), std::string::npos) << s;
+    EXPECT_EQ(grid_slot(2), "null") << "nothing of the commit applied";
+    EXPECT_EQ(Q("SELECT count(*) FROM syncsched.history"), "0");
+    EXPECT_EQ(Q("SELECT convert_from(run_id, 'UTF8') FROM syncsched.schedules WHERE uid = 1"), "");
+  }
+  // Usable afterwards; the next slot passes; the mark survives a reopen.
+  ASSERT_TRUE(store->Commit(rows({grid(1, 3000)})).ok());
+  store.reset();
+  store = OpenOrDie();
+  ASSERT_NE(store, nullptr);
+  EXPECT_EQ(LoadOrDie(*store).schedules.size(), 2u);
+  EXPECT_EQ(grid_slot(1), "3000");
+  ASSERT_TRUE(store->Commit(rows({idle(1)})).ok());
+  Status s = store->Commit(rows({grid(1, 3000)}));
+  EXPECT_TRUE(SlotTaken(s).has_value()) << s;
+}
+
+TEST(SlotTakenTest, ReadsOnlyTheBackstopsRefusal) {
+  EXPECT_FALSE(SlotTaken(Status::Ok()).has_value());
+  EXPECT_FALSE(SlotTaken(Status::FailedPrecondition("x (schedule uid 1 slot 2)")).has_value());
+  EXPECT_FALSE(SlotTaken(Status::Internal("x (schedule uid 1 slot 2) [SQLSTATE SYD01]")));
+  EXPECT_FALSE(SlotTaken(Status::FailedPrecondition("x (schedule uid 1 slot ) [SQLSTATE SYD01]")));
+  auto t = SlotTaken(Status::FailedPrecondition(
+      "db: committing: schedule uid 9: grid slot 5 dispatched again (schedule uid 9 slot "
+      "-5) [SQLSTATE SYD01]"));
+  ASSERT_TRUE(t.has_value());
+  EXPECT_EQ(t->uid, 9u);
+  EXPECT_EQ(t->slot, -5);
+}
+
 TEST_F(PgStoreTest, ABigBatchSpansStatementsAndRoundTrips) {
   auto store = OpenOrDie();
   ASSERT_NE(store, nullptr);
@@ -588,7 +680,7 @@ TEST_F(PgStoreTest, HistoryKeepsNewestRunsAndNewestFailure) {
 TEST_F(PgStoreTest, ANewerSchemaIsRefusedAndNotWritten) {
   { ASSERT_NE(OpenOrDie(), nullptr); }
   Exec("UPDATE syncsched.meta SET value = 99 WHERE key = 'schema_version'");
-  ExpectRefused(StatusCode::kFailedPrecondition, "schema version 99, newer than version 3");
+  ExpectRefused(StatusCode::kFailedPrecondition, "schema version 99, newer than version 4");
 }
 
 TEST_F(PgStoreTest, ForeignOrBrokenSchemasAreRefusedAndNotWritten) {
@@ -603,7 +695,7 @@ TEST_F(PgStoreTest, ForeignOrBrokenSchemasAreRefusedAndNotWritten) {
 TEST_F(PgStoreTest, AnEmptySchemaIsMigratedAndAReopenMigratesNothing) {
   Exec("CREATE SCHEMA syncsched");  // e.g. created by a DBA who granted it to the engine
   { ASSERT_NE(OpenOrDie(), nullptr); }
-  EXPECT_EQ(Q("SELECT value FROM syncsched.meta WHERE key = 'schema_version'"), "3");
+  EXPECT_EQ(Q("SELECT value FROM syncsched.meta WHERE key = 'schema_version'"), "4");
   std::string oid = Q("SELECT 'syncsched.schedules'::regclass::oid");
   { ASSERT_NE(OpenOrDie(), nullptr); }
   EXPECT_EQ(Q("SELECT 'syncsched.schedules'::regclass::oid"), oid) << "not recreated";
@@ -623,7 +715,7 @@ TEST_F(PgStoreTest, AVersion1DatabaseIsMigratedToFillfactor45KeepingItsRows) {
       "UPDATE syncsched.meta SET value = 1 WHERE key = 'schema_version'");
   auto store = OpenOrDie();
   ASSERT_NE(store, nullptr);
-  EXPECT_EQ(Q("SELECT value FROM syncsched.meta WHERE key = 'schema_version'"), "3");
+  EXPECT_EQ(Q("SELECT value FROM syncsched.meta WHERE key = 'schema_version'"), "4");
   EXPECT_EQ(Q("SELECT reloptions::text FROM pg_class WHERE oid = 'syncsched.schedules'::regclass"),
             "{fillfactor=45}");
   Snapshot snap = LoadOrDie(*store);

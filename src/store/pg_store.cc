@@ -461,13 +461,14 @@ CREATE TABLE IF NOT EXISTS syncsched.commit_marks(
      {"meta", "syncs", "integrations", "connections", "schedules", "history", "commit_marks"}},
     // Version 4: the backstop under the fence (docs/cluster.md, "Each slot once"). grid_slot_ms
     // is the latest grid slot ever dispatched for the schedule (NULL: none), kept by the server
-    // itself in every write of a row (kGridSlotSql), and a trigger refuses, with SQLSTATE SYD01,
+    // itself in every write of a row (GridSlotSql), and a trigger refuses, with SQLSTATE SYD01,
     // a row whose new run in flight is the first attempt of a grid slot at or before it: a
     // `(schedule, slot)` of the grid is dispatched once, whatever an engine believes. A grid
     // run's id is "<uid>-<slot>" (core/grid.h); runs off the grid (a start's immediate run,
     // triggers, resyncs) have a suffix and are keyed by their own ids; a retry keeps its failed
-    // run's id with a higher attempt, and is not a new dispatch of the slot. The trigger's condition is in its WHEN clause, so
-    // that the function is called only to refuse: a write that passes costs no PL/pgSQL call.
+    // run's id with a higher attempt, and is not a new dispatch of the slot. The trigger's
+    // condition is in its WHEN clause, so that the function is called only to refuse: a write
+    // that passes costs no PL/pgSQL call.
     {4,
      R"sql(
 ALTER TABLE syncsched.schedules ADD COLUMN IF NOT EXISTS grid_slot_ms bigint;
@@ -546,7 +547,7 @@ constexpr Column kScheduleColumns[] = {
     {"r_seq", "int8"},
     {"r_scheduled", "bool"},
     {"partition", "int4"},     // v3; never updated (a function of the key)
-    {"grid_slot_ms", "int8"},  // v4; written by the server only (kGridSlotSql)
+    {"grid_slot_ms", "int8"},  // v4; written by the server only (GridSlotSql)
 };
 constexpr std::size_t kScheduleColumnCount = std::size(kScheduleColumns);
 constexpr std::size_t kPartitionColumn = kScheduleColumnCount - 2;

@@ -211,7 +211,9 @@ class SYNCSCHED_EXPORT Engine {
   // move to the following minutes, assuming each run takes the mean run duration so far, or one
   // minute before any run finished). Errors: INVALID_ARGUMENT (horizon: subject kField, field
   // "horizon"; or a malformed integration key), NOT_FOUND (integration). Cost: one step per slot in
-  // the horizon.
+  // the horizon. In cluster mode it covers the schedules of the partitions this engine owns when
+  // it is called, under this engine's caps (GetMetrics says how many partitions that is); the
+  // cluster's forecast is the sum of every engine's.
   Result<std::vector<ForecastMinute>> Forecast(Millis horizon,
                                                std::optional<std::string> integration = {});
 

@@ -253,7 +253,16 @@ HttpResponse Api::OnForecast(const Call& call) {
   Result<std::vector<ForecastMinute>> r =
       engine_.Forecast(std::chrono::hours(req->hours), req->integration);
   if (!r.ok()) return StatusResponse(r.status());
-  return JsonResponse(200, codec::EncodeForecast(*r));
+  Json body = codec::EncodeForecast(*r);
+  // In a cluster an engine holds only the schedules of the partitions it owns, and its caps are
+  // its own: the answer says whose forecast it is, so that nobody reads one node's as the
+  // cluster's. The cluster's is the sum of every node's (partitions may move between the calls).
+  if (EngineMetrics m = engine_.GetMetrics(); m.cluster_partitions_total > 0) {
+    body["scope"] = Json{{"node", node_},
+                         {"partitions", m.cluster_partitions_owned},
+                         {"partitions_total", m.cluster_partitions_total}};
+  }
+  return JsonResponse(200, body);
 }
 
 HttpResponse Api::OnFrequency(const Call& call) {

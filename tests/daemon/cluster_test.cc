@@ -313,6 +313,14 @@ TEST_F(ClusterDaemonTest, ThreeDaemonsShareThePartitionsAndTakeOverOnKillAndStop
     EXPECT_GT(value("syncsched_cluster_claims_total"), 0) << "node-b's, and the first ones";
     EXPECT_GE(value("syncsched_cluster_fenced_writes_refused_total"), 0);
     EXPECT_NE(m.body.find("# TYPE syncsched_cluster_takeovers_total counter\n"), std::string::npos);
+    // The forecast says whose it is: the survivor's, over every partition now.
+    Reply f = client.Get("/schedules/forecast?hours=1", "k");
+    ASSERT_EQ(f.status, 200u) << f.body;
+    Json forecast = f.json();
+    EXPECT_EQ(forecast["scope"]["node"], "node-a") << f.body;
+    EXPECT_EQ(Int(forecast["scope"], "partitions"), kPartitions) << f.body;
+    EXPECT_EQ(Int(forecast["scope"], "partitions_total"), kPartitions) << f.body;
+    EXPECT_FALSE(forecast["minutes"].empty()) << f.body;
   }
   a.process->Signal(SIGTERM);
   EXPECT_EQ(a.process->Wait(), 0) << ReadFile(dir_ / "node-a.log");

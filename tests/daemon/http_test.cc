@@ -536,6 +536,7 @@ TEST_F(HttpTest, Forecast) {
   ASSERT_EQ(all.status, 200u) << all.body;
   Json body = all.json();
   ASSERT_TRUE(body["minutes"].is_array()) << all.body;
+  EXPECT_FALSE(body.contains("scope")) << "one engine: the forecast is the whole set's";
   std::string last;
   for (const Json& m : body["minutes"]) {
     ASSERT_TRUE(m["at"].is_string()) << m.dump();

@@ -4,7 +4,7 @@ function(syncsched_target_defaults target)
   target_compile_options(${target} PRIVATE -Wall -Wextra -Wpedantic)
   if(CMAKE_CXX_COMPILER_ID MATCHES "Clang")
     # Clang's static check of the core's lock annotations (src/core/thread_annotations.h). CI
-    # makes it an error (scripts/test.sh, the build-clang tree).
+    # makes it an error (scripts/test.sh: the fuzz build, build-fuzz/).
     target_compile_options(${target} PRIVATE -Wthread-safety)
   endif()
   if(SYNCSCHED_SANITIZE)

@@ -14,7 +14,7 @@
 # `build-fuzz/tests/fuzz/fuzz_<target> <file>`). Keep it as a regression test by copying it to
 # tests/fuzz/regressions/<target>/ (the replay test, syncsched_fuzz_replay, then runs it in every
 # ordinary test build) once the bug is fixed. FUZZ_JOBS sets the build's parallelism (default:
-# the number of cores).
+# the number of cores), FUZZ_PARALLEL how many targets fuzz at once (default 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,26 +37,43 @@ cmake --build build-fuzz -j "$jobs" --target "${build_targets[@]}"
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+# FUZZ_PARALLEL targets fuzz at once (default 1; CI: the number of cores), each on one core.
+parallel=${FUZZ_PARALLEL:-1}
+fuzz_one() {  # target: runs it, writes its exit status to build-fuzz/fuzz-<target>.status
+  local t=$1 work=build-fuzz/corpus/$1 crashes=build-fuzz/crashes/$1 dict=() status=0
+  mkdir -p "$work" "$crashes" tests/fuzz/regressions/"$t"
+  [[ -f tests/fuzz/$t.dict ]] && dict=(-dict="tests/fuzz/$t.dict")
+  echo "== fuzz_$t: ${seconds}s"
+  build-fuzz/tests/fuzz/fuzz_"$t" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+    -max_len=65536 -print_final_stats=1 -artifact_prefix="$crashes/" "${dict[@]}" \
+    "$work" tests/fuzz/corpus/"$t" tests/fuzz/regressions/"$t" >build-fuzz/fuzz-"$t".log 2>&1 ||
+    status=$?
+  echo "$status" >build-fuzz/fuzz-"$t".status
+}
+running=0
+for t in "${targets[@]}"; do
+  rm -f build-fuzz/fuzz-"$t".status
+  fuzz_one "$t" &
+  running=$((running + 1))
+  if ((running >= parallel)); then
+    wait -n || true
+    running=$((running - 1))
+  fi
+done
+wait
 summary=()
 failed=()
 for t in "${targets[@]}"; do
   work=build-fuzz/corpus/$t
   crashes=build-fuzz/crashes/$t
-  mkdir -p "$work" "$crashes" tests/fuzz/regressions/"$t"
-  dict=()
-  [[ -f tests/fuzz/$t.dict ]] && dict=(-dict="tests/fuzz/$t.dict")
   log=build-fuzz/fuzz-$t.log
-  echo "== fuzz_$t: ${seconds}s"
-  status=0
-  build-fuzz/tests/fuzz/fuzz_"$t" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
-    -max_len=65536 -print_final_stats=1 -artifact_prefix="$crashes/" "${dict[@]}" \
-    "$work" tests/fuzz/corpus/"$t" tests/fuzz/regressions/"$t" >"$log" 2>&1 || status=$?
+  status=$(cat build-fuzz/fuzz-"$t".status 2>/dev/null || echo "no status")
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
   cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 || true)
   summary+=("$(printf '%-10s %10s execs %7s/s  %s  corpus %s' "$t" "${execs:-?}" "${rate:-?}" \
     "${cov:-}" "$(ls "$work" | wc -l)")")
-  if ((status != 0)); then
+  if [[ $status != 0 ]]; then
     failed+=("$t")
     echo "fuzz_$t FAILED (exit $status); the end of $log:"
     tail -n 60 "$log"

@@ -42,6 +42,9 @@
 #include <set>
 #include <thread>
 
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+
 #include "store/cksum_vfs.h"
 #include "syncsched/syncsched.h"
 #include "test_util.h"

@@ -1,5 +1,5 @@
 // Helpers of the daemon's tests: temporary directories, polling with a deadline (never a sleep
-// with a tolerance), a small HTTP client over a real socket, and child processes.
+// with a tolerance), a small HTTP client over a real socket (test_util.cc), and child processes.
 #pragma once
 
 #include <fcntl.h>
@@ -15,19 +15,14 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include <boost/asio/connect.hpp>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/read.hpp>
-#include <boost/asio/write.hpp>
-#include <boost/beast/core.hpp>
-#include <boost/beast/http.hpp>
+#include <boost/beast/http/verb.hpp>
 
 #include "codec/codec.h"
 
@@ -116,33 +111,21 @@ struct Reply {
   }
 };
 
-// One keep-alive HTTP/1.1 connection to 127.0.0.1:port. Every operation has a deadline.
+// One keep-alive HTTP/1.1 connection to 127.0.0.1:port. Every operation has a deadline (20 s for
+// an exchange); a missed one is a test failure and an empty Reply. A transport error gives status 0
+// and the error's message as the body. Defined in test_util.cc, compiled once: Beast's HTTP
+// instantiated in every daemon test file took most of each one's compile time.
 class Client {
  public:
-  explicit Client(std::uint16_t port) : stream_(io_) {
-    boost::asio::ip::tcp::endpoint ep(boost::asio::ip::make_address("127.0.0.1"), port);
-    stream_.connect(ep);
-  }
+  explicit Client(std::uint16_t port);
+  ~Client();
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
 
   Reply Send(boost::beast::http::verb verb, const std::string& target, const std::string& body = "",
              const std::string& key = "test-key",
              const std::vector<std::pair<std::string, std::string>>& headers = {},
-             unsigned version = 11) {
-    namespace http = boost::beast::http;
-    http::request<http::string_body> req{verb, target, version};
-    req.set(http::field::host, "127.0.0.1");
-    if (!key.empty()) req.set(http::field::authorization, "Bearer " + key);
-    if (!body.empty()) req.set(http::field::content_type, "application/json");
-    for (const auto& [name, value] : headers) req.set(name, value);
-    req.body() = body;
-    req.prepare_payload();
-    return Exchange([&](auto&& done) {
-      http::async_write(stream_, req, [&, done](boost::beast::error_code ec, std::size_t) {
-        if (ec) return done(ec);
-        ReadReply(done);
-      });
-    });
-  }
+             unsigned version = 11);
   Reply Get(const std::string& target, const std::string& key = "test-key") {
     return Send(boost::beast::http::verb::get, target, "", key);
   }
@@ -160,95 +143,17 @@ class Client {
   }
 
   // Writes `bytes` as they are, then reads one response.
-  Reply Raw(const std::string& bytes) {
-    return Exchange([&](auto&& done) {
-      boost::asio::async_write(stream_, boost::asio::buffer(bytes),
-                               [&, done](boost::beast::error_code ec, std::size_t) {
-                                 if (ec) return done(ec);
-                                 ReadReply(done);
-                               });
-    });
-  }
+  Reply Raw(const std::string& bytes);
   // Writes `bytes` without reading.
-  void Write(const std::string& bytes) {
-    boost::beast::error_code ec;
-    boost::asio::write(stream_.socket(), boost::asio::buffer(bytes), ec);
-    EXPECT_FALSE(ec) << ec.message();
-  }
+  void Write(const std::string& bytes);
   // Reads one response.
-  Reply Read() {
-    return Exchange([&](auto&& done) { ReadReply(done); });
-  }
+  Reply Read();
   // Reads until the server closes the connection (true) or the deadline passes (false).
-  bool ServerClosed(std::chrono::milliseconds timeout = std::chrono::seconds(5)) {
-    bool closed = false;
-    std::function<void()> read_more = [&] {
-      stream_.async_read_some(boost::asio::buffer(scratch_),
-                              [&](boost::beast::error_code ec, std::size_t) {
-                                if (ec) {
-                                  closed = true;
-                                  return;
-                                }
-                                read_more();
-                              });
-    };
-    read_more();
-    io_.restart();
-    io_.run_for(timeout);
-    if (!closed) stream_.cancel();
-    io_.restart();
-    io_.poll();
-    return closed;
-  }
+  bool ServerClosed(std::chrono::milliseconds timeout = std::chrono::seconds(5));
 
  private:
-  template <typename Done>
-  void ReadReply(Done done) {
-    namespace http = boost::beast::http;
-    parser_.emplace();
-    parser_->body_limit(64 << 20);
-    http::async_read(stream_, buffer_, *parser_,
-                     [done](boost::beast::error_code ec, std::size_t) { done(ec); });
-  }
-
-  template <typename Start>
-  Reply Exchange(Start&& start) {
-    bool finished = false;
-    boost::beast::error_code error;
-    start([&](boost::beast::error_code ec) {
-      error = ec;
-      finished = true;
-    });
-    io_.restart();
-    io_.run_for(std::chrono::seconds(20));
-    Reply reply;
-    if (!finished) {
-      ADD_FAILURE() << "no response within the deadline";
-      stream_.cancel();
-      io_.restart();
-      io_.poll();
-      return reply;
-    }
-    if (error) {
-      reply.status = 0;
-      reply.body = error.message();
-      return reply;
-    }
-    const auto& res = parser_->get();
-    reply.status = res.result_int();
-    reply.body = res.body();
-    reply.keep_alive = res.keep_alive();
-    for (const auto& field : res) {
-      reply.headers[std::string(field.name_string())] = std::string(field.value());
-    }
-    return reply;
-  }
-
-  boost::asio::io_context io_;
-  boost::beast::tcp_stream stream_;
-  boost::beast::flat_buffer buffer_;
-  std::optional<boost::beast::http::response_parser<boost::beast::http::string_body>> parser_;
-  std::array<char, 4096> scratch_{};
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
 };
 
 // A child process with its stderr in a file.

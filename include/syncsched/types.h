@@ -278,7 +278,9 @@ struct EngineMetrics {
   // The database (Options::database_path); all zero and healthy without one.
   // False from a commit the database refused (full disk, I/O error, corruption) until a commit
   // succeeds again; runs are not called meanwhile (their records cannot be written: each is
-  // recorded as an error instead), and commands fail with the database's error.
+  // recorded as an error instead), and commands fail with the database's error. In cluster mode
+  // also false while the engine's lease keeper has lost its connection to the database (its
+  // leases lapse and it runs nothing) or has stopped for good, with store_error saying which.
   bool store_healthy = true;
   std::string store_error{};  // the refused commit's error, naming the file, while not healthy
   std::uint64_t store_commits_failed = 0;  // commits refused, commands' included

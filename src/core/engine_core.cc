@@ -1686,6 +1686,21 @@ EngineMetrics EngineCore::GetMetrics() {
     m.cluster_leases_lost = c.lost;
     m.cluster_fenced_refusals =
         c.fenced_refusals + fenced_refusals_.load(std::memory_order_relaxed);
+    // A node whose lease keeper cannot reach the database renews nothing: its leases lapse and
+    // it will run nothing. Unhealthy then, even when none of its own commits failed (it may have
+    // none to make: a node owning no partition commits nothing). Not after Shutdown, which stops
+    // the keeper: the engine's health then says whether its last commits were made.
+    if (m.store_healthy && !shut_down_) {
+      if (Status kh = keeper_->Health(); !kh.ok()) {
+        m.store_healthy = false;
+        m.store_error = "cluster: " + kh.message();
+      } else if (!snap.connected) {
+        m.store_healthy = false;
+        m.store_error =
+            "cluster: the lease keeper has lost its connection to the database; this engine's "
+            "leases lapse and it runs nothing until it reconnects";
+      }
+    }
   }
   return m;
 }

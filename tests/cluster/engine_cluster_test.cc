@@ -486,11 +486,6 @@ std::chrono::milliseconds Ms(Clock::duration d) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(d);
 }
 
-// Commands through an engine that holds a third of the partitions their keys are in: answered per
-// key as one engine answers, applied by the owners before the answer (the time is printed, not
-// asserted: speed is measured in bench/, and CI's sanitizer builds on two cores missed 200 ms by 1
-// ms), read back through every engine at once; a pause stops the runs, a start gives one immediate
-// run at its anchor and a grid from there; bad input gets one engine's errors and changes nothing.
 // An engine that cannot reach the database is unhealthy, even when no commit of its own failed
 // (an attack on the cluster daemons saw /health answer ok for 4 s while the database was away),
 // and healthy again once its lease keeper has reconnected.
@@ -521,6 +516,12 @@ TEST_F(EngineClusterTest, AnEngineThatCannotReachTheDatabaseIsUnhealthyUntilItRe
       << m.store_error;
 }
 
+// Commands through an engine that holds a third of the partitions their keys are in: answered per
+// key as one engine answers, applied by the owners before the answer (the time is printed, not
+// asserted: speed is measured in bench/, and CI's sanitizer builds on two cores missed 200 ms by
+// 1 ms), read back through every engine at once; a pause stops the runs, a start gives one
+// immediate run at its anchor and a grid from there; bad input gets one engine's errors and
+// changes nothing.
 TEST_F(EngineClusterTest, CommandsThroughANonOwnerAreAppliedByTheOwnersAndReadBackEverywhere) {
   constexpr int kSchedules = 60;
   Engine* a = Open("a");

@@ -29,9 +29,9 @@
 //   mode fills it), indexed; the sequence schedule_uids (cluster mode: uids in blocks); and
 //   commit_marks(node, seq), each cluster node's own commit mark (pg_store.h, cluster mode).
 // - (v4) schedules.grid_slot_ms: the latest grid slot the schedule ever dispatched (the greatest
-//   ever written: GREATEST in every write of the row), and the trigger grid_slot_once that refuses (SQLSTATE
-//   SYD01, store::SlotTaken) a row whose new run in flight is a grid slot at or before it: the
-//   backstop under the cluster's fence (docs/cluster.md).
+//   ever written: GREATEST in every write of the row), and the trigger grid_slot_once that refuses
+//   (SQLSTATE SYD01, store::SlotTaken) a row whose new run in flight is a grid slot at or before
+//   it: the backstop under the cluster's fence (docs/cluster.md).
 //
 // Strings are `bytea`, not `text`: the engine's strings are bytes (a connection id need not be
 // UTF-8, a callback's error may hold any byte), and text would make such a value fail the commit

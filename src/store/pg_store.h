@@ -116,8 +116,8 @@ std::string RedactDatabaseUri(std::string_view uri);
 //   (store::SlotTaken names the schedule uid and slot) when a schedule's new run in flight is the
 //   first attempt of a grid slot (run id "<uid>-<slot>") at or before the latest grid slot the
 //   database saw it dispatch (schema v4, `grid_slot_ms`: the backstop under the cluster's fence;
-//   runs off the grid, retries and rewrites of the same run pass). An empty batch commits nothing and needs no
-//   connection.
+//   runs off the grid, retries and rewrites of the same run pass). An empty batch commits nothing
+//   and needs no connection.
 // - After a lost connection, the next Load or Commit reconnects (with backoff, see
 //   PostgresStoreOptions) and takes the advisory lock again before anything else. When the lock is
 //   held by another engine, or another engine opened the database while this store was

@@ -206,8 +206,8 @@ class Store {
   //
   // A store that keeps the backstop of grid slots (the PostgreSQL store, schema v4) refuses a
   // commit in which a schedule's new run in flight is the first attempt of a grid slot at or
-  // before the latest one ever dispatched for it: FAILED_PRECONDITION, nothing applied, the message holding kSlotTakenMarker
-  // and "schedule uid <uid> slot <slot>" (SlotTaken reads them back).
+  // before the latest one ever dispatched for it: FAILED_PRECONDITION, nothing applied, the message
+  // holding kSlotTakenMarker and "schedule uid <uid> slot <slot>" (SlotTaken reads them back).
   virtual Status Commit(const Batch& batch) = 0;
   // Commits `first` and every part `more` yields as one transaction, exactly as Commit would
   // commit them gathered into one batch (all or nothing, the same errors). The parts after the

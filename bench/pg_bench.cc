@@ -1285,6 +1285,79 @@ BENCHMARK(BM_PgClusterCommand)
     ->UseRealTime()
     ->Iterations(1);
 
+// BM_PgClusterCatalog/engines:E/catalog:N: the latency of catalog commands (docs/cluster.md, "The
+// catalog through any engine"): 100 connections added and then deleted, one command at a time,
+// through one engine, over a catalog of N connections (each with one paused schedule). E=0: one
+// engine not in cluster mode on the same server (the baseline: a commit, nothing to spread);
+// E=1: one engine in cluster mode (a commit that counts the catalog's version, then the engine's
+// own application of it); E=3: three engines, the receiver holding a third of the partitions (a
+// commit, then every engine reads the whole catalog, applies it and records its version before
+// the answer). Counters p50_ms, p99_ms, commands/s.
+void BM_PgClusterCatalog(benchmark::State& state) {
+  const int engines = static_cast<int>(state.range(0));
+  const std::int64_t catalog = state.range(1);
+  constexpr int kCommands = 100;
+  for (auto _ : state) {
+    auto uri = PrepareSyncsched(catalog, 3'600'000, 0, 0, /*started=*/false);
+    if (!uri.ok()) {
+      state.SkipWithError(uri.status().message().c_str());
+      break;
+    }
+    ClusterEngines c;
+    std::unique_ptr<Engine> single;
+    Engine* via = nullptr;
+    if (engines == 0) {
+      Options o;
+      o.database_path = *uri;
+      o.frequency_bounds.min = std::chrono::milliseconds(1);
+      auto opened = Engine::Open(o);
+      if (!opened.ok()) {
+        state.SkipWithError(opened.status().message().c_str());
+        break;
+      }
+      single = std::move(opened).value();
+      via = single.get();
+    } else {
+      if (Status s = OpenCluster(*uri, engines, &c); !s.ok()) {
+        state.SkipWithError(s.message().c_str());
+        break;
+      }
+      via = c.engines[0].get();
+    }
+    Quiesce();
+    std::vector<double> ms;
+    std::string error;
+    const std::int64_t t0 = NowUs();
+    for (int i = 0; i < kCommands && error.empty(); ++i) {
+      std::int64_t t = NowUs();
+      Status s = via->AddConnection("bench", "new-" + std::to_string(i));
+      ms.push_back(static_cast<double>(NowUs() - t) / 1000);
+      if (!s.ok()) error = s.message();
+    }
+    for (int i = 0; i < kCommands && error.empty(); ++i) {
+      std::int64_t t = NowUs();
+      Status s = via->DeleteConnection("bench", "new-" + std::to_string(i));
+      ms.push_back(static_cast<double>(NowUs() - t) / 1000);
+      if (!s.ok()) error = s.message();
+    }
+    const double secs = static_cast<double>(NowUs() - t0) / 1e6;
+    if (!error.empty()) {
+      state.SkipWithError(("a command failed: " + error).c_str());
+      break;
+    }
+    std::sort(ms.begin(), ms.end());
+    state.counters["p50_ms"] = ms[ms.size() / 2];
+    state.counters["p99_ms"] = ms[std::min(ms.size() - 1, ms.size() * 99 / 100)];
+    state.counters["commands/s"] = static_cast<double>(ms.size()) / secs;
+  }
+}
+BENCHMARK(BM_PgClusterCatalog)
+    ->ArgNames({"engines", "catalog"})
+    ->ArgsProduct({{0, 1, 3}, {1000, 100000}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->Iterations(1);
+
 void BM_PgNangoStart(benchmark::State& state) {
   constexpr int kConnections = 4;
   for (auto _ : state) {

@@ -22,7 +22,12 @@
 // would; a command whose partitions are held elsewhere is applied by their owners before it
 // returns, and may then also fail with UNAVAILABLE when an owner died and nobody took its
 // partitions over within lease + 2 s (the message names the schedules left unchanged; see
-// options.h). GetStatus reflects every command acknowledged by any engine.
+// options.h). GetStatus reflects every command acknowledged by any engine. The catalog commands
+// (DefineSync, SetIntegrationLimits, AddConnection, DeleteConnection) too are served by every
+// engine: each creates, regrids or deletes the schedules of the partitions its engine holds, and
+// returns once every live engine has applied the change to its own (at most lease + 2 s; past
+// that an engine that died is left to whoever takes its partitions over; docs/cluster.md, "The
+// catalog through any engine"). A redefinition there replaces every engine's (last applied wins).
 //
 // Ownership: the Engine owns its schedules, its worker pool and its engine thread (when it made
 // them). It does not own Options::clock or host executors.
@@ -135,6 +140,11 @@ class SYNCSCHED_EXPORT Engine {
   // keeping its anchor; a changed auto_start applies to schedules created later.
   // Errors: INVALID_ARGUMENT naming a bad integration key, sync name, frequency or timeout.
   Status DefineSync(std::string_view integration, const SyncDefinition& sync);
+  // The definition of (integration, sync) as the engine holds it (in cluster mode, the database's:
+  // a change made through another engine is applied here first). `timeout` is unset when the
+  // sync uses the engine's default. Errors: INVALID_ARGUMENT (a malformed key or name), NOT_FOUND
+  // (integration, or sync).
+  Result<SyncDefinition> GetSyncDefinition(std::string_view integration, std::string_view sync);
 
   // Registers the callback for runs of (integration, sync), replacing any earlier one. The sync
   // need not be defined yet; register before DefineSync and AddConnection so that the runs they

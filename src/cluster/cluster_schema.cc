@@ -115,6 +115,41 @@ $fn$;
 UPDATE syncsched_cluster.meta SET value = 2 WHERE key = 'schema_version';
 )sql";
 
+// Version 3: catalog commands through any engine (docs/cluster.md, "The catalog"). Every commit
+// that changes the catalog (syncs, integrations, connections) adds one to catalog_version and
+// notifies kCommandChannel in its transaction; each engine, once it has applied the catalog as of
+// a version to the partitions it holds, writes that version into its node row. A receiver waits
+// for every live node to have done so before it answers (read-your-writes on any engine).
+constexpr const char* kSchemaV3 = R"sql(
+INSERT INTO syncsched_cluster.meta(key, value) VALUES ('catalog_version', 0)
+  ON CONFLICT (key) DO NOTHING;
+ALTER TABLE syncsched_cluster.nodes ADD COLUMN IF NOT EXISTS catalog_version bigint NOT NULL
+  DEFAULT 0;
+UPDATE syncsched_cluster.meta SET value = 3 WHERE key = 'schema_version';
+)sql";
+
+// Version 4: the catalog's log, so that an engine applies a change of the connections by reading
+// that change rather than every connection: each commit that adds or deletes connections writes
+// one row per connection here, at the catalog version it counts (`ord`: their order in the
+// commit, deletions first, as the commit applies them). Rows older than an hour are deleted
+// (CommandInbox::Cleanup), and catalog_log_from then says from which version on the log is
+// whole: an engine further behind reads the whole catalog.
+constexpr const char* kSchemaV4 = R"sql(
+CREATE TABLE IF NOT EXISTS syncsched_cluster.catalog_log(
+  version bigint NOT NULL,
+  ord integer NOT NULL,
+  kind smallint NOT NULL CHECK (kind IN (2, 3)),
+  integration bytea NOT NULL,
+  connection bytea NOT NULL,
+  at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS catalog_log_by_version ON syncsched_cluster.catalog_log(version);
+INSERT INTO syncsched_cluster.meta(key, value)
+  SELECT 'catalog_log_from', value + 1 FROM syncsched_cluster.meta WHERE key = 'catalog_version'
+  ON CONFLICT (key) DO NOTHING;
+UPDATE syncsched_cluster.meta SET value = 4 WHERE key = 'schema_version';
+)sql";
+
 std::string WithPartitions(std::string sql, int partitions) {
   std::string p = std::to_string(partitions);
   for (std::size_t at = sql.find("%P%"); at != std::string::npos; at = sql.find("%P%", at)) {
@@ -196,6 +231,14 @@ Result<int> EnsureClusterSchema(PGconn* conn, int partitions) {
       s = PgExec(conn, kSchemaV2, "migrating the cluster schema to version 2");
       if (!s.ok()) return fail(s);
     }
+    if (version < 3) {
+      s = PgExec(conn, kSchemaV3, "migrating the cluster schema to version 3");
+      if (!s.ok()) return fail(s);
+    }
+    if (version < 4) {
+      s = PgExec(conn, kSchemaV4, "migrating the cluster schema to version 4");
+      if (!s.ok()) return fail(s);
+    }
     s = PgExec(conn, "COMMIT", "creating the cluster schema");
     if (!s.ok()) return fail(s);
     return existing;
@@ -205,7 +248,8 @@ Result<int> EnsureClusterSchema(PGconn* conn, int partitions) {
         "the database holds a schema 'syncsched_cluster' without syncsched_cluster.meta (another "
         "application's?); refusing to change it"));
   }
-  std::string sql = WithPartitions(kSchemaV1, partitions) + kSchemaV2 + "; COMMIT";
+  std::string sql =
+      WithPartitions(kSchemaV1, partitions) + kSchemaV2 + kSchemaV3 + kSchemaV4 + "; COMMIT";
   s = PgExec(conn, sql.c_str(), "creating the cluster schema");
   if (!s.ok()) return fail(s);
   return partitions;

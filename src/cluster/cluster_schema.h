@@ -40,7 +40,7 @@
 namespace syncsched::cluster {
 
 // The schema version this build creates and knows.
-inline constexpr int kClusterSchemaVersion = 2;
+inline constexpr int kClusterSchemaVersion = 4;
 // The partition count of a new database when none is asked for (docs/cluster.md says why).
 inline constexpr int kDefaultPartitions = 64;
 inline constexpr int kMaxPartitions = 4096;

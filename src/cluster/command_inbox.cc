@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <utility>
 
 #include "cluster/pg_util.h"
@@ -234,7 +235,138 @@ void CommandInbox::Cleanup() {
                "(SELECT 1 FROM syncsched_cluster.command_parts AS p "
                "WHERE p.command = c.id AND p.state = 0)",
                "cluster: deleting old commands");
+  // The catalog's log older than an hour, and from which version on it is whole now.
+  (void)PgExec(c,
+               "WITH d AS (DELETE FROM syncsched_cluster.catalog_log "
+               "WHERE at < now() - interval '1 hour' RETURNING version) "
+               "UPDATE syncsched_cluster.meta SET value = greatest(value, "
+               "(SELECT max(version) + 1 FROM d)) "
+               "WHERE key = 'catalog_log_from' AND EXISTS (SELECT 1 FROM d)",
+               "cluster: deleting the catalog's old log");
   Release(c);
+}
+
+Result<std::int64_t> CommandInbox::CatalogVersion() {
+  Status err;
+  PGconn* c = Acquire(&err);
+  if (c == nullptr) return err;
+  ResultPtr res;
+  Status s = Exec(c, "SELECT value FROM syncsched_cluster.meta WHERE key = 'catalog_version'", {},
+                  "cluster: reading the catalog's version", &res);
+  Release(c);
+  if (!s.ok()) return s;
+  if (PQntuples(res.get()) != 1) {
+    return Status::Internal(
+        "the cluster schema syncsched_cluster is corrupt: "
+        "syncsched_cluster.meta misses catalog_version");
+  }
+  return static_cast<std::int64_t>(Int(res.get(), 0, 0));
+}
+
+Status CommandInbox::AckCatalog(std::int64_t version) {
+  Status err;
+  PGconn* c = Acquire(&err);
+  if (c == nullptr) return err;
+  Status s = Exec(c,
+                  "UPDATE syncsched_cluster.nodes SET catalog_version = "
+                  "greatest(catalog_version, $2::int8) WHERE id = $1::int8",
+                  {std::to_string(node_id_), std::to_string(version)},
+                  "cluster: recording the catalog's version applied", nullptr);
+  Release(c);
+  return s;
+}
+
+Result<CatalogChanges> CommandInbox::CatalogSince(std::int64_t after) {
+  Status err;
+  PGconn* c = Acquire(&err);
+  if (c == nullptr) return err;
+  CatalogChanges out;
+  auto read = [&]() -> Status {
+    ResultPtr res;
+    Status s = Exec(c, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", {},
+                    "cluster: reading the catalog", nullptr);
+    if (!s.ok()) return s;
+    s = Exec(c,
+             "SELECT (SELECT value FROM syncsched_cluster.meta WHERE key = 'catalog_version'), "
+             "(SELECT value FROM syncsched_cluster.meta WHERE key = 'catalog_log_from')",
+             {}, "cluster: reading the catalog's version", &res);
+    if (!s.ok()) return s;
+    if (PQntuples(res.get()) != 1 || PQgetisnull(res.get(), 0, 0) || PQgetisnull(res.get(), 0, 1)) {
+      return Status::Internal(
+          "the cluster schema syncsched_cluster is corrupt: "
+          "syncsched_cluster.meta misses catalog_version or catalog_log_from");
+    }
+    out.version = Int(res.get(), 0, 0);
+    out.log_from = Int(res.get(), 0, 1);
+    s = Exec(c,
+             "SELECT kind, integration, connection FROM syncsched_cluster.catalog_log "
+             "WHERE version > $1::int8 AND version <= $2::int8 ORDER BY version, ord",
+             {std::to_string(after), std::to_string(out.version)},
+             "cluster: reading the catalog's log", &res);
+    if (!s.ok()) return s;
+    // The last state of each connection, in the order first seen.
+    std::vector<std::pair<store::ConnectionRow, bool>> last;
+    std::map<std::pair<std::string, std::string>, std::size_t> at;
+    for (int i = 0; i < PQntuples(res.get()); ++i) {
+      store::ConnectionRow row{Unhex(PQgetvalue(res.get(), i, 1)),
+                               Unhex(PQgetvalue(res.get(), i, 2))};
+      bool added = Int(res.get(), i, 0) == 2;
+      auto [it, fresh] = at.try_emplace({row.integration, row.connection}, last.size());
+      if (fresh) {
+        last.emplace_back(std::move(row), added);
+      } else {
+        last[it->second].second = added;
+      }
+    }
+    for (auto& [row, added] : last) (added ? out.added : out.deleted).push_back(std::move(row));
+    s = Exec(c,
+             "SELECT integration, name, frequency_text, frequency_ms, auto_start, timeout_ms, "
+             "heartbeat_timeout_ms, policy FROM syncsched.syncs ORDER BY 1, 2",
+             {}, "cluster: reading syncsched.syncs", &res);
+    if (!s.ok()) return s;
+    for (int i = 0; i < PQntuples(res.get()); ++i) {
+      store::SyncRow& row = out.syncs.emplace_back();
+      row.integration = Unhex(PQgetvalue(res.get(), i, 0));
+      row.name = Unhex(PQgetvalue(res.get(), i, 1));
+      row.frequency_text = Unhex(PQgetvalue(res.get(), i, 2));
+      row.frequency_ms = Int(res.get(), i, 3);
+      row.auto_start = std::strcmp(PQgetvalue(res.get(), i, 4), "t") == 0;
+      row.timeout_ms = Int(res.get(), i, 5);
+      row.heartbeat_timeout_ms = Int(res.get(), i, 6);
+      row.policy = Unhex(PQgetvalue(res.get(), i, 7));
+    }
+    s = Exec(c, "SELECT integration, max_concurrency FROM syncsched.integrations ORDER BY 1", {},
+             "cluster: reading syncsched.integrations", &res);
+    if (!s.ok()) return s;
+    for (int i = 0; i < PQntuples(res.get()); ++i) {
+      out.integrations.push_back(store::IntegrationRow{
+          Unhex(PQgetvalue(res.get(), i, 0)), static_cast<std::uint64_t>(Int(res.get(), i, 1))});
+    }
+    return Exec(c, "COMMIT", {}, "cluster: reading the catalog", nullptr);
+  };
+  Status s = read();
+  if (!s.ok() && PQstatus(c) == CONNECTION_OK && PQtransactionStatus(c) != PQTRANS_IDLE) {
+    ResultPtr(PQexec(c, "ROLLBACK"));
+  }
+  Release(c);
+  if (!s.ok()) return s;
+  return out;
+}
+
+Result<std::vector<std::string>> CommandInbox::NodesBehind(std::int64_t version) {
+  Status err;
+  PGconn* c = Acquire(&err);
+  if (c == nullptr) return err;
+  ResultPtr res;
+  Status s = Exec(c,
+                  "SELECT name FROM syncsched_cluster.nodes WHERE expires_at > now() "
+                  "AND catalog_version < $1::int8 ORDER BY name",
+                  {std::to_string(version)}, "cluster: reading the nodes' catalog versions", &res);
+  Release(c);
+  if (!s.ok()) return s;
+  std::vector<std::string> out;
+  for (int i = 0; i < PQntuples(res.get()); ++i) out.emplace_back(PQgetvalue(res.get(), i, 0));
+  return out;
 }
 
 Result<std::vector<PendingCommand>> CommandInbox::Pending(const std::vector<int>& partitions) {

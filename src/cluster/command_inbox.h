@@ -25,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "store/store.h"
 #include "syncsched/status.h"
 
 namespace syncsched::cluster {
@@ -62,6 +63,17 @@ struct StoredSchedule {
   std::int64_t retry_at = 0;    // a retry due at (0: none)
 };
 
+// The catalog as it changed after a version (cluster schema v4), read in one snapshot.
+struct CatalogChanges {
+  std::int64_t version = 0;   // the catalog's version in that snapshot
+  std::int64_t log_from = 0;  // the catalog's log is whole from this version on
+  // The connections added and deleted in (after, version], each in its last state only.
+  std::vector<store::ConnectionRow> added, deleted;
+  // Every sync and integration (those tables are small: read whole).
+  std::vector<store::SyncRow> syncs;
+  std::vector<store::IntegrationRow> integrations;
+};
+
 class CommandInbox {
  public:
   // Connects nothing yet (connections are made on first use). `uri`: the database's libpq URI.
@@ -83,6 +95,18 @@ class CommandInbox {
   // Deletes command `id` and its parts (after the receiver answered); errors are ignored (the
   // rows are deleted later by Cleanup).
   void Forget(std::int64_t id);
+  // The catalog (cluster schema v3): the count of commits that changed syncs, integrations or
+  // connections (syncsched_cluster.meta 'catalog_version'). Errors: UNAVAILABLE, INTERNAL.
+  Result<std::int64_t> CatalogVersion();
+  // Records in this node's row that it has applied the catalog as of `version` to the
+  // partitions it holds (never lowers it). Errors: UNAVAILABLE.
+  Status AckCatalog(std::int64_t version);
+  // What changed in the catalog after version `after`. When log_from > after + 1 the log no
+  // longer holds all of it (its rows older than an hour are deleted): read the whole catalog.
+  // Errors: UNAVAILABLE, INTERNAL.
+  Result<CatalogChanges> CatalogSince(std::int64_t after);
+  // The names of the live nodes (lease not expired) that have not applied `version` yet.
+  Result<std::vector<std::string>> NodesBehind(std::int64_t version);
   // Pending parts in `partitions`, oldest command first.
   Result<std::vector<PendingCommand>> Pending(const std::vector<int>& partitions);
   // The schedules of `integration` (of `connection` only, when set), by key.

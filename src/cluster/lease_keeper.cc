@@ -301,7 +301,9 @@ Status LeaseKeeper::Join(milliseconds timeout) {
       "VALUES (" +
       id + ", " + name + ", now(), now(), now() + " + Ms(lease_) +
       ") ON CONFLICT (name) DO UPDATE SET id = excluded.id, started_at = excluded.started_at, "
-      "heartbeat_at = excluded.heartbeat_at, expires_at = excluded.expires_at "
+      "heartbeat_at = excluded.heartbeat_at, expires_at = excluded.expires_at, "
+      // A new process under the name has applied no catalog yet (cluster schema v3).
+      "catalog_version = CASE WHEN n.id = excluded.id THEN n.catalog_version ELSE 0 END "
       "WHERE n.expires_at <= now() OR n.id = excluded.id RETURNING id; NOTIFY " +
       kClusterChannel;
   auto res = Query(sql, "joining the cluster", timeout);

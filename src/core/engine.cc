@@ -67,6 +67,10 @@ void Engine::Shutdown(std::chrono::steady_clock::time_point deadline) {
 Status Engine::DefineSync(std::string_view integration, const SyncDefinition& sync) {
   return core_->DefineSync(integration, sync);
 }
+Result<SyncDefinition> Engine::GetSyncDefinition(std::string_view integration,
+                                                 std::string_view sync) {
+  return core_->GetSyncDefinition(integration, sync);
+}
 Status Engine::RegisterCallback(std::string_view integration, std::string_view sync,
                                 SyncCallback callback) {
   if (!callback)

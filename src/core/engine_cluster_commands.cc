@@ -608,6 +608,8 @@ void EngineCore::InboxLoop() {
       std::erase_if(applied_parts_,
                     [&](const auto& e) { return now - e.second > std::chrono::minutes(1); });
     }
+    // A catalog changed through another engine (its commit notifies this channel too).
+    SyncCatalogIfBehind();
     if (parts.empty()) continue;
     auto pending = inbox_->Pending(parts);
     if (pending.ok() && !pending->empty()) ApplyPending(*pending);

@@ -8,6 +8,7 @@
 #include <exception>
 #include <map>
 #include <optional>
+#include <set>
 #include <tuple>
 #include <unordered_set>
 
@@ -263,6 +264,7 @@ Status EngineCore::Recover(store::Snapshot snap) {
 }
 
 Status EngineCore::RecoverCatalog(store::Snapshot& snap) {
+  ++catalog_local_;  // cluster mode: a SyncCatalog that read before this reads again
   for (store::SyncRow& row : snap.syncs) {
     std::uint32_t integ = cat_.FindIntegration(row.integration);
     if (integ == kNone) integ = cat_.AddIntegration(row.integration);
@@ -1156,6 +1158,14 @@ ScheduleStatus EngineCore::StatusOf(std::uint32_t schedule) const {
 // transaction, change the state, Commit (one store commit; a failure rolls back exactly), then
 // carry out the effects without the lock.
 
+bool SameDefinition(const SyncInfo& a, const SyncInfo& b) {
+  return a.frequency_ms == b.frequency_ms && a.frequency_text == b.frequency_text &&
+         a.auto_start == b.auto_start && a.timeout_ms == b.timeout_ms &&
+         a.heartbeat_timeout_ms == b.heartbeat_timeout_ms && a.overlap == b.overlap &&
+         a.retry_max == b.retry_max && a.retry_backoff_ms == b.retry_backoff_ms &&
+         a.spread == b.spread;
+}
+
 Status EngineCore::DefineSync(std::string_view integration, const SyncDefinition& def) {
   if (Status s = ValidateIntegration(integration); !s.ok()) return s;
   if (Status s = ValidateName(def.name, "sync name", StatusSubject::kSync); !s.ok()) return s;
@@ -1181,6 +1191,8 @@ Status EngineCore::DefineSync(std::string_view integration, const SyncDefinition
   if (def.retry.max > 0) {
     if (Status s = bounded(def.retry.backoff, "retry.backoff"); !s.ok()) return s;
   }
+  // Cluster mode: a definition or connection made through another engine is known first.
+  if (InCluster()) SyncCatalogIfBehind();
   Effects fx;
   {
     MutexLock lock(mu_);
@@ -1200,32 +1212,24 @@ Status EngineCore::DefineSync(std::string_view integration, const SyncDefinition
     std::uint32_t integ = cat_.FindIntegration(integration);
     std::uint32_t sync = integ == kNone ? kNone : cat_.FindSync(integ, def.name);
     if (sync != kNone) {
-      const SyncInfo& old = cat_.syncs[sync];
-      if (old.frequency_ms == info.frequency_ms && old.frequency_text == info.frequency_text &&
-          old.auto_start == info.auto_start && old.timeout_ms == info.timeout_ms &&
-          old.heartbeat_timeout_ms == info.heartbeat_timeout_ms && old.overlap == info.overlap &&
-          old.retry_max == info.retry_max && old.retry_backoff_ms == info.retry_backoff_ms &&
-          old.spread == info.spread) {
+      if (SameDefinition(cat_.syncs[sync], info)) {
         return Status();  // the same definition again: nothing to do
       }
     }
+    // Cluster mode: the schedules of the partitions this engine holds are created (or regridded)
+    // here; every other engine applies the definition to its own (SyncCatalog).
+    std::map<int, std::int64_t> owned;
+    auto held = [&](std::uint32_t conn) REQUIRES(mu_) {
+      return !InCluster() || Holds(cluster::PartitionOf(integration, cat_.connections[conn].id,
+                                                        def.name, kBaseVariant, partitions_),
+                                   owned);
+    };
     if (InCluster()) {
-      if (sync != kNone) {
-        if (cat_.syncs[sync].frequency_ms != info.frequency_ms) {
-          if (Status st = RequirePartitions({}, true, "a changed sync frequency"); !st.ok()) {
-            return st;
-          }
-        }
-      } else if (integ != kNone) {
-        std::vector<int> parts;
-        for (std::uint32_t c : cat_.integrations[integ].connections) {
-          parts.push_back(cluster::PartitionOf(integration, cat_.connections[c].id, def.name,
-                                               kBaseVariant, partitions_));
-        }
-        if (Status st = RequirePartitions(parts, false, "a new sync's schedules"); !st.ok()) {
-          return st;
-        }
-        if (Status st = EnsureUids(parts.size()); !st.ok()) return st;
+      owned = keeper_->Owned();
+      if (sync == kNone && integ != kNone) {
+        std::size_t n = 0;
+        for (std::uint32_t c : cat_.integrations[integ].connections) n += held(c) ? 1 : 0;
+        if (Status st = EnsureUids(n); !st.ok()) return st;
       }
     }
     Txn tx = Begin(/*undoable=*/true);
@@ -1260,14 +1264,47 @@ Status EngineCore::DefineSync(std::string_view integration, const SyncDefinition
       sync = cat_.AddSync(integ, std::move(info));
       tx.sync_created = sync;
       for (std::uint32_t c : cat_.integrations[integ].connections) {
-        CreateSchedule(tx, c, sync, 0);
+        if (held(c)) CreateSchedule(tx, c, sync, 0);
       }
     }
     if (Status st = Commit(tx); !st.ok()) return st;
+    ++catalog_local_;
     fx = std::move(tx.fx);
   }
   Apply(fx);
+  if (InCluster()) SpreadCatalog();
   return Status();
+}
+
+Result<SyncDefinition> EngineCore::GetSyncDefinition(std::string_view integration,
+                                                     std::string_view sync) {
+  if (Status s = ValidateIntegration(integration); !s.ok()) return s;
+  if (Status s = ValidateName(sync, "sync name", StatusSubject::kSync); !s.ok()) return s;
+  if (InCluster()) SyncCatalogIfBehind();
+  MutexLock lock(mu_);
+  std::uint32_t integ = cat_.FindIntegration(integration);
+  if (integ == kNone) {
+    return Status::NotFound("integration " + Quote(integration) + " does not exist",
+                            StatusSubject::kIntegration);
+  }
+  std::uint32_t idx = cat_.FindSync(integ, sync);
+  if (idx == kNone) {
+    return Status::NotFound(
+        "sync " + Quote(sync) + " does not exist in integration " + Quote(integration),
+        StatusSubject::kSync);
+  }
+  const SyncInfo& info = cat_.syncs[idx];
+  SyncDefinition def;
+  def.name = info.name;
+  def.frequency = info.frequency_text;
+  def.auto_start = info.auto_start;
+  if (info.timeout_ms > 0) def.timeout = Millis(info.timeout_ms);
+  if (info.heartbeat_timeout_ms > 0) def.heartbeat_timeout = Millis(info.heartbeat_timeout_ms);
+  def.overlap = info.overlap;
+  def.retry.max = info.retry_max;
+  def.retry.backoff = Millis(info.retry_backoff_ms);
+  def.spread = info.spread;
+  return def;
 }
 
 Status EngineCore::RegisterCallback(std::string_view integration, std::string_view sync,
@@ -1293,6 +1330,7 @@ void EngineCore::SetFallbackCallback(Callback cb) {
 Status EngineCore::AddConnection(std::string_view integration, std::string_view connection) {
   if (Status s = ValidateIntegration(integration); !s.ok()) return s;
   if (Status s = ValidateConnection(connection); !s.ok()) return s;
+  if (InCluster()) SyncCatalogIfBehind();
   Effects fx;
   {
     MutexLock lock(mu_);
@@ -1306,33 +1344,37 @@ Status EngineCore::AddConnection(std::string_view integration, std::string_view 
                                        " already exists in integration " + Quote(integration),
                                    StatusSubject::kConnection);
     }
+    // Cluster mode: the schedules of the partitions this engine holds are created here; the
+    // engines holding the others create theirs when they apply the catalog (SyncCatalog).
+    std::vector<std::uint32_t> syncs = cat_.integrations[integ].syncs;
     if (InCluster()) {
-      std::vector<int> parts;
-      for (std::uint32_t sync : cat_.integrations[integ].syncs) {
-        parts.push_back(cluster::PartitionOf(integration, connection, cat_.syncs[sync].name,
-                                             kBaseVariant, partitions_));
-      }
-      if (Status st = RequirePartitions(parts, false, "a new connection's schedules"); !st.ok()) {
-        return st;
-      }
-      if (Status st = EnsureUids(parts.size()); !st.ok()) return st;
+      std::map<int, std::int64_t> owned = keeper_->Owned();
+      std::erase_if(syncs, [&](std::uint32_t sync) REQUIRES(mu_) {
+        return !Holds(cluster::PartitionOf(integration, connection, cat_.syncs[sync].name,
+                                           kBaseVariant, partitions_),
+                      owned);
+      });
+      if (Status st = EnsureUids(syncs.size()); !st.ok()) return st;
     }
     Txn tx = Begin(/*undoable=*/true);
     if (store_)
       tx.batch.connections_added.push_back({std::string(integration), std::string(connection)});
     std::uint32_t conn = cat_.AddConnection(integ, std::string(connection));
     tx.connection_created = conn;
-    for (std::uint32_t sync : cat_.integrations[integ].syncs) CreateSchedule(tx, conn, sync, 0);
+    for (std::uint32_t sync : syncs) CreateSchedule(tx, conn, sync, 0);
     if (Status st = Commit(tx); !st.ok()) return st;
+    ++catalog_local_;
     fx = std::move(tx.fx);
   }
   Apply(fx);
+  if (InCluster()) SpreadCatalog();
   return Status();
 }
 
 Status EngineCore::DeleteConnection(std::string_view integration, std::string_view connection) {
   if (Status s = ValidateIntegration(integration); !s.ok()) return s;
   if (Status s = ValidateConnection(connection); !s.ok()) return s;
+  if (InCluster()) SyncCatalogIfBehind();
   Effects fx;
   {
     MutexLock lock(mu_);
@@ -1347,10 +1389,9 @@ Status EngineCore::DeleteConnection(std::string_view integration, std::string_vi
                                   " does not exist in integration " + Quote(integration),
                               StatusSubject::kConnection);
     }
-    if (Status st = RequirePartitions({}, true, "deleting a connection (every variant)");
-        !st.ok()) {
-      return st;
-    }
+    // Cluster mode: the schedules of the partitions this engine holds (the only ones it has in
+    // memory) are deleted here; the engines holding the others delete theirs when they apply the
+    // catalog (SyncCatalog).
     Txn tx = Begin(/*undoable=*/true);
     if (store_)
       tx.batch.connections_deleted.push_back({std::string(integration), std::string(connection)});
@@ -1358,9 +1399,11 @@ Status EngineCore::DeleteConnection(std::string_view integration, std::string_vi
     tx.connections_deleted.push_back(conn);
     DrainWaiting(tx);  // the cancelled runs freed their places under the caps
     if (Status st = Commit(tx); !st.ok()) return st;
+    ++catalog_local_;
     fx = std::move(tx.fx);
   }
   Apply(fx);
+  if (InCluster()) SpreadCatalog();
   return Status();
 }
 
@@ -2163,6 +2206,9 @@ void EngineCore::ClusterLoop() {
     cl_fenced_.clear();
     lock.unlock();
     Reconcile(std::move(fenced));
+    // Partitions just loaded: the catalog applied to them (a base schedule whose connection or
+    // sync was created through an engine that did not hold the partition).
+    if (catalog_due_.exchange(false) && !SyncCatalog().ok()) catalog_due_ = true;
     lock.lock();
   }
 }
@@ -2228,11 +2274,13 @@ void EngineCore::Reconcile(std::vector<FencedRefusal> fenced) {
     }
   }
   std::map<int, std::int64_t> load;
+  std::uint64_t catalog_local = 0;  // the catalog's changes in memory before the load's read
   {
     Effects fx;
     {
       MutexLock lock(mu_);
       if (shut_down_) return;
+      catalog_local = catalog_local_;
       std::vector<bool> refused(static_cast<std::size_t>(partitions_), false);
       for (const FencedRefusal& pe : fenced) {
         auto p = static_cast<std::size_t>(pe.partition);
@@ -2281,6 +2329,14 @@ void EngineCore::Reconcile(std::vector<FencedRefusal> fenced) {
   {
     MutexLock lock(mu_);
     if (shut_down_) return;
+    // A catalog change this engine made in memory while the load read (a command, a read of the
+    // catalog) may be missing from what it read: read again.
+    if (catalog_local_ != catalog_local) {
+      std::lock_guard cl(cl_mu_);
+      cl_poke_ = true;
+      cl_cv_.notify_all();
+      return;
+    }
     // Only partitions still held at the epoch they were loaded for (the load committed after
     // the claim, so it saw every commit of the previous owners).
     std::map<int, std::int64_t> owned = keeper_->Owned();
@@ -2294,10 +2350,36 @@ void EngineCore::Reconcile(std::vector<FencedRefusal> fenced) {
       }
     }
     store::Snapshot& s = *snap;
+    // The catalog this engine applied may be newer than the load's (read before a change this
+    // engine has applied since): then the load's connections are not added back, and its rows
+    // of a connection this engine no longer has are a deleted connection's.
+    const bool older = s.catalog_version < catalog_applied_;
+    if (older) s.connections.clear();
+    std::set<std::pair<std::string_view, std::string_view>> listed;  // by the load, when newer
+    for (const store::ConnectionRow& c : s.connections) listed.emplace(c.integration, c.connection);
+    auto live = [&](const store::ScheduleRow& r) REQUIRES(mu_) {
+      if (!older) return listed.count({r.integration, r.connection}) != 0;
+      std::uint32_t integ = cat_.FindIntegration(r.integration);
+      return integ != kNone && cat_.FindConnection(integ, r.connection) != kNone;
+    };
     if (Status st = RecoverCatalog(s); !st.ok()) return;
     std::erase_if(s.schedules, [&](const store::ScheduleRow& r) {
       return r.partition < 0 || r.partition >= partitions_ ||
              !take[static_cast<std::size_t>(r.partition)];
+    });
+    // A schedule whose connection is not live was deleted through an engine that did not hold
+    // its partition, and not yet by the partition's owner: deleted now, never loaded (the load's
+    // snapshot is consistent: a connection's row is written with or before its schedules, and
+    // deleted before them; and this engine's catalog, when newer, holds every connection that
+    // existed at its version).
+    std::vector<store::Tenure> orphans;  // their partitions at the epochs loaded
+    std::vector<std::uint64_t> orphan_uids;
+    std::erase_if(s.schedules, [&](const store::ScheduleRow& r) REQUIRES(mu_) {
+      if (live(r)) return false;
+      orphan_uids.push_back(r.uid);
+      store::Tenure t{r.partition, load.at(r.partition)};
+      if (std::find(orphans.begin(), orphans.end(), t) == orphans.end()) orphans.push_back(t);
+      return true;
     });
     std::unordered_set<std::uint64_t> kept;
     for (const store::ScheduleRow& r : s.schedules) kept.insert(r.uid);
@@ -2308,8 +2390,17 @@ void EngineCore::Reconcile(std::vector<FencedRefusal> fenced) {
       Finish(tx);
       return;
     }
+    catalog_due_ = true;
+    catalog_whole_due_ = true;
     if (metrics_.runs_waiting > 0) drain_due_ = true;
     (void)Queue(tx);  // the interrupted runs' records; nothing is dispatched here
+    if (!orphan_uids.empty()) {
+      Txn gone = Begin(/*undoable=*/true);
+      gone.batch.schedules_deleted = std::move(orphan_uids);
+      gone.batch.fence = std::move(orphans);
+      // Refused (the partition lost meanwhile): whoever loads it next deletes them.
+      (void)Commit(gone);
+    }
     fx = std::move(tx.fx);
     if (pending.ok() && !pending->empty()) ApplyPendingLocked(*pending, fx);
     inbox_poke_ = true;

@@ -74,6 +74,8 @@ struct CommitWaiter;
 // A sync's run policies as the text the store keeps for it, and back (engine_policies.cc).
 std::string EncodePolicy(const SyncInfo& sync);
 void DecodePolicy(std::string_view text, SyncInfo& sync);
+// Whether two definitions of a sync say the same (its callback and integration aside).
+bool SameDefinition(const SyncInfo& a, const SyncInfo& b);
 
 class EngineCore : public std::enable_shared_from_this<EngineCore> {
  public:
@@ -117,6 +119,8 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   Result<Millis> UpdateFrequency(const ScheduleKey& key, std::optional<std::string> frequency)
       EXCLUDES(mu_);
   EngineMetrics GetMetrics() EXCLUDES(mu_);
+  Result<SyncDefinition> GetSyncDefinition(std::string_view integration, std::string_view sync)
+      EXCLUDES(mu_);
   void ReleaseTimers() EXCLUDES(mu_);
   // Stops firing timers until ReleaseTimers (Engine::Shutdown's drain).
   void HoldTimers() EXCLUDES(mu_);
@@ -313,6 +317,36 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   void ApplyPending(const std::vector<cluster::PendingCommand>& pending) EXCLUDES(mu_);
   void ApplyPendingLocked(const std::vector<cluster::PendingCommand>& pending, Effects& fx)
       REQUIRES(mu_);
+  // ---- cluster mode: the catalog through any engine (engine_cluster_catalog.cc) ----
+  // Whether this engine holds `partition` loaded at the epoch of its valid lease (`owned`: the
+  // keeper's Owned()).
+  bool Holds(int partition, const std::map<int, std::int64_t>& owned) const REQUIRES(mu_);
+  // The partition of the base schedule of (connection, sync).
+  int BasePartition(std::uint32_t connection, std::uint32_t sync) const REQUIRES(mu_);
+  // What SyncCatalog applies: every sync and integration; the connections added (with `whole`:
+  // every connection, any other being deleted) and deleted since the version applied.
+  struct CatalogDelta {
+    bool whole = false;
+    const std::vector<store::SyncRow>* syncs = nullptr;
+    const std::vector<store::IntegrationRow>* integrations = nullptr;
+    const std::vector<store::ConnectionRow>* added = nullptr;
+    const std::vector<store::ConnectionRow>* deleted = nullptr;
+  };
+  // Applies `d` to memory and to the schedules of the partitions this engine holds, committing
+  // those in one transaction: what is new is added, a changed definition or limit adopted (a
+  // changed frequency regrids), a connection deleted has its schedules deleted, a base schedule
+  // of an added connection or a new sync (with `whole`: of any connection) that is missing from
+  // a held partition is created. Errors: the commit's (the schedules are then as before).
+  Status ApplyCatalogLocked(const CatalogDelta& d, Effects& fx) REQUIRES(mu_);
+  // Reads what changed in the catalog since the version applied here (the whole catalog when
+  // due), applies it (ApplyCatalogLocked) and records the version in this node's row. Any
+  // thread; one at a time (catalog_sync_mu_).
+  Status SyncCatalog() EXCLUDES(mu_);
+  // SyncCatalog when the database's catalog version is ahead of the one applied here.
+  void SyncCatalogIfBehind() EXCLUDES(mu_);
+  // After a catalog command committed: syncs, then waits (lease + 2 s at most) until every live
+  // engine has applied the catalog's version (read-your-writes through any engine).
+  void SpreadCatalog() EXCLUDES(mu_);
   // The partitions loaded at the epoch of a valid lease.
   std::vector<int> LoadedPartitions() const REQUIRES(mu_);
   // The inbox thread: listens for commands and polls for pending parts.
@@ -455,6 +489,11 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   std::thread inbox_thread_;
   std::atomic<bool> inbox_stop_{false};
   std::atomic<bool> inbox_poke_{false};  // a partition was loaded: read its pending parts now
+  // The catalog in cluster mode: SyncCatalog's serialization, a sync due after a load, and a
+  // sync of the whole catalog due (after a load or a failed application).
+  std::mutex catalog_sync_mu_;
+  std::atomic<bool> catalog_due_{false};
+  std::atomic<bool> catalog_whole_due_{false};
   // Per partition, the epoch the writer may write under (0: none): set when a partition is loaded,
   // cleared at once when its lease ends (on the keeper's thread) or a commit is fenced. A leaf.
   std::mutex tenures_mu_;
@@ -500,6 +539,10 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   std::vector<std::int64_t> quarantine_ GUARDED_BY(mu_);
   std::vector<std::int32_t> part_of_ GUARDED_BY(mu_);
   std::deque<std::pair<std::uint64_t, std::uint64_t>> uid_blocks_ GUARDED_BY(mu_);
+  // The catalog version applied here (-1: none yet), and a count of the catalog's changes made in
+  // memory by this engine's commands and loads (SyncCatalog reads again when it moved).
+  std::int64_t catalog_applied_ GUARDED_BY(mu_) = -1;
+  std::uint64_t catalog_local_ GUARDED_BY(mu_) = 0;
   // Command parts (command, partition) this engine applied, with when: a read of pending parts
   // that began before such a commit may still list it (kept a minute).
   std::map<std::pair<std::int64_t, int>, std::chrono::steady_clock::time_point> applied_parts_

@@ -294,6 +294,7 @@ void DecodePolicy(std::string_view text, SyncInfo& sync) {
 Status EngineCore::SetIntegrationLimits(std::string_view integration,
                                         const IntegrationLimits& limits) {
   if (Status s = ValidateIntegration(integration); !s.ok()) return s;
+  if (InCluster()) SyncCatalogIfBehind();
   Effects fx;
   {
     MutexLock lock(mu_);
@@ -302,6 +303,9 @@ Status EngineCore::SetIntegrationLimits(std::string_view integration,
     if (integ == kNone) {
       return Status::NotFound("integration " + Quote(integration) + " does not exist",
                               StatusSubject::kIntegration);
+    }
+    if (cat_.integrations[integ].max_concurrency == limits.max_concurrency) {
+      return Status();  // the same limit again: nothing to do
     }
     Txn tx = Begin(/*undoable=*/true);
     if (store_) {
@@ -312,9 +316,11 @@ Status EngineCore::SetIntegrationLimits(std::string_view integration,
     cat_.integrations[integ].max_concurrency = limits.max_concurrency;
     DrainWaiting(tx);  // a raised cap lets waiting runs go, in the same transaction
     if (Status st = Commit(tx); !st.ok()) return st;
+    ++catalog_local_;
     fx = std::move(tx.fx);
   }
   Apply(fx);
+  if (InCluster()) SpreadCatalog();  // the other engines adopt the limit (last applied wins)
   return Status();
 }
 

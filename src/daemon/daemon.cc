@@ -15,10 +15,8 @@ namespace syncsched::daemon {
 namespace {
 
 // Cluster mode: waits until this engine runs its share of the partitions (floor(P / live
-// engines), loaded), at most `bound`. The configuration's new connections and syncs create
-// schedules, and until commands through any engine are built (docs/cluster.md) only an engine
-// holding their partitions may create them: the first daemon of a cluster holds every partition
-// once it has claimed and loaded them, a few round trips after it joined.
+// engines), loaded), at most `bound`, so that the configuration's new schedules in those
+// partitions are created by this engine at once rather than after a hand-over.
 void WaitForShare(Engine& engine, std::chrono::steady_clock::duration bound) {
   auto deadline = std::chrono::steady_clock::now() + bound;
   while (std::chrono::steady_clock::now() < deadline) {
@@ -31,9 +29,25 @@ void WaitForShare(Engine& engine, std::chrono::steady_clock::duration bound) {
   }
 }
 
-// A command refused because another engine holds a partition it needs (cluster mode, interim).
+// A command refused because this engine lost a partition while it ran (cluster mode: the
+// fence refused its commit; the engine that took the partition applies the catalog itself).
 bool HeldElsewhere(const Status& s) {
   return s.code() == StatusCode::kFailedPrecondition && s.message().starts_with("cluster mode: ");
+}
+
+// A sync's definition, for the log.
+std::string Describe(const SyncDefinition& d) {
+  std::string out = "runs=\"" + d.frequency + "\" auto_start=" + (d.auto_start ? "true" : "false");
+  if (d.timeout) out += " timeout_ms=" + std::to_string(d.timeout->count());
+  if (d.heartbeat_timeout) {
+    out += " heartbeat_timeout_ms=" + std::to_string(d.heartbeat_timeout->count());
+  }
+  out +=
+      std::string(" overlap=") + (d.overlap == OverlapPolicy::kBufferOne ? "buffer_one" : "skip");
+  out += " retry.max=" + std::to_string(d.retry.max);
+  if (d.retry.max > 0) out += " retry.backoff_ms=" + std::to_string(d.retry.backoff.count());
+  out += std::string(" spread=") + (d.spread ? "true" : "false");
+  return out;
 }
 
 }  // namespace
@@ -101,12 +115,12 @@ Result<std::unique_ptr<Daemon>> Daemon::Start(const Config& config, Logger& log)
       config.node.empty() ? DefaultNodeName(config.listen_host, d->server_->port()) : config.node;
   d->runner_.SetNode(d->node_);
   if (config.cluster) WaitForShare(*d->engine_, config.cluster->lease + std::chrono::seconds(1));
-  // In cluster mode a definition or connection that needs partitions held by another engine is
-  // not applied by this daemon (a warning says which): the engine that holds them applies it at
-  // its own start, or an operator through it.
+  // In cluster mode every daemon applies its configuration (the catalog through any engine,
+  // docs/cluster.md); a commit the fence refused because a partition changed hands meanwhile is
+  // left to the engine that took it (it applies the catalog after loading the partition).
   auto held_elsewhere = [&](const Status& s, const std::string& field) {
     if (!config.cluster || !HeldElsewhere(s)) return false;
-    log.Warn("cluster: not applied by this daemon (another engine holds a partition it needs)",
+    log.Warn("cluster: not applied by this daemon (a partition changed hands meanwhile)",
              {{"field", field}, {"error", s.message()}});
     return true;
   };
@@ -142,6 +156,15 @@ Result<std::unique_ptr<Daemon>> Daemon::Start(const Config& config, Logger& log)
       def.overlap = sync.overlap;
       def.retry = sync.retry;
       def.spread = sync.spread;
+      // A definition that differs from the database's (an earlier configuration, or another
+      // daemon of the cluster with another): this one replaces it, for every engine.
+      if (auto stored = d->engine_->GetSyncDefinition(integration.key, sync.name); stored.ok()) {
+        if (std::string was = Describe(*stored), now = Describe(def); was != now) {
+          log.Warn(
+              "sync definition replaced",
+              {{"integration", integration.key}, {"sync", sync.name}, {"was", was}, {"now", now}});
+        }
+      }
       if (Status s = d->engine_->DefineSync(integration.key, def); !s.ok()) {
         std::string field =
             "integrations[\"" + integration.key + "\"].syncs[\"" + sync.name + "\"]";

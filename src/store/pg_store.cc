@@ -643,6 +643,7 @@ enum Statement : int {
   kSetMark,           // cluster mode
   kFence,             // cluster mode (prepared only then: the function is in syncsched_cluster)
   kApplyCommandPart,  // cluster mode, likewise (cluster/command_inbox.h)
+  kLogCatalog,        // cluster mode, likewise (cluster_schema.h, version 4)
   kStatementCount
 };
 
@@ -681,6 +682,12 @@ std::vector<std::string> StatementSql() {
       "INSERT INTO syncsched.commit_marks(node, seq) VALUES ($1::int8, $2::int8) "
       "ON CONFLICT (node) DO UPDATE SET seq = excluded.seq";
   sql[kFence] = cluster::kFenceSql;
+  // After the catalog version's increment, in the same transaction: the version it counts.
+  sql[kLogCatalog] =
+      "INSERT INTO syncsched_cluster.catalog_log(version, ord, kind, integration, connection) "
+      "SELECT (SELECT value FROM syncsched_cluster.meta WHERE key = 'catalog_version'), u.o, "
+      "u.k, u.i, u.c FROM unnest($1::int2[], $2::bytea[], $3::bytea[]) WITH ORDINALITY "
+      "AS u(k, i, c, o)";
   sql[kApplyCommandPart] =
       "SELECT syncsched_cluster.apply_command_part($1::int8, $2::int4, $3::int8, $4::int8, "
       "$5::bytea)";
@@ -695,7 +702,7 @@ const char* StatementName(int statement) {
       "syncsched_upsert_schedules",   "syncsched_update_schedules",
       "syncsched_put_history",        "syncsched_set_meta",
       "syncsched_set_mark",           "syncsched_fence",
-      "syncsched_apply_command_part"};
+      "syncsched_apply_command_part", "syncsched_log_catalog"};
   return kNames[statement];
 }
 
@@ -1161,7 +1168,7 @@ Status PgStore::Prepare() {
   schedules_type_oid_ =
       static_cast<std::uint32_t>(std::strtoul(PQgetvalue(type.get(), 0, 0), nullptr, 10));
   for (int i = 0; i < kStatementCount; ++i) {
-    if ((i == kFence || i == kApplyCommandPart) && !InCluster()) continue;
+    if ((i == kFence || i == kApplyCommandPart || i == kLogCatalog) && !InCluster()) continue;
     ResultPtr res(PQprepare(conn_, StatementName(i), statement_sql_[i].c_str(), 0, nullptr));
     if (!res || PQresultStatus(res.get()) != PGRES_COMMAND_OK) {
       return Error(std::string("preparing ") + StatementName(i), res.get());
@@ -1815,8 +1822,29 @@ Status PgStore::CommitParts(const Batch& first, BatchSource* more) {
   Send(pipeline, Query{-1, "BEGIN", {}, "beginning"});
   // Plans one part and sends its statements at once.
   std::vector<Query> queries;
+  bool catalog_changed = false;
+  // Cluster mode: the connections added and deleted, for the catalog's log (deletions first, as
+  // Plan applies them).
+  ArrayParam log_kinds, log_integrations, log_connections;
+  log_kinds.Reset(kInt2Oid);
+  log_integrations.Reset(kByteaOid);
+  log_connections.Reset(kByteaOid);
+  std::size_t logged = 0;
   auto send_part = [&](const Batch& part) {
     queries.clear();
+    catalog_changed = catalog_changed || !part.syncs.empty() || !part.integrations.empty() ||
+                      !part.connections_added.empty() || !part.connections_deleted.empty();
+    if (InCluster()) {
+      for (auto [rows, kind] : {std::pair{&part.connections_deleted, std::int16_t{3}},
+                                std::pair{&part.connections_added, std::int16_t{2}}}) {
+        for (const ConnectionRow& r : *rows) {
+          log_kinds.Int2(kind);
+          log_integrations.Bytes(r.integration);
+          log_connections.Bytes(r.connection);
+          ++logged;
+        }
+      }
+    }
     // In cluster mode the fence of each part's partitions comes before its rows: its row locks
     // are held from there to COMMIT, and a refusal aborts the transaction, parts sent before
     // included, before anything of the part is written.
@@ -1844,6 +1872,26 @@ Status PgStore::CommitParts(const Batch& first, BatchSource* more) {
     PutBigEndian(seq, &p2);
     mark.params = {std::move(p1), std::move(p2)};
     Send(pipeline, mark);
+    if (catalog_changed) {
+      // Cluster schema v3: the other engines apply the catalog as of this version to the
+      // partitions they hold (docs/cluster.md, "The catalog"); the notice wakes them.
+      Send(pipeline, Query{-1,
+                           "UPDATE syncsched_cluster.meta SET value = value + 1 "
+                           "WHERE key = 'catalog_version'",
+                           {},
+                           "counting the catalog's version"});
+      if (logged > 0) {
+        Query log;
+        log.statement = kLogCatalog;
+        log.what = "writing the catalog's log";
+        log.params = {log_kinds.Finish(), log_integrations.Finish(), log_connections.Finish()};
+        Send(pipeline, log);
+      }
+      Send(pipeline, Query{-1,
+                           "SELECT pg_notify('syncsched_commands', 'catalog')",
+                           {},
+                           "announcing the catalog's change"});
+    }
     Send(pipeline, Query{-1, "COMMIT", {}, "committing"});
   } else if (planned.ok()) {
     Query meta;
@@ -1945,6 +1993,15 @@ Result<Snapshot> PgStore::LoadSome(const std::vector<int>* partitions) {
     return status;
   };
   Snapshot snap;
+  if (InCluster()) {
+    ResultPtr version;
+    s = Exec("SELECT value FROM syncsched_cluster.meta WHERE key = 'catalog_version'",
+             "reading the catalog's version", &version);
+    if (!s.ok()) return fail(s);
+    if (PQntuples(version.get()) == 1) {
+      snap.catalog_version = std::strtoll(PQgetvalue(version.get(), 0, 0), nullptr, 10);
+    }
+  }
   s = CopyOut(
       "SELECT integration, name, frequency_text, frequency_ms, auto_start, timeout_ms, "
       "heartbeat_timeout_ms, policy FROM syncsched.syncs ORDER BY 1, 2",

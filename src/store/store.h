@@ -165,6 +165,9 @@ struct Snapshot {
   std::vector<ScheduleRow> schedules;
   std::vector<RunRow> unfinished_runs;  // the schedules' runs in flight (at a crash)
   std::uint64_t max_uid = 0;            // the largest schedule uid ever issued
+  // PostgreSQL in cluster mode: the catalog's version (cluster schema v4) in the snapshot the
+  // rows were read in; -1 elsewhere.
+  std::int64_t catalog_version = -1;
 };
 
 // The rest of a streamed commit (Store::CommitStream): the parts a producer builds while the

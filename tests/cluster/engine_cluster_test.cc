@@ -85,7 +85,7 @@ class EngineClusterTest : public PgDatabaseTest {
     return engine;
   }
 
-  // The engine holds and has loaded every partition (so it serves every catalog command).
+  // The engine holds and has loaded every partition (every schedule is in its memory).
   static bool HoldsAll(Engine& e) {
     return internal::EngineAccess::LoadedPartitions(e).size() ==
            static_cast<std::size_t>(kPartitions);
@@ -860,6 +860,229 @@ TEST_F(EngineClusterTest, ACommandWhileItsOwnerIsKilledIsAppliedByTheTakerOrAnsw
   std::vector<Call> calls = log_.All();
   ExpectEachSlotCalledOnce(calls);
   ExpectHistoryConsistent(db, calls);
+}
+
+// Issue 13, catalog commands through any engine: three engines, none holding every partition. A
+// sync defined through b, connections added through c, a changed frequency through a,
+// connections deleted through b: each answered as one engine would, read back through every
+// engine as soon as it is answered (every live engine has applied the catalog by then), the
+// schedules created, regridded and deleted by the owners of their partitions, each slot run once.
+TEST_F(EngineClusterTest, CatalogCommandsThroughAnyEngineReachEveryPartition) {
+  constexpr int kConnections = 30;
+  Engine* a = Open("a");
+  Engine* b = Open("b");
+  Engine* c = Open("c");
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  ASSERT_NE(c, nullptr);
+  ASSERT_TRUE(WaitFor([&] { return Balanced({a, b, c}); }, 15s)) << "not balanced";
+  for (Engine* e : {a, b, c}) ASSERT_FALSE(HoldsAll(*e));
+
+  SyncDefinition def;
+  def.name = kSync;
+  def.frequency = "1s";
+  Status defined = b->DefineSync(kIntegration, def);
+  ASSERT_TRUE(defined.ok()) << defined;
+  auto t0 = Clock::now();
+  for (int i = 0; i < kConnections; ++i) {
+    Status s = c->AddConnection(kIntegration, Connection(i));
+    ASSERT_TRUE(s.ok()) << Connection(i) << ": " << s;
+  }
+  std::printf("%d connections added through c: %lld ms\n", kConnections,
+              static_cast<long long>(Ms(Clock::now() - t0).count()));
+  const std::int64_t added_wall = WallMs();
+  const Target all{kIntegration, std::nullopt, {SyncSelector{kSync}}};
+  for (Engine* e : {a, b, c}) {
+    auto st = e->GetStatus(all);
+    ASSERT_TRUE(st.ok()) << st.status();
+    EXPECT_EQ(st->size(), static_cast<std::size_t>(kConnections));
+    for (const ScheduleStatus& s : *st) {
+      EXPECT_EQ(s.state, ScheduleState::kStarted) << ToString(s.key);
+      EXPECT_EQ(s.frequency, 1000ms) << ToString(s.key);
+    }
+  }
+  Status twice = a->AddConnection(kIntegration, Connection(0));
+  EXPECT_EQ(twice.code(), StatusCode::kAlreadyExists) << twice;
+  Status redefined = c->DefineSync(kIntegration, def);
+  EXPECT_TRUE(redefined.ok()) << "the same definition again: " << redefined;
+  // Each schedule runs, on the engine that holds its partition.
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        std::set<std::string> ran;
+        for (const Call& call : log_.All()) ran.insert(call.connection);
+        return ran.size() == static_cast<std::size_t>(kConnections);
+      },
+      5s))
+      << "not every added connection ran";
+  for (const Call& call : log_.All()) {
+    EXPECT_GE(call.slot, added_wall - 10000) << call.connection;
+  }
+
+  // A changed frequency through a: every engine reads it back at once; the owners regrid.
+  def.frequency = "2s";
+  Status changed = a->DefineSync(kIntegration, def);
+  ASSERT_TRUE(changed.ok()) << changed;
+  for (Engine* e : {a, b, c}) {
+    auto st = e->GetStatus(all);
+    ASSERT_TRUE(st.ok()) << st.status();
+    ASSERT_EQ(st->size(), static_cast<std::size_t>(kConnections));
+    for (const ScheduleStatus& s : *st) EXPECT_EQ(s.frequency, 2000ms) << ToString(s.key);
+  }
+
+  // Connections deleted through b: gone from every engine once answered; no run of theirs begins
+  // after that.
+  std::set<std::string> deleted;
+  for (int i = 0; i < kConnections; i += 3) {
+    Status s = b->DeleteConnection(kIntegration, Connection(i));
+    ASSERT_TRUE(s.ok()) << Connection(i) << ": " << s;
+    deleted.insert(Connection(i));
+  }
+  const auto deleted_at = Clock::now();
+  for (Engine* e : {a, b, c}) {
+    auto st = e->GetStatus(all);
+    ASSERT_TRUE(st.ok()) << st.status();
+    EXPECT_EQ(st->size(), static_cast<std::size_t>(kConnections) - deleted.size());
+    for (const ScheduleStatus& s : *st) EXPECT_EQ(deleted.count(s.key.connection), 0u);
+    auto one = e->GetStatus(Target{kIntegration, Connection(0), {}});
+    EXPECT_EQ(one.status().code(), StatusCode::kNotFound) << one.status();
+  }
+  Status again = c->DeleteConnection(kIntegration, Connection(0));
+  EXPECT_EQ(again.code(), StatusCode::kNotFound) << again;
+  std::this_thread::sleep_for(2500ms);
+  for (const Call& call : log_.All()) {
+    if (deleted.count(call.connection) != 0) {
+      EXPECT_LT(call.at, deleted_at) << call.connection << " ran after its deletion was answered";
+    }
+  }
+  Db db(uri_);
+  EXPECT_EQ(db.Rows("SELECT count(*) FROM syncsched.schedules")[0][0],
+            std::to_string(kConnections - deleted.size()));
+  // The catalog's log: one row per connection added (kind 2) and deleted (kind 3), each at the
+  // version its commit counted; every live engine has applied the last version.
+  EXPECT_EQ(db.Rows("SELECT count(*) FILTER (WHERE kind = 2), count(*) FILTER (WHERE kind = 3), "
+                    "count(DISTINCT version) FROM syncsched_cluster.catalog_log")[0],
+            (std::vector<std::string>{std::to_string(kConnections), std::to_string(deleted.size()),
+                                      std::to_string(kConnections + deleted.size())}));
+  EXPECT_EQ(
+      db.Rows("SELECT count(*) FROM syncsched_cluster.nodes AS n, syncsched_cluster.meta AS m "
+              "WHERE m.key = 'catalog_version' AND n.catalog_version = m.value")[0][0],
+      "3");
+  Stop("a");
+  Stop("b");
+  Stop("c");
+  std::vector<Call> calls = log_.All();
+  ExpectEachSlotCalledOnce(calls);
+  std::erase_if(calls, [&](const Call& call) { return deleted.count(call.connection) != 0; });
+  ExpectHistoryConsistent(db, calls);
+}
+
+// A catalog change made while a partition has no owner that can act (held by a node that does
+// not exist) reaches that partition when an engine takes it: the deleted connection's schedule is
+// deleted, never run, and the added connection's base schedule is created there and runs.
+TEST_F(EngineClusterTest, ACatalogChangeReachesAPartitionWhenItIsTakenOver) {
+  constexpr int kSchedules = 32;
+  Engine* a = Open("a");
+  ASSERT_NE(a, nullptr);
+  ASSERT_NO_FATAL_FAILURE(Populate(*a, kSchedules));
+  const int p = PartitionOfConnection(Connection(0));
+  std::string added;
+  for (int i = kSchedules; added.empty(); ++i) {
+    if (PartitionOfConnection(Connection(i)) == p) added = Connection(i);
+  }
+  Db db(uri_);
+  ASSERT_EQ(db.Rows("UPDATE syncsched_cluster.partitions SET owner = 999999, epoch = epoch + 1, "
+                    "expires_at = now() + interval '1 hour' WHERE partition = " +
+                    std::to_string(p) + " RETURNING partition")
+                .size(),
+            1u);
+  ASSERT_TRUE(WaitFor([&] { return !Loads(*a, p); }, 10s));
+  Status del = a->DeleteConnection(kIntegration, Connection(0));
+  ASSERT_TRUE(del.ok()) << del;
+  const auto deleted_at = Clock::now();
+  Status add = a->AddConnection(kIntegration, added);
+  ASSERT_TRUE(add.ok()) << add;
+  const std::string of = "SELECT count(*) FROM syncsched.schedules WHERE connection = '";
+  EXPECT_EQ(db.Rows(of + Connection(0) + "'::bytea")[0][0], "1") << "nobody holds it yet";
+  EXPECT_EQ(db.Rows(of + added + "'::bytea")[0][0], "0") << "nobody holds its partition yet";
+
+  ASSERT_EQ(db.Rows("UPDATE syncsched_cluster.partitions SET owner = NULL, expires_at = NULL "
+                    "WHERE partition = " +
+                    std::to_string(p) + " RETURNING partition")
+                .size(),
+            1u);
+  ASSERT_TRUE(WaitFor([&] { return Loads(*a, p); }, 10s));
+  ASSERT_TRUE(WaitFor([&] { return db.Rows(of + added + "'::bytea")[0][0] == "1"; }, 5s))
+      << "the added connection's schedule was never created";
+  EXPECT_EQ(db.Rows(of + Connection(0) + "'::bytea")[0][0], "0");
+  auto st = a->GetStatus(Target{kIntegration, added, {}});
+  ASSERT_TRUE(st.ok()) << st.status();
+  ASSERT_EQ(st->size(), 1u);
+  EXPECT_EQ((*st)[0].state, ScheduleState::kStarted);
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        for (const Call& call : log_.All()) {
+          if (call.connection == added) return true;
+        }
+        return false;
+      },
+      5s))
+      << "the added connection never ran";
+  Stop("a");
+  for (const Call& call : log_.All()) {
+    if (call.connection == Connection(0)) {
+      EXPECT_LT(call.at, deleted_at);
+    }
+  }
+  ExpectEachSlotCalledOnce(log_.All());
+}
+
+// An engine whose catalog is older than the catalog's log reaches back (the log's old rows were
+// deleted) reads the whole catalog instead: here a change is written straight into the database
+// with no row of the log, as if its rows had been deleted, and the log declared whole only from
+// the next version on. Both engines apply it anyway (through the incremental path they would see
+// nothing): the added connection's schedule is created by its partition's owner, the deleted
+// one's schedule deleted, each read back through both.
+TEST_F(EngineClusterTest, AnEngineBehindTheCatalogsLogReadsTheWholeCatalog) {
+  constexpr int kSchedules = 12;
+  Engine* a = Open("a");
+  ASSERT_NE(a, nullptr);
+  ASSERT_NO_FATAL_FAILURE(Populate(*a, kSchedules));
+  Engine* b = Open("b");
+  ASSERT_NE(b, nullptr);
+  ASSERT_TRUE(WaitFor([&] { return Balanced({a, b}); }, 15s)) << "not balanced";
+  Status written = syncsched::testing::PgExec(
+      uri_,
+      "BEGIN; INSERT INTO syncsched.connections VALUES ('it'::bytea, 'late'::bytea); "
+      "DELETE FROM syncsched.connections WHERE connection = '" +
+          Connection(0) +
+          "'::bytea; "
+          "UPDATE syncsched_cluster.meta SET value = value + 1 WHERE key = 'catalog_version'; "
+          "UPDATE syncsched_cluster.meta SET value = (SELECT value + 1 FROM "
+          "syncsched_cluster.meta WHERE key = 'catalog_version') WHERE key = 'catalog_log_from'; "
+          "NOTIFY syncsched_commands; COMMIT");
+  ASSERT_TRUE(written.ok()) << written;
+  const Target all{kIntegration, std::nullopt, {SyncSelector{kSync}}};
+  auto applied = [&](Engine& e) {
+    auto st = e.GetStatus(all);
+    if (!st.ok()) return false;
+    std::set<std::string> seen;
+    for (const ScheduleStatus& s : *st) seen.insert(s.key.connection);
+    return seen.count("late") == 1 && seen.count(Connection(0)) == 0 &&
+           seen.size() == static_cast<std::size_t>(kSchedules);
+  };
+  EXPECT_TRUE(WaitFor([&] { return applied(*a) && applied(*b); }, 5s));
+  Db db(uri_);
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        return db.Rows("SELECT count(*) FROM syncsched.schedules WHERE connection = '" +
+                       Connection(0) + "'::bytea")[0][0] == "0" &&
+               db.Rows(
+                   "SELECT count(*) FROM syncsched.schedules WHERE connection = "
+                   "'late'::bytea")[0][0] == "1";
+      },
+      5s));
+  EXPECT_EQ(b->GetStatus(Target{kIntegration, Connection(0), {}}).status().code(),
+            StatusCode::kNotFound);
 }
 
 }  // namespace

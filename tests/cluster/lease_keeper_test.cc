@@ -369,19 +369,29 @@ TEST_F(ClusterTest, SchemaIsCreatedOnceAndKeepsItsPartitionCount) {
   EXPECT_EQ(EnsureClusterSchema(a.get(), 0).status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(PQtransactionStatus(a.get()), PQTRANS_IDLE);
 
-  // A version 1 schema (before the command inbox) is migrated in place, keeping P.
+  // A version 1 schema (before the command inbox and the catalog's version) is migrated in place,
+  // keeping P.
   ASSERT_EQ(a.Exec("DROP FUNCTION syncsched_cluster.apply_command_part(bigint, integer, bigint, "
                    "bigint, bytea); DROP TABLE syncsched_cluster.command_parts; DROP TABLE "
                    "syncsched_cluster.commands; DROP SEQUENCE syncsched_cluster.command_ids; "
+                   "ALTER TABLE syncsched_cluster.nodes DROP COLUMN catalog_version; "
+                   "DROP TABLE syncsched_cluster.catalog_log; "
+                   "DELETE FROM syncsched_cluster.meta WHERE key IN ('catalog_version', "
+                   "'catalog_log_from'); "
                    "UPDATE syncsched_cluster.meta SET value = 1 WHERE key = 'schema_version'"),
             "");
   auto migrated = EnsureClusterSchema(a.get(), 64);
   ASSERT_TRUE(migrated.ok()) << migrated.status();
   EXPECT_EQ(*migrated, 16);
-  EXPECT_EQ(a.Int("SELECT value FROM syncsched_cluster.meta WHERE key = 'schema_version'"), 2);
+  EXPECT_EQ(a.Int("SELECT value FROM syncsched_cluster.meta WHERE key = 'schema_version'"), 4);
   EXPECT_EQ(a.Int("SELECT count(*) FROM syncsched_cluster.commands"), 0);
+  EXPECT_EQ(a.Int("SELECT value FROM syncsched_cluster.meta WHERE key = 'catalog_version'"), 0);
+  EXPECT_EQ(a.Int("SELECT value FROM syncsched_cluster.meta WHERE key = 'catalog_log_from'"), 1);
+  EXPECT_EQ(a.Int("SELECT count(*) FROM syncsched_cluster.catalog_log"), 0);
+  EXPECT_EQ(a.Int("SELECT count(catalog_version) FROM syncsched_cluster.nodes"),
+            a.Int("SELECT count(*) FROM syncsched_cluster.nodes"));
 
-  ASSERT_EQ(a.Exec("UPDATE syncsched_cluster.meta SET value = 3 WHERE key = 'schema_version'"), "");
+  ASSERT_EQ(a.Exec("UPDATE syncsched_cluster.meta SET value = 5 WHERE key = 'schema_version'"), "");
   auto newer = EnsureClusterSchema(a.get(), 16);
   EXPECT_EQ(newer.status().code(), StatusCode::kFailedPrecondition) << newer.status();
   EXPECT_EQ(PQtransactionStatus(a.get()), PQTRANS_IDLE);

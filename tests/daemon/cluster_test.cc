@@ -178,8 +178,8 @@ class ClusterDaemonTest : public ::testing::Test {
 };
 
 TEST_F(ClusterDaemonTest, ThreeDaemonsShareThePartitionsAndTakeOverOnKillAndStop) {
-  // The first daemon alone holds every partition: it creates the configuration's schedules (until
-  // commands through any engine exist, only an engine holding their partitions may).
+  // The first daemon alone holds every partition at first; each daemon applies the same
+  // configuration at its start (the same definitions and connections: nothing is written again).
   Daemon a = Start("node-a");
   ASSERT_NE(a.port, 0);
   Json ha;
@@ -225,6 +225,63 @@ TEST_F(ClusterDaemonTest, ThreeDaemonsShareThePartitionsAndTakeOverOnKillAndStop
     return out;
   };
   ASSERT_TRUE(WaitFor([&] { return balanced(all); }, 20s)) << dump() << Logs();
+  EXPECT_EQ(Logs().find("sync definition replaced"), std::string::npos)
+      << "the same configuration replaced nothing";
+
+  // The catalog through any daemon (none holds every partition now): connections added through
+  // b are read back through c at once and run on their owners; one deleted through a is gone
+  // from b at once.
+  {
+    Client cb(b.port), cc(c.port), ca(a.port);
+    for (int i = 0; i < 6; ++i) {
+      Reply added = cb.Post("/connections",
+                            R"({"provider_config_key": "github", "connection_id": "new)" +
+                                std::to_string(i) + R"("})",
+                            "k");
+      ASSERT_EQ(added.status, 200u) << added.body;
+    }
+    Reply st = cc.Get("/sync/status?provider_config_key=github&syncs=issues", "k");
+    ASSERT_EQ(st.status, 200u) << st.body;
+    std::set<std::string> started;
+    const Json items = st.json()["syncs"];  // kept: a range-for over a temporary's member dangles
+    for (const Json& item : items) {
+      if (item.value("schedule_status", "") == "STARTED") {
+        started.insert(item.value("connection_id", ""));
+      }
+    }
+    for (int i = 0; i < 6; ++i) {
+      EXPECT_EQ(started.count("new" + std::to_string(i)), 1u) << st.body;
+    }
+    Reply again = ca.Post("/connections",
+                          R"({"provider_config_key": "github", "connection_id": "new0"})", "k");
+    EXPECT_EQ(again.status, 409u) << again.body;
+    Reply deleted = ca.Delete("/connections/new5?provider_config_key=github", "", "k");
+    EXPECT_EQ(deleted.status, 200u) << deleted.body;
+    Reply gone =
+        cb.Get("/sync/status?provider_config_key=github&connection_id=new5&syncs=issues", "k");
+    EXPECT_EQ(gone.status, 404u) << gone.body;
+    ASSERT_TRUE(WaitFor(
+        [&] {
+          std::set<std::string> ran;
+          for (const RunLine& r : Runs()) ran.insert(r.connection);
+          for (int i = 0; i < 5; ++i) {
+            if (ran.count("new" + std::to_string(i)) == 0) return false;
+          }
+          return true;
+        },
+        10s))
+        << ReadFile(dir_ / "runs.txt");
+    // Deleted again through each daemon in turn: the configuration's connections are left.
+    for (int i = 0; i < 5; ++i) {
+      Client& through = i % 3 == 0 ? ca : i % 3 == 1 ? cb : cc;
+      Reply d = through.Delete(
+          "/connections/new" + std::to_string(i) + "?provider_config_key=github", "", "k");
+      EXPECT_EQ(d.status, 200u) << d.body;
+    }
+    Reply left = ca.Get("/sync/status?provider_config_key=github&syncs=issues", "k");
+    ASSERT_EQ(left.status, 200u) << left.body;
+    EXPECT_EQ(left.json()["syncs"].size(), static_cast<std::size_t>(kConnections)) << left.body;
+  }
 
   // Every daemon runs schedules, and each run's command is told which daemon runs it.
   ASSERT_TRUE(WaitFor(

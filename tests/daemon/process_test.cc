@@ -30,7 +30,8 @@ using syncsched::testing::WriteFile;
 class ProcessTest : public ::testing::Test {
  protected:
   // A configuration on a free port whose `issues` sync records its runs and `slow` takes 300 ms.
-  std::string WriteConfig(const std::string& name = "config.json") {
+  std::string WriteConfig(const std::string& name = "config.json",
+                          const std::string& issues_runs = "every 1h") {
     Json config = {
         {"listen", "127.0.0.1:0"},
         {"database", dir_ / "syncsched.db"},
@@ -40,7 +41,7 @@ class ProcessTest : public ::testing::Test {
          {{"github",
            {{"syncs",
              {{"issues",
-               {{"runs", "every 1h"},
+               {{"runs", issues_runs},
                 {"command",
                  {"/bin/sh", "-c",
                   "echo \"$SYNCSCHED_CONNECTION $SYNCSCHED_SYNC $SYNCSCHED_MODE\" >> '" +
@@ -200,6 +201,49 @@ TEST_F(ProcessTest, StateSurvivesKill9) {
   EXPECT_EQ(ReadLines(dir_ / "runs.txt").size(), 2u);
   again->Signal(SIGTERM);
   EXPECT_EQ(again->Wait(), 0);
+}
+
+// A configuration whose definition of a sync differs from the database's (written by an earlier
+// configuration, or in cluster mode by another daemon) replaces it, and says so once; the same
+// configuration again says nothing.
+TEST_F(ProcessTest, AChangedSyncDefinitionIsLoggedAndReplacesTheStoredOne) {
+  auto first = Start(WriteConfig(), "first.log");
+  ASSERT_TRUE(ListeningPort(dir_ / "first.log"));
+  first->Signal(SIGTERM);
+  ASSERT_EQ(first->Wait(), 0);
+  EXPECT_EQ(ReadFile(dir_ / "first.log").find("sync definition replaced"), std::string::npos);
+
+  auto second = Start(WriteConfig("changed.json", "every 2h"), "second.log");
+  auto port = ListeningPort(dir_ / "second.log");
+  ASSERT_TRUE(port) << ReadFile(dir_ / "second.log");
+  std::string log = ReadFile(dir_ / "second.log");
+  std::size_t at = log.find("\"msg\":\"sync definition replaced\"");
+  ASSERT_NE(at, std::string::npos) << log;
+  Json line = Json::parse(
+      log.substr(log.rfind('\n', at) + 1, log.find('\n', at) - log.rfind('\n', at) - 1));
+  EXPECT_EQ(line["level"], "warn") << line.dump();
+  EXPECT_EQ(line["integration"], "github") << line.dump();
+  EXPECT_EQ(line["sync"], "issues") << line.dump();
+  EXPECT_NE(line["was"].get<std::string>().find("runs=\"every 1h\""), std::string::npos)
+      << line.dump();
+  EXPECT_NE(line["now"].get<std::string>().find("runs=\"every 2h\""), std::string::npos)
+      << line.dump();
+  {
+    Client client(*port);
+    Reply r =
+        client.Get("/sync/status?provider_config_key=github&connection_id=acme&syncs=issues", "k");
+    ASSERT_EQ(r.status, 200u) << r.body;
+    EXPECT_EQ(r.json()["syncs"][0]["frequency"], "2h") << r.body;
+  }
+  second->Signal(SIGTERM);
+  ASSERT_EQ(second->Wait(), 0);
+
+  auto third = Start(WriteConfig("changed.json", "every 2h"), "third.log");
+  ASSERT_TRUE(ListeningPort(dir_ / "third.log"));
+  EXPECT_EQ(ReadFile(dir_ / "third.log").find("sync definition replaced"), std::string::npos)
+      << "the same definition again replaced nothing";
+  third->Signal(SIGTERM);
+  EXPECT_EQ(third->Wait(), 0);
 }
 
 TEST_F(ProcessTest, ASlotMissedWhileDownRunsWithItsCommandAfterARestart) {

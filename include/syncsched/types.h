@@ -322,6 +322,11 @@ struct EngineMetrics {
   // Commits refused by the fence (a partition's lease had ended, in the database, before the
   // engine knew): nothing of such a commit is applied; its rows of other partitions are retried.
   std::uint64_t cluster_fenced_refusals = 0;
+  // The catalog's version this engine has applied to the partitions it holds (docs/cluster.md,
+  // "The catalog through any engine"); -1 before its first application. Every engine's should
+  // reach the database's soon after each catalog command: one that stays behind makes each
+  // catalog command wait for it (at most lease + 2 s).
+  std::int64_t cluster_catalog_version = -1;
 };
 
 // Runs due in one minute of a forecast.

@@ -44,6 +44,16 @@ void Metric(std::string& out, std::string_view name, std::string_view type, std:
   out += '\n';
 }
 
+// A gauge that may be negative.
+void SignedMetric(std::string& out, std::string_view name, std::string_view help,
+                  std::int64_t value) {
+  Header(out, name, "gauge", help);
+  out += name;
+  out += ' ';
+  out += std::to_string(value);
+  out += '\n';
+}
+
 // Engine histograms count per bucket; Prometheus wants cumulative `le` buckets.
 void HistogramMetric(std::string& out, std::string_view name, std::string_view help,
                      const Histogram& h) {
@@ -134,6 +144,9 @@ std::string EncodePrometheus(const EngineMetrics& m, const DaemonMetrics& d) {
     Metric(out, "syncsched_cluster_fenced_writes_refused_total", "counter",
            "Commits refused by the fence: the partition's lease had ended; nothing applied.",
            m.cluster_fenced_refusals);
+    SignedMetric(out, "syncsched_cluster_catalog_version",
+                 "The catalog version this engine has applied (-1: none yet).",
+                 m.cluster_catalog_version);
   }
 
   Header(out, "syncschedd_http_responses_total", "counter", "HTTP responses by status.");

@@ -369,6 +369,8 @@ TEST_F(ClusterDaemonTest, ThreeDaemonsShareThePartitionsAndTakeOverOnKillAndStop
     EXPECT_GT(value("syncsched_cluster_takeovers_total"), 0) << "node-c's partitions";
     EXPECT_GT(value("syncsched_cluster_claims_total"), 0) << "node-b's, and the first ones";
     EXPECT_GE(value("syncsched_cluster_fenced_writes_refused_total"), 0);
+    // Twelve catalog changes at least (six connections added, six deleted) were applied here.
+    EXPECT_GE(value("syncsched_cluster_catalog_version"), 12) << m.body;
     EXPECT_NE(m.body.find("# TYPE syncsched_cluster_takeovers_total counter\n"), std::string::npos);
     // The forecast says whose it is: the survivor's, over every partition now.
     Reply f = client.Get("/schedules/forecast?hours=1", "k");

@@ -359,8 +359,12 @@ Result<std::vector<std::string>> CommandInbox::NodesBehind(std::int64_t version)
   if (c == nullptr) return err;
   ResultPtr res;
   Status s = Exec(c,
-                  "SELECT name FROM syncsched_cluster.nodes WHERE expires_at > now() "
-                  "AND catalog_version < $1::int8 ORDER BY name",
+                  // A node whose lease lapsed but whose partitions nobody took yet may renew
+                  // them and act on what it holds (after the database came back): waited for.
+                  "SELECT n.name FROM syncsched_cluster.nodes AS n "
+                  "WHERE n.catalog_version < $1::int8 AND (n.expires_at > now() OR EXISTS "
+                  "(SELECT 1 FROM syncsched_cluster.partitions AS p WHERE p.owner = n.id)) "
+                  "ORDER BY n.name",
                   {std::to_string(version)}, "cluster: reading the nodes' catalog versions", &res);
   Release(c);
   if (!s.ok()) return s;

@@ -105,7 +105,8 @@ class CommandInbox {
   // longer holds all of it (its rows older than an hour are deleted): read the whole catalog.
   // Errors: UNAVAILABLE, INTERNAL.
   Result<CatalogChanges> CatalogSince(std::int64_t after);
-  // The names of the live nodes (lease not expired) that have not applied `version` yet.
+  // The names of the nodes that have not applied `version` yet and are live (lease not expired)
+  // or still hold a partition (their lease lapsed and nobody took it yet: they may renew it).
   Result<std::vector<std::string>> NodesBehind(std::int64_t version);
   // Pending parts in `partitions`, oldest command first.
   Result<std::vector<PendingCommand>> Pending(const std::vector<int>& partitions);

@@ -113,15 +113,10 @@ void EngineCore::RefreshCatalog(const Target& target) {
     if (known) return;
   }
   // Something named is unknown here: it may have been created through another engine. The
-  // catalog rows only (no partition's schedules).
-  Result<store::Snapshot> snap = [&] {
-    MutexLock lock(loader_mu_);
-    return loader_->LoadPartitions({});
-  }();
-  if (!snap.ok()) return;  // the command then answers from what this engine knows
-  MutexLock lock(mu_);
-  if (shut_down_) return;
-  (void)RecoverCatalog(*snap);
+  // catalog applied as the database holds it now, by version (a read merged without one could
+  // bring back a connection deleted since: helper-36 saw such connections stay known for
+  // minutes); on failure the command answers from what this engine knows.
+  SyncCatalogIfBehind();
 }
 
 Result<std::vector<cluster::StoredSchedule>> EngineCore::ResolveStored(const Target& target) {

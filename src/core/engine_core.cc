@@ -1400,6 +1400,16 @@ Status EngineCore::DeleteConnection(std::string_view integration, std::string_vi
     DrainWaiting(tx);  // the cancelled runs freed their places under the caps
     if (Status st = Commit(tx); !st.ok()) return st;
     ++catalog_local_;
+    if (InCluster()) {
+      // For a partition load that read before this deletion (Reconcile): kept ten minutes.
+      const auto now = std::chrono::steady_clock::now();
+      while (!local_deleted_.empty() &&
+             now - local_deleted_.front().at > std::chrono::minutes(10)) {
+        local_deleted_.pop_front();
+      }
+      local_deleted_.push_back(
+          LocalDeletion{catalog_local_, now, std::string(integration), std::string(connection)});
+    }
     fx = std::move(tx.fx);
   }
   Apply(fx);
@@ -2322,6 +2332,12 @@ void EngineCore::Reconcile(std::vector<FencedRefusal> fenced) {
     return loader_->LoadPartitions(parts);
   }();
   if (!snap.ok()) return;  // retried at the next look (ClusterLoop's period)
+  std::function<void(const std::vector<int>&, bool)> hook;
+  {
+    std::lock_guard lock(cl_mu_);
+    hook = load_hook_;
+  }
+  if (hook) hook(parts, /*merged=*/false);
   // Commands received through other engines and pending in these partitions: applied before
   // anything of them is dispatched (below, under the same hold of the lock as the merge). Read
   // after the claim, as the load was: the previous owner can apply nothing more.
@@ -2330,13 +2346,12 @@ void EngineCore::Reconcile(std::vector<FencedRefusal> fenced) {
   {
     MutexLock lock(mu_);
     if (shut_down_) return;
-    // A catalog change this engine made in memory while the load read (a command, a read of the
-    // catalog) may be missing from what it read: read again.
-    if (catalog_local_ != catalog_local) {
-      std::lock_guard cl(cl_mu_);
-      cl_poke_ = true;
-      cl_cv_.notify_all();
-      return;
+    // Connections this engine deleted itself while the load read: the load may still hold them
+    // (a local addition is harmless: its schedules in these partitions are created after the
+    // merge).
+    std::set<std::pair<std::string, std::string>> deleted_here;
+    for (const LocalDeletion& d : local_deleted_) {
+      if (d.stamp > catalog_local) deleted_here.emplace(d.integration, d.connection);
     }
     // Only partitions still held at the epoch they were loaded for (the load committed after
     // the claim, so it saw every commit of the previous owners).
@@ -2356,6 +2371,11 @@ void EngineCore::Reconcile(std::vector<FencedRefusal> fenced) {
     // of a connection this engine no longer has are a deleted connection's.
     const bool older = s.catalog_version < catalog_applied_;
     if (older) s.connections.clear();
+    if (!deleted_here.empty()) {
+      std::erase_if(s.connections, [&](const store::ConnectionRow& c) {
+        return deleted_here.count({c.integration, c.connection}) != 0;
+      });
+    }
     std::set<std::pair<std::string_view, std::string_view>> listed;  // by the load, when newer
     for (const store::ConnectionRow& c : s.connections) listed.emplace(c.integration, c.connection);
     auto live = [&](const store::ScheduleRow& r) REQUIRES(mu_) {
@@ -2408,6 +2428,7 @@ void EngineCore::Reconcile(std::vector<FencedRefusal> fenced) {
     MaybeRearm();
   }
   Apply(fx);
+  if (hook) hook(parts, /*merged=*/true);
 }
 
 }  // namespace syncsched::core

@@ -100,6 +100,14 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
     MutexLock lock(mu_);
     stream_rows_ = std::max<std::size_t>(rows, 1);
   }
+  // Cluster mode: called on the cluster thread with the partitions of each load, after the
+  // load has read them (`merged` false) and after it merged them, before the catalog's sync that
+  // follows (`merged` true), no lock held, so that a test can hold a load or look at the engine
+  // there.
+  void SetLoadHookForTest(std::function<void(const std::vector<int>&, bool merged)> hook) {
+    std::lock_guard lock(cl_mu_);
+    load_hook_ = std::move(hook);
+  }
 
   // The commands take the lock (and let go of it before they call user code).
   void Shutdown() EXCLUDES(mu_);
@@ -293,8 +301,8 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   };
   static std::string EncodeRemote(const RemoteCommand& c);
   static bool DecodeRemote(std::string_view body, RemoteCommand& c);
-  // Reads the catalog from the database when `target` names an integration, sync or connection
-  // this engine does not know (created through another engine), and merges what is new.
+  // Applies the catalog's changes (SyncCatalogIfBehind) when `target` names an integration, sync
+  // or connection this engine does not know (created through another engine).
   void RefreshCatalog(const Target& target) EXCLUDES(mu_);
   // Resolves `target` against the database (the schedules of its scope, read by the inbox) with
   // the errors Catalog::Resolve gives; `rows` in the database's key order.
@@ -480,9 +488,10 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   std::thread cluster_thread_;
   std::mutex cl_mu_;  // a leaf: the cluster thread's wake-ups
   std::condition_variable cl_cv_;
-  bool cl_stop_ = false;                           // under cl_mu_
-  bool cl_poke_ = false;                           // under cl_mu_
-  std::vector<FencedRefusal> cl_fenced_;           // under cl_mu_: refused by the fence
+  bool cl_stop_ = false;                  // under cl_mu_
+  bool cl_poke_ = false;                  // under cl_mu_
+  std::vector<FencedRefusal> cl_fenced_;  // under cl_mu_: refused by the fence
+  std::function<void(const std::vector<int>&, bool)> load_hook_;  // under cl_mu_ (tests)
   std::atomic<std::uint64_t> fenced_refusals_{0};  // commits refused by the fence (metrics)
   // Cluster mode: the command inbox and its thread (stopped by StopCluster).
   std::unique_ptr<cluster::CommandInbox> inbox_;
@@ -543,6 +552,14 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   // memory by this engine's commands and loads (SyncCatalog reads again when it moved).
   std::int64_t catalog_applied_ GUARDED_BY(mu_) = -1;
   std::uint64_t catalog_local_ GUARDED_BY(mu_) = 0;
+  // Connections this engine deleted, stamped with catalog_local_ after the deletion: a partition
+  // load that read before one must not load it back (kept ten minutes).
+  struct LocalDeletion {
+    std::uint64_t stamp = 0;
+    std::chrono::steady_clock::time_point at;
+    std::string integration, connection;
+  };
+  std::deque<LocalDeletion> local_deleted_ GUARDED_BY(mu_);
   // Command parts (command, partition) this engine applied, with when: a read of pending parts
   // that began before such a commit may still list it (kept a minute).
   std::map<std::pair<std::int64_t, int>, std::chrono::steady_clock::time_point> applied_parts_

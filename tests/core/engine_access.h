@@ -2,6 +2,7 @@
 // once, here, for every test of the library binary: two definitions would break the ODR.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -26,6 +27,12 @@ struct EngineAccess {
   // `rows` (EngineCore::kStreamRows by default).
   static void SetStreamRows(Engine& engine, std::size_t rows) {
     engine.core_->SetStreamRowsForTest(rows);
+  }
+  // Cluster mode: `hook` runs on the cluster thread after each load read its partitions, and
+  // after they are merged (EngineCore::SetLoadHookForTest).
+  static void SetLoadHook(Engine& engine,
+                          std::function<void(const std::vector<int>&, bool merged)> hook) {
+    engine.core_->SetLoadHookForTest(std::move(hook));
   }
 
   // Engine::Open, with the store wrapped by `wrap` once opened (fault injection).

@@ -48,19 +48,9 @@ Status EngineCore::ApplyCatalogLocked(const CatalogDelta& d, Effects& fx) {
   for (const store::SyncRow& row : *d.syncs) {
     std::uint32_t integ = cat_.FindIntegration(row.integration);
     if (integ == kNone) integ = cat_.AddIntegration(row.integration);
-    SyncInfo info;
-    info.name = row.name;
-    info.frequency_text = row.frequency_text;
-    info.frequency_ms = row.frequency_ms;
-    info.auto_start = row.auto_start;
-    info.timeout_ms = row.timeout_ms;
-    info.heartbeat_timeout_ms = row.heartbeat_timeout_ms;
-    DecodePolicy(row.policy, info);
-    if (info.frequency_ms <= 0) {
-      return Status::Internal(RedactedDatabasePath(options_.database_path) + ": sync " +
-                              Quote(row.name) +
-                              " has a non-positive frequency; the database is corrupt");
-    }
+    Result<SyncInfo> stored = SyncInfoOf(row);
+    if (!stored.ok()) return stored.status();
+    SyncInfo info = std::move(stored).value();
     std::uint32_t sync = cat_.FindSync(integ, row.name);
     if (sync == kNone) {
       info.callback = CallbackFor(integ, info.name);

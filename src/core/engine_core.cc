@@ -263,25 +263,32 @@ Status EngineCore::Recover(store::Snapshot snap) {
   return st;
 }
 
+Result<SyncInfo> EngineCore::SyncInfoOf(const store::SyncRow& row) const {
+  SyncInfo info;
+  info.name = row.name;
+  info.frequency_text = row.frequency_text;
+  info.frequency_ms = row.frequency_ms;
+  info.auto_start = row.auto_start;
+  info.timeout_ms = row.timeout_ms;
+  info.heartbeat_timeout_ms = row.heartbeat_timeout_ms;
+  DecodePolicy(row.policy, info);
+  if (info.frequency_ms <= 0) {
+    return Status::Internal(RedactedDatabasePath(options_.database_path) + ": sync " +
+                            Quote(row.name) +
+                            " has a non-positive frequency; the database is corrupt");
+  }
+  return info;
+}
+
 Status EngineCore::RecoverCatalog(store::Snapshot& snap) {
   ++catalog_local_;  // cluster mode: a SyncCatalog that read before this reads again
   for (store::SyncRow& row : snap.syncs) {
     std::uint32_t integ = cat_.FindIntegration(row.integration);
     if (integ == kNone) integ = cat_.AddIntegration(row.integration);
     if (cat_.FindSync(integ, row.name) != kNone) continue;  // cluster mode: known already
-    SyncInfo info;
-    info.name = row.name;
-    info.frequency_text = row.frequency_text;
-    info.frequency_ms = row.frequency_ms;
-    info.auto_start = row.auto_start;
-    info.timeout_ms = row.timeout_ms;
-    info.heartbeat_timeout_ms = row.heartbeat_timeout_ms;
-    DecodePolicy(row.policy, info);
-    if (info.frequency_ms <= 0) {
-      return Status::Internal(RedactedDatabasePath(options_.database_path) + ": sync " +
-                              Quote(row.name) +
-                              " has a non-positive frequency; the database is corrupt");
-    }
+    Result<SyncInfo> stored = SyncInfoOf(row);
+    if (!stored.ok()) return stored.status();
+    SyncInfo info = std::move(stored).value();
     info.callback = CallbackFor(integ, info.name);
     cat_.AddSync(integ, std::move(info));
   }

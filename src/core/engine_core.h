@@ -240,6 +240,8 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   // lacks; restores its schedules into `tx` (armed, missed slots to fire at once, runs found in
   // flight recorded as interrupted, owed runs queued).
   Status RecoverCatalog(store::Snapshot& snap) REQUIRES(mu_);
+  // A stored sync's definition (its callback unset); INTERNAL for a non-positive frequency.
+  Result<SyncInfo> SyncInfoOf(const store::SyncRow& row) const;
   Status RecoverSchedules(Txn& tx, store::Snapshot& snap) REQUIRES(mu_);
 
   // ---- cluster mode (docs/cluster.md) ----

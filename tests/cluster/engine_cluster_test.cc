@@ -109,6 +109,24 @@ class EngineClusterTest : public PgDatabaseTest {
     return cluster::PartitionOf(kIntegration, connection, kSync, kBaseVariant, kPartitions);
   }
 
+  // Partition `p` held by a node that does not exist, with a lease that does not end (no engine
+  // can take it); GiveBack frees it (at a new epoch when `new_epoch`: its holder's lease ends).
+  static void TakeAway(Db& db, int p) {
+    ASSERT_EQ(db.Rows("UPDATE syncsched_cluster.partitions SET owner = 999999, epoch = epoch + "
+                      "1, expires_at = now() + interval '1 hour' WHERE partition = " +
+                      std::to_string(p) + " RETURNING partition")
+                  .size(),
+              1u);
+  }
+  static void GiveBack(Db& db, int p, bool new_epoch = false) {
+    ASSERT_EQ(db.Rows(std::string("UPDATE syncsched_cluster.partitions SET owner = NULL, "
+                                  "expires_at = NULL") +
+                      (new_epoch ? ", epoch = epoch + 1" : "") +
+                      " WHERE partition = " + std::to_string(p) + " RETURNING partition")
+                  .size(),
+              1u);
+  }
+
   void Stop(const std::string& node) {
     auto it = engines_.find(node);
     if (it == engines_.end()) return;
@@ -387,10 +405,7 @@ TEST_F(EngineClusterTest, APartitionTakenBehindTheEnginesBackIsDroppedAndTheOthe
     if (PartitionOfConnection(Connection(i)) == p) of_p.insert(Connection(i));
   }
   Db db(uri_);
-  ASSERT_TRUE(db.Rows("UPDATE syncsched_cluster.partitions SET owner = 999999, epoch = epoch + "
-                      "1, expires_at = now() + interval '1 hour' WHERE partition = " +
-                      std::to_string(p) + " RETURNING partition")
-                  .size() == 1);
+  ASSERT_NO_FATAL_FAILURE(TakeAway(db, p));
   std::this_thread::sleep_for(2s);  // the engine learns of it meanwhile (one way or the other)
   auto quiet_from = Clock::now();
   std::this_thread::sleep_for(2500ms);
@@ -741,11 +756,7 @@ TEST_F(EngineClusterTest, ACommandNobodyAppliesIsCancelledAtItsDeadlineAndAnswer
     if (PartitionOfConnection(Connection(i)) == p) of_p.insert(Connection(i));
   }
   Db db(uri_);
-  ASSERT_EQ(db.Rows("UPDATE syncsched_cluster.partitions SET owner = 999999, epoch = epoch + 1, "
-                    "expires_at = now() + interval '1 hour' WHERE partition = " +
-                    std::to_string(p) + " RETURNING partition")
-                .size(),
-            1u);
+  ASSERT_NO_FATAL_FAILURE(TakeAway(db, p));
   ASSERT_TRUE(WaitFor([&] { return !Loads(*a, p); }, 10s));
   const Target all{kIntegration, std::nullopt, {SyncSelector{kSync}}};
   auto t0 = Clock::now();
@@ -775,11 +786,7 @@ TEST_F(EngineClusterTest, ACommandNobodyAppliesIsCancelledAtItsDeadlineAndAnswer
   EXPECT_EQ(db.Rows("SELECT count(*) FROM syncsched_cluster.command_parts WHERE state = 0")[0][0],
             "0");
   // Given back: a takes the partition, loads it, finds nothing pending; its schedules run on.
-  ASSERT_EQ(db.Rows("UPDATE syncsched_cluster.partitions SET owner = NULL, expires_at = NULL "
-                    "WHERE partition = " +
-                    std::to_string(p) + " RETURNING partition")
-                .size(),
-            1u);
+  ASSERT_NO_FATAL_FAILURE(GiveBack(db, p));
   ASSERT_TRUE(WaitFor([&] { return Loads(*a, p); }, 10s));
   auto back = Clock::now();
   check();
@@ -990,11 +997,7 @@ TEST_F(EngineClusterTest, ACatalogChangeReachesAPartitionWhenItIsTakenOver) {
     if (PartitionOfConnection(Connection(i)) == p) added = Connection(i);
   }
   Db db(uri_);
-  ASSERT_EQ(db.Rows("UPDATE syncsched_cluster.partitions SET owner = 999999, epoch = epoch + 1, "
-                    "expires_at = now() + interval '1 hour' WHERE partition = " +
-                    std::to_string(p) + " RETURNING partition")
-                .size(),
-            1u);
+  ASSERT_NO_FATAL_FAILURE(TakeAway(db, p));
   ASSERT_TRUE(WaitFor([&] { return !Loads(*a, p); }, 10s));
   Status del = a->DeleteConnection(kIntegration, Connection(0));
   ASSERT_TRUE(del.ok()) << del;
@@ -1005,11 +1008,7 @@ TEST_F(EngineClusterTest, ACatalogChangeReachesAPartitionWhenItIsTakenOver) {
   EXPECT_EQ(db.Rows(of + Connection(0) + "'::bytea")[0][0], "1") << "nobody holds it yet";
   EXPECT_EQ(db.Rows(of + added + "'::bytea")[0][0], "0") << "nobody holds its partition yet";
 
-  ASSERT_EQ(db.Rows("UPDATE syncsched_cluster.partitions SET owner = NULL, expires_at = NULL "
-                    "WHERE partition = " +
-                    std::to_string(p) + " RETURNING partition")
-                .size(),
-            1u);
+  ASSERT_NO_FATAL_FAILURE(GiveBack(db, p));
   ASSERT_TRUE(WaitFor([&] { return Loads(*a, p); }, 10s));
   ASSERT_TRUE(WaitFor([&] { return db.Rows(of + added + "'::bytea")[0][0] == "1"; }, 5s))
       << "the added connection's schedule was never created";
@@ -1143,11 +1142,7 @@ TEST_F(EngineClusterTest, ALoadReadBeforeADeletionBringsNothingOfItBack) {
           gate->cv.wait_for(lock, 20s, [&] { return gate->release; });
         });
     // p taken from a and freed at once: a, below its share, claims and loads it again.
-    ASSERT_EQ(db.Rows("UPDATE syncsched_cluster.partitions SET owner = NULL, expires_at = NULL, "
-                      "epoch = epoch + 1 WHERE partition = " +
-                      std::to_string(p) + " RETURNING partition")
-                  .size(),
-              1u);
+    ASSERT_NO_FATAL_FAILURE(GiveBack(db, p, /*new_epoch=*/true));
     {
       std::unique_lock lock(gate->mu);
       ASSERT_TRUE(gate->cv.wait_for(lock, 15s, [&] { return gate->held; }))

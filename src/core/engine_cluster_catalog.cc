@@ -1,13 +1,12 @@
-// core/: the catalog in cluster mode (docs/cluster.md, "The catalog"). Catalog commands
-// (DefineSync, SetIntegrationLimits, AddConnection, DeleteConnection) are served by any engine:
-// the receiver writes the catalog rows and the schedules of the partitions it holds, in one
-// fenced commit that also counts the catalog's version (cluster schema v3) and notifies the
-// others; each engine then applies the catalog as the database holds it to the partitions it
-// holds (SyncCatalog: a connection or sync gone deletes its schedules, a changed definition is
-// adopted and regrids, a base schedule missing from a held partition is created), records the
-// version it applied in its node row, and the receiver answers once every live engine has.
-
-#include <pthread.h>
+// core/: the catalog in cluster mode (docs/cluster.md, "The catalog through any engine").
+// Catalog commands (DefineSync, SetIntegrationLimits, AddConnection, DeleteConnection) are served
+// by any engine: the receiver writes the catalog rows and the schedules of the partitions it
+// holds, in one fenced commit that also counts the catalog's version, logs the connections it
+// adds or deletes (cluster schema v3, v4) and notifies the others. Each engine then applies what
+// changed since the version it applied (SyncCatalog: a deleted connection's schedules deleted, a
+// changed definition adopted and regridded, a missing base schedule of a held partition created;
+// the whole catalog when the log does not reach back, or after a load), records the version in
+// its node row, and the receiver answers once every engine that may act has (SpreadCatalog).
 
 #include <algorithm>
 #include <set>

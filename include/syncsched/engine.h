@@ -25,9 +25,12 @@
 // options.h). GetStatus reflects every command acknowledged by any engine. The catalog commands
 // (DefineSync, SetIntegrationLimits, AddConnection, DeleteConnection) too are served by every
 // engine: each creates, regrids or deletes the schedules of the partitions its engine holds, and
-// returns once every live engine has applied the change to its own (at most lease + 2 s; past
-// that an engine that died is left to whoever takes its partitions over; docs/cluster.md, "The
-// catalog through any engine"). A redefinition there replaces every engine's (last applied wins).
+// returns once every engine that may act (live, or still owning a partition) has applied the
+// change to its own (at most lease + 2 s; past that an engine that died is left to whoever takes
+// its partitions over, and the answer is OK all the same: the change is committed;
+// docs/cluster.md, "The catalog through any engine"). A redefinition there replaces every
+// engine's (last applied wins). Two engines adding, or deleting, the same connection at the
+// same moment may both succeed (one engine would answer ALREADY_EXISTS or NOT_FOUND).
 //
 // Ownership: the Engine owns its schedules, its worker pool and its engine thread (when it made
 // them). It does not own Options::clock or host executors.

@@ -354,8 +354,9 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   Status SyncCatalog() EXCLUDES(mu_);
   // SyncCatalog when the database's catalog version is ahead of the one applied here.
   void SyncCatalogIfBehind() EXCLUDES(mu_);
-  // After a catalog command committed: syncs, then waits (lease + 2 s at most) until every live
-  // engine has applied the catalog's version (read-your-writes through any engine).
+  // After a catalog command committed: syncs, then waits (lease + 2 s at most) until every engine
+  // that is live or still owns a partition has applied the catalog's version (read-your-writes
+  // through any engine; CommandInbox::NodesBehind).
   void SpreadCatalog() EXCLUDES(mu_);
   // The partitions loaded at the epoch of a valid lease.
   std::vector<int> LoadedPartitions() const REQUIRES(mu_);

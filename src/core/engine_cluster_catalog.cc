@@ -225,14 +225,26 @@ Status EngineCore::SyncCatalog() {
   return Status::Unavailable("cluster mode: the catalog kept changing while it was read");
 }
 
-void EngineCore::SyncCatalogIfBehind() {
+Status EngineCore::SyncCatalogIfBehind() {
   Result<std::int64_t> version = inbox_->CatalogVersion();
-  if (!version.ok()) return;  // the command answers from what this engine knows
+  if (!version.ok()) return version.status();
   {
     MutexLock lock(mu_);
-    if (*version <= catalog_applied_) return;
+    if (*version <= catalog_applied_) return Status::Ok();
   }
-  (void)SyncCatalog();
+  return SyncCatalog();
+}
+
+Status EngineCore::CatalogUpToDate() {
+  {
+    MutexLock lock(mu_);
+    if (shut_down_) return Status::Ok();  // the command answers FAILED_PRECONDITION itself
+  }
+  Status s = SyncCatalogIfBehind();
+  if (s.ok()) return s;
+  return Status::Unavailable(
+      "cluster mode: the catalog could not be brought up to date before the command (" +
+      s.message() + "); nothing was changed");
 }
 
 void EngineCore::SpreadCatalog() {

@@ -116,7 +116,7 @@ void EngineCore::RefreshCatalog(const Target& target) {
   // catalog applied as the database holds it now, by version (a read merged without one could
   // bring back a connection deleted since: helper-36 saw such connections stay known for
   // minutes); on failure the command answers from what this engine knows.
-  SyncCatalogIfBehind();
+  (void)SyncCatalogIfBehind();
 }
 
 Result<std::vector<cluster::StoredSchedule>> EngineCore::ResolveStored(const Target& target) {
@@ -604,7 +604,7 @@ void EngineCore::InboxLoop() {
                     [&](const auto& e) { return now - e.second > std::chrono::minutes(1); });
     }
     // A catalog changed through another engine (its commit notifies this channel too).
-    SyncCatalogIfBehind();
+    (void)SyncCatalogIfBehind();
     if (parts.empty()) continue;
     auto pending = inbox_->Pending(parts);
     if (pending.ok() && !pending->empty()) ApplyPending(*pending);

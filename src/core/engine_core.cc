@@ -1199,7 +1199,9 @@ Status EngineCore::DefineSync(std::string_view integration, const SyncDefinition
     if (Status s = bounded(def.retry.backoff, "retry.backoff"); !s.ok()) return s;
   }
   // Cluster mode: a definition or connection made through another engine is known first.
-  if (InCluster()) SyncCatalogIfBehind();
+  if (InCluster()) {
+    if (Status s = CatalogUpToDate(); !s.ok()) return s;
+  }
   Effects fx;
   {
     MutexLock lock(mu_);
@@ -1287,7 +1289,9 @@ Result<SyncDefinition> EngineCore::GetSyncDefinition(std::string_view integratio
                                                      std::string_view sync) {
   if (Status s = ValidateIntegration(integration); !s.ok()) return s;
   if (Status s = ValidateName(sync, "sync name", StatusSubject::kSync); !s.ok()) return s;
-  if (InCluster()) SyncCatalogIfBehind();
+  if (InCluster()) {
+    if (Status s = CatalogUpToDate(); !s.ok()) return s;
+  }
   MutexLock lock(mu_);
   std::uint32_t integ = cat_.FindIntegration(integration);
   if (integ == kNone) {
@@ -1337,7 +1341,9 @@ void EngineCore::SetFallbackCallback(Callback cb) {
 Status EngineCore::AddConnection(std::string_view integration, std::string_view connection) {
   if (Status s = ValidateIntegration(integration); !s.ok()) return s;
   if (Status s = ValidateConnection(connection); !s.ok()) return s;
-  if (InCluster()) SyncCatalogIfBehind();
+  if (InCluster()) {
+    if (Status s = CatalogUpToDate(); !s.ok()) return s;
+  }
   Effects fx;
   {
     MutexLock lock(mu_);
@@ -1381,7 +1387,9 @@ Status EngineCore::AddConnection(std::string_view integration, std::string_view 
 Status EngineCore::DeleteConnection(std::string_view integration, std::string_view connection) {
   if (Status s = ValidateIntegration(integration); !s.ok()) return s;
   if (Status s = ValidateConnection(connection); !s.ok()) return s;
-  if (InCluster()) SyncCatalogIfBehind();
+  if (InCluster()) {
+    if (Status s = CatalogUpToDate(); !s.ok()) return s;
+  }
   Effects fx;
   {
     MutexLock lock(mu_);

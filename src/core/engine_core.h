@@ -353,7 +353,11 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   // thread; one at a time (catalog_sync_mu_).
   Status SyncCatalog() EXCLUDES(mu_);
   // SyncCatalog when the database's catalog version is ahead of the one applied here.
-  void SyncCatalogIfBehind() EXCLUDES(mu_);
+  Status SyncCatalogIfBehind() EXCLUDES(mu_);
+  // Before a catalog command: SyncCatalogIfBehind, or UNAVAILABLE when the catalog's version
+  // could not be read or applied (answering from a catalog that may be behind could say
+  // NOT_FOUND of a connection another engine added: helper-37 saw that during a database restart).
+  Status CatalogUpToDate() EXCLUDES(mu_);
   // After a catalog command committed: syncs, then waits (lease + 2 s at most) until every engine
   // that is live or still owns a partition has applied the catalog's version (read-your-writes
   // through any engine; CommandInbox::NodesBehind).

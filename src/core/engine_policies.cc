@@ -294,7 +294,9 @@ void DecodePolicy(std::string_view text, SyncInfo& sync) {
 Status EngineCore::SetIntegrationLimits(std::string_view integration,
                                         const IntegrationLimits& limits) {
   if (Status s = ValidateIntegration(integration); !s.ok()) return s;
-  if (InCluster()) SyncCatalogIfBehind();
+  if (InCluster()) {
+    if (Status s = CatalogUpToDate(); !s.ok()) return s;
+  }
   Effects fx;
   {
     MutexLock lock(mu_);

@@ -521,6 +521,14 @@ TEST_F(EngineClusterTest, AnEngineThatCannotReachTheDatabaseIsUnhealthyUntilItRe
   EXPECT_NE(m.store_error.find("cluster: the lease keeper has lost its connection"),
             std::string::npos)
       << m.store_error;
+  // A catalog command cannot know whether another engine changed the catalog meanwhile: it
+  // answers UNAVAILABLE, not NOT_FOUND from a catalog that may be behind (helper-37 saw a delete
+  // answered 404 for a connection another engine had just added, during a database restart).
+  Status deleted = a->DeleteConnection(kIntegration, "added-elsewhere");
+  EXPECT_EQ(deleted.code(), StatusCode::kUnavailable) << deleted;
+  EXPECT_NE(deleted.message().find("the catalog could not be brought up to date"),
+            std::string::npos)
+      << deleted;
   ASSERT_TRUE(server.StartAgain().ok());
   EXPECT_TRUE(WaitFor(
       [&] {

@@ -248,17 +248,20 @@ Status EngineCore::CatalogUpToDate() {
 }
 
 void EngineCore::SpreadCatalog() {
-  // This engine has applied its own change (it is in memory); a sync now records the version
-  // that includes it, and applies whatever else came meanwhile.
-  Result<std::int64_t> version = inbox_->CatalogVersion();
-  if (!version.ok()) return;
+  // This engine has applied its own change (it is in memory); a sync now records a version that
+  // includes it (read after the commit), and applies whatever else came meanwhile.
   if (!SyncCatalog().ok()) return;
+  std::int64_t version = 0;
+  {
+    MutexLock lock(mu_);
+    version = catalog_applied_;
+  }
   // The others apply it on the notice (or at their next poll); a node whose lease ends is no
   // longer waited for, and whoever takes its partitions applies the catalog after loading them.
   const auto deadline = SteadyClock::now() + options_.cluster->lease + std::chrono::seconds(2);
   auto nap = std::chrono::milliseconds(1);
   while (SteadyClock::now() < deadline) {
-    Result<std::vector<std::string>> behind = inbox_->NodesBehind(*version);
+    Result<std::vector<std::string>> behind = inbox_->NodesBehind(version);
     if (behind.ok() && behind->empty()) return;
     std::this_thread::sleep_for(nap);
     nap = std::min(nap * 2, std::chrono::milliseconds(16));

@@ -26,10 +26,10 @@
 // (DefineSync, SetIntegrationLimits, AddConnection, DeleteConnection) too are served by every
 // engine: each creates, regrids or deletes the schedules of the partitions its engine holds, and
 // returns once every engine that may act (live, or still owning a partition) has applied the
-// change to its own (at most lease + 2 s; past that an engine that died is left to whoever takes
-// its partitions over, and the answer is OK all the same: the change is committed;
-// docs/cluster.md, "The catalog through any engine"). A redefinition there replaces every
-// engine's (last applied wins). Two engines adding, or deleting, the same connection at the
+// change to its own (at most lease + 2 s; past that, every engine still behind loses its
+// partitions, so it runs nothing under the old catalog, and the answer is OK all the same: the
+// change is committed; docs/cluster.md, "The catalog through any engine"). A redefinition there
+// replaces every engine's (last applied wins); an integration's limits bound each engine's runs. Two engines adding, or deleting, the same connection at the
 // same moment may both succeed (one engine would answer ALREADY_EXISTS or NOT_FOUND).
 //
 // Ownership: the Engine owns its schedules, its worker pool and its engine thread (when it made
@@ -215,7 +215,8 @@ class SYNCSCHED_EXPORT Engine {
   // Lets timers fire after Options::hold_timers. Idempotent; any thread.
   void ReleaseTimers();
 
-  // Sets the limits of an integration (caps apply to runs dispatched from now on).
+  // Sets the limits of an integration (caps apply to runs dispatched from now on; in cluster
+  // mode every engine adopts them, and each bounds its own runs).
   // Errors: INVALID_ARGUMENT (malformed key), NOT_FOUND (integration not defined).
   Status SetIntegrationLimits(std::string_view integration, const IntegrationLimits& limits);
 

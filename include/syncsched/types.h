@@ -327,6 +327,10 @@ struct EngineMetrics {
   // reach the database's soon after each catalog command: one that stays behind makes each
   // catalog command wait for it (at most lease + 2 s).
   std::int64_t cluster_catalog_version = -1;
+  // Partitions this engine took away from engines that had not applied its catalog command
+  // within lease + 2 s (docs/cluster.md, "The catalog through any engine"): they run nothing
+  // more under the old catalog; whoever claims them next loads them under the new one.
+  std::uint64_t cluster_catalog_revocations = 0;
 };
 
 // Runs due in one minute of a forecast.

@@ -9,6 +9,7 @@
 #include <map>
 #include <utility>
 
+#include "cluster/cluster_schema.h"
 #include "cluster/pg_util.h"
 
 namespace syncsched::cluster {
@@ -370,6 +371,37 @@ Result<std::vector<std::string>> CommandInbox::NodesBehind(std::int64_t version)
   if (!s.ok()) return s;
   std::vector<std::string> out;
   for (int i = 0; i < PQntuples(res.get()); ++i) out.emplace_back(PQgetvalue(res.get(), i, 0));
+  return out;
+}
+
+Result<std::vector<int>> CommandInbox::RevokeBehind(std::int64_t version) {
+  Status err;
+  PGconn* c = Acquire(&err);
+  if (c == nullptr) return err;
+  ResultPtr res;
+  // FOR UPDATE waits for the fenced commits in flight on these rows (they hold them FOR KEY
+  // SHARE until they end), so none of the old owner's commits can follow this one.
+  Status s = Exec(c,
+                  "WITH c AS (SELECT p.partition FROM syncsched_cluster.partitions AS p "
+                  "JOIN syncsched_cluster.nodes AS n ON n.id = p.owner "
+                  "WHERE n.catalog_version < $1::int8 FOR UPDATE OF p) "
+                  "UPDATE syncsched_cluster.partitions AS p SET owner = NULL, expires_at = NULL "
+                  "FROM c WHERE p.partition = c.partition RETURNING p.partition",
+                  {std::to_string(version)}, "cluster: taking partitions from nodes behind",
+                  &res);
+  std::vector<int> out;
+  if (s.ok()) {
+    for (int i = 0; i < PQntuples(res.get()); ++i) {
+      out.push_back(static_cast<int>(Int(res.get(), i, 0)));
+    }
+    std::sort(out.begin(), out.end());
+    if (!out.empty()) {
+      s = Exec(c, (std::string("NOTIFY ") + kClusterChannel).c_str(), {},
+               "cluster: announcing the partitions taken", nullptr);
+    }
+  }
+  Release(c);
+  if (!s.ok()) return s;
   return out;
 }
 

@@ -108,6 +108,14 @@ class CommandInbox {
   // The names of the nodes that have not applied `version` yet and are live (lease not expired)
   // or still hold a partition (their lease lapsed and nobody took it yet: they may renew it).
   Result<std::vector<std::string>> NodesBehind(std::int64_t version);
+  // Takes every partition away from the nodes that have not applied `version` yet, whatever
+  // their lease (owner and lease cleared, as a release; the next claim raises the epoch): from
+  // its commit on, no fenced commit of such a node succeeds for them, so a node that could not
+  // apply a catalog change (frozen, cut off from the database) runs nothing under the old
+  // catalog when it comes back; whoever claims them loads them under the new one. Waits for the
+  // fenced commits in flight on them (their rows' locks). Returns the partitions taken away, in
+  // order; announces them on kClusterChannel. Errors: UNAVAILABLE, INTERNAL.
+  Result<std::vector<int>> RevokeBehind(std::int64_t version);
   // Pending parts in `partitions`, oldest command first.
   Result<std::vector<PendingCommand>> Pending(const std::vector<int>& partitions);
   // The schedules of `integration` (of `connection` only, when set), by key.

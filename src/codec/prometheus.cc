@@ -144,6 +144,9 @@ std::string EncodePrometheus(const EngineMetrics& m, const DaemonMetrics& d) {
     Metric(out, "syncsched_cluster_fenced_writes_refused_total", "counter",
            "Commits refused by the fence: the partition's lease had ended; nothing applied.",
            m.cluster_fenced_refusals);
+    Metric(out, "syncsched_cluster_catalog_revocations_total", "counter",
+           "Partitions taken from engines that did not apply a catalog change in time.",
+           m.cluster_catalog_revocations);
     SignedMetric(out, "syncsched_cluster_catalog_version",
                  "The catalog version this engine has applied (-1: none yet).",
                  m.cluster_catalog_version);

@@ -256,8 +256,9 @@ void EngineCore::SpreadCatalog() {
     MutexLock lock(mu_);
     version = catalog_applied_;
   }
-  // The others apply it on the notice (or at their next poll); a node whose lease ends is no
-  // longer waited for, and whoever takes its partitions applies the catalog after loading them.
+  // The others apply it on the notice (or at their next poll); a node whose lease ended and
+  // whose partitions another took is no longer waited for: the taker applies the catalog after
+  // loading them.
   const auto deadline = SteadyClock::now() + options_.cluster->lease + std::chrono::seconds(2);
   auto nap = std::chrono::milliseconds(1);
   while (SteadyClock::now() < deadline) {
@@ -265,6 +266,17 @@ void EngineCore::SpreadCatalog() {
     if (behind.ok() && behind->empty()) return;
     std::this_thread::sleep_for(nap);
     nap = std::min(nap * 2, std::chrono::milliseconds(16));
+  }
+  // Whoever is still behind (frozen, cut off from the database with a lapsed lease that nobody
+  // took yet, or failing to read the catalog) loses its partitions now: it could otherwise renew
+  // them at the same epoch and run a deleted connection's schedule, or a redefined sync under its
+  // old definition, after this command was answered. Once this commits none of its fenced
+  // commits succeeds for them; whoever claims them next (it too) loads them under the new catalog.
+  // If this fails too (the database is gone), the command is still answered OK: it is committed,
+  // and the behind node cannot commit a dispatch without the database either.
+  Result<std::vector<int>> revoked = inbox_->RevokeBehind(version);
+  if (revoked.ok()) {
+    catalog_revocations_.fetch_add(revoked->size(), std::memory_order_relaxed);
   }
 }
 

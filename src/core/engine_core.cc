@@ -1755,6 +1755,7 @@ EngineMetrics EngineCore::GetMetrics() {
     m.cluster_fenced_refusals =
         c.fenced_refusals + fenced_refusals_.load(std::memory_order_relaxed);
     m.cluster_catalog_version = catalog_applied_;
+    m.cluster_catalog_revocations = catalog_revocations_.load(std::memory_order_relaxed);
     // A node whose lease keeper cannot reach the database renews nothing: its leases lapse and
     // it will run nothing. Unhealthy then, even when none of its own commits failed (it may have
     // none to make: a node owning no partition commits nothing). Not after Shutdown, which stops

@@ -500,6 +500,8 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   std::vector<FencedRefusal> cl_fenced_;  // under cl_mu_: refused by the fence
   std::function<void(const std::vector<int>&, bool)> load_hook_;  // under cl_mu_ (tests)
   std::atomic<std::uint64_t> fenced_refusals_{0};  // commits refused by the fence (metrics)
+  // Partitions taken from engines behind a catalog command (SpreadCatalog; metrics).
+  std::atomic<std::uint64_t> catalog_revocations_{0};
   // Cluster mode: the command inbox and its thread (stopped by StopCluster).
   std::unique_ptr<cluster::CommandInbox> inbox_;
   std::thread inbox_thread_;

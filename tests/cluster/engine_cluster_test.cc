@@ -942,6 +942,10 @@ TEST_F(EngineClusterTest, CatalogCommandsThroughAnyEngineReachEveryPartition) {
     ASSERT_TRUE(st.ok()) << st.status();
     ASSERT_EQ(st->size(), static_cast<std::size_t>(kConnections));
     for (const ScheduleStatus& s : *st) EXPECT_EQ(s.frequency, 2000ms) << ToString(s.key);
+    auto got = e->GetSyncDefinition(kIntegration, kSync);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(got->frequency, "2s");
+    EXPECT_EQ(e->GetSyncDefinition(kIntegration, "nope").status().code(), StatusCode::kNotFound);
   }
 
   // Connections deleted through b: gone from every engine once answered; no run of theirs begins
@@ -1189,6 +1193,137 @@ TEST_F(EngineClusterTest, ALoadReadBeforeADeletionBringsNothingOfItBack) {
   }
   Stop("a");
   Stop("b");
+  ExpectEachSlotCalledOnce(log_.All());
+}
+
+// An integration's limit set through one engine bounds the runs on each engine once answered
+// (a limit is per engine: docs/cluster.md): before it, an engine runs several of the
+// integration's slow runs at once; after it, one at a time, whichever engine it went through.
+TEST_F(EngineClusterTest, ALimitSetThroughOneEngineBoundsTheRunsOfEachEngine) {
+  constexpr int kConnections = 24;
+  Engine* a = Open("a");
+  Engine* b = Open("b");
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  ASSERT_TRUE(WaitFor([&] { return Balanced({a, b}); }, 15s)) << "not balanced";
+  // Per engine: runs in flight now, and the most seen at once since the last reset.
+  struct InFlight {
+    std::mutex mu;
+    int now = 0, most = 0;
+  };
+  std::map<Engine*, std::shared_ptr<InFlight>> seen;
+  for (Engine* e : {a, b}) {
+    auto f = std::make_shared<InFlight>();
+    seen[e] = f;
+    ASSERT_TRUE(e->RegisterCallback(kIntegration, kSync, [f](const RunContext&) {
+                   {
+                     std::lock_guard lock(f->mu);
+                     f->most = std::max(f->most, ++f->now);
+                   }
+                   std::this_thread::sleep_for(250ms);
+                   std::lock_guard lock(f->mu);
+                   --f->now;
+                   return RunReport{};
+                 }).ok());
+  }
+  auto most = [&](Engine* e) {
+    std::lock_guard lock(seen[e]->mu);
+    return seen[e]->most;
+  };
+  SyncDefinition def;
+  def.name = kSync;
+  def.frequency = "1s";
+  ASSERT_TRUE(a->DefineSync(kIntegration, def).ok());
+  for (int i = 0; i < kConnections; ++i) {
+    ASSERT_TRUE(a->AddConnection(kIntegration, Connection(i)).ok()) << Connection(i);
+  }
+  ASSERT_TRUE(WaitFor([&] { return most(a) > 1 && most(b) > 1; }, 5s))
+      << "without a limit each engine runs several at once: a " << most(a) << ", b " << most(b);
+
+  Status limited = a->SetIntegrationLimits(kIntegration, IntegrationLimits{1});
+  ASSERT_TRUE(limited.ok()) << limited;
+  // The runs dispatched before the limit (some waiting for a worker) finish; from then on, one
+  // at a time.
+  ASSERT_TRUE(WaitFor(
+      [&] { return a->GetMetrics().runs_in_flight <= 1 && b->GetMetrics().runs_in_flight <= 1; },
+      10s))
+      << "the runs dispatched before the limit never drained";
+  for (Engine* e : {a, b}) {
+    std::lock_guard lock(seen[e]->mu);
+    seen[e]->most = seen[e]->now;
+  }
+  std::this_thread::sleep_for(2500ms);
+  EXPECT_LE(most(a), 1) << "the engine the limit went through";
+  EXPECT_LE(most(b), 1) << "the other engine";
+  EXPECT_GE(most(a) + most(b), 1) << "nothing ran";
+  Stop("a");
+  Stop("b");
+}
+
+// A node that has not applied a catalog command by the receiver's deadline (lease + 2 s) loses
+// its partitions then, so that it cannot run under the old catalog when it comes back (it could
+// otherwise renew a lapsed lease at the same epoch and dispatch a deleted connection's slot:
+// helper-36's B2). The node here is a row of `nodes` with no process behind it, live for an hour
+// and never applying anything, holding the partition of the connection deleted.
+TEST_F(EngineClusterTest, ANodeBehindTheCatalogLosesItsPartitionsAtTheDeadline) {
+  constexpr int kSchedules = 32;
+  Engine* a = Open("a");
+  ASSERT_NE(a, nullptr);
+  ASSERT_NO_FATAL_FAILURE(Populate(*a, kSchedules));
+  const int p = PartitionOfConnection(Connection(0));
+  const std::string ps = std::to_string(p);
+  Db db(uri_);
+  ASSERT_EQ(db.Rows("INSERT INTO syncsched_cluster.nodes(id, name, started_at, heartbeat_at, "
+                    "expires_at, catalog_version) VALUES (999999, 'behind', now(), now(), now() "
+                    "+ interval '1 hour', 0) RETURNING id")
+                .size(),
+            1u);
+  ASSERT_NO_FATAL_FAILURE(TakeAway(db, p));  // owner 999999, the node above
+  const std::string epoch =
+      db.Rows("SELECT epoch FROM syncsched_cluster.partitions WHERE partition = " + ps)[0][0];
+  ASSERT_TRUE(WaitFor([&] { return !Loads(*a, p); }, 10s));
+  // The node could pass the fence for p before the command.
+  Status before = syncsched::testing::PgExec(
+      uri_, "BEGIN; SELECT syncsched_cluster.fence(999999, ARRAY[" + ps + "], ARRAY[" + epoch +
+                "]::int8[]); COMMIT");
+  ASSERT_TRUE(before.ok()) << before;
+
+  const auto t0 = Clock::now();
+  Status del = a->DeleteConnection(kIntegration, Connection(0));
+  const auto answered = Clock::now();
+  ASSERT_TRUE(del.ok()) << del;
+  EXPECT_GE(answered - t0, kLease + 2s) << "answered before the node behind was given up on";
+  EXPECT_EQ(db.Rows("SELECT coalesce(owner, 0) FROM syncsched_cluster.partitions WHERE "
+                    "partition = " +
+                    ps)[0][0],
+            "0")
+      << "the node behind still owns the deleted connection's partition";
+  EXPECT_EQ(a->GetMetrics().cluster_catalog_revocations, 1u);
+  Status after = syncsched::testing::PgExec(
+      uri_, "BEGIN; SELECT syncsched_cluster.fence(999999, ARRAY[" + ps + "], ARRAY[" + epoch +
+                "]::int8[]); COMMIT");
+  EXPECT_FALSE(after.ok()) << "the node behind can still commit for the partition";
+  EXPECT_NE(after.message().find("fenced"), std::string::npos) << after;
+  // The node's lease renewal (the keeper's: its partitions, expired or not, while it owns them)
+  // finds nothing to renew.
+  EXPECT_TRUE(db.Rows("UPDATE syncsched_cluster.partitions SET expires_at = now() + interval "
+                      "'1 hour' WHERE owner = 999999 RETURNING partition")
+                  .empty());
+
+  // The node goes; a claims p and loads it under the new catalog: the deleted connection's
+  // schedule is deleted, never loaded, never run.
+  ASSERT_EQ(db.Rows("DELETE FROM syncsched_cluster.nodes WHERE id = 999999 RETURNING id").size(),
+            1u);
+  ASSERT_TRUE(WaitFor([&] { return Loads(*a, p); }, 10s)) << "a never claimed the partition";
+  EXPECT_EQ(db.Rows("SELECT count(*) FROM syncsched.schedules WHERE connection = '" +
+                    Connection(0) + "'::bytea")[0][0],
+            "0");
+  EXPECT_EQ(a->GetStatus(Target{kIntegration, Connection(0), {}}).status().code(),
+            StatusCode::kNotFound);
+  Stop("a");
+  for (const Call& call : log_.All()) {
+    if (call.connection == Connection(0)) EXPECT_LT(call.at, t0);
+  }
   ExpectEachSlotCalledOnce(log_.All());
 }
 

@@ -672,6 +672,7 @@ TEST(Prometheus, ClusterFiguresInClusterModeOnly) {
   m.cluster_leases_lost = 2;
   m.cluster_fenced_refusals = 1;
   m.cluster_catalog_version = 17;
+  m.cluster_catalog_revocations = 4;
   std::string text = EncodePrometheus(m, DaemonMetrics{});
   for (const char* line : {
            "# TYPE syncsched_cluster_partitions_owned gauge\nsyncsched_cluster_partitions_owned "
@@ -688,6 +689,8 @@ TEST(Prometheus, ClusterFiguresInClusterModeOnly) {
            "# TYPE syncsched_cluster_fenced_writes_refused_total counter\n"
            "syncsched_cluster_fenced_writes_refused_total 1\n",
            "# TYPE syncsched_cluster_catalog_version gauge\nsyncsched_cluster_catalog_version 17\n",
+           "# TYPE syncsched_cluster_catalog_revocations_total counter\n"
+           "syncsched_cluster_catalog_revocations_total 4\n",
            "# HELP syncsched_cluster_takeovers_total ",
        }) {
     EXPECT_NE(text.find(line), std::string::npos) << line << "\n" << text;

@@ -29,8 +29,9 @@
 // change to its own (at most lease + 2 s; past that, every engine still behind loses its
 // partitions, so it runs nothing under the old catalog, and the answer is OK all the same: the
 // change is committed; docs/cluster.md, "The catalog through any engine"). A redefinition there
-// replaces every engine's (last applied wins); an integration's limits bound each engine's runs. Two engines adding, or deleting, the same connection at the
-// same moment may both succeed (one engine would answer ALREADY_EXISTS or NOT_FOUND).
+// replaces every engine's (last applied wins); an integration's limits bound each engine's runs.
+// Two engines adding, or deleting, the same connection at the same moment may both succeed (one
+// engine would answer ALREADY_EXISTS or NOT_FOUND).
 //
 // Ownership: the Engine owns its schedules, its worker pool and its engine thread (when it made
 // them). It does not own Options::clock or host executors.

@@ -387,8 +387,7 @@ Result<std::vector<int>> CommandInbox::RevokeBehind(std::int64_t version) {
                   "WHERE n.catalog_version < $1::int8 FOR UPDATE OF p) "
                   "UPDATE syncsched_cluster.partitions AS p SET owner = NULL, expires_at = NULL "
                   "FROM c WHERE p.partition = c.partition RETURNING p.partition",
-                  {std::to_string(version)}, "cluster: taking partitions from nodes behind",
-                  &res);
+                  {std::to_string(version)}, "cluster: taking partitions from nodes behind", &res);
   std::vector<int> out;
   if (s.ok()) {
     for (int i = 0; i < PQntuples(res.get()); ++i) {

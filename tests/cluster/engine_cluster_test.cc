@@ -1283,9 +1283,9 @@ TEST_F(EngineClusterTest, ANodeBehindTheCatalogLosesItsPartitionsAtTheDeadline) 
       db.Rows("SELECT epoch FROM syncsched_cluster.partitions WHERE partition = " + ps)[0][0];
   ASSERT_TRUE(WaitFor([&] { return !Loads(*a, p); }, 10s));
   // The node could pass the fence for p before the command.
-  Status before = syncsched::testing::PgExec(
-      uri_, "BEGIN; SELECT syncsched_cluster.fence(999999, ARRAY[" + ps + "], ARRAY[" + epoch +
-                "]::int8[]); COMMIT");
+  Status before =
+      syncsched::testing::PgExec(uri_, "BEGIN; SELECT syncsched_cluster.fence(999999, ARRAY[" + ps +
+                                           "], ARRAY[" + epoch + "]::int8[]); COMMIT");
   ASSERT_TRUE(before.ok()) << before;
 
   const auto t0 = Clock::now();
@@ -1299,9 +1299,9 @@ TEST_F(EngineClusterTest, ANodeBehindTheCatalogLosesItsPartitionsAtTheDeadline) 
             "0")
       << "the node behind still owns the deleted connection's partition";
   EXPECT_EQ(a->GetMetrics().cluster_catalog_revocations, 1u);
-  Status after = syncsched::testing::PgExec(
-      uri_, "BEGIN; SELECT syncsched_cluster.fence(999999, ARRAY[" + ps + "], ARRAY[" + epoch +
-                "]::int8[]); COMMIT");
+  Status after =
+      syncsched::testing::PgExec(uri_, "BEGIN; SELECT syncsched_cluster.fence(999999, ARRAY[" + ps +
+                                           "], ARRAY[" + epoch + "]::int8[]); COMMIT");
   EXPECT_FALSE(after.ok()) << "the node behind can still commit for the partition";
   EXPECT_NE(after.message().find("fenced"), std::string::npos) << after;
   // The node's lease renewal (the keeper's: its partitions, expired or not, while it owns them)

@@ -1322,7 +1322,9 @@ TEST_F(EngineClusterTest, ANodeBehindTheCatalogLosesItsPartitionsAtTheDeadline) 
             StatusCode::kNotFound);
   Stop("a");
   for (const Call& call : log_.All()) {
-    if (call.connection == Connection(0)) EXPECT_LT(call.at, t0);
+    if (call.connection == Connection(0)) {
+      EXPECT_LT(call.at, t0);
+    }
   }
   ExpectEachSlotCalledOnce(log_.All());
 }

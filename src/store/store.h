@@ -162,8 +162,8 @@ struct Snapshot {
   std::vector<SyncRow> syncs;
   std::vector<IntegrationRow> integrations;
   std::vector<ConnectionRow> connections;
-  std::vector<ScheduleRow> schedules;
-  std::vector<RunRow> unfinished_runs;  // the schedules' runs in flight (at a crash)
+  std::vector<ScheduleRow> schedules;   // in uid order
+  std::vector<RunRow> unfinished_runs;  // the schedules' runs in flight (at a crash), in uid order
   std::uint64_t max_uid = 0;            // the largest schedule uid ever issued
   // PostgreSQL in cluster mode: the catalog's version (cluster schema v4) in the snapshot the
   // rows were read in; -1 elsewhere.

@@ -15,6 +15,7 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/post.hpp>
 
+#include "cluster/fence.h"
 #include "cluster/partition.h"
 #include "core/commit_queue.h"
 #include "core/grid.h"
@@ -562,6 +563,13 @@ Status EngineCore::Commit(Txn& tx) {
   }
   if (!st.ok()) {
     Rollback(tx);
+    // Cluster mode: a partition the command wrote to changed owner while it ran (refused by the
+    // fence, or screened out before). Nothing of it was applied and a retry goes to the new owner:
+    // UNAVAILABLE, as for any transient fault, not FAILED_PRECONDITION, which a client takes as
+    // final (helper-38 saw HTTP 409 for it).
+    if (InCluster() && cluster::IsFenced(st)) {
+      return Status::Unavailable(st.message() + "; retry the command");
+    }
     return st;
   }
   Finish(tx);

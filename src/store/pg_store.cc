@@ -763,11 +763,7 @@ class PgStore final : public Store {
   bool Connected() const { return conn_ != nullptr && PQstatus(conn_) == CONNECTION_OK; }
 
   // The status for a failed statement (`res` may be null: a failure without a result).
-  Status Error(std::string_view context, const PGresult* res) const {
-    return ErrorOn(conn_, context, res);
-  }
-  // The same for a statement on `conn` (the store's connection, or a reader's of LoadSome).
-  Status ErrorOn(PGconn* conn, std::string_view context, const PGresult* res) const;
+  Status Error(std::string_view context, const PGresult* res) const;
   // Runs one statement without parameters; OK for COMMAND_OK or TUPLES_OK (then `*out`).
   Status Exec(const char* sql, std::string_view context, ResultPtr* out = nullptr);
 
@@ -816,20 +812,12 @@ class PgStore final : public Store {
   // before: the commit may have been applied.
   Status EndPipeline(Pipeline& p, const Status& abandon, bool* in_doubt);
   // Runs a binary COPY TO STDOUT of `sql`, calling `row(CopyRow&)` per row; `row` returns a
-  // Status. CopyOutOn: on `conn`, from any thread (it touches nothing else of the store's).
+  // Status.
   template <typename Row>
-  Status CopyOut(const std::string& sql, std::string_view what, const Row& row) {
-    return CopyOutOn(conn_, sql, what, row);
-  }
-  template <typename Row>
-  Status CopyOutOn(PGconn* conn, const std::string& sql, std::string_view what,
-                   const Row& row) const;
+  Status CopyOut(const std::string& sql, std::string_view what, const Row& row);
   // Decodes one row of syncsched.schedules (kScheduleColumns) into `row`, adding its run in
-  // flight to `unfinished`. From any thread.
+  // flight to `unfinished`.
   Status DecodeSchedule(CopyRow& r, ScheduleRow& row, std::vector<RunRow>* unfinished) const;
-  // LoadSome's second reader: a connection in a transaction on the snapshot `snapshot` (exported
-  // by the store's own), or null when it cannot be had (the caller reads alone).
-  PGconn* OpenReader(const std::string& snapshot) const;
 
   PostgresStoreOptions options_;
   std::string name_;  // "PostgreSQL database <uri without password>"
@@ -847,7 +835,7 @@ class PgStore final : public Store {
   std::uint32_t schedules_type_oid_ = 0;  // the row type of syncsched.schedules (RowArrayParam)
 };
 
-Status PgStore::ErrorOn(PGconn* conn, std::string_view context, const PGresult* res) const {
+Status PgStore::Error(std::string_view context, const PGresult* res) const {
   const char* state = res != nullptr ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : nullptr;
   std::string detail;
   if (res != nullptr) {
@@ -860,7 +848,7 @@ Status PgStore::ErrorOn(PGconn* conn, std::string_view context, const PGresult* 
       detail = Trimmed(PQresultErrorMessage(res));
     }
   }
-  if (detail.empty() && conn != nullptr) detail = Trimmed(PQerrorMessage(conn));
+  if (detail.empty() && conn_ != nullptr) detail = Trimmed(PQerrorMessage(conn_));
   if (detail.empty()) detail = "no connection";
   std::string code = state != nullptr ? state : "";
   if (!code.empty()) detail += " [SQLSTATE " + code + "]";
@@ -868,7 +856,7 @@ Status PgStore::ErrorOn(PGconn* conn, std::string_view context, const PGresult* 
   // What the environment may fix (the server, the network, space, load) is UNAVAILABLE; a broken
   // invariant or corruption is INTERNAL.
   if (code.empty()) {
-    bool lost = conn == nullptr || PQstatus(conn) != CONNECTION_OK;
+    bool lost = conn_ == nullptr || PQstatus(conn_) != CONNECTION_OK;
     return lost ? Status::Unavailable(message + " (the connection to the server was lost)")
                 : Status::Internal(message);
   }
@@ -1945,20 +1933,19 @@ Status PgStore::CommitParts(const Batch& first, BatchSource* more) {
 // ---- Load ----
 
 template <typename Row>
-Status PgStore::CopyOutOn(PGconn* conn, const std::string& sql, std::string_view what,
-                          const Row& row) const {
+Status PgStore::CopyOut(const std::string& sql, std::string_view what, const Row& row) {
   std::string copy = "COPY (" + sql + ") TO STDOUT (FORMAT binary)";
-  ResultPtr res(PQexec(conn, copy.c_str()));
-  if (!res || PQresultStatus(res.get()) != PGRES_COPY_OUT) return ErrorOn(conn, what, res.get());
+  ResultPtr res(PQexec(conn_, copy.c_str()));
+  if (!res || PQresultStatus(res.get()) != PGRES_COPY_OUT) return Error(what, res.get());
   res.reset();
   bool first = true;
   Status status;
   std::size_t n = 0;
   for (;;) {
     char* buf = nullptr;
-    int len = PQgetCopyData(conn, &buf, 0);
+    int len = PQgetCopyData(conn_, &buf, 0);
     if (len == -1) break;
-    if (len == -2) return ErrorOn(conn, what, nullptr);
+    if (len == -2) return Error(what, nullptr);
     std::unique_ptr<char, decltype(&PQfreemem)> owned(buf, &PQfreemem);
     if (!status.ok()) continue;  // drain the rest
     CopyRow r;
@@ -1977,9 +1964,9 @@ Status PgStore::CopyOutOn(PGconn* conn, const std::string& sql, std::string_view
                                 " has a NULL or a value of an unexpected size)");
     }
   }
-  res.reset(PQgetResult(conn));
-  if (!res || PQresultStatus(res.get()) != PGRES_COMMAND_OK) return ErrorOn(conn, what, res.get());
-  while (ResultPtr more{PQgetResult(conn)}) {
+  res.reset(PQgetResult(conn_));
+  if (!res || PQresultStatus(res.get()) != PGRES_COMMAND_OK) return Error(what, res.get());
+  while (ResultPtr more{PQgetResult(conn_)}) {
   }
   return status;
 }
@@ -2064,33 +2051,6 @@ Status PgStore::DecodeSchedule(CopyRow& r, ScheduleRow& row,
   return Status::Ok();
 }
 
-PGconn* PgStore::OpenReader(const std::string& snapshot) const {
-  auto timeout_s = std::max<std::int64_t>(2, (options_.connect_timeout.count() + 999) / 1000);
-  std::string timeout = std::to_string(timeout_s);
-  const char* keys[] = {"connect_timeout", "fallback_application_name", "dbname", nullptr};
-  const char* values[] = {timeout.c_str(), "syncsched", options_.uri.c_str(), nullptr};
-  PGconn* conn = PQconnectdbParams(keys, values, /*expand_dbname=*/1);
-  if (conn == nullptr) return nullptr;
-  std::string setup = "SET client_min_messages = warning";
-  if (options_.statement_timeout.count() > 0) {
-    setup += "; SET statement_timeout = " + std::to_string(options_.statement_timeout.count());
-  }
-  setup += "; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '" +
-           snapshot + "'";
-  bool ok = PQstatus(conn) == CONNECTION_OK;
-  if (ok) {
-    PQsetNoticeProcessor(
-        conn, [](void*, const char*) {}, nullptr);
-    ResultPtr res(PQexec(conn, setup.c_str()));
-    ok = res && PQresultStatus(res.get()) == PGRES_COMMAND_OK;
-  }
-  if (!ok) {
-    PQfinish(conn);
-    return nullptr;
-  }
-  return conn;
-}
-
 Result<Snapshot> PgStore::LoadSome(const std::vector<int>* partitions) {
   if (Status s = EnsureConnected(); !s.ok()) return s;
   Status s = Exec("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", "beginning to read");
@@ -2156,76 +2116,29 @@ Result<Snapshot> PgStore::LoadSome(const std::vector<int>* partitions) {
   }
   // In the table's order, not ORDER BY uid: an index scan of every row (or, before the table is
   // analyzed, a sort of them all, spilling to disk past work_mem) cost the server more than the
-  // sort below, which finds the rows in uid order as the start inserted them.
-  const std::string select = "SELECT " + Names(kScheduleColumns) + " FROM syncsched.schedules";
-  // Many rows: two connections read half the uids each, on one snapshot (the server's binary
-  // output of the rows, ~3 CPU-s per million, is the larger part of a recovery, and runs on two
-  // cores). Estimated from the table's statistics (or its size, before it is analyzed).
-  std::string split;  // the uid the second reader starts after ("" : one reader)
+  // sort below, which finds the rows in uid order as the start inserted them, or nearly.
+  // The vector is reserved (not touched) for the table's estimated rows, a little over, at most
+  // 16M: growing it moved every row about twice (recovery of 1M rows: 0.95 client CPU-s against
+  // 1.7). The estimate: the table's statistics, or before it is analyzed its size.
   {
     ResultPtr res;
     s = Exec(
         "SELECT (SELECT reltuples FROM pg_class WHERE oid = 'syncsched.schedules'::regclass), "
-        "min(uid), max(uid), pg_relation_size('syncsched.schedules') FROM syncsched.schedules",
+        "pg_relation_size('syncsched.schedules')",
         "reading the size of syncsched.schedules", &res);
     if (!s.ok()) return fail(s);
-    if (PQntuples(res.get()) == 1 && !PQgetisnull(res.get(), 0, 1)) {
-      double rows = std::strtod(PQgetvalue(res.get(), 0, 0), nullptr);
-      const long long lo = std::strtoll(PQgetvalue(res.get(), 0, 1), nullptr, 10);
-      const long long hi = std::strtoll(PQgetvalue(res.get(), 0, 2), nullptr, 10);
-      // Never analyzed: from the table's size (a row and its free space take ~400 bytes).
-      if (rows < 0) rows = std::strtod(PQgetvalue(res.get(), 0, 3), nullptr) / 400;
-      if (partitions != nullptr && InCluster()) {
-        rows = rows * static_cast<double>(partitions->size()) / options_.cluster->partitions;
-      }
-      if (rows >= static_cast<double>(options_.parallel_load_rows) && hi > lo) {
-        // The midpoint without overflow (uids above INT64_MAX are stored as negative bigints).
-        const auto half =
-            (static_cast<unsigned long long>(hi) - static_cast<unsigned long long>(lo)) / 2;
-        split = std::to_string(lo + static_cast<long long>(half));
-      }
+    double rows = std::strtod(PQgetvalue(res.get(), 0, 0), nullptr);
+    if (rows < 0) rows = std::strtod(PQgetvalue(res.get(), 0, 1), nullptr) / 400;  // ~bytes/row
+    if (partitions != nullptr && InCluster()) {
+      rows = rows * static_cast<double>(partitions->size()) / options_.cluster->partitions;
     }
+    snap.schedules.reserve(static_cast<std::size_t>(std::clamp(rows * 1.05 + 16, 0.0, 16e6)));
   }
-  PGconn* reader = nullptr;
-  if (!split.empty()) {
-    ResultPtr res;
-    s = Exec("SELECT pg_export_snapshot()", "exporting the read's snapshot", &res);
-    if (!s.ok()) return fail(s);
-    reader = OpenReader(PQgetvalue(res.get(), 0, 0));
-    if (reader == nullptr) split.clear();  // no second connection (max_connections): read alone
-  }
-  auto range = [&](const char* cmp) {
-    if (split.empty()) return select + where;
-    return select + (where.empty() ? " WHERE " : where + " AND ") + "uid " + cmp + " " + split;
-  };
-  auto decode_into = [this](std::vector<ScheduleRow>* rows, std::vector<RunRow>* unfinished) {
-    return [this, rows, unfinished](CopyRow& r) {
-      return DecodeSchedule(r, rows->emplace_back(), unfinished);
-    };
-  };
-  std::vector<ScheduleRow> upper_rows;
-  std::vector<RunRow> upper_unfinished;
-  Status upper;
-  std::thread second;
-  if (reader != nullptr) {
-    second = std::thread([&, reader] {
-      upper = CopyOutOn(reader, range(">"), "reading syncsched.schedules (a second reader)",
-                        decode_into(&upper_rows, &upper_unfinished));
-      ResultPtr done(PQexec(reader, "COMMIT"));
-      PQfinish(reader);
-    });
-  }
-  s = CopyOut(range("<="), "reading syncsched.schedules",
-              decode_into(&snap.schedules, &snap.unfinished_runs));
-  if (second.joinable()) second.join();
-  if (s.ok()) s = upper;
+  s = CopyOut("SELECT " + Names(kScheduleColumns) + " FROM syncsched.schedules" + where,
+              "reading syncsched.schedules", [&](CopyRow& r) {
+                return DecodeSchedule(r, snap.schedules.emplace_back(), &snap.unfinished_runs);
+              });
   if (!s.ok()) return fail(s);
-  if (!upper_rows.empty()) {
-    snap.schedules.insert(snap.schedules.end(), std::make_move_iterator(upper_rows.begin()),
-                          std::make_move_iterator(upper_rows.end()));
-    snap.unfinished_runs.insert(snap.unfinished_runs.end(), upper_unfinished.begin(),
-                                upper_unfinished.end());
-  }
   // In uid order, as Load promises the engine whatever the table's physical order.
   auto by_uid = [](const ScheduleRow& a, const ScheduleRow& b) { return a.uid < b.uid; };
   if (!std::is_sorted(snap.schedules.begin(), snap.schedules.end(), by_uid)) {

@@ -62,13 +62,6 @@ struct PostgresStoreOptions {
   std::chrono::milliseconds reconnect_backoff_min{100};
   std::chrono::milliseconds reconnect_backoff_max{5'000};
 
-  // Load (and LoadPartitions) reads a schedules table estimated to hold at least this many rows
-  // (of the partitions read) over two connections at once, each half of the uids, on one snapshot
-  // (pg_export_snapshot): the server's output of the rows runs on two cores. The second
-  // connection lives for the read only; when it cannot be opened (max_connections), the store
-  // reads alone. 0: always two.
-  std::size_t parallel_load_rows = 200'000;
-
   // Set: cluster mode (see OpenPostgresStore). Unset (default): the store owns the database alone.
   std::optional<PostgresClusterMode> cluster{};
 };

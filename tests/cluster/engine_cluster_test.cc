@@ -406,6 +406,13 @@ TEST_F(EngineClusterTest, APartitionTakenBehindTheEnginesBackIsDroppedAndTheOthe
   }
   Db db(uri_);
   ASSERT_NO_FATAL_FAILURE(TakeAway(db, p));
+  // A command for a schedule of p, at once: refused by the fence (the engine still believes it
+  // holds p) or handed to the new owner, who never answers; either way UNAVAILABLE (retry), not
+  // FAILED_PRECONDITION (helper-38 saw HTTP 409 for the first).
+  auto paused = a->Pause(Target{kIntegration, Connection(0), {SyncSelector{kSync}}});
+  ASSERT_FALSE(paused.ok());
+  EXPECT_EQ(paused.status().code(), StatusCode::kUnavailable) << paused.status();
+  std::printf("a command for the taken partition: %s\n", paused.status().ToString().c_str());
   std::this_thread::sleep_for(2s);  // the engine learns of it meanwhile (one way or the other)
   auto quiet_from = Clock::now();
   std::this_thread::sleep_for(2500ms);

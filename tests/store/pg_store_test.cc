@@ -540,15 +540,10 @@ TEST_F(PgStoreTest, ABigBatchSpansStatementsAndRoundTrips) {
   EXPECT_EQ(Q("SELECT count(*) FROM syncsched.history"), "30000");
 }
 
-// Load over two connections (PostgresStoreOptions::parallel_load_rows) reads exactly what one
-// reads: every row once, in uid order whatever the table's physical order (the rows are inserted
-// in descending uid order here), the runs in flight of both halves; then again with a uid above
-// INT64_MAX (stored as a negative bigint: the halves are split on the signed range).
-// (A suite of its own: the two readers are two threads, and scripts/test.sh runs it under
-// ThreadSanitizer, which skips the single-threaded PgStoreTest.)
-class PgStoreReadersTest : public PgStoreTest {};
-
-TEST_F(PgStoreReadersTest, TwoReadersLoadExactlyWhatOneReads) {
+// Load reads the schedules in the table's order and returns them in uid order whatever that order
+// is (here the rows are inserted in descending uid order), with the runs in flight; again with a
+// uid above INT64_MAX (stored as a negative bigint), which comes last.
+TEST_F(PgStoreTest, LoadReturnsSchedulesInUidOrderWhateverTheirPhysicalOrder) {
   std::vector<ScheduleRow> rows;
   for (std::uint64_t uid = 3'000; uid >= 1; --uid) {
     rows.push_back(MakeSchedule(uid, "c" + std::to_string(uid)));
@@ -562,7 +557,7 @@ TEST_F(PgStoreReadersTest, TwoReadersLoadExactlyWhatOneReads) {
     batch.schedules = std::move(batch_rows);
     ASSERT_TRUE(store->Commit(batch).ok());
   };
-  auto expect_loads = [&] {
+  auto expect_load = [&] {
     std::vector<ScheduleRow> sorted = rows;
     std::sort(sorted.begin(), sorted.end(),
               [](const ScheduleRow& a, const ScheduleRow& b) { return a.uid < b.uid; });
@@ -570,30 +565,25 @@ TEST_F(PgStoreReadersTest, TwoReadersLoadExactlyWhatOneReads) {
     for (const ScheduleRow& row : sorted) {
       if (!row.in_flight.run_id.empty()) expected_in_flight.push_back(row.uid);
     }
-    for (std::size_t parallel : {std::size_t{0}, std::size_t{1'000'000'000}}) {
-      SCOPED_TRACE(parallel == 0 ? "two readers" : "one reader");
-      PostgresStoreOptions o = Options();
-      o.parallel_load_rows = parallel;
-      auto store = OpenOrDie(o);
-      ASSERT_NE(store, nullptr);
-      Snapshot snap = LoadOrDie(*store);
-      ASSERT_EQ(snap.schedules.size(), sorted.size());
-      for (std::size_t i = 0; i < sorted.size(); ++i) {
-        ExpectSameSchedule(snap.schedules[i], sorted[i]);
-      }
-      std::vector<std::uint64_t> in_flight;
-      for (const RunRow& run : snap.unfinished_runs) in_flight.push_back(run.schedule_uid);
-      EXPECT_EQ(in_flight, expected_in_flight);
-      EXPECT_EQ(snap.max_uid, sorted.back().uid);
+    auto store = OpenOrDie();
+    ASSERT_NE(store, nullptr);
+    Snapshot snap = LoadOrDie(*store);
+    ASSERT_EQ(snap.schedules.size(), sorted.size());
+    for (std::size_t i = 0; i < sorted.size(); ++i) {
+      ExpectSameSchedule(snap.schedules[i], sorted[i]);
     }
+    std::vector<std::uint64_t> in_flight;
+    for (const RunRow& run : snap.unfinished_runs) in_flight.push_back(run.schedule_uid);
+    EXPECT_EQ(in_flight, expected_in_flight);
+    EXPECT_EQ(snap.max_uid, sorted.back().uid);
   };
   commit(rows);
   ASSERT_EQ(Q("SELECT uid FROM syncsched.schedules LIMIT 1"), "3000") << "not in descending order";
-  expect_loads();
+  expect_load();
   const std::uint64_t big_uid = (std::uint64_t{1} << 63) + 7;
   rows.push_back(WithRunInFlight(MakeSchedule(big_uid, "big"), "run-big"));
   commit({rows.back()});
-  expect_loads();
+  expect_load();
 }
 
 // The parts of a streamed commit, each built when asked for; `before(n)` runs before part n

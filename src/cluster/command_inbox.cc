@@ -10,14 +10,37 @@
 #include <utility>
 
 #include "cluster/cluster_schema.h"
+#include "cluster/pg_deadline.h"
 #include "cluster/pg_util.h"
 
 namespace syncsched::cluster {
 namespace {
 
 using internal::PgError;
-using internal::PgExec;
 using internal::ResultPtr;
+using internal::SocketDeadline;
+
+// The longest a command session waits for one reply (its statements are cut by the server at
+// statement_timeout = 5 s): past it the connection is shut down as lost, so that a database or a
+// route that stops answering without closing fails the command promptly (UNAVAILABLE) rather
+// than holding it for the stall.
+constexpr std::chrono::milliseconds kReplyTimeout{10'000};
+
+// The status of a call whose reply deadline passed.
+Status NoReply(std::string_view context) {
+  return Status::Unavailable(std::string(context) + ": no reply from the database within " +
+                             std::to_string(kReplyTimeout.count()) +
+                             " ms; the connection was closed");
+}
+
+// pg_util's PgExec under the reply deadline.
+Status PgExec(PGconn* conn, const char* sql, std::string_view context) {
+  SocketDeadline deadline;
+  deadline.Arm(conn, kReplyTimeout);
+  Status s = internal::PgExec(conn, sql, context);
+  if (deadline.Disarm()) return NoReply(context);
+  return s;
+}
 
 std::string Hex(std::string_view bytes) {
   static constexpr char kDigits[] = "0123456789abcdef";
@@ -68,8 +91,11 @@ Status Exec(PGconn* conn, const char* sql, const std::vector<std::string>& param
   std::vector<const char*> values;
   values.reserve(params.size());
   for (const std::string& p : params) values.push_back(p.c_str());
+  SocketDeadline deadline;
+  deadline.Arm(conn, kReplyTimeout);
   ResultPtr res(PQexecParams(conn, sql, static_cast<int>(values.size()), nullptr, values.data(),
                              nullptr, nullptr, 0));
+  if (deadline.Disarm()) return NoReply(context);
   ExecStatusType st = res ? PQresultStatus(res.get()) : PGRES_FATAL_ERROR;
   if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) return PgError(conn, context, res.get());
   if (out != nullptr) *out = std::move(res);
@@ -134,6 +160,20 @@ PGconn* CommandInbox::Connect(Status* error) {
     PQfinish(c);
     return nullptr;
   }
+  // The server's clock against this process's steady clock, for Submit's expiry: the server read
+  // its clock before `answered`.
+  ResultPtr res;
+  Status s = Exec(c, "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::int8", {},
+                  "reading the database's clock", &res);
+  if (!s.ok()) {
+    *error = s;
+    PQfinish(c);
+    return nullptr;
+  }
+  auto answered = std::chrono::steady_clock::now();
+  std::lock_guard lock(mu_);
+  server_us_ = Int(res.get(), 0, 0);
+  server_read_by_ = answered;
   return c;
 }
 
@@ -169,20 +209,39 @@ Result<std::int64_t> CommandInbox::Submit(const std::string& body,
   Status err;
   PGconn* c = Acquire(&err);
   if (c == nullptr) return err;
+  // The command expires, in the server's clock, when this receiver gives up on the statement
+  // (its reply deadline): the server read its clock `server_us_` before `server_read_by_`, so its
+  // clock shows at least `expiry` when this process gives up. A statement that reaches the
+  // database later (a stalled route that carries it after all) records nothing, so that no owner
+  // applies a command its receiver answered as failed.
+  std::int64_t expiry = 0;
+  {
+    std::lock_guard lock(mu_);
+    auto give_up = std::chrono::steady_clock::now() + kReplyTimeout;
+    expiry =
+        server_us_ +
+        std::chrono::duration_cast<std::chrono::microseconds>(give_up - server_read_by_).count();
+  }
   ResultPtr res;
   // One statement: the command, its parts and the notice commit together (a NOTIFY is delivered
   // at commit).
-  Status s = Exec(c,
-                  "WITH c AS (INSERT INTO syncsched_cluster.commands(id, receiver, body) "
-                  "VALUES (nextval('syncsched_cluster.command_ids'), $1::int8, $2::bytea) "
-                  "RETURNING id), "
-                  "p AS (INSERT INTO syncsched_cluster.command_parts(command, partition) "
-                  "SELECT c.id, unnest($3::int4[]) FROM c), "
-                  "n AS (SELECT pg_notify('syncsched_commands', c.id::text) FROM c) "
-                  "SELECT c.id, (SELECT count(*) FROM n) FROM c",
-                  {std::to_string(node_id_), Hex(body), IntArray(partitions)},
-                  "cluster: recording a command for the partitions' owners", &res);
-  if (s.ok() && PQntuples(res.get()) != 1) s = Status::Internal("cluster: no command id returned");
+  Status s =
+      Exec(c,
+           "WITH c AS (INSERT INTO syncsched_cluster.commands(id, receiver, body) "
+           "SELECT nextval('syncsched_cluster.command_ids'), $1::int8, $2::bytea "
+           "WHERE clock_timestamp() < to_timestamp($4::int8 / 1000000.0) "
+           "RETURNING id), "
+           "p AS (INSERT INTO syncsched_cluster.command_parts(command, partition) "
+           "SELECT c.id, unnest($3::int4[]) FROM c), "
+           "n AS (SELECT pg_notify('syncsched_commands', c.id::text) FROM c) "
+           "SELECT c.id, (SELECT count(*) FROM n) FROM c",
+           {std::to_string(node_id_), Hex(body), IntArray(partitions), std::to_string(expiry)},
+           "cluster: recording a command for the partitions' owners", &res);
+  if (s.ok() && PQntuples(res.get()) != 1) {
+    s = Status::Unavailable(
+        "cluster: the command reached the database after its receiver's deadline (" +
+        std::to_string(kReplyTimeout.count()) + " ms); nothing was recorded");
+  }
   std::int64_t id = s.ok() ? Int(res.get(), 0, 0) : 0;
   Release(c);
   if (!s.ok()) return s;
@@ -347,7 +406,7 @@ Result<CatalogChanges> CommandInbox::CatalogSince(std::int64_t after) {
   };
   Status s = read();
   if (!s.ok() && PQstatus(c) == CONNECTION_OK && PQtransactionStatus(c) != PQTRANS_IDLE) {
-    ResultPtr(PQexec(c, "ROLLBACK"));
+    (void)PgExec(c, "ROLLBACK", "cluster: ending a catalog read");
   }
   Release(c);
   if (!s.ok()) return s;

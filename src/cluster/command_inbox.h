@@ -84,7 +84,11 @@ class CommandInbox {
 
   // Inserts a command (`body`) with one pending part per partition of `partitions` (distinct),
   // and notifies kCommandChannel, in one transaction. Returns the command id.
-  // Errors: UNAVAILABLE (the database cannot be reached; nothing inserted), INTERNAL.
+  // Errors: UNAVAILABLE (the database cannot be reached, or gave no reply within 10 s), INTERNAL.
+  // A command is recorded only if its statement reached the database before this call gives up
+  // on it (an expiry in the server's clock, calibrated at each new connection): one that a
+  // stalled route carries later records nothing. Every call of the inbox gives up on a reply
+  // after 10 s (the connection is then shut down and closed).
   Result<std::int64_t> Submit(const std::string& body, const std::vector<int>& partitions);
   // The parts of command `id` as they stand.
   Result<std::vector<CommandPart>> Parts(std::int64_t id);
@@ -140,7 +144,11 @@ class CommandInbox {
   const std::string uri_;
   const std::int64_t node_id_;
   const std::chrono::milliseconds connect_timeout_;
-  std::mutex mu_;              // a leaf: guards idle_
+  std::mutex mu_;  // a leaf: guards idle_, server_us_ and server_read_by_
+  // The database's clock (microseconds since the epoch) as read by the last new connection, and
+  // a moment of the steady clock after it was read (Submit's expiry).
+  std::int64_t server_us_ = 0;
+  std::chrono::steady_clock::time_point server_read_by_{};
   std::vector<PGconn*> idle_;  // pooled connections
   PGconn* listen_ = nullptr;   // WaitForNotice's
 };

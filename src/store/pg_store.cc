@@ -51,6 +51,7 @@
 
 #include "cluster/fence.h"
 #include "cluster/partition.h"
+#include "cluster/pg_deadline.h"
 #include "syncsched/options.h"
 
 #include <libpq-fe.h>
@@ -716,6 +717,10 @@ std::string Trimmed(std::string s) {
   return s;
 }
 
+// What PgStore::SendExpiry's statement does, for errors.
+constexpr const char* kExpiryWhat =
+    "checking that the commit reached the server before the store gave up on it (reply_timeout)";
+
 // One statement of a commit's pipeline, with its parameters (binary).
 struct Query {
   int statement = -1;  // -1: `sql` as is (BEGIN, COMMIT), without parameters
@@ -752,9 +757,35 @@ class PgStore final : public Store {
 
  private:
   void Close() {
-    if (conn_ != nullptr) PQfinish(conn_);
+    deadline_.Disarm();  // before the socket is closed (pg_deadline.h)
+    if (conn_ != nullptr) {
+      // The server may not have seen the connection end (a stalled route, a deadline that shut
+      // the socket down): the next Connect ends that session first, if it still runs.
+      if (session_pid_ != 0) ghost_ = {session_pid_, session_start_};
+      PQfinish(conn_);
+    }
     conn_ = nullptr;
+    session_pid_ = 0;
   }
+  // Runs one blocking libpq call under the reply deadline (PostgresStoreOptions::reply_timeout).
+  template <typename Call>
+  auto Timed(Call&& call) {
+    return cluster::internal::WithDeadline(deadline_, conn_, reply_timeout_, &expired_,
+                                           std::forward<Call>(call));
+  }
+  // Why the connection was lost, for messages: libpq's words, or the deadline's.
+  std::string LostDetail() const {
+    if (expired_) {
+      return "no reply from the server within " + std::to_string(reply_timeout_.count()) +
+             " ms (reply_timeout): the store closed the connection";
+    }
+    return conn_ != nullptr ? Trimmed(PQerrorMessage(conn_)) : lost_cause_;
+  }
+  // Ends the session of this store's previous connection if the server still runs it (matched
+  // by pid and start time, so that a reused pid is never touched), waiting for it to end: a
+  // commit it still holds can then no longer apply, and its owner lock is free. Best effort (a
+  // role without the right to signal it leaves it to the server's own timeouts).
+  void EndGhost();
   // The connection is gone (or must go): closes it; the next call reconnects.
   void Lost(std::string cause) {
     Close();
@@ -806,6 +837,10 @@ class PgStore final : public Store {
   Status BeginPipeline();
   // Sends `q` (nothing once a send failed); a COMMIT sets `commit_sent`.
   void Send(Pipeline& p, const Query& q);
+  // Sends, right before COMMIT, a statement that aborts the transaction when the server executes
+  // it after this store gave up on the commit's replies (reply_timeout): a stalled route that
+  // carries the commit later applies nothing. Nothing without a reply deadline.
+  void SendExpiry(Pipeline& p);
   // Ends the pipeline: a sync, then every result read. `abandon` (not OK): the commit was given
   // up before its COMMIT was sent (planning failed): the transaction is rolled back and this
   // status returned. `*in_doubt`: the connection was lost after COMMIT was sent, with no error
@@ -833,6 +868,19 @@ class PgStore final : public Store {
   std::chrono::milliseconds backoff_{0};
   std::vector<std::string> statement_sql_ = StatementSql();
   std::uint32_t schedules_type_oid_ = 0;  // the row type of syncsched.schedules (RowArrayParam)
+  cluster::internal::SocketDeadline deadline_;
+  // The server's clock (microseconds since the epoch, 0: unknown) as read at connect, and a moment
+  // of the steady clock after it was read.
+  std::int64_t server_us_ = 0;
+  std::chrono::steady_clock::time_point server_read_by_{};
+  std::chrono::milliseconds reply_timeout_{options_.reply_timeout};  // 0 while migrating
+  bool expired_ = false;       // the deadline shut the current connection down
+  int session_pid_ = 0;        // the server process of the current connection
+  std::string session_start_;  // and its backend_start (text)
+  struct Ghost {
+    int pid = 0;
+    std::string start;
+  } ghost_;  // the previous connection's session, when it may still run
 };
 
 Status PgStore::Error(std::string_view context, const PGresult* res) const {
@@ -848,6 +896,7 @@ Status PgStore::Error(std::string_view context, const PGresult* res) const {
       detail = Trimmed(PQresultErrorMessage(res));
     }
   }
+  if (expired_) detail = LostDetail();
   if (detail.empty() && conn_ != nullptr) detail = Trimmed(PQerrorMessage(conn_));
   if (detail.empty()) detail = "no connection";
   std::string code = state != nullptr ? state : "";
@@ -873,6 +922,13 @@ Status PgStore::Error(std::string_view context, const PGresult* res) const {
     // A command part no longer pending (cluster/command_inbox.h): nothing of the commit applied.
     return Status::FailedPrecondition(std::move(message));
   }
+  if (code == "22012" && context == kExpiryWhat) {
+    // SendExpiry's statement ran after the store's deadline (the route stalled, or the clocks
+    // stepped): the transaction is aborted, nothing applied.
+    return Status::Unavailable(name_ +
+                               ": the commit reached the server after the store's "
+                               "reply deadline; nothing of it is applied");
+  }
   if (code == "XX001" || code == "XX002") {
     return Status::Internal(name_ + " is corrupt (" + std::string(context) + ": " + detail + ")");
   }
@@ -884,7 +940,7 @@ Status PgStore::Error(std::string_view context, const PGresult* res) const {
 }
 
 Status PgStore::Exec(const char* sql, std::string_view context, ResultPtr* out) {
-  ResultPtr res(PQexec(conn_, sql));
+  ResultPtr res(Timed([&] { return PQexec(conn_, sql); }));
   ExecStatusType st = res ? PQresultStatus(res.get()) : PGRES_FATAL_ERROR;
   if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) return Error(context, res.get());
   if (out != nullptr) *out = std::move(res);
@@ -893,6 +949,7 @@ Status PgStore::Exec(const char* sql, std::string_view context, ResultPtr* out) 
 
 Status PgStore::Connect(std::chrono::milliseconds wait) {
   Close();
+  expired_ = false;
   auto timeout_s = std::max<std::int64_t>(2, (options_.connect_timeout.count() + 999) / 1000);
   std::string timeout = std::to_string(timeout_s);
   // Earlier keywords are defaults that the URI (expanded from dbname) overrides.
@@ -915,7 +972,21 @@ Status PgStore::Connect(std::chrono::milliseconds wait) {
   if (options_.statement_timeout.count() > 0) {
     setup += "; SET statement_timeout = " + std::to_string(options_.statement_timeout.count());
   }
-  if (Status s = Exec(setup.c_str(), "setting up the session"); !s.ok()) return s;
+  // Last: this session's start, which names it (with its pid) to a later connection's EndGhost,
+  // and the server's clock (for the commits' expiry, see SendExpiry).
+  setup +=
+      "; SELECT backend_start::text, (extract(epoch FROM clock_timestamp()) * 1000000)::int8 "
+      "FROM pg_stat_activity WHERE pid = pg_backend_pid()";
+  ResultPtr started;
+  if (Status s = Exec(setup.c_str(), "setting up the session", &started); !s.ok()) return s;
+  server_read_by_ = std::chrono::steady_clock::now();
+  server_us_ = 0;
+  if (PQntuples(started.get()) == 1 && !PQgetisnull(started.get(), 0, 0)) {
+    session_pid_ = PQbackendPID(conn_);
+    session_start_ = PQgetvalue(started.get(), 0, 0);
+    server_us_ = std::strtoll(PQgetvalue(started.get(), 0, 1), nullptr, 10);
+  }
+  EndGhost();
   if (InCluster()) {
     if (Status s = cluster::PrepareFencedSession(conn_, options_.cluster->lease,
                                                  options_.cluster->node_id);
@@ -958,6 +1029,18 @@ Status PgStore::Connect(std::chrono::milliseconds wait) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   return Status::Ok();
+}
+
+void PgStore::EndGhost() {
+  if (ghost_.pid == 0) return;
+  // pg_terminate_backend waits up to 5 s for the process to exit (false, with a warning, if it
+  // does not; an error without the right to signal it). Either way the ghost is not retried: a
+  // session that outlives this is left to the server (and the owner lock's wait below).
+  std::string sql = "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE pid = " +
+                    std::to_string(ghost_.pid) + " AND backend_start = '" + ghost_.start +
+                    "'::timestamptz";
+  (void)Exec(sql.c_str(), "ending the previous connection's session");
+  ghost_ = {};
 }
 
 Status PgStore::Inspect(int* version) {
@@ -1106,14 +1189,19 @@ Status PgStore::ClaimCluster() {
   s = Exec(mark.c_str(), "reading the node's commit mark", &res);
   if (!s.ok()) return s;
   commit_seq_ = std::strtoll(PQgetvalue(res.get(), 0, 0), nullptr, 10);
-  return Backfill();
+  // Backfill rewrites every row written without a partition: no reply deadline while it runs.
+  reply_timeout_ = std::chrono::milliseconds(0);
+  s = Backfill();
+  reply_timeout_ = options_.reply_timeout;
+  return s;
 }
 
 Status PgStore::Backfill() {
   const char* select =
       "SELECT uid, integration, connection, sync, variant FROM syncsched.schedules "
       "WHERE partition IS NULL";
-  ResultPtr res(PQexecParams(conn_, select, 0, nullptr, nullptr, nullptr, nullptr, 1));
+  ResultPtr res(
+      Timed([&] { return PQexecParams(conn_, select, 0, nullptr, nullptr, nullptr, nullptr, 1); }));
   if (!res || PQresultStatus(res.get()) != PGRES_TUPLES_OK) {
     return Error("reading schedules without a partition", res.get());
   }
@@ -1139,11 +1227,13 @@ Status PgStore::Backfill() {
   const char* values[] = {p1.data(), p2.data()};
   const int lengths[] = {static_cast<int>(p1.size()), static_cast<int>(p2.size())};
   const int formats[] = {1, 1};
-  ResultPtr upd(PQexecParams(conn_,
-                             "UPDATE syncsched.schedules AS s SET partition = u.p FROM "
-                             "unnest($1::int8[], $2::int4[]) AS u(uid, p) "
-                             "WHERE s.uid = u.uid AND s.partition IS NULL",
-                             2, nullptr, values, lengths, formats, 0));
+  ResultPtr upd(Timed([&] {
+    return PQexecParams(conn_,
+                        "UPDATE syncsched.schedules AS s SET partition = u.p FROM "
+                        "unnest($1::int8[], $2::int4[]) AS u(uid, p) "
+                        "WHERE s.uid = u.uid AND s.partition IS NULL",
+                        2, nullptr, values, lengths, formats, 0);
+  }));
   if (!upd || PQresultStatus(upd.get()) != PGRES_COMMAND_OK) {
     return Error("filling the schedules' partitions", upd.get());
   }
@@ -1172,7 +1262,8 @@ Status PgStore::Prepare() {
       static_cast<std::uint32_t>(std::strtoul(PQgetvalue(type.get(), 0, 0), nullptr, 10));
   for (int i = 0; i < kStatementCount; ++i) {
     if ((i == kFence || i == kApplyCommandPart || i == kLogCatalog) && !InCluster()) continue;
-    ResultPtr res(PQprepare(conn_, StatementName(i), statement_sql_[i].c_str(), 0, nullptr));
+    ResultPtr res(Timed(
+        [&] { return PQprepare(conn_, StatementName(i), statement_sql_[i].c_str(), 0, nullptr); }));
     if (!res || PQresultStatus(res.get()) != PGRES_COMMAND_OK) {
       return Error(std::string("preparing ") + StatementName(i), res.get());
     }
@@ -1193,7 +1284,10 @@ Status PgStore::Open() {
   int version = 0;
   s = Inspect(&version);
   if (!s.ok()) return s;
+  // A migration rewrites whole tables: no reply deadline while it runs.
+  reply_timeout_ = std::chrono::milliseconds(0);
   s = Migrate(version);
+  reply_timeout_ = options_.reply_timeout;
   if (!s.ok()) return s;
   if (InCluster()) {
     s = Exec(("SELECT pg_advisory_unlock(" + key + ")").c_str(), "ending the migration");
@@ -1720,8 +1814,23 @@ Status PgStore::BeginPipeline() {
 void PgStore::Send(Pipeline& p, const Query& q) {
   if (!p.send_error.ok()) return;
   int ok = 0;
-  if (q.statement < 0) {
-    ok = PQsendQueryParams(conn_, q.sql, 0, nullptr, nullptr, nullptr, nullptr, 0);
+  if (q.statement < 0 && q.params.empty()) {
+    ok = Timed(
+        [&] { return PQsendQueryParams(conn_, q.sql, 0, nullptr, nullptr, nullptr, nullptr, 0); });
+  } else if (q.statement < 0) {
+    // Parameters of a one-off statement: int8, binary.
+    std::vector<const char*> values;
+    std::vector<int> lengths;
+    for (const std::string& param : q.params) {
+      values.push_back(param.data());
+      lengths.push_back(static_cast<int>(param.size()));
+    }
+    std::vector<Oid> types(q.params.size(), 20);  // int8
+    std::vector<int> formats(q.params.size(), 1);
+    ok = Timed([&] {
+      return PQsendQueryParams(conn_, q.sql, static_cast<int>(values.size()), types.data(),
+                               values.data(), lengths.data(), formats.data(), 0);
+    });
   } else {
     std::vector<const char*> values;
     std::vector<int> lengths;
@@ -1732,8 +1841,10 @@ void PgStore::Send(Pipeline& p, const Query& q) {
       lengths.push_back(static_cast<int>(param.size()));
     }
     std::vector<int> formats(q.params.size(), 1);
-    ok = PQsendQueryPrepared(conn_, StatementName(q.statement), static_cast<int>(values.size()),
-                             values.data(), lengths.data(), formats.data(), 0);
+    ok = Timed([&] {
+      return PQsendQueryPrepared(conn_, StatementName(q.statement), static_cast<int>(values.size()),
+                                 values.data(), lengths.data(), formats.data(), 0);
+    });
   }
   if (ok != 1) {
     p.send_error = Error("sending " + q.what, nullptr);
@@ -1743,11 +1854,30 @@ void PgStore::Send(Pipeline& p, const Query& q) {
   if (q.statement < 0 && std::strcmp(q.sql, "COMMIT") == 0) p.commit_sent = true;
 }
 
+void PgStore::SendExpiry(Pipeline& p) {
+  if (reply_timeout_.count() <= 0 || server_us_ == 0) return;
+  // This store gives up on a reply no earlier than reply_timeout after now (each wait is armed
+  // after this is sent). The server read its clock `server_us_` before `server_read_by_`, so its
+  // clock shows at least `expiry` by the time this store gives up: a statement executed before
+  // `expiry` (server time) runs while the store still waits for its answer.
+  auto give_up = std::chrono::steady_clock::now() + reply_timeout_;
+  std::int64_t expiry =
+      server_us_ +
+      std::chrono::duration_cast<std::chrono::microseconds>(give_up - server_read_by_).count();
+  Query q;
+  q.sql = "SELECT 1 / (clock_timestamp() < to_timestamp($1::int8 / 1000000.0))::int";
+  std::string param;
+  PutBigEndian(expiry, &param);
+  q.params = {std::move(param)};
+  q.what = kExpiryWhat;
+  Send(p, q);
+}
+
 Status PgStore::EndPipeline(Pipeline& p, const Status& abandon, bool* in_doubt) {
   *in_doubt = false;
   // A sync even when the commit was abandoned: it ends the pipeline, so that the statements sent
   // are answered and the open transaction can be rolled back below.
-  bool synced = Connected() && PQpipelineSync(conn_) == 1;
+  bool synced = Connected() && Timed([&] { return PQpipelineSync(conn_); }) == 1;
   if (p.send_error.ok() && !synced) p.send_error = Error("sending the commit", nullptr);
 
   Status first_error = abandon;
@@ -1755,7 +1885,7 @@ Status PgStore::EndPipeline(Pipeline& p, const Status& abandon, bool* in_doubt) 
   const std::size_t sent = p.whats.size();
   // Reads the results of the statements sent, then the sync. A lost connection ends the loop.
   for (std::size_t i = 0; synced && i < sent && Connected(); ++i) {
-    ResultPtr res(PQgetResult(conn_));
+    ResultPtr res(Timed([&] { return PQgetResult(conn_); }));
     if (!res) break;
     ExecStatusType st = PQresultStatus(res.get());
     if (st == PGRES_FATAL_ERROR && first_error.ok()) {
@@ -1764,11 +1894,11 @@ Status PgStore::EndPipeline(Pipeline& p, const Status& abandon, bool* in_doubt) 
                std::strcmp(PQcmdStatus(res.get()), "COMMIT") == 0) {
       answered_commit = true;
     }
-    while (ResultPtr more{PQgetResult(conn_)}) {
+    while (ResultPtr more{Timed([&] { return PQgetResult(conn_); })}) {
     }  // the NULL that ends each statement's results
   }
   if (synced && Connected()) {
-    while (ResultPtr res{PQgetResult(conn_)}) {
+    while (ResultPtr res{Timed([&] { return PQgetResult(conn_); })}) {
       if (PQresultStatus(res.get()) == PGRES_PIPELINE_SYNC) break;
       if (PQresultStatus(res.get()) == PGRES_FATAL_ERROR && first_error.ok() && !answered_commit) {
         first_error = Error("committing", res.get());
@@ -1785,7 +1915,7 @@ Status PgStore::EndPipeline(Pipeline& p, const Status& abandon, bool* in_doubt) 
     return Status::Ok();
   }
   if (!Connected()) {
-    std::string cause = conn_ != nullptr ? Trimmed(PQerrorMessage(conn_)) : lost_cause_;
+    std::string cause = LostDetail();
     // Sent whole, no statement failed, COMMIT's answer not read: the server may have committed.
     *in_doubt = synced && p.commit_sent && p.send_error.ok() && abandon.ok() &&
                 (first_error.ok() || first_error.message().find("SQLSTATE") == std::string::npos);
@@ -1799,7 +1929,7 @@ Status PgStore::EndPipeline(Pipeline& p, const Status& abandon, bool* in_doubt) 
     first_error = Status::Internal(name_ + ": the server did not answer the commit");
   }
   if (!first_error.ok() && PQtransactionStatus(conn_) != PQTRANS_IDLE) {
-    ResultPtr res(PQexec(conn_, "ROLLBACK"));
+    ResultPtr res(Timed([&] { return PQexec(conn_, "ROLLBACK"); }));
     // A connection that cannot roll back is closed: ending the session discards the transaction.
     if (!res || PQresultStatus(res.get()) != PGRES_COMMAND_OK) Lost("ROLLBACK failed");
   }
@@ -1855,7 +1985,7 @@ Status PgStore::CommitParts(const Batch& first, BatchSource* more) {
     if (planned.ok()) planned = Plan(part, &max_uid, &queries);
     for (const Query& q : queries) Send(pipeline, q);
     // What libpq still buffers (under 8 kB) goes now: the server may wait for the next part.
-    if (more != nullptr && pipeline.send_error.ok() && PQflush(conn_) != 0) {
+    if (more != nullptr && pipeline.send_error.ok() && Timed([&] { return PQflush(conn_); }) != 0) {
       pipeline.send_error = Error("sending a part of the commit", nullptr);
     }
     return planned;
@@ -1895,6 +2025,7 @@ Status PgStore::CommitParts(const Batch& first, BatchSource* more) {
                            {},
                            "announcing the catalog's change"});
     }
+    SendExpiry(pipeline);
     Send(pipeline, Query{-1, "COMMIT", {}, "committing"});
   } else if (planned.ok()) {
     Query meta;
@@ -1905,6 +2036,7 @@ Status PgStore::CommitParts(const Batch& first, BatchSource* more) {
     PutBigEndian(static_cast<std::int64_t>(max_uid), &p2);
     meta.params = {std::move(p1), std::move(p2)};
     Send(pipeline, meta);
+    SendExpiry(pipeline);
     Send(pipeline, Query{-1, "COMMIT", {}, "committing"});
   }
 
@@ -1935,15 +2067,19 @@ Status PgStore::CommitParts(const Batch& first, BatchSource* more) {
 template <typename Row>
 Status PgStore::CopyOut(const std::string& sql, std::string_view what, const Row& row) {
   std::string copy = "COPY (" + sql + ") TO STDOUT (FORMAT binary)";
-  ResultPtr res(PQexec(conn_, copy.c_str()));
+  ResultPtr res(Timed([&] { return PQexec(conn_, copy.c_str()); }));
   if (!res || PQresultStatus(res.get()) != PGRES_COPY_OUT) return Error(what, res.get());
   res.reset();
   bool first = true;
   Status status;
   std::size_t n = 0;
+  // The reply deadline covers each stretch of 4096 rows (re-arming per row would cost a lock each).
+  std::size_t received = 0;
   for (;;) {
     char* buf = nullptr;
+    if (received++ % 4096 == 0) deadline_.Arm(conn_, reply_timeout_);
     int len = PQgetCopyData(conn_, &buf, 0);
+    if (len < 0 && deadline_.Disarm()) expired_ = true;
     if (len == -1) break;
     if (len == -2) return Error(what, nullptr);
     std::unique_ptr<char, decltype(&PQfreemem)> owned(buf, &PQfreemem);
@@ -1964,9 +2100,9 @@ Status PgStore::CopyOut(const std::string& sql, std::string_view what, const Row
                                 " has a NULL or a value of an unexpected size)");
     }
   }
-  res.reset(PQgetResult(conn_));
+  res.reset(Timed([&] { return PQgetResult(conn_); }));
   if (!res || PQresultStatus(res.get()) != PGRES_COMMAND_OK) return Error(what, res.get());
-  while (ResultPtr more{PQgetResult(conn_)}) {
+  while (ResultPtr more{Timed([&] { return PQgetResult(conn_); })}) {
   }
   return status;
 }
@@ -2057,7 +2193,7 @@ Result<Snapshot> PgStore::LoadSome(const std::vector<int>* partitions) {
   if (!s.ok()) return s;
   auto fail = [&](Status status) -> Result<Snapshot> {
     if (Connected() && PQtransactionStatus(conn_) != PQTRANS_IDLE) {
-      ResultPtr res(PQexec(conn_, "ROLLBACK"));
+      ResultPtr res(Timed([&] { return PQexec(conn_, "ROLLBACK"); }));
       if (!res || PQresultStatus(res.get()) != PGRES_COMMAND_OK) Lost("ROLLBACK failed");
     }
     if (!Connected() && conn_ != nullptr) Lost(status.message());
@@ -2189,6 +2325,11 @@ Result<std::unique_ptr<Store>> OpenPostgresStore(const PostgresStoreOptions& opt
                                    std::to_string(options.reconnect_backoff_max.count()) +
                                    " ms) is below reconnect_backoff_min (" +
                                    std::to_string(options.reconnect_backoff_min.count()) + " ms)");
+  }
+  if (options.reply_timeout.count() < 0) {
+    return Status::InvalidArgument("PostgresStoreOptions.reply_timeout is negative (" +
+                                   std::to_string(options.reply_timeout.count()) +
+                                   " ms); 0 means no deadline");
   }
   if (options.cluster) {
     const PostgresClusterMode& c = *options.cluster;

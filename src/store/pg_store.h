@@ -56,6 +56,15 @@ struct PostgresStoreOptions {
   // server's setting.
   std::chrono::milliseconds statement_timeout{0};
 
+  // The longest the store waits for the server's reply to one message: a statement's result, the
+  // next result of a commit's pipeline, the next rows of a Load, room in the socket to send. When
+  // it passes, the store closes the connection as lost (UNAVAILABLE "no reply from the server
+  // within N ms"; a commit whose COMMIT was sent is then in doubt, see OpenPostgresStore), so that
+  // a server or a route that stops answering without closing (a stalled proxy) never holds a
+  // call longer. Keep it above statement_timeout, which ends a slow statement more gently. 0: no
+  // deadline. Migrations at open (which rewrite whole tables) run without it.
+  std::chrono::milliseconds reply_timeout{10'000};
+
   // After a lost connection, the next call reconnects at once; when that fails, calls within the
   // following `reconnect_backoff_min` fail at once without trying, and the wait doubles after each
   // failed attempt up to `reconnect_backoff_max`. A successful reconnect resets it.
@@ -86,7 +95,8 @@ std::string RedactDatabaseUri(std::string_view uri);
 // Errors (every message names the database by its URI, without password, and the cause; a
 // refused database is never written to):
 // - INVALID_ARGUMENT: a URI not starting with "postgresql://" or "postgres://";
-//   history_per_schedule above 1000; a reconnect backoff of zero maximum below its minimum.
+//   history_per_schedule above 1000; a reconnect backoff of zero maximum below its minimum; a
+//   negative reply_timeout.
 // - UNAVAILABLE: the server cannot be reached or refuses the connection (down, wrong host or port,
 //   authentication, a database that does not exist); another store, in this process or another,
 //   owns the database ("... is in use by another syncsched engine (backend pid N)"), after waiting

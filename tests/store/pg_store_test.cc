@@ -14,12 +14,14 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "store/store.h"
 #include "store/store_rows.h"
 #include "support/pg_database_test.h"
 #include "support/pg_server.h"
+#include "support/stall_proxy.h"
 #include "syncsched/status.h"
 
 namespace syncsched::store {
@@ -30,6 +32,7 @@ using syncsched::testing::PgDatabaseTest;
 using syncsched::testing::PgExec;
 using syncsched::testing::PgQuery;
 using syncsched::testing::PgServer;
+using syncsched::testing::StallProxy;
 
 class PgStoreTest : public PgDatabaseTest {
  protected:
@@ -124,6 +127,12 @@ TEST_F(PgStoreTest, BadOptionsAreInvalid) {
   store = OpenPostgresStore(o);
   ASSERT_FALSE(store.ok());
   EXPECT_NE(store.status().message().find("history_per_schedule"), std::string::npos);
+  o = Options();
+  o.reply_timeout = std::chrono::milliseconds(-1);
+  store = OpenPostgresStore(o);
+  ASSERT_FALSE(store.ok());
+  EXPECT_TRUE(store.status().IsInvalidArgument()) << store.status();
+  EXPECT_NE(store.status().message().find("reply_timeout"), std::string::npos);
 }
 
 TEST_F(PgStoreTest, AnUnreachableServerIsUnavailableAndThePasswordIsNeverShown) {
@@ -810,6 +819,115 @@ TEST_F(PgStoreTest, AStatementTimeoutIsUnavailableAndAppliesNothing) {
   EXPECT_EQ(LoadOrDie(*store).schedules.size(), 1u);
   ASSERT_TRUE(store->Commit(batch).ok());
   EXPECT_EQ(LoadOrDie(*store).schedules.size(), 2u);
+}
+
+// A route that stops carrying bytes without closing (a stalled proxy; support/stall_proxy.h):
+// with the store's options through it.
+class PgStoreStallTest : public PgStoreTest {
+ protected:
+  void SetUp() override {
+    PgStoreTest::SetUp();
+    auto proxy = StallProxy::Start(server_->dir());
+    ASSERT_TRUE(proxy.ok()) << proxy.status();
+    proxy_ = std::move(proxy).value();
+  }
+  void TearDown() override {
+    proxy_.reset();
+    PgStoreTest::TearDown();
+  }
+  PostgresStoreOptions StalledOptions() const {
+    PostgresStoreOptions o = Options();
+    o.uri = proxy_->Uri(db_);
+    o.reply_timeout = std::chrono::milliseconds(300);
+    o.connect_timeout = std::chrono::seconds(2);  // libpq's least
+    return o;
+  }
+  // Waits (up to a minute) until the server no longer runs the session of `pid`.
+  bool SessionEnded(int pid) const {
+    for (int i = 0; i < 6000; ++i) {
+      if (Q("SELECT count(*) FROM pg_stat_activity WHERE pid = " + std::to_string(pid)) == "0") {
+        return true;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return false;
+  }
+  std::unique_ptr<StallProxy> proxy_;
+};
+
+// The commit gives up at reply_timeout (it would otherwise wait for the whole stall), and when the
+// route delivers the commit after all, the server applies nothing of it: the transaction checks,
+// right before COMMIT, that it runs before the store's deadline. Without that check the late
+// COMMIT would apply a batch reported as failed (and the store would then refuse for good).
+TEST_F(PgStoreStallTest, ACommitGivesUpAtTheReplyDeadlineAndItsLateArrivalAppliesNothing) {
+  auto store = OpenOrDie(StalledOptions());
+  ASSERT_NE(store, nullptr);
+  Batch first;
+  first.schedules = {MakeSchedule(1, "acme")};
+  ASSERT_TRUE(store->Commit(first).ok());
+  const int pid = internal::BackendPidForTest(*store);
+  proxy_->Stall(true);
+  Batch second;
+  second.schedules = {MakeSchedule(2, "globex")};
+  Status s = store->Commit(second);
+  EXPECT_TRUE(s.IsUnavailable()) << s;
+  EXPECT_NE(s.message().find("no reply from the server within 300 ms"), std::string::npos) << s;
+  EXPECT_NE(s.message().find("outcome is unknown"), std::string::npos) << s;
+  // The route resumes: it delivers the whole pipeline, BEGIN to COMMIT, then the close.
+  proxy_->Stall(false);
+  ASSERT_TRUE(SessionEnded(pid));
+  EXPECT_EQ(Q("SELECT count(*) FROM syncsched.schedules"), "1");
+  // The store learns the outcome (not applied) at its next call, and carries on.
+  Batch third;
+  third.schedules = {MakeSchedule(3, "initech")};
+  ASSERT_TRUE(store->Commit(third).ok());
+  EXPECT_TRUE(store->Health().ok()) << store->Health();
+  EXPECT_EQ(Q("SELECT string_agg(uid::text, ',' ORDER BY uid) FROM syncsched.schedules"), "1,3");
+}
+
+// A Load on a stalled route gives up at reply_timeout too, and the next one reads normally.
+TEST_F(PgStoreStallTest, ALoadGivesUpAtTheReplyDeadline) {
+  auto store = OpenOrDie(StalledOptions());
+  ASSERT_NE(store, nullptr);
+  Batch first;
+  first.schedules = {MakeSchedule(1, "acme"), MakeSchedule(2, "globex")};
+  ASSERT_TRUE(store->Commit(first).ok());
+  proxy_->Stall(true);
+  auto snap = store->Load();
+  ASSERT_FALSE(snap.ok());
+  EXPECT_TRUE(snap.status().IsUnavailable()) << snap.status();
+  EXPECT_NE(snap.status().message().find("no reply from the server within 300 ms"),
+            std::string::npos)
+      << snap.status();
+  proxy_->Stall(false);
+  EXPECT_EQ(LoadOrDie(*store).schedules.size(), 2u);
+}
+
+// The store's previous session may outlive its connection on the server (the route stalled: the
+// server never saw the close). It still holds the owner lock; the store ends it when it
+// reconnects (matched by pid and start time), so that it is not refused by its own ghost, and a
+// commit in doubt is resolved against a session that can no longer commit.
+TEST_F(PgStoreStallTest, AReconnectEndsThePreviousSessionThatTheServerStillRuns) {
+  auto store = OpenOrDie(StalledOptions());
+  ASSERT_NE(store, nullptr);
+  Batch first;
+  first.schedules = {MakeSchedule(1, "acme")};
+  ASSERT_TRUE(store->Commit(first).ok());
+  const int pid = internal::BackendPidForTest(*store);
+  proxy_->StallOpen();  // the store's connection stalls; new ones are carried
+  Batch second;
+  second.schedules = {MakeSchedule(2, "globex")};
+  Status s = store->Commit(second);
+  // The store reconnected at once (a new route), ended the old session (holding the lock) and
+  // read that the commit was not applied.
+  EXPECT_TRUE(s.IsUnavailable()) << s;
+  EXPECT_NE(s.message().find("nothing of the batch is applied"), std::string::npos) << s;
+  EXPECT_EQ(Q("SELECT count(*) FROM pg_stat_activity WHERE pid = " + std::to_string(pid)), "0");
+  EXPECT_NE(internal::BackendPidForTest(*store), pid);
+  ASSERT_TRUE(store->Commit(second).ok());
+  proxy_->Stall(false);
+  EXPECT_EQ(Q("SELECT string_agg(uid::text, ',' ORDER BY uid) FROM syncsched.schedules"), "1,2");
+  EXPECT_TRUE(store->Health().ok()) << store->Health();
 }
 
 TEST_F(PgStoreTest, ADroppedConnectionIsReconnectedByTheNextCall) {

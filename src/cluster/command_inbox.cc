@@ -20,25 +20,20 @@ using internal::PgError;
 using internal::ResultPtr;
 using internal::SocketDeadline;
 
-// The longest a command session waits for one reply (its statements are cut by the server at
-// statement_timeout = 5 s): past it the connection is shut down as lost, so that a database or a
-// route that stops answering without closing fails the command promptly (UNAVAILABLE) rather
-// than holding it for the stall.
-constexpr std::chrono::milliseconds kReplyTimeout{10'000};
+using std::chrono::milliseconds;
 
-// The status of a call whose reply deadline passed.
-Status NoReply(std::string_view context) {
+// The status of a call whose reply deadline (CommandInbox's reply_timeout) passed.
+Status NoReply(milliseconds timeout, std::string_view context) {
   return Status::Unavailable(std::string(context) + ": no reply from the database within " +
-                             std::to_string(kReplyTimeout.count()) +
-                             " ms; the connection was closed");
+                             std::to_string(timeout.count()) + " ms; the connection was closed");
 }
 
-// pg_util's PgExec under the reply deadline.
-Status PgExec(PGconn* conn, const char* sql, std::string_view context) {
+// pg_util's PgExec under a reply deadline of `timeout`.
+Status PgExec(milliseconds timeout, PGconn* conn, const char* sql, std::string_view context) {
   SocketDeadline deadline;
-  deadline.Arm(conn, kReplyTimeout);
+  deadline.Arm(conn, timeout);
   Status s = internal::PgExec(conn, sql, context);
-  if (deadline.Disarm()) return NoReply(context);
+  if (deadline.Disarm()) return NoReply(timeout, context);
   return s;
 }
 
@@ -86,16 +81,17 @@ std::string IntArray(const std::vector<int>& v) {
 }
 
 // Runs `sql` with text parameters (nullptr-free) on `conn`.
-Status Exec(PGconn* conn, const char* sql, const std::vector<std::string>& params,
-            std::string_view context, ResultPtr* out = nullptr) {
+Status Exec(milliseconds timeout, PGconn* conn, const char* sql,
+            const std::vector<std::string>& params, std::string_view context,
+            ResultPtr* out = nullptr) {
   std::vector<const char*> values;
   values.reserve(params.size());
   for (const std::string& p : params) values.push_back(p.c_str());
   SocketDeadline deadline;
-  deadline.Arm(conn, kReplyTimeout);
+  deadline.Arm(conn, timeout);
   ResultPtr res(PQexecParams(conn, sql, static_cast<int>(values.size()), nullptr, values.data(),
                              nullptr, nullptr, 0));
-  if (deadline.Disarm()) return NoReply(context);
+  if (deadline.Disarm()) return NoReply(timeout, context);
   ExecStatusType st = res ? PQresultStatus(res.get()) : PGRES_FATAL_ERROR;
   if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) return PgError(conn, context, res.get());
   if (out != nullptr) *out = std::move(res);
@@ -120,8 +116,12 @@ constexpr const char* kPartsSql =
 }  // namespace
 
 CommandInbox::CommandInbox(std::string uri, std::int64_t node_id,
-                           std::chrono::milliseconds connect_timeout)
-    : uri_(std::move(uri)), node_id_(node_id), connect_timeout_(connect_timeout) {}
+                           std::chrono::milliseconds connect_timeout,
+                           std::chrono::milliseconds reply_timeout)
+    : uri_(std::move(uri)),
+      node_id_(node_id),
+      connect_timeout_(connect_timeout),
+      reply_timeout_(reply_timeout) {}
 
 CommandInbox::~CommandInbox() {
   for (PGconn* c : idle_) PQfinish(c);
@@ -154,7 +154,8 @@ PGconn* CommandInbox::Connect(Status* error) {
     return nullptr;
   }
   // No statement of the inbox runs for long; a hung server must not hold a command forever.
-  if (Status s = PgExec(c, "SET statement_timeout = '5s'", "preparing a command session");
+  if (Status s =
+          PgExec(reply_timeout_, c, "SET statement_timeout = '5s'", "preparing a command session");
       !s.ok()) {
     *error = s;
     PQfinish(c);
@@ -163,8 +164,9 @@ PGconn* CommandInbox::Connect(Status* error) {
   // The server's clock against this process's steady clock, for Submit's expiry: the server read
   // its clock before `answered`.
   ResultPtr res;
-  Status s = Exec(c, "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::int8", {},
-                  "reading the database's clock", &res);
+  Status s =
+      Exec(reply_timeout_, c, "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::int8", {},
+           "reading the database's clock", &res);
   if (!s.ok()) {
     *error = s;
     PQfinish(c);
@@ -217,7 +219,7 @@ Result<std::int64_t> CommandInbox::Submit(const std::string& body,
   std::int64_t expiry = 0;
   {
     std::lock_guard lock(mu_);
-    auto give_up = std::chrono::steady_clock::now() + kReplyTimeout;
+    auto give_up = std::chrono::steady_clock::now() + reply_timeout_;
     expiry =
         server_us_ +
         std::chrono::duration_cast<std::chrono::microseconds>(give_up - server_read_by_).count();
@@ -226,7 +228,7 @@ Result<std::int64_t> CommandInbox::Submit(const std::string& body,
   // One statement: the command, its parts and the notice commit together (a NOTIFY is delivered
   // at commit).
   Status s =
-      Exec(c,
+      Exec(reply_timeout_, c,
            "WITH c AS (INSERT INTO syncsched_cluster.commands(id, receiver, body) "
            "SELECT nextval('syncsched_cluster.command_ids'), $1::int8, $2::bytea "
            "WHERE clock_timestamp() < to_timestamp($4::int8 / 1000000.0) "
@@ -240,7 +242,7 @@ Result<std::int64_t> CommandInbox::Submit(const std::string& body,
   if (s.ok() && PQntuples(res.get()) != 1) {
     s = Status::Unavailable(
         "cluster: the command reached the database after its receiver's deadline (" +
-        std::to_string(kReplyTimeout.count()) + " ms); nothing was recorded");
+        std::to_string(reply_timeout_.count()) + " ms); nothing was recorded");
   }
   std::int64_t id = s.ok() ? Int(res.get(), 0, 0) : 0;
   Release(c);
@@ -253,7 +255,8 @@ Result<std::vector<CommandPart>> CommandInbox::Parts(std::int64_t id) {
   PGconn* c = Acquire(&err);
   if (c == nullptr) return err;
   ResultPtr res;
-  Status s = Exec(c, kPartsSql, {std::to_string(id)}, "cluster: reading a command's results", &res);
+  Status s = Exec(reply_timeout_, c, kPartsSql, {std::to_string(id)},
+                  "cluster: reading a command's results", &res);
   Release(c);
   if (!s.ok()) return s;
   return ReadParts(res.get());
@@ -263,13 +266,14 @@ Result<std::vector<CommandPart>> CommandInbox::Cancel(std::int64_t id) {
   Status err;
   PGconn* c = Acquire(&err);
   if (c == nullptr) return err;
-  Status s = Exec(c,
+  Status s = Exec(reply_timeout_, c,
                   "UPDATE syncsched_cluster.command_parts SET state = 2, done_at = now() "
                   "WHERE command = $1 AND state = 0",
                   {std::to_string(id)}, "cluster: cancelling a command's pending parts");
   ResultPtr res;
   if (s.ok()) {
-    s = Exec(c, kPartsSql, {std::to_string(id)}, "cluster: reading a command's results", &res);
+    s = Exec(reply_timeout_, c, kPartsSql, {std::to_string(id)},
+             "cluster: reading a command's results", &res);
   }
   Release(c);
   if (!s.ok()) return s;
@@ -280,8 +284,8 @@ void CommandInbox::Forget(std::int64_t id) {
   Status err;
   PGconn* c = Acquire(&err);
   if (c == nullptr) return;
-  (void)Exec(c, "DELETE FROM syncsched_cluster.commands WHERE id = $1", {std::to_string(id)},
-             "cluster: deleting an answered command");
+  (void)Exec(reply_timeout_, c, "DELETE FROM syncsched_cluster.commands WHERE id = $1",
+             {std::to_string(id)}, "cluster: deleting an answered command");
   Release(c);
 }
 
@@ -289,14 +293,14 @@ void CommandInbox::Cleanup() {
   Status err;
   PGconn* c = Acquire(&err);
   if (c == nullptr) return;
-  (void)PgExec(c,
+  (void)PgExec(reply_timeout_, c,
                "DELETE FROM syncsched_cluster.commands AS c "
                "WHERE created_at < now() - interval '10 minutes' AND NOT EXISTS "
                "(SELECT 1 FROM syncsched_cluster.command_parts AS p "
                "WHERE p.command = c.id AND p.state = 0)",
                "cluster: deleting old commands");
   // The catalog's log older than an hour, and from which version on it is whole now.
-  (void)PgExec(c,
+  (void)PgExec(reply_timeout_, c,
                "WITH d AS (DELETE FROM syncsched_cluster.catalog_log "
                "WHERE at < now() - interval '1 hour' RETURNING version) "
                "UPDATE syncsched_cluster.meta SET value = greatest(value, "
@@ -311,7 +315,8 @@ Result<std::int64_t> CommandInbox::CatalogVersion() {
   PGconn* c = Acquire(&err);
   if (c == nullptr) return err;
   ResultPtr res;
-  Status s = Exec(c, "SELECT value FROM syncsched_cluster.meta WHERE key = 'catalog_version'", {},
+  Status s = Exec(reply_timeout_, c,
+                  "SELECT value FROM syncsched_cluster.meta WHERE key = 'catalog_version'", {},
                   "cluster: reading the catalog's version", &res);
   Release(c);
   if (!s.ok()) return s;
@@ -327,7 +332,7 @@ Status CommandInbox::AckCatalog(std::int64_t version) {
   Status err;
   PGconn* c = Acquire(&err);
   if (c == nullptr) return err;
-  Status s = Exec(c,
+  Status s = Exec(reply_timeout_, c,
                   "UPDATE syncsched_cluster.nodes SET catalog_version = "
                   "greatest(catalog_version, $2::int8) WHERE id = $1::int8",
                   {std::to_string(node_id_), std::to_string(version)},
@@ -343,10 +348,10 @@ Result<CatalogChanges> CommandInbox::CatalogSince(std::int64_t after) {
   CatalogChanges out;
   auto read = [&]() -> Status {
     ResultPtr res;
-    Status s = Exec(c, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", {},
+    Status s = Exec(reply_timeout_, c, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", {},
                     "cluster: reading the catalog", nullptr);
     if (!s.ok()) return s;
-    s = Exec(c,
+    s = Exec(reply_timeout_, c,
              "SELECT (SELECT value FROM syncsched_cluster.meta WHERE key = 'catalog_version'), "
              "(SELECT value FROM syncsched_cluster.meta WHERE key = 'catalog_log_from')",
              {}, "cluster: reading the catalog's version", &res);
@@ -358,7 +363,7 @@ Result<CatalogChanges> CommandInbox::CatalogSince(std::int64_t after) {
     }
     out.version = Int(res.get(), 0, 0);
     out.log_from = Int(res.get(), 0, 1);
-    s = Exec(c,
+    s = Exec(reply_timeout_, c,
              "SELECT kind, integration, connection FROM syncsched_cluster.catalog_log "
              "WHERE version > $1::int8 AND version <= $2::int8 ORDER BY version, ord",
              {std::to_string(after), std::to_string(out.version)},
@@ -379,7 +384,7 @@ Result<CatalogChanges> CommandInbox::CatalogSince(std::int64_t after) {
       }
     }
     for (auto& [row, added] : last) (added ? out.added : out.deleted).push_back(std::move(row));
-    s = Exec(c,
+    s = Exec(reply_timeout_, c,
              "SELECT integration, name, frequency_text, frequency_ms, auto_start, timeout_ms, "
              "heartbeat_timeout_ms, policy FROM syncsched.syncs ORDER BY 1, 2",
              {}, "cluster: reading syncsched.syncs", &res);
@@ -395,18 +400,19 @@ Result<CatalogChanges> CommandInbox::CatalogSince(std::int64_t after) {
       row.heartbeat_timeout_ms = Int(res.get(), i, 6);
       row.policy = Unhex(PQgetvalue(res.get(), i, 7));
     }
-    s = Exec(c, "SELECT integration, max_concurrency FROM syncsched.integrations ORDER BY 1", {},
+    s = Exec(reply_timeout_, c,
+             "SELECT integration, max_concurrency FROM syncsched.integrations ORDER BY 1", {},
              "cluster: reading syncsched.integrations", &res);
     if (!s.ok()) return s;
     for (int i = 0; i < PQntuples(res.get()); ++i) {
       out.integrations.push_back(store::IntegrationRow{
           Unhex(PQgetvalue(res.get(), i, 0)), static_cast<std::uint64_t>(Int(res.get(), i, 1))});
     }
-    return Exec(c, "COMMIT", {}, "cluster: reading the catalog", nullptr);
+    return Exec(reply_timeout_, c, "COMMIT", {}, "cluster: reading the catalog", nullptr);
   };
   Status s = read();
   if (!s.ok() && PQstatus(c) == CONNECTION_OK && PQtransactionStatus(c) != PQTRANS_IDLE) {
-    (void)PgExec(c, "ROLLBACK", "cluster: ending a catalog read");
+    (void)PgExec(reply_timeout_, c, "ROLLBACK", "cluster: ending a catalog read");
   }
   Release(c);
   if (!s.ok()) return s;
@@ -418,7 +424,7 @@ Result<std::vector<std::string>> CommandInbox::NodesBehind(std::int64_t version)
   PGconn* c = Acquire(&err);
   if (c == nullptr) return err;
   ResultPtr res;
-  Status s = Exec(c,
+  Status s = Exec(reply_timeout_, c,
                   // A node whose lease lapsed but whose partitions nobody took yet may renew
                   // them and act on what it holds (after the database came back): waited for.
                   "SELECT n.name FROM syncsched_cluster.nodes AS n "
@@ -440,7 +446,7 @@ Result<std::vector<int>> CommandInbox::RevokeBehind(std::int64_t version) {
   ResultPtr res;
   // FOR UPDATE waits for the fenced commits in flight on these rows (they hold them FOR KEY
   // SHARE until they end), so none of the old owner's commits can follow this one.
-  Status s = Exec(c,
+  Status s = Exec(reply_timeout_, c,
                   "WITH c AS (SELECT p.partition FROM syncsched_cluster.partitions AS p "
                   "JOIN syncsched_cluster.nodes AS n ON n.id = p.owner "
                   "WHERE n.catalog_version < $1::int8 FOR UPDATE OF p) "
@@ -454,7 +460,7 @@ Result<std::vector<int>> CommandInbox::RevokeBehind(std::int64_t version) {
     }
     std::sort(out.begin(), out.end());
     if (!out.empty()) {
-      s = Exec(c, (std::string("NOTIFY ") + kClusterChannel).c_str(), {},
+      s = Exec(reply_timeout_, c, (std::string("NOTIFY ") + kClusterChannel).c_str(), {},
                "cluster: announcing the partitions taken", nullptr);
     }
   }
@@ -470,7 +476,7 @@ Result<std::vector<PendingCommand>> CommandInbox::Pending(const std::vector<int>
   PGconn* c = Acquire(&err);
   if (c == nullptr) return err;
   ResultPtr res;
-  Status s = Exec(c,
+  Status s = Exec(reply_timeout_, c,
                   "SELECT p.command, p.partition, c.body FROM syncsched_cluster.command_parts AS p "
                   "JOIN syncsched_cluster.commands AS c ON c.id = p.command "
                   "WHERE p.state = 0 AND p.partition = ANY($1::int4[]) "
@@ -504,7 +510,7 @@ Result<std::vector<StoredSchedule>> CommandInbox::Schedules(
     params.push_back(Hex(*connection));
   }
   sql += " ORDER BY connection, sync, variant";
-  Status s = Exec(c, sql.c_str(), params, "cluster: reading schedules", &res);
+  Status s = Exec(reply_timeout_, c, sql.c_str(), params, "cluster: reading schedules", &res);
   Release(c);
   if (!s.ok()) return s;
   std::vector<StoredSchedule> out;
@@ -544,7 +550,8 @@ bool CommandInbox::WaitForNotice(std::chrono::milliseconds timeout) {
     Status err;
     PGconn* c = Acquire(&err);
     if (c == nullptr) return false;
-    if (!PgExec(c, "LISTEN syncsched_commands", "cluster: listening for commands").ok()) {
+    if (!PgExec(reply_timeout_, c, "LISTEN syncsched_commands", "cluster: listening for commands")
+             .ok()) {
       PQfinish(c);
       return false;
     }

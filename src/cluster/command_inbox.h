@@ -77,18 +77,23 @@ struct CatalogChanges {
 class CommandInbox {
  public:
   // Connects nothing yet (connections are made on first use). `uri`: the database's libpq URI.
-  CommandInbox(std::string uri, std::int64_t node_id, std::chrono::milliseconds connect_timeout);
+  // `reply_timeout`: the longest any call waits for one reply of the database (its statements are
+  // cut by the server at statement_timeout = 5 s); past it the connection is shut down and closed
+  // as lost (cluster/pg_deadline.h) and the call fails with UNAVAILABLE ("no reply from the
+  // database within N ms"), so that a database or a route that stops answering without closing
+  // fails a command promptly rather than holding it for the stall. 0: no deadline.
+  CommandInbox(std::string uri, std::int64_t node_id, std::chrono::milliseconds connect_timeout,
+               std::chrono::milliseconds reply_timeout = std::chrono::seconds(10));
   ~CommandInbox();
   CommandInbox(const CommandInbox&) = delete;
   CommandInbox& operator=(const CommandInbox&) = delete;
 
   // Inserts a command (`body`) with one pending part per partition of `partitions` (distinct),
   // and notifies kCommandChannel, in one transaction. Returns the command id.
-  // Errors: UNAVAILABLE (the database cannot be reached, or gave no reply within 10 s), INTERNAL.
-  // A command is recorded only if its statement reached the database before this call gives up
-  // on it (an expiry in the server's clock, calibrated at each new connection): one that a
-  // stalled route carries later records nothing. Every call of the inbox gives up on a reply
-  // after 10 s (the connection is then shut down and closed).
+  // Errors: UNAVAILABLE (the database cannot be reached, or gave no reply within reply_timeout),
+  // INTERNAL. A command is recorded only if its statement reached the database before this call
+  // gives up on it (an expiry in the server's clock, calibrated at each new connection): one that
+  // a stalled route carries later records nothing.
   Result<std::int64_t> Submit(const std::string& body, const std::vector<int>& partitions);
   // The parts of command `id` as they stand.
   Result<std::vector<CommandPart>> Parts(std::int64_t id);
@@ -144,6 +149,7 @@ class CommandInbox {
   const std::string uri_;
   const std::int64_t node_id_;
   const std::chrono::milliseconds connect_timeout_;
+  const std::chrono::milliseconds reply_timeout_;
   std::mutex mu_;  // a leaf: guards idle_, server_us_ and server_read_by_
   // The database's clock (microseconds since the epoch) as read by the last new connection, and
   // a moment of the steady clock after it was read (Submit's expiry).

@@ -9,12 +9,14 @@
 #include <string>
 #include <thread>
 
+#include "cluster/command_inbox.h"
 #include "cluster/fence.h"
 #include "cluster/lease_keeper.h"
 #include "cluster/partition.h"
 #include "store/pg_store.h"
 #include "support/pg_database_test.h"
 #include "support/pg_server.h"
+#include "support/stall_proxy.h"
 
 namespace syncsched::store {
 namespace {
@@ -188,6 +190,43 @@ TEST_F(ClusterStoreTest, AClusterStoreIsRefusedWhileASingleEngineOwnsTheDatabase
   EXPECT_EQ(refused.status().code(), StatusCode::kUnavailable) << refused.status();
   EXPECT_NE(refused.status().message().find("not in cluster mode"), std::string::npos)
       << refused.status();
+}
+
+// A command written to the inbox through a route that stalls (support/stall_proxy.h): the
+// receiver gives up at its reply deadline, and when the route delivers the statement after all,
+// nothing is recorded, so no owner applies a command its receiver answered as failed (helper-38
+// saw one applied 73 s after its client gave up). Without the expiry, the late INSERT records it.
+TEST_F(ClusterStoreTest, ACommandDeliveredAfterItsReceiverGaveUpIsNotRecorded) {
+  ASSERT_NO_FATAL_FAILURE(StartKeeper());
+  auto proxy = syncsched::testing::StallProxy::Start(server_->dir());
+  ASSERT_TRUE(proxy.ok()) << proxy.status();
+  cluster::CommandInbox inbox((*proxy)->Uri(db_), keeper_->node_id(), 2s, 300ms);
+  auto first = inbox.Submit("first", {0, 1});
+  ASSERT_TRUE(first.ok()) << first.status();
+  std::string pid =
+      Q("SELECT pid FROM pg_stat_activity WHERE application_name = "
+        "'syncsched-commands' AND datname = current_database()");
+  (*proxy)->Stall(true);
+  auto late = inbox.Submit("late", {2});
+  ASSERT_FALSE(late.ok());
+  EXPECT_TRUE(late.status().IsUnavailable()) << late.status();
+  EXPECT_NE(late.status().message().find("no reply from the database within 300 ms"),
+            std::string::npos)
+      << late.status();
+  (*proxy)->Stall(false);  // the INSERT reaches the server now, then the close
+  bool ended = false;
+  for (int i = 0; i < 6000 && !ended; ++i) {
+    ended = Q("SELECT count(*) FROM pg_stat_activity WHERE pid = " + pid) == "0";
+    if (!ended) std::this_thread::sleep_for(10ms);  // polling: the server has no event to wait on
+  }
+  ASSERT_TRUE(ended);
+  EXPECT_EQ(Q("SELECT string_agg(convert_from(body, 'UTF8'), ',' ORDER BY id) FROM "
+              "syncsched_cluster.commands"),
+            "first");
+  EXPECT_EQ(Q("SELECT count(*) FROM syncsched_cluster.command_parts"), "2");
+  // And the inbox carries on over the resumed route.
+  auto again = inbox.Submit("again", {3});
+  ASSERT_TRUE(again.ok()) << again.status();
 }
 
 }  // namespace

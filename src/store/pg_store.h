@@ -134,6 +134,13 @@ std::string RedactDatabaseUri(std::string_view uri);
 //   disconnected (its owner mark in `syncsched.meta` changed), the call fails with UNAVAILABLE
 //   ("... is in use by another syncsched engine") and so does every later call: the store never
 //   writes again over a database another engine took over. Destroy it and open the database again.
+// - Every blocking call waits at most reply_timeout for each reply, then closes the connection
+//   as lost (UNAVAILABLE naming the deadline). Each commit's pipeline checks, right before COMMIT,
+//   that the server runs it before the moment the store gives up (an expiry in the server's
+//   clock, read at connect): a commit that a stalled route delivers later is aborted there.
+// - Every reconnect first ends the store's previous session if the server still runs it
+//   (pg_terminate_backend, matched by pid and backend_start; best effort without the right to
+//   signal it), so that its owner lock is free and nothing it holds can commit any more.
 // - A commit whose connection is lost after it was sent may have been applied by the server. The
 //   store then reconnects at once and reads the database's commit mark to learn the outcome: OK
 //   when it was applied, UNAVAILABLE when it was not. When it cannot reconnect, it returns

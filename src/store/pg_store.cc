@@ -1889,7 +1889,8 @@ Status PgStore::EndPipeline(Pipeline& p, const Status& abandon, bool* in_doubt) 
     if (!res) break;
     ExecStatusType st = PQresultStatus(res.get());
     if (st == PGRES_FATAL_ERROR && first_error.ok()) {
-      first_error = Error(p.whats[i], res.get());
+      // A deadline that shut the socket fails whichever statement was being read: name the wait.
+      first_error = Error(expired_ ? "waiting for the commit's replies" : p.whats[i], res.get());
     } else if (st == PGRES_COMMAND_OK && i + 1 == sent && p.commit_sent && first_error.ok() &&
                std::strcmp(PQcmdStatus(res.get()), "COMMIT") == 0) {
       answered_commit = true;

@@ -852,6 +852,17 @@ class PgStoreStallTest : public PgStoreTest {
     }
     return false;
   }
+  // Opens a store through the proxy and commits schedules 1..n; `*pid`: its server process.
+  std::unique_ptr<Store> OpenThroughProxy(int n, int* pid) {
+    auto store = OpenOrDie(StalledOptions());
+    if (store == nullptr) return nullptr;
+    Batch first;
+    const char* names[] = {"acme", "globex"};
+    for (int i = 0; i < n; ++i) first.schedules.push_back(MakeSchedule(i + 1, names[i % 2]));
+    EXPECT_TRUE(store->Commit(first).ok());
+    *pid = internal::BackendPidForTest(*store);
+    return store;
+  }
   std::unique_ptr<StallProxy> proxy_;
 };
 
@@ -860,12 +871,9 @@ class PgStoreStallTest : public PgStoreTest {
 // right before COMMIT, that it runs before the store's deadline. Without that check the late
 // COMMIT would apply a batch reported as failed (and the store would then refuse for good).
 TEST_F(PgStoreStallTest, ACommitGivesUpAtTheReplyDeadlineAndItsLateArrivalAppliesNothing) {
-  auto store = OpenOrDie(StalledOptions());
+  int pid = 0;
+  auto store = OpenThroughProxy(1, &pid);
   ASSERT_NE(store, nullptr);
-  Batch first;
-  first.schedules = {MakeSchedule(1, "acme")};
-  ASSERT_TRUE(store->Commit(first).ok());
-  const int pid = internal::BackendPidForTest(*store);
   proxy_->Stall(true);
   Batch second;
   second.schedules = {MakeSchedule(2, "globex")};
@@ -887,11 +895,9 @@ TEST_F(PgStoreStallTest, ACommitGivesUpAtTheReplyDeadlineAndItsLateArrivalApplie
 
 // A Load on a stalled route gives up at reply_timeout too, and the next one reads normally.
 TEST_F(PgStoreStallTest, ALoadGivesUpAtTheReplyDeadline) {
-  auto store = OpenOrDie(StalledOptions());
+  int pid = 0;
+  auto store = OpenThroughProxy(2, &pid);
   ASSERT_NE(store, nullptr);
-  Batch first;
-  first.schedules = {MakeSchedule(1, "acme"), MakeSchedule(2, "globex")};
-  ASSERT_TRUE(store->Commit(first).ok());
   proxy_->Stall(true);
   auto snap = store->Load();
   ASSERT_FALSE(snap.ok());
@@ -908,12 +914,9 @@ TEST_F(PgStoreStallTest, ALoadGivesUpAtTheReplyDeadline) {
 // reconnects (matched by pid and start time), so that it is not refused by its own ghost, and a
 // commit in doubt is resolved against a session that can no longer commit.
 TEST_F(PgStoreStallTest, AReconnectEndsThePreviousSessionThatTheServerStillRuns) {
-  auto store = OpenOrDie(StalledOptions());
+  int pid = 0;
+  auto store = OpenThroughProxy(1, &pid);
   ASSERT_NE(store, nullptr);
-  Batch first;
-  first.schedules = {MakeSchedule(1, "acme")};
-  ASSERT_TRUE(store->Commit(first).ok());
-  const int pid = internal::BackendPidForTest(*store);
   proxy_->StallOpen();  // the store's connection stalls; new ones are carried
   Batch second;
   second.schedules = {MakeSchedule(2, "globex")};

@@ -29,10 +29,11 @@ Status NoReply(milliseconds timeout, std::string_view context) {
 }
 
 // pg_util's PgExec under a reply deadline of `timeout`.
-Status PgExec(milliseconds timeout, PGconn* conn, const char* sql, std::string_view context) {
+Status PgExec(milliseconds timeout, PGconn* conn, const char* sql, std::string_view context,
+              ResultPtr* out = nullptr) {
   SocketDeadline deadline;
   deadline.Arm(conn, timeout);
-  Status s = internal::PgExec(conn, sql, context);
+  Status s = internal::PgExec(conn, sql, context, out);
   if (deadline.Disarm()) return NoReply(timeout, context);
   return s;
 }
@@ -207,7 +208,8 @@ void CommandInbox::Release(PGconn* conn) {
 }
 
 Result<std::int64_t> CommandInbox::Submit(const std::string& body,
-                                          const std::vector<int>& partitions) {
+                                          const std::vector<int>& partitions, bool* in_doubt) {
+  if (in_doubt != nullptr) *in_doubt = false;
   Status err;
   PGconn* c = Acquire(&err);
   if (c == nullptr) return err;
@@ -224,21 +226,39 @@ Result<std::int64_t> CommandInbox::Submit(const std::string& body,
         server_us_ +
         std::chrono::duration_cast<std::chrono::microseconds>(give_up - server_read_by_).count();
   }
+  // One statement, sent as one simple-protocol message with its values as literals: the server
+  // executes and commits it when the whole message has arrived, so that no later message (an
+  // extended-protocol Sync, which a route could hold back) decides whether it commits after the
+  // expiry was checked. The command, its parts and the notice commit together (a NOTIFY is
+  // delivered at commit).
+  std::string hex = Hex(body);  // "\x..."; decode() takes the digits alone
+  std::string sql =
+      "WITH c AS (INSERT INTO syncsched_cluster.commands(id, receiver, body) "
+      "SELECT nextval('syncsched_cluster.command_ids'), " +
+      std::to_string(node_id_) + ", decode('" + hex.substr(2) +
+      "', 'hex') WHERE clock_timestamp() < to_timestamp(" + std::to_string(expiry) +
+      " / 1000000.0) RETURNING id), "
+      "p AS (INSERT INTO syncsched_cluster.command_parts(command, partition) "
+      "SELECT c.id, unnest('" +
+      IntArray(partitions) +
+      "'::int4[]) FROM c), "
+      "n AS (SELECT pg_notify('syncsched_commands', c.id::text) FROM c) "
+      "SELECT c.id, (SELECT count(*) FROM n) FROM c";
   ResultPtr res;
-  // One statement: the command, its parts and the notice commit together (a NOTIFY is delivered
-  // at commit).
-  Status s =
-      Exec(reply_timeout_, c,
-           "WITH c AS (INSERT INTO syncsched_cluster.commands(id, receiver, body) "
-           "SELECT nextval('syncsched_cluster.command_ids'), $1::int8, $2::bytea "
-           "WHERE clock_timestamp() < to_timestamp($4::int8 / 1000000.0) "
-           "RETURNING id), "
-           "p AS (INSERT INTO syncsched_cluster.command_parts(command, partition) "
-           "SELECT c.id, unnest($3::int4[]) FROM c), "
-           "n AS (SELECT pg_notify('syncsched_commands', c.id::text) FROM c) "
-           "SELECT c.id, (SELECT count(*) FROM n) FROM c",
-           {std::to_string(node_id_), Hex(body), IntArray(partitions), std::to_string(expiry)},
-           "cluster: recording a command for the partitions' owners", &res);
+  SocketDeadline deadline;
+  deadline.Arm(c, reply_timeout_);
+  Status s = internal::PgExec(c, sql.c_str(),
+                              "cluster: recording a command for the partitions' owners", &res);
+  if (deadline.Disarm()) {
+    if (in_doubt != nullptr) *in_doubt = true;
+    s = Status::Unavailable(
+        "cluster: recording a command for the partitions' owners: no reply from the database "
+        "within " +
+        std::to_string(reply_timeout_.count()) +
+        " ms; the connection was closed. Whether the command was recorded is unknown: it was if "
+        "its statement reached the database within that time (its owners then apply it), and "
+        "never will be otherwise");
+  }
   if (s.ok() && PQntuples(res.get()) != 1) {
     s = Status::Unavailable(
         "cluster: the command reached the database after its receiver's deadline (" +

@@ -93,8 +93,13 @@ class CommandInbox {
   // Errors: UNAVAILABLE (the database cannot be reached, or gave no reply within reply_timeout),
   // INTERNAL. A command is recorded only if its statement reached the database before this call
   // gives up on it (an expiry in the server's clock, calibrated at each new connection): one that
-  // a stalled route carries later records nothing.
-  Result<std::int64_t> Submit(const std::string& body, const std::vector<int>& partitions);
+  // a stalled route carries later records nothing. The statement is one simple-protocol message,
+  // executed and committed as soon as it has arrived whole. `*in_doubt` (when given) is set when
+  // the call gave up waiting for the reply: the command was recorded if its statement reached the
+  // database in time, and not otherwise, and nothing changes that later; false on every other
+  // error, which recorded nothing.
+  Result<std::int64_t> Submit(const std::string& body, const std::vector<int>& partitions,
+                              bool* in_doubt = nullptr);
   // The parts of command `id` as they stand.
   Result<std::vector<CommandPart>> Parts(std::int64_t id);
   // Cancels every part of `id` still pending (one statement: a part being applied by its owner

@@ -191,11 +191,14 @@ Result<std::vector<cluster::CommandPart>> EngineCore::SubmitAndWait(const Remote
   for (const RemoteKey& k : cmd.keys) parts.push_back(k.partition);
   std::sort(parts.begin(), parts.end());
   parts.erase(std::unique(parts.begin(), parts.end()), parts.end());
-  auto id = inbox_->Submit(EncodeRemote(cmd), parts);
+  bool in_doubt = false;
+  auto id = inbox_->Submit(EncodeRemote(cmd), parts, &in_doubt);
   if (!id.ok()) {
     return Status::Unavailable(
         "cluster mode: the command could not be handed to the owners of its partitions: " +
-        id.status().message() + "; nothing was changed");
+        id.status().message() +
+        (in_doubt ? "; read the schedules' status to learn whether it was applied"
+                  : "; nothing was changed"));
   }
   // A dead owner's partitions are taken over within lease + 1 s of its death, then loaded and
   // their pending commands applied: a second more for that.

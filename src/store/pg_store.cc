@@ -1,6 +1,6 @@
 // The PostgreSQL store.
 //
-// Schema (version 4; the row `schema_version` of syncsched.meta holds the version, kMigrations
+// Schema (version 5; the row `schema_version` of syncsched.meta holds the version, kMigrations
 // lists the steps). Every table lives in the schema `syncsched` of the user's database:
 // - meta(key text, value bigint): named integers. `schema_version`; `max_uid`, the largest
 //   schedule uid ever issued (not max(uid): deleting every schedule must not let a uid be issued
@@ -32,6 +32,9 @@
 //   ever written: GREATEST in every write of the row), and the trigger grid_slot_once that refuses
 //   (SQLSTATE SYD01, store::SlotTaken) a row whose new run in flight is a grid slot at or before
 //   it: the backstop under the cluster's fence (docs/cluster.md).
+// - (v5) the function refuse_late_commit and the deferred constraint triggers commit_expiry on
+//   meta (commit_seq) and commit_marks: a commit that reaches the server after the transaction's
+//   `syncsched.expiry_us` is refused at COMMIT (SQLSTATE SYE01; see SendExpiry).
 //
 // Strings are `bytea`, not `text`: the engine's strings are bytes (a connection id need not be
 // UTF-8, a callback's error may hold any byte), and text would make such a value fail the commit
@@ -489,6 +492,39 @@ CREATE OR REPLACE TRIGGER grid_slot_once BEFORE UPDATE ON syncsched.schedules FO
   EXECUTE FUNCTION syncsched.refuse_grid_slot();
 )sql",
      {"meta", "syncs", "integrations", "connections", "schedules", "history", "commit_marks"}},
+    // Version 5: a commit's expiry, checked AT commit (stores.md, "Stalled routes"). Each commit
+    // sets the transaction-local `syncsched.expiry_us` (PgStore::SendExpiry: the server time, in
+    // µs since the epoch, at which the store gives up on the commit's answer) and writes its commit
+    // mark (meta's commit_seq, or its node's row of commit_marks). A deferred constraint trigger on
+    // the mark runs when COMMIT is executed and refuses (SQLSTATE SYE01) a commit that reaches the
+    // server after the expiry: a route that held back only the final COMMIT (or the Sync that ends
+    // the pipeline) cannot apply a commit its store already reported as failed. A transaction
+    // without the setting (migrations, claims, tests by hand) is not checked.
+    {5,
+     R"sql(
+CREATE OR REPLACE FUNCTION syncsched.refuse_late_commit() RETURNS trigger LANGUAGE plpgsql AS $f$
+DECLARE
+  expiry text := current_setting('syncsched.expiry_us', true);
+BEGIN
+  IF expiry IS NOT NULL AND expiry <> ''
+     AND clock_timestamp() >= to_timestamp(expiry::int8 / 1000000.0) THEN
+    RAISE EXCEPTION USING ERRCODE = 'SYE01',
+      MESSAGE = format('the commit reached the server at %s, after its store gave up on it at %s',
+                       clock_timestamp(), to_timestamp(expiry::int8 / 1000000.0));
+  END IF;
+  RETURN NULL;
+END
+$f$;
+DROP TRIGGER IF EXISTS commit_expiry ON syncsched.meta;
+DROP TRIGGER IF EXISTS commit_expiry ON syncsched.commit_marks;
+CREATE CONSTRAINT TRIGGER commit_expiry AFTER UPDATE ON syncsched.meta
+  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.key = 'commit_seq')
+  EXECUTE FUNCTION syncsched.refuse_late_commit();
+CREATE CONSTRAINT TRIGGER commit_expiry AFTER INSERT OR UPDATE ON syncsched.commit_marks
+  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+  EXECUTE FUNCTION syncsched.refuse_late_commit();
+)sql",
+     {"meta", "syncs", "integrations", "connections", "schedules", "history", "commit_marks"}},
 };
 
 // The largest uid the sequence has issued (the end of its last block), or just below the next
@@ -717,6 +753,9 @@ std::string Trimmed(std::string s) {
   return s;
 }
 
+// Schema v5's trigger refuses a commit that reached the server after its expiry.
+constexpr const char* kLateCommitSqlState = "SYE01";
+
 // What PgStore::SendExpiry's statement does, for errors.
 constexpr const char* kExpiryWhat =
     "checking that the commit reached the server before the store gave up on it (reply_timeout)";
@@ -922,7 +961,7 @@ Status PgStore::Error(std::string_view context, const PGresult* res) const {
     // A command part no longer pending (cluster/command_inbox.h): nothing of the commit applied.
     return Status::FailedPrecondition(std::move(message));
   }
-  if (code == "22012" && context == kExpiryWhat) {
+  if ((code == "22012" && context == kExpiryWhat) || code == kLateCommitSqlState) {
     // SendExpiry's statement ran after the store's deadline (the route stalled, or the clocks
     // stepped): the transaction is aborted, nothing applied.
     return Status::Unavailable(name_ +
@@ -1865,7 +1904,11 @@ void PgStore::SendExpiry(Pipeline& p) {
       server_us_ +
       std::chrono::duration_cast<std::chrono::microseconds>(give_up - server_read_by_).count();
   Query q;
-  q.sql = "SELECT 1 / (clock_timestamp() < to_timestamp($1::int8 / 1000000.0))::int";
+  // Schema v5's trigger on the commit mark checks it when COMMIT runs; the set_config statement
+  // itself refuses at once a commit already late.
+  q.sql =
+      "SELECT set_config('syncsched.expiry_us', $1::int8::text, true), "
+      "1 / (clock_timestamp() < to_timestamp($1::int8 / 1000000.0))::int";
   std::string param;
   PutBigEndian(expiry, &param);
   q.params = {std::move(param)};

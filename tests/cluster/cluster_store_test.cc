@@ -229,5 +229,35 @@ TEST_F(ClusterStoreTest, ACommandDeliveredAfterItsReceiverGaveUpIsNotRecorded) {
   ASSERT_TRUE(again.ok()) << again.status();
 }
 
+// The inbox's command through a route that holds back every Sync message from now on: a command
+// sent with the extended protocol would be executed at once but committed only at its Sync, which
+// the route delivers after the receiver gave up (helper-39 saw a pause applied 3 s after its 503).
+// Sent as one simple-protocol message, it commits when executed. Either way, what the receiver
+// answers and what the database holds must agree: recorded exactly when answered OK.
+TEST_F(ClusterStoreTest, ACommandWhoseSyncAloneIsHeldBackIsRecordedExactlyWhenAnsweredOk) {
+  ASSERT_NO_FATAL_FAILURE(StartKeeper());
+  auto proxy = syncsched::testing::StallProxy::Start(server_->dir());
+  ASSERT_TRUE(proxy.ok()) << proxy.status();
+  cluster::CommandInbox inbox((*proxy)->Uri(db_), keeper_->node_id(), 2s, 300ms);
+  ASSERT_TRUE(inbox.Submit("first", {0}).ok());  // the inbox's session is open and idle
+  std::string pid =
+      Q("SELECT pid FROM pg_stat_activity WHERE application_name = "
+        "'syncsched-commands' AND datname = current_database()");
+  (*proxy)->HoldFrom('S', "");
+  (*proxy)->RefuseNew(true);
+  auto held = inbox.Submit("held", {1});
+  (*proxy)->Stall(false);  // whatever was held reaches the server now, then the close
+  bool ended = held.ok();
+  for (int i = 0; i < 6000 && !ended; ++i) {
+    ended = Q("SELECT count(*) FROM pg_stat_activity WHERE pid = " + pid) == "0";
+    if (!ended) std::this_thread::sleep_for(10ms);  // polling: the server has no event to wait on
+  }
+  ASSERT_TRUE(ended);
+  std::string recorded =
+      Q("SELECT count(*) FROM syncsched_cluster.commands WHERE body = 'held'::bytea");
+  EXPECT_EQ(recorded, held.ok() ? "1" : "0") << held.status();
+  EXPECT_TRUE(held.ok()) << held.status();  // one message: nothing to hold back after it
+}
+
 }  // namespace
 }  // namespace syncsched::store

@@ -154,7 +154,7 @@ TEST_F(PgStoreTest, ANewDatabaseGetsTheSchemaAndLoadsEmpty) {
   EXPECT_TRUE(snap.connections.empty());
   EXPECT_TRUE(snap.schedules.empty());
   EXPECT_EQ(snap.max_uid, 0u);
-  EXPECT_EQ(Q("SELECT value FROM syncsched.meta WHERE key = 'schema_version'"), "4");
+  EXPECT_EQ(Q("SELECT value FROM syncsched.meta WHERE key = 'schema_version'"), "5");
   EXPECT_EQ(Q("SELECT reloptions::text FROM pg_class WHERE oid = 'syncsched.schedules'::regclass"),
             "{fillfactor=45}");
   EXPECT_TRUE(store->Commit(Batch{}).ok());
@@ -735,7 +735,7 @@ TEST_F(PgStoreTest, HistoryKeepsNewestRunsAndNewestFailure) {
 TEST_F(PgStoreTest, ANewerSchemaIsRefusedAndNotWritten) {
   { ASSERT_NE(OpenOrDie(), nullptr); }
   Exec("UPDATE syncsched.meta SET value = 99 WHERE key = 'schema_version'");
-  ExpectRefused(StatusCode::kFailedPrecondition, "schema version 99, newer than version 4");
+  ExpectRefused(StatusCode::kFailedPrecondition, "schema version 99, newer than version 5");
 }
 
 TEST_F(PgStoreTest, ForeignOrBrokenSchemasAreRefusedAndNotWritten) {
@@ -750,7 +750,7 @@ TEST_F(PgStoreTest, ForeignOrBrokenSchemasAreRefusedAndNotWritten) {
 TEST_F(PgStoreTest, AnEmptySchemaIsMigratedAndAReopenMigratesNothing) {
   Exec("CREATE SCHEMA syncsched");  // e.g. created by a DBA who granted it to the engine
   { ASSERT_NE(OpenOrDie(), nullptr); }
-  EXPECT_EQ(Q("SELECT value FROM syncsched.meta WHERE key = 'schema_version'"), "4");
+  EXPECT_EQ(Q("SELECT value FROM syncsched.meta WHERE key = 'schema_version'"), "5");
   std::string oid = Q("SELECT 'syncsched.schedules'::regclass::oid");
   { ASSERT_NE(OpenOrDie(), nullptr); }
   EXPECT_EQ(Q("SELECT 'syncsched.schedules'::regclass::oid"), oid) << "not recreated";
@@ -770,7 +770,7 @@ TEST_F(PgStoreTest, AVersion1DatabaseIsMigratedToFillfactor45KeepingItsRows) {
       "UPDATE syncsched.meta SET value = 1 WHERE key = 'schema_version'");
   auto store = OpenOrDie();
   ASSERT_NE(store, nullptr);
-  EXPECT_EQ(Q("SELECT value FROM syncsched.meta WHERE key = 'schema_version'"), "4");
+  EXPECT_EQ(Q("SELECT value FROM syncsched.meta WHERE key = 'schema_version'"), "5");
   EXPECT_EQ(Q("SELECT reloptions::text FROM pg_class WHERE oid = 'syncsched.schedules'::regclass"),
             "{fillfactor=45}");
   Snapshot snap = LoadOrDie(*store);
@@ -891,6 +891,62 @@ TEST_F(PgStoreStallTest, ACommitGivesUpAtTheReplyDeadlineAndItsLateArrivalApplie
   ASSERT_TRUE(store->Commit(third).ok());
   EXPECT_TRUE(store->Health().ok()) << store->Health();
   EXPECT_EQ(Q("SELECT string_agg(uid::text, ',' ORDER BY uid) FROM syncsched.schedules"), "1,3");
+}
+
+// A route that delivers a commit's pipeline but its final COMMIT (and Sync) late, while new
+// connections are refused, so that the store cannot end its previous session: the commit is
+// reported as failed with its outcome unknown, and when the COMMIT arrives after all, the schema's
+// check at commit (v5: the deferred trigger on the commit mark) refuses it. Without it, the late
+// COMMIT applies a batch reported as failed, and the store refuses for good once it learns so.
+TEST_F(PgStoreStallTest, ACommitWhoseCommitAloneArrivesLateAppliesNothing) {
+  int pid = 0;
+  auto store = OpenThroughProxy(1, &pid);
+  ASSERT_NE(store, nullptr);
+  proxy_->HoldFrom('P', "COMMIT");
+  proxy_->RefuseNew(true);
+  Batch second;
+  second.schedules = {MakeSchedule(2, "globex")};
+  Status s = store->Commit(second);
+  EXPECT_TRUE(s.IsUnavailable()) << s;
+  EXPECT_NE(s.message().find("outcome is unknown"), std::string::npos) << s;
+  // The server ran the pipeline up to COMMIT: its session still holds the transaction open.
+  EXPECT_EQ(Q("SELECT count(*) FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND pid = " +
+              std::to_string(pid)),
+            "1");
+  proxy_->Stall(false);  // the COMMIT, then the close, reach the server
+  ASSERT_TRUE(SessionEnded(pid));
+  EXPECT_EQ(Q("SELECT string_agg(uid::text, ',' ORDER BY uid) FROM syncsched.schedules"), "1");
+  proxy_->RefuseNew(false);
+  Batch third;
+  third.schedules = {MakeSchedule(3, "initech")};
+  Status ok;
+  for (int i = 0; i < 100; ++i) {  // past the reconnect backoff
+    ok = store->Commit(third);
+    if (ok.ok() || ok.message().find("next reconnect attempt") == std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_TRUE(ok.ok()) << ok;
+  EXPECT_TRUE(store->Health().ok()) << store->Health();
+  EXPECT_EQ(Q("SELECT string_agg(uid::text, ',' ORDER BY uid) FROM syncsched.schedules"), "1,3");
+}
+
+// The check at commit, by hand: a transaction whose expiry has passed when COMMIT runs is refused
+// (SYE01), on a single engine's mark and on a cluster node's; without the setting it commits.
+TEST_F(PgStoreTest, ACommitMarkWrittenPastTheTransactionsExpiryIsRefusedAtCommit) {
+  auto store = OpenOrDie();
+  ASSERT_NE(store, nullptr);
+  const std::string late = "SELECT set_config('syncsched.expiry_us', '1000000', true); ";
+  Status s = PgExec(uri_, "BEGIN; " + late +
+                              "UPDATE syncsched.meta SET value = value WHERE key = 'commit_seq'; "
+                              "COMMIT");
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("after its store gave up on it"), std::string::npos) << s;
+  s = PgExec(uri_, "BEGIN; " + late +
+                       "INSERT INTO syncsched.commit_marks(node, seq) VALUES (7, 1); COMMIT");
+  EXPECT_NE(s.message().find("after its store gave up on it"), std::string::npos) << s;
+  EXPECT_EQ(Q("SELECT count(*) FROM syncsched.commit_marks"), "0");
+  Exec("INSERT INTO syncsched.commit_marks(node, seq) VALUES (7, 1)");
+  EXPECT_EQ(Q("SELECT count(*) FROM syncsched.commit_marks"), "1");
 }
 
 // A Load on a stalled route gives up at reply_timeout too, and the next one reads normally.

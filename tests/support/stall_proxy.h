@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 
@@ -35,6 +36,14 @@ class StallProxy {
   void Stall(bool stalled);
   // Stalls the connections accepted so far only; later ones are carried. Stall(false) resumes.
   void StallOpen();
+  // From now on, holds each connection's client stream from its first message of protocol type
+  // `type` (the message's first byte: 'P' Parse, 'S' Sync, 'Q' Query; 0: any) whose bytes contain
+  // `needle` (empty: any): the messages before it are forwarded, it and everything after are held
+  // until Stall(false), while the server's replies still flow. That is the route that delivers a
+  // pipeline but its COMMIT (or its Sync) late.
+  void HoldFrom(char type, const std::string& needle);
+  // While true, new connections are accepted and closed at once (a route that refuses them).
+  void RefuseNew(bool refuse);
   // Connections accepted so far.
   int accepted() const { return accepted_.load(); }
 
@@ -48,6 +57,11 @@ class StallProxy {
   std::atomic<bool> stalled_{false}, stop_{false};
   std::atomic<int> accepted_{0};
   std::atomic<int> stall_below_{0};  // links accepted before this count are stalled
+  std::atomic<bool> refuse_new_{false}, release_{false};
+  std::mutex hold_mu_;
+  bool hold_armed_ = false;  // guarded by hold_mu_, with the two below
+  char hold_type_ = 0;
+  std::string hold_needle_;
   std::thread thread_;
 };
 

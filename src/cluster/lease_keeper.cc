@@ -188,12 +188,15 @@ Status LeaseKeeper::Connect(milliseconds timeout) {
   std::string setup = "SET client_min_messages = warning; SET lock_timeout = " +
                       std::to_string(std::max<long long>(50, lease_.count() / 4)) +
                       "; SET statement_timeout = " + std::to_string(query_timeout_.count()) +
-                      "; LISTEN " + kClusterChannel;
+                      "; LISTEN " + kClusterChannel +
+                      "; SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::int8";
   auto res = Query(setup, "setting up the session", timeout);
   if (!res.ok()) {
     Disconnect();
     return res.status();
   }
+  server_read_by_ = Clock::now();
+  server_us_ = Int(res->back().get(), 0, 0);
   return Status::Ok();
 }
 
@@ -201,6 +204,7 @@ void LeaseKeeper::Disconnect() {
   if (conn_ != nullptr) PQfinish(conn_);
   conn_ = nullptr;
   own_pid_ = 0;
+  server_us_ = 0;
 }
 
 void LeaseKeeper::ConsumeInput() {
@@ -220,7 +224,21 @@ Result<LeaseKeeper::ResultList> LeaseKeeper::Query(const std::string& sql, std::
   if (timeout.count() <= 0) timeout = query_timeout_;
   std::string what = "cluster node '" + options_.node + "': " + std::string(context);
   if (conn_ == nullptr) return Status::Unavailable(what + ": not connected");
-  if (PQsendQuery(conn_, sql.c_str()) == 0) {
+  // The query's expiry, in the server's clock: when this call gives up on it. The server read its
+  // clock `server_us_` before `server_read_by_`, so its clock shows at least `expiry` when this
+  // call gives up. A simple query is one message and one transaction: a first statement that
+  // fails past the expiry aborts every statement after it, so a query that a stalled route
+  // delivers late (a dead node's renewal or claim) changes nothing.
+  const bool checked = server_us_ != 0;
+  std::string full;
+  if (checked) {
+    std::int64_t expiry = server_us_ + std::chrono::duration_cast<std::chrono::microseconds>(
+                                           Clock::now() + timeout - server_read_by_)
+                                           .count();
+    full = "SELECT 1 / (clock_timestamp() < to_timestamp(" + std::to_string(expiry) +
+           " / 1000000.0))::int;" + sql;
+  }
+  if (PQsendQuery(conn_, checked ? full.c_str() : sql.c_str()) == 0) {
     Status s = internal::PgError(conn_, what, nullptr);
     Disconnect();
     return Status::Unavailable(s.message());
@@ -252,10 +270,15 @@ Result<LeaseKeeper::ResultList> LeaseKeeper::Query(const std::string& sql, std::
     if (!res) break;
     ExecStatusType st = PQresultStatus(res.get());
     if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && first.ok()) {
-      first = internal::PgError(conn_, what, res.get());
+      first = checked && results.empty()
+                  ? Status::Unavailable(what +
+                                        ": the query reached the database after this node gave "
+                                        "up on it; nothing of it was applied")
+                  : internal::PgError(conn_, what, res.get());
     }
     results.push_back(std::move(res));
   }
+  if (checked && !results.empty()) results.erase(results.begin());  // the expiry's check
   // Notifications that came with the answer.
   while (PGnotify* n = PQnotifies(conn_)) {
     if (n->be_pid != own_pid_) poke_ = true;

@@ -32,6 +32,7 @@
 #include "cluster/lease_keeper.h"
 #include "support/pg_database_test.h"
 #include "support/pg_server.h"
+#include "support/stall_proxy.h"
 
 extern char** environ;
 
@@ -848,6 +849,48 @@ TEST_F(ClusterTest, StoppedNodeWakesAndItsStaleWritesAreRefused) {
                    "GROUP BY partition, epoch HAVING count(DISTINCT node) > 1) s"),
             0);
   EXPECT_EQ(monitor.Finish(), std::vector<std::string>{});
+}
+
+// A node whose route stalls: its renewal is held back by the route (support/stall_proxy.h), it
+// gives up on it, and it dies; when the route delivers the renewal after all, the server must not
+// renew a dead node's leases (helper-39 saw a late renewal keep 5 of 16 partitions ownerless for
+// 10-15 s, and refuse a restart under the node's name meanwhile). Every query of the keeper
+// carries its expiry in the server's clock; without it, the late renewal extends the node row
+// and its leases.
+TEST_F(ClusterTest, ARenewalDeliveredAfterItsNodeGaveUpRenewsNothing) {
+  auto proxy = syncsched::testing::StallProxy::Start(server_->dir());
+  ASSERT_TRUE(proxy.ok()) << proxy.status();
+  LeaseKeeperOptions o = Options("stalled", 1000ms);
+  o.uri = (*proxy)->Uri(db_);
+  auto started = LeaseKeeper::Start(o);
+  ASSERT_TRUE(started.ok()) << started.status();
+  std::unique_ptr<LeaseKeeper> k = std::move(started).value();
+  ASSERT_TRUE(WaitBalanced({k->node_id()}));
+  Conn db(uri_);
+  const std::string id = std::to_string(k->node_id());
+  std::string pid = db.Rows(
+      "SELECT pid FROM pg_stat_activity WHERE application_name = 'syncsched-cluster' AND "
+      "datname = current_database()")[0][0];
+  (*proxy)->HoldFrom('Q', "SET heartbeat_at = now()");
+  (*proxy)->RefuseNew(true);
+  // The node's next renewal is held, it gives up on it (its query timeout) and loses its route.
+  ASSERT_TRUE(WaitFor([&] { return !k->Snapshot().connected; }, 5s));
+  // The node row's expiry and its leases' latest, as the server holds them.
+  const std::string expiries =
+      "SELECT expires_at::text || ' ' || (SELECT max(expires_at) FROM syncsched_cluster.partitions "
+      "WHERE owner = " +
+      id + ")::text FROM syncsched_cluster.nodes WHERE id = " + id;
+  const std::string before = db.Rows(expiries)[0][0];
+  k.reset();               // the node dies
+  (*proxy)->Stall(false);  // the renewal reaches the server now, then the close
+  ASSERT_TRUE(WaitFor(
+      [&] { return db.Int("SELECT count(*) FROM pg_stat_activity WHERE pid = " + pid) == 0; },
+      60s));
+  EXPECT_EQ(db.Rows(expiries)[0][0], before);
+  // And so the node's partitions are free for a survivor by the end of its lease.
+  LeaseKeeper* b = StartKeeper("b");
+  ASSERT_NE(b, nullptr);
+  EXPECT_TRUE(WaitBalanced({b->node_id()}, 3s));
 }
 
 // ---- The database server restarts ----

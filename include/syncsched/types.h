@@ -283,6 +283,14 @@ struct EngineMetrics {
   // leases lapse and it runs nothing) or has stopped for good, with store_error saying which.
   bool store_healthy = true;
   std::string store_error{};  // the refused commit's error, naming the file, while not healthy
+  // True (for good) once the store refuses every further call, store_error saying why: the
+  // SQLite store found corruption or could not roll back; the PostgreSQL store learned that a
+  // commit it had reported as failed was applied after all (its answer was lost on the way, e.g.
+  // a one-way network stall), or that another engine took its database over while its connection
+  // was lost. The engine's state then no longer matches the database's: close the engine and open
+  // it again (Engine::Open recovers exactly what the database holds). The daemon does so by
+  // exiting (docs/daemon.md), so that its supervisor restarts it.
+  bool store_broken = false;
   std::uint64_t store_commits_failed = 0;  // commits refused, commands' included
   // Gauge: schedule rows and finished runs applied in memory that the database does not hold
   // yet (see ScheduleStatus::unrecorded). Retried with every later commit.

@@ -104,6 +104,9 @@ std::string EncodePrometheus(const EngineMetrics& m, const DaemonMetrics& d) {
   Metric(out, "syncsched_store_healthy", "gauge",
          "1 while the database accepts commits, 0 from a refused commit until one succeeds.",
          m.store_healthy ? 1 : 0);
+  Metric(out, "syncsched_store_broken", "gauge",
+         "1 once the database store refuses every further call (the engine must be reopened)",
+         m.store_broken ? 1 : 0);
   Metric(out, "syncsched_store_commits_failed_total", "counter",
          "Commits the database refused (full disk, I/O error, corruption).",
          m.store_commits_failed);

@@ -332,13 +332,18 @@ void CommitQueue::Observe(const Status& status) {
     for (const store::RunRow& run : carry_.runs) uids->insert(run.schedule_uid);
   }
   std::uint64_t cache_bytes = store_.CacheBytes();
+  // A store broken for good says so only through its Health (its later calls all fail alike).
+  Status broken = status.ok() ? Status::Ok() : store_.Health();
   bool changed;
   {
     MutexLock lock(health_mu_);
     health_.cache_bytes = cache_bytes;
     changed = health_.healthy != status.ok();
     health_.healthy = status.ok();
-    health_.error = status.ok() ? std::string() : status.ToString();
+    health_.broken = health_.broken || !broken.ok();
+    health_.error = status.ok()   ? std::string()
+                    : broken.ok() ? status.ToString()
+                                  : broken.ToString();
     if (!status.ok()) ++health_.commits_failed;
     health_.rows_unrecorded = carry_.schedules.size() + carry_.runs.size();
     health_.history_dropped += dropped;

@@ -47,6 +47,7 @@ struct CommitWaiter {
 // What the store holds against what memory holds (see the file comment).
 struct StoreHealth {
   bool healthy = true;                // false from a failed commit until a commit succeeds
+  bool broken = false;                // the store refuses every further call (Store::Health)
   std::string error;                  // the last failed commit's error, while not healthy
   std::uint64_t commits_failed = 0;   // every failed commit, a command's included
   std::uint64_t rows_unrecorded = 0;  // schedule rows and finished runs carried, not yet stored

@@ -1735,6 +1735,7 @@ EngineMetrics EngineCore::GetMetrics() {
   if (writer_) {
     StoreHealth h = writer_->Health();
     m.store_healthy = h.healthy;
+    m.store_broken = h.broken;
     m.store_error = std::move(h.error);
     m.store_commits_failed = h.commits_failed;
     m.store_rows_unrecorded = h.rows_unrecorded;

@@ -193,9 +193,12 @@ HttpResponse Api::OnHealth(const Call&) {
   // Unhealthy while the database refuses commits: no run starts then. The cause (it names the
   // file) is in the log and /metrics, which need a key; /health needs none.
   EngineMetrics m = engine_.GetMetrics();
-  Json body = m.store_healthy ? Json{{"status", "ok"}}
-                              : Json{{"status", "unhealthy"},
-                                     {"reason", "the database refuses commits; see the log"}};
+  Json body = m.store_healthy
+                  ? Json{{"status", "ok"}}
+                  : Json{{"status", "unhealthy"},
+                         {"reason", m.store_broken ? "the database store is broken for good; the "
+                                                     "daemon is restarting itself (see the log)"
+                                                   : "the database refuses commits; see the log"}};
   if (m.cluster_partitions_total > 0) {  // cluster mode
     body["node"] = node_;
     body["partitions"] = m.cluster_partitions_owned;

@@ -214,14 +214,27 @@ int main(int argc, char** argv) {
   // Waiting for a signal, this thread returns the heap's free memory to the kernel once a minute
   // (docs/daemon.md, "Memory: free memory returned"): glibc keeps what a burst of allocations on
   // one thread's arena freed, so without it the resident size ratchets up with every burst.
+  // Once a second it also looks whether the database store is broken for good
+  // (EngineMetrics::store_broken): the engine's state no longer matches the database's, and only
+  // a restart, which recovers exactly what the database holds, mends that. The daemon then shuts
+  // down as for SIGTERM and exits with kExitRuntime, for its supervisor to restart it.
   int sig = 0;
-  const timespec kTrimEvery{60, 0};
-  for (;;) {
-    sig = sigtimedwait(&signals, nullptr, &kTrimEvery);
+  const timespec kWakeEvery{1, 0};
+  for (int second = 1;; ++second) {
+    sig = sigtimedwait(&signals, nullptr, &kWakeEvery);
     if (sig > 0) break;
-    if (errno == EAGAIN) malloc_trim(0);
+    if (errno != EAGAIN) continue;
+    if (second % 60 == 0) malloc_trim(0);
+    const syncsched::EngineMetrics m = daemon->engine().GetMetrics();
+    if (m.store_broken) {
+      log.Error(
+          "the database store is broken for good: shutting down, for the supervisor to restart "
+          "the daemon (the restart recovers exactly what the database holds)",
+          {{"error", m.store_error}});
+      break;
+    }
   }
-  log.Info("shutting down", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}});
+  if (sig > 0) log.Info("shutting down", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}});
   // A second signal during the shutdown ends the process at once, the runs' process groups
   // first (SIGKILL; the watchdog would too, once the daemon is gone).
   std::thread([&log, signals] {
@@ -235,5 +248,5 @@ int main(int argc, char** argv) {
   // Not OK when the database refused the last commits: logged, and the exit says so.
   const bool recorded = daemon->Shutdown().ok();
   daemon.reset();
-  return recorded ? 0 : kExitRuntime;
+  return recorded && sig > 0 ? 0 : kExitRuntime;
 }

@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "support/pg_server.h"
 #include "support/test_database.h"
 #include "test_util.h"
 
@@ -417,6 +418,57 @@ TEST(SingleDaemonNode, RunsSeeTheDefaultName) {
   EXPECT_EQ(h, (Json{{"status", "ok"}})) << h.dump();
   p.Signal(SIGTERM);
   EXPECT_EQ(p.Wait(), 0);
+}
+
+// A single daemon on PostgreSQL whose store breaks for good: its session is ended and, before it
+// reconnects, another engine takes the database over (here: writes the owner mark by hand, as an
+// engine opening the database does). Its next commit (a POST) learns so; from then on its state
+// no longer matches the database's, and no call of the store succeeds again. It must not linger
+// unhealthy with nothing in the log (helper-39): it logs why, shuts down and exits 1, for its
+// supervisor to restart it, and a restart serves from what the database holds.
+TEST(SingleDaemonOnPostgres, ExitsWhenItsStoreIsBrokenForGoodAndARestartServes) {
+  TempDir dir;
+  TestDatabase db(StoreKind::kPostgres);
+  Json config = {{"listen", "127.0.0.1:0"},
+                 {"database", db.path()},
+                 {"api_keys", {{{"key", "k"}, {"scopes", {"*"}}}}},
+                 {"integrations",
+                  {{"github",
+                    {{"syncs", {{"issues", {{"runs", "1h"}, {"command", {"/bin/true"}}}}}},
+                     {"connections", {"acme"}}}}}}};
+  WriteFile(dir / "config.json", config.dump());
+  auto p = std::make_unique<Process>(
+      std::vector<std::string>{SYNCSCHEDD_PATH, "--config", dir / "config.json"},
+      dir / "daemon.log");
+  auto port = ListeningPort(dir / "daemon.log");
+  ASSERT_TRUE(port) << ReadFile(dir / "daemon.log");
+  ASSERT_TRUE(syncsched::testing::PgExec(
+                  db.path(),
+                  "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE "
+                  "application_name = 'syncsched' AND datname = current_database(); "
+                  "UPDATE syncsched.meta SET value = value + 1 WHERE key = 'owner'")
+                  .ok());
+  // The first commit finds its session ended; the second reconnects and learns of the takeover.
+  for (const char* id : {"globex", "initech"}) {
+    Client client(*port);
+    Reply refused = client.Post(
+        "/connections",
+        std::string(R"({"provider_config_key": "github", "connection_id": ")") + id + "\"}", "k");
+    EXPECT_EQ(refused.status, 503u) << refused.body;
+  }
+  EXPECT_EQ(p->Wait(std::chrono::seconds(20)), 1) << ReadFile(dir / "daemon.log");
+  std::string log = ReadFile(dir / "daemon.log");
+  EXPECT_NE(log.find("the database store is broken for good"), std::string::npos) << log;
+  EXPECT_NE(log.find("opened by another engine"), std::string::npos) << log;
+  // The restart recovers what the database holds, and serves.
+  p = std::make_unique<Process>(
+      std::vector<std::string>{SYNCSCHEDD_PATH, "--config", dir / "config.json"},
+      dir / "again.log");
+  port = ListeningPort(dir / "again.log");
+  ASSERT_TRUE(port) << ReadFile(dir / "again.log");
+  EXPECT_EQ(Health(*port), (Json{{"status", "ok"}}));
+  p->Signal(SIGTERM);
+  EXPECT_EQ(p->Wait(), 0) << ReadFile(dir / "again.log");
 }
 
 }  // namespace

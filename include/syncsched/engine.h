@@ -311,8 +311,15 @@ class SYNCSCHED_EXPORT Engine {
                             std::forward<Token>(token));
   }
 
-  // Counters and gauges for monitoring. Any thread; cheap (no per-schedule walk).
+  // Counters and gauges for monitoring. Any thread; cheap (no per-schedule walk). It waits for the
+  // engine's lock, which a command holds while its commit is written: on a database that stalls,
+  // as long as that commit (at most the store's reply deadline; PostgresStoreOptions).
   EngineMetrics GetMetrics();
+  // The store's and the cluster's health, as GetMetrics reports them, without waiting for the
+  // engine's lock (for a health check that must answer while a command waits on a stalled
+  // database). Any thread; cheap. After Shutdown, in cluster mode, unhealthy (the lease keeper
+  // has stopped).
+  EngineHealth GetHealth();
 
   // The engine's clock (the one in Options, or its own).
   Clock& clock();

@@ -259,6 +259,18 @@ struct Histogram {
 };
 
 // Counters of the whole engine since it was opened (schedule gauges are current values).
+// What a health check needs, read without waiting for the engine (Engine::GetHealth): the fields
+// mean what EngineMetrics' fields of the same names mean, except cluster_partitions_owned, which
+// counts the leases this engine holds (valid now) whether or not it has loaded them yet.
+struct EngineHealth {
+  bool store_healthy = true;
+  bool store_broken = false;
+  std::string store_error{};
+  std::uint64_t cluster_partitions_owned = 0;
+  std::uint64_t cluster_partitions_total = 0;  // 0 outside cluster mode
+  std::uint64_t cluster_nodes_live = 0;
+};
+
 struct EngineMetrics {
   std::uint64_t schedules_started = 0;  // gauge
   std::uint64_t schedules_paused = 0;   // gauge

@@ -117,6 +117,8 @@ Result<std::vector<ForecastMinute>> Engine::Forecast(Millis horizon,
 }
 void Engine::ReleaseTimers() { core_->ReleaseTimers(); }
 EngineMetrics Engine::GetMetrics() { return core_->GetMetrics(); }
+
+EngineHealth Engine::GetHealth() { return core_->GetHealth(); }
 Clock& Engine::clock() { return core_->clock(); }
 std::size_t Engine::MemoryBytes() { return core_->MemoryBytes(); }
 

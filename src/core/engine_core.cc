@@ -1770,18 +1770,43 @@ EngineMetrics EngineCore::GetMetrics() {
     // none to make: a node owning no partition commits nothing). Not after Shutdown, which stops
     // the keeper: the engine's health then says whether its last commits were made.
     if (m.store_healthy && !shut_down_) {
-      if (Status kh = keeper_->Health(); !kh.ok()) {
-        m.store_healthy = false;
-        m.store_error = "cluster: " + kh.message();
-      } else if (!snap.connected) {
-        m.store_healthy = false;
-        m.store_error =
-            "cluster: the lease keeper has lost its connection to the database; this engine's "
-            "leases lapse and it runs nothing until it reconnects";
-      }
+      m.store_error = KeeperTrouble(snap);
+      m.store_healthy = m.store_error.empty();
     }
   }
   return m;
+}
+
+std::string EngineCore::KeeperTrouble(const cluster::LeaseSnapshot& snap) const {
+  if (Status kh = keeper_->Health(); !kh.ok()) return "cluster: " + kh.message();
+  if (!snap.connected) {
+    return "cluster: the lease keeper has lost its connection to the database; this engine's "
+           "leases lapse and it runs nothing until it reconnects";
+  }
+  return {};
+}
+
+EngineHealth EngineCore::GetHealth() {
+  EngineHealth h;
+  if (writer_) {
+    StoreHealth s = writer_->Health();
+    h.store_healthy = s.healthy;
+    h.store_broken = s.broken;
+    h.store_error = std::move(s.error);
+  }
+  if (InCluster()) {
+    cluster::LeaseSnapshot snap = keeper_->Snapshot();
+    const auto now = std::chrono::steady_clock::now();
+    for (const cluster::Lease& l : snap.leases) h.cluster_partitions_owned += l.ValidAt(now);
+    h.cluster_partitions_total = static_cast<std::uint64_t>(partitions_);
+    h.cluster_nodes_live = static_cast<std::uint64_t>(snap.live_nodes);
+    // As GetMetrics, without its exception after Shutdown (shut_down_ needs mu_).
+    if (h.store_healthy) {
+      h.store_error = KeeperTrouble(snap);
+      h.store_healthy = h.store_error.empty();
+    }
+  }
+  return h;
 }
 
 std::size_t EngineCore::MemoryBytes() {

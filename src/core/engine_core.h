@@ -127,6 +127,10 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   Result<Millis> UpdateFrequency(const ScheduleKey& key, std::optional<std::string> frequency)
       EXCLUDES(mu_);
   EngineMetrics GetMetrics() EXCLUDES(mu_);
+  // Without mu_: the writer and the keeper (set at open, never replaced) have locks of their own.
+  EngineHealth GetHealth();
+  // Cluster mode: why the lease keeper keeps this engine from running ("": it does not).
+  std::string KeeperTrouble(const cluster::LeaseSnapshot& snap) const;
   Result<SyncDefinition> GetSyncDefinition(std::string_view integration, std::string_view sync)
       EXCLUDES(mu_);
   void ReleaseTimers() EXCLUDES(mu_);

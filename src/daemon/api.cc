@@ -192,7 +192,8 @@ HttpResponse Api::Dispatch(const Route& route, const HttpRequest& request) {
 HttpResponse Api::OnHealth(const Call&) {
   // Unhealthy while the database refuses commits: no run starts then. The cause (it names the
   // file) is in the log and /metrics, which need a key; /health needs none.
-  EngineMetrics m = engine_.GetMetrics();
+  // GetHealth, not GetMetrics: it answers while a command waits on a stalled database.
+  EngineHealth m = engine_.GetHealth();
   Json body = m.store_healthy
                   ? Json{{"status", "ok"}}
                   : Json{{"status", "unhealthy"},

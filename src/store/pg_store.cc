@@ -839,10 +839,14 @@ class PgStore final : public Store {
 
   // Connects, sets up the session, takes the advisory lock (waiting up to `wait` for it) and
   // prepares the statements.
-  Status Connect(std::chrono::milliseconds wait);
+  // `connect_timeout`: 0 for options_.connect_timeout.
+  Status Connect(std::chrono::milliseconds wait,
+                 std::chrono::milliseconds connect_timeout = std::chrono::milliseconds(0));
   // After a lost connection: connects again and checks that nobody took the database over. Sets
   // `*applied` when the commit in doubt (if any) proves applied.
-  Status Reconnect(bool* applied);
+  // `connect_timeout` as Connect's.
+  Status Reconnect(bool* applied,
+                   std::chrono::milliseconds connect_timeout = std::chrono::milliseconds(0));
   // Reconnects when needed, honouring the backoff.
   Status EnsureConnected();
   Status Inspect(int* version);
@@ -986,10 +990,11 @@ Status PgStore::Exec(const char* sql, std::string_view context, ResultPtr* out) 
   return Status::Ok();
 }
 
-Status PgStore::Connect(std::chrono::milliseconds wait) {
+Status PgStore::Connect(std::chrono::milliseconds wait, std::chrono::milliseconds connect_timeout) {
   Close();
   expired_ = false;
-  auto timeout_s = std::max<std::int64_t>(2, (options_.connect_timeout.count() + 999) / 1000);
+  if (connect_timeout.count() <= 0) connect_timeout = options_.connect_timeout;
+  auto timeout_s = std::max<std::int64_t>(2, (connect_timeout.count() + 999) / 1000);
   std::string timeout = std::to_string(timeout_s);
   // Earlier keywords are defaults that the URI (expanded from dbname) overrides.
   const char* keys[] = {"connect_timeout", "fallback_application_name", "dbname", nullptr};
@@ -1337,9 +1342,9 @@ Status PgStore::Open() {
   return Prepare();
 }
 
-Status PgStore::Reconnect(bool* applied) {
+Status PgStore::Reconnect(bool* applied, std::chrono::milliseconds connect_timeout) {
   *applied = false;
-  Status s = Connect(std::chrono::milliseconds(0));
+  Status s = Connect(std::chrono::milliseconds(0), connect_timeout);
   if (!s.ok()) return s;
   ResultPtr res;
   if (InCluster()) {
@@ -2096,7 +2101,9 @@ Status PgStore::CommitParts(const Batch& first, BatchSource* more) {
   in_doubt_seq_ = seq;
   in_doubt_max_uid_ = max_uid;
   bool applied = false;
-  Status again = Reconnect(&applied);
+  // At once, but briefly (libpq's least, 2 s): the caller has waited reply_timeout already, and a
+  // route that stalled this connection may stall a new one too; later calls retry with backoff.
+  Status again = Reconnect(&applied, std::chrono::seconds(2));
   if (again.ok()) return applied ? Status::Ok() : failed(s);
   if (!broken_.ok()) return broken_;
   next_attempt_ = std::chrono::steady_clock::now() + backoff_;

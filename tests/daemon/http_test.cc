@@ -14,6 +14,7 @@
 #include <poll.h>
 #include <sys/socket.h>
 
+#include <atomic>
 #include <cstdio>
 #include <memory>
 #include <thread>
@@ -21,6 +22,7 @@
 #include "../core/engine_access.h"
 #include "daemon/daemon.h"
 #include "store/sqlite_store.h"
+#include "support/stall_proxy.h"
 #include "support/test_database.h"
 #include "test_util.h"
 
@@ -252,6 +254,48 @@ class QuietHttpTest : public HttpTest {
     return refused;
   }
 };
+
+// The daemon's database through a route that can stall (support/stall_proxy.h): PostgreSQL only.
+class StalledRouteHttpTest : public QuietHttpTest {
+ protected:
+  void Customize(Config& c) override {
+    QuietHttpTest::Customize(c);
+    if (!kOnPostgres) return;
+    // postgresql://postgres@/<db>?host=<the server's socket directory>&port=5432
+    const std::string& uri = c.database;
+    std::size_t host = uri.find("host=") + 5;
+    auto proxy =
+        syncsched::testing::StallProxy::Start(uri.substr(host, uri.find('&', host) - host));
+    ASSERT_TRUE(proxy.ok()) << proxy.status();
+    proxy_ = std::move(proxy).value();
+    std::size_t name = uri.find("@/") + 2;
+    c.database = proxy_->Uri(uri.substr(name, uri.find('?') - name));
+  }
+  std::unique_ptr<syncsched::testing::StallProxy> proxy_;
+};
+
+// helper-39: a command waiting on a stalled database held the engine's lock, and /health, which
+// read the engine's metrics under it, hung as long (up to reply_timeout + connect_timeout). It
+// reads the engine's health without that lock: it answers while the command still waits.
+TEST_F(StalledRouteHttpTest, HealthAnswersWhileACommandWaitsOnAStalledDatabase) {
+  if (!kOnPostgres) GTEST_SKIP() << "needs a route to a PostgreSQL server";
+  proxy_->HoldFrom('P', "COMMIT");  // the command's commit runs up to its COMMIT, which waits
+  std::atomic<bool> answered{false};
+  Reply added;
+  std::thread post([&] {
+    Client client(daemon_->port());
+    added = client.Post("/connections",
+                        R"({"provider_config_key": "github", "connection_id": "held"})");
+    answered = true;
+  });
+  ASSERT_TRUE(WaitFor([&] { return proxy_->held() > 0; }));
+  Reply health = client_->Get("/health", "");
+  EXPECT_FALSE(answered.load()) << "/health waited for the command's commit";
+  EXPECT_EQ(health.status, 200u) << health.body;
+  proxy_->Stall(false);  // the COMMIT goes, within the store's reply deadline
+  post.join();
+  EXPECT_EQ(added.status, 200u) << added.body;
+}
 
 // Issue 11: while the database refuses commits (here: it may not grow, as on a full disk) /health
 // answers 503, the refused command answers 503 naming the file, /metrics counts it and the log

@@ -51,7 +51,7 @@ std::uint32_t BigEndian32(const std::string& s, std::size_t at) {
 
 // Advances l.scan over the whole messages of the client's stream; stops at one that the hold
 // matches (armed: HoldFrom's type and needle) and marks the link held.
-void Classify(Link& l, bool armed, char type, const std::string& needle) {
+void Classify(Link& l, bool armed, char type, const std::string& needle, std::atomic<int>& held) {
   const std::string& in = l.pending[0];
   while (!l.held) {
     std::size_t header = l.typed ? 5 : 4;
@@ -66,6 +66,7 @@ void Classify(Link& l, bool armed, char type, const std::string& needle) {
                (needle.empty() || std::string_view(in).substr(l.scan, length).find(needle) !=
                                       std::string_view::npos)) {
       l.held = true;
+      ++held;
       return;
     }
     l.scan += length;
@@ -158,7 +159,7 @@ void StallProxy::Run() {
       for (Link& l : links) l.held = false;
     }
     for (Link& l : links) {
-      if (!l.dead) Classify(l, armed, type, needle);
+      if (!l.dead) Classify(l, armed, type, needle, held_);
     }
   };
   while (!stop_) {
@@ -231,7 +232,7 @@ void StallProxy::Run() {
           l.eof[side] = true;
         }
       }
-      if (side == 0) Classify(l, armed, type, needle);
+      if (side == 0) Classify(l, armed, type, needle, held_);
       std::size_t out = side == 1 ? forwardable(l) : l.pending[1].size();
       if ((rev & POLLOUT) && out > 0) {
         ssize_t n = ::send(l.fd[side], l.pending[1 - side].data(), out, MSG_NOSIGNAL);

@@ -46,6 +46,8 @@ class StallProxy {
   void RefuseNew(bool refuse);
   // Connections accepted so far.
   int accepted() const { return accepted_.load(); }
+  // Messages HoldFrom has matched so far (a connection is held from each).
+  int held() const { return held_.load(); }
 
  private:
   StallProxy() = default;
@@ -55,7 +57,7 @@ class StallProxy {
   int listen_fd_ = -1;
   int wake_[2] = {-1, -1};  // a pipe: Stall and the destructor wake the thread
   std::atomic<bool> stalled_{false}, stop_{false};
-  std::atomic<int> accepted_{0};
+  std::atomic<int> accepted_{0}, held_{0};
   std::atomic<int> stall_below_{0};  // links accepted before this count are stalled
   std::atomic<bool> refuse_new_{false}, release_{false};
   std::mutex hold_mu_;

@@ -339,6 +339,9 @@ struct EngineMetrics {
   std::uint64_t cluster_takeovers = 0;       // partitions taken from an engine whose lease ended
   std::uint64_t cluster_releases = 0;        // partitions handed back (rebalance, shutdown)
   std::uint64_t cluster_leases_lost = 0;     // tenures that ended without a release (taken over)
+  // Times this engine left the cluster for a while because its store could not commit for lease/2
+  // while its keeper could still renew (its partitions then run on the others; docs/cluster.md).
+  std::uint64_t cluster_withdrawals = 0;
   // Commits refused by the fence (a partition's lease had ended, in the database, before the
   // engine knew): nothing of such a commit is applied; its rows of other partitions are retried.
   std::uint64_t cluster_fenced_refusals = 0;

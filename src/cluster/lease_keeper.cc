@@ -619,6 +619,31 @@ void LeaseKeeper::Run() {
     }
     SteadyTime now = Clock::now();
     ExpireLocal(now);
+    // Withdraw: leave once, then wait out the time; at its end join again (the next Tick finds
+    // the node row gone and joins under the same id).
+    bool away = false;
+    {
+      std::lock_guard lock(mu_);
+      if (withdrawn_ && now >= withdrawn_until_) {
+        withdrawn_ = false;
+        if (left_) poke_ = true;
+        left_ = false;
+      }
+      away = withdrawn_;
+    }
+    if (away) {
+      bool leave = false;
+      SteadyTime until;
+      {
+        std::lock_guard lock(mu_);
+        leave = !left_;
+        left_ = true;
+        until = withdrawn_until_;
+      }
+      if (leave) Leave();
+      WaitUntil(until);
+      continue;
+    }
     if (conn_ == nullptr && now >= next_connect_) {
       Status s = Connect(options_.connect_timeout);
       if (s.ok()) {
@@ -715,7 +740,33 @@ LeaseKeeperCounters LeaseKeeper::counters() const {
   c.lost = lost_.load(std::memory_order_relaxed);
   c.fenced_refusals = fenced_.load(std::memory_order_relaxed);
   c.sessions_ended = sessions_ended_.load(std::memory_order_relaxed);
+  c.withdrawals = withdrawals_.load(std::memory_order_relaxed);
   return c;
+}
+
+void LeaseKeeper::Withdraw(milliseconds duration) {
+  {
+    std::lock_guard lock(mu_);
+    if (withdrawn_ || stop_) return;
+    withdrawn_ = true;
+    withdrawn_until_ = Clock::now() + duration;
+  }
+  withdrawals_.fetch_add(1, std::memory_order_relaxed);
+  Wake();
+}
+
+void LeaseKeeper::Rejoin() {
+  {
+    std::lock_guard lock(mu_);
+    if (!withdrawn_) return;
+    withdrawn_until_ = Clock::now();
+  }
+  Wake();
+}
+
+bool LeaseKeeper::withdrawn() const {
+  std::lock_guard lock(mu_);
+  return withdrawn_;
 }
 
 Status LeaseKeeper::Health() const {

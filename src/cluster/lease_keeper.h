@@ -88,6 +88,7 @@ struct LeaseKeeperCounters {
   std::uint64_t lost = 0;             // tenures lost without release (taken over, expired)
   std::uint64_t fenced_refusals = 0;  // FenceFor / CheckFence refusals
   std::uint64_t sessions_ended = 0;   // fenced sessions of lost nodes ended (see Claim)
+  std::uint64_t withdrawals = 0;      // times the node left the cluster for a while (Withdraw)
 };
 
 struct LeaseSnapshot {
@@ -165,6 +166,19 @@ class LeaseKeeper {
   // cluster::CheckFence(txn, fence), counting a refusal when fenced. Same contract.
   Status CheckFence(PGconn* txn, const Fence& fence);
 
+  // Leaves the cluster for `duration` while the keeper stays up: releases every partition and
+  // deletes the node row (as Stop does, in one transaction, notifying the others, who take the
+  // partitions at once), then renews and claims nothing until the time is up or Rejoin is called;
+  // then it joins again under the same id and claims its share, at new epochs. For an engine that
+  // can renew its leases but not commit its work (its other connections to the database stalled):
+  // its partitions then run elsewhere. Calling it while withdrawn extends nothing (the first
+  // duration holds). Any thread; returns at once (the keeper's thread does the work).
+  void Withdraw(std::chrono::milliseconds duration);
+  // Ends a withdrawal now (nothing when not withdrawn). Any thread.
+  void Rejoin();
+  // True from Withdraw until the keeper's thread began to join again.
+  bool withdrawn() const;
+
   LeaseKeeperCounters counters() const;
   // OK, or the error that stopped the keeper for good: its name was taken over by another live
   // node while this one was away (it then holds nothing and renews nothing).
@@ -234,12 +248,15 @@ class LeaseKeeper {
   bool paused_ack_ = false;
   bool connected_ = false;
   int live_nodes_ = 0;
+  SteadyTime withdrawn_until_{};  // Withdraw: not renewing until then
+  bool withdrawn_ = false;        // set by Withdraw; the thread left (or leaves) the cluster
+  bool left_ = false;             // the thread released everything for the withdrawal
   Status health_;
   std::map<int, Lease> held_;
   std::deque<Tenure> ended_;  // the last kTenureLog ended tenures
 
   std::atomic<std::uint64_t> renewals_{0}, claims_{0}, takeovers_{0}, releases_{0}, lost_{0},
-      fenced_{0}, sessions_ended_{0};
+      fenced_{0}, sessions_ended_{0}, withdrawals_{0};
 };
 
 // Test hooks.

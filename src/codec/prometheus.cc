@@ -144,6 +144,9 @@ std::string EncodePrometheus(const EngineMetrics& m, const DaemonMetrics& d) {
            "Partitions handed back (rebalance, shutdown).", m.cluster_releases);
     Metric(out, "syncsched_cluster_leases_lost_total", "counter",
            "Leases that ended without a release (taken over, expired).", m.cluster_leases_lost);
+    Metric(out, "syncsched_cluster_withdrawals_total", "counter",
+           "Times the engine left the cluster because its store could not commit for lease/2.",
+           m.cluster_withdrawals);
     Metric(out, "syncsched_cluster_fenced_writes_refused_total", "counter",
            "Commits refused by the fence: the partition's lease had ended; nothing applied.",
            m.cluster_fenced_refusals);

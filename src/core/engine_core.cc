@@ -249,7 +249,49 @@ void EngineCore::StartWriter() {
           for (const RunPtr& r : runs) r->token.Cancel(Status::Cancelled("engine shut down"));
         }
       },
-      options_.on_store_status, CommitQueue::kMaxCarriedRuns, std::move(hooks));
+      StoreStatusHook(), CommitQueue::kMaxCarriedRuns, std::move(hooks));
+}
+
+std::function<void(const Status&)> EngineCore::StoreStatusHook() {
+  if (!InCluster()) return options_.on_store_status;
+  // Cluster mode: when the store fails (UNAVAILABLE) the time is noted for MaybeWithdraw; when it
+  // commits again, a withdrawal ends at once.
+  return [this, user = options_.on_store_status](const Status& s) {
+    if (s.ok()) {
+      store_failing_since_.store(0, std::memory_order_relaxed);
+      if (keeper_ != nullptr) keeper_->Rejoin();
+    } else if (s.IsUnavailable()) {
+      store_failing_since_.store(std::chrono::steady_clock::now().time_since_epoch().count() | 1,
+                                 std::memory_order_relaxed);
+    }
+    if (user) user(s);
+  };
+}
+
+void EngineCore::MaybeWithdraw() {
+  const auto since = store_failing_since_.load(std::memory_order_relaxed);
+  const auto lease = options_.cluster->lease;
+  if (since == 0) {
+    withdraw_for_ = lease;  // the backoff starts again after a commit succeeded
+    return;
+  }
+  const auto now = std::chrono::steady_clock::now();
+  const auto failing =
+      now - std::chrono::steady_clock::time_point(std::chrono::steady_clock::duration(since));
+  // A lone engine has nobody to hand its partitions to; a keeper that cannot renew either loses
+  // them anyway at the lease's end.
+  if (failing < lease / 2 || keeper_->withdrawn() || keeper_->Snapshot().live_nodes < 2 ||
+      !keeper_->Snapshot().connected) {
+    return;
+  }
+  // The store has failed every commit for lease/2 while the keeper still renews: the partitions
+  // would run nothing here. Let them go for a while (doubling up to 4 leases while the store
+  // keeps failing), then join again and give the store another lease/2 to prove itself.
+  if (withdraw_for_.count() <= 0) withdraw_for_ = lease;
+  keeper_->Withdraw(withdraw_for_);
+  store_failing_since_.store((now + withdraw_for_).time_since_epoch().count() | 1,
+                             std::memory_order_relaxed);
+  withdraw_for_ = std::min(withdraw_for_ * 2, lease * 4);
 }
 
 Status EngineCore::Recover(store::Snapshot snap) {
@@ -1761,6 +1803,7 @@ EngineMetrics EngineCore::GetMetrics() {
     m.cluster_takeovers = c.takeovers;
     m.cluster_releases = c.releases;
     m.cluster_leases_lost = c.lost;
+    m.cluster_withdrawals = c.withdrawals;
     m.cluster_fenced_refusals =
         c.fenced_refusals + fenced_refusals_.load(std::memory_order_relaxed);
     m.cluster_catalog_version = catalog_applied_;
@@ -2267,6 +2310,7 @@ void EngineCore::ClusterLoop() {
     cl_fenced_.clear();
     lock.unlock();
     Reconcile(std::move(fenced));
+    MaybeWithdraw();
     // Partitions just loaded: the catalog applied to them (a base schedule whose connection or
     // sync was created through an engine that did not hold the partition).
     if (catalog_due_.exchange(false) && !SyncCatalog().ok()) catalog_due_ = true;

@@ -267,6 +267,13 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   Status EnsureUids(std::size_t n) REQUIRES(mu_);
   // The cluster thread: reconciles the partitions loaded with the keeper's valid leases.
   void ClusterLoop() EXCLUDES(mu_);
+  // The writer's health hook: options_.on_store_status, and in cluster mode the bookkeeping of
+  // MaybeWithdraw around it.
+  std::function<void(const Status&)> StoreStatusHook();
+  // Cluster thread: when the store has failed every commit for lease/2 while the keeper renews
+  // and other engines are live, the keeper withdraws (LeaseKeeper::Withdraw) for a lease, doubling
+  // up to four while the store keeps failing; a commit that succeeds ends the withdrawal.
+  void MaybeWithdraw() EXCLUDES(mu_);
   // A commit refused by the fence: the tenure it named, and whether another node holds the
   // partition now (or a later epoch: the tenure is over for good) rather than this one with an
   // expired lease.
@@ -504,6 +511,11 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   std::vector<FencedRefusal> cl_fenced_;  // under cl_mu_: refused by the fence
   std::function<void(const std::vector<int>&, bool)> load_hook_;  // under cl_mu_ (tests)
   std::atomic<std::uint64_t> fenced_refusals_{0};  // commits refused by the fence (metrics)
+  // Cluster mode: since when (steady clock ticks, odd; 0: not failing) every commit of the store
+  // failed with UNAVAILABLE (set by the writer's health hook, StoreStatusHook), and how long the
+  // next withdrawal lasts (cluster thread only). See MaybeWithdraw.
+  std::atomic<std::int64_t> store_failing_since_{0};
+  std::chrono::milliseconds withdraw_for_{0};
   // Partitions taken from engines behind a catalog command (SpreadCatalog; metrics).
   std::atomic<std::uint64_t> catalog_revocations_{0};
   // Cluster mode: the command inbox and its thread (stopped by StopCluster).

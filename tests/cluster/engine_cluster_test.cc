@@ -33,6 +33,7 @@
 #include "cluster/lease_keeper.h"
 #include "cluster/partition.h"
 #include "core/engine_access.h"
+#include "core/fault_store.h"
 #include "store/pg_store.h"
 #include "support/pg_database_test.h"
 #include "syncsched/engine.h"
@@ -70,8 +71,10 @@ class EngineClusterTest : public PgDatabaseTest {
     return o;
   }
 
-  Engine* Open(const std::string& node) {
-    auto e = Engine::Open(ClusterEngineOptions(node));
+  // `wrap` (when set) wraps the engine's store (core/fault_store.h).
+  Engine* Open(const std::string& node, core::EngineCore::StoreWrapper wrap = {}) {
+    auto e = wrap ? internal::EngineAccess::OpenWrapped(ClusterEngineOptions(node), std::move(wrap))
+                  : Engine::Open(ClusterEngineOptions(node));
     EXPECT_TRUE(e.ok()) << e.status();
     if (!e.ok()) return nullptr;
     Engine* engine = e->get();
@@ -544,6 +547,68 @@ TEST_F(EngineClusterTest, AnEngineThatCannotReachTheDatabaseIsUnhealthyUntilItRe
       },
       15s))
       << m.store_error;
+}
+
+// B3 (docs/cluster.md): an engine whose store cannot commit (here: every commit fails, as when
+// its store's connection stalls) while its lease keeper still renews would hold partitions whose
+// schedules run nowhere: a run's callback is called only after its dispatch committed. After
+// lease/2 of failed commits, with another engine live, it withdraws: it leaves the cluster, its
+// partitions are taken by the other engine and its schedules run there, once per slot. Once its
+// store commits again it comes back and takes its share.
+TEST_F(EngineClusterTest, AnEngineWhoseStoreFailsWhileItsKeeperRenewsHandsItsPartitionsOver) {
+  constexpr int kSchedules = 32;
+  auto plan = std::make_shared<testing::FaultPlan>();
+  Engine* a = Open("a", testing::WrapWith(plan));
+  ASSERT_NE(a, nullptr);
+  ASSERT_NO_FATAL_FAILURE(Populate(*a, kSchedules));
+  Engine* b = Open("b");
+  ASSERT_NE(b, nullptr);
+  auto shared = [&] {
+    std::size_t on_a = internal::EngineAccess::LoadedPartitions(*a).size();
+    std::size_t on_b = internal::EngineAccess::LoadedPartitions(*b).size();
+    return on_a + on_b == static_cast<std::size_t>(kPartitions) && on_a >= kPartitions / 2 - 1 &&
+           on_b >= kPartitions / 2 - 1;
+  };
+  ASSERT_TRUE(WaitFor(shared, 10s)) << "never balanced";
+  {
+    std::lock_guard lock(plan->mu);
+    plan->mode = testing::FaultPlan::Mode::kCrash;  // from the next commit on, every one fails
+    plan->match = [](const store::Batch&) { return true; };
+  }
+  ASSERT_TRUE(WaitFor([&] { return plan->crashed.load(); }, 5s));
+  const auto failing = Clock::now();
+  ASSERT_TRUE(WaitFor([&] { return HoldsAll(*b); }, 4 * kLease + 5s))
+      << "the engine that cannot commit kept its partitions";
+  std::printf(
+      "b held every partition %lld ms after a's commits began to fail\n",
+      static_cast<long long>(
+          std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - failing).count()));
+  EXPECT_TRUE(a->GetMetrics().store_healthy == false);
+  EXPECT_GE(a->GetMetrics().cluster_withdrawals, 1u);
+  // Every schedule runs on b.
+  const auto moved = Clock::now();
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        std::set<std::string> ran;
+        for (const Call& c : log_.All()) {
+          if (c.node == "b" && c.at > moved) ran.insert(c.connection);
+        }
+        return ran.size() == static_cast<std::size_t>(kSchedules);
+      },
+      10s))
+      << "not every schedule ran on b";
+  // a's store commits again: it comes back and takes its share.
+  plan->crashed.store(false);
+  ASSERT_TRUE(WaitFor(shared, 8 * kLease + 5s)) << "a never came back";
+  EXPECT_TRUE(WaitFor([&] { return a->GetMetrics().store_healthy; }, 5s))
+      << a->GetMetrics().store_error;  // its first commit since
+  std::this_thread::sleep_for(1500ms);  // both run their schedules meanwhile
+  Stop("a");
+  Stop("b");
+  Db db(uri_);
+  std::vector<Call> calls = log_.All();
+  ExpectEachSlotCalledOnce(calls);
+  ExpectHistoryConsistent(db, calls);
 }
 
 // Commands through an engine that holds a third of the partitions their keys are in: answered per

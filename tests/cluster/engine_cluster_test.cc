@@ -601,7 +601,7 @@ TEST_F(EngineClusterTest, AnEngineWhoseStoreFailsWhileItsKeeperRenewsHandsItsPar
   plan->crashed.store(false);
   ASSERT_TRUE(WaitFor(shared, 8 * kLease + 5s)) << "a never came back";
   EXPECT_TRUE(WaitFor([&] { return a->GetMetrics().store_healthy; }, 5s))
-      << a->GetMetrics().store_error;  // its first commit since
+      << a->GetMetrics().store_error;   // its first commit since
   std::this_thread::sleep_for(1500ms);  // both run their schedules meanwhile
   Stop("a");
   Stop("b");

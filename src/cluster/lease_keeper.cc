@@ -111,7 +111,16 @@ Result<std::unique_ptr<LeaseKeeper>> LeaseKeeper::Start(LeaseKeeperOptions optio
       keeper->Query("SELECT nextval('syncsched_cluster.node_ids')", "allocating a node id", slow);
   if (!id.ok()) return id.status();
   keeper->node_id_ = Int((*id)[0].get(), 0, 0);
-  s = keeper->Join(slow);
+  // A live node under this name may be this name's previous process, killed less than a lease
+  // ago (a supervisor restarts it at once): its row expires within a lease of its last renewal.
+  // Wait that out (the node row is rechecked every 100 ms); a name still renewed after it is
+  // another engine's.
+  const SteadyTime give_up = Clock::now() + keeper->lease_ + kRetry;
+  for (;;) {
+    s = keeper->Join(slow);
+    if (s.code() != StatusCode::kAlreadyExists || Clock::now() >= give_up) break;
+    std::this_thread::sleep_for(kClaimRetry);  // polling the row: the dead leave no event
+  }
   if (!s.ok()) return s;
   auto restored =
       keeper->Query("SET statement_timeout = " + std::to_string(keeper->query_timeout_.count()),
@@ -333,8 +342,11 @@ Status LeaseKeeper::Join(milliseconds timeout) {
   if (!res.ok()) return res.status();
   if (PQntuples((*res)[0].get()) != 1) {
     return Status::AlreadyExists("cluster: the node name '" + options_.node +
-                                 "' is held by another live node (another engine runs under this "
-                                 "name); give each engine a name of its own");
+                                 "' is held by another live node: a node under this name has kept "
+                                 "renewing its lease (" +
+                                 std::to_string(lease_.count()) +
+                                 " ms) since this one began to wait; another engine runs under "
+                                 "this name: give each engine a name of its own");
   }
   return Status::Ok();
 }

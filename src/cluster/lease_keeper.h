@@ -133,7 +133,8 @@ class LeaseKeeper {
   // - INVALID_ARGUMENT: a URI not starting with postgresql:// or postgres://, an empty or too
   //   long node name, a lease under 300 ms, renew_every not below lease - safety_margin, a
   //   connect_timeout under 100 ms, a partition count out of range.
-  // - ALREADY_EXISTS: a live node (another engine) already has this name.
+  // - ALREADY_EXISTS: a live node (another engine) has this name and kept renewing it for one
+  //   lease after Start began to wait (a dead predecessor's lease is waited out, not refused).
   // - UNAVAILABLE: the server cannot be reached within connect_timeout, or failed meanwhile.
   // - FAILED_PRECONDITION, INTERNAL: from EnsureClusterSchema (a newer or corrupt schema).
   static Result<std::unique_ptr<LeaseKeeper>> Start(LeaseKeeperOptions options);

@@ -230,8 +230,8 @@ Result<std::vector<cluster::CommandPart>> EngineCore::SubmitAndWait(const Remote
       if (SteadyClock::now() >= give_up) {
         return Status::Unavailable(
             "cluster mode: command " + std::to_string(*id) +
-            " was handed to the owners of its partitions, but the database could not be reached "
-            "to learn or cancel its outcome (" +
+            " was handed to the owners of its partitions, but its outcome could not be learned or "
+            "its pending parts cancelled (" +
             st.status().message() +
             "); it may have been applied in part or whole, or will be: read the schedules' "
             "status");

@@ -2108,9 +2108,10 @@ Status PgStore::CommitParts(const Batch& first, BatchSource* more) {
   if (!broken_.ok()) return broken_;
   next_attempt_ = std::chrono::steady_clock::now() + backoff_;
   return Status::Unavailable(s.message() +
-                             " (the commit was sent whole and its outcome is unknown until the "
-                             "store reconnects; if it proves applied then, the store refuses "
-                             "every further call)");
+                             " (this store sent the whole commit and its outcome is unknown "
+                             "until the store reconnects; if it proves applied then, the store "
+                             "refuses every further call and the engine must be reopened: "
+                             "syncschedd restarts itself)");
 }
 
 // ---- Load ----

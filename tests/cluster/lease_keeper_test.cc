@@ -461,8 +461,11 @@ TEST_F(ClusterTest, StartRejectsBadOptionsAndADuplicateLiveName) {
   EXPECT_EQ(LeaseKeeper::Start(slow).status().code(), StatusCode::kInvalidArgument);
 
   ASSERT_NE(StartKeeper("same"), nullptr);
+  // Refused after waiting a lease for the name to free: it is still renewed.
   auto dup = LeaseKeeper::Start(Options("same", 1000ms));
   EXPECT_EQ(dup.status().code(), StatusCode::kAlreadyExists) << dup.status();
+  EXPECT_NE(dup.status().message().find("has kept renewing its lease (1000 ms)"), std::string::npos)
+      << dup.status();
 }
 
 // ---- Balance and handover ----
@@ -891,6 +894,19 @@ TEST_F(ClusterTest, ARenewalDeliveredAfterItsNodeGaveUpRenewsNothing) {
   LeaseKeeper* b = StartKeeper("b");
   ASSERT_NE(b, nullptr);
   EXPECT_TRUE(WaitBalanced({b->node_id()}, 3s));
+}
+
+// A node killed (SIGKILL) and restarted at once under its name, as a supervisor does: its row is
+// still live for up to a lease, and the restart waits that out instead of being refused
+// (helper-40: the restarted daemon exited 1, "another engine runs under this name").
+TEST_F(ClusterTest, ANodeRestartedUnderItsNameRightAfterAKillJoins) {
+  Child child({uri_, "phoenix", "1000"});
+  ASSERT_GT(ReadyId(child), 0);
+  child.Signal(SIGKILL);
+  child.Wait();
+  LeaseKeeper* again = StartKeeper("phoenix");
+  ASSERT_NE(again, nullptr);
+  EXPECT_TRUE(WaitBalanced({again->node_id()}));
 }
 
 // ---- The database server restarts ----

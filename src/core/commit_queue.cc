@@ -180,9 +180,26 @@ void CommitQueue::Loop() {
   pthread_setname_np(pthread_self(), "syncsched-write");  // as `top -H` and /proc show it
   std::vector<Item> items;
   for (;;) {
+    bool probe = false;
     {
       MutexLock lock(mu_);
-      while (!(stop_ || !queue_.empty())) cv_.Wait(mu_);
+      while (!(stop_ || !queue_.empty())) {
+        if (!probe_wanted_.load() || !can_probe_.load()) {
+          cv_.Wait(mu_);
+          continue;
+        }
+        cv_.WaitFor(mu_, kProbeEvery);
+        probe = !stop_ && queue_.empty();
+        if (probe) break;
+      }
+    }
+    if (probe) {
+      MutexLock store_lock(store_mu_);
+      ProbeStore();
+      continue;
+    }
+    {
+      MutexLock lock(mu_);
       if (queue_.empty()) {  // stopping, and everything queued is committed
         exited_ = true;
         lock.Unlock();
@@ -318,6 +335,20 @@ Status CommitQueue::CommitWithCarry(store::Batch& batch, bool command, CommitStr
   return status;
 }
 
+void CommitQueue::ProbeStore() {
+  if (!carry_.empty()) {
+    store::Batch none;
+    (void)CommitWithCarry(none, /*command=*/false);  // observed there
+    return;
+  }
+  std::optional<Status> probed = store_.Probe();
+  if (!probed) {
+    can_probe_ = false;
+    return;
+  }
+  if (probed->ok()) Observe(*probed);
+}
+
 void CommitQueue::Observe(const Status& status) {
   std::uint64_t dropped = 0;
   if (carry_.runs.size() > max_carried_runs_) {
@@ -340,6 +371,7 @@ void CommitQueue::Observe(const Status& status) {
     health_.cache_bytes = cache_bytes;
     changed = health_.healthy != status.ok();
     health_.healthy = status.ok();
+    probe_wanted_ = !status.ok() && broken.ok();
     health_.broken = health_.broken || !broken.ok();
     health_.error = status.ok()   ? std::string()
                     : broken.ok() ? status.ToString()

@@ -23,6 +23,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -96,6 +97,8 @@ class CommitQueue {
   // firing would otherwise grow it without bound); older ones are dropped from the history first.
   // Schedule rows keep one version each, so they are bounded by the schedules.
   static constexpr std::size_t kMaxCarriedRuns = 100'000;
+  // How often an idle writer probes the store while its last commit failed (ProbeStore).
+  static constexpr std::chrono::milliseconds kProbeEvery{1000};
   // `release(runs, status)` is called on the writer thread after the item carrying `runs` was
   // committed (status OK) or failed to commit; it must not take the engine's lock.
   using ReleaseFn = std::function<void(std::vector<RunPtr>&&, const Status&)>;
@@ -174,6 +177,9 @@ class CommitQueue {
       REQUIRES(store_mu_);
   // Records a commit's outcome in the health, and bounds the carry.
   void Observe(const Status& status) REQUIRES(store_mu_) EXCLUDES(health_mu_);
+  // While unhealthy and idle (every kProbeEvery): the carried rows committed, or else the store's
+  // Probe; a success is observed (healthy again), a failed probe is not (it counts no commit).
+  void ProbeStore() REQUIRES(store_mu_);
   static bool HasDeletions(const store::Batch& b) {
     return !b.connections_deleted.empty() || !b.schedules_deleted.empty();
   }
@@ -199,6 +205,10 @@ class CommitQueue {
   // stop_): not guarded.
   std::thread thread_;
   std::atomic<std::uint64_t> slots_refused_{0};
+  // Set by Observe: the last commit failed (the writer then probes while idle). Cleared for good
+  // by a store without a Probe.
+  std::atomic<bool> probe_wanted_{false};
+  std::atomic<bool> can_probe_{true};
 };
 
 }  // namespace syncsched::core

@@ -9,6 +9,7 @@
 // https://clang.llvm.org/docs/ThreadSafetyAnalysis.html for the attributes' meaning.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <mutex>
 
@@ -91,6 +92,13 @@ class CondVar {
     std::unique_lock<std::mutex> lock(mu.mu_, std::adopt_lock);
     cv_.wait(lock);
     lock.release();  // still held, by the caller
+  }
+  // As Wait, returning after `timeout` at the latest.
+  template <typename Rep, typename Period>
+  void WaitFor(Mutex& mu, std::chrono::duration<Rep, Period> timeout) REQUIRES(mu) {
+    std::unique_lock<std::mutex> lock(mu.mu_, std::adopt_lock);
+    cv_.wait_for(lock, timeout);
+    lock.release();
   }
   void NotifyOne() { cv_.notify_one(); }
   void NotifyAll() { cv_.notify_all(); }

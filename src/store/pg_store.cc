@@ -790,6 +790,8 @@ class PgStore final : public Store {
   // Not OK once the store refuses every call for good (another engine took the database over, or
   // a commit reported as failed proved applied); a lost connection alone does not change it.
   Status Health() const override { return broken_; }
+  // A commit of the commit mark alone (CommitParts with `probe`).
+  std::optional<Status> Probe() override { return CommitParts(Batch{}, nullptr, /*probe=*/true); }
 
   void DropConnection() { Lost("the connection was dropped (DropConnectionForTest)"); }
   int BackendPid() const { return conn_ != nullptr ? PQbackendPID(conn_) : 0; }
@@ -866,7 +868,8 @@ class PgStore final : public Store {
   // Builds the statements of `batch` (after BEGIN, before COMMIT) into `queries`.
   Status Plan(const Batch& batch, std::uint64_t* max_uid, std::vector<Query>* queries);
   // Commit and CommitStream: `first`, then every part of `more` (if any), in one transaction.
-  Status CommitParts(const Batch& first, BatchSource* more);
+  // `probe`: commits even an empty batch (its commit mark alone): Store::Probe.
+  Status CommitParts(const Batch& first, BatchSource* more, bool probe = false);
 
   // One commit's pipeline. The statements are sent as they are planned (libpq writes to the
   // socket whenever its buffer holds 8 kB, so the server executes the first statements while the
@@ -904,7 +907,8 @@ class PgStore final : public Store {
   std::int64_t commit_seq_ = 0;    // the last commit_seq this store knows applied
   std::int64_t in_doubt_seq_ = 0;  // a commit whose outcome is unknown (0: none)
   std::uint64_t in_doubt_max_uid_ = 0;
-  std::uint64_t max_uid_ = 0;  // as committed
+  bool in_doubt_probe_ = false;  // that commit was a Probe's: applied, it changes nothing of ours
+  std::uint64_t max_uid_ = 0;    // as committed
   std::string lost_cause_;
   Status broken_;  // not OK: every call returns it
   std::chrono::steady_clock::time_point next_attempt_{};
@@ -1435,7 +1439,9 @@ Status PgStore::EnsureConnected() {
     }
     return s;
   }
-  if (applied) {
+  if (applied && in_doubt_probe_) {
+    in_doubt_probe_ = false;  // a probe's commit mark alone: the engine's state still matches
+  } else if (applied) {
     // The engine was told that commit failed and rolled back what it had applied in memory.
     broken_ = Status::Internal(
         name_ +
@@ -1991,9 +1997,9 @@ Status PgStore::CommitStream(const Batch& first, BatchSource& more) {
   return CommitParts(first, &more);
 }
 
-Status PgStore::CommitParts(const Batch& first, BatchSource* more) {
+Status PgStore::CommitParts(const Batch& first, BatchSource* more, bool probe) {
   if (!broken_.ok()) return broken_;
-  if (first.empty() && more == nullptr) return Status::Ok();
+  if (first.empty() && more == nullptr && !probe) return Status::Ok();
   auto failed = [](const Status& s) {
     return Status(s.code(), s.message() + " (commit failed; nothing of the batch is applied)");
   };
@@ -2100,6 +2106,7 @@ Status PgStore::CommitParts(const Batch& first, BatchSource* more) {
   // Learn the outcome now, if the server can be reached at once.
   in_doubt_seq_ = seq;
   in_doubt_max_uid_ = max_uid;
+  in_doubt_probe_ = probe;
   bool applied = false;
   // At once, but briefly (libpq's least, 2 s): the caller has waited reply_timeout already, and a
   // route that stalled this connection may stall a new one too; later calls retry with backoff.

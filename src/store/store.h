@@ -236,6 +236,12 @@ class Store {
   // Cheap, and callable at any time from the thread that uses the store. A failed Commit or Load
   // that leaves the store usable (a full disk, an I/O error) does not change it.
   virtual Status Health() const { return Status::Ok(); }
+  // After a failed commit, while nothing else is committed: whether a commit would succeed now,
+  // learned by a commit that writes nothing of the engine's (the PostgreSQL store: its commit mark
+  // alone, through the same pipeline, reconnecting first if need be), so that the engine's health
+  // recovers without waiting for work. nullopt (the default): this store has no such probe, and
+  // health follows the engine's own commits only. Called from the thread that commits.
+  virtual std::optional<Status> Probe() { return std::nullopt; }
   // Bytes of memory the store's own cache holds now (the SQLite store: its page cache, bounded by
   // SqliteStoreOptions::cache_bytes); 0 for a store without one. Called from the thread that
   // commits, between commits.

@@ -297,6 +297,26 @@ TEST_F(StalledRouteHttpTest, HealthAnswersWhileACommandWaitsOnAStalledDatabase) 
   EXPECT_EQ(added.status, 200u) << added.body;
 }
 
+// helper-40: after the database accepts commits again, an idle daemon stayed unhealthy until some
+// command or run committed (a readiness probe would then keep away the very commands that would
+// mend it). On PostgreSQL the idle writer probes the store every second while its last commit
+// failed (a commit of the commit mark alone): /health recovers by itself, and the log says so.
+TEST_F(QuietHttpTest, HealthRecoversWithoutACommandOncePostgresAcceptsCommitsAgain) {
+  if (!kOnPostgres) GTEST_SKIP() << "the SQLite store has no probe: health follows commits";
+  RefuseCommits();
+  Reply refused = AddConnectionsUntilRefused();
+  ASSERT_EQ(refused.status, 503u);
+  // The probes fail as the commits did: still unhealthy, and they count no refused commit.
+  const std::string failed_line = "syncsched_store_commits_failed_total 1\n";
+  ASSERT_TRUE(WaitFor([&] { return daemon_->engine().GetMetrics().store_commits_failed == 1; }));
+  EXPECT_EQ(client_->Get("/health", "").status, 503u);
+  AcceptCommits();
+  EXPECT_TRUE(WaitFor([&] { return client_->Get("/health", "").status == 200; }, 10s))
+      << "still unhealthy with nothing to commit";
+  EXPECT_NE(client_->Get("/metrics").body.find(failed_line), std::string::npos);
+  EXPECT_NE(ReadFile(dir_ / "daemon.log").find("database writable again"), std::string::npos);
+}
+
 // Issue 11: while the database refuses commits (here: it may not grow, as on a full disk) /health
 // answers 503, the refused command answers 503 naming the file, /metrics counts it and the log
 // says so once; the first commit that succeeds makes it healthy again. Health follows the last

@@ -260,8 +260,7 @@ struct Histogram {
 
 // Counters of the whole engine since it was opened (schedule gauges are current values).
 // What a health check needs, read without waiting for the engine (Engine::GetHealth): the fields
-// mean what EngineMetrics' fields of the same names mean, except cluster_partitions_owned, which
-// counts the leases this engine holds (valid now) whether or not it has loaded them yet.
+// mean what EngineMetrics' fields of the same names mean.
 struct EngineHealth {
   bool store_healthy = true;
   bool store_broken = false;

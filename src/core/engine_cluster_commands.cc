@@ -259,7 +259,8 @@ Result<std::vector<cluster::CommandPart>> EngineCore::SubmitAndWait(const Remote
   return Status::Unavailable(
       "cluster mode: no engine applied this command in partition(s) " + which + " within " +
       std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(wait).count()) +
-      " ms (their owner stopped and no other engine had taken them over yet); nothing was "
+      " ms (their owner stopped, or could not commit in time, and no other engine had taken "
+      "them over yet); nothing was "
       "applied to their " +
       std::to_string(not_applied) + " schedule(s) (" + examples + (not_applied > 5 ? ", ..." : "") +
       "); " +

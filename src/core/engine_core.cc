@@ -1840,7 +1840,15 @@ EngineHealth EngineCore::GetHealth() {
   if (InCluster()) {
     cluster::LeaseSnapshot snap = keeper_->Snapshot();
     const auto now = std::chrono::steady_clock::now();
-    for (const cluster::Lease& l : snap.leases) h.cluster_partitions_owned += l.ValidAt(now);
+    {
+      // As GetMetrics counts them (valid and loaded), from tenures_, which mirrors active_.
+      std::lock_guard lock(tenures_mu_);
+      for (const cluster::Lease& l : snap.leases) {
+        auto p = static_cast<std::size_t>(l.partition);
+        h.cluster_partitions_owned +=
+            l.ValidAt(now) && p < tenures_.size() && tenures_[p] == l.epoch;
+      }
+    }
     h.cluster_partitions_total = static_cast<std::uint64_t>(partitions_);
     h.cluster_nodes_live = static_cast<std::uint64_t>(snap.live_nodes);
     // As GetMetrics, without its exception after Shutdown (shut_down_ needs mu_).

@@ -201,14 +201,14 @@ class CommitQueue {
   const std::size_t max_carried_runs_;
   mutable Mutex health_mu_;  // a leaf: nothing else is taken under it
   StoreHealth health_ GUARDED_BY(health_mu_);
-  // Started by the constructor, joined by the first Stop (a later one returns before it, by
-  // stop_): not guarded.
-  std::thread thread_;
   std::atomic<std::uint64_t> slots_refused_{0};
   // Set by Observe: the last commit failed (the writer then probes while idle). Cleared for good
   // by a store without a Probe.
   std::atomic<bool> probe_wanted_{false};
   std::atomic<bool> can_probe_{true};
+  // Started by the constructor, joined by the first Stop (a later one returns before it, by
+  // stop_): not guarded. Last: every member the thread reads is constructed before it starts.
+  std::thread thread_;
 };
 
 }  // namespace syncsched::core

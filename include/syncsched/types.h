@@ -298,7 +298,9 @@ struct EngineMetrics {
   // SQLite store found corruption or could not roll back; the PostgreSQL store learned that a
   // commit it had reported as failed was applied after all (its answer was lost on the way, e.g.
   // a one-way network stall), or that another engine took its database over while its connection
-  // was lost. The engine's state then no longer matches the database's: close the engine and open
+  // was lost; in cluster mode, also when the engine's lease keeper stopped for good (its node name
+  // was taken by another engine while this one was frozen or cut off). The engine's state then no
+  // longer matches the database's (or it can run nothing again): close the engine and open
   // it again (Engine::Open recovers exactly what the database holds). The daemon does so by
   // exiting (docs/daemon.md), so that its supervisor restarts it.
   bool store_broken = false;

@@ -391,6 +391,7 @@ Status LeaseKeeper::Tick() {
   }
   LeaseChange change;
   int mine = 0;
+  std::vector<int> stale;
   {
     std::lock_guard lock(mu_);
     for (auto it = held_.begin(); it != held_.end();) {
@@ -409,18 +410,25 @@ Status LeaseKeeper::Tick() {
       auto it = held_.find(partition);
       if (it != held_.end()) {
         it->second.valid_until = until;
+      } else if (Ended(partition, epoch)) {
+        // A tenure this node ended (its lease lapsed here, or it withdrew and the release failed)
+        // is never resumed: the engine dropped it and may refuse its epoch for good. Released, so
+        // that its next owner (this node too) claims it at a new epoch (helper-41: a partition
+        // renewed at such an epoch ran nowhere until SIGTERM).
+        stale.push_back(partition);
       } else if (until > received) {
         Lease lease{partition, epoch, received, until};
         held_[partition] = lease;
         change.gained.push_back(lease);
       }
     }
-    mine = static_cast<int>(owned.size());
+    mine = static_cast<int>(owned.size() - stale.size());
     live_nodes_ = PQntuples(r[3].get());
   }
   if (node_alive) renewals_.fetch_add(1, std::memory_order_relaxed);
   next_tick_ = sent + renew_every_;
   Publish(change);
+  if (!stale.empty() && !Release(stale).ok()) next_tick_ = Clock::now() + kRetry;
 
   if (!node_alive) {
     // The row went (this node was away for more than two leases): join again under the same id.
@@ -578,6 +586,11 @@ void LeaseKeeper::Leave() {
     releases_.fetch_add(static_cast<std::uint64_t>(PQntuples((*res)[0].get())),
                         std::memory_order_relaxed);
   }
+}
+
+bool LeaseKeeper::Ended(int partition, std::int64_t epoch) const {
+  return std::any_of(ended_.begin(), ended_.end(),
+                     [&](const Tenure& t) { return t.partition == partition && t.epoch == epoch; });
 }
 
 void LeaseKeeper::EndTenure(int partition, SteadyTime end, LeaseChange* change) {

@@ -219,6 +219,7 @@ class LeaseKeeper {
   void Leave();
   void ExpireLocal(SteadyTime now);
   void EndTenure(int partition, SteadyTime end, LeaseChange* change);  // mu_ held
+  bool Ended(int partition, std::int64_t epoch) const;                 // mu_ held: in ended_
   void Publish(const LeaseChange& change);
   void Run();
 

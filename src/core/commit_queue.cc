@@ -309,6 +309,10 @@ void CommitQueue::CommitItems(std::vector<Item>& items) {
 Status CommitQueue::CommitWithCarry(store::Batch& batch, bool command, CommitStream* stream) {
   Status status;
   if (!carry_.empty() && cluster_.screen) (void)cluster_.screen(carry_, nullptr, false);
+  // Nothing to write (the carry screened out whole, cluster mode): no commit, and nothing learned
+  // of the store's health (helper-41: an empty commit, answered without the database, logged
+  // "database writable again" while every commit failed).
+  if (carry_.empty() && batch.empty() && stream == nullptr) return Status::Ok();
   if (carry_.empty()) {
     status = stream ? store_.CommitStream(batch, *stream) : store_.Commit(batch);
     if (!status.ok() && !command) carry_ = std::move(batch);
@@ -338,8 +342,8 @@ Status CommitQueue::CommitWithCarry(store::Batch& batch, bool command, CommitStr
 void CommitQueue::ProbeStore() {
   if (!carry_.empty()) {
     store::Batch none;
-    (void)CommitWithCarry(none, /*command=*/false);  // observed there
-    return;
+    (void)CommitWithCarry(none, /*command=*/false);  // observed there, unless nothing was left
+    if (!carry_.empty() || !probe_wanted_.load()) return;
   }
   std::optional<Status> probed = store_.Probe();
   if (!probed) {

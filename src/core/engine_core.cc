@@ -1813,15 +1813,20 @@ EngineMetrics EngineCore::GetMetrics() {
     // none to make: a node owning no partition commits nothing). Not after Shutdown, which stops
     // the keeper: the engine's health then says whether its last commits were made.
     if (m.store_healthy && !shut_down_) {
-      m.store_error = KeeperTrouble(snap);
+      m.store_error = KeeperTrouble(snap, &m.store_broken);
       m.store_healthy = m.store_error.empty();
     }
   }
   return m;
 }
 
-std::string EngineCore::KeeperTrouble(const cluster::LeaseSnapshot& snap) const {
-  if (Status kh = keeper_->Health(); !kh.ok()) return "cluster: " + kh.message();
+std::string EngineCore::KeeperTrouble(const cluster::LeaseSnapshot& snap, bool* broken) const {
+  if (Status kh = keeper_->Health(); !kh.ok()) {
+    // The keeper stopped for good (its name was taken over while this engine was away): it will
+    // never run anything again; reopening is the way back (helper-41: a daemon lingered so).
+    *broken = true;
+    return "cluster: " + kh.message();
+  }
   if (!snap.connected) {
     return "cluster: the lease keeper has lost its connection to the database; this engine's "
            "leases lapse and it runs nothing until it reconnects";
@@ -1853,7 +1858,7 @@ EngineHealth EngineCore::GetHealth() {
     h.cluster_nodes_live = static_cast<std::uint64_t>(snap.live_nodes);
     // As GetMetrics, without its exception after Shutdown (shut_down_ needs mu_).
     if (h.store_healthy) {
-      h.store_error = KeeperTrouble(snap);
+      h.store_error = KeeperTrouble(snap, &h.store_broken);
       h.store_healthy = h.store_error.empty();
     }
   }

@@ -130,7 +130,8 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   // Without mu_: the writer and the keeper (set at open, never replaced) have locks of their own.
   EngineHealth GetHealth();
   // Cluster mode: why the lease keeper keeps this engine from running ("": it does not).
-  std::string KeeperTrouble(const cluster::LeaseSnapshot& snap) const;
+  // Sets `*broken` when the keeper stopped for good.
+  std::string KeeperTrouble(const cluster::LeaseSnapshot& snap, bool* broken) const;
   Result<SyncDefinition> GetSyncDefinition(std::string_view integration, std::string_view sync)
       EXCLUDES(mu_);
   void ReleaseTimers() EXCLUDES(mu_);

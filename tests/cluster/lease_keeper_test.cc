@@ -909,6 +909,42 @@ TEST_F(ClusterTest, ANodeRestartedUnderItsNameRightAfterAKillJoins) {
   EXPECT_TRUE(WaitBalanced({again->node_id()}));
 }
 
+// A tenure that ended here (the lease lapsed locally while the keeper could not renew, or a
+// withdrawal whose release failed) is never resumed at its epoch, even when the database still
+// names this node its owner: the engine dropped that tenure and may refuse its epoch for good, and
+// a partition renewed at it ran nowhere until SIGTERM (helper-41). It is released and claimed
+// again at a new epoch.
+TEST_F(ClusterTest, ALeaseThatLapsedHereIsNeverResumedAtItsEpoch) {
+  LeaseKeeper* a = StartKeeper("a");
+  ASSERT_NE(a, nullptr);
+  ASSERT_TRUE(WaitBalanced({a->node_id()}));
+  Conn db(uri_);
+  std::map<int, Row> before = ReadPartitions(db);
+  PauseForTest(*a, true);
+  // Past the lease in the server's clock: nobody else could take them, so they are still a's.
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return db.Int(
+                   "SELECT count(*) FROM syncsched_cluster.partitions WHERE expires_at > "
+                   "now()") == 0;
+      },
+      5s));
+  PauseForTest(*a, false);
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        std::map<int, Row> now = ReadPartitions(db);
+        if (now.size() != before.size()) return false;
+        for (const auto& [p, row] : now) {
+          if (row.owner != a->node_id() || row.epoch <= before[p].epoch) return false;
+        }
+        return true;
+      },
+      5s))
+      << "a resumed tenures it had ended, at their old epochs";
+  EXPECT_TRUE(WaitConsistent(*a));
+  ExpectDisjointTenures(All());
+}
+
 // ---- The database server restarts ----
 
 TEST_F(ClusterTest, ServerRestartKeepsOneOwnerPerPartition) {

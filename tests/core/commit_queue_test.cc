@@ -5,9 +5,13 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <mutex>
+#include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace syncsched::core {
@@ -119,6 +123,72 @@ TEST_F(CommitQueueTest, ARefusedOutcomeIsCarriedShownAndWrittenByTheNextCommit) 
   EXPECT_EQ(first.runs[0].schedule_uid, 7u);
   EXPECT_EQ(first.runs[1].schedule_uid, 8u);
   EXPECT_EQ(first.runs[2].schedule_uid, 9u);
+}
+
+// A store with a probe (as the PostgreSQL store's): refused while `refuse` is set, as its commits;
+// an empty batch is answered without the database, as both real stores answer it.
+class ProbingStore : public RefusingStore {
+ public:
+  Status Commit(const store::Batch& batch) override {
+    if (batch.empty()) return Status();
+    return RefusingStore::Commit(batch);
+  }
+  std::optional<Status> Probe() override {
+    std::lock_guard lock(mu);
+    ++probes;
+    if (refuse) return Status::Unavailable("test.db: database or disk is full");
+    return Status();
+  }
+  int probes = 0;  // under mu
+};
+
+// After a failed commit the idle writer probes the store (every kProbeEvery) and becomes healthy
+// when a probe succeeds, without waiting for work. Carried rows that the cluster's screen drops
+// whole (their partitions were lost meanwhile) leave nothing to commit: that empty commit,
+// answered without the database, must not count as the store working again (helper-41 saw
+// "database writable again" logged every few seconds while every commit failed).
+TEST(CommitQueueProbeTest, AnIdleWriterProbesAndAnEmptyCommitProvesNothing) {
+  ProbingStore store;
+  std::mutex events_mu;
+  std::vector<Status> events;
+  CommitQueue::ClusterHooks hooks;
+  std::atomic<bool> drop{false};
+  hooks.screen = [&](store::Batch& b, std::vector<RunPtr>*, bool) {
+    if (drop) b.clear();
+    return Status();
+  };
+  CommitQueue queue(
+      store, [](std::vector<RunPtr>&&, const Status&) {},
+      [&](const Status& s) {
+        std::lock_guard lock(events_mu);
+        events.push_back(s);
+      },
+      CommitQueue::kMaxCarriedRuns, hooks);
+  store.refuse = true;
+  (void)queue.Wait(queue.Submit(Outcome(7, 1)));  // refused: carried
+  ASSERT_FALSE(queue.Health().healthy);
+  drop = true;  // the carried rows' partitions are lost: the next try has nothing to write
+  auto probes = [&] {
+    std::lock_guard lock(store.mu);
+    return store.probes;
+  };
+  for (int i = 0; i < 600 && probes() < 2; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));  // the writer's own cadence
+  }
+  ASSERT_GE(probes(), 2) << "the idle writer never probed";
+  EXPECT_FALSE(queue.Health().healthy) << "healthy while every commit and probe fails";
+  {
+    std::lock_guard lock(store.mu);
+    store.refuse = false;
+  }
+  for (int i = 0; i < 600 && !queue.Health().healthy; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(queue.Health().healthy) << "a probe that succeeded did not make it healthy";
+  std::lock_guard lock(events_mu);
+  ASSERT_EQ(events.size(), 2u);  // unhealthy once, healthy once
+  EXPECT_TRUE(events[1].ok());
+  queue.Stop();
 }
 
 TEST_F(CommitQueueTest, ARefusedCommandIsNotCarriedButCountsAndTheCarryRidesWithTheNext) {

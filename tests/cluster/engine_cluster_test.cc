@@ -36,6 +36,7 @@
 #include "core/fault_store.h"
 #include "store/pg_store.h"
 #include "support/pg_database_test.h"
+#include "support/stall_proxy.h"
 #include "syncsched/engine.h"
 #include "syncsched/options.h"
 
@@ -71,10 +72,14 @@ class EngineClusterTest : public PgDatabaseTest {
     return o;
   }
 
-  // `wrap` (when set) wraps the engine's store (core/fault_store.h).
-  Engine* Open(const std::string& node, core::EngineCore::StoreWrapper wrap = {}) {
-    auto e = wrap ? internal::EngineAccess::OpenWrapped(ClusterEngineOptions(node), std::move(wrap))
-                  : Engine::Open(ClusterEngineOptions(node));
+  // `wrap` (when set) wraps the engine's store (core/fault_store.h); `uri` (when set) replaces
+  // the database's.
+  Engine* Open(const std::string& node, core::EngineCore::StoreWrapper wrap = {},
+               const std::string& uri = "") {
+    Options options = ClusterEngineOptions(node);
+    if (!uri.empty()) options.database_path = uri;
+    auto e = wrap ? internal::EngineAccess::OpenWrapped(std::move(options), std::move(wrap))
+                  : Engine::Open(std::move(options));
     EXPECT_TRUE(e.ok()) << e.status();
     if (!e.ok()) return nullptr;
     Engine* engine = e->get();
@@ -603,6 +608,66 @@ TEST_F(EngineClusterTest, AnEngineWhoseStoreFailsWhileItsKeeperRenewsHandsItsPar
   EXPECT_TRUE(WaitFor([&] { return a->GetMetrics().store_healthy; }, 5s))
       << a->GetMetrics().store_error;   // its first commit since
   std::this_thread::sleep_for(1500ms);  // both run their schedules meanwhile
+  Stop("a");
+  Stop("b");
+  Db db(uri_);
+  std::vector<Call> calls = log_.All();
+  ExpectEachSlotCalledOnce(calls);
+  ExpectHistoryConsistent(db, calls);
+}
+
+// B3 as helper-41 made it: only the engine's store commits stall (a route that holds each of its
+// commits from the statement that sets the commit's expiry; the keeper's and the inbox's
+// queries pass). Each commit then fails at the store's reply deadline (10 s) while its stalled
+// transaction holds the fence's row locks, so that the withdrawal's release may fail on them:
+// the keeper must still stop renewing, and the partitions move once the node's row has expired
+// and the survivor has ended its sessions. When the route recovers, the engine takes its share
+// back and runs it (helper-41: its partitions were renewed at an epoch it refused, and ran
+// nowhere until SIGTERM).
+TEST_F(EngineClusterTest, AnEngineWhoseStoreCommitsStallHandsItsPartitionsOverAndComesBack) {
+  constexpr int kSchedules = 32;
+  auto proxy = syncsched::testing::StallProxy::Start(server_->dir());
+  ASSERT_TRUE(proxy.ok()) << proxy.status();
+  Engine* a = Open("a", {}, (*proxy)->Uri(db_));
+  ASSERT_NE(a, nullptr);
+  ASSERT_NO_FATAL_FAILURE(Populate(*a, kSchedules));
+  Engine* b = Open("b");
+  ASSERT_NE(b, nullptr);
+  auto shared = [&] {
+    std::size_t on_a = internal::EngineAccess::LoadedPartitions(*a).size();
+    std::size_t on_b = internal::EngineAccess::LoadedPartitions(*b).size();
+    return on_a + on_b == static_cast<std::size_t>(kPartitions) && on_a >= kPartitions / 2 - 1 &&
+           on_b >= kPartitions / 2 - 1;
+  };
+  ASSERT_TRUE(WaitFor(shared, 10s)) << "never balanced";
+  (*proxy)->HoldFrom('P', "syncsched.expiry_us");
+  ASSERT_TRUE(WaitFor([&] { return HoldsAll(*b); }, 40s))
+      << "the engine whose commits stall kept its partitions";
+  EXPECT_GE(a->GetMetrics().cluster_withdrawals, 1u);
+  const auto moved = Clock::now();
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        std::set<std::string> ran;
+        for (const Call& c : log_.All()) {
+          if (c.node == "b" && c.at > moved) ran.insert(c.connection);
+        }
+        return ran.size() == static_cast<std::size_t>(kSchedules);
+      },
+      10s))
+      << "not every schedule ran on b";
+  (*proxy)->Stall(false);  // the route recovers
+  ASSERT_TRUE(WaitFor(shared, 40s)) << "a never came back";
+  const auto back = Clock::now();
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        std::set<std::string> ran;
+        for (const Call& c : log_.All()) {
+          if (c.node == "a" && c.at > back) ran.insert(c.connection);
+        }
+        return !ran.empty();
+      },
+      10s))
+      << "a holds partitions again but runs nothing";
   Stop("a");
   Stop("b");
   Db db(uri_);

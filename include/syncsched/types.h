@@ -268,6 +268,7 @@ struct EngineHealth {
   std::uint64_t cluster_partitions_owned = 0;
   std::uint64_t cluster_partitions_total = 0;  // 0 outside cluster mode
   std::uint64_t cluster_nodes_live = 0;
+  std::uint64_t cluster_withdrawals = 0;
 };
 
 struct EngineMetrics {

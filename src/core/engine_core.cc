@@ -1856,6 +1856,7 @@ EngineHealth EngineCore::GetHealth() {
     }
     h.cluster_partitions_total = static_cast<std::uint64_t>(partitions_);
     h.cluster_nodes_live = static_cast<std::uint64_t>(snap.live_nodes);
+    h.cluster_withdrawals = keeper_->counters().withdrawals;
     // As GetMetrics, without its exception after Shutdown (shut_down_ needs mu_).
     if (h.store_healthy) {
       h.store_error = KeeperTrouble(snap, &h.store_broken);

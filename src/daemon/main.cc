@@ -218,14 +218,24 @@ int main(int argc, char** argv) {
   // (EngineMetrics::store_broken): the engine's state no longer matches the database's, and only
   // a restart, which recovers exactly what the database holds, mends that. The daemon then shuts
   // down as for SIGTERM and exits with kExitRuntime, for its supervisor to restart it.
+  // GetHealth, not GetMetrics: it never waits for a command's commit, so a stalled database does
+  // not delay the signals. A withdrawal from the cluster is logged here too (once per count seen).
   int sig = 0;
   const timespec kWakeEvery{1, 0};
+  std::uint64_t withdrawals = 0;
   for (int second = 1;; ++second) {
     sig = sigtimedwait(&signals, nullptr, &kWakeEvery);
     if (sig > 0) break;
     if (errno != EAGAIN) continue;
     if (second % 60 == 0) malloc_trim(0);
-    const syncsched::EngineMetrics m = daemon->engine().GetMetrics();
+    const syncsched::EngineHealth m = daemon->engine().GetHealth();
+    if (m.cluster_withdrawals > withdrawals) {
+      withdrawals = m.cluster_withdrawals;
+      log.Warn(
+          "left the cluster for a while: the database refused this daemon's commits while its "
+          "leases were renewed, so its partitions run on the other daemons until it commits again",
+          {{"withdrawals", withdrawals}, {"error", m.store_error}});
+    }
     if (m.store_broken) {
       log.Error(
           "the database store is broken for good: shutting down, for the supervisor to restart "

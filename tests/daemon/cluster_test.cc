@@ -389,6 +389,55 @@ TEST_F(ClusterDaemonTest, ThreeDaemonsShareThePartitionsAndTakeOverOnKillAndStop
   }
 }
 
+// B3 at the daemon's level: the database refuses node-a's commits (a trigger on its commit mark
+// raises the error a full disk raises) while its lease keeper still renews: node-a leaves the
+// cluster for a while and logs so, node-b runs every partition meanwhile, and once the database
+// takes node-a's commits again it comes back and shares them.
+TEST_F(ClusterDaemonTest, ADaemonWhoseCommitsAreRefusedLeavesForAWhileAndComesBack) {
+  Daemon a = Start("node-a");
+  Daemon b = Start("node-b");
+  ASSERT_TRUE(a.port != 0 && b.port != 0);
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return Int(Health(a.port), "partitions") == kPartitions / 2 &&
+               Int(Health(b.port), "partitions") == kPartitions / 2;
+      },
+      20s))
+      << Logs();
+  auto id = syncsched::testing::PgQuery(
+      db_.path(), "SELECT id FROM syncsched_cluster.nodes WHERE name = 'node-a'");
+  ASSERT_TRUE(id.ok()) << id.status();
+  ASSERT_TRUE(syncsched::testing::PgExec(
+                  db_.path(),
+                  "CREATE FUNCTION refuse_a() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RAISE "
+                  "EXCEPTION 'could not extend file: No space left on device' USING ERRCODE = "
+                  "'disk_full'; END$$; CREATE TRIGGER refuse_a BEFORE INSERT OR UPDATE ON "
+                  "syncsched.commit_marks FOR EACH ROW WHEN (NEW.node = " +
+                      *id + ") EXECUTE FUNCTION refuse_a()")
+                  .ok());
+  ASSERT_TRUE(WaitFor([&] { return Int(Health(b.port), "partitions") == kPartitions; }, 20s))
+      << Logs();
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        return ReadFile(dir_ / "node-a.log").find("left the cluster for a while") !=
+               std::string::npos;
+      },
+      5s))
+      << Logs();
+  ASSERT_TRUE(syncsched::testing::PgExec(db_.path(), "DROP FUNCTION refuse_a() CASCADE").ok());
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        return Int(Health(a.port), "partitions") == kPartitions / 2 &&
+               Int(Health(b.port), "partitions") == kPartitions / 2;
+      },
+      30s))
+      << Logs();
+  for (Daemon* d : {&a, &b}) {
+    d->process->Signal(SIGTERM);
+    EXPECT_EQ(d->process->Wait(), 0) << Logs();
+  }
+}
+
 // Outside cluster mode a daemon has a name too: host:port, with the port it bound when `listen`
 // takes any free port. Its runs see it as SYNCSCHED_NODE.
 TEST(SingleDaemonNode, RunsSeeTheDefaultName) {

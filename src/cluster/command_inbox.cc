@@ -29,11 +29,10 @@ Status NoReply(milliseconds timeout, std::string_view context) {
 }
 
 // pg_util's PgExec under a reply deadline of `timeout`.
-Status PgExec(milliseconds timeout, PGconn* conn, const char* sql, std::string_view context,
-              ResultPtr* out = nullptr) {
+Status PgExec(milliseconds timeout, PGconn* conn, const char* sql, std::string_view context) {
   SocketDeadline deadline;
   deadline.Arm(conn, timeout);
-  Status s = internal::PgExec(conn, sql, context, out);
+  Status s = internal::PgExec(conn, sql, context);
   if (deadline.Disarm()) return NoReply(timeout, context);
   return s;
 }
@@ -175,8 +174,7 @@ PGconn* CommandInbox::Connect(Status* error) {
   }
   auto answered = std::chrono::steady_clock::now();
   std::lock_guard lock(mu_);
-  server_us_ = Int(res.get(), 0, 0);
-  server_read_by_ = answered;
+  server_clock_ = {Int(res.get(), 0, 0), answered};
   return c;
 }
 
@@ -214,17 +212,13 @@ Result<std::int64_t> CommandInbox::Submit(const std::string& body,
   PGconn* c = Acquire(&err);
   if (c == nullptr) return err;
   // The command expires, in the server's clock, when this receiver gives up on the statement
-  // (its reply deadline): the server read its clock `server_us_` before `server_read_by_`, so its
-  // clock shows at least `expiry` when this process gives up. A statement that reaches the
-  // database later (a stalled route that carries it after all) records nothing, so that no owner
-  // applies a command its receiver answered as failed.
+  // (its reply deadline; ServerClock). A statement that reaches the database later (a stalled
+  // route that carries it after all) records nothing, so that no owner applies a command its
+  // receiver answered as failed.
   std::int64_t expiry = 0;
   {
     std::lock_guard lock(mu_);
-    auto give_up = std::chrono::steady_clock::now() + reply_timeout_;
-    expiry =
-        server_us_ +
-        std::chrono::duration_cast<std::chrono::microseconds>(give_up - server_read_by_).count();
+    expiry = server_clock_.Expiry(std::chrono::steady_clock::now() + reply_timeout_);
   }
   // One statement, sent as one simple-protocol message with its values as literals: the server
   // executes and commits it when the whole message has arrived, so that no later message (an

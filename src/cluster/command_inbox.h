@@ -25,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "cluster/pg_deadline.h"
 #include "store/store.h"
 #include "syncsched/status.h"
 
@@ -155,11 +156,9 @@ class CommandInbox {
   const std::int64_t node_id_;
   const std::chrono::milliseconds connect_timeout_;
   const std::chrono::milliseconds reply_timeout_;
-  std::mutex mu_;  // a leaf: guards idle_, server_us_ and server_read_by_
-  // The database's clock (microseconds since the epoch) as read by the last new connection, and
-  // a moment of the steady clock after it was read (Submit's expiry).
-  std::int64_t server_us_ = 0;
-  std::chrono::steady_clock::time_point server_read_by_{};
+  std::mutex mu_;  // a leaf: guards idle_ and server_clock_
+  // The database's clock as read by the last new connection (Submit's expiry).
+  internal::ServerClock server_clock_;
   std::vector<PGconn*> idle_;  // pooled connections
   PGconn* listen_ = nullptr;   // WaitForNotice's
 };

@@ -204,8 +204,7 @@ Status LeaseKeeper::Connect(milliseconds timeout) {
     Disconnect();
     return res.status();
   }
-  server_read_by_ = Clock::now();
-  server_us_ = Int(res->back().get(), 0, 0);
+  server_clock_ = {Int(res->back().get(), 0, 0), Clock::now()};
   return Status::Ok();
 }
 
@@ -213,7 +212,7 @@ void LeaseKeeper::Disconnect() {
   if (conn_ != nullptr) PQfinish(conn_);
   conn_ = nullptr;
   own_pid_ = 0;
-  server_us_ = 0;
+  server_clock_ = {};
 }
 
 void LeaseKeeper::ConsumeInput() {
@@ -233,17 +232,14 @@ Result<LeaseKeeper::ResultList> LeaseKeeper::Query(const std::string& sql, std::
   if (timeout.count() <= 0) timeout = query_timeout_;
   std::string what = "cluster node '" + options_.node + "': " + std::string(context);
   if (conn_ == nullptr) return Status::Unavailable(what + ": not connected");
-  // The query's expiry, in the server's clock: when this call gives up on it. The server read its
-  // clock `server_us_` before `server_read_by_`, so its clock shows at least `expiry` when this
-  // call gives up. A simple query is one message and one transaction: a first statement that
-  // fails past the expiry aborts every statement after it, so a query that a stalled route
-  // delivers late (a dead node's renewal or claim) changes nothing.
-  const bool checked = server_us_ != 0;
+  // The query's expiry, in the server's clock: when this call gives up on it (ServerClock). A
+  // simple query is one message and one transaction: a first statement that fails past the expiry
+  // aborts every statement after it, so a query that a stalled route delivers late (a dead node's
+  // renewal or claim) changes nothing.
+  const bool checked = server_clock_.known();
   std::string full;
   if (checked) {
-    std::int64_t expiry = server_us_ + std::chrono::duration_cast<std::chrono::microseconds>(
-                                           Clock::now() + timeout - server_read_by_)
-                                           .count();
+    std::int64_t expiry = server_clock_.Expiry(Clock::now() + timeout);
     full = "SELECT 1 / (clock_timestamp() < to_timestamp(" + std::to_string(expiry) +
            " / 1000000.0))::int;" + sql;
   }

@@ -58,6 +58,7 @@
 
 #include "cluster/cluster_schema.h"
 #include "cluster/fence.h"
+#include "cluster/pg_deadline.h"
 #include "cluster/pg_util.h"
 #include "syncsched/status.h"
 
@@ -231,10 +232,8 @@ class LeaseKeeper {
   // The keeper's thread only (and Start before the thread exists).
   PGconn* conn_ = nullptr;
   int own_pid_ = 0;
-  // The server's clock (µs since the epoch), read before server_read_by_ at Connect: the expiry
-  // of each query (Query). 0: not read yet.
-  std::int64_t server_us_ = 0;
-  SteadyTime server_read_by_{};
+  // The server's clock, read at Connect: the expiry of each query (Query). Unknown until then.
+  internal::ServerClock server_clock_;
   bool poke_ = false;
   SteadyTime next_tick_{};
   SteadyTime next_connect_{};

@@ -24,8 +24,26 @@
 #include <libpq-fe.h>
 
 #include <chrono>
+#include <cstdint>
 
 namespace syncsched::cluster::internal {
+
+// A database server's clock against this process's steady clock: the server read `micros` (µs
+// since the epoch, clock_timestamp()) before this process's steady clock showed `read_by`. So,
+// while neither clock steps, the server's clock shows at least Expiry(t) by the time the steady
+// clock shows t: a statement that checks `clock_timestamp() < Expiry(t)` (server side) runs only
+// before this process reaches t. That is the expiry of a call this process gives up on at t, and
+// what the store's commits, the command inbox's insert and the lease keeper's queries check, so
+// that a stalled route cannot deliver them late.
+struct ServerClock {
+  std::int64_t micros = 0;  // 0: not read
+  std::chrono::steady_clock::time_point read_by{};
+
+  bool known() const { return micros != 0; }
+  std::int64_t Expiry(std::chrono::steady_clock::time_point t) const {
+    return micros + std::chrono::duration_cast<std::chrono::microseconds>(t - read_by).count();
+  }
+};
 
 class SocketDeadline {
  public:

@@ -918,8 +918,7 @@ class PgStore final : public Store {
   cluster::internal::SocketDeadline deadline_;
   // The server's clock (microseconds since the epoch, 0: unknown) as read at connect, and a moment
   // of the steady clock after it was read.
-  std::int64_t server_us_ = 0;
-  std::chrono::steady_clock::time_point server_read_by_{};
+  cluster::internal::ServerClock server_clock_;                      // read at Connect (SendExpiry)
   std::chrono::milliseconds reply_timeout_{options_.reply_timeout};  // 0 while migrating
   bool expired_ = false;       // the deadline shut the current connection down
   int session_pid_ = 0;        // the server process of the current connection
@@ -1027,12 +1026,11 @@ Status PgStore::Connect(std::chrono::milliseconds wait, std::chrono::millisecond
       "FROM pg_stat_activity WHERE pid = pg_backend_pid()";
   ResultPtr started;
   if (Status s = Exec(setup.c_str(), "setting up the session", &started); !s.ok()) return s;
-  server_read_by_ = std::chrono::steady_clock::now();
-  server_us_ = 0;
+  server_clock_ = {0, std::chrono::steady_clock::now()};
   if (PQntuples(started.get()) == 1 && !PQgetisnull(started.get(), 0, 0)) {
     session_pid_ = PQbackendPID(conn_);
     session_start_ = PQgetvalue(started.get(), 0, 0);
-    server_us_ = std::strtoll(PQgetvalue(started.get(), 0, 1), nullptr, 10);
+    server_clock_.micros = std::strtoll(PQgetvalue(started.get(), 0, 1), nullptr, 10);
   }
   EndGhost();
   if (InCluster()) {
@@ -1905,15 +1903,11 @@ void PgStore::Send(Pipeline& p, const Query& q) {
 }
 
 void PgStore::SendExpiry(Pipeline& p) {
-  if (reply_timeout_.count() <= 0 || server_us_ == 0) return;
+  if (reply_timeout_.count() <= 0 || !server_clock_.known()) return;
   // This store gives up on a reply no earlier than reply_timeout after now (each wait is armed
-  // after this is sent). The server read its clock `server_us_` before `server_read_by_`, so its
-  // clock shows at least `expiry` by the time this store gives up: a statement executed before
-  // `expiry` (server time) runs while the store still waits for its answer.
-  auto give_up = std::chrono::steady_clock::now() + reply_timeout_;
-  std::int64_t expiry =
-      server_us_ +
-      std::chrono::duration_cast<std::chrono::microseconds>(give_up - server_read_by_).count();
+  // after this is sent): a statement executed before `expiry` (server time) runs while the store
+  // still waits for its answer (ServerClock).
+  std::int64_t expiry = server_clock_.Expiry(std::chrono::steady_clock::now() + reply_timeout_);
   Query q;
   // Schema v5's trigger on the commit mark checks it when COMMIT runs; the set_config statement
   // itself refuses at once a commit already late.

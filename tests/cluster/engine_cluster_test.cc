@@ -113,6 +113,14 @@ class EngineClusterTest : public PgDatabaseTest {
     }
   }
   static std::string Connection(int i) { return "c" + std::to_string(i); }
+  // The connections whose runs `node` called after `since`.
+  std::set<std::string> RanOn(const std::string& node, Clock::time_point since) {
+    std::set<std::string> ran;
+    for (const Call& c : log_.All()) {
+      if (c.node == node && c.at > since) ran.insert(c.connection);
+    }
+    return ran;
+  }
   static int PartitionOfConnection(const std::string& connection) {
     return cluster::PartitionOf(kIntegration, connection, kSync, kBaseVariant, kPartitions);
   }
@@ -568,12 +576,7 @@ TEST_F(EngineClusterTest, AnEngineWhoseStoreFailsWhileItsKeeperRenewsHandsItsPar
   ASSERT_NO_FATAL_FAILURE(Populate(*a, kSchedules));
   Engine* b = Open("b");
   ASSERT_NE(b, nullptr);
-  auto shared = [&] {
-    std::size_t on_a = internal::EngineAccess::LoadedPartitions(*a).size();
-    std::size_t on_b = internal::EngineAccess::LoadedPartitions(*b).size();
-    return on_a + on_b == static_cast<std::size_t>(kPartitions) && on_a >= kPartitions / 2 - 1 &&
-           on_b >= kPartitions / 2 - 1;
-  };
+  auto shared = [&] { return Balanced({a, b}); };
   ASSERT_TRUE(WaitFor(shared, 10s)) << "never balanced";
   {
     std::lock_guard lock(plan->mu);
@@ -593,14 +596,7 @@ TEST_F(EngineClusterTest, AnEngineWhoseStoreFailsWhileItsKeeperRenewsHandsItsPar
   // Every schedule runs on b.
   const auto moved = Clock::now();
   ASSERT_TRUE(WaitFor(
-      [&] {
-        std::set<std::string> ran;
-        for (const Call& c : log_.All()) {
-          if (c.node == "b" && c.at > moved) ran.insert(c.connection);
-        }
-        return ran.size() == static_cast<std::size_t>(kSchedules);
-      },
-      10s))
+      [&] { return RanOn("b", moved).size() == static_cast<std::size_t>(kSchedules); }, 10s))
       << "not every schedule ran on b";
   // a's store commits again: it comes back and takes its share.
   plan->crashed.store(false);
@@ -633,12 +629,7 @@ TEST_F(EngineClusterTest, AnEngineWhoseStoreCommitsStallHandsItsPartitionsOverAn
   ASSERT_NO_FATAL_FAILURE(Populate(*a, kSchedules));
   Engine* b = Open("b");
   ASSERT_NE(b, nullptr);
-  auto shared = [&] {
-    std::size_t on_a = internal::EngineAccess::LoadedPartitions(*a).size();
-    std::size_t on_b = internal::EngineAccess::LoadedPartitions(*b).size();
-    return on_a + on_b == static_cast<std::size_t>(kPartitions) && on_a >= kPartitions / 2 - 1 &&
-           on_b >= kPartitions / 2 - 1;
-  };
+  auto shared = [&] { return Balanced({a, b}); };
   ASSERT_TRUE(WaitFor(shared, 10s)) << "never balanced";
   (*proxy)->HoldFrom('P', "syncsched.expiry_us");
   ASSERT_TRUE(WaitFor([&] { return HoldsAll(*b); }, 40s))
@@ -646,27 +637,12 @@ TEST_F(EngineClusterTest, AnEngineWhoseStoreCommitsStallHandsItsPartitionsOverAn
   EXPECT_GE(a->GetMetrics().cluster_withdrawals, 1u);
   const auto moved = Clock::now();
   ASSERT_TRUE(WaitFor(
-      [&] {
-        std::set<std::string> ran;
-        for (const Call& c : log_.All()) {
-          if (c.node == "b" && c.at > moved) ran.insert(c.connection);
-        }
-        return ran.size() == static_cast<std::size_t>(kSchedules);
-      },
-      10s))
+      [&] { return RanOn("b", moved).size() == static_cast<std::size_t>(kSchedules); }, 10s))
       << "not every schedule ran on b";
   (*proxy)->Stall(false);  // the route recovers
   ASSERT_TRUE(WaitFor(shared, 40s)) << "a never came back";
   const auto back = Clock::now();
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        std::set<std::string> ran;
-        for (const Call& c : log_.All()) {
-          if (c.node == "a" && c.at > back) ran.insert(c.connection);
-        }
-        return !ran.empty();
-      },
-      10s))
+  ASSERT_TRUE(WaitFor([&] { return !RanOn("a", back).empty(); }, 10s))
       << "a holds partitions again but runs nothing";
   Stop("a");
   Stop("b");

@@ -397,13 +397,11 @@ TEST_F(ClusterDaemonTest, ADaemonWhoseCommitsAreRefusedLeavesForAWhileAndComesBa
   Daemon a = Start("node-a");
   Daemon b = Start("node-b");
   ASSERT_TRUE(a.port != 0 && b.port != 0);
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        return Int(Health(a.port), "partitions") == kPartitions / 2 &&
-               Int(Health(b.port), "partitions") == kPartitions / 2;
-      },
-      20s))
-      << Logs();
+  auto halves = [&] {
+    return Int(Health(a.port), "partitions") == kPartitions / 2 &&
+           Int(Health(b.port), "partitions") == kPartitions / 2;
+  };
+  ASSERT_TRUE(WaitFor(halves, 20s)) << Logs();
   auto id = syncsched::testing::PgQuery(
       db_.path(), "SELECT id FROM syncsched_cluster.nodes WHERE name = 'node-a'");
   ASSERT_TRUE(id.ok()) << id.status();
@@ -425,13 +423,7 @@ TEST_F(ClusterDaemonTest, ADaemonWhoseCommitsAreRefusedLeavesForAWhileAndComesBa
       5s))
       << Logs();
   ASSERT_TRUE(syncsched::testing::PgExec(db_.path(), "DROP FUNCTION refuse_a() CASCADE").ok());
-  EXPECT_TRUE(WaitFor(
-      [&] {
-        return Int(Health(a.port), "partitions") == kPartitions / 2 &&
-               Int(Health(b.port), "partitions") == kPartitions / 2;
-      },
-      30s))
-      << Logs();
+  EXPECT_TRUE(WaitFor(halves, 30s)) << Logs();
   for (Daemon* d : {&a, &b}) {
     d->process->Signal(SIGTERM);
     EXPECT_EQ(d->process->Wait(), 0) << Logs();

@@ -867,8 +867,8 @@ class PgStoreStallTest : public PgStoreTest {
 };
 
 // The commit gives up at reply_timeout (it would otherwise wait for the whole stall), and when the
-// route delivers the commit after all, the server applies nothing of it: the transaction checks,
-// right before COMMIT, that it runs before the store's deadline. Without that check the late
+// route delivers the commit after all, the server applies nothing of it: the transaction checks
+// that it runs before the store's deadline (schema v5: at COMMIT). Without that check the late
 // COMMIT would apply a batch reported as failed (and the store would then refuse for good).
 TEST_F(PgStoreStallTest, ACommitGivesUpAtTheReplyDeadlineAndItsLateArrivalAppliesNothing) {
   int pid = 0;

@@ -468,7 +468,9 @@ BENCHMARK(BM_DurableFire)
 // runs/s, about twice what the file keeps up with, so the figure is what it sustains. Not far more:
 // a schedule whose run still waits for a worker at its next slot has that slot skipped, and each
 // skip is work of its own (a decision recorded), so at 10x its capacity (1M schedules every 250 ms)
-// the engine spends its time skipping (2-3k runs/s measured). Timed after the start's immediate
+// the engine spends its time skipping (2-3k runs/s measured). P = 900 and 9000 ask 111k runs/s:
+// whether the file sustains 100k runs/s with little overload (a skipped slot records a decision
+// and rewrites its row, work that grows with the overload). Timed after the start's immediate
 // runs and n more runs (see below), for 200k runs. The floor in plain SQLite:
 // BM_RawSqliteSpreadRuns below.
 void BM_DurableFireSpread(benchmark::State& state) {
@@ -497,10 +499,15 @@ void BM_DurableFireSpread(benchmark::State& state) {
   }
   // Timed from the second round on: the start's immediate runs, then about one more run per
   // schedule (n runs), so that work a store defers (the run journal's folds of the start's rows
-  // and of the first runs) is in its steady state rather than all ahead or all behind.
+  // and of the first runs) is in its steady state rather than all ahead or all behind. The timed
+  // window is 1M runs (50 iterations of kBatch): at least three of the journal's folds at 100k
+  // and at 1M schedules (a fold per 1,048,576 records, ~350k runs), so the figure carries its
+  // share of them.
   while (ran.load() < 2 * n) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   constexpr std::int64_t kBatch = 20000;
   double writer_before = ThreadCpuSeconds("syncsched-write");
+  double io_before = ThreadCpuSeconds("syncsched-io");
+  double run_before = ThreadCpuSeconds("syncsched-run");
   for (auto _ : state) {
     std::int64_t target = ran.load() + kBatch;
     while (ran.load(std::memory_order_relaxed) < target) {
@@ -508,10 +515,13 @@ void BM_DurableFireSpread(benchmark::State& state) {
     }
   }
   state.SetItemsProcessed(state.iterations() * kBatch);
+  const auto runs = static_cast<double>(state.iterations() * kBatch);
   if (state.range(1)) {
-    state.counters["writer_us/run"] = 1e6 * (ThreadCpuSeconds("syncsched-write") - writer_before) /
-                                      static_cast<double>(state.iterations() * kBatch);
+    state.counters["writer_us/run"] =
+        1e6 * (ThreadCpuSeconds("syncsched-write") - writer_before) / runs;
   }
+  state.counters["io_us/run"] = 1e6 * (ThreadCpuSeconds("syncsched-io") - io_before) / runs;
+  state.counters["workers_us/run"] = 1e6 * (ThreadCpuSeconds("syncsched-run") - run_before) / runs;
   engine.reset();
   fs::remove_all(dir);
 }
@@ -520,9 +530,11 @@ BENCHMARK(BM_DurableFireSpread)
     ->Args({100'000, 1, 500})
     ->Args({1'000'000, 0, 5000})
     ->Args({1'000'000, 1, 5000})
+    ->Args({100'000, 1, 900})
+    ->Args({1'000'000, 1, 9000})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()
-    ->Iterations(10);
+    ->Iterations(50);
 
 // BM_RawSqliteSpreadRuns/N/G: the floor of BM_DurableFireSpread/N/1 in plain SQLite: the rows a
 // run writes without the store's journal (schema v4's layout), as prepared statements bound by

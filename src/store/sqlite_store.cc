@@ -558,6 +558,9 @@ constexpr std::size_t kJournalRowBytes = std::size_t{1} << 20;
 // journal_fold_records when that is smaller): a commit waits behind one slice of a fold, tens of
 // milliseconds, not the whole fold (0.6-1.6 s for 262,144 records on the test machine).
 constexpr std::size_t kFoldSliceRecords = 16384;
+// The largest fold threshold journal_fold_per_uid leads to (SqliteStoreOptions): a fold's
+// buffers hold ~90 bytes a record while it runs.
+constexpr std::uint64_t kFoldRecordsCap = std::uint64_t{1} << 20;
 
 void PutVarint(std::uint64_t v, std::string* out) {
   while (v >= 0x80) {
@@ -1447,7 +1450,17 @@ class SqliteStore final : public Store {
   // Folds the journal: all = false, one step (reads and sorts the oldest rows, up to
   // journal_fold_records records, when no fold is under way; then writes the next slice); all =
   // true, every step until the journal is empty.
-  Status FoldJournal(bool all);
+  Status FoldJournal(bool all, std::uint64_t min_slice = 0);
+  // The records a fold takes (SqliteStoreOptions::journal_fold_records and journal_fold_per_uid):
+  // at least 1.
+  std::uint64_t FoldThreshold() const {
+    const std::uint64_t floor = std::max<std::uint64_t>(options_.journal_fold_records, 1);
+    if (options_.journal_fold_per_uid == 0) return floor;
+    const std::uint64_t cap = std::max(floor, kFoldRecordsCap);
+    const std::uint64_t per = options_.journal_fold_per_uid;
+    const std::uint64_t scaled = max_uid_ > cap / per ? cap : max_uid_ * per;
+    return std::clamp(scaled, floor, cap);
+  }
   // Reads the oldest journal rows, up to `limit` records, into fold_ (sorted by uid).
   Status FoldRead(std::uint64_t limit);
   // Writes the next slice of fold_ (at least `slice` records, whole schedules) in a transaction
@@ -2170,17 +2183,16 @@ Status SqliteStore::CommitParts(const Batch& first, BatchSource* more) {
                                           found + ")"));
     return Status::Ok();
   }
-  // Fold the journal once it holds journal_fold_records records. The commit stands whatever the
-  // fold does: a fold that fails changed nothing (the journal keeps its records; after a failure
-  // it is tried again once another half of journal_fold_records has come), and corruption found
-  // by it breaks the store from then on (Health), as any.
-  // A fold under way goes on by one slice per commit.
-  if (fold_.active ||
-      (journal_records_ >= std::max<std::uint64_t>(options_.journal_fold_records, 1) &&
-       journal_records_ >= fold_retry_at_)) {
-    if (Status folded = FoldJournal(/*all=*/false); !folded.ok()) {
-      fold_retry_at_ =
-          journal_records_ + std::max<std::uint64_t>(options_.journal_fold_records / 2, 1);
+  // Fold the journal once it holds FoldThreshold() records. The commit stands whatever the fold
+  // does: a fold that fails changed nothing (the journal keeps its records; after a failure it is
+  // tried again once another half of the threshold has come), and corruption found by it breaks
+  // the store from then on (Health), as any. A fold under way goes on by one slice per commit, of
+  // at least twice the records this commit appended, so that a fold outpaces the appends however
+  // large the commits grow (with slices of a fixed size, commits of 20k runs each outgrew the
+  // fold: the journal grew without bound).
+  if (fold_.active || (journal_records_ >= FoldThreshold() && journal_records_ >= fold_retry_at_)) {
+    if (Status folded = FoldJournal(/*all=*/false, 2 * journal_appended_); !folded.ok()) {
+      fold_retry_at_ = journal_records_ + std::max<std::uint64_t>(FoldThreshold() / 2, 1);
     } else if (!fold_.active) {
       fold_retry_at_ = 0;
     }
@@ -2479,8 +2491,8 @@ Result<std::uint64_t> SqliteStore::CountJournal() {
   return stmt.U64(0);
 }
 
-Status SqliteStore::FoldJournal(bool all) {
-  const std::uint64_t limit = std::max<std::uint64_t>(1, options_.journal_fold_records);
+Status SqliteStore::FoldJournal(bool all, std::uint64_t min_slice) {
+  const std::uint64_t limit = FoldThreshold();
   do {
     if (!fold_.active) {
       if (Status s = FoldRead(limit); !s.ok()) return s;
@@ -2488,8 +2500,8 @@ Status SqliteStore::FoldJournal(bool all) {
     }
     // A sixteenth of a fold per slice, at most kFoldSliceRecords (a smaller journal_fold_records,
     // as the tests set, still folds in several slices).
-    const auto slice = static_cast<std::size_t>(
-        std::clamp<std::uint64_t>(limit / 16, 1, std::uint64_t{kFoldSliceRecords}));
+    const auto slice = static_cast<std::size_t>(std::max(
+        std::clamp<std::uint64_t>(limit / 16, 1, std::uint64_t{kFoldSliceRecords}), min_slice));
     if (Status s = FoldSlice(all ? std::numeric_limits<std::size_t>::max() : slice); !s.ok()) {
       return s;
     }
@@ -2809,6 +2821,7 @@ Result<std::unique_ptr<Store>> OpenSqliteStore(const SqliteStoreOptions& given) 
     }
     options.journal_from_uid = from;
     options.journal_fold_records = static_cast<std::size_t>(fold);
+    if (std::strchr(journal, ',') != nullptr) options.journal_fold_per_uid = 0;  // FOLD exactly
   }
   if (options.journal_fold_records == 0) {
     return Status::InvalidArgument(

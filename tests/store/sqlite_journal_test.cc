@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
@@ -223,6 +224,7 @@ class JournalTest : public testutil::TempDirTest {
     SqliteStoreOptions o = Options(path);
     o.journal_from_uid = 0;
     o.journal_fold_records = fold_records;
+    o.journal_fold_per_uid = 0;  // exactly fold_records
     return o;
   }
   SqliteStoreOptions InPlace(const std::string& path) const {
@@ -475,6 +477,79 @@ TEST_F(JournalTest, ADeletedScheduleGetsNothingFromTheJournal) {
   EXPECT_EQ(QueryInt(path_, "SELECT count(*) FROM history WHERE schedule_uid = 2"), 0);
   EXPECT_EQ(QueryInt(path_, "SELECT count(*) FROM history"), 4);  // ring and failure places
   EXPECT_EQ(QueryInt(path_, "SELECT count(*) FROM schedules WHERE uid = 2"), 0);
+}
+
+// The fold's threshold grows with the uids issued (journal_fold_per_uid records each, at least
+// journal_fold_records, overflow capped), and is exactly journal_fold_records with 0.
+TEST_F(JournalTest, TheFoldThresholdGrowsWithTheSchedules) {
+  struct Case {
+    std::size_t per_uid;
+    int commits_before_fold;  // each appends 10 records (5 schedules, a row and a run each)
+  };
+  for (Case c : {Case{0, 1}, Case{4, 2}, Case{6, 3}, Case{SIZE_MAX, -1}}) {
+    SCOPED_TRACE("journal_fold_per_uid " + std::to_string(c.per_uid));
+    std::string path = dir_ + "/threshold-" + std::to_string(c.per_uid) + ".db";
+    SqliteStoreOptions o = Journaled(path, 10);
+    o.journal_fold_per_uid = c.per_uid;
+    auto j = OpenOrDie(o);
+    ASSERT_NE(j, nullptr);
+    Batch setup;
+    for (std::uint64_t uid = 1; uid <= 5; ++uid) {
+      setup.schedules.push_back(testutil::Schedule(uid, "c" + std::to_string(uid)));
+    }
+    ASSERT_TRUE(j->Commit(setup).ok());
+    for (int commit = 1; commit <= 4; ++commit) {
+      SCOPED_TRACE("commit " + std::to_string(commit));
+      Batch runs;
+      for (std::uint64_t uid = 1; uid <= 5; ++uid) {
+        ScheduleRow row = testutil::Schedule(uid, "");
+        row.update_only = true;
+        row.runs = static_cast<std::uint64_t>(commit);
+        runs.schedules.push_back(row);
+        runs.runs.push_back(testutil::FinishedRun(uid, static_cast<std::uint64_t>(commit), 0));
+      }
+      ASSERT_TRUE(j->Commit(runs).ok());
+      // A fold under way holds its records in its buffers.
+      const bool folding =
+          internal::FoldBytesForTest(*j) > 0 ||
+          internal::JournalRecordsForTest(*j) < 10u * static_cast<unsigned>(commit);
+      EXPECT_EQ(folding, c.commits_before_fold > 0 && commit >= c.commits_before_fold);
+      if (folding) break;
+    }
+  }
+}
+
+// Commits that append more records than a fold's slice (a sixteenth of the fold) do not outgrow
+// the fold: each slice folds at least twice what its commit appended, so the journal stays within
+// a few folds' worth (with slices of a fixed size it grew by 36 records a commit here, without
+// bound).
+TEST_F(JournalTest, AFoldKeepsUpWithCommitsLargerThanItsSlices) {
+  constexpr std::size_t kFold = 64;
+  auto j = OpenOrDie(Journaled(path_, kFold));
+  ASSERT_NE(j, nullptr);
+  Batch setup;
+  for (std::uint64_t uid = 1; uid <= 20; ++uid) {
+    setup.schedules.push_back(testutil::Schedule(uid, "c" + std::to_string(uid)));
+  }
+  ASSERT_TRUE(j->Commit(setup).ok());
+  std::uint64_t most = 0;
+  for (int commit = 1; commit <= 60; ++commit) {
+    Batch runs;  // 40 records: a row and a run for each of 20 schedules
+    for (std::uint64_t uid = 1; uid <= 20; ++uid) {
+      ScheduleRow row = testutil::Schedule(uid, "");
+      row.update_only = true;
+      row.runs = static_cast<std::uint64_t>(commit);
+      runs.schedules.push_back(row);
+      runs.runs.push_back(testutil::FinishedRun(uid, static_cast<std::uint64_t>(commit), 0));
+    }
+    ASSERT_TRUE(j->Commit(runs).ok());
+    most = std::max(most, internal::JournalRecordsForTest(*j));
+  }
+  EXPECT_LE(most, 3 * kFold);
+  auto snap = j->Load();
+  ASSERT_TRUE(snap.ok());
+  ASSERT_EQ(snap->schedules.size(), 20u);
+  EXPECT_EQ(snap->schedules[0].runs, 60u);
 }
 
 // A smaller history_per_schedule at open: the journal's runs (placed with the old bound) are

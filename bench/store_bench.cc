@@ -21,6 +21,7 @@
 
 #include <sqlite3.h>
 #include <stdlib.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <atomic>
 #include <thread>
@@ -183,6 +184,88 @@ BENCHMARK(BM_StoreCommitRunsAtHistoryBound)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()
     ->Iterations(30);
+
+// BM_SqliteLoadJournalTail/R: recovery's read of the SQLite store (open and Load) of 1M
+// schedules whose run journal holds R records that a killed process left (no fold at close),
+// against R = 0: the same rows, folded at a clean close (the baseline). The tail is what runs
+// leave between folds: each record pair a schedule's new row and its finished run, over schedules
+// spread across the uids. With the fold's threshold at 10 records per uid (at most 1,048,576,
+// SqliteStoreOptions::journal_fold_per_uid), a crash at 1M schedules leaves up to ~1M records (and
+// a fold's worth more, if it crashed during one).
+void BM_SqliteLoadJournalTail(benchmark::State& state) {
+  const std::int64_t tail = state.range(0);
+  std::string dir = NewTempDir();
+  std::string path = dir + "/tail.db";
+  const Batch& rows = Rows();
+  const pid_t child = ::fork();
+  if (child == 0) {
+    SqliteStoreOptions o;
+    o.path = path;
+    o.journal_from_uid = 0;
+    o.journal_fold_records = std::size_t{1} << 30;
+    o.journal_fold_per_uid = 0;
+    auto store = OpenSqliteStore(o);
+    if (!store.ok() || !(*store)->Commit(rows).ok()) ::_exit(1);
+    Batch b;
+    std::int64_t records = 0;
+    for (std::uint64_t i = 0; records < std::max<std::int64_t>(tail, 1'000'000); ++i) {
+      const std::uint64_t at = (i * 7919) % kRows;  // spread over the uids
+      ScheduleRow row = rows.schedules[at];
+      row.update_only = true;
+      row.integration.clear();
+      row.connection.clear();
+      row.sync.clear();
+      row.variant.clear();
+      row.runs = 2 + i / kRows;
+      row.in_flight = RunRow{};
+      RunRow run = rows.schedules[at].in_flight;
+      run.number = row.runs;
+      run.run_id += "-" + std::to_string(row.runs);
+      run.finished_ms = run.started_ms + 250;
+      run.ok = 1;
+      b.schedules.push_back(std::move(row));
+      b.runs.push_back(std::move(run));
+      records += 2;
+      if (b.schedules.size() == 10'000) {
+        if (!(*store)->Commit(b).ok()) ::_exit(1);
+        b.clear();
+      }
+    }
+    if (!b.empty() && !(*store)->Commit(b).ok()) ::_exit(1);
+    if (tail == 0) store->reset();  // a clean close: the journal folded
+    ::_exit(0);                     // else as a killed process: the journal stays
+  }
+  int wstatus = 0;
+  if (child < 0 || ::waitpid(child, &wstatus, 0) != child || !WIFEXITED(wstatus) ||
+      WEXITSTATUS(wstatus) != 0) {
+    state.SkipWithError("building the file failed");
+    fs::remove_all(dir);
+    return;
+  }
+  std::uint64_t journal = 0;
+  for (auto _ : state) {
+    SqliteStoreOptions o;
+    o.path = path;
+    auto store = OpenSqliteStore(o);
+    auto snap = store.ok() ? (*store)->Load() : Result<Snapshot>(store.status());
+    state.PauseTiming();
+    if (!snap.ok() || snap->schedules.size() != static_cast<std::size_t>(kRows)) {
+      state.SkipWithError("the load failed");
+      break;
+    }
+    journal = internal::JournalRecordsForTest(**store);
+    store->reset();  // untimed: a clean close folds the journal
+    state.ResumeTiming();
+  }
+  state.counters["journal_records"] = static_cast<double>(journal);
+  fs::remove_all(dir);
+}
+BENCHMARK(BM_SqliteLoadJournalTail)
+    ->Arg(0)
+    ->Arg(1'000'000)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->Iterations(1);
 
 // The store's schedules table (schema version 3), as the floor's table.
 constexpr const char* kSchema = R"sql(

@@ -38,8 +38,9 @@
 //   With many schedules, writing them in place costs a b-tree page per row (a schedule's row and
 //   its history places share their pages with few of the other rows a commit writes: at 100k
 //   spread schedules ~20 µs of writer time per run, BM_DurableFireSpread). Once the journal holds
-//   journal_fold_records records, the commit after which it does folds them (FoldChunk), in a
-//   transaction of its own: each schedule's last record to its row and each run to its place, in
+//   FoldThreshold() records (SqliteStoreOptions::journal_fold_records and journal_fold_per_uid),
+//   the commits after which it does fold them (FoldJournal), a slice each, in transactions of
+//   their own: each schedule's last record to its row and each run to its place, in
 //   key order, so each page is written once per fold. New schedules, deletions and the catalog are
 //   written in place as before; so a record of a schedule whose row is gone is ignored (deleted;
 //   uids are never reused). A full row of a stored schedule (not update_only) is written in place
@@ -554,10 +555,12 @@ constexpr std::uint8_t kJournalSchedule = 1;
 constexpr std::uint8_t kJournalRun = 2;
 // A journal row is appended once its records reach this size (and at the end of each batch).
 constexpr std::size_t kJournalRowBytes = std::size_t{1} << 20;
-// Records a fold writes per transaction at most (whole schedules; a sixteenth of
-// journal_fold_records when that is smaller): a commit waits behind one slice of a fold, tens of
-// milliseconds, not the whole fold (0.6-1.6 s for 262,144 records on the test machine).
+// Records a fold writes per transaction (whole schedules; a sixteenth of the fold when that is
+// smaller), unless the appends need more (fold_debt_, at most kFoldSliceShare of the fold): a
+// commit waits behind one slice of a fold, tens of milliseconds, not the whole fold (0.6-1.6 s
+// for 262,144 records on the test machine).
 constexpr std::size_t kFoldSliceRecords = 16384;
+constexpr std::uint64_t kFoldSliceShare = 8;
 // The largest fold threshold journal_fold_per_uid leads to (SqliteStoreOptions): a fold's
 // buffers hold ~90 bytes a record while it runs.
 constexpr std::uint64_t kFoldRecordsCap = std::uint64_t{1} << 20;
@@ -1443,13 +1446,12 @@ class SqliteStore final : public Store {
   // The run journal (see the top of this file). Appends the records gathered in journal_buf_ as
   // one journal row, inside the open transaction.
   Status FlushJournal();
-  // Folds the journal's oldest rows, at least journal_fold_records records of them (`all`: every
-  // row), into schedules and history, in transactions of their own (one per chunk of rows).
+  // Folds the journal's oldest rows (`all`: every row) into schedules and history, in
+  // transactions of their own (one per slice).
   // Outside any transaction. On error the chunk's transaction is rolled back: nothing of it is
-  // applied and the journal keeps it.
-  // Folds the journal: all = false, one step (reads and sorts the oldest rows, up to
-  // journal_fold_records records, when no fold is under way; then writes the next slice); all =
-  // true, every step until the journal is empty.
+  // applied and the journal keeps it. all = false: one step (reads and sorts the oldest rows, up
+  // to FoldThreshold() records, when no fold is under way; then writes the next slice, of at
+  // least `min_slice` records); all = true, every step until the journal is empty.
   Status FoldJournal(bool all, std::uint64_t min_slice = 0);
   // The records a fold takes (SqliteStoreOptions::journal_fold_records and journal_fold_per_uid):
   // at least 1.
@@ -1500,6 +1502,9 @@ class SqliteStore final : public Store {
   std::uint64_t journal_records_ = 0;      // records in the journal, committed
   std::uint64_t journal_appended_ = 0;     // records appended by the commit under way
   std::uint64_t fold_retry_at_ = 0;        // after a failed fold: fold again from this many
+  // While a fold is under way: twice the records appended since it began, less what its slices
+  // have written since (see Commit).
+  std::uint64_t fold_debt_ = 0;
   // A fold under way: the rows read (each body in `blob`), their records sorted by uid (in
   // journal order within a uid), and the next record to write. Written a slice per commit, so
   // that a fold delays a commit by a slice's writes, not by the whole fold's; the tables between
@@ -2186,12 +2191,27 @@ Status SqliteStore::CommitParts(const Batch& first, BatchSource* more) {
   // Fold the journal once it holds FoldThreshold() records. The commit stands whatever the fold
   // does: a fold that fails changed nothing (the journal keeps its records; after a failure it is
   // tried again once another half of the threshold has come), and corruption found by it breaks
-  // the store from then on (Health), as any. A fold under way goes on by one slice per commit, of
-  // at least twice the records this commit appended, so that a fold outpaces the appends however
-  // large the commits grow (with slices of a fixed size, commits of 20k runs each outgrew the
-  // fold: the journal grew without bound).
+  // the store from then on (Health), as any. A fold under way goes on by one slice per commit.
+  // Pacing: while a fold is under way, each record appended adds two to its debt, and a slice
+  // writes at least the debt, up to an eighth of the fold: the fold outpaces the appends (with
+  // slices of a fixed size, commits of more than ~5k runs outgrew it and the journal grew without
+  // bound), and one large commit (a command rewriting many rows) spreads its share over the next
+  // commits rather than making one wait behind a whole fold. Once the journal holds more than
+  // twice the threshold, a slice writes the whole debt: the bound comes first.
+  if (fold_.active) fold_debt_ += 2 * journal_appended_;
   if (fold_.active || (journal_records_ >= FoldThreshold() && journal_records_ >= fold_retry_at_)) {
-    if (Status folded = FoldJournal(/*all=*/false, 2 * journal_appended_); !folded.ok()) {
+    const std::uint64_t threshold = FoldThreshold();
+    const std::uint64_t most = journal_records_ / 2 > threshold
+                                   ? std::numeric_limits<std::uint64_t>::max()
+                                   : std::max<std::uint64_t>(threshold / kFoldSliceShare, 1);
+    const std::size_t before = fold_.active ? fold_.next : 0;
+    Status folded = FoldJournal(/*all=*/false, std::min(fold_debt_, most));
+    if (!fold_.active) {
+      fold_debt_ = 0;
+    } else {
+      fold_debt_ -= std::min<std::uint64_t>(fold_debt_, fold_.next - before);
+    }
+    if (!folded.ok()) {
       fold_retry_at_ = journal_records_ + std::max<std::uint64_t>(FoldThreshold() / 2, 1);
     } else if (!fold_.active) {
       fold_retry_at_ = 0;

@@ -41,20 +41,20 @@ struct SqliteStoreOptions {
   // It appends them, encoded, to the `journal` table, one row per commit: pages written in order.
   // Once the journal holds `journal_fold_records` records, the following commits fold them into
   // the `schedules` and `history` tables, a slice (a sixteenth of a fold, at most 16,384 records,
-  // or twice the records the commit appended when that is more, so that a fold outpaces the
-  // appends; whole schedules) after each commit, in a transaction of its own (the commit stands
-  // whatever the fold does): the last version of each row, in uid order, so that each page is
-  // written once per fold however many of its rows changed, and a commit waits behind one slice,
-  // not a whole fold. A clean close folds the rest; after a crash the journal stays and Load
-  // applies it on top of the rows, so Load returns exactly what it would without the journal, and
-  // every commit is as durable. New schedules, deletions and the catalog are always written in
-  // place. Readers of the file (the sqlite3 shell) see `schedules` and `history` as of the last
-  // fold; the newest runs are in `journal`. journal_from_uid = 0: always; UINT64_MAX: never (the
-  // store then folds a journal it finds at open). journal_fold_records = 0 is refused
-  // (INVALID_ARGUMENT). For tests and benchmarks, the environment variable
-  // SYNCSCHED_SQLITE_JOURNAL="FROM,FOLD" (or "FROM") overrides both for every store opened in the
-  // process (so that the engine's whole test suite can run on the journal); a value that does not
-  // parse is refused at open, INVALID_ARGUMENT naming it.
+  // or more while the appends need it: twice the records appended since the fold began, up to an
+  // eighth of the fold, or all of that once the journal holds twice the threshold; whole
+  // schedules) after each commit, in a transaction of its own (the commit stands whatever the fold
+  // does): the last version of each row, in uid order, so that each page is written once per fold
+  // however many of its rows changed, and a commit waits behind one slice, not a whole fold. A
+  // clean close folds the rest; after a crash the journal stays and Load applies it on top of the
+  // rows, so Load returns exactly what it would without the journal, and every commit is as
+  // durable. New schedules, deletions and the catalog are always written in place. Readers of the
+  // file (the sqlite3 shell) see `schedules` and `history` as of the last fold; the newest runs are
+  // in `journal`. journal_from_uid = 0: always; UINT64_MAX: never (the store then folds a journal
+  // it finds at open). journal_fold_records = 0 is refused (INVALID_ARGUMENT). For tests and
+  // benchmarks, the environment variable SYNCSCHED_SQLITE_JOURNAL="FROM,FOLD" (or "FROM") overrides
+  // both for every store opened in the process (so that the engine's whole test suite can run on
+  // the journal); a value that does not parse is refused at open, INVALID_ARGUMENT naming it.
   std::uint64_t journal_from_uid = 16384;
   std::size_t journal_fold_records = 262144;
   // The fold's threshold grows with the schedules: it is the larger of journal_fold_records and
@@ -64,8 +64,10 @@ struct SqliteStoreOptions {
   // run falls as it grows: at 1M spread schedules, with folds of 262,144 records (~87k runs) the
   // writer spent ~19 µs a run, with folds of 1,048,576 ~10 µs (docs/benchmarks.md). Its price: a
   // fold holds its records in memory while it runs (~90 bytes a record: ~90 MB at the cap), and a
-  // crash leaves up to that many records for Load to apply. 0: fold at journal_fold_records exactly
-  // (the tests; SYNCSCHED_SQLITE_JOURNAL with a FOLD sets it).
+  // crash leaves the journal for Load to apply: the threshold's records and what came while the
+  // fold ran, about 1.5x the threshold, at most about twice it plus a commit (more after failed
+  // folds). The threshold follows the uids issued, deleted schedules included. 0: fold at
+  // journal_fold_records exactly (the tests; SYNCSCHED_SQLITE_JOURNAL with a FOLD sets it).
   std::size_t journal_fold_per_uid = 10;
 
   // How long an open waits for another owner of the file to let go before it is refused. 0

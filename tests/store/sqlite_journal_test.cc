@@ -483,13 +483,19 @@ TEST_F(JournalTest, ADeletedScheduleGetsNothingFromTheJournal) {
 // journal_fold_records, overflow capped), and is exactly journal_fold_records with 0.
 TEST_F(JournalTest, TheFoldThresholdGrowsWithTheSchedules) {
   struct Case {
+    std::size_t floor;  // journal_fold_records
     std::size_t per_uid;
     int commits_before_fold;  // each appends 10 records (5 schedules, a row and a run each)
   };
-  for (Case c : {Case{0, 1}, Case{4, 2}, Case{6, 3}, Case{SIZE_MAX, -1}}) {
-    SCOPED_TRACE("journal_fold_per_uid " + std::to_string(c.per_uid));
-    std::string path = dir_ + "/threshold-" + std::to_string(c.per_uid) + ".db";
-    SqliteStoreOptions o = Journaled(path, 10);
+  // 5 uids: 5 x per_uid records, at least the floor; 5 x 3689348814741910324 wraps to 4 in 64
+  // bits, and must be taken as the cap (1,048,576) rather than as 4.
+  for (Case c : {Case{10, 0, 1}, Case{10, 4, 2}, Case{10, 6, 3}, Case{30, 4, 3},
+                 Case{10, SIZE_MAX, -1}, Case{10, 3689348814741910324u, -1}}) {
+    SCOPED_TRACE("journal_fold_records " + std::to_string(c.floor) + ", journal_fold_per_uid " +
+                 std::to_string(c.per_uid));
+    std::string path =
+        dir_ + "/threshold-" + std::to_string(c.floor) + "-" + std::to_string(c.per_uid) + ".db";
+    SqliteStoreOptions o = Journaled(path, c.floor);
     o.journal_fold_per_uid = c.per_uid;
     auto j = OpenOrDie(o);
     ASSERT_NE(j, nullptr);
@@ -550,6 +556,53 @@ TEST_F(JournalTest, AFoldKeepsUpWithCommitsLargerThanItsSlices) {
   ASSERT_TRUE(snap.ok());
   ASSERT_EQ(snap->schedules.size(), 20u);
   EXPECT_EQ(snap->schedules[0].runs, 60u);
+}
+
+// One commit much larger than a slice, while a fold is under way, does not make that commit wait
+// behind the rest of the fold: its share is spread over the next commits (at most an eighth of the
+// fold per slice), and the fold still ends and the journal stays bounded.
+TEST_F(JournalTest, OneLargeCommitDoesNotWaitBehindAWholeFold) {
+  constexpr std::size_t kFold = 1024;
+  auto j = OpenOrDie(Journaled(path_, kFold));
+  ASSERT_NE(j, nullptr);
+  Batch setup;
+  for (std::uint64_t uid = 1; uid <= 500; ++uid) {
+    setup.schedules.push_back(testutil::Schedule(uid, "c" + std::to_string(uid)));
+  }
+  ASSERT_TRUE(j->Commit(setup).ok());
+  std::uint64_t number = 0;
+  auto runs_of = [&](std::uint64_t uids) {
+    Batch b;  // 2 records a schedule: its row and a run
+    ++number;
+    for (std::uint64_t uid = 1; uid <= uids; ++uid) {
+      ScheduleRow row = testutil::Schedule(uid, "");
+      row.update_only = true;
+      row.runs = number;
+      b.schedules.push_back(row);
+      b.runs.push_back(testutil::FinishedRun(uid, number, 1));
+    }
+    return b;
+  };
+  // Small commits until a fold is under way (1,024 records: the 26th commit of 40).
+  int small = 0;
+  while (internal::FoldBytesForTest(*j) == 0) {
+    ASSERT_LT(++small, 40);
+    ASSERT_TRUE(j->Commit(runs_of(20)).ok());
+  }
+  // 1,000 records at once: twice that would be the whole rest of the fold.
+  ASSERT_TRUE(j->Commit(runs_of(500)).ok());
+  EXPECT_GT(internal::FoldBytesForTest(*j), 0u) << "the commit waited behind the whole fold";
+  std::uint64_t most = 0;
+  for (int k = 0; k < 60; ++k) {
+    ASSERT_TRUE(j->Commit(runs_of(20)).ok());
+    most = std::max(most, internal::JournalRecordsForTest(*j));
+  }
+  EXPECT_LE(most, 3 * kFold);
+  EXPECT_LT(internal::JournalRecordsForTest(*j), 2 * kFold);
+  auto snap = j->Load();
+  ASSERT_TRUE(snap.ok());
+  EXPECT_EQ(snap->schedules[0].runs, number);
+  EXPECT_EQ(snap->schedules[499].runs, small + 1u);
 }
 
 // A smaller history_per_schedule at open: the journal's runs (placed with the old bound) are

@@ -1356,6 +1356,7 @@ class SqliteStore final : public Store {
   }
   Status FoldAll() { return FoldJournal(/*all=*/true); }
   std::uint64_t JournalRecords() const { return journal_records_; }
+  void AgeJournal(std::chrono::milliseconds by) { journal_since_ -= by; }
   std::size_t FoldBytes() const {
     // An empty string's own inline buffer is not a heap buffer.
     const std::size_t blob =
@@ -1505,6 +1506,9 @@ class SqliteStore final : public Store {
   // While a fold is under way: twice the records appended since it began, less what its slices
   // have written since (see Commit).
   std::uint64_t fold_debt_ = 0;
+  // Since when the journal has held records (while journal_records_ > 0): a fold also starts once
+  // it is SqliteStoreOptions::journal_fold_after_ms old.
+  std::chrono::steady_clock::time_point journal_since_{};
   // A fold under way: the rows read (each body in `blob`), their records sorted by uid (in
   // journal order within a uid), and the next record to write. Written a slice per commit, so
   // that a fold delays a commit by a slice's writes, not by the whole fold's; the tables between
@@ -1655,6 +1659,7 @@ Status SqliteStore::Open() {
   auto journal = CountJournal();
   if (!journal.ok()) return journal.status();
   journal_records_ = *journal;
+  journal_since_ = std::chrono::steady_clock::now();
   length_limit_ = static_cast<std::size_t>(sqlite3_limit(db_.get(), SQLITE_LIMIT_LENGTH, -1));
   // A journal left by a crash stays until its fold, and Load reads it. But a store below
   // journal_from_uid writes rows in place, which must not be overtaken by older records: such a
@@ -2176,6 +2181,9 @@ Status SqliteStore::CommitParts(const Batch& first, BatchSource* more) {
   }
   if (!s.ok()) return NoteCorruption(RollBack(std::move(s), "commit"));
   max_uid_ = max_uid;
+  if (journal_records_ == 0 && journal_appended_ > 0) {
+    journal_since_ = std::chrono::steady_clock::now();
+  }
   journal_records_ += journal_appended_;
   // The commit stands. SQLite ignores a failed automatic checkpoint after it; when a WAL frame or
   // page failed its checksum there (nothing damaged was copied into the file), the store breaks.
@@ -2199,7 +2207,13 @@ Status SqliteStore::CommitParts(const Batch& first, BatchSource* more) {
   // commits rather than making one wait behind a whole fold. Once the journal holds more than
   // twice the threshold, a slice writes the whole debt: the bound comes first.
   if (fold_.active) fold_debt_ += 2 * journal_appended_;
-  if (fold_.active || (journal_records_ >= FoldThreshold() && journal_records_ >= fold_retry_at_)) {
+  // A journal that has held records for journal_fold_after_ms is folded too, however few: so that
+  // readers of the file see the tables at most about that far behind when runs are few.
+  const bool aged = journal_records_ > 0 && options_.journal_fold_after_ms > 0 &&
+                    std::chrono::steady_clock::now() - journal_since_ >=
+                        std::chrono::milliseconds(options_.journal_fold_after_ms);
+  if (fold_.active || aged ||
+      (journal_records_ >= FoldThreshold() && journal_records_ >= fold_retry_at_)) {
     const std::uint64_t threshold = FoldThreshold();
     const std::uint64_t most = journal_records_ / 2 > threshold
                                    ? std::numeric_limits<std::uint64_t>::max()
@@ -2213,6 +2227,7 @@ Status SqliteStore::CommitParts(const Batch& first, BatchSource* more) {
     }
     if (!folded.ok()) {
       fold_retry_at_ = journal_records_ + std::max<std::uint64_t>(FoldThreshold() / 2, 1);
+      journal_since_ = std::chrono::steady_clock::now();  // and by age, not before another period
     } else if (!fold_.active) {
       fold_retry_at_ = 0;
     }
@@ -2745,6 +2760,7 @@ Status SqliteStore::FoldSlice(std::size_t slice) {
   if (rc != SQLITE_DONE) return fail(Error(rc, "folding the run journal: commit failed"));
   if (last) {
     journal_records_ = fold_.records >= journal_records_ ? 0 : journal_records_ - fold_.records;
+    journal_since_ = std::chrono::steady_clock::now();  // the rest came during the fold
     ClearFold();
   } else {
     fold_.next = i;
@@ -2885,6 +2901,10 @@ std::uint64_t JournalRecordsForTest(Store& store) {
 }
 
 std::size_t FoldBytesForTest(Store& store) { return static_cast<SqliteStore&>(store).FoldBytes(); }
+
+void AgeJournalForTest(Store& store, std::chrono::milliseconds by) {
+  static_cast<SqliteStore&>(store).AgeJournal(by);
+}
 
 }  // namespace internal
 

@@ -50,12 +50,15 @@ struct SqliteStoreOptions {
   // rows, so Load returns exactly what it would without the journal, and every commit is as
   // durable. New schedules, deletions and the catalog are always written in place. Readers of the
   // file (the sqlite3 shell) see `schedules` and `history` as of the last fold; the newest runs are
-  // in `journal`. journal_from_uid = 0: always; UINT64_MAX: never (the store then folds a journal
-  // it finds at open). journal_fold_records = 0 is refused (INVALID_ARGUMENT). For tests and
-  // benchmarks, the environment variable SYNCSCHED_SQLITE_JOURNAL="FROM,FOLD" (or "FROM") overrides
-  // both for every store opened in the process (so that the engine's whole test suite can run on
-  // the journal); a value that does not parse is refused at open, INVALID_ARGUMENT naming it.
-  std::uint64_t journal_from_uid = 16384;
+  // in `journal`. journal_from_uid = 0 (the default): always; UINT64_MAX: never (the store then
+  // folds a journal it finds at open). The journal is used from the first schedule: at 1k and 10k
+  // spread schedules it sustained 173k and 147k durable runs/s where writing in place did 96k and
+  // 65k (syncsched-bench, 2026-12-03); it was used only from 16,384 uids before.
+  // journal_fold_records = 0 is refused (INVALID_ARGUMENT). For tests and benchmarks, the
+  // environment variable SYNCSCHED_SQLITE_JOURNAL="FROM,FOLD" (or "FROM") overrides both for every
+  // store opened in the process (so that the engine's whole test suite can run on the journal); a
+  // value that does not parse is refused at open, INVALID_ARGUMENT naming it.
+  std::uint64_t journal_from_uid = 0;
   std::size_t journal_fold_records = 262144;
   // The fold's threshold grows with the schedules: it is the larger of journal_fold_records and
   // journal_fold_per_uid records per issued uid, up to 1,048,576 records (or journal_fold_records
@@ -69,6 +72,10 @@ struct SqliteStoreOptions {
   // folds). The threshold follows the uids issued, deleted schedules included. 0: fold at
   // journal_fold_records exactly (the tests; SYNCSCHED_SQLITE_JOURNAL with a FOLD sets it).
   std::size_t journal_fold_per_uid = 10;
+  // A journal that has held records this long is folded at the next commit however few they are,
+  // so that readers of the file see `schedules` and `history` at most about this far behind (plus
+  // the time to the next commit) when runs are few. 0: by size only. Default one minute.
+  std::uint64_t journal_fold_after_ms = 60'000;
 
   // How long an open waits for another owner of the file to let go before it is refused. 0
   // (default): refuse at once. Useful when a restarting daemon may overlap its predecessor.
@@ -215,6 +222,9 @@ Status FoldJournalForTest(Store& store);
 std::uint64_t JournalRecordsForTest(Store& store);
 // Test hook: the bytes the fold under way holds in its buffers (0 between folds).
 std::size_t FoldBytesForTest(Store& store);
+// Test hook: makes the run journal's records `by` older
+// (SqliteStoreOptions::journal_fold_after_ms).
+void AgeJournalForTest(Store& store, std::chrono::milliseconds by);
 }  // namespace internal
 
 }  // namespace syncsched::store

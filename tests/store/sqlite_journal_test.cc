@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
@@ -603,6 +604,41 @@ TEST_F(JournalTest, OneLargeCommitDoesNotWaitBehindAWholeFold) {
   ASSERT_TRUE(snap.ok());
   EXPECT_EQ(snap->schedules[0].runs, number);
   EXPECT_EQ(snap->schedules[499].runs, small + 1u);
+}
+
+// A journal that has held records for journal_fold_after_ms is folded at the next commit however
+// few they are, so that readers of the file see the tables at most about that far behind.
+TEST_F(JournalTest, AnAgedJournalIsFoldedHoweverSmall) {
+  SqliteStoreOptions o = Journaled(path_, 1u << 30);
+  o.journal_fold_after_ms = 60'000;
+  auto j = OpenOrDie(o);
+  ASSERT_NE(j, nullptr);
+  Batch setup;
+  setup.schedules.push_back(testutil::Schedule(1, "c1"));
+  ASSERT_TRUE(j->Commit(setup).ok());
+  auto run = [&](std::uint64_t number) {
+    Batch b;
+    ScheduleRow row = testutil::Schedule(1, "");
+    row.update_only = true;
+    row.runs = number;
+    b.schedules.push_back(row);
+    b.runs.push_back(testutil::FinishedRun(1, number, 1));
+    return b;
+  };
+  ASSERT_TRUE(j->Commit(run(1)).ok());
+  EXPECT_EQ(internal::JournalRecordsForTest(*j), 2u);
+  internal::AgeJournalForTest(*j, std::chrono::milliseconds(59'000));
+  ASSERT_TRUE(j->Commit(run(2)).ok());
+  EXPECT_EQ(internal::JournalRecordsForTest(*j), 4u) << "folded before it was a minute old";
+  EXPECT_EQ(QueryInt(path_, "SELECT count(*) FROM history"), 0);
+  internal::AgeJournalForTest(*j, std::chrono::milliseconds(1'000));
+  ASSERT_TRUE(j->Commit(run(3)).ok());
+  EXPECT_EQ(internal::JournalRecordsForTest(*j), 0u);
+  EXPECT_EQ(QueryInt(path_, "SELECT runs FROM schedules WHERE uid = 1"), 3);
+  EXPECT_EQ(QueryInt(path_, "SELECT count(*) FROM history"), 3);
+  // The next records start a new minute.
+  ASSERT_TRUE(j->Commit(run(4)).ok());
+  EXPECT_EQ(internal::JournalRecordsForTest(*j), 2u);
 }
 
 // A smaller history_per_schedule at open: the journal's runs (placed with the old bound) are

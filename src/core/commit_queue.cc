@@ -179,23 +179,47 @@ void CommitQueue::Stop() {
 void CommitQueue::Loop() {
   pthread_setname_np(pthread_self(), "syncsched-write");  // as `top -H` and /proc show it
   std::vector<Item> items;
+  // When the store's deferred work is next due (Store::MaintainDue), asked after each call.
+  std::optional<std::chrono::steady_clock::time_point> maintain_at;
+  {
+    MutexLock store_lock(store_mu_);
+    maintain_at = store_.MaintainDue();
+  }
   for (;;) {
     bool probe = false;
+    bool maintain = false;
     {
       MutexLock lock(mu_);
       while (!(stop_ || !queue_.empty())) {
-        if (!probe_wanted_.load() || !can_probe_.load()) {
+        const auto now = std::chrono::steady_clock::now();
+        if (maintain_at && now >= *maintain_at) {
+          maintain = true;
+          break;
+        }
+        const bool probing = probe_wanted_.load() && can_probe_.load();
+        if (!probing && !maintain_at) {
           cv_.Wait(mu_);
           continue;
         }
-        cv_.WaitFor(mu_, kProbeEvery);
-        probe = !stop_ && queue_.empty();
-        if (probe) break;
+        if (probing && (!maintain_at || *maintain_at - now >= kProbeEvery)) {
+          cv_.WaitFor(mu_, kProbeEvery);
+          probe = !stop_ && queue_.empty();
+          if (probe) break;
+          continue;
+        }
+        cv_.WaitFor(mu_, *maintain_at - now);
       }
+    }
+    if (maintain) {
+      MutexLock store_lock(store_mu_);
+      store_.Maintain();
+      maintain_at = store_.MaintainDue();
+      continue;
     }
     if (probe) {
       MutexLock store_lock(store_mu_);
       ProbeStore();
+      maintain_at = store_.MaintainDue();
       continue;
     }
     {
@@ -213,6 +237,7 @@ void CommitQueue::Loop() {
     {
       MutexLock store_lock(store_mu_);
       CommitItems(items);
+      maintain_at = store_.MaintainDue();
     }
     items.clear();
   }

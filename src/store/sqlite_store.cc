@@ -1337,6 +1337,15 @@ class SqliteStore final : public Store {
   // part applied as it comes.
   Status CommitParts(const Batch& first, BatchSource* more);
   Status Health() const override { return broken_.empty() ? Status::Ok() : Broken(); }
+  std::optional<std::chrono::steady_clock::time_point> MaintainDue() const override {
+    if (!broken_.empty() || journal_records_ == 0 || options_.journal_fold_after_ms == 0) {
+      return std::nullopt;
+    }
+    return journal_since_ + std::chrono::milliseconds(options_.journal_fold_after_ms);
+  }
+  // Folds an aged journal while the engine commits nothing (MaintainDue): the whole fold, a slice
+  // at a time, as the commits would.
+  void Maintain() override;
   std::uint64_t CacheBytes() const override {
     int used = 0;
     int highest = 0;
@@ -2233,6 +2242,18 @@ Status SqliteStore::CommitParts(const Batch& first, BatchSource* more) {
     }
   }
   return Status::Ok();
+}
+
+void SqliteStore::Maintain() {
+  const auto due = MaintainDue();
+  if (!due || std::chrono::steady_clock::now() < *due) return;
+  if (Status folded = FoldJournal(/*all=*/false); !folded.ok()) {
+    fold_retry_at_ = journal_records_ + std::max<std::uint64_t>(FoldThreshold() / 2, 1);
+    journal_since_ = std::chrono::steady_clock::now();  // not again before another period
+  } else if (!fold_.active) {
+    fold_retry_at_ = 0;
+  }
+  // A fold under way goes on at once (a slice per call); journal_since_ stays in the past.
 }
 
 Status SqliteStore::RollBack(Status cause, std::string_view action) {

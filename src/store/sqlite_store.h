@@ -72,9 +72,10 @@ struct SqliteStoreOptions {
   // folds). The threshold follows the uids issued, deleted schedules included. 0: fold at
   // journal_fold_records exactly (the tests; SYNCSCHED_SQLITE_JOURNAL with a FOLD sets it).
   std::size_t journal_fold_per_uid = 10;
-  // A journal that has held records this long is folded at the next commit however few they are,
-  // so that readers of the file see `schedules` and `history` at most about this far behind (plus
-  // the time to the next commit) when runs are few. 0: by size only. Default one minute.
+  // A journal that has held records this long is folded however few they are: at the next commit,
+  // or by Store::Maintain when nothing is committed (the engine's writer calls it once
+  // MaintainDue says so), so that readers of the file see `schedules` and `history` at most about
+  // this far behind when runs are few. 0: by size only. Default one minute.
   std::uint64_t journal_fold_after_ms = 60'000;
 
   // How long an open waits for another owner of the file to let go before it is refused. 0

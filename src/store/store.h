@@ -7,6 +7,7 @@
 // or from its writer), so implementations need no locking of their own beyond what SQLite does.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <iterator>
 #include <memory>
@@ -242,6 +243,17 @@ class Store {
   // recovers without waiting for work. nullopt (the default): this store has no such probe, and
   // health follows the engine's own commits only. Called from the thread that commits.
   virtual std::optional<Status> Probe() { return std::nullopt; }
+  // Work a store defers until it is due even when nothing is committed (the SQLite store: folding a
+  // run journal whose records have waited SqliteStoreOptions::journal_fold_after_ms, so that
+  // readers of the file do not wait for the next commit). MaintainDue: when Maintain should next
+  // be called, or nullopt for never (the default); the engine's writer calls Maintain once that
+  // time has come while nothing is queued, then asks again. Maintain never changes what Load
+  // returns; a failure of its own breaks the store (Health) or is retried later. Both are called
+  // from the thread that commits, between commits.
+  virtual std::optional<std::chrono::steady_clock::time_point> MaintainDue() const {
+    return std::nullopt;
+  }
+  virtual void Maintain() {}
   // Bytes of memory the store's own cache holds now (the SQLite store: its page cache, bounded by
   // SqliteStoreOptions::cache_bytes); 0 for a store without one. Called from the thread that
   // commits, between commits.

@@ -191,6 +191,59 @@ TEST(CommitQueueProbeTest, AnIdleWriterProbesAndAnEmptyCommitProvesNothing) {
   queue.Stop();
 }
 
+// A store whose deferred work comes due 30 ms after each commit (as the SQLite store's aged run
+// journal): the idle writer calls Maintain once it is due, with nothing queued, and not again
+// once the store says nothing is due.
+class MaintainedStore : public RefusingStore {
+ public:
+  Status Commit(const store::Batch& batch) override {
+    Status s = RefusingStore::Commit(batch);
+    std::lock_guard lock(mu);
+    due = std::chrono::steady_clock::now() + std::chrono::milliseconds(30);
+    return s;
+  }
+  std::optional<std::chrono::steady_clock::time_point> MaintainDue() const override {
+    std::lock_guard lock(mu);
+    return due;
+  }
+  void Maintain() override {
+    std::lock_guard lock(mu);
+    if (due && std::chrono::steady_clock::now() >= *due)
+      early = false;
+    else
+      early = true;
+    ++maintained;
+    due.reset();
+  }
+  mutable std::mutex mu;
+  std::optional<std::chrono::steady_clock::time_point> due;
+  int maintained = 0;
+  bool early = false;
+};
+
+TEST(CommitQueueMaintainTest, AnIdleWriterDoesTheStoresDeferredWorkOnceItIsDue) {
+  MaintainedStore store;
+  CommitQueue queue(store, [](std::vector<RunPtr>&&, const Status&) {});
+  ASSERT_TRUE(queue.Wait(queue.Submit(Outcome(7, 1))).ok());
+  auto maintained = [&] {
+    std::lock_guard lock(store.mu);
+    return store.maintained;
+  };
+  for (int i = 0; i < 500 && maintained() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));  // the writer's own cadence
+  }
+  ASSERT_EQ(maintained(), 1) << "the idle writer never did the store's deferred work";
+  {
+    std::lock_guard lock(store.mu);
+    EXPECT_FALSE(store.early) << "called before it was due";
+    EXPECT_EQ(store.commits, 1) << "it took a commit to get there";
+  }
+  // Nothing due any more: the writer waits for work and calls nothing else.
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(maintained(), 1);
+  queue.Stop();
+}
+
 TEST_F(CommitQueueTest, ARefusedCommandIsNotCarriedButCountsAndTheCarryRidesWithTheNext) {
   Make();
   store.refuse = true;

@@ -639,6 +639,18 @@ TEST_F(JournalTest, AnAgedJournalIsFoldedHoweverSmall) {
   // The next records start a new minute.
   ASSERT_TRUE(j->Commit(run(4)).ok());
   EXPECT_EQ(internal::JournalRecordsForTest(*j), 2u);
+  // With no commit after them (an idle engine): the store says when its fold is due, and
+  // Maintain (the engine's writer calls it once due) folds without a commit.
+  auto due = j->MaintainDue();
+  ASSERT_TRUE(due.has_value());
+  EXPECT_GT(*due, std::chrono::steady_clock::now() + std::chrono::seconds(50));
+  j->Maintain();  // not yet due: nothing
+  EXPECT_EQ(internal::JournalRecordsForTest(*j), 2u);
+  internal::AgeJournalForTest(*j, std::chrono::milliseconds(60'000));
+  j->Maintain();
+  EXPECT_EQ(internal::JournalRecordsForTest(*j), 0u);
+  EXPECT_EQ(QueryInt(path_, "SELECT runs FROM schedules WHERE uid = 1"), 4);
+  EXPECT_FALSE(j->MaintainDue().has_value()) << "nothing left to fold";
 }
 
 // A smaller history_per_schedule at open: the journal's runs (placed with the old bound) are

@@ -219,6 +219,29 @@ class Workload {
   std::map<std::uint64_t, ScheduleRow> rows_;
 };
 
+// New schedules 1..n (written in place).
+Batch NewSchedules(std::uint64_t n) {
+  Batch b;
+  for (std::uint64_t uid = 1; uid <= n; ++uid) {
+    b.schedules.push_back(testutil::Schedule(uid, "c" + std::to_string(uid)));
+  }
+  return b;
+}
+
+// Run `number` of schedules 1..n finished (`ok`): each schedule's update-only row and its run,
+// two journal records a schedule.
+Batch RunsOf(std::uint64_t n, std::uint64_t number, std::int8_t ok = 1) {
+  Batch b;
+  for (std::uint64_t uid = 1; uid <= n; ++uid) {
+    ScheduleRow row = testutil::Schedule(uid, "");
+    row.update_only = true;
+    row.runs = number;
+    b.schedules.push_back(row);
+    b.runs.push_back(testutil::FinishedRun(uid, number, ok));
+  }
+  return b;
+}
+
 class JournalTest : public testutil::TempDirTest {
  protected:
   SqliteStoreOptions Journaled(const std::string& path, std::size_t fold_records) const {
@@ -500,22 +523,10 @@ TEST_F(JournalTest, TheFoldThresholdGrowsWithTheSchedules) {
     o.journal_fold_per_uid = c.per_uid;
     auto j = OpenOrDie(o);
     ASSERT_NE(j, nullptr);
-    Batch setup;
-    for (std::uint64_t uid = 1; uid <= 5; ++uid) {
-      setup.schedules.push_back(testutil::Schedule(uid, "c" + std::to_string(uid)));
-    }
-    ASSERT_TRUE(j->Commit(setup).ok());
+    ASSERT_TRUE(j->Commit(NewSchedules(5)).ok());
     for (int commit = 1; commit <= 4; ++commit) {
       SCOPED_TRACE("commit " + std::to_string(commit));
-      Batch runs;
-      for (std::uint64_t uid = 1; uid <= 5; ++uid) {
-        ScheduleRow row = testutil::Schedule(uid, "");
-        row.update_only = true;
-        row.runs = static_cast<std::uint64_t>(commit);
-        runs.schedules.push_back(row);
-        runs.runs.push_back(testutil::FinishedRun(uid, static_cast<std::uint64_t>(commit), 0));
-      }
-      ASSERT_TRUE(j->Commit(runs).ok());
+      ASSERT_TRUE(j->Commit(RunsOf(5, static_cast<std::uint64_t>(commit), 0)).ok());
       // A fold under way holds its records in its buffers.
       const bool folding =
           internal::FoldBytesForTest(*j) > 0 ||
@@ -534,22 +545,10 @@ TEST_F(JournalTest, AFoldKeepsUpWithCommitsLargerThanItsSlices) {
   constexpr std::size_t kFold = 64;
   auto j = OpenOrDie(Journaled(path_, kFold));
   ASSERT_NE(j, nullptr);
-  Batch setup;
-  for (std::uint64_t uid = 1; uid <= 20; ++uid) {
-    setup.schedules.push_back(testutil::Schedule(uid, "c" + std::to_string(uid)));
-  }
-  ASSERT_TRUE(j->Commit(setup).ok());
+  ASSERT_TRUE(j->Commit(NewSchedules(20)).ok());
   std::uint64_t most = 0;
-  for (int commit = 1; commit <= 60; ++commit) {
-    Batch runs;  // 40 records: a row and a run for each of 20 schedules
-    for (std::uint64_t uid = 1; uid <= 20; ++uid) {
-      ScheduleRow row = testutil::Schedule(uid, "");
-      row.update_only = true;
-      row.runs = static_cast<std::uint64_t>(commit);
-      runs.schedules.push_back(row);
-      runs.runs.push_back(testutil::FinishedRun(uid, static_cast<std::uint64_t>(commit), 0));
-    }
-    ASSERT_TRUE(j->Commit(runs).ok());
+  for (std::uint64_t commit = 1; commit <= 60; ++commit) {
+    ASSERT_TRUE(j->Commit(RunsOf(20, commit, 0)).ok());  // 40 records
     most = std::max(most, internal::JournalRecordsForTest(*j));
   }
   EXPECT_LE(most, 3 * kFold);
@@ -566,24 +565,9 @@ TEST_F(JournalTest, OneLargeCommitDoesNotWaitBehindAWholeFold) {
   constexpr std::size_t kFold = 1024;
   auto j = OpenOrDie(Journaled(path_, kFold));
   ASSERT_NE(j, nullptr);
-  Batch setup;
-  for (std::uint64_t uid = 1; uid <= 500; ++uid) {
-    setup.schedules.push_back(testutil::Schedule(uid, "c" + std::to_string(uid)));
-  }
-  ASSERT_TRUE(j->Commit(setup).ok());
+  ASSERT_TRUE(j->Commit(NewSchedules(500)).ok());
   std::uint64_t number = 0;
-  auto runs_of = [&](std::uint64_t uids) {
-    Batch b;  // 2 records a schedule: its row and a run
-    ++number;
-    for (std::uint64_t uid = 1; uid <= uids; ++uid) {
-      ScheduleRow row = testutil::Schedule(uid, "");
-      row.update_only = true;
-      row.runs = number;
-      b.schedules.push_back(row);
-      b.runs.push_back(testutil::FinishedRun(uid, number, 1));
-    }
-    return b;
-  };
+  auto runs_of = [&](std::uint64_t uids) { return RunsOf(uids, ++number); };
   // Small commits until a fold is under way (1,024 records: the 26th commit of 40).
   int small = 0;
   while (internal::FoldBytesForTest(*j) == 0) {
@@ -613,18 +597,8 @@ TEST_F(JournalTest, AnAgedJournalIsFoldedHoweverSmall) {
   o.journal_fold_after_ms = 60'000;
   auto j = OpenOrDie(o);
   ASSERT_NE(j, nullptr);
-  Batch setup;
-  setup.schedules.push_back(testutil::Schedule(1, "c1"));
-  ASSERT_TRUE(j->Commit(setup).ok());
-  auto run = [&](std::uint64_t number) {
-    Batch b;
-    ScheduleRow row = testutil::Schedule(1, "");
-    row.update_only = true;
-    row.runs = number;
-    b.schedules.push_back(row);
-    b.runs.push_back(testutil::FinishedRun(1, number, 1));
-    return b;
-  };
+  ASSERT_TRUE(j->Commit(NewSchedules(1)).ok());
+  auto run = [](std::uint64_t number) { return RunsOf(1, number); };
   ASSERT_TRUE(j->Commit(run(1)).ok());
   EXPECT_EQ(internal::JournalRecordsForTest(*j), 2u);
   internal::AgeJournalForTest(*j, std::chrono::milliseconds(59'000));

@@ -1463,6 +1463,9 @@ class SqliteStore final : public Store {
   // to FoldThreshold() records, when no fold is under way; then writes the next slice, of at
   // least `min_slice` records); all = true, every step until the journal is empty.
   Status FoldJournal(bool all, std::uint64_t min_slice = 0);
+  // After a step of a fold (Commit, Maintain): a failed one is tried again once another half of
+  // the threshold has come, or by age after another journal_fold_after_ms.
+  void NoteFoldStep(const Status& folded);
   // The records a fold takes (SqliteStoreOptions::journal_fold_records and journal_fold_per_uid):
   // at least 1.
   std::uint64_t FoldThreshold() const {
@@ -2234,25 +2237,24 @@ Status SqliteStore::CommitParts(const Batch& first, BatchSource* more) {
     } else {
       fold_debt_ -= std::min<std::uint64_t>(fold_debt_, fold_.next - before);
     }
-    if (!folded.ok()) {
-      fold_retry_at_ = journal_records_ + std::max<std::uint64_t>(FoldThreshold() / 2, 1);
-      journal_since_ = std::chrono::steady_clock::now();  // and by age, not before another period
-    } else if (!fold_.active) {
-      fold_retry_at_ = 0;
-    }
+    NoteFoldStep(folded);
   }
   return Status::Ok();
+}
+
+void SqliteStore::NoteFoldStep(const Status& folded) {
+  if (!folded.ok()) {
+    fold_retry_at_ = journal_records_ + std::max<std::uint64_t>(FoldThreshold() / 2, 1);
+    journal_since_ = std::chrono::steady_clock::now();  // and by age, not before another period
+  } else if (!fold_.active) {
+    fold_retry_at_ = 0;
+  }
 }
 
 void SqliteStore::Maintain() {
   const auto due = MaintainDue();
   if (!due || std::chrono::steady_clock::now() < *due) return;
-  if (Status folded = FoldJournal(/*all=*/false); !folded.ok()) {
-    fold_retry_at_ = journal_records_ + std::max<std::uint64_t>(FoldThreshold() / 2, 1);
-    journal_since_ = std::chrono::steady_clock::now();  // not again before another period
-  } else if (!fold_.active) {
-    fold_retry_at_ = 0;
-  }
+  NoteFoldStep(FoldJournal(/*all=*/false));
   // A fold under way goes on at once (a slice per call); journal_since_ stays in the past.
 }
 

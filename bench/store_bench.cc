@@ -189,8 +189,8 @@ BENCHMARK(BM_StoreCommitRunsAtHistoryBound)
 // schedules whose run journal holds R records that a killed process left (no fold at close),
 // against R = 0: the same rows, folded at a clean close (the baseline). The tail is what runs
 // leave between folds: each record pair a schedule's new row and its finished run, over schedules
-// spread across the uids. With the fold's threshold at 10 records per uid (at most 1,048,576,
-// SqliteStoreOptions::journal_fold_per_uid), a crash at 1M schedules leaves up to ~1M records (and
+// spread across the uids. With the fold's threshold at 10 records per uid (at most 4,194,304,
+// SqliteStoreOptions::journal_fold_per_uid), a crash at 1M schedules leaves up to ~4M records (and
 // a fold's worth more, if it crashed during one).
 void BM_SqliteLoadJournalTail(benchmark::State& state) {
   const std::int64_t tail = state.range(0);
@@ -263,6 +263,7 @@ void BM_SqliteLoadJournalTail(benchmark::State& state) {
 BENCHMARK(BM_SqliteLoadJournalTail)
     ->Arg(0)
     ->Arg(1'000'000)
+    ->Arg(4'000'000)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()
     ->Iterations(1);
@@ -474,6 +475,14 @@ BENCHMARK(BM_Recovery)
     ->UseRealTime()
     ->Iterations(1);
 
+// The process's resident memory now, in bytes (/proc/self/statm's second field, in pages).
+std::uint64_t ResidentBytes() {
+  std::ifstream statm("/proc/self/statm");
+  std::uint64_t size = 0, resident = 0;
+  statm >> size >> resident;
+  return resident * static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+}
+
 // CPU seconds (user + system) used so far by this process's threads named `name`.
 double ThreadCpuSeconds(const std::string& name) {
   double total = 0;
@@ -544,7 +553,7 @@ BENCHMARK(BM_DurableFire)
     ->UseRealTime()
     ->Iterations(10);
 
-// BM_DurableFireSpread/N/F/P: the same with N schedules (one sync, N connections) every P ms with
+// BM_DurableFireSpread/N/F/P/R: the same with N schedules (one sync, N connections) every P ms with
 // phase spreading, so they fire in an order unrelated to their rows' order: every run dirties pages
 // of its own (its schedule row, its history places) rather than pages its neighbours share. F = 0:
 // in memory (the baseline); F = 1: on a file. P is chosen so that the schedules ask for 200k
@@ -554,7 +563,8 @@ BENCHMARK(BM_DurableFire)
 // the engine spends its time skipping (2-3k runs/s measured). P = 900 and 9000 ask 111k runs/s:
 // whether the file sustains 100k runs/s with little overload (a skipped slot records a decision
 // and rewrites its row, work that grows with the overload). Timed after the start's immediate
-// runs and n more runs (see below), for 200k runs. The floor in plain SQLite:
+// runs and R rounds of n more runs (see below), for 1M runs at 100k, 5M at 1M. The floor in plain
+// SQLite:
 // BM_RawSqliteSpreadRuns below.
 void BM_DurableFireSpread(benchmark::State& state) {
   const std::int64_t n = state.range(0);
@@ -583,18 +593,28 @@ void BM_DurableFireSpread(benchmark::State& state) {
   // Timed from the second round on: the start's immediate runs, then about one more run per
   // schedule (n runs), so that work a store defers (the run journal's folds of the start's rows
   // and of the first runs) is in its steady state rather than all ahead or all behind. The timed
-  // window is 1M runs (50 iterations of kBatch): at least three of the journal's folds at 100k
-  // and at 1M schedules (a fold per 1,048,576 records, ~350k runs), so the figure carries its
-  // share of them.
-  while (ran.load() < 2 * n) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  constexpr std::int64_t kBatch = 20000;
+  // window is 50 iterations of kBatch: 1M runs at 100k schedules, 5M at 1M, at least three of the
+  // journal's folds either way (a fold per 1,048,576 records, ~350k runs, at 100k; per 4,194,304,
+  // ~1.4M runs, at 1M), so the figure carries its share of them.
+  // R (the fourth argument) rounds before the window instead of one: with R = 20 every
+  // schedule's history ring (20 runs) is full, as in a store that has run for a while, so a fold
+  // rewrites `history` at its full size (~1.5 GB at 1M schedules) rather than at the few runs a
+  // schedule has after one round.
+  const std::int64_t rounds = state.range(3);
+  while (ran.load() < (1 + rounds) * n) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  const std::int64_t kBatch = n >= 1'000'000 ? 100'000 : 20'000;
   double writer_before = ThreadCpuSeconds("syncsched-write");
   double io_before = ThreadCpuSeconds("syncsched-io");
   double run_before = ThreadCpuSeconds("syncsched-run");
+  const std::uint64_t rss_before = ResidentBytes();
+  std::uint64_t rss_peak = rss_before;
   for (auto _ : state) {
     std::int64_t target = ran.load() + kBatch;
-    while (ran.load(std::memory_order_relaxed) < target) {
+    for (int waits = 0; ran.load(std::memory_order_relaxed) < target; ++waits) {
       std::this_thread::sleep_for(std::chrono::microseconds(200));
+      if (waits % 50 == 0) rss_peak = std::max(rss_peak, ResidentBytes());
     }
   }
   state.SetItemsProcessed(state.iterations() * kBatch);
@@ -605,16 +625,22 @@ void BM_DurableFireSpread(benchmark::State& state) {
   }
   state.counters["io_us/run"] = 1e6 * (ThreadCpuSeconds("syncsched-io") - io_before) / runs;
   state.counters["workers_us/run"] = 1e6 * (ThreadCpuSeconds("syncsched-run") - run_before) / runs;
+  // Resident memory when the window began (the engine's schedules, the store's cache) and the most
+  // it held above that during the window (on a file, mostly the largest fold's buffers).
+  state.counters["rss_mb"] = static_cast<double>(rss_before) / (1 << 20);
+  state.counters["rss_rise_mb"] = static_cast<double>(rss_peak - rss_before) / (1 << 20);
   engine.reset();
   fs::remove_all(dir);
 }
 BENCHMARK(BM_DurableFireSpread)
-    ->Args({100'000, 0, 500})
-    ->Args({100'000, 1, 500})
-    ->Args({1'000'000, 0, 5000})
-    ->Args({1'000'000, 1, 5000})
-    ->Args({100'000, 1, 900})
-    ->Args({1'000'000, 1, 9000})
+    ->Args({100'000, 0, 500, 1})
+    ->Args({100'000, 1, 500, 1})
+    ->Args({1'000'000, 0, 5000, 1})
+    ->Args({1'000'000, 1, 5000, 1})
+    ->Args({100'000, 1, 900, 1})
+    ->Args({1'000'000, 1, 9000, 1})
+    ->Args({100'000, 1, 900, 20})
+    ->Args({1'000'000, 1, 9000, 20})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()
     ->Iterations(50);

@@ -362,6 +362,9 @@ VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10))sql";
 constexpr std::string_view kAppendJournal =
     "INSERT INTO journal(seq, records, body) VALUES (NULL, ?1, ?2)";
 constexpr std::string_view kReadJournal = "SELECT seq, records, body FROM journal ORDER BY seq";
+// The rows' sizes (length() of a BLOB reads its header, not its pages), so that a fold reserves
+// its buffers exactly once.
+constexpr std::string_view kSizeJournal = "SELECT records, length(body) FROM journal ORDER BY seq";
 constexpr std::string_view kDeleteJournal = "DELETE FROM journal WHERE seq <= ?1";
 constexpr std::string_view kScheduleExists = "SELECT 1 FROM schedules WHERE uid = ?1";
 
@@ -562,8 +565,11 @@ constexpr std::size_t kJournalRowBytes = std::size_t{1} << 20;
 constexpr std::size_t kFoldSliceRecords = 16384;
 constexpr std::uint64_t kFoldSliceShare = 8;
 // The largest fold threshold journal_fold_per_uid leads to (SqliteStoreOptions): a fold's
-// buffers hold ~90 bytes a record while it runs.
-constexpr std::uint64_t kFoldRecordsCap = std::uint64_t{1} << 20;
+// buffers hold ~90 bytes a record while it runs. 4,194,304 records: at 1M spread schedules a
+// fold of 1,048,576 records (~350k runs) still cost the writer ~7 µs a run, rewriting most pages
+// of `schedules` and `history` for one run in three schedules; four times as many runs share the
+// same page writes (docs/benchmarks.md, 2026-12-03 "The fold's cap").
+constexpr std::uint64_t kFoldRecordsCap = std::uint64_t{1} << 22;
 
 void PutVarint(std::uint64_t v, std::string* out) {
   while (v >= 0x80) {
@@ -1502,7 +1508,7 @@ class SqliteStore final : public Store {
   Stmt upsert_sync_, upsert_integration_, insert_connection_, delete_connection_;
   Stmt upsert_schedule_, update_schedule_, delete_schedule_, delete_history_of_schedule_;
   Stmt put_history_, set_max_uid_;
-  Stmt append_journal_, read_journal_, delete_journal_, schedule_exists_;
+  Stmt append_journal_, read_journal_, size_journal_, delete_journal_, schedule_exists_;
   bool prepared_ = false;  // the statements above are prepared (Open got that far)
 
   std::uint64_t max_uid_ = 0;  // as committed
@@ -1905,6 +1911,7 @@ Status SqliteStore::PrepareStatements() {
       {&set_max_uid_, kSetMaxUid, kMaxUidParameters},
       {&append_journal_, kAppendJournal, kAppendJournalParameters},
       {&read_journal_, kReadJournal, {}},
+      {&size_journal_, kSizeJournal, {}},
       {&delete_journal_, kDeleteJournal, kDeleteJournalParameters},
       {&schedule_exists_, kScheduleExists, kUidParameters},
   };
@@ -1925,10 +1932,11 @@ Status SqliteStore::PrepareStatements() {
 }
 
 void SqliteStore::FinalizeStatements() {
-  for (Stmt* stmt : {&begin_, &commit_, &rollback_, &upsert_sync_, &upsert_integration_,
-                     &insert_connection_, &delete_connection_, &upsert_schedule_, &update_schedule_,
-                     &delete_schedule_, &delete_history_of_schedule_, &put_history_, &set_max_uid_,
-                     &append_journal_, &read_journal_, &delete_journal_, &schedule_exists_}) {
+  for (Stmt* stmt :
+       {&begin_, &commit_, &rollback_, &upsert_sync_, &upsert_integration_, &insert_connection_,
+        &delete_connection_, &upsert_schedule_, &update_schedule_, &delete_schedule_,
+        &delete_history_of_schedule_, &put_history_, &set_max_uid_, &append_journal_,
+        &read_journal_, &size_journal_, &delete_journal_, &schedule_exists_}) {
     *stmt = Stmt();
   }
   prepared_ = false;
@@ -2600,7 +2608,31 @@ Status SqliteStore::FoldRead(std::uint64_t limit) {
     return std::string_view(blob).substr(spans[row].at, spans[row].size);
   };
   using Entry = FoldEntry;
-  entries.reserve(static_cast<std::size_t>(std::min<std::uint64_t>(limit, 1u << 22)) + 64);
+  // The buffers, reserved once for the rows the fold will read (a blob grown by doubling would
+  // hold up to twice its bytes, and three times while it moves: ~0.8 GB for a fold at the cap).
+  {
+    Stmt& q = size_journal_;
+    ResetGuard guard(q);
+    std::uint64_t rows = 0, declared = 0, bytes = 0;
+    while (declared < limit && (rc = q.Step()) == SQLITE_ROW) {
+      ++rows;
+      declared += q.U64(0);
+      bytes += q.U64(1);
+    }
+    if (declared < limit && rc != SQLITE_DONE) {
+      return fail(Error(rc, "reading the run journal's sizes"));
+    }
+    if (rows == 0) {  // nothing to fold
+      journal_records_ = 0;
+      return fail(Status::Ok());
+    }
+    blob.reserve(static_cast<std::size_t>(bytes));
+    spans.reserve(static_cast<std::size_t>(rows));
+    seqs.reserve(static_cast<std::size_t>(rows));
+    // Declared counts are checked as the rows are read (a false one is corruption); a record takes
+    // at least two bytes, so a damaged count reserves no more than the bytes allow.
+    entries.reserve(static_cast<std::size_t>(std::min(declared, bytes / 2)) + 64);
+  }
   std::uint64_t records = 0;
   std::int64_t last_seq = 0;
   Status read_status;

@@ -61,12 +61,13 @@ struct SqliteStoreOptions {
   std::uint64_t journal_from_uid = 0;
   std::size_t journal_fold_records = 262144;
   // The fold's threshold grows with the schedules: it is the larger of journal_fold_records and
-  // journal_fold_per_uid records per issued uid, up to 1,048,576 records (or journal_fold_records
+  // journal_fold_per_uid records per issued uid, up to 4,194,304 records (or journal_fold_records
   // when that is larger). A fold writes each page of `schedules` and `history` that its records
   // touch once, and with many schedules it touches most of them whatever its size, so its cost per
   // run falls as it grows: at 1M spread schedules, with folds of 262,144 records (~87k runs) the
-  // writer spent ~19 µs a run, with folds of 1,048,576 ~10 µs (docs/benchmarks.md). Its price: a
-  // fold holds its records in memory while it runs (~90 bytes a record: ~90 MB at the cap), and a
+  // writer spent ~19 µs a run, with folds of 1,048,576 ~8 µs, with 4,194,304 (the cap) ~X µs
+  // (docs/benchmarks.md). Its price: a fold holds its records in memory while it runs (~90 bytes
+  // a record: ~X MB at the cap, which a store reaches from 419,431 uids on), and a
   // crash leaves the journal for Load to apply: the threshold's records and what came while the
   // fold ran, about 1.5x the threshold, at most about twice it plus a commit (more after failed
   // folds). The threshold follows the uids issued, deleted schedules included. 0: fold at

@@ -590,6 +590,33 @@ TEST_F(JournalTest, OneLargeCommitDoesNotWaitBehindAWholeFold) {
   EXPECT_EQ(snap->schedules[499].runs, small + 1u);
 }
 
+// A fold reserves its buffers once, for the rows it reads: its memory is the journal's bytes plus
+// a few words a record, not the up to twice as much (three times while it moves) that a buffer
+// grown by doubling would hold. 17 rows of ~110 KB: doubling would end at 32 rows' worth.
+TEST_F(JournalTest, AFoldHoldsTheJournalsBytesAndNoMore) {
+  constexpr std::uint64_t kSchedules = 100;
+  constexpr std::size_t kRows = 17;
+  auto j = OpenOrDie(Journaled(path_, kRows * 2 * kSchedules));
+  ASSERT_NE(j, nullptr);
+  ASSERT_TRUE(j->Commit(NewSchedules(kSchedules)).ok());
+  for (std::uint64_t number = 1; internal::FoldBytesForTest(*j) == 0; ++number) {
+    ASSERT_LE(number, kRows);
+    Batch b = RunsOf(kSchedules, number, 0);
+    for (RunRow& run : b.runs) run.error = std::string(1000, 'e');
+    ASSERT_TRUE(j->Commit(b).ok());
+  }
+  // The fold read every row (its threshold is theirs); nothing folded is deleted yet.
+  const std::int64_t bytes = QueryInt(path_, "SELECT sum(length(body)) FROM journal");
+  const std::int64_t rows = QueryInt(path_, "SELECT count(*) FROM journal");
+  ASSERT_EQ(rows, static_cast<std::int64_t>(kRows));
+  ASSERT_GT(bytes, static_cast<std::int64_t>(kRows * kSchedules * 1000));
+  // The records' index (FoldEntry, 24 bytes) and the rows' (two words each) beside the bytes.
+  const std::size_t most = static_cast<std::size_t>(bytes) + (kRows * 2 * kSchedules + 64) * 24 +
+                           static_cast<std::size_t>(rows) * 32;
+  EXPECT_LE(internal::FoldBytesForTest(*j), most);
+  EXPECT_GE(internal::FoldBytesForTest(*j), static_cast<std::size_t>(bytes));
+}
+
 // A journal that has held records for journal_fold_after_ms is folded at the next commit however
 // few they are, so that readers of the file see the tables at most about that far behind.
 TEST_F(JournalTest, AnAgedJournalIsFoldedHoweverSmall) {

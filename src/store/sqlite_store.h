@@ -65,9 +65,11 @@ struct SqliteStoreOptions {
   // when that is larger). A fold writes each page of `schedules` and `history` that its records
   // touch once, and with many schedules it touches most of them whatever its size, so its cost per
   // run falls as it grows: at 1M spread schedules, with folds of 262,144 records (~87k runs) the
-  // writer spent ~19 µs a run, with folds of 1,048,576 ~8 µs, with 4,194,304 (the cap) ~X µs
-  // (docs/benchmarks.md). Its price: a fold holds its records in memory while it runs (~90 bytes
-  // a record: ~X MB at the cap, which a store reaches from 419,431 uids on), and a
+  // writer spent ~19 µs a run, with folds of 1,048,576 ~9 µs, with 4,194,304 (the cap) ~6 µs
+  // (12.6 µs once every schedule's history ring is full, against 21 µs with the old cap of
+  // 1,048,576; docs/benchmarks.md). Its price: a fold holds its rows' bytes in memory while it
+  // runs, reserved once, plus 24 bytes a record (~265 MB at the cap, which a store reaches from
+  // 419,431 uids on), and a
   // crash leaves the journal for Load to apply: the threshold's records and what came while the
   // fold ran, about 1.5x the threshold, at most about twice it plus a commit (more after failed
   // folds). The threshold follows the uids issued, deleted schedules included. 0: fold at

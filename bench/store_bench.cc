@@ -664,6 +664,131 @@ BENCHMARK(BM_DurableFireSpread)
     ->UseRealTime()
     ->Iterations(50);
 
+// BM_RawSqliteFoldHistory/N/L: what a fold of the run journal costs in `history` alone, with
+// every schedule's history full (20 runs each, built untimed), for two layouts of the same rows,
+// in plain SQLite with the store's pragmas. Each iteration folds 4N/3 runs (a fold at the cap,
+// 4,194,304 records, is ~1.4M runs: about 1.33 a schedule at 1M), spread over the schedules, in
+// uid order, in transactions of 16,384 runs.
+// L = 0: the store's layout, a ring clustered by schedule: INSERT OR REPLACE at
+//        uid * 1024 + (n - 1) % 20.
+// L = 1: the alternative, runs appended in the order they are folded (a new largest id), with an
+//        index on (schedule_uid, id) to find a schedule's runs and its oldest, which each new run
+//        deletes (the bound of 20 kept per schedule).
+// It measures the estimate that the appended layout rewrites ~0.6 GB a fold at 1M where the ring
+// rewrites ~1.5 GB (docs/benchmarks.md, "The fold's cap raised").
+void BM_RawSqliteFoldHistory(benchmark::State& state) {
+  const auto n = static_cast<std::uint64_t>(state.range(0));
+  const bool appended = state.range(1) == 1;
+  constexpr std::uint64_t kKept = 20;
+  constexpr std::uint64_t kSlice = 16'384;
+  std::string dir = NewTempDir();
+  std::string path = dir + "/fold-history.db";
+  sqlite3* db = nullptr;
+  sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr);
+  auto check = [&](int rc) {
+    if (rc != SQLITE_OK && rc != SQLITE_DONE && rc != SQLITE_ROW) {
+      state.SkipWithError(sqlite3_errmsg(db));
+      return false;
+    }
+    return true;
+  };
+  bool ok =
+      check(sqlite3_exec(db,
+                         "PRAGMA page_size=16384; PRAGMA journal_mode=WAL; "
+                         "PRAGMA synchronous=NORMAL; PRAGMA cache_size=-65536; "
+                         "PRAGMA wal_autocheckpoint=2560;"
+                         "CREATE TABLE history(id INTEGER PRIMARY KEY, schedule_uid INTEGER "
+                         "NOT NULL, run_id TEXT NOT NULL, slot_ms INTEGER NOT NULL, mode "
+                         "INTEGER NOT NULL, attempt INTEGER NOT NULL, started_ms INTEGER NOT "
+                         "NULL, finished_ms INTEGER NOT NULL, ok INTEGER NOT NULL, error TEXT "
+                         "NOT NULL);",
+                         nullptr, nullptr, nullptr));
+  sqlite3_stmt* put = nullptr;
+  sqlite3_stmt* trim = nullptr;
+  ok = ok && check(sqlite3_prepare_v2(db,
+                                      "INSERT OR REPLACE INTO history VALUES (?1, ?2, ?3, ?4, 0, "
+                                      "1, ?4, ?5, 1, '')",
+                                      -1, &put, nullptr));
+  if (appended) {
+    ok = ok && check(sqlite3_prepare_v2(db,
+                                        "DELETE FROM history WHERE id = (SELECT id FROM history "
+                                        "WHERE schedule_uid = ?1 ORDER BY id LIMIT 1)",
+                                        -1, &trim, nullptr));
+  }
+  constexpr std::int64_t kAnchor = 1'700'000'000'000;
+  std::vector<std::uint64_t> runs(n + 1, 0);
+  std::int64_t next_id = 1;
+  std::string id;
+  auto write = [&](std::uint64_t uid) {
+    const std::uint64_t number = ++runs[uid];
+    const std::int64_t slot = kAnchor + static_cast<std::int64_t>(number) * 1000;
+    id = std::to_string(uid) + "-" + std::to_string(slot);
+    const std::int64_t row =
+        appended ? next_id++ : static_cast<std::int64_t>(uid * 1024 + (number - 1) % kKept);
+    sqlite3_bind_int64(put, 1, row);
+    sqlite3_bind_int64(put, 2, static_cast<std::int64_t>(uid));
+    sqlite3_bind_text(put, 3, id.data(), static_cast<int>(id.size()), SQLITE_STATIC);
+    sqlite3_bind_int64(put, 4, slot);
+    sqlite3_bind_int64(put, 5, slot + 250);
+    bool done = check(sqlite3_step(put));
+    sqlite3_reset(put);
+    return done;
+  };
+  // Untimed: 20 runs of every schedule, round after round (the appended layout in that order),
+  // then the index, built once by sorting.
+  ok = ok && check(sqlite3_exec(db, "BEGIN", nullptr, nullptr, nullptr));
+  // (The ring in key order instead: the same rows, written sequentially.)
+  for (std::uint64_t outer = 0; ok && outer < (appended ? kKept : n); ++outer) {
+    for (std::uint64_t inner = 0; ok && inner < (appended ? n : kKept); ++inner) {
+      ok = write(appended ? inner + 1 : outer + 1);
+    }
+  }
+  ok = ok && check(sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr));
+  if (appended) {
+    ok = ok &&
+         check(sqlite3_exec(db, "CREATE INDEX history_by_schedule ON history(schedule_uid, id)",
+                            nullptr, nullptr, nullptr));
+  }
+  ok = ok && check(sqlite3_exec(db, "PRAGMA wal_checkpoint(TRUNCATE)", nullptr, nullptr, nullptr));
+  // Each fold: 4N/3 runs of schedules drawn at random, written in uid order.
+  std::mt19937_64 gen(42);
+  std::uniform_int_distribution<std::uint64_t> pick(1, n);
+  std::vector<std::uint64_t> fold(n * 4 / 3);
+  for (auto _ : state) {
+    state.PauseTiming();
+    for (std::uint64_t& uid : fold) uid = pick(gen);
+    std::sort(fold.begin(), fold.end());
+    state.ResumeTiming();
+    for (std::size_t at = 0; ok && at < fold.size(); at += kSlice) {
+      ok = check(sqlite3_exec(db, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr));
+      for (std::size_t k = at; ok && k < std::min(fold.size(), at + kSlice); ++k) {
+        ok = write(fold[k]);
+        if (ok && appended) {
+          sqlite3_bind_int64(trim, 1, static_cast<std::int64_t>(fold[k]));
+          ok = check(sqlite3_step(trim));
+          sqlite3_reset(trim);
+        }
+      }
+      ok = ok && check(sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr));
+    }
+    if (!ok) break;
+  }
+  state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * fold.size()));
+  std::error_code ec;
+  state.counters["file_mb"] = static_cast<double>(fs::file_size(path, ec)) / (1 << 20);
+  for (sqlite3_stmt* q : {put, trim}) sqlite3_finalize(q);
+  sqlite3_close(db);
+  fs::remove_all(dir);
+}
+BENCHMARK(BM_RawSqliteFoldHistory)
+    ->Args({100'000, 0})
+    ->Args({100'000, 1})
+    ->Args({1'000'000, 0})
+    ->Args({1'000'000, 1})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->Iterations(2);
+
 // BM_RawSqliteSpreadRuns/N/G: the floor of BM_DurableFireSpread/N/1 in plain SQLite: the rows a
 // run writes without the store's journal (schema v4's layout), as prepared statements bound by
 // index: at dispatch, an UPDATE of its schedule's row (next slot, run in flight); at its end, an

@@ -674,8 +674,8 @@ BENCHMARK(BM_DurableFireSpread)
 // L = 1: the alternative, runs appended in the order they are folded (a new largest id), with an
 //        index on (schedule_uid, id) to find a schedule's runs and its oldest, which each new run
 //        deletes (the bound of 20 kept per schedule).
-// It measures the estimate that the appended layout rewrites ~0.6 GB a fold at 1M where the ring
-// rewrites ~1.5 GB (docs/benchmarks.md, "The fold's cap raised").
+// It tested an estimate that the appended layout would cost less (~0.6 GB of pages a fold at 1M
+// against ~1.5 GB): it costs 3.7-4.2x more, in CPU (docs/benchmarks.md, "The fold's cap raised").
 void BM_RawSqliteFoldHistory(benchmark::State& state) {
   const auto n = static_cast<std::uint64_t>(state.range(0));
   const bool appended = state.range(1) == 1;

@@ -565,10 +565,11 @@ constexpr std::size_t kJournalRowBytes = std::size_t{1} << 20;
 constexpr std::size_t kFoldSliceRecords = 16384;
 constexpr std::uint64_t kFoldSliceShare = 8;
 // The largest fold threshold journal_fold_per_uid leads to (SqliteStoreOptions): a fold's
-// buffers hold ~90 bytes a record while it runs. 4,194,304 records: at 1M spread schedules a
-// fold of 1,048,576 records (~350k runs) still cost the writer ~7 µs a run, rewriting most pages
-// of `schedules` and `history` for one run in three schedules; four times as many runs share the
-// same page writes (docs/benchmarks.md, 2026-12-03 "The fold's cap").
+// buffers hold its rows' bytes and 24 bytes a record while it runs (~265 MB at this cap).
+// 4,194,304 records: at 1M spread schedules a fold of 1,048,576 records (~350k runs) still cost
+// the writer ~8 µs a run, rewriting most pages of `schedules` and `history` for one run in three
+// schedules; four times as many runs share the same page writes (docs/benchmarks.md, "The fold's
+// cap raised to 4,194,304 records").
 constexpr std::uint64_t kFoldRecordsCap = std::uint64_t{1} << 22;
 
 void PutVarint(std::uint64_t v, std::string* out) {

@@ -847,7 +847,9 @@ void EngineCore::StartSchedule(Txn& tx, std::uint32_t schedule,
     // A run already waits for a cap (a trigger of the paused schedule): it stands for this one.
   } else if (s.run == kNone) {
     // The anchor's run; its id is off the grid, so that a start at an instant the clock reads
-    // again (a pause and a start in one millisecond) never repeats one.
+    // again (a pause and a start in one millisecond) never repeats one. It stands for a retry
+    // still pending (of a trigger of the paused schedule that failed), as a triggered run does.
+    DropRetry(tx, schedule);
     TryDispatch(tx, schedule, at, RunMode::kIncremental, /*scheduled=*/true, 1,
                 NextRunId(tx, schedule, at));
   } else if (runs_[s.run]->cancel_requested && s.pending == 0) {

@@ -419,6 +419,42 @@ TEST_F(PolicyRetry, ARetryThatWouldReachTheNextSlotIsDroppedAndTheSlotWins) {
   EXPECT_EQ(engine->GetMetrics().retries, 0u);
 }
 
+// Starting a schedule runs it at once, and that run stands for a retry still pending from a run
+// before (as a triggered run does): the retry is dropped, and a failure of the start's run
+// arms its own. Found by syncsched_sim seed 2346: a retry armed while the schedule was paused
+// survived its start, and was still armed after the start's run failed with its own retry
+// dropped (it would have reached the next slot), so an older slot was retried after a newer run.
+TEST_F(PolicyRetry, TheStartsRunStandsForAPendingRetry) {
+  auto_complete = false;
+  SyncDefinition d = Def("issues", "every 1h");
+  d.retry.max = 2;
+  d.retry.backoff = 40min;
+  DefineP("github", d);
+  Add("github", "acme");  // paused: auto_start is off
+  ASSERT_TRUE(engine->Trigger(T("github", "acme")).ok());
+  Settle();
+  ASSERT_EQ(calls.size(), 1u);
+  Finish(0, RunReport::Failure("boom"));  // paused: its retry is armed, at 40..48 min
+  ASSERT_TRUE(StatusOf("github", "acme", "issues").next_retry.has_value());
+  Run(10min);
+  StartOne("github", "acme");
+  ASSERT_EQ(calls.size(), 2u);
+  EXPECT_EQ(calls[1].at, t0 + 10min);
+  EXPECT_FALSE(StatusOf("github", "acme", "issues").next_retry.has_value())
+      << "the start's run stands for the pending retry";
+  Finish(1, RunReport::Failure("boom"));  // its own retry: at 50..58 min, before the slot at 70
+  ScheduleStatus st = StatusOf("github", "acme", "issues");
+  ASSERT_TRUE(st.next_retry.has_value());
+  EXPECT_GE(*st.next_retry, t0 + 50min);
+  EXPECT_LE(*st.next_retry, t0 + 58min);
+  Run(48min);
+  ASSERT_EQ(calls.size(), 3u);
+  EXPECT_EQ(calls[2].at, *st.next_retry);
+  EXPECT_EQ(calls[2].ctx.run_id, calls[1].ctx.run_id) << "the newest failed run is retried";
+  EXPECT_EQ(calls[2].ctx.attempt, 2);
+  EXPECT_EQ(engine->GetMetrics().retries, 1u);
+}
+
 TEST_F(PolicyRetry, CancelledAndTimedOutRunsAreNotRetried) {
   auto_complete = false;
   SyncDefinition d = Def("issues", "every 1d");

@@ -241,6 +241,9 @@ void Model::StartOne(TimePoint now, SchedModel& s) {
   // A run in flight that nobody cancelled stands for the immediate run (docs/design.md); after a
   // pause's cancellation, the start's own run follows it.
   if (s.run && !s.run->cancelled) return;
+  // With nothing in flight or waiting, the start's run is dispatched at once and stands for a
+  // retry still pending, as a triggered run does (engine_core.cc, StartSchedule).
+  if (!s.run && s.retry && !s.retry_due && !s.engine_waiting) s.retry.reset();
   // Behind a cancelled run, the start's run follows it, with a slot the contract leaves open.
   Owe(s, /*sched=*/true, /*trig=*/false, /*resync=*/false,
       s.run ? std::nullopt : std::optional(now));

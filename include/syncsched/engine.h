@@ -78,7 +78,8 @@ enum class OverlapPolicy : std::uint8_t {
 // Retries of a failed run. `max` counts retries (attempts = max + 1). The k-th retry waits
 // `backoff * 2^(k-1)` plus up to 20% random jitter. A retry never overlaps or outlives the next
 // slot: if it would be due at or after the schedule's next slot, it is dropped (the slot wins).
-// Cancelled and timed-out runs are not retried.
+// A run that starts before a pending retry stands for it and the retry is dropped: a slot, a
+// trigger, or the run a start dispatches at once. Cancelled and timed-out runs are not retried.
 struct RetryPolicy {
   int max = 0;
   Millis backoff = std::chrono::seconds(30);

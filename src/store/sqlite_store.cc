@@ -565,7 +565,8 @@ constexpr std::size_t kJournalRowBytes = std::size_t{1} << 20;
 constexpr std::size_t kFoldSliceRecords = 16384;
 constexpr std::uint64_t kFoldSliceShare = 8;
 // The largest fold threshold journal_fold_per_uid leads to (SqliteStoreOptions): a fold's
-// buffers hold its rows' bytes and 24 bytes a record while it runs (~265 MB at this cap).
+// buffers hold its rows' bytes, 24 bytes a record and 24 a row (one row per commit) while it
+// runs (~270 MB at this cap in BM_SqliteLoadJournalTail's journal).
 // 4,194,304 records: at 1M spread schedules a fold of 1,048,576 records (~350k runs) still cost
 // the writer ~8 µs a run, rewriting most pages of `schedules` and `history` for one run in three
 // schedules; four times as many runs share the same page writes (docs/benchmarks.md, "The fold's
@@ -2697,9 +2698,14 @@ Status SqliteStore::FoldRead(std::uint64_t limit) {
     journal_records_ = 0;
     return fail(Status::Ok());
   }
-  // By uid, and in journal order within a uid (entries are in journal order: a stable sort).
-  std::stable_sort(entries.begin(), entries.end(),
-                   [](const Entry& a, const Entry& b) { return a.uid < b.uid; });
+  // By uid, and in journal order within a uid: (row, offset) is an entry's place in the journal,
+  // so the sort needs no stability, and no buffer (std::stable_sort allocates one of half the
+  // entries, ~12 bytes a record on top of the fold's memory: helper-46).
+  std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) {
+    return a.uid != b.uid     ? a.uid < b.uid
+           : a.body != b.body ? a.body < b.body
+                              : a.offset < b.offset;
+  });
   rc = commit_.Step();  // ends the read; nothing was written
   commit_.Reset();
   if (rc != SQLITE_DONE) return fail(Error(rc, "folding the run journal: ending the read"));

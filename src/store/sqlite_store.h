@@ -68,8 +68,10 @@ struct SqliteStoreOptions {
   // writer spent ~19 µs a run, with folds of 1,048,576 ~9 µs, with 4,194,304 (the cap) ~6 µs
   // (12.6 µs once every schedule's history ring is full, against 21 µs with the old cap of
   // 1,048,576; docs/benchmarks.md). Its price: a fold holds its rows' bytes in memory while it
-  // runs, reserved once, plus 24 bytes a record (~265 MB at the cap, which a store reaches from
-  // 419,431 uids on), and a
+  // runs, reserved once, plus 24 bytes a record and 24 a journal row (one row per commit): ~270 MB
+  // at the cap, which a store reaches from 419,431 uids on; a journal of many small commits holds
+  // more (helper-46 measured a rise of 381 MB for 3.77M records in 2.1M rows, with a sort buffer
+  // of ~12 bytes a record since removed), and a
   // crash leaves the journal for Load to apply: the threshold's records and what came while the
   // fold ran, about 1.5x the threshold, at most about twice it plus a commit (more after failed
   // folds). The threshold follows the uids issued, deleted schedules included. 0: fold at

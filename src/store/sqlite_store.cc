@@ -2551,6 +2551,24 @@ Status SqliteStore::FlushJournal() {
 }
 
 Result<std::uint64_t> SqliteStore::CountJournal() {
+  // A row's count is at least one and at most half its bytes (a record takes two or more): any
+  // other is corruption, named by its row, before the counts are summed (a damaged count could
+  // overflow the sum: an "integer overflow" naming no row, found by helper-46).
+  {
+    Stmt bad;
+    int rc = db_.Prepare(
+        "SELECT seq, records FROM journal WHERE records < 1 OR records > length(body) / 2 LIMIT 1",
+        &bad);
+    if (rc != SQLITE_OK) return Error(rc, "reading the run journal");
+    rc = bad.Step();
+    if (rc == SQLITE_ROW) {
+      corruption_seen_ = true;
+      return Status::Internal(Corrupt(what_, "run journal row " + std::to_string(bad.Int(0)) +
+                                                 ": it declares " + std::to_string(bad.Int(1)) +
+                                                 " records, more than its bytes can hold or none"));
+    }
+    if (rc != SQLITE_DONE) return Error(rc, "reading the run journal");
+  }
   Stmt stmt;
   int rc = db_.Prepare("SELECT coalesce(sum(records), 0) FROM journal", &stmt);
   if (rc != SQLITE_OK) return Error(rc, "reading the run journal");

@@ -48,7 +48,13 @@ class PgStoreTest : public PgDatabaseTest {
     EXPECT_TRUE(store.ok()) << store.status();
     return store.ok() ? std::move(store).value() : nullptr;
   }
-  std::unique_ptr<Store> OpenOrDie() { return OpenOrDie(Options()); }
+  // Waits for a previous store's lock to go: a closed connection's backend releases it as it
+  // exits, a moment after the close (a reopen under load met it still held, once).
+  std::unique_ptr<Store> OpenOrDie() {
+    PostgresStoreOptions o = Options();
+    o.wait_for_owner = std::chrono::seconds(10);
+    return OpenOrDie(o);
+  }
   Snapshot LoadOrDie(Store& store) {
     auto snap = store.Load();
     EXPECT_TRUE(snap.ok()) << snap.status();

@@ -2231,9 +2231,8 @@ Status SqliteStore::CommitParts(const Batch& first, BatchSource* more) {
   if (fold_.active) fold_debt_ += 2 * journal_appended_;
   // A journal that has held records for journal_fold_after_ms is folded too, however few: so that
   // readers of the file see the tables at most about that far behind when runs are few.
-  const bool aged = journal_records_ > 0 && options_.journal_fold_after_ms > 0 &&
-                    std::chrono::steady_clock::now() - journal_since_ >=
-                        std::chrono::milliseconds(options_.journal_fold_after_ms);
+  const auto due = MaintainDue();
+  const bool aged = due && std::chrono::steady_clock::now() >= *due;
   if (fold_.active || aged ||
       (journal_records_ >= FoldThreshold() && journal_records_ >= fold_retry_at_)) {
     const std::uint64_t threshold = FoldThreshold();

@@ -664,6 +664,29 @@ BENCHMARK(BM_DurableFireSpread)
     ->UseRealTime()
     ->Iterations(50);
 
+// A plain SQLite file for the raw baselines, with the store's pragmas (16 KiB pages, WAL,
+// synchronous=NORMAL, a 64 MB cache, a checkpoint every 40 MB). Check reports a failed call as the
+// benchmark's error. The caller closes `db`.
+struct RawDb {
+  benchmark::State& state;
+  sqlite3* db = nullptr;
+  bool Check(int rc) {
+    if (rc != SQLITE_OK && rc != SQLITE_DONE && rc != SQLITE_ROW) {
+      state.SkipWithError(sqlite3_errmsg(db));
+      return false;
+    }
+    return true;
+  }
+  bool Open(const std::string& path) {
+    sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr);
+    return Check(sqlite3_exec(db,
+                              "PRAGMA page_size=16384; PRAGMA journal_mode=WAL; "
+                              "PRAGMA synchronous=NORMAL; PRAGMA cache_size=-65536; "
+                              "PRAGMA wal_autocheckpoint=2560;",
+                              nullptr, nullptr, nullptr));
+  }
+};
+
 // BM_RawSqliteFoldHistory/N/L: what a fold of the run journal costs in `history` alone, with
 // every schedule's history full (20 runs each, built untimed), for two layouts of the same rows,
 // in plain SQLite with the store's pragmas. Each iteration folds 4N/3 runs (a fold at the cap,
@@ -683,26 +706,18 @@ void BM_RawSqliteFoldHistory(benchmark::State& state) {
   constexpr std::uint64_t kSlice = 16'384;
   std::string dir = NewTempDir();
   std::string path = dir + "/fold-history.db";
-  sqlite3* db = nullptr;
-  sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr);
-  auto check = [&](int rc) {
-    if (rc != SQLITE_OK && rc != SQLITE_DONE && rc != SQLITE_ROW) {
-      state.SkipWithError(sqlite3_errmsg(db));
-      return false;
-    }
-    return true;
-  };
-  bool ok =
-      check(sqlite3_exec(db,
-                         "PRAGMA page_size=16384; PRAGMA journal_mode=WAL; "
-                         "PRAGMA synchronous=NORMAL; PRAGMA cache_size=-65536; "
-                         "PRAGMA wal_autocheckpoint=2560;"
-                         "CREATE TABLE history(id INTEGER PRIMARY KEY, schedule_uid INTEGER "
-                         "NOT NULL, run_id TEXT NOT NULL, slot_ms INTEGER NOT NULL, mode "
-                         "INTEGER NOT NULL, attempt INTEGER NOT NULL, started_ms INTEGER NOT "
-                         "NULL, finished_ms INTEGER NOT NULL, ok INTEGER NOT NULL, error TEXT "
-                         "NOT NULL);",
-                         nullptr, nullptr, nullptr));
+  RawDb raw{state};
+  bool ok = raw.Open(path);
+  sqlite3* db = raw.db;
+  auto check = [&](int rc) { return raw.Check(rc); };
+  ok = ok &&
+       check(sqlite3_exec(db,
+                          "CREATE TABLE history(id INTEGER PRIMARY KEY, schedule_uid INTEGER "
+                          "NOT NULL, run_id TEXT NOT NULL, slot_ms INTEGER NOT NULL, mode "
+                          "INTEGER NOT NULL, attempt INTEGER NOT NULL, started_ms INTEGER NOT "
+                          "NULL, finished_ms INTEGER NOT NULL, ok INTEGER NOT NULL, error TEXT "
+                          "NOT NULL);",
+                          nullptr, nullptr, nullptr));
   sqlite3_stmt* put = nullptr;
   sqlite3_stmt* trim = nullptr;
   ok = ok && check(sqlite3_prepare_v2(db,
@@ -821,21 +836,11 @@ void BM_RawSqliteSpreadRuns(benchmark::State& state) {
   constexpr std::uint64_t kRuns = 200'000;
   std::string dir = NewTempDir();
   std::string path = dir + "/raw-spread.db";
-  sqlite3* db = nullptr;
-  sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr);
-  auto check = [&](int rc) {
-    if (rc != SQLITE_OK && rc != SQLITE_DONE && rc != SQLITE_ROW) {
-      state.SkipWithError(sqlite3_errmsg(db));
-      return false;
-    }
-    return true;
-  };
-  bool ok = check(sqlite3_exec(db,
-                               "PRAGMA page_size=16384; PRAGMA journal_mode=WAL; "
-                               "PRAGMA synchronous=NORMAL; PRAGMA cache_size=-65536; "
-                               "PRAGMA wal_autocheckpoint=2560;",
-                               nullptr, nullptr, nullptr)) &&
-            check(sqlite3_exec(db, kSpreadSchema, nullptr, nullptr, nullptr));
+  RawDb raw{state};
+  bool ok = raw.Open(path);
+  sqlite3* db = raw.db;
+  auto check = [&](int rc) { return raw.Check(rc); };
+  ok = ok && check(sqlite3_exec(db, kSpreadSchema, nullptr, nullptr, nullptr));
   sqlite3_stmt* insert = nullptr;
   sqlite3_stmt* dispatch = nullptr;
   sqlite3_stmt* finish = nullptr;

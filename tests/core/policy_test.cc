@@ -316,15 +316,20 @@ class PolicyRetry : public PolicyHarness {
     o.random_seed = 42;
     Open(o);
   }
+  // github/acme's "issues" every `frequency`, retried up to `max` times after `backoff`, paused
+  // (auto_start off); its runs end only when the test finishes them.
+  void DefineRetried(const std::string& frequency, int max, Millis backoff) {
+    auto_complete = false;
+    SyncDefinition d = Def("issues", frequency);
+    d.retry.max = max;
+    d.retry.backoff = backoff;
+    DefineP("github", d);
+    Add("github", "acme");
+  }
 };
 
 TEST_F(PolicyRetry, FailedRunRetriesWithDoublingBackoffJitterSameRunIdAndAttempts) {
-  auto_complete = false;
-  SyncDefinition d = Def("issues", "every 1d");
-  d.retry.max = 3;
-  d.retry.backoff = 1min;
-  DefineP("github", d);
-  Add("github", "acme");
+  DefineRetried("every 1d", 3, 1min);
   StartOne("github", "acme");
   Settle();
   ASSERT_EQ(calls.size(), 1u);
@@ -363,12 +368,7 @@ TEST_F(PolicyRetry, FailedRunRetriesWithDoublingBackoffJitterSameRunIdAndAttempt
 }
 
 TEST_F(PolicyRetry, ASuccessfulRetryEndsTheRetries) {
-  auto_complete = false;
-  SyncDefinition d = Def("issues", "every 1d");
-  d.retry.max = 3;
-  d.retry.backoff = 1min;
-  DefineP("github", d);
-  Add("github", "acme");
+  DefineRetried("every 1d", 3, 1min);
   StartOne("github", "acme");
   Finish(0, RunReport::Failure("boom"));
   Run(72s);
@@ -396,12 +396,7 @@ TEST_F(PolicyRetry, NoRetriesByDefault) {
 }
 
 TEST_F(PolicyRetry, ARetryThatWouldReachTheNextSlotIsDroppedAndTheSlotWins) {
-  auto_complete = false;
-  SyncDefinition d = Def("issues", "every 10min");
-  d.retry.max = 2;
-  d.retry.backoff = 5min;
-  DefineP("github", d);
-  Add("github", "acme");
+  DefineRetried("every 10min", 2, 5min);
   StartOne("github", "acme");
   Run(6min);
   Finish(0, RunReport::Failure("boom"));  // a retry would be due at 11..12 min, after the slot
@@ -425,12 +420,7 @@ TEST_F(PolicyRetry, ARetryThatWouldReachTheNextSlotIsDroppedAndTheSlotWins) {
 // survived its start, and was still armed after the start's run failed with its own retry
 // dropped (it would have reached the next slot), so an older slot was retried after a newer run.
 TEST_F(PolicyRetry, TheStartsRunStandsForAPendingRetry) {
-  auto_complete = false;
-  SyncDefinition d = Def("issues", "every 1h");
-  d.retry.max = 2;
-  d.retry.backoff = 40min;
-  DefineP("github", d);
-  Add("github", "acme");  // paused: auto_start is off
+  DefineRetried("every 1h", 2, 40min);  // paused
   ASSERT_TRUE(engine->Trigger(T("github", "acme")).ok());
   Settle();
   ASSERT_EQ(calls.size(), 1u);
